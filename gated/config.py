@@ -1,0 +1,230 @@
+"""Configuration models for ``gated.toml``, validated at the edge.
+
+A bad file raises :class:`ConfigError` with one line that names the field and the problem; the CLI
+prints that line and exits 2.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message is one line for a human."""
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``"72h"``, ``"30s"``, ``"1500ms"``, ``"3d"`` or a number of seconds → seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 72h, 3d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeysConfig(_Section):
+    credential_key_file: Path = Path("/etc/gated/credential.key")
+    head_office_public_key_files: list[Path] = Field(
+        default_factory=lambda: [Path("/etc/gated/head-office.pub")]
+    )
+    command_public_key_files: list[Path] = Field(default_factory=list)
+
+
+class MqttConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    client_id: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", v):
+            raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return v
+
+
+class HeadOfficeConfig(_Section):
+    snapshot_url: str | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+
+
+class PolicyConfig(_Section):
+    anti_passback_s: float = Field(default=0, ge=0)
+    daily_limit: int | None = Field(default=None, ge=0)
+    max_offline: float = 72 * 3600.0
+    qr_window_s: float = Field(default=30, gt=0, le=600)
+
+    @field_validator("max_offline", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class DoorConfig(_Section):
+    pin_factory: Literal["mock", "lgpio", "rpigpio", "pigpio", "native"] = "mock"
+    relay_pin: int = 17
+    green_led_pin: int = 27
+    red_led_pin: int = 22
+    buzzer_pin: int = 23
+    door_contact_pin: int | None = None
+    exit_button_pin: int | None = None
+    fire_input_pin: int | None = None
+    passage_sensor_pin: int | None = None
+    relay_active_high: bool = True
+    pulse_ms: int = Field(default=3000, gt=0, le=60000)
+    held_open_s: float = Field(default=30, gt=0)
+
+
+class _ReaderBase(_Section):
+    id: str | None = Field(default=None, pattern=_ID)
+    direction: Literal["in", "out"] = "in"
+    debounce_ms: int = Field(default=1500, ge=0)
+
+
+class SimReaderConfig(_ReaderBase):
+    """Fed through the control socket (``gatectl badge``); the demo and tests use it."""
+
+    kind: Literal["sim"] = "sim"
+
+
+ReaderConfig = Annotated[SimReaderConfig, Field(discriminator="kind")]
+
+
+class GateConfig(_Section):
+    site: str = Field(pattern=_ID)
+    gate: str = Field(pattern=_ID)
+    zones: list[str] = Field(default_factory=lambda: ["main"])
+    timezone: str = "UTC"
+    state_dir: Path = Path("/var/lib/gated")
+    control_socket: Path = Path("/run/gated/control.sock")
+    durability: Literal["crash", "power"] = "crash"
+    keys: KeysConfig = Field(default_factory=KeysConfig)
+    mqtt: MqttConfig | None = None
+    head_office: HeadOfficeConfig | None = None
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    door: DoorConfig = Field(default_factory=DoorConfig)
+    readers: list[ReaderConfig] = Field(default_factory=lambda: [SimReaderConfig()])
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from exc
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        # Give readers stable ids (kind-N) and refuse duplicates: events and `gatectl readers`
+        # name readers by id.
+        counts: dict[str, int] = {}
+        seen: set[str] = set()
+        for reader in self.readers:
+            counts[reader.kind] = counts.get(reader.kind, 0) + 1
+            if reader.id is None:
+                reader.id = f"{reader.kind}-{counts[reader.kind]}"
+            if reader.id in seen:
+                raise ValueError(f"readers: duplicate reader id {reader.id!r}")
+            seen.add(reader.id)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.state_dir / "cache.db"
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("sim",) or (isinstance(part, str) and part.endswith("ReaderConfig")):
+            continue  # discriminated-union tags add nothing for a human
+        else:
+            out += ("." if out else "") + part
+    return out or "(file)"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """The first problem, as ``field: message``."""
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting (check the spelling against config/gated.toml)"
+    elif err["type"] == "missing":
+        msg = "required setting is missing"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{_location(err['loc'])}: {msg}{suffix}"
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; ConfigError with the line for a missing file or bad syntax."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: no such file") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"{p}: permission denied") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+
+
+def load_gate_config(path: str | Path) -> GateConfig:
+    """Load and validate ``gated.toml``; relative paths are taken from the file's folder."""
+    data = load_toml(path)
+    try:
+        config = GateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return _resolve_paths(config, Path(path).resolve().parent)
+
+
+def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    def fix_path(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    config.state_dir = fix_path(config.state_dir)
+    config.control_socket = fix_path(config.control_socket)
+    keys = config.keys
+    keys.credential_key_file = fix_path(keys.credential_key_file)
+    keys.head_office_public_key_files = [fix_path(p) for p in keys.head_office_public_key_files]
+    keys.command_public_key_files = [fix_path(p) for p in keys.command_public_key_files]
+    for section in (config.mqtt, config.head_office):
+        if section is None:
+            continue
+        for name in ("password_file", "ca_file", "cert_file", "key_file", "token_file"):
+            if hasattr(section, name):
+                setattr(section, name, fix(getattr(section, name)) or getattr(section, name))
+    return config

@@ -1,0 +1,451 @@
+"""The wire contract between head office and gates.
+
+Topics, payload models, canonical JSON, Ed25519 signing and verifying, card keys and the manifest
+digest. Both the gate and the billing side import this module; it depends on nothing of ours.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import nacl.exceptions
+import nacl.signing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field
+
+TOPIC_ROOT = "gated/v1"
+MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+STATUSES = (
+    "pending",
+    "active",
+    "grace",
+    "pending_cancel",
+    "suspended",
+    "frozen",
+    "cancelled",
+    "collections",
+    "expired",
+    "payer_suspended",
+    "erased",
+)
+Status = Literal[
+    "pending",
+    "active",
+    "grace",
+    "pending_cancel",
+    "suspended",
+    "frozen",
+    "cancelled",
+    "collections",
+    "expired",
+    "payer_suspended",
+    "erased",
+]
+SignedType = Literal["member_state", "manifest", "snapshot_trailer", "gate_command"]
+EventKind = Literal[
+    "entry",
+    "deny",
+    "exit",
+    "door_forced",
+    "door_held",
+    "door_closed",
+    "fire",
+    "lockdown",
+    "reader_fault",
+    "reader_ok",
+    "stale_cache",
+    "clock_unsynced",
+]
+
+
+class ContractError(ValueError):
+    """A payload that does not follow the contract."""
+
+
+class SignatureError(ContractError):
+    """A signature that is missing, from an untrusted key, or does not verify."""
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+def format_time(value: datetime | float) -> str:
+    """RFC 3339 UTC with a ``Z``, second precision: ``2026-11-26T08:00:00Z``."""
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 time; a time without an offset is refused."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError) as exc:
+        raise ContractError(f"not an RFC 3339 time: {text!r}") from exc
+    if parsed.tzinfo is None:
+        raise ContractError(f"time without a UTC offset: {text!r}")
+    return parsed.astimezone(UTC)
+
+
+def parse_timestamp(text: str | None) -> float | None:
+    """RFC 3339 text (or None) to Unix seconds (or None)."""
+    return None if text is None else parse_time(text).timestamp()
+
+
+# --- canonical JSON and signatures -----------------------------------------------------------
+
+
+def canonical_json(obj: Mapping[str, Any]) -> bytes:
+    """UTF-8, keys sorted, no whitespace: the bytes that are signed."""
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def compact_json(obj: Mapping[str, Any]) -> bytes:
+    """The wire form of every MQTT payload: compact, one line (same as canonical)."""
+    return canonical_json(obj)
+
+
+def key_id(public_key_raw: bytes) -> str:
+    """First 16 hex digits of SHA-256 of the raw 32-byte Ed25519 public key."""
+    return hashlib.sha256(public_key_raw).hexdigest()[:16]
+
+
+class Signer:
+    """Signs contract objects with one Ed25519 private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        raw_private = private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        self._key = nacl.signing.SigningKey(raw_private)
+        self.public_key_raw = bytes(self._key.verify_key)
+        self.kid = key_id(self.public_key_raw)
+
+    @classmethod
+    def from_pem_file(cls, path: str | Path) -> Signer:
+        return cls(load_private_key(path))
+
+    def sign(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Return a copy of ``obj`` with ``kid`` set and ``sig`` over its canonical form."""
+        if obj.get("type") not in ("member_state", "manifest", "snapshot_trailer", "gate_command"):
+            raise ContractError(f"cannot sign an object of type {obj.get('type')!r}")
+        body = {k: v for k, v in obj.items() if k != "sig"}
+        body["kid"] = self.kid
+        signature = self._key.sign(canonical_json(body)).signature
+        body["sig"] = base64.b64encode(signature).decode()
+        return body
+
+
+class Verifier:
+    """Verifies contract objects against a set of trusted public keys (by ``kid``)."""
+
+    def __init__(self, public_keys_raw: Iterable[bytes]) -> None:
+        self._keys = {key_id(raw): nacl.signing.VerifyKey(raw) for raw in public_keys_raw}
+        if not self._keys:
+            raise ContractError("no trusted public keys")
+
+    @classmethod
+    def from_pem_files(cls, paths: Iterable[str | Path]) -> Verifier:
+        return cls(public_key_raw(load_public_key(p)) for p in paths)
+
+    @property
+    def kids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def verify(self, obj: Mapping[str, Any], expected_type: SignedType) -> dict[str, Any]:
+        """Check type, kid and signature; return the object without ``sig``.
+
+        Raises SignatureError (or ContractError for the wrong type).
+        """
+        if obj.get("type") != expected_type:
+            raise ContractError(f"expected type {expected_type!r}, got {obj.get('type')!r}")
+        body = {k: v for k, v in obj.items() if k != "sig"}
+        sig = obj.get("sig")
+        if not isinstance(sig, str):
+            raise SignatureError("missing signature")
+        key = self._keys.get(body.get("kid"))  # type: ignore[arg-type]
+        if key is None:
+            raise SignatureError(f"untrusted key id {body.get('kid')!r}")
+        try:
+            signature = base64.b64decode(sig, validate=True)
+            key.verify(canonical_json(body), signature)
+        except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError) as exc:
+            raise SignatureError("bad signature") from exc
+        return body
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """Load a PKCS#8 PEM Ed25519 private key."""
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ContractError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """Load a SubjectPublicKeyInfo PEM Ed25519 public key."""
+    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ContractError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def public_key_raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+_UID_SEPARATORS = re.compile(r"[\s:\-]")
+_HEX_RE = re.compile(r"^[0-9A-F]+$")
+
+
+def normalize_uid(text: str) -> str:
+    """Upper-case hex without separators (``04:a1:b2`` → ``04A1B2``); ContractError if not hex."""
+    uid = _UID_SEPARATORS.sub("", text).upper()
+    if not uid or len(uid) % 2 or not _HEX_RE.match(uid):
+        raise ContractError("a card UID is an even number of hex digits")
+    return uid
+
+
+def load_credential_key(path: str | Path) -> bytes:
+    """The credential HMAC key: 64 hex digits on one line → 32 bytes."""
+    text = Path(path).read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise ContractError(f"{path}: the credential key must be 64 hex digits") from exc
+    if len(key) != 32:
+        raise ContractError(f"{path}: the credential key must be 64 hex digits (32 bytes)")
+    return key
+
+
+def credential_digest(credential_key: bytes, credential: str) -> bytes:
+    """HMAC-SHA256 of a credential string (``card:UID`` or ``w26:FAC:NUM``), raw 32 bytes."""
+    return hmac.new(credential_key, credential.encode(), hashlib.sha256).digest()
+
+
+def card_key(credential_key: bytes, uid: str) -> str:
+    """The card key published for a UID: hex HMAC-SHA256(credential_key, "card:" + UID)."""
+    return credential_digest(credential_key, "card:" + normalize_uid(uid)).hex()
+
+
+def is_random_uid(uid: str) -> bool:
+    """A 4-byte UID starting with 08 is a random ID that changes on every read."""
+    return len(uid) == 8 and uid.startswith("08")
+
+
+# --- manifest digest --------------------------------------------------------------------------
+
+
+def digest_term(member_id: str, version: int) -> int:
+    """One member's contribution to the site digest: SHA-256(member_id:version) as an int."""
+    return int.from_bytes(hashlib.sha256(f"{member_id}:{version}".encode()).digest(), "big")
+
+
+def digest_hex(value: int) -> str:
+    return value.to_bytes(32, "big").hex()
+
+
+def site_digest(pairs: Iterable[tuple[str, int]]) -> str:
+    """XOR of SHA-256(member_id:version) over the (non-erased) members."""
+    acc = 0
+    for member_id, version in pairs:
+        acc ^= digest_term(member_id, version)
+    return digest_hex(acc)
+
+
+# --- topics -----------------------------------------------------------------------------------
+
+
+def member_topic(site: str, member_id: str) -> str:
+    return f"{TOPIC_ROOT}/sites/{site}/members/{member_id}"
+
+
+def members_wildcard(site: str) -> str:
+    return f"{TOPIC_ROOT}/sites/{site}/members/+"
+
+
+def manifest_topic(site: str) -> str:
+    return f"{TOPIC_ROOT}/sites/{site}/manifest"
+
+
+def events_topic(site: str, gate: str) -> str:
+    return f"{TOPIC_ROOT}/sites/{site}/gates/{gate}/events"
+
+
+def status_topic(site: str, gate: str) -> str:
+    return f"{TOPIC_ROOT}/sites/{site}/gates/{gate}/status"
+
+
+def cmd_topic(site: str, gate: str) -> str:
+    return f"{TOPIC_ROOT}/sites/{site}/gates/{gate}/cmd"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split a contract topic into (site, kind, name).
+
+    kind is ``members`` (name = member id), ``manifest`` (name = ""), or ``events``/``status``/
+    ``cmd`` (name = gate id). Raises ContractError for anything else.
+    """
+    parts = topic.split("/")
+    if parts[:3] != ["gated", "v1", "sites"] or len(parts) < 5:
+        raise ContractError(f"not a gated/v1 topic: {topic!r}")
+    site = parts[3]
+    if len(parts) == 5 and parts[4] == "manifest":
+        return site, "manifest", ""
+    if len(parts) == 6 and parts[4] == "members":
+        if not MEMBER_ID_RE.match(parts[5]):
+            raise ContractError("bad member id in topic")
+        return site, "members", parts[5]
+    if len(parts) == 7 and parts[4] == "gates" and parts[6] in ("events", "status", "cmd"):
+        return site, parts[6], parts[5]
+    raise ContractError(f"not a gated/v1 topic: {topic!r}")
+
+
+# --- payload models ---------------------------------------------------------------------------
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ScheduleWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]]
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
+
+
+class MemberState(_Payload):
+    type: Literal["member_state"] = "member_state"
+    kid: str | None = None
+    member_id: str = Field(pattern=MEMBER_ID_RE.pattern)
+    sites: list[str]
+    version: int = Field(ge=1)
+    status: Status
+    role: Literal["member", "staff"] = "member"
+    valid_from: str | None = None
+    valid_until: str | None = None
+    plan: str | None = None
+    schedule: list[ScheduleWindow] = Field(default_factory=list)
+    zones: list[str] = Field(default_factory=list)
+    credentials: list[str] = Field(default_factory=list)
+    qr_key: str | None = None
+    daily_limit: int | None = Field(default=None, ge=0)
+    issued_at: str
+    sig: str | None = None
+
+
+class Manifest(_Payload):
+    type: Literal["manifest"] = "manifest"
+    kid: str | None = None
+    site: str
+    count: int = Field(ge=0)
+    max_version: int = Field(ge=0)
+    digest: str
+    issued_at: str
+    sig: str | None = None
+
+
+class SnapshotTrailer(_Payload):
+    type: Literal["snapshot_trailer"] = "snapshot_trailer"
+    kid: str | None = None
+    site: str
+    issued_at: str
+    count: int = Field(ge=0)
+    max_version: int = Field(ge=0)
+    digest: str
+    sha256: str
+    sig: str | None = None
+
+
+class GateCommand(_Payload):
+    type: Literal["gate_command"] = "gate_command"
+    kid: str | None = None
+    id: str
+    site: str
+    gate: str
+    action: Literal["pulse", "lockdown_on", "lockdown_off", "resync", "message"]
+    args: dict[str, Any] = Field(default_factory=dict)
+    issued_at: str
+    not_after: str
+    sig: str | None = None
+
+
+class GateEvent(_Payload):
+    event_id: str
+    site: str
+    gate: str
+    at: str
+    kind: EventKind
+    member_id: str | None = None
+    credential_kind: Literal["card", "qr"] | None = None
+    reader_id: str | None = None
+    direction: Literal["in", "out"] | None = None
+    reason: str | None = None
+    latency_us: int | None = None
+    source: Literal["reader", "control", "command"] = "reader"
+    operator: str | None = None
+
+
+class GateStatus(_Payload):
+    state: Literal["online", "offline"]
+    site: str
+    gate: str
+    software_version: str | None = None
+    started_at: str | None = None
+    members: int | None = None
+    max_version: int | None = None
+    digest: str | None = None
+    last_head_office_at: str | None = None
+    outbox_depth: int | None = None
+    lockdown: bool | None = None
+
+
+def erased_state(member_id: str, sites: list[str], version: int, issued_at: str) -> dict[str, Any]:
+    """The unsigned tombstone for an erased member (every field present, as the contract says)."""
+    return {
+        "type": "member_state",
+        "member_id": member_id,
+        "sites": sites,
+        "version": version,
+        "status": "erased",
+        "role": "member",
+        "valid_from": None,
+        "valid_until": None,
+        "plan": None,
+        "schedule": [],
+        "zones": [],
+        "credentials": [],
+        "qr_key": None,
+        "daily_limit": None,
+        "issued_at": issued_at,
+    }

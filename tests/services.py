@@ -1,0 +1,86 @@
+"""Real services for tests: each starts on an ephemeral loopback port and stops with the test."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Mosquitto:
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    extra_config: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def start(self) -> None:
+        """(Re)start on the same port with the same persistence directory."""
+        self.proc = _spawn_mosquitto(self.workdir, self.port, self.extra_config)
+
+
+def _spawn_mosquitto(workdir: Path, port: int, extra: str) -> subprocess.Popen[bytes]:
+    conf = workdir / "mosquitto.conf"
+    # max_queued_messages 0: the default silently drops retained messages past 1,000 for a new
+    # subscriber. Persistence keeps sessions across a restart, as a site broker does.
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {workdir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+        f"log_dest file {workdir}/mosquitto.log\nuser root\n{extra}"
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc=proc)
+    return proc
+
+
+@contextlib.contextmanager
+def run_mosquitto(workdir: Path, extra_config: str = "") -> Iterator[Mosquitto]:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        raise RuntimeError("mosquitto is not installed (scripts/test installs it)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    broker = Mosquitto(port, workdir, _spawn_mosquitto(workdir, port, extra_config), extra_config)
+    try:
+        yield broker
+    finally:
+        broker.stop()
