@@ -257,6 +257,11 @@ def card_key(credential_key: bytes, uid: str) -> str:
     return credential_digest(credential_key, "card:" + normalize_uid(uid)).hex()
 
 
+def card_credential_string(value: str) -> str:
+    """What a card reader's value is hashed as: ``w26:FAC:NUM`` as it is, a UID as ``card:UID``."""
+    return value if value.startswith("w26:") else "card:" + value
+
+
 def is_random_uid(uid: str) -> bool:
     """A 4-byte UID starting with 08 is a random ID that changes on every read."""
     return len(uid) == 8 and uid.startswith("08")
@@ -449,3 +454,111 @@ def erased_state(member_id: str, sites: list[str], version: int, issued_at: str)
         "daily_limit": None,
         "issued_at": issued_at,
     }
+
+
+# --- rotating QR codes ------------------------------------------------------------------------
+
+QR_PREFIX = "GQ1"
+_QR_RE = re.compile(r"^GQ1\.([A-Za-z0-9_-]{1,64})\.(\d{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{86})$")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint_qr_code(app_private_key_raw: bytes, member_id: str, ts: int, nonce: str) -> str:
+    """What the member's app shows: ``GQ1.<member_id>.<unix_ts>.<nonce>.<sig>``.
+
+    ``nonce`` is 16 hex digits; ``sig`` is base64url (no padding) of the Ed25519 signature over
+    the ASCII bytes before the last dot.
+    """
+    if not MEMBER_ID_RE.match(member_id) or not re.fullmatch(r"[0-9a-f]{16}", nonce):
+        raise ContractError("member id or nonce not in the QR code format")
+    head = f"{QR_PREFIX}.{member_id}.{ts}.{nonce}"
+    signature = nacl.signing.SigningKey(app_private_key_raw).sign(head.encode()).signature
+    return f"{head}.{_b64url(signature)}"
+
+
+def parse_qr_code(text: str) -> tuple[str, int, str, bytes, bytes]:
+    """Split a code into (member_id, ts, nonce, signed_bytes, signature); ContractError if it is
+    not a well-formed GQ1 code."""
+    match = _QR_RE.match(text.strip())
+    if not match:
+        raise ContractError("not a GQ1 code")
+    member_id, ts, nonce, sig = match.groups()
+    try:
+        signature = base64.urlsafe_b64decode(sig + "==")
+    except (binascii.Error, ValueError) as exc:
+        raise ContractError("bad QR signature encoding") from exc
+    if len(signature) != 64:
+        raise ContractError("bad QR signature length")
+    head = text.strip().rsplit(".", 1)[0]
+    return member_id, int(ts), nonce, head.encode(), signature
+
+
+# --- snapshots --------------------------------------------------------------------------------
+
+
+def build_snapshot(
+    site: str, states: Iterable[Mapping[str, Any]], signer: Signer, issued_at: str
+) -> bytes:
+    """A site snapshot: gzip'd JSON Lines, one MemberState per line without ``sig`` (erased ones
+    included), then a signed ``snapshot_trailer`` whose ``sha256`` covers every byte before it.
+    ``count``, ``max_version`` and ``digest`` follow the manifest rules (digest over non-erased)."""
+    import gzip
+
+    body = bytearray()
+    count = 0
+    max_version = 0
+    acc = 0
+    for state in states:
+        line = {k: v for k, v in state.items() if k != "sig"}
+        line["kid"] = signer.kid
+        body += canonical_json(line) + b"\n"
+        max_version = max(max_version, int(line["version"]))
+        if line["status"] != "erased":
+            count += 1
+            acc ^= digest_term(str(line["member_id"]), int(line["version"]))
+    trailer = signer.sign(
+        {
+            "type": "snapshot_trailer",
+            "site": site,
+            "issued_at": issued_at,
+            "count": count,
+            "max_version": max_version,
+            "digest": digest_hex(acc),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+    )
+    return gzip.compress(bytes(body) + canonical_json(trailer) + b"\n", compresslevel=6)
+
+
+def read_snapshot(
+    data: bytes, verifier: Verifier, site: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Verify a snapshot whole and return (trailer, states). Raises ContractError/SignatureError
+    for a truncated, tampered, wrongly signed or other-site snapshot; nothing is returned then."""
+    import gzip
+    import zlib
+
+    try:
+        raw = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ContractError("snapshot is not valid gzip (truncated?)") from exc
+    if not raw.endswith(b"\n"):
+        raise ContractError("snapshot is truncated")
+    cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
+    body, trailer_line = raw[:cut], raw[cut:]
+    try:
+        trailer_obj = json.loads(trailer_line)
+    except ValueError as exc:
+        raise ContractError("snapshot trailer is not JSON") from exc
+    if not isinstance(trailer_obj, dict):
+        raise ContractError("snapshot trailer is not an object")
+    trailer = verifier.verify(trailer_obj, "snapshot_trailer")
+    if trailer.get("site") != site:
+        raise ContractError(f"snapshot is for site {trailer.get('site')!r}, not {site!r}")
+    if hashlib.sha256(body).hexdigest() != trailer.get("sha256"):
+        raise ContractError("snapshot body does not match its signed sha256")
+    states = [json.loads(line) for line in body.splitlines() if line]
+    return trailer, states
