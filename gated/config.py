@@ -108,7 +108,66 @@ class SimReaderConfig(_ReaderBase):
     kind: Literal["sim"] = "sim"
 
 
-ReaderConfig = Annotated[SimReaderConfig, Field(discriminator="kind")]
+class PcscReaderConfig(_ReaderBase):
+    """A CCID reader (ACR122U, ACR1252, ...) through pcscd; the UID comes from GET DATA."""
+
+    kind: Literal["pcsc"] = "pcsc"
+    reader_name: str = ""  # a substring of the PC/SC reader name; empty = the first reader
+
+
+class NfcReaderConfig(_ReaderBase):
+    """An nfcpy device (PN532 over UART/I2C/USB, ...); pcscd must not own the same device."""
+
+    kind: Literal["nfc"] = "nfc"
+    path: str = Field(default="usb", min_length=1)  # "usb", "tty:AMA0:pn532", "udp:HOST:PORT"
+    targets: list[Literal["106A", "106B", "212F", "424F"]] = Field(
+        default_factory=lambda: ["106A", "106B", "212F"], min_length=1
+    )
+
+
+class SerialQrReaderConfig(_ReaderBase):
+    """A USB-CDC or RS-232 QR scanner sending one code per line (CR and/or LF)."""
+
+    kind: Literal["serial_qr"] = "serial_qr"
+    port: str = Field(default="/dev/ttyACM0", min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+    max_length: int = Field(default=512, gt=0, le=65536)
+
+
+class HidQrReaderConfig(_ReaderBase):
+    """A keyboard-wedge QR scanner, grabbed exclusively through evdev."""
+
+    kind: Literal["hid_qr"] = "hid_qr"
+    device: str = Field(min_length=1)  # /dev/input/by-id/... path or the device name
+    max_length: int = Field(default=512, gt=0, le=65536)
+
+
+class WiegandReaderConfig(_ReaderBase):
+    """A Wiegand reader on two GPIO inputs (BCM numbers); 26- and 34-bit frames."""
+
+    kind: Literal["wiegand"] = "wiegand"
+    d0_pin: int = Field(ge=0, le=53)
+    d1_pin: int = Field(ge=0, le=53)
+    byte_order: Literal["msb_first", "lsb_first"] = "msb_first"
+    frame_timeout_ms: int = Field(default=20, ge=5, le=200)
+
+    @field_validator("d1_pin")
+    @classmethod
+    def _two_pins(cls, v: int, info: Any) -> int:
+        if v == info.data.get("d0_pin"):
+            raise ValueError("d0_pin and d1_pin must be different pins")
+        return v
+
+
+ReaderConfig = Annotated[
+    SimReaderConfig
+    | PcscReaderConfig
+    | NfcReaderConfig
+    | SerialQrReaderConfig
+    | HidQrReaderConfig
+    | WiegandReaderConfig,
+    Field(discriminator="kind"),
+]
 
 
 class GateConfig(_Section):
@@ -162,7 +221,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("sim",) or (isinstance(part, str) and part.endswith("ReaderConfig")):
+        elif part in ("sim", "pcsc", "nfc", "serial_qr", "hid_qr", "wiegand") or (isinstance(part, str) and part.endswith("ReaderConfig")):
             continue  # discriminated-union tags add nothing for a human
         else:
             out += ("." if out else "") + part
