@@ -1,0 +1,3 @@
+"""gated: an access-control gateway for gyms."""
+
+__version__ = "0.1.0"

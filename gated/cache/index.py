@@ -1,0 +1,155 @@
+"""The in-memory member index: the only thing the hot path reads.
+
+A million members must fit in a Pi's memory and never stall the loop, so a record is a slotted
+:class:`~gated.policy.decide.Member`, card keys are raw 32-byte digests, and the values many
+members share (statuses, plans, schedules, zone sets) are interned.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from gated.contract import ContractError, digest_hex, digest_term, parse_timestamp
+from gated.policy.decide import Member, Window, compile_schedule
+
+_schedules: dict[str, tuple[Window, ...]] = {}
+_zone_sets: dict[str, frozenset[str]] = {}
+
+
+def _intern_str(value: str | None) -> str | None:
+    return None if value is None else sys.intern(value)
+
+
+def _schedule(text: str) -> tuple[Window, ...]:
+    compiled = _schedules.get(text)
+    if compiled is None:
+        compiled = _schedules[text] = compile_schedule(json.loads(text))
+    return compiled
+
+
+def _zones(text: str) -> frozenset[str]:
+    zones = _zone_sets.get(text)
+    if zones is None:
+        zones = _zone_sets[text] = frozenset(json.loads(text))
+    return zones
+
+
+def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A MemberState (already verified or trusted) → the columns the cache stores.
+
+    Raises ContractError for values the gate cannot use (bad hex keys, bad times).
+    """
+    try:
+        credentials = b"".join(bytes.fromhex(k) for k in state.get("credentials") or [])
+        qr_key = base64.b64decode(state["qr_key"], validate=True) if state.get("qr_key") else None
+    except (ValueError, binascii.Error, TypeError) as exc:
+        raise ContractError("credentials must be hex card keys and qr_key base64") from exc
+    if len(credentials) % 32 or (qr_key is not None and len(qr_key) != 32):
+        raise ContractError("card keys and qr_key must be 32 bytes")
+    return {
+        "member_id": state["member_id"],
+        "version": int(state["version"]),
+        "status": state["status"],
+        "role": state.get("role") or "member",
+        "valid_from": parse_timestamp(state.get("valid_from")),
+        "valid_until": parse_timestamp(state.get("valid_until")),
+        "plan": state.get("plan"),
+        "schedule": json.dumps(state.get("schedule") or [], sort_keys=True, separators=(",", ":")),
+        "zones": json.dumps(sorted(state.get("zones") or []), separators=(",", ":")),
+        "credentials": credentials,
+        "qr_key": qr_key,
+        "daily_limit": state.get("daily_limit"),
+        "issued_at": state.get("issued_at"),
+        "state": json.dumps(dict(state), separators=(",", ":"), ensure_ascii=False),
+    }
+
+
+def member_from_row(row: tuple[Any, ...]) -> Member:
+    """Columns (member_id, version, status, role, valid_from, valid_until, plan, schedule, zones,
+    credentials, qr_key, daily_limit) → the compact record."""
+    (member_id, version, status, role, valid_from, valid_until, plan, schedule, zones, creds,
+     qr_key, daily_limit) = row  # fmt: skip
+    return Member(
+        member_id,
+        version,
+        sys.intern(status),
+        sys.intern(role),
+        valid_from,
+        valid_until,
+        _intern_str(plan),
+        _schedule(schedule),
+        _zones(zones),
+        tuple(creds[i : i + 32] for i in range(0, len(creds), 32)) if creds else (),
+        qr_key,
+        daily_limit,
+    )
+
+
+MEMBER_COLUMNS = (
+    "member_id, version, status, role, valid_from, valid_until, plan, schedule, zones, "
+    "credentials, qr_key, daily_limit"
+)
+
+
+def member_from_state(state: Mapping[str, Any]) -> Member:
+    row = member_row(state)
+    return member_from_row(tuple(row[c.strip()] for c in MEMBER_COLUMNS.split(",")))
+
+
+class MemberIndex:
+    """Members by card key and by id, with the site digest kept up to date in O(1) per change.
+
+    Erased members stay in ``by_id`` as tombstones (no credentials) so their version is never
+    forgotten; they are not counted and not in the digest.
+    """
+
+    __slots__ = ("_digest", "by_id", "by_key", "count", "max_version")
+
+    def __init__(self) -> None:
+        self.by_key: dict[bytes, Member] = {}
+        self.by_id: dict[str, Member] = {}
+        self.count = 0
+        self.max_version = 0
+        self._digest = 0
+
+    def version_of(self, member_id: str) -> int:
+        """The highest version this gate holds for a member id (0 if never seen)."""
+        member = self.by_id.get(member_id)
+        return 0 if member is None else member.version
+
+    @property
+    def digest(self) -> str:
+        return digest_hex(self._digest)
+
+    def put(self, member: Member) -> bool:
+        """Apply a record if newer than what is held; True if it changed the index."""
+        old = self.by_id.get(member.member_id)
+        if old is not None:
+            if member.version <= old.version:
+                return False
+            for key in old.credentials:
+                if self.by_key.get(key) is old:
+                    del self.by_key[key]
+            if old.status != "erased":
+                self.count -= 1
+                self._digest ^= digest_term(old.member_id, old.version)
+        self.by_id[member.member_id] = member
+        if member.status != "erased":
+            self.count += 1
+            self._digest ^= digest_term(member.member_id, member.version)
+            for key in member.credentials:
+                self.by_key[key] = member
+        if member.version > self.max_version:
+            self.max_version = member.version
+        return True
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.by_id.values())
+
+    def __len__(self) -> int:
+        return self.count

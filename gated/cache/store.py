@@ -1,0 +1,346 @@
+"""The cache on disk: SQLite in WAL mode, written by one thread that batches commits.
+
+Card UIDs never reach this file: members carry only HMAC card keys. Every decision's event row,
+its counters and a spent QR nonce go in one transaction; while decisions arrive faster than a
+commit, they share commits (the SD card sees fewer, larger writes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import sqlite_utils
+
+from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row, member_row
+from gated.contract import ContractError
+from gated.policy.decide import MemberCounters
+
+log = logging.getLogger("gated.cache")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS members (
+    member_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    role TEXT NOT NULL,
+    valid_from REAL,
+    valid_until REAL,
+    plan TEXT,
+    schedule TEXT NOT NULL,
+    zones TEXT NOT NULL,
+    credentials BLOB,
+    qr_key BLOB,
+    daily_limit INTEGER,
+    issued_at TEXT,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    member_id TEXT PRIMARY KEY,
+    day INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    inside_since REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS qr_nonces (
+    member_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (member_id, nonce)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS command_ids (
+    id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Applies a state only if newer; the row of an erased member stays as its tombstone, so the highest
+# version ever seen for an id is kept for ever.
+_UPSERT = f"""
+INSERT INTO members ({MEMBER_COLUMNS}, issued_at, state)
+VALUES (:member_id, :version, :status, :role, :valid_from, :valid_until, :plan, :schedule, :zones,
+        :credentials, :qr_key, :daily_limit, :issued_at, :state)
+ON CONFLICT(member_id) DO UPDATE SET
+    version = excluded.version, status = excluded.status, role = excluded.role,
+    valid_from = excluded.valid_from, valid_until = excluded.valid_until, plan = excluded.plan,
+    schedule = excluded.schedule, zones = excluded.zones, credentials = excluded.credentials,
+    qr_key = excluded.qr_key, daily_limit = excluded.daily_limit, issued_at = excluded.issued_at,
+    state = excluded.state
+WHERE excluded.version > members.version
+"""
+
+Durability = Literal["crash", "power"]
+
+
+def connect(path: Path, durability: Durability = "crash") -> sqlite3.Connection:
+    """Open the cache database in WAL mode with the durability the config asks for.
+
+    ``crash`` (synchronous=NORMAL): a kill -9 loses nothing committed; a power cut may lose the
+    last commits. ``power`` (synchronous=FULL): every commit is fsynced, at a cost per decision.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk upserts run ~2x faster
+    # Bound the WAL: checkpoint every ~4 MiB so it never grows without limit on an SD card.
+    conn.execute("PRAGMA wal_autocheckpoint=1000")
+    sqlite_utils.Database(conn).executescript(SCHEMA)
+    return conn
+
+
+class CacheStore:
+    """Reads and writes of the cache database. Not thread-safe: one thread owns an instance
+    (the :class:`CacheWriter`'s thread at run time; a CLI command's thread otherwise)."""
+
+    def __init__(self, path: Path, durability: Durability = "crash") -> None:
+        self.path = path
+        self.conn = connect(path, durability)
+        self.db = sqlite_utils.Database(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- members --------------------------------------------------------------------------
+
+    def load_index(self) -> MemberIndex:
+        """Every member row (tombstones included) into a fresh in-memory index."""
+        index = MemberIndex()
+        cur = self.conn.execute(f"SELECT {MEMBER_COLUMNS} FROM members")
+        while rows := cur.fetchmany(10_000):
+            for row in rows:
+                index.put(member_from_row(row))
+        return index
+
+    def apply_states(self, states: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Upsert states in one transaction; returns the rows that were newer and applied.
+
+        Call inside :meth:`transaction` or alone (it opens its own).
+        """
+        applied: list[dict[str, Any]] = []
+        with self.transaction():
+            for state in states:
+                row = member_row(state)
+                cur = self.conn.execute(_UPSERT, row)
+                if cur.rowcount:
+                    applied.append(row)
+        return applied
+
+    def rows_above(self, version: int) -> list[tuple[Any, ...]]:
+        """Member rows (index columns) with a version above ``version``."""
+        return list(
+            self.conn.execute(f"SELECT {MEMBER_COLUMNS} FROM members WHERE version > ?", (version,))
+        )
+
+    def member_state(self, member_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT state FROM members WHERE member_id = ?", (member_id,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def max_version(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(version), 0) FROM members").fetchone()[0])
+
+    # -- events, counters, nonces ---------------------------------------------------------
+
+    def add_event(self, event: Mapping[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO outbox (event_id, payload) VALUES (?, ?)",
+            (event["event_id"], json.dumps(event, separators=(",", ":"))),
+        )
+
+    def put_counters(self, member_id: str, counters: MemberCounters) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO counters (member_id, day, entries, inside_since) VALUES (?,?,?,?)",
+            (member_id, counters.day, counters.entries, counters.inside_since),
+        )
+
+    def load_counters(self) -> dict[str, MemberCounters]:
+        return {
+            m: MemberCounters(d, e, i)
+            for m, d, e, i in self.conn.execute(
+                "SELECT member_id, day, entries, inside_since FROM counters"
+            )
+        }
+
+    def spend_nonce(self, member_id: str, nonce: str, expires_at: float) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO qr_nonces (member_id, nonce, expires_at) VALUES (?,?,?)",
+            (member_id, nonce, expires_at),
+        )
+
+    def load_nonces(self, now: float) -> list[tuple[str, str, float]]:
+        self.conn.execute("DELETE FROM qr_nonces WHERE expires_at <= ?", (now,))
+        return [
+            tuple(r)
+            for r in self.conn.execute("SELECT member_id, nonce, expires_at FROM qr_nonces")
+        ]
+
+    def outbox_batch(self, limit: int = 100) -> list[tuple[int, str]]:
+        """The oldest undelivered events as (seq, payload JSON), in order."""
+        return [
+            (int(s), str(p))
+            for s, p in self.conn.execute(
+                "SELECT seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            )
+        ]
+
+    def delete_events(self, seqs: Iterable[int]) -> None:
+        """Drop events the broker has acknowledged (PUBACK)."""
+        self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def outbox_depth(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def recent_events(self, limit: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT payload FROM outbox ORDER BY seq DESC LIMIT ?", (limit,))
+        return [json.loads(p) for (p,) in rows][::-1]
+
+    # -- key/value (lockdown, clock, head-office contact) ---------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        self.db.table("kv").upsert({"key": key, "value": json.dumps(value)}, pk="key")
+
+    # -- commands -------------------------------------------------------------------------
+
+    def command_seen(self, command_id: str) -> bool:
+        return (
+            self.conn.execute("SELECT 1 FROM command_ids WHERE id = ?", (command_id,)).fetchone()
+            is not None
+        )
+
+    def remember_command(self, command_id: str, expires_at: float) -> None:
+        self.conn.execute("DELETE FROM command_ids WHERE expires_at < ?", (time.time() - 86400,))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO command_ids (id, expires_at) VALUES (?, ?)",
+            (command_id, expires_at),
+        )
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+    def stats(self) -> dict[str, Any]:
+        size = sum(
+            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.exists()
+        )
+        return {"db_path": str(self.path), "db_bytes": size, "outbox_depth": self.outbox_depth()}
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, nestable as a SAVEPOINT."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.nested = False
+
+    def __enter__(self) -> None:
+        self.nested = self.conn.in_transaction
+        self.conn.execute("SAVEPOINT tx" if self.nested else "BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("RELEASE tx" if self.nested else "COMMIT")
+        elif self.nested:
+            self.conn.execute("ROLLBACK TO tx")
+            self.conn.execute("RELEASE tx")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+class CacheWriter:
+    """One thread that owns the write connection and group-commits what it is given.
+
+    ``submit(fn)`` queues ``fn(store)`` and returns a Future; everything queued while a commit is
+    running goes into the next transaction together, each in its own savepoint so one failure
+    cannot undo its neighbours. Callers on the event loop never wait on the disk.
+    """
+
+    def __init__(self, store: CacheStore, max_batch: int = 512) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Callable[[CacheStore], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="gated-cache-writer", daemon=True)
+        self.commits = 0
+        self.failures = 0
+        self._thread.start()
+
+    def submit(self, fn: Callable[[CacheStore], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((fn, future))
+        return future
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = self.store.conn
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            results: list[tuple[Future[Any], Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, future in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = fn(self.store)
+                    except (sqlite3.Error, ContractError, ValueError, KeyError, TypeError) as exc:
+                        conn.execute("ROLLBACK TO op")
+                        results.append((future, None, exc))
+                    else:
+                        results.append((future, value, None))
+                    conn.execute("RELEASE op")
+                conn.execute("COMMIT")
+                self.commits += 1
+            except sqlite3.Error as exc:
+                self.failures += 1
+                log.error("event=cache_commit_failed error=%s ops=%d", exc, len(batch))
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                results = [(future, None, exc) for _, future in batch]
+            for future, value, error in results:
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+        self.store.close()

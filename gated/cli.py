@@ -1,0 +1,526 @@
+"""Command-line entry points: ``gated`` (run a gate, manage its files) and ``gatectl`` (talk to a
+running gate over its control socket). Errors print one line; ``--json`` prints one document."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gated.config import ConfigError, GateConfig, load_gate_config
+from gated.contract import ContractError
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_DENIED = 1
+EXIT_ERROR = 2
+EXIT_NOT_RUNNING = 3
+
+gated_app = typer.Typer(
+    name="gated",
+    help="The gated turnstile daemon and its offline tools (config, keys, members).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate configuration files.", no_args_is_help=True)
+keys_app = typer.Typer(help="Make the credential key and Ed25519 key pairs.", no_args_is_help=True)
+members_app = typer.Typer(
+    help="Load members into a gate's cache or publish them as head office.", no_args_is_help=True
+)
+gated_app.add_typer(config_app, name="config")
+gated_app.add_typer(keys_app, name="keys")
+gated_app.add_typer(members_app, name="members")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to gated.toml.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_config_or_exit(path: Path) -> GateConfig:
+    try:
+        return load_gate_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """key=value lines on stderr, one event per line (journald adds its own timestamps)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- gated -----------------------------------------------------------------------------------
+
+
+@gated_app.command()
+def run(
+    config: ConfigOpt = Path("/etc/gated/gated.toml"),
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the gate: readers → policy → door, the cache, the control socket (and MQTT sync)."""
+    cfg = load_config_or_exit(config)
+    setup_logging(log_level)
+    from gated.daemon import Gate
+
+    try:
+        gate = Gate(cfg)
+    except (OSError, ContractError) as exc:
+        fail(f"cannot start: {exc}")
+    asyncio.run(gate.run())
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The gated.toml to validate.")]) -> None:
+    """Validate a gated.toml without starting anything; exit 2 with one line naming the problem."""
+    cfg = load_config_or_exit(file)
+    readers = ", ".join(f"{r.id} ({r.kind}, {r.direction})" for r in cfg.readers)
+    console.print(
+        f"[green]ok[/green] {file}: site {cfg.site}, gate {cfg.gate}, readers: {readers}",
+        highlight=False,
+    )
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the key files.")] = Path(
+        "/etc/gated"
+    ),
+    command_key: Annotated[
+        bool,
+        typer.Option(
+            "--command-key",
+            help="Also make command.key/command.pub (keep command.key off the billing host).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Overwrite existing keys (cards enrolled under the old credential key stop working).",
+        ),
+    ] = False,
+) -> None:
+    """Make credential.key (HMAC, 64 hex digits) and head-office.key/.pub (Ed25519 PEM).
+
+    Private files are written mode 0600; refuses to overwrite unless --force.
+    """
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gated.contract import key_id, private_key_pem, public_key_pem, public_key_raw
+
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = ["head-office"] + (["command"] if command_key else [])
+    targets = [out / "credential.key"] + [
+        out / f"{n}.{ext}" for n in pairs for ext in ("key", "pub")
+    ]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not force:
+        fail(f"refusing to overwrite {', '.join(existing)} (use --force)")
+
+    def write(path: Path, data: bytes, mode: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(path, mode)
+
+    write(out / "credential.key", (secrets.token_hex(32) + "\n").encode(), 0o600)
+    console.print(f"wrote {out / 'credential.key'} (mode 0600)")
+    for name in pairs:
+        key = Ed25519PrivateKey.generate()
+        write(out / f"{name}.key", private_key_pem(key), 0o600)
+        write(out / f"{name}.pub", public_key_pem(key.public_key()), 0o644)
+        console.print(
+            f"wrote {out / name}.key (0600) and {name}.pub, kid {key_id(public_key_raw(key.public_key()))}"
+        )
+
+
+@members_app.command("import")
+def members_import(
+    file: Annotated[
+        Path, typer.Argument(help="Members as a JSON list or CSV (raw card UIDs in 'cards').")
+    ],
+    config: ConfigOpt = Path("/etc/gated/gated.toml"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Load a members file straight into this gate's cache (a site with no head office).
+
+    Card UIDs are hashed with the credential key as they are read and never stored. Versions are
+    assigned above the cache's highest. Nothing is applied if any row is bad. A running daemon
+    picks the new members up at once.
+    """
+    from gated.cache.store import CacheStore
+    from gated.contract import load_credential_key
+    from gated.members import MembersFileError, read_members_file
+
+    cfg = load_config_or_exit(config)
+    try:
+        key = load_credential_key(cfg.keys.credential_key_file)
+    except (OSError, ContractError) as exc:
+        fail(f"credential key: {exc}")
+    store = CacheStore(cfg.cache_path, cfg.durability)
+    try:
+        try:
+            states = read_members_file(
+                file, key, default_site=cfg.site, first_version=store.max_version() + 1
+            )
+        except MembersFileError as exc:
+            fail(str(exc))
+        applied = store.apply_states(states)
+    finally:
+        store.close()
+    refreshed = None
+    from gated import control
+
+    try:
+        refreshed = control.request(cfg.control_socket, "cache_refresh")
+    except (control.DaemonNotRunning, control.ControlError, OSError):
+        refreshed = None
+    result = {
+        "file": str(file),
+        "read": len(states),
+        "applied": len(applied),
+        "daemon_refreshed": refreshed is not None,
+    }
+    if json_out:
+        print(json.dumps(result))
+    else:
+        console.print(
+            f"imported {len(applied)} of {len(states)} members from {file}"
+            + (" (the running gate has them now)" if refreshed else ""),
+            highlight=False,
+        )
+
+
+# --- gatectl -----------------------------------------------------------------------------------
+
+gatectl_app = typer.Typer(
+    name="gatectl",
+    help="Diagnose and operate a running gate over its control socket.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cache_app = typer.Typer(help="Inspect the member cache.", no_args_is_help=True)
+events_app = typer.Typer(help="Read the gate's events.", no_args_is_help=True)
+door_app = typer.Typer(help="Operate the door.", no_args_is_help=True)
+antipassback_app = typer.Typer(help="Anti-passback overrides.", no_args_is_help=True)
+gatectl_app.add_typer(cache_app, name="cache")
+gatectl_app.add_typer(events_app, name="events")
+gatectl_app.add_typer(door_app, name="door")
+gatectl_app.add_typer(antipassback_app, name="antipassback")
+
+_socket_path: Path = Path("/run/gated/control.sock")
+_config_path: Path = Path("/etc/gated/gated.toml")
+
+
+@gatectl_app.callback()
+def gatectl_main(
+    socket: Annotated[
+        Path | None, typer.Option("--socket", help="The daemon's control socket.")
+    ] = None,
+    config: ConfigOpt = Path("/etc/gated/gated.toml"),
+) -> None:
+    """Global options come before the command: gatectl -c /etc/gated/gated.toml status."""
+    global _socket_path, _config_path
+    _config_path = config
+    if socket is not None:
+        _socket_path = socket
+    elif config.exists():
+        try:
+            _socket_path = load_gate_config(config).control_socket
+        except ConfigError:
+            _socket_path = Path("/run/gated/control.sock")  # doctor reports the bad file
+
+
+def call(cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    from gated import control
+
+    try:
+        return control.request(_socket_path, cmd, args, timeout=timeout)
+    except control.DaemonNotRunning as exc:
+        fail(
+            f"{exc}. Start it with: systemctl start gated (or gated run -c FILE)", EXIT_NOT_RUNNING
+        )
+    except control.ControlError as exc:
+        fail(str(exc))
+    except (OSError, ValueError) as exc:
+        fail(f"control socket {_socket_path}: {exc}", EXIT_NOT_RUNNING)
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, separators=(",", ":")))
+
+
+def kv_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows.items():
+        table.add_row(k, escape(json.dumps(v) if isinstance(v, dict | list) else str(v)))
+    return table
+
+
+@gatectl_app.command()
+def status(json_out: JsonOpt = False) -> None:
+    """The gate's state: members, versions, lockdown, outbox, head-office contact, counters."""
+    result = call("status")
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(kv_table(f"gate {result['site']}/{result['gate']}", result))
+
+
+@gatectl_app.command()
+def readers(json_out: JsonOpt = False) -> None:
+    """Each reader: kind, side, state (ok / absent / error), last read, reads and errors."""
+    result = call("readers")
+    if json_out:
+        emit_json(result)
+        return
+    table = Table(
+        "id", "kind", "direction", "state", "last read", "reads", "errors", "rejected", "detail"
+    )
+    for r in result["readers"]:
+        colour = {"ok": "green", "absent": "yellow"}.get(r["state"], "red")
+        table.add_row(
+            r["id"],
+            r["kind"],
+            r["direction"],
+            f"[{colour}]{r['state']}[/{colour}]",
+            r["last_read_at"] or "-",
+            str(r["reads"]),
+            str(r["errors"]),
+            str(r["rejected"]),
+            r["detail"],
+        )
+    console.print(table)
+    if any(r["state"] != "ok" for r in result["readers"]):
+        raise typer.Exit(EXIT_DENIED)
+
+
+@cache_app.command("stats")
+def cache_stats(json_out: JsonOpt = False) -> None:
+    """Members, card keys, tombstones, max version, digest, database size."""
+    result = call("cache_stats")
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(kv_table("member cache", result))
+
+
+@cache_app.command("lookup")
+def cache_lookup(
+    card: Annotated[
+        str | None, typer.Option("--card", help="A card UID (any case, : - or space separators).")
+    ] = None,
+    member: Annotated[str | None, typer.Option("--member", help="A member id.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """What the gate knows of one card or member (exit 1 if unknown)."""
+    if (card is None) == (member is None):
+        fail("give exactly one of --card UID or --member ID")
+    result = call("cache_lookup", {"card": card, "member": member})
+    if json_out:
+        emit_json(result)
+    elif not result["found"]:
+        console.print("not in the cache")
+    else:
+        console.print(
+            kv_table(
+                f"member {result['member'].get('member_id')}",
+                {**result["member"], "counters": result["counters"]},
+            )
+        )
+    if not result["found"]:
+        raise typer.Exit(EXIT_DENIED)
+
+
+@gatectl_app.command()
+def badge(
+    card: Annotated[
+        str | None, typer.Option("--card", help="Card UID, normalized as readers do.")
+    ] = None,
+    qr: Annotated[str | None, typer.Option("--qr", help="A rotating QR code (GQ1.…).")] = None,
+    reader: Annotated[
+        str | None, typer.Option("--reader", help="Which sim reader (default: the first).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Present a credential through the real decision path (one deliberate read, not debounced).
+
+    The door acts on the decision. Exit 0 if allowed, 1 if denied.
+    """
+    if (card is None) == (qr is None):
+        fail("give exactly one of --card UID or --qr CODE")
+    result = call("badge", {"card": card, "qr": qr, "reader": reader})
+    if json_out:
+        emit_json({k: result[k] for k in ("allow", "reason", "member_id", "latency_us")})
+    else:
+        colour = "green" if result["allow"] else "red"
+        verdict = "ALLOW" if result["allow"] else "DENY"
+        console.print(
+            f"[{colour}]{verdict}[/{colour}] {result['reason']}  member={result['member_id'] or '-'}  "
+            f"latency={result['latency_us']}µs  {result.get('message', '')}",
+            highlight=False,
+        )
+    if not result["allow"]:
+        raise typer.Exit(EXIT_DENIED)
+
+
+@events_app.command("tail")
+def events_tail(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many recent events first.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """Recent events not yet delivered to head office (and, with -f, every new one).
+
+    With --json and without -f: one document {"events": [...]}; with -f: one event per line.
+    """
+    if not follow:
+        result = call("events_tail", {"limit": limit})
+        if json_out:
+            emit_json(result)
+        else:
+            for ev in result["events"]:
+                print_event(ev)
+        return
+    from gated import control
+
+    try:
+        for ev in control.stream(_socket_path, "events_tail", {"limit": limit, "follow": True}):
+            if json_out:
+                emit_json(ev)
+                sys.stdout.flush()
+            else:
+                print_event(ev)
+    except control.DaemonNotRunning as exc:
+        fail(str(exc), EXIT_NOT_RUNNING)
+    except KeyboardInterrupt:
+        pass
+
+
+def print_event(ev: dict[str, Any]) -> None:
+    colour = {"entry": "green", "exit": "green", "deny": "red"}.get(ev["kind"], "yellow")
+    parts = [ev["at"], f"[{colour}]{ev['kind']:<12}[/{colour}]", escape(ev.get("reason") or "")]
+    if ev.get("member_id"):
+        parts.append(f"member={ev['member_id']}")
+    if ev.get("reader_id"):
+        parts.append(f"reader={ev['reader_id']}")
+    if ev.get("latency_us") is not None:
+        parts.append(f"{ev['latency_us']}µs")
+    if ev.get("operator"):
+        parts.append(f"by {ev['operator']}")
+    console.print("  ".join(parts), highlight=False)
+
+
+@door_app.command("pulse")
+def door_pulse(json_out: JsonOpt = False) -> None:
+    """Open the door once (recorded with your user name; never counted as a visit)."""
+    result = call("door_pulse")
+    emit_json(result) if json_out else console.print(f"door pulsed for {result['pulse_ms']} ms")
+
+
+@gatectl_app.command()
+def lockdown(
+    state: Annotated[str, typer.Argument(help="on or off")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Refuse every badge (on) or return to normal (off). Survives a restart; fire still opens."""
+    if state not in ("on", "off"):
+        fail("lockdown takes on or off")
+    result = call("lockdown", {"on": state == "on"})
+    emit_json(result) if json_out else console.print(
+        f"lockdown {'ON' if result['lockdown'] else 'off'}"
+    )
+
+
+@antipassback_app.command("reset")
+def antipassback_reset(
+    member: Annotated[str, typer.Argument(help="Member id.")], json_out: JsonOpt = False
+) -> None:
+    """Let a member badge in again at once (e.g. they left through a door without a reader)."""
+    result = call("antipassback_reset", {"member": member})
+    emit_json(result) if json_out else console.print(f"anti-passback cleared for {member}")
+
+
+@gatectl_app.command()
+def enroll(
+    reader: Annotated[
+        str | None, typer.Option("--reader", help="Reader id (default: any card reader).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a card.")] = 30.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Wait for the next card on a reader and print its UID for the front desk (opens nothing)."""
+    if not json_out:
+        err_console.print(f"present the card{' on ' + reader if reader else ''} …")
+    result = call("enroll", {"reader": reader, "timeout": timeout}, timeout=timeout + 5)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(
+            f"UID {result['uid'] or '-'}"
+            + (f"  wiegand {result['wiegand']}" if result.get("wiegand") else "")
+            + f"  (reader {result['reader_id']})"
+        )
+
+
+@gatectl_app.command()
+def resync(json_out: JsonOpt = False) -> None:
+    """Fetch a fresh signed snapshot from head office now (the cache keeps serving meanwhile)."""
+    result = call("resync", timeout=120)
+    emit_json(result) if json_out else console.print(kv_table("resync", result))
+
+
+@gatectl_app.command()
+def doctor(json_out: JsonOpt = False) -> None:
+    """Check everything a dead turnstile can be down to; each problem with its fix.
+
+    Works with the daemon down (checks what the config file allows). Exit 0 ok, 1 warn, 2 fail.
+    """
+    from gated import control
+    from gated.doctor import LEVEL_EXIT, config_checks, merge, worst
+
+    _cfg, local = config_checks(_config_path) if _config_path.exists() else (None, [])
+    remote = None
+    error = None
+    try:
+        remote = control.request(_socket_path, "doctor", timeout=15)["checks"]
+    except control.DaemonNotRunning as exc:
+        error = str(exc)
+    except (control.ControlError, OSError, ValueError) as exc:
+        error = f"daemon did not answer: {exc}"
+    checks = merge(local, remote, error)
+    level = worst(checks)
+    if json_out:
+        emit_json({"result": level, "checks": [c.as_dict() for c in checks]})
+    else:
+        table = Table("check", "result", "detail", "fix")
+        for c in checks:
+            colour = {"ok": "green", "warn": "yellow", "fail": "red"}[c.level]
+            table.add_row(escape(c.name), f"[{colour}]{c.level}[/{colour}]", escape(c.message), escape(c.fix))
+        console.print(table)
+    raise typer.Exit(LEVEL_EXIT[level])

@@ -1,0 +1,736 @@
+"""The turnstile daemon: readers → policy → door, the member cache, the control socket.
+
+The hot path is :meth:`Gate.on_credential`: hash the card (or check the QR code), look the member
+up in memory, ``decide()``, drive the door, then hand the event to the cache writer thread. Nothing
+on it awaits the network or the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+from ulid import ULID
+
+from gated import __version__
+from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row
+from gated.cache.store import CacheStore, CacheWriter
+from gated.clock import TrustedClock, system_clock_synchronized
+from gated.config import GateConfig
+from gated.contract import (
+    ContractError,
+    card_credential_string,
+    credential_digest,
+    format_time,
+    is_random_uid,
+    load_credential_key,
+    normalize_uid,
+    parse_time,
+)
+from gated.control import Caller, ControlError, ControlServer
+from gated.door import Door, DoorEvent
+from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
+from gated.policy.qr import QrVerifier
+from gated.readers.base import Credential, Reader
+from gated.readers.sim import SimReader
+
+log = logging.getLogger("gated.daemon")
+
+TIME_SAVE_INTERVAL_S = 60.0
+
+
+class Gate:
+    """Everything one gate holds at run time. ``run()`` serves until ``stop()``."""
+
+    def __init__(self, config: GateConfig, *, pin_factory: Any = None) -> None:
+        self.config = config
+        self._pin_factory = pin_factory
+        self.credential_key = load_credential_key(config.keys.credential_key_file)
+        self.started_at = time.time()
+        self.decisions: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.readers: list[Reader] = []
+        self.sim_readers: dict[str, SimReader] = {}
+        self._tails: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._enroll: tuple[str | None, asyncio.Future[Credential]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.sync: Any = None  # gated.cache.sync.SiteSync when [mqtt] is configured
+        self.last_head_office_at: float | None = None
+        self.clock_synchronized: bool | None = None
+        self.stale = False
+        self.ready = False
+
+        store = CacheStore(config.cache_path, config.durability)
+        self.index: MemberIndex = store.load_index()
+        self.counters: dict[str, MemberCounters] = store.load_counters()
+        self.clock = TrustedClock(float(store.get("last_good_time", 0.0)))
+        self.clock.advance_to(float(store.get("newest_issued_at", 0.0)))
+        self.last_head_office_at = store.get("last_head_office_at")
+        self.qr = QrVerifier(config.policy.qr_window_s)
+        self.qr.restore(store.load_nonces(self.clock.now()))
+        self.context = GateContext(
+            site=config.site,
+            gate=config.gate,
+            zones=frozenset(config.zones),
+            tz=config.tz,
+            anti_passback_s=config.policy.anti_passback_s,
+            daily_limit=config.policy.daily_limit,
+            lockdown=bool(store.get("lockdown", False)),
+        )
+        self.writer = CacheWriter(store)
+        # A million long-lived records: keep them out of the collector's generations so a full
+        # collection never walks them during a badge.
+        gc.collect()
+        gc.freeze()
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    def on_credential(
+        self, credential: Credential, *, source: str = "reader", operator: str | None = None
+    ) -> dict[str, Any]:
+        """Decide one read and drive the door; returns what ``gatectl badge --json`` prints."""
+        enroll = self._enroll
+        if enroll is not None and source == "reader" and credential.kind == "card":
+            wanted, future = enroll
+            if wanted in (None, credential.reader_id) and not future.done():
+                future.set_result(credential)
+                return {"allow": False, "reason": "enrolment", "member_id": None, "latency_us": 0}
+        now = self.clock.now()
+        fault: str | None = None
+        nonce: tuple[str, str] | None = None
+        member: Member | None
+        if credential.kind == "card":
+            if is_random_uid(credential.value):
+                self.rejected["random_uid"] += 1
+                member = None
+            else:
+                key = credential_digest(
+                    self.credential_key, card_credential_string(credential.value)
+                )
+                member = self.index.by_key.get(key)
+        else:
+            member, fault, nonce = self.qr.check(credential.value, self.index.by_id.get, now)
+            if fault == "unknown_credential":
+                fault = None
+        counters = self.counters.get(member.member_id) if member is not None else None
+        decision = decide(member, credential, self.context, now, counters, fault)
+        door = self.door
+        passage = (
+            decision.allow
+            and source == "reader"
+            and credential.direction == "in"
+            and door.has_passage_sensor
+        )
+        if decision.allow:
+            if passage:
+                door.grant(
+                    on_passage=lambda passed: self._after_passage(
+                        credential, member, decision, latency_us, passed
+                    )
+                )
+            else:
+                door.grant()
+        else:
+            door.deny()
+        latency_us = (time.monotonic_ns() - credential.at) // 1000
+        self.decisions[decision.reason] += 1
+        if decision.allow and nonce is not None:
+            expires = self.qr.spend(nonce, now)
+            m_id, n = nonce
+            self.writer.submit(lambda s: s.spend_nonce(m_id, n, expires))
+        if not passage:
+            self._record_decision(
+                credential, member, decision, latency_us, now, source, operator, count=True
+            )
+        return {
+            "allow": decision.allow,
+            "reason": decision.reason,
+            "member_id": member.member_id if member is not None else None,
+            "latency_us": latency_us,
+            "message": decision.message,
+        }
+
+    def _on_read(self, credential: Credential) -> None:
+        """The emit callback every reader gets."""
+        self.on_credential(credential)
+
+    def _record_decision(
+        self,
+        credential: Credential,
+        member: Member | None,
+        decision: Decision,
+        latency_us: int,
+        now: float,
+        source: str,
+        operator: str | None,
+        *,
+        count: bool,
+    ) -> None:
+        if not decision.allow:
+            kind = "deny"
+        elif credential.direction == "out":
+            kind = "exit"
+        else:
+            kind = "entry"
+        event = self.event(
+            kind,
+            member_id=member.member_id if member is not None else None,
+            credential_kind=credential.kind,
+            reader_id=credential.reader_id,
+            direction=credential.direction,
+            reason=decision.reason,
+            latency_us=latency_us,
+            source=source,
+            operator=operator,
+            now=now,
+            record=False,
+        )
+        counters = None
+        # Operator actions never count toward attendance, limits or anti-passback; neither does
+        # a door opened by the fire alarm.
+        if (
+            count
+            and decision.allow
+            and member is not None
+            and source == "reader"
+            and not self.context.fire
+        ):
+            counters = self._count(member.member_id, credential.direction, now)
+        mid = member.member_id if member is not None else ""
+
+        def write(store: CacheStore) -> None:
+            store.add_event(event)
+            if counters is not None:
+                store.put_counters(mid, counters)
+
+        self.writer.submit(write)
+        self._publish_local(event)
+
+    def _count(self, member_id: str, direction: str, now: float) -> MemberCounters:
+        c = self.counters.get(member_id)
+        if c is None:
+            c = self.counters[member_id] = MemberCounters()
+        if direction == "out":
+            c.inside_since = None
+        else:
+            day = local_day(now, self.context.tz)
+            if c.day != day:
+                c.day, c.entries = day, 0
+            c.entries += 1
+            c.inside_since = now
+        return MemberCounters(c.day, c.entries, c.inside_since)
+
+    def _after_passage(
+        self,
+        credential: Credential,
+        member: Member | None,
+        decision: Decision,
+        latency_us: int,
+        passed: bool,
+    ) -> None:
+        """With a passage sensor an entry counts only when someone walks through."""
+        if passed:
+            self._record_decision(
+                credential,
+                member,
+                decision,
+                latency_us,
+                self.clock.now(),
+                "reader",
+                None,
+                count=True,
+            )
+        else:
+            not_passed = Decision(True, "not_passed", "Not passed")
+            self._record_decision(
+                credential,
+                member,
+                not_passed,
+                latency_us,
+                self.clock.now(),
+                "reader",
+                None,
+                count=False,
+            )
+
+    # --- events ----------------------------------------------------------------------------
+
+    def event(
+        self,
+        kind: str,
+        *,
+        member_id: str | None = None,
+        credential_kind: str | None = None,
+        reader_id: str | None = None,
+        direction: str | None = None,
+        reason: str | None = None,
+        latency_us: int | None = None,
+        source: str = "reader",
+        operator: str | None = None,
+        now: float | None = None,
+        record: bool = True,
+    ) -> dict[str, Any]:
+        """Build a GateEvent (and, unless ``record`` is off, queue it in the outbox)."""
+        event = {
+            "event_id": str(ULID()),
+            "site": self.config.site,
+            "gate": self.config.gate,
+            "at": format_time(self.clock.now() if now is None else now),
+            "kind": kind,
+            "member_id": member_id,
+            "credential_kind": credential_kind,
+            "reader_id": reader_id,
+            "direction": direction,
+            "reason": reason,
+            "latency_us": latency_us,
+            "source": source,
+            "operator": operator,
+        }
+        if record:
+            self.writer.submit(lambda s: s.add_event(event))
+            self._publish_local(event)
+        return event
+
+    def _publish_local(self, event: dict[str, Any]) -> None:
+        if event["kind"] not in ("entry", "deny", "exit"):
+            log.info(
+                "event=%s reason=%s source=%s operator=%s",
+                event["kind"],
+                event["reason"],
+                event["source"],
+                event["operator"],
+            )
+        for q in self._tails:
+            if q.qsize() < 1000:
+                q.put_nowait(event)
+        if self.sync is not None:
+            self.sync.notify_event()
+
+    def on_door_event(self, ev: DoorEvent) -> None:
+        if ev.kind == "fire":
+            self.context.fire = ev.detail == "active"
+        self.event(ev.kind, reason=ev.detail, source="reader")
+
+    # --- head office -------------------------------------------------------------------------
+
+    def apply_states(self, states: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
+        """Store member states (verified or locally trusted) and then apply them to the index.
+
+        Returns a Future resolved with the rows that were newer, once they are committed and
+        visible to decisions.
+        """
+        loop = asyncio.get_running_loop()
+        result: Future[list[dict[str, Any]]] = Future()
+
+        def done(f: Future[list[dict[str, Any]]]) -> None:
+            loop.call_soon_threadsafe(self._apply_to_index, f, result)
+
+        self.writer.submit(lambda s: s.apply_states(states)).add_done_callback(done)
+        return result
+
+    def _apply_to_index(
+        self, committed: Future[list[dict[str, Any]]], result: Future[list[dict[str, Any]]]
+    ) -> None:
+        try:
+            rows = committed.result()
+        except Exception as exc:  # the writer's typed failures are handed on to the caller
+            result.set_exception(exc)
+            return
+        columns = [c.strip() for c in MEMBER_COLUMNS.split(",")]
+        for row in rows:
+            self.index.put(member_from_row(tuple(row[c] for c in columns)))
+        result.set_result(rows)
+
+    def heard_from_head_office(self, issued_at: str | None = None) -> None:
+        """Record contact (and a newer trusted time) from a verified head-office object."""
+        now = time.time()
+        self.last_head_office_at = now
+        self.stale = False
+        if issued_at is not None:
+            with contextlib.suppress(ContractError):
+                self.clock.advance_to(parse_time(issued_at).timestamp())
+
+    # --- control socket ------------------------------------------------------------------------
+
+    async def handle(
+        self, cmd: str, args: dict[str, Any], caller: Caller
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        handler = self._commands.get(cmd)
+        if handler is None:
+            self.rejected["control_unknown_command"] += 1
+            raise ControlError(f"unknown command {cmd!r}; try: {', '.join(sorted(self._commands))}")
+        result: dict[str, Any] | AsyncIterator[dict[str, Any]] = await handler(args, caller)
+        return result
+
+    @property
+    def _commands(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
+        return {
+            "status": self._cmd_status,
+            "readers": self._cmd_readers,
+            "cache_stats": self._cmd_cache_stats,
+            "cache_lookup": self._cmd_cache_lookup,
+            "badge": self._cmd_badge,
+            "events_tail": self._cmd_events_tail,
+            "door_pulse": self._cmd_door_pulse,
+            "lockdown": self._cmd_lockdown,
+            "antipassback_reset": self._cmd_antipassback_reset,
+            "enroll": self._cmd_enroll,
+            "resync": self._cmd_resync,
+            "cache_refresh": self._cmd_cache_refresh,
+            "doctor": self._cmd_doctor,
+        }
+
+    async def _cmd_status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        depth = await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth()))
+        status = {
+            "state": "online",
+            "site": self.config.site,
+            "gate": self.config.gate,
+            "software_version": __version__,
+            "started_at": format_time(self.started_at),
+            "members": self.index.count,
+            "max_version": self.index.max_version,
+            "digest": self.index.digest,
+            "last_head_office_at": format_time(self.last_head_office_at)
+            if self.last_head_office_at
+            else None,
+            "outbox_depth": depth,
+            "lockdown": self.context.lockdown,
+            "fire": self.context.fire,
+            "stale_cache": self.stale,
+            "clock_synchronized": self.clock_synchronized,
+            "now": format_time(self.clock.now()),
+            "decisions": dict(self.decisions),
+            "rejected": dict(self.rejected),
+            "door": {
+                "pin_factory": self.door.pin_factory_name,
+                "contact_open": self.door.contact_open,
+                "fire_active": self.door.fire_active,
+            },
+        }
+        if self.sync is not None:
+            status["sync"] = self.sync.stats()
+        return status
+
+    async def _cmd_readers(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        return {
+            "readers": [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "direction": r.direction,
+                    "state": r.health.state,
+                    "detail": r.health.detail,
+                    "last_read_at": format_time(r.health.last_read_at)
+                    if r.health.last_read_at
+                    else None,
+                    "reads": r.health.reads,
+                    "errors": r.health.errors,
+                    "rejected": r.health.rejected,
+                }
+                for r in self.readers
+            ]
+        }
+
+    async def _cmd_cache_stats(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        stats = await asyncio.wrap_future(self.writer.submit(lambda s: s.stats()))
+        by_status = Counter(m.status for m in self.index.by_id.values())
+        return {
+            **stats,
+            "members": self.index.count,
+            "tombstones": by_status.pop("erased", 0),
+            "card_keys": len(self.index.by_key),
+            "max_version": self.index.max_version,
+            "digest": self.index.digest,
+            "by_status": dict(sorted(by_status.items())),
+            "durability": self.config.durability,
+        }
+
+    async def _cmd_cache_lookup(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        member: Member | None
+        if args.get("card"):
+            try:
+                uid = normalize_uid(str(args["card"]))
+            except ContractError as exc:
+                raise ControlError(str(exc)) from exc
+            key = credential_digest(self.credential_key, "card:" + uid)
+            member = self.index.by_key.get(key)
+            lookup = {"card_key_prefix": key.hex()[:12]}
+        elif args.get("member"):
+            member = self.index.by_id.get(str(args["member"]))
+            lookup = {"member_id": str(args["member"])}
+        else:
+            raise ControlError("give a card UID or a member id")
+        if member is None:
+            return {"found": False, **lookup}
+        state = await asyncio.wrap_future(
+            self.writer.submit(lambda s: s.member_state(member.member_id))
+        )
+        state = {k: v for k, v in (state or {}).items() if k not in ("sig", "credentials")}
+        state["card_keys"] = len(member.credentials)
+        counters = self.counters.get(member.member_id)
+        return {
+            "found": True,
+            **lookup,
+            "member": state,
+            "counters": None
+            if counters is None
+            else {
+                "day": counters.day,
+                "entries": counters.entries,
+                "inside_since": counters.inside_since,
+            },
+        }
+
+    async def _cmd_badge(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        reader_id = args.get("reader")
+        if reader_id is None:
+            if not self.sim_readers:
+                raise ControlError("no sim reader configured")
+            reader = next(iter(self.sim_readers.values()))
+        else:
+            found = self.sim_readers.get(str(reader_id))
+            if found is None:
+                raise ControlError(
+                    f"no sim reader {reader_id!r} (configured: {', '.join(self.sim_readers) or 'none'})"
+                )
+            reader = found
+        if args.get("card"):
+            try:
+                credential = reader.read("card", normalize_uid(str(args["card"])))
+            except ContractError as exc:
+                raise ControlError(str(exc)) from exc
+        elif args.get("qr"):
+            credential = reader.read("qr", str(args["qr"]))
+        else:
+            raise ControlError("give --card UID or --qr CODE")
+        return self.on_credential(credential, source="control", operator=caller.operator)
+
+    async def _cmd_events_tail(
+        self, args: dict[str, Any], caller: Caller
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        limit = int(args.get("limit", 20))
+        recent = await asyncio.wrap_future(self.writer.submit(lambda s: s.recent_events(limit)))
+        if not args.get("follow"):
+            return {"events": recent}
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for ev in recent:
+            queue.put_nowait(ev)
+        self._tails.add(queue)
+
+        async def follow() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._tails.discard(queue)
+
+        return follow()
+
+    async def _cmd_door_pulse(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        self.pulse(source="control", operator=caller.operator)
+        return {"pulsed": True, "pulse_ms": self.config.door.pulse_ms}
+
+    def pulse(self, *, source: str, operator: str | None) -> None:
+        """An operator's opening: the door pulses; recorded, never counted as attendance."""
+        self.door.pulse(source)
+        self.event("entry", reason="door_pulse", source=source, operator=operator)
+
+    async def _cmd_lockdown(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        on = args.get("on")
+        if not isinstance(on, bool):
+            raise ControlError("lockdown takes on or off")
+        await self.set_lockdown(on, source="control", operator=caller.operator)
+        return {"lockdown": on}
+
+    async def set_lockdown(self, on: bool, *, source: str, operator: str | None) -> None:
+        """Lockdown survives a restart: the reply waits until the flag is committed."""
+        self.context.lockdown = on
+        await asyncio.wrap_future(self.writer.submit(lambda s: s.set("lockdown", on)))
+        self.event("lockdown", reason="on" if on else "off", source=source, operator=operator)
+
+    async def _cmd_antipassback_reset(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        member_id = str(args.get("member", ""))
+        if member_id not in self.index.by_id:
+            raise ControlError(f"unknown member {member_id!r}")
+        c = self.counters.get(member_id)
+        if c is not None and c.inside_since is not None:
+            c.inside_since = None
+            snapshot = MemberCounters(c.day, c.entries, None)
+            await asyncio.wrap_future(
+                self.writer.submit(lambda s: s.put_counters(member_id, snapshot))
+            )
+        log.info("event=antipassback_reset member=%s operator=%s", member_id, caller.operator)
+        return {"member_id": member_id, "reset": True}
+
+    async def _cmd_enroll(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        reader_id = args.get("reader")
+        hardware = [r for r in self.readers if r.kind != "sim"]
+        if reader_id is not None and reader_id not in {r.id for r in hardware}:
+            raise ControlError(f"no card reader {reader_id!r}")
+        if not hardware:
+            raise ControlError("no card reader configured to enrol from")
+        if self._enroll is not None:
+            raise ControlError("an enrolment is already waiting for a card")
+        future: asyncio.Future[Credential] = asyncio.get_running_loop().create_future()
+        self._enroll = (reader_id, future)
+        try:
+            credential = await asyncio.wait_for(future, float(args.get("timeout", 30)))
+        except TimeoutError as exc:
+            raise ControlError("no card presented before the timeout") from exc
+        finally:
+            self._enroll = None
+        log.info("event=enroll reader=%s operator=%s", credential.reader_id, caller.operator)
+        value = credential.value
+        return {
+            "reader_id": credential.reader_id,
+            "uid": None if value.startswith("w26:") else value,
+            "wiegand": value if value.startswith("w26:") else None,
+        }
+
+    async def _cmd_cache_refresh(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Pick up rows another process (``gated members import``) committed to the cache."""
+        above = self.index.max_version
+        rows = await asyncio.wrap_future(self.writer.submit(lambda s: s.rows_above(above)))
+        for row in rows:
+            self.index.put(member_from_row(row))
+        return {"applied": len(rows), "max_version": self.index.max_version}
+
+    async def _cmd_resync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        if self.sync is None:
+            raise ControlError("no [mqtt] section: this gate runs from its local cache alone")
+        result: dict[str, Any] = await self.sync.resync(reason="operator", operator=caller.operator)
+        return result
+
+    async def _cmd_doctor(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        from gated.doctor import daemon_checks
+
+        return {"checks": [c.as_dict() for c in await daemon_checks(self)]}
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def _build_readers(self) -> None:
+        for rc in self.config.readers:
+            assert rc.id is not None
+            if rc.kind == "sim":
+                sim = SimReader(rc.id, rc.direction)
+                self.sim_readers[rc.id] = sim
+                self.readers.append(sim)
+            else:
+                from gated.readers.registry import build_reader
+
+                self.readers.append(build_reader(rc, pin_factory=self.door.factory))
+
+    async def _run_reader(self, reader: Reader) -> None:
+        last_state = reader.health.state
+        watcher = asyncio.create_task(self._watch_reader(reader, last_state))
+        try:
+            await reader.run(self._on_read)
+        finally:
+            watcher.cancel()
+
+    async def _watch_reader(self, reader: Reader, last: str) -> None:
+        """Turn reader health changes into reader_fault / reader_ok events."""
+        while True:
+            await asyncio.sleep(0.5)
+            state = reader.health.state
+            if state != last:
+                kind = "reader_ok" if state == "ok" else "reader_fault"
+                self.event(kind, reader_id=reader.id, reason=state if state != "ok" else None)
+                log.warning(
+                    "event=%s reader=%s state=%s detail=%r",
+                    kind,
+                    reader.id,
+                    state,
+                    reader.health.detail,
+                )
+                last = state
+
+    async def _housekeeping(self) -> None:
+        """Once a minute: save the last good time, forget old nonces, watch clock and freshness."""
+        max_offline = self.config.policy.max_offline
+        while True:
+            now = self.clock.now()
+            self.qr.prune(now)
+            synced = system_clock_synchronized()
+            if synced is False and self.clock_synchronized is not False:
+                self.event("clock_unsynced", reason="system clock not synchronized")
+            self.clock_synchronized = synced
+            if not self.clock.system_behind():
+                self.writer.submit(partial(CacheStore.set, key="last_good_time", value=now))
+            if self.config.mqtt is not None:
+                last = self.last_head_office_at or self.started_at
+                stale = time.time() - last > max_offline
+                if stale and not self.stale:
+                    self.event(
+                        "stale_cache", reason=f"no head-office contact for over {max_offline:.0f}s"
+                    )
+                self.stale = stale
+            await asyncio.sleep(TIME_SAVE_INTERVAL_S)
+
+    async def _watchdog(self, notifier: Any) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+        if usec <= 0:
+            return
+        while True:  # petted from the loop: a hung loop stops petting and systemd restarts us
+            notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(usec / 2e6)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT or :meth:`stop`."""
+        import sdnotify
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        self.door = Door(self.config.door, loop, self.on_door_event, pin_factory=self._pin_factory)
+        self._build_readers()
+        control = ControlServer(self.config.control_socket, self.handle)
+        await control.start()
+        spawn = self._tasks.append
+        for reader in self.readers:
+            spawn(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+        spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        notifier = sdnotify.SystemdNotifier()
+        spawn(asyncio.create_task(self._watchdog(notifier), name="watchdog"))
+        if self.config.mqtt is not None:
+            from gated.cache.sync import SiteSync
+
+            self.sync = SiteSync(self)
+            spawn(asyncio.create_task(self.sync.run(), name="sync"))
+        free = shutil.disk_usage(self.config.state_dir).free
+        self.ready = True
+        notifier.notify("READY=1")
+        log.info(
+            "event=ready site=%s gate=%s members=%d max_version=%d lockdown=%s readers=%d disk_free_mb=%d",
+            self.config.site, self.config.gate, self.index.count, self.index.max_version,
+            self.context.lockdown, len(self.readers), free // 2**20,
+        )  # fmt: skip
+        try:
+            await self._stop.wait()
+        finally:
+            notifier.notify("STOPPING=1")
+            log.info("event=stopping")
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await control.close()
+            self.door.close()
+            self.writer.close()
+            log.info("event=stopped")

@@ -1,0 +1,255 @@
+"""``gatectl doctor``: every check says ok / warn / fail and, when not ok, the fix in one line.
+
+Checks that need the running daemon come from it over the control socket; the rest are made from
+the config file, so a technician gets answers even when the daemon is down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gated.clock import system_clock_synchronized
+from gated.config import ConfigError, GateConfig, load_gate_config
+from gated.contract import ContractError, load_credential_key
+
+if TYPE_CHECKING:
+    from gated.daemon import Gate
+
+Level = Literal["ok", "warn", "fail"]
+LEVEL_EXIT = {"ok": 0, "warn": 1, "fail": 2}
+DISK_WARN_BYTES = 200 * 2**20
+DISK_FAIL_BYTES = 20 * 2**20
+OUTBOX_WARN = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    level: Level
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "level": self.level, "message": self.message, "fix": self.fix}
+
+
+def worst(checks: list[Check]) -> Level:
+    level: Level = "ok"
+    for c in checks:
+        if LEVEL_EXIT[c.level] > LEVEL_EXIT[level]:
+            level = c.level
+    return level
+
+
+def disk_check(path: Path) -> Check:
+    probe = path if path.exists() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    msg = f"{free // 2**20} MiB free at {probe}"
+    if free < DISK_FAIL_BYTES:
+        return Check(
+            "disk",
+            "fail",
+            msg,
+            "free space on the SD card (old logs: journalctl --vacuum-size=50M)",
+        )
+    if free < DISK_WARN_BYTES:
+        return Check("disk", "warn", msg, "free space soon: the cache and outbox need room to grow")
+    return Check("disk", "ok", msg)
+
+
+def clock_check(synced: bool | None) -> Check:
+    if synced is None:
+        return Check(
+            "clock", "warn", "cannot read the clock's sync state", "check timedatectl status"
+        )
+    if not synced:
+        return Check(
+            "clock",
+            "warn",
+            "system clock is not synchronized (decisions use the last known good time)",
+            "enable NTP: timedatectl set-ntp true, and check the network reaches a time server",
+        )
+    return Check("clock", "ok", "system clock synchronized")
+
+
+def gpio_check(factory_name: str, configured: str) -> Check:
+    if "Mock" in factory_name or configured == "mock":
+        return Check(
+            "gpio",
+            "warn",
+            f"pin factory {factory_name}: the door relay is simulated",
+            'on a Pi set [door] pin_factory = "lgpio" and install the pi extra',
+        )
+    return Check("gpio", "ok", f"pin factory {factory_name}")
+
+
+def config_checks(path: Path) -> tuple[GateConfig | None, list[Check]]:
+    """Checks made from the config file alone (the daemon may be down)."""
+    try:
+        config = load_gate_config(path)
+    except ConfigError as exc:
+        return None, [
+            Check("config", "fail", str(exc), f"fix the file, then: gated config check {path}")
+        ]
+    checks = [Check("config", "ok", f"{path} is valid")]
+    try:
+        load_credential_key(config.keys.credential_key_file)
+        checks.append(Check("keys", "ok", "credential key readable"))
+    except (OSError, ContractError) as exc:
+        checks.append(
+            Check(
+                "keys",
+                "fail",
+                f"credential key: {exc}",
+                "gated keys generate --out /etc/gated (then enrol cards again)",
+            )
+        )
+    checks.append(cache_file_check(config.cache_path))
+    checks.append(disk_check(config.state_dir))
+    checks.append(clock_check(system_clock_synchronized()))
+    return config, checks
+
+
+def cache_file_check(path: Path) -> Check:
+    if not path.exists():
+        return Check(
+            "cache", "warn", f"no cache at {path} yet", "start gated, or gated members import FILE"
+        )
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            members = conn.execute(
+                "SELECT count(*) FROM members WHERE status != 'erased'"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check(
+            "cache",
+            "fail",
+            f"cache unreadable: {exc}",
+            "stop gated, move cache.db aside and resync",
+        )
+    if result != "ok":
+        return Check(
+            "cache",
+            "fail",
+            f"cache damaged: {result}",
+            "stop gated, move cache.db aside and resync",
+        )
+    return Check("cache", "ok", f"{members} members cached, integrity ok")
+
+
+async def daemon_checks(gate: Gate) -> list[Check]:
+    """Checks only the running daemon can answer."""
+    checks: list[Check] = [
+        Check(
+            "daemon",
+            "ok",
+            f"running since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(gate.started_at))}Z",
+        )
+    ]
+    checks.append(gpio_check(gate.door.pin_factory_name, gate.config.door.pin_factory))
+    if gate.context.lockdown:
+        checks.append(
+            Check(
+                "lockdown", "warn", "lockdown is ON: every badge is refused", "gatectl lockdown off"
+            )
+        )
+    if gate.context.fire:
+        checks.append(
+            Check("fire", "warn", "fire input active: door held open", "clear the fire panel")
+        )
+    contact = gate.door.contact_open
+    if contact is not None:
+        checks.append(
+            Check(
+                "door",
+                "warn" if contact else "ok",
+                "door open" if contact else "door closed",
+                "close the door or check the contact wiring" if contact else "",
+            )
+        )
+    checks.append(
+        Check(
+            "cache",
+            "ok" if gate.index.count else "warn",
+            f"{gate.index.count} members in memory, max version {gate.index.max_version}",
+            "" if gate.index.count else "import or sync members: nobody can enter yet",
+        )
+    )
+    for reader in gate.readers:
+        h = reader.health
+        level: Level = "ok" if h.state == "ok" else "fail"
+        checks.append(
+            Check(
+                f"reader {reader.id}",
+                level,
+                f"{reader.kind}: {h.state} {h.detail}".strip(),
+                "" if level == "ok" else "check the reader's cable and gatectl readers",
+            )
+        )
+    depth = await _outbox_depth(gate)
+    checks.append(
+        Check(
+            "outbox",
+            "warn" if depth > OUTBOX_WARN else "ok",
+            f"{depth} events waiting for the broker",
+            "check the broker link" if depth > OUTBOX_WARN else "",
+        )
+    )
+    if gate.config.mqtt is not None:
+        last = gate.last_head_office_at
+        age = None if last is None else time.time() - last
+        max_offline = gate.config.policy.max_offline
+        if age is None or age > max_offline:
+            checks.append(
+                Check(
+                    "freshness",
+                    "fail" if age is not None else "warn",
+                    "no head-office contact" + (f" for {age / 3600:.1f} h" if age else " yet"),
+                    "check the broker link: gatectl status",
+                )
+            )
+        else:
+            checks.append(Check("freshness", "ok", f"last head-office contact {age:.0f}s ago"))
+    if gate.sync is not None:
+        checks.extend(gate.sync.checks())
+    return checks
+
+
+async def _outbox_depth(gate: Gate) -> int:
+    import asyncio
+
+    return int(await asyncio.wrap_future(gate.writer.submit(lambda s: s.outbox_depth())))
+
+
+def merge(
+    local: list[Check], remote: list[dict[str, Any]] | None, daemon_error: str | None
+) -> list[Check]:
+    """Combine file checks with the daemon's; the daemon's answer wins for shared names."""
+    if daemon_error is not None:
+        return [
+            Check(
+                "daemon", "fail", daemon_error, "systemctl start gated; journalctl -u gated -n 50"
+            ),
+            *local,
+        ]
+    remote_checks = [
+        Check(r["name"], r["level"], r["message"], r.get("fix", "")) for r in remote or []
+    ]
+    names = {c.name for c in remote_checks}
+    return remote_checks + [c for c in local if c.name not in names]
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
