@@ -115,14 +115,16 @@ class PcscReaderConfig(_ReaderBase):
     reader_name: str = ""  # a substring of the PC/SC reader name; empty = the first reader
 
 
+NfcTarget = Literal["106A", "106B", "212F", "424F"]  # ISO 14443 A/B, FeliCa 212/424 kbit/s
+NFC_DEFAULT_TARGETS: tuple[NfcTarget, ...] = ("106A", "106B", "212F")
+
+
 class NfcReaderConfig(_ReaderBase):
     """An nfcpy device (PN532 over UART/I2C/USB, ...); pcscd must not own the same device."""
 
     kind: Literal["nfc"] = "nfc"
     path: str = Field(default="usb", min_length=1)  # "usb", "tty:AMA0:pn532", "udp:HOST:PORT"
-    targets: list[Literal["106A", "106B", "212F", "424F"]] = Field(
-        default_factory=lambda: ["106A", "106B", "212F"], min_length=1
-    )
+    targets: list[NfcTarget] = Field(default_factory=lambda: list(NFC_DEFAULT_TARGETS), min_length=1)
 
 
 class SerialQrReaderConfig(_ReaderBase):
@@ -148,7 +150,7 @@ class WiegandReaderConfig(_ReaderBase):
     kind: Literal["wiegand"] = "wiegand"
     d0_pin: int = Field(ge=0, le=53)
     d1_pin: int = Field(ge=0, le=53)
-    byte_order: Literal["msb_first", "lsb_first"] = "msb_first"
+    byte_order: Literal["as_sent", "reversed"] = "as_sent"  # "reversed" if PC/SC shows it backwards
     frame_timeout_ms: int = Field(default=20, ge=5, le=200)
 
     @field_validator("d1_pin")
@@ -170,6 +172,10 @@ ReaderConfig = Annotated[
 ]
 
 
+def _default_readers() -> list[ReaderConfig]:
+    return [SimReaderConfig()]
+
+
 class GateConfig(_Section):
     site: str = Field(pattern=_ID)
     gate: str = Field(pattern=_ID)
@@ -183,7 +189,7 @@ class GateConfig(_Section):
     head_office: HeadOfficeConfig | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     door: DoorConfig = Field(default_factory=DoorConfig)
-    readers: list[ReaderConfig] = Field(default_factory=lambda: [SimReaderConfig()])
+    readers: list[ReaderConfig] = Field(default_factory=_default_readers)
 
     @field_validator("timezone")
     @classmethod
