@@ -417,6 +417,7 @@ class Gate:
             "door": {
                 "pin_factory": self.door.pin_factory_name,
                 "contact_open": self.door.contact_open,
+                "relay_energized": self.door.relay_energized,
                 "fire_active": self.door.fire_active,
             },
         }

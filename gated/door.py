@@ -254,6 +254,16 @@ class Door:
         return self._passage is not None
 
     @property
+    def factory(self) -> Factory:
+        """The pin factory, shared with GPIO readers (Wiegand) so one process claims pins once."""
+        return self._factory
+
+    @property
+    def relay_energized(self) -> bool:
+        """True while the strike is released (a pulse, a grant, or the fire input)."""
+        return bool(self._relay.device.is_active)
+
+    @property
     def pin_factory_name(self) -> str:
         """The gpiozero pin factory in use, e.g. "MockFactory" or "LGPIOFactory"."""
         return type(self._factory).__name__
