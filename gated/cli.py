@@ -87,6 +87,21 @@ def run(
     asyncio.run(gate.run())
 
 
+@gated_app.command()
+def demo(
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the demo's keys, config and cache (default: a new temp folder)."
+        ),
+    ] = None,
+) -> None:
+    """Run the whole gate on this machine with mock GPIO and play a scripted set of badges."""
+    from gated.demo import run_demo
+
+    raise typer.Exit(run_demo(workdir))
+
+
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The gated.toml to validate.")]) -> None:
     """Validate a gated.toml without starting anything; exit 2 with one line naming the problem."""
@@ -521,6 +536,8 @@ def doctor(json_out: JsonOpt = False) -> None:
         table = Table("check", "result", "detail", "fix")
         for c in checks:
             colour = {"ok": "green", "warn": "yellow", "fail": "red"}[c.level]
-            table.add_row(escape(c.name), f"[{colour}]{c.level}[/{colour}]", escape(c.message), escape(c.fix))
+            table.add_row(
+                escape(c.name), f"[{colour}]{c.level}[/{colour}]", escape(c.message), escape(c.fix)
+            )
         console.print(table)
     raise typer.Exit(LEVEL_EXIT[level])
