@@ -293,3 +293,126 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
             if hasattr(section, name):
                 setattr(section, name, fix(getattr(section, name)) or getattr(section, name))
     return config
+
+
+# --- billing.toml (gated-billing) ---------------------------------------------------------------
+
+
+class BillingKeysConfig(_Section):
+    head_office_private_key_file: Path = Path("/etc/gated/head-office.pem")
+    credential_key_file: Path = Path("/etc/gated/credential.key")
+    card_encryption_key_file: Path = Path("/etc/gated/cards.key")
+
+
+class DunningConfig(_Section):
+    grace_days: int = Field(default=3, ge=0, le=60)
+    suspend_min_owed: int = Field(default=0, ge=0)
+    max_grace_days: int = Field(default=14, ge=0, le=90)
+    collections_days: int = Field(default=30, ge=1, le=365)
+    # Visa allows 15 reattempts in 30 days, Mastercard 10 in 24 h: a handful of retries stays
+    # well under every network's cap.
+    retry_days: list[int] = Field(default_factory=lambda: [3, 7], max_length=8)
+
+    @field_validator("retry_days")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(d <= 0 for d in v) or v != sorted(set(v)):
+            raise ValueError("must be strictly increasing positive day counts, e.g. [3, 7]")
+        return v
+
+
+class StripeConfig(_Section):
+    api_key_file: Path
+    webhook_secret_file: Path | None = None
+    api_base: str | None = None
+    max_requests_per_s: float = Field(default=25.0, gt=0, le=100)
+    max_retries: int = Field(default=4, ge=0, le=10)
+
+
+class BillingMqttConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_id: str = "gated-billing"
+
+    _scheme = field_validator("url")(MqttConfig._scheme.__func__)  # type: ignore[attr-defined]
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class SmtpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = "billing@gym.example"
+    username: str | None = None
+    password_file: Path | None = None
+    starttls: bool = False
+
+
+class BillingConfig(_Section):
+    database_url: str = "sqlite:///billing.db"
+    state_dir: Path = Path("/var/lib/gated-billing")
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    sites: list[str] = Field(min_length=1)
+    gateway: Literal["simulated", "stripe"] = "simulated"
+    cycle_interval_s: float = Field(default=60.0, gt=0)
+    batch_size: int = Field(default=200, ge=1, le=10000)
+    durability: Literal["crash", "power"] = "crash"
+    keys: BillingKeysConfig = Field(default_factory=BillingKeysConfig)
+    dunning: DunningConfig = Field(default_factory=DunningConfig)
+    stripe: StripeConfig | None = None
+    mqtt: BillingMqttConfig | None = None
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    smtp: SmtpConfig | None = None
+
+    @field_validator("sites")
+    @classmethod
+    def _site_ids(cls, v: list[str]) -> list[str]:
+        for site in v:
+            if not re.match(_ID, site):
+                raise ValueError(f"site id {site!r} must match {_ID}")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.gateway == "stripe" and self.stripe is None:
+            raise ValueError("gateway = \"stripe\" needs a [stripe] section with api_key_file")
+
+
+def load_billing_config(path: str | Path) -> BillingConfig:
+    """Load and validate ``billing.toml``; relative paths are taken from the file's folder."""
+    data = load_toml(path)
+    try:
+        config = BillingConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    base = Path(path).resolve().parent
+
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    config.state_dir = fix(config.state_dir)
+    keys = config.keys
+    keys.head_office_private_key_file = fix(keys.head_office_private_key_file)
+    keys.credential_key_file = fix(keys.credential_key_file)
+    keys.card_encryption_key_file = fix(keys.card_encryption_key_file)
+    for section, names in (
+        (config.stripe, ("api_key_file", "webhook_secret_file")),
+        (config.mqtt, ("password_file", "ca_file")),
+        (config.smtp, ("password_file",)),
+    ):
+        for name in names:
+            value = getattr(section, name, None) if section is not None else None
+            if value is not None:
+                setattr(section, name, fix(value))
+    prefix = "sqlite:///"
+    if config.database_url.startswith(prefix) and not config.database_url.startswith(prefix + "/"):
+        relative = config.database_url[len(prefix) :]
+        config.database_url = prefix + str(fix(Path(relative)))
+    return config

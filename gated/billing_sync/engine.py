@@ -1,0 +1,293 @@
+"""The billing state machine: pure functions of an account's facts and an injected clock.
+
+Nothing here does I/O. The service (``service.py``) loads the facts, asks the engine what the
+member's status is, what is due and when to look again, and stores the answers. Times are Unix
+seconds (UTC), amounts integer minor units.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal
+
+from gated.config import DunningConfig
+
+DAY = 86_400
+
+BillingStatus = Literal[
+    "pending",
+    "active",
+    "grace",
+    "pending_cancel",
+    "suspended",
+    "frozen",
+    "cancelled",
+    "collections",
+    "expired",
+]
+DeclineClass = Literal["soft", "hard", "auth"]
+
+# Statuses a gate lets in (DESIGN.md, Policy); a payer in one of these keeps dependants in.
+GOOD_STANDING: frozenset[str] = frozenset({"active", "grace", "pending_cancel"})
+
+# Issuer declines that say "this card will never work": asking again only risks network fines.
+HARD_DECLINES: frozenset[str] = frozenset(
+    {
+        "lost_card",
+        "stolen_card",
+        "fraudulent",
+        "pickup_card",
+        "restricted_card",
+        "incorrect_number",
+        "invalid_account",
+        "card_not_supported",
+        "currency_not_supported",
+        "expired_card",
+        "merchant_blacklist",
+        "revocation_of_authorization",
+        "revocation_of_all_authorizations",
+        "stop_payment_order",
+        "security_violation",
+        "transaction_not_allowed",
+        "new_account_information_available",
+        "invalid_number",
+        "do_not_honor_permanently",
+        "no_payment_method",
+    }
+)
+AUTH_DECLINES: frozenset[str] = frozenset({"authentication_required"})
+
+
+def classify_decline(decline_code: str | None, advice_code: str | None = None) -> DeclineClass:
+    """Soft (retry later), hard (never retry, ask for a new card) or auth (send a pay link).
+
+    ``do_not_try_again`` advice is hard whatever the code; an unknown or missing code (a fake
+    Stripe gives none) is soft, since a retry on the schedule is the safe default.
+    """
+    if advice_code == "do_not_try_again":
+        return "hard"
+    if decline_code in AUTH_DECLINES:
+        return "auth"
+    if decline_code in HARD_DECLINES:
+        return "hard"
+    return "soft"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The dunning rules from ``[dunning]`` in days and minor units."""
+
+    grace_days: int = 3
+    suspend_min_owed: int = 0
+    max_grace_days: int = 14
+    collections_days: int = 30
+    retry_days: tuple[int, ...] = (3, 7)
+
+    @classmethod
+    def from_config(cls, cfg: DunningConfig) -> Rules:
+        return cls(
+            cfg.grace_days,
+            cfg.suspend_min_owed,
+            cfg.max_grace_days,
+            cfg.collections_days,
+            tuple(cfg.retry_days),
+        )
+
+
+@dataclass(frozen=True)
+class Account:
+    """The facts about one member's billing that decide their status.
+
+    ``overdue_since`` is the due date of the oldest unpaid invoice; ``owed`` the sum still open.
+    ``freeze`` is the current or next freeze window (start, end), end exclusive.
+    """
+
+    paid_through: int | None = None
+    owed: int = 0
+    overdue_since: int | None = None
+    first_failure_at: int | None = None
+    next_retry_at: int | None = None
+    retries_done: int = 0
+    needs_new_card: bool = False
+    freeze: tuple[int, int] | None = None
+    cancel_at: int | None = None
+    disputed: bool = False
+    processing: bool = False
+    open_renewal: bool = False
+    previous: BillingStatus = "pending"
+    activated: bool = True
+
+
+def _frozen(acct: Account, now: int) -> bool:
+    return acct.freeze is not None and acct.freeze[0] <= now < acct.freeze[1]
+
+
+def _grace_limit_days(acct: Account, rules: Rules) -> int:
+    """Days an overdue member stays in grace: ``grace_days``, or up to ``max_grace_days`` while the
+    debt is below ``suspend_min_owed`` (GymMaster's "stop after owe")."""
+    if acct.owed < rules.suspend_min_owed:
+        return max(rules.grace_days, rules.max_grace_days)
+    return rules.grace_days
+
+
+def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
+    """The member's own status at ``now`` (before any household folding)."""
+    if acct.disputed:
+        return "suspended"
+    if _frozen(acct, now):
+        return "frozen"
+    if not acct.activated:
+        # The first period was never paid: nothing to be in grace from.
+        return "cancelled" if acct.cancel_at is not None and now >= acct.cancel_at else "pending"
+    if acct.owed > 0 and acct.overdue_since is not None and acct.overdue_since <= now:
+        if acct.processing:
+            # A debit that settles later: the member keeps what they had until the bank answers.
+            return acct.previous
+        if (
+            acct.first_failure_at is not None
+            and now >= acct.first_failure_at + rules.collections_days * DAY
+        ):
+            return "collections"
+        if now > acct.overdue_since + _grace_limit_days(acct, rules) * DAY:
+            return "suspended"
+        return "grace"
+    if acct.cancel_at is not None:
+        return "cancelled" if now >= acct.cancel_at else "pending_cancel"
+    if acct.paid_through is None:
+        return "pending"
+    if now >= acct.paid_through and not acct.open_renewal and not acct.processing:
+        # Past the paid period with nothing billed: only happens when renewal was not possible.
+        return "expired" if acct.previous in ("expired", "cancelled") else acct.previous
+    return "active"
+
+
+def published_status(own: BillingStatus, payer: BillingStatus | None) -> str:
+    """What the gates see: a dependant whose payer is not in good standing is payer_suspended."""
+    if payer is not None and payer not in GOOD_STANDING and own in GOOD_STANDING:
+        return "payer_suspended"
+    return own
+
+
+def valid_until(acct: Account, status: BillingStatus, rules: Rules) -> int | None:
+    """ "Entry allowed until": paid-through plus grace, so a member in grace is still inside it."""
+    if status == "grace" and acct.overdue_since is not None:
+        return acct.overdue_since + _grace_limit_days(acct, rules) * DAY
+    if status == "pending_cancel" and acct.cancel_at is not None:
+        return acct.cancel_at
+    if acct.paid_through is None:
+        return None
+    if status in ("cancelled", "expired"):
+        return acct.paid_through
+    return acct.paid_through + rules.grace_days * DAY
+
+
+def renewal_due(acct: Account, now: int) -> bool:
+    """A new period is to be billed: the paid period has ended, nothing for it is open or in
+    flight, and no cancellation ends the contract first."""
+    if acct.paid_through is None or now < acct.paid_through:
+        return False
+    if acct.open_renewal or acct.processing or acct.disputed or _frozen(acct, now):
+        return False
+    return acct.cancel_at is None or acct.paid_through < acct.cancel_at
+
+
+def retry_due(acct: Account, now: int) -> bool:
+    """A scheduled dunning retry has come."""
+    return (
+        acct.owed > 0
+        and not acct.processing
+        and not acct.needs_new_card
+        and acct.next_retry_at is not None
+        and now >= acct.next_retry_at
+    )
+
+
+def after_failure(acct: Account, decline: DeclineClass, now: int, rules: Rules) -> Account:
+    """Dunning bookkeeping after a failed charge: soft declines retry on the schedule counted from
+    the first failure; hard and authentication declines wait for the member."""
+    first = acct.first_failure_at if acct.first_failure_at is not None else now
+    next_retry: int | None = None
+    if decline == "soft" and acct.retries_done < len(rules.retry_days):
+        next_retry = max(now + 1, first + rules.retry_days[acct.retries_done] * DAY)
+    return replace(
+        acct,
+        first_failure_at=first,
+        next_retry_at=next_retry,
+        needs_new_card=decline == "hard",
+        processing=False,
+    )
+
+
+def on_retry_started(acct: Account) -> Account:
+    """A scheduled retry is being charged now: count it so the next failure schedules the next."""
+    return replace(acct, retries_done=acct.retries_done + 1, next_retry_at=None)
+
+
+def after_settled(acct: Account) -> Account:
+    """Everything owed is paid: dunning starts from scratch next time."""
+    return replace(
+        acct,
+        owed=0,
+        overdue_since=None,
+        first_failure_at=None,
+        next_retry_at=None,
+        retries_done=0,
+        needs_new_card=False,
+        processing=False,
+    )
+
+
+def next_review(acct: Account, now: int, rules: Rules) -> int | None:
+    """The next instant after ``now`` at which status or billing may change without an outside
+    event (renewal, retry, end of grace, collections, freeze edges, cancellation)."""
+    marks: list[int] = []
+    if acct.paid_through is not None:
+        marks.append(acct.paid_through)
+    if acct.next_retry_at is not None:
+        marks.append(acct.next_retry_at)
+    if acct.owed > 0 and acct.overdue_since is not None:
+        marks.append(acct.overdue_since + _grace_limit_days(acct, rules) * DAY + 1)
+        marks.append(acct.overdue_since)
+    if acct.first_failure_at is not None:
+        marks.append(acct.first_failure_at + rules.collections_days * DAY)
+    if acct.freeze is not None:
+        marks.extend(acct.freeze)
+    if acct.cancel_at is not None:
+        marks.append(acct.cancel_at)
+    future = [m for m in marks if m > now]
+    return min(future) if future else None
+
+
+class FreezeRefused(ValueError):
+    """A freeze the rules do not allow; the message says why."""
+
+
+def check_freeze(status: str, owed: int, months: int) -> None:
+    """Freezes are for members who are current, for one to three months."""
+    if not 1 <= months <= 3:
+        raise FreezeRefused("a freeze lasts 1 to 3 months")
+    if owed > 0 or status not in ("active", "pending_cancel"):
+        raise FreezeRefused(
+            f"only a member who is current can freeze (status {status}, owes {owed})"
+        )
+
+
+def cancel_date(paid_through: int | None, started_at: int, min_term_months: int, now: int) -> int:
+    """A cancellation takes effect at the end of the paid period or of the minimum term."""
+    return max(paid_through or now, add_months(started_at, min_term_months), now)
+
+
+def add_months(ts: int, months: int) -> int:
+    """Calendar months after ``ts`` (UTC), clamped to the month's last day (31 Jan + 1 = 28/29 Feb)."""
+    d = datetime.fromtimestamp(ts, UTC)
+    index = d.month - 1 + months
+    year, month = d.year + index // 12, index % 12 + 1
+    day = min(d.day, calendar.monthrange(year, month)[1])
+    return int(d.replace(year=year, month=month, day=day).timestamp())
+
+
+def tax_of(amount: int, tax_rate_bp: int) -> int:
+    """Tax on a net amount, rate in basis points (1900 = 19 %), rounded half up to a minor unit."""
+    return (amount * tax_rate_bp + 5_000) // 10_000

@@ -1,0 +1,229 @@
+"""The payment seam: what the billing service needs from a payment provider, its results and
+errors, and the deterministic ``SimulatedGateway`` (a first-class sibling of ``StripeGateway``).
+
+A charge is two calls so that a crash can never charge twice: ``create_intent`` (unconfirmed,
+under an idempotency key) and, once the caller has committed the intent id, ``confirm_intent``.
+After a restart ``retrieve_intent`` says what became of an intent whose answer was lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+IntentState = Literal[
+    "requires_confirmation", "processing", "succeeded", "failed", "requires_action"
+]
+
+
+class GatewayError(Exception):
+    """Base of every payment-gateway error."""
+
+
+class GatewayUnavailable(GatewayError):
+    """The provider could not be reached or kept refusing (429/5xx) after retries: nothing is
+    known about the request, so try again later with the same idempotency key."""
+
+
+class GatewayRejected(GatewayError):
+    """The provider refused the request itself (4xx other than a card decline): a configuration
+    or data problem that retrying will not fix."""
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """Where a PaymentIntent stands; decline and advice codes are set when it failed."""
+
+    intent_id: str
+    state: IntentState
+    decline_code: str | None = None
+    advice_code: str | None = None
+
+
+class PaymentGateway(Protocol):
+    """What the billing service asks of a payment provider."""
+
+    name: str
+
+    def create_customer(self, member_id: str, email: str | None, name: str) -> str:
+        """Create the provider's customer record; returns its id."""
+        ...
+
+    def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
+        """Save a payment method on the customer for off-session charges; returns its id."""
+        ...
+
+    def create_intent(
+        self,
+        *,
+        customer_ref: str | None,
+        payment_method: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        """Create an unconfirmed PaymentIntent; returns its id. Charges nothing."""
+        ...
+
+    def confirm_intent(self, intent_id: str, idempotency_key: str) -> ChargeResult:
+        """Confirm (charge) an intent created by ``create_intent``."""
+        ...
+
+    def retrieve_intent(self, intent_id: str) -> ChargeResult:
+        """Where an intent stands now."""
+        ...
+
+
+# --- the simulated gateway --------------------------------------------------------------------
+
+SEPA_SETTLE_S = 3 * 86_400
+
+
+class SimulatedGateway:
+    """A deterministic payment provider for demos, tests and benchmarks.
+
+    Payment methods script their own outcome by name:
+
+    * ``pm_sim_ok`` (and anything else not below): every charge succeeds;
+    * ``pm_sim_decline_<code>``: every charge is declined with ``<code>`` (e.g.
+      ``pm_sim_decline_insufficient_funds``, ``pm_sim_decline_lost_card``,
+      ``pm_sim_decline_authentication_required``);
+    * ``pm_sim_advice_<code>``: declined with ``<code>`` and ``do_not_try_again`` advice;
+    * ``pm_sim_sepa`` / ``pm_sim_sepa_fail``: ``processing`` until three (clock) days after
+      confirmation, then succeeded / failed with ``insufficient_funds``.
+
+    ``script`` overrides by payment method with a queue of outcomes (``"ok"`` or a decline code),
+    one per confirmation. Intents live in SQLite (``path``, or memory), so a restarted process
+    finds them by id; idempotency keys are honoured as Stripe honours them.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        clock: Callable[[], int],
+        script: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._script = {pm: list(outcomes) for pm, outcomes in (script or {}).items()}
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS intents (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE,"
+            " payment_method TEXT, amount INTEGER, currency TEXT, state TEXT, decline_code TEXT,"
+            " advice_code TEXT, confirmed_at INTEGER)"
+        )
+        self._db.commit()
+
+    def create_customer(self, member_id: str, email: str | None, name: str) -> str:
+        """Customers are implicit: the id is derived from the member id."""
+        return f"cus_sim_{member_id}"
+
+    def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
+        """Every simulated payment method attaches; its name scripts its outcome."""
+        if not payment_method.startswith("pm_"):
+            raise GatewayRejected(f"not a payment method id: {payment_method!r}")
+        return payment_method
+
+    def create_intent(
+        self,
+        *,
+        customer_ref: str | None,
+        payment_method: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        """Create (or, for a repeated idempotency key, find) an unconfirmed intent."""
+        if amount <= 0:
+            raise GatewayRejected("amount must be positive")
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM intents WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            (count,) = self._db.execute("SELECT count(*) FROM intents").fetchone()
+            intent_id = f"pi_sim_{count + 1:010d}"
+            self._db.execute(
+                "INSERT INTO intents VALUES (?, ?, ?, ?, ?, 'requires_confirmation', NULL, NULL,"
+                " NULL)",
+                (intent_id, idempotency_key, payment_method, amount, currency),
+            )
+            self._db.commit()
+            return intent_id
+
+    def confirm_intent(self, intent_id: str, idempotency_key: str) -> ChargeResult:
+        """Charge once: confirming an intent that was already confirmed returns its result."""
+        with self._lock:
+            row = self._row(intent_id)
+            if row[0] != "requires_confirmation":
+                return self._settle(intent_id)
+            pm = row[3]
+            state, decline, advice = self._outcome(pm)
+            self._db.execute(
+                "UPDATE intents SET state = ?, decline_code = ?, advice_code = ?, confirmed_at = ?"
+                " WHERE id = ?",
+                (state, decline, advice, self._clock(), intent_id),
+            )
+            self._db.commit()
+            return ChargeResult(intent_id, state, decline, advice)
+
+    def retrieve_intent(self, intent_id: str) -> ChargeResult:
+        """The intent's state; a SEPA debit settles three clock days after confirmation."""
+        with self._lock:
+            return self._settle(intent_id)
+
+    def charged_total(self) -> int:
+        """Sum of every succeeded intent: what the members' banks have paid."""
+        with self._lock:
+            (total,) = self._db.execute(
+                "SELECT coalesce(sum(amount), 0) FROM intents WHERE state = 'succeeded'"
+            ).fetchone()
+            return int(total)
+
+    def _row(self, intent_id: str) -> tuple[str, str | None, str | None, str, int | None]:
+        row = self._db.execute(
+            "SELECT state, decline_code, advice_code, payment_method, confirmed_at FROM intents"
+            " WHERE id = ?",
+            (intent_id,),
+        ).fetchone()
+        if row is None:
+            raise GatewayRejected(f"no such payment intent: {intent_id}")
+        return row  # type: ignore[no-any-return]
+
+    def _settle(self, intent_id: str) -> ChargeResult:
+        state, decline, advice, pm, confirmed_at = self._row(intent_id)
+        settled = confirmed_at is not None and self._clock() >= confirmed_at + SEPA_SETTLE_S
+        if state == "processing" and settled:
+            failed = pm.endswith("_fail")
+            state = "failed" if failed else "succeeded"
+            decline = "insufficient_funds" if failed else None
+            self._db.execute(
+                "UPDATE intents SET state = ?, decline_code = ? WHERE id = ?",
+                (state, decline, intent_id),
+            )
+            self._db.commit()
+        return ChargeResult(intent_id, state, decline, advice)  # type: ignore[arg-type]
+
+    def _outcome(self, pm: str) -> tuple[IntentState, str | None, str | None]:
+        queue = self._script.get(pm)
+        if queue:
+            outcome = queue.pop(0) if len(queue) > 1 else queue[0]
+            return ("succeeded", None, None) if outcome == "ok" else ("failed", outcome, None)
+        if pm.startswith("pm_sim_sepa"):
+            return "processing", None, None
+        if pm.startswith("pm_sim_decline_"):
+            return "failed", pm.removeprefix("pm_sim_decline_"), None
+        if pm.startswith("pm_sim_advice_"):
+            return "failed", pm.removeprefix("pm_sim_advice_"), "do_not_try_again"
+        return "succeeded", None, None

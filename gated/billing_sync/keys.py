@@ -1,0 +1,116 @@
+"""The billing host's key material: the head-office signing key, the credential HMAC key and the
+key that encrypts raw card UIDs at rest."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gated.config import BillingKeysConfig
+from gated.contract import Signer, load_credential_key, private_key_pem
+
+
+class KeyFileError(Exception):
+    """A key file is missing or unusable; the message says which and what to do."""
+
+
+@dataclass
+class Keys:
+    """Loaded keys; ``cipher`` encrypts UIDs, ``uid_lookup`` finds a card without decrypting."""
+
+    signer: Signer
+    credential_key: bytes
+    card_key: bytes
+
+    @property
+    def cipher(self) -> Fernet:
+        return Fernet(self.card_key)
+
+    def uid_lookup(self, uid: str) -> str:
+        """A stable, keyed fingerprint of a normalized UID (not the credential the gates see)."""
+        return hmac.new(self.card_key, b"lookup:" + uid.encode(), hashlib.sha256).hexdigest()
+
+    def encrypt_uid(self, uid: str) -> bytes:
+        return self.cipher.encrypt(uid.encode())
+
+    def decrypt_uid(self, token: bytes) -> str:
+        try:
+            return self.cipher.decrypt(token).decode()
+        except InvalidToken as exc:
+            raise KeyFileError("a card UID does not decrypt with the card encryption key") from exc
+
+    @classmethod
+    def load(cls, cfg: BillingKeysConfig) -> Keys:
+        """Load all three keys; KeyFileError naming the file when one is missing."""
+        for path in (
+            cfg.head_office_private_key_file,
+            cfg.credential_key_file,
+            cfg.card_encryption_key_file,
+        ):
+            if not path.exists():
+                raise KeyFileError(
+                    f"{path}: no such key file (create keys with `gated-billing keys init`)"
+                )
+        return cls(
+            Signer.from_pem_file(cfg.head_office_private_key_file),
+            load_credential_key(cfg.credential_key_file),
+            cfg.card_encryption_key_file.read_bytes().strip(),
+        )
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if path.exists():
+        os.replace(path, path.with_suffix(path.suffix + ".old"))
+    os.replace(tmp, path)
+
+
+def new_signing_key(path: Path) -> Signer:
+    """Write a fresh Ed25519 head-office key (the previous one is kept as ``.old``)."""
+    key = Ed25519PrivateKey.generate()
+    _write_secret(path, private_key_pem(key))
+    return Signer(key)
+
+
+def new_credential_key(path: Path) -> bytes:
+    """Write a fresh credential HMAC key as 64 hex digits (previous kept as ``.old``)."""
+    key = secrets.token_bytes(32)
+    _write_secret(path, key.hex().encode() + b"\n")
+    return key
+
+
+def new_card_key(path: Path) -> bytes:
+    """Write a fresh card-encryption key (only when none exists: rotating it needs re-encryption)."""
+    if path.exists():
+        raise KeyFileError(f"{path}: already exists; the card key is never replaced in place")
+    key = Fernet.generate_key()
+    _write_secret(path, key + b"\n")
+    return key
+
+
+def init_keys(cfg: BillingKeysConfig) -> list[Path]:
+    """Create whichever of the three keys is missing; returns the files written."""
+    written: list[Path] = []
+    if not cfg.head_office_private_key_file.exists():
+        new_signing_key(cfg.head_office_private_key_file)
+        written.append(cfg.head_office_private_key_file)
+    if not cfg.credential_key_file.exists():
+        new_credential_key(cfg.credential_key_file)
+        written.append(cfg.credential_key_file)
+    if not cfg.card_encryption_key_file.exists():
+        new_card_key(cfg.card_encryption_key_file)
+        written.append(cfg.card_encryption_key_file)
+    return written

@@ -1,0 +1,120 @@
+"""Member notices: rendered from templates into the notification outbox, delivered by SMTP."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from string import Template
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+from gated.billing_sync import schema
+from gated.config import SmtpConfig
+
+log = logging.getLogger("gated.billing.notices")
+
+# kind → (subject, body); $placeholders come from the service (amounts already formatted).
+TEMPLATES: dict[str, tuple[str, str]] = {
+    "receipt": (
+        "Receipt for invoice $invoice",
+        "Hello $name,\n\nthank you: we received $amount for invoice $invoice.\n",
+    ),
+    "failure": (
+        "Your payment of $amount did not go through",
+        "Hello $name,\n\nwe could not charge $amount for invoice $invoice ($reason).\n"
+        "We will try again on $retry_on. You can keep training meanwhile.\n",
+    ),
+    "retry": (
+        "We tried your payment again",
+        "Hello $name,\n\nour new attempt to charge $amount for invoice $invoice failed "
+        "($reason). $next_step\n",
+    ),
+    "new_card": (
+        "Please give us a new card",
+        "Hello $name,\n\nyour bank refused $amount for invoice $invoice ($reason) and asked us "
+        "not to try this card again. Please add a new card at the front desk or online.\n",
+    ),
+    "pay_link": (
+        "Please confirm your payment",
+        "Hello $name,\n\nyour bank wants you to confirm the payment of $amount for invoice "
+        "$invoice: $link\n",
+    ),
+    "suspension": (
+        "Your membership is suspended",
+        "Hello $name,\n\nyour membership is suspended because $amount is still open. "
+        "Pay at the front desk or online and the gates let you in again at once.\n",
+    ),
+    "freeze": (
+        "Your membership is frozen",
+        "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "
+        "that much longer. Fee: $amount.\n",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A rendered notice ready for the outbox."""
+
+    member_id: str | None
+    kind: str
+    to_addr: str
+    subject: str
+    body: str
+
+
+def render(kind: str, to_addr: str, member_id: str | None, **values: Any) -> Notice:
+    """Fill a template; a missing placeholder is a programming error (KeyError)."""
+    subject, body = TEMPLATES[kind]
+    return Notice(
+        member_id,
+        kind,
+        to_addr,
+        Template(subject).substitute(values),
+        Template(body).substitute(values),
+    )
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """Minor units to a human amount: 4990 EUR → ``49.90 EUR``."""
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d} {currency}"
+
+
+def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:
+    """Send queued notices over SMTP; a row is marked sent only after the server accepted it.
+    Returns how many were sent. A failing server leaves the rest queued for the next round."""
+    n = schema.notifications
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(n.c.id, n.c.to_addr, n.c.subject, n.c.body)
+            .where(n.c.sent_at.is_(None))
+            .order_by(n.c.id)
+            .limit(limit)
+        ).all()
+    if not rows:
+        return 0
+    password = smtp.password_file.read_text().strip() if smtp.password_file else None
+    sent = 0
+    try:
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
+            if smtp.starttls:
+                client.starttls()
+            if smtp.username and password:
+                client.login(smtp.username, password)
+            for row in rows:
+                msg = EmailMessage()
+                msg["From"] = smtp.sender
+                msg["To"] = row.to_addr
+                msg["Subject"] = row.subject
+                msg.set_content(row.body)
+                client.send_message(msg)
+                with engine.begin() as conn:
+                    conn.execute(update(n).where(n.c.id == row.id).values(sent_at=now))
+                sent += 1
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("event=smtp_failed sent=%d error=%s", sent, type(exc).__name__)
+    return sent

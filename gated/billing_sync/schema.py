@@ -1,0 +1,292 @@
+"""The billing store's tables (SQLAlchemy 2 Core). Times are Unix seconds (UTC) in integers and
+amounts are integer minor units, so SQLite and PostgreSQL store exactly the same values."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = String(64)
+
+# One row per key: the injected clock offset and similar process-wide settings.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# The head-office-wide version sequence: a single row that only ever goes up.
+version_head = Table(
+    "version_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("period_months", Integer, nullable=False),
+    Column("tax_rate_bp", Integer, nullable=False),
+    Column("schedule", Text, nullable=False),
+    Column("zones", Text, nullable=False),
+    Column("daily_limit", Integer),
+    Column("min_term_months", Integer, nullable=False),
+    Column("freeze_fee", BigInteger, nullable=False),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("email", Text),
+    Column("sites", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("payer_id", ID, ForeignKey("members.id")),
+    Column("customer_ref", Text),
+    Column("payment_method", Text),
+    Column("qr_private_key", LargeBinary),
+    Column("erased", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("member_id", ID, ForeignKey("members.id"), primary_key=True),
+    Column("plan_id", ID, ForeignKey("plans.id"), nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("paid_through", BigInteger),
+    Column("status", String(16), nullable=False),
+    Column("first_failure_at", BigInteger),
+    Column("next_retry_at", BigInteger),
+    Column("retries_done", Integer, nullable=False, default=0),
+    Column("needs_new_card", Boolean, nullable=False, default=False),
+    Column("cancel_at", BigInteger),
+    # The next instant the engine says this member's status or billing may change without any
+    # outside event: the scheduler reviews only rows whose time has come.
+    Column("review_at", BigInteger),
+    Index("ix_subscriptions_review_at", "review_at"),
+)
+
+extras = Table(
+    "extras",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("tax_rate_bp", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("invoice_id", Integer, ForeignKey("invoices.id")),
+)
+
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("period_start", BigInteger),
+    Column("period_end", BigInteger),
+    Column("subtotal", BigInteger, nullable=False),
+    Column("tax", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("amount_paid", BigInteger, nullable=False, default=0),
+    Column("status", String(16), nullable=False),
+    Column("due_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("paid_at", BigInteger),
+    Index("ix_invoices_member_status", "member_id", "status"),
+)
+
+invoice_lines = Table(
+    "invoice_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_amount", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("tax_rate_bp", Integer, nullable=False),
+)
+
+payment_attempts = Table(
+    "payment_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False),
+    Column("idempotency_key", String(128), nullable=False, unique=True),
+    Column("gateway_ref", String(128), unique=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # new → created (ref committed) → succeeded | failed | processing | requires_action
+    Column("state", String(16), nullable=False, index=True),
+    Column("decline_code", String(64)),
+    Column("decline_class", String(16)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("reference", String(128), unique=True),
+    Column("at", BigInteger, nullable=False),
+)
+
+freezes = Table(
+    "freezes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("starts_at", BigInteger, nullable=False),
+    Column("ends_at", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("member_id", ID, ForeignKey("members.id")),
+    Column("payment_ref", String(128)),
+    Column("status", String(16), nullable=False),
+    Column("opened_at", BigInteger),
+    Column("closed_at", BigInteger),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("type", String(64), nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id")),
+    Column("kind", String(32), nullable=False),
+    Column("to_addr", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+)
+
+# What each member looks like to the gates now: the latest unsigned MemberState per member.
+member_states = Table(
+    "member_states",
+    metadata,
+    Column("member_id", ID, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("sites", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+# Per-site manifest figures, kept up to date in O(1) per change.
+site_manifests = Table(
+    "site_manifests",
+    metadata,
+    Column("site", ID, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("max_version", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("published_version", BigInteger, nullable=False, default=0),
+)
+
+status_outbox = Table(
+    "status_outbox",
+    metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("member_id", ID, nullable=False),
+    Column("sites", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("published_at", BigInteger, index=True),
+)
+
+gate_events = Table(
+    "gate_events",
+    metadata,
+    Column("event_id", String(32), primary_key=True),
+    Column("site", ID, nullable=False),
+    Column("gate", ID, nullable=False),
+    Column("at", BigInteger, nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("member_id", ID, index=True),
+    Column("reason", String(32)),
+    Column("payload", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+)
+
+cards = Table(
+    "cards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("uid_encrypted", LargeBinary, nullable=False),
+    # HMAC of the UID under the card-encryption key: finds a card without decrypting every row
+    # and does not change when the credential key rotates.
+    Column("uid_lookup", String(64), nullable=False),
+    # The card key the gates see (HMAC under the current credential key); rebuilt from the
+    # decrypted UID when that key rotates.
+    Column("credential", String(64), nullable=False),
+    Column("assigned_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+    Index("ix_cards_uid_lookup", "uid_lookup"),
+)
+
+gates = Table(
+    "gates",
+    metadata,
+    Column("site", ID, primary_key=True),
+    Column("gate", ID, primary_key=True),
+    Column("token_sha256", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+    UniqueConstraint("token_sha256"),
+)

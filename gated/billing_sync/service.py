@@ -1,0 +1,1624 @@
+"""The billing service: the imperative shell around the pure engine.
+
+It loads each member's facts from the store in bulk, asks ``engine`` what is due and what the
+status is, charges through the ``PaymentGateway`` under the crash-safe protocol, and writes every
+change of what the gates must know into ``member_states`` and the status outbox with the next
+head-office version.
+
+Charging protocol (DESIGN.md, crash safety): (1) commit the invoice and an attempt row with its
+idempotency key; (2) create the PaymentIntent unconfirmed; (3) commit its id; (4) confirm; (5)
+commit the result. A restart first finishes every attempt left in (1)–(4): re-create under the same
+key if no id was committed (an unconfirmed intent never charges), otherwise retrieve by id and
+confirm only if the provider says it is still unconfirmed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import nacl.signing
+from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert, or_, select, update
+
+from gated.billing_sync import engine as eng
+from gated.billing_sync import schema as s
+from gated.billing_sync.gateway import ChargeResult, GatewayError, PaymentGateway
+from gated.billing_sync.keys import Keys
+from gated.billing_sync.notices import Notice, format_amount, render
+from gated.billing_sync.store import get_meta, insert_ignore, next_version, set_meta
+from gated.config import BillingConfig
+from gated.contract import (
+    MEMBER_ID_RE,
+    card_key,
+    digest_hex,
+    digest_term,
+    erased_state,
+    format_time,
+    normalize_uid,
+)
+
+log = logging.getLogger("gated.billing")
+
+FINAL_ATTEMPT_STATES = ("succeeded", "failed", "requires_action")
+OPEN_ATTEMPT_STATES = ("new", "created", "processing")
+
+
+class BillingError(Exception):
+    """An operation the rules or the data do not allow; the message is for a human."""
+
+
+class NotFound(BillingError):
+    """No such member, plan, card or gate."""
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash-safety tests: ``GATED_BILLING_CRASHPOINT=name`` kills this
+    process with SIGKILL at that step, exactly as a power cut or OOM kill would."""
+    if os.environ.get("GATED_BILLING_CRASHPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def db_clock(engine: Engine) -> Callable[[], int]:
+    """The injected clock of a deployment: system time plus the offset that ``gated-billing clock
+    advance`` stores (0 in production), read on every call so a running ``serve`` follows it."""
+
+    def now() -> int:
+        with engine.connect() as conn:
+            offset = int(get_meta(conn, "clock_offset_s", 0))
+        return int(datetime.now(UTC).timestamp()) + offset
+
+    return now
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A membership plan; price in minor units per period, tax in basis points."""
+
+    id: str
+    name: str
+    price: int
+    currency: str
+    period_months: int = 1
+    tax_rate_bp: int = 0
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+    zones: list[str] = field(default_factory=list)
+    daily_limit: int | None = None
+    min_term_months: int = 0
+    freeze_fee: int = 0
+
+
+@dataclass
+class Facts:
+    """One member's row, subscription, plan and derived engine account."""
+
+    member: Any
+    sub: Any
+    plan: Any
+    account: eng.Account
+    open_invoices: list[Row[Any]]
+
+
+@dataclass
+class CycleReport:
+    """What one billing cycle did."""
+
+    reviewed: int = 0
+    renewals: int = 0
+    retries: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    processing: int = 0
+    resumed: int = 0
+    errors: int = 0
+
+
+@dataclass
+class _Charge:
+    attempt_id: int
+    invoice_id: int
+    member_id: str
+    key: str
+    amount: int
+    currency: str
+    customer_ref: str | None
+    payment_method: str | None
+    gateway_ref: str | None = None
+    result: ChargeResult | None = None
+
+
+class Billing:
+    """The billing service over one store, one gateway and the head-office keys."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: BillingConfig,
+        gateway: PaymentGateway,
+        keys: Keys,
+        clock: Callable[[], int],
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.gateway = gateway
+        self.keys = keys
+        self.clock = clock
+        self.rules = eng.Rules.from_config(config.dunning)
+        self.published_hook: Callable[[], None] | None = None
+
+    # --- plans and members --------------------------------------------------------------------
+
+    def add_plan(self, plan: PlanSpec) -> None:
+        """Create or update a plan (existing subscriptions pick up the new price at renewal)."""
+        if plan.price < 0 or plan.period_months < 1:
+            raise BillingError("a plan needs a price >= 0 and a period of at least one month")
+        values = {
+            "name": plan.name,
+            "price": plan.price,
+            "currency": plan.currency,
+            "period_months": plan.period_months,
+            "tax_rate_bp": plan.tax_rate_bp,
+            "schedule": json.dumps(plan.schedule),
+            "zones": json.dumps(plan.zones),
+            "daily_limit": plan.daily_limit,
+            "min_term_months": plan.min_term_months,
+            "freeze_fee": plan.freeze_fee,
+        }
+        with self.engine.begin() as conn:
+            done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))
+            if done.rowcount == 0:
+                conn.execute(insert(s.plans).values(id=plan.id, **values))
+
+    def plans(self) -> list[Row[Any]]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(s.plans).order_by(s.plans.c.id)))
+
+    def add_member(
+        self,
+        member_id: str,
+        name: str,
+        *,
+        plan_id: str,
+        email: str | None = None,
+        sites: Sequence[str] | None = None,
+        role: str = "member",
+        payer_id: str | None = None,
+        payment_method: str | None = None,
+        with_qr: bool = False,
+        start_at: int | None = None,
+    ) -> CycleReport:
+        """Enrol a member on a plan and bill the first period at once (status ``pending`` until
+        it is paid). A dependant (``payer_id``) is charged to the payer's payment method."""
+        if not MEMBER_ID_RE.match(member_id):
+            raise BillingError("a member id is 1-64 of A-Z a-z 0-9 _ -")
+        if role not in ("member", "staff"):
+            raise BillingError("role is member or staff")
+        member_sites = list(sites or self.config.sites)
+        unknown = set(member_sites) - set(self.config.sites)
+        if unknown:
+            raise BillingError(
+                f"unknown site(s) {sorted(unknown)}; billing.toml lists {self.config.sites}"
+            )
+        now = self.clock()
+        start = now if start_at is None else start_at
+        with self.engine.connect() as conn:
+            if conn.execute(select(s.plans.c.id).where(s.plans.c.id == plan_id)).first() is None:
+                raise NotFound(f"no plan {plan_id!r} (add it with `gated-billing plans add`)")
+            if conn.execute(select(s.members.c.id).where(s.members.c.id == member_id)).first():
+                raise BillingError(f"member {member_id} already exists")
+            if (
+                payer_id
+                and conn.execute(select(s.members.c.id).where(s.members.c.id == payer_id)).first()
+                is None
+            ):
+                raise NotFound(f"no payer {payer_id!r}")
+        customer_ref = None
+        if payment_method and not payer_id:
+            customer_ref = self.gateway.create_customer(member_id, email, name)
+            payment_method = self.gateway.attach_payment_method(customer_ref, payment_method)
+        qr_private = nacl.signing.SigningKey.generate().encode() if with_qr else None
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(s.members).values(
+                    id=member_id,
+                    name=name,
+                    email=email,
+                    sites=json.dumps(member_sites),
+                    role=role,
+                    payer_id=payer_id,
+                    customer_ref=customer_ref,
+                    payment_method=payment_method,
+                    qr_private_key=self.keys.cipher.encrypt(qr_private) if qr_private else None,
+                    erased=False,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(s.subscriptions).values(
+                    member_id=member_id,
+                    plan_id=plan_id,
+                    started_at=start,
+                    paid_through=start,
+                    status="pending",
+                    retries_done=0,
+                    needs_new_card=False,
+                    review_at=now,
+                )
+            )
+            self._refresh(conn, [member_id], now)
+        return self.run_cycle(member_ids=[member_id])
+
+    def set_payment_method(self, member_id: str, payment_method: str) -> CycleReport:
+        """Save a new card for the member (or their payer) and retry what is owed right away."""
+        facts = self._facts_one(member_id)
+        payer = facts.member.payer_id or member_id
+        payer_facts = self._facts_one(payer)
+        customer_ref = payer_facts.member.customer_ref or self.gateway.create_customer(
+            payer, payer_facts.member.email, payer_facts.member.name
+        )
+        pm = self.gateway.attach_payment_method(customer_ref, payment_method)
+        return self._new_card(payer, customer_ref, pm)
+
+    def _new_card(self, payer_id: str, customer_ref: str, pm: str) -> CycleReport:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.members)
+                .where(s.members.c.id == payer_id)
+                .values(customer_ref=customer_ref, payment_method=pm)
+            )
+            billed = [payer_id, *self._dependants(conn, [payer_id])]
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id.in_(billed))
+                .values(needs_new_card=False, next_retry_at=now, review_at=now)
+            )
+        return self.run_cycle(member_ids=billed)
+
+    def member(self, member_id: str) -> dict[str, Any]:
+        """Everything about one member for ``members show`` (no card UIDs)."""
+        facts = self._facts_one(member_id)
+        with self.engine.connect() as conn:
+            state = conn.execute(
+                select(s.member_states.c.payload).where(s.member_states.c.member_id == member_id)
+            ).scalar()
+            n_cards = conn.execute(
+                select(func.count()).where(
+                    s.cards.c.member_id == member_id, s.cards.c.revoked_at.is_(None)
+                )
+            ).scalar_one()
+        sub = facts.sub
+        return {
+            "member_id": member_id,
+            "name": facts.member.name,
+            "email": facts.member.email,
+            "sites": json.loads(facts.member.sites),
+            "role": facts.member.role,
+            "payer_id": facts.member.payer_id,
+            "plan": sub.plan_id if sub else None,
+            "status": sub.status if sub else None,
+            "paid_through": _fmt(sub.paid_through) if sub else None,
+            "owed": facts.account.owed,
+            "next_retry_at": _fmt(facts.account.next_retry_at),
+            "needs_new_card": facts.account.needs_new_card,
+            "cancel_at": _fmt(facts.account.cancel_at),
+            "freeze": [_fmt(t) for t in facts.account.freeze] if facts.account.freeze else None,
+            "cards": n_cards,
+            "published": json.loads(state) if state else None,
+        }
+
+    def list_members(self, status: str | None = None) -> list[Row[Any]]:
+        q = (
+            select(
+                s.members.c.id,
+                s.members.c.name,
+                s.subscriptions.c.plan_id,
+                s.subscriptions.c.status,
+                s.subscriptions.c.paid_through,
+                s.member_states.c.version,
+            )
+            .join(s.subscriptions, s.subscriptions.c.member_id == s.members.c.id, isouter=True)
+            .join(s.member_states, s.member_states.c.member_id == s.members.c.id, isouter=True)
+            .where(s.members.c.erased.is_(False))
+            .order_by(s.members.c.id)
+        )
+        if status:
+            q = q.where(s.subscriptions.c.status == status)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def erase(self, member_id: str) -> None:
+        """Erase a member's personal data and cards; the gates get the signed tombstone. Invoices
+        stay (bookkeeping), stripped of nothing but the link to a name."""
+        now = self.clock()
+        self._facts_one(member_id)
+        with self.engine.begin() as conn:
+            conn.execute(delete(s.cards).where(s.cards.c.member_id == member_id))
+            conn.execute(
+                update(s.members)
+                .where(s.members.c.id == member_id)
+                .values(name="", email=None, qr_private_key=None, payment_method=None, erased=True)
+            )
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == member_id)
+                .values(status="cancelled", review_at=None, next_retry_at=None)
+            )
+            self._refresh(conn, [member_id], now)
+
+    # --- cards and QR ----------------------------------------------------------------------------
+
+    def assign_card(self, member_id: str, uid: str) -> None:
+        """Enrol a card: the UID is stored encrypted, the gates get its HMAC credential."""
+        uid = normalize_uid(uid)
+        facts = self._facts_one(member_id)
+        if facts.member.erased:
+            raise BillingError(f"member {member_id} is erased")
+        lookup = self.keys.uid_lookup(uid)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            holder = conn.execute(
+                select(s.cards.c.member_id).where(
+                    s.cards.c.uid_lookup == lookup, s.cards.c.revoked_at.is_(None)
+                )
+            ).scalar()
+            if holder is not None:
+                raise BillingError(f"this card is already assigned to {holder}")
+            conn.execute(
+                insert(s.cards).values(
+                    member_id=member_id,
+                    uid_encrypted=self.keys.encrypt_uid(uid),
+                    uid_lookup=lookup,
+                    credential=card_key(self.keys.credential_key, uid),
+                    assigned_at=now,
+                )
+            )
+            self._refresh(conn, [member_id], now)
+
+    def revoke_card(self, member_id: str, uid: str) -> None:
+        """Revoke a card at once: the member's next state no longer lists it."""
+        lookup = self.keys.uid_lookup(normalize_uid(uid))
+        now = self.clock()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(s.cards)
+                .where(
+                    s.cards.c.member_id == member_id,
+                    s.cards.c.uid_lookup == lookup,
+                    s.cards.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            )
+            if done.rowcount == 0:
+                raise NotFound(f"member {member_id} holds no such card")
+            self._refresh(conn, [member_id], now)
+
+    def app_private_key(self, member_id: str) -> bytes:
+        """The member app's Ed25519 seed (``pass`` plays the app); NotFound without a QR key."""
+        facts = self._facts_one(member_id)
+        if facts.member.qr_private_key is None:
+            raise NotFound(f"member {member_id} has no QR key (add with --qr)")
+        return self.keys.cipher.decrypt(facts.member.qr_private_key)
+
+    # --- gates ------------------------------------------------------------------------------------
+
+    def add_gate(self, site: str, gate: str) -> str:
+        """Issue a new bearer token for a gate's snapshot fetches (shown once, stored hashed)."""
+        if site not in self.config.sites:
+            raise BillingError(f"unknown site {site!r}; billing.toml lists {self.config.sites}")
+        if not MEMBER_ID_RE.match(gate):
+            raise BillingError("a gate id is 1-64 of A-Z a-z 0-9 _ -")
+        token = "gt_" + secrets.token_urlsafe(32)
+        digest = _sha256(token)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(s.gates)
+                .where(s.gates.c.site == site, s.gates.c.gate == gate)
+                .values(token_sha256=digest, created_at=now, revoked_at=None)
+            )
+            if done.rowcount == 0:
+                conn.execute(
+                    insert(s.gates).values(
+                        site=site, gate=gate, token_sha256=digest, created_at=now
+                    )
+                )
+        return token
+
+    def revoke_gate(self, site: str, gate: str) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(s.gates)
+                .where(s.gates.c.site == site, s.gates.c.gate == gate)
+                .values(revoked_at=self.clock())
+            )
+        if done.rowcount == 0:
+            raise NotFound(f"no gate {site}/{gate}")
+
+    def gate_for_token(self, token: str) -> tuple[str, str] | None:
+        """The (site, gate) a bearer token belongs to, or None (unknown or revoked)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(s.gates.c.site, s.gates.c.gate).where(
+                    s.gates.c.token_sha256 == _sha256(token), s.gates.c.revoked_at.is_(None)
+                )
+            ).first()
+        return None if row is None else (row.site, row.gate)
+
+    # --- freezes, cancellations, extras, payments --------------------------------------------------
+
+    def freeze(self, member_id: str, months: int, start_at: int | None = None) -> CycleReport:
+        """Freeze a current member for 1-3 months: denied meanwhile, contract extended by as
+        long, the plan's monthly freeze fee billed now."""
+        now = self.clock()
+        facts = self._facts_one(member_id)
+        if facts.sub is None or facts.plan is None:
+            raise BillingError(f"member {member_id} has no subscription")
+        eng.check_freeze(facts.sub.status, facts.account.owed, months)
+        start = now if start_at is None else start_at
+        end = eng.add_months(start, months)
+        fee = int(facts.plan.freeze_fee) * months
+        with self.engine.begin() as conn:
+            if conn.execute(
+                select(s.freezes.c.id).where(
+                    s.freezes.c.member_id == member_id, s.freezes.c.ends_at > now
+                )
+            ).first():
+                raise eng.FreezeRefused("a freeze is already booked")
+            conn.execute(
+                insert(s.freezes).values(
+                    member_id=member_id, starts_at=start, ends_at=end, fee=fee, created_at=now
+                )
+            )
+            length = end - start
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == member_id)
+                .values(
+                    paid_through=s.subscriptions.c.paid_through + length,
+                    cancel_at=s.subscriptions.c.cancel_at + length,
+                    review_at=now,
+                )
+            )
+            if fee:
+                lines = [
+                    (
+                        "freeze_fee",
+                        f"Freeze fee, {months} month(s)",
+                        months,
+                        int(facts.plan.freeze_fee),
+                    )
+                ]
+                self._create_invoice(
+                    conn, facts, "freeze", lines, int(facts.plan.tax_rate_bp), now, None
+                )
+            self._queue(
+                conn,
+                facts,
+                "freeze",
+                start=_fmt(start),
+                end=_fmt(end),
+                amount=format_amount(fee, facts.plan.currency),
+            )
+            self._refresh(conn, [member_id], now)
+        return self.run_cycle(member_ids=[member_id])
+
+    def unfreeze(self, member_id: str) -> None:
+        """End the current freeze now (or drop a booked one); the unused time comes off the
+        extension."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(s.freezes)
+                .where(s.freezes.c.member_id == member_id, s.freezes.c.ends_at > now)
+                .order_by(s.freezes.c.starts_at)
+            ).first()
+            if row is None:
+                raise NotFound(f"member {member_id} has no current or booked freeze")
+            unused = row.ends_at - max(now, row.starts_at)
+            if row.starts_at > now:
+                conn.execute(delete(s.freezes).where(s.freezes.c.id == row.id))
+            else:
+                conn.execute(update(s.freezes).where(s.freezes.c.id == row.id).values(ends_at=now))
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == member_id)
+                .values(
+                    paid_through=s.subscriptions.c.paid_through - unused,
+                    cancel_at=s.subscriptions.c.cancel_at - unused,
+                    review_at=now,
+                )
+            )
+            self._refresh(conn, [member_id], now)
+
+    def cancel(self, member_id: str) -> int:
+        """Cancel at the end of the paid period or the minimum term; returns that date."""
+        now = self.clock()
+        facts = self._facts_one(member_id)
+        if facts.sub is None or facts.plan is None:
+            raise BillingError(f"member {member_id} has no subscription")
+        when = eng.cancel_date(
+            facts.sub.paid_through, facts.sub.started_at, facts.plan.min_term_months, now
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == member_id)
+                .values(cancel_at=when, review_at=now)
+            )
+            self._refresh(conn, [member_id], now)
+        return when
+
+    def charge_extra(
+        self,
+        member_id: str,
+        kind: str,
+        description: str,
+        amount: int,
+        tax_rate_bp: int | None = None,
+    ) -> CycleReport:
+        """Bill an extra (personal training, a class pack) on its own invoice and charge it now."""
+        if amount <= 0:
+            raise BillingError("an extra needs a positive amount (minor units)")
+        now = self.clock()
+        facts = self._facts_one(member_id)
+        if facts.plan is None:
+            raise BillingError(f"member {member_id} has no subscription")
+        rate = int(facts.plan.tax_rate_bp) if tax_rate_bp is None else tax_rate_bp
+        with self.engine.begin() as conn:
+            invoice_id = self._create_invoice(
+                conn, facts, "extra", [("extra", description, 1, amount)], rate, now, None
+            )
+            conn.execute(
+                insert(s.extras).values(
+                    member_id=member_id,
+                    kind=kind,
+                    description=description,
+                    amount=amount,
+                    tax_rate_bp=rate,
+                    created_at=now,
+                    invoice_id=invoice_id,
+                )
+            )
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == member_id)
+                .values(review_at=now)
+            )
+        return self.run_cycle(member_ids=[member_id])
+
+    def record_payment(
+        self,
+        member_id: str,
+        amount: int | None = None,
+        method: str = "front_desk",
+        reference: str | None = None,
+    ) -> int:
+        """A payment taken outside the gateway (front desk, bank transfer): applied to the oldest
+        open invoices first; the member is active again and published at once. Returns the amount
+        applied."""
+        now = self.clock()
+        facts = self._facts_one(member_id)
+        owed = facts.account.owed
+        if owed <= 0:
+            raise BillingError(f"member {member_id} owes nothing")
+        amount = owed if amount is None else amount
+        if amount <= 0 or amount > owed:
+            raise BillingError(f"amount must be between 1 and {owed} (what is owed)")
+        left = amount
+        with self.engine.begin() as conn:
+            for inv in facts.open_invoices:
+                if left <= 0:
+                    break
+                part = min(left, int(inv.total - inv.amount_paid))
+                self._apply_payment(
+                    conn, inv, part, method, reference and f"{reference}:{inv.id}", now
+                )
+                left -= part
+            self._refresh(conn, [member_id], now)
+        self._notify_published()
+        return amount
+
+    # --- the cycle ---------------------------------------------------------------------------------
+
+    def run_cycle(self, member_ids: Sequence[str] | None = None) -> CycleReport:
+        """One billing cycle: finish interrupted attempts, then review every member whose time has
+        come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
+        report = CycleReport()
+        self.resume(report, member_ids)
+        batch = self.config.batch_size
+        while True:
+            now = self.clock()
+            with self.engine.begin() as conn:
+                if member_ids is None:
+                    due = list(
+                        conn.execute(
+                            select(s.subscriptions.c.member_id)
+                            .where(s.subscriptions.c.review_at <= now)
+                            .order_by(s.subscriptions.c.review_at)
+                            .limit(batch)
+                        ).scalars()
+                    )
+                else:
+                    due = list(member_ids)
+                if not due:
+                    break
+                charges = self._plan_charges(conn, due, now, report)
+            self._execute(charges, report)
+            if member_ids is not None:
+                break
+        self._notify_published()
+        return report
+
+    def resume(self, report: CycleReport, member_ids: Sequence[str] | None = None) -> None:
+        """Finish attempts a crash (or a slow payment method) left open, before anything else."""
+        a = s.payment_attempts
+        q = select(a).where(a.c.state.in_(OPEN_ATTEMPT_STATES)).order_by(a.c.id)
+        if member_ids is not None:
+            q = q.where(a.c.member_id.in_(member_ids))
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(q))
+            methods = self._methods(conn, {r.member_id for r in rows})
+        if not rows:
+            return
+        charges = []
+        for r in rows:
+            customer, pm = methods.get(r.member_id, (None, None))
+            charges.append(
+                _Charge(
+                    r.id,
+                    r.invoice_id,
+                    r.member_id,
+                    r.idempotency_key,
+                    r.amount,
+                    r.currency,
+                    customer,
+                    pm,
+                    r.gateway_ref,
+                )
+            )
+        report.resumed += sum(1 for r in rows if r.state != "processing")
+        self._execute(charges, report)
+
+    def _plan_charges(
+        self, conn: Connection, due: list[str], now: int, report: CycleReport
+    ) -> list[_Charge]:
+        """Decide per member: renewal invoices and retries become attempts (committed with their
+        idempotency keys before any gateway call); everyone reviewed gets a fresh status."""
+        facts = self._load(conn, due, now)
+        charges: list[_Charge] = []
+        methods = self._methods(conn, set(facts))
+        for member_id, f in facts.items():
+            report.reviewed += 1
+            acct = f.account
+            if f.sub is None or f.member.erased:
+                continue
+            if f.plan is not None and eng.renewal_due(acct, now):
+                start = int(f.sub.paid_through)
+                end = eng.add_months(start, int(f.plan.period_months))
+                lines = [
+                    (
+                        "membership",
+                        f"{f.plan.name} {_day(start)} to {_day(end)}",
+                        1,
+                        int(f.plan.price),
+                    )
+                ]
+                self._create_invoice(
+                    conn, f, "renewal", lines, int(f.plan.tax_rate_bp), start, (start, end)
+                )
+                report.renewals += 1
+            elif eng.retry_due(acct, now):
+                conn.execute(
+                    update(s.subscriptions)
+                    .where(s.subscriptions.c.member_id == member_id)
+                    .values(retries_done=acct.retries_done + 1, next_retry_at=None)
+                )
+                report.retries += 1
+            else:
+                continue
+            charges.extend(self._attempts_for_open(conn, member_id, methods, now))
+        self._refresh(conn, list(facts), now)
+        return charges
+
+    def _attempts_for_open(
+        self,
+        conn: Connection,
+        member_id: str,
+        methods: dict[str, tuple[str | None, str | None]],
+        now: int,
+    ) -> list[_Charge]:
+        inv = s.invoices
+        a = s.payment_attempts
+        rows = conn.execute(
+            select(inv.c.id, inv.c.total, inv.c.amount_paid, inv.c.currency)
+            .where(inv.c.member_id == member_id, inv.c.status == "open")
+            .order_by(inv.c.due_at)
+        ).all()
+        customer, pm = methods.get(member_id, (None, None))
+        out = []
+        for r in rows:
+            n = conn.execute(select(func.count()).where(a.c.invoice_id == r.id)).scalar_one()
+            key = f"inv{r.id}-a{n + 1}"
+            amount = int(r.total - r.amount_paid)
+            if amount <= 0:
+                continue
+            attempt_id = conn.execute(
+                insert(a)
+                .values(
+                    invoice_id=r.id,
+                    member_id=member_id,
+                    idempotency_key=key,
+                    amount=amount,
+                    currency=r.currency,
+                    state="new",
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(a.c.id)
+            ).scalar_one()
+            out.append(_Charge(attempt_id, r.id, member_id, key, amount, r.currency, customer, pm))
+        return out
+
+    def _execute(self, charges: list[_Charge], report: CycleReport) -> None:
+        """Steps 2-5 of the charging protocol for a batch of committed attempts."""
+        if not charges:
+            return
+        a = s.payment_attempts
+        # 2. create intents for attempts that have none yet (an unconfirmed intent charges nothing)
+        created: set[int] = set()
+        for c in charges:
+            if c.gateway_ref is not None:
+                continue
+            if c.payment_method is None:
+                c.result = ChargeResult("", "failed", "no_payment_method", None)
+                continue
+            try:
+                c.gateway_ref = self.gateway.create_intent(
+                    customer_ref=c.customer_ref,
+                    payment_method=c.payment_method,
+                    amount=c.amount,
+                    currency=c.currency,
+                    idempotency_key=c.key,
+                    metadata={
+                        "member_id": c.member_id,
+                        "invoice": str(c.invoice_id),
+                        "attempt": c.key,
+                    },
+                )
+                created.add(c.attempt_id)
+            except GatewayError as exc:
+                report.errors += 1
+                log.warning("event=create_intent_failed attempt=%s error=%s", c.key, exc)
+        crashpoint("after_create")
+        # 3. commit the intent ids before anything can charge
+        if created:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(a)
+                    .where(a.c.id == bindparam("aid"))
+                    .values(
+                        gateway_ref=bindparam("ref"),
+                        state="created",
+                        updated_at=bindparam("now"),
+                    ),
+                    [
+                        {"aid": c.attempt_id, "ref": c.gateway_ref, "now": self.clock()}
+                        for c in charges
+                        if c.attempt_id in created
+                    ],
+                )
+        crashpoint("after_commit_ref")
+        # 4. confirm (or, for an intent from before a restart, look first)
+        for c in charges:
+            if c.gateway_ref is None or c.result is not None:
+                continue
+            try:
+                fresh = c.attempt_id in created
+                result = None if fresh else self.gateway.retrieve_intent(c.gateway_ref)
+                if result is None or result.state == "requires_confirmation":
+                    result = self.gateway.confirm_intent(c.gateway_ref, c.key)
+                c.result = result
+            except GatewayError as exc:
+                report.errors += 1
+                log.warning("event=confirm_failed attempt=%s error=%s", c.key, exc)
+        crashpoint("after_confirm")
+        # 5. commit the results and what follows from them
+        done = [c for c in charges if c.result is not None]
+        if done:
+            with self.engine.begin() as conn:
+                self.record_results(conn, done, report)
+
+    def record_results(self, conn: Connection, charges: list[_Charge], report: CycleReport) -> None:
+        """Store gateway answers once: an attempt already final is left alone, whatever arrives
+        later or twice (webhooks repeat and reorder)."""
+        a = s.payment_attempts
+        now = self.clock()
+        touched: list[str] = []
+        ids = [c.attempt_id for c in charges]
+        current = {
+            r.id: r.state for r in conn.execute(select(a.c.id, a.c.state).where(a.c.id.in_(ids)))
+        }
+        facts = self._load(conn, list({c.member_id for c in charges}), now)
+        for c in charges:
+            res = c.result
+            assert res is not None
+            if current.get(c.attempt_id) in FINAL_ATTEMPT_STATES:
+                continue
+            if res.state == "requires_confirmation":
+                continue
+            state = res.state
+            decline_class = (
+                eng.classify_decline(res.decline_code, res.advice_code)
+                if state == "failed"
+                else None
+            )
+            if state == "requires_action":
+                decline_class = "auth"
+            conn.execute(
+                update(a)
+                .where(a.c.id == c.attempt_id)
+                .values(
+                    state=state,
+                    decline_code=res.decline_code,
+                    decline_class=decline_class,
+                    updated_at=now,
+                )
+            )
+            current[c.attempt_id] = state
+            touched.append(c.member_id)
+            f = facts.get(c.member_id)
+            if f is None:
+                continue
+            inv = conn.execute(select(s.invoices).where(s.invoices.c.id == c.invoice_id)).one()
+            if state == "succeeded":
+                report.succeeded += 1
+                self._apply_payment(conn, inv, c.amount, "card", c.gateway_ref, now)
+                self._queue(
+                    conn,
+                    f,
+                    "receipt",
+                    amount=format_amount(c.amount, c.currency),
+                    invoice=str(inv.id),
+                )
+            elif state == "processing":
+                report.processing += 1
+            else:
+                report.failed += 1
+                assert decline_class is not None
+                self._after_failure(conn, f, inv, c, res, decline_class, now)
+        if touched:
+            self._refresh(conn, list(dict.fromkeys(touched)), now)
+
+    def _after_failure(
+        self,
+        conn: Connection,
+        f: Facts,
+        inv: Row[Any],
+        c: _Charge,
+        res: ChargeResult,
+        decline_class: eng.DeclineClass,
+        now: int,
+    ) -> None:
+        acct = eng.after_failure(f.account, decline_class, now, self.rules)
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == c.member_id)
+            .values(
+                first_failure_at=acct.first_failure_at,
+                next_retry_at=acct.next_retry_at,
+                needs_new_card=acct.needs_new_card,
+            )
+        )
+        f.account = acct
+        values = {
+            "amount": format_amount(c.amount, c.currency),
+            "invoice": str(inv.id),
+            "reason": (res.decline_code or "declined").replace("_", " "),
+        }
+        if decline_class == "hard":
+            self._queue(conn, f, "new_card", **values)
+        elif decline_class == "auth":
+            link = f"{self.config.http.public_url.rstrip('/')}/pay/{inv.id}"
+            self._queue(conn, f, "pay_link", link=link, **values)
+        elif f.account.retries_done == 0:
+            self._queue(conn, f, "failure", retry_on=_day(acct.next_retry_at), **values)
+        else:
+            step = (
+                f"We will try again on {_day(acct.next_retry_at)}."
+                if acct.next_retry_at
+                else "We will not try this card again: please pay at the front desk."
+            )
+            self._queue(conn, f, "retry", next_step=step, **values)
+
+    # --- webhooks (payment provider events) ---------------------------------------------------------
+
+    def webhook_seen(self, conn: Connection, event_id: str, event_type: str) -> bool:
+        """Record an event id; False when it was already processed (the caller skips it)."""
+        return (
+            insert_ignore(
+                conn,
+                s.webhook_events,
+                [{"id": event_id, "type": event_type, "received_at": self.clock()}],
+            )
+            == 0
+        )
+
+    def intent_update(self, intent_id: str, result: ChargeResult) -> bool:
+        """A provider event about a PaymentIntent; applied only if the attempt is not final."""
+        a = s.payment_attempts
+        with self.engine.begin() as conn:
+            row = conn.execute(select(a).where(a.c.gateway_ref == intent_id)).first()
+            if row is None or row.state in FINAL_ATTEMPT_STATES:
+                return False
+            customer, pm = self._methods(conn, {row.member_id}).get(row.member_id, (None, None))
+            charge = _Charge(
+                row.id,
+                row.invoice_id,
+                row.member_id,
+                row.idempotency_key,
+                row.amount,
+                row.currency,
+                customer,
+                pm,
+                intent_id,
+                result,
+            )
+            self.record_results(conn, [charge], CycleReport())
+        self._notify_published()
+        return True
+
+    def dispute_opened(self, dispute_id: str, intent_id: str | None) -> None:
+        """A chargeback: the member is suspended until it closes (unless it already closed)."""
+        member_id = self._member_for_intent(intent_id)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            insert_ignore(
+                conn,
+                s.disputes,
+                [
+                    {
+                        "id": dispute_id,
+                        "member_id": member_id,
+                        "payment_ref": intent_id,
+                        "status": "open",
+                        "opened_at": now,
+                        "closed_at": None,
+                    }
+                ],
+            )
+            if member_id:
+                self._refresh(conn, [member_id], now)
+        self._notify_published()
+
+    def dispute_closed(self, dispute_id: str, intent_id: str | None, outcome: str) -> None:
+        """A dispute closed: the suspension lifts; a lost dispute reopens the money it took."""
+        member_id = self._member_for_intent(intent_id)
+        now = self.clock()
+        d = s.disputes
+        with self.engine.begin() as conn:
+            row = conn.execute(select(d).where(d.c.id == dispute_id)).first()
+            if row is not None and row.status != "open":
+                return
+            if row is None:
+                conn.execute(
+                    insert(d).values(
+                        id=dispute_id,
+                        member_id=member_id,
+                        payment_ref=intent_id,
+                        status=outcome,
+                        opened_at=None,
+                        closed_at=now,
+                    )
+                )
+            else:
+                conn.execute(
+                    update(d).where(d.c.id == dispute_id).values(status=outcome, closed_at=now)
+                )
+            if outcome == "lost" and intent_id:
+                self._reverse_payment(conn, intent_id, now)
+            if member_id:
+                self._refresh(conn, [member_id], now)
+        self._notify_published()
+
+    def payment_method_attached(self, customer_ref: str, payment_method: str) -> None:
+        """A member added a card on the provider's side: use it and retry what is owed."""
+        with self.engine.connect() as conn:
+            payer = conn.execute(
+                select(s.members.c.id).where(s.members.c.customer_ref == customer_ref)
+            ).scalar()
+        if payer is not None:
+            self._new_card(payer, customer_ref, payment_method)
+
+    def payment_method_detached(self, payment_method: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.members)
+                .where(s.members.c.payment_method == payment_method)
+                .values(payment_method=None)
+            )
+
+    def _member_for_intent(self, intent_id: str | None) -> str | None:
+        if not intent_id:
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(s.payment_attempts.c.member_id).where(
+                    s.payment_attempts.c.gateway_ref == intent_id
+                )
+            ).scalar()
+
+    def _reverse_payment(self, conn: Connection, reference: str, now: int) -> None:
+        p = s.payments
+        row = conn.execute(select(p).where(p.c.reference == reference)).first()
+        if row is None:
+            return
+        conn.execute(
+            insert(p).values(
+                invoice_id=row.invoice_id,
+                member_id=row.member_id,
+                amount=-row.amount,
+                method="chargeback",
+                reference=f"{reference}:chargeback",
+                at=now,
+            )
+        )
+        conn.execute(
+            update(s.invoices)
+            .where(s.invoices.c.id == row.invoice_id)
+            .values(
+                amount_paid=s.invoices.c.amount_paid - row.amount,
+                status="open",
+                paid_at=None,
+                due_at=now,
+            )
+        )
+
+    # --- gate events ---------------------------------------------------------------------------------
+
+    def record_gate_events(self, events: Iterable[dict[str, Any]]) -> int:
+        """Attendance intake: each event stored once by ``event_id``; returns how many were new."""
+        now = self.clock()
+        rows = []
+        for ev in events:
+            try:
+                at = int(datetime.fromisoformat(str(ev["at"]).replace("Z", "+00:00")).timestamp())
+            except (KeyError, ValueError):
+                continue
+            rows.append(
+                {
+                    "event_id": str(ev["event_id"]),
+                    "site": str(ev["site"]),
+                    "gate": str(ev["gate"]),
+                    "at": at,
+                    "kind": str(ev["kind"]),
+                    "member_id": ev.get("member_id"),
+                    "reason": ev.get("reason"),
+                    "payload": json.dumps(ev, sort_keys=True),
+                    "received_at": now,
+                }
+            )
+        with self.engine.begin() as conn:
+            return insert_ignore(conn, s.gate_events, rows)
+
+    # --- republishing --------------------------------------------------------------------------------
+
+    def republish_all(self) -> int:
+        """Give every member a new version (after a key rotation); returns how many."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(select(s.members.c.id).order_by(s.members.c.id)).scalars())
+        for i in range(0, len(ids), self.config.batch_size):
+            with self.engine.begin() as conn:
+                self._refresh(conn, ids[i : i + self.config.batch_size], now, force=True)
+        self._notify_published()
+        return len(ids)
+
+    def rotate_credential_key(self, new_key: bytes) -> int:
+        """Re-derive every card's credential under ``new_key`` and republish everyone."""
+        self.keys.credential_key = new_key
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(s.cards.c.id, s.cards.c.uid_encrypted)).all()
+            if rows:
+                conn.execute(
+                    update(s.cards)
+                    .where(s.cards.c.id == bindparam("cid"))
+                    .values(credential=bindparam("cred")),
+                    [
+                        {
+                            "cid": r.id,
+                            "cred": card_key(new_key, self.keys.decrypt_uid(r.uid_encrypted)),
+                        }
+                        for r in rows
+                    ],
+                )
+        return self.republish_all()
+
+    # --- internals: facts, statuses, publishing -------------------------------------------------------
+
+    def _facts_one(self, member_id: str) -> Facts:
+        with self.engine.connect() as conn:
+            facts = self._load(conn, [member_id], self.clock())
+        if member_id not in facts:
+            raise NotFound(f"no member {member_id!r}")
+        return facts[member_id]
+
+    def _methods(
+        self, conn: Connection, member_ids: Iterable[str]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """(customer, payment method) to charge per member: a dependant is charged to the payer."""
+        m = s.members
+        payer = m.alias("payer")
+        rows = conn.execute(
+            select(
+                m.c.id,
+                m.c.customer_ref,
+                m.c.payment_method,
+                payer.c.customer_ref.label("pc"),
+                payer.c.payment_method.label("ppm"),
+            )
+            .join(payer, payer.c.id == m.c.payer_id, isouter=True)
+            .where(m.c.id.in_(list(member_ids)))
+        ).all()
+        return {
+            r.id: (r.pc, r.ppm) if r.ppm or r.pc else (r.customer_ref, r.payment_method)
+            for r in rows
+        }
+
+    def _dependants(self, conn: Connection, payer_ids: Sequence[str]) -> list[str]:
+        return list(
+            conn.execute(
+                select(s.members.c.id).where(
+                    s.members.c.payer_id.in_(payer_ids), s.members.c.erased.is_(False)
+                )
+            ).scalars()
+        )
+
+    def _load(self, conn: Connection, ids: Sequence[str], now: int) -> dict[str, Facts]:
+        """Bulk-load members, subscriptions, plans, open invoices, attempts, disputes and freezes
+        into engine Accounts: a handful of queries per batch, not per member."""
+        if not ids:
+            return {}
+        m, sub, p, inv, a = s.members, s.subscriptions, s.plans, s.invoices, s.payment_attempts
+        out: dict[str, Facts] = {}
+        rows = conn.execute(
+            select(m, sub, p)
+            .join(sub, sub.c.member_id == m.c.id, isouter=True)
+            .join(p, p.c.id == sub.c.plan_id, isouter=True)
+            .where(m.c.id.in_(ids))
+        ).all()
+        open_inv: dict[str, list[Row[Any]]] = {}
+        for r in conn.execute(
+            select(inv)
+            .where(inv.c.member_id.in_(ids), inv.c.status == "open")
+            .order_by(inv.c.due_at)
+        ):
+            open_inv.setdefault(r.member_id, []).append(r)
+        in_flight = set(
+            conn.execute(
+                select(a.c.member_id).where(
+                    a.c.member_id.in_(ids), a.c.state.in_(OPEN_ATTEMPT_STATES)
+                )
+            ).scalars()
+        )
+        disputed = set(
+            conn.execute(
+                select(s.disputes.c.member_id).where(
+                    s.disputes.c.member_id.in_(ids), s.disputes.c.status == "open"
+                )
+            ).scalars()
+        )
+        freezes: dict[str, tuple[int, int]] = {}
+        for r in conn.execute(
+            select(s.freezes.c.member_id, s.freezes.c.starts_at, s.freezes.c.ends_at)
+            .where(s.freezes.c.member_id.in_(ids), s.freezes.c.ends_at > now)
+            .order_by(s.freezes.c.starts_at.desc())
+        ):
+            freezes[r.member_id] = (r.starts_at, r.ends_at)
+        for r in rows:
+            mapping = r._mapping
+            member_id = mapping[m.c.id]
+            member = _Row(mapping, m)
+            sub_row = _Row(mapping, sub) if mapping[sub.c.member_id] is not None else None
+            plan_row = _Row(mapping, p) if mapping[p.c.id] is not None else None
+            invs = open_inv.get(member_id, [])
+            owed = sum(int(i.total - i.amount_paid) for i in invs)
+            acct = eng.Account(
+                paid_through=sub_row.paid_through if sub_row else None,
+                owed=owed,
+                overdue_since=min((int(i.due_at) for i in invs), default=None),
+                first_failure_at=sub_row.first_failure_at if sub_row else None,
+                next_retry_at=sub_row.next_retry_at if sub_row else None,
+                retries_done=int(sub_row.retries_done) if sub_row else 0,
+                needs_new_card=bool(sub_row.needs_new_card) if sub_row else False,
+                freeze=freezes.get(member_id),
+                cancel_at=sub_row.cancel_at if sub_row else None,
+                disputed=member_id in disputed,
+                processing=member_id in in_flight,
+                open_renewal=any(i.kind == "renewal" for i in invs),
+                previous=cast(eng.BillingStatus, sub_row.status if sub_row else "pending"),
+                activated=sub_row is not None
+                and sub_row.paid_through is not None
+                and sub_row.paid_through > sub_row.started_at,
+            )
+            out[member_id] = Facts(member, sub_row, plan_row, acct, invs)
+        return out
+
+    def _refresh(
+        self, conn: Connection, ids: Sequence[str], now: int, *, force: bool = False
+    ) -> None:
+        """Recompute statuses and review times, settle dunning state, and publish every member
+        (and dependant) whose MemberState changed."""
+        facts = self._load(conn, ids, now)
+        changed_payers: list[str] = []
+        sub_updates = []
+        own: dict[str, str] = {}
+        for member_id, f in facts.items():
+            if f.sub is None:
+                continue
+            acct = f.account
+            if acct.owed == 0 and (
+                acct.first_failure_at or acct.next_retry_at or acct.needs_new_card
+            ):
+                acct = eng.after_settled(acct)
+                f.account = acct
+            status: str = eng.status_at(acct, now, self.rules)
+            if f.member.erased:
+                status = "cancelled"
+            own[member_id] = status
+            if status != f.sub.status:
+                changed_payers.append(member_id)
+                if status == "suspended" and f.plan is not None:
+                    self._queue(
+                        conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
+                    )
+            sub_updates.append(
+                {
+                    "mid": member_id,
+                    "st": status,
+                    "rev": eng.next_review(acct, now, self.rules),
+                    "ffa": acct.first_failure_at,
+                    "nra": acct.next_retry_at,
+                    "rd": acct.retries_done,
+                    "nnc": acct.needs_new_card,
+                }
+            )
+        if sub_updates:
+            sc = s.subscriptions.c
+            conn.execute(
+                update(s.subscriptions)
+                .where(sc.member_id == bindparam("mid"))
+                .values(
+                    status=bindparam("st"),
+                    review_at=bindparam("rev"),
+                    first_failure_at=bindparam("ffa"),
+                    next_retry_at=bindparam("nra"),
+                    retries_done=bindparam("rd"),
+                    needs_new_card=bindparam("nnc"),
+                ),
+                sub_updates,
+            )
+        self._publish(conn, facts, own, now, force)
+        if changed_payers:
+            deps = [d for d in self._dependants(conn, changed_payers) if d not in facts]
+            if deps:
+                self._refresh(conn, deps, now)
+
+    def _publish(
+        self, conn: Connection, facts: dict[str, Facts], own: dict[str, str], now: int, force: bool
+    ) -> None:
+        ids = list(facts)
+        ms = s.member_states
+        current = {r.member_id: r for r in conn.execute(select(ms).where(ms.c.member_id.in_(ids)))}
+        payers = {f.member.payer_id for f in facts.values() if f.member.payer_id}
+        payer_status = dict(
+            conn.execute(
+                select(s.subscriptions.c.member_id, s.subscriptions.c.status).where(
+                    s.subscriptions.c.member_id.in_(payers)
+                )
+            ).all()
+        )
+        payer_status.update({k: v for k, v in own.items() if k in payers})
+        creds: dict[str, list[str]] = {}
+        for r in conn.execute(
+            select(s.cards.c.member_id, s.cards.c.credential)
+            .where(s.cards.c.member_id.in_(ids), s.cards.c.revoked_at.is_(None))
+            .order_by(s.cards.c.credential)
+        ):
+            creds.setdefault(r.member_id, []).append(r.credential)
+        issued_at = format_time(now)
+        outbox = []
+        manifest_delta: dict[str, list[tuple[str, int | None, bool, int, bool]]] = {}
+        for member_id, f in facts.items():
+            if f.sub is None and not f.member.erased:
+                continue
+            sites = json.loads(f.member.sites)
+            if f.member.erased:
+                body = erased_state(member_id, sites, 0, issued_at)
+            else:
+                status = own.get(member_id, f.sub.status if f.sub else "pending")
+                payer = payer_status.get(f.member.payer_id) if f.member.payer_id else None
+                published = eng.published_status(status, payer)  # type: ignore[arg-type]
+                until = eng.valid_until(f.account, status, self.rules)  # type: ignore[arg-type]
+                plan = f.plan
+                body = {
+                    "type": "member_state",
+                    "member_id": member_id,
+                    "sites": sites,
+                    "version": 0,
+                    "status": published,
+                    "role": f.member.role,
+                    "valid_from": format_time(f.sub.started_at) if f.sub else None,
+                    "valid_until": format_time(until) if until is not None else None,
+                    "plan": plan.id if plan else None,
+                    "schedule": json.loads(plan.schedule)
+                    if plan and f.member.role != "staff"
+                    else [],
+                    "zones": json.loads(plan.zones) if plan else [],
+                    "credentials": creds.get(member_id, []),
+                    "qr_key": self._qr_key(f.member.qr_private_key),
+                    "daily_limit": plan.daily_limit if plan else None,
+                    "issued_at": issued_at,
+                }
+            old = current.get(member_id)
+            if old is not None and not force and _same_state(json.loads(old.payload), body):
+                continue
+            version = next_version(conn)
+            body["version"] = version
+            payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            if old is None:
+                conn.execute(
+                    insert(ms).values(
+                        member_id=member_id,
+                        version=version,
+                        status=body["status"],
+                        sites=json.dumps(sites),
+                        payload=payload,
+                    )
+                )
+            else:
+                conn.execute(
+                    update(ms)
+                    .where(ms.c.member_id == member_id)
+                    .values(
+                        version=version,
+                        status=body["status"],
+                        sites=json.dumps(sites),
+                        payload=payload,
+                    )
+                )
+            old_sites = json.loads(old.sites) if old is not None else []
+            for site in set(old_sites) | set(sites):
+                manifest_delta.setdefault(site, []).append(
+                    (
+                        member_id,
+                        int(old.version) if old is not None and site in old_sites else None,
+                        old is not None and old.status != "erased",
+                        version,
+                        site in sites and body["status"] != "erased",
+                    )
+                )
+            outbox.append(
+                {
+                    "version": version,
+                    "member_id": member_id,
+                    "sites": json.dumps(sorted(set(old_sites) | set(sites))),
+                    "payload": payload,
+                    "created_at": now,
+                }
+            )
+        if outbox:
+            conn.execute(insert(s.status_outbox), outbox)
+            self._update_manifests(conn, manifest_delta)
+
+    def _update_manifests(
+        self, conn: Connection, deltas: dict[str, list[tuple[str, int | None, bool, int, bool]]]
+    ) -> None:
+        sm = s.site_manifests
+        for site, changes in deltas.items():
+            row = conn.execute(select(sm).where(sm.c.site == site)).first()
+            count = int(row._mapping["count"]) if row else 0
+            acc = int(row.digest, 16) if row else 0
+            max_version = int(row.max_version) if row else 0
+            for member_id, old_version, old_live, new_version, new_live in changes:
+                if old_version is not None and old_live:
+                    acc ^= digest_term(member_id, old_version)
+                    count -= 1
+                if new_live:
+                    acc ^= digest_term(member_id, new_version)
+                    count += 1
+                max_version = max(max_version, new_version)
+            values = {"count": count, "digest": digest_hex(acc), "max_version": max_version}
+            if row is None:
+                conn.execute(insert(sm).values(site=site, published_version=0, **values))
+            else:
+                conn.execute(update(sm).where(sm.c.site == site).values(**values))
+
+    def _qr_key(self, encrypted: bytes | None) -> str | None:
+        if encrypted is None:
+            return None
+        import base64
+
+        seed = self.keys.cipher.decrypt(encrypted)
+        return base64.b64encode(bytes(nacl.signing.SigningKey(seed).verify_key)).decode()
+
+    def _create_invoice(
+        self,
+        conn: Connection,
+        f: Facts,
+        kind: str,
+        lines: list[tuple[str, str, int, int]],
+        tax_rate_bp: int,
+        due_at: int,
+        period: tuple[int, int] | None,
+    ) -> int:
+        """An itemized invoice: each line net, then one tax line (rate in basis points)."""
+        currency = f.plan.currency if f.plan is not None else self.config.currency
+        subtotal = sum(q * unit for _, _, q, unit in lines)
+        tax = eng.tax_of(subtotal, tax_rate_bp)
+        invoice_id = int(
+            conn.execute(
+                insert(s.invoices)
+                .values(
+                    member_id=f.member.id,
+                    kind=kind,
+                    currency=currency,
+                    period_start=period[0] if period else None,
+                    period_end=period[1] if period else None,
+                    subtotal=subtotal,
+                    tax=tax,
+                    total=subtotal + tax,
+                    amount_paid=0,
+                    status="open",
+                    due_at=due_at,
+                    created_at=self.clock(),
+                )
+                .returning(s.invoices.c.id)
+            ).scalar_one()
+        )
+        rows = [
+            {
+                "invoice_id": invoice_id,
+                "kind": k,
+                "description": d,
+                "quantity": q,
+                "unit_amount": unit,
+                "amount": q * unit,
+                "tax_rate_bp": tax_rate_bp,
+            }
+            for k, d, q, unit in lines
+        ]
+        if tax:
+            rows.append(
+                {
+                    "invoice_id": invoice_id,
+                    "kind": "tax",
+                    "description": f"Tax {tax_rate_bp / 100:g} %",
+                    "quantity": 1,
+                    "unit_amount": tax,
+                    "amount": tax,
+                    "tax_rate_bp": tax_rate_bp,
+                }
+            )
+        conn.execute(insert(s.invoice_lines), rows)
+        return invoice_id
+
+    def _apply_payment(
+        self,
+        conn: Connection,
+        inv: Row[Any],
+        amount: int,
+        method: str,
+        reference: str | None,
+        now: int,
+    ) -> None:
+        """Book money against an invoice; a fully paid renewal moves paid-through forward."""
+        conn.execute(
+            insert(s.payments).values(
+                invoice_id=inv.id,
+                member_id=inv.member_id,
+                amount=amount,
+                method=method,
+                reference=reference,
+                at=now,
+            )
+        )
+        paid = int(inv.amount_paid) + amount
+        full = paid >= int(inv.total)
+        conn.execute(
+            update(s.invoices)
+            .where(s.invoices.c.id == inv.id)
+            .values(
+                amount_paid=paid, status="paid" if full else "open", paid_at=now if full else None
+            )
+        )
+        if full and inv.kind == "renewal" and inv.period_end is not None:
+            sc = s.subscriptions.c
+            conn.execute(
+                update(s.subscriptions)
+                .where(
+                    sc.member_id == inv.member_id,
+                    or_(sc.paid_through.is_(None), sc.paid_through < inv.period_end),
+                )
+                .values(paid_through=inv.period_end)
+            )
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == inv.member_id)
+            .values(review_at=now)
+        )
+
+    def _queue(self, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
+        """Render a notice into the outbox (members without an e-mail address get none)."""
+        to = f.member.email
+        if not to and f.member.payer_id:
+            to = conn.execute(
+                select(s.members.c.email).where(s.members.c.id == f.member.payer_id)
+            ).scalar()
+        if not to:
+            return
+        n: Notice = render(kind, to, f.member.id, name=f.member.name, **values)
+        conn.execute(
+            insert(s.notifications).values(
+                member_id=n.member_id,
+                kind=n.kind,
+                to_addr=n.to_addr,
+                subject=n.subject,
+                body=n.body,
+                created_at=self.clock(),
+                attempts=0,
+            )
+        )
+
+    def _notify_published(self) -> None:
+        if self.published_hook is not None:
+            self.published_hook()
+
+    # --- clock ---------------------------------------------------------------------------------------
+
+    def advance_clock(self, seconds: float) -> int:
+        """Move the injected clock forward (demos, tests); returns the new offset in seconds."""
+        if seconds < 0:
+            raise BillingError("the clock only moves forward")
+        with self.engine.begin() as conn:
+            offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
+            set_meta(conn, "clock_offset_s", offset)
+        return offset
+
+
+class _Row:
+    """Attribute access to one table's columns inside a joined row."""
+
+    def __init__(self, mapping: Any, table: Any) -> None:
+        for col in table.c:
+            setattr(self, col.name, mapping[col])
+
+    def __getattr__(self, name: str) -> Any:  # for mypy: columns are dynamic
+        raise AttributeError(name)
+
+
+def _same_state(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    skip = ("version", "issued_at")
+    return {k: v for k, v in old.items() if k not in skip} == {
+        k: v for k, v in new.items() if k not in skip
+    }
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fmt(ts: int | None) -> str | None:
+    return None if ts is None else format_time(ts)
+
+
+def _day(ts: int | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")

@@ -1,0 +1,110 @@
+"""Opening the billing store: an SQLAlchemy engine (SQLite in WAL mode by default, PostgreSQL by
+URL) migrated to the newest schema with Alembic, plus the few helpers every module shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gated.billing_sync import schema
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class StoreError(Exception):
+    """The billing store cannot be opened or is in an unexpected state."""
+
+
+def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> Engine:
+    """Create the engine for ``url`` and bring its schema up to date.
+
+    SQLite runs in WAL mode: ``synchronous=NORMAL`` survives kill -9 of this process; ``durability
+    = "power"`` selects FULL for hosts that lose power without warning.
+    """
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True)
+    if is_sqlite:
+        sync = "FULL" if durability == "power" else "NORMAL"
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """An Alembic config pointing at the packaged migrations (``alembic`` CLI-free)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every pending migration and make sure the version sequence row exists."""
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    with engine.begin() as conn:
+        if conn.execute(select(schema.version_head.c.value)).first() is None:
+            conn.execute(insert(schema.version_head).values(id=1, value=0))
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
+    """Insert rows, skipping those whose primary key already exists; return how many were new."""
+    if not rows:
+        return 0
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        stmt: Any = sqlite.insert(table).on_conflict_do_nothing()
+    elif dialect == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing()
+    else:
+        raise StoreError(f"unsupported database dialect {dialect!r}")
+    return int(conn.execute(stmt, rows).rowcount)
+
+
+def next_version(conn: Connection) -> int:
+    """Take the next number of the head-office-wide version sequence (inside the caller's
+    transaction, so a rolled-back change never publishes its number)."""
+    head = schema.version_head
+    row = conn.execute(
+        update(head).where(head.c.id == 1).values(value=head.c.value + 1).returning(head.c.value)
+    ).one()
+    return int(row[0])
+
+
+def raise_version_floor(conn: Connection, floor: int) -> None:
+    """Never hand out a version at or below ``floor`` (e.g. a retained manifest's max_version)."""
+    head = schema.version_head
+    conn.execute(update(head).where(head.c.id == 1, head.c.value < floor).values(value=floor))
+
+
+def get_meta(conn: Connection, key: str, default: Any = None) -> Any:
+    row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).first()
+    return default if row is None else json.loads(row[0])
+
+
+def set_meta(conn: Connection, key: str, value: Any) -> None:
+    text = json.dumps(value)
+    done = conn.execute(update(schema.meta).where(schema.meta.c.key == key).values(value=text))
+    if done.rowcount == 0:
+        conn.execute(insert(schema.meta).values(key=key, value=text))

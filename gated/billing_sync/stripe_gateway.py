@@ -1,0 +1,192 @@
+"""``StripeGateway``: off-session PaymentIntents on a customer's saved PaymentMethod through the
+official ``stripe`` library (``StripeClient`` over httpx), paced and retried with backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import stripe
+
+from gated.billing_sync.gateway import (
+    ChargeResult,
+    GatewayRejected,
+    GatewayUnavailable,
+    IntentState,
+)
+
+log = logging.getLogger("gated.billing.stripe")
+T = TypeVar("T")
+
+_STATES: dict[str, IntentState] = {
+    "requires_confirmation": "requires_confirmation",
+    "processing": "processing",
+    "succeeded": "succeeded",
+    "requires_action": "requires_action",
+    "requires_payment_method": "failed",
+    "canceled": "failed",
+}
+
+
+class StripeGateway:
+    """Charges through Stripe (or a Stripe-compatible fake at ``api_base``).
+
+    Requests are paced to ``max_requests_per_s`` (Stripe allows ~100/s live) and a 429, a 5xx or
+    a network error is retried up to ``max_retries`` times with exponential backoff under the same
+    idempotency key. ``off_session`` marks confirmations as merchant-initiated, which live Stripe
+    needs for renewals; some local fakes reject the parameter.
+    """
+
+    name = "stripe"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        max_requests_per_s: float = 25.0,
+        max_retries: int = 4,
+        off_session: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=stripe.HTTPXClient(allow_sync_methods=True),
+            max_network_retries=0,
+        )
+        self._interval = 1.0 / max_requests_per_s
+        self._max_retries = max_retries
+        self._off_session = off_session
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_slot = 0.0
+
+    def _pace(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            wait = self._next_slot - now
+            self._next_slot = max(now, self._next_slot) + self._interval
+        if wait > 0:
+            self._sleep(wait)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        delay = 0.5
+        for attempt in range(self._max_retries + 1):
+            self._pace()
+            try:
+                return fn()
+            except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
+                error: Exception = exc
+            except stripe.APIError as exc:  # 5xx
+                error = exc
+            except stripe.CardError:
+                raise
+            except stripe.StripeError as exc:
+                raise GatewayRejected(f"stripe refused {what}: {exc.user_message or exc}") from exc
+            log.warning(
+                "event=stripe_retry call=%s attempt=%d error=%s",
+                what,
+                attempt + 1,
+                type(error).__name__,
+            )
+            if attempt < self._max_retries:
+                self._sleep(delay)
+                delay = min(delay * 2, 8.0)
+        raise GatewayUnavailable(f"stripe {what} failed after {self._max_retries + 1} tries")
+
+    def create_customer(self, member_id: str, email: str | None, name: str) -> str:
+        """A Stripe customer tagged with the member id (idempotent per member)."""
+        params: dict[str, Any] = {"name": name, "metadata": {"member_id": member_id}}
+        if email:
+            params["email"] = email
+        customer = self._call(
+            "customers.create",
+            lambda: self._client.v1.customers.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": f"customer-{member_id}"},
+            ),
+        )
+        return str(customer.id)
+
+    def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
+        """Attach a PaymentMethod (e.g. from Stripe Elements) to the customer."""
+        pm = self._call(
+            "payment_methods.attach",
+            lambda: self._client.v1.payment_methods.attach(
+                payment_method, params={"customer": customer_ref}
+            ),
+        )
+        return str(pm.id)
+
+    def create_intent(
+        self,
+        *,
+        customer_ref: str | None,
+        payment_method: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        """An unconfirmed PaymentIntent on the saved method (charges nothing yet)."""
+        params: dict[str, Any] = {
+            "amount": amount,
+            "currency": currency.lower(),
+            "payment_method": payment_method,
+            "confirm": False,
+            "metadata": dict(metadata),
+        }
+        if customer_ref:
+            params["customer"] = customer_ref
+        intent = self._call(
+            "payment_intents.create",
+            lambda: self._client.v1.payment_intents.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return str(intent.id)
+
+    def confirm_intent(self, intent_id: str, idempotency_key: str) -> ChargeResult:
+        """Confirm off-session; a card decline (HTTP 402) becomes a failed result."""
+        params: dict[str, Any] = {"off_session": True} if self._off_session else {}
+        try:
+            intent = self._call(
+                "payment_intents.confirm",
+                lambda: self._client.v1.payment_intents.confirm(
+                    intent_id,
+                    params=params,  # type: ignore[arg-type]
+                    options={"idempotency_key": f"{idempotency_key}-confirm"},
+                ),
+            )
+        except stripe.CardError as exc:
+            err = exc.error
+            decline = (err.decline_code if err else None) or exc.code
+            advice = getattr(err, "advice_code", None) if err else None
+            if exc.code == "authentication_required":
+                decline = "authentication_required"
+            return ChargeResult(intent_id, "failed", decline, advice)
+        return self._result(intent)
+
+    def retrieve_intent(self, intent_id: str) -> ChargeResult:
+        """Where the intent stands (used after a restart and to settle slow methods)."""
+        intent = self._call(
+            "payment_intents.retrieve", lambda: self._client.v1.payment_intents.retrieve(intent_id)
+        )
+        return self._result(intent)
+
+    @staticmethod
+    def _result(intent: stripe.PaymentIntent) -> ChargeResult:
+        data = intent.to_dict()
+        state = _STATES.get(str(data.get("status")), "failed")
+        if data.get("status") == "requires_payment_method" and not data.get("last_payment_error"):
+            # Created but never confirmed with a method: nothing was charged.
+            state = "requires_confirmation"
+        error = data.get("last_payment_error") or {}
+        decline = error.get("decline_code") or error.get("code") if state == "failed" else None
+        advice = error.get("advice_code") if state == "failed" else None
+        return ChargeResult(str(data["id"]), state, decline, advice)

@@ -1,0 +1,58 @@
+"""Shared construction for billing tests: a store in tmp, keys, a settable clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
+from gated.billing_sync.keys import Keys, init_keys
+from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.store import open_store
+from gated.config import BillingConfig
+
+T0 = 1_796_112_000  # 2026-12-01T00:00:00Z
+DAY = 86_400
+
+
+@dataclass
+class Clock:
+    now: int = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, days: float) -> None:
+        self.now += int(days * DAY)
+
+
+def make_config(tmp: Path, **overrides: Any) -> BillingConfig:
+    data: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp}/billing.db",
+        "state_dir": str(tmp),
+        "sites": ["downtown", "uptown"],
+        "keys": {
+            "head_office_private_key_file": str(tmp / "keys/head-office.pem"),
+            "credential_key_file": str(tmp / "keys/credential.key"),
+            "card_encryption_key_file": str(tmp / "keys/cards.key"),
+        },
+    }
+    data.update(overrides)
+    return BillingConfig.model_validate(data)
+
+
+def make_billing(
+    tmp: Path, gateway: PaymentGateway | None = None, clock: Clock | None = None, **overrides: Any
+) -> tuple[Billing, Clock]:
+    config = make_config(tmp, **overrides)
+    init_keys(config.keys)
+    clock = clock or Clock()
+    engine = open_store(config.database_url)
+    gw = gateway or SimulatedGateway(tmp / "sim.db", clock=clock)
+    billing = Billing(engine, config, gw, Keys.load(config.keys), clock)
+    billing.add_plan(
+        PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900, freeze_fee=500,
+                 min_term_months=0)
+    )
+    return billing, clock
