@@ -11,7 +11,9 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,9 +84,24 @@ class SignatureError(ContractError):
 
 def format_time(value: datetime | float) -> str:
     """RFC 3339 UTC with a ``Z``, second precision: ``2026-11-26T08:00:00Z``."""
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_ulid(now: float | None = None) -> str:
+    """A ULID (48-bit millisecond time + 80 random bits, Crockford base32): event ids sort by
+    time and never collide between gates."""
+    ms = int((time.time() if now is None else now) * 1000) & 0xFFFFFFFFFFFF
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
 
 
 def parse_time(text: str) -> datetime:
@@ -249,7 +266,7 @@ def load_credential_key(path: str | Path) -> bytes:
 
 def credential_digest(credential_key: bytes, credential: str) -> bytes:
     """HMAC-SHA256 of a credential string (``card:UID`` or ``w26:FAC:NUM``), raw 32 bytes."""
-    return hmac.new(credential_key, credential.encode(), hashlib.sha256).digest()
+    return hmac.digest(credential_key, credential.encode(), "sha256")
 
 
 def card_key(credential_key: bytes, uid: str) -> str:
@@ -459,7 +476,9 @@ def erased_state(member_id: str, sites: list[str], version: int, issued_at: str)
 # --- rotating QR codes ------------------------------------------------------------------------
 
 QR_PREFIX = "GQ1"
-_QR_RE = re.compile(r"^GQ1\.([A-Za-z0-9_-]{1,64})\.(\d{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{86})$")
+_QR_RE = re.compile(
+    r"^GQ1\.([A-Za-z0-9_-]{1,64})\.(\d{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{86})$"
+)
 
 
 def _b64url(data: bytes) -> str:

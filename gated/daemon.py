@@ -21,8 +21,6 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from ulid import ULID
-
 from gated import __version__
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row
 from gated.cache.store import CacheStore, CacheWriter
@@ -35,6 +33,7 @@ from gated.contract import (
     format_time,
     is_random_uid,
     load_credential_key,
+    new_ulid,
     normalize_uid,
     parse_time,
 )
@@ -135,16 +134,16 @@ class Gate:
         )
         if decision.allow:
             if passage:
-                door.grant(
+                driven = door.grant(
                     on_passage=lambda passed: self._after_passage(
                         credential, member, decision, latency_us, passed
                     )
                 )
             else:
-                door.grant()
+                driven = door.grant()
         else:
-            door.deny()
-        latency_us = (time.monotonic_ns() - credential.at) // 1000
+            driven = door.deny()
+        latency_us = (driven - credential.at) // 1000
         self.decisions[decision.reason] += 1
         if decision.allow and nonce is not None:
             expires = self.qr.spend(nonce, now)
@@ -284,7 +283,7 @@ class Gate:
     ) -> dict[str, Any]:
         """Build a GateEvent (and, unless ``record`` is off, queue it in the outbox)."""
         event = {
-            "event_id": str(ULID()),
+            "event_id": new_ulid(),
             "site": self.config.site,
             "gate": self.config.gate,
             "at": format_time(self.clock.now() if now is None else now),

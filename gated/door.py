@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,11 +122,16 @@ class _TimedOutput:
         """True while a timed ``on`` has not yet expired."""
         return self._off_handle is not None
 
-    def on_for(self, seconds: float) -> None:
-        """Switch on now and off ``seconds`` from now; a second call restarts the time."""
+    def on_for(self, seconds: float) -> int:
+        """Switch on now and off ``seconds`` from now; a second call restarts the time.
+
+        Returns ``time.monotonic_ns()`` just after the pin was driven: the end of a decision's
+        latency budget."""
         self.device.on()
+        driven = time.monotonic_ns()
         self.cancel()
         self._off_handle = self._loop.call_later(seconds, self._expire)
+        return driven
 
     def cancel(self) -> None:
         """Forget the pending switch-off (the output stays as it is)."""
@@ -212,24 +218,28 @@ class Door:
 
     # --- commands -------------------------------------------------------------------------------
 
-    def grant(self, on_passage: Callable[[bool], None] | None = None) -> None:
+    def grant(self, on_passage: Callable[[bool], None] | None = None) -> int:
         """Open for one member: relay on now for ``pulse_ms``, green LED for the pulse, short beep.
 
         With a passage sensor fitted, ``on_passage(True)`` is called on the first passage within
         ``pulse_ms`` (several pending grants are matched to passages oldest first), else
         ``on_passage(False)`` when the window ends. Without a sensor it is never called: the
-        caller counts the entry at the grant (see :attr:`has_passage_sensor`).
+        caller counts the entry at the grant (see :attr:`has_passage_sensor`). Returns when the
+        relay was driven (``time.monotonic_ns()``).
         """
-        self._open()
+        driven = self._open()
         if on_passage is not None and self._passage is not None:
             pending = _PendingPassage(on_passage)
             pending.deadline = self._loop.call_later(self._pulse_s, self._passage_missed, pending)
             self._passages.append(pending)
+        return driven
 
-    def deny(self) -> None:
-        """Refuse: red LED for about a second and a long beep; the relay is left alone."""
-        self._red.on_for(_DENY_RED_S)
+    def deny(self) -> int:
+        """Refuse: red LED for about a second and a long beep; the relay is left alone. Returns
+        when the red LED was driven (``time.monotonic_ns()``)."""
+        driven = self._red.on_for(_DENY_RED_S)
         self._buzzer.on_for(_DENY_BEEP_S)
+        return driven
 
     def pulse(self, source: str) -> None:
         """Open for an operator (``source`` e.g. "control" or "command"), like a grant without passage tracking."""
@@ -336,14 +346,15 @@ class Door:
         if not self._closed:
             handler(closed)
 
-    def _open(self) -> None:
-        self._relay.on_for(self._pulse_s)
+    def _open(self) -> int:
+        driven = self._relay.on_for(self._pulse_s)
         grace = min(_OPEN_GRACE_S, self._pulse_s)
         self._authorized_until = max(
             self._authorized_until, self._loop.time() + self._pulse_s + grace
         )
         self._green.on_for(self._pulse_s)
         self._buzzer.on_for(_GRANT_BEEP_S)
+        return driven
 
     def _emit(self, kind: DoorEventKind, detail: str | None = None) -> None:
         # Alarms stand out in the journal; an exit or a cleared alarm is routine.
