@@ -327,6 +327,8 @@ class StripeConfig(_Section):
     api_base: str | None = None
     max_requests_per_s: float = Field(default=25.0, gt=0, le=100)
     max_retries: int = Field(default=4, ge=0, le=10)
+    # Live Stripe needs renewals confirmed as merchant-initiated; a local fake may reject it.
+    off_session: bool = True
 
 
 class BillingMqttConfig(_Section):

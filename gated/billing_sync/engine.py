@@ -210,7 +210,8 @@ def after_failure(acct: Account, decline: DeclineClass, now: int, rules: Rules) 
     first = acct.first_failure_at if acct.first_failure_at is not None else now
     next_retry: int | None = None
     if decline == "soft" and acct.retries_done < len(rules.retry_days):
-        next_retry = max(now + 1, first + rules.retry_days[acct.retries_done] * DAY)
+        # Never two attempts within a day, even when a retry runs late (card-network caps).
+        next_retry = max(now + DAY, first + rules.retry_days[acct.retries_done] * DAY)
     return replace(
         acct,
         first_failure_at=first,

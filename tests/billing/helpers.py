@@ -52,7 +52,8 @@ def make_billing(
     gw = gateway or SimulatedGateway(tmp / "sim.db", clock=clock)
     billing = Billing(engine, config, gw, Keys.load(config.keys), clock)
     billing.add_plan(
-        PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900, freeze_fee=500,
-                 min_term_months=0)
+        PlanSpec(
+            "monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900, freeze_fee=500, min_term_months=0
+        )
     )
     return billing, clock

@@ -1,0 +1,644 @@
+"""``gated-billing``: the billing companion's command line (typer + rich).
+
+Every command takes ``-c/--config`` (default ``$GATED_BILLING_CONFIG`` or
+``/etc/gated/billing.toml``). Errors are one line on stderr with exit code 1 (2 for bad config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gated.billing_sync import reports
+from gated.billing_sync.engine import FreezeRefused
+from gated.billing_sync.gateway import GatewayError, PaymentGateway, SimulatedGateway
+from gated.billing_sync.keys import (
+    KeyFileError,
+    Keys,
+    init_keys,
+    new_credential_key,
+    new_signing_key,
+)
+from gated.billing_sync.service import Billing, BillingError, CycleReport, PlanSpec, db_clock
+from gated.billing_sync.store import StoreError, open_store
+from gated.config import BillingConfig, ConfigError, load_billing_config, parse_duration
+from gated.contract import ContractError, mint_qr_code
+
+app = typer.Typer(no_args_is_help=True, help="Billing, dunning and member status for gated.")
+members_app = typer.Typer(no_args_is_help=True, help="Members: add, show, list, import, erase.")
+cards_app = typer.Typer(no_args_is_help=True, help="Card enrolment (UIDs are kept encrypted).")
+gates_app = typer.Typer(no_args_is_help=True, help="Gate bearer tokens for snapshot fetches.")
+keys_app = typer.Typer(no_args_is_help=True, help="Head-office, credential and card keys.")
+plans_app = typer.Typer(no_args_is_help=True, help="Membership plans.")
+report_app = typer.Typer(no_args_is_help=True, help="Reports as tables or CSV.")
+clock_app = typer.Typer(no_args_is_help=True, help="The injected billing clock (demos, tests).")
+for sub, name in (
+    (members_app, "members"),
+    (cards_app, "cards"),
+    (gates_app, "gates"),
+    (keys_app, "keys"),
+    (plans_app, "plans"),
+    (report_app, "report"),
+    (clock_app, "clock"),
+):
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "-c",
+        "--config",
+        envvar="GATED_BILLING_CONFIG",
+        help="billing.toml",
+        show_default=True,
+    ),
+]
+DEFAULT_CONFIG = Path("/etc/gated/billing.toml")
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def load_config(path: Path) -> BillingConfig:
+    try:
+        return load_billing_config(path)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+
+
+def make_gateway(config: BillingConfig, clock: Callable[[], int]) -> PaymentGateway:
+    """The configured payment gateway: Stripe, or the simulated one with its intents on disk."""
+    if config.gateway == "stripe":
+        from gated.billing_sync.stripe_gateway import StripeGateway
+
+        assert config.stripe is not None
+        return StripeGateway(
+            config.stripe.api_key_file.read_text().strip(),
+            api_base=config.stripe.api_base,
+            max_requests_per_s=config.stripe.max_requests_per_s,
+            max_retries=config.stripe.max_retries,
+            off_session=config.stripe.off_session,
+        )
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return SimulatedGateway(config.state_dir / "simulated-gateway.db", clock=clock)
+
+
+def build(config: BillingConfig) -> Billing:
+    """Open the store, load keys and wire the service the way ``serve`` does."""
+    engine = open_store(config.database_url, durability=config.durability)
+    clock = db_clock(engine)
+    return Billing(engine, config, make_gateway(config, clock), Keys.load(config.keys), clock)
+
+
+@contextmanager
+def service(config_path: Path) -> Iterator[Billing]:
+    """The service for one command; domain errors become one line and exit code 1."""
+    config = load_config(config_path)
+    try:
+        billing = build(config)
+    except (KeyFileError, StoreError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    try:
+        yield billing
+    except (BillingError, FreezeRefused, ContractError, GatewayError, KeyFileError) as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        billing.engine.dispose()
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], as_csv: bool) -> None:
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+
+
+def _when(ts: int | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _report_line(report: CycleReport) -> str:
+    return (
+        f"reviewed {report.reviewed}, renewals {report.renewals}, retries {report.retries}, "
+        f"succeeded {report.succeeded}, failed {report.failed}, processing {report.processing}, "
+        f"resumed {report.resumed}, errors {report.errors}"
+    )
+
+
+def _parse_date(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _fail(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+# --- serve and run ----------------------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Run everything: billing cycles, webhooks, snapshots, MQTT publisher, event intake, notices."""
+    logging.basicConfig(
+        level=os.environ.get("GATED_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    with service(config) as billing:
+        from gated.billing_sync.daemon import serve_forever
+
+        asyncio.run(serve_forever(billing))
+
+
+@app.command()
+def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Run one billing cycle now (renewals, retries, status changes) and deliver notices."""
+    with service(config) as billing:
+        report = billing.run_cycle()
+        out.print(_report_line(report))
+        if billing.config.smtp is not None:
+            from gated.billing_sync.notices import deliver
+
+            out.print(
+                f"notices sent: {deliver(billing.engine, billing.config.smtp, billing.clock())}"
+            )
+
+
+# --- members ------------------------------------------------------------------------------------
+
+
+@members_app.command("add")
+def members_add(
+    member_id: str,
+    name: Annotated[str, typer.Option(help="Full name.")],
+    plan: Annotated[str, typer.Option(help="Plan id.")],
+    email: Annotated[str | None, typer.Option(help="For notices.")] = None,
+    site: Annotated[list[str] | None, typer.Option(help="Site (repeat); default: all.")] = None,
+    payer: Annotated[str | None, typer.Option(help="Household payer's member id.")] = None,
+    card: Annotated[
+        str | None, typer.Option(help="Payment method id (Stripe pm_…, or pm_sim_… simulated).")
+    ] = None,
+    staff: Annotated[bool, typer.Option(help="Staff role (no schedule or limits).")] = False,
+    qr: Annotated[
+        bool, typer.Option(help="Give the member an app key for rotating QR codes.")
+    ] = False,
+    start: Annotated[
+        str | None, typer.Option(help="Contract start (YYYY-MM-DD); default now.")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Enrol a member and bill the first period now."""
+    with service(config) as billing:
+        report = billing.add_member(
+            member_id,
+            name,
+            plan_id=plan,
+            email=email,
+            sites=site,
+            payer_id=payer,
+            payment_method=card,
+            role="staff" if staff else "member",
+            with_qr=qr,
+            start_at=_parse_date(start),
+        )
+        status = billing.member(member_id)["status"]
+        out.print(f"{member_id}: {status} ({_report_line(report)})")
+
+
+@members_app.command("show")
+def members_show(
+    member_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """A member's billing state and what the gates were last told."""
+    with service(config) as billing:
+        info = billing.member(member_id)
+    if as_json:
+        sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
+        return
+    table = Table(show_header=False)
+    for key, value in info.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    out.print(table)
+
+
+@members_app.command("list")
+def members_list(
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    as_csv: CsvOpt = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Members with plan, status, paid-through and published version."""
+    with service(config) as billing:
+        rows = billing.list_members(status)
+    _table(
+        "members",
+        ["member", "name", "plan", "status", "paid_through", "version"],
+        [(r.id, r.name, r.plan_id, r.status, _when(r.paid_through), r.version) for r in rows],
+        as_csv,
+    )
+
+
+@members_app.command("import")
+def members_import(file: Path, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Import members from CSV or a JSON list (member_id, name, plan, email, sites, payer,
+    card, role, cards: UIDs separated by spaces)."""
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise _fail(f"{file}: {exc.strerror}") from exc
+    if file.suffix.lower() == ".json":
+        records: list[dict[str, Any]] = json.loads(text)
+    else:
+        records = list(csv.DictReader(text.splitlines()))
+    with service(config) as billing:
+        for n, rec in enumerate(records, 1):
+            try:
+                sites = rec.get("sites")
+                if isinstance(sites, str):
+                    sites = sites.replace(";", " ").split() or None
+                billing.add_member(
+                    str(rec["member_id"]),
+                    str(rec.get("name") or rec["member_id"]),
+                    plan_id=str(rec["plan"]),
+                    email=rec.get("email") or None,
+                    sites=sites,
+                    payer_id=rec.get("payer") or None,
+                    payment_method=rec.get("card") or None,
+                    role=rec.get("role") or "member",
+                )
+                uids = rec.get("cards") or []
+                for uid in uids.split() if isinstance(uids, str) else uids:
+                    billing.assign_card(str(rec["member_id"]), uid)
+            except KeyError as exc:
+                raise _fail(f"{file}: record {n}: missing {exc.args[0]}") from exc
+        out.print(f"imported {len(records)} members")
+
+
+@members_app.command("erase")
+def members_erase(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Erase personal data and cards; the gates receive a signed tombstone."""
+    with service(config) as billing:
+        billing.erase(member_id)
+        out.print(f"{member_id}: erased")
+
+
+@members_app.command("set-card")
+def members_set_card(
+    member_id: str,
+    card: Annotated[str, typer.Argument(help="Payment method id.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Save a new payment method and retry what is owed right away."""
+    with service(config) as billing:
+        report = billing.set_payment_method(member_id, card)
+        out.print(f"{member_id}: {billing.member(member_id)['status']} ({_report_line(report)})")
+
+
+# --- cards, gates, keys ---------------------------------------------------------------------------
+
+
+@cards_app.command("assign")
+def cards_assign(member_id: str, uid: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Enrol a card UID (as `gatectl enroll` prints it) for a member."""
+    with service(config) as billing:
+        billing.assign_card(member_id, uid)
+        out.print(f"{member_id}: card assigned")
+
+
+@cards_app.command("revoke")
+def cards_revoke(member_id: str, uid: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Revoke a member's card; gates drop it with the next state."""
+    with service(config) as billing:
+        billing.revoke_card(member_id, uid)
+        out.print(f"{member_id}: card revoked")
+
+
+@gates_app.command("add")
+def gates_add(site: str, gate: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Issue a bearer token for a gate's snapshot fetches (printed once, stored hashed)."""
+    with service(config) as billing:
+        token = billing.add_gate(site, gate)
+    sys.stdout.write(token + "\n")
+    err.print(
+        "put this token in the gate's [head_office] token_file; it is not shown again",
+        markup=False,
+    )
+
+
+@gates_app.command("revoke")
+def gates_revoke(site: str, gate: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Revoke a gate's token: its snapshot fetches get 401 from now on."""
+    with service(config) as billing:
+        billing.revoke_gate(site, gate)
+        out.print(f"{site}/{gate}: revoked")
+
+
+@keys_app.command("init")
+def keys_init(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Create whichever key file is missing (head-office, credential, card encryption)."""
+    cfg = load_config(config)
+    for path in init_keys(cfg.keys):
+        out.print(f"wrote {path}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    credential: Annotated[
+        bool, typer.Option("--credential", help="Rotate the credential HMAC key instead.")
+    ] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Rotate the head-office signing key (or the credential key) and republish every member.
+
+    Gates must trust the new public key (or hold the new credential key) first."""
+    with service(config) as billing:
+        keys = billing.config.keys
+        if credential:
+            count = billing.rotate_credential_key(new_credential_key(keys.credential_key_file))
+            out.print(f"credential key rotated; republished {count} members")
+            return
+        billing.keys.signer = new_signing_key(keys.head_office_private_key_file)
+        count = billing.republish_all()
+        out.print(f"head-office key rotated to kid {billing.keys.signer.kid}; republished {count}")
+
+
+# --- plans ------------------------------------------------------------------------------------------
+
+
+@plans_app.command("add")
+def plans_add(
+    plan_id: str,
+    name: Annotated[str, typer.Option()],
+    price: Annotated[int, typer.Option(help="Per period, in minor units (4990 = 49.90).")],
+    currency: Annotated[str | None, typer.Option(help="Default: billing.toml currency.")] = None,
+    period_months: Annotated[int, typer.Option()] = 1,
+    tax_rate_bp: Annotated[int, typer.Option(help="Basis points: 1900 = 19 %.")] = 0,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help='JSON windows: [{"days":["mon"],"start":"09:00","end":"16:00"}]'),
+    ] = None,
+    zone: Annotated[
+        list[str] | None, typer.Option(help="Zone (repeat); default: every zone.")
+    ] = None,
+    daily_limit: Annotated[int | None, typer.Option()] = None,
+    min_term_months: Annotated[int, typer.Option()] = 0,
+    freeze_fee: Annotated[int, typer.Option(help="Per frozen month, minor units.")] = 0,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Create or update a plan."""
+    with service(config) as billing:
+        try:
+            windows = json.loads(schedule) if schedule else []
+        except ValueError as exc:
+            raise _fail(f"--schedule is not JSON: {exc}") from exc
+        billing.add_plan(
+            PlanSpec(
+                plan_id,
+                name,
+                price,
+                currency or billing.config.currency,
+                period_months,
+                tax_rate_bp,
+                windows,
+                list(zone or []),
+                daily_limit,
+                min_term_months,
+                freeze_fee,
+            )
+        )
+        out.print(f"plan {plan_id} saved")
+
+
+@plans_app.command("list")
+def plans_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Plans with price, period, tax and terms."""
+    with service(config) as billing:
+        rows = billing.plans()
+    _table(
+        "plans",
+        [
+            "plan",
+            "name",
+            "price",
+            "currency",
+            "months",
+            "tax_bp",
+            "min_term",
+            "freeze_fee",
+            "zones",
+        ],
+        [
+            (
+                r.id,
+                r.name,
+                r.price,
+                r.currency,
+                r.period_months,
+                r.tax_rate_bp,
+                r.min_term_months,
+                r.freeze_fee,
+                r.zones,
+            )
+            for r in rows
+        ],
+        as_csv,
+    )
+
+
+# --- freeze, cancel, extras, payments, pass ---------------------------------------------------------
+
+
+@app.command()
+def freeze(
+    member_id: str,
+    months: Annotated[int, typer.Option(help="1 to 3.")] = 1,
+    start: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default now.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Freeze a current member for 1-3 months (contract extended, fee billed)."""
+    with service(config) as billing:
+        billing.freeze(member_id, months, _parse_date(start))
+        info = billing.member(member_id)
+        out.print(f"{member_id}: {info['status']}, freeze {info['freeze']}")
+
+
+@app.command()
+def unfreeze(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """End a freeze now."""
+    with service(config) as billing:
+        billing.unfreeze(member_id)
+        out.print(f"{member_id}: {billing.member(member_id)['status']}")
+
+
+@app.command()
+def cancel(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Cancel at the end of the paid period or the minimum term."""
+    with service(config) as billing:
+        when = billing.cancel(member_id)
+        out.print(f"{member_id}: pending_cancel until {_when(when)}")
+
+
+@app.command("charge-extra")
+def charge_extra(
+    member_id: str,
+    amount: Annotated[int, typer.Option(help="Net, minor units.")],
+    kind: Annotated[str, typer.Option(help="personal_training, class_pack, …")] = "extra",
+    description: Annotated[str | None, typer.Option()] = None,
+    tax_rate_bp: Annotated[int | None, typer.Option(help="Default: the plan's rate.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Bill an extra on its own invoice and charge it now."""
+    with service(config) as billing:
+        report = billing.charge_extra(
+            member_id, kind, description or kind.replace("_", " "), amount, tax_rate_bp
+        )
+        out.print(f"{member_id}: {_report_line(report)}")
+
+
+@app.command()
+def pay(
+    member_id: str,
+    amount: Annotated[int | None, typer.Argument(help="Minor units; default: all owed.")] = None,
+    method: Annotated[str, typer.Option(help="front_desk, transfer, …")] = "front_desk",
+    reference: Annotated[str | None, typer.Option(help="Receipt or transfer reference.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Record a payment taken at the front desk; the member is let in again at once."""
+    with service(config) as billing:
+        paid = billing.record_payment(member_id, amount, method, reference)
+        out.print(f"{member_id}: paid {paid}, now {billing.member(member_id)['status']}")
+
+
+@app.command("pass")
+def pass_(
+    member_id: str,
+    png: Annotated[Path | None, typer.Option(help="Write a PNG instead of a terminal QR.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """A fresh rotating QR code for the member (plays the member's app)."""
+    import segno
+
+    with service(config) as billing:
+        seed = billing.app_private_key(member_id)
+        code = mint_qr_code(seed, member_id, billing.clock(), secrets.token_hex(8))
+    qr = segno.make(code, error="m")
+    if png is not None:
+        qr.save(str(png), scale=6)
+        err.print(f"wrote {png}")
+    else:
+        qr.terminal(compact=True)
+    sys.stdout.write(code + "\n")
+
+
+@app.command()
+def invoices(
+    member_id: Annotated[str | None, typer.Argument()] = None,
+    lines: Annotated[bool, typer.Option("--lines", help="Show line items.")] = False,
+    as_csv: CsvOpt = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Invoices (newest first), optionally with their itemized lines."""
+    with service(config) as billing:
+        rows = reports.invoices(billing.engine, member_id, lines)
+    cols = [
+        "invoice",
+        "member",
+        "kind",
+        "status",
+        "currency",
+        "subtotal",
+        "tax",
+        "total",
+        "paid",
+        "due",
+    ]
+    if lines:
+        cols += ["line", "description", "qty", "unit", "amount"]
+    _table("invoices", cols, rows, as_csv)
+
+
+# --- reports and clock -------------------------------------------------------------------------------
+
+
+def _report(name: str, as_csv: bool, config: Path) -> None:
+    with service(config) as billing:
+        columns, rows = reports.REPORTS[name](billing.engine, billing.clock())
+    _table(name, columns, rows, as_csv)
+
+
+@report_app.command("revenue")
+def report_revenue(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Money received per month and method."""
+    _report("revenue", as_csv, config)
+
+
+@report_app.command("outstanding")
+def report_outstanding(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Open invoices per member."""
+    _report("outstanding", as_csv, config)
+
+
+@report_app.command("dunning")
+def report_dunning(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Members in dunning: status, owed, first failure, retries, next retry."""
+    _report("dunning", as_csv, config)
+
+
+@report_app.command("attendance")
+def report_attendance(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Entries per day and site from the gates' events."""
+    _report("attendance", as_csv, config)
+
+
+@clock_app.command("advance")
+def clock_advance(
+    duration: Annotated[str, typer.Argument(help="e.g. 8d, 12h, 30m")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Move the billing clock forward (a running `serve` follows on its next cycle)."""
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    with service(config) as billing:
+        billing.advance_clock(seconds)
+        out.print(f"billing clock now {_when(billing.clock())} UTC")
+
+
+@clock_app.command("show")
+def clock_show(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Print the billing clock."""
+    with service(config) as billing:
+        out.print(f"billing clock {_when(billing.clock())} UTC")

@@ -1,0 +1,196 @@
+"""Drains the status outbox to MQTT (retained, QoS 1, signed) and keeps each site's manifest up
+to date; consumes gate events into attendance. Survives broker outages: a row leaves the outbox
+only after the broker acknowledged every site's message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Callable
+
+import aiomqtt
+from sqlalchemy import Engine, select, update
+
+from gated.billing_sync import schema
+from gated.billing_sync.store import raise_version_floor
+from gated.config import BillingMqttConfig
+from gated.contract import (
+    Signer,
+    compact_json,
+    events_topic,
+    format_time,
+    manifest_topic,
+    member_topic,
+)
+
+log = logging.getLogger("gated.billing.mqtt")
+
+
+def client_for(cfg: BillingMqttConfig, client_id: str) -> aiomqtt.Client:
+    """An aiomqtt client from ``[mqtt]`` with a persistent session under a fixed client id."""
+    scheme, _, rest = cfg.url.partition("://")
+    host, _, port = rest.rstrip("/").partition(":")
+    tls = None
+    if scheme == "mqtts":
+        tls = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    password = cfg.password_file.read_text().strip() if cfg.password_file else None
+    return aiomqtt.Client(
+        host,
+        int(port or (8883 if tls else 1883)),
+        identifier=client_id,
+        username=cfg.username,
+        password=password,
+        tls_context=tls,
+        clean_session=False,
+        keepalive=30,
+    )
+
+
+class Publisher:
+    """One connection to the broker: publishes member states and manifests, reads gate events."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: BillingMqttConfig,
+        signer: Callable[[], Signer],
+        sites: list[str],
+        clock: Callable[[], int],
+        record_events: Callable[[list[dict[str, object]]], int],
+        batch: int = 500,
+    ) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.signer = signer
+        self.sites = sites
+        self.clock = clock
+        self.record_events = record_events
+        self.batch = batch
+        self.wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.published = 0
+
+    async def run(self) -> None:
+        """Connect, publish and consume until cancelled; reconnect with backoff after any
+        broker error."""
+        delay = 0.2
+        while True:
+            try:
+                async with client_for(self.cfg, self.cfg.client_id) as client:
+                    delay = 0.2
+                    self.connected.set()
+                    log.info("event=mqtt_connected url=%s", self.cfg.url)
+                    await self._adopt_retained_versions(client)
+                    await self._subscribe_events(client)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._drain_loop(client))
+                        tg.create_task(self._events_loop(client))
+            except* aiomqtt.MqttError as group:
+                self.connected.clear()
+                log.warning("event=mqtt_lost error=%s retry_in=%.1f", group.exceptions[0], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _adopt_retained_versions(self, client: aiomqtt.Client) -> None:
+        """Never publish a version below a retained manifest's max_version (the store may be a
+        restored backup): read each site's retained manifest once at connect."""
+        floor = 0
+        for site in self.sites:
+            await client.subscribe(manifest_topic(site), qos=1)
+        try:
+            async with asyncio.timeout(0.5):
+                seen = 0
+                async for message in client.messages:
+                    if str(message.topic).endswith("/manifest") and message.retain:
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            floor = max(floor, int(json.loads(message.payload)["max_version"]))
+                        seen += 1
+                        if seen >= len(self.sites):
+                            break
+        except TimeoutError:
+            pass
+        for site in self.sites:
+            await client.unsubscribe(manifest_topic(site))
+        if floor:
+            with self.engine.begin() as conn:
+                raise_version_floor(conn, floor)
+
+    async def _subscribe_events(self, client: aiomqtt.Client) -> None:
+        for site in self.sites:
+            await client.subscribe(events_topic(site, "+"), qos=1)
+
+    async def _events_loop(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                event = json.loads(message.payload)
+            except ValueError:
+                log.warning("event=bad_gate_event topic=%s", message.topic)
+                continue
+            if isinstance(event, dict) and "event_id" in event:
+                await asyncio.to_thread(self.record_events, [event])
+
+    async def _drain_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            sent = await self.drain(client)
+            if sent == 0:
+                self.wake.clear()
+                try:
+                    async with asyncio.timeout(0.25):
+                        await self.wake.wait()
+                except TimeoutError:
+                    pass
+
+    async def drain(self, client: aiomqtt.Client) -> int:
+        """Publish one batch of the outbox in version order, then each touched site's manifest."""
+        ob = schema.status_outbox
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ob.c.version, ob.c.member_id, ob.c.sites, ob.c.payload)
+                .where(ob.c.published_at.is_(None))
+                .order_by(ob.c.version)
+                .limit(self.batch)
+            ).all()
+        if not rows:
+            return 0
+        signer = self.signer()
+        sites_touched: set[str] = set()
+        for row in rows:
+            payload = compact_json(signer.sign(json.loads(row.payload)))
+            for site in json.loads(row.sites):
+                await client.publish(member_topic(site, row.member_id), payload, qos=1, retain=True)
+                sites_touched.add(site)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ob)
+                .where(ob.c.version.in_([r.version for r in rows]))
+                .values(published_at=self.clock())
+            )
+        await self.publish_manifests(client, sites_touched, signer)
+        self.published += len(rows)
+        return len(rows)
+
+    async def publish_manifests(
+        self, client: aiomqtt.Client, sites: set[str], signer: Signer
+    ) -> None:
+        """Signed manifests from the O(1)-maintained per-site figures."""
+        sm = schema.site_manifests
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sm).where(sm.c.site.in_(sorted(sites)))).all()
+        issued_at = format_time(self.clock())
+        for row in rows:
+            manifest = signer.sign(
+                {
+                    "type": "manifest",
+                    "site": row.site,
+                    "count": int(row._mapping["count"]),
+                    "max_version": int(row.max_version),
+                    "digest": row.digest,
+                    "issued_at": issued_at,
+                }
+            )
+            await client.publish(
+                manifest_topic(row.site), compact_json(manifest), qos=1, retain=True
+            )

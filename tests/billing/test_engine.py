@@ -1,0 +1,291 @@
+"""The pure billing state machine: every transition table-driven, invariants with hypothesis."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gated.billing_sync import engine as eng
+from gated.billing_sync.engine import DAY, Account, Rules
+
+R = Rules(
+    grace_days=3, suspend_min_owed=0, max_grace_days=14, collections_days=30, retry_days=(3, 7)
+)
+T = 1_800_000_000
+PAID = Account(paid_through=T + 10 * DAY, previous="active")
+OVERDUE = Account(paid_through=T, owed=5000, overdue_since=T, first_failure_at=T, previous="grace")
+
+
+@pytest.mark.parametrize(
+    ("name", "acct", "now", "rules", "expected"),
+    [
+        ("paid up", PAID, T, R, "active"),
+        (
+            "never paid",
+            Account(paid_through=T, owed=5000, overdue_since=T, activated=False),
+            T + DAY,
+            R,
+            "pending",
+        ),
+        ("no subscription date", Account(paid_through=None), T, R, "pending"),
+        ("overdue inside grace", OVERDUE, T + 3 * DAY, R, "grace"),
+        ("overdue past grace", OVERDUE, T + 3 * DAY + 1, R, "suspended"),
+        (
+            "small debt stays in grace",
+            replace(OVERDUE, owed=100),
+            T + 10 * DAY,
+            replace(R, suspend_min_owed=500),
+            "grace",
+        ),
+        (
+            "small debt capped by max_grace_days",
+            replace(OVERDUE, owed=100),
+            T + 14 * DAY + 1,
+            replace(R, suspend_min_owed=500),
+            "suspended",
+        ),
+        (
+            "debt at the threshold suspends",
+            replace(OVERDUE, owed=500),
+            T + 4 * DAY,
+            replace(R, suspend_min_owed=500),
+            "suspended",
+        ),
+        ("collections after collections_days", OVERDUE, T + 30 * DAY, R, "collections"),
+        (
+            "processing keeps previous",
+            replace(OVERDUE, processing=True, previous="active"),
+            T + 20 * DAY,
+            R,
+            "active",
+        ),
+        ("dispute suspends a paid member", replace(PAID, disputed=True), T, R, "suspended"),
+        ("frozen inside the window", replace(PAID, freeze=(T, T + 30 * DAY)), T + DAY, R, "frozen"),
+        (
+            "freeze ends on its day",
+            replace(PAID, freeze=(T, T + 5 * DAY)),
+            T + 5 * DAY,
+            R,
+            "active",
+        ),
+        (
+            "frozen before it starts is active",
+            replace(PAID, freeze=(T + DAY, T + 5 * DAY)),
+            T,
+            R,
+            "active",
+        ),
+        ("pending cancel", replace(PAID, cancel_at=T + 10 * DAY), T, R, "pending_cancel"),
+        (
+            "cancelled at the date",
+            replace(PAID, cancel_at=T + 10 * DAY),
+            T + 10 * DAY,
+            R,
+            "cancelled",
+        ),
+        ("cancelled but owing is dunned", replace(OVERDUE, cancel_at=T), T + DAY, R, "grace"),
+    ],
+)
+def test_status_table(name: str, acct: Account, now: int, rules: Rules, expected: str) -> None:
+    assert eng.status_at(acct, now, rules) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("decline", "advice", "expected"),
+    [
+        ("insufficient_funds", None, "soft"),
+        ("generic_decline", None, "soft"),
+        ("processing_error", None, "soft"),
+        ("try_again_later", None, "soft"),
+        ("issuer_not_available", None, "soft"),
+        (None, None, "soft"),  # localstripe sends no decline_code
+        ("lost_card", None, "hard"),
+        ("stolen_card", None, "hard"),
+        ("fraudulent", None, "hard"),
+        ("pickup_card", None, "hard"),
+        ("incorrect_number", None, "hard"),
+        ("insufficient_funds", "do_not_try_again", "hard"),
+        ("authentication_required", None, "auth"),
+    ],
+)
+def test_decline_classes(decline: str | None, advice: str | None, expected: str) -> None:
+    assert eng.classify_decline(decline, advice) == expected
+
+
+def test_soft_retries_follow_the_schedule_then_stop() -> None:
+    acct = Account(paid_through=T, owed=5000, overdue_since=T)
+    acct = eng.after_failure(acct, "soft", T, R)
+    assert acct.first_failure_at == T and acct.next_retry_at == T + 3 * DAY
+    acct = eng.after_failure(eng.on_retry_started(acct), "soft", T + 3 * DAY, R)
+    assert acct.next_retry_at == T + 7 * DAY
+    acct = eng.after_failure(eng.on_retry_started(acct), "soft", T + 7 * DAY, R)
+    assert acct.next_retry_at is None and acct.retries_done == 2
+
+
+def test_late_retry_keeps_a_day_between_attempts() -> None:
+    acct = eng.on_retry_started(eng.after_failure(Account(owed=1, overdue_since=T), "soft", T, R))
+    acct = eng.after_failure(acct, "soft", T + 20 * DAY, R)
+    assert acct.next_retry_at == T + 21 * DAY
+
+
+@pytest.mark.parametrize("decline", ["hard", "auth"])
+def test_hard_and_auth_declines_never_retry(decline: eng.DeclineClass) -> None:
+    acct = eng.after_failure(Account(owed=1, overdue_since=T), decline, T, R)
+    assert acct.next_retry_at is None
+    assert acct.needs_new_card is (decline == "hard")
+    assert not eng.retry_due(acct, T + 100 * DAY)
+
+
+def test_valid_until_is_paid_through_plus_grace_and_grace_stays_inside() -> None:
+    assert eng.valid_until(PAID, "active", R) == PAID.paid_through + 3 * DAY  # type: ignore[operator]
+    until = eng.valid_until(OVERDUE, "grace", R)
+    assert until is not None
+    assert eng.status_at(OVERDUE, until, R) == "grace"
+    assert eng.status_at(OVERDUE, until + 1, R) == "suspended"
+
+
+def test_renewal_due_rules() -> None:
+    assert eng.renewal_due(Account(paid_through=T), T)
+    assert not eng.renewal_due(Account(paid_through=T), T - 1)
+    assert not eng.renewal_due(Account(paid_through=T, open_renewal=True), T)
+    assert not eng.renewal_due(Account(paid_through=T, processing=True), T)
+    assert not eng.renewal_due(Account(paid_through=T, cancel_at=T), T)
+    assert eng.renewal_due(Account(paid_through=T, cancel_at=T + 1), T)
+
+
+def test_household_folding() -> None:
+    assert eng.published_status("active", "suspended") == "payer_suspended"
+    assert eng.published_status("active", "grace") == "active"
+    assert eng.published_status("frozen", "suspended") == "frozen"
+    assert eng.published_status("active", None) == "active"
+
+
+@pytest.mark.parametrize(
+    ("start", "months", "expected"),
+    [
+        ("2026-01-31", 1, "2026-02-28"),
+        ("2028-01-31", 1, "2028-02-29"),
+        ("2026-11-15", 3, "2027-02-15"),
+        ("2026-12-01", 12, "2027-12-01"),
+    ],
+)
+def test_add_months(start: str, months: int, expected: str) -> None:
+    from datetime import UTC, datetime
+
+    ts = int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp())
+    got = datetime.fromtimestamp(eng.add_months(ts, months), UTC).strftime("%Y-%m-%d")
+    assert got == expected
+
+
+def test_freeze_rules() -> None:
+    eng.check_freeze("active", 0, 1)
+    eng.check_freeze("active", 0, 3)
+    for status, owed, months in [
+        ("active", 0, 0),
+        ("active", 0, 4),
+        ("grace", 100, 1),
+        ("suspended", 0, 1),
+    ]:
+        with pytest.raises(eng.FreezeRefused):
+            eng.check_freeze(status, owed, months)
+
+
+def test_cancel_date_respects_minimum_term() -> None:
+    assert eng.cancel_date(T + DAY, T, 0, T) == T + DAY
+    assert eng.cancel_date(T + DAY, T, 12, T) == eng.add_months(T, 12)
+
+
+def test_tax_rounds_half_up() -> None:
+    assert eng.tax_of(4990, 1900) == 948  # 948.1
+    assert eng.tax_of(50, 1000) == 5
+    assert eng.tax_of(5, 1000) == 1  # 0.5 rounds up
+
+
+# --- properties -------------------------------------------------------------------------------
+
+times = st.integers(min_value=T - 400 * DAY, max_value=T + 400 * DAY)
+accounts = st.builds(
+    Account,
+    paid_through=st.one_of(st.none(), times),
+    owed=st.integers(0, 100_000),
+    overdue_since=st.one_of(st.none(), times),
+    first_failure_at=st.one_of(st.none(), times),
+    freeze=st.one_of(
+        st.none(), st.tuples(times, st.integers(1, 90 * DAY)).map(lambda p: (p[0], p[0] + p[1]))
+    ),
+    cancel_at=st.one_of(st.none(), times),
+    disputed=st.booleans(),
+    processing=st.booleans(),
+    previous=st.sampled_from(["active", "grace", "suspended", "pending", "expired"]),
+    activated=st.booleans(),
+)
+rules = st.builds(
+    Rules,
+    grace_days=st.integers(0, 10),
+    suspend_min_owed=st.integers(0, 10_000),
+    max_grace_days=st.integers(0, 30),
+    collections_days=st.integers(1, 60),
+)
+
+
+@given(accounts, times, rules)
+def test_member_paid_in_full_is_never_denied(acct: Account, now: int, r: Rules) -> None:
+    """Nothing owed, paid past now, not frozen, disputed or cancelled → a status the gate allows,
+    with valid_until in the future."""
+    acct = replace(
+        acct,
+        owed=0,
+        activated=True,
+        disputed=False,
+        freeze=None,
+        cancel_at=None,
+        paid_through=now + 1 + (acct.paid_through or 0) % (60 * DAY),
+    )
+    status = eng.status_at(acct, now, r)
+    assert status in eng.GOOD_STANDING
+    until = eng.valid_until(acct, status, r)
+    assert until is not None and until > now
+
+
+@given(accounts, times, rules)
+def test_next_review_is_in_the_future_and_status_is_stable_until_then(
+    acct: Account, now: int, r: Rules
+) -> None:
+    """No status change can slip between reviews: the status just before the next review time
+    equals the status now."""
+    nxt = eng.next_review(acct, now, r)
+    if nxt is None:
+        assert eng.status_at(acct, now + 800 * DAY, r) == eng.status_at(acct, now, r)
+        return
+    assert nxt > now
+    assert eng.status_at(acct, nxt - 1, r) == eng.status_at(acct, now, r)
+
+
+@given(accounts, times, rules, st.sampled_from(["soft", "hard", "auth"]))
+def test_retries_stay_under_the_cap(
+    acct: Account, now: int, r: Rules, decline: eng.DeclineClass
+) -> None:
+    """However failures arrive, a member gets at most len(retry_days) automatic retries."""
+    retries = 0
+    acct = replace(
+        acct,
+        owed=1000,
+        overdue_since=now,
+        processing=False,
+        needs_new_card=False,
+        retries_done=0,
+        next_retry_at=None,
+        first_failure_at=None,
+    )
+    acct = eng.after_failure(acct, decline, now, r)
+    while acct.next_retry_at is not None and retries < 50:
+        now = acct.next_retry_at
+        assert eng.retry_due(acct, now)
+        acct = eng.after_failure(eng.on_retry_started(acct), decline, now, r)
+        retries += 1
+    assert retries <= len(r.retry_days)
+    if decline != "soft":
+        assert retries == 0
