@@ -105,11 +105,7 @@ class SerialQrReader(ThreadedReader):
         super().__init__(config)
         self._config = config
 
-    def _open(self) -> Any:
-        try:
-            import serial
-        except ImportError as exc:
-            raise missing_driver("pyserial") from exc
+    def _open(self, serial: Any) -> Any:
         port = self._config.port
         try:
             return serial.Serial(port, self._config.baudrate, timeout=_READ_TIMEOUT_S)
@@ -126,9 +122,11 @@ class SerialQrReader(ThreadedReader):
             raise DeviceError(f"{port}: {exc}") from exc
 
     def _session(self, stop: threading.Event, link: Link) -> None:
-        import serial
-
-        port = self._open()
+        try:
+            import serial
+        except ImportError as exc:
+            raise missing_driver("pyserial") from exc
+        port = self._open(serial)
         framer = LineFramer(self._config.max_length)
         link.ready(self._config.port)
         try:
