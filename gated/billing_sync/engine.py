@@ -118,6 +118,7 @@ class Account:
     open_renewal: bool = False
     previous: BillingStatus = "pending"
     activated: bool = True
+    uncharged: bool = False
 
 
 def _frozen(acct: Account, now: int) -> bool:
@@ -157,9 +158,8 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
         return "cancelled" if now >= acct.cancel_at else "pending_cancel"
     if acct.paid_through is None:
         return "pending"
-    if now >= acct.paid_through and not acct.open_renewal and not acct.processing:
-        # Past the paid period with nothing billed: only happens when renewal was not possible.
-        return "expired" if acct.previous in ("expired", "cancelled") else acct.previous
+    # Past paid-through with nothing owed means the renewal is about to be charged: the member
+    # stays active until that charge says otherwise.
     return "active"
 
 
@@ -191,6 +191,12 @@ def renewal_due(acct: Account, now: int) -> bool:
     if acct.open_renewal or acct.processing or acct.disputed or _frozen(acct, now):
         return False
     return acct.cancel_at is None or acct.paid_through < acct.cancel_at
+
+
+def first_charge_due(acct: Account) -> bool:
+    """A new invoice (an extra, a freeze fee) was never attempted: charge it now, unless the card
+    is known to be dead."""
+    return acct.uncharged and not acct.processing and not acct.needs_new_card
 
 
 def retry_due(acct: Account, now: int) -> bool:

@@ -714,6 +714,8 @@ class Billing:
                     conn, f, "renewal", lines, int(f.plan.tax_rate_bp), start, (start, end)
                 )
                 report.renewals += 1
+            elif eng.first_charge_due(acct):
+                pass
             elif eng.retry_due(acct, now):
                 conn.execute(
                     update(s.subscriptions)
@@ -1200,6 +1202,12 @@ class Billing:
             .order_by(inv.c.due_at)
         ):
             open_inv.setdefault(r.member_id, []).append(r)
+        open_ids = [i.id for v in open_inv.values() for i in v]
+        attempted = set(
+            conn.execute(
+                select(a.c.invoice_id).where(a.c.invoice_id.in_(open_ids)).distinct()
+            ).scalars()
+        )
         in_flight = set(
             conn.execute(
                 select(a.c.member_id).where(
@@ -1242,6 +1250,7 @@ class Billing:
                 disputed=member_id in disputed,
                 processing=member_id in in_flight,
                 open_renewal=any(i.kind == "renewal" for i in invs),
+                uncharged=any(i.id not in attempted for i in invs),
                 previous=cast(eng.BillingStatus, sub_row.status if sub_row else "pending"),
                 activated=sub_row is not None
                 and sub_row.paid_through is not None

@@ -57,3 +57,45 @@ def make_billing(
         )
     )
     return billing, clock
+
+
+def published(billing: Billing, member_id: str) -> dict[str, Any]:
+    """The MemberState the gates were last given for a member."""
+    import json
+
+    from sqlalchemy import select
+
+    from gated.billing_sync import schema
+
+    with billing.engine.connect() as conn:
+        payload = conn.execute(
+            select(schema.member_states.c.payload).where(
+                schema.member_states.c.member_id == member_id
+            )
+        ).scalar_one()
+    return dict(json.loads(payload))
+
+
+def notices(billing: Billing, member_id: str | None = None) -> list[str]:
+    """Kinds of notices queued (for one member), oldest first."""
+    from sqlalchemy import select
+
+    from gated.billing_sync import schema
+
+    n = schema.notifications
+    q = select(n.c.kind).order_by(n.c.id)
+    if member_id:
+        q = q.where(n.c.member_id == member_id)
+    with billing.engine.connect() as conn:
+        return list(conn.execute(q).scalars())
+
+
+def step(billing: Billing, clock: Clock, days: float) -> None:
+    """Advance the clock day by day, running a cycle each day as `serve` would."""
+    whole = int(days)
+    for _ in range(whole):
+        clock.advance(1)
+        billing.run_cycle()
+    if days - whole:
+        clock.advance(days - whole)
+        billing.run_cycle()
