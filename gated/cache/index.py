@@ -65,7 +65,6 @@ def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
         "qr_key": qr_key,
         "daily_limit": state.get("daily_limit"),
         "issued_at": state.get("issued_at"),
-        "state": json.dumps(dict(state), separators=(",", ":"), ensure_ascii=False),
     }
 
 

@@ -1,0 +1,370 @@
+"""Gate hot-path benchmark (issue: the turnstile daemon). Prints a Markdown report.
+
+    .venv/bin/python bench/bench_gate.py --members 1000000
+
+Measured in one process, one run, against a real cache database and a MockFactory door:
+- card credential in → relay command out (idle, and while a 100k-member update burst is applied);
+  credentials are handed to the loop from a separate "reader" thread, as hardware readers do, so
+  any wait for the loop is inside the number;
+- the same for rotating QR codes (one Ed25519 verify each);
+- the swipe fully handled: until the event's transaction is committed;
+- bytes written per decision (its event's later delivery included), from /proc/self/io;
+- memory per cached member, RSS with 100k members and ready time (separate child processes);
+- the ratio of a whole decision to a bare dict lookup, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import json
+import os
+import random
+import resource
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nacl.signing import SigningKey
+
+from gated.cache.store import CacheStore
+from gated.contract import card_key, format_time, mint_qr_code
+from gated.readers.base import Credential
+
+UNTIL = "2030-01-01T00:00:00Z"
+QR_MEMBERS = 2000
+
+
+def uid_of(i: int) -> str:
+    return f"04{i:012X}"
+
+
+def member_state(
+    i: int, ckey: bytes, version: int, status: str = "active", qr_key: str | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "member_state", "kid": None, "member_id": f"m_{i}", "sites": ["bench"],
+        "version": version, "status": status, "role": "member", "valid_from": None,
+        "valid_until": UNTIL, "plan": "full" if i % 10 else "offpeak",
+        "schedule": [] if i % 10 else [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"}],
+        "zones": [], "credentials": [card_key(ckey, uid_of(i))], "qr_key": qr_key,
+        "daily_limit": None, "issued_at": "2026-11-26T08:00:00Z",
+    }  # fmt: skip
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p / 100))]
+
+
+def build_site(root: Path, members: int) -> tuple[Path, bytes, dict[int, bytes]]:
+    """A config, keys and a cache with ``members`` members (reused between runs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    ckey_file = root / "credential.key"
+    if not ckey_file.exists():
+        ckey_file.write_text(secrets.token_hex(32) + "\n")
+    ckey = bytes.fromhex(ckey_file.read_text().strip())
+    app_keys_file = root / "app-keys.json"
+    if not app_keys_file.exists():
+        app_keys_file.write_text(
+            json.dumps({i: SigningKey.generate().encode().hex() for i in range(QR_MEMBERS)})
+        )
+    app_keys = {int(i): bytes.fromhex(k) for i, k in json.loads(app_keys_file.read_text()).items()}
+    (root / "head-office.pub").write_bytes(b"")
+    config = root / "gated.toml"
+    config.write_text(
+        f'site = "bench"\ngate = "g1"\ntimezone = "Europe/Berlin"\nstate_dir = "{root}/state"\n'
+        f'control_socket = "{root}/state/control.sock"\n[keys]\ncredential_key_file = "{ckey_file}"\n'
+        '[door]\npin_factory = "mock"\npulse_ms = 3000\n[[readers]]\nkind = "sim"\n'
+    )
+    db = root / "state" / "cache.db"
+    store = CacheStore(db)
+    have = store.max_version()
+    if have < members:
+        t0 = time.perf_counter()
+        batch: list[dict[str, Any]] = []
+        for i in range(have, members):
+            qr = (
+                base64.b64encode(bytes(SigningKey(app_keys[i]).verify_key)).decode()
+                if i in app_keys
+                else None
+            )
+            batch.append(member_state(i, ckey, i + 1, qr_key=qr))
+            if len(batch) == 5000:
+                store.apply_states(batch)
+                batch = []
+        store.apply_states(batch)
+        print(
+            f"# built {members - have} members in {time.perf_counter() - t0:.1f}s", file=sys.stderr
+        )
+    store.close()
+    return config, ckey, app_keys
+
+
+def child_load(config: Path) -> None:
+    """Run in a child process: time to ready and memory of the loaded index."""
+    from gated.cache.store import CacheStore
+    from gated.config import load_gate_config
+
+    cfg = load_gate_config(config)
+    rss0 = _rss_bytes()
+    t0 = time.perf_counter()
+    from gated.daemon import Gate
+
+    gate = Gate(cfg)
+    ready = time.perf_counter() - t0
+    rss1 = _rss_bytes()
+    gate.writer.close()
+    store = CacheStore(cfg.cache_path)
+    gc.collect()
+    before = _rss_bytes()
+    index = store.load_index()
+    gc.collect()
+    index_bytes = _rss_bytes() - before
+    print(json.dumps({"ready_s": ready, "rss_total": rss1, "rss_gate_delta": rss1 - rss0,
+                      "index_bytes": index_bytes, "members": index.count}))  # fmt: skip
+
+
+def checkpoint(db: Path) -> None:
+    """Copy the WAL into the database file now, so its writes are inside the measurement."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _io_write_bytes() -> int:
+    with open("/proc/self/io") as fh:
+        for line in fh:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def run_bench(
+    config: Path, ckey: bytes, app_keys: dict[int, bytes], members: int, decisions: int
+) -> dict[str, Any]:
+    from gpiozero.pins.mock import MockFactory
+
+    from gated.config import load_gate_config
+    from gated.daemon import Gate
+    from gated.door import Door
+
+    cfg = load_gate_config(config)
+    gate = Gate(cfg, pin_factory=MockFactory())
+    loop = asyncio.get_running_loop()
+    gate.door = Door(cfg.door, loop, gate.on_door_event, pin_factory=gate._pin_factory)
+    results: dict[str, Any] = {}
+    latencies: list[int] = []
+    original = gate.on_credential
+
+    def timed(cred: Credential) -> None:
+        latencies.append(original(cred)["latency_us"])
+
+    def reader_thread(
+        creds: list[Credential | str], interval: float, done: threading.Event
+    ) -> None:
+        """Stand in for a hardware reader: each credential stamped here, handed to the loop."""
+        for c in creds:
+            if isinstance(c, str):
+                cred = Credential("qr", c, "bench")
+            else:
+                cred = Credential(c.kind, c.value, c.reader_id, c.direction)  # fresh `at`
+            loop.call_soon_threadsafe(timed, cred)
+            time.sleep(interval)
+        loop.call_soon_threadsafe(done.set)
+
+    async def play(creds: list[Any], interval: float) -> list[int]:
+        latencies.clear()
+        done = threading.Event()
+        t = threading.Thread(target=reader_thread, args=(creds, interval, done))
+        t.start()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+        t.join()
+        await asyncio.sleep(0.05)
+        return list(latencies)
+
+    rnd = random.Random(7)
+    cards = [Credential("card", uid_of(rnd.randrange(members)), "bench") for _ in range(decisions)]
+    # Idle: one badge every 0.5 ms (far faster than any turnstile), the loop otherwise idle.
+    idle = await play(cards, 0.0005)
+    results["card_idle"] = idle
+
+    # Baseline: a bare dict lookup on the same index, timed the same way.
+    keys = [m.credentials[0] for m in list(gate.index.by_id.values())[:decisions]]
+    bare = []
+    by_key = gate.index.by_key
+    for k in keys:
+        t0 = time.perf_counter_ns()
+        by_key.get(k)
+        bare.append((time.perf_counter_ns() - t0) / 1000)
+    results["bare_lookup_us"] = statistics.median(bare)
+
+    # In-loop decision time without the thread hand-off (for the ratio to the bare lookup).
+    inloop = []
+    for c in cards[:5000]:
+        cred = Credential(c.kind, c.value, c.reader_id)
+        inloop.append(gate.on_credential(cred)["latency_us"])
+        if len(inloop) % 64 == 0:
+            await asyncio.sleep(0)
+    results["card_inloop"] = inloop
+
+    # During a 100k-member update burst: 100 batches of 1,000 newer states, as a sync applies them.
+    burst_n = min(100_000, members)
+    burst_states = [
+        member_state(i, ckey, members + 1 + i, status="active" if i % 3 else "grace")
+        for i in range(burst_n)
+    ]
+    burst_t0 = time.perf_counter()
+    futures = [gate.apply_states(burst_states[j : j + 1000]) for j in range(0, burst_n, 1000)]
+    burst_cards = cards[: min(decisions, 4000)]
+    during = await play(burst_cards, 0.0005)
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+    results["burst_s"] = time.perf_counter() - burst_t0
+    results["card_burst"] = during
+    results["burst_overlap"] = results["burst_s"]
+
+    # Rotating QR codes (fresh nonces, signature verified on the loop).
+    now = int(time.time())
+    codes = [
+        mint_qr_code(app_keys[i % QR_MEMBERS], f"m_{i % QR_MEMBERS}", now, secrets.token_hex(8))
+        for i in range(min(decisions, 3000))
+    ]
+    results["qr"] = await play(codes, 0.0005)
+
+    # Swipe fully handled: credential in → its event committed (a marker queued behind it).
+    durable = []
+    for c in cards[:2000]:
+        cred = Credential(c.kind, c.value, c.reader_id)
+        gate.on_credential(cred)
+        await asyncio.wrap_future(gate.writer.submit(lambda s: None))
+        durable.append((time.monotonic_ns() - cred.at) / 1000)
+    results["durable"] = durable
+
+    # Bytes written per decision, with its later delivery (deleted in batches of 100 as the outbox
+    # drain does after PUBACK) and a full checkpoint, for a burst and for a gym's pace.
+    def drain(store: CacheStore) -> None:
+        while batch := store.outbox_batch(100):
+            store.delete_events([s for s, _ in batch])
+
+    await asyncio.wrap_future(gate.writer.submit(drain))
+    checkpoint(cfg.cache_path)
+    for label, n, pace in (("written_burst", 10_000, 0.0), ("written_paced", 1000, 0.005)):
+        w0 = _io_write_bytes()
+        for i, c in enumerate(cards[:n]):
+            gate.on_credential(Credential(c.kind, c.value, c.reader_id))
+            if pace:
+                await asyncio.sleep(pace)
+            elif i % 32 == 0:
+                await asyncio.sleep(0)
+            if i % 100 == 99:
+                gate.writer.submit(drain)
+        await asyncio.wrap_future(gate.writer.submit(drain))
+        checkpoint(cfg.cache_path)
+        results[label] = (_io_write_bytes() - w0) / n
+    gate.door.close()
+    gate.writer.close()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--members", type=int, default=1_000_000)
+    ap.add_argument("--decisions", type=int, default=20_000)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gated-bench")
+    ap.add_argument("--child-load", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_load:
+        child_load(args.child_load)
+        return
+    big_cfg, ckey, app_keys = build_site(args.workdir / f"m{args.members}", args.members)
+    small_cfg, _, _ = build_site(args.workdir / "m100000", 100_000)
+    load_big = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--child-load", str(big_cfg)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    load_small = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--child-load", str(small_cfg)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    r = asyncio.run(run_bench(big_cfg, ckey, app_keys, args.members, args.decisions))
+    db_bytes = sum(
+        p.stat().st_size for p in (args.workdir / f"m{args.members}" / "state").glob("cache.db*")
+    )
+    ratio = statistics.median(r["card_inloop"]) / max(r["bare_lookup_us"], 0.001)
+
+    def row(name: str, xs: list[int] | list[float], target: str) -> str:
+        return f"| {name} | {statistics.median(xs):.0f} | {pct(xs, 99):.0f} | {max(xs):.0f} | {target} |"
+
+    print(
+        f"## Gate hot path ({format_time(time.time())}, {args.members:,} members cached, {os.cpu_count()} cores)\n"
+    )
+    print("| credential in → relay command out (µs) | p50 | p99 | max | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print(row("card, idle (reader thread → loop)", r["card_idle"], "p50 < 50, p99 < 250"))
+    print(row("card, decided on the loop (no hand-off)", r["card_inloop"], ""))
+    print(
+        row(
+            f"card, during a 100k-member update burst ({r['burst_s']:.1f} s)",
+            r["card_burst"],
+            "p99 < 1000",
+        )
+    )
+    print(row("rotating QR (Ed25519 verify on the loop)", r["qr"], "p50 < 300"))
+    print(row("swipe fully handled (event committed)", r["durable"], "p99 < 2000"))
+    print()
+    print("| other | value | target |")
+    print("| --- | --- | --- |")
+    print(f"| bare dict lookup (same index) | {r['bare_lookup_us']:.2f} µs | |")
+    print(f"| whole decision / bare lookup (p50) | {ratio:.0f}× | report |")
+    print(
+        f"| bytes written per decision, back-to-back (10,000, delivery + checkpoint included) | {r['written_burst']:.0f} B | < 10 KB |"
+    )
+    print(
+        f"| bytes written per decision, one every 5 ms (1,000) | {r['written_paced']:.0f} B | < 10 KB |"
+    )
+    print(
+        f"| index memory per member ({load_big['members']:,}) | {load_big['index_bytes'] / load_big['members']:.0f} B | < 500 B |"
+    )
+    print(f"| ready after start, {load_big['members']:,} members | {load_big['ready_s']:.2f} s | |")
+    print(
+        f"| ready after start, {load_small['members']:,} members | {load_small['ready_s']:.2f} s | < 1 s |"
+    )
+    print(
+        f"| RSS with {load_small['members']:,} members | {load_small['rss_total'] / 2**20:.0f} MiB | < 100 MB |"
+    )
+    print(f"| cache.db size, {args.members:,} members | {db_bytes / 2**20:.0f} MiB | |")
+    print(
+        f"| max RSS of this benchmark | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB | |"
+    )
+
+
+if __name__ == "__main__":
+    main()
