@@ -476,8 +476,9 @@ def erased_state(member_id: str, sites: list[str], version: int, issued_at: str)
 # --- rotating QR codes ------------------------------------------------------------------------
 
 QR_PREFIX = "GQ1"
+# [0-9], not \d: \d also matches non-ASCII digits, and the signed bytes are ASCII.
 _QR_RE = re.compile(
-    r"^GQ1\.([A-Za-z0-9_-]{1,64})\.(\d{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{86})$"
+    r"^GQ1\.([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{86})$"
 )
 
 

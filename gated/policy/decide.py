@@ -191,18 +191,22 @@ def decide(
         return _OK
     if member.schedule and not in_schedule(member.schedule, now, gate.tz):
         return _DENY["outside_schedule"]
-    if counters is not None:
-        if (
-            gate.anti_passback_s > 0
-            and counters.inside_since is not None
-            and now - counters.inside_since < gate.anti_passback_s
-        ):
-            return _DENY["anti_passback"]
-        limit = member.daily_limit if member.daily_limit is not None else gate.daily_limit
-        if (
-            limit is not None
+    if (
+        counters is not None
+        and gate.anti_passback_s > 0
+        and counters.inside_since is not None
+        and now - counters.inside_since < gate.anti_passback_s
+    ):
+        return _DENY["anti_passback"]
+    limit = member.daily_limit if member.daily_limit is not None else gate.daily_limit
+    # A limit of 0 admits nobody, even a member with no counters yet (or only old ones).
+    if limit is not None and (
+        limit == 0
+        or (
+            counters is not None
             and counters.entries >= limit
             and counters.day == local_day(now, gate.tz)
-        ):
-            return _DENY["daily_limit"]
+        )
+    ):
+        return _DENY["daily_limit"]
     return _OK
