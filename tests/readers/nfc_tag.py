@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import sys
 import threading
 from functools import reduce
 from operator import xor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NTAG213_VERSION = bytes.fromhex("0004040201000F03")
 
@@ -81,6 +85,38 @@ class TagProcess:
                 response = self.tag.answer(frame)
                 if response is not None:
                     self.sock.sendto(b"106A " + response.hex().encode(), addr)
+
+
+class EmulatedTag:
+    """The emulator process; ``present()`` and ``take_away()`` move it in and out of the field."""
+
+    def __init__(self, port: int, uid: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.readers.nfc_tag", str(port), uid],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        assert self._say(None) == "ready"
+
+    def _say(self, command: str | None) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def present(self) -> None:
+        assert self._say("in") == "in"
+
+    def take_away(self) -> None:
+        assert self._say("out") == "out"
+        assert self._say("sensed") == "sensed"  # the reader noticed and polls again
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
 
 
 def main() -> None:

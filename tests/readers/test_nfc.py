@@ -2,60 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gated.config import NfcReaderConfig
 from gated.readers.registry import build_reader
-from tests.readers.nfc_tag import Ntag213
+from tests.readers.nfc_tag import EmulatedTag, Ntag213
 from tests.readers.support import running, wait_until
 from tests.services import free_port
 
 UID = "04A1B2C3D4E5F6"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Tag:
-    """The emulator process; ``present()`` and ``take_away()`` move it in and out of the field."""
-
-    def __init__(self, port: int, uid: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.readers.nfc_tag", str(port), uid],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            text=True,
-        )
-        assert self._say(None) == "ready"
-
-    def _say(self, command: str | None) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def present(self) -> None:
-        assert self._say("in") == "in"
-
-    def take_away(self) -> None:
-        assert self._say("out") == "out"
-        assert self._say("sensed") == "sensed"  # the reader noticed and polls again
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
 
 
 @pytest.fixture
-def tag() -> Iterator[tuple[Tag, int]]:
+def tag() -> Iterator[tuple[EmulatedTag, int]]:
     port = free_port()
-    t = Tag(port, UID)
+    t = EmulatedTag(port, UID)
     yield t, port
     t.close()
 
@@ -65,7 +29,7 @@ def _config(port: int, **kw: object) -> NfcReaderConfig:
     return NfcReaderConfig.model_validate(settings)
 
 
-async def test_tag_presented_held_removed_and_presented_again(tag: tuple[Tag, int]) -> None:
+async def test_tag_presented_held_removed_and_presented_again(tag: tuple[EmulatedTag, int]) -> None:
     emulator, port = tag
     reader = build_reader(_config(port, debounce_ms=200))
     async with running(reader) as out:
@@ -83,7 +47,7 @@ async def test_tag_presented_held_removed_and_presented_again(tag: tuple[Tag, in
         assert reader.health.reads == 2 and reader.health.state == "ok"
 
 
-async def test_a_tag_left_in_the_field_is_one_read(tag: tuple[Tag, int]) -> None:
+async def test_a_tag_left_in_the_field_is_one_read(tag: tuple[EmulatedTag, int]) -> None:
     emulator, port = tag
     reader = build_reader(_config(port, debounce_ms=0))
     async with running(reader) as out:
