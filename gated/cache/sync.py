@@ -1,0 +1,945 @@
+"""The gate's link to head office: member states, manifest and commands in; events and status out.
+
+One :class:`SiteSync` per gate, run as a task by the daemon when ``[mqtt]`` is configured. It keeps
+a persistent MQTT session (fixed client id, ``clean_session`` off, MQTT 3.1.1) and reconnects with
+jittered exponential backoff for as long as the gate runs.
+
+Incoming member states are cheap to refuse and dear to accept: a state whose version is not newer
+than the cache's is skipped on the loop before any signature work (a reconnect re-delivers every
+retained state); the rest are verified in batches on worker threads (libsodium releases the GIL)
+and handed to :meth:`Gate.apply_states`, which commits them and puts them into the index in slices,
+so a badge never waits behind a sync burst. Nothing that arrives can raise out of here: a message
+that is forged, malformed, oversized or for another site is dropped, logged with its reason and
+counted in ``gatectl status``.
+
+A big site syncs by snapshot (one signature for the whole site) rather than message by message: an
+empty gate fetches one before it subscribes, and a gate whose digest still differs from the signed
+manifest once the traffic settles fetches one (anti-entropy). A snapshot only ever adds newer
+states: the cache a gate decides from is never cleared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import sqlite3
+import ssl
+import time
+from collections import Counter
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+import httpx
+from pydantic import ValidationError
+
+from gated import __version__
+from gated.cache.index import member_row
+from gated.cache.store import CacheStore
+from gated.contract import (
+    MEMBER_ID_RE,
+    STATUSES,
+    ContractError,
+    GateCommand,
+    Manifest,
+    MemberState,
+    SignatureError,
+    Verifier,
+    cmd_topic,
+    events_topic,
+    format_time,
+    manifest_topic,
+    members_wildcard,
+    parse_time,
+    parse_topic,
+    read_snapshot,
+    status_topic,
+)
+from gated.control import ControlError
+from gated.doctor import Check
+
+if TYPE_CHECKING:
+    from gated.config import HeadOfficeConfig, MqttConfig
+    from gated.daemon import Gate
+
+log = logging.getLogger("gated.sync")
+
+# A member state is ~0.5 KiB; anything this big is an attack or a bug, and is never parsed.
+MAX_PAYLOAD = 64 * 1024
+VERIFY_BATCH = 256
+BATCH_DELAY_S = 0.003
+# Worker threads for signature checks: libsodium releases the GIL, so two keep up with the broker
+# (~7.6k QoS 1 messages/s) while a core stays free for decisions.
+VERIFY_WORKERS = max(1, min(2, os.cpu_count() or 1))
+# After this long without member traffic a sync has ended: compare with the manifest.
+SETTLE_S = 1.5
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 60.0
+OUTBOX_BATCH = 200
+PUBLISH_TIMEOUT_S = 10.0
+ANTI_ENTROPY_MIN_INTERVAL_S = 60.0
+SNAPSHOT_MAX_BYTES = 1 << 30
+SNAPSHOT_TIMEOUT_S = 120.0
+CONTACT_SAVE_INTERVAL_S = 30.0
+MAX_COMMAND_TTL_S = 300.0
+
+
+class SyncError(Exception):
+    """A snapshot or broker problem, described in one line for a technician."""
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff: a site's gates don't reconnect in lockstep."""
+    return random.uniform(BACKOFF_MIN_S, min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**attempt))
+
+
+def tls_context(mqtt: MqttConfig) -> ssl.SSLContext:
+    """The TLS context for an ``mqtts://`` broker: its CA (or the system's) and, optionally, this
+    gate's client certificate. Raises SyncError naming the file that cannot be used."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(mqtt.ca_file) if mqtt.ca_file is not None else None
+        )
+        if mqtt.cert_file is not None:
+            context.load_cert_chain(
+                str(mqtt.cert_file), str(mqtt.key_file) if mqtt.key_file else None
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise SyncError(f"mqtt TLS files: {exc}") from exc
+    return context
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """One line for a failed connection, with the likely cause when it is a TLS one."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the broker at {url} presented a certificate this gate does not trust "
+            f"({text}); check [mqtt] ca_file"
+        )
+    if "Connection refused" in text or "Errno 111" in text:
+        return f"broker {url} refused the connection (not running or wrong port)"
+    if "Not authorized" in text or "Bad user name or password" in text:
+        return f"broker {url} refused our credentials ({text}); check [mqtt] username/password_file"
+    return f"broker {url}: {text or type(exc).__name__}"
+
+
+async def fetch_snapshot(head_office: HeadOfficeConfig) -> bytes:
+    """The site snapshot's bytes from ``snapshot_url``: ``https://``/``http://`` with the bearer
+    token in ``token_file``, or a ``file://`` path. Raises SyncError."""
+    url = head_office.snapshot_url
+    if not url:
+        raise SyncError("no [head_office] snapshot_url")
+    if url.startswith("file://"):
+        path = Path(url.removeprefix("file://"))
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            raise SyncError(f"snapshot file {path}: {exc.strerror or exc}") from exc
+    headers = {"Accept": "application/gzip"}
+    try:
+        if head_office.token_file is not None:
+            headers["Authorization"] = "Bearer " + head_office.token_file.read_text().strip()
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(head_office.ca_file))
+            if head_office.ca_file is not None
+            else True
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SyncError(f"[head_office] files: {exc}") from exc
+    try:
+        async with (
+            httpx.AsyncClient(verify=verify, timeout=SNAPSHOT_TIMEOUT_S) as http,
+            http.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code != 200:
+                raise SyncError(f"snapshot: HTTP {response.status_code} from {url}")
+            data = bytearray()
+            async for chunk in response.aiter_raw():
+                data += chunk
+                if len(data) > SNAPSHOT_MAX_BYTES:
+                    raise SyncError(f"snapshot from {url} is larger than {SNAPSHOT_MAX_BYTES}")
+            return bytes(data)
+    except httpx.HTTPError as exc:
+        raise SyncError(f"snapshot: {url}: {exc or type(exc).__name__}") from exc
+
+
+class SiteSync:
+    """Keeps one gate's cache in step with head office and its outbox drained (see module doc)."""
+
+    def __init__(self, gate: Gate) -> None:
+        config = gate.config
+        assert config.mqtt is not None, "SiteSync needs an [mqtt] section"
+        self.gate = gate
+        self.mqtt: MqttConfig = config.mqtt
+        self.site = config.site
+        self.gate_id = config.gate
+        self.client_id = self.mqtt.client_id or f"gated-{config.site}-{config.gate}"
+        self.verifier = Verifier.from_pem_files(config.keys.head_office_public_key_files)
+        self.command_verifier = (
+            Verifier.from_pem_files(config.keys.command_public_key_files)
+            if config.keys.command_public_key_files
+            else None
+        )
+        self.head_office = config.head_office
+        self.snapshot_configured = bool(self.head_office and self.head_office.snapshot_url)
+        self._executor = ThreadPoolExecutor(VERIFY_WORKERS, thread_name_prefix="gated-verify")
+        self._slots = asyncio.Semaphore(VERIFY_WORKERS * 2)
+        self._client: aiomqtt.Client | None = None
+        self._wake_outbox = asyncio.Event()
+        self._batch: list[tuple[str, dict[str, Any]]] = []
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._pending: dict[str, int] = {}
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._snapshot_lock = asyncio.Lock()
+        self._last_activity = time.monotonic()
+        self._compared = True
+        self._last_anti_entropy = 0.0
+        self._newest_issued: str | None = None
+        self._contact_saved = 0.0
+        self._commands_running: set[str] = set()
+        # what stats() and checks() report
+        self.connected = False
+        self.subscribed = False
+        self.connects = 0
+        self.last_error: str | None = None
+        self.received: Counter[str] = Counter()
+        self.applied = 0
+        self.skipped: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.commands: Counter[str] = Counter()
+        self.published_events = 0
+        self.manifest: dict[str, Any] | None = None
+        self.last_sync: dict[str, Any] | None = None
+        self.last_snapshot: dict[str, Any] | None = None
+        self.round_received = 0
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, sync and drain until cancelled; never lets an error out."""
+        try:
+            if self.snapshot_configured and self.gate.index.count == 0:
+                await self._try_snapshot("cold_start", None)
+            attempt = 0
+            while True:
+                try:
+                    await self._session()
+                    attempt = 0
+                except aiomqtt.MqttError as exc:
+                    self._lost(describe_error(exc.__cause__ or exc, self.mqtt.url))
+                except SyncError as exc:
+                    self._lost(str(exc))
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    self._lost(describe_error(exc, self.mqtt.url))
+                delay = _backoff(attempt)
+                attempt += 1
+                await asyncio.sleep(delay)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _lost(self, reason: str) -> None:
+        if self.connected or reason != self.last_error:
+            log.warning("event=mqtt_disconnected reason=%r", reason)
+        self.last_error = reason
+        self.connected = False
+        self.subscribed = False
+        self._client = None
+
+    def _make_client(self) -> aiomqtt.Client:
+        mqtt = self.mqtt
+        scheme, _, rest = mqtt.url.partition("://")
+        host, _, port_text = rest.rstrip("/").partition(":")
+        tls = scheme == "mqtts"
+        password = None
+        if mqtt.password_file is not None:
+            try:
+                password = mqtt.password_file.read_text().strip()
+            except OSError as exc:
+                raise SyncError(f"mqtt password_file: {exc.strerror or exc}") from exc
+        client = aiomqtt.Client(
+            host,
+            int(port_text) if port_text else (8883 if tls else 1883),
+            identifier=self.client_id,
+            clean_session=False,
+            username=mqtt.username,
+            password=password,
+            will=aiomqtt.Will(
+                status_topic(self.site, self.gate_id),
+                json.dumps(self._status("offline", None), separators=(",", ":")),
+                qos=1,
+                retain=True,
+            ),
+            keepalive=max(5, int(mqtt.heartbeat_s * 2)),
+            tls_context=tls_context(mqtt) if tls else None,
+            max_inflight_messages=100,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        # Up to an outbox batch of publishes wait for PUBACK together: expected, not a warning.
+        client.pending_calls_threshold = OUTBOX_BATCH + 10
+        return client
+
+    async def _session(self) -> None:
+        """One connection: subscribe, announce, then receive/drain/heartbeat until it breaks."""
+        client = self._make_client()
+        async with client:
+            self._client = client
+            self.connected = True
+            self.connects += 1
+            self.last_error = None
+            log.info("event=mqtt_connected url=%s client_id=%s", self.mqtt.url, self.client_id)
+            try:
+                await self._publish_status(client, "online")
+                # The manifest first, so a gate knows what to expect before the members flood in.
+                await client.subscribe(manifest_topic(self.site), qos=1)
+                await client.subscribe(cmd_topic(self.site, self.gate_id), qos=1)
+                await self._subscribe_members(client)
+                await _first_failure(
+                    self._receive(client), self._drain_outbox(client), self._heartbeat(client)
+                )
+            except asyncio.CancelledError:
+                # Going down cleanly: say so (a clean disconnect does not fire the will).
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await asyncio.wait_for(self._publish_status(client, "offline"), 2.0)
+                raise
+            finally:
+                self._client = None
+                self.connected = False
+                self.subscribed = False
+
+    async def _subscribe_members(self, client: aiomqtt.Client) -> None:
+        """(Re)subscribe: the broker sends every retained state again; not-newer ones are skipped
+        before any signature work, so this is cheap for a gate that is in step."""
+        self.round_received = 0
+        self._compared = False
+        self._last_activity = time.monotonic()
+        await client.subscribe(members_wildcard(self.site), qos=1)
+        self.subscribed = True
+
+    # --- incoming ----------------------------------------------------------------------------
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        settle = self._spawn(self._settle_watch())
+        try:
+            async for message in client.messages:
+                payload = message.payload
+                if not isinstance(payload, bytes | bytearray):
+                    payload = b"" if payload is None else str(payload).encode()
+                self.handle_message(message.topic.value, bytes(payload))
+        finally:
+            settle.cancel()
+
+    def handle_message(self, topic: str, payload: bytes) -> None:
+        """Route one incoming message; never raises (drops with a counted reason)."""
+        try:
+            if len(payload) > MAX_PAYLOAD:
+                self._reject("oversized", topic)
+                return
+            try:
+                site, kind, name = parse_topic(topic)
+            except ContractError:
+                self._reject("bad_topic", topic)
+                return
+            if site != self.site:
+                self._reject("other_site", topic)
+                return
+            self.received[kind] += 1
+            if kind == "members":
+                self._on_member(name, payload)
+            elif kind == "manifest":
+                self._spawn(self._on_manifest(payload))
+            elif kind == "cmd" and name == self.gate_id:
+                self._spawn(self._on_command(payload))
+            else:
+                self._reject("unexpected_topic", topic)
+        except Exception:  # the last wall: a bug here must cost one message, not the link
+            log.exception("event=message_failed topic=%s", topic)
+            self.rejected["internal_error"] += 1
+
+    def _reject(self, reason: str, topic: str, detail: str = "") -> None:
+        self.rejected[reason] += 1
+        log.warning("event=message_rejected reason=%s topic=%s %s", reason, topic, detail)
+
+    def _on_member(self, member_id: str, payload: bytes) -> None:
+        self._last_activity = time.monotonic()
+        self.round_received += 1
+        if not payload:
+            self.skipped["empty_payload"] += 1
+            return
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            self._reject("malformed", member_id, "not JSON")
+            return
+        if not isinstance(obj, dict) or type(obj.get("version")) is not int:
+            self._reject("malformed", member_id, "no integer version")
+            return
+        if obj.get("member_id") != member_id:
+            self._reject("wrong_member_id", member_id)
+            return
+        version: int = obj["version"]
+        if version <= self.gate.index.version_of(member_id) or version <= self._pending.get(
+            member_id, 0
+        ):
+            self.skipped["not_newer"] += 1
+            return
+        self._pending[member_id] = version
+        self._batch.append((member_id, obj))
+        if len(self._batch) >= VERIFY_BATCH:
+            self._flush()
+        elif self._batch_timer is None:
+            self._batch_timer = asyncio.get_running_loop().call_later(BATCH_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        batch, self._batch = self._batch, []
+        if batch:
+            self._inflight += len(batch)
+            self._spawn(self._verify_and_apply(batch))
+
+    def _verify_members(
+        self, batch: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """On a worker thread: signature, shape and site of each state → (good, reject reasons)."""
+        good: list[dict[str, Any]] = []
+        rejects: list[str] = []
+        for _member_id, obj in batch:
+            try:
+                body = self.verifier.verify(obj, "member_state")
+                MemberState.model_validate(body)
+                if self.site not in body["sites"]:
+                    rejects.append("other_site")
+                    continue
+                member_row(body)  # values the cache can hold, or one bad state fails its batch
+            except SignatureError:
+                rejects.append("bad_signature")
+                continue
+            except (ContractError, ValidationError, KeyError, TypeError, ValueError):
+                rejects.append("malformed")
+                continue
+            good.append(body)
+        return good, rejects
+
+    async def _verify_and_apply(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._slots:
+                good, rejects = await loop.run_in_executor(
+                    self._executor, self._verify_members, batch
+                )
+            for reason in rejects:
+                self.rejected[reason] += 1
+            if rejects:
+                log.warning("event=states_rejected count=%d reasons=%s", len(rejects), set(rejects))
+            if good:
+                rows = await asyncio.wrap_future(self.gate.apply_states(good))
+                self.applied += len(rows)
+                self.skipped["not_newer"] += len(good) - len(rows)
+                self._heard(max(s["issued_at"] for s in good))
+        except (sqlite3.Error, ContractError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            self.rejected["apply_failed"] += len(batch)
+            log.error("event=apply_failed states=%d error=%s", len(batch), exc)
+        finally:
+            self._inflight -= len(batch)
+            for member_id, obj in batch:
+                if self._pending.get(member_id) == obj["version"]:
+                    del self._pending[member_id]
+            self._last_activity = time.monotonic()
+
+    async def _on_manifest(self, payload: bytes) -> None:
+        try:
+            obj = json.loads(payload)
+            if not isinstance(obj, dict):
+                raise ContractError("not an object")
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(self._executor, self.verifier.verify, obj, "manifest")
+            Manifest.model_validate(body)
+        except SignatureError:
+            self._reject("bad_signature", "manifest")
+            return
+        except (ContractError, ValidationError, ValueError):
+            self._reject("malformed", "manifest")
+            return
+        if body["site"] != self.site:
+            self._reject("other_site", "manifest")
+            return
+        current = self.manifest
+        if current is not None and body["max_version"] < current["max_version"]:
+            self.skipped["older_manifest"] += 1
+            return
+        self.manifest = body
+        self._compared = False
+        self._heard(body["issued_at"])
+
+    def _heard(self, issued_at: str) -> None:
+        """Verified head-office traffic: fresh contact and a trusted time (saved now and then)."""
+        self.gate.heard_from_head_office(issued_at)
+        if self._newest_issued is None or issued_at > self._newest_issued:
+            self._newest_issued = issued_at
+        now = time.monotonic()
+        if now - self._contact_saved >= CONTACT_SAVE_INTERVAL_S:
+            self._contact_saved = now
+            self._save_contact()
+
+    def _save_contact(self) -> None:
+        last = self.gate.last_head_office_at
+        newest = self._newest_issued
+        try:
+            newest_ts = parse_time(newest).timestamp() if newest else None
+        except ContractError:
+            newest_ts = None
+
+        def save(store: CacheStore) -> None:
+            store.set("last_head_office_at", last)
+            if newest_ts is not None and newest_ts > float(store.get("newest_issued_at", 0.0)):
+                store.set("newest_issued_at", newest_ts)
+
+        self.gate.writer.submit(save)
+
+    # --- anti-entropy and snapshots ------------------------------------------------------------
+
+    async def _settle_watch(self) -> None:
+        """When the traffic of a sync settles, compare with the manifest; a gate still apart from
+        it after that fetches a snapshot (never more often than ANTI_ENTROPY_MIN_INTERVAL_S)."""
+        while True:
+            await asyncio.sleep(0.25)
+            if self._compared or self.manifest is None:
+                continue
+            if self._inflight or self._batch or time.monotonic() - self._last_activity < SETTLE_S:
+                continue
+            self._compared = True
+            self._record_sync("retained")
+            if self.last_sync is not None and not self.last_sync["in_sync"]:
+                await self._anti_entropy()
+
+    def _record_sync(self, source: str) -> None:
+        index = self.gate.index
+        manifest = self.manifest or {}
+        self.last_sync = {
+            "at": format_time(time.time()),
+            "source": source,
+            "members": index.count,
+            "max_version": index.max_version,
+            "manifest_count": manifest.get("count"),
+            "manifest_max_version": manifest.get("max_version"),
+            "in_sync": manifest.get("digest") == index.digest,
+            "received": self.round_received,
+        }
+        level = logging.INFO if self.last_sync["in_sync"] else logging.WARNING
+        log.log(
+            level,
+            "event=sync_settled source=%s members=%d manifest_count=%s in_sync=%s",
+            source,
+            index.count,
+            manifest.get("count"),
+            self.last_sync["in_sync"],
+        )
+
+    async def _anti_entropy(self) -> None:
+        now = time.monotonic()
+        if now - self._last_anti_entropy < ANTI_ENTROPY_MIN_INTERVAL_S:
+            return
+        self._last_anti_entropy = now
+        if self.snapshot_configured:
+            await self._try_snapshot("anti_entropy", None)
+        elif self._client is not None:
+            # No snapshot source: ask the broker for every retained state again.
+            log.warning("event=anti_entropy source=retained")
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.unsubscribe(members_wildcard(self.site))
+                await self._subscribe_members(self._client)
+
+    async def _try_snapshot(self, reason: str, operator: str | None) -> dict[str, Any] | None:
+        """A snapshot whose failure is already logged and counted (the cache keeps serving)."""
+        try:
+            return await self._snapshot(reason, operator)
+        except SyncError:
+            return None
+
+    async def _snapshot(self, reason: str, operator: str | None) -> dict[str, Any]:
+        """Fetch, verify whole and apply a snapshot; SyncError (cache untouched) if refused."""
+        assert self.head_office is not None
+        async with self._snapshot_lock:
+            started = time.monotonic()
+            log.info("event=snapshot_start reason=%s operator=%s", reason, operator)
+            try:
+                data = await fetch_snapshot(self.head_office)
+                trailer, states, dropped = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._prepare_snapshot, data
+                )
+                rows = await asyncio.wrap_future(self.gate.apply_states(states)) if states else []
+            except (SyncError, ContractError, sqlite3.Error) as exc:
+                self.last_snapshot = {
+                    "at": format_time(time.time()),
+                    "reason": reason,
+                    "ok": False,
+                    "error": str(exc),
+                }
+                self.rejected["snapshot_refused"] += 1
+                log.error("event=snapshot_refused reason=%s error=%s", reason, exc)
+                raise SyncError(str(exc)) from exc
+            self._heard(trailer["issued_at"])
+            self.applied += len(rows)
+            result = {
+                "ok": True,
+                "source": "snapshot",
+                "reason": reason,
+                "snapshot_count": trailer["count"],
+                "snapshot_max_version": trailer["max_version"],
+                "states": len(states) + dropped,
+                "applied": len(rows),
+                "members": self.gate.index.count,
+                "max_version": self.gate.index.max_version,
+                "in_sync": trailer["digest"] == self.gate.index.digest,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+            self.last_snapshot = {"at": format_time(time.time()), **result}
+            if self.manifest is None or self.manifest["max_version"] <= trailer["max_version"]:
+                self.last_sync = {
+                    "at": format_time(time.time()),
+                    "source": "snapshot",
+                    "members": self.gate.index.count,
+                    "max_version": self.gate.index.max_version,
+                    "manifest_count": trailer["count"],
+                    "manifest_max_version": trailer["max_version"],
+                    "in_sync": result["in_sync"],
+                    "received": len(states) + dropped,
+                }
+            log.info(
+                "event=snapshot_applied reason=%s applied=%d members=%d seconds=%.2f",
+                reason, len(rows), self.gate.index.count, result["seconds"],
+            )  # fmt: skip
+            return result
+
+    def _prepare_snapshot(self, data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+        """On a worker thread: verify the snapshot whole; keep the states newer than ours."""
+        trailer, states = read_snapshot(data, self.verifier, self.site)
+        index = self.gate.index
+        if int(trailer["max_version"]) < index.max_version:
+            raise SyncError(
+                f"snapshot max_version {trailer['max_version']} is older than ours "
+                f"({index.max_version})"
+            )
+        newer: list[dict[str, Any]] = []
+        dropped = 0
+        for state in states:
+            if not isinstance(state, dict):
+                raise SyncError("snapshot line is not an object")
+            member_id = state.get("member_id")
+            version = state.get("version")
+            if (
+                not isinstance(member_id, str)
+                or not MEMBER_ID_RE.match(member_id)
+                or type(version) is not int
+                or state.get("status") not in STATUSES
+                or not isinstance(state.get("sites"), list)
+            ):
+                raise SyncError("snapshot holds a malformed member state")
+            if self.site not in state["sites"]:
+                dropped += 1
+                continue
+            if version > index.version_of(member_id):
+                newer.append(state)
+            else:
+                dropped += 1
+        return trailer, newer, dropped
+
+    async def resync(self, reason: str, operator: str | None) -> dict[str, Any]:
+        """Fetch and apply a snapshot now (``gatectl resync``, the ``resync`` command); without a
+        snapshot source, ask the broker for every retained state again."""
+        if self.snapshot_configured:
+            try:
+                return await self._snapshot(reason, operator)
+            except SyncError as exc:
+                raise ControlError(f"resync refused: {exc}") from exc
+        client = self._client
+        if client is None:
+            raise ControlError(
+                f"resync: not connected to the broker ({self.last_error or 'connecting'}) and no "
+                "[head_office] snapshot_url"
+            )
+        try:
+            await client.unsubscribe(members_wildcard(self.site))
+            await self._subscribe_members(client)
+        except aiomqtt.MqttError as exc:
+            raise ControlError(f"resync: {describe_error(exc, self.mqtt.url)}") from exc
+        log.info("event=resync source=retained reason=%s operator=%s", reason, operator)
+        return {
+            "ok": True,
+            "source": "retained",
+            "reason": reason,
+            "members": self.gate.index.count,
+            "max_version": self.gate.index.max_version,
+        }
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _on_command(self, payload: bytes) -> None:
+        command_id = "?"
+        try:
+            if self.command_verifier is None:
+                raise _Refused("no_command_key")
+            try:
+                obj = json.loads(payload)
+            except ValueError as exc:
+                raise _Refused("malformed") from exc
+            if not isinstance(obj, dict):
+                raise _Refused("malformed")
+            command_id = str(obj.get("id", "?"))[:40]
+            loop = asyncio.get_running_loop()
+            try:
+                body = await loop.run_in_executor(
+                    self._executor, self.command_verifier.verify, obj, "gate_command"
+                )
+                command = GateCommand.model_validate(body)
+                issued_at = parse_time(command.issued_at).timestamp()
+                not_after = parse_time(command.not_after).timestamp()
+            except SignatureError as exc:
+                raise _Refused("bad_signature") from exc
+            except (ContractError, ValidationError) as exc:
+                raise _Refused("malformed") from exc
+            if command.site != self.site or command.gate != self.gate_id:
+                raise _Refused("misaddressed")
+            if not_after <= self.gate.clock.now():
+                raise _Refused("expired")
+            if not 0 < not_after - issued_at <= MAX_COMMAND_TTL_S:
+                raise _Refused("lifetime_too_long")
+            if command.id in self._commands_running:
+                raise _Refused("replayed")
+            self._commands_running.add(command.id)
+            try:
+                seen = await asyncio.wrap_future(
+                    self.gate.writer.submit(lambda s: s.command_seen(command.id))
+                )
+                if seen:
+                    raise _Refused("replayed")
+                # Remembered before it runs: a crash mid-command never runs it twice.
+                await asyncio.wrap_future(
+                    self.gate.writer.submit(lambda s: s.remember_command(command.id, not_after))
+                )
+            finally:
+                self._commands_running.discard(command.id)
+            await self._run_command(command)
+            self.commands["run"] += 1
+        except _Refused as refused:
+            self.commands[f"refused_{refused.reason}"] += 1
+            log.warning("event=command_refused reason=%s id=%s", refused.reason, command_id)
+        except (sqlite3.Error, ControlError, aiomqtt.MqttError) as exc:
+            self.commands["failed"] += 1
+            log.error("event=command_failed id=%s error=%s", command_id, exc)
+
+    async def _run_command(self, command: GateCommand) -> None:
+        log.info("event=command action=%s id=%s", command.action, command.id)
+        gate = self.gate
+        if command.action == "pulse":
+            gate.pulse(source="command", operator=command.id)
+        elif command.action in ("lockdown_on", "lockdown_off"):
+            await gate.set_lockdown(
+                command.action == "lockdown_on", source="command", operator=command.id
+            )
+        elif command.action == "resync":
+            self._spawn(self._command_resync(command.id))
+        else:  # message: for the technician reading the log
+            text = str(command.args.get("text", ""))[:200]
+            log.info("event=command_message id=%s text=%r", command.id, text)
+
+    async def _command_resync(self, command_id: str) -> None:
+        with contextlib.suppress(ControlError):
+            await self.resync("command", command_id)
+
+    # --- outgoing ------------------------------------------------------------------------------
+
+    def notify_event(self) -> None:
+        """A new event is in the outbox (called on the loop): wake the drain."""
+        self._wake_outbox.set()
+
+    async def _drain_outbox(self, client: aiomqtt.Client) -> None:
+        """Publish outbox events in order at QoS 1; delete a row only after its PUBACK. A row
+        whose PUBACK was lost is sent again after a reconnect: receivers dedupe by event_id."""
+        topic = events_topic(self.site, self.gate_id)
+        writer = self.gate.writer
+        while True:
+            self._wake_outbox.clear()
+            batch = await asyncio.wrap_future(writer.submit(lambda s: s.outbox_batch(OUTBOX_BATCH)))
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_outbox.wait(), self.mqtt.heartbeat_s)
+                continue
+            results = await asyncio.gather(
+                *(client.publish(topic, payload, qos=1) for _seq, payload in batch),
+                return_exceptions=True,
+            )
+            acked = [seq for (seq, _), r in zip(batch, results, strict=True) if r is None]
+            if acked:
+                await asyncio.wrap_future(
+                    writer.submit(partial(CacheStore.delete_events, seqs=acked))
+                )
+                self.published_events += len(acked)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+    def _status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
+        gate = self.gate
+        last = gate.last_head_office_at
+        return {
+            "state": state,
+            "site": self.site,
+            "gate": self.gate_id,
+            "software_version": __version__,
+            "started_at": format_time(gate.started_at),
+            "members": gate.index.count,
+            "max_version": gate.index.max_version,
+            "digest": gate.index.digest,
+            "last_head_office_at": format_time(last) if last else None,
+            "outbox_depth": outbox_depth,
+            "lockdown": gate.context.lockdown,
+        }
+
+    async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
+        depth = await asyncio.wrap_future(self.gate.writer.submit(lambda s: s.outbox_depth()))
+        payload = json.dumps(self._status(state, depth), separators=(",", ":"))
+        await client.publish(status_topic(self.site, self.gate_id), payload, qos=1, retain=True)
+
+    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.mqtt.heartbeat_s)
+            await self._publish_status(client, "online")
+
+    # --- diagnostics ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """What ``gatectl status`` shows under ``sync``."""
+        index = self.gate.index
+        manifest = self.manifest
+        return {
+            "connected": self.connected,
+            "subscribed": self.subscribed,
+            "broker": self.mqtt.url,
+            "client_id": self.client_id,
+            "connects": self.connects,
+            "last_error": self.last_error,
+            "received": dict(self.received),
+            "applied": self.applied,
+            "skipped": dict(self.skipped),
+            "rejected": dict(self.rejected),
+            "pending_verification": self._inflight + len(self._batch),
+            "commands": dict(self.commands),
+            "events_published": self.published_events,
+            "manifest": None
+            if manifest is None
+            else {k: manifest[k] for k in ("count", "max_version", "digest", "issued_at")},
+            "ours": {
+                "count": index.count,
+                "max_version": index.max_version,
+                "digest": index.digest,
+            },
+            "in_sync": manifest is not None and manifest["digest"] == index.digest,
+            "last_sync": self.last_sync,
+            "last_snapshot": self.last_snapshot,
+        }
+
+    def checks(self) -> list[Check]:
+        """``gatectl doctor`` lines for the broker link and the last sync."""
+        checks: list[Check] = []
+        if self.connected and self.subscribed:
+            checks.append(Check("broker", "ok", f"connected to {self.mqtt.url}, subscribed"))
+        else:
+            checks.append(
+                Check(
+                    "broker",
+                    "fail",
+                    f"not connected to {self.mqtt.url}: {self.last_error or 'connecting'}",
+                    "check the broker is up and the [mqtt] settings; decisions continue from the cache",
+                )
+            )
+        sync = self.last_sync
+        if sync is not None:
+            expected = sync.get("manifest_count")
+            if expected is not None and sync["members"] < expected:
+                checks.append(
+                    Check(
+                        "sync",
+                        "warn",
+                        f"last sync ({sync['source']}) ended with {sync['members']} members, "
+                        f"the manifest says {expected}",
+                        "gatectl resync; if the broker log says 'Outgoing messages are being "
+                        "dropped', set max_queued_messages 0 in mosquitto.conf",
+                    )
+                )
+            elif not sync["in_sync"]:
+                checks.append(
+                    Check(
+                        "sync",
+                        "warn",
+                        f"last sync ({sync['source']}) ended with a digest that differs from "
+                        "the manifest",
+                        "gatectl resync",
+                    )
+                )
+            else:
+                checks.append(
+                    Check("sync", "ok", f"in step with the manifest ({sync['members']} members)")
+                )
+        if self.last_snapshot is not None and not self.last_snapshot["ok"]:
+            checks.append(
+                Check(
+                    "snapshot",
+                    "warn",
+                    f"last snapshot refused: {self.last_snapshot['error']}",
+                    "check [head_office] snapshot_url, token_file and ca_file",
+                )
+            )
+        if self.rejected:
+            worst = ", ".join(f"{k} {v}" for k, v in self.rejected.most_common(3))
+            checks.append(
+                Check(
+                    "messages",
+                    "warn",
+                    f"dropped head-office messages: {worst}",
+                    "bad_signature: check head_office_public_key_files match head office",
+                )
+            )
+        return checks
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _first_failure(*coros: Awaitable[None]) -> None:
+    """Run the connection's tasks together; the first to end (an error) ends them all."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["SiteSync", "SyncError", "describe_error", "fetch_snapshot", "tls_context"]

@@ -1,0 +1,227 @@
+"""The small head office: sign member states and commands, publish them or write a snapshot.
+
+For a site without gated-billing, ``gated members push FILE`` signs every member in a members file
+with the head-office private key and publishes them retained at QoS 1, then the manifest; with
+``--snapshot OUT`` it writes the same states as a signed snapshot file instead. ``gated command
+sign`` makes a GateCommand with a command key. The members file is the site's whole membership:
+the manifest describes exactly what it holds (mark leavers ``cancelled`` or ``erased``, don't drop
+them from the file, or gates keep their last state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from gated.contract import (
+    ContractError,
+    Signer,
+    Verifier,
+    canonical_json,
+    compact_json,
+    digest_hex,
+    digest_term,
+    format_time,
+    manifest_topic,
+    member_topic,
+    new_ulid,
+    read_snapshot,
+)
+
+# PUBACKs awaited together; well under paho's 65,535 message ids.
+PUBLISH_WINDOW = 2000
+MANIFEST_WAIT_S = 2.0
+MAX_COMMAND_TTL_S = 300
+
+
+class PushError(Exception):
+    """A push that cannot go ahead; one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where and how to connect, as in ``[mqtt]`` of gated.toml."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str | None = None
+
+    def client(self, **kwargs: Any) -> aiomqtt.Client:
+        scheme, _, rest = self.url.partition("://")
+        if scheme not in ("mqtt", "mqtts"):
+            raise PushError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT: {self.url}")
+        host, _, port = rest.rstrip("/").partition(":")
+        context = None
+        if scheme == "mqtts":
+            try:
+                context = ssl.create_default_context(
+                    cafile=str(self.ca_file) if self.ca_file else None
+                )
+                if self.cert_file is not None:
+                    context.load_cert_chain(
+                        str(self.cert_file), str(self.key_file) if self.key_file else None
+                    )
+            except (OSError, ssl.SSLError) as exc:
+                raise PushError(f"TLS files: {exc}") from exc
+        return aiomqtt.Client(
+            host,
+            int(port) if port else (8883 if context else 1883),
+            identifier=self.client_id,
+            username=self.username,
+            password=self.password,
+            tls_context=context,
+            **kwargs,
+        )
+
+
+def sign_states(
+    states: Iterable[Mapping[str, Any]], signer: Signer, on_progress: Callable[[int], None] | None
+) -> list[dict[str, Any]]:
+    """Sign each MemberState (``kid`` and ``sig`` set)."""
+    signed = []
+    for state in states:
+        signed.append(signer.sign(state))
+        if on_progress is not None and len(signed) % 1000 == 0:
+            on_progress(1000)
+    if on_progress is not None:
+        on_progress(len(signed) % 1000)
+    return signed
+
+
+def build_manifest(
+    site: str, states: Iterable[Mapping[str, Any]], signer: Signer, issued_at: str
+) -> dict[str, Any]:
+    """The signed manifest of a site's states: count and digest over the non-erased ones."""
+    count = 0
+    acc = 0
+    max_version = 0
+    for state in states:
+        version = int(state["version"])
+        max_version = max(max_version, version)
+        if state["status"] != "erased":
+            count += 1
+            acc ^= digest_term(str(state["member_id"]), version)
+    return signer.sign(
+        {
+            "type": "manifest",
+            "site": site,
+            "count": count,
+            "max_version": max_version,
+            "digest": digest_hex(acc),
+            "issued_at": issued_at,
+        }
+    )
+
+
+async def retained_manifest(
+    client: aiomqtt.Client, site: str, verifier: Verifier, wait_s: float = MANIFEST_WAIT_S
+) -> dict[str, Any] | None:
+    """The site's retained manifest, verified, or None if the broker holds none (after wait_s)."""
+    await client.subscribe(manifest_topic(site), qos=1)
+    try:
+        async with asyncio.timeout(wait_s):
+            async for message in client.messages:
+                payload = message.payload
+                if not isinstance(payload, bytes | bytearray) or not payload:
+                    continue
+                try:
+                    return verifier.verify(json.loads(payload), "manifest")
+                except (ValueError, ContractError) as exc:
+                    raise PushError(f"the retained manifest does not verify: {exc}") from exc
+    except TimeoutError:
+        return None
+    finally:
+        await client.unsubscribe(manifest_topic(site))
+    return None
+
+
+async def publish_states(
+    client: aiomqtt.Client,
+    site: str,
+    signed: list[dict[str, Any]],
+    manifest: Mapping[str, Any],
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Publish every state retained at QoS 1 (waiting for each PUBACK), then the manifest."""
+    client.pending_calls_threshold = PUBLISH_WINDOW + 10
+    for start in range(0, len(signed), PUBLISH_WINDOW):
+        chunk = signed[start : start + PUBLISH_WINDOW]
+        await asyncio.gather(
+            *(
+                client.publish(
+                    member_topic(site, s["member_id"]), compact_json(s), qos=1, retain=True
+                )
+                for s in chunk
+            )
+        )
+        if on_progress is not None:
+            on_progress(len(chunk))
+    await client.publish(manifest_topic(site), compact_json(manifest), qos=1, retain=True)
+
+
+def snapshot_max_version(path: Path, verifier: Verifier, site: str) -> int:
+    """The max_version of an existing snapshot file (0 if there is none)."""
+    if not path.exists():
+        return 0
+    trailer, _states = read_snapshot(path.read_bytes(), verifier, site)
+    return int(trailer["max_version"])
+
+
+def write_snapshot_file(
+    path: Path, site: str, states: Iterable[Mapping[str, Any]], signer: Signer, issued_at: str
+) -> dict[str, Any]:
+    """Write a site snapshot (what gated-billing serves) atomically; returns its trailer."""
+    from gated.contract import build_snapshot
+
+    data = build_snapshot(site, states, signer, issued_at)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    trailer: dict[str, Any] = json.loads(gzip.decompress(data).rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    return trailer
+
+
+def sign_command(
+    signer: Signer,
+    *,
+    site: str,
+    gate: str,
+    action: str,
+    args: Mapping[str, Any] | None = None,
+    ttl_s: float = 60.0,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A signed GateCommand valid for ``ttl_s`` seconds (at most 5 minutes)."""
+    if not 0 < ttl_s <= MAX_COMMAND_TTL_S:
+        raise PushError(f"a command lives at most {MAX_COMMAND_TTL_S} s (asked: {ttl_s:g})")
+    issued = int(time.time() if now is None else now)
+    return signer.sign(
+        {
+            "type": "gate_command",
+            "id": new_ulid(),
+            "site": site,
+            "gate": gate,
+            "action": action,
+            "args": dict(args or {}),
+            "issued_at": format_time(issued),
+            "not_after": format_time(issued + int(ttl_s)),
+        }
+    )
+
+
+def command_json(command: Mapping[str, Any]) -> str:
+    """The wire form of a command, one line."""
+    return canonical_json(command).decode()

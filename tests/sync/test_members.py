@@ -1,0 +1,74 @@
+"""Member state over a real mosquitto into a real gate, checked through gatectl."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gated.contract import Signer, compact_json, member_topic
+from tests.gatefixture import GateProcess
+from tests.sync.helpers import SITE, HeadOffice, wait_until
+
+UID = "04A1B2C3D4E5F6"
+
+
+def sync_stats(gate: GateProcess) -> dict[str, Any]:
+    return dict(gate.request("status")["sync"])
+
+
+def test_published_state_decides_and_bad_messages_are_counted(
+    gate: GateProcess, hq: HeadOffice
+) -> None:
+    gate.start()
+    hq.publish(hq.state("m_1", 10, cards=[UID]))
+    wait_until(lambda: gate.badge(card=UID)["allow"], what="badge allowed")
+
+    hq.publish(hq.state("m_1", 11, cards=[UID], status="suspended"))
+    started = time.monotonic()
+    # Through the control socket (what gatectl sends) so the poll itself costs no process start.
+    wait_until(
+        lambda: gate.request("badge", {"card": UID})["reason"] == "suspended",
+        timeout=1.0,
+        what="suspended within a second",
+    )
+    assert time.monotonic() - started < 1.0
+    assert gate.badge(card=UID) | {"latency_us": 0} == {
+        "allow": False, "reason": "suspended", "member_id": "m_1", "latency_us": 0
+    }
+
+    topic = member_topic(SITE, "m_1")
+    forged = Signer(Ed25519PrivateKey.generate()).sign(hq.state("m_1", 20, cards=[UID]))
+    hq.raw(topic, compact_json(forged))
+    hq.raw(topic, compact_json(hq.signer.sign(hq.state("m_1", 5, cards=[UID]))))  # older
+    hq.raw(topic, compact_json(hq.signer.sign(hq.state("m_1", 21, cards=[UID], sites=["uptown"]))))
+    hq.raw(topic, b'{"version": 22, "member_id": "m_1", ')  # malformed
+    big = hq.signer.sign(hq.state("m_1", 23, cards=[UID]))
+    big["padding"] = "x" * 1_000_000
+    hq.raw(topic, compact_json(big))
+    hq.raw(topic, b"")  # empty: ignored, never an erasure
+    hq.raw(member_topic("uptown", "m_1"), b"{}")  # not subscribed: never arrives
+
+    def counted() -> dict[str, Any] | None:
+        s = sync_stats(gate)
+        r, k = s["rejected"], s["skipped"]
+        ok = (
+            r.get("bad_signature") == 1
+            and r.get("other_site") == 1
+            and r.get("malformed") == 1
+            and r.get("oversized") == 1
+            and k.get("not_newer", 0) >= 1
+            and k.get("empty_payload") == 1
+        )
+        return s if ok else None
+
+    stats = wait_until(counted, what="every bad message counted")
+    assert stats["connected"] and stats["applied"] == 2
+    result = gate.badge(card=UID)
+    assert result["reason"] == "suspended"
+    lookup = gate.request("cache_lookup", {"member": "m_1"})
+    assert lookup["member"]["version"] == 11
+    status = json.loads(gate.gatectl("status", "--json").stdout)
+    assert status["sync"]["rejected"]["bad_signature"] == 1
