@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import sqlite_utils
 
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row, member_row
-from gated.contract import ContractError, format_time
+from gated.contract import format_time
 from gated.policy.decide import MemberCounters
 
 log = logging.getLogger("gated.cache")
@@ -346,7 +346,9 @@ class CacheWriter:
                     conn.execute("SAVEPOINT op")
                     try:
                         value = fn(self.store)
-                    except (sqlite3.Error, ContractError, ValueError, KeyError, TypeError) as exc:
+                    except Exception as exc:
+                        # Whatever an op raises is its own failure, handed to its future: the
+                        # writer (every later decision's event) must go on.
                         conn.execute("ROLLBACK TO op")
                         results.append((future, None, exc))
                     else:
