@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nacl.signing import SigningKey
 
+from gated.cache.index import card_keys
 from gated.cache.store import CacheStore
 from gated.contract import card_key, format_time, mint_qr_code
 from gated.readers.base import Credential
@@ -208,7 +209,7 @@ async def run_bench(
     results["card_idle"] = idle
 
     # Baseline: a bare dict lookup on the same index, timed the same way.
-    keys = [m.credentials[0] for m in list(gate.index.by_id.values())[:decisions]]
+    keys = [card_keys(m.credentials)[0] for m in list(gate.index.by_id.values())[:decisions]]
     bare = []
     by_key = gate.index.by_key
     for k in keys:

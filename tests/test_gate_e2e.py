@@ -118,6 +118,7 @@ def test_control_badges_do_not_count_toward_anti_passback(gate: GateProcess) -> 
 def test_door_pulse_is_recorded_with_operator(gate: GateProcess) -> None:
     out = gate.gatectl("door", "pulse", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["pulse_ms"] == PULSE_MS
+    gate.request("door_pulse")  # straight on the socket: no process start between pulse and look
     assert gate.request("status")["door"]["relay_energized"] is True
     events = gate.request("events_tail", {"limit": 5})["events"]
     pulse = [e for e in events if e["reason"] == "door_pulse"]

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gated.contract import ContractError, digest_hex, digest_term, parse_timestamp
@@ -83,10 +83,17 @@ def member_from_row(row: tuple[Any, ...]) -> Member:
         _intern_str(plan),
         _schedule(schedule),
         _zones(zones),
-        tuple(creds[i : i + 32] for i in range(0, len(creds), 32)) if creds else (),
+        creds or b"",
         qr_key,
         daily_limit,
     )
+
+
+def card_keys(credentials: bytes) -> list[bytes]:
+    """Split concatenated card keys; a single key is returned as the same object."""
+    if len(credentials) == 32:
+        return [credentials]
+    return [credentials[i : i + 32] for i in range(0, len(credentials), 32)]
 
 
 MEMBER_COLUMNS = (
@@ -131,7 +138,7 @@ class MemberIndex:
         if old is not None:
             if member.version <= old.version:
                 return False
-            for key in old.credentials:
+            for key in card_keys(old.credentials):
                 if self.by_key.get(key) is old:
                     del self.by_key[key]
             if old.status != "erased":
@@ -141,11 +148,38 @@ class MemberIndex:
         if member.status != "erased":
             self.count += 1
             self._digest ^= digest_term(member.member_id, member.version)
-            for key in member.credentials:
+            for key in card_keys(member.credentials):
                 self.by_key[key] = member
         if member.version > self.max_version:
             self.max_version = member.version
         return True
+
+    def load(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Bulk-load member rows at start-up (unique ids, an empty index): ``put`` without the
+        version comparison and removal work, for ~2x faster start with a big site."""
+        by_id = self.by_id
+        by_key = self.by_key
+        acc = self._digest
+        count = self.count
+        max_version = self.max_version
+        for row in rows:
+            member = member_from_row(row)
+            by_id[member.member_id] = member
+            if member.version > max_version:
+                max_version = member.version
+            if member.status == "erased":
+                continue
+            count += 1
+            acc ^= digest_term(member.member_id, member.version)
+            creds = member.credentials
+            if len(creds) == 32:
+                by_key[creds] = member
+            else:
+                for key in card_keys(creds):
+                    by_key[key] = member
+        self._digest = acc
+        self.count = count
+        self.max_version = max_version
 
     def __iter__(self) -> Iterator[Member]:
         return iter(self.by_id.values())
