@@ -10,6 +10,7 @@ leave before it senses again.
 from __future__ import annotations
 
 import errno
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,11 @@ class NfcReader(ThreadedReader):
             import nfc
         except ImportError as exc:
             raise missing_driver("nfcpy") from exc
+        # nfcpy logs every tag it connects to, identifier included, at DEBUG: keep raw UIDs out
+        # of the logs whatever the root level is.
+        nfc_log = logging.getLogger("nfc")
+        if nfc_log.getEffectiveLevel() < logging.INFO:
+            nfc_log.setLevel(logging.INFO)
         path = self._config.path
         try:
             return nfc.ContactlessFrontend(path)

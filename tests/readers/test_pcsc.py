@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def _config(**kw: object) -> PcscReaderConfig:
 
 
 async def test_insert_remove_reinsert_gives_two_reads_and_a_held_card_one(
-    pcscd: PcscdStack,
+    pcscd: PcscdStack, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     reader = build_reader(_config())
     card = VirtualCard(pcscd.port, UID)
     async with running(reader) as out:
@@ -51,6 +53,7 @@ async def test_insert_remove_reinsert_gives_two_reads_and_a_held_card_one(
         assert (await out.next()).value == UID
         card.remove()
         assert reader.health.reads == 2 and reader.health.errors == 0
+    assert UID not in caplog.text.upper()
 
 
 async def test_debounce_drops_a_quick_represent(pcscd: PcscdStack) -> None:
