@@ -65,7 +65,10 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 except ValueError as exc:
                     raise MembersFileError(f"{path}: line {i}: schedule: not JSON") from exc
             elif k in INT_FIELDS:
-                row[k] = int(v) if v else None
+                try:
+                    row[k] = int(v) if v else None
+                except ValueError as exc:
+                    raise MembersFileError(f"{path}: line {i}: {k}: not a whole number") from exc
             else:
                 row[k] = v or None
         yield f"line {i}", row
@@ -84,8 +87,11 @@ def read_members_file(
         unknown = set(row) - ALLOWED_FIELDS
         if unknown:
             raise MembersFileError(f"{path}: {where}: unknown field {sorted(unknown)[0]!r}")
+        cards = row.pop("cards", None) or []
+        if not isinstance(cards, list) or not all(isinstance(uid, str) for uid in cards):
+            raise MembersFileError(f"{path}: {where}: cards: expected a list of card UIDs")
         try:
-            keys = [card_key(credential_key, uid) for uid in row.pop("cards", None) or []]
+            keys = [card_key(credential_key, uid) for uid in cards]
         except ContractError as exc:
             raise MembersFileError(f"{path}: {where}: cards: {exc}") from exc
         state = {
