@@ -172,6 +172,29 @@ ReaderConfig = Annotated[
 ]
 
 
+class MetricsConfig(_Section):
+    """The Prometheus endpoint; on localhost unless an operator chooses otherwise."""
+
+    listen: str = "127.0.0.1:9464"  # "" turns the endpoint off
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
+            raise ValueError('must be HOST:PORT (e.g. "127.0.0.1:9464"), or "" for no endpoint')
+        if v and int(v.rsplit(":", 1)[1]) > 65535:
+            raise ValueError("port must be 0-65535")
+        return v
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, or None when the endpoint is off."""
+        if not self.listen:
+            return None
+        host, port = self.listen.rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+
 def _default_readers() -> list[ReaderConfig]:
     return [SimReaderConfig()]
 
@@ -184,12 +207,16 @@ class GateConfig(_Section):
     state_dir: Path = Path("/var/lib/gated")
     control_socket: Path = Path("/run/gated/control.sock")
     durability: Literal["crash", "power"] = "crash"
+    # Undelivered events kept for the broker: alarm at warn, stop queueing (loudly) at max.
+    outbox_warn_events: int = Field(default=100_000, gt=0)
+    outbox_max_events: int = Field(default=1_000_000, gt=0)
     keys: KeysConfig = Field(default_factory=KeysConfig)
     mqtt: MqttConfig | None = None
     head_office: HeadOfficeConfig | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     door: DoorConfig = Field(default_factory=DoorConfig)
     readers: list[ReaderConfig] = Field(default_factory=_default_readers)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("timezone")
     @classmethod
@@ -197,7 +224,9 @@ class GateConfig(_Section):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from exc
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)"
+            ) from exc
         return v
 
     def model_post_init(self, __context: Any) -> None:
@@ -212,6 +241,8 @@ class GateConfig(_Section):
             if reader.id in seen:
                 raise ValueError(f"readers: duplicate reader id {reader.id!r}")
             seen.add(reader.id)
+        if self.outbox_warn_events >= self.outbox_max_events:
+            raise ValueError("outbox_warn_events must be below outbox_max_events")
 
     @property
     def tz(self) -> ZoneInfo:

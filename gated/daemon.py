@@ -40,6 +40,8 @@ from gated.contract import (
 )
 from gated.control import Caller, ControlError, ControlServer
 from gated.door import Door, DoorEvent
+from gated.metrics import GateMetrics
+from gated.outbox_guard import OutboxGuard, OutboxState
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
 from gated.policy.qr import QrVerifier
 from gated.readers.base import Credential, Reader
@@ -48,6 +50,8 @@ from gated.readers.sim import SimReader
 log = logging.getLogger("gated.daemon")
 
 TIME_SAVE_INTERVAL_S = 60.0
+# How often the outbox is counted exactly (off the hot path) to correct the ceiling's estimate.
+OUTBOX_MEASURE_INTERVAL_S = 10.0
 # Index updates applied per loop iteration (~1 µs each): keeps a decision's wait under ~0.3 ms.
 APPLY_SLICE = 256
 INDEX_COLUMNS = tuple(c.strip() for c in MEMBER_COLUMNS.split(","))
@@ -95,7 +99,15 @@ class Gate:
             daily_limit=config.policy.daily_limit,
             lockdown=bool(store.get("lockdown", False)),
         )
+        self.outbox = OutboxGuard(
+            config.outbox_warn_events,
+            config.outbox_max_events,
+            store.outbox_depth(),
+            int(store.get("outbox_dropped", 0)),
+            self._outbox_alarm,
+        )
         self.writer = CacheWriter(store)
+        self.metrics = GateMetrics(self)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # A million long-lived records: keep them out of the collector's generations so a full
         # collection never walks them during a badge.
@@ -153,6 +165,7 @@ class Gate:
             driven = door.deny()
         latency_us = (driven - credential.at) // 1000
         self.decisions[decision.reason] += 1
+        self.metrics.decided(decision.allow, decision.reason, latency_us)
         if decision.allow and nonce is not None:
             expires = self.qr.spend(nonce, now)
             m_id, n = nonce
@@ -216,9 +229,11 @@ class Gate:
         ):
             counters = self._count(member.member_id, credential.direction, now)
         mid = member.member_id if member is not None else ""
+        keep = self.outbox.admit()  # at the ceiling the counters still count; the row is dropped
 
         def write(store: CacheStore) -> None:
-            store.add_event(event)
+            if keep:
+                store.add_event(event)
             if counters is not None:
                 store.put_counters(mid, counters)
 
@@ -306,7 +321,8 @@ class Gate:
             "operator": operator,
         }
         if record:
-            self.writer.submit(lambda s: s.add_event(event))
+            if self.outbox.admit():
+                self.writer.submit(lambda s: s.add_event(event))
             self._publish_local(event)
         return event
 
@@ -328,7 +344,22 @@ class Gate:
     def on_door_event(self, ev: DoorEvent) -> None:
         if ev.kind == "fire":
             self.context.fire = ev.detail == "active"
+        self.metrics.door_event(ev.kind, ev.detail)
         self.event(ev.kind, reason=ev.detail, source="reader")
+
+    def _outbox_alarm(self, state: OutboxState, depth: int) -> None:
+        """Once per crossing: the journal, and `gatectl events tail -f` (the alarm is not queued:
+        the outbox is what is full; head office sees outbox_depth in the gate's status)."""
+        level = {"ok": logging.INFO, "warn": logging.WARNING, "full": logging.ERROR}[state]
+        log.log(
+            level,
+            "event=outbox_%s depth=%d warn=%d max=%d dropped=%d",
+            state, depth, self.outbox.warn, self.outbox.ceiling, self.outbox.dropped,
+        )  # fmt: skip
+        alarm = self.event(f"outbox_{state}", reason=f"depth {depth}", record=False)
+        for q in self._tails:
+            if q.qsize() < 1000:
+                q.put_nowait(alarm)
 
     # --- head office -------------------------------------------------------------------------
 
@@ -426,6 +457,8 @@ class Gate:
             if self.last_head_office_at
             else None,
             "outbox_depth": depth,
+            "outbox_dropped": self.outbox.dropped,
+            "metrics_url": self.metrics.url,
             "lockdown": self.context.lockdown,
             "fire": self.context.fire,
             "stale_cache": self.stale,
@@ -699,6 +732,21 @@ class Gate:
                 self.stale = stale
             await asyncio.sleep(TIME_SAVE_INTERVAL_S)
 
+    async def _watch_outbox(self) -> None:
+        """Count the outbox exactly every few seconds (the broker link deletes rows we never see)
+        and keep the number of dropped events on disk, so doctor still fails after a restart."""
+        saved = self.outbox.dropped
+        while True:
+            mark = self.outbox.mark()
+            depth = await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth()))
+            self.outbox.measured(depth, mark)
+            dropped = self.outbox.dropped
+            if dropped != saved:
+                log.error("event=outbox_dropping dropped=%d since_last=%d", dropped, dropped - saved)
+                self.writer.submit(partial(CacheStore.set, key="outbox_dropped", value=dropped))
+                saved = dropped
+            await asyncio.sleep(OUTBOX_MEASURE_INTERVAL_S)
+
     async def _watchdog(self, notifier: Any) -> None:
         usec = int(os.environ.get("WATCHDOG_USEC", "0"))
         if usec <= 0:
@@ -722,7 +770,10 @@ class Gate:
         self._build_readers()
         control = ControlServer(self.config.control_socket, self.handle)
         await control.start()
+        if self.config.metrics.address is not None:
+            self.metrics.serve(*self.config.metrics.address)
         spawn = self._tasks.append
+        spawn(asyncio.create_task(self._watch_outbox(), name="outbox"))
         for reader in self.readers:
             spawn(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
         spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -750,6 +801,7 @@ class Gate:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await control.close()
+            self.metrics.close()
             self.door.close()
             self.writer.close()
             log.info("event=stopped")
