@@ -193,9 +193,10 @@ class Verifier:
         sig = obj.get("sig")
         if not isinstance(sig, str):
             raise SignatureError("missing signature")
-        key = self._keys.get(body.get("kid"))  # type: ignore[arg-type]
+        kid = body.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None  # a list kid is unhashable
         if key is None:
-            raise SignatureError(f"untrusted key id {body.get('kid')!r}")
+            raise SignatureError(f"untrusted key id {kid!r}")
         try:
             signature = base64.b64decode(sig, validate=True)
             key.verify(canonical_json(body), signature)

@@ -160,6 +160,13 @@ def test_missing_or_broken_signature(sig: object) -> None:
         VERIFIER.verify(obj, "member_state")
 
 
+@pytest.mark.parametrize("kid", [None, 5, [], {}, [KID], "0" * 16])
+def test_garbage_kid_is_a_signature_error(kid: object) -> None:
+    """Whatever arrives over MQTT, verify() fails with SignatureError, never a TypeError."""
+    with pytest.raises(SignatureError, match="untrusted key"):
+        VERIFIER.verify({**SIGNER.sign(vector_state()), "kid": kid}, "member_state")
+
+
 def test_unknown_fields_are_covered_by_the_signature() -> None:
     signed = SIGNER.sign({**vector_state(), "note": "gold member", "extra": {"x": 1}})
     body = VERIFIER.verify(signed, "member_state")
@@ -276,6 +283,10 @@ def _drop_line(raw: bytes) -> bytes:
         pytest.param(lambda d: _regzip(d, _drop_line), id="dropped line"),
         pytest.param(lambda d: _regzip(d, lambda r: b'{"x":1}\n' + r), id="added line"),
         pytest.param(lambda d: _regzip(d, lambda r: r + b"[]\n"), id="not an object"),
+        pytest.param(
+            lambda d: _regzip(d, lambda r: r + b'{"type":"snapshot_trailer","kid":[],"sig":"x"}\n'),
+            id="garbage trailer kid",
+        ),
     ],
 )
 def test_snapshot_refuses_damage(corrupt: Any) -> None:
