@@ -341,6 +341,9 @@ class CacheWriter:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for fn, future in batch:
+                    # A caller that gave up (its task was cancelled) gets nothing run or set.
+                    if not future.set_running_or_notify_cancel():
+                        continue
                     conn.execute("SAVEPOINT op")
                     try:
                         value = fn(self.store)
@@ -359,7 +362,7 @@ class CacheWriter:
                 log.error("event=cache_commit_failed error=%s ops=%d", exc, len(batch))
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                results = [(future, None, exc) for _, future in batch]
+                results = [(f, None, exc) for _, f in batch if not f.cancelled()]
             for future, value, error in results:
                 if error is not None:
                     future.set_exception(error)

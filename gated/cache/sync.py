@@ -231,11 +231,16 @@ class SiteSync:
                 await self._try_snapshot("cold_start", None)
             attempt = 0
             while True:
+                connects = self.connects
                 try:
                     await self._session()
                     attempt = 0
                 except aiomqtt.MqttError as exc:
-                    self._lost(describe_error(exc.__cause__ or exc, self.mqtt.url))
+                    reason = describe_error(exc.__cause__ or exc, self.mqtt.url)
+                    if self.connects > connects:
+                        attempt = 0
+                        reason = f"lost the connection ({reason})"
+                    self._lost(reason)
                 except SyncError as exc:
                     self._lost(str(exc))
                 except (OSError, ssl.SSLError, ValueError) as exc:

@@ -91,6 +91,8 @@ class HeadOffice:
         return member(member_id, version, key=self.credential_key, **kw)
 
     def raw(self, topic: str, payload: bytes | str, retain: bool = True) -> None:
+        # paho reconnects by itself after a broker restart; wait for it rather than fail.
+        wait_until(self.client.is_connected, timeout=20, what="head office connected")
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
     def publish(self, *states: dict[str, Any], manifest: bool = True) -> None:
