@@ -25,7 +25,6 @@ Level = Literal["ok", "warn", "fail"]
 LEVEL_EXIT = {"ok": 0, "warn": 1, "fail": 2}
 DISK_WARN_BYTES = 200 * 2**20
 DISK_FAIL_BYTES = 20 * 2**20
-OUTBOX_WARN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +77,26 @@ def clock_check(synced: bool | None) -> Check:
             "enable NTP: timedatectl set-ntp true, and check the network reaches a time server",
         )
     return Check("clock", "ok", "system clock synchronized")
+
+
+def outbox_check(depth: int, warn: int, ceiling: int, dropped: int, *, drained: bool) -> Check:
+    """Fail while the ceiling is reached (new events are being dropped); warn past ``warn``.
+
+    Events dropped earlier stay in the message (and in gated_outbox_dropped_events_total) but do
+    not hold the level down for ever once the outbox has drained.
+    """
+    msg = f"{depth} events waiting for the broker (warn {warn}, max {ceiling})"
+    if dropped:
+        msg += f"; {dropped} events dropped at the ceiling so far"
+    # Nothing drains the outbox of a gate without [mqtt]: it grows until the ceiling.
+    link = "check the broker link: gatectl status" if drained else "no [mqtt]: nothing drains it"
+    if depth >= ceiling:
+        return Check(
+            "outbox", "fail", msg, f"{link}; raise outbox_max_events only if the disk has room"
+        )
+    if depth >= warn:
+        return Check("outbox", "warn", msg, link)
+    return Check("outbox", "ok", msg)
 
 
 def gpio_check(factory_name: str, configured: str) -> Check:
@@ -200,11 +219,12 @@ async def daemon_checks(gate: Gate) -> list[Check]:
         )
     depth = await _outbox_depth(gate)
     checks.append(
-        Check(
-            "outbox",
-            "warn" if depth > OUTBOX_WARN else "ok",
-            f"{depth} events waiting for the broker",
-            "check the broker link" if depth > OUTBOX_WARN else "",
+        outbox_check(
+            depth,
+            gate.config.outbox_warn_events,
+            gate.config.outbox_max_events,
+            gate.outbox.dropped,
+            drained=gate.config.mqtt is not None,
         )
     )
     if gate.config.mqtt is not None:
