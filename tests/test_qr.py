@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import nacl.signing
 import pytest
 
+from gated.cache.store import CacheStore
 from gated.contract import ContractError, mint_qr_code, parse_qr_code
 from gated.policy.decide import GateContext, Member, decide
 from gated.policy.qr import QrVerifier
@@ -201,6 +203,25 @@ def test_restore_from_disk_rows() -> None:
     assert after.check(code(), lookup, NOW + 5).fault == "qr_replayed"
     # a row already past its expiry does not block anything
     assert after.check(code(nonce="00000000000000aa"), lookup, NOW + 5).fault is None
+
+
+def test_restore_across_a_restart_through_the_cache(tmp_path: Path) -> None:
+    """The daemon's path: spend, write the row, restart, load the rows back."""
+    store = CacheStore(tmp_path / "cache.db")
+    before = QrVerifier(WINDOW)
+    pair = before.check(code(), lookup, NOW).nonce
+    assert pair is not None
+    store.spend_nonce(*pair, before.spend(pair, NOW))
+    store.spend_nonce("m_1", "00000000000000aa", NOW - 1)  # long expired
+    store.close()
+
+    store = CacheStore(tmp_path / "cache.db")
+    rows = store.load_nonces(NOW + 5)
+    store.close()
+    assert rows == [("m_1", NONCE, NOW + 2 * WINDOW)]  # expired rows are dropped on load
+    after = QrVerifier(WINDOW)
+    after.restore(rows)
+    assert after.check(code(), lookup, NOW + 5).fault == "qr_replayed"
 
 
 def test_prune_forgets_only_expired_nonces(verifier: QrVerifier) -> None:
