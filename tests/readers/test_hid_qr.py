@@ -6,6 +6,8 @@ from pathlib import Path
 import evdev
 import pytest
 from evdev import ecodes
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gated.config import HidQrReaderConfig
 from gated.readers.hid_qr import US_KEYS, KeyboardWedgeDecoder
@@ -132,3 +134,18 @@ async def test_real_uinput_scanner_is_grabbed_and_read() -> None:
                 scanner.write(event.type, event.code, event.value)
             scanner.syn()
             assert (await out.next()).value == CODE
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 1, 4]), st.integers(0, 300), st.integers(0, 2)), max_size=300
+    )
+)
+def test_any_event_stream_gives_only_bounded_text_or_rejections(
+    events: list[tuple[int, int, int]],
+) -> None:
+    decoder = KeyboardWedgeDecoder(32)
+    for i, (type_, code, value) in enumerate(events):
+        for item in decoder.feed(evdev.InputEvent(0, 0, type_, code, value), i * 1_000_000):
+            if not isinstance(item, Rejected):
+                assert 0 < len(item) <= 32 and item.isprintable()

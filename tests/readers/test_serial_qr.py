@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gated.config import SerialQrReaderConfig
 from gated.readers.registry import build_reader
@@ -119,3 +121,16 @@ def test_framer_drops_a_partial_line_after_silence() -> None:
     out = framer.feed(b"def\r", PARTIAL_TIMEOUT_NS + 1)
     assert out == ["qr_partial", "def"]
     assert isinstance(out[0], Rejected) and not isinstance(out[1], Rejected)
+
+
+@given(st.lists(st.binary(max_size=80), max_size=30), st.integers(1, 64))
+def test_any_byte_stream_gives_only_bounded_text_or_rejections(
+    chunks: list[bytes], limit: int
+) -> None:
+    framer = LineFramer(limit)
+    t = 0
+    for chunk in chunks:
+        t += 100_000_000
+        for item in framer.feed(chunk, t):
+            if not isinstance(item, Rejected):
+                assert 0 < len(item) <= limit and item.isprintable()

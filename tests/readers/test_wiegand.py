@@ -156,3 +156,24 @@ async def test_a_card_held_is_one_read_within_the_debounce_window(mock_pins: Moc
         _swipe(mock_pins, encode_26(3, 3))  # many readers repeat while a card stays in the field
         await asyncio.sleep(0.1)
         assert out.queue.empty() and reader.health.reads == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 50 * MS)), max_size=200))
+def test_any_bit_stream_gives_only_values_or_counted_rejections(
+    stream: list[tuple[int, int]],
+) -> None:
+    decoder = WiegandDecoder(frame_timeout_ms=20)
+    t = 0
+    results = []
+    for bit, gap in stream:
+        t += gap
+        results.append(decoder.bit(bit, t))
+    results.append(decoder.flush(t + 20 * MS))
+    assert decoder.deadline_ns is None
+    for result in results:
+        assert (
+            result is None
+            or isinstance(result, BadFrame)
+            or result.startswith("w26:")
+            or len(result) == 8
+        )
