@@ -288,8 +288,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: no such file") from exc
     except PermissionError as exc:
         raise ConfigError(f"{p}: permission denied") from exc
+    except OSError as exc:  # a folder, an unreadable device, ...
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: not UTF-8 text") from exc
 
 
 def load_gate_config(path: str | Path) -> GateConfig:

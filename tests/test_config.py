@@ -94,6 +94,17 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_folder_or_non_utf8_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        load_gate_config(tmp_path)
+    assert "\n" not in str(info.value)
+    binary = tmp_path / "gated.toml"
+    binary.write_bytes(b'site = "\xff"\n')
+    with pytest.raises(ConfigError, match="UTF-8") as info:
+        load_gate_config(binary)
+    assert "\n" not in str(info.value)
+
+
 def run_gated(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "60", "NO_COLOR": "1"}
     return subprocess.run(
@@ -114,12 +125,15 @@ def test_cli_config_check_ok() -> None:
         (MINIMAL + 'timezone = "Mars/Olympus"\n', "timezone"),
         ('site = "downtown\n', "not valid TOML"),
         (None, "no such file"),
+        ("", "cannot read"),
     ],
-    ids=["wrong type", "bad timezone", "bad TOML", "missing file"],
+    ids=["wrong type", "bad timezone", "bad TOML", "missing file", "a folder"],
 )
 def test_cli_config_check_bad(tmp_path: Path, text: str | None, name: str) -> None:
     path = tmp_path / "a-rather-long-folder-name-so-the-line-would-wrap" / "gated.toml"
-    if text is not None:
+    if text == "":
+        path.mkdir(parents=True)
+    elif text is not None:
         path.parent.mkdir()
         path.write_text(text)
     result = run_gated("config", "check", str(path))
