@@ -38,6 +38,8 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise MembersFileError(f"{path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # e.g. a spreadsheet's CSV export in Windows-1252
+        raise MembersFileError(f"{path}: not UTF-8 text (save the file as UTF-8)") from exc
     if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
         try:
             data = json.loads(text)

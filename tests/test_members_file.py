@@ -178,6 +178,13 @@ def test_bad_json_file(tmp_path: Path, name: str, text: str, problem: str) -> No
         read(path)
 
 
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "members.csv"
+    path.write_bytes("member_id,plan\nm_1,Jürgen's plan\n".encode("cp1252"))
+    with pytest.raises(MembersFileError, match="UTF-8"):
+        read(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MembersFileError, match=r"nope\.csv"):
         read(tmp_path / "nope.csv")
