@@ -41,6 +41,8 @@ members_app = typer.Typer(
 gated_app.add_typer(config_app, name="config")
 gated_app.add_typer(keys_app, name="keys")
 gated_app.add_typer(members_app, name="members")
+command_app = typer.Typer(help="Sign remote commands for gates.", no_args_is_help=True)
+gated_app.add_typer(command_app, name="command")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to gated.toml.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
@@ -224,6 +226,160 @@ def members_import(
             + (" (the running gate has them now)" if refreshed else ""),
             highlight=False,
         )
+
+
+def _broker_options(
+    cfg: GateConfig | None, url: str | None, username: str | None, password_file: Path | None
+) -> Any:
+    """Broker settings from the options, falling back on the config's [mqtt]."""
+    from gated.push import Broker
+
+    mqtt = cfg.mqtt if cfg is not None else None
+    url = url or (mqtt.url if mqtt else None)
+    if url is None:
+        return None
+    password_file = password_file or (mqtt.password_file if mqtt else None)
+    try:
+        password = password_file.read_text().strip() if password_file else None
+    except OSError as exc:
+        fail(f"password file: {exc}")
+    return Broker(
+        url,
+        username=username or (mqtt.username if mqtt else None),
+        password=password,
+        ca_file=mqtt.ca_file if mqtt else None,
+    )
+
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Broker URL (default: [mqtt] url).")]
+UserOpt = Annotated[str | None, typer.Option("--username", help="Broker user name.")]
+PasswordOpt = Annotated[Path | None, typer.Option("--password-file", help="Broker password file.")]
+
+
+@members_app.command("push")
+def members_push(
+    file: Annotated[
+        Path, typer.Argument(help="The site's members as a JSON list or CSV (raw UIDs in 'cards').")
+    ],
+    key: Annotated[Path, typer.Option("--key", help="The head-office private key (PEM).")] = Path(
+        "/etc/gated/head-office.key"
+    ),
+    snapshot: Annotated[
+        Path | None, typer.Option("--snapshot", help="Write a signed snapshot file instead.")
+    ] = None,
+    config: ConfigOpt = Path("/etc/gated/gated.toml"),
+    url: UrlOpt = None,
+    username: UserOpt = None,
+    password_file: PasswordOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign every member with the head-office key and publish them retained with the manifest.
+
+    The small head office for a site without gated-billing: the site, credential key and broker
+    come from a gate's config. Versions continue above the retained manifest (or the existing
+    snapshot). The file is the whole site: mark leavers cancelled or erased, don't drop them.
+    """
+    from gated.contract import (
+        Signer,
+        Verifier,
+        load_credential_key,
+        load_public_key,
+        public_key_raw,
+    )
+    from gated.members import MembersFileError
+    from gated.push import PushError, push_members
+
+    cfg = load_config_or_exit(config)
+    try:
+        credential_key = load_credential_key(cfg.keys.credential_key_file)
+        signer = Signer.from_pem_file(key)
+        trusted = Verifier(
+            [signer.public_key_raw]
+            + [public_key_raw(load_public_key(p)) for p in cfg.keys.head_office_public_key_files]
+        )
+    except (OSError, ValueError, ContractError) as exc:
+        fail(f"keys: {exc}")
+    broker = None if snapshot else _broker_options(cfg, url, username, password_file)
+    try:
+        result = asyncio.run(
+            push_members(
+                file,
+                site=cfg.site,
+                credential_key=credential_key,
+                signer=signer,
+                trusted=trusted,
+                broker=broker,
+                snapshot=snapshot,
+                show_progress=not json_out,
+            )
+        )
+    except (PushError, MembersFileError, ContractError) as exc:
+        fail(str(exc))
+    if json_out:
+        emit_json(result)
+    elif snapshot:
+        console.print(
+            f"wrote {snapshot}: {result['states']} states, {result['count']} members, "
+            f"max version {result['max_version']}",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"published {result['published']} members (versions {result['first_version']}.."
+            f"{result['max_version']}) and the manifest ({result['count']} members)",
+            highlight=False,
+        )
+
+
+@command_app.command("sign")
+def command_sign(
+    action: Annotated[
+        str, typer.Argument(help="pulse, lockdown_on, lockdown_off, resync, message")
+    ],
+    gate: Annotated[str, typer.Option("--gate", help="The gate id it is for.")],
+    site: Annotated[
+        str | None, typer.Option("--site", help="Site id (default: the config's).")
+    ] = None,
+    key: Annotated[
+        Path, typer.Option("--key", help="A command private key (PEM), not the head-office key.")
+    ] = Path("/etc/gated/command.key"),
+    ttl: Annotated[str, typer.Option("--ttl", help="Valid for this long (at most 5m).")] = "60s",
+    text: Annotated[str | None, typer.Option("--text", help="The text of a message.")] = None,
+    publish: Annotated[bool, typer.Option("--publish", help="Send it to the gate now.")] = False,
+    config: ConfigOpt = Path("/etc/gated/gated.toml"),
+    url: UrlOpt = None,
+    username: UserOpt = None,
+    password_file: PasswordOpt = None,
+) -> None:
+    """Print a signed GateCommand as one JSON line (and with --publish, send it)."""
+    from gated.config import parse_duration
+    from gated.contract import GateCommand, Signer
+    from gated.push import PushError, command_json, publish_command, sign_command
+
+    cfg = load_config_or_exit(config) if config.exists() and (site is None or publish) else None
+    site = site or (cfg.site if cfg else None)
+    if site is None:
+        fail("give --site (or a config with the site)")
+    actions = GateCommand.model_fields["action"].annotation.__args__  # type: ignore[union-attr]
+    if action not in actions:
+        fail(f"unknown action {action!r}; one of: {', '.join(actions)}")
+    try:
+        command = sign_command(
+            Signer.from_pem_file(key),
+            site=site,
+            gate=gate,
+            action=action,
+            args={"text": text} if text is not None else {},
+            ttl_s=parse_duration(ttl),
+        )
+        if publish:
+            broker = _broker_options(cfg, url, username, password_file)
+            if broker is None:
+                fail("--publish needs --url or a config with [mqtt]")
+            asyncio.run(publish_command(broker, command))
+    except (OSError, ValueError, ContractError, PushError) as exc:
+        fail(str(exc))
+    print(command_json(command))
 
 
 # --- gatectl -----------------------------------------------------------------------------------

@@ -225,3 +225,88 @@ def sign_command(
 def command_json(command: Mapping[str, Any]) -> str:
     """The wire form of a command, one line."""
     return canonical_json(command).decode()
+
+
+async def push_members(
+    file: Path,
+    *,
+    site: str,
+    credential_key: bytes,
+    signer: Signer,
+    trusted: Verifier,
+    broker: Broker | None,
+    snapshot: Path | None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """``gated members push``: read, sign and publish (or write as a snapshot) a members file.
+
+    Versions continue above the broker's retained manifest (or the existing snapshot file), so
+    every gate takes the new states as newer. Raises PushError, MembersFileError, ContractError.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from gated.members import read_members_file
+
+    issued_at = format_time(time.time())
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=False,
+    )
+    if snapshot is not None:
+        base = snapshot_max_version(snapshot, trusted, site)
+        states = read_members_file(file, credential_key, default_site=site, first_version=base + 1)
+        trailer = write_snapshot_file(snapshot, site, states, signer, issued_at)
+        return {
+            "file": str(file),
+            "snapshot": str(snapshot),
+            "states": len(states),
+            "count": trailer["count"],
+            "max_version": trailer["max_version"],
+            "digest": trailer["digest"],
+        }
+    if broker is None:
+        raise PushError("give a broker (--url or [mqtt] in the config) or --snapshot OUT")
+    try:
+        async with broker.client() as client:
+            current = await retained_manifest(client, site, trusted)
+            base = int(current["max_version"]) if current else 0
+            states = read_members_file(
+                file, credential_key, default_site=site, first_version=base + 1
+            )
+            with progress:
+                signing = progress.add_task("signing", total=len(states))
+                signed = sign_states(states, signer, lambda n: progress.advance(signing, n))
+                manifest = build_manifest(site, states, signer, issued_at)
+                sending = progress.add_task("publishing", total=len(signed))
+                await publish_states(
+                    client, site, signed, manifest, lambda n: progress.advance(sending, n)
+                )
+    except aiomqtt.MqttError as exc:
+        raise PushError(f"broker {broker.url}: {exc}") from exc
+    return {
+        "file": str(file),
+        "published": len(signed),
+        "first_version": base + 1,
+        "max_version": manifest["max_version"],
+        "count": manifest["count"],
+        "digest": manifest["digest"],
+    }
+
+
+async def publish_command(broker: Broker, command: Mapping[str, Any]) -> None:
+    """Send a signed command to its gate (QoS 1, not retained: it is meant for now)."""
+    from gated.contract import cmd_topic
+
+    try:
+        async with broker.client() as client:
+            await client.publish(
+                cmd_topic(str(command["site"]), str(command["gate"])),
+                compact_json(command),
+                qos=1,
+            )
+    except aiomqtt.MqttError as exc:
+        raise PushError(f"broker {broker.url}: {exc}") from exc

@@ -78,7 +78,9 @@ def test_broker_restart_loses_nothing_and_doubles_nothing(
         timeout=30,
         what="the update published during the outage",
     )
-    wait_until(lambda: gate.request("status")["outbox_depth"] == 0, timeout=30, what="outbox drained")
+    wait_until(
+        lambda: gate.request("status")["outbox_depth"] == 0, timeout=30, what="outbox drained"
+    )
     decided = sum(gate.request("status")["decisions"].values())
 
     def decisions_seen() -> int:
@@ -134,7 +136,9 @@ def test_last_will_marks_a_killed_gate_offline(
         hq.publish(hq.state("m_1", 7, cards=[uid_for(1)]))
         gate.start()
         online = wait_until(
-            lambda: next((s for s in reversed(seen) if s["state"] == "online" and s["members"]), None),
+            lambda: next(
+                (s for s in reversed(seen) if s["state"] == "online" and s["members"]), None
+            ),
             what="online status with members",
         )
         assert online["site"] == SITE and online["gate"] == "t1" and online["max_version"] == 7

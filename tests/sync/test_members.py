@@ -36,7 +36,10 @@ def test_published_state_decides_and_bad_messages_are_counted(
     )
     assert time.monotonic() - started < 1.0
     assert gate.badge(card=UID) | {"latency_us": 0} == {
-        "allow": False, "reason": "suspended", "member_id": "m_1", "latency_us": 0
+        "allow": False,
+        "reason": "suspended",
+        "member_id": "m_1",
+        "latency_us": 0,
     }
 
     topic = member_topic(SITE, "m_1")
