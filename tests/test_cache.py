@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gated.cache.index import MemberIndex, member_from_state
 from gated.cache.store import CacheStore, CacheWriter
-from gated.contract import card_key, erased_state, site_digest
+from gated.contract import ContractError, card_key, erased_state, site_digest
 from gated.members import read_members_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,6 +106,26 @@ def test_tombstone_is_never_resurrected_by_an_older_state() -> None:
     assert index.put(member_from_state(state("m_1", 8, uid="04CC")))  # re-joined for real
     assert len(index) == 2
     assert index.digest == site_digest([("m_1", 8), ("m_2", 6)])
+
+
+def test_card_moved_to_another_member_stays_with_them() -> None:
+    index = MemberIndex()
+    index.put(member_from_state(state("m_1", 1, uid="04AA")))
+    moved = state("m_2", 2, uid="04AA")  # the front desk gave the card to m_2
+    index.put(member_from_state(moved))
+    assert index.by_key[key_of(moved)].member_id == "m_2"
+    index.put(member_from_state({**state("m_1", 3), "credentials": []}))  # m_1's update
+    assert index.by_key[key_of(moved)].member_id == "m_2"
+    index.put(member_from_state(state("m_2", 4, "erased")))
+    assert key_of(moved) not in index.by_key
+
+
+def test_one_bad_state_fails_its_batch(store: CacheStore) -> None:
+    bad = {**state("m_2", 2), "credentials": ["not hex"]}
+    with pytest.raises(ContractError):
+        store.apply_states([state("m_1", 1), bad])
+    assert stored(store) == {}
+    assert store.apply_states([state("m_1", 1)])  # and the store is usable after it
 
 
 def test_store_applies_only_newer_versions_and_keeps_tombstones(store: CacheStore) -> None:
