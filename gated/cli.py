@@ -675,7 +675,8 @@ def doctor(json_out: JsonOpt = False) -> None:
     from gated import control
     from gated.doctor import LEVEL_EXIT, config_checks, merge, worst
 
-    _cfg, local = config_checks(_config_path) if _config_path.exists() else (None, [])
+    # A missing file is itself a finding (config fail), not a reason to skip the file checks.
+    _cfg, local = config_checks(_config_path)
     remote = None
     error = None
     try:
