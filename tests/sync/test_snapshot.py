@@ -1,0 +1,179 @@
+"""Cold start and anti-entropy by signed snapshot, served over HTTP by a small local server."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gated.contract import Signer, build_snapshot, format_time
+from tests.gatefixture import GateProcess, write_config
+from tests.services import Mosquitto
+from tests.sync.conftest import mqtt_section
+from tests.sync.helpers import SITE, HeadOffice, uid_for, wait_until
+
+TOKEN = "gate-t1-token"
+
+
+class SnapshotServer:
+    """``GET /v1/sites/{site}/snapshot`` for a bearer token, serving whatever bytes it is given."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.headers.get("Authorization"))
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                if self.path != f"/v1/sites/{SITE}/snapshot":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/gzip")
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/sites/{SITE}/snapshot"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[SnapshotServer]:
+    s = SnapshotServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def snap_gate(
+    tmp_path: Path, mosquitto: Mosquitto, server: SnapshotServer
+) -> Iterator[GateProcess]:
+    root = tmp_path / "gate"
+    root.mkdir()
+    (root / "token").write_text(TOKEN + "\n")
+    head_office = f'[head_office]\nsnapshot_url = "{server.url}"\ntoken_file = "{root / "token"}"\n'
+    config = write_config(root, extra=mqtt_section(mosquitto.url) + head_office)
+    proc = GateProcess(config, root)
+    yield proc
+    proc.stop()
+
+
+def states(hq: HeadOffice, n: int, version_base: int = 0, **kw: Any) -> list[dict[str, Any]]:
+    return [hq.state(f"s_{i}", version_base + i + 1, cards=[uid_for(i)], **kw) for i in range(n)]
+
+
+def snapshot(
+    hq: HeadOffice, items: list[dict[str, Any]], signer: Signer | None = None, site: str = SITE
+) -> bytes:
+    return build_snapshot(site, items, signer or hq.signer, format_time(time.time()))
+
+
+def test_empty_gate_starts_from_the_snapshot(
+    snap_gate: GateProcess, server: SnapshotServer, mosquitto: Mosquitto
+) -> None:
+    hq = HeadOffice(snap_gate.root / "keys", mosquitto.port)
+    try:
+        items = states(hq, 2000)
+        items[5]["status"] = "erased"
+        server.body = snapshot(hq, items)
+        snap_gate.start()
+        status = wait_until(
+            lambda: (s := snap_gate.request("status"))["members"] == 1999 and s, what="snapshot"
+        )
+        assert status["max_version"] == 2000
+        last = status["sync"]["last_snapshot"]
+        assert last["ok"] and last["applied"] == 2000 and last["in_sync"]
+        assert server.requests[0] == f"Bearer {TOKEN}"
+        assert snap_gate.request("badge", {"card": uid_for(9)})["allow"]
+        assert snap_gate.request("badge", {"card": uid_for(5)})["reason"] == "unknown_credential"
+        # Retained states not newer than the snapshot are skipped before any signature work.
+        hq.publish(*items[:100], manifest=False)
+        wait_until(
+            lambda: snap_gate.request("status")["sync"]["skipped"].get("not_newer", 0) >= 100,
+            what="retained states skipped",
+        )
+    finally:
+        hq.close()
+
+
+def test_bad_snapshots_are_refused_whole(
+    snap_gate: GateProcess, server: SnapshotServer, mosquitto: Mosquitto
+) -> None:
+    hq = HeadOffice(snap_gate.root / "keys", mosquitto.port)
+    try:
+        server.body = snapshot(hq, states(hq, 100))
+        snap_gate.start()
+        wait_until(lambda: snap_gate.request("status")["members"] == 100, what="first snapshot")
+        before = snap_gate.request("status")["digest"]
+
+        newer = states(hq, 100, version_base=1000, status="suspended")
+        good = snapshot(hq, newer)
+        raw = bytearray(gzip.decompress(good))
+        raw[raw.index(b"suspended")] = ord("S")
+        bad = {
+            "truncated": good[: len(good) // 2],
+            "tampered": gzip.compress(bytes(raw)),
+            "wrongly signed": snapshot(hq, newer, Signer(Ed25519PrivateKey.generate())),
+            "other site": snapshot(hq, newer, site="uptown"),
+            "older": snapshot(hq, states(hq, 100, version_base=-50)[60:]),
+        }
+        for what, body in bad.items():
+            server.body = body
+            out = snap_gate.gatectl("resync", "--json")
+            assert out.returncode != 0, what
+            assert "resync refused" in out.stderr, (what, out.stderr)
+            assert snap_gate.request("status")["digest"] == before, what
+        doctor = snap_gate.gatectl("doctor", "--json")
+        assert "last snapshot refused" in doctor.stdout
+
+        server.body = good
+        out = snap_gate.gatectl("resync", "--json")
+        assert out.returncode == 0, out.stderr
+        assert snap_gate.request("badge", {"card": uid_for(3)})["reason"] == "suspended"
+    finally:
+        hq.close()
+
+
+def test_a_gate_apart_from_the_manifest_fetches_a_snapshot(
+    snap_gate: GateProcess, server: SnapshotServer, mosquitto: Mosquitto
+) -> None:
+    hq = HeadOffice(snap_gate.root / "keys", mosquitto.port)
+    try:
+        items = states(hq, 50)
+        hq.publish(*items[:10], manifest=False)
+        snap_gate.start()  # starts empty, but the server has nothing yet: syncs from retained
+        wait_until(lambda: snap_gate.request("status")["members"] == 10, what="retained sync")
+        server.body = snapshot(hq, items)
+        hq.states = {s["member_id"]: s for s in items}
+        hq.publish_manifest()  # the manifest says 50: the gate is behind it
+        status = wait_until(
+            lambda: (s := snap_gate.request("status"))["members"] == 50 and s,
+            timeout=15,
+            what="anti-entropy snapshot",
+        )
+        assert status["sync"]["in_sync"]
+        assert status["sync"]["last_snapshot"]["reason"] == "anti_entropy"
+    finally:
+        hq.close()
