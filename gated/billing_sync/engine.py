@@ -247,8 +247,11 @@ def after_settled(acct: Account) -> Account:
 
 
 def next_review(acct: Account, now: int, rules: Rules) -> int | None:
-    """The next instant after ``now`` at which status or billing may change without an outside
+    """When the scheduler must look at this account again: ``now`` if a charge is due already,
+    else the next instant after ``now`` at which status or billing may change without an outside
     event (renewal, retry, end of grace, collections, freeze edges, cancellation)."""
+    if renewal_due(acct, now) or retry_due(acct, now) or first_charge_due(acct):
+        return now
     marks: list[int] = []
     if acct.paid_through is not None:
         marks.append(acct.paid_through)

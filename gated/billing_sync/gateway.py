@@ -152,7 +152,7 @@ class SimulatedGateway:
             ).fetchone()
             if row is not None:
                 return str(row[0])
-            (count,) = self._db.execute("SELECT count(*) FROM intents").fetchone()
+            (count,) = self._db.execute("SELECT coalesce(max(rowid), 0) FROM intents").fetchone()
             intent_id = f"pi_sim_{count + 1:010d}"
             self._db.execute(
                 "INSERT INTO intents VALUES (?, ?, ?, ?, ?, 'requires_confirmation', NULL, NULL,"

@@ -32,7 +32,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.gateway import ChargeResult, GatewayError, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.notices import Notice, format_amount, render
-from gated.billing_sync.store import get_meta, insert_ignore, next_version, set_meta
+from gated.billing_sync.store import get_meta, insert_ignore, next_versions, set_meta
 from gated.config import BillingConfig
 from gated.contract import (
     MEMBER_ID_RE,
@@ -103,6 +103,18 @@ class Facts:
     plan: Any
     account: eng.Account
     open_invoices: list[Row[Any]]
+    email_to: str | None = None
+
+
+@dataclass(frozen=True)
+class _InvoiceSpec:
+    member_id: str
+    kind: str
+    currency: str
+    lines: list[tuple[str, str, int, int]]
+    tax_rate_bp: int
+    due_at: int
+    period: tuple[int, int] | None
 
 
 @dataclass
@@ -348,7 +360,7 @@ class Billing:
             conn.execute(
                 update(s.subscriptions)
                 .where(s.subscriptions.c.member_id == member_id)
-                .values(status="cancelled", review_at=None, next_retry_at=None)
+                .values(status="cancelled", review_at=None, next_retry_at=None, cancel_at=now)
             )
             self._refresh(conn, [member_id], now)
 
@@ -633,6 +645,7 @@ class Billing:
         report = CycleReport()
         self.resume(report, member_ids)
         batch = self.config.batch_size
+        seen: set[str] = set()
         while True:
             now = self.clock()
             with self.engine.begin() as conn:
@@ -647,8 +660,11 @@ class Billing:
                     )
                 else:
                     due = list(member_ids)
-                if not due:
+                if not due or seen.issuperset(due):
+                    if due:
+                        log.warning("event=cycle_stuck members=%d", len(due))
                     break
+                seen.update(due)
                 charges = self._plan_charges(conn, due, now, report)
             self._execute(charges, report)
             if member_ids is not None:
@@ -692,8 +708,9 @@ class Billing:
         """Decide per member: renewal invoices and retries become attempts (committed with their
         idempotency keys before any gateway call); everyone reviewed gets a fresh status."""
         facts = self._load(conn, due, now)
-        charges: list[_Charge] = []
-        methods = self._methods(conn, set(facts))
+        renewals: list[_InvoiceSpec] = []
+        retries: list[dict[str, Any]] = []
+        to_charge: list[str] = []
         for member_id, f in facts.items():
             report.reviewed += 1
             acct = f.account
@@ -702,70 +719,105 @@ class Billing:
             if f.plan is not None and eng.renewal_due(acct, now):
                 start = int(f.sub.paid_through)
                 end = eng.add_months(start, int(f.plan.period_months))
-                lines = [
-                    (
-                        "membership",
-                        f"{f.plan.name} {_day(start)} to {_day(end)}",
-                        1,
-                        int(f.plan.price),
+                label = f"{f.plan.name} {_day(start)} to {_day(end)}"
+                renewals.append(
+                    _InvoiceSpec(
+                        member_id,
+                        "renewal",
+                        f.plan.currency,
+                        [("membership", label, 1, int(f.plan.price))],
+                        int(f.plan.tax_rate_bp),
+                        start,
+                        (start, end),
                     )
-                ]
-                self._create_invoice(
-                    conn, f, "renewal", lines, int(f.plan.tax_rate_bp), start, (start, end)
                 )
                 report.renewals += 1
             elif eng.first_charge_due(acct):
                 pass
             elif eng.retry_due(acct, now):
-                conn.execute(
-                    update(s.subscriptions)
-                    .where(s.subscriptions.c.member_id == member_id)
-                    .values(retries_done=acct.retries_done + 1, next_retry_at=None)
-                )
+                retries.append({"mid": member_id, "rd": acct.retries_done + 1})
                 report.retries += 1
             else:
                 continue
-            charges.extend(self._attempts_for_open(conn, member_id, methods, now))
-        self._refresh(conn, list(facts), now)
+            to_charge.append(member_id)
+        self._create_invoices(conn, renewals, now)
+        if retries:
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == bindparam("mid"))
+                .values(retries_done=bindparam("rd"), next_retry_at=None),
+                retries,
+            )
+        charges = self._attempts_for_open(conn, to_charge, now)
+        if to_charge:
+            # Their status follows from the charge's result (record_results refreshes them); if
+            # no result comes back, resume() finishes the attempt on the next cycle.
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == bindparam("mid"))
+                .values(review_at=now + self.config.cycle_interval_s),
+                [{"mid": m} for m in to_charge],
+            )
+        charging = set(to_charge)
+        self._refresh(conn, [m for m in facts if m not in charging], now)
         return charges
 
     def _attempts_for_open(
-        self,
-        conn: Connection,
-        member_id: str,
-        methods: dict[str, tuple[str | None, str | None]],
-        now: int,
+        self, conn: Connection, member_ids: list[str], now: int
     ) -> list[_Charge]:
-        inv = s.invoices
-        a = s.payment_attempts
+        """One new attempt (with its idempotency key) per open invoice of these members."""
+        if not member_ids:
+            return []
+        inv, a = s.invoices, s.payment_attempts
         rows = conn.execute(
-            select(inv.c.id, inv.c.total, inv.c.amount_paid, inv.c.currency)
-            .where(inv.c.member_id == member_id, inv.c.status == "open")
-            .order_by(inv.c.due_at)
+            select(inv.c.id, inv.c.member_id, inv.c.total, inv.c.amount_paid, inv.c.currency)
+            .where(inv.c.member_id.in_(member_ids), inv.c.status == "open")
+            .order_by(inv.c.member_id, inv.c.due_at)
         ).all()
-        customer, pm = methods.get(member_id, (None, None))
+        rows = [r for r in rows if r.total > r.amount_paid]
+        if not rows:
+            return []
+        counts = dict(
+            conn.execute(
+                select(a.c.invoice_id, func.count())
+                .where(a.c.invoice_id.in_([r.id for r in rows]))
+                .group_by(a.c.invoice_id)
+            ).all()
+        )
+        params = [
+            {
+                "invoice_id": r.id,
+                "member_id": r.member_id,
+                "idempotency_key": f"inv{r.id}-a{counts.get(r.id, 0) + 1}",
+                "amount": int(r.total - r.amount_paid),
+                "currency": r.currency,
+                "state": "new",
+                "created_at": now,
+                "updated_at": now,
+            }
+            for r in rows
+        ]
+        ids = (
+            conn.execute(insert(a).returning(a.c.id, sort_by_parameter_order=True), params)
+            .scalars()
+            .all()
+        )
+        methods = self._methods(conn, set(member_ids))
         out = []
-        for r in rows:
-            n = conn.execute(select(func.count()).where(a.c.invoice_id == r.id)).scalar_one()
-            key = f"inv{r.id}-a{n + 1}"
-            amount = int(r.total - r.amount_paid)
-            if amount <= 0:
-                continue
-            attempt_id = conn.execute(
-                insert(a)
-                .values(
-                    invoice_id=r.id,
-                    member_id=member_id,
-                    idempotency_key=key,
-                    amount=amount,
-                    currency=r.currency,
-                    state="new",
-                    created_at=now,
-                    updated_at=now,
+        for attempt_id, p in zip(ids, params, strict=True):
+            customer, pm = methods.get(p["member_id"], (None, None))
+            out.append(
+                _Charge(
+                    attempt_id,
+                    p["invoice_id"],
+                    p["member_id"],
+                    p["idempotency_key"],
+                    p["amount"],
+                    p["currency"],
+                    customer,
+                    pm,
                 )
-                .returning(a.c.id)
-            ).scalar_one()
-            out.append(_Charge(attempt_id, r.id, member_id, key, amount, r.currency, customer, pm))
+            )
         return out
 
     def _execute(self, charges: list[_Charge], report: CycleReport) -> None:
@@ -842,12 +894,20 @@ class Billing:
         later or twice (webhooks repeat and reorder)."""
         a = s.payment_attempts
         now = self.clock()
-        touched: list[str] = []
-        ids = [c.attempt_id for c in charges]
-        current = {
-            r.id: r.state for r in conn.execute(select(a.c.id, a.c.state).where(a.c.id.in_(ids)))
+        current = dict(
+            conn.execute(
+                select(a.c.id, a.c.state).where(a.c.id.in_([c.attempt_id for c in charges]))
+            ).all()
+        )
+        invoices = {
+            r.id: r
+            for r in conn.execute(
+                select(s.invoices).where(s.invoices.c.id.in_({c.invoice_id for c in charges}))
+            )
         }
-        facts = self._load(conn, list({c.member_id for c in charges}), now)
+        updates: list[dict[str, Any]] = []
+        payments: list[tuple[Row[Any], int, str, str | None]] = []
+        outcomes: list[tuple[_Charge, Row[Any], eng.DeclineClass | None]] = []
         for c in charges:
             res = c.result
             assert res is not None
@@ -855,48 +915,61 @@ class Billing:
                 continue
             if res.state == "requires_confirmation":
                 continue
-            state = res.state
-            decline_class = (
-                eng.classify_decline(res.decline_code, res.advice_code)
-                if state == "failed"
-                else None
-            )
-            if state == "requires_action":
+            decline_class: eng.DeclineClass | None = None
+            if res.state == "failed":
+                decline_class = eng.classify_decline(res.decline_code, res.advice_code)
+            elif res.state == "requires_action":
                 decline_class = "auth"
-            conn.execute(
-                update(a)
-                .where(a.c.id == c.attempt_id)
-                .values(
-                    state=state,
-                    decline_code=res.decline_code,
-                    decline_class=decline_class,
-                    updated_at=now,
-                )
+            updates.append(
+                {"aid": c.attempt_id, "st": res.state, "dc": res.decline_code, "cl": decline_class}
             )
-            current[c.attempt_id] = state
-            touched.append(c.member_id)
+            current[c.attempt_id] = res.state
+            inv = invoices.get(c.invoice_id)
+            if inv is None:
+                continue
+            if res.state == "succeeded":
+                payments.append((inv, c.amount, "card", c.gateway_ref))
+            outcomes.append((c, inv, decline_class))
+        if not updates:
+            return
+        conn.execute(
+            update(a)
+            .where(a.c.id == bindparam("aid"))
+            .values(
+                state=bindparam("st"),
+                decline_code=bindparam("dc"),
+                decline_class=bindparam("cl"),
+                updated_at=now,
+            ),
+            updates,
+        )
+        self._apply_payments(conn, payments, now)
+        # One load after the money is booked; dunning changes below are made to these facts in
+        # place so the refresh can reuse them.
+        facts = self._load(conn, list({c.member_id for c, _, _ in outcomes}), now)
+        receipts: list[tuple[Facts, str, dict[str, Any]]] = []
+        for c, inv, decline_class in outcomes:
             f = facts.get(c.member_id)
+            assert c.result is not None
             if f is None:
                 continue
-            inv = conn.execute(select(s.invoices).where(s.invoices.c.id == c.invoice_id)).one()
-            if state == "succeeded":
+            if c.result.state == "succeeded":
                 report.succeeded += 1
-                self._apply_payment(conn, inv, c.amount, "card", c.gateway_ref, now)
-                self._queue(
-                    conn,
-                    f,
-                    "receipt",
-                    amount=format_amount(c.amount, c.currency),
-                    invoice=str(inv.id),
+                receipts.append(
+                    (
+                        f,
+                        "receipt",
+                        {"amount": format_amount(c.amount, c.currency), "invoice": str(inv.id)},
+                    )
                 )
-            elif state == "processing":
+            elif c.result.state == "processing":
                 report.processing += 1
             else:
                 report.failed += 1
                 assert decline_class is not None
-                self._after_failure(conn, f, inv, c, res, decline_class, now)
-        if touched:
-            self._refresh(conn, list(dict.fromkeys(touched)), now)
+                self._after_failure(conn, f, inv, c, c.result, decline_class, now)
+        self._queue_many(conn, receipts)
+        self._refresh(conn, list(facts), now, facts=facts)
 
     def _after_failure(
         self,
@@ -1189,12 +1262,14 @@ class Billing:
             return {}
         m, sub, p, inv, a = s.members, s.subscriptions, s.plans, s.invoices, s.payment_attempts
         out: dict[str, Facts] = {}
-        rows = conn.execute(
-            select(m, sub, p)
-            .join(sub, sub.c.member_id == m.c.id, isouter=True)
-            .join(p, p.c.id == sub.c.plan_id, isouter=True)
+        payer = m.alias("payer")
+        members = conn.execute(
+            select(m, payer.c.email.label("payer_email"))
+            .join(payer, payer.c.id == m.c.payer_id, isouter=True)
             .where(m.c.id.in_(ids))
         ).all()
+        subs = {r.member_id: r for r in conn.execute(select(sub).where(sub.c.member_id.in_(ids)))}
+        plans = {r.id: r for r in conn.execute(select(p))}
         open_inv: dict[str, list[Row[Any]]] = {}
         for r in conn.execute(
             select(inv)
@@ -1229,12 +1304,10 @@ class Billing:
             .order_by(s.freezes.c.starts_at.desc())
         ):
             freezes[r.member_id] = (r.starts_at, r.ends_at)
-        for r in rows:
-            mapping = r._mapping
-            member_id = mapping[m.c.id]
-            member = _Row(mapping, m)
-            sub_row = _Row(mapping, sub) if mapping[sub.c.member_id] is not None else None
-            plan_row = _Row(mapping, p) if mapping[p.c.id] is not None else None
+        for member in members:
+            member_id = member.id
+            sub_row = subs.get(member_id)
+            plan_row = plans.get(sub_row.plan_id) if sub_row is not None else None
             invs = open_inv.get(member_id, [])
             owed = sum(int(i.total - i.amount_paid) for i in invs)
             acct = eng.Account(
@@ -1256,15 +1329,24 @@ class Billing:
                 and sub_row.paid_through is not None
                 and sub_row.paid_through > sub_row.started_at,
             )
-            out[member_id] = Facts(member, sub_row, plan_row, acct, invs)
+            email_to = member.email or member.payer_email
+            out[member_id] = Facts(member, sub_row, plan_row, acct, invs, email_to)
         return out
 
     def _refresh(
-        self, conn: Connection, ids: Sequence[str], now: int, *, force: bool = False
+        self,
+        conn: Connection,
+        ids: Sequence[str],
+        now: int,
+        *,
+        force: bool = False,
+        facts: dict[str, Facts] | None = None,
     ) -> None:
         """Recompute statuses and review times, settle dunning state, and publish every member
-        (and dependant) whose MemberState changed."""
-        facts = self._load(conn, ids, now)
+        (and dependant) whose MemberState changed. ``facts`` may be passed when the caller has
+        just loaded them and kept them current."""
+        if facts is None:
+            facts = self._load(conn, ids, now)
         changed_payers: list[str] = []
         sub_updates = []
         own: dict[str, str] = {}
@@ -1342,6 +1424,7 @@ class Billing:
         ):
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
+        changed: list[tuple[str, list[str], dict[str, Any], Row[Any] | None]] = []
         outbox = []
         manifest_delta: dict[str, list[tuple[str, int | None, bool, int, bool]]] = {}
         for member_id, f in facts.items():
@@ -1378,30 +1461,24 @@ class Billing:
             old = current.get(member_id)
             if old is not None and not force and _same_state(json.loads(old.payload), body):
                 continue
-            version = next_version(conn)
+            changed.append((member_id, sites, body, old))
+        if not changed:
+            return
+        first = next_versions(conn, len(changed))
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for offset, (member_id, sites, body, old) in enumerate(changed):
+            version = first + offset
             body["version"] = version
             payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
-            if old is None:
-                conn.execute(
-                    insert(ms).values(
-                        member_id=member_id,
-                        version=version,
-                        status=body["status"],
-                        sites=json.dumps(sites),
-                        payload=payload,
-                    )
-                )
-            else:
-                conn.execute(
-                    update(ms)
-                    .where(ms.c.member_id == member_id)
-                    .values(
-                        version=version,
-                        status=body["status"],
-                        sites=json.dumps(sites),
-                        payload=payload,
-                    )
-                )
+            row = {
+                "mid": member_id,
+                "v": version,
+                "st": body["status"],
+                "si": json.dumps(sites),
+                "p": payload,
+            }
+            (inserts if old is None else updates).append(row)
             old_sites = json.loads(old.sites) if old is not None else []
             for site in set(old_sites) | set(sites):
                 manifest_delta.setdefault(site, []).append(
@@ -1422,9 +1499,31 @@ class Billing:
                     "created_at": now,
                 }
             )
-        if outbox:
-            conn.execute(insert(s.status_outbox), outbox)
-            self._update_manifests(conn, manifest_delta)
+        if inserts:
+            conn.execute(
+                insert(ms).values(
+                    member_id=bindparam("mid"),
+                    version=bindparam("v"),
+                    status=bindparam("st"),
+                    sites=bindparam("si"),
+                    payload=bindparam("p"),
+                ),
+                inserts,
+            )
+        if updates:
+            conn.execute(
+                update(ms)
+                .where(ms.c.member_id == bindparam("mid"))
+                .values(
+                    version=bindparam("v"),
+                    status=bindparam("st"),
+                    sites=bindparam("si"),
+                    payload=bindparam("p"),
+                ),
+                updates,
+            )
+        conn.execute(insert(s.status_outbox), outbox)
+        self._update_manifests(conn, manifest_delta)
 
     def _update_manifests(
         self, conn: Connection, deltas: dict[str, list[tuple[str, int | None, bool, int, bool]]]
@@ -1467,56 +1566,69 @@ class Billing:
         due_at: int,
         period: tuple[int, int] | None,
     ) -> int:
-        """An itemized invoice: each line net, then one tax line (rate in basis points)."""
+        """One itemized invoice for a member (see ``_create_invoices``)."""
         currency = f.plan.currency if f.plan is not None else self.config.currency
-        subtotal = sum(q * unit for _, _, q, unit in lines)
-        tax = eng.tax_of(subtotal, tax_rate_bp)
-        invoice_id = int(
-            conn.execute(
-                insert(s.invoices)
-                .values(
-                    member_id=f.member.id,
-                    kind=kind,
-                    currency=currency,
-                    period_start=period[0] if period else None,
-                    period_end=period[1] if period else None,
-                    subtotal=subtotal,
-                    tax=tax,
-                    total=subtotal + tax,
-                    amount_paid=0,
-                    status="open",
-                    due_at=due_at,
-                    created_at=self.clock(),
-                )
-                .returning(s.invoices.c.id)
-            ).scalar_one()
-        )
-        rows = [
-            {
-                "invoice_id": invoice_id,
-                "kind": k,
-                "description": d,
-                "quantity": q,
-                "unit_amount": unit,
-                "amount": q * unit,
-                "tax_rate_bp": tax_rate_bp,
-            }
-            for k, d, q, unit in lines
-        ]
-        if tax:
-            rows.append(
+        spec = _InvoiceSpec(f.member.id, kind, currency, lines, tax_rate_bp, due_at, period)
+        return self._create_invoices(conn, [spec], self.clock())[0]
+
+    def _create_invoices(self, conn: Connection, specs: list[_InvoiceSpec], now: int) -> list[int]:
+        """Itemized invoices: each line net, then one tax line (rate in basis points)."""
+        if not specs:
+            return []
+        heads = []
+        for sp in specs:
+            subtotal = sum(q * unit for _, _, q, unit in sp.lines)
+            tax = eng.tax_of(subtotal, sp.tax_rate_bp)
+            heads.append(
                 {
-                    "invoice_id": invoice_id,
-                    "kind": "tax",
-                    "description": f"Tax {tax_rate_bp / 100:g} %",
-                    "quantity": 1,
-                    "unit_amount": tax,
-                    "amount": tax,
-                    "tax_rate_bp": tax_rate_bp,
+                    "member_id": sp.member_id,
+                    "kind": sp.kind,
+                    "currency": sp.currency,
+                    "period_start": sp.period[0] if sp.period else None,
+                    "period_end": sp.period[1] if sp.period else None,
+                    "subtotal": subtotal,
+                    "tax": tax,
+                    "total": subtotal + tax,
+                    "amount_paid": 0,
+                    "status": "open",
+                    "due_at": sp.due_at,
+                    "created_at": now,
                 }
             )
+        inv = s.invoices
+        ids = list(
+            conn.execute(
+                insert(inv).returning(inv.c.id, sort_by_parameter_order=True), heads
+            ).scalars()
+        )
+        rows = []
+        for invoice_id, sp, head in zip(ids, specs, heads, strict=True):
+            rows.extend(
+                {
+                    "invoice_id": invoice_id,
+                    "kind": k,
+                    "description": d,
+                    "quantity": q,
+                    "unit_amount": unit,
+                    "amount": q * unit,
+                    "tax_rate_bp": sp.tax_rate_bp,
+                }
+                for k, d, q, unit in sp.lines
+            )
+            if head["tax"]:
+                rows.append(
+                    {
+                        "invoice_id": invoice_id,
+                        "kind": "tax",
+                        "description": f"Tax {sp.tax_rate_bp / 100:g} %",
+                        "quantity": 1,
+                        "unit_amount": head["tax"],
+                        "amount": head["tax"],
+                        "tax_rate_bp": sp.tax_rate_bp,
+                    }
+                )
         conn.execute(insert(s.invoice_lines), rows)
-        return invoice_id
+        return [int(i) for i in ids]
 
     def _apply_payment(
         self,
@@ -1527,63 +1639,87 @@ class Billing:
         reference: str | None,
         now: int,
     ) -> None:
-        """Book money against an invoice; a fully paid renewal moves paid-through forward."""
+        self._apply_payments(conn, [(inv, amount, method, reference)], now)
+
+    def _apply_payments(
+        self, conn: Connection, items: list[tuple[Row[Any], int, str, str | None]], now: int
+    ) -> None:
+        """Book money against invoices (one item per invoice); a fully paid renewal moves
+        paid-through forward. Callers refresh the members afterwards."""
+        if not items:
+            return
         conn.execute(
-            insert(s.payments).values(
-                invoice_id=inv.id,
-                member_id=inv.member_id,
-                amount=amount,
-                method=method,
-                reference=reference,
-                at=now,
-            )
+            insert(s.payments),
+            [
+                {
+                    "invoice_id": inv.id,
+                    "member_id": inv.member_id,
+                    "amount": amount,
+                    "method": method,
+                    "reference": ref,
+                    "at": now,
+                }
+                for inv, amount, method, ref in items
+            ],
         )
-        paid = int(inv.amount_paid) + amount
-        full = paid >= int(inv.total)
+        inv_updates = []
+        renewed = []
+        for inv, amount, _, _ in items:
+            paid = int(inv.amount_paid) + amount
+            full = paid >= int(inv.total)
+            inv_updates.append(
+                {
+                    "iid": inv.id,
+                    "ap": paid,
+                    "st": "paid" if full else "open",
+                    "pa": now if full else None,
+                }
+            )
+            if full and inv.kind == "renewal" and inv.period_end is not None:
+                renewed.append({"mid": inv.member_id, "pe": inv.period_end})
         conn.execute(
             update(s.invoices)
-            .where(s.invoices.c.id == inv.id)
-            .values(
-                amount_paid=paid, status="paid" if full else "open", paid_at=now if full else None
-            )
+            .where(s.invoices.c.id == bindparam("iid"))
+            .values(amount_paid=bindparam("ap"), status=bindparam("st"), paid_at=bindparam("pa")),
+            inv_updates,
         )
-        if full and inv.kind == "renewal" and inv.period_end is not None:
-            sc = s.subscriptions.c
+        sc = s.subscriptions.c
+        if renewed:
             conn.execute(
                 update(s.subscriptions)
                 .where(
-                    sc.member_id == inv.member_id,
-                    or_(sc.paid_through.is_(None), sc.paid_through < inv.period_end),
+                    sc.member_id == bindparam("mid"),
+                    or_(sc.paid_through.is_(None), sc.paid_through < bindparam("pe")),
                 )
-                .values(paid_through=inv.period_end)
+                .values(paid_through=bindparam("pe")),
+                renewed,
             )
-        conn.execute(
-            update(s.subscriptions)
-            .where(s.subscriptions.c.member_id == inv.member_id)
-            .values(review_at=now)
-        )
 
     def _queue(self, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
-        """Render a notice into the outbox (members without an e-mail address get none)."""
-        to = f.member.email
-        if not to and f.member.payer_id:
-            to = conn.execute(
-                select(s.members.c.email).where(s.members.c.id == f.member.payer_id)
-            ).scalar()
-        if not to:
-            return
-        n: Notice = render(kind, to, f.member.id, name=f.member.name, **values)
-        conn.execute(
-            insert(s.notifications).values(
-                member_id=n.member_id,
-                kind=n.kind,
-                to_addr=n.to_addr,
-                subject=n.subject,
-                body=n.body,
-                created_at=self.clock(),
-                attempts=0,
+        """Render one notice into the outbox."""
+        self._queue_many(conn, [(f, kind, values)])
+
+    def _queue_many(self, conn: Connection, items: list[tuple[Facts, str, dict[str, Any]]]) -> None:
+        """Render notices into the outbox; a dependant's go to the payer, and members without an
+        e-mail address get none."""
+        rows = []
+        for f, kind, values in items:
+            if not f.email_to:
+                continue
+            n: Notice = render(kind, f.email_to, f.member.id, name=f.member.name, **values)
+            rows.append(
+                {
+                    "member_id": n.member_id,
+                    "kind": n.kind,
+                    "to_addr": n.to_addr,
+                    "subject": n.subject,
+                    "body": n.body,
+                    "created_at": self.clock(),
+                    "attempts": 0,
+                }
             )
-        )
+        if rows:
+            conn.execute(insert(s.notifications), rows)
 
     def _notify_published(self) -> None:
         if self.published_hook is not None:
@@ -1599,17 +1735,6 @@ class Billing:
             offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
             set_meta(conn, "clock_offset_s", offset)
         return offset
-
-
-class _Row:
-    """Attribute access to one table's columns inside a joined row."""
-
-    def __init__(self, mapping: Any, table: Any) -> None:
-        for col in table.c:
-            setattr(self, col.name, mapping[col])
-
-    def __getattr__(self, name: str) -> Any:  # for mypy: columns are dynamic
-        raise AttributeError(name)
 
 
 def _same_state(old: dict[str, Any], new: dict[str, Any]) -> bool:

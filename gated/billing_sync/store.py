@@ -82,14 +82,18 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
     return int(conn.execute(stmt, rows).rowcount)
 
 
-def next_version(conn: Connection) -> int:
-    """Take the next number of the head-office-wide version sequence (inside the caller's
-    transaction, so a rolled-back change never publishes its number)."""
+def next_versions(conn: Connection, count: int = 1) -> int:
+    """Take ``count`` consecutive numbers of the head-office-wide version sequence and return the
+    first (inside the caller's transaction, so a rolled-back change never publishes its numbers;
+    the row lock serializes concurrent writers on PostgreSQL)."""
     head = schema.version_head
     row = conn.execute(
-        update(head).where(head.c.id == 1).values(value=head.c.value + 1).returning(head.c.value)
+        update(head)
+        .where(head.c.id == 1)
+        .values(value=head.c.value + count)
+        .returning(head.c.value)
     ).one()
-    return int(row[0])
+    return int(row[0]) - count + 1
 
 
 def raise_version_floor(conn: Connection, floor: int) -> None:

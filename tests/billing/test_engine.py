@@ -260,6 +260,9 @@ def test_next_review_is_in_the_future_and_status_is_stable_until_then(
     if nxt is None:
         assert eng.status_at(acct, now + 800 * DAY, r) == eng.status_at(acct, now, r)
         return
+    if nxt == now:  # a charge is due: the scheduler acts at once
+        assert eng.renewal_due(acct, now) or eng.retry_due(acct, now) or eng.first_charge_due(acct)
+        return
     assert nxt > now
     assert eng.status_at(acct, nxt - 1, r) == eng.status_at(acct, now, r)
 
