@@ -75,10 +75,18 @@ def uid_for(n: int) -> str:
 class HeadOffice:
     """Signs with ``keys/head-office.key`` and publishes retained at QoS 1."""
 
-    def __init__(self, keys: Path, port: int, client_id: str = "test-hq") -> None:
+    def __init__(
+        self,
+        keys: Path,
+        port: int,
+        client_id: str = "test-hq",
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.signer = Signer.from_pem_file(keys / "head-office.key")
         self.credential_key = load_credential_key(keys / "credential.key")
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.states: dict[str, dict[str, Any]] = {}
