@@ -25,7 +25,11 @@ class ConfigError(Exception):
 
 def parse_duration(value: str | int | float) -> float:
     """``"72h"``, ``"30s"``, ``"1500ms"``, ``"3d"`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 72h, 3d)")
     if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value!r}")
         return float(value)
     match = _DURATION_RE.match(value)
     if not match:

@@ -135,6 +135,12 @@ class ControlServer:
             result = await self.handler(request["cmd"], args, caller)
         except ControlError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # one bad request must not take the socket down; it is logged
+            log.exception("event=control_error cmd=%s operator=%s", request["cmd"], caller.operator)
+            return {
+                "ok": False,
+                "error": f"internal error in {request['cmd']}: {type(exc).__name__} (see the daemon's log)",
+            }
         if isinstance(result, dict):
             return {"ok": True, "result": result}
         return result

@@ -183,8 +183,14 @@ class Gate:
         }
 
     def _on_read(self, credential: Credential) -> None:
-        """The emit callback every reader gets."""
-        self.on_credential(credential)
+        """The emit callback every reader gets. A fault in deciding fails closed: the door stays
+        shut, the fault is logged and counted, and the reader keeps reading."""
+        try:
+            self.on_credential(credential)
+        except Exception:
+            self.rejected["decision_error"] += 1
+            log.exception("event=decision_error reader=%s kind=%s", credential.reader_id, credential.kind)
+            self.door.deny()
 
     def _record_decision(
         self,

@@ -373,3 +373,33 @@ def test_crash_loses_nothing_committed(tmp_path: Path) -> None:
     index = store.load_index()
     assert index.max_version == store.max_version() >= reported
     store.close()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("daily_limit", "3"),
+        ("daily_limit", True),
+        ("version", "7"),
+        ("status", "vip"),
+        ("role", "admin"),
+        ("schedule", [{"days": ["mon"], "start": "99:99", "end": "10:00"}]),
+        ("schedule", [{"days": ["funday"], "start": "09:00", "end": "10:00"}]),
+        ("zones", "main"),
+        ("member_id", "bad id!"),
+    ],
+)
+def test_ill_typed_state_is_refused_before_the_hot_path(field: str, value: object) -> None:
+    # A state can be correctly signed and still carry a type the hot path would trip over.
+    from gated.cache.index import member_row
+    from gated.contract import ContractError
+
+    state = {
+        "type": "member_state", "member_id": "m_1", "sites": ["downtown"], "version": 3,
+        "status": "active", "role": "member", "valid_from": None, "valid_until": None,
+        "plan": None, "schedule": [], "zones": [], "credentials": [], "qr_key": None,
+        "daily_limit": None, "issued_at": "2026-11-26T08:00:00Z",
+    }  # fmt: skip
+    member_row(state)  # the well-typed state is fine
+    with pytest.raises(ContractError):
+        member_row({**state, field: value})

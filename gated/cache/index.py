@@ -14,7 +14,14 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from gated.contract import ContractError, digest_hex, digest_term, parse_timestamp
+from gated.contract import (
+    MEMBER_ID_RE,
+    STATUSES,
+    ContractError,
+    digest_hex,
+    digest_term,
+    parse_timestamp,
+)
 from gated.policy.decide import Member, Window, compile_schedule
 
 _schedules: dict[str, tuple[Window, ...]] = {}
@@ -51,19 +58,44 @@ def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
         raise ContractError("credentials must be hex card keys and qr_key base64") from exc
     if len(credentials) % 32 or (qr_key is not None and len(qr_key) != 32):
         raise ContractError("card keys and qr_key must be 32 bytes")
+    # The hot path trusts these types; a signed but ill-typed state must stop here, not at a badge.
+    version, daily_limit = state.get("version"), state.get("daily_limit")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ContractError("version must be a positive integer")
+    if daily_limit is not None and (
+        not isinstance(daily_limit, int) or isinstance(daily_limit, bool) or daily_limit < 0
+    ):
+        raise ContractError("daily_limit must be a non-negative integer or null")
+    if state.get("status") not in STATUSES or state.get("role", "member") not in (
+        "member",
+        "staff",
+        None,
+    ):
+        raise ContractError("unknown status or role")
+    member_id = state.get("member_id")
+    if not isinstance(member_id, str) or not MEMBER_ID_RE.match(member_id):
+        raise ContractError("bad member_id")
+    schedule = state.get("schedule") or []
+    try:
+        compile_schedule(schedule)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ContractError("schedule windows need days (mon…sun), start and end as HH:MM") from exc
+    zones = state.get("zones") or []
+    if not isinstance(zones, list) or not all(isinstance(z, str) for z in zones):
+        raise ContractError("zones must be a list of strings")
     return {
-        "member_id": state["member_id"],
-        "version": int(state["version"]),
+        "member_id": member_id,
+        "version": version,
         "status": state["status"],
         "role": state.get("role") or "member",
         "valid_from": parse_timestamp(state.get("valid_from")),
         "valid_until": parse_timestamp(state.get("valid_until")),
         "plan": state.get("plan"),
-        "schedule": json.dumps(state.get("schedule") or [], sort_keys=True, separators=(",", ":")),
-        "zones": json.dumps(sorted(state.get("zones") or []), separators=(",", ":")),
+        "schedule": json.dumps(schedule, sort_keys=True, separators=(",", ":")),
+        "zones": json.dumps(sorted(zones), separators=(",", ":")),
         "credentials": credentials,
         "qr_key": qr_key,
-        "daily_limit": state.get("daily_limit"),
+        "daily_limit": daily_limit,
         "issued_at": state.get("issued_at"),
     }
 

@@ -74,21 +74,34 @@ class Member:
 
 
 def compile_schedule(windows: list[dict[str, object]]) -> tuple[Window, ...]:
-    """``[{"days": ["mon"], "start": "09:00", "end": "16:00"}]`` → ((mask, 540, 960),)."""
+    """``[{"days": ["mon"], "start": "09:00", "end": "16:00"}]`` → ((mask, 540, 960),).
+
+    Raises ValueError for anything else (unknown day, a time that is not HH:MM)."""
     out: list[Window] = []
     for w in windows:
         days = w["days"]
-        assert isinstance(days, list)
+        if not isinstance(days, list):
+            raise ValueError("days must be a list")
         mask = 0
         for d in days:
             mask |= 1 << DAYS.index(str(d))
-        out.append((mask, _minutes(str(w["start"])), _minutes(str(w["end"]))))
+        out.append((mask, _minutes(w["start"], 23), _minutes(w["end"], 24)))
     return tuple(out)
 
 
-def _minutes(hhmm: str) -> int:
-    h, m = hhmm.split(":")
-    return int(h) * 60 + int(m)
+def _minutes(hhmm: object, max_hour: int) -> int:
+    text = str(hhmm)
+    if (
+        len(text) != 5
+        or text[2] != ":"
+        or not (text[:2] + text[3:]).isascii()
+        or not (text[:2] + text[3:]).isdigit()
+    ):
+        raise ValueError(f"not HH:MM: {text!r}")
+    h, m = int(text[:2]), int(text[3:])
+    if h > max_hour or m > 59 or (h == 24 and m):
+        raise ValueError(f"not a time of day: {text!r}")
+    return h * 60 + m
 
 
 @dataclass(slots=True)
