@@ -84,3 +84,67 @@ def run_mosquitto(workdir: Path, extra_config: str = "") -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+# --- localstripe (a fake Stripe for the real stripe library) ------------------------------------
+
+LOCALSTRIPE_VERSION = "1.15.10"
+LOCALSTRIPE_VENV = Path(__file__).resolve().parent.parent / ".venv-localstripe"
+# localstripe's own entry point binds every interface; this one keeps it on loopback.
+_LOCALSTRIPE_MAIN = (
+    "import sys; from aiohttp import web; from localstripe.server import app; "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None)"
+)
+
+
+def ensure_localstripe() -> Path | None:
+    """The python of a venv holding localstripe (kept apart: it pins its own aiohttp), created
+    on first use; None when it cannot be installed (no registry access)."""
+    python = LOCALSTRIPE_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import localstripe.server"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    try:
+        subprocess.run(
+            ["python3", "-m", "venv", str(LOCALSTRIPE_VENV)], check=True, capture_output=True
+        )
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"localstripe=={LOCALSTRIPE_VERSION}"],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return python if subprocess.run(probe, capture_output=True).returncode == 0 else None
+
+
+@dataclass
+class LocalStripe:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def run_localstripe(python: Path) -> Iterator[LocalStripe]:
+    """localstripe from scratch (state in memory only) on an ephemeral loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(python), "-c", _LOCALSTRIPE_MAIN, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=20, proc=proc)
+        yield LocalStripe(port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
