@@ -58,7 +58,8 @@ class HardwareReader:
     kind = "hardware"
 
     def __init__(self, config: _ReaderBase) -> None:
-        assert config.id is not None, "GateConfig assigns every reader an id"
+        if config.id is None:
+            raise ValueError("a reader needs an id: load its config through GateConfig")
         self.id: str = config.id
         self.direction: Direction = config.direction
         self.health = ReaderHealth()
