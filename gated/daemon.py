@@ -809,5 +809,8 @@ class Gate:
             await control.close()
             self.metrics.close()
             self.door.close()
+            # Events dropped since the last save still count after a restart (doctor, metrics).
+            dropped = self.outbox.dropped
+            self.writer.submit(partial(CacheStore.set, key="outbox_dropped", value=dropped))
             self.writer.close()
             log.info("event=stopped")

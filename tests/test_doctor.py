@@ -136,3 +136,13 @@ def test_outbox_guard_alarms_once_per_crossing_and_recovers_on_measurement() -> 
     guard.measured(1, mark)
     assert guard.depth == 1 and changes[-1] == ("ok", 1)
     assert guard.admit() and guard.dropped == 3
+
+
+@pytest.mark.parametrize(
+    ("synced", "level"), [(True, "ok"), (False, "warn"), (None, "warn")]
+)
+def test_clock_check_warns_while_unsynchronized_or_unknown(synced: bool | None, level: str) -> None:
+    from gated.doctor import clock_check
+
+    check = clock_check(synced)
+    assert check.level == level and bool(check.fix) == (level != "ok")

@@ -6,10 +6,15 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
+from gated.metrics import GateMetrics
 from tests.gatefixture import GateProcess, write_config
 
 ACTIVE_UID = "04A1B2C3D4E5F6"
@@ -104,3 +109,48 @@ def test_metrics_can_be_switched_off(tmp_path: Path) -> None:
         assert proc.request("status")["metrics_url"] is None
     finally:
         proc.stop()
+
+
+def test_tallies_become_prometheus_families() -> None:
+    """The hand-kept tallies follow Prometheus semantics: cumulative ``le`` buckets (a value on
+    a bound counts in it), +Inf equals the count, and a fire counts when it starts only."""
+    metrics = GateMetrics(SimpleNamespace())  # type: ignore[arg-type]  # no gate is scraped
+    for us in (100, 250, 900, 2_000_000):
+        metrics.decided(True, "ok", us)
+    metrics.decided(False, "some_future_reason", 10)
+    metrics.door_event("fire", "active")
+    metrics.door_event("fire", "cleared")
+    metrics.door_event("door_held", None)
+    metrics.door_event("exit", None)
+    families = {f.name: f for f in metrics.families()}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    bucket = "gated_decision_latency_seconds_bucket"
+    assert samples[(bucket, (("le", "0.0001"),))] == 2  # 10 µs and exactly 100 µs
+    assert samples[(bucket, (("le", "0.00025"),))] == 3
+    assert samples[(bucket, (("le", "0.001"),))] == 4
+    assert samples[(bucket, (("le", "1.0"),))] == 4
+    assert samples[(bucket, (("le", "+Inf"),))] == 5
+    assert samples[("gated_decision_latency_seconds_count", ())] == 5
+    assert samples[("gated_decisions_total", (("reason", "ok"), ("result", "allow")))] == 4
+    assert samples[("gated_decisions_total", (("reason", "some_future_reason"), ("result", "deny")))] == 1
+    assert samples[("gated_door_alarms_total", (("kind", "fire"),))] == 1
+    assert samples[("gated_door_alarms_total", (("kind", "door_held"),))] == 1
+    assert samples[("gated_door_alarms_total", (("kind", "door_forced"),))] == 0
+    # And the exposition is valid text for a real scraper.
+    registry = CollectorRegistry()
+    registry.register(_Tallies(metrics))
+    assert "# TYPE gated_decision_latency_seconds histogram" in generate_latest(registry).decode()
+
+
+class _Tallies(Collector):
+    """Just the tallies, with no gate behind them."""
+
+    def __init__(self, metrics: GateMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        return self.metrics.families()
