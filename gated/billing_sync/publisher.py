@@ -83,8 +83,12 @@ class Publisher:
                     delay = 0.2
                     self.connected.set()
                     log.info("event=mqtt_connected url=%s", self.cfg.url)
-                    await self._adopt_retained_versions(client)
+                    lost = await self._adopt_retained_versions(client)
                     await self._subscribe_events(client)
+                    while await self.drain(client):
+                        pass
+                    if lost:
+                        await self.resync(client, lost)
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._drain_loop(client))
                         tg.create_task(self._events_loop(client))
@@ -94,29 +98,61 @@ class Publisher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def _adopt_retained_versions(self, client: aiomqtt.Client) -> None:
-        """Never publish a version below a retained manifest's max_version (the store may be a
-        restored backup): read each site's retained manifest once at connect."""
+    async def _adopt_retained_versions(self, client: aiomqtt.Client) -> set[str]:
+        """Read each site's retained manifest once at connect. Never publish a version below its
+        max_version (the store may be a restored backup), and return the sites whose retained
+        manifest is not the one we last published: the broker lost retained state there."""
         floor = 0
+        found: dict[str, tuple[int, str]] = {}
         for site in self.sites:
             await client.subscribe(manifest_topic(site), qos=1)
         try:
             async with asyncio.timeout(0.5):
-                seen = 0
                 async for message in client.messages:
-                    if str(message.topic).endswith("/manifest") and message.retain:
-                        with contextlib.suppress(ValueError, KeyError, TypeError):
-                            floor = max(floor, int(json.loads(message.payload)["max_version"]))
-                        seen += 1
-                        if seen >= len(self.sites):
-                            break
+                    if not (str(message.topic).endswith("/manifest") and message.retain):
+                        # The persistent session delivers queued gate events at once.
+                        await self._record_event(message)
+                        continue
+                    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                        body = json.loads(message.payload)
+                        found[str(body["site"])] = (int(body["max_version"]), str(body["digest"]))
+                        floor = max(floor, int(body["max_version"]))
+                    if len(found) >= len(self.sites):
+                        break
         except TimeoutError:
             pass
         for site in self.sites:
             await client.unsubscribe(manifest_topic(site))
-        if floor:
-            with self.engine.begin() as conn:
+        sm = schema.site_manifests
+        with self.engine.begin() as conn:
+            if floor:
                 raise_version_floor(conn, floor)
+            ours = {
+                r.site: (int(r.published_max_version), r.published_digest)
+                for r in conn.execute(select(sm))
+            }
+        lost = {
+            site for site, mine in ours.items() if mine[1] is not None and found.get(site) != mine
+        }
+        if lost:
+            log.warning("event=broker_lost_retained sites=%s", ",".join(sorted(lost)))
+        return lost
+
+    async def resync(self, client: aiomqtt.Client, sites: set[str]) -> int:
+        """Republish every current member state of these sites (same versions: gates skip what
+        they have) and then their manifests."""
+        ms = schema.member_states
+        signer = self.signer()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ms.c.member_id, ms.c.sites, ms.c.payload)).all()
+        count = 0
+        for row in rows:
+            payload = compact_json(signer.sign(json.loads(row.payload)))
+            for site in set(json.loads(row.sites)) & sites:
+                await client.publish(member_topic(site, row.member_id), payload, qos=1, retain=True)
+                count += 1
+        await self.publish_manifests(client, sites, signer)
+        return count
 
     async def _subscribe_events(self, client: aiomqtt.Client) -> None:
         for site in self.sites:
@@ -124,13 +160,18 @@ class Publisher:
 
     async def _events_loop(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            try:
-                event = json.loads(message.payload)
-            except ValueError:
-                log.warning("event=bad_gate_event topic=%s", message.topic)
-                continue
-            if isinstance(event, dict) and "event_id" in event:
-                await asyncio.to_thread(self.record_events, [event])
+            await self._record_event(message)
+
+    async def _record_event(self, message: aiomqtt.Message) -> None:
+        if not str(message.topic).endswith("/events"):
+            return
+        try:
+            event = json.loads(message.payload)
+        except ValueError:
+            log.warning("event=bad_gate_event topic=%s", message.topic)
+            return
+        if isinstance(event, dict) and "event_id" in event:
+            await asyncio.to_thread(self.record_events, [event])
 
     async def _drain_loop(self, client: aiomqtt.Client) -> None:
         while True:
@@ -194,3 +235,9 @@ class Publisher:
             await client.publish(
                 manifest_topic(row.site), compact_json(manifest), qos=1, retain=True
             )
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(sm)
+                    .where(sm.c.site == row.site)
+                    .values(published_max_version=row.max_version, published_digest=row.digest)
+                )

@@ -235,7 +235,10 @@ site_manifests = Table(
     Column("count", Integer, nullable=False),
     Column("max_version", BigInteger, nullable=False),
     Column("digest", String(64), nullable=False),
-    Column("published_version", BigInteger, nullable=False, default=0),
+    # The last manifest the broker acknowledged: a retained manifest that differs means the broker
+    # lost retained state (e.g. killed before its autosave) and the site is republished.
+    Column("published_max_version", BigInteger, nullable=False, default=0),
+    Column("published_digest", String(64)),
 )
 
 status_outbox = Table(

@@ -777,7 +777,7 @@ class Billing:
         rows = [r for r in rows if r.total > r.amount_paid]
         if not rows:
             return []
-        counts = dict(
+        counts: dict[int, int] = dict(
             conn.execute(
                 select(a.c.invoice_id, func.count())
                 .where(a.c.invoice_id.in_([r.id for r in rows]))
@@ -1544,7 +1544,7 @@ class Billing:
                 max_version = max(max_version, new_version)
             values = {"count": count, "digest": digest_hex(acc), "max_version": max_version}
             if row is None:
-                conn.execute(insert(sm).values(site=site, published_version=0, **values))
+                conn.execute(insert(sm).values(site=site, published_max_version=0, **values))
             else:
                 conn.execute(update(sm).where(sm.c.site == site).values(**values))
 
@@ -1601,7 +1601,7 @@ class Billing:
                 insert(inv).returning(inv.c.id, sort_by_parameter_order=True), heads
             ).scalars()
         )
-        rows = []
+        rows: list[dict[str, Any]] = []
         for invoice_id, sp, head in zip(ids, specs, heads, strict=True):
             rows.extend(
                 {

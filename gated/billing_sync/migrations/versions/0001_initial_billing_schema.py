@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 09:46:11.728427
+Create Date: 2026-11-26 10:01:55.478750
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def upgrade() -> None:
         sa.Column("count", sa.Integer(), nullable=False),
         sa.Column("max_version", sa.BigInteger(), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=False),
-        sa.Column("published_version", sa.BigInteger(), nullable=False),
+        sa.Column("published_max_version", sa.BigInteger(), nullable=False),
+        sa.Column("published_digest", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("site", name=op.f("pk_site_manifests")),
     )
     op.create_table(

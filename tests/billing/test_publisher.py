@@ -1,0 +1,234 @@
+"""The publisher against a real mosquitto: signed retained states and manifests, no version lost
+across a broker restart, gate events consumed once, and the signed snapshot over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+from sqlalchemy import func, select
+
+from gated.billing_sync import schema
+from gated.billing_sync.publisher import Publisher
+from gated.billing_sync.server import create_app
+from gated.billing_sync.service import Billing
+from gated.config import BillingMqttConfig
+from gated.contract import (
+    Verifier,
+    compact_json,
+    events_topic,
+    manifest_topic,
+    members_wildcard,
+    read_snapshot,
+    site_digest,
+)
+from tests.billing.helpers import Clock, make_billing
+from tests.billing.test_webhooks import ThreadServer
+from tests.services import Mosquitto
+
+SITE = "downtown"
+
+
+def publisher_for(b: Billing, url: str) -> Publisher:
+    return Publisher(
+        b.engine,
+        BillingMqttConfig(url=url, client_id="billing-test"),
+        lambda: b.keys.signer,
+        b.config.sites,
+        b.clock,
+        b.record_gate_events,
+    )
+
+
+async def retained(port: int, site: str = SITE, quiet: float = 0.6) -> dict[str, dict[str, Any]]:
+    """Every retained message under the site (members by id, plus 'manifest'), read by a fresh
+    subscriber until the broker goes quiet."""
+    out: dict[str, dict[str, Any]] = {}
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"reader-{time.monotonic_ns()}") as c:
+        await c.subscribe(members_wildcard(site), qos=1)
+        await c.subscribe(manifest_topic(site), qos=1)
+        try:
+            while True:
+                async with asyncio.timeout(quiet):
+                    msg = await anext(aiter(c.messages))
+                obj = json.loads(msg.payload)  # type: ignore[arg-type]
+                key = "manifest" if str(msg.topic).endswith("/manifest") else obj["member_id"]
+                out[key] = obj
+        except TimeoutError:
+            return out
+
+
+async def wait_drained(b: Billing, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with b.engine.connect() as conn:
+            left = conn.execute(
+                select(func.count()).where(schema.status_outbox.c.published_at.is_(None))
+            ).scalar_one()
+        if left == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"outbox not drained: {left} rows left")
+
+
+def check_site(b: Billing, seen: dict[str, dict[str, Any]]) -> None:
+    """Signatures verify, each member is at its newest version, the manifest matches."""
+    verifier = Verifier([b.keys.signer.public_key_raw])
+    manifest = verifier.verify(seen.pop("manifest"), "manifest")
+    states = {m: verifier.verify(s, "member_state") for m, s in seen.items()}
+    with b.engine.connect() as conn:
+        newest = dict(
+            conn.execute(
+                select(schema.member_states.c.member_id, schema.member_states.c.version)
+            ).all()
+        )
+    assert {m: s["version"] for m, s in states.items()} == newest
+    live = [(m, s["version"]) for m, s in states.items() if s["status"] != "erased"]
+    assert manifest["digest"] == site_digest(live) and manifest["count"] == len(live)
+    assert manifest["max_version"] == max(newest.values())
+
+
+async def test_publishes_signed_states_and_survives_a_broker_restart(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    b, clock = make_billing(tmp_path, sites=[SITE])
+    pub = publisher_for(b, mosquitto.url)
+    task = asyncio.create_task(pub.run())
+    try:
+        for i in range(5):
+            card = "pm_sim_ok" if i % 2 == 0 else "pm_sim_decline_insufficient_funds"
+            await asyncio.to_thread(
+                b.add_member, f"m{i}", f"M{i}", plan_id="monthly", payment_method=card
+            )
+        await wait_drained(b)
+        check_site(b, await retained(mosquitto.port))
+
+        mosquitto.kill()
+        await asyncio.to_thread(b.record_payment, "m1")
+        await asyncio.to_thread(b.erase, "m2")
+        await asyncio.to_thread(b.assign_card, "m0", "04A1B2C3D4E5F6")
+        await asyncio.sleep(0.5)
+        with b.engine.connect() as conn:
+            pending = conn.execute(
+                select(func.count()).where(schema.status_outbox.c.published_at.is_(None))
+            ).scalar_one()
+        assert pending == 3  # held while the broker is down
+        mosquitto.start()
+        await wait_drained(b, timeout=20)
+        seen = await retained(mosquitto.port)
+        assert seen["m1"]["status"] == "active" and seen["m2"]["status"] == "erased"
+        check_site(b, seen)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_gate_events_are_consumed_once_even_while_billing_is_away(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    b, _ = make_billing(tmp_path, sites=[SITE])
+    event = {
+        "event_id": "01JD0000000000000000000001",
+        "site": SITE,
+        "gate": "t1",
+        "at": "2026-12-01T09:00:00Z",
+        "kind": "entry",
+        "member_id": "m1",
+        "credential_kind": "card",
+        "reader_id": "sim-1",
+        "direction": "in",
+        "reason": "ok",
+        "latency_us": 120,
+        "source": "reader",
+        "operator": None,
+    }
+    pub = publisher_for(b, mosquitto.url)
+    task = asyncio.create_task(pub.run())
+    await asyncio.wait_for(pub.connected.wait(), 10)
+    await asyncio.sleep(0.6)  # past the retained-manifest read, subscribed to events
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # billing is away: the broker keeps its persistent session's QoS 1 queue
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="gate-t1") as gate:
+        for _ in range(2):  # a gate that lost the PUBACK sends again
+            await gate.publish(events_topic(SITE, "t1"), compact_json(event), qos=1)
+    task = asyncio.create_task(pub.run())
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with b.engine.connect() as conn:
+                rows = conn.execute(select(schema.gate_events)).all()
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        with b.engine.connect() as conn:
+            rows = conn.execute(select(schema.gate_events)).all()
+        assert [r.event_id for r in rows] == [event["event_id"]]
+        assert rows[0].kind == "entry" and rows[0].member_id == "m1"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_versions_continue_above_a_retained_manifest(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A store restored from an old backup must not reuse numbers the gates already hold."""
+    b, _ = make_billing(tmp_path, sites=[SITE])
+    manifest = b.keys.signer.sign(
+        {
+            "type": "manifest",
+            "site": SITE,
+            "count": 1,
+            "max_version": 5000,
+            "digest": "00" * 32,
+            "issued_at": "2026-12-01T00:00:00Z",
+        }
+    )
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="old-hq") as c:
+        await c.publish(manifest_topic(SITE), compact_json(manifest), qos=1, retain=True)
+    pub = publisher_for(b, mosquitto.url)
+    task = asyncio.create_task(pub.run())
+    try:
+        await asyncio.wait_for(pub.connected.wait(), 10)
+        await asyncio.sleep(0.8)
+        await asyncio.to_thread(
+            b.add_member, "m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok"
+        )
+        with b.engine.connect() as conn:
+            version = conn.execute(select(schema.member_states.c.version)).scalar_one()
+        assert version > 5000
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_snapshot_needs_the_gates_bearer_token(tmp_path: Path) -> None:
+    b, _ = make_billing(tmp_path)
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok", sites=["downtown"])
+    b.add_member("m2", "Bob", plan_id="monthly", payment_method="pm_sim_ok", sites=["uptown"])
+    b.add_member("m3", "Cid", plan_id="monthly", payment_method="pm_sim_ok")
+    b.erase("m3")
+    token = b.add_gate("downtown", "t1")
+    other = b.add_gate("uptown", "u1")
+    with ThreadServer(create_app(b, None)) as srv:
+        url = f"http://127.0.0.1:{srv.port}/v1/sites/downtown/snapshot"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer gt_wrong"}).status_code == 401
+        assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 401
+        ok = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
+        trailer, states = read_snapshot(
+            ok.content, Verifier([b.keys.signer.public_key_raw]), "downtown"
+        )
+        assert sorted(s["member_id"] for s in states) == ["m1", "m3"]
+        assert {s["member_id"]: s["status"] for s in states}["m3"] == "erased"
+        assert trailer["count"] == 1
+        b.revoke_gate("downtown", "t1")
+        assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 401
