@@ -144,9 +144,7 @@ class GateStateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         gate = self.gate
         yield from self.tallies.families()
-        yield InfoMetricFamily(
-            "gated_build", "Software version.", value={"version": __version__}
-        )
+        yield InfoMetricFamily("gated_build", "Software version.", value={"version": __version__})
         yield GaugeMetricFamily(
             "gated_cache_members", "Members held in the in-memory index.", value=gate.index.count
         )
@@ -170,11 +168,15 @@ class GateStateCollector(Collector):
         )
         rejected = CounterMetricFamily(
             "gated_rejected_messages",
-            "Inputs refused before any decision (bad signature, wrong site, random UID, ...).",
-            labels=["reason"],
+            "Inputs refused before any decision: head-office messages (source=mqtt: bad "
+            "signature, wrong site, ...) and local ones (source=gate: random UID, ...).",
+            labels=["source", "reason"],
         )
         for reason, count in sorted(dict(gate.rejected).items()):
-            rejected.add_metric([reason], count)
+            rejected.add_metric(["gate", reason], count)
+        if gate.sync is not None:
+            for reason, count in sorted(dict(gate.sync.rejected).items()):
+                rejected.add_metric(["mqtt", reason], count)
         yield rejected
         outbox = gate.outbox
         yield GaugeMetricFamily(

@@ -20,7 +20,9 @@ ACTIVE_UID = "04A1B2C3D4E5F6"
 
 def import_member(gate: GateProcess) -> None:
     members = gate.root / "members.json"
-    members.write_text(json.dumps([{"member_id": "m_1", "status": "active", "cards": [ACTIVE_UID]}]))
+    members.write_text(
+        json.dumps([{"member_id": "m_1", "status": "active", "cards": [ACTIVE_UID]}])
+    )
     out = gate.gated("members", "import", str(members), "-c", str(gate.config))
     assert out.returncode == 0, out.stderr
 
@@ -138,9 +140,7 @@ def test_outbox_guard_alarms_once_per_crossing_and_recovers_on_measurement() -> 
     assert guard.admit() and guard.dropped == 3
 
 
-@pytest.mark.parametrize(
-    ("synced", "level"), [(True, "ok"), (False, "warn"), (None, "warn")]
-)
+@pytest.mark.parametrize(("synced", "level"), [(True, "ok"), (False, "warn"), (None, "warn")])
 def test_clock_check_warns_while_unsynchronized_or_unknown(synced: bool | None, level: str) -> None:
     from gated.doctor import clock_check
 

@@ -83,9 +83,10 @@ def test_system_files_are_the_shipped_ones(root: Path) -> None:
     assert {"blacklist pn533_usb", "blacklist pn533", "blacklist nfc"} <= set(blacklist)
     # The unit starts what the installer put in place.
     assert (root / "opt/gated/venv/bin/gated").exists()
-    assert "ExecStart=/opt/gated/venv/bin/gated run -c /etc/gated/gated.toml" in (
-        root / "etc/systemd/system/gated.service"
-    ).read_text()
+    assert (
+        "ExecStart=/opt/gated/venv/bin/gated run -c /etc/gated/gated.toml"
+        in (root / "etc/systemd/system/gated.service").read_text()
+    )
 
 
 def test_real_system_actions_are_listed_under_a_prefix(root: Path) -> None:

@@ -10,12 +10,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from gated.contract import Signer, compact_json, member_topic
 from gated.metrics import GateMetrics
 from tests.gatefixture import GateProcess, write_config
+from tests.services import Mosquitto
+from tests.sync.helpers import SITE, HeadOffice, wait_until
 
 ACTIVE_UID = "04A1B2C3D4E5F6"
 FROZEN_UID = "04A1B2C3D4E5F7"
@@ -96,9 +100,45 @@ def test_random_uids_show_as_rejected_and_lockdown_as_a_gauge(gate: GateProcess)
     assert gate.badge(card="08A1B2C3")["reason"] == "unknown_credential"
     assert gate.gatectl("lockdown", "on").returncode == 0
     after = scrape(url)
-    assert after[("gated_rejected_messages_total", (("reason", "random_uid"),))] == 1
-    assert after[("gated_decisions_total", (("reason", "unknown_credential"), ("result", "deny")))] == 1
+    assert (
+        after[("gated_rejected_messages_total", (("reason", "random_uid"), ("source", "gate")))]
+        == 1
+    )
+    assert (
+        after[("gated_decisions_total", (("reason", "unknown_credential"), ("result", "deny")))]
+        == 1
+    )
     assert after[("gated_lockdown", ())] == 1
+
+
+@pytest.mark.needs_mosquitto
+def test_head_office_sync_shows_as_freshness_and_forged_messages_as_rejects(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    config = write_config(
+        tmp_path,
+        extra=f'[mqtt]\nurl = "{mosquitto.url}"\nheartbeat_s = 1\n[metrics]\nlisten = "127.0.0.1:0"\n',
+    )
+    gate = GateProcess(config, tmp_path)
+    gate.start()
+    hq = HeadOffice(tmp_path / "keys", mosquitto.port)
+    try:
+        url = gate.request("status")["metrics_url"]
+        hq.publish(hq.state("m_1", 10, cards=[ACTIVE_UID]))
+
+        version = ("gated_cache_max_version", ())
+        wait_until(lambda: scrape(url)[version] == 10, what="member state applied")
+        fresh = scrape(url)
+        assert fresh[("gated_sync_lag_seconds", ())] < 30
+        assert fresh[("gated_head_office_last_contact_timestamp_seconds", ())] > 1.7e9
+        forged = Signer(Ed25519PrivateKey.generate()).sign(hq.state("m_1", 20, cards=[ACTIVE_UID]))
+        hq.raw(member_topic(SITE, "m_1"), compact_json(forged))
+        bad = ("gated_rejected_messages_total", (("reason", "bad_signature"), ("source", "mqtt")))
+        wait_until(lambda: scrape(url).get(bad) == 1, what="forged state counted")
+        assert scrape(url)[("gated_cache_max_version", ())] == 10
+    finally:
+        hq.close()
+        gate.stop()
 
 
 def test_metrics_can_be_switched_off(tmp_path: Path) -> None:
@@ -136,7 +176,10 @@ def test_tallies_become_prometheus_families() -> None:
     assert samples[(bucket, (("le", "+Inf"),))] == 5
     assert samples[("gated_decision_latency_seconds_count", ())] == 5
     assert samples[("gated_decisions_total", (("reason", "ok"), ("result", "allow")))] == 4
-    assert samples[("gated_decisions_total", (("reason", "some_future_reason"), ("result", "deny")))] == 1
+    assert (
+        samples[("gated_decisions_total", (("reason", "some_future_reason"), ("result", "deny")))]
+        == 1
+    )
     assert samples[("gated_door_alarms_total", (("kind", "fire"),))] == 1
     assert samples[("gated_door_alarms_total", (("kind", "door_held"),))] == 1
     assert samples[("gated_door_alarms_total", (("kind", "door_forced"),))] == 0
