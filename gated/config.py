@@ -247,6 +247,21 @@ class GateConfig(_Section):
             seen.add(reader.id)
         if self.outbox_warn_events >= self.outbox_max_events:
             raise ValueError("outbox_warn_events must be below outbox_max_events")
+        # One GPIO pin, one job: a Wiegand data line on the relay's pin would open the door.
+        pins: dict[int, str] = {}
+        door = self.door
+        wired = [(f"door.{name}", getattr(door, name)) for name in (
+            "relay_pin", "green_led_pin", "red_led_pin", "buzzer_pin", "door_contact_pin",
+            "exit_button_pin", "fire_input_pin", "passage_sensor_pin")]  # fmt: skip
+        for reader in self.readers:
+            if isinstance(reader, WiegandReaderConfig):
+                wired += [(f"readers.{reader.id}.d0_pin", reader.d0_pin), (f"readers.{reader.id}.d1_pin", reader.d1_pin)]
+        for name, pin in wired:
+            if pin is None:
+                continue
+            if pin in pins:
+                raise ValueError(f"{name}: GPIO {pin} is already used by {pins[pin]}")
+            pins[pin] = name
 
     @property
     def tz(self) -> ZoneInfo:
@@ -266,7 +281,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
             continue  # discriminated-union tags add nothing for a human
         else:
             out += ("." if out else "") + part
-    return out or "(file)"
+    return out
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -279,7 +294,9 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = "required setting is missing"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{_location(err['loc'])}: {msg}{suffix}"
+    where = _location(err["loc"])
+    # A whole-file rule (model validator) names its own fields in the message.
+    return f"{where}: {msg}{suffix}" if where else f"{msg}{suffix}"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

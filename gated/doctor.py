@@ -6,7 +6,7 @@ the config file, so a technician gets answers even when the daemon is down.
 
 from __future__ import annotations
 
-import os
+import asyncio
 import shutil
 import sqlite3
 import time
@@ -134,7 +134,16 @@ def config_checks(path: Path) -> tuple[GateConfig | None, list[Check]]:
     checks.append(cache_file_check(config.cache_path))
     checks.append(disk_check(config.state_dir))
     checks.append(clock_check(system_clock_synchronized()))
+    checks.extend(hardware_checks(config))
     return config, checks
+
+
+def hardware_checks(config: GateConfig) -> list[Check]:
+    """The readers' stacks (pcscd and its readers, who owns an NFC device, serial/HID/GPIO
+    device nodes and permissions). Blocking: run it in a thread from the daemon."""
+    from gated.readers.diagnostics import reader_checks
+
+    return [Check("reader stack", level, message, fix) for level, message, fix in reader_checks(config.readers)]
 
 
 def cache_file_check(path: Path) -> Check:
@@ -217,6 +226,7 @@ async def daemon_checks(gate: Gate) -> list[Check]:
                 "" if level == "ok" else "check the reader's cable and gatectl readers",
             )
         )
+    checks.extend(await asyncio.to_thread(hardware_checks, gate.config))
     depth = await _outbox_depth(gate)
     checks.append(
         outbox_check(
@@ -248,8 +258,6 @@ async def daemon_checks(gate: Gate) -> list[Check]:
 
 
 async def _outbox_depth(gate: Gate) -> int:
-    import asyncio
-
     return int(await asyncio.wrap_future(gate.writer.submit(lambda s: s.outbox_depth())))
 
 
@@ -269,7 +277,3 @@ def merge(
     ]
     names = {c.name for c in remote_checks}
     return remote_checks + [c for c in local if c.name not in names]
-
-
-def running_as_root() -> bool:
-    return os.geteuid() == 0

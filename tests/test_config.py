@@ -142,3 +142,14 @@ def test_cli_config_check_bad(tmp_path: Path, text: str | None, name: str) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert name in lines[0] and str(path) in lines[0]
+
+
+def test_a_gpio_pin_has_one_job(tmp_path: Path) -> None:
+    path = tmp_path / "gated.toml"
+    path.write_text(
+        'site = "a"\ngate = "b"\n[door]\nrelay_pin = 17\n'
+        '[[readers]]\nkind = "wiegand"\nid = "w"\nd0_pin = 5\nd1_pin = 17\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_gate_config(path)
+    assert str(err.value).endswith("readers.w.d1_pin: GPIO 17 is already used by door.relay_pin")
