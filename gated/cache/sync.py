@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import json
 import logging
+import multiprocessing
 import os
 import random
+import signal
 import sqlite3
 import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +46,6 @@ import httpx
 from pydantic import ValidationError
 
 from gated import __version__
-from gated.cache.index import member_row
 from gated.cache.store import CacheStore
 from gated.contract import (
     MEMBER_ID_RE,
@@ -55,10 +59,12 @@ from gated.contract import (
     cmd_topic,
     events_topic,
     format_time,
+    load_public_key,
     manifest_topic,
     members_wildcard,
     parse_time,
     parse_topic,
+    public_key_raw,
     read_snapshot,
     status_topic,
 )
@@ -75,9 +81,10 @@ log = logging.getLogger("gated.sync")
 MAX_PAYLOAD = 64 * 1024
 VERIFY_BATCH = 256
 BATCH_DELAY_S = 0.003
-# Worker threads for signature checks: libsodium releases the GIL, so two keep up with the broker
-# (~7.6k QoS 1 messages/s) while a core stays free for decisions.
-VERIFY_WORKERS = max(1, min(2, os.cpu_count() or 1))
+# Member states are verified in worker processes, not threads: parsing, canonical JSON and model
+# checks hold the GIL, and a loop thread that must win the GIL back after every poll would wait a
+# switch interval each time (the convoy effect) and slow both decisions and the MQTT stream.
+VERIFY_PROCESSES = max(1, min(3, (os.cpu_count() or 2) - 1))
 # After this long without member traffic a sync has ended: compare with the manifest.
 SETTLE_S = 1.5
 BACKOFF_MIN_S = 0.5
@@ -190,11 +197,14 @@ class SiteSync:
         )
         self.head_office = config.head_office
         self.snapshot_configured = bool(self.head_office and self.head_office.snapshot_url)
-        self._executor = ThreadPoolExecutor(VERIFY_WORKERS, thread_name_prefix="gated-verify")
-        self._slots = asyncio.Semaphore(VERIFY_WORKERS * 2)
+        self._public_keys = [
+            public_key_raw(load_public_key(p)) for p in config.keys.head_office_public_key_files
+        ]
+        self._pool = self._new_pool()
+        self._slots = asyncio.Semaphore(VERIFY_PROCESSES * 2)
         self._client: aiomqtt.Client | None = None
         self._wake_outbox = asyncio.Event()
-        self._batch: list[tuple[str, dict[str, Any]]] = []
+        self._batch: list[tuple[str, dict[str, Any], bytes]] = []
         self._batch_timer: asyncio.TimerHandle | None = None
         self._pending: dict[str, int] = {}
         self._inflight = 0
@@ -227,6 +237,8 @@ class SiteSync:
     async def run(self) -> None:
         """Connect, sync and drain until cancelled; never lets an error out."""
         try:
+            # Start the verifier processes now, not when the first member arrives.
+            await asyncio.get_running_loop().run_in_executor(self._pool, verify_member_states, [])
             if self.snapshot_configured and self.gate.index.count == 0:
                 await self._try_snapshot("cold_start", None)
             attempt = 0
@@ -251,7 +263,7 @@ class SiteSync:
         finally:
             for task in list(self._tasks):
                 task.cancel()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _lost(self, reason: str) -> None:
         if self.connected or reason != self.last_error:
@@ -399,7 +411,7 @@ class SiteSync:
             self.skipped["not_newer"] += 1
             return
         self._pending[member_id] = version
-        self._batch.append((member_id, obj))
+        self._batch.append((member_id, obj, payload))
         if len(self._batch) >= VERIFY_BATCH:
             self._flush()
         elif self._batch_timer is None:
@@ -414,62 +426,65 @@ class SiteSync:
             self._inflight += len(batch)
             self._spawn(self._verify_and_apply(batch))
 
-    def _verify_members(
-        self, batch: list[tuple[str, dict[str, Any]]]
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """On a worker thread: signature, shape and site of each state → (good, reject reasons)."""
-        good: list[dict[str, Any]] = []
-        rejects: list[str] = []
-        for _member_id, obj in batch:
-            try:
-                body = self.verifier.verify(obj, "member_state")
-                MemberState.model_validate(body)
-                if self.site not in body["sites"]:
-                    rejects.append("other_site")
-                    continue
-                member_row(body)  # values the cache can hold, or one bad state fails its batch
-            except SignatureError:
-                rejects.append("bad_signature")
-                continue
-            except (ContractError, ValidationError, KeyError, TypeError, ValueError):
-                rejects.append("malformed")
-                continue
-            good.append(body)
-        return good, rejects
-
-    async def _verify_and_apply(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _verify_and_apply(self, batch: list[tuple[str, dict[str, Any], bytes]]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async with self._slots:
-                good, rejects = await loop.run_in_executor(
-                    self._executor, self._verify_members, batch
+                reasons = await loop.run_in_executor(
+                    self._pool, verify_member_states, [payload for _, _, payload in batch]
                 )
-            for reason in rejects:
-                self.rejected[reason] += 1
-            if rejects:
-                log.warning("event=states_rejected count=%d reasons=%s", len(rejects), set(rejects))
+            good: list[dict[str, Any]] = []
+            for (_member_id, obj, _payload), reason in zip(batch, reasons, strict=True):
+                if reason is None:
+                    good.append({k: v for k, v in obj.items() if k != "sig"})
+                else:
+                    self.rejected[reason] += 1
+            if len(good) < len(batch):
+                log.warning(
+                    "event=states_rejected count=%d reasons=%s",
+                    len(batch) - len(good),
+                    sorted({r for r in reasons if r}),
+                )
             if good:
-                rows = await asyncio.wrap_future(self.gate.apply_states(good))
-                self.applied += len(rows)
-                self.skipped["not_newer"] += len(good) - len(rows)
-                self._heard(max(s["issued_at"] for s in good))
-        except (sqlite3.Error, ContractError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            self.rejected["apply_failed"] += len(batch)
-            log.error("event=apply_failed states=%d error=%s", len(batch), exc)
+                await self._apply(good)
+        except BrokenProcessPool:
+            self.rejected["verifier_died"] += len(batch)
+            log.error("event=verifier_died states=%d: restarting it", len(batch))
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
         finally:
             self._inflight -= len(batch)
-            for member_id, obj in batch:
+            for member_id, obj, _payload in batch:
                 if self._pending.get(member_id) == obj["version"]:
                     del self._pending[member_id]
             self._last_activity = time.monotonic()
+
+    async def _apply(self, states: list[dict[str, Any]]) -> None:
+        """Commit verified states and put them in the index; a state the cache cannot hold (a
+        head-office bug behind a good signature) fails alone, not with its batch."""
+        try:
+            rows = await asyncio.wrap_future(self.gate.apply_states(states))
+        except (sqlite3.Error, ContractError, ValueError, KeyError, TypeError) as exc:
+            if len(states) > 1:
+                for state in states:
+                    await self._apply([state])
+                return
+            self.rejected["unusable"] += 1
+            log.error("event=state_unusable member=%s error=%s", states[0].get("member_id"), exc)
+            return
+        self.applied += len(rows)
+        self.skipped["not_newer"] += len(states) - len(rows)
+        self._heard(max(s["issued_at"] for s in states))
+        # New members live as long as the gate: keep the collector's full passes from walking
+        # them during a badge, as the daemon does for the members it loads at start.
+        gc.freeze()
 
     async def _on_manifest(self, payload: bytes) -> None:
         try:
             obj = json.loads(payload)
             if not isinstance(obj, dict):
                 raise ContractError("not an object")
-            loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(self._executor, self.verifier.verify, obj, "manifest")
+            body = await asyncio.to_thread(self.verifier.verify, obj, "manifest")
             Manifest.model_validate(body)
         except SignatureError:
             self._reject("bad_signature", "manifest")
@@ -581,9 +596,7 @@ class SiteSync:
             log.info("event=snapshot_start reason=%s operator=%s", reason, operator)
             try:
                 data = await fetch_snapshot(self.head_office)
-                trailer, states, dropped = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._prepare_snapshot, data
-                )
+                trailer, states, dropped = await asyncio.to_thread(self._prepare_snapshot, data)
                 rows = await asyncio.wrap_future(self.gate.apply_states(states)) if states else []
             except (SyncError, ContractError, sqlite3.Error) as exc:
                 self.last_snapshot = {
@@ -703,11 +716,8 @@ class SiteSync:
             if not isinstance(obj, dict):
                 raise _Refused("malformed")
             command_id = str(obj.get("id", "?"))[:40]
-            loop = asyncio.get_running_loop()
             try:
-                body = await loop.run_in_executor(
-                    self._executor, self.command_verifier.verify, obj, "gate_command"
-                )
+                body = await asyncio.to_thread(self.command_verifier.verify, obj, "gate_command")
                 command = GateCommand.model_validate(body)
                 issued_at = parse_time(command.issued_at).timestamp()
                 not_after = parse_time(command.not_after).timestamp()
@@ -921,6 +931,16 @@ class SiteSync:
 
     # --- helpers -------------------------------------------------------------------------------
 
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the daemon has threads (the cache writer) that a fork would copy
+        # mid-lock.
+        return ProcessPoolExecutor(
+            VERIFY_PROCESSES,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_verifier,
+            initargs=(self._public_keys, self.site, os.getpid()),
+        )
+
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -932,6 +952,40 @@ class _Refused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+_verifier: Verifier | None = None
+_site = ""
+PR_SET_PDEATHSIG = 1
+
+
+def _init_verifier(public_keys: list[bytes], site: str, parent: int) -> None:
+    """In a verifier process: the trusted head-office keys and this gate's site. The process
+    ends with the daemon, even when the daemon is killed with SIGKILL."""
+    global _verifier, _site
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(0)
+    _verifier = Verifier(public_keys)
+    _site = site
+
+
+def verify_member_states(payloads: list[bytes]) -> list[str | None]:
+    """In a verifier process: for each payload, None if it is a good signed MemberState naming
+    this site, else the reason it is dropped."""
+    assert _verifier is not None
+    reasons: list[str | None] = []
+    for payload in payloads:
+        try:
+            body = _verifier.verify(json.loads(payload), "member_state")
+            MemberState.model_validate(body)
+            reasons.append(None if _site in body["sites"] else "other_site")
+        except SignatureError:
+            reasons.append("bad_signature")
+        except (ContractError, ValidationError, ValueError, KeyError, TypeError, AttributeError):
+            reasons.append("malformed")
+    return reasons
 
 
 async def _first_failure(*coros: Awaitable[None]) -> None:
