@@ -1,17 +1,24 @@
-"""The shipped systemd units pass ``systemd-analyze verify`` and stay as tight as measured.
+"""The shipped systemd units pass ``systemd-analyze verify`` and stay as tight as measured, and
+the daemon speaks the notify protocol they rely on.
 
-Runs offline against a throwaway root (the units, stand-in executables and the distribution's
-own unit files), so no running systemd is needed. Skipped where systemd-analyze is missing.
+systemd-analyze runs offline against a throwaway root (the units, stand-in executables and the
+distribution's own unit files), so no running systemd is needed; those tests are skipped where
+systemd-analyze is missing.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.gatefixture import GateProcess, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("gated.service", "gated-billing.service")
@@ -21,7 +28,7 @@ SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = {"gated.service": 2.0, "gated-billing.service": 1.1}
 
 analyze = shutil.which("systemd-analyze")
-pytestmark = pytest.mark.skipif(
+needs_analyze = pytest.mark.skipif(
     analyze is None or not SYSTEM_UNITS.is_dir(),
     reason="systemd-analyze (Debian package systemd) is not installed here",
 )
@@ -52,6 +59,7 @@ def _analyze(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@needs_analyze
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_verifies_cleanly(root: Path, unit: str) -> None:
     out = _analyze(root, "verify", "--man=no", unit)
@@ -59,6 +67,7 @@ def test_unit_verifies_cleanly(root: Path, unit: str) -> None:
     assert out.stderr.strip() == "", out.stderr
 
 
+@needs_analyze
 @pytest.mark.parametrize("unit", UNITS)
 def test_security_exposure_stays_low(root: Path, unit: str) -> None:
     out = _analyze(root, "security", "--offline=yes", "--no-pager", unit)
@@ -88,3 +97,35 @@ def test_gate_unit_keeps_the_hardware_and_the_clock_check_reachable() -> None:
     assert filters.index("adjtimex") > filters.index("~@privileged @resources")
     assert "ProtectClock" not in d and "PrivateDevices" not in d
     assert d["RuntimeDirectory"] == ["gated"] and d["StateDirectory"] == ["gated"]
+
+
+def test_daemon_speaks_the_notify_protocol_the_unit_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Type=notify and WatchdogSec= only work if the daemon says READY=1 once it serves, pets
+    WATCHDOG=1 well inside the interval, and says STOPPING=1 on SIGTERM: checked here on a real
+    gate with a stand-in for systemd's notify socket."""
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(10)
+    watchdog_s = 0.4
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+    monkeypatch.setenv("WATCHDOG_USEC", str(int(watchdog_s * 1e6)))
+    gate = GateProcess(write_config(tmp_path), tmp_path)
+    gate.start()
+    try:
+        messages: list[tuple[float, str]] = []
+        while sum(m == "WATCHDOG=1" for _, m in messages) < 4:
+            messages.append((time.monotonic(), sock.recv(256).decode()))
+        assert messages[0][1] == "READY=1", messages
+        pets = [t for t, m in messages if m == "WATCHDOG=1"]
+        # Petted at half the interval: never a gap that would get the gate killed.
+        assert max(b - a for a, b in itertools.pairwise(pets)) < watchdog_s
+        assert gate.stop() == 0
+        rest: list[str] = []
+        while "STOPPING=1" not in rest:
+            rest.append(sock.recv(256).decode())
+    finally:
+        gate.stop()
+        sock.close()
