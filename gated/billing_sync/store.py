@@ -5,16 +5,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gated.billing_sync import schema
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration; a store already there skips loading Alembic (faster CLI start).
+# tests/billing/test_store.py checks this against the migration scripts.
+HEAD_REVISION = "0001"
 
 
 class StoreError(Exception):
@@ -50,6 +65,8 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
 
 def alembic_config(engine: Engine | None = None) -> Config:
     """An Alembic config pointing at the packaged migrations (``alembic`` CLI-free)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if engine is not None:
@@ -59,13 +76,24 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 def upgrade(engine: Engine) -> None:
     """Apply every pending migration and make sure the version sequence row exists."""
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    if current_revision(engine) != HEAD_REVISION:
+        from alembic import command
+
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
     with engine.begin() as conn:
         if conn.execute(select(schema.version_head.c.value)).first() is None:
             conn.execute(insert(schema.version_head).values(id=1, value=0))
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the store is at (None for an empty database)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:

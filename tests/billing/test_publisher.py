@@ -27,7 +27,7 @@ from gated.contract import (
     read_snapshot,
     site_digest,
 )
-from tests.billing.helpers import Clock, make_billing
+from tests.billing.helpers import make_billing
 from tests.billing.test_webhooks import ThreadServer
 from tests.services import Mosquitto
 
@@ -96,7 +96,7 @@ def check_site(b: Billing, seen: dict[str, dict[str, Any]]) -> None:
 async def test_publishes_signed_states_and_survives_a_broker_restart(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    b, clock = make_billing(tmp_path, sites=[SITE])
+    b, _ = make_billing(tmp_path, sites=[SITE])
     pub = publisher_for(b, mosquitto.url)
     task = asyncio.create_task(pub.run())
     try:

@@ -1,0 +1,87 @@
+"""Notices: rendered from templates into the outbox and delivered to a real SMTP server
+(aiosmtpd on loopback); a server that is down leaves them queued."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+
+from gated.billing_sync import schema
+from gated.billing_sync.notices import deliver, format_amount, render
+from gated.config import SmtpConfig
+from tests.billing.helpers import make_billing, step
+from tests.services import free_port
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+def test_amounts_and_templates() -> None:
+    assert format_amount(4990, "EUR") == "49.90 EUR"
+    assert format_amount(5, "EUR") == "0.05 EUR"
+    assert format_amount(-1250, "GBP") == "-12.50 GBP"
+    n = render("suspension", "a@x", "m1", name="Ann", amount="59.38 EUR")
+    assert "59.38 EUR" in n.body and n.subject == "Your membership is suspended"
+    with pytest.raises(KeyError):
+        render("receipt", "a@x", "m1", name="Ann")  # a missing placeholder is a bug
+
+
+def test_dunning_notices_are_delivered_by_smtp(tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
+    inbox, port = smtp
+    b, clock = make_billing(tmp_path)
+    b.add_member(
+        "m1", "Ann", plan_id="monthly", email="ann@example.org", payment_method="pm_sim_ok"
+    )
+    b.set_payment_method("m1", "pm_sim_decline_insufficient_funds")
+    step(b, clock, 35)  # renewal fails, retry fails, suspension
+    b.add_member("m2", "Bob", plan_id="monthly", payment_method="pm_sim_ok")  # no e-mail: none
+    cfg = SmtpConfig(host="127.0.0.1", port=port, sender="billing@gym.example")
+    sent = deliver(b.engine, cfg, clock.now)
+    assert sent == len(inbox.messages) == 4
+    subjects = [m["Subject"] for m in inbox.messages]
+    assert subjects[0].startswith("Receipt for invoice")
+    assert subjects[1] == "Your payment of 59.38 EUR did not go through"
+    assert subjects[2] == "We tried your payment again"
+    assert subjects[3] == "Your membership is suspended"
+    assert all(
+        m["To"] == "ann@example.org" and m["From"] == "billing@gym.example" for m in inbox.messages
+    )
+    assert deliver(b.engine, cfg, clock.now) == 0  # nothing sent twice
+    with b.engine.connect() as conn:
+        assert all(conn.execute(select(schema.notifications.c.sent_at)).scalars())
+
+
+def test_smtp_down_keeps_notices_queued(tmp_path: Path) -> None:
+    b, clock = make_billing(tmp_path)
+    b.add_member(
+        "m1", "Ann", plan_id="monthly", email="ann@example.org", payment_method="pm_sim_ok"
+    )
+    cfg = SmtpConfig(host="127.0.0.1", port=free_port())
+    assert deliver(b.engine, cfg, clock.now) == 0
+    with b.engine.connect() as conn:
+        assert conn.execute(select(schema.notifications.c.sent_at)).scalars().all() == [None]
