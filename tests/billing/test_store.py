@@ -54,3 +54,12 @@ def test_rolled_back_change_does_not_consume_a_version(tmp_path: Path) -> None:
         pass
     with engine.begin() as conn:
         assert next_versions(conn) == 1
+
+
+def test_shipped_example_config_is_valid() -> None:
+    from gated.config import load_billing_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_billing_config(root / "config" / "billing.toml")
+    assert config.sites == ["downtown"] and config.dunning.retry_days == [3, 7]
+    assert config.database_url.startswith("sqlite:////")  # made absolute from the file's folder

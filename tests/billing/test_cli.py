@@ -1,0 +1,151 @@
+"""The gated-billing command line, in-process through typer's runner: every command once, CSV
+output, JSON output, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gated.billing_sync.cli import app
+from gated.contract import parse_qr_code
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    path = tmp_path / "billing.toml"
+    path.write_text(
+        'database_url = "sqlite:///billing.db"\nstate_dir = "state"\nsites = ["downtown"]\n'
+        '[keys]\nhead_office_private_key_file = "keys/ho.pem"\n'
+        'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
+    )
+    assert run(path, "keys", "init").exit_code == 0
+    assert (
+        run(
+            path,
+            "plans",
+            "add",
+            "monthly",
+            "--name",
+            "Monthly",
+            "--price",
+            "4990",
+            "--tax-rate-bp",
+            "1900",
+            "--freeze-fee",
+            "500",
+        ).exit_code
+        == 0
+    )
+    return path
+
+
+def run(cfg: Path, *args: str) -> object:
+    result = runner.invoke(app, [*args, "-c", str(cfg)])
+    return result
+
+
+def ok(cfg: Path, *args: str) -> str:
+    result = runner.invoke(app, [*args, "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    return str(result.stdout)
+
+
+def test_member_lifecycle_through_the_cli(cfg: Path, tmp_path: Path) -> None:
+    assert "m1: active" in ok(
+        cfg,
+        "members",
+        "add",
+        "m1",
+        "--name",
+        "Ann",
+        "--plan",
+        "monthly",
+        "--email",
+        "ann@x",
+        "--card",
+        "pm_sim_ok",
+        "--qr",
+    )
+    ok(
+        cfg,
+        "members",
+        "add",
+        "m2",
+        "--name",
+        "Bob",
+        "--plan",
+        "monthly",
+        "--card",
+        "pm_sim_decline_insufficient_funds",
+    )
+    ok(cfg, "cards", "assign", "m1", "04:a1:b2:c3:d4:e5:f6")
+    shown = json.loads(ok(cfg, "members", "show", "m1", "--json"))
+    assert shown["status"] == "active" and shown["cards"] == 1
+    assert len(shown["published"]["credentials"]) == 1
+    listed = list(csv.DictReader(io.StringIO(ok(cfg, "members", "list", "--csv"))))
+    assert [(r["member"], r["status"]) for r in listed] == [("m1", "active"), ("m2", "pending")]
+
+    assert "frozen" in ok(cfg, "freeze", "m1", "--months", "1")
+    assert "active" in ok(cfg, "unfreeze", "m1")
+    ok(cfg, "charge-extra", "m1", "--amount", "3000", "--kind", "personal_training")
+    lines = list(csv.reader(io.StringIO(ok(cfg, "invoices", "m1", "--lines", "--csv"))))
+    kinds = [row[10] for row in lines[1:]]
+    assert kinds.count("extra") == 1 and kinds.count("membership") == 1 and "freeze_fee" in kinds
+
+    out = ok(cfg, "pay", "m2")
+    assert "paid 5938" in out and "active" in out
+    assert "pending_cancel" in ok(cfg, "cancel", "m2")
+
+    ok(cfg, "clock", "advance", "31d")
+    assert "renewals 1" in ok(cfg, "run")  # m1 renews; m2 is cancelled at period end
+    assert json.loads(ok(cfg, "members", "show", "m2", "--json"))["status"] == "cancelled"
+
+    revenue = list(csv.DictReader(io.StringIO(ok(cfg, "report", "revenue", "--csv"))))
+    assert sum(int(r["amount"]) for r in revenue) == 5938 * 3 + 595 + 3570
+    for name in ("outstanding", "dunning", "attendance"):
+        ok(cfg, "report", name, "--csv")
+
+    png = tmp_path / "pass.png"
+    code = ok(cfg, "pass", "m1", "--png", str(png)).strip().splitlines()[-1]
+    assert parse_qr_code(code)[0] == "m1" and png.read_bytes()[:4] == b"\x89PNG"
+
+    token = ok(cfg, "gates", "add", "downtown", "t1").strip()
+    assert token.startswith("gt_")
+    ok(cfg, "gates", "revoke", "downtown", "t1")
+    ok(cfg, "cards", "revoke", "m1", "04A1B2C3D4E5F6")
+    before = json.loads(ok(cfg, "members", "show", "m1", "--json"))["published"]
+    assert "republished 2" in ok(cfg, "keys", "rotate")
+    after = json.loads(ok(cfg, "members", "show", "m1", "--json"))["published"]
+    assert after["version"] > before["version"]
+    assert "erased" in ok(cfg, "members", "erase", "m1")
+
+
+def test_import_csv(cfg: Path, tmp_path: Path) -> None:
+    f = tmp_path / "members.csv"
+    f.write_text(
+        "member_id,name,plan,email,card,cards\nm7,Gus,monthly,g@x,pm_sim_ok,04AABBCCDD\n"
+        "m8,Hal,monthly,,pm_sim_ok,\n"
+    )
+    assert "imported 2" in ok(cfg, "members", "import", str(f))
+    assert json.loads(ok(cfg, "members", "show", "m7", "--json"))["cards"] == 1
+
+
+def test_errors_are_one_line_with_meaningful_exit_codes(cfg: Path, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["members", "show", "nobody", "-c", str(cfg)])
+    assert missing.exit_code == 1 and "no member 'nobody'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    refused = runner.invoke(app, ["freeze", "nobody", "--months", "5", "-c", str(cfg)])
+    assert refused.exit_code == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('sites = ["downtown"]\n[dunning]\ngrace_dayz = 3\n')
+    result = runner.invoke(app, ["run", "-c", str(bad)])
+    assert result.exit_code == 2
+    assert "dunning.grace_dayz: unknown setting" in result.stderr
+    assert "Traceback" not in result.output
