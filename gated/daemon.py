@@ -375,13 +375,23 @@ class Gate:
         Returns a Future resolved with the rows that were newer, once they are committed and
         visible to decisions.
         """
+        return self._commit_then_index(lambda s: s.apply_states(states))
+
+    def apply_rows(self, rows: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
+        """As :meth:`apply_states`, for rows ``member_row`` already made (in the sync's verifier
+        processes, so the writer thread holds the GIL less while decisions run)."""
+        return self._commit_then_index(lambda s: s.apply_rows(rows))
+
+    def _commit_then_index(
+        self, write: Callable[[CacheStore], list[dict[str, Any]]]
+    ) -> Future[list[dict[str, Any]]]:
         loop = asyncio.get_running_loop()
         result: Future[list[dict[str, Any]]] = Future()
 
         def done(f: Future[list[dict[str, Any]]]) -> None:
             loop.call_soon_threadsafe(self._apply_to_index, f, result)
 
-        self.writer.submit(lambda s: s.apply_states(states)).add_done_callback(done)
+        self.writer.submit(write).add_done_callback(done)
         return result
 
     def _apply_to_index(

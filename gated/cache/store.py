@@ -143,12 +143,14 @@ class CacheStore:
 
         Call inside :meth:`transaction` or alone (it opens its own).
         """
+        return self.apply_rows(member_row(state) for state in states)
+
+    def apply_rows(self, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """As :meth:`apply_states`, for rows ``member_row`` already made."""
         applied: list[dict[str, Any]] = []
         with self.transaction():
-            for state in states:
-                row = member_row(state)
-                cur = self.conn.execute(_UPSERT, row)
-                if cur.rowcount:
+            for row in rows:
+                if self.conn.execute(_UPSERT, row).rowcount:
                     applied.append(row)
         return applied
 

@@ -46,6 +46,7 @@ import httpx
 from pydantic import ValidationError
 
 from gated import __version__
+from gated.cache.index import member_row
 from gated.cache.store import CacheStore
 from gated.contract import (
     MEMBER_ID_RE,
@@ -430,20 +431,16 @@ class SiteSync:
         loop = asyncio.get_running_loop()
         try:
             async with self._slots:
-                reasons = await loop.run_in_executor(
+                verdicts = await loop.run_in_executor(
                     self._pool, verify_member_states, [payload for _, _, payload in batch]
                 )
-            good: list[dict[str, Any]] = []
-            for (_member_id, obj, _payload), reason in zip(batch, reasons, strict=True):
-                if reason is None:
-                    good.append({k: v for k, v in obj.items() if k != "sig"})
-                else:
-                    self.rejected[reason] += 1
-            if len(good) < len(batch):
+            good = [row for row in verdicts if not isinstance(row, str)]
+            rejects = [reason for reason in verdicts if isinstance(reason, str)]
+            for reason in rejects:
+                self.rejected[reason] += 1
+            if rejects:
                 log.warning(
-                    "event=states_rejected count=%d reasons=%s",
-                    len(batch) - len(good),
-                    sorted({r for r in reasons if r}),
+                    "event=states_rejected count=%d reasons=%s", len(rejects), sorted(set(rejects))
                 )
             if good:
                 await self._apply(good)
@@ -459,22 +456,17 @@ class SiteSync:
                     del self._pending[member_id]
             self._last_activity = time.monotonic()
 
-    async def _apply(self, states: list[dict[str, Any]]) -> None:
-        """Commit verified states and put them in the index; a state the cache cannot hold (a
-        head-office bug behind a good signature) fails alone, not with its batch."""
+    async def _apply(self, rows: list[dict[str, Any]]) -> None:
+        """Commit verified rows and put them in the index."""
         try:
-            rows = await asyncio.wrap_future(self.gate.apply_states(states))
+            applied = await asyncio.wrap_future(self.gate.apply_rows(rows))
         except (sqlite3.Error, ContractError, ValueError, KeyError, TypeError) as exc:
-            if len(states) > 1:
-                for state in states:
-                    await self._apply([state])
-                return
-            self.rejected["unusable"] += 1
-            log.error("event=state_unusable member=%s error=%s", states[0].get("member_id"), exc)
+            self.rejected["apply_failed"] += len(rows)
+            log.error("event=apply_failed states=%d error=%s", len(rows), exc)
             return
-        self.applied += len(rows)
-        self.skipped["not_newer"] += len(states) - len(rows)
-        self._heard(max(s["issued_at"] for s in states))
+        self.applied += len(applied)
+        self.skipped["not_newer"] += len(rows) - len(applied)
+        self._heard(max(row["issued_at"] for row in rows))
         # New members live as long as the gate: keep the collector's full passes from walking
         # them during a badge, as the daemon does for the members it loads at start.
         gc.freeze()
@@ -596,9 +588,16 @@ class SiteSync:
             log.info("event=snapshot_start reason=%s operator=%s", reason, operator)
             try:
                 data = await fetch_snapshot(self.head_office)
-                trailer, states, dropped = await asyncio.to_thread(self._prepare_snapshot, data)
-                rows = await asyncio.wrap_future(self.gate.apply_states(states)) if states else []
-            except (SyncError, ContractError, sqlite3.Error) as exc:
+                trailer, rows, dropped = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, prepare_snapshot, data
+                )
+                if int(trailer["max_version"]) < self.gate.index.max_version:
+                    raise SyncError(
+                        f"snapshot max_version {trailer['max_version']} is older than ours "
+                        f"({self.gate.index.max_version})"
+                    )
+                applied = await asyncio.wrap_future(self.gate.apply_rows(rows)) if rows else []
+            except (SyncError, ContractError, sqlite3.Error, BrokenProcessPool) as exc:
                 self.last_snapshot = {
                     "at": format_time(time.time()),
                     "reason": reason,
@@ -609,15 +608,15 @@ class SiteSync:
                 log.error("event=snapshot_refused reason=%s error=%s", reason, exc)
                 raise SyncError(str(exc)) from exc
             self._heard(trailer["issued_at"])
-            self.applied += len(rows)
+            self.applied += len(applied)
             result = {
                 "ok": True,
                 "source": "snapshot",
                 "reason": reason,
                 "snapshot_count": trailer["count"],
                 "snapshot_max_version": trailer["max_version"],
-                "states": len(states) + dropped,
-                "applied": len(rows),
+                "states": len(rows) + dropped,
+                "applied": len(applied),
                 "members": self.gate.index.count,
                 "max_version": self.gate.index.max_version,
                 "in_sync": trailer["digest"] == self.gate.index.digest,
@@ -633,46 +632,13 @@ class SiteSync:
                     "manifest_count": trailer["count"],
                     "manifest_max_version": trailer["max_version"],
                     "in_sync": result["in_sync"],
-                    "received": len(states) + dropped,
+                    "received": len(rows) + dropped,
                 }
             log.info(
                 "event=snapshot_applied reason=%s applied=%d members=%d seconds=%.2f",
-                reason, len(rows), self.gate.index.count, result["seconds"],
+                reason, len(applied), self.gate.index.count, result["seconds"],
             )  # fmt: skip
             return result
-
-    def _prepare_snapshot(self, data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-        """On a worker thread: verify the snapshot whole; keep the states newer than ours."""
-        trailer, states = read_snapshot(data, self.verifier, self.site)
-        index = self.gate.index
-        if int(trailer["max_version"]) < index.max_version:
-            raise SyncError(
-                f"snapshot max_version {trailer['max_version']} is older than ours "
-                f"({index.max_version})"
-            )
-        newer: list[dict[str, Any]] = []
-        dropped = 0
-        for state in states:
-            if not isinstance(state, dict):
-                raise SyncError("snapshot line is not an object")
-            member_id = state.get("member_id")
-            version = state.get("version")
-            if (
-                not isinstance(member_id, str)
-                or not MEMBER_ID_RE.match(member_id)
-                or type(version) is not int
-                or state.get("status") not in STATUSES
-                or not isinstance(state.get("sites"), list)
-            ):
-                raise SyncError("snapshot holds a malformed member state")
-            if self.site not in state["sites"]:
-                dropped += 1
-                continue
-            if version > index.version_of(member_id):
-                newer.append(state)
-            else:
-                dropped += 1
-        return trailer, newer, dropped
 
     async def resync(self, reason: str, operator: str | None) -> dict[str, Any]:
         """Fetch and apply a snapshot now (``gatectl resync``, the ``resync`` command); without a
@@ -971,21 +937,50 @@ def _init_verifier(public_keys: list[bytes], site: str, parent: int) -> None:
     _site = site
 
 
-def verify_member_states(payloads: list[bytes]) -> list[str | None]:
-    """In a verifier process: for each payload, None if it is a good signed MemberState naming
-    this site, else the reason it is dropped."""
+def verify_member_states(payloads: list[bytes]) -> list[dict[str, Any] | str]:
+    """In a verifier process: for each payload, the cache row of a good signed MemberState that
+    names this site, else the reason it is dropped."""
     assert _verifier is not None
-    reasons: list[str | None] = []
+    verdicts: list[dict[str, Any] | str] = []
     for payload in payloads:
         try:
             body = _verifier.verify(json.loads(payload), "member_state")
             MemberState.model_validate(body)
-            reasons.append(None if _site in body["sites"] else "other_site")
+            if _site not in body["sites"]:
+                verdicts.append("other_site")
+                continue
+            verdicts.append(member_row(body))
         except SignatureError:
-            reasons.append("bad_signature")
+            verdicts.append("bad_signature")
         except (ContractError, ValidationError, ValueError, KeyError, TypeError, AttributeError):
-            reasons.append("malformed")
-    return reasons
+            verdicts.append("malformed")
+    return verdicts
+
+
+def prepare_snapshot(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """In a verifier process: verify a snapshot whole and make the cache rows of its states for
+    this site (and how many it held for other sites). Raises ContractError/SyncError."""
+    assert _verifier is not None
+    trailer, states = read_snapshot(data, _verifier, _site)
+    rows: list[dict[str, Any]] = []
+    dropped = 0
+    for state in states:
+        if not isinstance(state, dict):
+            raise SyncError("snapshot line is not an object")
+        member_id = state.get("member_id")
+        if (
+            not isinstance(member_id, str)
+            or not MEMBER_ID_RE.match(member_id)
+            or type(state.get("version")) is not int
+            or state.get("status") not in STATUSES
+            or not isinstance(state.get("sites"), list)
+        ):
+            raise SyncError("snapshot holds a malformed member state")
+        if _site in state["sites"]:
+            rows.append(member_row(state))
+        else:
+            dropped += 1
+    return trailer, rows, dropped
 
 
 async def _first_failure(*coros: Awaitable[None]) -> None:
