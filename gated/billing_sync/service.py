@@ -749,15 +749,8 @@ class Billing:
                 retries,
             )
         charges = self._attempts_for_open(conn, to_charge, now)
-        if to_charge:
-            # Their status follows from the charge's result (record_results refreshes them); if
-            # no result comes back, resume() finishes the attempt on the next cycle.
-            conn.execute(
-                update(s.subscriptions)
-                .where(s.subscriptions.c.member_id == bindparam("mid"))
-                .values(review_at=now + self.config.cycle_interval_s),
-                [{"mid": m} for m in to_charge],
-            )
+        # Members being charged are refreshed from the charge's result (record_results); if no
+        # result comes back, resume() finishes the attempt on the next cycle.
         charging = set(to_charge)
         self._refresh(conn, [m for m in facts if m not in charging], now)
         return charges
