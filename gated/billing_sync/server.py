@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -29,8 +30,6 @@ def snapshot_bytes(billing: Billing, site: str) -> bytes:
     """The site's snapshot: every member state naming the site (erased ones included), signed
     once by the trailer."""
     ms = schema.member_states
-    import json
-
     with billing.engine.connect() as conn:
         rows = conn.execute(select(ms.c.sites, ms.c.payload).order_by(ms.c.version)).all()
     states = (json.loads(r.payload) for r in rows if site in json.loads(r.sites))

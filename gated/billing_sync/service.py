@@ -14,6 +14,8 @@ confirm only if the provider says it is still unconfirmed.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
@@ -1544,8 +1546,6 @@ class Billing:
     def _qr_key(self, encrypted: bytes | None) -> str | None:
         if encrypted is None:
             return None
-        import base64
-
         seed = self.keys.cipher.decrypt(encrypted)
         return base64.b64encode(bytes(nacl.signing.SigningKey(seed).verify_key)).decode()
 
@@ -1738,8 +1738,6 @@ def _same_state(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def _sha256(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -1,0 +1,133 @@
+"""StripeGateway with the real stripe library against localstripe: charges, declines (which
+localstripe reports without a decline_code), lookups by id, and 429s retried with backoff through
+a loopback proxy that answers "Too Many Requests" first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gated.billing_sync.gateway import GatewayUnavailable
+from gated.billing_sync.stripe_gateway import StripeGateway
+from tests.billing.helpers import make_billing, published, step
+from tests.billing.test_webhooks import ThreadServer
+from tests.services import LocalStripe
+
+
+def gateway(url: str, **kw: object) -> StripeGateway:
+    return StripeGateway(
+        "sk_test_local",
+        api_base=url,
+        off_session=False,
+        max_requests_per_s=100,
+        sleep=lambda s: None,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_charge_decline_and_retrieve(localstripe: LocalStripe) -> None:
+    gw = gateway(localstripe.url)
+    customer = gw.create_customer("m1", "ann@example.org", "Ann")
+    ok_pm = gw.attach_payment_method(customer, "pm_card_visa")
+    intent = gw.create_intent(
+        customer_ref=customer,
+        payment_method=ok_pm,
+        amount=5938,
+        currency="EUR",
+        idempotency_key="inv1-a1",
+        metadata={"m": "1"},
+    )
+    assert gw.retrieve_intent(intent).state == "requires_confirmation"  # nothing charged yet
+    assert gw.confirm_intent(intent, "inv1-a1").state == "succeeded"
+    assert gw.retrieve_intent(intent).state == "succeeded"
+
+    bad_pm = gw.attach_payment_method(customer, "pm_card_chargeCustomerFail")
+    intent = gw.create_intent(
+        customer_ref=customer,
+        payment_method=bad_pm,
+        amount=5938,
+        currency="EUR",
+        idempotency_key="inv2-a1",
+        metadata={},
+    )
+    result = gw.confirm_intent(intent, "inv2-a1")
+    assert (result.state, result.decline_code) == ("failed", "card_declined")
+    assert gw.retrieve_intent(intent).state == "failed"
+
+
+def test_billing_with_stripe_renews_and_dunns(tmp_path: Path, localstripe: LocalStripe) -> None:
+    b, clock = make_billing(tmp_path, gateway=gateway(localstripe.url))
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_card_visa")
+    assert published(b, "m1")["status"] == "active"
+    b.set_payment_method("m1", "pm_card_chargeCustomerFail")
+    step(b, clock, 31)
+    assert published(b, "m1")["status"] == "grace"
+    info = b.member("m1")
+    assert info["owed"] == 5938 and info["next_retry_at"] is not None  # no decline_code: soft
+    b.set_payment_method("m1", "pm_card_visa")
+    assert published(b, "m1")["status"] == "active"
+
+
+@pytest.fixture
+def throttling_proxy(localstripe: LocalStripe) -> object:
+    """Answers the first ``budget`` requests with 429, then forwards to localstripe."""
+    state = {"budget": 0, "seen": 0}
+
+    async def forward(request: Request) -> Response:
+        state["seen"] += 1
+        if state["budget"] > 0:
+            state["budget"] -= 1
+            return Response(
+                '{"error": {"type": "rate_limit_error", "message": "slow down"}}',
+                status_code=429,
+                media_type="application/json",
+            )
+        async with httpx.AsyncClient() as client:
+            upstream = await client.request(
+                request.method,
+                f"{localstripe.url}{request.url.path}",
+                params=request.query_params,
+                content=await request.body(),
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            )
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type"),
+        )
+
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "DELETE"])])
+    with ThreadServer(app) as srv:
+        yield state, f"http://127.0.0.1:{srv.port}"
+
+
+def test_429_is_retried_with_backoff(throttling_proxy: object) -> None:
+    state, url = throttling_proxy  # type: ignore[misc]
+    sleeps: list[float] = []
+    gw = StripeGateway("sk_test_local", api_base=url, max_retries=4, sleep=sleeps.append)
+    state["budget"] = 3
+    assert gw.create_customer("m1", None, "Ann").startswith("cus_")
+    assert state["seen"] == 4
+    backoff = [s for s in sleeps if s >= 0.5]  # the rest is pacing (25 requests/s)
+    assert backoff == [0.5, 1.0, 2.0]  # exponential backoff between the tries
+    state["budget"] = 10
+    with pytest.raises(GatewayUnavailable):
+        StripeGateway(
+            "sk_test_local", api_base=url, max_retries=2, sleep=lambda s: None
+        ).create_customer("m2", None, "Bob")
+
+
+def test_requests_are_paced(localstripe: LocalStripe) -> None:
+    import time
+
+    gw = StripeGateway("sk_test_local", api_base=localstripe.url, max_requests_per_s=20)
+    started = time.monotonic()
+    for i in range(11):
+        gw.create_customer(f"m{i}", None, "X")
+    assert time.monotonic() - started >= 0.5  # 11 requests at 20/s: 10 gaps of 50 ms
