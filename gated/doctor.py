@@ -99,6 +99,17 @@ def outbox_check(depth: int, warn: int, ceiling: int, dropped: int, *, drained: 
     return Check("outbox", "ok", msg)
 
 
+def metrics_check(listen: str, url: str | None) -> Check:
+    if url is None:
+        return Check(
+            "metrics",
+            "warn",
+            f"metrics endpoint could not listen on {listen} (the gate runs on without it)",
+            "another process holds the port: change [metrics] listen, then restart gated",
+        )
+    return Check("metrics", "ok", f"serving {url}")
+
+
 def gpio_check(factory_name: str, configured: str) -> Check:
     if "Mock" in factory_name or configured == "mock":
         return Check(
@@ -187,6 +198,8 @@ async def daemon_checks(gate: Gate) -> list[Check]:
         )
     ]
     checks.append(gpio_check(gate.door.pin_factory_name, gate.config.door.pin_factory))
+    if gate.config.metrics.listen:
+        checks.append(metrics_check(gate.config.metrics.listen, gate.metrics.url))
     if gate.context.lockdown:
         checks.append(
             Check(

@@ -4,6 +4,7 @@ a full outbox, each through a real ``gated run`` subprocess and the real ``gatec
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ def doctor(gate: GateProcess) -> tuple[int, str, dict[str, dict[str, str]], list
 
 
 def test_healthy_gate_has_only_the_warnings_this_machine_explains(tmp_path: Path) -> None:
-    gate = GateProcess(write_config(tmp_path), tmp_path)
+    # Port 0: a parallel test run holding 9464 must not turn the metrics line into a warning.
+    gate = GateProcess(
+        write_config(tmp_path, extra='[metrics]\nlisten = "127.0.0.1:0"\n'), tmp_path
+    )
     import_member(gate)
     gate.start()
     try:
@@ -49,7 +53,7 @@ def test_healthy_gate_has_only_the_warnings_this_machine_explains(tmp_path: Path
     assert warns == expected_warns, checks
     assert not [c for c in checks.values() if c["level"] == "fail"], checks
     assert result == "warn" and code == 1
-    for name in ("daemon", "config", "keys", "cache", "disk", "outbox", "reader sim-1"):
+    for name in ("daemon", "config", "keys", "cache", "disk", "outbox", "reader sim-1", "metrics"):
         assert checks[name]["level"] == "ok", checks[name]
     assert checks["cache"]["message"].startswith("1 members")
     assert all(c["fix"] for c in checks.values() if c["level"] != "ok")
@@ -146,3 +150,21 @@ def test_clock_check_warns_while_unsynchronized_or_unknown(synced: bool | None, 
 
     check = clock_check(synced)
     assert check.level == level and bool(check.fix) == (level != "ok")
+
+
+def test_a_taken_metrics_port_warns_and_the_gate_still_decides(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        gate = GateProcess(config, tmp_path)
+        import_member(gate)
+        gate.start()
+        try:
+            assert gate.request("badge", {"card": ACTIVE_UID})["allow"]
+            _, _, checks, _ = doctor(gate)
+        finally:
+            gate.stop()
+    assert checks["metrics"]["level"] == "warn" and str(port) in checks["metrics"]["message"]
+    assert "event=metrics_unavailable" in gate.log.read_text()
