@@ -4,7 +4,11 @@ a full outbox, each through a real ``gated run`` subprocess and the real ``gatec
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ import pytest
 from gated.clock import system_clock_synchronized
 from gated.doctor import outbox_check
 from gated.outbox_guard import OutboxGuard, OutboxState
-from tests.gatefixture import GateProcess, write_config
+from tests.gatefixture import GateProcess, gatectl_cmd, write_config
 
 ACTIVE_UID = "04A1B2C3D4E5F6"
 
@@ -168,3 +172,32 @@ def test_a_taken_metrics_port_warns_and_the_gate_still_decides(tmp_path: Path) -
             gate.stop()
     assert checks["metrics"]["level"] == "warn" and str(port) in checks["metrics"]["message"]
     assert "event=metrics_unavailable" in gate.log.read_text()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_a_technician_without_the_key_gets_no_false_failure() -> None:
+    """gatectl doctor run by a user who can reach the socket but not read the 0600 key: the
+    daemon vouches for the key it loaded, so the file check's 'permission denied' does not fail."""
+    # pytest's own temp root is 0700: the other user needs a folder it can walk into.
+    root = Path(tempfile.mkdtemp(prefix="gated-doctor-"))
+    config = write_config(root, extra='[metrics]\nlisten = "127.0.0.1:0"\n')
+    gate = GateProcess(config, root)
+    import_member(gate)
+    gate.start()
+    try:
+        for path, mode in ((root, 0o755), (root / "state", 0o755), (config, 0o644)):
+            path.chmod(mode)
+        gate.socket.chmod(0o666)  # stands in for membership of the gated group
+        out = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             *gatectl_cmd("-c", str(config), "doctor", "--json")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        gate.stop()
+        shutil.rmtree(root)
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    assert checks["keys"]["level"] == "ok", checks["keys"]
+    assert not [c for c in checks.values() if c["level"] == "fail"], checks
