@@ -45,6 +45,9 @@ def snapshot(root: Path) -> dict[str, tuple[int, str, int]]:
             rel = str(p.relative_to(root))
             if rel == ".install-pi/skipped":
                 continue
+            if p.is_symlink():  # may point into the real root: compare where, not what
+                found[rel] = (0, os.readlink(p), p.lstat().st_mtime_ns)
+                continue
             digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
             found[rel] = (mode(p), digest, p.lstat().st_mtime_ns)
     return found
@@ -81,6 +84,9 @@ def test_system_files_are_the_shipped_ones(root: Path) -> None:
         assert mode(root / installed) == 0o644
     blacklist = (root / "etc/modprobe.d/gated-nfc-blacklist.conf").read_text().split("\n")
     assert {"blacklist pn533_usb", "blacklist pn533", "blacklist nfc"} <= set(blacklist)
+    # gatectl and gated on the PATH point into the venv (as seen from the real root).
+    for tool in ("gated", "gatectl"):
+        assert os.readlink(root / "usr/local/bin" / tool) == f"/opt/gated/venv/bin/{tool}"
     # The unit starts what the installer put in place.
     assert (root / "opt/gated/venv/bin/gated").exists()
     assert (
