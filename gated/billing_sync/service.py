@@ -34,7 +34,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.gateway import ChargeResult, GatewayError, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.notices import Notice, format_amount, render
-from gated.billing_sync.store import get_meta, insert_ignore, next_versions, set_meta
+from gated.billing_sync.store import bulk, get_meta, insert_ignore, next_versions, set_meta
 from gated.config import BillingConfig
 from gated.contract import (
     MEMBER_ID_RE,
@@ -744,7 +744,8 @@ class Billing:
             to_charge.append(member_id)
         self._create_invoices(conn, renewals, now)
         if retries:
-            conn.execute(
+            bulk(
+                conn,
                 update(s.subscriptions)
                 .where(s.subscriptions.c.member_id == bindparam("mid"))
                 .values(retries_done=bindparam("rd"), next_retry_at=None),
@@ -849,7 +850,8 @@ class Billing:
         # 3. commit the intent ids before anything can charge
         if created:
             with self.engine.begin() as conn:
-                conn.execute(
+                bulk(
+                    conn,
                     update(a)
                     .where(a.c.id == bindparam("aid"))
                     .values(
@@ -927,7 +929,8 @@ class Billing:
             outcomes.append((c, inv, decline_class))
         if not updates:
             return
-        conn.execute(
+        bulk(
+            conn,
             update(a)
             .where(a.c.id == bindparam("aid"))
             .values(
@@ -1377,7 +1380,8 @@ class Billing:
             )
         if sub_updates:
             sc = s.subscriptions.c
-            conn.execute(
+            bulk(
+                conn,
                 update(s.subscriptions)
                 .where(sc.member_id == bindparam("mid"))
                 .values(
@@ -1495,7 +1499,8 @@ class Billing:
                 }
             )
         if inserts:
-            conn.execute(
+            bulk(
+                conn,
                 insert(ms).values(
                     member_id=bindparam("mid"),
                     version=bindparam("v"),
@@ -1506,7 +1511,8 @@ class Billing:
                 inserts,
             )
         if updates:
-            conn.execute(
+            bulk(
+                conn,
                 update(ms)
                 .where(ms.c.member_id == bindparam("mid"))
                 .values(
@@ -1517,7 +1523,7 @@ class Billing:
                 ),
                 updates,
             )
-        conn.execute(insert(s.status_outbox), outbox)
+        bulk(conn, insert(s.status_outbox), outbox)
         self._update_manifests(conn, manifest_delta)
 
     def _update_manifests(
@@ -1620,7 +1626,7 @@ class Billing:
                         "tax_rate_bp": sp.tax_rate_bp,
                     }
                 )
-        conn.execute(insert(s.invoice_lines), rows)
+        bulk(conn, insert(s.invoice_lines), rows)
         return [int(i) for i in ids]
 
     def _apply_payment(
@@ -1641,7 +1647,8 @@ class Billing:
         paid-through forward. Callers refresh the members afterwards."""
         if not items:
             return
-        conn.execute(
+        bulk(
+            conn,
             insert(s.payments),
             [
                 {
@@ -1670,7 +1677,8 @@ class Billing:
             )
             if full and inv.kind == "renewal" and inv.period_end is not None:
                 renewed.append({"mid": inv.member_id, "pe": inv.period_end})
-        conn.execute(
+        bulk(
+            conn,
             update(s.invoices)
             .where(s.invoices.c.id == bindparam("iid"))
             .values(amount_paid=bindparam("ap"), status=bindparam("st"), paid_at=bindparam("pa")),
@@ -1678,7 +1686,8 @@ class Billing:
         )
         sc = s.subscriptions.c
         if renewed:
-            conn.execute(
+            bulk(
+                conn,
                 update(s.subscriptions)
                 .where(
                     sc.member_id == bindparam("mid"),
@@ -1712,7 +1721,7 @@ class Billing:
                 }
             )
         if rows:
-            conn.execute(insert(s.notifications), rows)
+            bulk(conn, insert(s.notifications), rows)
 
     def _notify_published(self) -> None:
         if self.published_hook is not None:

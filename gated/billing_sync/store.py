@@ -4,6 +4,7 @@ URL) migrated to the newest schema with Alembic, plus the few helpers every modu
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import UpdateBase
 
 from gated.billing_sync import schema
 
@@ -94,6 +96,26 @@ def current_revision(engine: Engine) -> str | None:
         if not inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def bulk(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run ``stmt`` once per row as one driver ``executemany``.
+
+    The statement is compiled once for the connection's dialect and the rows go to the driver
+    as they are, skipping SQLAlchemy's per-row parameter processing (which cost more than the
+    SQL on the renewal path). Rows hold plain ints, strings, bytes and None; every row has the
+    same keys; values fixed in the statement (``.values(state="created")``) fill the rest.
+    """
+    if not rows:
+        return
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    fixed = compiled.params
+    if compiled.positiontup is not None:
+        order = compiled.positiontup
+        params: Any = [tuple(r[k] if k in r else fixed[k] for k in order) for r in rows]
+    else:
+        params = [{**fixed, **r} for r in rows]
+    conn.exec_driver_sql(compiled.string, params)
 
 
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> int:
