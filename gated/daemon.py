@@ -83,6 +83,7 @@ class Gate:
         self.ready = False
 
         store = CacheStore(config.cache_path, config.durability)
+        gc.disable()  # a million new objects would trigger hundreds of collections while loading
         self.index: MemberIndex = store.load_index()
         self.counters: dict[str, MemberCounters] = store.load_counters()
         self.clock = TrustedClock(float(store.get("last_good_time", 0.0)))
@@ -113,6 +114,7 @@ class Gate:
         # collection never walks them during a badge.
         gc.collect()
         gc.freeze()
+        gc.enable()
 
     # --- the hot path ----------------------------------------------------------------------
 

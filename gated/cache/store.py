@@ -29,8 +29,10 @@ log = logging.getLogger("gated.cache")
 T = TypeVar("T")
 
 SCHEMA = """
+-- A rowid table: a member row (~250 bytes) would spill to overflow pages in a WITHOUT ROWID
+-- table with 1 KiB pages, and start-up reads every row.
 CREATE TABLE IF NOT EXISTS members (
-    member_id TEXT PRIMARY KEY,
+    member_id TEXT NOT NULL UNIQUE,
     version INTEGER NOT NULL,
     status TEXT NOT NULL,
     role TEXT NOT NULL,
@@ -43,7 +45,7 @@ CREATE TABLE IF NOT EXISTS members (
     qr_key BLOB,
     daily_limit INTEGER,
     issued_at TEXT
-) WITHOUT ROWID;
+);
 -- No AUTOINCREMENT and no index on event_id: each would dirty one more page per decision, and an
 -- SD card pays for every page. seq only orders delivery; receivers dedupe by event_id.
 CREATE TABLE IF NOT EXISTS outbox (
