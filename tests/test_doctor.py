@@ -3,18 +3,21 @@ a full outbox, each through a real ``gated run`` subprocess and the real ``gatec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gated import control
 from gated.clock import system_clock_synchronized
 from gated.doctor import outbox_check
 from gated.outbox_guard import OutboxGuard, OutboxState
@@ -102,22 +105,42 @@ def wait_for(fn: Any, timeout: float = 15.0) -> Any:
 
 
 def test_full_outbox_keeps_deciding_alarms_and_fails_doctor(tmp_path: Path) -> None:
-    config = write_config(tmp_path, outbox_warn_events=2, outbox_max_events=4)
+    config = write_config(tmp_path, outbox_warn_events=8, outbox_max_events=10)
     gate = GateProcess(config, tmp_path)
     import_member(gate)
     gate.start()
+    followed: list[str] = []
+
+    def follow() -> None:  # what `gatectl events tail -f` shows a technician
+        for ev in control.stream(gate.socket, "events_tail", {"limit": 0, "follow": True}):
+            followed.append(ev["kind"])
+            if ev["kind"] == "outbox_full":
+                return
+
     try:
-        results = [gate.request("badge", {"card": ACTIVE_UID}) for _ in range(6)]
+        tail = threading.Thread(target=follow, daemon=True)
+        tail.start()
+        # Badge until the follower sees one, so it is listening before the warning level (at
+        # most one clock_unsynced event and five probes stay below it).
+        for _ in range(5):
+            assert gate.request("badge", {"card": ACTIVE_UID})["allow"]
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: followed, timeout=1)
+                break
+        assert followed, "the follower never saw an event"
+        results = [gate.request("badge", {"card": ACTIVE_UID}) for _ in range(10)]
         # Decisions never wait on the outbox: every badge is still granted.
         assert all(r["allow"] for r in results)
         status = gate.request("status")
         assert status["outbox_dropped"] >= 2
-        assert status["outbox_depth"] == 4
+        assert status["outbox_depth"] == 10
         code, _, checks, _ = doctor(gate)
         assert code == 2 and checks["outbox"]["level"] == "fail"
         assert "dropped" in checks["outbox"]["message"]
         log = wait_for(lambda: "event=outbox_full" in gate.log.read_text() and gate.log.read_text())
         assert "event=outbox_warn" in log
+        tail.join(10)
+        assert "outbox_warn" in followed and followed[-1] == "outbox_full", followed
     finally:
         gate.stop()
 
