@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -379,7 +379,7 @@ class Gate:
         """
         return self._commit_then_index(lambda s: s.apply_states(states))
 
-    def apply_rows(self, rows: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
+    def apply_rows(self, rows: Iterable[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
         """As :meth:`apply_states`, for rows ``member_row`` already made (in the sync's verifier
         processes, so the writer thread holds the GIL less while decisions run)."""
         return self._commit_then_index(lambda s: s.apply_rows(rows))
