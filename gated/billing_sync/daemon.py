@@ -72,7 +72,7 @@ async def serve_forever(billing: Billing) -> None:
         publisher = Publisher(
             billing.engine,
             config.mqtt,
-            lambda: billing.keys.signer,
+            billing.keys.current_signer,
             config.sites,
             billing.clock,
             billing.record_gate_events,

@@ -28,6 +28,21 @@ class Keys:
     signer: Signer
     credential_key: bytes
     card_key: bytes
+    signer_file: Path | None = None
+    signer_mtime: float = 0.0
+
+    def current_signer(self) -> Signer:
+        """The head-office signer, reloaded when its key file changed (``keys rotate`` run from
+        another process while ``serve`` keeps running)."""
+        if self.signer_file is not None:
+            try:
+                mtime = self.signer_file.stat().st_mtime
+            except OSError:
+                return self.signer
+            if mtime != self.signer_mtime:
+                self.signer = Signer.from_pem_file(self.signer_file)
+                self.signer_mtime = mtime
+        return self.signer
 
     @property
     def cipher(self) -> Fernet:
@@ -62,6 +77,8 @@ class Keys:
             Signer.from_pem_file(cfg.head_office_private_key_file),
             load_credential_key(cfg.credential_key_file),
             cfg.card_encryption_key_file.read_bytes().strip(),
+            cfg.head_office_private_key_file,
+            cfg.head_office_private_key_file.stat().st_mtime,
         )
 
 

@@ -33,15 +33,22 @@ def snapshot_bytes(billing: Billing, site: str) -> bytes:
     with billing.engine.connect() as conn:
         rows = conn.execute(select(ms.c.sites, ms.c.payload).order_by(ms.c.version)).all()
     states = (json.loads(r.payload) for r in rows if site in json.loads(r.sites))
-    return build_snapshot(site, states, billing.keys.signer, format_time(billing.clock()))
+    return build_snapshot(site, states, billing.keys.current_signer(), format_time(billing.clock()))
 
 
 def apply_stripe_event(billing: Billing, event: dict[str, Any]) -> bool:
     """Apply one verified Stripe event once (by event id); returns False for a repeat or an
     event type we do not act on. Each handler is itself order-independent."""
-    with billing.engine.begin() as conn:
-        if billing.webhook_seen(conn, str(event["id"]), str(event["type"])):
-            return False
+    if billing.webhook_known(str(event["id"])):
+        return False
+    applied = _apply(billing, event)
+    # Recorded after applying: a crash in between replays the event, and every handler is
+    # idempotent, so it is applied once in effect and never lost.
+    billing.webhook_done(str(event["id"]), str(event["type"]))
+    return applied
+
+
+def _apply(billing: Billing, event: dict[str, Any]) -> bool:
     obj: dict[str, Any] = event["data"]["object"]
     kind = event["type"]
     if kind == "payment_intent.succeeded":

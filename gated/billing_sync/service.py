@@ -1012,16 +1012,22 @@ class Billing:
 
     # --- webhooks (payment provider events) ---------------------------------------------------------
 
-    def webhook_seen(self, conn: Connection, event_id: str, event_type: str) -> bool:
-        """Record an event id; False when it was already processed (the caller skips it)."""
-        return (
+    def webhook_known(self, event_id: str) -> bool:
+        """Whether a provider event was already processed."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(s.webhook_events.c.id).where(s.webhook_events.c.id == event_id)
+            ).first()
+        return row is not None
+
+    def webhook_done(self, event_id: str, event_type: str) -> None:
+        """Record a processed provider event by id (a concurrent duplicate is ignored)."""
+        with self.engine.begin() as conn:
             insert_ignore(
                 conn,
                 s.webhook_events,
                 [{"id": event_id, "type": event_type, "received_at": self.clock()}],
             )
-            == 0
-        )
 
     def intent_update(self, intent_id: str, result: ChargeResult) -> bool:
         """A provider event about a PaymentIntent; applied only if the attempt is not final."""

@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy import func, select
 
 from gated.billing_sync import schema
+from gated.billing_sync.keys import new_signing_key
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
@@ -38,7 +39,7 @@ def publisher_for(b: Billing, url: str) -> Publisher:
     return Publisher(
         b.engine,
         BillingMqttConfig(url=url, client_id="billing-test"),
-        lambda: b.keys.signer,
+        b.keys.current_signer,
         b.config.sites,
         b.clock,
         b.record_gate_events,
@@ -232,3 +233,28 @@ def test_snapshot_needs_the_gates_bearer_token(tmp_path: Path) -> None:
         assert trailer["count"] == 1
         b.revoke_gate("downtown", "t1")
         assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+async def test_a_key_rotated_by_another_process_is_picked_up(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    b, _ = make_billing(tmp_path, sites=[SITE])
+    pub = publisher_for(b, mosquitto.url)
+    task = asyncio.create_task(pub.run())
+    try:
+        await asyncio.to_thread(
+            b.add_member, "m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok"
+        )
+        await wait_drained(b)
+        old_kid = b.keys.signer.kid
+        time.sleep(0.01)  # a distinct mtime
+        new = new_signing_key(b.config.keys.head_office_private_key_file)  # as `keys rotate` does
+        assert new.kid != old_kid
+        await asyncio.to_thread(b.republish_all)
+        await wait_drained(b)
+        seen = await retained(mosquitto.port)
+        assert seen["m1"]["kid"] == new.kid and seen["manifest"]["kid"] == new.kid
+        Verifier([new.public_key_raw]).verify(seen["m1"], "member_state")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
