@@ -592,34 +592,23 @@ def invoices(
 # --- reports and clock -------------------------------------------------------------------------------
 
 
-def _report(name: str, as_csv: bool, config: Path) -> None:
-    with service(config) as billing:
-        columns, rows = reports.REPORTS[name](billing.engine, billing.clock())
-    _table(name, columns, rows, as_csv)
+def _report_command(name: str, help_text: str) -> None:
+    def command(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+        with service(config) as billing:
+            columns, rows = reports.REPORTS[name](billing.engine, billing.clock())
+        _table(name, columns, rows, as_csv)
+
+    command.__doc__ = help_text
+    report_app.command(name)(command)
 
 
-@report_app.command("revenue")
-def report_revenue(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Money received per month and method."""
-    _report("revenue", as_csv, config)
-
-
-@report_app.command("outstanding")
-def report_outstanding(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Open invoices per member."""
-    _report("outstanding", as_csv, config)
-
-
-@report_app.command("dunning")
-def report_dunning(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Members in dunning: status, owed, first failure, retries, next retry."""
-    _report("dunning", as_csv, config)
-
-
-@report_app.command("attendance")
-def report_attendance(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Entries per day and site from the gates' events."""
-    _report("attendance", as_csv, config)
+for _name, _help in (
+    ("revenue", "Money received per month and method."),
+    ("outstanding", "Open invoices per member."),
+    ("dunning", "Members in dunning: status, owed, first failure, retries, next retry."),
+    ("attendance", "Entries per day and site from the gates' events."),
+):
+    _report_command(_name, _help)
 
 
 @clock_app.command("advance")
