@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,3 +147,43 @@ class EventSink:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+TOKEN = "gate-t1-token"
+
+
+class SnapshotServer:
+    """``GET /v1/sites/{site}/snapshot`` for a bearer token, serving whatever bytes it is given."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.headers.get("Authorization"))
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                if self.path != f"/v1/sites/{SITE}/snapshot":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/gzip")
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/sites/{SITE}/snapshot"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,46 +15,7 @@ from gated.contract import Signer, build_snapshot, format_time
 from tests.gatefixture import GateProcess, write_config
 from tests.services import Mosquitto
 from tests.sync.conftest import mqtt_section
-from tests.sync.helpers import SITE, HeadOffice, uid_for, wait_until
-
-TOKEN = "gate-t1-token"
-
-
-class SnapshotServer:
-    """``GET /v1/sites/{site}/snapshot`` for a bearer token, serving whatever bytes it is given."""
-
-    def __init__(self) -> None:
-        self.body = b""
-        self.requests: list[str | None] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.headers.get("Authorization"))
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                if self.path != f"/v1/sites/{SITE}/snapshot":
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/gzip")
-                self.send_header("Content-Length", str(len(server.body)))
-                self.end_headers()
-                self.wfile.write(server.body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/sites/{SITE}/snapshot"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.sync.helpers import SITE, TOKEN, HeadOffice, SnapshotServer, uid_for, wait_until
 
 
 @pytest.fixture
