@@ -190,12 +190,17 @@ def stream(path: Path, cmd: str, args: dict[str, Any] | None = None) -> Iterator
     """A streaming request: yields each item until the daemon closes or the caller stops."""
     with _connect(path, 10.0) as sock:
         sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        head = json.loads(_readline(sock))
+        # One buffered reader for the head and the events: the first event often arrives in the
+        # same segment as the head, and a bare recv() for the head would swallow it.
+        lines = sock.makefile("rb")
+        first = lines.readline()
+        if not first:
+            raise DaemonNotRunning("the daemon closed the connection")
+        head = json.loads(first)
         if not head.get("ok"):
             raise ControlError(head.get("error", "request failed"))
         sock.settimeout(None)
-        buf = sock.makefile("rb")
-        for line in buf:
+        for line in lines:
             yield dict(json.loads(line)["event"])
 
 

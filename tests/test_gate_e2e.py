@@ -202,3 +202,15 @@ def test_sigterm_stops_cleanly(gate: GateProcess) -> None:
     assert gate.stop() == 0
     assert not gate.socket.exists()
     assert "event=stopped" in gate.log.read_text()
+
+
+def test_events_follow_keeps_the_backlog_that_arrives_with_the_head(gate: GateProcess) -> None:
+    from gated import control
+
+    for _ in range(3):
+        gate.request("badge", {"card": FROZEN_UID})
+    for _ in range(10):  # the backlog often shares a segment with the head line
+        stream = control.stream(gate.socket, "events_tail", {"limit": 3, "follow": True})
+        got = [next(stream)["reason"] for _ in range(3)]
+        stream.close()
+        assert got == ["frozen", "frozen", "frozen"]
