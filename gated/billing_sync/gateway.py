@@ -114,14 +114,16 @@ class SimulatedGateway:
         self._clock = clock
         self._script = {pm: list(outcomes) for pm, outcomes in (script or {}).items()}
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
+        # Autocommit: every statement is durable on its own, like a provider's answer.
+        self._db = sqlite3.connect(
+            str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS intents (id TEXT PRIMARY KEY, idempotency_key TEXT UNIQUE,"
-            " payment_method TEXT, amount INTEGER, currency TEXT, state TEXT, decline_code TEXT,"
-            " advice_code TEXT, confirmed_at INTEGER)"
+            "CREATE TABLE IF NOT EXISTS intents (n INTEGER PRIMARY KEY, idempotency_key TEXT"
+            " UNIQUE, payment_method TEXT, amount INTEGER, currency TEXT, state TEXT,"
+            " decline_code TEXT, advice_code TEXT, confirmed_at INTEGER)"
         )
-        self._db.commit()
 
     def create_customer(self, member_id: str, email: str | None, name: str) -> str:
         """Customers are implicit: the id is derived from the member id."""
@@ -147,20 +149,17 @@ class SimulatedGateway:
         if amount <= 0:
             raise GatewayRejected("amount must be positive")
         with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM intents WHERE idempotency_key = ?", (idempotency_key,)
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
-            (count,) = self._db.execute("SELECT coalesce(max(rowid), 0) FROM intents").fetchone()
-            intent_id = f"pi_sim_{count + 1:010d}"
-            self._db.execute(
-                "INSERT INTO intents VALUES (?, ?, ?, ?, ?, 'requires_confirmation', NULL, NULL,"
-                " NULL)",
-                (intent_id, idempotency_key, payment_method, amount, currency),
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO intents (idempotency_key, payment_method, amount, currency,"
+                " state) VALUES (?, ?, ?, ?, 'requires_confirmation')",
+                (idempotency_key, payment_method, amount, currency),
             )
-            self._db.commit()
-            return intent_id
+            n = cur.lastrowid if cur.rowcount == 1 else None
+            if n is None:
+                (n,) = self._db.execute(
+                    "SELECT n FROM intents WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+            return f"pi_sim_{n:010d}"
 
     def confirm_intent(self, intent_id: str, idempotency_key: str) -> ChargeResult:
         """Charge once: confirming an intent that was already confirmed returns its result."""
@@ -172,10 +171,9 @@ class SimulatedGateway:
             state, decline, advice = self._outcome(pm)
             self._db.execute(
                 "UPDATE intents SET state = ?, decline_code = ?, advice_code = ?, confirmed_at = ?"
-                " WHERE id = ?",
-                (state, decline, advice, self._clock(), intent_id),
+                " WHERE n = ?",
+                (state, decline, advice, self._clock(), _number(intent_id)),
             )
-            self._db.commit()
             return ChargeResult(intent_id, state, decline, advice)
 
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
@@ -194,8 +192,8 @@ class SimulatedGateway:
     def _row(self, intent_id: str) -> tuple[str, str | None, str | None, str, int | None]:
         row = self._db.execute(
             "SELECT state, decline_code, advice_code, payment_method, confirmed_at FROM intents"
-            " WHERE id = ?",
-            (intent_id,),
+            " WHERE n = ?",
+            (_number(intent_id),),
         ).fetchone()
         if row is None:
             raise GatewayRejected(f"no such payment intent: {intent_id}")
@@ -209,10 +207,9 @@ class SimulatedGateway:
             state = "failed" if failed else "succeeded"
             decline = "insufficient_funds" if failed else None
             self._db.execute(
-                "UPDATE intents SET state = ?, decline_code = ? WHERE id = ?",
-                (state, decline, intent_id),
+                "UPDATE intents SET state = ?, decline_code = ? WHERE n = ?",
+                (state, decline, _number(intent_id)),
             )
-            self._db.commit()
         return ChargeResult(intent_id, state, decline, advice)  # type: ignore[arg-type]
 
     def _outcome(self, pm: str) -> tuple[IntentState, str | None, str | None]:
@@ -227,3 +224,10 @@ class SimulatedGateway:
         if pm.startswith("pm_sim_advice_"):
             return "failed", pm.removeprefix("pm_sim_advice_"), "do_not_try_again"
         return "succeeded", None, None
+
+
+def _number(intent_id: str) -> int:
+    try:
+        return int(intent_id.removeprefix("pi_sim_"))
+    except ValueError as exc:
+        raise GatewayRejected(f"no such payment intent: {intent_id}") from exc

@@ -72,7 +72,10 @@ members = Table(
     Column("payer_id", ID, ForeignKey("members.id")),
     Column("customer_ref", Text),
     Column("payment_method", Text),
+    # The member app's key for rotating QR codes: the seed encrypted (``pass`` plays the app),
+    # the public half as published.
     Column("qr_private_key", LargeBinary),
+    Column("qr_key", Text),
     Column("erased", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
 )

@@ -249,6 +249,7 @@ class Billing:
                     customer_ref=customer_ref,
                     payment_method=payment_method,
                     qr_private_key=self.keys.cipher.encrypt(qr_private) if qr_private else None,
+                    qr_key=_qr_public(qr_private) if qr_private else None,
                     erased=False,
                     created_at=now,
                 )
@@ -357,7 +358,14 @@ class Billing:
             conn.execute(
                 update(s.members)
                 .where(s.members.c.id == member_id)
-                .values(name="", email=None, qr_private_key=None, payment_method=None, erased=True)
+                .values(
+                    name="",
+                    email=None,
+                    qr_private_key=None,
+                    qr_key=None,
+                    payment_method=None,
+                    erased=True,
+                )
             )
             conn.execute(
                 update(s.subscriptions)
@@ -1429,6 +1437,7 @@ class Billing:
         ):
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
+        plan_json: dict[str, tuple[list[Any], list[str]]] = {}
         changed: list[tuple[str, list[str], dict[str, Any], Row[Any] | None]] = []
         outbox = []
         manifest_delta: dict[str, list[tuple[str, int | None, bool, int, bool]]] = {}
@@ -1444,6 +1453,9 @@ class Billing:
                 published = eng.published_status(status, payer)  # type: ignore[arg-type]
                 until = eng.valid_until(f.account, status, self.rules)  # type: ignore[arg-type]
                 plan = f.plan
+                if plan is not None and plan.id not in plan_json:
+                    plan_json[plan.id] = (json.loads(plan.schedule), json.loads(plan.zones))
+                schedule, zones = plan_json[plan.id] if plan is not None else ([], [])
                 body = {
                     "type": "member_state",
                     "member_id": member_id,
@@ -1454,17 +1466,15 @@ class Billing:
                     "valid_from": format_time(f.sub.started_at) if f.sub else None,
                     "valid_until": format_time(until) if until is not None else None,
                     "plan": plan.id if plan else None,
-                    "schedule": json.loads(plan.schedule)
-                    if plan and f.member.role != "staff"
-                    else [],
-                    "zones": json.loads(plan.zones) if plan else [],
+                    "schedule": schedule if f.member.role != "staff" else [],
+                    "zones": zones,
                     "credentials": creds.get(member_id, []),
-                    "qr_key": self._qr_key(f.member.qr_private_key),
+                    "qr_key": f.member.qr_key,
                     "daily_limit": plan.daily_limit if plan else None,
                     "issued_at": issued_at,
                 }
             old = current.get(member_id)
-            if old is not None and not force and _same_state(json.loads(old.payload), body):
+            if old is not None and not force and _same_state(old.payload, body):
                 continue
             changed.append((member_id, sites, body, old))
         if not changed:
@@ -1554,12 +1564,6 @@ class Billing:
                 conn.execute(insert(sm).values(site=site, published_max_version=0, **values))
             else:
                 conn.execute(update(sm).where(sm.c.site == site).values(**values))
-
-    def _qr_key(self, encrypted: bytes | None) -> str | None:
-        if encrypted is None:
-            return None
-        seed = self.keys.cipher.decrypt(encrypted)
-        return base64.b64encode(bytes(nacl.signing.SigningKey(seed).verify_key)).decode()
 
     def _create_invoice(
         self,
@@ -1745,11 +1749,17 @@ class Billing:
         return offset
 
 
-def _same_state(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    skip = ("version", "issued_at")
-    return {k: v for k, v in old.items() if k not in skip} == {
-        k: v for k, v in new.items() if k not in skip
-    }
+def _same_state(old_payload: str, new: dict[str, Any]) -> bool:
+    """Equal apart from the version and issue time (``new`` has version 0 until one is taken)."""
+    old = json.loads(old_payload)
+    old["version"] = new["version"]
+    old["issued_at"] = new["issued_at"]
+    return bool(old == new)
+
+
+def _qr_public(seed: bytes) -> str:
+    """The app's public key as the contract carries it: standard base64 of the raw 32 bytes."""
+    return base64.b64encode(bytes(nacl.signing.SigningKey(seed).verify_key)).decode()
 
 
 def _sha256(text: str) -> str:

@@ -470,3 +470,20 @@ def test_front_desk_payment_validation(billing: tuple[Billing, Clock]) -> None:
     assert published(b, "m2")["status"] == "pending"
     b.record_payment("m2")
     assert published(b, "m2")["status"] == "active"
+
+
+def test_qr_pass_verifies_with_the_published_app_key(billing: tuple[Billing, Clock]) -> None:
+    import base64
+
+    import nacl.signing
+
+    from gated.contract import mint_qr_code, parse_qr_code
+
+    b, clock = billing
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok", with_qr=True)
+    code = mint_qr_code(b.app_private_key("m1"), "m1", clock.now, "00112233aabbccdd")
+    member_id, _, _, signed_bytes, signature = parse_qr_code(code)
+    key = nacl.signing.VerifyKey(base64.b64decode(published(b, "m1")["qr_key"]))
+    assert member_id == "m1" and key.verify(signed_bytes, signature) == signed_bytes
+    b.erase("m1")
+    assert published(b, "m1")["qr_key"] is None

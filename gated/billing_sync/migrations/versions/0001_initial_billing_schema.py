@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 10:01:55.478750
+Create Date: 2026-11-26 10:20:32.366543
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def upgrade() -> None:
         sa.Column("customer_ref", sa.Text(), nullable=True),
         sa.Column("payment_method", sa.Text(), nullable=True),
         sa.Column("qr_private_key", sa.LargeBinary(), nullable=True),
+        sa.Column("qr_key", sa.Text(), nullable=True),
         sa.Column("erased", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
