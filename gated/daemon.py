@@ -754,7 +754,14 @@ class Gate:
         """Count the outbox exactly every few seconds (the broker link deletes rows we never see)
         and keep the number of dropped events on disk, so doctor still fails after a restart."""
         saved = self.outbox.dropped
+        # Without [mqtt] nobody collects events: the outbox is a local journal of the most recent
+        # ones (gatectl events tail), kept well below the alarm so a standalone gate never trips it.
+        keep = None if self.config.mqtt is not None else self.config.outbox_warn_events // 2
         while True:
+            if keep is not None:
+                trimmed = await asyncio.wrap_future(self.writer.submit(partial(CacheStore.trim_outbox, keep=keep)))
+                if trimmed:
+                    log.info("event=outbox_trimmed removed=%d kept=%d reason=no_broker", trimmed, keep)
             mark = self.outbox.mark()
             depth = await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth()))
             self.outbox.measured(depth, mark)

@@ -54,6 +54,10 @@ def write_config(
     }
     settings.update({k: v for k, v in top.items()})
     lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    if "[metrics]" not in extra:
+        # Port 0: test gates run side by side and must not fight over the default 9464.
+        extra += '\n[metrics]\nlisten = "127.0.0.1:0"\n'
+
     lines += [
         "[keys]",
         f'credential_key_file = "{keys}/credential.key"',

@@ -403,3 +403,11 @@ def test_ill_typed_state_is_refused_before_the_hot_path(field: str, value: objec
     member_row(state)  # the well-typed state is fine
     with pytest.raises(ContractError):
         member_row({**state, field: value})
+
+
+def test_trim_outbox_keeps_the_newest(store: CacheStore) -> None:
+    for i in range(10):
+        store.add_event({"event_id": f"e{i}", "kind": "entry"})
+    assert store.trim_outbox(keep=4) == 6
+    assert [e["event_id"] for e in store.recent_events(100)] == ["e6", "e7", "e8", "e9"]
+    assert store.trim_outbox(keep=4) == 0

@@ -231,6 +231,13 @@ class CacheStore:
         """Drop events the broker has acknowledged (PUBACK)."""
         self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
+    def trim_outbox(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` events (a gate with no broker); returns how many."""
+        cur = self.conn.execute(
+            "DELETE FROM outbox WHERE seq <= (SELECT max(seq) FROM outbox) - ?", (keep,)
+        )
+        return int(cur.rowcount)
+
     def outbox_depth(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
