@@ -34,7 +34,14 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.gateway import ChargeResult, GatewayError, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.notices import Notice, format_amount, render
-from gated.billing_sync.store import bulk, get_meta, insert_ignore, next_versions, set_meta
+from gated.billing_sync.store import (
+    bulk,
+    get_meta,
+    insert_ignore,
+    many,
+    next_versions,
+    set_meta,
+)
 from gated.config import BillingConfig
 from gated.contract import (
     MEMBER_ID_RE,
@@ -291,7 +298,7 @@ class Billing:
             billed = [payer_id, *self._dependants(conn, [payer_id])]
             conn.execute(
                 update(s.subscriptions)
-                .where(s.subscriptions.c.member_id.in_(billed))
+                .where(s.subscriptions.c.member_id.in_(many(billed)))
                 .values(needs_new_card=False, next_retry_at=now, review_at=now)
             )
         return self.run_cycle(member_ids=billed)
@@ -687,7 +694,7 @@ class Billing:
         a = s.payment_attempts
         q = select(a).where(a.c.state.in_(OPEN_ATTEMPT_STATES)).order_by(a.c.id)
         if member_ids is not None:
-            q = q.where(a.c.member_id.in_(member_ids))
+            q = q.where(a.c.member_id.in_(many(member_ids)))
         with self.engine.connect() as conn:
             rows = list(conn.execute(q))
             methods = self._methods(conn, {r.member_id for r in rows})
@@ -775,7 +782,7 @@ class Billing:
         inv, a = s.invoices, s.payment_attempts
         rows = conn.execute(
             select(inv.c.id, inv.c.member_id, inv.c.total, inv.c.amount_paid, inv.c.currency)
-            .where(inv.c.member_id.in_(member_ids), inv.c.status == "open")
+            .where(inv.c.member_id.in_(many(member_ids)), inv.c.status == "open")
             .order_by(inv.c.member_id, inv.c.due_at)
         ).all()
         rows = [r for r in rows if r.total > r.amount_paid]
@@ -784,7 +791,7 @@ class Billing:
         counts: dict[int, int] = dict(
             conn.execute(
                 select(a.c.invoice_id, func.count())
-                .where(a.c.invoice_id.in_([r.id for r in rows]))
+                .where(a.c.invoice_id.in_(many([r.id for r in rows])))
                 .group_by(a.c.invoice_id)
             ).all()
         )
@@ -901,13 +908,13 @@ class Billing:
         now = self.clock()
         current = dict(
             conn.execute(
-                select(a.c.id, a.c.state).where(a.c.id.in_([c.attempt_id for c in charges]))
+                select(a.c.id, a.c.state).where(a.c.id.in_(many([c.attempt_id for c in charges])))
             ).all()
         )
         invoices = {
             r.id: r
             for r in conn.execute(
-                select(s.invoices).where(s.invoices.c.id.in_({c.invoice_id for c in charges}))
+                select(s.invoices).where(s.invoices.c.id.in_(many({c.invoice_id for c in charges})))
             )
         }
         updates: list[dict[str, Any]] = []
@@ -1251,7 +1258,7 @@ class Billing:
                 payer.c.payment_method.label("ppm"),
             )
             .join(payer, payer.c.id == m.c.payer_id, isouter=True)
-            .where(m.c.id.in_(list(member_ids)))
+            .where(m.c.id.in_(many(list(member_ids))))
         ).all()
         return {
             r.id: (r.pc, r.ppm) if r.ppm or r.pc else (r.customer_ref, r.payment_method)
@@ -1262,7 +1269,7 @@ class Billing:
         return list(
             conn.execute(
                 select(s.members.c.id).where(
-                    s.members.c.payer_id.in_(payer_ids), s.members.c.erased.is_(False)
+                    s.members.c.payer_id.in_(many(payer_ids)), s.members.c.erased.is_(False)
                 )
             ).scalars()
         )
@@ -1278,41 +1285,43 @@ class Billing:
         members = conn.execute(
             select(m, payer.c.email.label("payer_email"))
             .join(payer, payer.c.id == m.c.payer_id, isouter=True)
-            .where(m.c.id.in_(ids))
+            .where(m.c.id.in_(many(ids)))
         ).all()
-        subs = {r.member_id: r for r in conn.execute(select(sub).where(sub.c.member_id.in_(ids)))}
+        subs = {
+            r.member_id: r for r in conn.execute(select(sub).where(sub.c.member_id.in_(many(ids))))
+        }
         plans = {r.id: r for r in conn.execute(select(p))}
         open_inv: dict[str, list[Row[Any]]] = {}
         for r in conn.execute(
             select(inv)
-            .where(inv.c.member_id.in_(ids), inv.c.status == "open")
+            .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
             .order_by(inv.c.due_at)
         ):
             open_inv.setdefault(r.member_id, []).append(r)
         open_ids = [i.id for v in open_inv.values() for i in v]
         attempted = set(
             conn.execute(
-                select(a.c.invoice_id).where(a.c.invoice_id.in_(open_ids)).distinct()
+                select(a.c.invoice_id).where(a.c.invoice_id.in_(many(open_ids))).distinct()
             ).scalars()
         )
         in_flight = set(
             conn.execute(
                 select(a.c.member_id).where(
-                    a.c.member_id.in_(ids), a.c.state.in_(OPEN_ATTEMPT_STATES)
+                    a.c.member_id.in_(many(ids)), a.c.state.in_(OPEN_ATTEMPT_STATES)
                 )
             ).scalars()
         )
         disputed = set(
             conn.execute(
                 select(s.disputes.c.member_id).where(
-                    s.disputes.c.member_id.in_(ids), s.disputes.c.status == "open"
+                    s.disputes.c.member_id.in_(many(ids)), s.disputes.c.status == "open"
                 )
             ).scalars()
         )
         freezes: dict[str, tuple[int, int]] = {}
         for r in conn.execute(
             select(s.freezes.c.member_id, s.freezes.c.starts_at, s.freezes.c.ends_at)
-            .where(s.freezes.c.member_id.in_(ids), s.freezes.c.ends_at > now)
+            .where(s.freezes.c.member_id.in_(many(ids)), s.freezes.c.ends_at > now)
             .order_by(s.freezes.c.starts_at.desc())
         ):
             freezes[r.member_id] = (r.starts_at, r.ends_at)
@@ -1419,12 +1428,14 @@ class Billing:
     ) -> None:
         ids = list(facts)
         ms = s.member_states
-        current = {r.member_id: r for r in conn.execute(select(ms).where(ms.c.member_id.in_(ids)))}
+        current = {
+            r.member_id: r for r in conn.execute(select(ms).where(ms.c.member_id.in_(many(ids))))
+        }
         payers = {f.member.payer_id for f in facts.values() if f.member.payer_id}
         payer_status = dict(
             conn.execute(
                 select(s.subscriptions.c.member_id, s.subscriptions.c.status).where(
-                    s.subscriptions.c.member_id.in_(payers)
+                    s.subscriptions.c.member_id.in_(many(payers))
                 )
             ).all()
         )
@@ -1432,7 +1443,7 @@ class Billing:
         creds: dict[str, list[str]] = {}
         for r in conn.execute(
             select(s.cards.c.member_id, s.cards.c.credential)
-            .where(s.cards.c.member_id.in_(ids), s.cards.c.revoked_at.is_(None))
+            .where(s.cards.c.member_id.in_(many(ids)), s.cards.c.revoked_at.is_(None))
             .order_by(s.cards.c.credential)
         ):
             creds.setdefault(r.member_id, []).append(r.credential)
