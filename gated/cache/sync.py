@@ -97,6 +97,7 @@ PUBLISH_TIMEOUT_S = 10.0
 ANTI_ENTROPY_MIN_INTERVAL_S = 60.0
 SNAPSHOT_MAX_BYTES = 1 << 30
 SNAPSHOT_CHUNK = 200
+FREEZE_EVERY = 5000
 SNAPSHOT_TIMEOUT_S = 120.0
 CONTACT_SAVE_INTERVAL_S = 30.0
 MAX_COMMAND_TTL_S = 300.0
@@ -220,6 +221,7 @@ class SiteSync:
         self._newest_issued: str | None = None
         self._contact_saved = 0.0
         self._commands_running: set[str] = set()
+        self._unfrozen = 0
         # what stats() and checks() report
         self.connected = False
         self.subscribed = False
@@ -261,6 +263,9 @@ class SiteSync:
                     self._lost(str(exc))
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     self._lost(describe_error(exc, self.mqtt.url))
+                except Exception as exc:  # the last wall: the link retries, the gate decides on
+                    log.exception("event=sync_failed")
+                    self._lost(f"internal error: {type(exc).__name__}: {exc}")
                 delay = _backoff(attempt)
                 attempt += 1
                 await asyncio.sleep(delay)
@@ -470,9 +475,17 @@ class SiteSync:
         self.applied += len(applied)
         self.skipped["not_newer"] += len(rows) - len(applied)
         self._heard(max(row["issued_at"] for row in rows))
-        # New members live as long as the gate: keep the collector's full passes from walking
-        # them during a badge, as the daemon does for the members it loads at start.
-        gc.freeze()
+        self._freeze_members(len(applied))
+
+    def _freeze_members(self, applied: int) -> None:
+        """New members live as long as the gate: after a few thousand, move them out of the
+        collector's generations (as the daemon does at start) so a full pass never walks them
+        during a badge. Young cyclic garbage is collected first so it is not frozen with them."""
+        self._unfrozen += applied
+        if self._unfrozen >= FREEZE_EVERY:
+            self._unfrozen = 0
+            gc.collect(1)
+            gc.freeze()
 
     async def _on_manifest(self, payload: bytes) -> None:
         try:
@@ -616,6 +629,7 @@ class SiteSync:
                 raise SyncError(str(exc)) from exc
             self._heard(trailer["issued_at"])
             self.applied += len(applied)
+            self._freeze_members(len(applied))
             result = {
                 "ok": True,
                 "source": "snapshot",
