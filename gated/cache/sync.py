@@ -194,7 +194,10 @@ class SiteSync:
         self.site = config.site
         self.gate_id = config.gate
         self.client_id = self.mqtt.client_id or f"gated-{config.site}-{config.gate}"
-        self.verifier = Verifier.from_pem_files(config.keys.head_office_public_key_files)
+        self._public_keys = [
+            public_key_raw(load_public_key(p)) for p in config.keys.head_office_public_key_files
+        ]
+        self.verifier = Verifier(self._public_keys)
         self.command_verifier = (
             Verifier.from_pem_files(config.keys.command_public_key_files)
             if config.keys.command_public_key_files
@@ -202,9 +205,6 @@ class SiteSync:
         )
         self.head_office = config.head_office
         self.snapshot_configured = bool(self.head_office and self.head_office.snapshot_url)
-        self._public_keys = [
-            public_key_raw(load_public_key(p)) for p in config.keys.head_office_public_key_files
-        ]
         self._pool = self._new_pool()
         self._slots = asyncio.Semaphore(VERIFY_PROCESSES * 2)
         self._client: aiomqtt.Client | None = None
@@ -244,7 +244,10 @@ class SiteSync:
         """Connect, sync and drain until cancelled; never lets an error out."""
         try:
             # Start the verifier processes now, not when the first member arrives.
-            await asyncio.get_running_loop().run_in_executor(self._pool, verify_member_states, [])
+            with contextlib.suppress(BrokenProcessPool, OSError):
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, verify_member_states, []
+                )
             if self.snapshot_configured and self.gate.index.count == 0:
                 await self._try_snapshot("cold_start", None)
             attempt = 0
@@ -437,10 +440,11 @@ class SiteSync:
 
     async def _verify_and_apply(self, batch: list[tuple[str, dict[str, Any], bytes]]) -> None:
         loop = asyncio.get_running_loop()
+        pool = self._pool
         try:
             async with self._slots:
                 verdicts = await loop.run_in_executor(
-                    self._pool, verify_member_states, [payload for _, _, payload in batch]
+                    pool, verify_member_states, [payload for _, _, payload in batch]
                 )
             good = [row for row in verdicts if not isinstance(row, str)]
             rejects = [reason for reason in verdicts if isinstance(reason, str)]
@@ -455,8 +459,12 @@ class SiteSync:
         except BrokenProcessPool:
             self.rejected["verifier_died"] += len(batch)
             log.error("event=verifier_died states=%d: restarting it", len(batch))
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
+            if self._pool is pool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+        except Exception:  # the last wall: a bug costs this batch (counted), not the link
+            self.rejected["internal_error"] += len(batch)
+            log.exception("event=batch_failed states=%d", len(batch))
         finally:
             self._inflight -= len(batch)
             for member_id, obj, _payload in batch:
@@ -617,7 +625,15 @@ class SiteSync:
                     if count
                     else []
                 )
-            except (SyncError, ContractError, sqlite3.Error, BrokenProcessPool) as exc:
+            except (
+                SyncError,
+                ValueError,  # ContractError among them
+                KeyError,
+                TypeError,
+                OSError,
+                sqlite3.Error,
+                BrokenProcessPool,
+            ) as exc:
                 self.last_snapshot = {
                     "at": format_time(time.time()),
                     "reason": reason,

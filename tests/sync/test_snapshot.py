@@ -39,6 +39,13 @@ def snap_gate(
     proc.stop()
 
 
+@pytest.fixture
+def hq(snap_gate: GateProcess, mosquitto: Mosquitto) -> Iterator[HeadOffice]:
+    office = HeadOffice(snap_gate.root / "keys", mosquitto.port)
+    yield office
+    office.close()
+
+
 def states(hq: HeadOffice, n: int, version_base: int = 0, **kw: Any) -> list[dict[str, Any]]:
     return [hq.state(f"s_{i}", version_base + i + 1, cards=[uid_for(i)], **kw) for i in range(n)]
 
@@ -50,89 +57,77 @@ def snapshot(
 
 
 def test_empty_gate_starts_from_the_snapshot(
-    snap_gate: GateProcess, server: SnapshotServer, mosquitto: Mosquitto
+    snap_gate: GateProcess, server: SnapshotServer, hq: HeadOffice
 ) -> None:
-    hq = HeadOffice(snap_gate.root / "keys", mosquitto.port)
-    try:
-        items = states(hq, 2000)
-        items[5]["status"] = "erased"
-        server.body = snapshot(hq, items)
-        snap_gate.start()
-        status = wait_until(
-            lambda: (s := snap_gate.request("status"))["members"] == 1999 and s, what="snapshot"
-        )
-        assert status["max_version"] == 2000
-        last = status["sync"]["last_snapshot"]
-        assert last["ok"] and last["applied"] == 2000 and last["in_sync"]
-        assert server.requests[0] == f"Bearer {TOKEN}"
-        assert snap_gate.request("badge", {"card": uid_for(9)})["allow"]
-        assert snap_gate.request("badge", {"card": uid_for(5)})["reason"] == "unknown_credential"
-        # Retained states not newer than the snapshot are skipped before any signature work.
-        hq.publish(*items[:100], manifest=False)
-        wait_until(
-            lambda: snap_gate.request("status")["sync"]["skipped"].get("not_newer", 0) >= 100,
-            what="retained states skipped",
-        )
-    finally:
-        hq.close()
+    items = states(hq, 2000)
+    items[5]["status"] = "erased"
+    server.body = snapshot(hq, items)
+    snap_gate.start()
+    status = wait_until(
+        lambda: (s := snap_gate.request("status"))["members"] == 1999 and s, what="snapshot"
+    )
+    assert status["max_version"] == 2000
+    last = status["sync"]["last_snapshot"]
+    assert last["ok"] and last["applied"] == 2000 and last["in_sync"]
+    assert server.requests[0] == f"Bearer {TOKEN}"
+    assert snap_gate.request("badge", {"card": uid_for(9)})["allow"]
+    assert snap_gate.request("badge", {"card": uid_for(5)})["reason"] == "unknown_credential"
+    # Retained states not newer than the snapshot are skipped before any signature work.
+    hq.publish(*items[:100], manifest=False)
+    wait_until(
+        lambda: snap_gate.request("status")["sync"]["skipped"].get("not_newer", 0) >= 100,
+        what="retained states skipped",
+    )
 
 
 def test_bad_snapshots_are_refused_whole(
-    snap_gate: GateProcess, server: SnapshotServer, mosquitto: Mosquitto
+    snap_gate: GateProcess, server: SnapshotServer, hq: HeadOffice
 ) -> None:
-    hq = HeadOffice(snap_gate.root / "keys", mosquitto.port)
-    try:
-        server.body = snapshot(hq, states(hq, 100))
-        snap_gate.start()
-        wait_until(lambda: snap_gate.request("status")["members"] == 100, what="first snapshot")
-        before = snap_gate.request("status")["digest"]
+    server.body = snapshot(hq, states(hq, 100))
+    snap_gate.start()
+    wait_until(lambda: snap_gate.request("status")["members"] == 100, what="first snapshot")
+    before = snap_gate.request("status")["digest"]
 
-        newer = states(hq, 100, version_base=1000, status="suspended")
-        good = snapshot(hq, newer)
-        raw = bytearray(gzip.decompress(good))
-        raw[raw.index(b"suspended")] = ord("S")
-        bad = {
-            "truncated": good[: len(good) // 2],
-            "tampered": gzip.compress(bytes(raw)),
-            "wrongly signed": snapshot(hq, newer, Signer(Ed25519PrivateKey.generate())),
-            "other site": snapshot(hq, newer, site="uptown"),
-            "older": snapshot(hq, states(hq, 100, version_base=-50)[60:]),
-        }
-        for what, body in bad.items():
-            server.body = body
-            out = snap_gate.gatectl("resync", "--json")
-            assert out.returncode != 0, what
-            assert "resync refused" in out.stderr, (what, out.stderr)
-            assert snap_gate.request("status")["digest"] == before, what
-        doctor = snap_gate.gatectl("doctor", "--json")
-        assert "last snapshot refused" in doctor.stdout
-
-        server.body = good
+    newer = states(hq, 100, version_base=1000, status="suspended")
+    good = snapshot(hq, newer)
+    raw = bytearray(gzip.decompress(good))
+    raw[raw.index(b"suspended")] = ord("S")
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "tampered": gzip.compress(bytes(raw)),
+        "wrongly signed": snapshot(hq, newer, Signer(Ed25519PrivateKey.generate())),
+        "other site": snapshot(hq, newer, site="uptown"),
+        "older": snapshot(hq, states(hq, 100, version_base=-50)[60:]),
+    }
+    for what, body in bad.items():
+        server.body = body
         out = snap_gate.gatectl("resync", "--json")
-        assert out.returncode == 0, out.stderr
-        assert snap_gate.request("badge", {"card": uid_for(3)})["reason"] == "suspended"
-    finally:
-        hq.close()
+        assert out.returncode != 0, what
+        assert "resync refused" in out.stderr, (what, out.stderr)
+        assert snap_gate.request("status")["digest"] == before, what
+    doctor = snap_gate.gatectl("doctor", "--json")
+    assert "last snapshot refused" in doctor.stdout
+
+    server.body = good
+    out = snap_gate.gatectl("resync", "--json")
+    assert out.returncode == 0, out.stderr
+    assert snap_gate.request("badge", {"card": uid_for(3)})["reason"] == "suspended"
 
 
 def test_a_gate_apart_from_the_manifest_fetches_a_snapshot(
-    snap_gate: GateProcess, server: SnapshotServer, mosquitto: Mosquitto
+    snap_gate: GateProcess, server: SnapshotServer, hq: HeadOffice
 ) -> None:
-    hq = HeadOffice(snap_gate.root / "keys", mosquitto.port)
-    try:
-        items = states(hq, 50)
-        hq.publish(*items[:10], manifest=False)
-        snap_gate.start()  # starts empty, but the server has nothing yet: syncs from retained
-        wait_until(lambda: snap_gate.request("status")["members"] == 10, what="retained sync")
-        server.body = snapshot(hq, items)
-        hq.states = {s["member_id"]: s for s in items}
-        hq.publish_manifest()  # the manifest says 50: the gate is behind it
-        status = wait_until(
-            lambda: (s := snap_gate.request("status"))["members"] == 50 and s,
-            timeout=15,
-            what="anti-entropy snapshot",
-        )
-        assert status["sync"]["in_sync"]
-        assert status["sync"]["last_snapshot"]["reason"] == "anti_entropy"
-    finally:
-        hq.close()
+    items = states(hq, 50)
+    hq.publish(*items[:10], manifest=False)
+    snap_gate.start()  # starts empty, but the server has nothing yet: syncs from retained
+    wait_until(lambda: snap_gate.request("status")["members"] == 10, what="retained sync")
+    server.body = snapshot(hq, items)
+    hq.states = {s["member_id"]: s for s in items}
+    hq.publish_manifest()  # the manifest says 50: the gate is behind it
+    status = wait_until(
+        lambda: (s := snap_gate.request("status"))["members"] == 50 and s,
+        timeout=15,
+        what="anti-entropy snapshot",
+    )
+    assert status["sync"]["in_sync"]
+    assert status["sync"]["last_snapshot"]["reason"] == "anti_entropy"
