@@ -12,6 +12,7 @@ from typing import Any
 
 import stripe
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 from gated.billing_sync import schema
 from gated.billing_sync.gateway import ChargeResult
+from gated.billing_sync.metrics import registry_for
 from gated.billing_sync.service import Billing
 from gated.contract import build_snapshot, format_time
 
@@ -109,11 +111,18 @@ def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
 
+    registry = registry_for(billing.engine)
+
+    async def metrics(_request: Request) -> Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/v1/stripe/webhook", webhook, methods=["POST"]),
             Route("/v1/sites/{site}/snapshot", snapshot, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ]
     )
 

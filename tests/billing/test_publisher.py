@@ -258,3 +258,17 @@ async def test_a_key_rotated_by_another_process_is_picked_up(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_metrics_report_the_store(tmp_path: Path) -> None:
+    b, _ = make_billing(tmp_path)
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    b.add_member("m2", "Bob", plan_id="monthly", payment_method="pm_sim_decline_lost_card")
+    with ThreadServer(create_app(b, None)) as srv:
+        text = httpx.get(f"http://127.0.0.1:{srv.port}/metrics").text
+    assert 'gated_billing_members{status="active"} 1.0' in text
+    assert 'gated_billing_members{status="pending"} 1.0' in text
+    assert 'gated_billing_payment_attempts{state="failed"} 1.0' in text
+    # m1 pending then active, m2 pending; nothing drains the outbox in this test
+    assert "gated_billing_status_outbox_depth 3.0" in text
+    assert "gated_billing_version_head 3.0" in text
