@@ -915,7 +915,7 @@ class Billing:
             r.id: r
             for r in conn.execute(
                 select(s.invoices).where(s.invoices.c.id.in_(many({c.invoice_id for c in charges})))
-            )
+            ).all()
         }
         updates: list[dict[str, Any]] = []
         payments: list[tuple[Row[Any], int, str, str | None]] = []
@@ -1288,15 +1288,16 @@ class Billing:
             .where(m.c.id.in_(many(ids)))
         ).all()
         subs = {
-            r.member_id: r for r in conn.execute(select(sub).where(sub.c.member_id.in_(many(ids))))
+            r.member_id: r
+            for r in conn.execute(select(sub).where(sub.c.member_id.in_(many(ids)))).all()
         }
-        plans = {r.id: r for r in conn.execute(select(p))}
+        plans = {r.id: r for r in conn.execute(select(p)).all()}
         open_inv: dict[str, list[Row[Any]]] = {}
         for r in conn.execute(
             select(inv)
             .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
             .order_by(inv.c.due_at)
-        ):
+        ).all():
             open_inv.setdefault(r.member_id, []).append(r)
         open_ids = [i.id for v in open_inv.values() for i in v]
         attempted = set(
@@ -1323,7 +1324,7 @@ class Billing:
             select(s.freezes.c.member_id, s.freezes.c.starts_at, s.freezes.c.ends_at)
             .where(s.freezes.c.member_id.in_(many(ids)), s.freezes.c.ends_at > now)
             .order_by(s.freezes.c.starts_at.desc())
-        ):
+        ).all():
             freezes[r.member_id] = (r.starts_at, r.ends_at)
         for member in members:
             member_id = member.id
@@ -1429,7 +1430,8 @@ class Billing:
         ids = list(facts)
         ms = s.member_states
         current = {
-            r.member_id: r for r in conn.execute(select(ms).where(ms.c.member_id.in_(many(ids))))
+            r.member_id: r
+            for r in conn.execute(select(ms).where(ms.c.member_id.in_(many(ids)))).all()
         }
         payers = {f.member.payer_id for f in facts.values() if f.member.payer_id}
         payer_status = dict(
@@ -1445,7 +1447,7 @@ class Billing:
             select(s.cards.c.member_id, s.cards.c.credential)
             .where(s.cards.c.member_id.in_(many(ids)), s.cards.c.revoked_at.is_(None))
             .order_by(s.cards.c.credential)
-        ):
+        ).all():
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
         plan_json: dict[str, tuple[list[Any], list[str]]] = {}
