@@ -177,7 +177,9 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     with service(config) as billing:
         from gated.billing_sync.daemon import serve_forever
 
-        asyncio.run(serve_forever(billing))
+        code = asyncio.run(serve_forever(billing))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -9,18 +9,25 @@ import logging
 import signal
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import QuietServer, create_app
-from gated.billing_sync.service import Billing
+from gated.billing_sync.service import Billing, CycleReport
 
 log = logging.getLogger("gated.billing")
 
 
 async def _cycles(billing: Billing, wake: asyncio.Event) -> None:
     while True:
-        report = await asyncio.to_thread(billing.run_cycle)
+        try:
+            report = await asyncio.to_thread(billing.run_cycle)
+        except SQLAlchemyError as exc:
+            # A locked or briefly unreachable database: this cycle is lost, the next one
+            # resumes every attempt it left open.
+            log.error("event=cycle_failed error=%s", type(exc).__name__)
+            report = CycleReport()
         if report.reviewed or report.resumed:
             log.info(
                 "event=cycle reviewed=%d renewals=%d retries=%d succeeded=%d failed=%d errors=%d",
@@ -47,8 +54,8 @@ async def _notices(billing: Billing) -> None:
         await asyncio.sleep(5)
 
 
-async def serve_forever(billing: Billing) -> None:
-    """Run every part of the billing companion until a signal arrives."""
+async def serve_forever(billing: Billing) -> int:
+    """Run every part of the billing companion until a signal arrives; the exit code."""
     config = billing.config
     webhook_secret = None
     if config.stripe is not None and config.stripe.webhook_secret_file is not None:
@@ -95,13 +102,18 @@ async def serve_forever(billing: Billing) -> None:
     )
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = False
     for task in done:
-        if task is not stopper and task.exception() is not None:
-            log.error("event=task_failed task=%s error=%r", task.get_name(), task.exception())
+        if task is not stopper:
+            # No part is meant to finish on its own: stop everything and exit non-zero so the
+            # service manager restarts us (every part resumes from the store).
+            failed = True
+            log.error("event=task_ended task=%s error=%r", task.get_name(), task.exception())
     server.should_exit = True
     for task in tasks:
         if task.get_name() != "http":
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
-    log.info("event=stopped")
+    log.info("event=stopped failed=%s", failed)
+    return 1 if failed else 0

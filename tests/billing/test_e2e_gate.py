@@ -86,3 +86,20 @@ def test_failed_charge_denies_and_payment_lets_in_again(
         gate.stop()
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(15) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def test_serve_exits_non_zero_when_a_part_cannot_run(tmp_path: Path) -> None:
+    """An HTTP port already taken must not leave a half-working billing process running."""
+    import socket
+
+    config = billing_toml(tmp_path, tmp_path / "keys", "mqtt://127.0.0.1:1")
+    b = billing_for(config)  # creates keys and store
+    b.engine.dispose()
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = subprocess.run(
+            [str(BIN), "serve", "-c", str(config)], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode != 0
