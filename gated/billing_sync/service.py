@@ -57,6 +57,7 @@ log = logging.getLogger("gated.billing")
 
 FINAL_ATTEMPT_STATES = ("succeeded", "failed", "requires_action")
 OPEN_ATTEMPT_STATES = ("new", "created", "processing")
+PROCESSING_POLL_S = 3600
 
 
 class BillingError(Exception):
@@ -690,9 +691,11 @@ class Billing:
         return report
 
     def resume(self, report: CycleReport, member_ids: Sequence[str] | None = None) -> None:
-        """Finish attempts a crash (or a slow payment method) left open, before anything else."""
+        """Finish attempts a crash left open, before anything else, and look up slow payments
+        (SEPA) at most hourly: their webhook normally settles them, this is the backstop."""
         a = s.payment_attempts
-        q = select(a).where(a.c.state.in_(OPEN_ATTEMPT_STATES)).order_by(a.c.id)
+        due = or_(a.c.state != "processing", a.c.updated_at <= self.clock() - PROCESSING_POLL_S)
+        q = select(a).where(a.c.state.in_(OPEN_ATTEMPT_STATES), due).order_by(a.c.id)
         if member_ids is not None:
             q = q.where(a.c.member_id.in_(many(member_ids)))
         with self.engine.connect() as conn:
