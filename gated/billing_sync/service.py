@@ -1501,16 +1501,20 @@ class Billing:
         for offset, (member_id, sites, body, old) in enumerate(changed):
             version = first + offset
             body["version"] = version
-            payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            # Stored unsigned and in any key order: the publisher and the snapshot serialize
+            # canonically when they sign.
+            payload = json.dumps(body, separators=(",", ":"))
+            sites_json = json.dumps(sites)
             row = {
                 "mid": member_id,
                 "v": version,
                 "st": body["status"],
-                "si": json.dumps(sites),
+                "si": sites_json,
                 "p": payload,
             }
             (inserts if old is None else updates).append(row)
-            old_sites = json.loads(old.sites) if old is not None else []
+            same_sites = old is not None and old.sites == sites_json
+            old_sites = sites if same_sites else json.loads(old.sites) if old is not None else []
             for site in set(old_sites) | set(sites):
                 manifest_delta.setdefault(site, []).append(
                     (
@@ -1525,7 +1529,7 @@ class Billing:
                 {
                     "version": version,
                     "member_id": member_id,
-                    "sites": json.dumps(sorted(set(old_sites) | set(sites))),
+                    "sites": sites_json if same_sites else json.dumps(sorted({*old_sites, *sites})),
                     "payload": payload,
                     "created_at": now,
                 }
