@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiomqtt
 from gpiozero.pins.mock import MockFactory
 
+from gated import control as ctl
 from gated.config import load_gate_config
 from gated.contract import (
     Signer,
@@ -124,13 +124,17 @@ async def make_gate(config: Path) -> tuple[Any, Any]:
 
     cfg = load_gate_config(config)
     gate = Gate(cfg, pin_factory=MockFactory())
-    gate.door = Door(cfg.door, asyncio.get_running_loop(), gate.on_door_event, pin_factory=gate._pin_factory)
+    gate.door = Door(
+        cfg.door, asyncio.get_running_loop(), gate.on_door_event, pin_factory=gate._pin_factory
+    )
     sync = SiteSync(gate)
     gate.sync = sync
     return gate, sync
 
 
-async def in_process(root: Path, keys: Path, signed: list[bytes], n_snapshot: int, snapshot: Path) -> dict[str, Any]:
+async def in_process(
+    root: Path, keys: Path, signed: list[bytes], n_snapshot: int, snapshot: Path
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     config = write_config(root / "inproc", keys, '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n')
     gate, sync = await make_gate(config)
@@ -140,8 +144,7 @@ async def in_process(root: Path, keys: Path, signed: list[bytes], n_snapshot: in
         t0 = time.perf_counter()
         for i in range(n):
             sync.handle_message(topics[i], signed[i])
-            if i % 64 == 63:
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one message per loop pass, as the MQTT client delivers them
         while sync.applied < n:
             await asyncio.sleep(0.005)
         out["apply_s"] = time.perf_counter() - t0
@@ -190,8 +193,6 @@ async def publish_all(port: int, signed: list[dict[str, Any]], manifest: dict[st
 
 
 def control(sock: Path, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    from gated import control as ctl
-
     return ctl.request(sock, cmd, args, timeout=10)
 
 
@@ -205,18 +206,22 @@ def through_broker(
     with run_mosquitto(root / "broker", extra_config="max_inflight_messages 20\n") as broker:
         out["publish_s"] = asyncio.run(publish_all(broker.port, signed, manifest))
         out["broker_s"] = asyncio.run(broker_delivery(broker.port, n))
-        config = write_config(root / "e2e", keys, f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 5\n')
+        config = write_config(
+            root / "e2e", keys, f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 5\n'
+        )
         sock = root / "e2e" / "state" / "control.sock"
         env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
         log = (root / "e2e" / "gated.log").open("wb")
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(BIN / "gated"), "run", "-c", str(config)], stdout=log, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [str(BIN / "gated"), "run", "-c", str(config)], stdout=log, stderr=log, env=env
+        )
         try:
             ready = None
             while True:
                 try:
                     status = control(sock, "status")
-                except (OSError, Exception):  # not listening yet
+                except (OSError, ctl.DaemonNotRunning):  # not listening yet
                     time.sleep(0.05)
                     continue
                 if ready is None:
@@ -258,12 +263,18 @@ def through_broker(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, default=100_000)
-    parser.add_argument("--inproc", type=int, default=30_000, help="updates for the in-process rate")
+    parser.add_argument(
+        "--inproc", type=int, default=30_000, help="updates for the in-process rate"
+    )
     parser.add_argument("--flips", type=int, default=200)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     keys = root / "keys"
-    subprocess.run([str(BIN / "gated"), "keys", "generate", "--out", str(keys)], check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "gated"), "keys", "generate", "--out", str(keys)],
+        check=True,
+        capture_output=True,
+    )
     signer = Signer.from_pem_file(keys / "head-office.key")
     ckey = load_credential_key(keys / "credential.key")
 
