@@ -59,7 +59,7 @@ class Broker:
     key_file: Path | None = None
     client_id: str | None = None
 
-    def client(self, **kwargs: Any) -> aiomqtt.Client:
+    def client(self) -> aiomqtt.Client:
         scheme, _, rest = self.url.partition("://")
         if scheme not in ("mqtt", "mqtts"):
             raise PushError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT: {self.url}")
@@ -83,7 +83,6 @@ class Broker:
             username=self.username,
             password=self.password,
             tls_context=context,
-            **kwargs,
         )
 
 
