@@ -115,4 +115,12 @@ def test_signed_commands_run_once_and_bad_ones_are_refused(
         assert event["reason"] == "off"
     finally:
         sink.close()
-    assert commands()["run"] == 2
+    hq.publish(hq.state("c_1", 1, cards=[uid_for(1)]))
+    wait_until(lambda: gate.request("status")["sync"]["applied"] == 1, what="one member")
+    resubscribes = gate.request("status")["sync"]["received"]["members"]
+    sign("resync")  # no snapshot source: the broker sends every retained state again
+    wait_until(lambda: commands()["run"] == 3, what="resync command run")
+    wait_until(
+        lambda: gate.request("status")["sync"]["received"].get("members", 0) > resubscribes,
+        what="retained states sent again",
+    )
