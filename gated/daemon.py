@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -46,6 +45,7 @@ from gated.policy.decide import Decision, GateContext, Member, MemberCounters, d
 from gated.policy.qr import QrVerifier
 from gated.readers.base import Credential, Reader
 from gated.readers.sim import SimReader
+from gated.systemd import Notifier
 
 log = logging.getLogger("gated.daemon")
 
@@ -772,21 +772,11 @@ class Gate:
                 saved = dropped
             await asyncio.sleep(OUTBOX_MEASURE_INTERVAL_S)
 
-    async def _watchdog(self, notifier: Any) -> None:
-        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
-        if usec <= 0:
-            return
-        while True:  # petted from the loop: a hung loop stops petting and systemd restarts us
-            notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(usec / 2e6)
-
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`."""
-        import sdnotify
-
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -802,8 +792,8 @@ class Gate:
         for reader in self.readers:
             spawn(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
         spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        notifier = sdnotify.SystemdNotifier()
-        spawn(asyncio.create_task(self._watchdog(notifier), name="watchdog"))
+        notifier = Notifier()
+        spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
         if self.config.mqtt is not None:
             from gated.cache.sync import SiteSync
 

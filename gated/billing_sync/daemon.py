@@ -15,6 +15,7 @@ from gated.billing_sync.notices import deliver
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import QuietServer, create_app
 from gated.billing_sync.service import Billing, CycleReport
+from gated.systemd import Notifier
 
 log = logging.getLogger("gated.billing")
 
@@ -93,7 +94,17 @@ async def serve_forever(billing: Billing) -> int:
         tasks.append(asyncio.create_task(publisher.run(), name="publisher"))
     if config.smtp is not None:
         tasks.append(asyncio.create_task(_notices(billing), name="notices"))
-    tasks.append(asyncio.create_task(server.serve(), name="http"))
+    http = asyncio.create_task(server.serve(), name="http")
+    tasks.append(http)
+    # READY=1 only once the port is bound: a unit ordered after us may send webhooks or fetch
+    # snapshots at once. A bind failure ends the http task and is handled below.
+    while not server.started and not http.done():
+        await asyncio.sleep(0.02)
+    notifier = Notifier()
+    # Kept out of `tasks`: without WatchdogSec= it returns at once, which is not a failure.
+    watchdog = asyncio.create_task(notifier.watchdog(), name="watchdog")
+    if server.started:
+        notifier.notify("READY=1")
     log.info(
         "event=serving http=%s:%d mqtt=%s",
         config.http.host,
@@ -109,11 +120,13 @@ async def serve_forever(billing: Billing) -> int:
             # service manager restarts us (every part resumes from the store).
             failed = True
             log.error("event=task_ended task=%s error=%r", task.get_name(), task.exception())
+    notifier.notify("STOPPING=1")
     server.should_exit = True
     for task in tasks:
         if task.get_name() != "http":
             task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    watchdog.cancel()
+    await asyncio.gather(*tasks, watchdog, return_exceptions=True)
     stopper.cancel()
     log.info("event=stopped failed=%s", failed)
     return 1 if failed else 0
