@@ -20,8 +20,9 @@ from gated.door import Door, DoorError, DoorEvent, open_pin_factory
 RELAY, GREEN, RED, BUZZER = 17, 27, 22, 23
 CONTACT, EXIT, FIRE, PASSAGE = 5, 6, 13, 19
 PULSE_S = 0.05
-# Scheduling slack on a loaded CI machine; the pulse itself is asserted not to end early.
-SLACK_S = 0.04
+# Scheduling slack on a loaded 2-core CI machine (a timer may fire late, never early); the
+# lower bound is what catches a pulse that ends too soon or fails to restart.
+SLACK_S = 0.3
 
 
 @pytest.fixture
