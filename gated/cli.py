@@ -97,11 +97,15 @@ def demo(
             help="Folder for the demo's keys, config and cache (default: a new temp folder)."
         ),
     ] = None,
+    gate_only: Annotated[
+        bool, typer.Option(help="Only the gate's scripted badges, without billing and broker.")
+    ] = False,
 ) -> None:
-    """Run the whole gate on this machine with mock GPIO and play a scripted set of badges."""
+    """Run the whole system on this machine (mock GPIO, a simulated reader, a local broker and
+    billing) and play a scripted story: the gate's badges, then a member's month of dunning."""
     from gated.demo import run_demo
 
-    raise typer.Exit(run_demo(workdir))
+    raise typer.Exit(run_demo(workdir, gate_only=gate_only))
 
 
 @config_app.command("check")

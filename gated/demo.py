@@ -9,10 +9,13 @@ then stops the daemon.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,10 +34,31 @@ BIN = Path(sys.executable).parent
 console = Console()
 
 SITE_TZ = "Europe/Berlin"
+GATE_ENV = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=60)
+
+
+def _start(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A long-running part of the demo, its output in ``log``; :func:`_stop` ends it."""
+    with log.open("wb") as fh:
+        return subprocess.Popen(args, stdout=fh, stderr=fh, env=env)
+
+
+def _stop(name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM and wait (each part stops cleanly on it); SIGKILL if it does not within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    console.print(f"[dim]{name} stopped (exit {proc.returncode}); log: {log}[/dim]")
 
 
 def _offpeak_window(now: datetime) -> dict[str, Any]:
@@ -81,6 +105,9 @@ qr_window_s = 30
 pin_factory = "mock"
 pulse_ms = 500
 
+[metrics]
+listen = "127.0.0.1:0"  # an ephemeral port: never clash with a gate already on this machine
+
 [[readers]]
 kind = "sim"
 id = "front-desk"
@@ -106,11 +133,21 @@ def wait_ready(
     raise TimeoutError("gated did not become ready")
 
 
-def run_demo(workdir: Path | None = None) -> int:
-    """Play the scripted story; returns 0 when every decision came out as expected."""
+def run_demo(workdir: Path | None = None, *, gate_only: bool = False) -> int:
+    """Play the gate's scripted badges, then (unless ``gate_only``) the billing story; returns 0
+    when every decision came out as expected."""
+    root = Path(workdir or tempfile.mkdtemp(prefix="gated-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    code = run_gate_demo(root / "gate")
+    if gate_only:
+        return code
+    return max(code, run_billing_demo(root / "billing"))
+
+
+def run_gate_demo(root: Path) -> int:
+    """One gate from a members file, no head office: the scripted set of badges as a table."""
     from nacl.signing import SigningKey
 
-    root = Path(workdir or tempfile.mkdtemp(prefix="gated-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]gated demo: one turnstile, mock GPIO, simulated reader")
     _run(str(BIN / "gated"), "keys", "generate", "--out", str(root / "keys"), "--force")
@@ -124,11 +161,7 @@ def run_demo(workdir: Path | None = None) -> int:
     console.print(f"[dim]{out.stdout.strip()}[/dim]")
 
     log = root / "gated.log"
-    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [str(BIN / "gated"), "run", "-c", str(config)], stdout=fh, stderr=fh, env=env
-        )
+    proc = _start([str(BIN / "gated"), "run", "-c", str(config)], log, GATE_ENV)
     try:
         wait_ready(root / "state" / "control.sock", proc, log)
         console.print(f"[dim]gated running (pid {proc.pid}), state in {root}[/dim]\n")
@@ -174,9 +207,343 @@ def run_demo(workdir: Path | None = None) -> int:
         console.print("last events (gatectl events tail -n 3):\n" + tail.stdout.rstrip())
         return 1 if failures else 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        console.print(f"\n[dim]gated stopped (exit {proc.returncode}); log: {log}[/dim]")
+        console.print()
+        _stop("gated", proc, log)
+
+
+# --- the billing story: head office, broker and gate on one machine ---------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+# Kept apart from .venv (it pins its own aiohttp); scripts/bootstrap installs it.
+LOCALSTRIPE_PYTHON = REPO / ".venv-localstripe" / "bin" / "python"
+# localstripe's own entry point binds every interface and pickles its state into /tmp after each
+# write; this one keeps it on loopback and in memory.
+_LOCALSTRIPE_MAIN = (
+    "import sys; from aiohttp import web; from localstripe.resources import store; "
+    "from localstripe.server import app; store.dump_to_disk = lambda: None; "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None)"
+)
+SITE = "downtown"
+GATE = "demo-turnstile"
+ANN_CARD = "04C0FFEE000001"
+BEN_CARD = "04C0FFEE000002"
+PAID_AGAIN_TARGET_S = 2.0
+# (a card that pays, one that declines) per gateway. localstripe's decline carries no
+# decline_code, so billing treats it as soft and retries, like the simulated insufficient_funds.
+PAYMENT_METHODS = {
+    "stripe": ("pm_card_visa", "pm_card_chargeCustomerFail"),
+    "simulated": ("pm_sim_ok", "pm_sim_decline_insufficient_funds"),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} is not listening on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def mosquitto_config(root: Path, port: int) -> Path:
+    """A site broker as shipped, on loopback only. ``max_queued_messages 0``: the default
+    silently drops retained messages past 1,000 for a new subscriber (TESTSTACK.md)."""
+    conf = root / "mosquitto.conf"
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence true",
+        f"persistence_location {root}/",
+        "max_queued_messages 0",
+        f"log_dest file {root}/mosquitto.log",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # else it drops to `mosquitto`, who cannot write our temp dir
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def localstripe_python() -> Path | None:
+    """The python that can serve localstripe, or None (then the simulated gateway is used)."""
+    probe = [str(LOCALSTRIPE_PYTHON), "-c", "import localstripe.server"]
+    if LOCALSTRIPE_PYTHON.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return LOCALSTRIPE_PYTHON
+    return None
+
+
+def billing_config(root: Path, mqtt_port: int, http_port: int, stripe_port: int | None) -> Path:
+    keys = root / "keys"
+    text = f"""# written by gated demo
+database_url = "sqlite:///{root / "billing.db"}"
+state_dir = "{root / "state"}"
+sites = ["{SITE}"]
+gateway = "{"stripe" if stripe_port else "simulated"}"
+cycle_interval_s = 0.3  # the demo's month passes in seconds
+
+[keys]
+head_office_private_key_file = "{keys / "head-office.key"}"
+credential_key_file = "{keys / "credential.key"}"
+card_encryption_key_file = "{keys / "cards.key"}"
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "billing-demo"
+
+[http]
+host = "127.0.0.1"
+port = {http_port}
+"""
+    if stripe_port:
+        (root / "stripe.key").write_text("sk_test_demo\n")  # localstripe takes any test key
+        text += f"""
+[stripe]
+api_key_file = "{root / "stripe.key"}"
+api_base = "http://127.0.0.1:{stripe_port}"
+off_session = false  # localstripe rejects off-session confirmation parameters
+max_requests_per_s = 100
+"""
+    path = root / "billing.toml"
+    path.write_text(text)
+    return path
+
+
+def billing_gate_config(root: Path, mqtt_port: int, http_port: int) -> Path:
+    keys = root / "keys"
+    path = root / "gated.toml"
+    path.write_text(
+        f"""# written by gated demo
+site = "{SITE}"
+gate = "{GATE}"
+timezone = "{SITE_TZ}"
+state_dir = "{root / "gate"}"
+control_socket = "{root / "gate" / "control.sock"}"
+
+[keys]
+credential_key_file = "{keys / "credential.key"}"
+head_office_public_key_files = ["{keys / "head-office.pub"}"]
+
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+heartbeat_s = 1
+
+[head_office]  # the cold start: one signed snapshot, then MQTT
+snapshot_url = "http://127.0.0.1:{http_port}/v1/sites/{SITE}/snapshot"
+token_file = "{root / "gate-token"}"
+
+[door]
+pin_factory = "mock"
+pulse_ms = 500
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[readers]]
+kind = "sim"
+id = "front-desk"
+"""
+    )
+    return path
+
+
+class Timeline:
+    """The story as it happens: seconds since the start, who acted, what came out."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.failures = 0
+
+    def line(self, actor: str, text: str) -> None:
+        at = time.monotonic() - self.t0
+        console.print(f"[dim]{at:6.1f}s[/dim]  {actor:<8} {text}", soft_wrap=True)
+
+    def badge(self, label: str, result: dict[str, Any], allow: bool, reason: str) -> None:
+        ok = result["allow"] == allow and result["reason"] == reason
+        self.failures += not ok
+        verdict = "[green]ALLOW[/green]" if result["allow"] else "[red]DENY [/red]"
+        miss = "" if ok else f"  [red](expected {reason})[/red]"
+        self.line(
+            "gate",
+            f"{label:<40} {verdict}  {result['reason']:<10} "
+            f"{result.get('member_id') or '-':<3} {result['latency_us']:>6} µs{miss}",
+        )
+
+
+class BillingStory:
+    """Drives the parts the way an operator would: the real CLIs against the running processes."""
+
+    def __init__(self, root: Path, billing_toml: Path) -> None:
+        self.billing_toml = billing_toml
+        self.socket = root / "gate" / "control.sock"
+        self.timeline = Timeline()
+
+    def billing(self, *args: str, note: str = "", shown: str | None = None) -> str:
+        """Run ``gated-billing ARGS -c billing.toml``; shows the command (``shown`` when it
+        carries a card UID, which never goes to the screen)."""
+        res = _run(str(BIN / "gated-billing"), *args, "-c", str(self.billing_toml), check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"gated-billing {args[0]} failed: {res.stderr.strip()}")
+        command = f"$ gated-billing {shown or ' '.join(args)}"
+        self.timeline.line("billing", f"{command:<46} [dim]# {note}[/dim]")
+        return res.stdout.strip()
+
+    def badge(self, card: str) -> dict[str, Any]:
+        from gated import control
+
+        return control.request(self.socket, "badge", {"card": card})
+
+    def gate_status(self, member_id: str) -> str | None:
+        from gated import control
+
+        found = control.request(self.socket, "cache_lookup", {"member": member_id})
+        return str(found["member"].get("status")) if found["found"] else None
+
+    def wait_gate(self, member_id: str, status: str, timeout: float = 15) -> None:
+        """Until the gate's cache holds the member's new status (published by billing over
+        MQTT); the story goes on either way and the badge after it shows what the gate knows."""
+        deadline = time.monotonic() + timeout
+        seen = self.gate_status(member_id)
+        while seen != status and time.monotonic() < deadline:
+            time.sleep(0.05)
+            seen = self.gate_status(member_id)
+        self.timeline.line("gate", f"[dim]cache: {member_id} is {seen}[/dim]")
+
+    def wait_allowed(self, card: str, timeout: float) -> tuple[dict[str, Any], float]:
+        """Badge every 20 ms until the gate lets the card in; the first allowed result and the
+        seconds it took."""
+        started = time.monotonic()
+        result = self.badge(card)
+        while not result["allow"] and time.monotonic() - started < timeout:
+            time.sleep(0.02)
+            result = self.badge(card)
+        return result, time.monotonic() - started
+
+
+def _play(story: BillingStory, gateway: str) -> tuple[float, float]:
+    """The story itself; returns the seconds to the first allowed badge after paying, from
+    the ``pay`` command returning and from its start (which includes the CLI's own start-up)."""
+    tl, billing = story.timeline, story.billing
+    bad_card = PAYMENT_METHODS[gateway][1]
+    story.wait_gate("m1", "active")
+    story.wait_gate("m2", "active")
+    tl.badge("m1 Ann badges in", story.badge(ANN_CARD), True, "ok")
+
+    billing("members", "set-card", "m1", bad_card, note="Ann's card starts declining")
+    billing("clock", "advance", "31d", note="renewal due: the charge fails")
+    story.wait_gate("m1", "grace")
+    tl.badge("m1 Ann badges in (grace)", story.badge(ANN_CARD), True, "ok")
+
+    billing("clock", "advance", "4d", note="the retry fails, past 3 days' grace")
+    story.wait_gate("m1", "suspended")
+    tl.badge("m1 Ann badges in (suspended)", story.badge(ANN_CARD), False, "suspended")
+
+    pay_started = time.monotonic()
+    billing("pay", "m1", note="Ann pays at the front desk")
+    result, after_return = story.wait_allowed(ANN_CARD, timeout=10)
+    after_start = time.monotonic() - pay_started
+    tl.badge(f"m1 Ann badges in ({after_return:.2f} s after paying)", result, True, "ok")
+
+    billing("freeze", "m2", "--months", "1", note="Ben freezes his membership")
+    story.wait_gate("m2", "frozen")
+    tl.badge("m2 Ben badges in (frozen)", story.badge(BEN_CARD), False, "frozen")
+
+    billing("clock", "advance", "31d", note="a month later the freeze ends")
+    story.wait_gate("m2", "active")
+    tl.badge("m2 Ben badges in (freeze over)", story.badge(BEN_CARD), True, "ok")
+    return after_return, after_start
+
+
+def run_billing_demo(root: Path) -> int:
+    """Head office and a gate on this machine: mosquitto, ``gated-billing serve`` (the real stripe
+    library against localstripe when it is installed, else the simulated gateway) and ``gated
+    run``, then a member's month of dunning and a freeze, as a timeline. Every process it starts
+    is stopped on the way out, also on Ctrl-C or an error."""
+    root.mkdir(parents=True, exist_ok=True)
+    console.print()
+    console.rule("[bold]gated demo: billing, broker and gate on one machine")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        console.print("[red]mosquitto is not installed: run scripts/bootstrap[/red]")
+        return 1
+    stripe_python = localstripe_python()
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, args: list[str], env: dict[str, str] | None = None) -> Any:
+            log = root / f"{name}.log"
+            proc = _start(args, log, env)
+            stack.callback(_stop, name, proc, log)
+            return proc
+
+        mqtt_port = _free_port()
+        broker = start("mosquitto", [mosquitto, "-c", str(mosquitto_config(root, mqtt_port))])
+        _wait_port(mqtt_port, broker, "mosquitto")
+        stripe_port = None
+        if stripe_python is not None:
+            stripe_port = _free_port()
+            fake = start(
+                "localstripe", [str(stripe_python), "-c", _LOCALSTRIPE_MAIN, str(stripe_port)]
+            )
+            _wait_port(stripe_port, fake, "localstripe")
+            gateway = "stripe"
+            console.print(
+                f"payments: the real stripe library against localstripe on 127.0.0.1:{stripe_port}"
+            )
+        else:
+            gateway = "simulated"
+            console.print(
+                "payments: [yellow]localstripe is not installed (scripts/bootstrap installs it "
+                "into .venv-localstripe): using the simulated gateway[/yellow]"
+            )
+        http_port = _free_port()
+        billing_toml = billing_config(root, mqtt_port, http_port, stripe_port)
+        gate_toml = billing_gate_config(root, mqtt_port, http_port)
+        story = BillingStory(root, billing_toml)
+        ok_card = PAYMENT_METHODS[gateway][0]
+        _run(str(BIN / "gated"), "keys", "generate", "--out", str(root / "keys"), "--force")
+        story.billing(
+            "keys", "init", note="card encryption key (gated keys generate made the rest)"
+        )
+        story.billing("plans", "add", "monthly", "--name", "Monthly", "--price", "4990",
+                      "--tax-rate-bp", "1900", note="49.90 EUR a month")  # fmt: skip
+        token = story.billing("gates", "add", SITE, GATE, note="the gate's snapshot token")
+        (root / "gate-token").touch(mode=0o600)
+        (root / "gate-token").write_text(token + "\n")
+        for member_id, name, card in (("m1", "Ann", ANN_CARD), ("m2", "Ben", BEN_CARD)):
+            story.billing("members", "add", member_id, "--name", name, "--plan", "monthly",
+                          "--card", ok_card, note="first month charged")  # fmt: skip
+            story.billing("cards", "assign", member_id, card,
+                          shown=f"cards assign {member_id} <UID>", note=f"{name}'s key fob")  # fmt: skip
+        serve = start(
+            "gated-billing", [str(BIN / "gated-billing"), "serve", "-c", str(billing_toml)]
+        )
+        gate = start("gated", [str(BIN / "gated"), "run", "-c", str(gate_toml)], GATE_ENV)
+        wait_ready(story.socket, gate, root / "gated.log")
+        if serve.poll() is not None:
+            raise RuntimeError(f"gated-billing serve exited with {serve.returncode}")
+        story.timeline.line(
+            "system",
+            f"mosquitto :{mqtt_port}, gated-billing serve ({gateway} gateway), gated run (mock GPIO)",
+        )
+        paid_to_allowed, since_pay_started = _play(story, gateway)
+        console.print()
+    verdict = (
+        "[green]within[/green]" if paid_to_allowed < PAID_AGAIN_TARGET_S else "[red]over[/red]"
+    )
+    console.print(
+        f"payment → first allowed badge: {paid_to_allowed:.2f} s after `gated-billing pay` "
+        f"returned ({verdict} the {PAID_AGAIN_TARGET_S:.0f} s target), "
+        f"{since_pay_started:.2f} s after it was typed"
+    )
+    failures = story.timeline.failures
+    if failures:
+        console.print(f"[red]billing story: {failures} unexpected decision(s)[/red]")
+    else:
+        console.print("[green]billing story: every decision as expected[/green]")
+    return 1 if failures else 0
