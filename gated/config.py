@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -319,14 +319,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def load_gate_config(path: str | Path) -> GateConfig:
     """Load and validate ``gated.toml``; relative paths are taken from the file's folder."""
+    config = validate_file(GateConfig, path)
+    return _resolve_paths(config, Path(path).resolve().parent)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_file(model: type[ModelT], path: str | Path) -> ModelT:
+    """Read a TOML file into ``model``; ConfigError with one line naming the field."""
     data = load_toml(path)
     try:
-        config = GateConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return _resolve_paths(config, Path(path).resolve().parent)
 
 
 def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
@@ -443,13 +451,7 @@ class BillingConfig(_Section):
 
 def load_billing_config(path: str | Path) -> BillingConfig:
     """Load and validate ``billing.toml``; relative paths are taken from the file's folder."""
-    data = load_toml(path)
-    try:
-        config = BillingConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    config = validate_file(BillingConfig, path)
     base = Path(path).resolve().parent
 
     def fix(p: Path) -> Path:

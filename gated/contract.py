@@ -387,27 +387,25 @@ class MemberState(_Payload):
     sig: str | None = None
 
 
-class Manifest(_Payload):
+class _SiteSummary(_Payload):
+    """What a manifest and a snapshot trailer both state about a site's members."""
+
+    kid: str | None = None
+    site: str
+    count: int = Field(ge=0)
+    max_version: int = Field(ge=0)
+    digest: str
+    issued_at: str
+    sig: str | None = None
+
+
+class Manifest(_SiteSummary):
     type: Literal["manifest"] = "manifest"
-    kid: str | None = None
-    site: str
-    count: int = Field(ge=0)
-    max_version: int = Field(ge=0)
-    digest: str
-    issued_at: str
-    sig: str | None = None
 
 
-class SnapshotTrailer(_Payload):
+class SnapshotTrailer(_SiteSummary):
     type: Literal["snapshot_trailer"] = "snapshot_trailer"
-    kid: str | None = None
-    site: str
-    issued_at: str
-    count: int = Field(ge=0)
-    max_version: int = Field(ge=0)
-    digest: str
     sha256: str
-    sig: str | None = None
 
 
 class GateCommand(_Payload):
@@ -559,6 +557,12 @@ def read_snapshot(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Verify a snapshot whole and return (trailer, states). Raises ContractError/SignatureError
     for a truncated, tampered, wrongly signed or other-site snapshot; nothing is returned then."""
+    trailer, body = verify_snapshot(data, verifier, site)
+    return trailer, [json.loads(line) for line in body.splitlines() if line]
+
+
+def verify_snapshot(data: bytes, verifier: Verifier, site: str) -> tuple[dict[str, Any], bytes]:
+    """As :func:`read_snapshot`, returning the verified JSON Lines body unparsed."""
     import gzip
     import zlib
 
@@ -581,5 +585,4 @@ def read_snapshot(
         raise ContractError(f"snapshot is for site {trailer.get('site')!r}, not {site!r}")
     if hashlib.sha256(body).hexdigest() != trailer.get("sha256"):
         raise ContractError("snapshot body does not match its signed sha256")
-    states = [json.loads(line) for line in body.splitlines() if line]
-    return trailer, states
+    return trailer, body
