@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import random
 import signal
 import sqlite3
@@ -67,8 +68,8 @@ from gated.contract import (
     parse_time,
     parse_topic,
     public_key_raw,
-    read_snapshot,
     status_topic,
+    verify_snapshot,
 )
 from gated.control import ControlError
 from gated.doctor import Check
@@ -100,6 +101,7 @@ PUBLISH_TIMEOUT_S = 10.0
 ANTI_ENTROPY_MIN_INTERVAL_S = 60.0
 SNAPSHOT_MAX_BYTES = 1 << 30
 SNAPSHOT_CHUNK = 200
+SNAPSHOT_PIECE = 5000
 FREEZE_EVERY = 5000
 SNAPSHOT_TIMEOUT_S = 120.0
 CONTACT_SAVE_INTERVAL_S = 30.0
@@ -611,6 +613,27 @@ class SiteSync:
         except SyncError:
             return None
 
+    async def _apply_snapshot(self, pieces: list[bytes]) -> tuple[list[dict[str, Any]], int, int]:
+        """Apply a verified snapshot's pieces in one transaction, all or nothing: the writer takes
+        each piece's rows while the verifier processes make the next ones."""
+        chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        committed = asyncio.wrap_future(self.gate.apply_rows(_rows_from(chunks)))
+        loop = asyncio.get_running_loop()
+        count = dropped = 0
+        try:
+            for made in [loop.run_in_executor(self._pool, snapshot_rows, p) for p in pieces]:
+                piece_chunks, rows, others = await made
+                for chunk in piece_chunks:
+                    chunks.put(chunk)
+                count += rows
+                dropped += others
+        except BaseException as exc:
+            chunks.put(exc)  # the writer rolls the whole snapshot back
+            await asyncio.gather(committed, return_exceptions=True)
+            raise
+        chunks.put(None)
+        return await committed, count, dropped
+
     async def _snapshot(self, reason: str, operator: str | None) -> dict[str, Any]:
         """Fetch, verify whole and apply a snapshot; SyncError (cache untouched) if refused."""
         assert self.head_office is not None
@@ -619,19 +642,15 @@ class SiteSync:
             log.info("event=snapshot_start reason=%s operator=%s", reason, operator)
             try:
                 data = await fetch_snapshot(self.head_office)
-                trailer, chunks, count, dropped = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, prepare_snapshot, data
+                trailer, pieces = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, open_snapshot, data
                 )
                 if int(trailer["max_version"]) < self.gate.index.max_version:
                     raise SyncError(
                         f"snapshot max_version {trailer['max_version']} is older than ours "
                         f"({self.gate.index.max_version})"
                     )
-                applied = (
-                    await asyncio.wrap_future(self.gate.apply_rows(_unpickled(chunks)))
-                    if count
-                    else []
-                )
+                applied, count, dropped = await self._apply_snapshot(pieces)
             except (
                 SyncError,
                 ValueError,  # ContractError among them
@@ -1003,16 +1022,32 @@ def verify_member_states(payloads: list[bytes]) -> list[dict[str, Any] | str]:
     return verdicts
 
 
-def prepare_snapshot(data: bytes) -> tuple[dict[str, Any], list[bytes], int, int]:
-    """In a verifier process: verify a snapshot whole and make the cache rows of its states for
-    this site, pickled in chunks (unpickling 100k rows at once would hold the daemon's GIL for
-    ~0.2 s; a chunk holds it well under a millisecond). Returns (trailer, chunks, rows, states
-    for other sites). Raises ContractError/SyncError."""
+def open_snapshot(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """In a verifier process: verify a snapshot whole (signature, site, sha256) and cut its body
+    into pieces of SNAPSHOT_PIECE lines. Raises ContractError/SignatureError."""
     assert _verifier is not None
-    trailer, states = read_snapshot(data, _verifier, _site)
+    trailer, body = verify_snapshot(data, _verifier, _site)
+    lines = body.splitlines()
+    pieces = [
+        b"\n".join(lines[i : i + SNAPSHOT_PIECE]) for i in range(0, len(lines), SNAPSHOT_PIECE)
+    ]
+    return trailer, pieces
+
+
+def snapshot_rows(piece: bytes) -> tuple[list[bytes], int, int]:
+    """In a verifier process: the cache rows of a verified snapshot piece's states for this site,
+    pickled in chunks (unpickling thousands of rows at once would hold the daemon's GIL for
+    milliseconds; a chunk holds it well under one). Returns (chunks, rows, states for other
+    sites). Raises SyncError/ContractError for a malformed state."""
     rows: list[dict[str, Any]] = []
     dropped = 0
-    for state in states:
+    for line in piece.splitlines():
+        if not line:
+            continue
+        try:
+            state = json.loads(line)
+        except ValueError as exc:
+            raise SyncError("snapshot holds a line that is not JSON") from exc
         if not isinstance(state, dict):
             raise SyncError("snapshot line is not an object")
         member_id = state.get("member_id")
@@ -1032,12 +1067,22 @@ def prepare_snapshot(data: bytes) -> tuple[dict[str, Any], list[bytes], int, int
         pickle.dumps(rows[i : i + SNAPSHOT_CHUNK], protocol=pickle.HIGHEST_PROTOCOL)
         for i in range(0, len(rows), SNAPSHOT_CHUNK)
     ]
-    return trailer, chunks, len(rows), dropped
+    return chunks, len(rows), dropped
 
 
-def _unpickled(chunks: list[bytes]) -> Iterator[dict[str, Any]]:
-    for chunk in chunks:
-        yield from pickle.loads(chunk)
+def _rows_from(chunks: queue.SimpleQueue[bytes | BaseException | None]) -> Iterator[dict[str, Any]]:
+    """On the cache writer's thread: the rows of a snapshot as its pieces arrive (pickled by our
+    own verifier processes, never by anyone else); an error ends the transaction."""
+    while True:
+        try:
+            item = chunks.get(timeout=SNAPSHOT_TIMEOUT_S)
+        except queue.Empty as exc:
+            raise SyncError("snapshot rows stopped arriving") from exc
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise SyncError(f"snapshot refused: {item}") from item
+        yield from pickle.loads(item)
 
 
 async def _first_failure(*coros: Awaitable[None]) -> None:

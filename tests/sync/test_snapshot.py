@@ -98,6 +98,11 @@ def test_bad_snapshots_are_refused_whole(
         "wrongly signed": snapshot(hq, newer, Signer(Ed25519PrivateKey.generate())),
         "other site": snapshot(hq, newer, site="uptown"),
         "older": snapshot(hq, states(hq, 100, version_base=-50)[60:]),
+        # Signed, but its last state (in a later piece than the first 5,000) is unusable: the
+        # rows already handed to the writer are rolled back with it.
+        "malformed state": snapshot(
+            hq, [*states(hq, 6000, version_base=2000)[:-1], {**newer[0], "status": "bogus"}]
+        ),
     }
     for what, body in bad.items():
         server.body = body
