@@ -538,8 +538,8 @@ def run_billing_demo(root: Path) -> int:
     )
     console.print(
         f"payment → first allowed badge: {paid_to_allowed:.2f} s after `gated-billing pay` "
-        f"returned ({verdict} the {PAID_AGAIN_TARGET_S:.0f} s target), "
-        f"{since_pay_started:.2f} s after it was typed"
+        f"returned, {since_pay_started:.2f} s after it started ({verdict} the "
+        f"{PAID_AGAIN_TARGET_S:.0f} s target)"
     )
     failures = story.timeline.failures
     if failures:
