@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gated.contract import mint_qr_code
+from gated.control import ControlError, DaemonNotRunning
 
 BIN = Path(sys.executable).parent
 console = Console()
@@ -389,7 +390,8 @@ class BillingStory:
         carries a card UID, which never goes to the screen)."""
         res = _run(str(BIN / "gated-billing"), *args, "-c", str(self.billing_toml), check=False)
         if res.returncode != 0:
-            raise RuntimeError(f"gated-billing {args[0]} failed: {res.stderr.strip()}")
+            last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"gated-billing {' '.join(args[:2])} failed: {last}")
         command = f"$ gated-billing {shown or ' '.join(args)}"
         self.timeline.line("billing", f"{command:<46} [dim]# {note}[/dim]")
         return res.stdout.strip()
@@ -424,6 +426,22 @@ class BillingStory:
             time.sleep(0.02)
             result = self.badge(card)
         return result, time.monotonic() - started
+
+
+def _enrol(story: BillingStory, root: Path, card_that_pays: str) -> None:
+    """Head office's side of the setup, command by command as docs/billing.md shows it."""
+    _run(str(BIN / "gated"), "keys", "generate", "--out", str(root / "keys"), "--force")
+    story.billing("keys", "init", note="card encryption key (gated keys generate made the rest)")
+    story.billing("plans", "add", "monthly", "--name", "Monthly", "--price", "4990",
+                  "--tax-rate-bp", "1900", note="49.90 EUR a month")  # fmt: skip
+    token = story.billing("gates", "add", SITE, GATE, note="the gate's snapshot token")
+    (root / "gate-token").touch(mode=0o600)
+    (root / "gate-token").write_text(token + "\n")
+    for member_id, name, card in (("m1", "Ann", ANN_CARD), ("m2", "Ben", BEN_CARD)):
+        story.billing("members", "add", member_id, "--name", name, "--plan", "monthly",
+                      "--card", card_that_pays, note="first month charged")  # fmt: skip
+        story.billing("cards", "assign", member_id, card,
+                      shown=f"cards assign {member_id} <UID>", note=f"{name}'s key fob")  # fmt: skip
 
 
 def _play(story: BillingStory, gateway: str) -> tuple[float, float]:
@@ -473,66 +491,64 @@ def run_billing_demo(root: Path) -> int:
         console.print("[red]mosquitto is not installed: run scripts/bootstrap[/red]")
         return 1
     stripe_python = localstripe_python()
-    with contextlib.ExitStack() as stack:
+    try:
+        with contextlib.ExitStack() as stack:
 
-        def start(name: str, args: list[str], env: dict[str, str] | None = None) -> Any:
-            log = root / f"{name}.log"
-            proc = _start(args, log, env)
-            stack.callback(_stop, name, proc, log)
-            return proc
+            def start(name: str, args: list[str], env: dict[str, str] | None = None) -> Any:
+                log = root / f"{name}.log"
+                proc = _start(args, log, env)
+                stack.callback(_stop, name, proc, log)
+                return proc
 
-        mqtt_port = _free_port()
-        broker = start("mosquitto", [mosquitto, "-c", str(mosquitto_config(root, mqtt_port))])
-        _wait_port(mqtt_port, broker, "mosquitto")
-        stripe_port = None
-        if stripe_python is not None:
-            stripe_port = _free_port()
-            fake = start(
-                "localstripe", [str(stripe_python), "-c", _LOCALSTRIPE_MAIN, str(stripe_port)]
+            mqtt_port = _free_port()
+            broker = start("mosquitto", [mosquitto, "-c", str(mosquitto_config(root, mqtt_port))])
+            _wait_port(mqtt_port, broker, "mosquitto")
+            stripe_port = None
+            if stripe_python is not None:
+                stripe_port = _free_port()
+                fake = start(
+                    "localstripe", [str(stripe_python), "-c", _LOCALSTRIPE_MAIN, str(stripe_port)]
+                )
+                _wait_port(stripe_port, fake, "localstripe")
+                gateway = "stripe"
+                console.print(
+                    f"payments: the real stripe library against localstripe on 127.0.0.1:{stripe_port}"
+                )
+            else:
+                gateway = "simulated"
+                console.print(
+                    "payments: [yellow]localstripe is not installed (scripts/bootstrap installs it "
+                    "into .venv-localstripe): using the simulated gateway[/yellow]"
+                )
+            http_port = _free_port()
+            billing_toml = billing_config(root, mqtt_port, http_port, stripe_port)
+            gate_toml = billing_gate_config(root, mqtt_port, http_port)
+            story = BillingStory(root, billing_toml)
+            _enrol(story, root, PAYMENT_METHODS[gateway][0])
+            serve = start(
+                "gated-billing", [str(BIN / "gated-billing"), "serve", "-c", str(billing_toml)]
             )
-            _wait_port(stripe_port, fake, "localstripe")
-            gateway = "stripe"
-            console.print(
-                f"payments: the real stripe library against localstripe on 127.0.0.1:{stripe_port}"
+            gate = start("gated", [str(BIN / "gated"), "run", "-c", str(gate_toml)], GATE_ENV)
+            wait_ready(story.socket, gate, root / "gated.log")
+            if serve.poll() is not None:
+                raise RuntimeError(f"gated-billing serve exited with {serve.returncode}")
+            story.timeline.line(
+                "system",
+                f"mosquitto :{mqtt_port}, gated-billing serve ({gateway} gateway), gated run (mock GPIO)",
             )
-        else:
-            gateway = "simulated"
-            console.print(
-                "payments: [yellow]localstripe is not installed (scripts/bootstrap installs it "
-                "into .venv-localstripe): using the simulated gateway[/yellow]"
-            )
-        http_port = _free_port()
-        billing_toml = billing_config(root, mqtt_port, http_port, stripe_port)
-        gate_toml = billing_gate_config(root, mqtt_port, http_port)
-        story = BillingStory(root, billing_toml)
-        ok_card = PAYMENT_METHODS[gateway][0]
-        _run(str(BIN / "gated"), "keys", "generate", "--out", str(root / "keys"), "--force")
-        story.billing(
-            "keys", "init", note="card encryption key (gated keys generate made the rest)"
-        )
-        story.billing("plans", "add", "monthly", "--name", "Monthly", "--price", "4990",
-                      "--tax-rate-bp", "1900", note="49.90 EUR a month")  # fmt: skip
-        token = story.billing("gates", "add", SITE, GATE, note="the gate's snapshot token")
-        (root / "gate-token").touch(mode=0o600)
-        (root / "gate-token").write_text(token + "\n")
-        for member_id, name, card in (("m1", "Ann", ANN_CARD), ("m2", "Ben", BEN_CARD)):
-            story.billing("members", "add", member_id, "--name", name, "--plan", "monthly",
-                          "--card", ok_card, note="first month charged")  # fmt: skip
-            story.billing("cards", "assign", member_id, card,
-                          shown=f"cards assign {member_id} <UID>", note=f"{name}'s key fob")  # fmt: skip
-        serve = start(
-            "gated-billing", [str(BIN / "gated-billing"), "serve", "-c", str(billing_toml)]
-        )
-        gate = start("gated", [str(BIN / "gated"), "run", "-c", str(gate_toml)], GATE_ENV)
-        wait_ready(story.socket, gate, root / "gated.log")
-        if serve.poll() is not None:
-            raise RuntimeError(f"gated-billing serve exited with {serve.returncode}")
-        story.timeline.line(
-            "system",
-            f"mosquitto :{mqtt_port}, gated-billing serve ({gateway} gateway), gated run (mock GPIO)",
-        )
-        paid_to_allowed, since_pay_started = _play(story, gateway)
-        console.print()
+            paid_to_allowed, since_pay_started = _play(story, gateway)
+            console.print()
+    except (
+        RuntimeError,
+        TimeoutError,
+        OSError,
+        subprocess.SubprocessError,
+        ControlError,
+        DaemonNotRunning,
+    ) as exc:
+        # Everything started is stopped by now; one line says what failed, the logs say why.
+        console.print(f"[red]billing story stopped: {exc}[/red] (logs in {root})")
+        return 1
     verdict = (
         "[green]within[/green]" if paid_to_allowed < PAID_AGAIN_TARGET_S else "[red]over[/red]"
     )
