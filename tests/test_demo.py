@@ -55,7 +55,7 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
         assert found, f"missing, or out of order: {pattern}\n{out[-4000:]}"
         at = found.end()
     assert "every decision as expected" in out
-    assert re.search(r"payment → first allowed badge: [\d.]+ s", out)
+    assert re.search(r"paid → let in: [\d.]+ s after the payment was recorded", out)
     assert not _processes_under(work)
 
 
