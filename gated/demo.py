@@ -34,6 +34,8 @@ from gated.control import ControlError, DaemonNotRunning
 BIN = Path(sys.executable).parent
 console = Console()
 
+SITE = "downtown"
+GATE = "demo-turnstile"
 SITE_TZ = "Europe/Berlin"
 GATE_ENV = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
 
@@ -85,12 +87,14 @@ def sample_members(app_public_key_b64: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def write_demo_config(root: Path) -> Path:
+def write_demo_config(root: Path, head_office: str = "") -> Path:
+    """The demo gate's gated.toml; ``head_office`` adds the TOML sections that connect it
+    (``[mqtt]``, ``[head_office]``), else it decides from imported members alone."""
     config = root / "gated.toml"
     config.write_text(
         f"""# written by gated demo
-site = "downtown"
-gate = "demo-turnstile"
+site = "{SITE}"
+gate = "{GATE}"
 timezone = "{SITE_TZ}"
 state_dir = "{root / "state"}"
 control_socket = "{root / "state" / "control.sock"}"
@@ -98,7 +102,7 @@ control_socket = "{root / "state" / "control.sock"}"
 [keys]
 credential_key_file = "{root / "keys" / "credential.key"}"
 head_office_public_key_files = ["{root / "keys" / "head-office.pub"}"]
-
+{head_office}
 [policy]
 qr_window_s = 30
 
@@ -224,8 +228,6 @@ _LOCALSTRIPE_MAIN = (
     "from localstripe.server import app; store.dump_to_disk = lambda: None; "
     "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None)"
 )
-SITE = "downtown"
-GATE = "demo-turnstile"
 ANN_CARD = "04C0FFEE000001"
 BEN_CARD = "04C0FFEE000002"
 PAID_AGAIN_TARGET_S = 2.0
@@ -284,7 +286,7 @@ def billing_config(root: Path, mqtt_port: int, http_port: int, stripe_port: int 
     keys = root / "keys"
     text = f"""# written by gated demo
 database_url = "sqlite:///{root / "billing.db"}"
-state_dir = "{root / "state"}"
+state_dir = "{root / "billing-state"}"
 sites = ["{SITE}"]
 gateway = "{"stripe" if stripe_port else "simulated"}"
 cycle_interval_s = 0.3  # the demo's month passes in seconds
@@ -316,42 +318,18 @@ max_requests_per_s = 100
     return path
 
 
-def billing_gate_config(root: Path, mqtt_port: int, http_port: int) -> Path:
-    keys = root / "keys"
-    path = root / "gated.toml"
-    path.write_text(
-        f"""# written by gated demo
-site = "{SITE}"
-gate = "{GATE}"
-timezone = "{SITE_TZ}"
-state_dir = "{root / "gate"}"
-control_socket = "{root / "gate" / "control.sock"}"
-
-[keys]
-credential_key_file = "{keys / "credential.key"}"
-head_office_public_key_files = ["{keys / "head-office.pub"}"]
-
+def head_office_sections(root: Path, mqtt_port: int, http_port: int) -> str:
+    """What connects the demo gate to head office: the broker, and the snapshot for its cold
+    start (then MQTT)."""
+    return f"""
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
 heartbeat_s = 1
 
-[head_office]  # the cold start: one signed snapshot, then MQTT
+[head_office]
 snapshot_url = "http://127.0.0.1:{http_port}/v1/sites/{SITE}/snapshot"
 token_file = "{root / "gate-token"}"
-
-[door]
-pin_factory = "mock"
-pulse_ms = 500
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[[readers]]
-kind = "sim"
-id = "front-desk"
 """
-    )
-    return path
 
 
 class Timeline:
@@ -382,7 +360,7 @@ class BillingStory:
 
     def __init__(self, root: Path, billing_toml: Path) -> None:
         self.billing_toml = billing_toml
-        self.socket = root / "gate" / "control.sock"
+        self.socket = root / "state" / "control.sock"
         self.timeline = Timeline()
 
     def billing(self, *args: str, note: str = "", shown: str | None = None) -> str:
@@ -540,7 +518,7 @@ def run_billing_demo(root: Path) -> int:
                 )
             http_port = _free_port()
             billing_toml = billing_config(root, mqtt_port, http_port, stripe_port)
-            gate_toml = billing_gate_config(root, mqtt_port, http_port)
+            gate_toml = write_demo_config(root, head_office_sections(root, mqtt_port, http_port))
             story = BillingStory(root, billing_toml)
             _enrol(story, root, PAYMENT_METHODS[gateway][0])
             serve = start(
