@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gated.contract import mint_qr_code
-from gated.control import ControlError, DaemonNotRunning
+from gated.control import ControlError, DaemonNotRunning, request
 
 BIN = Path(sys.executable).parent
 console = Console()
@@ -124,16 +124,14 @@ id = "front-desk"
 def wait_ready(
     socket_path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15
 ) -> None:
-    from gated import control
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gated exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
-            control.request(socket_path, "status", timeout=2)
+            request(socket_path, "status", timeout=2)
             return
-        except (control.DaemonNotRunning, OSError):
+        except (DaemonNotRunning, OSError):
             time.sleep(0.05)
     raise TimeoutError("gated did not become ready")
 
@@ -370,19 +368,17 @@ class BillingStory:
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"gated-billing {' '.join(args[:2])} failed: {last}")
-        command = f"$ gated-billing {shown or ' '.join(args)}"
-        self.timeline.line("billing", f"{command:<46} [dim]# {note}[/dim]")
+        self._shown(shown or " ".join(args), note)
         return res.stdout.strip()
 
-    def badge(self, card: str) -> dict[str, Any]:
-        from gated import control
+    def _shown(self, command: str, note: str) -> None:
+        self.timeline.line("billing", f"{'$ gated-billing ' + command:<46} [dim]# {note}[/dim]")
 
-        return control.request(self.socket, "badge", {"card": card})
+    def badge(self, card: str) -> dict[str, Any]:
+        return request(self.socket, "badge", {"card": card})
 
     def gate_status(self, member_id: str) -> str | None:
-        from gated import control
-
-        found = control.request(self.socket, "cache_lookup", {"member": member_id})
+        found = request(self.socket, "cache_lookup", {"member": member_id})
         return str(found["member"].get("status")) if found["found"] else None
 
     def wait_gate(self, member_id: str, status: str, timeout: float = 15) -> None:
@@ -418,9 +414,7 @@ class BillingStory:
         if proc.returncode != 0:
             last = (err.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"gated-billing pay failed: {last}")
-        self.timeline.line(
-            "billing", f"{'$ gated-billing pay ' + member_id:<46} [dim]# {note}[/dim]"
-        )
+        self._shown(f"pay {member_id}", note)
         return result, {
             "recorded": allowed - recorded,
             "started": allowed - started,
