@@ -98,7 +98,11 @@ SETTLE_S = 1.5
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 60.0
 OUTBOX_BATCH = 200
-PUBLISH_TIMEOUT_S = 10.0
+# A PUBACK or SUBACK comes after every message the broker queued before it: behind a resumed
+# session's backlog or a retained flood that can be many seconds. A lost link is noticed by the
+# receiving side at once (and by keepalive), so waiting long here costs nothing.
+BROKER_REPLY_TIMEOUT_S = 300.0
+RETRY_PUBLISH_S = 1.0
 ANTI_ENTROPY_MIN_INTERVAL_S = 60.0
 SNAPSHOT_MAX_BYTES = 1 << 30
 SNAPSHOT_CHUNK = 200
@@ -319,7 +323,7 @@ class SiteSync:
             keepalive=max(5, int(mqtt.heartbeat_s * 2)),
             tls_context=tls_context(mqtt) if tls else None,
             max_inflight_messages=100,
-            timeout=PUBLISH_TIMEOUT_S,
+            timeout=BROKER_REPLY_TIMEOUT_S,
         )
         # Up to an outbox batch of publishes wait for PUBACK together: expected, not a warning.
         client.pending_calls_threshold = OUTBOX_BATCH + 10
@@ -334,24 +338,30 @@ class SiteSync:
             self.connects += 1
             self.last_error = None
             log.info("event=mqtt_connected url=%s client_id=%s", self.mqtt.url, self.client_id)
+            # Receive from the start: a resumed session's queued messages arrive before any
+            # SUBACK or PUBACK, and must be taken (and skipped or applied) meanwhile.
+            receive = asyncio.ensure_future(self._receive(client))
             try:
-                await self._publish_status(client, "online")
-                # The manifest first, so a gate knows what to expect before the members flood in.
-                await client.subscribe(manifest_topic(self.site), qos=1)
-                await client.subscribe(cmd_topic(self.site, self.gate_id), qos=1)
-                await self._subscribe_members(client)
-                await _first_failure(
-                    self._receive(client), self._drain_outbox(client), self._heartbeat(client)
-                )
+                await _while_receiving(receive, self._start(client))
+                await _first_failure(receive, self._drain_outbox(client), self._heartbeat(client))
             except asyncio.CancelledError:
                 # Going down cleanly: say so (a clean disconnect does not fire the will).
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                     await asyncio.wait_for(self._publish_status(client, "offline"), 2.0)
                 raise
             finally:
+                receive.cancel()
                 self._client = None
                 self.connected = False
                 self.subscribed = False
+
+    async def _start(self, client: aiomqtt.Client) -> None:
+        """Announce the gate online, then subscribe: the manifest first, so a gate knows what to
+        expect before the members flood in."""
+        await self._publish_status(client, "online")
+        await client.subscribe(manifest_topic(self.site), qos=1)
+        await client.subscribe(cmd_topic(self.site, self.gate_id), qos=1)
+        await self._subscribe_members(client)
 
     async def _subscribe_members(self, client: aiomqtt.Client) -> None:
         """(Re)subscribe: the broker sends every retained state again; not-newer ones are skipped
@@ -841,9 +851,11 @@ class SiteSync:
                     writer.submit(partial(CacheStore.delete_events, seqs=acked))
                 )
                 self.published_events += len(acked)
-            for r in results:
-                if isinstance(r, BaseException):
-                    raise r
+            if len(acked) < len(batch):
+                # Kept, and sent again (receivers dedupe by event_id); a dead link ends the
+                # session through the receiving side.
+                log.info("event=events_not_acked count=%d", len(batch) - len(acked))
+                await asyncio.sleep(RETRY_PUBLISH_S)
 
     def _status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
         gate = self.gate
@@ -870,7 +882,10 @@ class SiteSync:
     async def _heartbeat(self, client: aiomqtt.Client) -> None:
         while True:
             await asyncio.sleep(self.mqtt.heartbeat_s)
-            await self._publish_status(client, "online")
+            try:
+                await self._publish_status(client, "online")
+            except aiomqtt.MqttError as exc:  # the next beat tries again
+                log.info("event=status_not_acked error=%s", exc)
 
     # --- diagnostics ---------------------------------------------------------------------------
 
@@ -1095,6 +1110,21 @@ def _rows_from(chunks: queue.SimpleQueue[bytes | BaseException | None]) -> Itera
         if isinstance(item, BaseException):
             raise SyncError(f"snapshot refused: {item}") from item
         yield from pickle.loads(item)
+
+
+async def _while_receiving(receive: asyncio.Future[None], work: Awaitable[None]) -> None:
+    """Do ``work`` while messages keep being received; if receiving ends first, so does work."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait([receive, task], return_when=asyncio.FIRST_COMPLETED)
+        if receive in done:
+            receive.result()
+            raise SyncError("the broker closed the connection")
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _first_failure(*coros: Awaitable[None]) -> None:
