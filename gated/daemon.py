@@ -55,6 +55,8 @@ OUTBOX_MEASURE_INTERVAL_S = 10.0
 # Index updates applied per loop iteration (~1 µs each): keeps a decision's wait under ~0.3 ms.
 APPLY_SLICE = 256
 INDEX_COLUMNS = tuple(c.strip() for c in MEMBER_COLUMNS.split(","))
+# Members applied between two gc.freeze() calls (see Gate.freeze_new_members).
+FREEZE_EVERY = 5000
 # The writer and verifier threads hold the GIL in Python code; a short switch interval lets the
 # loop thread (decisions) take it back within ~0.2 ms instead of the default 5 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
@@ -81,6 +83,7 @@ class Gate:
         self.clock_synchronized: bool | None = None
         self.stale = False
         self.ready = False
+        self._unfrozen = 0
 
         store = CacheStore(config.cache_path, config.durability)
         gc.disable()  # a million new objects would trigger hundreds of collections while loading
@@ -419,7 +422,18 @@ class Gate:
         if end < len(rows):
             asyncio.get_running_loop().call_soon(self._apply_slice, rows, end, result)
         else:
+            self.freeze_new_members(len(rows))
             result.set_result(rows)
+
+    def freeze_new_members(self, applied: int) -> None:
+        """New members live as long as the gate: every few thousand, move them out of the
+        collector's generations (as at start) so a full collection never walks them during a
+        badge. Young cyclic garbage is collected first so it is not frozen with them."""
+        self._unfrozen += applied
+        if self._unfrozen >= FREEZE_EVERY:
+            self._unfrozen = 0
+            gc.collect(1)
+            gc.freeze()
 
     def heard_from_head_office(self, issued_at: str | None = None) -> None:
         """Record contact (and a newer trusted time) from a verified head-office object."""
