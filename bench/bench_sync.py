@@ -129,6 +129,7 @@ async def make_gate(config: Path) -> tuple[Any, Any]:
     )
     sync = SiteSync(gate)
     gate.sync = sync
+    await sync.start_verifiers()  # as SiteSync.run() does first
     return gate, sync
 
 
