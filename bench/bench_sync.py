@@ -130,6 +130,7 @@ async def make_gate(config: Path) -> tuple[Any, Any]:
     sync = SiteSync(gate)
     gate.sync = sync
     await sync.start_verifiers()  # as SiteSync.run() does first
+    gate.on_credential(Credential("card", uid_of(0), "bench"))  # the process's first decision
     return gate, sync
 
 
