@@ -108,7 +108,6 @@ SNAPSHOT_MAX_BYTES = 1 << 30
 SNAPSHOT_CHUNK = 200
 SNAPSHOT_PIECE = 5000
 RELEASE_SLICE = 1000
-FREEZE_EVERY = 5000
 SNAPSHOT_TIMEOUT_S = 120.0
 CONTACT_SAVE_INTERVAL_S = 30.0
 MAX_COMMAND_TTL_S = 300.0
@@ -233,7 +232,6 @@ class SiteSync:
         self._newest_issued: str | None = None
         self._contact_saved = 0.0
         self._commands_running: set[str] = set()
-        self._unfrozen = 0
         # what stats() and checks() report
         self.connected = False
         self.subscribed = False
@@ -506,17 +504,6 @@ class SiteSync:
         self.applied += len(applied)
         self.skipped["not_newer"] += len(rows) - len(applied)
         self._heard(max(row["issued_at"] for row in rows))
-        self._freeze_members(len(applied))
-
-    def _freeze_members(self, applied: int) -> None:
-        """New members live as long as the gate: after a few thousand, move them out of the
-        collector's generations (as the daemon does at start) so a full pass never walks them
-        during a badge. Young cyclic garbage is collected first so it is not frozen with them."""
-        self._unfrozen += applied
-        if self._unfrozen >= FREEZE_EVERY:
-            self._unfrozen = 0
-            gc.collect(1)
-            gc.freeze()
 
     async def _on_manifest(self, payload: bytes) -> None:
         try:
@@ -655,7 +642,6 @@ class SiteSync:
         finally:
             # Freeze without collecting: a collection now would walk every object the snapshot
             # made (tens of milliseconds); what it made is rows and records, not cycles.
-            self._unfrozen = 0
             gc.freeze()
             if collecting:
                 gc.enable()
