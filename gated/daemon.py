@@ -28,8 +28,8 @@ from gated.clock import TrustedClock, system_clock_synchronized
 from gated.config import GateConfig
 from gated.contract import (
     ContractError,
+    CredentialHasher,
     card_credential_string,
-    credential_digest,
     format_time,
     is_random_uid,
     load_credential_key,
@@ -69,6 +69,7 @@ class Gate:
         self.config = config
         self._pin_factory = pin_factory
         self.credential_key = load_credential_key(config.keys.credential_key_file)
+        self.hash_credential = CredentialHasher(self.credential_key)
         self.started_at = time.time()
         self.decisions: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -140,9 +141,7 @@ class Gate:
                 self.rejected["random_uid"] += 1
                 member = None
             else:
-                key = credential_digest(
-                    self.credential_key, card_credential_string(credential.value)
-                )
+                key = self.hash_credential(card_credential_string(credential.value))
                 member = self.index.by_key.get(key)
         else:
             member, fault, nonce = self.qr.check(credential.value, self.index.by_id.get, now)
@@ -174,7 +173,7 @@ class Gate:
         if decision.allow and nonce is not None:
             expires = self.qr.spend(nonce, now)
             m_id, n = nonce
-            self.writer.submit(lambda s: s.spend_nonce(m_id, n, expires))
+            self.writer.post(lambda s: s.spend_nonce(m_id, n, expires))
         if not passage:
             self._record_decision(
                 credential, member, decision, latency_us, now, source, operator, count=True
@@ -248,7 +247,7 @@ class Gate:
             if counters is not None:
                 store.put_counters(mid, counters)
 
-        self.writer.submit(write)
+        self.writer.post(write)
         self._publish_local(event)
 
     def _count(self, member_id: str, direction: str, now: float) -> MemberCounters:
@@ -333,7 +332,7 @@ class Gate:
         }
         if record:
             if self.outbox.admit():
-                self.writer.submit(lambda s: s.add_event(event))
+                self.writer.post(lambda s: s.add_event(event))
             self._publish_local(event)
         return event
 
@@ -550,7 +549,7 @@ class Gate:
                 uid = normalize_uid(str(args["card"]))
             except ContractError as exc:
                 raise ControlError(str(exc)) from exc
-            key = credential_digest(self.credential_key, "card:" + uid)
+            key = self.hash_credential("card:" + uid)
             member = self.index.by_key.get(key)
             lookup = {"card_key_prefix": key.hex()[:12]}
         elif args.get("member"):
@@ -753,7 +752,7 @@ class Gate:
                 self.event("clock_unsynced", reason="system clock not synchronized")
             self.clock_synchronized = synced
             if not self.clock.system_behind():
-                self.writer.submit(partial(CacheStore.set, key="last_good_time", value=now))
+                self.writer.post(partial(CacheStore.set, key="last_good_time", value=now))
             if self.config.mqtt is not None:
                 last = self.last_head_office_at or self.started_at
                 stale = time.time() - last > max_offline
@@ -782,7 +781,7 @@ class Gate:
             dropped = self.outbox.dropped
             if dropped != saved:
                 log.error("event=outbox_dropping dropped=%d since_last=%d", dropped, dropped - saved)
-                self.writer.submit(partial(CacheStore.set, key="outbox_dropped", value=dropped))
+                self.writer.post(partial(CacheStore.set, key="outbox_dropped", value=dropped))
                 saved = dropped
             await asyncio.sleep(OUTBOX_MEASURE_INTERVAL_S)
 
@@ -834,6 +833,6 @@ class Gate:
             self.door.close()
             # Events dropped since the last save still count after a restart (doctor, metrics).
             dropped = self.outbox.dropped
-            self.writer.submit(partial(CacheStore.set, key="outbox_dropped", value=dropped))
+            self.writer.post(partial(CacheStore.set, key="outbox_dropped", value=dropped))
             self.writer.close()
             log.info("event=stopped")

@@ -315,3 +315,26 @@ def test_snapshot_refuses_a_trailer_for_another_body() -> None:
     cut_two = two.rfind(b"\n", 0, len(two) - 1) + 1
     with pytest.raises(ContractError, match="sha256"):
         read_snapshot(gzip.compress(one[:cut_one] + two[cut_two:]), VERIFIER, "downtown")
+
+
+def test_event_ids_are_ulids_carrying_their_time() -> None:
+    from gated.contract import new_ulid
+
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32
+    ids = {new_ulid(1790000000.123) for _ in range(2000)}
+    assert len(ids) == 2000
+    for ulid in list(ids)[:50]:
+        assert len(ulid) == 26 and set(ulid) <= set(alphabet)
+        # 26 characters × 5 bits = 130: the first 10 characters carry the 48-bit millisecond time
+        bits = "".join(f"{alphabet.index(c):05b}" for c in ulid[:10])
+        assert int(bits, 2) == 1790000000123
+    assert new_ulid(1790000000.000) < new_ulid(1790000000.001)
+
+
+def test_hot_path_hasher_is_hmac_sha256() -> None:
+    from gated.contract import CredentialHasher, credential_digest
+
+    key = bytes(range(32))
+    hasher = CredentialHasher(key)
+    for text in ("card:04A1B2C3D4E5F6", "w26:12:3456", "card:", "card:" + "AB" * 40):
+        assert hasher(text) == credential_digest(key, text)

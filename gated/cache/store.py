@@ -177,7 +177,9 @@ class CacheStore:
         state["schedule"] = json.loads(state["schedule"])
         state["zones"] = json.loads(state["zones"])
         state["card_keys"] = len(state.pop("credentials") or b"") // 32
-        state["qr_key"] = None if state["qr_key"] is None else base64.b64encode(state["qr_key"]).decode()
+        state["qr_key"] = (
+            None if state["qr_key"] is None else base64.b64encode(state["qr_key"]).decode()
+        )
         return state
 
     def max_version(self) -> int:
@@ -313,9 +315,9 @@ class CacheWriter:
     def __init__(self, store: CacheStore, max_batch: int = 512) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[CacheStore], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[CacheStore], Any], Future[Any] | None] | None
+        ] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="gated-cache-writer", daemon=True)
         self.commits = 0
         self.failures = 0
@@ -325,6 +327,11 @@ class CacheWriter:
         future: Future[T] = Future()
         self._queue.put((fn, future))
         return future
+
+    def post(self, fn: Callable[[CacheStore], object]) -> None:
+        """Queue ``fn(store)`` with no one waiting for it (a decision's event): no Future and
+        its lock to make on the hot path; a failure is logged and counted here."""
+        self._queue.put((fn, None))
 
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -353,7 +360,7 @@ class CacheWriter:
                 conn.execute("BEGIN IMMEDIATE")
                 for fn, future in batch:
                     # A caller that gave up (its task was cancelled) gets nothing run or set.
-                    if not future.set_running_or_notify_cancel():
+                    if future is not None and not future.set_running_or_notify_cancel():
                         continue
                     conn.execute("SAVEPOINT op")
                     try:
@@ -362,9 +369,14 @@ class CacheWriter:
                         # Whatever an op raises is its own failure, handed to its future: the
                         # writer (every later decision's event) must go on.
                         conn.execute("ROLLBACK TO op")
-                        results.append((future, None, exc))
+                        if future is None:
+                            self.failures += 1
+                            log.error("event=cache_op_failed error=%r", exc)
+                        else:
+                            results.append((future, None, exc))
                     else:
-                        results.append((future, value, None))
+                        if future is not None:
+                            results.append((future, value, None))
                     conn.execute("RELEASE op")
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -373,7 +385,7 @@ class CacheWriter:
                 log.error("event=cache_commit_failed error=%s ops=%d", exc, len(batch))
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                results = [(f, None, exc) for _, f in batch if not f.cancelled()]
+                results = [(f, None, exc) for _, f in batch if f is not None and not f.cancelled()]
             for future, value, error in results:
                 if error is not None:
                     future.set_exception(error)
