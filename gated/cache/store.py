@@ -19,8 +19,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import sqlite_utils
-
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_row
 from gated.contract import format_time
 from gated.policy.decide import MemberCounters
@@ -111,7 +109,7 @@ def connect(path: Path, durability: Durability = "crash") -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-4096")
     # Bound the WAL: checkpoint every ~4 MiB so it never grows without limit on an SD card.
     conn.execute("PRAGMA wal_autocheckpoint=1000")
-    sqlite_utils.Database(conn).executescript(SCHEMA)
+    conn.executescript(SCHEMA)
     return conn
 
 
@@ -126,7 +124,6 @@ class CacheStore:
     def __init__(self, path: Path, durability: Durability = "crash") -> None:
         self.path = path
         self.conn = connect(path, durability)
-        self.db = sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -254,7 +251,9 @@ class CacheStore:
         return default if row is None else json.loads(row[0])
 
     def set(self, key: str, value: Any) -> None:
-        self.db.table("kv").upsert({"key": key, "value": json.dumps(value)}, pk="key")
+        self.conn.execute(
+            "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
 
     # -- commands -------------------------------------------------------------------------
 
