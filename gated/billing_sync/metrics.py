@@ -3,18 +3,23 @@ that shares the store reports the same truth, and nothing is counted twice after
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, exists, func, select
 
 from gated.billing_sync import schema as s
 
+# Webhooks refused before anything is stored (bad signature), by reason; this process only.
+WEBHOOK_FAILURES: Counter[str] = Counter()
+
 
 class StoreCollector(Collector):
-    """Members by status, attempts by state, outbox and notice backlogs, version head."""
+    """Members by status, attempts by state, charges, declines by code, recoveries, webhook
+    failures, outbox and notice backlogs, version head."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -44,8 +49,50 @@ class StoreCollector(Collector):
                 select(func.count()).where(s.notifications.c.sent_at.is_(None))
             ).scalar_one()
             head = conn.execute(select(s.version_head.c.value)).scalar() or 0
+            charged = CounterMetricFamily(
+                "gated_billing_charged_minor_units",
+                "Money charged successfully through the gateway, in minor units",
+                labels=["currency"],
+            )
+            a = s.payment_attempts
+            for currency, amount in conn.execute(
+                select(a.c.currency, func.sum(a.c.amount))
+                .where(a.c.state == "succeeded")
+                .group_by(a.c.currency)
+            ):
+                charged.add_metric([currency], amount or 0)
+            declines = CounterMetricFamily(
+                "gated_billing_declines", "Declined charges by decline code and class",
+                labels=["code", "class"],
+            )  # fmt: skip
+            for code, klass, count in conn.execute(
+                select(a.c.decline_code, a.c.decline_class, func.count())
+                .where(a.c.state == "failed")
+                .group_by(a.c.decline_code, a.c.decline_class)
+            ):
+                declines.add_metric([code or "unknown", klass or "unknown"], count)
+            # A recovery: an invoice paid (by retry, new card, pay link or front desk) after at
+            # least one of its charges failed.
+            failed_before = exists().where(
+                (a.c.invoice_id == s.payments.c.invoice_id) & (a.c.state == "failed")
+            )
+            recoveries = conn.execute(
+                select(func.count(func.distinct(s.payments.c.invoice_id))).where(failed_before)
+            ).scalar_one()
         yield members
         yield attempts
+        yield charged
+        yield declines
+        yield CounterMetricFamily(
+            "gated_billing_recoveries", "Invoices paid after a failed charge", value=recoveries
+        )
+        webhook_failures = CounterMetricFamily(
+            "gated_billing_webhook_failures", "Webhooks refused (nothing applied), by reason",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, count in sorted(WEBHOOK_FAILURES.items()):
+            webhook_failures.add_metric([reason], count)
+        yield webhook_failures
         yield GaugeMetricFamily(
             "gated_billing_status_outbox_depth",
             "Member states not yet acknowledged by MQTT",

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from gated.billing_sync import schema
 from gated.billing_sync.gateway import ChargeResult
-from gated.billing_sync.metrics import registry_for
+from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
 from gated.billing_sync.service import Billing
 from gated.contract import build_snapshot, format_time
 
@@ -90,6 +90,7 @@ def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
             event = stripe.Webhook.construct_event(payload, signature, webhook_secret)
         except (ValueError, stripe.SignatureVerificationError):
             log.warning("event=webhook_rejected reason=bad_signature")
+            WEBHOOK_FAILURES["bad_signature"] += 1
             return PlainTextResponse("bad signature", status_code=400)
         applied = await asyncio.to_thread(apply_stripe_event, billing, event.to_dict())
         log.info("event=webhook id=%s type=%s applied=%s", event.id, event.type, applied)

@@ -272,3 +272,19 @@ def test_metrics_report_the_store(tmp_path: Path) -> None:
     # m1 pending then active, m2 pending; nothing drains the outbox in this test
     assert "gated_billing_status_outbox_depth 3.0" in text
     assert "gated_billing_version_head 3.0" in text
+    assert 'gated_billing_declines_total{class="hard",code="lost_card"} 1.0' in text
+    assert 'gated_billing_charged_minor_units_total{currency="EUR"} 5938.0' in text  # 49.90 + 19% tax
+    assert "gated_billing_recoveries_total 0.0" in text
+
+
+def test_metrics_count_recoveries_and_refused_webhooks(tmp_path: Path) -> None:
+    b, _ = make_billing(tmp_path)
+    b.add_member("m2", "Bob", plan_id="monthly", payment_method="pm_sim_decline_lost_card")
+    b.record_payment("m2")  # Bob pays at the front desk after the failed charge
+    with ThreadServer(create_app(b, "whsec_test")) as srv:
+        refused = httpx.post(f"http://127.0.0.1:{srv.port}/v1/stripe/webhook", content=b"{}",
+                             headers={"stripe-signature": "t=1,v1=forged"})  # fmt: skip
+        text = httpx.get(f"http://127.0.0.1:{srv.port}/metrics").text
+    assert refused.status_code == 400
+    assert "gated_billing_recoveries_total 1.0" in text
+    assert 'gated_billing_webhook_failures_total{reason="bad_signature"}' in text
