@@ -29,6 +29,18 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; nothing if already gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class Mosquitto:
     port: int
@@ -41,13 +53,7 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -142,9 +148,4 @@ def run_localstripe(python: Path) -> Iterator[LocalStripe]:
         wait_for_port(port, timeout=20, proc=proc)
         yield LocalStripe(port, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
