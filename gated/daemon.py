@@ -83,7 +83,6 @@ class Gate:
         self.last_head_office_at: float | None = None
         self.clock_synchronized: bool | None = None
         self.stale = False
-        self.ready = False
         self._unfrozen = 0
 
         store = CacheStore(config.cache_path, config.durability)
@@ -813,7 +812,6 @@ class Gate:
             self.sync = SiteSync(self)
             spawn(asyncio.create_task(self.sync.run(), name="sync"))
         free = shutil.disk_usage(self.config.state_dir).free
-        self.ready = True
         notifier.notify("READY=1")
         log.info(
             "event=ready site=%s gate=%s members=%d max_version=%d lockdown=%s readers=%d disk_free_mb=%d",
