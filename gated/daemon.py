@@ -433,6 +433,10 @@ class Gate:
             gc.collect(1)
             gc.freeze()
 
+    async def outbox_depth(self) -> int:
+        """Events waiting for the broker, counted on the writer thread."""
+        return int(await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth())))
+
     def heard_from_head_office(self, issued_at: str | None = None) -> None:
         """Record contact (and a newer trusted time) from a verified head-office object."""
         now = time.time()
@@ -473,7 +477,7 @@ class Gate:
         }
 
     async def _cmd_status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        depth = await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth()))
+        depth = await self.outbox_depth()
         status = {
             "state": "online",
             "site": self.config.site,
@@ -775,7 +779,7 @@ class Gate:
                 if trimmed:
                     log.info("event=outbox_trimmed removed=%d kept=%d reason=no_broker", trimmed, keep)
             mark = self.outbox.mark()
-            depth = await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth()))
+            depth = await self.outbox_depth()
             self.outbox.measured(depth, mark)
             dropped = self.outbox.dropped
             if dropped != saved:

@@ -243,7 +243,7 @@ async def daemon_checks(gate: Gate) -> list[Check]:
             )
         )
     checks.extend(await asyncio.to_thread(hardware_checks, gate.config))
-    depth = await _outbox_depth(gate)
+    depth = await gate.outbox_depth()
     checks.append(
         outbox_check(
             depth,
@@ -271,10 +271,6 @@ async def daemon_checks(gate: Gate) -> list[Check]:
     if gate.sync is not None:
         checks.extend(gate.sync.checks())
     return checks
-
-
-async def _outbox_depth(gate: Gate) -> int:
-    return int(await asyncio.wrap_future(gate.writer.submit(lambda s: s.outbox_depth())))
 
 
 def merge(

@@ -867,7 +867,7 @@ class SiteSync:
         }
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:
-        depth = await asyncio.wrap_future(self.gate.writer.submit(lambda s: s.outbox_depth()))
+        depth = await self.gate.outbox_depth()
         payload = json.dumps(self._status(state, depth), separators=(",", ":"))
         await client.publish(status_topic(self.site, self.gate_id), payload, qos=1, retain=True)
 
