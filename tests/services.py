@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,11 +33,14 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; nothing if already gone."""
+def stop_process(
+    proc: subprocess.Popen[bytes], timeout: float = 5.0, sig: int = signal.SIGTERM
+) -> None:
+    """``sig`` (SIGTERM), then SIGKILL if it has not exited within ``timeout``; nothing if
+    already gone."""
     if proc.poll() is not None:
         return
-    proc.terminate()
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -149,3 +156,104 @@ def run_localstripe(python: Path) -> Iterator[LocalStripe]:
         yield LocalStripe(port, proc)
     finally:
         stop_process(proc)
+
+
+# --- PostgreSQL (a throwaway cluster for the billing store) -------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """The folder holding ``initdb`` and ``postgres`` (Debian keeps them off PATH), or None."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    return Path(versions[-1]).parent if versions else None
+
+
+@dataclass
+class Postgres:
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+
+    def url(self, database: str = "postgres") -> str:
+        """A SQLAlchemy URL (psycopg 3) for ``database`` on this cluster."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database and return its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        return self.url(name)
+
+
+@contextlib.contextmanager
+def run_postgres() -> Iterator[Postgres]:
+    """A fresh PostgreSQL cluster in a temporary folder, listening on an ephemeral port on
+    127.0.0.1 (and a Unix socket in that folder), trust authentication, durability off (it is
+    thrown away). PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed (scripts/bootstrap installs it)")
+    as_user: dict[str, object] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="gated-pg-"))
+    if os.geteuid() == 0:
+        as_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+        shutil.chown(workdir, "postgres", "postgres")
+    data = workdir / "data"
+    try:
+        subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            **as_user,  # type: ignore[call-overload]
+        )
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={workdir}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **as_user,  # type: ignore[call-overload]
+        )
+        try:
+            wait_for_port(port, timeout=20, proc=proc)
+            yield Postgres(port, workdir, proc)
+        finally:
+            # SIGINT is PostgreSQL's fast shutdown: it ends open sessions instead of waiting.
+            stop_process(proc, sig=signal.SIGINT)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

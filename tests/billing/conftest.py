@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.services import LocalStripe, ensure_localstripe, run_localstripe
+from tests.services import (
+    LocalStripe,
+    Postgres,
+    ensure_localstripe,
+    postgres_bindir,
+    run_localstripe,
+    run_postgres,
+)
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +31,27 @@ def localstripe(localstripe_python: object) -> Iterator[LocalStripe]:
     """A fresh localstripe per test (``--from-scratch`` semantics: nothing is loaded or saved)."""
     with run_localstripe(localstripe_python) as server:  # type: ignore[arg-type]
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL cluster for the session (each test gets its own database)."""
+    missing = None
+    if postgres_bindir() is None:
+        missing = "PostgreSQL is not installed (scripts/bootstrap apt-installs postgresql)"
+    elif importlib.util.find_spec("psycopg") is None:
+        missing = "the psycopg driver is not installed (pip install -e '.[dev]')"
+    if missing is not None:
+        if os.environ.get("CI"):
+            # CI bootstraps both: a skip there would hide a broken install step.
+            pytest.fail(missing)
+        pytest.skip(missing)
+    with run_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Postgres, request: pytest.FixtureRequest) -> str:
+    """A SQLAlchemy URL of a new, empty database on the session's cluster."""
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    return postgres_cluster.create_database(f"{name}_{uuid.uuid4().hex[:8]}")
