@@ -909,9 +909,13 @@ class Billing:
         later or twice (webhooks repeat and reorder)."""
         a = s.payment_attempts
         now = self.clock()
+        # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
+        # reporting the same charge at once book it once: the second waits, then sees it final.
         current = dict(
             conn.execute(
-                select(a.c.id, a.c.state).where(a.c.id.in_(many([c.attempt_id for c in charges])))
+                select(a.c.id, a.c.state)
+                .where(a.c.id.in_(many([c.attempt_id for c in charges])))
+                .with_for_update()
             ).all()
         )
         invoices = {
@@ -1051,7 +1055,9 @@ class Billing:
         """A provider event about a PaymentIntent; applied only if the attempt is not final."""
         a = s.payment_attempts
         with self.engine.begin() as conn:
-            row = conn.execute(select(a).where(a.c.gateway_ref == intent_id)).first()
+            row = conn.execute(
+                select(a).where(a.c.gateway_ref == intent_id).with_for_update()
+            ).first()
             if row is None or row.state in FINAL_ATTEMPT_STATES:
                 return False
             customer, pm = self._methods(conn, {row.member_id}).get(row.member_id, (None, None))
