@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     BindParameter,
@@ -23,7 +24,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import ClauseElement
 
 from gated.billing_sync import schema
 
@@ -110,21 +113,57 @@ def many(values: Iterable[Any]) -> BindParameter[Any]:
     return bindparam(None, list(values), expanding=True)
 
 
+# Compiled SQL per (dialect, statement shape, parameter keys): the hot bulk statements are built
+# anew each batch, and compiling them cost as much as a quarter of the SQL they run.
+_compiled: dict[tuple[Any, ...], SQLCompiler] = {}
+_COMPILED_MAX = 512
+
+
+def compiled_for(
+    conn: Connection, stmt: ClauseElement, column_keys: list[str] | None = None
+) -> tuple[SQLCompiler, dict[str, Any]]:
+    """``stmt`` compiled for the connection's dialect (cached by the statement's shape) and the
+    values this statement instance binds (literals such as ``.values(state="created")``)."""
+    key = stmt._generate_cache_key()
+    if key is None:
+        compiled = cast(SQLCompiler, stmt.compile(dialect=conn.dialect, column_keys=column_keys))
+        return compiled, dict(compiled.params)
+    slot = (conn.dialect, key.key, tuple(column_keys or ()))
+    cached = _compiled.get(slot)
+    if cached is None:
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.clear()
+        # The cache key goes with it so later statements of this shape can hand in their values.
+        cached = cast(
+            SQLCompiler,
+            stmt.compile(dialect=conn.dialect, column_keys=column_keys, cache_key=key),
+        )
+        _compiled[slot] = cached
+    params = cached.construct_params(extracted_parameters=key.bindparams, _check=False)
+    return cached, dict(params)
+
+
 def bulk(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
     """Run ``stmt`` once per row as one driver ``executemany``.
 
-    The statement is compiled once for the connection's dialect and the rows go to the driver
-    as they are, skipping SQLAlchemy's per-row parameter processing (which cost more than the
-    SQL on the renewal path). Rows hold plain ints, strings, bytes and None; every row has the
-    same keys; values fixed in the statement (``.values(state="created")``) fill the rest.
+    The statement is compiled once per shape for the connection's dialect and the rows go to
+    the driver as they are, skipping SQLAlchemy's per-row parameter processing (which cost more
+    than the SQL on the renewal path). Rows hold plain ints, strings, bytes and None; every row
+    has the same keys; values fixed in the statement (``.values(state="created")``) fill the rest.
     """
     if not rows:
         return
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
-    fixed = compiled.params
-    if compiled.positiontup is not None:
-        order = compiled.positiontup
-        params: Any = [tuple(r[k] if k in r else fixed[k] for k in order) for r in rows]
+    keys = list(rows[0])
+    compiled, fixed = compiled_for(conn, stmt, keys)
+    order = compiled.positiontup
+    params: Any
+    if order is not None:
+        missing = [k for k in order if k not in rows[0]]
+        if missing:
+            extra = {k: fixed[k] for k in missing}
+            rows = [{**r, **extra} for r in rows]
+        pick = itemgetter(*order)
+        params = [pick(r) for r in rows] if len(order) > 1 else [(pick(r),) for r in rows]
     else:
         params = [{**fixed, **r} for r in rows]
     conn.exec_driver_sql(compiled.string, params)
