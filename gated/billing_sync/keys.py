@@ -3,6 +3,7 @@ key that encrypts raw card UIDs at rest."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -51,6 +52,13 @@ class Keys:
     def uid_lookup(self, uid: str) -> str:
         """A stable, keyed fingerprint of a normalized UID (not the credential the gates see)."""
         return hmac.new(self.card_key, b"lookup:" + uid.encode(), hashlib.sha256).hexdigest()
+
+    def pay_token(self, invoice_id: int) -> str:
+        """The unguessable part of an invoice's pay link: a keyed MAC of its id under the card
+        key, so it needs no storage and survives restarts (that key is never replaced in place).
+        """
+        mac = hmac.new(self.card_key, b"pay-link:%d" % invoice_id, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode()
 
     def encrypt_uid(self, uid: str) -> bytes:
         return self.cipher.encrypt(uid.encode())

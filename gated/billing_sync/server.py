@@ -1,14 +1,18 @@
-"""The HTTP side of ``gated-billing serve`` (starlette): Stripe webhooks and the per-site signed
-snapshot for gates holding a bearer token."""
+"""The HTTP side of ``gated-billing serve`` (starlette): Stripe webhooks, the per-site signed
+snapshot for gates holding a bearer token, and the pay page a pay link opens."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import logging
+import re
+import secrets
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs
 
 import stripe
 import uvicorn
@@ -16,13 +20,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import ChargeResult
+from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
-from gated.billing_sync.service import Billing
+from gated.billing_sync.notices import format_amount
+from gated.billing_sync.service import Billing, BillingError, InvoiceClosed, NotFound
 from gated.contract import build_snapshot, format_time
 
 log = logging.getLogger("gated.billing.http")
@@ -78,6 +89,76 @@ def _apply(billing: Billing, event: dict[str, Any]) -> bool:
     return False
 
 
+# The token in a pay link is a credential: no referrer carries it away, nothing caches the page,
+# no other site frames it.
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+}
+_SUBMIT_KEY = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def _page(status: int, title: str, body: str) -> HTMLResponse:
+    """A small self-contained HTML page; ``body`` is already escaped."""
+    doc = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:36em;"
+        "margin:2em auto;padding:0 1em}table{border-collapse:collapse;width:100%}"
+        "td,th{padding:.3em;border-bottom:1px solid #ddd;text-align:left}"
+        ".n{text-align:right}button{font-size:1.1em;padding:.5em 1.5em}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(doc, status_code=status, headers=_PAGE_HEADERS)
+
+
+def _invoice_page(invoice: dict[str, Any]) -> HTMLResponse:
+    """The open invoice, itemized, with a form that pays it (one fresh submit key per render)."""
+    cur = invoice["currency"]
+    rows = "".join(
+        f"<tr><td>{html.escape(line['description'])}</td><td class=n>{line['quantity']}</td>"
+        f"<td class=n>{format_amount(line['unit_amount'], cur)}</td>"
+        f"<td class=n>{format_amount(line['amount'], cur)}</td></tr>"
+        for line in invoice["lines"]
+    )
+    owed = format_amount(invoice["owed"], cur)
+    body = (
+        f"<p>Hello {html.escape(invoice['name'])}, this is invoice {invoice['id']}.</p>"
+        "<table><tr><th>Item</th><th class=n>Qty</th><th class=n>Unit</th>"
+        f"<th class=n>Amount</th></tr>{rows}"
+        f"<tr><th colspan=3>Total</th><th class=n>{format_amount(invoice['total'], cur)}</th></tr>"
+        f"<tr><td colspan=3>Paid</td><td class=n>{format_amount(invoice['paid'], cur)}</td></tr>"
+        f"<tr><th colspan=3>Amount owed</th><th class=n id=owed>{owed}</th></tr></table>"
+        f'<form method="post"><input type="hidden" name="key" value="{secrets.token_urlsafe(16)}">'
+        f"<p><button>Pay {owed} with your card on file</button></p></form>"
+        "<p>Your bank may ask you to confirm the payment.</p>"
+    )
+    return _page(200, f"Invoice {invoice['id']}: {owed} due", body)
+
+
+def _closed_page(invoice: dict[str, Any]) -> HTMLResponse:
+    if invoice["status"] == "paid" or invoice["owed"] == 0:
+        return _page(410, "Already paid", f"<p>Invoice {invoice['id']} is paid. Thank you.</p>")
+    return _page(410, "Nothing to pay", f"<p>Invoice {invoice['id']} is {invoice['status']}.</p>")
+
+
+def _result_page(billing: Billing, invoice_id: int, result: ChargeResult) -> Response:
+    """What the member sees after submitting the pay form."""
+    back = f'<p><a href="{html.escape(billing.pay_link(invoice_id))}">Back to the invoice</a></p>'
+    if result.action_url is not None:
+        return RedirectResponse(result.action_url, status_code=303, headers=_PAGE_HEADERS)
+    if result.state == "succeeded":
+        body = f"<p>Invoice {invoice_id} is paid. The gates let you in again at once.</p>"
+        return _page(200, "Thank you", body)
+    if result.state == "failed":
+        reason = html.escape((result.decline_code or "declined").replace("_", " "))
+        body = f"<p>Your bank declined the payment ({reason}). Nothing was charged.</p>"
+        return _page(402, "Payment declined", body + back)
+    body = "<p>Your payment is being processed; this page shows the invoice paid once it is.</p>"
+    return _page(202, "Payment in progress", body + back)
+
+
 def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
     """The starlette application; blocking store work runs in threads off the event loop."""
 
@@ -109,6 +190,38 @@ def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
         log.info("event=snapshot site=%s gate=%s bytes=%d", site, gate[1], len(body))
         return Response(body, media_type="application/gzip")
 
+    async def pay(request: Request) -> Response:
+        invoice_id = billing.invoice_for_pay_token(request.path_params["token"])
+        if invoice_id is None:
+            return _page(404, "Payment link not found", "<p>This payment link is not valid.</p>")
+        if request.method == "POST":
+            form = parse_qs((await request.body()).decode("utf-8", "replace"))
+            key = (form.get("key") or [""])[0]
+            if not _SUBMIT_KEY.fullmatch(key):
+                return _page(400, "Bad request", "<p>Open the payment link again.</p>")
+            try:
+                result = await asyncio.to_thread(
+                    billing.pay_invoice, invoice_id, key, billing.pay_link(invoice_id)
+                )
+            except NotFound:
+                return _page(404, "Payment link not found", "<p>No such invoice.</p>")
+            except InvoiceClosed:
+                return _closed_page(await asyncio.to_thread(billing.invoice, invoice_id))
+            except (BillingError, GatewayError) as exc:
+                log.warning("event=pay_link_error invoice=%s error=%s", invoice_id, exc)
+                body = "<p>The payment could not be made just now. Please try again shortly.</p>"
+                return _page(503, "Try again", body)
+            return _result_page(billing, invoice_id, result)
+        try:
+            # Back from the bank's authentication page (or just reloaded): record the outcome.
+            await asyncio.to_thread(billing.pay_returned, invoice_id)
+            invoice = await asyncio.to_thread(billing.invoice, invoice_id)
+        except NotFound:
+            return _page(404, "Payment link not found", "<p>No such invoice.</p>")
+        if invoice["status"] != "open" or invoice["owed"] <= 0:
+            return _closed_page(invoice)
+        return _invoice_page(invoice)
+
     async def health(_request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -122,6 +235,7 @@ def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
         routes=[
             Route("/v1/stripe/webhook", webhook, methods=["POST"]),
             Route("/v1/sites/{site}/snapshot", snapshot, methods=["GET"]),
+            Route("/pay/{token}", pay, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +33,12 @@ from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert,
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
-from gated.billing_sync.gateway import ChargeResult, GatewayError, PaymentGateway
+from gated.billing_sync.gateway import (
+    ChargeResult,
+    GatewayError,
+    IntentState,
+    PaymentGateway,
+)
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.notices import Notice, format_amount, render
 from gated.billing_sync.store import (
@@ -66,6 +73,10 @@ class BillingError(Exception):
 
 class NotFound(BillingError):
     """No such member, plan, card or gate."""
+
+
+class InvoiceClosed(BillingError):
+    """The invoice is paid or void: there is nothing to pay."""
 
 
 def crashpoint(name: str) -> None:
@@ -153,6 +164,8 @@ class _Charge:
     payment_method: str | None
     gateway_ref: str | None = None
     result: ChargeResult | None = None
+    # Set when the member pays on the pay page: the confirmation is on-session.
+    return_url: str | None = None
 
 
 class Billing:
@@ -655,6 +668,148 @@ class Billing:
         self._notify_published()
         return amount
 
+    # --- pay links -------------------------------------------------------------------------------
+
+    def pay_link(self, invoice_id: int) -> str:
+        """The page where a member pays an invoice on-session (sent when the bank wants them to
+        authenticate): ``{public_url}/pay/{invoice}.{token}``, the token a keyed MAC."""
+        base = self.config.http.public_url.rstrip("/")
+        return f"{base}/pay/{invoice_id}.{self.keys.pay_token(invoice_id)}"
+
+    def invoice_for_pay_token(self, token: str) -> int | None:
+        """The invoice a pay-link token names, or None for a token we did not issue."""
+        number, _, mac = token.partition(".")
+        if not re.fullmatch(r"[0-9]{1,12}", number):
+            return None
+        invoice_id = int(number)
+        ok = hmac.compare_digest(mac.encode(), self.keys.pay_token(invoice_id).encode())
+        return invoice_id if ok else None
+
+    def invoice(self, invoice_id: int) -> dict[str, Any]:
+        """One invoice with its lines and the member's name, for the pay page."""
+        inv, ln = s.invoices, s.invoice_lines
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(inv, s.members.c.name)
+                .join(s.members, s.members.c.id == inv.c.member_id)
+                .where(inv.c.id == invoice_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"no invoice {invoice_id}")
+            lines = conn.execute(
+                select(ln.c.kind, ln.c.description, ln.c.quantity, ln.c.unit_amount, ln.c.amount)
+                .where(ln.c.invoice_id == invoice_id)
+                .order_by(ln.c.id)
+            ).all()
+        return {
+            "id": int(row.id),
+            "member_id": row.member_id,
+            "name": row.name,
+            "status": row.status,
+            "currency": row.currency,
+            "total": int(row.total),
+            "paid": int(row.amount_paid),
+            "owed": int(row.total - row.amount_paid) if row.status == "open" else 0,
+            "lines": [dict(line._mapping) for line in lines],
+        }
+
+    def pay_invoice(self, invoice_id: int, submit_key: str, return_url: str) -> ChargeResult:
+        """Charge what is open on an invoice now, on-session, with the card on file.
+
+        ``submit_key`` comes from the page's form: submitting the same form twice makes one
+        attempt (its idempotency key), and no second attempt starts while one for the invoice is
+        still open. The result is recorded like any charge's (a success makes the member active
+        and is published at once); ``requires_action`` with an ``action_url`` is left open until
+        the member comes back (``pay_returned``) or the webhook says.
+        """
+        a, inv_t = s.payment_attempts, s.invoices
+        key = f"pay{invoice_id}-{submit_key}"
+        now = self.clock()
+        with self.engine.begin() as conn:
+            mine = 0
+            if conn.execute(select(a.c.id).where(a.c.idempotency_key == key)).first() is None:
+                inv = conn.execute(
+                    select(inv_t).where(inv_t.c.id == invoice_id).with_for_update()
+                ).first()
+                if inv is None:
+                    raise NotFound(f"no invoice {invoice_id}")
+                if inv.status != "open" or inv.total <= inv.amount_paid:
+                    raise InvoiceClosed(f"invoice {invoice_id} is {inv.status}")
+                busy = conn.execute(
+                    select(a.c.id).where(
+                        a.c.invoice_id == invoice_id, a.c.state.in_(OPEN_ATTEMPT_STATES)
+                    )
+                ).first()
+                if busy is None:
+                    row = {
+                        "invoice_id": invoice_id,
+                        "member_id": inv.member_id,
+                        "idempotency_key": key,
+                        "amount": int(inv.total - inv.amount_paid),
+                        "currency": inv.currency,
+                        "state": "new",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    mine = insert_ignore(conn, a, [row])
+            attempt = conn.execute(select(a).where(a.c.idempotency_key == key)).first()
+            if attempt is not None:
+                methods = self._methods(conn, [attempt.member_id])
+        if attempt is None:
+            return ChargeResult("", "processing")  # another payment of this invoice is under way
+        if not mine:
+            # The same form again: answer with what became of the first submission.
+            state = "processing" if attempt.state in ("new", "created") else attempt.state
+            return ChargeResult(
+                attempt.gateway_ref or "", cast(IntentState, state), attempt.decline_code
+            )
+        customer, pm = methods.get(attempt.member_id, (None, None))
+        charge = _Charge(
+            attempt.id,
+            invoice_id,
+            attempt.member_id,
+            key,
+            int(attempt.amount),
+            attempt.currency,
+            customer,
+            pm,
+            return_url=return_url,
+        )
+        report = CycleReport()
+        self._execute([charge], report)
+        self._notify_published()
+        if charge.result is None:
+            raise BillingError("the payment provider could not be reached; try again shortly")
+        log.info(
+            "event=pay_link_charge invoice=%s member=%s state=%s",
+            invoice_id,
+            attempt.member_id,
+            charge.result.state,
+        )
+        return charge.result
+
+    def pay_returned(self, invoice_id: int) -> None:
+        """The member is back from their bank's page: look up and record what became of the
+        invoice's on-session attempts that are still open."""
+        a = s.payment_attempts
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(a).where(
+                    a.c.invoice_id == invoice_id,
+                    a.c.idempotency_key.startswith(f"pay{invoice_id}-"),
+                    a.c.state == "created",
+                )
+            ).all()
+        for r in rows:
+            try:
+                result = self.gateway.retrieve_intent(r.gateway_ref)
+            except GatewayError as exc:
+                log.warning("event=pay_return_lookup_failed attempt=%s error=%s", r.id, exc)
+                continue
+            if result.state in ("requires_confirmation", "requires_action"):
+                continue
+            self.intent_update(r.gateway_ref, result)
+
     # --- the cycle ---------------------------------------------------------------------------------
 
     def run_cycle(self, member_ids: Sequence[str] | None = None) -> CycleReport:
@@ -892,7 +1047,9 @@ class Billing:
                 fresh = c.attempt_id in created
                 result = None if fresh else self.gateway.retrieve_intent(c.gateway_ref)
                 if result is None or result.state == "requires_confirmation":
-                    result = self.gateway.confirm_intent(c.gateway_ref, c.key)
+                    result = self.gateway.confirm_intent(
+                        c.gateway_ref, c.key, return_url=c.return_url
+                    )
                 c.result = result
             except GatewayError as exc:
                 report.errors += 1
@@ -932,7 +1089,9 @@ class Billing:
             assert res is not None
             if current.get(c.attempt_id) in FINAL_ATTEMPT_STATES:
                 continue
-            if res.state == "requires_confirmation":
+            if res.state == "requires_confirmation" or res.action_url is not None:
+                # Not final yet: the member is authenticating on the bank's page; the return to
+                # the pay page or the webhook records what came of it.
                 continue
             decline_class: eng.DeclineClass | None = None
             if res.state == "failed":
@@ -1020,7 +1179,7 @@ class Billing:
         if decline_class == "hard":
             self._queue(conn, f, "new_card", **values)
         elif decline_class == "auth":
-            link = f"{self.config.http.public_url.rstrip('/')}/pay/{inv.id}"
+            link = self.pay_link(int(inv.id))
             self._queue(conn, f, "pay_link", link=link, **values)
         elif f.account.retries_done == 0:
             self._queue(conn, f, "failure", retry_on=_day(acct.next_retry_at), **values)

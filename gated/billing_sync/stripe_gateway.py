@@ -37,7 +37,8 @@ class StripeGateway:
     Requests are paced to ``max_requests_per_s`` (Stripe allows ~100/s live) and a 429, a 5xx or
     a network error is retried up to ``max_retries`` times with exponential backoff under the same
     idempotency key. ``off_session`` marks confirmations as merchant-initiated, which live Stripe
-    needs for renewals; some local fakes reject the parameter.
+    needs for renewals, and sends the ``return_url`` of on-session ones (3-D Secure redirects);
+    some local fakes reject both parameters.
     """
 
     name = "stripe"
@@ -151,9 +152,18 @@ class StripeGateway:
         )
         return str(intent.id)
 
-    def confirm_intent(self, intent_id: str, idempotency_key: str) -> ChargeResult:
-        """Confirm off-session; a card decline (HTTP 402) becomes a failed result."""
-        params: dict[str, Any] = {"off_session": True} if self._off_session else {}
+    def confirm_intent(
+        self, intent_id: str, idempotency_key: str, *, return_url: str | None = None
+    ) -> ChargeResult:
+        """Confirm off-session, or on-session with ``return_url`` (the member is on the pay
+        page; 3-D Secure redirects there and back); a card decline (HTTP 402) becomes a failed
+        result."""
+        params: dict[str, Any] = {}
+        if return_url is None and self._off_session:
+            params["off_session"] = True
+        elif return_url is not None and self._off_session:
+            # A fake that rejects off_session rejects return_url too (localstripe).
+            params["return_url"] = return_url
         try:
             intent = self._call(
                 "payment_intents.confirm",
@@ -189,4 +199,6 @@ class StripeGateway:
         error = data.get("last_payment_error") or {}
         decline = error.get("decline_code") or error.get("code") if state == "failed" else None
         advice = error.get("advice_code") if state == "failed" else None
-        return ChargeResult(str(data["id"]), state, decline, advice)
+        redirect = (data.get("next_action") or {}).get("redirect_to_url") or {}
+        action_url = redirect.get("url") if state == "requires_action" else None
+        return ChargeResult(str(data["id"]), state, decline, advice, action_url)
