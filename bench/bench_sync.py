@@ -272,6 +272,9 @@ def main() -> None:
         "--inproc", type=int, default=30_000, help="updates for the in-process rate"
     )
     parser.add_argument("--flips", type=int, default=200)
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="skip the broker measures (quick runs)"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     keys = root / "keys"
@@ -296,6 +299,14 @@ def main() -> None:
     gc.freeze()
 
     inproc = asyncio.run(in_process(root, keys, payloads, args.members, snapshot))
+    if args.in_process_only:
+        lat = inproc["apply_latency"], inproc["snapshot_latency"]
+        print(
+            f"in-process {inproc['apply_rate']:,.0f}/s, skip {inproc['skip_rate']:,.0f}/s, "
+            f"snapshot {inproc['snapshot_s']:.2f} s; decision p99 while applying "
+            f"{pct(lat[0], 99):.0f} µs, during the snapshot {pct(lat[1], 99):.0f} µs"
+        )
+        return
     broker = through_broker(root, keys, signer, ckey, signed, args.flips)
 
     n_in = len(payloads)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import nacl.exceptions
 import nacl.signing
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # key files are read with cryptography; a gate imports it only when it must
@@ -132,6 +133,16 @@ def canonical_json(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _canonical_fast(obj: Mapping[str, Any]) -> bytes:
+    """:func:`canonical_json` by orjson, ~6x faster: the same bytes for every object head office
+    signs. Where orjson cannot encode a value (an integer past 64 bits) it is the slow form;
+    where the two could still differ, :meth:`Verifier.verify` checks the slow form too."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return canonical_json(obj)
+
+
 def compact_json(obj: Mapping[str, Any]) -> bytes:
     """The wire form of every MQTT payload: compact, one line (same as canonical)."""
     return canonical_json(obj)
@@ -205,7 +216,15 @@ class Verifier:
             raise SignatureError(f"untrusted key id {kid!r}")
         try:
             signature = base64.b64decode(sig, validate=True)
-            key.verify(canonical_json(body), signature)
+            signed = _canonical_fast(body)
+            try:
+                key.verify(signed, signature)
+            except nacl.exceptions.BadSignatureError:
+                # canonical_json is the definition; verify by it whenever the forms differ.
+                slow = canonical_json(body)
+                if slow == signed:
+                    raise
+                key.verify(slow, signature)
         except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError) as exc:
             raise SignatureError("bad signature") from exc
         return body

@@ -387,6 +387,18 @@ def test_crash_loses_nothing_committed(tmp_path: Path) -> None:
         ("schedule", [{"days": ["funday"], "start": "09:00", "end": "10:00"}]),
         ("zones", "main"),
         ("member_id", "bad id!"),
+        ("sites", "downtown"),
+        ("sites", ["downtown", 7]),
+        ("plan", 3),
+        ("valid_until", 1767225600),
+        ("valid_from", "yesterday"),
+        ("issued_at", None),
+        ("kid", ["k"]),
+        ("qr_key", 5),
+        ("credentials", {"ab" * 32: 1}),
+        ("schedule", [{"days": ["mon"], "start": "09:00", "end": "10:00", "x": 1}]),
+        ("schedule", [{"days": ["mon"], "start": 900, "end": "10:00"}]),
+        ("schedule", {"days": ["mon"]}),
     ],
 )
 def test_ill_typed_state_is_refused_before_the_hot_path(field: str, value: object) -> None:

@@ -179,6 +179,27 @@ def test_unknown_fields_are_covered_by_the_signature() -> None:
         VERIFIER.verify({k: v for k, v in signed.items() if k != "extra"}, "member_state")
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"plan": "Ganztägig – Kraft & Cardio 💪"},  # non-ASCII stays UTF-8
+        {"note": "tab\there, nl\nthere, bell\x07, del\x7f, quote \" and \\"},
+        {"note": "line\u2028separator"},
+        {"ratio": 0.1, "big": 1e300, "small": -0.0},
+        {"huge": 2**70},  # past 64 bits: orjson refuses it, the slow form signs it
+    ],
+)
+def test_verify_by_the_definition_whatever_the_fast_encoder_does(extra: dict[str, Any]) -> None:
+    """Head office signs json.dumps' canonical form; the gate verifies with a faster encoder and
+    must never refuse a genuine state where the two might differ, nor accept a changed one."""
+    signed = SIGNER.sign({**vector_state(), **extra})
+    wire = json.loads(json.dumps(signed, ensure_ascii=False))
+    assert VERIFIER.verify(wire, "member_state")["version"] == 42
+    tampered = {**wire, "version": 43}
+    with pytest.raises(SignatureError):
+        VERIFIER.verify(tampered, "member_state")
+
+
 # --- card UIDs --------------------------------------------------------------------------------
 
 

@@ -46,13 +46,23 @@ def _zones(text: str) -> frozenset[str]:
     return zones
 
 
+_OPTIONAL_TEXT = ("kid", "valid_from", "valid_until", "plan", "qr_key")
+_WINDOW_KEYS = {"days", "start", "end"}
+
+
 def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
     """A MemberState (already verified or trusted) → the columns the cache stores.
 
-    Raises ContractError for values the gate cannot use (bad hex keys, bad times).
+    It checks everything :class:`~gated.contract.MemberState` checks, and more strictly (no
+    coercion: ``"5"`` is not a version), without building a model: the sync runs it for every
+    state, and the model costs twice the rest of this. Raises ContractError for values the
+    gate cannot use (bad hex keys, bad times, wrong types).
     """
     try:
-        credentials = b"".join(bytes.fromhex(k) for k in state.get("credentials") or [])
+        keys = state.get("credentials") or []
+        if not isinstance(keys, list):
+            raise TypeError("credentials is not a list")
+        credentials = b"".join(bytes.fromhex(k) for k in keys)
         qr_key = base64.b64decode(state["qr_key"], validate=True) if state.get("qr_key") else None
     except (ValueError, binascii.Error, TypeError) as exc:
         raise ContractError("credentials must be hex card keys and qr_key base64") from exc
@@ -75,8 +85,24 @@ def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
     member_id = state.get("member_id")
     if not isinstance(member_id, str) or not MEMBER_ID_RE.match(member_id):
         raise ContractError("bad member_id")
+    sites = state.get("sites")
+    if not isinstance(sites, list) or not all(type(s) is str for s in sites):
+        raise ContractError("sites must be a list of strings")
+    for field in _OPTIONAL_TEXT:
+        if type(state.get(field, "")) not in (str, type(None)):
+            raise ContractError(f"{field} must be text or null")
+    if type(state.get("issued_at")) is not str:
+        raise ContractError("issued_at must be text")
     schedule = state.get("schedule") or []
     try:
+        if not isinstance(schedule, list) or not all(
+            type(w) is dict
+            and w.keys() == _WINDOW_KEYS
+            and type(w["start"]) is str
+            and type(w["end"]) is str
+            for w in schedule
+        ):
+            raise ValueError("schedule windows are objects of days, start and end")
         compile_schedule(schedule)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ContractError("schedule windows need days (mon…sun), start and end as HH:MM") from exc

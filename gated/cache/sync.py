@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import httpx
+import orjson
 from pydantic import ValidationError
 
 from gated import __version__
@@ -57,7 +58,6 @@ from gated.contract import (
     ContractError,
     GateCommand,
     Manifest,
-    MemberState,
     SignatureError,
     Verifier,
     cmd_topic,
@@ -424,7 +424,7 @@ class SiteSync:
             self.skipped["empty_payload"] += 1
             return
         try:
-            obj = json.loads(payload)
+            obj = orjson.loads(payload)
         except ValueError:
             self._reject("malformed", member_id, "not JSON")
             return
@@ -1026,8 +1026,7 @@ def verify_member_states(payloads: list[bytes]) -> list[dict[str, Any] | str]:
     verdicts: list[dict[str, Any] | str] = []
     for payload in payloads:
         try:
-            body = _verifier.verify(json.loads(payload), "member_state")
-            MemberState.model_validate(body)
+            body = _verifier.verify(orjson.loads(payload), "member_state")
             if _site not in body["sites"]:
                 verdicts.append("other_site")
                 continue
@@ -1064,7 +1063,7 @@ def snapshot_rows(piece: bytes) -> tuple[list[bytes], int, int]:
         if not line:
             continue
         try:
-            state = json.loads(line)
+            state = orjson.loads(line)
         except ValueError as exc:
             raise SyncError("snapshot holds a line that is not JSON") from exc
         if not isinstance(state, dict):
