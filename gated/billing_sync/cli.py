@@ -417,6 +417,13 @@ def plans_add(
     daily_limit: Annotated[int | None, typer.Option()] = None,
     min_term_months: Annotated[int, typer.Option()] = 0,
     freeze_fee: Annotated[int, typer.Option(help="Per frozen month, minor units.")] = 0,
+    auto_renew: Annotated[
+        bool,
+        typer.Option(
+            help="Renew every period; --no-auto-renew makes a fixed-term pass that bills one "
+            "period and then ends expired."
+        ),
+    ] = True,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Create or update a plan."""
@@ -438,6 +445,7 @@ def plans_add(
                 daily_limit,
                 min_term_months,
                 freeze_fee,
+                auto_renew,
             )
         )
         out.print(f"plan {plan_id} saved")
@@ -460,6 +468,7 @@ def plans_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> No
             "min_term",
             "freeze_fee",
             "zones",
+            "auto_renew",
         ],
         [
             (
@@ -472,6 +481,7 @@ def plans_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> No
                 r.min_term_months,
                 r.freeze_fee,
                 r.zones,
+                "yes" if r.auto_renew else "no",
             )
             for r in rows
         ],
@@ -609,6 +619,7 @@ for _name, _help in (
     ("outstanding", "Open invoices per member."),
     ("dunning", "Members in dunning: status, owed, first failure, retries, next retry."),
     ("attendance", "Entries per day and site from the gates' events."),
+    ("passes", "Fixed-term passes: when each ends, and which have expired."),
 ):
     _report_command(_name, _help)
 

@@ -101,7 +101,9 @@ class Account:
     """The facts about one member's billing that decide their status.
 
     ``overdue_since`` is the due date of the oldest unpaid invoice; ``owed`` the sum still open.
-    ``freeze`` is the current or next freeze window (start, end), end exclusive.
+    ``freeze`` is the current or next freeze window (start, end), end exclusive. ``renews`` is
+    false on a plan that does not auto-renew (a fixed-term pass): once its paid period is over
+    the member is ``expired``, and nothing more is billed.
     """
 
     paid_through: int | None = None
@@ -119,6 +121,7 @@ class Account:
     previous: BillingStatus = "pending"
     activated: bool = True
     uncharged: bool = False
+    renews: bool = True
 
 
 def _frozen(acct: Account, now: int) -> bool:
@@ -158,6 +161,8 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
         return "cancelled" if now >= acct.cancel_at else "pending_cancel"
     if acct.paid_through is None:
         return "pending"
+    if not acct.renews and now >= acct.paid_through:
+        return "expired"
     # Past paid-through with nothing owed means the renewal is about to be charged: the member
     # stays active until that charge says otherwise.
     return "active"
@@ -178,7 +183,8 @@ def valid_until(acct: Account, status: BillingStatus, rules: Rules) -> int | Non
         return acct.cancel_at
     if acct.paid_through is None:
         return None
-    if status in ("cancelled", "expired"):
+    if status in ("cancelled", "expired") or not acct.renews:
+        # Grace covers a renewal charge that is late or failing; a pass has none to wait for.
         return acct.paid_through
     return acct.paid_through + rules.grace_days * DAY
 
@@ -190,6 +196,8 @@ def renewal_due(acct: Account, now: int) -> bool:
         return False
     if acct.open_renewal or acct.processing or acct.disputed or _frozen(acct, now):
         return False
+    if not acct.renews and acct.activated:
+        return False  # a pass bills its one period only
     return acct.cancel_at is None or acct.paid_through < acct.cancel_at
 
 

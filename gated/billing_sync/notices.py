@@ -52,6 +52,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "
         "that much longer. Fee: $amount.\n",
     ),
+    "expired": (
+        "Your $plan has ended",
+        "Hello $name,\n\nyour $plan ran until $end and has now ended; the gates no longer let "
+        "you in. Come by the front desk to start a new one.\n",
+    ),
 }
 
 

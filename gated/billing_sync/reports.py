@@ -118,11 +118,33 @@ def attendance(engine: Engine, now: int) -> Report:
     )
 
 
+def passes(engine: Engine, now: int) -> Report:
+    """Members on plans that do not auto-renew: when each pass ends (soonest first) and its
+    status (``expired`` once it has)."""
+    sub, p, m = s.subscriptions, s.plans, s.members
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sub.c.member_id, p.c.id, sub.c.paid_through, sub.c.status)
+            .join(p, p.c.id == sub.c.plan_id)
+            .join(m, m.c.id == sub.c.member_id)
+            .where(p.c.auto_renew.is_(False), m.c.erased.is_(False))
+            .order_by(sub.c.paid_through, sub.c.member_id)
+        ).all()
+    return (
+        ["member", "plan", "ends", "status", "days_left"],
+        [
+            (r[0], r[1], _day(r[2]), r[3], max(0, -(-(int(r[2] or now) - now) // 86_400)))
+            for r in rows
+        ],
+    )
+
+
 REPORTS: dict[str, Callable[[Engine, int], Report]] = {
     "revenue": revenue,
     "outstanding": outstanding,
     "dunning": dunning,
     "attendance": attendance,
+    "passes": passes,
 }
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 
 metadata = MetaData(
@@ -59,6 +60,8 @@ plans = Table(
     Column("daily_limit", Integer),
     Column("min_term_months", Integer, nullable=False),
     Column("freeze_fee", BigInteger, nullable=False),
+    # False for a fixed-term pass: one period, then the member is expired.
+    Column("auto_renew", Boolean, nullable=False, server_default=true()),
 )
 
 members = Table(

@@ -113,6 +113,8 @@ class PlanSpec:
     daily_limit: int | None = None
     min_term_months: int = 0
     freeze_fee: int = 0
+    # False for a fixed-term pass: one period is billed, then the member is expired.
+    auto_renew: bool = True
 
 
 @dataclass
@@ -204,6 +206,7 @@ class Billing:
             "daily_limit": plan.daily_limit,
             "min_term_months": plan.min_term_months,
             "freeze_fee": plan.freeze_fee,
+            "auto_renew": plan.auto_renew,
         }
         with self.engine.begin() as conn:
             done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))
@@ -345,6 +348,7 @@ class Billing:
             "needs_new_card": facts.account.needs_new_card,
             "cancel_at": _fmt(facts.account.cancel_at),
             "freeze": [_fmt(t) for t in facts.account.freeze] if facts.account.freeze else None,
+            "auto_renew": facts.account.renews,
             "cards": n_cards,
             "published": json.loads(state) if state else None,
         }
@@ -1518,6 +1522,7 @@ class Billing:
                 activated=sub_row is not None
                 and sub_row.paid_through is not None
                 and sub_row.paid_through > sub_row.started_at,
+                renews=plan_row is None or bool(plan_row.auto_renew),
             )
             email_to = member.email or member.payer_email
             out[member_id] = Facts(member, sub_row, plan_row, acct, invs, email_to)
@@ -1559,6 +1564,8 @@ class Billing:
                     self._queue(
                         conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
                     )
+                elif status == "expired" and f.plan is not None:
+                    self._queue(conn, f, "expired", plan=f.plan.name, end=_day(acct.paid_through))
             sub_updates.append(
                 {
                     "mid": member_id,

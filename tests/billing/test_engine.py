@@ -115,6 +115,63 @@ def test_decline_classes(decline: str | None, advice: str | None, expected: str)
     assert eng.classify_decline(decline, advice) == expected
 
 
+PASS = replace(PAID, renews=False)  # a fixed-term pass paid until T + 10 days
+
+
+@pytest.mark.parametrize(
+    ("name", "acct", "now", "status", "renews", "until"),
+    [
+        ("pass inside its period", PASS, T, "active", False, PASS.paid_through),
+        ("pass on its last second", PASS, T + 10 * DAY - 1, "active", False, PASS.paid_through),
+        ("pass ends expired, no grace", PASS, T + 10 * DAY, "expired", False, PASS.paid_through),
+        ("a plan that renews bills instead", PAID, T + 10 * DAY, "active", True, None),
+        (
+            "a pass's first period is still billed",
+            replace(PASS, activated=False, paid_through=T),
+            T,
+            "pending",
+            True,
+            None,
+        ),
+        (
+            "frozen pass: the freeze pushed the end out",
+            replace(PASS, freeze=(T, T + 5 * DAY), paid_through=T + 15 * DAY),
+            T + 12 * DAY,
+            "active",
+            False,
+            T + 15 * DAY,
+        ),
+        (
+            "a debt on a pass is dunned first",
+            replace(PASS, owed=1000, overdue_since=T + 11 * DAY, first_failure_at=T + 11 * DAY),
+            T + 12 * DAY,
+            "grace",
+            False,
+            None,
+        ),
+        (
+            "a cancelled pass is cancelled",
+            replace(PASS, cancel_at=T),
+            T + 10 * DAY,
+            "cancelled",
+            False,
+            None,
+        ),
+    ],
+)
+def test_fixed_term_passes_expire(
+    name: str, acct: Account, now: int, status: str, renews: bool, until: int | None
+) -> None:
+    got = eng.status_at(acct, now, R)
+    assert got == status, name
+    assert eng.renewal_due(acct, now) is renews, name
+    if until is not None and got in ("active", "expired"):
+        # Entry is allowed until the pass ends: no grace days after a period nobody renews.
+        assert eng.valid_until(acct, got, R) == until, name
+    if got == "expired":
+        assert eng.next_review(acct, now, R) is None, name  # nothing more will happen
+
+
 def test_soft_retries_follow_the_schedule_then_stop() -> None:
     acct = Account(paid_through=T, owed=5000, overdue_since=T)
     acct = eng.after_failure(acct, "soft", T, R)
@@ -221,6 +278,7 @@ accounts = st.builds(
     processing=st.booleans(),
     previous=st.sampled_from(["active", "grace", "suspended", "pending", "expired"]),
     activated=st.booleans(),
+    renews=st.booleans(),
 )
 rules = st.builds(
     Rules,
