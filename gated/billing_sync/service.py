@@ -127,6 +127,8 @@ class Facts:
     account: eng.Account
     open_invoices: list[Row[Any]]
     email_to: str | None = None
+    # (customer, payment method) to charge: a dependant is charged to the payer.
+    method: tuple[str | None, str | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ class _InvoiceSpec:
     tax_rate_bp: int
     due_at: int
     period: tuple[int, int] | None
+
+    @property
+    def subtotal(self) -> int:
+        return sum(q * unit for _, _, q, unit in self.lines)
 
 
 @dataclass
@@ -890,7 +896,7 @@ class Billing:
         renewals: list[_InvoiceSpec] = []
         retries: list[dict[str, Any]] = []
         to_charge: list[str] = []
-        for member_id, f in facts.items():
+        for member_id, f in sorted(facts.items()):
             report.reviewed += 1
             acct = f.account
             if f.sub is None or f.member.erased:
@@ -919,7 +925,7 @@ class Billing:
             else:
                 continue
             to_charge.append(member_id)
-        self._create_invoices(conn, renewals, now)
+        new_ids = self._create_invoices(conn, renewals, now)
         if retries:
             bulk(
                 conn,
@@ -928,57 +934,72 @@ class Billing:
                 .values(retries_done=bindparam("rd"), next_retry_at=None),
                 retries,
             )
-        charges = self._attempts_for_open(conn, to_charge, now)
+        # The open invoices were loaded in this transaction; the renewals were just created.
+        new = {sp.member_id: (i, sp) for i, sp in zip(new_ids, renewals, strict=True)}
+        open_invoices: list[tuple[int, str, int, str, bool]] = []
+        for member_id in to_charge:
+            owing = [
+                (int(i.due_at), int(i.id), int(i.total - i.amount_paid), i.currency, False)
+                for i in facts[member_id].open_invoices
+                if i.total > i.amount_paid
+            ]
+            if member_id in new:
+                invoice_id, sp = new[member_id]
+                total = sp.subtotal + eng.tax_of(sp.subtotal, sp.tax_rate_bp)
+                owing.append((sp.due_at, invoice_id, total, sp.currency, True))
+            owing.sort(key=lambda o: o[0])
+            open_invoices.extend((o[1], member_id, o[2], o[3], o[4]) for o in owing)
+        charges = self._attempts_for(conn, open_invoices, facts, now)
         # Members being charged are refreshed from the charge's result (record_results); if no
         # result comes back, resume() finishes the attempt on the next cycle.
         charging = set(to_charge)
         self._refresh(conn, [m for m in facts if m not in charging], now)
         return charges
 
-    def _attempts_for_open(
-        self, conn: Connection, member_ids: list[str], now: int
+    def _attempts_for(
+        self,
+        conn: Connection,
+        invoices: list[tuple[int, str, int, str, bool]],
+        facts: dict[str, Facts],
+        now: int,
     ) -> list[_Charge]:
-        """One new attempt (with its idempotency key) per open invoice of these members."""
-        if not member_ids:
+        """One new attempt (with its idempotency key) per open invoice: ``invoices`` are (invoice
+        id, member id, amount still owed, currency, created in this transaction) in charging
+        order, ``facts`` the members' facts loaded in this transaction."""
+        if not invoices:
             return []
-        inv, a = s.invoices, s.payment_attempts
-        rows = conn.execute(
-            select(inv.c.id, inv.c.member_id, inv.c.total, inv.c.amount_paid, inv.c.currency)
-            .where(inv.c.member_id.in_(many(member_ids)), inv.c.status == "open")
-            .order_by(inv.c.member_id, inv.c.due_at)
-        ).all()
-        rows = [r for r in rows if r.total > r.amount_paid]
-        if not rows:
-            return []
-        counts: dict[int, int] = dict(
-            conn.execute(
-                select(a.c.invoice_id, func.count())
-                .where(a.c.invoice_id.in_(many([r.id for r in rows])))
-                .group_by(a.c.invoice_id)
-            ).all()
-        )
-        params = [
+        a = s.payment_attempts
+        earlier = [i[0] for i in invoices if not i[4]]
+        counts: dict[int, int] = {}
+        if earlier:
+            counts = dict(
+                conn.execute(
+                    select(a.c.invoice_id, func.count())
+                    .where(a.c.invoice_id.in_(many(earlier)))
+                    .group_by(a.c.invoice_id)
+                ).all()
+            )
+        params: list[dict[str, Any]] = [
             {
-                "invoice_id": r.id,
-                "member_id": r.member_id,
-                "idempotency_key": f"inv{r.id}-a{counts.get(r.id, 0) + 1}",
-                "amount": int(r.total - r.amount_paid),
-                "currency": r.currency,
+                "invoice_id": invoice_id,
+                "member_id": member_id,
+                "idempotency_key": f"inv{invoice_id}-a{counts.get(invoice_id, 0) + 1}",
+                "amount": amount,
+                "currency": currency,
                 "state": "new",
                 "created_at": now,
                 "updated_at": now,
             }
-            for r in rows
+            for invoice_id, member_id, amount, currency, _ in invoices
         ]
         ids = (
             conn.execute(insert(a).returning(a.c.id, sort_by_parameter_order=True), params)
             .scalars()
             .all()
         )
-        methods = self._methods(conn, set(member_ids))
         out = []
         for attempt_id, p in zip(ids, params, strict=True):
-            customer, pm = methods.get(p["member_id"], (None, None))
+            customer, pm = facts[p["member_id"]].method
             out.append(
                 _Charge(
                     attempt_id,
@@ -1454,29 +1475,29 @@ class Billing:
         m, sub, p, inv, a = s.members, s.subscriptions, s.plans, s.invoices, s.payment_attempts
         out: dict[str, Facts] = {}
         payer = m.alias("payer")
+        # One row per member with its subscription (the two tables share no column name, so the
+        # row serves as both) and what a payer contributes: e-mail and the card to charge.
         members = conn.execute(
-            select(m, payer.c.email.label("payer_email"))
+            select(
+                m,
+                sub,
+                payer.c.email.label("payer_email"),
+                payer.c.customer_ref.label("payer_customer"),
+                payer.c.payment_method.label("payer_method"),
+            )
+            .join(sub, sub.c.member_id == m.c.id, isouter=True)
             .join(payer, payer.c.id == m.c.payer_id, isouter=True)
             .where(m.c.id.in_(many(ids)))
         ).all()
-        subs = {
-            r.member_id: r
-            for r in conn.execute(select(sub).where(sub.c.member_id.in_(many(ids)))).all()
-        }
         plans = {r.id: r for r in conn.execute(select(p)).all()}
         open_inv: dict[str, list[Row[Any]]] = {}
+        attempted = select(a.c.id).where(a.c.invoice_id == inv.c.id).exists()
         for r in conn.execute(
-            select(inv)
+            select(inv, attempted.label("attempted"))
             .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
             .order_by(inv.c.due_at)
         ).all():
             open_inv.setdefault(r.member_id, []).append(r)
-        open_ids = [i.id for v in open_inv.values() for i in v]
-        attempted = set(
-            conn.execute(
-                select(a.c.invoice_id).where(a.c.invoice_id.in_(many(open_ids))).distinct()
-            ).scalars()
-        )
         in_flight = set(
             conn.execute(
                 select(a.c.member_id).where(
@@ -1498,34 +1519,51 @@ class Billing:
             .order_by(s.freezes.c.starts_at.desc())
         ).all():
             freezes[r.member_id] = (r.starts_at, r.ends_at)
-        for member in members:
-            member_id = member.id
-            sub_row = subs.get(member_id)
-            plan_row = plans.get(sub_row.plan_id) if sub_row is not None else None
-            invs = open_inv.get(member_id, [])
-            owed = sum(int(i.total - i.amount_paid) for i in invs)
-            acct = eng.Account(
-                paid_through=sub_row.paid_through if sub_row else None,
-                owed=owed,
-                overdue_since=min((int(i.due_at) for i in invs), default=None),
-                first_failure_at=sub_row.first_failure_at if sub_row else None,
-                next_retry_at=sub_row.next_retry_at if sub_row else None,
-                retries_done=int(sub_row.retries_done) if sub_row else 0,
-                needs_new_card=bool(sub_row.needs_new_card) if sub_row else False,
-                freeze=freezes.get(member_id),
-                cancel_at=sub_row.cancel_at if sub_row else None,
-                disputed=member_id in disputed,
-                processing=member_id in in_flight,
-                open_renewal=any(i.kind == "renewal" for i in invs),
-                uncharged=any(i.id not in attempted for i in invs),
-                previous=cast(eng.BillingStatus, sub_row.status if sub_row else "pending"),
-                activated=sub_row is not None
-                and sub_row.paid_through is not None
-                and sub_row.paid_through > sub_row.started_at,
-                renews=plan_row is None or bool(plan_row.auto_renew),
-            )
-            email_to = member.email or member.payer_email
-            out[member_id] = Facts(member, sub_row, plan_row, acct, invs, email_to)
+        no_invoices: list[Row[Any]] = []
+        for row in members:
+            member_id = row.id
+            invs = open_inv.get(member_id, no_invoices)
+            owed = sum(int(i.total - i.amount_paid) for i in invs) if invs else 0
+            if row.member_id is None:
+                sub_row = plan_row = None
+                acct = eng.Account(
+                    owed=owed,
+                    overdue_since=min(int(i.due_at) for i in invs) if invs else None,
+                    freeze=freezes.get(member_id),
+                    disputed=member_id in disputed,
+                    processing=member_id in in_flight,
+                    open_renewal=any(i.kind == "renewal" for i in invs),
+                    uncharged=any(not i.attempted for i in invs),
+                    activated=False,
+                )
+            else:
+                sub_row = row
+                plan_row = plans.get(row.plan_id)
+                paid_through = row.paid_through
+                acct = eng.Account(
+                    paid_through=paid_through,
+                    owed=owed,
+                    overdue_since=min(int(i.due_at) for i in invs) if invs else None,
+                    first_failure_at=row.first_failure_at,
+                    next_retry_at=row.next_retry_at,
+                    retries_done=int(row.retries_done),
+                    needs_new_card=bool(row.needs_new_card),
+                    freeze=freezes.get(member_id),
+                    cancel_at=row.cancel_at,
+                    disputed=member_id in disputed,
+                    processing=member_id in in_flight,
+                    open_renewal=any(i.kind == "renewal" for i in invs),
+                    uncharged=any(not i.attempted for i in invs),
+                    previous=cast(eng.BillingStatus, row.status),
+                    activated=paid_through is not None and paid_through > row.started_at,
+                    renews=plan_row is None or bool(plan_row.auto_renew),
+                )
+            if row.payer_method or row.payer_customer:
+                method = (row.payer_customer, row.payer_method)
+            else:
+                method = (row.customer_ref, row.payment_method)
+            email_to = row.email or row.payer_email
+            out[member_id] = Facts(row, sub_row, plan_row, acct, invs, email_to, method)
         return out
 
     def _refresh(
@@ -1778,7 +1816,7 @@ class Billing:
             return []
         heads = []
         for sp in specs:
-            subtotal = sum(q * unit for _, _, q, unit in sp.lines)
+            subtotal = sp.subtotal
             tax = eng.tax_of(subtotal, sp.tax_rate_bp)
             heads.append(
                 {
