@@ -47,6 +47,7 @@ from gated.billing_sync.store import (
     insert_ignore,
     many,
     next_versions,
+    records,
     set_meta,
 )
 from gated.config import BillingConfig
@@ -125,7 +126,7 @@ class Facts:
     sub: Any
     plan: Any
     account: eng.Account
-    open_invoices: list[Row[Any]]
+    open_invoices: list[Any]
     email_to: str | None = None
     # (customer, payment method) to charge: a dependant is charged to the payer.
     method: tuple[str | None, str | None] = (None, None)
@@ -1102,9 +1103,13 @@ class Billing:
         )
         invoices = {
             r.id: r
-            for r in conn.execute(
-                select(s.invoices).where(s.invoices.c.id.in_(many({c.invoice_id for c in charges})))
-            ).all()
+            for r in records(
+                conn.execute(
+                    select(s.invoices).where(
+                        s.invoices.c.id.in_(many({c.invoice_id for c in charges}))
+                    )
+                )
+            )
         }
         updates: list[dict[str, Any]] = []
         payments: list[tuple[Row[Any], int, str, str | None]] = []
@@ -1477,26 +1482,30 @@ class Billing:
         payer = m.alias("payer")
         # One row per member with its subscription (the two tables share no column name, so the
         # row serves as both) and what a payer contributes: e-mail and the card to charge.
-        members = conn.execute(
-            select(
-                m,
-                sub,
-                payer.c.email.label("payer_email"),
-                payer.c.customer_ref.label("payer_customer"),
-                payer.c.payment_method.label("payer_method"),
+        members = records(
+            conn.execute(
+                select(
+                    m,
+                    sub,
+                    payer.c.email.label("payer_email"),
+                    payer.c.customer_ref.label("payer_customer"),
+                    payer.c.payment_method.label("payer_method"),
+                )
+                .join(sub, sub.c.member_id == m.c.id, isouter=True)
+                .join(payer, payer.c.id == m.c.payer_id, isouter=True)
+                .where(m.c.id.in_(many(ids)))
             )
-            .join(sub, sub.c.member_id == m.c.id, isouter=True)
-            .join(payer, payer.c.id == m.c.payer_id, isouter=True)
-            .where(m.c.id.in_(many(ids)))
-        ).all()
-        plans = {r.id: r for r in conn.execute(select(p)).all()}
-        open_inv: dict[str, list[Row[Any]]] = {}
+        )
+        plans = {r.id: r for r in records(conn.execute(select(p)))}
+        open_inv: dict[str, list[Any]] = {}
         attempted = select(a.c.id).where(a.c.invoice_id == inv.c.id).exists()
-        for r in conn.execute(
-            select(inv, attempted.label("attempted"))
-            .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
-            .order_by(inv.c.due_at)
-        ).all():
+        for r in records(
+            conn.execute(
+                select(inv, attempted.label("attempted"))
+                .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
+                .order_by(inv.c.due_at)
+            )
+        ):
             open_inv.setdefault(r.member_id, []).append(r)
         in_flight = set(
             conn.execute(
@@ -1519,7 +1528,7 @@ class Billing:
             .order_by(s.freezes.c.starts_at.desc())
         ).all():
             freezes[r.member_id] = (r.starts_at, r.ends_at)
-        no_invoices: list[Row[Any]] = []
+        no_invoices: list[Any] = []
         for row in members:
             member_id = row.id
             invs = open_inv.get(member_id, no_invoices)
@@ -1644,7 +1653,7 @@ class Billing:
         ms = s.member_states
         current = {
             r.member_id: r
-            for r in conn.execute(select(ms).where(ms.c.member_id.in_(many(ids)))).all()
+            for r in records(conn.execute(select(ms).where(ms.c.member_id.in_(many(ids)))))
         }
         payers = {f.member.payer_id for f in facts.values() if f.member.payer_id}
         payer_status = dict(
@@ -1664,7 +1673,7 @@ class Billing:
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
         plan_json: dict[str, tuple[list[Any], list[str]]] = {}
-        changed: list[tuple[str, list[str], dict[str, Any], Row[Any] | None]] = []
+        changed: list[tuple[str, list[str], dict[str, Any], Any]] = []
         outbox = []
         manifest_delta: dict[str, list[tuple[str, int | None, bool, int, bool]]] = {}
         for member_id, f in facts.items():

@@ -4,7 +4,9 @@ URL) migrated to the newest schema with Alembic, plus the few helpers every modu
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -13,6 +15,7 @@ from sqlalchemy import (
     BindParameter,
     Connection,
     Engine,
+    Result,
     Table,
     bindparam,
     create_engine,
@@ -105,6 +108,19 @@ def current_revision(engine: Engine) -> str | None:
         if not inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@lru_cache(maxsize=256)
+def _record_class(fields: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    return namedtuple("Record", fields, rename=True)
+
+
+def records(result: Result[Any]) -> list[Any]:
+    """A result's rows as named tuples. Reading a field of an SQLAlchemy ``Row`` by attribute
+    falls through a failed normal lookup first (~1 µs here); a named tuple reads it in a tenth of
+    that, and the bulk paths read a dozen fields of every member of a batch, several times."""
+    make = _record_class(tuple(result.keys()))._make  # type: ignore[attr-defined]
+    return [make(r) for r in result.all()]
 
 
 def many(values: Iterable[Any]) -> BindParameter[Any]:
