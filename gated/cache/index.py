@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from gated.contract import (
     MEMBER_ID_RE,
     STATUSES,
@@ -117,8 +119,8 @@ def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
         "valid_from": parse_timestamp(state.get("valid_from")),
         "valid_until": parse_timestamp(state.get("valid_until")),
         "plan": state.get("plan"),
-        "schedule": json.dumps(schedule, sort_keys=True, separators=(",", ":")),
-        "zones": json.dumps(sorted(zones), separators=(",", ":")),
+        "schedule": orjson.dumps(schedule, option=orjson.OPT_SORT_KEYS).decode(),
+        "zones": orjson.dumps(sorted(zones)).decode(),
         "credentials": credentials,
         "qr_key": qr_key,
         "daily_limit": daily_limit,
