@@ -44,6 +44,7 @@ from gated.billing_sync.notices import Notice, format_amount, render
 from gated.billing_sync.store import (
     bulk,
     get_meta,
+    insert_ids,
     insert_ignore,
     many,
     next_versions,
@@ -993,11 +994,7 @@ class Billing:
             }
             for invoice_id, member_id, amount, currency, _ in invoices
         ]
-        ids = (
-            conn.execute(insert(a).returning(a.c.id, sort_by_parameter_order=True), params)
-            .scalars()
-            .all()
-        )
+        ids = insert_ids(conn, a, params)
         out = []
         for attempt_id, p in zip(ids, params, strict=True):
             customer, pm = facts[p["member_id"]].method
@@ -1843,12 +1840,7 @@ class Billing:
                     "created_at": now,
                 }
             )
-        inv = s.invoices
-        ids = list(
-            conn.execute(
-                insert(inv).returning(inv.c.id, sort_by_parameter_order=True), heads
-            ).scalars()
-        )
+        ids = insert_ids(conn, s.invoices, heads)
         rows: list[dict[str, Any]] = []
         for invoice_id, sp, head in zip(ids, specs, heads, strict=True):
             rows.extend(
@@ -1876,7 +1868,7 @@ class Billing:
                     }
                 )
         bulk(conn, insert(s.invoice_lines), rows)
-        return [int(i) for i in ids]
+        return ids
 
     def _apply_payment(
         self,
