@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal
 
 from gated.config import DunningConfig
@@ -297,6 +298,7 @@ def cancel_date(paid_through: int | None, started_at: int, min_term_months: int,
     return max(paid_through or now, add_months(started_at, min_term_months), now)
 
 
+@lru_cache(maxsize=4096)  # a cycle renews many members from the same instant
 def add_months(ts: int, months: int) -> int:
     """Calendar months after ``ts`` (UTC), clamped to the month's last day (31 Jan + 1 = 28/29 Feb)."""
     d = datetime.fromtimestamp(ts, UTC)

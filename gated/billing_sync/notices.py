@@ -6,6 +6,7 @@ import logging
 import smtplib
 from dataclasses import dataclass
 from email.message import EmailMessage
+from functools import cache, lru_cache
 from string import Template
 from typing import Any
 
@@ -73,16 +74,17 @@ class Notice:
 
 def render(kind: str, to_addr: str, member_id: str | None, **values: Any) -> Notice:
     """Fill a template; a missing placeholder is a programming error (KeyError)."""
+    subject, body = _templates(kind)
+    return Notice(member_id, kind, to_addr, subject.substitute(values), body.substitute(values))
+
+
+@cache
+def _templates(kind: str) -> tuple[Template, Template]:
     subject, body = TEMPLATES[kind]
-    return Notice(
-        member_id,
-        kind,
-        to_addr,
-        Template(subject).substitute(values),
-        Template(body).substitute(values),
-    )
+    return Template(subject), Template(body)
 
 
+@lru_cache(maxsize=1024)  # a cycle's receipts repeat a few plan prices
 def format_amount(amount: int, currency: str) -> str:
     """Minor units to a human amount: 4990 EUR → ``49.90 EUR``."""
     sign = "-" if amount < 0 else ""

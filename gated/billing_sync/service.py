@@ -26,6 +26,7 @@ import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property, lru_cache
 from typing import Any, cast
 
 import nacl.signing
@@ -143,7 +144,7 @@ class _InvoiceSpec:
     due_at: int
     period: tuple[int, int] | None
 
-    @property
+    @cached_property
     def subtotal(self) -> int:
         return sum(q * unit for _, _, q, unit in self.lines)
 
@@ -2002,4 +2003,9 @@ def _fmt(ts: int | None) -> str | None:
 
 
 def _day(ts: int | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    return "-" if ts is None else _date(ts // 86_400)
+
+
+@lru_cache(maxsize=1024)  # invoice labels and notices repeat a few days per cycle
+def _date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
