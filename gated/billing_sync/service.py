@@ -44,12 +44,12 @@ from gated.billing_sync.keys import Keys
 from gated.billing_sync.notices import Notice, format_amount, render
 from gated.billing_sync.store import (
     bulk,
+    fetch,
     get_meta,
     insert_ids,
     insert_ignore,
     many,
     next_versions,
-    records,
     set_meta,
 )
 from gated.config import BillingConfig
@@ -1093,20 +1093,20 @@ class Billing:
         # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
         # reporting the same charge at once book it once: the second waits, then sees it final.
         current = dict(
-            conn.execute(
+            fetch(
+                conn,
                 select(a.c.id, a.c.state)
                 .where(a.c.id.in_(many([c.attempt_id for c in charges])))
-                .with_for_update()
-            ).all()
+                .with_for_update(),
+            )
         )
         invoices = {
             r.id: r
-            for r in records(
-                conn.execute(
-                    select(s.invoices).where(
-                        s.invoices.c.id.in_(many({c.invoice_id for c in charges}))
-                    )
-                )
+            for r in fetch(
+                conn,
+                select(s.invoices).where(
+                    s.invoices.c.id.in_(many({c.invoice_id for c in charges}))
+                ),
             )
         }
         updates: list[dict[str, Any]] = []
@@ -1480,51 +1480,54 @@ class Billing:
         payer = m.alias("payer")
         # One row per member with its subscription (the two tables share no column name, so the
         # row serves as both) and what a payer contributes: e-mail and the card to charge.
-        members = records(
-            conn.execute(
-                select(
-                    m,
-                    sub,
-                    payer.c.email.label("payer_email"),
-                    payer.c.customer_ref.label("payer_customer"),
-                    payer.c.payment_method.label("payer_method"),
-                )
-                .join(sub, sub.c.member_id == m.c.id, isouter=True)
-                .join(payer, payer.c.id == m.c.payer_id, isouter=True)
-                .where(m.c.id.in_(many(ids)))
+        members = fetch(
+            conn,
+            select(
+                m,
+                sub,
+                payer.c.email.label("payer_email"),
+                payer.c.customer_ref.label("payer_customer"),
+                payer.c.payment_method.label("payer_method"),
             )
+            .join(sub, sub.c.member_id == m.c.id, isouter=True)
+            .join(payer, payer.c.id == m.c.payer_id, isouter=True)
+            .where(m.c.id.in_(many(ids))),
         )
-        plans = {r.id: r for r in records(conn.execute(select(p)))}
+        plans = {r.id: r for r in fetch(conn, select(p))}
         open_inv: dict[str, list[Any]] = {}
         attempted = select(a.c.id).where(a.c.invoice_id == inv.c.id).exists()
-        for r in records(
-            conn.execute(
-                select(inv, attempted.label("attempted"))
-                .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
-                .order_by(inv.c.due_at)
-            )
+        for r in fetch(
+            conn,
+            select(inv, attempted.label("attempted"))
+            .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
+            .order_by(inv.c.due_at),
         ):
             open_inv.setdefault(r.member_id, []).append(r)
-        in_flight = set(
-            conn.execute(
+        in_flight = {
+            r.member_id
+            for r in fetch(
+                conn,
                 select(a.c.member_id).where(
                     a.c.member_id.in_(many(ids)), a.c.state.in_(OPEN_ATTEMPT_STATES)
-                )
-            ).scalars()
-        )
-        disputed = set(
-            conn.execute(
+                ),
+            )
+        }
+        disputed = {
+            r.member_id
+            for r in fetch(
+                conn,
                 select(s.disputes.c.member_id).where(
                     s.disputes.c.member_id.in_(many(ids)), s.disputes.c.status == "open"
-                )
-            ).scalars()
-        )
+                ),
+            )
+        }
         freezes: dict[str, tuple[int, int]] = {}
-        for r in conn.execute(
+        for r in fetch(
+            conn,
             select(s.freezes.c.member_id, s.freezes.c.starts_at, s.freezes.c.ends_at)
             .where(s.freezes.c.member_id.in_(many(ids)), s.freezes.c.ends_at > now)
-            .order_by(s.freezes.c.starts_at.desc())
-        ).all():
+            .order_by(s.freezes.c.starts_at.desc()),
+        ):
             freezes[r.member_id] = (r.starts_at, r.ends_at)
         no_invoices: list[Any] = []
         for row in members:
@@ -1650,24 +1653,27 @@ class Billing:
         ids = list(facts)
         ms = s.member_states
         current = {
-            r.member_id: r
-            for r in records(conn.execute(select(ms).where(ms.c.member_id.in_(many(ids)))))
+            r.member_id: r for r in fetch(conn, select(ms).where(ms.c.member_id.in_(many(ids))))
         }
         payers = {f.member.payer_id for f in facts.values() if f.member.payer_id}
-        payer_status = dict(
-            conn.execute(
-                select(s.subscriptions.c.member_id, s.subscriptions.c.status).where(
-                    s.subscriptions.c.member_id.in_(many(payers))
+        payer_status: dict[str, str] = {}
+        if payers:
+            payer_status = dict(
+                fetch(
+                    conn,
+                    select(s.subscriptions.c.member_id, s.subscriptions.c.status).where(
+                        s.subscriptions.c.member_id.in_(many(payers))
+                    ),
                 )
-            ).all()
-        )
+            )
         payer_status.update({k: v for k, v in own.items() if k in payers})
         creds: dict[str, list[str]] = {}
-        for r in conn.execute(
+        for r in fetch(
+            conn,
             select(s.cards.c.member_id, s.cards.c.credential)
             .where(s.cards.c.member_id.in_(many(ids)), s.cards.c.revoked_at.is_(None))
-            .order_by(s.cards.c.credential)
-        ).all():
+            .order_by(s.cards.c.credential),
+        ):
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
         plan_json: dict[str, tuple[list[Any], list[str]]] = {}
