@@ -75,3 +75,35 @@ def test_published_state_decides_and_bad_messages_are_counted(
     assert lookup["member"]["version"] == 11
     status = json.loads(gate.gatectl("status", "--json").stdout)
     assert status["sync"]["rejected"]["bad_signature"] == 1
+
+
+def test_messages_are_taken_straight_from_the_installed_mqtt_client() -> None:
+    """The sync hooks paho's on_message inside aiomqtt (a Task and an asyncio.wait per message
+    less). If an aiomqtt upgrade moved those attributes the gate would quietly fall back to the
+    slower iterator; this says so instead."""
+    import asyncio
+
+    import aiomqtt
+    from paho.mqtt.client import MQTTMessage
+
+    from gated.cache.sync import SiteSync
+
+    async def hook() -> list[tuple[str, bytes]]:
+        seen: list[tuple[str, bytes]] = []
+        sync = object.__new__(SiteSync)
+        sync.handle_message = lambda topic, payload: seen.append((topic, payload))  # type: ignore[method-assign]
+        sync._reject = lambda reason, topic, detail="": seen.append((reason, b""))  # type: ignore[method-assign]
+        client = aiomqtt.Client("127.0.0.1", 1)
+        sync._take_messages_directly(client)
+        assert sync._direct
+        on_message = client._client.on_message
+        good = MQTTMessage(topic=member_topic(SITE, "m_1").encode())
+        good.payload = b'{"x":1}'
+        on_message(client._client, None, good)
+        on_message(client._client, None, MQTTMessage(topic=b"gated/v1/\xff"))
+        return seen
+
+    assert asyncio.run(hook()) == [
+        (member_topic(SITE, "m_1"), b'{"x":1}'),
+        ("bad_topic", b""),
+    ]
