@@ -1677,13 +1677,13 @@ class Billing:
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
         plan_json: dict[str, tuple[list[Any], list[str]]] = {}
-        changed: list[tuple[str, list[str], dict[str, Any], Any]] = []
+        changed: list[tuple[str, list[str], str, dict[str, Any], Any]] = []
         outbox = []
         manifest_delta: dict[str, list[tuple[str, int | None, bool, int, bool]]] = {}
         for member_id, f in facts.items():
             if f.sub is None and not f.member.erased:
                 continue
-            sites = json.loads(f.member.sites)
+            sites, sites_json = _sites(f.member.sites)
             if f.member.erased:
                 body = erased_state(member_id, sites, 0, issued_at)
             else:
@@ -1715,19 +1715,18 @@ class Billing:
             old = current.get(member_id)
             if old is not None and not force and _same_state(old.payload, body):
                 continue
-            changed.append((member_id, sites, body, old))
+            changed.append((member_id, sites, sites_json, body, old))
         if not changed:
             return
         first = next_versions(conn, len(changed))
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
-        for offset, (member_id, sites, body, old) in enumerate(changed):
+        for offset, (member_id, sites, sites_json, body, old) in enumerate(changed):
             version = first + offset
             body["version"] = version
             # Stored unsigned and in any key order: the publisher and the snapshot serialize
             # canonically when they sign.
             payload = json.dumps(body, separators=(",", ":"))
-            sites_json = json.dumps(sites)
             row = {
                 "mid": member_id,
                 "v": version,
@@ -1985,6 +1984,14 @@ class Billing:
             offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
             set_meta(conn, "clock_offset_s", offset)
         return offset
+
+
+@lru_cache(maxsize=1024)  # members share a few site lists
+def _sites(stored: str) -> tuple[list[str], str]:
+    """A member's sites as a list and as the JSON the states and the outbox store (never mutated:
+    the list is shared by every member with the same sites)."""
+    sites = json.loads(stored)
+    return sites, json.dumps(sites)
 
 
 def _same_state(old_payload: str, new: dict[str, Any]) -> bool:

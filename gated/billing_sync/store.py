@@ -149,21 +149,21 @@ def fetch(conn: Connection, stmt: Select[Any]) -> list[Any]:
             values.append(value)
     result = conn.exec_driver_sql(sql, tuple(values))
     make = _record_class(tuple(result.keys()))._make  # type: ignore[attr-defined]
-    # The driver's values as they are, but for the types SQLAlchemy converts (booleans on SQLite).
+    rows: Sequence[Any] = result.cursor.fetchall()  # plain tuples: no Row objects to build
+    result.close()
+    # The driver's values as they are, but for the types SQLAlchemy converts (booleans on
+    # SQLite), a column at a time.
     convert = [
         (i, proc)
         for i, col in enumerate(stmt.selected_columns)
         if (proc := col.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None))
     ]
-    if not convert:
-        return [make(r) for r in result.all()]
-    out = []
-    for r in result.all():
-        row = list(r)
+    if convert and rows:
+        columns = list(zip(*rows, strict=True))
         for i, proc in convert:
-            row[i] = proc(row[i])
-        out.append(make(row))
-    return out
+            columns[i] = tuple(map(proc, columns[i]))
+        rows = list(zip(*columns, strict=True))
+    return list(map(make, rows))
 
 
 def many(values: Iterable[Any]) -> BindParameter[Any]:
