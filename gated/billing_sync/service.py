@@ -1046,18 +1046,16 @@ class Billing:
         crashpoint("after_create")
         # 3. commit the intent ids before anything can charge
         if created:
+            # One clock reading for the batch: a deployment's clock is a database query.
+            now = self.clock()
             with self.engine.begin() as conn:
                 bulk(
                     conn,
                     update(a)
                     .where(a.c.id == bindparam("aid"))
-                    .values(
-                        gateway_ref=bindparam("ref"),
-                        state="created",
-                        updated_at=bindparam("now"),
-                    ),
+                    .values(gateway_ref=bindparam("ref"), state="created", updated_at=now),
                     [
-                        {"aid": c.attempt_id, "ref": c.gateway_ref, "now": self.clock()}
+                        {"aid": c.attempt_id, "ref": c.gateway_ref}
                         for c in charges
                         if c.attempt_id in created
                     ],
@@ -1533,17 +1531,23 @@ class Billing:
         for row in members:
             member_id = row.id
             invs = open_inv.get(member_id, no_invoices)
-            owed = sum(int(i.total - i.amount_paid) for i in invs) if invs else 0
+            if invs:
+                owed = sum(int(i.total - i.amount_paid) for i in invs)
+                overdue_since: int | None = min(int(i.due_at) for i in invs)
+                open_renewal = any(i.kind == "renewal" for i in invs)
+                uncharged = any(not i.attempted for i in invs)
+            else:  # most members of a batch
+                owed, overdue_since, open_renewal, uncharged = 0, None, False, False
             if row.member_id is None:
                 sub_row = plan_row = None
                 acct = eng.Account(
                     owed=owed,
-                    overdue_since=min(int(i.due_at) for i in invs) if invs else None,
+                    overdue_since=overdue_since,
                     freeze=freezes.get(member_id),
                     disputed=member_id in disputed,
                     processing=member_id in in_flight,
-                    open_renewal=any(i.kind == "renewal" for i in invs),
-                    uncharged=any(not i.attempted for i in invs),
+                    open_renewal=open_renewal,
+                    uncharged=uncharged,
                     activated=False,
                 )
             else:
@@ -1553,7 +1557,7 @@ class Billing:
                 acct = eng.Account(
                     paid_through=paid_through,
                     owed=owed,
-                    overdue_since=min(int(i.due_at) for i in invs) if invs else None,
+                    overdue_since=overdue_since,
                     first_failure_at=row.first_failure_at,
                     next_retry_at=row.next_retry_at,
                     retries_done=int(row.retries_done),
@@ -1562,8 +1566,8 @@ class Billing:
                     cancel_at=row.cancel_at,
                     disputed=member_id in disputed,
                     processing=member_id in in_flight,
-                    open_renewal=any(i.kind == "renewal" for i in invs),
-                    uncharged=any(not i.attempted for i in invs),
+                    open_renewal=open_renewal,
+                    uncharged=uncharged,
                     previous=cast(eng.BillingStatus, row.status),
                     activated=paid_through is not None and paid_through > row.started_at,
                     renews=plan_row is None or bool(plan_row.auto_renew),
@@ -1952,6 +1956,7 @@ class Billing:
         """Render notices into the outbox; a dependant's go to the payer, and members without an
         e-mail address get none."""
         rows = []
+        now = self.clock()  # once: a deployment's clock is a database query
         for f, kind, values in items:
             if not f.email_to:
                 continue
@@ -1963,7 +1968,7 @@ class Billing:
                     "to_addr": n.to_addr,
                     "subject": n.subject,
                     "body": n.body,
-                    "created_at": self.clock(),
+                    "created_at": now,
                     "attempts": 0,
                 }
             )
