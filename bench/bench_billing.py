@@ -10,6 +10,7 @@ crash-safe protocol, payments, receipts, new MemberStates with versions and the 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -57,6 +58,9 @@ def main() -> None:
         billing = Billing(
             engine, config, SimulatedGateway(clock=clock), Keys.load(config.keys), clock
         )
+        # As gated-billing's build() does once the service is wired.
+        gc.collect()
+        gc.freeze()
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
         t = time.perf_counter()
         ids = [f"m{i:07d}" for i in range(args.members)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import json
 import logging
 import os
@@ -107,7 +108,13 @@ def build(config: BillingConfig) -> Billing:
     """Open the store, load keys and wire the service the way ``serve`` does."""
     engine = open_store(config.database_url, durability=config.durability)
     clock = db_clock(engine)
-    return Billing(engine, config, make_gateway(config, clock), Keys.load(config.keys), clock)
+    billing = Billing(engine, config, make_gateway(config, clock), Keys.load(config.keys), clock)
+    # What is loaded by now (modules, SQLAlchemy's tables and dialects) lives as long as the
+    # process: keep it out of the collector's full passes, which a cycle's hundreds of thousands
+    # of row objects trigger several times (11% of a cycle's time without this).
+    gc.collect()
+    gc.freeze()
+    return billing
 
 
 @contextmanager
