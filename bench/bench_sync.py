@@ -5,8 +5,8 @@
 In one process, against a real cache database and a MockFactory door, with a "reader" thread
 handing a card to the loop every millisecond so any wait for the loop is inside the decision
 latency:
-- signed updates verified and applied per second (``SiteSync.handle_message`` → verify threads →
-  ``Gate.apply_states``), and not-newer states skipped per second;
+- signed updates verified and applied per second (``SiteSync.handle_message`` → verifier processes →
+  ``Gate.apply_rows``), and not-newer states skipped per second;
 - cold start of an empty gate to ``--members`` members from a snapshot file;
 Through a real mosquitto on loopback:
 - the broker's own delivery rate of the retained members to a bare aiomqtt QoS 1 subscriber;
