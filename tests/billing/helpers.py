@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typer.testing import CliRunner
+
+from gated.billing_sync.cli import app
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.service import Billing, PlanSpec
@@ -99,3 +102,21 @@ def step(billing: Billing, clock: Clock, days: float) -> None:
     if days - whole:
         clock.advance(days - whole)
         billing.run_cycle()
+
+
+def write_cli_config(tmp: Path, database_url: str = "sqlite:///billing.db") -> Path:
+    """A billing.toml for CLI tests: one site, keys under keys/ (``keys init`` makes them)."""
+    path = tmp / "billing.toml"
+    path.write_text(
+        f'database_url = "{database_url}"\nstate_dir = "state"\nsites = ["downtown"]\n'
+        '[keys]\nhead_office_private_key_file = "keys/ho.pem"\n'
+        'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
+    )
+    return path
+
+
+def cli_ok(cfg: Path, *args: str) -> str:
+    """Run ``gated-billing ARGS -c CFG``; it must succeed. Returns its stdout."""
+    result = CliRunner().invoke(app, [*args, "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    return str(result.stdout)

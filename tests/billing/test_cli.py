@@ -13,18 +13,14 @@ from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
 from gated.contract import parse_qr_code
+from tests.billing.helpers import cli_ok, write_cli_config
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Path:
-    path = tmp_path / "billing.toml"
-    path.write_text(
-        'database_url = "sqlite:///billing.db"\nstate_dir = "state"\nsites = ["downtown"]\n'
-        '[keys]\nhead_office_private_key_file = "keys/ho.pem"\n'
-        'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
-    )
+    path = write_cli_config(tmp_path)
     assert run(path, "keys", "init").exit_code == 0
     assert (
         run(
@@ -51,10 +47,7 @@ def run(cfg: Path, *args: str) -> object:
     return result
 
 
-def ok(cfg: Path, *args: str) -> str:
-    result = runner.invoke(app, [*args, "-c", str(cfg)])
-    assert result.exit_code == 0, result.output
-    return str(result.stdout)
+ok = cli_ok
 
 
 def test_member_lifecycle_through_the_cli(cfg: Path, tmp_path: Path) -> None:

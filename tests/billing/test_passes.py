@@ -6,13 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from gated.billing_sync import reports, schema
-from gated.billing_sync.cli import app
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.contract import format_time
-from tests.billing.helpers import DAY, T0, make_billing, notices, published, step
+from tests.billing.helpers import (
+    DAY,
+    T0,
+    cli_ok,
+    make_billing,
+    notices,
+    published,
+    step,
+    write_cli_config,
+)
 
 
 def with_pass(tmp: Path) -> tuple[Billing, object]:
@@ -70,18 +77,10 @@ def test_a_frozen_pass_ends_later(tmp_path: Path) -> None:
 
 
 def test_passes_through_the_cli(tmp_path: Path) -> None:
-    cfg = tmp_path / "billing.toml"
-    cfg.write_text(
-        'database_url = "sqlite:///billing.db"\nstate_dir = "state"\nsites = ["downtown"]\n'
-        '[keys]\nhead_office_private_key_file = "keys/ho.pem"\n'
-        'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
-    )
-    runner = CliRunner()
+    cfg = write_cli_config(tmp_path)
 
     def ok(*args: str) -> str:
-        result = runner.invoke(app, [*args, "-c", str(cfg)])
-        assert result.exit_code == 0, result.output
-        return str(result.stdout)
+        return cli_ok(cfg, *args)
 
     ok("keys", "init")
     ok("plans", "add", "pass1", "--name", "Pass", "--price", "3900", "--no-auto-renew")

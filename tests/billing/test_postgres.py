@@ -11,15 +11,13 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 from sqlalchemy import func, inspect, select
-from typer.testing import CliRunner
 
 from gated.billing_sync import reports, schema
-from gated.billing_sync.cli import app
 from gated.billing_sync.gateway import ChargeResult
 from gated.billing_sync.metrics import registry_for
 from gated.billing_sync.server import apply_stripe_event
 from gated.billing_sync.store import HEAD_REVISION, current_revision, next_versions, open_store
-from tests.billing.helpers import make_billing, published, step
+from tests.billing.helpers import cli_ok, make_billing, published, step, write_cli_config
 from tests.billing.test_publisher import check_site, publisher_for, retained, wait_drained
 from tests.services import Mosquitto
 
@@ -55,7 +53,9 @@ def test_migrations_run_up_from_an_empty_database(postgres_url: str) -> None:
 
 def test_renewals_declines_and_versions_across_a_restart(tmp_path: Path, postgres_url: str) -> None:
     b, clock = make_billing(tmp_path, database_url=postgres_url)
-    b.add_member("m_ok", "Ok", plan_id="monthly", email="ok@example.org", payment_method="pm_sim_ok")
+    b.add_member(
+        "m_ok", "Ok", plan_id="monthly", email="ok@example.org", payment_method="pm_sim_ok"
+    )
     b.add_member(
         "m_soft",
         "Soft",
@@ -157,7 +157,6 @@ async def test_outbox_drains_to_mqtt_from_postgres(
         b.engine.dispose()
 
 
-
 def test_the_same_payment_reported_twice_at_once_is_booked_once(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -183,18 +182,10 @@ def test_the_same_payment_reported_twice_at_once_is_booked_once(
 
 
 def test_the_cli_runs_on_a_postgres_url(tmp_path: Path, postgres_url: str) -> None:
-    cfg = tmp_path / "billing.toml"
-    cfg.write_text(
-        f'database_url = "{postgres_url}"\nstate_dir = "state"\nsites = ["downtown"]\n'
-        '[keys]\nhead_office_private_key_file = "keys/ho.pem"\n'
-        'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
-    )
-    runner = CliRunner()
+    cfg = write_cli_config(tmp_path, postgres_url)
 
     def ok(*args: str) -> str:
-        result = runner.invoke(app, [*args, "-c", str(cfg)])
-        assert result.exit_code == 0, result.output
-        return str(result.stdout)
+        return cli_ok(cfg, *args)
 
     ok("keys", "init")
     ok("plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
