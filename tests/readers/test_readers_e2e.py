@@ -121,8 +121,14 @@ def test_cards_codes_enrolment_and_a_pcscd_restart_through_the_daemon(
     assert "pcscd" in readers(gate)["entry"]["detail"]
     stack.start()
     wait_for(lambda: readers(gate)["entry"]["state"] == "ok", timeout=15, what="recovery shown")
-    kinds = [e["kind"] for e in events(gate) if e["reader_id"] == "entry"]
-    assert "reader_fault" in kinds and kinds[-1] == "reader_ok"
+
+    # The state flips at once; its event is committed by the cache writer a moment later.
+    def recovery_events() -> list[str] | None:
+        kinds = [e["kind"] for e in events(gate) if e["reader_id"] == "entry"]
+        return kinds if kinds[-1] == "reader_ok" else None
+
+    kinds = wait_for(recovery_events, what="reader_ok event after the fault")
+    assert "reader_fault" in kinds
 
     gate.stop()
     log = gate.log.read_text().upper()
