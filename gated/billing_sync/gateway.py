@@ -125,11 +125,15 @@ class SimulatedGateway:
         self._clock = clock
         self._script = {pm: list(outcomes) for pm, outcomes in (script or {}).items()}
         self._lock = threading.Lock()
-        # Autocommit: every statement is durable on its own, like a provider's answer.
+        # Autocommit: every statement is committed on its own, like a provider's answer, and
+        # survives the process being killed (what the crash tests do). No fsync per statement:
+        # a simulator needs no power-loss durability, and with one a create + confirm took
+        # 0.46 ms of wall time (0.13 ms without).
         self._db = sqlite3.connect(
             str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
         )
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS intents (n INTEGER PRIMARY KEY, idempotency_key TEXT"
             " UNIQUE, payment_method TEXT, amount INTEGER, currency TEXT, state TEXT,"

@@ -30,6 +30,7 @@ from functools import cached_property, lru_cache
 from typing import Any, cast
 
 import nacl.signing
+import orjson
 from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert, or_, select, update
 
 from gated.billing_sync import engine as eng
@@ -1730,7 +1731,7 @@ class Billing:
             body["version"] = version
             # Stored unsigned and in any key order: the publisher and the snapshot serialize
             # canonically when they sign.
-            payload = json.dumps(body, separators=(",", ":"))
+            payload = orjson.dumps(body).decode()
             row = {
                 "mid": member_id,
                 "v": version,
@@ -2001,7 +2002,7 @@ def _sites(stored: str) -> tuple[list[str], str]:
 
 def _same_state(old_payload: str, new: dict[str, Any]) -> bool:
     """Equal apart from the version and issue time (``new`` has version 0 until one is taken)."""
-    old = json.loads(old_payload)
+    old = orjson.loads(old_payload)
     old["version"] = new["version"]
     old["issued_at"] = new["issued_at"]
     return bool(old == new)
