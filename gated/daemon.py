@@ -59,8 +59,8 @@ INDEX_COLUMNS = tuple(c.strip() for c in MEMBER_COLUMNS.split(","))
 _index_values = operator.itemgetter(*INDEX_COLUMNS)
 # Members applied between two gc.freeze() calls (see Gate.freeze_new_members).
 FREEZE_EVERY = 5000
-# The writer and verifier threads hold the GIL in Python code; a short switch interval lets the
-# loop thread (decisions) take it back within ~0.2 ms instead of the default 5 ms.
+# The cache writer and the executors' threads hold the GIL in Python code; a short switch interval
+# lets the loop thread (decisions) take it back within ~0.2 ms instead of the default 5 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 

@@ -6,9 +6,9 @@ jittered exponential backoff for as long as the gate runs.
 
 Incoming member states are cheap to refuse and dear to accept: a state whose version is not newer
 than the cache's is skipped on the loop before any signature work (a reconnect re-delivers every
-retained state); the rest are verified in batches on worker threads (libsodium releases the GIL)
-and handed to :meth:`Gate.apply_states`, which commits them and puts them into the index in slices,
-so a badge never waits behind a sync burst. Nothing that arrives can raise out of here: a message
+retained state); the rest are verified in batches in worker processes (at nice 19, so they only
+take what decisions leave) and handed to :meth:`Gate.apply_rows`, which commits them and puts them
+into the index in slices, so a badge never waits behind a sync burst. Nothing that arrives can raise out of here: a message
 that is forged, malformed, oversized or for another site is dropped, logged with its reason and
 counted in ``gatectl status``.
 
