@@ -1455,10 +1455,7 @@ class Billing:
             .join(payer, payer.c.id == m.c.payer_id, isouter=True)
             .where(m.c.id.in_(many(list(member_ids))))
         ).all()
-        return {
-            r.id: (r.pc, r.ppm) if r.ppm or r.pc else (r.customer_ref, r.payment_method)
-            for r in rows
-        }
+        return {r.id: _charge_method(r.customer_ref, r.payment_method, r.pc, r.ppm) for r in rows}
 
     def _dependants(self, conn: Connection, payer_ids: Sequence[str]) -> list[str]:
         return list(
@@ -1573,10 +1570,9 @@ class Billing:
                     activated=paid_through is not None and paid_through > row.started_at,
                     renews=plan_row is None or bool(plan_row.auto_renew),
                 )
-            if row.payer_method or row.payer_customer:
-                method = (row.payer_customer, row.payer_method)
-            else:
-                method = (row.customer_ref, row.payment_method)
+            method = _charge_method(
+                row.customer_ref, row.payment_method, row.payer_customer, row.payer_method
+            )
             email_to = row.email or row.payer_email
             out[member_id] = Facts(row, sub_row, plan_row, acct, invs, email_to, method)
         return out
@@ -1990,6 +1986,16 @@ class Billing:
             offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
             set_meta(conn, "clock_offset_s", offset)
         return offset
+
+
+def _charge_method(
+    customer: str | None, method: str | None, payer_customer: str | None, payer_method: str | None
+) -> tuple[str | None, str | None]:
+    """(customer, payment method) to charge: a dependant's payer's, when the member has a payer
+    with either on file, else the member's own."""
+    if payer_method or payer_customer:
+        return payer_customer, payer_method
+    return customer, method
 
 
 @lru_cache(maxsize=1024)  # members share a few site lists
