@@ -1078,11 +1078,8 @@ def verify_member_states(payloads: list[bytes]) -> tuple[list[bytes], int, str, 
             rejects.append("bad_signature")
         except (ContractError, ValueError, KeyError, TypeError, AttributeError):
             rejects.append("malformed")
-    chunks = [
-        pickle.dumps(rows[i : i + ROW_CHUNK], protocol=pickle.HIGHEST_PROTOCOL)
-        for i in range(0, len(rows), ROW_CHUNK)
-    ]
-    return chunks, len(rows), max((row["issued_at"] for row in rows), default=""), rejects
+    newest = max((row["issued_at"] for row in rows), default="")
+    return _pickled(rows), len(rows), newest, rejects
 
 
 def open_snapshot(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
@@ -1128,11 +1125,15 @@ def snapshot_rows(piece: bytes) -> tuple[list[bytes], int, int]:
             rows.append(member_row(state))
         else:
             dropped += 1
-    chunks = [
+    return _pickled(rows), len(rows), dropped
+
+
+def _pickled(rows: list[dict[str, Any]]) -> list[bytes]:
+    """In a verifier process: rows pickled ROW_CHUNK at a time for the writer thread."""
+    return [
         pickle.dumps(rows[i : i + ROW_CHUNK], protocol=pickle.HIGHEST_PROTOCOL)
         for i in range(0, len(rows), ROW_CHUNK)
     ]
-    return chunks, len(rows), dropped
 
 
 def _rows_from(chunks: queue.SimpleQueue[bytes | BaseException | None]) -> Iterator[dict[str, Any]]:
