@@ -36,7 +36,7 @@ import sqlite3
 import ssl
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -224,7 +224,11 @@ class SiteSync:
         self._batches = 0
         self._client: aiomqtt.Client | None = None
         self._wake_outbox = asyncio.Event()
-        self._batch: list[tuple[str, dict[str, Any], bytes]] = []
+        # States waiting for a verifier: full batches in order, then the one still filling (a
+        # deque, so taking a batch never copies a backlog of thousands).
+        self._ready: deque[list[tuple[str, int, bytes]]] = deque()
+        self._filling: list[tuple[str, int, bytes]] = []
+        self._waiting = 0
         self._batch_timer: asyncio.TimerHandle | None = None
         self._pending: dict[str, int] = {}
         self._inflight = 0
@@ -480,8 +484,12 @@ class SiteSync:
             self.skipped["not_newer"] += 1
             return
         self._pending[member_id] = version
-        self._batch.append((member_id, obj, payload))
-        if len(self._batch) >= VERIFY_BATCH:
+        filling = self._filling
+        filling.append((member_id, version, payload))
+        self._waiting += 1
+        if len(filling) >= VERIFY_BATCH:
+            self._ready.append(filling)
+            self._filling = []
             self._flush()
         elif self._batch_timer is None:
             self._batch_timer = asyncio.get_running_loop().call_later(BATCH_DELAY_S, self._flush)
@@ -490,14 +498,20 @@ class SiteSync:
         if self._batch_timer is not None:
             self._batch_timer.cancel()
             self._batch_timer = None
-        if not self._batch or self._batches >= self._max_batches:
+        if self._batches >= self._max_batches:
             return  # a batch that ends flushes again
-        batch, self._batch = self._batch[:VERIFY_BATCH], self._batch[VERIFY_BATCH:]
+        if self._ready:
+            batch = self._ready.popleft()
+        elif self._filling:
+            batch, self._filling = self._filling, []
+        else:
+            return
+        self._waiting -= len(batch)
         self._batches += 1
         self._inflight += len(batch)
         self._spawn(self._verify_and_apply(batch))
 
-    async def _verify_and_apply(self, batch: list[tuple[str, dict[str, Any], bytes]]) -> None:
+    async def _verify_and_apply(self, batch: list[tuple[str, int, bytes]]) -> None:
         loop = asyncio.get_running_loop()
         pool = self._pool
         try:
@@ -524,9 +538,10 @@ class SiteSync:
         finally:
             self._inflight -= len(batch)
             self._batches -= 1
-            for member_id, obj, _payload in batch:
-                if self._pending.get(member_id) == obj["version"]:
-                    del self._pending[member_id]
+            pending = self._pending
+            for member_id, version, _payload in batch:
+                if pending.get(member_id) == version:
+                    del pending[member_id]
             self._last_activity = time.monotonic()
             self._flush()
 
@@ -601,7 +616,7 @@ class SiteSync:
             await asyncio.sleep(0.25)
             if self._compared or self.manifest is None:
                 continue
-            if self._inflight or self._batch or time.monotonic() - self._last_activity < SETTLE_S:
+            if self._inflight or self._waiting or time.monotonic() - self._last_activity < SETTLE_S:
                 continue
             self._compared = True
             self._record_sync("retained")
@@ -934,7 +949,7 @@ class SiteSync:
             "applied": self.applied,
             "skipped": dict(self.skipped),
             "rejected": dict(self.rejected),
-            "pending_verification": self._inflight + len(self._batch),
+            "pending_verification": self._inflight + self._waiting,
             "commands": dict(self.commands),
             "events_published": self.published_events,
             "manifest": None
