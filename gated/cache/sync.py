@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 import httpx
 import orjson
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
 from gated import __version__
@@ -111,6 +112,11 @@ SNAPSHOT_MAX_BYTES = 1 << 30
 # ~0.1 ms.
 ROW_CHUNK = 64
 SNAPSHOT_PIECE = 5000
+# MQTT packets read per pass of the loop. paho's loop_read reads as many as this client has
+# unacknowledged messages of its own: during a sync, with events waiting for PUBACKs behind the
+# flood, that was hundreds of member states (20-60 ms) in one callback, and every badge waited
+# for all of them. The socket stays readable, so the rest is read on the next pass.
+READ_PACKETS_PER_PASS = 8
 RELEASE_SLICE = 1000
 SNAPSHOT_TIMEOUT_S = 120.0
 CONTACT_SAVE_INTERVAL_S = 30.0
@@ -364,6 +370,24 @@ class SiteSync:
 
         assert paho_client is not None
         paho_client.on_message = on_message
+        packet_read = getattr(paho_client, "_packet_read", None)
+        rc_handle = getattr(paho_client, "_loop_rc_handle", None)
+        if packet_read is None or rc_handle is None:
+            return
+
+        def loop_read(max_packets: int = 1) -> MQTTErrorCode:
+            """paho's loop_read (the same return codes), a few packets per call."""
+            for _ in range(READ_PACKETS_PER_PASS):
+                if paho_client._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = packet_read()
+                if rc > 0:
+                    return rc_handle(rc)  # type: ignore[no-any-return]
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    break
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+        paho_client.loop_read = loop_read
 
     async def _session(self) -> None:
         """One connection: subscribe, announce, then receive/drain/heartbeat until it breaks."""

@@ -107,3 +107,54 @@ def test_messages_are_taken_straight_from_the_installed_mqtt_client() -> None:
         (member_topic(SITE, "m_1"), b'{"x":1}'),
         ("bad_topic", b""),
     ]
+
+
+def test_a_loop_pass_reads_a_few_mqtt_packets_however_many_publishes_wait() -> None:
+    """paho reads as many packets per call as the client has unacknowledged publishes: during a
+    sync, with events waiting for PUBACKs behind the flood, that was hundreds of member states in
+    one loop callback, and a badge waited 20-60 ms behind them. The gate reads a few per pass."""
+    import asyncio
+
+    import aiomqtt
+    from paho.mqtt.enums import MQTTErrorCode
+
+    from gated.cache.sync import READ_PACKETS_PER_PASS, SiteSync
+
+    async def reads(results: list[MQTTErrorCode]) -> tuple[int, MQTTErrorCode, list[int]]:
+        sync = object.__new__(SiteSync)
+        client = aiomqtt.Client("127.0.0.1", 1)
+        sync._take_messages_directly(client)
+        paho_client = client._client
+        paho_client._out_messages.update({mid: object() for mid in range(500)})  # type: ignore[misc]
+        paho_client._sock = object()  # type: ignore[assignment]
+        calls = 0
+        handled: list[int] = []
+
+        def packet_read() -> MQTTErrorCode:
+            nonlocal calls
+            calls += 1
+            return results[calls - 1] if calls <= len(results) else MQTTErrorCode.MQTT_ERR_SUCCESS
+
+        def rc_handle(rc: int) -> MQTTErrorCode:
+            handled.append(rc)
+            return MQTTErrorCode(rc)
+
+        paho_client._packet_read = packet_read  # type: ignore[method-assign]
+        paho_client._loop_rc_handle = rc_handle  # type: ignore[method-assign]
+        sync._take_messages_directly(client)  # wraps the stubs, as on every connect
+        try:
+            rc = paho_client.loop_read()
+        finally:
+            paho_client._sock = None  # nothing for paho to close
+            paho_client._out_messages.clear()
+        return calls, rc, handled
+
+    # a flood waiting in the socket: a few packets, then back to the loop
+    assert asyncio.run(reads([])) == (READ_PACKETS_PER_PASS, MQTTErrorCode.MQTT_ERR_SUCCESS, [])
+    assert READ_PACKETS_PER_PASS < 500
+    # the socket drained: stop at once
+    again = [MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN]
+    assert asyncio.run(reads(again)) == (2, MQTTErrorCode.MQTT_ERR_SUCCESS, [])
+    # a broken link is handed to paho's own handling, as its loop_read does
+    lost = [MQTTErrorCode.MQTT_ERR_CONN_LOST]
+    assert asyncio.run(reads(lost)) == (1, MQTTErrorCode.MQTT_ERR_CONN_LOST, [7])
