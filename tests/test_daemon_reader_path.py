@@ -147,3 +147,47 @@ async def test_fire_opens_for_everyone_and_is_an_event(tmp_path: Path) -> None:
         gate.door.close()
         gate.writer.close()
         factory.close()
+
+
+async def test_new_records_are_frozen_without_a_collection_while_a_snapshot_holds_it_off(
+    gate_env: tuple[Gate, MockFactory, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every few thousand new members the gate moves its records out of the collector's reach.
+    While a snapshot has the collector off, its young generations hold everything the snapshot
+    made, and collecting them there cost a badge ~70 ms: then the records are only frozen."""
+    import gc
+
+    import gated.daemon as daemon
+    from gated.cache.index import member_row
+
+    gate = gate_env[0]
+    collected: list[int] = []
+    monkeypatch.setattr(daemon, "FREEZE_EVERY", 10)
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation) or 0)
+
+    def state(i: int) -> dict[str, Any]:
+        return {
+            "type": "member_state",
+            "member_id": f"m_{i}",
+            "sites": ["downtown"],
+            "version": 100 + i,
+            "status": "active",
+            "credentials": [],
+            "issued_at": "2026-11-26T00:00:00Z",
+        }
+
+    def rows(first: int) -> list[dict[str, Any]]:
+        return [member_row(state(i)) for i in range(first, first + 10)]
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        applied = await asyncio.wrap_future(gate.apply_rows(rows(10)))
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert len(applied) == 10 and gate.index.version_of("m_19") == 119
+    assert collected == []  # frozen, not collected
+    applied = await asyncio.wrap_future(gate.apply_rows(rows(20)))
+    assert len(applied) == 10 and gate.index.version_of("m_29") == 129
+    assert collected == [1]  # with the collector on, the young garbage goes first
