@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -90,69 +90,67 @@ def write_config(root: Path, keys: Path, extra: str) -> Path:
     return path
 
 
-class Decisions:
-    """A reader thread stamping a card every ``interval`` and handing it to the loop."""
+class Badging:
+    """A thread badging a card every ``interval`` (cards spread over ``members``) while in a
+    ``with`` block; ``badge(uid)`` is what one badge does."""
 
-    def __init__(self, gate: Any, members: int, interval: float = 0.001) -> None:
-        self.gate = gate
+    def __init__(self, members: int, interval: float) -> None:
         self.members = members
         self.interval = interval
-        self.latencies: list[int] = []
         self._stop = threading.Event()
-        self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def badge(self, uid: str) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            self.badge(uid_of(i % self.members))
+            i += 7919
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Decisions(Badging):
+    """A reader thread stamping a card and handing it to the loop, as hardware readers do."""
+
+    def __init__(self, gate: Any, members: int, interval: float = 0.001) -> None:
+        super().__init__(members, interval)
+        self.gate = gate
+        self.latencies: list[int] = []
+        self._loop = asyncio.get_running_loop()
 
     def _decide(self, credential: Credential) -> None:
         self.latencies.append(self.gate.on_credential(credential)["latency_us"])
 
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            cred = Credential("card", uid_of(i % self.members), "bench")
-            self._loop.call_soon_threadsafe(self._decide, cred)
-            i += 7919
-            time.sleep(self.interval)
-
-    def __enter__(self) -> Decisions:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def badge(self, uid: str) -> None:
+        self._loop.call_soon_threadsafe(self._decide, Credential("card", uid, "bench"))
 
 
-class Badger:
-    """A thread badging a card through a running daemon's control socket every ``interval``:
-    the daemon's own latency (sim reader's read → relay driven) and the client's round trip,
-    which adds the socket, the JSON and the wait for the loop to read the request."""
+class Badger(Badging):
+    """Badges through a running daemon's control socket: the daemon's own latency (sim reader's
+    read → relay driven) and the client's round trip, which adds the socket, the JSON and the
+    wait for the loop to read the request."""
 
     def __init__(self, sock: Path, members: int, interval: float = 0.002) -> None:
+        super().__init__(members, interval)
         self.sock = sock
-        self.members = members
-        self.interval = interval
         self.gate_us: list[int] = []
         self.round_trip_us: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            t0 = time.perf_counter_ns()
-            reply = control(self.sock, "badge", {"card": uid_of(i % self.members)})
-            self.round_trip_us.append((time.perf_counter_ns() - t0) // 1000)
-            self.gate_us.append(reply["latency_us"])
-            i += 7919
-            time.sleep(self.interval)
-
-    def __enter__(self) -> Badger:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def badge(self, uid: str) -> None:
+        t0 = time.perf_counter_ns()
+        reply = control(self.sock, "badge", {"card": uid})
+        self.round_trip_us.append((time.perf_counter_ns() - t0) // 1000)
+        self.gate_us.append(reply["latency_us"])
 
 
 async def make_gate(config: Path) -> tuple[Any, Any]:
