@@ -116,9 +116,13 @@ def test_a_loop_pass_reads_a_few_mqtt_packets_however_many_publishes_wait() -> N
     import asyncio
 
     import aiomqtt
+    from paho.mqtt.client import Client as PahoClient
     from paho.mqtt.enums import MQTTErrorCode
 
     from gated.cache.sync import READ_PACKETS_PER_PASS, SiteSync
+
+    # paho's own pieces the bounded read is made of (without them the gate keeps paho's read)
+    assert callable(PahoClient._packet_read) and callable(PahoClient._loop_rc_handle)
 
     async def reads(results: list[MQTTErrorCode]) -> tuple[int, MQTTErrorCode, list[int]]:
         sync = object.__new__(SiteSync)
