@@ -11,6 +11,7 @@ from typing import Any
 
 import aiomqtt
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from gated.billing_sync import schema
@@ -288,3 +289,48 @@ def test_metrics_count_recoveries_and_refused_webhooks(tmp_path: Path) -> None:
     assert refused.status_code == 400
     assert "gated_billing_recoveries_total 1.0" in text
     assert 'gated_billing_webhook_failures_total{reason="bad_signature"}' in text
+
+
+class _StuckClient:
+    """A client whose disconnect never completes (a broker or socket that never answers)."""
+
+    def __init__(self) -> None:
+        self.exited = False
+
+    async def __aenter__(self) -> _StuckClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.exited = True
+        await asyncio.Event().wait()
+
+
+async def test_a_stopped_publisher_does_not_wait_forever_for_its_disconnect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiomqtt waits for its DISCONNECT to complete with no time limit; a publisher being
+    stopped (or failing) leaves after DISCONNECT_TIMEOUT_S, and what stopped it still surfaces."""
+    from gated.billing_sync import publisher as module
+
+    monkeypatch.setattr(module, "DISCONNECT_TIMEOUT_S", 0.1)
+
+    stuck = _StuckClient()
+
+    async def serve() -> None:
+        async with module._session(stuck):  # type: ignore[arg-type]
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(serve())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert stuck.exited and time.monotonic() - started < 2
+
+    async def lose_the_link() -> None:
+        async with module._session(_StuckClient()):  # type: ignore[arg-type]
+            raise aiomqtt.MqttError("link lost")
+
+    with pytest.raises(aiomqtt.MqttError, match="link lost"):
+        await asyncio.wait_for(lose_the_link(), 5)
