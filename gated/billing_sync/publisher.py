@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiomqtt
 from sqlalchemy import Engine, select, update
@@ -25,6 +25,7 @@ from gated.contract import (
     manifest_topic,
     member_topic,
 )
+from gated.mqtt_session import session
 
 log = logging.getLogger("gated.billing.mqtt")
 
@@ -47,33 +48,6 @@ def client_for(cfg: BillingMqttConfig, client_id: str) -> aiomqtt.Client:
         clean_session=False,
         keepalive=30,
     )
-
-
-# aiomqtt's exit waits for its DISCONNECT to complete with no time limit: stopping the publisher
-# (service stop, a test's teardown) must not hang on a broker or socket that never answers.
-DISCONNECT_TIMEOUT_S = 5.0
-
-
-@contextlib.asynccontextmanager
-async def _session(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
-    """``async with client``, with the disconnect on the way out bounded."""
-    await client.__aenter__()
-    try:
-        yield client
-    except BaseException as exc:
-        await _leave(client, exc)
-        raise
-    await _leave(client, None)
-
-
-async def _leave(client: aiomqtt.Client, exc: BaseException | None) -> None:
-    try:
-        await asyncio.wait_for(
-            client.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None),
-            DISCONNECT_TIMEOUT_S,
-        )
-    except TimeoutError:
-        log.warning("event=mqtt_disconnect_timeout seconds=%.0f", DISCONNECT_TIMEOUT_S)
 
 
 class Publisher:
@@ -106,7 +80,7 @@ class Publisher:
         delay = 0.2
         while True:
             try:
-                async with _session(client_for(self.cfg, self.cfg.client_id)) as client:
+                async with session(client_for(self.cfg, self.cfg.client_id)) as client:
                     delay = 0.2
                     self.connected.set()
                     log.info("event=mqtt_connected url=%s", self.cfg.url)

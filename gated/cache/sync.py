@@ -75,6 +75,7 @@ from gated.contract import (
 )
 from gated.control import ControlError
 from gated.doctor import Check
+from gated.mqtt_session import session
 
 if TYPE_CHECKING:
     from gated.config import HeadOfficeConfig, MqttConfig
@@ -392,7 +393,7 @@ class SiteSync:
     async def _session(self) -> None:
         """One connection: subscribe, announce, then receive/drain/heartbeat until it breaks."""
         client = self._make_client()
-        async with client:
+        async with session(client):
             self._client = client
             self.connected = True
             self.connects += 1

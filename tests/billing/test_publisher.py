@@ -308,16 +308,16 @@ class _StuckClient:
 async def test_a_stopped_publisher_does_not_wait_forever_for_its_disconnect(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """aiomqtt waits for its DISCONNECT to complete with no time limit; a publisher being
-    stopped (or failing) leaves after DISCONNECT_TIMEOUT_S, and what stopped it still surfaces."""
-    from gated.billing_sync import publisher as module
+    """aiomqtt waits for its DISCONNECT to complete with no time limit; a publisher (or a gate)
+    being stopped or failing leaves after DISCONNECT_TIMEOUT_S, and what stopped it surfaces."""
+    from gated import mqtt_session as module
 
     monkeypatch.setattr(module, "DISCONNECT_TIMEOUT_S", 0.1)
 
     stuck = _StuckClient()
 
     async def serve() -> None:
-        async with module._session(stuck):  # type: ignore[arg-type]
+        async with module.session(stuck):  # type: ignore[arg-type]
             await asyncio.Event().wait()
 
     task = asyncio.create_task(serve())
@@ -329,7 +329,7 @@ async def test_a_stopped_publisher_does_not_wait_forever_for_its_disconnect(
     assert stuck.exited and time.monotonic() - started < 2
 
     async def lose_the_link() -> None:
-        async with module._session(_StuckClient()):  # type: ignore[arg-type]
+        async with module.session(_StuckClient()):  # type: ignore[arg-type]
             raise aiomqtt.MqttError("link lost")
 
     with pytest.raises(aiomqtt.MqttError, match="link lost"):
