@@ -235,7 +235,6 @@ class SiteSync:
         # deque, so taking a batch never copies a backlog of thousands).
         self._ready: deque[list[tuple[str, int, bytes]]] = deque()
         self._filling: list[tuple[str, int, bytes]] = []
-        self._waiting = 0
         self._batch_timer: asyncio.TimerHandle | None = None
         self._pending: dict[str, int] = {}
         self._inflight = 0
@@ -511,7 +510,6 @@ class SiteSync:
         self._pending[member_id] = version
         filling = self._filling
         filling.append((member_id, version, payload))
-        self._waiting += 1
         if len(filling) >= VERIFY_BATCH:
             self._ready.append(filling)
             self._filling = []
@@ -531,10 +529,14 @@ class SiteSync:
             batch, self._filling = self._filling, []
         else:
             return
-        self._waiting -= len(batch)
         self._batches += 1
         self._inflight += len(batch)
         self._spawn(self._verify_and_apply(batch))
+
+    @property
+    def _waiting(self) -> int:
+        """States not yet handed to a verifier (every batch in ``_ready`` is full)."""
+        return len(self._ready) * VERIFY_BATCH + len(self._filling)
 
     async def _verify_and_apply(self, batch: list[tuple[str, int, bytes]]) -> None:
         loop = asyncio.get_running_loop()
