@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -25,6 +26,9 @@ from gated.contract import (
     parse_timestamp,
 )
 from gated.policy.decide import Member, Window, compile_schedule
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _schedules: dict[str, tuple[Window, ...]] = {}
 _zone_sets: dict[str, frozenset[str]] = {}
@@ -167,6 +171,55 @@ def member_from_state(state: Mapping[str, Any]) -> Member:
     return member_from_row(tuple(row[c.strip()] for c in MEMBER_COLUMNS.split(",")))
 
 
+SHARDS = 256
+
+
+class ShardedDict(Generic[K, V]):
+    """A dict split in :data:`SHARDS` by the key's hash, so that it never grows all at once.
+
+    A dict doubles its table when it fills, rehashing every entry in one call that holds the GIL:
+    5 ms at 87,000 members, in the middle of a snapshot, with a badge waiting. Split in 256, each
+    part grows on its own, ~20 µs at a time, and the whole takes no more memory (each part
+    still grows by the same rule). A lookup costs one more hash-and-index (~0.1 µs).
+    """
+
+    __slots__ = ("_shards",)
+
+    def __init__(self) -> None:
+        self._shards: list[dict[K, V]] = [{} for _ in range(SHARDS)]
+
+    def shard(self, key: K) -> dict[K, V]:
+        """The part that holds ``key``: bulk loads write to it directly."""
+        return self._shards[hash(key) & (SHARDS - 1)]
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        return self._shards[hash(key) & (SHARDS - 1)].get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        return self._shards[hash(key) & (SHARDS - 1)][key]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._shards[hash(key) & (SHARDS - 1)][key] = value
+
+    def __delitem__(self, key: K) -> None:
+        del self._shards[hash(key) & (SHARDS - 1)][key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shards[hash(key) & (SHARDS - 1)]
+
+    def __len__(self) -> int:
+        return sum(map(len, self._shards))
+
+    def __iter__(self) -> Iterator[K]:
+        return itertools.chain.from_iterable(self._shards)
+
+    def values(self) -> Iterator[V]:
+        return itertools.chain.from_iterable(s.values() for s in self._shards)
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        return itertools.chain.from_iterable(s.items() for s in self._shards)
+
+
 class MemberIndex:
     """Members by card key and by id, with the site digest kept up to date in O(1) per change.
 
@@ -177,8 +230,8 @@ class MemberIndex:
     __slots__ = ("_digest", "by_id", "by_key", "count", "max_version")
 
     def __init__(self) -> None:
-        self.by_key: dict[bytes, Member] = {}
-        self.by_id: dict[str, Member] = {}
+        self.by_key: ShardedDict[bytes, Member] = ShardedDict()
+        self.by_id: ShardedDict[str, Member] = ShardedDict()
         self.count = 0
         self.max_version = 0
         self._digest = 0
@@ -217,14 +270,14 @@ class MemberIndex:
     def load(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Bulk-load member rows at start-up (unique ids, an empty index): ``put`` without the
         version comparison and removal work, for ~2x faster start with a big site."""
-        by_id = self.by_id
-        by_key = self.by_key
+        id_shard = self.by_id.shard
+        key_shard = self.by_key.shard
         acc = self._digest
         count = self.count
         max_version = self.max_version
         for row in rows:
             member = member_from_row(row)
-            by_id[member.member_id] = member
+            id_shard(member.member_id)[member.member_id] = member
             if member.version > max_version:
                 max_version = member.version
             if member.status == "erased":
@@ -232,17 +285,14 @@ class MemberIndex:
             count += 1
             acc ^= digest_term(member.member_id, member.version)
             creds = member.credentials
-            if len(creds) == 32:
-                by_key[creds] = member
-            else:
-                for key in card_keys(creds):
-                    by_key[key] = member
+            for key in card_keys(creds):
+                key_shard(key)[key] = member
         self._digest = acc
         self.count = count
         self.max_version = max_version
 
     def __iter__(self) -> Iterator[Member]:
-        return iter(self.by_id.values())
+        return self.by_id.values()
 
     def __len__(self) -> int:
         return self.count
