@@ -10,7 +10,6 @@ crash-safe protocol, payments, receipts, new MemberStates with versions and the 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import func, insert, select
 
 from gated.billing_sync import schema
+from gated.billing_sync.cli import settle_collector
 from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.service import Billing, PlanSpec
@@ -59,8 +59,7 @@ def main() -> None:
             engine, config, SimulatedGateway(clock=clock), Keys.load(config.keys), clock
         )
         # As gated-billing's build() does once the service is wired.
-        gc.collect()
-        gc.freeze()
+        settle_collector()
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
         t = time.perf_counter()
         ids = [f"m{i:07d}" for i in range(args.members)]
