@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from gated.billing_sync import schema
-from gated.billing_sync.notices import deliver, format_amount, render
+from gated.billing_sync.notices import TEMPLATES, deliver, format_amount, render
 from gated.config import SmtpConfig
 from tests.billing.helpers import make_billing, step
 from tests.services import free_port
@@ -49,6 +50,19 @@ def test_amounts_and_templates() -> None:
     assert "59.38 EUR" in n.body and n.subject == "Your membership is suspended"
     with pytest.raises(KeyError):
         render("receipt", "a@x", "m1", name="Ann")  # a missing placeholder is a bug
+
+
+@pytest.mark.parametrize("kind", sorted(TEMPLATES))
+def test_templates_fill_as_string_template_does(kind: str) -> None:
+    # Values with braces and dollars are data, never placeholders.
+    names = {"name", "amount", "invoice", "reason", "retry_on", "next_step", "link", "plan"}
+    values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
+    n = render(kind, "a@x", "m1", **values)
+    subject, body = TEMPLATES[kind]
+    assert (n.subject, n.body) == (
+        Template(subject).substitute(values),
+        Template(body).substitute(values),
+    )
 
 
 def test_dunning_notices_are_delivered_by_smtp(tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
