@@ -172,6 +172,7 @@ def member_from_state(state: Mapping[str, Any]) -> Member:
 
 
 SHARDS = 256
+_SHARD_MASK = SHARDS - 1
 
 
 class ShardedDict(Generic[K, V]):
@@ -190,22 +191,22 @@ class ShardedDict(Generic[K, V]):
 
     def shard(self, key: K) -> dict[K, V]:
         """The part that holds ``key``: bulk loads write to it directly."""
-        return self._shards[hash(key) & (SHARDS - 1)]
+        return self._shards[hash(key) & _SHARD_MASK]
 
     def get(self, key: K, default: V | None = None) -> V | None:
-        return self._shards[hash(key) & (SHARDS - 1)].get(key, default)
+        return self._shards[hash(key) & _SHARD_MASK].get(key, default)
 
     def __getitem__(self, key: K) -> V:
-        return self._shards[hash(key) & (SHARDS - 1)][key]
+        return self._shards[hash(key) & _SHARD_MASK][key]
 
     def __setitem__(self, key: K, value: V) -> None:
-        self._shards[hash(key) & (SHARDS - 1)][key] = value
+        self._shards[hash(key) & _SHARD_MASK][key] = value
 
     def __delitem__(self, key: K) -> None:
-        del self._shards[hash(key) & (SHARDS - 1)][key]
+        del self._shards[hash(key) & _SHARD_MASK][key]
 
     def __contains__(self, key: object) -> bool:
-        return key in self._shards[hash(key) & (SHARDS - 1)]
+        return key in self._shards[hash(key) & _SHARD_MASK]
 
     def __len__(self) -> int:
         return sum(map(len, self._shards))
@@ -245,24 +246,29 @@ class MemberIndex:
     def digest(self) -> str:
         return digest_hex(self._digest)
 
-    def put(self, member: Member) -> bool:
-        """Apply a record if newer than what is held; True if it changed the index."""
-        old = self.by_id.get(member.member_id)
+    def put(self, member: Member, term: int | None = None) -> bool:
+        """Apply a record if newer than what is held; True if it changed the index. ``term`` is
+        the member's :func:`digest_term` if the caller made it already (off the loop)."""
+        member_id = member.member_id
+        ids = self.by_id._shards[hash(member_id) & _SHARD_MASK]
+        key_shards = self.by_key._shards
+        old = ids.get(member_id)
         if old is not None:
             if member.version <= old.version:
                 return False
             for key in card_keys(old.credentials):
-                if self.by_key.get(key) is old:
-                    del self.by_key[key]
+                shard = key_shards[hash(key) & _SHARD_MASK]
+                if shard.get(key) is old:
+                    del shard[key]
             if old.status != "erased":
                 self.count -= 1
-                self._digest ^= digest_term(old.member_id, old.version)
-        self.by_id[member.member_id] = member
+                self._digest ^= digest_term(member_id, old.version)
+        ids[member_id] = member
         if member.status != "erased":
             self.count += 1
-            self._digest ^= digest_term(member.member_id, member.version)
+            self._digest ^= digest_term(member_id, member.version) if term is None else term
             for key in card_keys(member.credentials):
-                self.by_key[key] = member
+                key_shards[hash(key) & _SHARD_MASK][key] = member
         if member.version > self.max_version:
             self.max_version = member.version
         return True
