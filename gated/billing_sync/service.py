@@ -69,6 +69,8 @@ log = logging.getLogger("gated.billing")
 FINAL_ATTEMPT_STATES = ("succeeded", "failed", "requires_action")
 OPEN_ATTEMPT_STATES = ("new", "created", "processing")
 PROCESSING_POLL_S = 3600
+# A member's payer, joined to the member: made once, as an alias builds its columns anew.
+_PAYER = s.members.alias("payer")
 
 
 class BillingError(Exception):
@@ -1442,8 +1444,7 @@ class Billing:
         self, conn: Connection, member_ids: Iterable[str]
     ) -> dict[str, tuple[str | None, str | None]]:
         """(customer, payment method) to charge per member: a dependant is charged to the payer."""
-        m = s.members
-        payer = m.alias("payer")
+        m, payer = s.members, _PAYER
         rows = conn.execute(
             select(
                 m.c.id,
@@ -1473,7 +1474,7 @@ class Billing:
             return {}
         m, sub, p, inv, a = s.members, s.subscriptions, s.plans, s.invoices, s.payment_attempts
         out: dict[str, Facts] = {}
-        payer = m.alias("payer")
+        payer = _PAYER
         # One row per member with its subscription (the two tables share no column name, so the
         # row serves as both) and what a payer contributes: e-mail and the card to charge.
         members = fetch(
@@ -1651,6 +1652,8 @@ class Billing:
     def _publish(
         self, conn: Connection, facts: dict[str, Facts], own: dict[str, str], now: int, force: bool
     ) -> None:
+        if not facts:
+            return
         ids = list(facts)
         ms = s.member_states
         current = {
