@@ -383,15 +383,16 @@ class Gate:
         Returns a Future resolved with the rows that were newer, once they are committed and
         visible to decisions.
         """
-        return self._commit_then_index(lambda s: s.apply_states(states))
+        return self._commit_then_index(lambda s, each: s.apply_states(states, each))
 
     def apply_rows(self, rows: Iterable[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
         """As :meth:`apply_states`, for rows ``member_row`` already made (in the sync's verifier
         processes, so the writer thread holds the GIL less while decisions run)."""
-        return self._commit_then_index(lambda s: s.apply_rows(rows))
+        return self._commit_then_index(lambda s, each: s.apply_rows(rows, each))
 
     def _commit_then_index(
-        self, write: Callable[[CacheStore], list[dict[str, Any]]]
+        self,
+        write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], list[dict[str, Any]]],
     ) -> Future[list[dict[str, Any]]]:
         loop = asyncio.get_running_loop()
         result: Future[list[dict[str, Any]]] = Future()
@@ -400,10 +401,17 @@ class Gate:
             store: CacheStore,
         ) -> tuple[list[dict[str, Any]], list[Member], list[int]]:
             # The index records and their digest terms (a SHA-256 each) are made here, on the
-            # writer's thread, not on the loop: that leaves each index slice a third of the work.
-            rows = write(store)
-            members = [member_from_row(_index_values(row)) for row in rows]
-            return rows, members, [digest_term(m.member_id, m.version) for m in members]
+            # writer's thread, as each row is applied (a snapshot's next rows are still being
+            # made meanwhile): that leaves the loop's index slices a third of the work.
+            members: list[Member] = []
+            terms: list[int] = []
+
+            def make(row: dict[str, Any]) -> None:
+                member = member_from_row(_index_values(row))
+                members.append(member)
+                terms.append(digest_term(member.member_id, member.version))
+
+            return write(store, make), members, terms
 
         def done(f: Future[tuple[list[dict[str, Any]], list[Member], list[int]]]) -> None:
             loop.call_soon_threadsafe(self._apply_to_index, f, result)

@@ -137,20 +137,32 @@ class CacheStore:
         self.conn.execute("PRAGMA shrink_memory")  # give back the pages the full scan cached
         return index
 
-    def apply_states(self, states: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def apply_states(
+        self,
+        states: Iterable[Mapping[str, Any]],
+        each: Callable[[dict[str, Any]], object] | None = None,
+    ) -> list[dict[str, Any]]:
         """Upsert states in one transaction; returns the rows that were newer and applied.
 
-        Call inside :meth:`transaction` or alone (it opens its own).
+        ``each`` is called with every applied row as it is applied (the gate makes its index
+        records there, while a sync's next rows are still being made). Call inside
+        :meth:`transaction` or alone (it opens its own).
         """
-        return self.apply_rows(member_row(state) for state in states)
+        return self.apply_rows((member_row(state) for state in states), each)
 
-    def apply_rows(self, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    def apply_rows(
+        self,
+        rows: Iterable[dict[str, Any]],
+        each: Callable[[dict[str, Any]], object] | None = None,
+    ) -> list[dict[str, Any]]:
         """As :meth:`apply_states`, for rows ``member_row`` already made."""
         applied: list[dict[str, Any]] = []
         with self.transaction():
             for row in rows:
                 if self.conn.execute(_UPSERT, row).rowcount:
                     applied.append(row)
+                    if each is not None:
+                        each(row)
         return applied
 
     def rows_above(self, version: int) -> list[tuple[Any, ...]]:

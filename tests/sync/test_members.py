@@ -162,3 +162,28 @@ def test_a_loop_pass_reads_a_few_mqtt_packets_however_many_publishes_wait() -> N
     # a broken link is handed to paho's own handling, as its loop_read does
     lost = [MQTTErrorCode.MQTT_ERR_CONN_LOST]
     assert asyncio.run(reads(lost)) == (1, MQTTErrorCode.MQTT_ERR_CONN_LOST, [7])
+
+
+def test_every_verifier_process_is_started_before_the_first_sync() -> None:
+    """The pool starts a process only when a job finds none idle: warming it with one job left
+    the others to start in the middle of the first sync, holding badges up for ~30 ms."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from gated.cache.sync import VERIFY_PROCESSES, SiteSync
+
+    async def started() -> int:
+        sync = object.__new__(SiteSync)
+        sync.site = SITE
+        sync._public_keys = [
+            Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        ]
+        sync._pool = sync._new_pool()
+        try:
+            await sync.start_verifiers()
+            return len(sync._pool._processes)  # type: ignore[attr-defined]
+        finally:
+            sync._pool.shutdown()
+
+    assert asyncio.run(started()) == VERIFY_PROCESSES
