@@ -125,6 +125,9 @@ class SimulatedGateway:
         self._clock = clock
         self._script = {pm: list(outcomes) for pm, outcomes in (script or {}).items()}
         self._lock = threading.Lock()
+        # The payment method of each intent this object created and has not confirmed yet, so
+        # that confirming one is a single UPDATE (a SELECT first cost ~8 us per charge).
+        self._unconfirmed: dict[int, str] = {}
         # Autocommit: every statement is committed on its own, like a provider's answer, and
         # survives the process being killed (what the crash tests do). No fsync per statement:
         # a simulator needs no power-loss durability, and with one a create + confirm took
@@ -174,6 +177,8 @@ class SimulatedGateway:
                 (n,) = self._db.execute(
                     "SELECT n FROM intents WHERE idempotency_key = ?", (idempotency_key,)
                 ).fetchone()
+            else:
+                self._unconfirmed[n] = payment_method
             return f"pi_sim_{n:010d}"
 
     def confirm_intent(
@@ -181,18 +186,23 @@ class SimulatedGateway:
     ) -> ChargeResult:
         """Charge once: confirming an intent that was already confirmed returns its result."""
         with self._lock:
-            row = self._row(intent_id)
-            if row[0] != "requires_confirmation":
-                return self._settle(intent_id)
-            pm = row[3]
+            n = _number(intent_id)
+            pm = self._unconfirmed.pop(n, None)
+            if pm is None:
+                row = self._row(intent_id)
+                if row[0] != "requires_confirmation":
+                    return self._settle(intent_id)
+                pm = row[3]
             state, decline, advice = self._outcome(pm)
             if return_url is not None and decline == "authentication_required":
                 state, decline, advice = "succeeded", None, None
-            self._db.execute(
+            cur = self._db.execute(
                 "UPDATE intents SET state = ?, decline_code = ?, advice_code = ?, confirmed_at = ?"
-                " WHERE n = ?",
-                (state, decline, advice, self._clock(), _number(intent_id)),
+                " WHERE n = ? AND state = 'requires_confirmation'",
+                (state, decline, advice, self._clock(), n),
             )
+            if cur.rowcount == 0:  # another process sharing the file confirmed it first
+                return self._settle(intent_id)
             return ChargeResult(intent_id, state, decline, advice)
 
     def retrieve_intent(self, intent_id: str) -> ChargeResult:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from gated.billing_sync import schema
 from gated.billing_sync.engine import FreezeRefused
-from gated.billing_sync.gateway import ChargeResult, SimulatedGateway
+from gated.billing_sync.gateway import ChargeResult, GatewayRejected, SimulatedGateway
 from gated.billing_sync.service import Billing, BillingError, PlanSpec
 from gated.contract import card_key, parse_time, site_digest
 from tests.billing.helpers import DAY, Clock, make_billing, notices, published, step
@@ -487,3 +487,33 @@ def test_qr_pass_verifies_with_the_published_app_key(billing: tuple[Billing, Clo
     assert member_id == "m1" and key.verify(signed_bytes, signature) == signed_bytes
     b.erase("m1")
     assert published(b, "m1")["qr_key"] is None
+
+
+def test_simulated_intent_is_charged_once_however_often_confirmed(tmp_path: Path) -> None:
+    clock = Clock()
+    gw = SimulatedGateway(tmp_path / "sim.db", clock=clock)
+    # The same file opened by another process (a CLI command beside `serve`).
+    other = SimulatedGateway(tmp_path / "sim.db", clock=clock)
+
+    def intent(key: str, pm: str) -> str:
+        return gw.create_intent(
+            customer_ref="cus_1",
+            payment_method=pm,
+            amount=5938,
+            currency="EUR",
+            idempotency_key=key,
+            metadata={},
+        )
+
+    ok = intent("inv1-a1", "pm_sim_ok")
+    assert intent("inv1-a1", "pm_sim_ok") == ok  # the idempotency key finds the same intent
+    assert gw.confirm_intent(ok, "inv1-a1").state == "succeeded"
+    assert gw.confirm_intent(ok, "inv1-a1").state == "succeeded"
+    assert other.confirm_intent(ok, "inv1-a1").state == "succeeded"
+    # Confirmed elsewhere first: this object's own confirm answers with that result.
+    declined = intent("inv2-a1", "pm_sim_decline_insufficient_funds")
+    assert other.confirm_intent(declined, "inv2-a1").decline_code == "insufficient_funds"
+    assert gw.confirm_intent(declined, "inv2-a1").decline_code == "insufficient_funds"
+    assert gw.charged_total() == other.charged_total() == 5938
+    with pytest.raises(GatewayRejected):
+        gw.confirm_intent("pi_sim_0000000099", "inv3-a1")
