@@ -107,7 +107,7 @@ def connect(path: Path, durability: Durability = "crash") -> sqlite3.Connection:
     # A small page cache: the hot path reads memory, not SQLite, and the OS page cache serves
     # the rest; a big one would hold tens of MiB of a Pi's memory for nothing once loaded.
     conn.execute("PRAGMA cache_size=-4096")
-    # Bound the WAL: checkpoint every ~4 MiB so it never grows without limit on an SD card.
+    # Bound the WAL: checkpoint every 1,000 pages (~1 MiB) so it never grows on an SD card.
     conn.execute("PRAGMA wal_autocheckpoint=1000")
     conn.executescript(SCHEMA)
     return conn
