@@ -4,10 +4,6 @@ URL) migrated to the newest schema with Alembic, plus the few helpers every modu
 from __future__ import annotations
 
 import json
-import logging
-import sqlite3
-import threading
-import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -41,8 +37,6 @@ from gated.billing_sync import schema
 if TYPE_CHECKING:
     from alembic.config import Config
 
-log = logging.getLogger("gated.billing.store")
-
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration; a store already there skips loading Alembic (faster CLI start).
 # tests/billing/test_store.py checks this against the migration scripts.
@@ -60,11 +54,8 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
     = "power"`` selects FULL for hosts that lose power without warning.
     """
     is_sqlite = url.startswith("sqlite")
-    file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if file == ":memory:":
-        file = None
-    if file is not None:
-        Path(file).parent.mkdir(parents=True, exist_ok=True)
+    if is_sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True)
     if is_sqlite:
         sync = "FULL" if durability == "power" else "NORMAL"
@@ -80,73 +71,11 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
             # past ~10k members (TESTSTACK.md: 2-3x faster upserts with a larger cache or mmap).
             cur.execute("PRAGMA cache_size=-65536")
             cur.execute("PRAGMA mmap_size=268435456")
-            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             cur.close()
-
-        if file is not None:
-            checkpointer = WalCheckpointer(file)
-            event.listen(engine, "commit", lambda _conn: checkpointer.wake())
-            event.listen(engine, "engine_disposed", lambda _engine: checkpointer.stop())
-            weakref.finalize(engine, checkpointer.stop)
 
     if migrate:
         upgrade(engine)
     return engine
-
-
-# SQLite copies the WAL back into the database file (a checkpoint) inside the commit that takes
-# the WAL past wal_autocheckpoint pages: at the default of 1,000 that was a commit in a few of a
-# renewal cycle, and two thirds of the time the cycle spent committing. WalCheckpointer does
-# that copying on a thread of its own, beside the writer, and the writer's own checkpoint only
-# comes in as a backstop at this many pages (40 MB at 4 KiB a page).
-WAL_AUTOCHECKPOINT_PAGES = 10_000
-
-
-class WalCheckpointer:
-    """Copies committed WAL pages back into an SQLite database file on a thread of its own,
-    woken by the store's commits.
-
-    Its checkpoints are PASSIVE: they copy what is committed and never wait for, or hold up,
-    the writer or a reader (sqlite.org/wal.html suggests this for applications that must not
-    stall on a checkpoint). Durability is SQLite's as ever: a commit is in the WAL whether or not
-    it has been copied yet, and a page is copied only after the WAL is synced.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Something was committed (or is being): copy it back soon."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """End the thread once the checkpoint under way, if any, is done."""
-        self._stopping = True
-        self._wake.set()
-
-    def checkpoint(self, db: sqlite3.Connection) -> tuple[int, int, int]:
-        """One PASSIVE checkpoint: (busy, pages in the WAL, pages copied back)."""
-        busy, wal_pages, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(busy), int(wal_pages), int(copied)
-
-    def _run(self) -> None:
-        db = sqlite3.connect(self._path)
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping:
-                    return
-                self.checkpoint(db)
-        except sqlite3.Error as exc:
-            # The writer's own checkpoint at WAL_AUTOCHECKPOINT_PAGES keeps the WAL bounded.
-            log.warning("event=wal_checkpoint_failed error=%s", exc)
-        finally:
-            db.close()
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
