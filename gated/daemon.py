@@ -706,7 +706,8 @@ class Gate:
         future: asyncio.Future[Credential] = asyncio.get_running_loop().create_future()
         self._enroll = (reader_id, future)
         try:
-            credential = await asyncio.wait_for(future, float(args.get("timeout", 30)))
+            async with asyncio.timeout(float(args.get("timeout", 30))):
+                credential = await future
         except TimeoutError as exc:
             raise ControlError("no card presented before the timeout") from exc
         finally:

@@ -416,7 +416,8 @@ class SiteSync:
             except asyncio.CancelledError:
                 # Going down cleanly: say so (a clean disconnect does not fire the will).
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await asyncio.wait_for(self._publish_status(client, "offline"), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await self._publish_status(client, "offline")
                 raise
             finally:
                 receive.cancel()
@@ -919,8 +920,11 @@ class SiteSync:
             self._wake_outbox.clear()
             batch = await asyncio.wrap_future(writer.submit(lambda s: s.outbox_batch(OUTBOX_BATCH)))
             if not batch:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+                # that arrives with the wake-up (see gated.mqtt_session._wait_for).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_outbox.wait(), self.mqtt.heartbeat_s)
+                    async with asyncio.timeout(self.mqtt.heartbeat_s):
+                        await self._wake_outbox.wait()
                 continue
             results = await asyncio.gather(
                 *(client.publish(topic, payload, qos=1) for _seq, payload in batch),

@@ -4,6 +4,7 @@ across a broker restart, gate events consumed once, and the signed snapshot over
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from pathlib import Path
@@ -334,3 +335,38 @@ async def test_a_stopped_publisher_does_not_wait_forever_for_its_disconnect(
 
     with pytest.raises(aiomqtt.MqttError, match="link lost"):
         await asyncio.wait_for(lose_the_link(), 5)
+
+
+async def test_the_outbox_drain_stops_when_the_order_to_stop_comes_with_a_puback(
+    tmp_path: Path,
+) -> None:
+    """A publisher test hung here. The PUBACK and the order to stop arrived in the same loop
+    pass; Python 3.11's asyncio.wait_for, which aiomqtt waits for acknowledgements with, then
+    returns instead of raising. The drain loop ran on, and the task group stopping the
+    publisher waited for it for ever."""
+    b, _ = make_billing(tmp_path, sites=[SITE])
+    pub = publisher_for(b, "mqtt://127.0.0.1:1")
+    puback = asyncio.Event()
+    calls = 0
+
+    async def drain(client: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return 0  # nothing more to send: the loop waits for a wake-up
+        await aiomqtt.Client("127.0.0.1", 1)._wait_for(puback.wait(), 10)
+        return 1
+
+    pub.drain = drain  # type: ignore[method-assign]
+    task = asyncio.create_task(pub._drain_loop(None))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)  # the drain waits for its PUBACK
+    puback.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:  # the cancellation was lost: stop it for good before failing
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert done and task.cancelled() and calls == 1
+    # The fix replaces aiomqtt's private wait; an aiomqtt that stopped using it needs a new one.
+    for call in (aiomqtt.Client.publish, aiomqtt.Client.subscribe, aiomqtt.Client.unsubscribe):
+        assert "self._wait_for(" in inspect.getsource(call)

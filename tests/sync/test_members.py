@@ -187,3 +187,42 @@ def test_every_verifier_process_is_started_before_the_first_sync() -> None:
             sync._pool.shutdown()
 
     assert asyncio.run(started()) == VERIFY_PROCESSES
+
+
+def test_the_heartbeat_stops_when_the_order_to_stop_comes_with_a_puback() -> None:
+    """Python 3.11's asyncio.wait_for, which aiomqtt waits for acknowledgements with, returns
+    instead of raising when the PUBACK and the order to stop arrive in the same loop pass: the
+    gate's loops must still stop, or a gate being restarted waits for the service manager to
+    kill it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import aiomqtt
+
+    from gated.cache.sync import SiteSync
+
+    calls = 0
+
+    async def beat() -> bool:
+        puback = asyncio.Event()
+
+        async def publish_status(client: Any, state: str) -> None:
+            nonlocal calls
+            calls += 1
+            await aiomqtt.Client("127.0.0.1", 1)._wait_for(puback.wait(), 10)
+            puback.clear()
+
+        sync = object.__new__(SiteSync)
+        sync.mqtt = SimpleNamespace(heartbeat_s=0.001)  # type: ignore[assignment]
+        sync._publish_status = publish_status  # type: ignore[method-assign]
+        task = asyncio.create_task(sync._heartbeat(None))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # the beat waits for its PUBACK
+        puback.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:  # the cancellation was lost: stop it for good before failing
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return bool(done) and task.cancelled()
+
+    assert asyncio.run(beat()) and calls == 1
