@@ -4,6 +4,7 @@ URL) migrated to the newest schema with Alembic, plus the few helpers every modu
 from __future__ import annotations
 
 import json
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -193,8 +194,11 @@ def many(values: Iterable[Any]) -> BindParameter[Any]:
 # anew each batch, and compiling them cost as much as a quarter of the SQL they run.
 _compiled: dict[tuple[Any, ...], SQLCompiler] = {}
 _COMPILED_MAX = 512
-# The result converters ``fetch`` applies, per compiled statement (cleared with ``_compiled``).
-_converters: dict[SQLCompiler, list[tuple[int, Callable[[Any], Any]]]] = {}
+# The result converters ``fetch`` applies, per compiled statement (as long as it is kept: a
+# statement without a cache key is compiled anew each time).
+_converters: weakref.WeakKeyDictionary[SQLCompiler, list[tuple[int, Callable[[Any], Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def compiled_for(
@@ -211,7 +215,6 @@ def compiled_for(
     if cached is None:
         if len(_compiled) >= _COMPILED_MAX:
             _compiled.clear()
-            _converters.clear()
         # The cache key goes with it so later statements of this shape can hand in their values.
         cached = cast(
             SQLCompiler,
