@@ -180,8 +180,9 @@ class ShardedDict(Generic[K, V]):
 
     A dict doubles its table when it fills, rehashing every entry in one call that holds the GIL:
     5 ms at 87,000 members, in the middle of a snapshot, with a badge waiting. Split in 256, each
-    part grows on its own, ~20 µs at a time, and the whole takes no more memory (each part
-    still grows by the same rule). A lookup costs one more hash-and-index (~0.1 µs).
+    part grows on its own (the slowest of 100,000 inserts took ~0.1 ms, against 2-5 ms), and
+    the whole takes no more memory (each part still grows by the same rule). A lookup costs a
+    Python call more than a bare dict, ~1 µs; the index's own loops reach the parts directly.
     """
 
     __slots__ = ("_shards",)

@@ -301,9 +301,9 @@ class SiteSync:
 
     async def start_verifiers(self) -> None:
         """Start every verifier process now, not when the first sync needs it. The pool starts
-        a process only when a job finds none idle, so one job at a time would start one: the
-        next would start in the middle of a sync, holding the loop up to ~30 ms with badges
-        waiting."""
+        a process only when a job finds none idle, so one job would start one: the others would
+        start in the middle of the first sync (a cold start's), each a new Python process
+        importing the verifier on cores the sync needs."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(BrokenProcessPool, OSError):
             await asyncio.gather(
