@@ -32,6 +32,7 @@ from gated.contract import (
 )
 from tests.billing.helpers import make_billing
 from tests.billing.test_webhooks import ThreadServer
+from tests.puback_race import stops_when_cancelled_with_a_puback, wait_for_puback
 from tests.services import Mosquitto
 
 SITE = "downtown"
@@ -354,19 +355,12 @@ async def test_the_outbox_drain_stops_when_the_order_to_stop_comes_with_a_puback
         calls += 1
         if calls > 1:
             return 0  # nothing more to send: the loop waits for a wake-up
-        await aiomqtt.Client("127.0.0.1", 1)._wait_for(puback.wait(), 10)
+        await wait_for_puback(puback)
         return 1
 
     pub.drain = drain  # type: ignore[method-assign]
-    task = asyncio.create_task(pub._drain_loop(None))  # type: ignore[arg-type]
-    await asyncio.sleep(0.05)  # the drain waits for its PUBACK
-    puback.set()
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=5)
-    if not done:  # the cancellation was lost: stop it for good before failing
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert done and task.cancelled() and calls == 1
+    assert await stops_when_cancelled_with_a_puback(pub._drain_loop(None), puback)  # type: ignore[arg-type]
+    assert calls == 1
     # The fix replaces aiomqtt's private wait; an aiomqtt that stopped using it needs a new one.
     for call in (aiomqtt.Client.publish, aiomqtt.Client.subscribe, aiomqtt.Client.unsubscribe):
         assert "self._wait_for(" in inspect.getsource(call)

@@ -197,9 +197,8 @@ def test_the_heartbeat_stops_when_the_order_to_stop_comes_with_a_puback() -> Non
     import asyncio
     from types import SimpleNamespace
 
-    import aiomqtt
-
     from gated.cache.sync import SiteSync
+    from tests.puback_race import stops_when_cancelled_with_a_puback, wait_for_puback
 
     calls = 0
 
@@ -209,20 +208,12 @@ def test_the_heartbeat_stops_when_the_order_to_stop_comes_with_a_puback() -> Non
         async def publish_status(client: Any, state: str) -> None:
             nonlocal calls
             calls += 1
-            await aiomqtt.Client("127.0.0.1", 1)._wait_for(puback.wait(), 10)
+            await wait_for_puback(puback)
             puback.clear()
 
         sync = object.__new__(SiteSync)
         sync.mqtt = SimpleNamespace(heartbeat_s=0.001)  # type: ignore[assignment]
         sync._publish_status = publish_status  # type: ignore[method-assign]
-        task = asyncio.create_task(sync._heartbeat(None))  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)  # the beat waits for its PUBACK
-        puback.set()
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=5)
-        if not done:  # the cancellation was lost: stop it for good before failing
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        return bool(done) and task.cancelled()
+        return await stops_when_cancelled_with_a_puback(sync._heartbeat(None), puback)  # type: ignore[arg-type]
 
     assert asyncio.run(beat()) and calls == 1
