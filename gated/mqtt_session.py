@@ -1,5 +1,6 @@
-"""An MQTT session whose goodbye is bounded, for the gate's sync and the billing publisher, and
-aiomqtt's waits made to honour a cancellation on Python 3.11.
+"""An MQTT session whose goodbye is bounded, for every MQTT client we run (the gate's sync, the
+billing publisher, `gated members push`, `gated command sign --publish`), and aiomqtt's waits
+made to honour a cancellation on Python 3.11.
 
 aiomqtt's exit waits for its DISCONNECT to complete with no time limit: a broker or socket that
 never answers would hold a stopping service until the service manager kills it (a gate that is

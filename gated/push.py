@@ -36,6 +36,7 @@ from gated.contract import (
     new_ulid,
     read_snapshot,
 )
+from gated.mqtt_session import session
 
 # PUBACKs awaited together; well under paho's 65,535 message ids.
 PUBLISH_WINDOW = 2000
@@ -270,7 +271,7 @@ async def push_members(
     if broker is None:
         raise PushError("give a broker (--url or [mqtt] in the config) or --snapshot OUT")
     try:
-        async with broker.client() as client:
+        async with session(broker.client()) as client:
             current = await retained_manifest(client, site, trusted)
             base = int(current["max_version"]) if current else 0
             states = read_members_file(
@@ -301,7 +302,7 @@ async def publish_command(broker: Broker, command: Mapping[str, Any]) -> None:
     from gated.contract import cmd_topic
 
     try:
-        async with broker.client() as client:
+        async with session(broker.client()) as client:
             await client.publish(
                 cmd_topic(str(command["site"]), str(command["gate"])),
                 compact_json(command),
