@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from gated import __version__
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row
@@ -50,6 +50,7 @@ from gated.readers.sim import SimReader
 from gated.systemd import Notifier
 
 log = logging.getLogger("gated.daemon")
+T = TypeVar("T")
 
 TIME_SAVE_INTERVAL_S = 60.0
 # How often the outbox is counted exactly (off the hot path) to correct the ceiling's estimate.
@@ -63,6 +64,33 @@ FREEZE_EVERY = 5000
 # The cache writer and the executors' threads hold the GIL in Python code; a short switch interval
 # lets the loop thread (decisions) take it back within ~0.2 ms instead of the default 5 ms.
 GIL_SWITCH_INTERVAL_S = 0.0002
+
+
+class _Made(NamedTuple, Generic[T]):
+    """What the writer's thread made with a commit: the write's own result, and the index records
+    with their digest terms for the loop to put, or a whole new index to swap in."""
+
+    value: T
+    members: list[Member]
+    terms: list[int]
+    new_index: MemberIndex | None = None
+
+
+def _store_and_make(
+    write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], T], store: CacheStore
+) -> _Made[T]:
+    """On the writer's thread: ``write`` with a callback that makes each applied row's index
+    record and digest term (a SHA-256 each) as the row is stored, while a snapshot's next rows
+    are still being made; that leaves the loop's index slices a third of the work."""
+    members: list[Member] = []
+    terms: list[int] = []
+
+    def make(row: dict[str, Any]) -> None:
+        member = member_from_row(_index_values(row))
+        members.append(member)
+        terms.append(digest_term(member.member_id, member.version))
+
+    return _Made(write(store, make), members, terms)
 
 
 class Gate:
@@ -390,54 +418,61 @@ class Gate:
         processes, so the writer thread holds the GIL less while decisions run)."""
         return self._commit_then_index(lambda s, each: s.apply_rows(rows, each))
 
+    def apply_snapshot(self, rows: Iterable[dict[str, Any]]) -> Future[int]:
+        """Store a verified snapshot's rows in one transaction, all or nothing, and put them in
+        the index; resolves with how many were newer and applied, once decisions see them.
+
+        The rows are not kept: each is freed as soon as it is stored, a chunk at a time on the
+        writer's thread (freeing 100,000 in one go holds the GIL ~50 ms). Into an empty cache (a
+        cold start) they go into a whole new index, built on the writer's thread as they are
+        stored and swapped in with one assignment once committed: the loop does none of the
+        index work, and until then decisions see the empty index (an unknown card), as before
+        any snapshot. A snapshot refused or rolled back leaves cache and index as they were.
+        """
+
+        def write(store: CacheStore) -> _Made[int]:
+            if store.has_members():
+                return _store_and_make(lambda s, each: s.upsert_rows(rows, each), store)
+            index = MemberIndex()
+            applied = store.upsert_rows(
+                rows, lambda row: index.put(member_from_row(_index_values(row)))
+            )
+            return _Made(applied, [], [], index)
+
+        return self._index_when_committed(self.writer.submit(write))
+
     def _commit_then_index(
-        self,
-        write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], list[dict[str, Any]]],
-    ) -> Future[list[dict[str, Any]]]:
+        self, write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], T]
+    ) -> Future[T]:
+        return self._index_when_committed(self.writer.submit(partial(_store_and_make, write)))
+
+    def _index_when_committed(self, committed: Future[_Made[T]]) -> Future[T]:
+        """A Future of the write's own result, resolved once the index holds what it made."""
         loop = asyncio.get_running_loop()
-        result: Future[list[dict[str, Any]]] = Future()
-
-        def write_and_make(
-            store: CacheStore,
-        ) -> tuple[list[dict[str, Any]], list[Member], list[int]]:
-            # The index records and their digest terms (a SHA-256 each) are made here, on the
-            # writer's thread, as each row is applied (a snapshot's next rows are still being
-            # made meanwhile): that leaves the loop's index slices a third of the work.
-            members: list[Member] = []
-            terms: list[int] = []
-
-            def make(row: dict[str, Any]) -> None:
-                member = member_from_row(_index_values(row))
-                members.append(member)
-                terms.append(digest_term(member.member_id, member.version))
-
-            return write(store, make), members, terms
-
-        def done(f: Future[tuple[list[dict[str, Any]], list[Member], list[int]]]) -> None:
-            loop.call_soon_threadsafe(self._apply_to_index, f, result)
-
-        self.writer.submit(write_and_make).add_done_callback(done)
+        result: Future[T] = Future()
+        committed.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._apply_to_index, f, result)
+        )
         return result
 
-    def _apply_to_index(
-        self,
-        committed: Future[tuple[list[dict[str, Any]], list[Member], list[int]]],
-        result: Future[list[dict[str, Any]]],
-    ) -> None:
+    def _apply_to_index(self, committed: Future[_Made[T]], result: Future[T]) -> None:
         try:
-            rows, members, terms = committed.result()
+            made = committed.result()
         except Exception as exc:  # the writer's typed failures are handed on to the caller
             result.set_exception(exc)
             return
-        self._apply_slice(rows, members, terms, 0, result)
+        if made.new_index is not None:
+            # Built from an empty cache. Nothing reached the old, empty index meanwhile: the index
+            # changes only after the writer commits, in the writer's order, and a later commit's
+            # slices start after this call.
+            self.index = made.new_index
+            self.freeze_new_members(made.new_index.count)
+            result.set_result(made.value)
+            return
+        self._apply_slice(made.value, made.members, made.terms, 0, result)
 
     def _apply_slice(
-        self,
-        rows: list[dict[str, Any]],
-        members: list[Member],
-        terms: list[int],
-        start: int,
-        result: Future[list[dict[str, Any]]],
+        self, value: T, members: list[Member], terms: list[int], start: int, result: Future[T]
     ) -> None:
         """Put records into the index a slice at a time, yielding to the loop between slices so a
         badge arriving during a 100k-member burst waits for one slice at most."""
@@ -447,11 +482,11 @@ class Gate:
             put(members[i], terms[i])
         if end < len(members):
             asyncio.get_running_loop().call_soon(
-                self._apply_slice, rows, members, terms, end, result
+                self._apply_slice, value, members, terms, end, result
             )
         else:
-            self.freeze_new_members(len(rows))
-            result.set_result(rows)
+            self.freeze_new_members(len(members))
+            result.set_result(value)
 
     def freeze_new_members(self, applied: int) -> None:
         """New members live as long as the gate: every few thousand, move them out of the

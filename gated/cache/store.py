@@ -160,13 +160,30 @@ class CacheStore:
     ) -> list[dict[str, Any]]:
         """As :meth:`apply_states`, for rows ``member_row`` already made."""
         applied: list[dict[str, Any]] = []
+
+        def keep(row: dict[str, Any]) -> None:
+            applied.append(row)
+            if each is not None:
+                each(row)
+
+        self.upsert_rows(rows, keep)
+        return applied
+
+    def upsert_rows(
+        self, rows: Iterable[dict[str, Any]], each: Callable[[dict[str, Any]], object]
+    ) -> int:
+        """As :meth:`apply_rows`, keeping no row: returns how many were newer and applied."""
+        applied = 0
         with self.transaction():
             for row in rows:
                 if self.conn.execute(_UPSERT, _stored_values(row)).rowcount:
-                    applied.append(row)
-                    if each is not None:
-                        each(row)
+                    applied += 1
+                    each(row)
         return applied
+
+    def has_members(self) -> bool:
+        """Whether the cache holds any member row (a tombstone counts)."""
+        return self.conn.execute("SELECT 1 FROM members LIMIT 1").fetchone() is not None
 
     def rows_above(self, version: int) -> list[tuple[Any, ...]]:
         """Member rows (index columns) with a version above ``version``."""

@@ -118,8 +118,6 @@ SNAPSHOT_PIECE = 5000
 # flood, that was hundreds of member states (20-60 ms) in one callback, and every badge waited
 # for all of them. The socket stays readable, so the rest is read on the next pass.
 READ_PACKETS_PER_PASS = 8
-# Rows freed per loop pass once a snapshot is applied: 1,000 took ~0.5 ms of a badge's time.
-RELEASE_SLICE = 250
 SNAPSHOT_TIMEOUT_S = 120.0
 CONTACT_SAVE_INTERVAL_S = 30.0
 MAX_COMMAND_TTL_S = 300.0
@@ -704,11 +702,12 @@ class SiteSync:
         except SyncError:
             return None
 
-    async def _apply_snapshot(self, pieces: list[bytes]) -> tuple[list[dict[str, Any]], int, int]:
+    async def _apply_snapshot(self, pieces: list[bytes]) -> tuple[int, int, int]:
         """Apply a verified snapshot's pieces in one transaction, all or nothing: the writer takes
-        each piece's rows while the verifier processes make the next ones."""
+        each piece's rows while the verifier processes make the next ones. Returns (rows applied,
+        rows for this site, states for other sites)."""
         chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
-        committed = asyncio.wrap_future(self.gate.apply_rows(_rows_from(chunks)))
+        committed = asyncio.wrap_future(self.gate.apply_snapshot(_rows_from(chunks)))
         loop = asyncio.get_running_loop()
         count = dropped = 0
         # Hundreds of thousands of new long-lived objects would set off full collections (tens of
@@ -772,7 +771,7 @@ class SiteSync:
                 log.error("event=snapshot_refused reason=%s error=%s", reason, exc)
                 raise SyncError(str(exc)) from exc
             self._heard(trailer["issued_at"])
-            self.applied += len(applied)
+            self.applied += applied
             result = {
                 "ok": True,
                 "source": "snapshot",
@@ -780,7 +779,7 @@ class SiteSync:
                 "snapshot_count": trailer["count"],
                 "snapshot_max_version": trailer["max_version"],
                 "states": count + dropped,
-                "applied": len(applied),
+                "applied": applied,
                 "members": self.gate.index.count,
                 "max_version": self.gate.index.max_version,
                 "in_sync": trailer["digest"] == self.gate.index.digest,
@@ -800,9 +799,8 @@ class SiteSync:
                 }
             log.info(
                 "event=snapshot_applied reason=%s applied=%d members=%d seconds=%.2f",
-                reason, len(applied), self.gate.index.count, result["seconds"],
+                reason, applied, self.gate.index.count, result["seconds"],
             )  # fmt: skip
-            await _release(applied)
             return result
 
     async def resync(self, reason: str, operator: str | None) -> dict[str, Any]:
@@ -1211,14 +1209,6 @@ def _unpickled(chunks: list[bytes]) -> Iterator[dict[str, Any]]:
     verifier processes, never by anyone else)."""
     for chunk in chunks:
         yield from pickle.loads(chunk)
-
-
-async def _release(rows: list[dict[str, Any]]) -> None:
-    """Free a big list of rows a slice per loop pass: freeing 100k at once is ~50 ms of a
-    badge's time. (The list is emptied in place, so every holder lets go of it.)"""
-    while rows:
-        del rows[-RELEASE_SLICE:]
-        await asyncio.sleep(0)
 
 
 async def _while_receiving(receive: asyncio.Future[None], work: Awaitable[None]) -> None:
