@@ -31,7 +31,6 @@ from gated.contract import (
     ContractError,
     CredentialHasher,
     card_credential_string,
-    digest_term,
     format_time,
     is_random_uid,
     load_credential_key,
@@ -80,15 +79,14 @@ def _store_and_make(
     write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], T], store: CacheStore
 ) -> _Made[T]:
     """On the writer's thread: ``write`` with a callback that makes each applied row's index
-    record and digest term (a SHA-256 each) as the row is stored, while a snapshot's next rows
-    are still being made; that leaves the loop's index slices a third of the work."""
+    record as the row is stored, while a snapshot's next rows are still being made; with the
+    row's digest term, that leaves the loop's index slices a third of the work."""
     members: list[Member] = []
     terms: list[int] = []
 
     def make(row: dict[str, Any]) -> None:
-        member = member_from_row(_index_values(row))
-        members.append(member)
-        terms.append(digest_term(member.member_id, member.version))
+        members.append(member_from_row(_index_values(row)))
+        terms.append(row["digest_term"])
 
     return _Made(write(store, make), members, terms)
 
@@ -434,10 +432,11 @@ class Gate:
             if store.has_members():
                 return _store_and_make(lambda s, each: s.upsert_rows(rows, each), store)
             index = MemberIndex()
-            applied = store.upsert_rows(
-                rows, lambda row: index.put(member_from_row(_index_values(row)))
-            )
-            return _Made(applied, [], [], index)
+
+            def put(row: dict[str, Any]) -> None:
+                index.put(member_from_row(_index_values(row)), row["digest_term"])
+
+            return _Made(store.upsert_rows(rows, put), [], [], index)
 
         return self._index_when_committed(self.writer.submit(write))
 

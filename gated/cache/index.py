@@ -57,7 +57,9 @@ _WINDOW_KEYS = {"days", "start", "end"}
 
 
 def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A MemberState (already verified or trusted) → the columns the cache stores.
+    """A MemberState (already verified or trusted) → the columns the cache stores, and the
+    member's :func:`digest_term` (``digest_term``, not stored: a SHA-256 made here, in the sync's
+    verifier processes, rather than on the daemon's writer thread as each row is applied).
 
     It checks everything :class:`~gated.contract.MemberState` checks, and more strictly (no
     coercion: ``"5"`` is not a version), without building a model: the sync runs it for every
@@ -129,6 +131,7 @@ def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
         "qr_key": qr_key,
         "daily_limit": daily_limit,
         "issued_at": state.get("issued_at"),
+        "digest_term": digest_term(member_id, version),
     }
 
 
