@@ -73,6 +73,121 @@ PROCESSING_POLL_S = 3600
 _PAYER = s.members.alias("payer")
 
 
+def _in(name: str = "ids") -> Any:
+    """An IN list given when the statement runs (``fetch(conn, stmt, {"ids": [...]})``)."""
+    return bindparam(name, expanding=True)
+
+
+# The statements a billing cycle runs for every batch, built once: building one and working out
+# its cache key cost ~0.1-0.2 ms each, about as much as running some of them on 500 members.
+_M, _SUB, _INV, _ATT, _MS = (
+    s.members,
+    s.subscriptions,
+    s.invoices,
+    s.payment_attempts,
+    s.member_states,
+)
+# One row per member with its subscription (the two tables share no column name, so the row
+# serves as both) and what a payer contributes: e-mail and the card to charge.
+_LOAD_MEMBERS = (
+    select(
+        _M,
+        _SUB,
+        _PAYER.c.email.label("payer_email"),
+        _PAYER.c.customer_ref.label("payer_customer"),
+        _PAYER.c.payment_method.label("payer_method"),
+    )
+    .join(_SUB, _SUB.c.member_id == _M.c.id, isouter=True)
+    .join(_PAYER, _PAYER.c.id == _M.c.payer_id, isouter=True)
+    .where(_M.c.id.in_(_in()))
+)
+_ALL_PLANS = select(s.plans)
+_OPEN_INVOICES = (
+    select(
+        _INV, select(_ATT.c.id).where(_ATT.c.invoice_id == _INV.c.id).exists().label("attempted")
+    )
+    .where(_INV.c.member_id.in_(_in()), _INV.c.status == "open")
+    .order_by(_INV.c.due_at)
+)
+_IN_FLIGHT = select(_ATT.c.member_id).where(
+    _ATT.c.member_id.in_(_in()), _ATT.c.state.in_(OPEN_ATTEMPT_STATES)
+)
+_DISPUTED = select(s.disputes.c.member_id).where(
+    s.disputes.c.member_id.in_(_in()), s.disputes.c.status == "open"
+)
+_FREEZES = (
+    select(s.freezes.c.member_id, s.freezes.c.starts_at, s.freezes.c.ends_at)
+    .where(s.freezes.c.member_id.in_(_in()), s.freezes.c.ends_at > bindparam("now"))
+    .order_by(s.freezes.c.starts_at.desc())
+)
+_ATTEMPT_STATES = select(_ATT.c.id, _ATT.c.state).where(_ATT.c.id.in_(_in())).with_for_update()
+_INVOICES = select(_INV).where(_INV.c.id.in_(_in()))
+_STATES = select(_MS).where(_MS.c.member_id.in_(_in()))
+_SUB_STATUS = select(_SUB.c.member_id, _SUB.c.status).where(_SUB.c.member_id.in_(_in()))
+_CREDENTIALS = (
+    select(s.cards.c.member_id, s.cards.c.credential)
+    .where(s.cards.c.member_id.in_(_in()), s.cards.c.revoked_at.is_(None))
+    .order_by(s.cards.c.credential)
+)
+_SET_ATTEMPT_REF = (
+    update(_ATT)
+    .where(_ATT.c.id == bindparam("aid"))
+    .values(gateway_ref=bindparam("ref"), state="created", updated_at=bindparam("now"))
+)
+_SET_ATTEMPT_RESULT = (
+    update(_ATT)
+    .where(_ATT.c.id == bindparam("aid"))
+    .values(
+        state=bindparam("st"),
+        decline_code=bindparam("dc"),
+        decline_class=bindparam("cl"),
+        updated_at=bindparam("now"),
+    )
+)
+_SET_INVOICE_PAID = (
+    update(_INV)
+    .where(_INV.c.id == bindparam("iid"))
+    .values(amount_paid=bindparam("ap"), status=bindparam("st"), paid_at=bindparam("pa"))
+)
+_EXTEND_PAID_THROUGH = (
+    update(_SUB)
+    .where(
+        _SUB.c.member_id == bindparam("mid"),
+        or_(_SUB.c.paid_through.is_(None), _SUB.c.paid_through < bindparam("pe")),
+    )
+    .values(paid_through=bindparam("pe"))
+)
+_SET_SUB_STATUS = (
+    update(_SUB)
+    .where(_SUB.c.member_id == bindparam("mid"))
+    .values(
+        status=bindparam("st"),
+        review_at=bindparam("rev"),
+        first_failure_at=bindparam("ffa"),
+        next_retry_at=bindparam("nra"),
+        retries_done=bindparam("rd"),
+        needs_new_card=bindparam("nnc"),
+    )
+)
+_NEW_STATES = insert(_MS).values(
+    member_id=bindparam("mid"),
+    version=bindparam("v"),
+    status=bindparam("st"),
+    sites=bindparam("si"),
+    payload=bindparam("p"),
+)
+_SET_STATES = (
+    update(_MS)
+    .where(_MS.c.member_id == bindparam("mid"))
+    .values(
+        version=bindparam("v"),
+        status=bindparam("st"),
+        sites=bindparam("si"),
+        payload=bindparam("p"),
+    )
+)
+
+
 class BillingError(Exception):
     """An operation the rules or the data do not allow; the message is for a human."""
 
@@ -1020,7 +1135,6 @@ class Billing:
         """Steps 2-5 of the charging protocol for a batch of committed attempts."""
         if not charges:
             return
-        a = s.payment_attempts
         # 2. create intents for attempts that have none yet (an unconfirmed intent charges nothing)
         created: set[int] = set()
         for c in charges:
@@ -1054,14 +1168,13 @@ class Billing:
             with self.engine.begin() as conn:
                 bulk(
                     conn,
-                    update(a)
-                    .where(a.c.id == bindparam("aid"))
-                    .values(gateway_ref=bindparam("ref"), state="created", updated_at=now),
+                    _SET_ATTEMPT_REF,
                     [
                         {"aid": c.attempt_id, "ref": c.gateway_ref}
                         for c in charges
                         if c.attempt_id in created
                     ],
+                    {"now": now},
                 )
         crashpoint("after_commit_ref")
         # 4. confirm (or, for an intent from before a restart, look first)
@@ -1089,26 +1202,12 @@ class Billing:
     def record_results(self, conn: Connection, charges: list[_Charge], report: CycleReport) -> None:
         """Store gateway answers once: an attempt already final is left alone, whatever arrives
         later or twice (webhooks repeat and reorder)."""
-        a = s.payment_attempts
         now = self.clock()
         # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
         # reporting the same charge at once book it once: the second waits, then sees it final.
-        current = dict(
-            fetch(
-                conn,
-                select(a.c.id, a.c.state)
-                .where(a.c.id.in_(many([c.attempt_id for c in charges])))
-                .with_for_update(),
-            )
-        )
+        current = dict(fetch(conn, _ATTEMPT_STATES, {"ids": [c.attempt_id for c in charges]}))
         invoices = {
-            r.id: r
-            for r in fetch(
-                conn,
-                select(s.invoices).where(
-                    s.invoices.c.id.in_(many({c.invoice_id for c in charges}))
-                ),
-            )
+            r.id: r for r in fetch(conn, _INVOICES, {"ids": list({c.invoice_id for c in charges})})
         }
         updates: list[dict[str, Any]] = []
         payments: list[tuple[Row[Any], int, str, str | None]] = []
@@ -1139,18 +1238,7 @@ class Billing:
             outcomes.append((c, inv, decline_class))
         if not updates:
             return
-        bulk(
-            conn,
-            update(a)
-            .where(a.c.id == bindparam("aid"))
-            .values(
-                state=bindparam("st"),
-                decline_code=bindparam("dc"),
-                decline_class=bindparam("cl"),
-                updated_at=now,
-            ),
-            updates,
-        )
+        bulk(conn, _SET_ATTEMPT_RESULT, updates, {"now": now})
         self._apply_payments(conn, payments, now)
         # One load after the money is booked; dunning changes below are made to these facts in
         # place so the refresh can reuse them.
@@ -1472,59 +1560,17 @@ class Billing:
         into engine Accounts: a handful of queries per batch, not per member."""
         if not ids:
             return {}
-        m, sub, p, inv, a = s.members, s.subscriptions, s.plans, s.invoices, s.payment_attempts
         out: dict[str, Facts] = {}
-        payer = _PAYER
-        # One row per member with its subscription (the two tables share no column name, so the
-        # row serves as both) and what a payer contributes: e-mail and the card to charge.
-        members = fetch(
-            conn,
-            select(
-                m,
-                sub,
-                payer.c.email.label("payer_email"),
-                payer.c.customer_ref.label("payer_customer"),
-                payer.c.payment_method.label("payer_method"),
-            )
-            .join(sub, sub.c.member_id == m.c.id, isouter=True)
-            .join(payer, payer.c.id == m.c.payer_id, isouter=True)
-            .where(m.c.id.in_(many(ids))),
-        )
-        plans = {r.id: r for r in fetch(conn, select(p))}
+        batch = {"ids": ids}
+        members = fetch(conn, _LOAD_MEMBERS, batch)
+        plans = {r.id: r for r in fetch(conn, _ALL_PLANS)}
         open_inv: dict[str, list[Any]] = {}
-        attempted = select(a.c.id).where(a.c.invoice_id == inv.c.id).exists()
-        for r in fetch(
-            conn,
-            select(inv, attempted.label("attempted"))
-            .where(inv.c.member_id.in_(many(ids)), inv.c.status == "open")
-            .order_by(inv.c.due_at),
-        ):
+        for r in fetch(conn, _OPEN_INVOICES, batch):
             open_inv.setdefault(r.member_id, []).append(r)
-        in_flight = {
-            r.member_id
-            for r in fetch(
-                conn,
-                select(a.c.member_id).where(
-                    a.c.member_id.in_(many(ids)), a.c.state.in_(OPEN_ATTEMPT_STATES)
-                ),
-            )
-        }
-        disputed = {
-            r.member_id
-            for r in fetch(
-                conn,
-                select(s.disputes.c.member_id).where(
-                    s.disputes.c.member_id.in_(many(ids)), s.disputes.c.status == "open"
-                ),
-            )
-        }
+        in_flight = {r.member_id for r in fetch(conn, _IN_FLIGHT, batch)}
+        disputed = {r.member_id for r in fetch(conn, _DISPUTED, batch)}
         freezes: dict[str, tuple[int, int]] = {}
-        for r in fetch(
-            conn,
-            select(s.freezes.c.member_id, s.freezes.c.starts_at, s.freezes.c.ends_at)
-            .where(s.freezes.c.member_id.in_(many(ids)), s.freezes.c.ends_at > now)
-            .order_by(s.freezes.c.starts_at.desc()),
-        ):
+        for r in fetch(conn, _FREEZES, {"ids": ids, "now": now}):
             freezes[r.member_id] = (r.starts_at, r.ends_at)
         no_invoices: list[Any] = []
         for row in members:
@@ -1628,21 +1674,7 @@ class Billing:
                 }
             )
         if sub_updates:
-            sc = s.subscriptions.c
-            bulk(
-                conn,
-                update(s.subscriptions)
-                .where(sc.member_id == bindparam("mid"))
-                .values(
-                    status=bindparam("st"),
-                    review_at=bindparam("rev"),
-                    first_failure_at=bindparam("ffa"),
-                    next_retry_at=bindparam("nra"),
-                    retries_done=bindparam("rd"),
-                    needs_new_card=bindparam("nnc"),
-                ),
-                sub_updates,
-            )
+            bulk(conn, _SET_SUB_STATUS, sub_updates)
         self._publish(conn, facts, own, now, force)
         if changed_payers:
             deps = [d for d in self._dependants(conn, changed_payers) if d not in facts]
@@ -1654,30 +1686,15 @@ class Billing:
     ) -> None:
         if not facts:
             return
-        ids = list(facts)
-        ms = s.member_states
-        current = {
-            r.member_id: r for r in fetch(conn, select(ms).where(ms.c.member_id.in_(many(ids))))
-        }
+        batch = {"ids": list(facts)}
+        current = {r.member_id: r for r in fetch(conn, _STATES, batch)}
         payers = {f.member.payer_id for f in facts.values() if f.member.payer_id}
         payer_status: dict[str, str] = {}
         if payers:
-            payer_status = dict(
-                fetch(
-                    conn,
-                    select(s.subscriptions.c.member_id, s.subscriptions.c.status).where(
-                        s.subscriptions.c.member_id.in_(many(payers))
-                    ),
-                )
-            )
+            payer_status = dict(fetch(conn, _SUB_STATUS, {"ids": list(payers)}))
         payer_status.update({k: v for k, v in own.items() if k in payers})
         creds: dict[str, list[str]] = {}
-        for r in fetch(
-            conn,
-            select(s.cards.c.member_id, s.cards.c.credential)
-            .where(s.cards.c.member_id.in_(many(ids)), s.cards.c.revoked_at.is_(None))
-            .order_by(s.cards.c.credential),
-        ):
+        for r in fetch(conn, _CREDENTIALS, batch):
             creds.setdefault(r.member_id, []).append(r.credential)
         issued_at = format_time(now)
         plan_json: dict[str, tuple[list[Any], list[str]]] = {}
@@ -1760,31 +1777,8 @@ class Billing:
                     "created_at": now,
                 }
             )
-        if inserts:
-            bulk(
-                conn,
-                insert(ms).values(
-                    member_id=bindparam("mid"),
-                    version=bindparam("v"),
-                    status=bindparam("st"),
-                    sites=bindparam("si"),
-                    payload=bindparam("p"),
-                ),
-                inserts,
-            )
-        if updates:
-            bulk(
-                conn,
-                update(ms)
-                .where(ms.c.member_id == bindparam("mid"))
-                .values(
-                    version=bindparam("v"),
-                    status=bindparam("st"),
-                    sites=bindparam("si"),
-                    payload=bindparam("p"),
-                ),
-                updates,
-            )
+        bulk(conn, _NEW_STATES, inserts)
+        bulk(conn, _SET_STATES, updates)
         bulk(conn, insert(s.status_outbox), outbox)
         self._update_manifests(conn, manifest_delta)
 
@@ -1928,25 +1922,8 @@ class Billing:
             )
             if full and inv.kind == "renewal" and inv.period_end is not None:
                 renewed.append({"mid": inv.member_id, "pe": inv.period_end})
-        bulk(
-            conn,
-            update(s.invoices)
-            .where(s.invoices.c.id == bindparam("iid"))
-            .values(amount_paid=bindparam("ap"), status=bindparam("st"), paid_at=bindparam("pa")),
-            inv_updates,
-        )
-        sc = s.subscriptions.c
-        if renewed:
-            bulk(
-                conn,
-                update(s.subscriptions)
-                .where(
-                    sc.member_id == bindparam("mid"),
-                    or_(sc.paid_through.is_(None), sc.paid_through < bindparam("pe")),
-                )
-                .values(paid_through=bindparam("pe")),
-                renewed,
-            )
+        bulk(conn, _SET_INVOICE_PAID, inv_updates)
+        bulk(conn, _EXTEND_PAID_THROUGH, renewed)
 
     def _queue(self, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
         """Render one notice into the outbox."""

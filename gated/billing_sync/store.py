@@ -129,25 +129,30 @@ def records(result: Result[Any]) -> list[Any]:
     return list(map(_maker(result), result.all()))
 
 
-def fetch(conn: Connection, stmt: Select[Any]) -> list[Any]:
-    """Run a select and return its rows as named tuples (see ``records``).
+def fetch(
+    conn: Connection, stmt: Select[Any], params: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """Run a select and return its rows as named tuples (see ``records``). ``params`` gives the
+    values of the statement's unvalued bind parameters (a statement built once, see ``_in``).
 
     With a driver that takes ``?`` placeholders (SQLite) the statement's compiled form is cached
     by shape and its ``IN`` lists are spelled out here: SQLAlchemy renders and names each element
     of an expanding parameter on every execution, which cost more than SQLite's own work for the
     batches of hundreds of ids the cycle reads. Other drivers take SQLAlchemy's own path.
     """
-    compiled, params = compiled_for(conn, stmt)
+    compiled, bound = compiled_for(conn, stmt)
     order = compiled.positiontup
     if order is None or compiled.literal_execute_params:
-        return records(conn.execute(stmt))
+        return records(conn.execute(stmt, params))
+    if params:
+        bound.update(params)
     sql = compiled.string
     values: list[Any] = []
     for name in order:
-        value = params[name]
+        value = bound[name]
         if compiled.binds[name].expanding:
             if not value:  # SQLAlchemy spells an empty IN its own way
-                return records(conn.execute(stmt))
+                return records(conn.execute(stmt, params))
             sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(value)), 1)
             values.extend(value)
         else:
@@ -225,18 +230,26 @@ def compiled_for(
     return cached, dict(params)
 
 
-def bulk(conn: Connection, stmt: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+def bulk(
+    conn: Connection,
+    stmt: UpdateBase,
+    rows: Sequence[Mapping[str, Any]],
+    common: Mapping[str, Any] | None = None,
+) -> None:
     """Run ``stmt`` once per row as one driver ``executemany``.
 
     The statement is compiled once per shape for the connection's dialect and the rows go to
     the driver as they are, skipping SQLAlchemy's per-row parameter processing (which cost more
     than the SQL on the renewal path). Rows hold plain ints, strings, bytes and None; every row
-    has the same keys; values fixed in the statement (``.values(state="created")``) fill the rest.
+    has the same keys; values fixed in the statement (``.values(state="created")``) or given in
+    ``common`` (the same for every row, e.g. the time) fill the rest.
     """
     if not rows:
         return
     keys = list(rows[0])
     compiled, fixed = compiled_for(conn, stmt, keys)
+    if common:
+        fixed.update(common)
     order = compiled.positiontup
     params: Any
     if order is not None:
