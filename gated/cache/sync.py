@@ -38,7 +38,7 @@ import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Awaitable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
@@ -112,7 +112,9 @@ SNAPSHOT_MAX_BYTES = 1 << 30
 # Rows cross from a verifier process pickled in chunks this size: unpickling one holds the GIL
 # ~0.1 ms.
 ROW_CHUNK = 64
-SNAPSHOT_PIECE = 5000
+# A snapshot is cut into pieces of about this many bytes (~5,000 states) for the verifier
+# processes to make rows from, each piece compressed again by a thread of its own.
+SNAPSHOT_PIECE_BYTES = 2 << 20
 # MQTT packets read per pass of the loop. paho's loop_read reads as many as this client has
 # unacknowledged messages of its own: during a sync, with events waiting for PUBACKs behind the
 # flood, that was hundreds of member states (20-60 ms) in one callback, and every badge waited
@@ -1137,15 +1139,20 @@ def verify_member_states(payloads: list[bytes]) -> tuple[list[bytes], int, str, 
 
 def open_snapshot(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     """In a verifier process: verify a snapshot whole (signature, site, sha256) and cut its body
-    into pieces of SNAPSHOT_PIECE lines, each compressed again (the daemon copies what comes
-    back while holding the GIL: 5 MB rather than 45 MB). Raises ContractError/SignatureError."""
+    into pieces of whole lines, each compressed again (the daemon copies what comes back while
+    holding the GIL: 5 MB rather than 45 MB). Raises ContractError/SignatureError.
+
+    Every snapshot waits for this before any row is made: the body is cut at the first line end past
+    each SNAPSHOT_PIECE_BYTES, not split into lines and joined again, and zlib (which lets go of
+    the GIL) compresses the pieces on two threads."""
     assert _verifier is not None
     trailer, body = verify_snapshot(data, _verifier, _site)
-    lines = body.splitlines()
-    pieces = [
-        zlib.compress(b"\n".join(lines[i : i + SNAPSHOT_PIECE]), 1)
-        for i in range(0, len(lines), SNAPSHOT_PIECE)
-    ]
+    cuts = [0]
+    while cuts[-1] < len(body):
+        end = body.find(b"\n", cuts[-1] + SNAPSHOT_PIECE_BYTES)
+        cuts.append(len(body) if end < 0 else end + 1)
+    with ThreadPoolExecutor(2) as threads:
+        pieces = list(threads.map(lambda a, b: zlib.compress(body[a:b], 1), cuts[:-1], cuts[1:]))
     return trailer, pieces
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gated.cache.sync import SNAPSHOT_PIECE_BYTES
 from gated.contract import Signer, build_snapshot, format_time
 from tests.gatefixture import GateProcess, write_config
 from tests.services import Mosquitto
@@ -98,10 +99,14 @@ def test_bad_snapshots_are_refused_whole(
         "wrongly signed": snapshot(hq, newer, Signer(Ed25519PrivateKey.generate())),
         "other site": snapshot(hq, newer, site="uptown"),
         "older": snapshot(hq, states(hq, 100, version_base=-50)[60:]),
-        # Signed, but its last state (in a later piece than the first 5,000) is unusable: the
-        # rows already handed to the writer are rolled back with it.
+        # Signed, but its last state (in a later piece than the first: states are ~340 bytes)
+        # is unusable: the rows already handed to the writer are rolled back with it.
         "malformed state": snapshot(
-            hq, [*states(hq, 6000, version_base=2000)[:-1], {**newer[0], "status": "bogus"}]
+            hq,
+            [
+                *states(hq, 2 * SNAPSHOT_PIECE_BYTES // 340, version_base=2000)[:-1],
+                {**newer[0], "status": "bogus"},
+            ],
         ),
     }
     for what, body in bad.items():
