@@ -5,15 +5,25 @@
 Members are seeded straight into the store (one subscription each, due now, a card that
 succeeds); the timed part is ``Billing.run_cycle()``: invoices with lines, attempts under the
 crash-safe protocol, payments, receipts, new MemberStates with versions and the status outbox.
+
+Also reported: the time spent inside the gateway's calls (the simulator stands in for the
+payment provider), so ``overhead_per_renewal_us`` is gated's own share; and a fixed calibration
+workload (Python building rows, SQLite inserting them) timed just before and just after the
+cycle, best of three each. This VM's speed drifts by a third through a day; the cycle's ratio to
+the calibration shows whether a slow run is the code or the minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select
 
@@ -26,6 +36,40 @@ from gated.billing_sync.store import open_store
 from gated.config import BillingConfig
 
 T0 = 1_796_112_000
+
+
+def calibration() -> float:
+    """Seconds (best of three) for a fixed single-core load like the cycle's: Python making
+    50,000 dict rows and SQLite inserting them, indexed, into a fresh in-memory table."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        db = sqlite3.connect(":memory:")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, m TEXT, a INTEGER, s TEXT, p TEXT)")
+        db.execute("CREATE INDEX t_m ON t (m)")
+        rows = [
+            {"m": f"m{i:07d}", "a": i * 7 % 5000, "s": "open", "p": f"payload {i}"}
+            for i in range(50_000)
+        ]
+        db.executemany("INSERT INTO t (m, a, s, p) VALUES (:m, :a, :s, :p)", rows)
+        db.commit()
+        db.close()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def timed(method: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:
+    """``method`` adding its wall time to ``spent[0]``."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    return wrapper
 
 
 def main() -> None:
@@ -55,9 +99,11 @@ def main() -> None:
             return now
 
         engine = open_store(config.database_url)
-        billing = Billing(
-            engine, config, SimulatedGateway(clock=clock), Keys.load(config.keys), clock
-        )
+        gateway = SimulatedGateway(clock=clock)
+        in_gateway = [0.0]
+        for name in ("create_intent", "confirm_intent", "retrieve_intent"):
+            setattr(gateway, name, timed(getattr(gateway, name), in_gateway))
+        billing = Billing(engine, config, gateway, Keys.load(config.keys), clock)
         # As gated-billing's build() does once the service is wired.
         settle_collector()
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
@@ -100,10 +146,14 @@ def main() -> None:
         # Every member already has a published state, as in a running system.
         billing.republish_all()
         seed_s = time.perf_counter() - t
+        before = calibration()
+        in_gateway[0] = 0.0
         t, cpu = time.perf_counter(), time.process_time()
         report = billing.run_cycle()
         cycle_s = time.perf_counter() - t
         cpu_s = time.process_time() - cpu
+        gateway_s = in_gateway[0]
+        after = calibration()
         with engine.connect() as conn:
             paid = conn.execute(
                 select(func.count()).where(schema.invoices.c.status == "paid")
@@ -123,6 +173,10 @@ def main() -> None:
                     "cycle_cpu_s": round(cpu_s, 2),
                     "per_renewal_us": round(cycle_s / args.members * 1e6, 1),
                     "renewals_per_s": round(args.members / cycle_s),
+                    "gateway_s": round(gateway_s, 2),
+                    "overhead_per_renewal_us": round((cycle_s - gateway_s) / args.members * 1e6, 1),
+                    "calibration_s": [round(before, 3), round(after, 3)],
+                    "cycle_per_calibration": round(cycle_s / ((before + after) / 2), 1),
                     "outbox_rows": outbox,
                 }
             )
