@@ -432,11 +432,13 @@ class Gate:
             if store.has_members():
                 return _store_and_make(lambda s, each: s.upsert_rows(rows, each), store)
             index = MemberIndex()
+            put = index.put
 
-            def put(row: dict[str, Any]) -> None:
-                index.put(member_from_row(_index_values(row)), row["digest_term"])
+            def put_all(batch: list[dict[str, Any]]) -> None:
+                for row in batch:
+                    put(member_from_row(_index_values(row)), row["digest_term"])
 
-            return _Made(store.upsert_rows(rows, put), [], [], index)
+            return _Made(store.upsert_batches(rows, put_all), [], [], index)
 
         return self._index_when_committed(self.writer.submit(write))
 

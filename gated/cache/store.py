@@ -8,6 +8,7 @@ commit, they share commits (the SD card sees fewer, larger writes).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import operator
@@ -89,6 +90,8 @@ ON CONFLICT(member_id) DO UPDATE SET
     qr_key = excluded.qr_key, daily_limit = excluded.daily_limit, issued_at = excluded.issued_at
 WHERE excluded.version > members.version
 """
+
+UPSERT_BATCH = 64
 
 Durability = Literal["crash", "power"]
 
@@ -180,6 +183,21 @@ class CacheStore:
                     applied += 1
                     each(row)
         return applied
+
+    def upsert_batches(
+        self, rows: Iterable[dict[str, Any]], each_batch: Callable[[list[dict[str, Any]]], object]
+    ) -> int:
+        """As :meth:`upsert_rows`, one ``executemany`` a batch of UPSERT_BATCH rows (~2 µs a row
+        less than an ``execute`` each), and ``each_batch`` called with every batch, newer rows
+        or not: for a caller that applies versions by the same rule, as a new index does.
+        Returns how many rows were newer and applied."""
+        before = self.conn.total_changes
+        with self.transaction():
+            rows = iter(rows)
+            while batch := list(itertools.islice(rows, UPSERT_BATCH)):
+                self.conn.executemany(_UPSERT, map(_stored_values, batch))
+                each_batch(batch)
+        return self.conn.total_changes - before
 
     def has_members(self) -> bool:
         """Whether the cache holds any member row (a tombstone counts)."""
