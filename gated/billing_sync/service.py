@@ -169,23 +169,15 @@ _SET_SUB_STATUS = (
         needs_new_card=bindparam("nnc"),
     )
 )
-_NEW_STATES = insert(_MS).values(
-    member_id=bindparam("mid"),
-    version=bindparam("v"),
-    status=bindparam("st"),
-    sites=bindparam("si"),
-    payload=bindparam("p"),
-)
-_SET_STATES = (
-    update(_MS)
-    .where(_MS.c.member_id == bindparam("mid"))
-    .values(
-        version=bindparam("v"),
-        status=bindparam("st"),
-        sites=bindparam("si"),
-        payload=bindparam("p"),
-    )
-)
+# A member's published state: a first one is inserted, later ones replace it.
+_STATE_VALUES: dict[str, Any] = {
+    "version": bindparam("v"),
+    "status": bindparam("st"),
+    "sites": bindparam("si"),
+    "payload": bindparam("p"),
+}
+_NEW_STATES = insert(_MS).values(member_id=bindparam("mid"), **_STATE_VALUES)
+_SET_STATES = update(_MS).where(_MS.c.member_id == bindparam("mid")).values(**_STATE_VALUES)
 
 
 class BillingError(Exception):
