@@ -399,6 +399,10 @@ def test_crash_loses_nothing_committed(tmp_path: Path) -> None:
         ("schedule", [{"days": ["mon"], "start": "09:00", "end": "10:00", "x": 1}]),
         ("schedule", [{"days": ["mon"], "start": 900, "end": "10:00"}]),
         ("schedule", {"days": ["mon"]}),
+        ("zones", ["main", 7]),
+        ("credentials", [5]),
+        ("credentials", ["zz" * 32]),
+        ("credentials", ["ab" * 31]),
     ],
 )
 def test_ill_typed_state_is_refused_before_the_hot_path(field: str, value: object) -> None:
