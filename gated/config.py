@@ -390,6 +390,8 @@ class StripeConfig(_Section):
     webhook_secret_file: Path | None = None
     api_base: str | None = None
     max_requests_per_s: float = Field(default=25.0, gt=0, le=100)
+    # Calls a billing cycle keeps in flight: one at a time, a round trip each, is ~2-3 charges/s.
+    concurrency: int = Field(default=8, ge=1, le=32)
     max_retries: int = Field(default=4, ge=0, le=10)
     # Live Stripe needs renewals confirmed as merchant-initiated; a local fake may reject it.
     off_session: bool = True

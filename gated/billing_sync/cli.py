@@ -97,6 +97,7 @@ def make_gateway(config: BillingConfig, clock: Callable[[], int]) -> PaymentGate
             config.stripe.api_key_file.read_text().strip(),
             api_base=config.stripe.api_base,
             max_requests_per_s=config.stripe.max_requests_per_s,
+            concurrency=config.stripe.concurrency,
             max_retries=config.stripe.max_retries,
             off_session=config.stripe.off_session,
         )

@@ -51,6 +51,10 @@ class PaymentGateway(Protocol):
     """What the billing service asks of a payment provider."""
 
     name: str
+    # How many calls a billing cycle may have in flight at once. A remote provider answers each
+    # after a network round trip, so one at a time is a few charges a second; the gateway paces
+    # its own calls to the provider's rate limit whatever this is.
+    concurrency: int
 
     def create_customer(self, member_id: str, email: str | None, name: str) -> str:
         """Create the provider's customer record; returns its id."""
@@ -114,6 +118,8 @@ class SimulatedGateway:
     """
 
     name = "simulated"
+    # In-process and answered at once: threads would only take turns holding the GIL.
+    concurrency = 1
 
     def __init__(
         self,

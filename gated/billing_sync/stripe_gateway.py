@@ -4,6 +4,7 @@ official ``stripe`` library (``StripeClient`` over httpx), paced and retried wit
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,8 +35,8 @@ _STATES: dict[str, IntentState] = {
 class StripeGateway:
     """Charges through Stripe (or a Stripe-compatible fake at ``api_base``).
 
-    Requests are paced to ``max_requests_per_s`` (Stripe allows ~100/s live) and a 429, a 5xx or
-    a network error is retried up to ``max_retries`` times with exponential backoff under the same
+    Requests are paced to ``max_requests_per_s`` (Stripe allows ~100/s live), with up to
+    ``concurrency`` of a billing cycle's in flight at once, and a 429, a 5xx or a network error is retried up to ``max_retries`` times with exponential backoff under the same
     idempotency key. ``off_session`` marks confirmations as merchant-initiated, which live Stripe
     needs for renewals, and sends the ``return_url`` of on-session ones (3-D Secure redirects);
     some local fakes reject both parameters.
@@ -49,16 +50,17 @@ class StripeGateway:
         *,
         api_base: str | None = None,
         max_requests_per_s: float = 25.0,
+        concurrency: int = 8,
         max_retries: int = 4,
         off_session: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._client = stripe.StripeClient(
-            api_key,
-            base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(allow_sync_methods=True),
-            max_network_retries=0,
-        )
+        self._api_key = api_key
+        self._api_base = api_base
+        # Idle clients, each with its own HTTP connections, for the calls a cycle makes from
+        # several threads at once: one is taken per call and given back after it.
+        self._clients: queue.SimpleQueue[stripe.StripeClient] = queue.SimpleQueue()
+        self.concurrency = concurrency
         self._interval = 1.0 / max_requests_per_s
         self._max_retries = max_retries
         self._off_session = off_session
@@ -74,12 +76,32 @@ class StripeGateway:
         if wait > 0:
             self._sleep(wait)
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _new_client(self) -> stripe.StripeClient:
+        return stripe.StripeClient(
+            self._api_key,
+            base_addresses={"api": self._api_base} if self._api_base else None,
+            http_client=stripe.HTTPXClient(allow_sync_methods=True),
+            max_network_retries=0,
+        )
+
+    def _call(self, what: str, fn: Callable[[stripe.StripeClient], T]) -> T:
+        try:
+            client = self._clients.get_nowait()
+        except queue.Empty:
+            client = self._new_client()
+        try:
+            return self._call_with(client, what, fn)
+        finally:
+            self._clients.put(client)
+
+    def _call_with(
+        self, client: stripe.StripeClient, what: str, fn: Callable[[stripe.StripeClient], T]
+    ) -> T:
         delay = 0.5
         for attempt in range(self._max_retries + 1):
             self._pace()
             try:
-                return fn()
+                return fn(client)
             except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
                 error: Exception = exc
             except stripe.APIError as exc:  # 5xx
@@ -106,7 +128,7 @@ class StripeGateway:
             params["email"] = email
         customer = self._call(
             "customers.create",
-            lambda: self._client.v1.customers.create(
+            lambda c: c.v1.customers.create(
                 params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": f"customer-{member_id}"},
             ),
@@ -117,7 +139,7 @@ class StripeGateway:
         """Attach a PaymentMethod (e.g. from Stripe Elements) to the customer."""
         pm = self._call(
             "payment_methods.attach",
-            lambda: self._client.v1.payment_methods.attach(
+            lambda c: c.v1.payment_methods.attach(
                 payment_method, params={"customer": customer_ref}
             ),
         )
@@ -145,7 +167,7 @@ class StripeGateway:
             params["customer"] = customer_ref
         intent = self._call(
             "payment_intents.create",
-            lambda: self._client.v1.payment_intents.create(
+            lambda c: c.v1.payment_intents.create(
                 params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": idempotency_key},
             ),
@@ -167,7 +189,7 @@ class StripeGateway:
         try:
             intent = self._call(
                 "payment_intents.confirm",
-                lambda: self._client.v1.payment_intents.confirm(
+                lambda c: c.v1.payment_intents.confirm(
                     intent_id,
                     params=params,  # type: ignore[arg-type]
                     options={"idempotency_key": f"{idempotency_key}-confirm"},
@@ -185,7 +207,7 @@ class StripeGateway:
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
         """Where the intent stands (used after a restart and to settle slow methods)."""
         intent = self._call(
-            "payment_intents.retrieve", lambda: self._client.v1.payment_intents.retrieve(intent_id)
+            "payment_intents.retrieve", lambda c: c.v1.payment_intents.retrieve(intent_id)
         )
         return self._result(intent)
 

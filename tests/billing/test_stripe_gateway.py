@@ -74,6 +74,25 @@ def test_billing_with_stripe_renews_and_dunns(tmp_path: Path, localstripe: Local
     assert published(b, "m1")["status"] == "active"
 
 
+def test_a_cycle_charges_several_members_at_once_through_stripe(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    """Four calls in flight from the cycle's threads, each on a client of its own: every member is
+    renewed once, and a declining card fails only its own charge."""
+    gw = gateway(localstripe.url, concurrency=4)
+    b, clock = make_billing(tmp_path, gateway=gw)
+    members = [f"m{i}" for i in range(8)]
+    for m in members:
+        b.add_member(m, m, plan_id="monthly", payment_method="pm_card_visa")
+    b.set_payment_method("m5", "pm_card_chargeCustomerFail")
+    step(b, clock, 31)
+    assert {m: published(b, m)["status"] for m in members} == {
+        m: "grace" if m == "m5" else "active" for m in members
+    }
+    assert [b.member(m)["owed"] for m in members] == [5938 if m == "m5" else 0 for m in members]
+    assert gw._clients.qsize() > 1  # the calls overlapped, each on its own client
+
+
 @pytest.fixture
 def throttling_proxy(localstripe: LocalStripe) -> object:
     """Answers the first ``budget`` requests with 429, then forwards to localstripe."""

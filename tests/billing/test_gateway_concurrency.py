@@ -1,0 +1,173 @@
+"""A billing cycle keeps several gateway calls in flight at once (a remote provider answers each
+after a round trip), without giving up the charging protocol's order: every intent of a batch is
+created and its id committed before any is confirmed, each charge is booked once, and a failed
+call costs only its own charge."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from gated.billing_sync import schema
+from gated.billing_sync.gateway import (
+    ChargeResult,
+    GatewayUnavailable,
+    SimulatedGateway,
+)
+from gated.billing_sync.service import Billing
+from tests.billing.helpers import Clock, make_billing, published, step
+
+MEMBERS = 12
+
+
+class RemoteGateway:
+    """The simulator behind a round trip: each call waits ``delay`` seconds, like a provider over
+    the network. Records how many calls were in flight at once and which intents were confirmed
+    while some of their batch's intent ids were not yet committed."""
+
+    name = "remote"
+
+    def __init__(self, sim: SimulatedGateway, concurrency: int, delay: float = 0.02) -> None:
+        self.sim = sim
+        self.concurrency = concurrency
+        self.delay = delay
+        self.billing: Billing | None = None
+        self.fail_create: set[str] = set()  # member ids whose create_intent is unavailable
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+        self.confirmed: list[str] = []
+        self.confirmed_uncommitted: list[str] = []
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+        time.sleep(self.delay)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._now -= 1
+
+    def create_customer(self, member_id: str, email: str | None, name: str) -> str:
+        return self.sim.create_customer(member_id, email, name)
+
+    def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
+        return self.sim.attach_payment_method(customer_ref, payment_method)
+
+    def create_intent(
+        self,
+        *,
+        customer_ref: str | None,
+        payment_method: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        self._enter()
+        try:
+            if metadata["member_id"] in self.fail_create:
+                raise GatewayUnavailable("no answer")
+            return self.sim.create_intent(
+                customer_ref=customer_ref,
+                payment_method=payment_method,
+                amount=amount,
+                currency=currency,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
+            )
+        finally:
+            self._leave()
+
+    def confirm_intent(
+        self, intent_id: str, idempotency_key: str, *, return_url: str | None = None
+    ) -> ChargeResult:
+        self._enter()
+        try:
+            assert self.billing is not None
+            with self.billing.engine.connect() as conn:
+                committed = conn.execute(
+                    select(func.count()).where(schema.payment_attempts.c.gateway_ref == intent_id)
+                ).scalar_one()
+            with self._lock:
+                self.confirmed.append(intent_id)
+                if not committed:
+                    self.confirmed_uncommitted.append(intent_id)
+            return self.sim.confirm_intent(intent_id, idempotency_key, return_url=return_url)
+        finally:
+            self._leave()
+
+    def retrieve_intent(self, intent_id: str) -> ChargeResult:
+        self._enter()
+        try:
+            return self.sim.retrieve_intent(intent_id)
+        finally:
+            self._leave()
+
+
+def _billing(tmp_path: Path, concurrency: int) -> tuple[Billing, Clock, RemoteGateway]:
+    clock = Clock()
+    gateway = RemoteGateway(SimulatedGateway(tmp_path / "sim.db", clock=clock), concurrency)
+    b, _ = make_billing(tmp_path, gateway=gateway, clock=clock, batch_size=MEMBERS)
+    gateway.billing = b
+    for i in range(MEMBERS):
+        b.add_member(f"m{i:02d}", f"Member {i}", plan_id="monthly", payment_method="pm_sim_ok")
+    return b, clock, gateway
+
+
+def _payments(b: Billing) -> dict[str, int]:
+    """Card payments per member (the first month's included)."""
+    with b.engine.connect() as conn:
+        rows = conn.execute(
+            select(schema.payments.c.member_id, func.count()).group_by(schema.payments.c.member_id)
+        ).all()
+    return {member_id: int(n) for member_id, n in rows}
+
+
+EVERYONE = {f"m{i:02d}" for i in range(MEMBERS)}
+
+
+def test_a_cycle_keeps_up_to_concurrency_calls_in_flight_and_books_each_charge_once(
+    tmp_path: Path,
+) -> None:
+    b, clock, gateway = _billing(tmp_path, concurrency=4)
+    gateway.most = 0
+    gateway.confirmed.clear()
+    step(b, clock, 31)  # every member's renewal is due: one batch of MEMBERS charges
+    assert gateway.most == 4
+    assert len(gateway.confirmed) == MEMBERS == len(set(gateway.confirmed))
+    assert gateway.confirmed_uncommitted == []  # no intent charged before its id was committed
+    assert _payments(b) == dict.fromkeys(EVERYONE, 2)  # the first month and one renewal
+    assert all(published(b, m)["status"] == "active" for m in EVERYONE)
+    assert gateway.sim.charged_total() == 2 * MEMBERS * 5938  # first month and one renewal
+
+
+def test_one_at_a_time_when_the_gateway_says_so(tmp_path: Path) -> None:
+    b, clock, gateway = _billing(tmp_path, concurrency=1)
+    gateway.most = 0
+    step(b, clock, 31)
+    assert gateway.most == 1
+    assert _payments(b) == dict.fromkeys(EVERYONE, 2)
+
+
+def test_a_call_that_fails_costs_only_its_own_charge_and_is_retried_later(
+    tmp_path: Path,
+) -> None:
+    b, clock, gateway = _billing(tmp_path, concurrency=4)
+    gateway.fail_create = {"m03", "m07"}
+    clock.advance(31)
+    report = b.run_cycle()
+    assert report.errors == 2
+    assert report.succeeded == MEMBERS - 2
+    assert _payments(b) == {m: 1 if m in {"m03", "m07"} else 2 for m in EVERYONE}
+    # The two attempts stay open with no intent; the next cycle creates and confirms them, once.
+    gateway.fail_create = set()
+    report = b.run_cycle()
+    assert (report.resumed, report.succeeded, report.errors) == (2, 2, 0)
+    assert _payments(b) == dict.fromkeys(EVERYONE, 2)
+    assert gateway.sim.charged_total() == 2 * MEMBERS * 5938
