@@ -36,8 +36,9 @@ class StripeGateway:
     """Charges through Stripe (or a Stripe-compatible fake at ``api_base``).
 
     Requests are paced to ``max_requests_per_s`` (Stripe allows ~100/s live), with up to
-    ``concurrency`` of a billing cycle's in flight at once, and a 429, a 5xx or a network error is retried up to ``max_retries`` times with exponential backoff under the same
-    idempotency key. ``off_session`` marks confirmations as merchant-initiated, which live Stripe
+    ``concurrency`` of a billing cycle's in flight at once, and a 429, a 5xx or a network error
+    is retried up to ``max_retries`` times with exponential backoff under the same idempotency
+    key. ``off_session`` marks confirmations as merchant-initiated, which live Stripe
     needs for renewals, and sends the ``return_url`` of on-session ones (3-D Secure redirects);
     some local fakes reject both parameters.
     """
