@@ -121,6 +121,8 @@ async def serve_forever(billing: Billing) -> int:
             failed = True
             log.error("event=task_ended task=%s error=%r", task.get_name(), task.exception())
     notifier.notify("STOPPING=1")
+    # A cycle running in its thread makes no new gateway call and ends after its batch.
+    billing.stopping.set()
     server.should_exit = True
     for task in tasks:
         if task.get_name() != "http":

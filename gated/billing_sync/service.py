@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import signal
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.gateway import (
     ChargeResult,
     GatewayError,
+    GatewayUnavailable,
     IntentState,
     PaymentGateway,
 )
@@ -309,6 +311,9 @@ class Billing:
         self.clock = clock
         self.rules = eng.Rules.from_config(config.dunning)
         self.published_hook: Callable[[], None] | None = None
+        # Set when the service is stopping: a running cycle makes no new gateway call and ends
+        # after its batch; attempts it leaves open are finished by the next cycle's resume().
+        self.stopping = threading.Event()
 
     # --- plans and members --------------------------------------------------------------------
 
@@ -944,7 +949,7 @@ class Billing:
         self.resume(report, member_ids)
         batch = self.config.batch_size
         seen: set[str] = set()
-        while True:
+        while not self.stopping.is_set():
             now = self.clock()
             with self.engine.begin() as conn:
                 if member_ids is None:
@@ -967,6 +972,8 @@ class Billing:
             self._execute(charges, report)
             if member_ids is not None:
                 break
+        if self.stopping.is_set():
+            log.info("event=cycle_interrupted reason=stopping reviewed=%d", report.reviewed)
         self._notify_published()
         return report
 
@@ -1205,10 +1212,13 @@ class Billing:
         """``call`` for each charge, in order, with up to the gateway's ``concurrency`` in flight
         at once: a provider answers over the network, one call at a time that is ~2-3 charges a
         second, far below what its rate limit allows (the gateway paces the calls itself). A
-        GatewayError is returned in its charge's place; anything else is raised after the other
-        calls have run (each is idempotent)."""
+        GatewayError is returned in its charge's place; anything else is raised once the calls
+        already under way have ended, and the rest are not made (their attempts stay open for
+        the next cycle's resume())."""
 
         def one(c: _Charge) -> T | GatewayError:
+            if self.stopping.is_set():
+                return GatewayUnavailable("not sent: the service is stopping")
             try:
                 return call(c)
             except GatewayError as exc:
@@ -1217,8 +1227,12 @@ class Billing:
         workers = min(self.gateway.concurrency, len(charges))
         if workers <= 1:
             return [one(c) for c in charges]
-        with ThreadPoolExecutor(workers, thread_name_prefix="gateway") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="gateway")
+        try:
             return list(pool.map(one, charges))
+        finally:
+            # On an error or Ctrl-C, the calls not yet under way are not made at all.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def record_results(self, conn: Connection, charges: list[_Charge], report: CycleReport) -> None:
         """Store gateway answers once: an attempt already final is left alone, whatever arrives

@@ -42,11 +42,17 @@ class RemoteGateway:
         self.most = 0
         self.confirmed: list[str] = []
         self.confirmed_uncommitted: list[str] = []
+        self.calls = 0
+        self.stop_after: int | None = None  # the service is told to stop at this call
 
     def _enter(self) -> None:
         with self._lock:
             self._now += 1
             self.most = max(self.most, self._now)
+            self.calls += 1
+            if self.calls == self.stop_after:
+                assert self.billing is not None
+                self.billing.stopping.set()
         time.sleep(self.delay)
 
     def _leave(self) -> None:
@@ -110,10 +116,12 @@ class RemoteGateway:
             self._leave()
 
 
-def _billing(tmp_path: Path, concurrency: int) -> tuple[Billing, Clock, RemoteGateway]:
+def _billing(
+    tmp_path: Path, concurrency: int, batch: int = MEMBERS
+) -> tuple[Billing, Clock, RemoteGateway]:
     clock = Clock()
     gateway = RemoteGateway(SimulatedGateway(tmp_path / "sim.db", clock=clock), concurrency)
-    b, _ = make_billing(tmp_path, gateway=gateway, clock=clock, batch_size=MEMBERS)
+    b, _ = make_billing(tmp_path, gateway=gateway, clock=clock, batch_size=batch)
     gateway.billing = b
     for i in range(MEMBERS):
         b.add_member(f"m{i:02d}", f"Member {i}", plan_id="monthly", payment_method="pm_sim_ok")
@@ -169,5 +177,28 @@ def test_a_call_that_fails_costs_only_its_own_charge_and_is_retried_later(
     gateway.fail_create = set()
     report = b.run_cycle()
     assert (report.resumed, report.succeeded, report.errors) == (2, 2, 0)
+    assert _payments(b) == dict.fromkeys(EVERYONE, 2)
+    assert gateway.sim.charged_total() == 2 * MEMBERS * 5938
+
+
+def test_stopping_makes_no_new_call_ends_the_cycle_and_the_next_one_finishes_the_rest(
+    tmp_path: Path,
+) -> None:
+    b, clock, gateway = _billing(tmp_path, concurrency=2, batch=4)
+    gateway.calls = 0
+    gateway.stop_after = 3  # the service is told to stop during the first batch's creates
+    clock.advance(31)
+    report = b.run_cycle()
+    # The calls under way when the stop came end (the third, perhaps the second); nothing else
+    # is sent (a whole batch is 8 calls) and no later batch runs.
+    assert gateway.calls in (3, 4)
+    assert report.reviewed == 4 and report.succeeded == 0
+    assert _payments(b) == dict.fromkeys(EVERYONE, 1)  # the first month only
+    # A restarted service (a new Billing on the same store) finishes the open attempts, renews
+    # everyone else, and charges nobody twice.
+    b2 = Billing(b.engine, b.config, gateway, b.keys, clock)
+    gateway.billing = b2
+    report = b2.run_cycle()
+    assert report.resumed == 4
     assert _payments(b) == dict.fromkeys(EVERYONE, 2)
     assert gateway.sim.charged_total() == 2 * MEMBERS * 5938
