@@ -7,37 +7,35 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import (
-    ChargeResult,
-    GatewayUnavailable,
-    SimulatedGateway,
-)
+from gated.billing_sync.gateway import ChargeResult, GatewayUnavailable, SimulatedGateway
 from gated.billing_sync.service import Billing
 from tests.billing.helpers import Clock, make_billing, published, step
 
 MEMBERS = 12
 
 
-class RemoteGateway:
-    """The simulator behind a round trip: each call waits ``delay`` seconds, like a provider over
-    the network. Records how many calls were in flight at once and which intents were confirmed
-    while some of their batch's intent ids were not yet committed."""
+class RemoteGateway(SimulatedGateway):
+    """The simulator behind a round trip: each intent call waits ``delay`` seconds, like a
+    provider over the network. Records how many calls were in flight at once and which intents
+    were confirmed before their id was committed."""
 
     name = "remote"
 
-    def __init__(self, sim: SimulatedGateway, concurrency: int, delay: float = 0.02) -> None:
-        self.sim = sim
+    def __init__(self, clock: Clock, path: Path, concurrency: int, delay: float = 0.02) -> None:
+        super().__init__(path, clock=clock)
         self.concurrency = concurrency
         self.delay = delay
         self.billing: Billing | None = None
         self.fail_create: set[str] = set()  # member ids whose create_intent is unavailable
-        self._lock = threading.Lock()
+        self._count = threading.Lock()
         self._now = 0
         self.most = 0
         self.confirmed: list[str] = []
@@ -45,82 +43,51 @@ class RemoteGateway:
         self.calls = 0
         self.stop_after: int | None = None  # the service is told to stop at this call
 
-    def _enter(self) -> None:
-        with self._lock:
+    @contextmanager
+    def _round_trip(self) -> Iterator[None]:
+        with self._count:
             self._now += 1
             self.most = max(self.most, self._now)
             self.calls += 1
             if self.calls == self.stop_after:
                 assert self.billing is not None
                 self.billing.stopping.set()
-        time.sleep(self.delay)
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._now -= 1
-
-    def create_customer(self, member_id: str, email: str | None, name: str) -> str:
-        return self.sim.create_customer(member_id, email, name)
-
-    def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
-        return self.sim.attach_payment_method(customer_ref, payment_method)
-
-    def create_intent(
-        self,
-        *,
-        customer_ref: str | None,
-        payment_method: str,
-        amount: int,
-        currency: str,
-        idempotency_key: str,
-        metadata: Mapping[str, str],
-    ) -> str:
-        self._enter()
         try:
-            if metadata["member_id"] in self.fail_create:
-                raise GatewayUnavailable("no answer")
-            return self.sim.create_intent(
-                customer_ref=customer_ref,
-                payment_method=payment_method,
-                amount=amount,
-                currency=currency,
-                idempotency_key=idempotency_key,
-                metadata=metadata,
-            )
+            time.sleep(self.delay)
+            yield
         finally:
-            self._leave()
+            with self._count:
+                self._now -= 1
 
-    def confirm_intent(
-        self, intent_id: str, idempotency_key: str, *, return_url: str | None = None
-    ) -> ChargeResult:
-        self._enter()
-        try:
+    def create_intent(self, **kw: Any) -> str:
+        with self._round_trip():
+            if kw["metadata"]["member_id"] in self.fail_create:
+                raise GatewayUnavailable("no answer")
+            return super().create_intent(**kw)
+
+    def confirm_intent(self, intent_id: str, *args: Any, **kw: Any) -> ChargeResult:
+        with self._round_trip():
             assert self.billing is not None
             with self.billing.engine.connect() as conn:
                 committed = conn.execute(
                     select(func.count()).where(schema.payment_attempts.c.gateway_ref == intent_id)
                 ).scalar_one()
-            with self._lock:
+            with self._count:
                 self.confirmed.append(intent_id)
                 if not committed:
                     self.confirmed_uncommitted.append(intent_id)
-            return self.sim.confirm_intent(intent_id, idempotency_key, return_url=return_url)
-        finally:
-            self._leave()
+            return super().confirm_intent(intent_id, *args, **kw)
 
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
-        self._enter()
-        try:
-            return self.sim.retrieve_intent(intent_id)
-        finally:
-            self._leave()
+        with self._round_trip():
+            return super().retrieve_intent(intent_id)
 
 
 def _billing(
     tmp_path: Path, concurrency: int, batch: int = MEMBERS
 ) -> tuple[Billing, Clock, RemoteGateway]:
     clock = Clock()
-    gateway = RemoteGateway(SimulatedGateway(tmp_path / "sim.db", clock=clock), concurrency)
+    gateway = RemoteGateway(clock, tmp_path / "sim.db", concurrency)
     b, _ = make_billing(tmp_path, gateway=gateway, clock=clock, batch_size=batch)
     gateway.billing = b
     for i in range(MEMBERS):
@@ -152,7 +119,7 @@ def test_a_cycle_keeps_up_to_concurrency_calls_in_flight_and_books_each_charge_o
     assert gateway.confirmed_uncommitted == []  # no intent charged before its id was committed
     assert _payments(b) == dict.fromkeys(EVERYONE, 2)  # the first month and one renewal
     assert all(published(b, m)["status"] == "active" for m in EVERYONE)
-    assert gateway.sim.charged_total() == 2 * MEMBERS * 5938  # first month and one renewal
+    assert gateway.charged_total() == 2 * MEMBERS * 5938  # first month and one renewal
 
 
 def test_one_at_a_time_when_the_gateway_says_so(tmp_path: Path) -> None:
@@ -178,7 +145,7 @@ def test_a_call_that_fails_costs_only_its_own_charge_and_is_retried_later(
     report = b.run_cycle()
     assert (report.resumed, report.succeeded, report.errors) == (2, 2, 0)
     assert _payments(b) == dict.fromkeys(EVERYONE, 2)
-    assert gateway.sim.charged_total() == 2 * MEMBERS * 5938
+    assert gateway.charged_total() == 2 * MEMBERS * 5938
 
 
 def test_stopping_makes_no_new_call_ends_the_cycle_and_the_next_one_finishes_the_rest(
@@ -201,4 +168,4 @@ def test_stopping_makes_no_new_call_ends_the_cycle_and_the_next_one_finishes_the
     report = b2.run_cycle()
     assert report.resumed == 4
     assert _payments(b) == dict.fromkeys(EVERYONE, 2)
-    assert gateway.sim.charged_total() == 2 * MEMBERS * 5938
+    assert gateway.charged_total() == 2 * MEMBERS * 5938
