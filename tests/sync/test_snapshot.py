@@ -64,8 +64,14 @@ def test_empty_gate_starts_from_the_snapshot(
     items[5]["status"] = "erased"
     server.body = snapshot(hq, items)
     snap_gate.start()
+    # The index is swapped in a loop pass before the snapshot's report is written: wait for both.
     status = wait_until(
-        lambda: (s := snap_gate.request("status"))["members"] == 1999 and s, what="snapshot"
+        lambda: (
+            (s := snap_gate.request("status"))["members"] == 1999
+            and s["sync"]["last_snapshot"]
+            and s
+        ),
+        what="snapshot",
     )
     assert status["max_version"] == 2000
     last = status["sync"]["last_snapshot"]
@@ -134,8 +140,13 @@ def test_a_gate_apart_from_the_manifest_fetches_a_snapshot(
     server.body = snapshot(hq, items)
     hq.states = {s["member_id"]: s for s in items}
     hq.publish_manifest()  # the manifest says 50: the gate is behind it
+    # The cold start's failed snapshot is reported first; wait for the anti-entropy one's report.
     status = wait_until(
-        lambda: (s := snap_gate.request("status"))["members"] == 50 and s,
+        lambda: (
+            (s := snap_gate.request("status"))["members"] == 50
+            and (s["sync"]["last_snapshot"] or {}).get("reason") == "anti_entropy"
+            and s
+        ),
         timeout=15,
         what="anti-entropy snapshot",
     )
