@@ -97,6 +97,8 @@ BATCH_DELAY_S = 0.005
 # this 2-core machine, a badge's p99 was 1.9 ms with them at nice 10 and 0.16 ms at nice 19.
 VERIFY_PROCESSES = max(1, min(3, os.cpu_count() or 1))
 VERIFY_NICE = 19
+# How long a starting sync waits for every verifier process to be up.
+VERIFIER_START_S = 10.0
 # After this long without member traffic a sync has ended: compare with the manifest.
 SETTLE_S = 1.5
 BACKOFF_MIN_S = 0.5
@@ -300,18 +302,25 @@ class SiteSync:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def start_verifiers(self) -> None:
-        """Start every verifier process now, not when the first sync needs it. The pool starts
-        a process only when a job finds none idle, so one job would start one: the others would
-        start in the middle of the first sync (a cold start's), each a new Python process
-        importing the verifier on cores the sync needs."""
+        """Start every verifier process now and wait until each has taken a job, not when the
+        first sync needs it. The pool starts a process only when a job finds none idle, so one
+        job would start one; and the first process up could take every warm-up job while the
+        others were still importing, to finish starting in the middle of the first sync (a cold
+        start's) on cores the sync needs. Each warm-up job holds its process a little, so the
+        next goes to another; at most VERIFIER_START_S is spent waiting."""
         loop = asyncio.get_running_loop()
+        ready: set[int] = set()
+        deadline = time.monotonic() + VERIFIER_START_S
         with contextlib.suppress(BrokenProcessPool, OSError):
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._pool, verify_member_states, [])
-                    for _ in range(VERIFY_PROCESSES)
+            while len(ready) < VERIFY_PROCESSES and time.monotonic() < deadline:
+                ready.update(
+                    await asyncio.gather(
+                        *(
+                            loop.run_in_executor(self._pool, _verifier_ready, 0.05)
+                            for _ in range(VERIFY_PROCESSES)
+                        )
+                    )
                 )
-            )
 
     def _lost(self, reason: str) -> None:
         if self.connected or reason != self.last_error:
@@ -1110,6 +1119,12 @@ def _init_verifier(public_keys: list[bytes], site: str, parent: int) -> None:
     os.nice(VERIFY_NICE)
     _verifier = Verifier(public_keys)
     _site = site
+
+
+def _verifier_ready(hold_s: float) -> int:
+    """In a verifier process: a warm-up job (see ``SiteSync.start_verifiers``)."""
+    time.sleep(hold_s)
+    return os.getpid()
 
 
 def verify_member_states(payloads: list[bytes]) -> tuple[list[bytes], int, str, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -166,14 +167,15 @@ def test_a_loop_pass_reads_a_few_mqtt_packets_however_many_publishes_wait() -> N
 
 def test_every_verifier_process_is_started_before_the_first_sync() -> None:
     """The pool starts a process only when a job finds none idle: warming it with one job left
-    the others to start in the middle of the first sync, holding badges up for ~30 ms."""
+    the others to start in the middle of the first sync, holding badges up for ~30 ms; and the
+    first process up could take every warm-up job while another was still importing."""
     import asyncio
 
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from gated.cache.sync import VERIFY_PROCESSES, SiteSync
+    from gated.cache.sync import VERIFY_NICE, VERIFY_PROCESSES, SiteSync
 
-    async def started() -> int:
+    async def started() -> list[int]:
         sync = object.__new__(SiteSync)
         sync.site = SITE
         sync._public_keys = [
@@ -182,11 +184,14 @@ def test_every_verifier_process_is_started_before_the_first_sync() -> None:
         sync._pool = sync._new_pool()
         try:
             await sync.start_verifiers()
-            return len(sync._pool._processes)  # type: ignore[attr-defined]
+            # Each has run its initializer (nice 19) by now, not just been spawned.
+            pids = list(sync._pool._processes)  # type: ignore[attr-defined]
+            return [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids]
         finally:
             sync._pool.shutdown()
 
-    assert asyncio.run(started()) == VERIFY_PROCESSES
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert asyncio.run(started()) == [min(19, ours + VERIFY_NICE)] * VERIFY_PROCESSES
 
 
 def test_the_heartbeat_stops_when_the_order_to_stop_comes_with_a_puback() -> None:
