@@ -9,8 +9,9 @@ crash-safe protocol, payments, receipts, new MemberStates with versions and the 
 Also reported: the time spent inside the gateway's calls (the simulator stands in for the
 payment provider), so ``overhead_per_renewal_us`` is gated's own share; and a fixed calibration
 workload (Python building rows, SQLite inserting them) timed just before and just after the
-cycle, best of three each. This VM's speed drifts by a third through a day; the cycle's ratio to
-the calibration shows whether a slow run is the code or the minute.
+cycle, best of three each. This VM's speed can halve from one minute to the next: a slow
+calibration beside a slow cycle shows it was the minute, not the code (a reading before and after
+can still miss a slow stretch in between).
 """
 
 from __future__ import annotations
