@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
@@ -63,3 +64,19 @@ def test_shipped_example_config_is_valid() -> None:
     config = load_billing_config(root / "config" / "billing.toml")
     assert config.sites == ["downtown"] and config.dunning.retry_days == [3, 7]
     assert config.database_url.startswith("sqlite:////")  # made absolute from the file's folder
+
+
+@pytest.mark.parametrize("value", ["0", "33", '"eight"'])
+def test_a_bad_stripe_concurrency_is_refused_by_name(tmp_path: Path, value: str) -> None:
+    from gated.config import ConfigError, load_billing_config
+
+    shipped = Path(__file__).resolve().parents[2] / "config" / "billing.toml"
+    path = tmp_path / "billing.toml"
+    path.write_text(
+        shipped.read_text()
+        + f'\n[stripe]\napi_key_file = "{tmp_path}/stripe.key"\nconcurrency = {value}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_billing_config(path)
+    message = str(info.value)
+    assert "\n" not in message and "stripe.concurrency" in message
