@@ -31,16 +31,18 @@ import os
 import pickle
 import queue
 import random
+import shutil
 import signal
 import sqlite3
 import ssl
+import tempfile
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Awaitable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +116,8 @@ SNAPSHOT_MAX_BYTES = 1 << 30
 # Rows cross from a verifier process pickled in chunks this size: unpickling one holds the GIL
 # ~0.1 ms.
 ROW_CHUNK = 64
-# A snapshot is cut into pieces of about this many bytes (~5,000 states) for the verifier
-# processes to make rows from, each piece compressed again by a thread of its own.
+# A snapshot's verified body is cut into pieces of about this many bytes (~5,000 states) for the
+# verifier processes to make rows from; each reads its piece from the body's file.
 SNAPSHOT_PIECE_BYTES = 2 << 20
 # MQTT packets read per pass of the loop. paho's loop_read reads as many as this client has
 # unacknowledged messages of its own: during a sync, with events waiting for PUBACKs behind the
@@ -167,18 +169,24 @@ def describe_error(exc: BaseException, url: str) -> str:
     return f"broker {url}: {text or type(exc).__name__}"
 
 
-async def fetch_snapshot(head_office: HeadOfficeConfig) -> bytes:
-    """The site snapshot's bytes from ``snapshot_url``: ``https://``/``http://`` with the bearer
-    token in ``token_file``, or a ``file://`` path. Raises SyncError."""
+async def fetch_snapshot(head_office: HeadOfficeConfig, into: Path) -> Path:
+    """The site snapshot as a file: a ``file://`` path is used where it lies, and
+    ``https://``/``http://`` (bearer token in ``token_file``) is streamed into ``into``. A verifier
+    process reads the file (:func:`open_snapshot`): handing megabytes to a process pool pickles
+    them on a thread of the daemon that holds the GIL for milliseconds, and every badge waits.
+    Raises SyncError."""
     url = head_office.snapshot_url
     if not url:
         raise SyncError("no [head_office] snapshot_url")
     if url.startswith("file://"):
         path = Path(url.removeprefix("file://"))
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            size = (await asyncio.to_thread(path.stat)).st_size
         except OSError as exc:
             raise SyncError(f"snapshot file {path}: {exc.strerror or exc}") from exc
+        if size > SNAPSHOT_MAX_BYTES:
+            raise SyncError(f"snapshot file {path} is larger than {SNAPSHOT_MAX_BYTES}")
+        return path
     headers = {"Accept": "application/gzip"}
     try:
         if head_office.token_file is not None:
@@ -197,14 +205,19 @@ async def fetch_snapshot(head_office: HeadOfficeConfig) -> bytes:
         ):
             if response.status_code != 200:
                 raise SyncError(f"snapshot: HTTP {response.status_code} from {url}")
-            data = bytearray()
-            async for chunk in response.aiter_raw():
-                data += chunk
-                if len(data) > SNAPSHOT_MAX_BYTES:
-                    raise SyncError(f"snapshot from {url} is larger than {SNAPSHOT_MAX_BYTES}")
-            return bytes(data)
+            size = 0
+            with into.open("wb") as out:
+                async for chunk in response.aiter_raw():
+                    size += len(chunk)
+                    if size > SNAPSHOT_MAX_BYTES:
+                        raise SyncError(f"snapshot from {url} is larger than {SNAPSHOT_MAX_BYTES}")
+                    # Off the loop: a write to an SD card can block for a long time.
+                    await asyncio.to_thread(out.write, chunk)
+            return into
     except httpx.HTTPError as exc:
         raise SyncError(f"snapshot: {url}: {exc or type(exc).__name__}") from exc
+    except OSError as exc:
+        raise SyncError(f"snapshot: cannot store it in {into.parent}: {exc}") from exc
 
 
 class SiteSync:
@@ -307,8 +320,12 @@ class SiteSync:
         job would start one; and the first process up could take every warm-up job while the
         others were still importing, to finish starting in the middle of the first sync (a cold
         start's) on cores the sync needs. Each warm-up job holds its process a little, so the
-        next goes to another; at most VERIFIER_START_S is spent waiting."""
+        next goes to another; at most VERIFIER_START_S is spent waiting.
+
+        The loop's default thread pool gets its first thread now too: starting one waits for it
+        to run, and a cold start's first file work would otherwise do that under a badge."""
         loop = asyncio.get_running_loop()
+        await asyncio.to_thread(int)
         ready: set[int] = set()
         deadline = time.monotonic() + VERIFIER_START_S
         with contextlib.suppress(BrokenProcessPool, OSError):
@@ -713,10 +730,11 @@ class SiteSync:
         except SyncError:
             return None
 
-    async def _apply_snapshot(self, pieces: list[bytes]) -> tuple[int, int, int]:
-        """Apply a verified snapshot's pieces in one transaction, all or nothing: the writer takes
-        each piece's rows while the verifier processes make the next ones. Returns (rows applied,
-        rows for this site, states for other sites)."""
+    async def _apply_snapshot(self, body: Path, cuts: list[int]) -> tuple[int, int, int]:
+        """Apply a verified snapshot's body (a file, cut into pieces of whole lines at ``cuts``)
+        in one transaction, all or nothing: the writer takes each piece's rows while the verifier
+        processes make the next ones. Returns (rows applied, rows for this site, states for other
+        sites)."""
         chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
         committed = asyncio.wrap_future(self.gate.apply_snapshot(_rows_from(chunks)))
         loop = asyncio.get_running_loop()
@@ -726,7 +744,11 @@ class SiteSync:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for made in [loop.run_in_executor(self._pool, snapshot_rows, p) for p in pieces]:
+            making = [
+                loop.run_in_executor(self._pool, snapshot_rows, str(body), start, end)
+                for start, end in pairwise(cuts)
+            ]
+            for made in making:
                 piece_chunks, rows, others = await made
                 for chunk in piece_chunks:
                     chunks.put(chunk)
@@ -752,17 +774,20 @@ class SiteSync:
         async with self._snapshot_lock:
             started = time.monotonic()
             log.info("event=snapshot_start reason=%s operator=%s", reason, operator)
+            work: Path | None = None
             try:
-                data = await fetch_snapshot(self.head_office)
-                trailer, pieces = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, open_snapshot, data
+                work = await asyncio.to_thread(_snapshot_workdir, self.gate.config.state_dir)
+                source = await fetch_snapshot(self.head_office, work / "snapshot.gz")
+                body = work / "body.jsonl"
+                trailer, cuts = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, open_snapshot, str(source), str(body)
                 )
                 if int(trailer["max_version"]) < self.gate.index.max_version:
                     raise SyncError(
                         f"snapshot max_version {trailer['max_version']} is older than ours "
                         f"({self.gate.index.max_version})"
                     )
-                applied, count, dropped = await self._apply_snapshot(pieces)
+                applied, count, dropped = await self._apply_snapshot(body, cuts)
             except (
                 SyncError,
                 ValueError,  # ContractError among them
@@ -781,6 +806,9 @@ class SiteSync:
                 self.rejected["snapshot_refused"] += 1
                 log.error("event=snapshot_refused reason=%s error=%s", reason, exc)
                 raise SyncError(str(exc)) from exc
+            finally:
+                if work is not None:
+                    await asyncio.to_thread(shutil.rmtree, work, True)
             self._heard(trailer["issued_at"])
             self.applied += applied
             result = {
@@ -1152,33 +1180,49 @@ def verify_member_states(payloads: list[bytes]) -> tuple[list[bytes], int, str, 
     return _pickled(rows), len(rows), newest, rejects
 
 
-def open_snapshot(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """In a verifier process: verify a snapshot whole (signature, site, sha256) and cut its body
-    into pieces of whole lines, each compressed again (the daemon copies what comes back while
-    holding the GIL: 5 MB rather than 45 MB). Raises ContractError/SignatureError.
+def _snapshot_workdir(state_dir: Path) -> Path:
+    """A private folder in the state directory for one snapshot's files (the download and the
+    verified body), after removing any a killed gate left behind."""
+    for stale in state_dir.glob(".snapshot-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=".snapshot-", dir=state_dir))
 
-    Every snapshot waits for this before any row is made: the body is cut at the first line end past
-    each SNAPSHOT_PIECE_BYTES, not split into lines and joined again, and zlib (which lets go of
-    the GIL) compresses the pieces on two threads."""
+
+def open_snapshot(source: str, body_path: str) -> tuple[dict[str, Any], list[int]]:
+    """In a verifier process: verify the snapshot file ``source`` whole (signature, site, sha256),
+    write its JSON Lines body to ``body_path`` and return (trailer, cuts): the body's offsets cut
+    at the first line end past each SNAPSHOT_PIECE_BYTES, for :func:`snapshot_rows`. Only these
+    few numbers cross back to the daemon, never the megabytes. Raises ContractError/SignatureError
+    (or OSError, SyncError)."""
     assert _verifier is not None
+    with open(source, "rb") as f:
+        data = f.read(SNAPSHOT_MAX_BYTES + 1)
+    if len(data) > SNAPSHOT_MAX_BYTES:
+        raise SyncError(f"snapshot is larger than {SNAPSHOT_MAX_BYTES}")
     trailer, body = verify_snapshot(data, _verifier, _site)
+    del data
+    with open(body_path, "xb") as out:
+        out.write(body)
     cuts = [0]
     while cuts[-1] < len(body):
         end = body.find(b"\n", cuts[-1] + SNAPSHOT_PIECE_BYTES)
         cuts.append(len(body) if end < 0 else end + 1)
-    with ThreadPoolExecutor(2) as threads:
-        pieces = list(threads.map(lambda a, b: zlib.compress(body[a:b], 1), cuts[:-1], cuts[1:]))
-    return trailer, pieces
+    return trailer, cuts
 
 
-def snapshot_rows(piece: bytes) -> tuple[list[bytes], int, int]:
-    """In a verifier process: the cache rows of a verified snapshot piece's states for this site,
-    pickled in chunks (unpickling thousands of rows at once would hold the daemon's GIL for
-    milliseconds; a chunk holds it well under one). Returns (chunks, rows, states for other
-    sites). Raises SyncError/ContractError for a malformed state."""
+def snapshot_rows(body_path: str, start: int, end: int) -> tuple[list[bytes], int, int]:
+    """In a verifier process: the cache rows of the states on bytes ``start:end`` of a verified
+    snapshot body (whole lines) for this site, pickled in chunks (unpickling thousands of rows at
+    once would hold the daemon's GIL for milliseconds; a chunk holds it well under one). Returns
+    (chunks, rows, states for other sites). Raises SyncError/ContractError for a malformed
+    state."""
     rows: list[dict[str, Any]] = []
     dropped = 0
-    for line in zlib.decompress(piece).splitlines():
+    with open(body_path, "rb") as f:
+        piece = os.pread(f.fileno(), end - start, start)
+    if len(piece) != end - start:
+        raise SyncError("snapshot body is shorter than its cuts")
+    for line in piece.splitlines():
         if not line:
             continue
         try:

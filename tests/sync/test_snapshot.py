@@ -123,6 +123,8 @@ def test_bad_snapshots_are_refused_whole(
         assert snap_gate.request("status")["digest"] == before, what
     doctor = snap_gate.gatectl("doctor", "--json")
     assert "last snapshot refused" in doctor.stdout
+    # Each snapshot's download and verified body are removed, refused or not.
+    assert not list((snap_gate.root / "state").glob(".snapshot-*"))
 
     server.body = good
     out = snap_gate.gatectl("resync", "--json")
@@ -152,3 +154,40 @@ def test_a_gate_apart_from_the_manifest_fetches_a_snapshot(
     )
     assert status["sync"]["in_sync"]
     assert status["sync"]["last_snapshot"]["reason"] == "anti_entropy"
+
+
+def test_a_snapshot_file_is_read_where_it_lies(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    root = tmp_path / "gate"
+    root.mkdir()
+    source = tmp_path / "site.snapshot.gz"
+    config = write_config(
+        root,
+        extra=mqtt_section(mosquitto.url) + f'[head_office]\nsnapshot_url = "file://{source}"\n',
+    )
+    # What a gate killed during a snapshot leaves behind: removed by the next snapshot.
+    stale = root / "state" / ".snapshot-killed"
+    stale.mkdir(parents=True)
+    (stale / "body.jsonl").write_bytes(b"{}\n" * 1000)
+    gate = GateProcess(config, root)
+    hq = HeadOffice(root / "keys", mosquitto.port)
+    try:
+        gate.start()
+        out = gate.gatectl("resync", "--json")
+        assert out.returncode != 0
+        assert f"snapshot file {source}: No such file or directory" in out.stderr, out.stderr
+
+        items = states(hq, 3 * SNAPSHOT_PIECE_BYTES // 340)  # several pieces
+        items[7]["status"] = "suspended"
+        source.write_bytes(snapshot(hq, items))
+        out = gate.gatectl("resync", "--json")
+        assert out.returncode == 0, out.stderr
+        status = gate.request("status")
+        assert status["members"] == len(items)
+        assert status["sync"]["last_snapshot"]["in_sync"]
+        assert gate.request("badge", {"card": uid_for(len(items) - 1)})["allow"]
+        assert gate.request("badge", {"card": uid_for(7)})["reason"] == "suspended"
+        assert source.exists()  # read where it lies, not moved or removed
+        assert not list((root / "state").glob(".snapshot-*"))
+    finally:
+        hq.close()
+        gate.stop()
