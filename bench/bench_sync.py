@@ -79,11 +79,16 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else 0.0
 
 
+# realtime_priority of every gate measured (--realtime-priority; the shipped default).
+REALTIME_PRIORITY = 10
+
+
 def write_config(root: Path, keys: Path, extra: str) -> Path:
     path = root / "gated.toml"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f'site = "{SITE}"\ngate = "g1"\ntimezone = "Europe/Berlin"\nstate_dir = "{root}/state"\n'
+        f"realtime_priority = {REALTIME_PRIORITY}\n"
         f'control_socket = "{root}/state/control.sock"\n[keys]\n'
         f'credential_key_file = "{keys}/credential.key"\n'
         f'head_office_public_key_files = ["{keys}/head-office.pub"]\n'
@@ -196,11 +201,12 @@ class Badger(Badging):
 
 async def make_gate(config: Path) -> tuple[Any, Any]:
     from gated.cache.sync import SiteSync
-    from gated.daemon import Gate
+    from gated.daemon import Gate, decide_in_realtime
     from gated.door import Door
 
     cfg = load_gate_config(config)
     gate = Gate(cfg, pin_factory=MockFactory())
+    gate.scheduling = decide_in_realtime(cfg.realtime_priority)  # as Gate.run() does first
     gate.door = Door(
         cfg.door, asyncio.get_running_loop(), gate.on_door_event, pin_factory=gate._pin_factory
     )
@@ -264,6 +270,7 @@ async def in_process(
     assert result["applied"] == n_snapshot and gate.index.count == n_snapshot, result
     out["snapshot_latency"] = decisions.latencies
     out["snapshot_machine"] = machine
+    out["scheduling"] = gate.scheduling
     gate.writer.close()
     return out
 
@@ -327,6 +334,7 @@ def through_broker(
                     status = control(sock, "status")
                 out["retained_cold_s"] = time.perf_counter() - t0
             out["retained_stats"] = status["sync"]
+            out["retained_scheduling"] = status["scheduling"]
             out["retained_badges"] = during
             out["retained_machine"] = machine
             time.sleep(1.0)
@@ -372,9 +380,16 @@ def main() -> None:
         "--in-process-only", action="store_true", help="skip the broker measures (quick runs)"
     )
     parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=REALTIME_PRIORITY,
+        help="the gates' realtime_priority (0: decisions under the normal policy)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work folder (databases, the gate's log)"
     )
     args = parser.parse_args()
+    globals()["REALTIME_PRIORITY"] = args.realtime_priority
     root = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         run(args, root)
@@ -410,13 +425,19 @@ def run(args: argparse.Namespace, root: Path) -> None:
     gc.collect()
     gc.freeze()
 
-    inproc = asyncio.run(in_process(root, keys, payloads, args.members, snapshot))
+    try:
+        inproc = asyncio.run(in_process(root, keys, payloads, args.members, snapshot))
+    finally:
+        # The in-process gates ran decisions on this thread; the broker part's client loops
+        # must not run real-time beside the daemon they measure.
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     if args.in_process_only:
         lat = inproc["apply_latency"], inproc["snapshot_latency"]
         print(
             f"in-process {inproc['apply_rate']:,.0f}/s ({inproc['storm_rate']:,.0f}/s in the storm), skip {inproc['skip_rate']:,.0f}/s, "
             f"snapshot {inproc['snapshot_s']:.2f} s; decision p99 while applying "
-            f"{pct(lat[0], 99):.0f} µs, during the snapshot {pct(lat[1], 99):.0f} µs (the machine's "
+            f"{pct(lat[0], 99):.0f} µs, during the snapshot {pct(lat[1], 99):.0f} µs "
+            f"(decisions: {inproc['scheduling']}; the machine's "
             f"own wake-up lateness p99 / max: {inproc['snapshot_machine'].summary()})"
         )
         return
@@ -433,7 +454,8 @@ def run(args: argparse.Namespace, root: Path) -> None:
         f"## Member sync (`bench/bench_sync.py --members {args.members} --inproc {args.inproc} --flips {args.flips}`)",
         "",
         f"Machine: {os.cpu_count()} cores; verification in {VERIFY_PROCESSES} worker process(es), "
-        "the cache writer on its own thread, decisions on the event loop. Python "
+        "the cache writer on its own thread, decisions on the event loop (scheduling: "
+        f"{inproc['scheduling']} in-process, {broker['retained_scheduling']} in `gated run`). Python "
         f"{sys.version.split()[0]}, mosquitto on loopback.",
         "",
         "| measure | result | target |",

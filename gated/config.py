@@ -211,6 +211,8 @@ class GateConfig(_Section):
     state_dir: Path = Path("/var/lib/gated")
     control_socket: Path = Path("/run/gated/control.sock")
     durability: Literal["crash", "power"] = "crash"
+    # SCHED_FIFO priority of the event loop's thread, where decisions run; 0 = the normal policy.
+    realtime_priority: int = Field(default=10, ge=0, le=99)
     # Undelivered events kept for the broker: alarm at warn, stop queueing (loudly) at max.
     outbox_warn_events: int = Field(default=100_000, gt=0)
     outbox_max_events: int = Field(default=1_000_000, gt=0)

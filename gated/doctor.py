@@ -121,6 +121,23 @@ def gpio_check(factory_name: str, configured: str) -> Check:
     return Check("gpio", "ok", f"pin factory {factory_name}")
 
 
+def scheduling_check(scheduling: str, priority: int) -> Check:
+    """Whether decisions run on a real-time thread, as configured (see decide_in_realtime)."""
+    if scheduling.startswith("fifo"):
+        return Check("scheduling", "ok", f"decisions on a real-time thread (SCHED_FIFO {priority})")
+    if priority <= 0:
+        return Check(
+            "scheduling", "ok", "decisions under the normal policy (realtime_priority = 0)"
+        )
+    return Check(
+        "scheduling",
+        "warn",
+        f"decisions under the normal policy ({scheduling.removeprefix('normal (').rstrip(')')}): "
+        "a badge can wait milliseconds behind a busy board",
+        f"LimitRTPRIO={priority} in the unit (systemctl edit gated), or realtime_priority = 0",
+    )
+
+
 def config_checks(path: Path) -> tuple[GateConfig | None, list[Check]]:
     """Checks made from the config file alone (the daemon may be down)."""
     try:
@@ -201,6 +218,7 @@ async def daemon_checks(gate: Gate) -> list[Check]:
     # outside the gated user cannot make (the key is 0600 gated).
     checks.append(Check("keys", "ok", "credential key loaded by the daemon"))
     checks.append(gpio_check(gate.door.pin_factory_name, gate.config.door.pin_factory))
+    checks.append(scheduling_check(gate.scheduling, gate.config.realtime_priority))
     if gate.config.metrics.listen:
         checks.append(metrics_check(gate.config.metrics.listen, gate.metrics.url))
     if gate.context.lockdown:

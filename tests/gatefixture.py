@@ -77,6 +77,8 @@ class GateProcess:
     root: Path
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
+    # Run the daemon through this command (e.g. setpriv dropping a capability).
+    prefix: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.log = self.root / "gated.log"
@@ -89,7 +91,10 @@ class GateProcess:
         env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
-                gated_cmd("run", "-c", str(self.config)), stdout=fh, stderr=fh, env=env
+                [*self.prefix, *gated_cmd("run", "-c", str(self.config))],
+                stdout=fh,
+                stderr=fh,
+                env=env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -61,6 +61,7 @@ BAD = [
     ("bad timezone", MINIMAL + 'timezone = "Mars/Olympus"\n', ["timezone", "Mars/Olympus"]),
     ("bad duration", MINIMAL + '[policy]\nmax_offline = "3 weeks"\n', ["policy.max_offline", "3 weeks"]),
     ("bad enum", MINIMAL + 'durability = "paranoid"\n', ["durability"]),
+    ("realtime priority", MINIMAL + "realtime_priority = 100\n", ["realtime_priority", "99"]),
     ("missing site", 'gate = "t1"\n', ["site", "missing"]),
     ("bad id", 'site = "down town"\ngate = "t1"\n', ["site"]),
     ("bad mqtt url", MINIMAL + '[mqtt]\nurl = "http://broker"\n', ["mqtt.url", "mqtt://"]),
