@@ -109,8 +109,8 @@ def run_pcscd(workdir: Path) -> Iterator[PcscdStack]:
             f"LIBPATH {VPCD_DRIVER}\nCHANNELID {port:#x}\n"
         )
         stack = PcscdStack(conf, port)
-        stack.start()
         try:
+            stack.start()  # a pcscd that never showed its reader is stopped too
             yield stack
         finally:
             stack.stop()
