@@ -113,6 +113,8 @@ BROKER_REPLY_TIMEOUT_S = 300.0
 RETRY_PUBLISH_S = 1.0
 ANTI_ENTROPY_MIN_INTERVAL_S = 60.0
 SNAPSHOT_MAX_BYTES = 1 << 30
+# A downloaded snapshot goes to its file this many bytes at a time, each write on a thread.
+SNAPSHOT_WRITE_BYTES = 1 << 20
 # Rows cross from a verifier process pickled in chunks this size: unpickling one holds the GIL
 # ~0.1 ms.
 ROW_CHUNK = 64
@@ -206,13 +208,18 @@ async def fetch_snapshot(head_office: HeadOfficeConfig, into: Path) -> Path:
             if response.status_code != 200:
                 raise SyncError(f"snapshot: HTTP {response.status_code} from {url}")
             size = 0
+            pending = bytearray()
             with into.open("wb") as out:
                 async for chunk in response.aiter_raw():
                     size += len(chunk)
                     if size > SNAPSHOT_MAX_BYTES:
                         raise SyncError(f"snapshot from {url} is larger than {SNAPSHOT_MAX_BYTES}")
-                    # Off the loop: a write to an SD card can block for a long time.
-                    await asyncio.to_thread(out.write, chunk)
+                    pending += chunk
+                    if len(pending) >= SNAPSHOT_WRITE_BYTES:
+                        # Off the loop: a write to an SD card can block for a long time.
+                        await asyncio.to_thread(out.write, bytes(pending))
+                        pending.clear()
+                await asyncio.to_thread(out.write, bytes(pending))
             return into
     except httpx.HTTPError as exc:
         raise SyncError(f"snapshot: {url}: {exc or type(exc).__name__}") from exc

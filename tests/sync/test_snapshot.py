@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gated.cache.sync import SNAPSHOT_PIECE_BYTES
+import gated.cache.sync as sync_module
+from gated.cache.sync import SNAPSHOT_PIECE_BYTES, SNAPSHOT_WRITE_BYTES, SyncError, fetch_snapshot
+from gated.config import HeadOfficeConfig
 from gated.contract import Signer, build_snapshot, format_time
 from tests.gatefixture import GateProcess, write_config
 from tests.services import Mosquitto
@@ -191,3 +195,19 @@ def test_a_snapshot_file_is_read_where_it_lies(tmp_path: Path, mosquitto: Mosqui
     finally:
         hq.close()
         gate.stop()
+
+
+def test_a_download_is_stored_whole_and_a_too_large_one_is_refused(
+    tmp_path: Path, server: SnapshotServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    head_office = HeadOfficeConfig(snapshot_url=server.url, token_file=tmp_path / "token")
+    # Several of the file's writes, with a remainder: the bytes arrive whole and in order.
+    server.body = os.urandom(SNAPSHOT_WRITE_BYTES * 3 + 12345)
+    into = tmp_path / "snapshot.gz"
+    assert asyncio.run(fetch_snapshot(head_office, into)) == into
+    assert into.read_bytes() == server.body
+
+    monkeypatch.setattr(sync_module, "SNAPSHOT_MAX_BYTES", SNAPSHOT_WRITE_BYTES)
+    with pytest.raises(SyncError, match="is larger than"):
+        asyncio.run(fetch_snapshot(head_office, tmp_path / "big.gz"))
