@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, exists, func, select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.store import reading
 
 # Webhooks refused before anything is stored (bad signature), by reason; this process only.
 WEBHOOK_FAILURES: Counter[str] = Counter()
@@ -31,7 +32,7 @@ class StoreCollector(Collector):
         attempts = GaugeMetricFamily(
             "gated_billing_payment_attempts", "Payment attempts by state", labels=["state"]
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine).connect() as conn:
             for status, count in conn.execute(
                 select(s.subscriptions.c.status, func.count()).group_by(s.subscriptions.c.status)
             ):

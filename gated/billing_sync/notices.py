@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from gated.billing_sync import schema
+from gated.billing_sync.store import reading
 from gated.config import SmtpConfig
 
 log = logging.getLogger("gated.billing.notices")
@@ -112,7 +113,7 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
     """Send queued notices over SMTP; a row is marked sent only after the server accepted it.
     Returns how many were sent. A failing server leaves the rest queued for the next round."""
     n = schema.notifications
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(
             select(n.c.id, n.c.to_addr, n.c.subject, n.c.body)
             .where(n.c.sent_at.is_(None))

@@ -15,7 +15,7 @@ import aiomqtt
 from sqlalchemy import Engine, select, update
 
 from gated.billing_sync import schema
-from gated.billing_sync.store import raise_version_floor
+from gated.billing_sync.store import raise_version_floor, reading
 from gated.config import BillingMqttConfig
 from gated.contract import (
     Signer,
@@ -64,6 +64,7 @@ class Publisher:
         batch: int = 500,
     ) -> None:
         self.engine = engine
+        self.reader = reading(engine)
         self.cfg = cfg
         self.signer = signer
         self.sites = sites
@@ -144,7 +145,7 @@ class Publisher:
         they have) and then their manifests."""
         ms = schema.member_states
         signer = self.signer()
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(ms.c.member_id, ms.c.sites, ms.c.payload)).all()
         count = 0
         for row in rows:
@@ -188,7 +189,7 @@ class Publisher:
     async def drain(self, client: aiomqtt.Client) -> int:
         """Publish one batch of the outbox in version order, then each touched site's manifest."""
         ob = schema.status_outbox
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(ob.c.version, ob.c.member_id, ob.c.sites, ob.c.payload)
                 .where(ob.c.published_at.is_(None))
@@ -219,7 +220,7 @@ class Publisher:
     ) -> None:
         """Signed manifests from the O(1)-maintained per-site figures."""
         sm = schema.site_manifests
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(sm).where(sm.c.site.in_(sorted(sites)))).all()
         issued_at = format_time(self.clock())
         for row in rows:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.store import reading
 
 Report = tuple[list[str], list[tuple[Any, ...]]]
 
@@ -20,7 +21,7 @@ def _day(ts: int | None) -> str:
 def revenue(engine: Engine, now: int) -> Report:
     """Money received per month, currency and method (chargebacks count negative)."""
     p, inv = s.payments, s.invoices
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(
             select(p.c.at, inv.c.currency, p.c.method, p.c.amount).join(
                 inv, inv.c.id == p.c.invoice_id
@@ -41,7 +42,7 @@ def revenue(engine: Engine, now: int) -> Report:
 def outstanding(engine: Engine, now: int) -> Report:
     """Open invoices per member: how much, how many, since when."""
     inv = s.invoices
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(
             select(
                 inv.c.member_id,
@@ -72,7 +73,7 @@ def dunning(engine: Engine, now: int) -> Report:
         .group_by(inv.c.member_id)
         .subquery()
     )
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(
             select(
                 sub.c.member_id,
@@ -99,7 +100,7 @@ def dunning(engine: Engine, now: int) -> Report:
 def attendance(engine: Engine, now: int) -> Report:
     """Entries per day and site (granted entries only; denies are not attendance)."""
     ev = s.gate_events
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(
             select(ev.c.at, ev.c.site, ev.c.member_id).where(
                 ev.c.kind == "entry", ev.c.reason.is_distinct_from("not_passed")
@@ -122,7 +123,7 @@ def passes(engine: Engine, now: int) -> Report:
     """Members on plans that do not auto-renew: when each pass ends (soonest first) and its
     status (``expired`` once it has)."""
     sub, p, m = s.subscriptions, s.plans, s.members
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(
             select(sub.c.member_id, p.c.id, sub.c.paid_through, sub.c.status)
             .join(p, p.c.id == sub.c.plan_id)
@@ -155,7 +156,7 @@ def invoices(engine: Engine, member_id: str | None, with_lines: bool) -> list[tu
     if member_id:
         q = q.where(inv.c.member_id == member_id)
     out: list[tuple[Any, ...]] = []
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         rows = conn.execute(q.limit(1000)).all()
         lines: dict[int, list[Any]] = {}
         if with_lines and rows:

@@ -43,7 +43,7 @@ def snapshot_bytes(billing: Billing, site: str) -> bytes:
     """The site's snapshot: every member state naming the site (erased ones included), signed
     once by the trailer."""
     ms = schema.member_states
-    with billing.engine.connect() as conn:
+    with billing.reader.connect() as conn:
         rows = conn.execute(select(ms.c.sites, ms.c.payload).order_by(ms.c.version)).all()
     states = (json.loads(r.payload) for r in rows if site in json.loads(r.sites))
     return build_snapshot(site, states, billing.keys.current_signer(), format_time(billing.clock()))

@@ -54,6 +54,7 @@ from gated.billing_sync.store import (
     insert_ignore,
     many,
     next_versions,
+    reading,
     set_meta,
 )
 from gated.config import BillingConfig
@@ -207,8 +208,10 @@ def db_clock(engine: Engine) -> Callable[[], int]:
     """The injected clock of a deployment: system time plus the offset that ``gated-billing clock
     advance`` stores (0 in production), read on every call so a running ``serve`` follows it."""
 
+    reader = reading(engine)
+
     def now() -> int:
-        with engine.connect() as conn:
+        with reader.connect() as conn:
             offset = int(get_meta(conn, "clock_offset_s", 0))
         return int(datetime.now(UTC).timestamp()) + offset
 
@@ -305,6 +308,8 @@ class Billing:
         clock: Callable[[], int],
     ) -> None:
         self.engine = engine
+        # For the read-only work (see ``store.reading``).
+        self.reader = reading(engine)
         self.config = config
         self.gateway = gateway
         self.keys = keys
@@ -340,7 +345,7 @@ class Billing:
                 conn.execute(insert(s.plans).values(id=plan.id, **values))
 
     def plans(self) -> list[Row[Any]]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return list(conn.execute(select(s.plans).order_by(s.plans.c.id)))
 
     def add_member(
@@ -371,7 +376,7 @@ class Billing:
             )
         now = self.clock()
         start = now if start_at is None else start_at
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             if conn.execute(select(s.plans.c.id).where(s.plans.c.id == plan_id)).first() is None:
                 raise NotFound(f"no plan {plan_id!r} (add it with `gated-billing plans add`)")
             if conn.execute(select(s.members.c.id).where(s.members.c.id == member_id)).first():
@@ -449,7 +454,7 @@ class Billing:
     def member(self, member_id: str) -> dict[str, Any]:
         """Everything about one member for ``members show`` (no card UIDs)."""
         facts = self._facts_one(member_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             state = conn.execute(
                 select(s.member_states.c.payload).where(s.member_states.c.member_id == member_id)
             ).scalar()
@@ -496,7 +501,7 @@ class Billing:
         )
         if status:
             q = q.where(s.subscriptions.c.status == status)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return list(conn.execute(q))
 
     def erase(self, member_id: str) -> None:
@@ -616,7 +621,7 @@ class Billing:
 
     def gate_for_token(self, token: str) -> tuple[str, str] | None:
         """The (site, gate) a bearer token belongs to, or None (unknown or revoked)."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(s.gates.c.site, s.gates.c.gate).where(
                     s.gates.c.token_sha256 == _sha256(token), s.gates.c.revoked_at.is_(None)
@@ -818,7 +823,7 @@ class Billing:
     def invoice(self, invoice_id: int) -> dict[str, Any]:
         """One invoice with its lines and the member's name, for the pay page."""
         inv, ln = s.invoices, s.invoice_lines
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(inv, s.members.c.name)
                 .join(s.members, s.members.c.id == inv.c.member_id)
@@ -922,7 +927,7 @@ class Billing:
         """The member is back from their bank's page: look up and record what became of the
         invoice's on-session attempts that are still open."""
         a = s.payment_attempts
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(a).where(
                     a.c.invoice_id == invoice_id,
@@ -985,7 +990,7 @@ class Billing:
         q = select(a).where(a.c.state.in_(OPEN_ATTEMPT_STATES), due).order_by(a.c.id)
         if member_ids is not None:
             q = q.where(a.c.member_id.in_(many(member_ids)))
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = list(conn.execute(q))
             methods = self._methods(conn, {r.member_id for r in rows})
         if not rows:
@@ -1347,7 +1352,7 @@ class Billing:
 
     def webhook_known(self, event_id: str) -> bool:
         """Whether a provider event was already processed."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(s.webhook_events.c.id).where(s.webhook_events.c.id == event_id)
             ).first()
@@ -1443,7 +1448,7 @@ class Billing:
 
     def payment_method_attached(self, customer_ref: str, payment_method: str) -> None:
         """A member added a card on the provider's side: use it and retry what is owed."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             payer = conn.execute(
                 select(s.members.c.id).where(s.members.c.customer_ref == customer_ref)
             ).scalar()
@@ -1461,7 +1466,7 @@ class Billing:
     def _member_for_intent(self, intent_id: str | None) -> str | None:
         if not intent_id:
             return None
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(
                 select(s.payment_attempts.c.member_id).where(
                     s.payment_attempts.c.gateway_ref == intent_id
@@ -1526,7 +1531,7 @@ class Billing:
     def republish_all(self) -> int:
         """Give every member a new version (after a key rotation); returns how many."""
         now = self.clock()
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             ids = list(conn.execute(select(s.members.c.id).order_by(s.members.c.id)).scalars())
         for i in range(0, len(ids), self.config.batch_size):
             with self.engine.begin() as conn:
@@ -1557,7 +1562,7 @@ class Billing:
     # --- internals: facts, statuses, publishing -------------------------------------------------------
 
     def _facts_one(self, member_id: str) -> Facts:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             facts = self._load(conn, [member_id], self.clock())
         if member_id not in facts:
             raise NotFound(f"no member {member_id!r}")

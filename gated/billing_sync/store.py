@@ -63,6 +63,10 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # The driver left to itself begins a transaction only at the first INSERT, UPDATE or
+            # DELETE, so the reads before it ran outside the transaction: another connection
+            # could commit in between and be overwritten. SQLAlchemy's begin runs BEGIN instead.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={sync}")
@@ -74,9 +78,27 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
             cur.execute("PRAGMA mmap_size=268435456")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN, 'IMMEDIATE')}")
+
     if migrate:
         upgrade(engine)
     return engine
+
+
+# How a transaction begins on SQLite, as an execution option. By default IMMEDIATE: it takes the
+# write lock at BEGIN, so what it reads cannot change before it writes (the billing cycle and a
+# webhook booking the same charge, the front desk paying during a cycle), and it waits its turn
+# (busy_timeout) instead of failing half way. ``reading`` engines begin DEFERRED.
+_BEGIN = "gated_sqlite_begin"
+
+
+def reading(engine: Engine) -> Engine:
+    """``engine`` for work that only reads. On SQLite its transactions begin DEFERRED: a snapshot
+    of the store that neither waits for nor blocks the writer (WAL). Nothing may be written
+    through it: a write racing another writer would fail with "database is locked"."""
+    return engine.execution_options(**{_BEGIN: "DEFERRED"})
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
@@ -106,7 +128,7 @@ def upgrade(engine: Engine) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The Alembic revision the store is at (None for an empty database)."""
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
