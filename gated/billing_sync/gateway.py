@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 IntentState = Literal[
     "requires_confirmation", "processing", "succeeded", "failed", "requires_action"
@@ -113,8 +113,9 @@ class SimulatedGateway:
     an ``authentication_required`` card succeeds at once; every other outcome is as off-session.
 
     ``script`` overrides by payment method with a queue of outcomes (``"ok"`` or a decline code),
-    one per confirmation. Intents live in SQLite (``path``, or memory), so a restarted process
-    finds them by id; idempotency keys are honoured as Stripe honours them.
+    one per confirmation. With a ``path`` the intents live in an SQLite file, so a restarted
+    process (or another sharing the file) finds them by id; without one, in this process's memory.
+    Idempotency keys are honoured as Stripe honours them.
     """
 
     name = "simulated"
@@ -131,23 +132,7 @@ class SimulatedGateway:
         self._clock = clock
         self._script = {pm: list(outcomes) for pm, outcomes in (script or {}).items()}
         self._lock = threading.Lock()
-        # The payment method of each intent this object created and has not confirmed yet, so
-        # that confirming one is a single UPDATE (a SELECT first cost ~8 us per charge).
-        self._unconfirmed: dict[int, str] = {}
-        # Autocommit: every statement is committed on its own, like a provider's answer, and
-        # survives the process being killed (what the crash tests do). No fsync per statement:
-        # a simulator needs no power-loss durability, and with one a create + confirm took
-        # 0.46 ms of wall time (0.13 ms without).
-        self._db = sqlite3.connect(
-            str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS intents (n INTEGER PRIMARY KEY, idempotency_key TEXT"
-            " UNIQUE, payment_method TEXT, amount INTEGER, currency TEXT, state TEXT,"
-            " decline_code TEXT, advice_code TEXT, confirmed_at INTEGER)"
-        )
+        self._intents: _Intents = _FileIntents(path) if path else _MemoryIntents()
 
     def create_customer(self, member_id: str, email: str | None, name: str) -> str:
         """Customers are implicit: the id is derived from the member id."""
@@ -173,18 +158,7 @@ class SimulatedGateway:
         if amount <= 0:
             raise GatewayRejected("amount must be positive")
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO intents (idempotency_key, payment_method, amount, currency,"
-                " state) VALUES (?, ?, ?, ?, 'requires_confirmation')",
-                (idempotency_key, payment_method, amount, currency),
-            )
-            n = cur.lastrowid if cur.rowcount == 1 else None
-            if n is None:
-                (n,) = self._db.execute(
-                    "SELECT n FROM intents WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-            else:
-                self._unconfirmed[n] = payment_method
+            n = self._intents.add(idempotency_key, payment_method, amount, currency)
             return f"pi_sim_{n:010d}"
 
     def confirm_intent(
@@ -193,22 +167,14 @@ class SimulatedGateway:
         """Charge once: confirming an intent that was already confirmed returns its result."""
         with self._lock:
             n = _number(intent_id)
-            pm = self._unconfirmed.pop(n, None)
+            pm = self._intents.unconfirmed_method(n)
             if pm is None:
-                row = self._row(intent_id)
-                if row[0] != "requires_confirmation":
-                    return self._settle(intent_id)
-                pm = row[3]
+                return self._settle(intent_id)
             state, decline, advice = self._outcome(pm)
             if return_url is not None and decline == "authentication_required":
                 state, decline, advice = "succeeded", None, None
-            cur = self._db.execute(
-                "UPDATE intents SET state = ?, decline_code = ?, advice_code = ?, confirmed_at = ?"
-                " WHERE n = ? AND state = 'requires_confirmation'",
-                (state, decline, advice, self._clock(), n),
-            )
-            if cur.rowcount == 0:  # another process sharing the file confirmed it first
-                return self._settle(intent_id)
+            if not self._intents.confirm(n, state, decline, advice, self._clock()):
+                return self._settle(intent_id)  # another process sharing the file was first
             return ChargeResult(intent_id, state, decline, advice)
 
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
@@ -219,33 +185,21 @@ class SimulatedGateway:
     def charged_total(self) -> int:
         """Sum of every succeeded intent: what the members' banks have paid."""
         with self._lock:
-            (total,) = self._db.execute(
-                "SELECT coalesce(sum(amount), 0) FROM intents WHERE state = 'succeeded'"
-            ).fetchone()
-            return int(total)
-
-    def _row(self, intent_id: str) -> tuple[str, str | None, str | None, str, int | None]:
-        row = self._db.execute(
-            "SELECT state, decline_code, advice_code, payment_method, confirmed_at FROM intents"
-            " WHERE n = ?",
-            (_number(intent_id),),
-        ).fetchone()
-        if row is None:
-            raise GatewayRejected(f"no such payment intent: {intent_id}")
-        return row  # type: ignore[no-any-return]
+            return self._intents.charged_total()
 
     def _settle(self, intent_id: str) -> ChargeResult:
-        state, decline, advice, pm, confirmed_at = self._row(intent_id)
+        n = _number(intent_id)
+        row = self._intents.get(n)
+        if row is None:
+            raise GatewayRejected(f"no such payment intent: {intent_id}")
+        state, decline, advice, pm, confirmed_at = row
         settled = confirmed_at is not None and self._clock() >= confirmed_at + SEPA_SETTLE_S
         if state == "processing" and settled:
             failed = pm.endswith("_fail")
             state = "failed" if failed else "succeeded"
             decline = "insufficient_funds" if failed else None
-            self._db.execute(
-                "UPDATE intents SET state = ?, decline_code = ? WHERE n = ?",
-                (state, decline, _number(intent_id)),
-            )
-        return ChargeResult(intent_id, state, decline, advice)  # type: ignore[arg-type]
+            self._intents.settle(n, state, decline)
+        return ChargeResult(intent_id, state, decline, advice)
 
     def _outcome(self, pm: str) -> tuple[IntentState, str | None, str | None]:
         queue = self._script.get(pm)
@@ -259,6 +213,146 @@ class SimulatedGateway:
         if pm.startswith("pm_sim_advice_"):
             return "failed", pm.removeprefix("pm_sim_advice_"), "do_not_try_again"
         return "succeeded", None, None
+
+
+# An intent as the simulator keeps it: state, decline code, advice code, payment method and when
+# it was confirmed (clock seconds).
+_Intent = tuple[IntentState, str | None, str | None, str, int | None]
+
+
+class _Intents(Protocol):
+    """Where the simulator keeps its intents, numbered from 1. Calls are made under its lock."""
+
+    def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
+        """A new unconfirmed intent, or the number of the one created under ``key``."""
+        ...
+
+    def get(self, n: int) -> _Intent | None: ...
+
+    def unconfirmed_method(self, n: int) -> str | None:
+        """The payment method of an intent still awaiting confirmation, else None."""
+        ...
+
+    def confirm(
+        self, n: int, state: IntentState, decline: str | None, advice: str | None, at: int
+    ) -> bool:
+        """Record the outcome if the intent still awaits confirmation; False if it did not."""
+        ...
+
+    def settle(self, n: int, state: IntentState, decline: str | None) -> None: ...
+
+    def charged_total(self) -> int: ...
+
+
+class _MemoryIntents:
+    """Intents of one process, for tests and benchmarks: what a file would hold, in a list."""
+
+    def __init__(self) -> None:
+        self._rows: list[list[Any]] = []  # [state, decline, advice, pm, confirmed_at, amount]
+        self._keys: dict[str, int] = {}
+
+    def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
+        n = self._keys.get(key)
+        if n is None:
+            self._rows.append(["requires_confirmation", None, None, payment_method, None, amount])
+            n = self._keys[key] = len(self._rows)
+        return n
+
+    def get(self, n: int) -> _Intent | None:
+        if not 0 < n <= len(self._rows):
+            return None
+        state, decline, advice, pm, confirmed_at, _ = self._rows[n - 1]
+        return state, decline, advice, pm, confirmed_at
+
+    def unconfirmed_method(self, n: int) -> str | None:
+        row = self.get(n)
+        return row[3] if row is not None and row[0] == "requires_confirmation" else None
+
+    def confirm(
+        self, n: int, state: IntentState, decline: str | None, advice: str | None, at: int
+    ) -> bool:
+        row = self._rows[n - 1]
+        if row[0] != "requires_confirmation":
+            return False
+        row[0:3], row[4] = (state, decline, advice), at
+        return True
+
+    def settle(self, n: int, state: IntentState, decline: str | None) -> None:
+        self._rows[n - 1][0:2] = (state, decline)
+
+    def charged_total(self) -> int:
+        return sum(r[5] for r in self._rows if r[0] == "succeeded")
+
+
+class _FileIntents:
+    """Intents in an SQLite file, so a restarted process (or another one sharing the file) finds
+    them by id; idempotency keys are honoured as Stripe honours them."""
+
+    def __init__(self, path: str | Path) -> None:
+        # The payment method of each intent this object created and has not confirmed yet, so
+        # that confirming one is a single UPDATE (a SELECT first cost ~8 us per charge).
+        self._unconfirmed: dict[int, str] = {}
+        # Autocommit: every statement is committed on its own, like a provider's answer, and
+        # survives the process being killed (what the crash tests do). No fsync per statement:
+        # a simulator needs no power-loss durability, and with one a create + confirm took
+        # 0.46 ms of wall time (0.13 ms without).
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS intents (n INTEGER PRIMARY KEY, idempotency_key TEXT"
+            " UNIQUE, payment_method TEXT, amount INTEGER, currency TEXT, state TEXT,"
+            " decline_code TEXT, advice_code TEXT, confirmed_at INTEGER)"
+        )
+
+    def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO intents (idempotency_key, payment_method, amount, currency,"
+            " state) VALUES (?, ?, ?, ?, 'requires_confirmation')",
+            (key, payment_method, amount, currency),
+        )
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            self._unconfirmed[cur.lastrowid] = payment_method
+            return cur.lastrowid
+        (n,) = self._db.execute(
+            "SELECT n FROM intents WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        return int(n)
+
+    def get(self, n: int) -> _Intent | None:
+        return self._db.execute(  # type: ignore[no-any-return]
+            "SELECT state, decline_code, advice_code, payment_method, confirmed_at FROM intents"
+            " WHERE n = ?",
+            (n,),
+        ).fetchone()
+
+    def unconfirmed_method(self, n: int) -> str | None:
+        pm = self._unconfirmed.pop(n, None)
+        if pm is not None:
+            return pm
+        row = self.get(n)
+        return row[3] if row is not None and row[0] == "requires_confirmation" else None
+
+    def confirm(
+        self, n: int, state: IntentState, decline: str | None, advice: str | None, at: int
+    ) -> bool:
+        cur = self._db.execute(
+            "UPDATE intents SET state = ?, decline_code = ?, advice_code = ?, confirmed_at = ?"
+            " WHERE n = ? AND state = 'requires_confirmation'",
+            (state, decline, advice, at, n),
+        )
+        return cur.rowcount == 1
+
+    def settle(self, n: int, state: IntentState, decline: str | None) -> None:
+        self._db.execute(
+            "UPDATE intents SET state = ?, decline_code = ? WHERE n = ?", (state, decline, n)
+        )
+
+    def charged_total(self) -> int:
+        (total,) = self._db.execute(
+            "SELECT coalesce(sum(amount), 0) FROM intents WHERE state = 'succeeded'"
+        ).fetchone()
+        return int(total)
 
 
 def _number(intent_id: str) -> int:

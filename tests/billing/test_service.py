@@ -517,3 +517,52 @@ def test_simulated_intent_is_charged_once_however_often_confirmed(tmp_path: Path
     assert gw.charged_total() == other.charged_total() == 5938
     with pytest.raises(GatewayRejected):
         gw.confirm_intent("pi_sim_0000000099", "inv3-a1")
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_simulated_gateway_answers_alike_from_memory_and_from_a_file(
+    tmp_path: Path, where: str
+) -> None:
+    clock = Clock()
+    path = tmp_path / "sim.db" if where == "file" else None
+    gw = SimulatedGateway(path, clock=clock, script={"pm_card": ["insufficient_funds", "ok"]})
+
+    def intent(key: str, pm: str, amount: int = 1000) -> str:
+        return gw.create_intent(
+            customer_ref="cus_1",
+            payment_method=pm,
+            amount=amount,
+            currency="EUR",
+            idempotency_key=key,
+            metadata={},
+        )
+
+    ok = intent("k1", "pm_sim_ok")
+    assert intent("k1", "pm_sim_ok") == ok and intent("k2", "pm_sim_ok", 1) != ok
+    assert gw.confirm_intent(ok, "k1") == ChargeResult(ok, "succeeded")
+    assert gw.confirm_intent(ok, "k1") == ChargeResult(ok, "succeeded")  # charged once
+    sepa = intent("k3", "pm_sim_sepa", 2000)
+    assert gw.confirm_intent(sepa, "k3").state == "processing"
+    clock.advance(2.9)
+    assert gw.retrieve_intent(sepa).state == "processing"
+    clock.advance(0.2)
+    assert gw.retrieve_intent(sepa) == ChargeResult(sepa, "succeeded")
+    # The script answers one confirmation at a time, then keeps its last outcome.
+    declined = gw.confirm_intent(intent("k4", "pm_card"), "k4")
+    assert (declined.state, declined.decline_code) == ("failed", "insufficient_funds")
+    assert gw.confirm_intent(intent("k5", "pm_card"), "k5").state == "succeeded"
+    assert gw.confirm_intent(intent("k6", "pm_card"), "k6").state == "succeeded"
+    advice = gw.confirm_intent(intent("k7", "pm_sim_advice_card_velocity_exceeded"), "k7")
+    assert advice.decline_code == "card_velocity_exceeded"
+    assert advice.advice_code == "do_not_try_again"
+    # On-session, the member authenticates at once.
+    auth = intent("k8", "pm_sim_decline_authentication_required")
+    assert gw.confirm_intent(auth, "k8", return_url="https://gym.example/pay").state == "succeeded"
+    assert gw.charged_total() == 1000 + 2000 + 1000 + 1000 + 1000
+    for unknown in ("pi_sim_0000000099", "pi_nonsense"):
+        with pytest.raises(GatewayRejected):
+            gw.confirm_intent(unknown, "k9")
+        with pytest.raises(GatewayRejected):
+            gw.retrieve_intent(unknown)
+    with pytest.raises(GatewayRejected):
+        intent("k10", "pm_sim_ok", 0)
