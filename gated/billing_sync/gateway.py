@@ -11,9 +11,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 IntentState = Literal[
     "requires_confirmation", "processing", "succeeded", "failed", "requires_action"
@@ -34,8 +33,7 @@ class GatewayRejected(GatewayError):
     or data problem that retrying will not fix."""
 
 
-@dataclass(frozen=True)
-class ChargeResult:
+class ChargeResult(NamedTuple):
     """Where a PaymentIntent stands; decline and advice codes are set when it failed.
     ``action_url`` is where a member paying on-session must go to authenticate (3-D Secure)
     before the intent can succeed."""

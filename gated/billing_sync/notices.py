@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
-from dataclasses import dataclass
 from email.message import EmailMessage
 from functools import cache, lru_cache
 from string import Template
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, select, update
 
@@ -63,8 +62,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Notice:
+class Notice(NamedTuple):
     """A rendered notice ready for the outbox."""
 
     member_id: str | None

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property, lru_cache
-from typing import Any, TypeVar, cast
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar, cast
 
 import nacl.signing
 import orjson
@@ -251,8 +251,7 @@ class Facts:
     method: tuple[str | None, str | None] = (None, None)
 
 
-@dataclass(frozen=True)
-class _InvoiceSpec:
+class _InvoiceSpec(NamedTuple):
     member_id: str
     kind: str
     currency: str
@@ -261,7 +260,7 @@ class _InvoiceSpec:
     due_at: int
     period: tuple[int, int] | None
 
-    @cached_property
+    @property
     def subtotal(self) -> int:
         return sum(q * unit for _, _, q, unit in self.lines)
 

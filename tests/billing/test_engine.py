@@ -35,21 +35,21 @@ OVERDUE = Account(paid_through=T, owed=5000, overdue_since=T, first_failure_at=T
         ("overdue past grace", OVERDUE, T + 3 * DAY + 1, R, "suspended"),
         (
             "small debt stays in grace",
-            replace(OVERDUE, owed=100),
+            OVERDUE._replace(owed=100),
             T + 10 * DAY,
             replace(R, suspend_min_owed=500),
             "grace",
         ),
         (
             "small debt capped by max_grace_days",
-            replace(OVERDUE, owed=100),
+            OVERDUE._replace(owed=100),
             T + 14 * DAY + 1,
             replace(R, suspend_min_owed=500),
             "suspended",
         ),
         (
             "debt at the threshold suspends",
-            replace(OVERDUE, owed=500),
+            OVERDUE._replace(owed=500),
             T + 4 * DAY,
             replace(R, suspend_min_owed=500),
             "suspended",
@@ -57,36 +57,36 @@ OVERDUE = Account(paid_through=T, owed=5000, overdue_since=T, first_failure_at=T
         ("collections after collections_days", OVERDUE, T + 30 * DAY, R, "collections"),
         (
             "processing keeps previous",
-            replace(OVERDUE, processing=True, previous="active"),
+            OVERDUE._replace(processing=True, previous="active"),
             T + 20 * DAY,
             R,
             "active",
         ),
-        ("dispute suspends a paid member", replace(PAID, disputed=True), T, R, "suspended"),
-        ("frozen inside the window", replace(PAID, freeze=(T, T + 30 * DAY)), T + DAY, R, "frozen"),
+        ("dispute suspends a paid member", PAID._replace(disputed=True), T, R, "suspended"),
+        ("frozen inside the window", PAID._replace(freeze=(T, T + 30 * DAY)), T + DAY, R, "frozen"),
         (
             "freeze ends on its day",
-            replace(PAID, freeze=(T, T + 5 * DAY)),
+            PAID._replace(freeze=(T, T + 5 * DAY)),
             T + 5 * DAY,
             R,
             "active",
         ),
         (
             "frozen before it starts is active",
-            replace(PAID, freeze=(T + DAY, T + 5 * DAY)),
+            PAID._replace(freeze=(T + DAY, T + 5 * DAY)),
             T,
             R,
             "active",
         ),
-        ("pending cancel", replace(PAID, cancel_at=T + 10 * DAY), T, R, "pending_cancel"),
+        ("pending cancel", PAID._replace(cancel_at=T + 10 * DAY), T, R, "pending_cancel"),
         (
             "cancelled at the date",
-            replace(PAID, cancel_at=T + 10 * DAY),
+            PAID._replace(cancel_at=T + 10 * DAY),
             T + 10 * DAY,
             R,
             "cancelled",
         ),
-        ("cancelled but owing is dunned", replace(OVERDUE, cancel_at=T), T + DAY, R, "grace"),
+        ("cancelled but owing is dunned", OVERDUE._replace(cancel_at=T), T + DAY, R, "grace"),
     ],
 )
 def test_status_table(name: str, acct: Account, now: int, rules: Rules, expected: str) -> None:
@@ -115,7 +115,7 @@ def test_decline_classes(decline: str | None, advice: str | None, expected: str)
     assert eng.classify_decline(decline, advice) == expected
 
 
-PASS = replace(PAID, renews=False)  # a fixed-term pass paid until T + 10 days
+PASS = PAID._replace(renews=False)  # a fixed-term pass paid until T + 10 days
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ PASS = replace(PAID, renews=False)  # a fixed-term pass paid until T + 10 days
         ("a plan that renews bills instead", PAID, T + 10 * DAY, "active", True, None),
         (
             "a pass's first period is still billed",
-            replace(PASS, activated=False, paid_through=T),
+            PASS._replace(activated=False, paid_through=T),
             T,
             "pending",
             True,
@@ -135,7 +135,7 @@ PASS = replace(PAID, renews=False)  # a fixed-term pass paid until T + 10 days
         ),
         (
             "frozen pass: the freeze pushed the end out",
-            replace(PASS, freeze=(T, T + 5 * DAY), paid_through=T + 15 * DAY),
+            PASS._replace(freeze=(T, T + 5 * DAY), paid_through=T + 15 * DAY),
             T + 12 * DAY,
             "active",
             False,
@@ -143,7 +143,7 @@ PASS = replace(PAID, renews=False)  # a fixed-term pass paid until T + 10 days
         ),
         (
             "a debt on a pass is dunned first",
-            replace(PASS, owed=1000, overdue_since=T + 11 * DAY, first_failure_at=T + 11 * DAY),
+            PASS._replace(owed=1000, overdue_since=T + 11 * DAY, first_failure_at=T + 11 * DAY),
             T + 12 * DAY,
             "grace",
             False,
@@ -151,7 +151,7 @@ PASS = replace(PAID, renews=False)  # a fixed-term pass paid until T + 10 days
         ),
         (
             "a cancelled pass is cancelled",
-            replace(PASS, cancel_at=T),
+            PASS._replace(cancel_at=T),
             T + 10 * DAY,
             "cancelled",
             False,
@@ -293,8 +293,7 @@ rules = st.builds(
 def test_member_paid_in_full_is_never_denied(acct: Account, now: int, r: Rules) -> None:
     """Nothing owed, paid past now, not frozen, disputed or cancelled → a status the gate allows,
     with valid_until in the future."""
-    acct = replace(
-        acct,
+    acct = acct._replace(
         owed=0,
         activated=True,
         disputed=False,
@@ -331,8 +330,7 @@ def test_retries_stay_under_the_cap(
 ) -> None:
     """However failures arrive, a member gets at most len(retry_days) automatic retries."""
     retries = 0
-    acct = replace(
-        acct,
+    acct = acct._replace(
         owed=1000,
         overdue_since=now,
         processing=False,
