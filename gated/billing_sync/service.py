@@ -1071,7 +1071,8 @@ class Billing:
             ]
             if member_id in new:
                 invoice_id, sp = new[member_id]
-                total = sp.subtotal + eng.tax_of(sp.subtotal, sp.tax_rate_bp)
+                subtotal = sp.subtotal
+                total = subtotal + eng.tax_of(subtotal, sp.tax_rate_bp)
                 owing.append((sp.due_at, invoice_id, total, sp.currency, True))
             owing.sort(key=lambda o: o[0])
             open_invoices.extend((o[1], member_id, o[2], o[3], o[4]) for o in owing)
