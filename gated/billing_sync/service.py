@@ -779,18 +779,39 @@ class Billing:
     ) -> int:
         """A payment taken outside the gateway (front desk, bank transfer): applied to the oldest
         open invoices first; the member is active again and published at once. Returns the amount
-        applied."""
+        applied. An invoice with a charge still in flight (a SEPA debit takes days to settle) is
+        left to that charge: taking it here as well would take the money twice."""
         now = self.clock()
-        facts = self._facts_one(member_id)
-        owed = facts.account.owed
-        if owed <= 0:
-            raise BillingError(f"member {member_id} owes nothing")
-        amount = owed if amount is None else amount
-        if amount <= 0 or amount > owed:
-            raise BillingError(f"amount must be between 1 and {owed} (what is owed)")
-        left = amount
+        a = s.payment_attempts
         with self.engine.begin() as conn:
-            for inv in facts.open_invoices:
+            facts = self._load(conn, [member_id], now).get(member_id)
+            if facts is None:
+                raise NotFound(f"no member {member_id!r}")
+            in_flight = set(
+                conn.execute(
+                    select(a.c.invoice_id).where(
+                        a.c.member_id == member_id, a.c.state.in_(OPEN_ATTEMPT_STATES)
+                    )
+                ).scalars()
+            )
+            payable = [
+                i for i in facts.open_invoices if i.total > i.amount_paid and i.id not in in_flight
+            ]
+            owed = sum(int(i.total - i.amount_paid) for i in payable)
+            busy = ", ".join(map(str, sorted(in_flight)))
+            if owed <= 0:
+                if in_flight:
+                    raise BillingError(
+                        f"member {member_id} owes nothing beyond invoice {busy}, whose charge is"
+                        " still in flight (a SEPA debit settles within days)"
+                    )
+                raise BillingError(f"member {member_id} owes nothing")
+            amount = owed if amount is None else amount
+            if amount <= 0 or amount > owed:
+                less = f", less invoice {busy} whose charge is still in flight" if in_flight else ""
+                raise BillingError(f"amount must be between 1 and {owed} (what is owed{less})")
+            left = amount
+            for inv in payable:
                 if left <= 0:
                     break
                 part = min(left, int(inv.total - inv.amount_paid))

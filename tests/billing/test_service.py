@@ -472,6 +472,33 @@ def test_front_desk_payment_validation(billing: tuple[Billing, Clock]) -> None:
     assert published(b, "m2")["status"] == "active"
 
 
+def test_front_desk_does_not_take_money_a_sepa_debit_is_already_taking(
+    billing: tuple[Billing, Clock],
+) -> None:
+    """A SEPA debit for the first invoice is processing: the front desk may take what else is
+    owed, but not that invoice, or the settled debit would pay it a second time."""
+    b, clock = billing
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_sepa")
+    with pytest.raises(BillingError, match=r"owes nothing beyond invoice 1, whose charge"):
+        b.record_payment("m1")
+    b.set_payment_method("m1", "pm_sim_decline_insufficient_funds")
+    b.charge_extra("m1", "personal_training", "PT session", 3000)  # declined, left open
+    with pytest.raises(BillingError, match=r"between 1 and 3570 .*less invoice 1 whose"):
+        b.record_payment("m1", 10_000)
+    assert b.record_payment("m1") == 3570  # the extra, with its tax, and nothing else
+    clock.advance(3)
+    b.run_cycle()  # the debit settles
+    with b.reader.connect() as conn:
+        rows = conn.execute(
+            select(schema.invoices.c.total, schema.invoices.c.amount_paid, schema.invoices.c.status)
+        ).all()
+    assert len(rows) == 2
+    assert [(paid, status) for total, paid, status in rows] == [
+        (total, "paid") for total, _, _ in rows
+    ]
+    assert owed(b, "m1") == 0
+
+
 def test_qr_pass_verifies_with_the_published_app_key(billing: tuple[Billing, Clock]) -> None:
     import base64
 
