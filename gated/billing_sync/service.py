@@ -24,8 +24,9 @@ import re
 import secrets
 import signal
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -263,6 +264,29 @@ class _InvoiceSpec(NamedTuple):
     @property
     def subtotal(self) -> int:
         return sum(q * unit for _, _, q, unit in self.lines)
+
+
+class _Rows(NamedTuple):
+    """What ``_load`` reads for a batch of members, before their engine accounts are derived."""
+
+    # Member id -> the member's row joined with their subscription and their payer's contact.
+    members: dict[str, Any]
+    plans: dict[str, Any]
+    open_invoices: dict[str, list[Any]]
+    in_flight: set[str]
+    disputed: set[str]
+    freezes: dict[str, tuple[int, int]]
+
+
+@dataclass
+class _Batch:
+    """A cycle's batch between its transactions, all on one connection: the rows its members'
+    facts came from, kept as the batch itself changes them, and SQLite's ``data_version`` then.
+    If no other connection has committed since, the batch's last transaction reuses the rows
+    instead of reading them again (see ``record_results``)."""
+
+    rows: _Rows
+    data_version: int | None
 
 
 @dataclass
@@ -972,29 +996,32 @@ class Billing:
         come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
         report = CycleReport()
         self.resume(report, member_ids)
-        batch = self.config.batch_size
+        size = self.config.batch_size
         seen: set[str] = set()
         while not self.stopping.is_set():
             now = self.clock()
-            with self.engine.begin() as conn:
-                if member_ids is None:
-                    due = list(
-                        conn.execute(
-                            select(s.subscriptions.c.member_id)
-                            .where(s.subscriptions.c.review_at <= now)
-                            .order_by(s.subscriptions.c.review_at)
-                            .limit(batch)
-                        ).scalars()
-                    )
-                else:
-                    due = list(member_ids)
-                if not due or seen.issuperset(due):
-                    if due:
-                        log.warning("event=cycle_stuck members=%d", len(due))
-                    break
-                seen.update(due)
-                charges = self._plan_charges(conn, due, now, report)
-            self._execute(charges, report)
+            # One connection for the batch's three transactions, so that SQLite's data_version
+            # tells whether anyone else wrote in between (see _Batch).
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    if member_ids is None:
+                        due = list(
+                            conn.execute(
+                                select(s.subscriptions.c.member_id)
+                                .where(s.subscriptions.c.review_at <= now)
+                                .order_by(s.subscriptions.c.review_at)
+                                .limit(size)
+                            ).scalars()
+                        )
+                    else:
+                        due = list(member_ids)
+                    if not due or seen.issuperset(due):
+                        if due:
+                            log.warning("event=cycle_stuck members=%d", len(due))
+                        break
+                    seen.update(due)
+                    charges, batch = self._plan_charges(conn, due, now, report)
+                self._execute(charges, report, conn, batch)
             if member_ids is not None:
                 break
         if self.stopping.is_set():
@@ -1036,10 +1063,12 @@ class Billing:
 
     def _plan_charges(
         self, conn: Connection, due: list[str], now: int, report: CycleReport
-    ) -> list[_Charge]:
+    ) -> tuple[list[_Charge], _Batch]:
         """Decide per member: renewal invoices and retries become attempts (committed with their
         idempotency keys before any gateway call); everyone reviewed gets a fresh status."""
-        facts = self._load(conn, due, now)
+        rows = self._read(conn, due, now)
+        batch = _Batch(rows, _data_version(conn))
+        facts = self._derive(rows)
         renewals: list[_InvoiceSpec] = []
         retries: list[dict[str, Any]] = []
         to_charge: list[str] = []
@@ -1081,6 +1110,9 @@ class Billing:
                 .values(retries_done=bindparam("rd"), next_retry_at=None),
                 retries,
             )
+            for r in retries:  # the batch's rows stay what the store holds
+                row = rows.members[r["mid"]]
+                rows.members[r["mid"]] = row._replace(retries_done=r["rd"], next_retry_at=None)
         # The open invoices were loaded in this transaction; the renewals were just created.
         new = {sp.member_id: (i, sp) for i, sp in zip(new_ids, renewals, strict=True)}
         open_invoices: list[tuple[int, str, int, str, bool]] = []
@@ -1100,9 +1132,11 @@ class Billing:
         charges = self._attempts_for(conn, open_invoices, facts, now)
         # Members being charged are refreshed from the charge's result (record_results); if no
         # result comes back, resume() finishes the attempt on the next cycle.
+        # The others' facts are as loaded: nothing above wrote to them.
         charging = set(to_charge)
-        self._refresh(conn, [m for m in facts if m not in charging], now)
-        return charges
+        rest = {m: f for m, f in facts.items() if m not in charging}
+        self._refresh(conn, list(rest), now, facts=rest)
+        return charges, batch
 
     def _attempts_for(
         self,
@@ -1158,8 +1192,15 @@ class Billing:
             )
         return out
 
-    def _execute(self, charges: list[_Charge], report: CycleReport) -> None:
-        """Steps 2-5 of the charging protocol for a batch of committed attempts."""
+    def _execute(
+        self,
+        charges: list[_Charge],
+        report: CycleReport,
+        conn: Connection | None = None,
+        batch: _Batch | None = None,
+    ) -> None:
+        """Steps 2-5 of the charging protocol for a batch of committed attempts. The cycle passes
+        the connection its batch was planned on, and the batch."""
         if not charges:
             return
         # 2. create intents for attempts that have none yet (an unconfirmed intent charges nothing)
@@ -1196,9 +1237,9 @@ class Billing:
         if created:
             # One clock reading for the batch: a deployment's clock is a database query.
             now = self.clock()
-            with self.engine.begin() as conn:
+            with self._transaction(conn) as tx:
                 bulk(
-                    conn,
+                    tx,
                     _SET_ATTEMPT_REF,
                     [
                         {"aid": c.attempt_id, "ref": c.gateway_ref}
@@ -1229,8 +1270,18 @@ class Billing:
         # 5. commit the results and what follows from them
         done = [c for c in charges if c.result is not None]
         if done:
-            with self.engine.begin() as conn:
-                self.record_results(conn, done, report)
+            with self._transaction(conn) as tx:
+                self.record_results(tx, done, report, batch)
+
+    @contextmanager
+    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        """A transaction on ``conn``, or on a connection of its own."""
+        if conn is None:
+            with self.engine.begin() as own:
+                yield own
+        else:
+            with conn.begin():
+                yield conn
 
     def _gateway_calls(
         self, call: Callable[[_Charge], T], charges: list[_Charge]
@@ -1260,9 +1311,15 @@ class Billing:
             # On an error or Ctrl-C, the calls not yet under way are not made at all.
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def record_results(self, conn: Connection, charges: list[_Charge], report: CycleReport) -> None:
+    def record_results(
+        self,
+        conn: Connection,
+        charges: list[_Charge],
+        report: CycleReport,
+        batch: _Batch | None = None,
+    ) -> None:
         """Store gateway answers once: an attempt already final is left alone, whatever arrives
-        later or twice (webhooks repeat and reorder)."""
+        later or twice (webhooks repeat and reorder). ``batch``: see ``_Batch``."""
         now = self.clock()
         # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
         # reporting the same charge at once book it once: the second waits, then sees it final.
@@ -1300,10 +1357,20 @@ class Billing:
         if not updates:
             return
         bulk(conn, _SET_ATTEMPT_RESULT, updates, {"now": now})
-        self._apply_payments(conn, payments, now)
+        renewed = self._apply_payments(conn, payments, now)
         # One load after the money is booked; dunning changes below are made to these facts in
         # place so the refresh can reuse them.
-        facts = self._load(conn, list({c.member_id for c, _, _ in outcomes}), now)
+        ids = list({c.member_id for c, _, _ in outcomes})
+        if (
+            batch is not None
+            and batch.rows.members.keys() >= set(ids)
+            and _data_version(conn) == batch.data_version is not None
+        ):
+            # Nobody else has written since the batch was planned: the store holds the batch's
+            # rows as kept, but for the payments just booked. Read again only what those changed.
+            facts = self._derive(self._reread(conn, batch.rows, ids, renewed, now))
+        else:
+            facts = self._load(conn, ids, now)
         receipts: list[tuple[Facts, str, dict[str, Any]]] = []
         for c, inv, decline_class in outcomes:
             f = facts.get(c.member_id)
@@ -1619,23 +1686,57 @@ class Billing:
     def _load(self, conn: Connection, ids: Sequence[str], now: int) -> dict[str, Facts]:
         """Bulk-load members, subscriptions, plans, open invoices, attempts, disputes and freezes
         into engine Accounts: a handful of queries per batch, not per member."""
+        return self._derive(self._read(conn, ids, now))
+
+    def _read(self, conn: Connection, ids: Sequence[str], now: int) -> _Rows:
         if not ids:
-            return {}
-        out: dict[str, Facts] = {}
+            return _Rows({}, {}, {}, set(), set(), {})
         batch = {"ids": ids}
-        members = fetch(conn, _LOAD_MEMBERS, batch)
+        members = {r.id: r for r in fetch(conn, _LOAD_MEMBERS, batch)}
         plans = {r.id: r for r in fetch(conn, _ALL_PLANS)}
-        open_inv: dict[str, list[Any]] = {}
-        for r in fetch(conn, _OPEN_INVOICES, batch):
-            open_inv.setdefault(r.member_id, []).append(r)
-        in_flight = {r.member_id for r in fetch(conn, _IN_FLIGHT, batch)}
+        open_inv, in_flight = self._invoices_and_attempts(conn, ids)
         disputed = {r.member_id for r in fetch(conn, _DISPUTED, batch)}
         freezes: dict[str, tuple[int, int]] = {}
         for r in fetch(conn, _FREEZES, {"ids": ids, "now": now}):
             freezes[r.member_id] = (r.starts_at, r.ends_at)
+        return _Rows(members, plans, open_inv, in_flight, disputed, freezes)
+
+    def _invoices_and_attempts(
+        self, conn: Connection, ids: Sequence[str]
+    ) -> tuple[dict[str, list[Any]], set[str]]:
+        """Open invoices by member, and the members with an attempt not yet final."""
+        batch = {"ids": ids}
+        open_inv: dict[str, list[Any]] = {}
+        for r in fetch(conn, _OPEN_INVOICES, batch):
+            open_inv.setdefault(r.member_id, []).append(r)
+        return open_inv, {r.member_id for r in fetch(conn, _IN_FLIGHT, batch)}
+
+    def _reread(
+        self, conn: Connection, rows: _Rows, ids: Sequence[str], renewed: dict[str, int], now: int
+    ) -> _Rows:
+        """``rows`` (read earlier in this batch, and kept) as they are now for ``ids``: the
+        renewals ``renewed`` moved paid-through forward, as ``_EXTEND_PAID_THROUGH`` did in the
+        store, and invoices and attempts are read again. Only valid while nobody else has
+        written in between."""
+        members = {}
+        for member_id in ids:
+            row = rows.members[member_id]
+            end = renewed.get(member_id)
+            if end is not None and (row.paid_through is None or row.paid_through < end):
+                row = row._replace(paid_through=end)
+            members[member_id] = row
+        open_inv, in_flight = self._invoices_and_attempts(conn, ids)
+        wanted = set(ids)
+        freezes = {m: w for m, w in rows.freezes.items() if m in wanted and w[1] > now}
+        return _Rows(members, rows.plans, open_inv, in_flight, rows.disputed & wanted, freezes)
+
+    def _derive(self, rows: _Rows) -> dict[str, Facts]:
+        """Facts with the engine's Accounts, from what ``_read`` read."""
+        out: dict[str, Facts] = {}
+        plans, open_inv, in_flight = rows.plans, rows.open_invoices, rows.in_flight
+        disputed, freezes = rows.disputed, rows.freezes
         no_invoices: list[Any] = []
-        for row in members:
-            member_id = row.id
+        for member_id, row in rows.members.items():
             invs = open_inv.get(member_id, no_invoices)
             if invs:
                 owed = sum(int(i.total - i.amount_paid) for i in invs)
@@ -1948,11 +2049,12 @@ class Billing:
 
     def _apply_payments(
         self, conn: Connection, items: list[tuple[Row[Any], int, str, str | None]], now: int
-    ) -> None:
+    ) -> dict[str, int]:
         """Book money against invoices (one item per invoice); a fully paid renewal moves
-        paid-through forward. Callers refresh the members afterwards."""
+        paid-through forward. Callers refresh the members afterwards. Returns the end of each
+        renewal paid in full, by member."""
         if not items:
-            return
+            return {}
         bulk(
             conn,
             insert(s.payments),
@@ -1985,6 +2087,7 @@ class Billing:
                 renewed.append({"mid": inv.member_id, "pe": inv.period_end})
         bulk(conn, _SET_INVOICE_PAID, inv_updates)
         bulk(conn, _EXTEND_PAID_THROUGH, renewed)
+        return {r["mid"]: r["pe"] for r in renewed}
 
     def _queue(self, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
         """Render one notice into the outbox."""
@@ -2027,6 +2130,14 @@ class Billing:
             offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
             set_meta(conn, "clock_offset_s", offset)
         return offset
+
+
+def _data_version(conn: Connection) -> int | None:
+    """SQLite's count of commits by other connections, as this connection last saw it (None on
+    other databases): unchanged, nobody else has written since."""
+    if conn.dialect.name != "sqlite":
+        return None
+    return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
 
 
 def _charge_method(
