@@ -168,6 +168,7 @@ _SET_SUB_STATUS = (
     .where(_SUB.c.member_id == bindparam("mid"))
     .values(
         status=bindparam("st"),
+        paid_through=bindparam("pt"),
         review_at=bindparam("rev"),
         first_failure_at=bindparam("ffa"),
         next_retry_at=bindparam("nra"),
@@ -1357,9 +1358,9 @@ class Billing:
         if not updates:
             return
         bulk(conn, _SET_ATTEMPT_RESULT, updates, {"now": now})
-        renewed = self._apply_payments(conn, payments, now)
+        renewed = self._apply_payments(conn, payments, now, extend=False)
         # One load after the money is booked; dunning changes below are made to these facts in
-        # place so the refresh can reuse them.
+        # place so the refresh can reuse them (and write the paid-through the renewals moved).
         ids = list({c.member_id for c, _, _ in outcomes})
         if (
             batch is not None
@@ -1367,10 +1368,11 @@ class Billing:
             and _data_version(conn) == batch.data_version is not None
         ):
             # Nobody else has written since the batch was planned: the store holds the batch's
-            # rows as kept, but for the payments just booked. Read again only what those changed.
-            facts = self._derive(self._reread(conn, batch.rows, ids, renewed, now))
+            # rows as kept. Read again only the invoices and attempts the payments changed.
+            rows = self._reread(conn, batch.rows, ids, now)
         else:
-            facts = self._load(conn, ids, now)
+            rows = self._read(conn, ids, now)
+        facts = self._derive(_extended(rows, renewed))
         receipts: list[tuple[Facts, str, dict[str, Any]]] = []
         for c, inv, decline_class in outcomes:
             f = facts.get(c.member_id)
@@ -1711,22 +1713,12 @@ class Billing:
             open_inv.setdefault(r.member_id, []).append(r)
         return open_inv, {r.member_id for r in fetch(conn, _IN_FLIGHT, batch)}
 
-    def _reread(
-        self, conn: Connection, rows: _Rows, ids: Sequence[str], renewed: dict[str, int], now: int
-    ) -> _Rows:
-        """``rows`` (read earlier in this batch, and kept) as they are now for ``ids``: the
-        renewals ``renewed`` moved paid-through forward, as ``_EXTEND_PAID_THROUGH`` did in the
-        store, and invoices and attempts are read again. Only valid while nobody else has
-        written in between."""
-        members = {}
-        for member_id in ids:
-            row = rows.members[member_id]
-            end = renewed.get(member_id)
-            if end is not None and (row.paid_through is None or row.paid_through < end):
-                row = row._replace(paid_through=end)
-            members[member_id] = row
-        open_inv, in_flight = self._invoices_and_attempts(conn, ids)
+    def _reread(self, conn: Connection, rows: _Rows, ids: Sequence[str], now: int) -> _Rows:
+        """``rows`` (read earlier in this batch, and kept) as they are now for ``ids``, with
+        invoices and attempts read again. Only valid while nobody else has written since."""
         wanted = set(ids)
+        members = {m: rows.members[m] for m in ids}
+        open_inv, in_flight = self._invoices_and_attempts(conn, ids)
         freezes = {m: w for m, w in rows.freezes.items() if m in wanted and w[1] > now}
         return _Rows(members, rows.plans, open_inv, in_flight, rows.disputed & wanted, freezes)
 
@@ -1833,6 +1825,7 @@ class Billing:
                     "nra": acct.next_retry_at,
                     "rd": acct.retries_done,
                     "nnc": acct.needs_new_card,
+                    "pt": acct.paid_through,
                 }
             )
         if sub_updates:
@@ -1885,8 +1878,8 @@ class Billing:
                     "version": 0,
                     "status": published,
                     "role": f.member.role,
-                    "valid_from": format_time(f.sub.started_at) if f.sub else None,
-                    "valid_until": format_time(until) if until is not None else None,
+                    "valid_from": _iso(f.sub.started_at) if f.sub else None,
+                    "valid_until": _iso(until) if until is not None else None,
                     "plan": plan.id if plan else None,
                     "schedule": schedule if f.member.role != "staff" else [],
                     "zones": zones,
@@ -2048,11 +2041,18 @@ class Billing:
         self._apply_payments(conn, [(inv, amount, method, reference)], now)
 
     def _apply_payments(
-        self, conn: Connection, items: list[tuple[Row[Any], int, str, str | None]], now: int
+        self,
+        conn: Connection,
+        items: list[tuple[Row[Any], int, str, str | None]],
+        now: int,
+        *,
+        extend: bool = True,
     ) -> dict[str, int]:
         """Book money against invoices (one item per invoice); a fully paid renewal moves
         paid-through forward. Callers refresh the members afterwards. Returns the end of each
-        renewal paid in full, by member."""
+        renewal paid in full, by member: with ``extend=False`` paid-through is not written here,
+        and the caller must refresh the members from facts extended to these ends
+        (``_extended``): the refresh writes paid-through with the status."""
         if not items:
             return {}
         bulk(
@@ -2086,7 +2086,8 @@ class Billing:
             if full and inv.kind == "renewal" and inv.period_end is not None:
                 renewed.append({"mid": inv.member_id, "pe": inv.period_end})
         bulk(conn, _SET_INVOICE_PAID, inv_updates)
-        bulk(conn, _EXTEND_PAID_THROUGH, renewed)
+        if extend:
+            bulk(conn, _EXTEND_PAID_THROUGH, renewed)
         return {r["mid"]: r["pe"] for r in renewed}
 
     def _queue(self, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
@@ -2130,6 +2131,20 @@ class Billing:
             offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
             set_meta(conn, "clock_offset_s", offset)
         return offset
+
+
+# Members' periods start and end on shared days: a batch formats a handful of distinct times.
+_iso = lru_cache(maxsize=4096)(format_time)
+
+
+def _extended(rows: _Rows, renewed: dict[str, int]) -> _Rows:
+    """``rows`` with each renewal paid in full moving paid-through forward to its end, as
+    ``_EXTEND_PAID_THROUGH`` would in the store."""
+    for member_id, end in renewed.items():
+        row = rows.members.get(member_id)
+        if row is not None and (row.paid_through is None or row.paid_through < end):
+            rows.members[member_id] = row._replace(paid_through=end)
+    return rows
 
 
 def _data_version(conn: Connection) -> int | None:
