@@ -288,6 +288,28 @@ class _Batch:
 
     rows: _Rows
     data_version: int | None
+    # The invoices the batch charges, by id, as the store holds them before the charges.
+    invoices: dict[int, Any] = field(default_factory=dict)
+
+    def unchanged(self, conn: Connection, charges: list[_Charge]) -> bool:
+        """Whether nobody else has written since the batch was planned (and these charges are
+        the batch's own)."""
+        return (
+            all(c.invoice_id in self.invoices for c in charges)
+            and self.rows.members.keys() >= {c.member_id for c in charges}
+            and _data_version(conn) == self.data_version is not None
+        )
+
+
+class _NewInvoice(NamedTuple):
+    """A renewal invoice the batch created: what booking a payment reads of an invoice."""
+
+    id: int
+    member_id: str
+    kind: str
+    total: int
+    amount_paid: int
+    period_end: int | None
 
 
 @dataclass
@@ -1123,11 +1145,16 @@ class Billing:
                 for i in facts[member_id].open_invoices
                 if i.total > i.amount_paid
             ]
+            batch.invoices.update((int(i.id), i) for i in facts[member_id].open_invoices)
             if member_id in new:
                 invoice_id, sp = new[member_id]
                 subtotal = sp.subtotal
                 total = subtotal + eng.tax_of(subtotal, sp.tax_rate_bp)
                 owing.append((sp.due_at, invoice_id, total, sp.currency, True))
+                period_end = sp.period[1] if sp.period else None
+                batch.invoices[invoice_id] = _NewInvoice(
+                    invoice_id, member_id, sp.kind, total, 0, period_end
+                )
             owing.sort(key=lambda o: o[0])
             open_invoices.extend((o[1], member_id, o[2], o[3], o[4]) for o in owing)
         charges = self._attempts_for(conn, open_invoices, facts, now)
@@ -1322,15 +1349,24 @@ class Billing:
         """Store gateway answers once: an attempt already final is left alone, whatever arrives
         later or twice (webhooks repeat and reorder). ``batch``: see ``_Batch``."""
         now = self.clock()
-        # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
-        # reporting the same charge at once book it once: the second waits, then sees it final.
-        current = dict(fetch(conn, _ATTEMPT_STATES, {"ids": [c.attempt_id for c in charges]}))
-        invoices = {
-            r.id: r for r in fetch(conn, _INVOICES, {"ids": list({c.invoice_id for c in charges})})
-        }
+        unchanged = batch is not None and batch.unchanged(conn, charges)
+        invoices: dict[int, Any]
+        if batch is not None and unchanged:
+            # Nobody else has written since the batch was planned: its attempts are none of them
+            # final, and its invoices are as it kept them.
+            current: dict[int, str] = {}
+            invoices = batch.invoices
+        else:
+            # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
+            # reporting the same charge at once book it once: the second waits, then sees it
+            # final.
+            ids = {"ids": [c.attempt_id for c in charges]}
+            current = dict(fetch(conn, _ATTEMPT_STATES, ids))
+            ids = {"ids": list({c.invoice_id for c in charges})}
+            invoices = {r.id: r for r in fetch(conn, _INVOICES, ids)}
         updates: list[dict[str, Any]] = []
-        payments: list[tuple[Row[Any], int, str, str | None]] = []
-        outcomes: list[tuple[_Charge, Row[Any], eng.DeclineClass | None]] = []
+        payments: list[tuple[Any, int, str, str | None]] = []
+        outcomes: list[tuple[_Charge, Any, eng.DeclineClass | None]] = []
         for c in charges:
             res = c.result
             assert res is not None
@@ -1361,17 +1397,13 @@ class Billing:
         renewed = self._apply_payments(conn, payments, now, extend=False)
         # One load after the money is booked; dunning changes below are made to these facts in
         # place so the refresh can reuse them (and write the paid-through the renewals moved).
-        ids = list({c.member_id for c, _, _ in outcomes})
-        if (
-            batch is not None
-            and batch.rows.members.keys() >= set(ids)
-            and _data_version(conn) == batch.data_version is not None
-        ):
-            # Nobody else has written since the batch was planned: the store holds the batch's
-            # rows as kept. Read again only the invoices and attempts the payments changed.
-            rows = self._reread(conn, batch.rows, ids, now)
+        members = list({c.member_id for c, _, _ in outcomes})
+        if batch is not None and unchanged:
+            # The store holds the batch's rows as kept: read again only the invoices and
+            # attempts the payments changed.
+            rows = self._reread(conn, batch.rows, members, now)
         else:
-            rows = self._read(conn, ids, now)
+            rows = self._read(conn, members, now)
         facts = self._derive(_extended(rows, renewed))
         receipts: list[tuple[Facts, str, dict[str, Any]]] = []
         for c, inv, decline_class in outcomes:
