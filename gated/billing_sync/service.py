@@ -2172,10 +2172,14 @@ _iso = lru_cache(maxsize=4096)(format_time)
 def _extended(rows: _Rows, renewed: dict[str, int]) -> _Rows:
     """``rows`` with each renewal paid in full moving paid-through forward to its end, as
     ``_EXTEND_PAID_THROUGH`` would in the store."""
+    i = -1
     for member_id, end in renewed.items():
         row = rows.members.get(member_id)
         if row is not None and (row.paid_through is None or row.paid_through < end):
-            rows.members[member_id] = row._replace(paid_through=end)
+            # row._replace() goes through all 27 fields by name (2.0 us); slices take 0.65 us.
+            if i < 0:
+                i = row._fields.index("paid_through")
+            rows.members[member_id] = row._make((*row[:i], end, *row[i + 1 :]))
     return rows
 
 
