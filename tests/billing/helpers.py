@@ -120,3 +120,27 @@ def cli_ok(cfg: Path, *args: str) -> str:
     result = CliRunner().invoke(app, [*args, "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     return str(result.stdout)
+
+
+def report_one_charge_at_once(billing: Billing, reports: int = 4) -> list[bool]:
+    """A member's SEPA debit reported ``reports`` times at the same moment (the cycle and a
+    webhook, or a webhook delivered twice): whether each report applied it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import select
+
+    from gated.billing_sync import schema
+    from gated.billing_sync.gateway import ChargeResult
+
+    billing.add_member("m1", "One", plan_id="monthly", payment_method="pm_sim_sepa")
+    with billing.reader.connect() as conn:
+        ref = conn.execute(select(schema.payment_attempts.c.gateway_ref)).scalar_one()
+    barrier = threading.Barrier(reports)
+
+    def report(_: int) -> bool:
+        barrier.wait()
+        return billing.intent_update(ref, ChargeResult(ref, "succeeded"))
+
+    with ThreadPoolExecutor(reports) as pool:
+        return list(pool.map(report, range(reports)))

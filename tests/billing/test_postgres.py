@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import generate_latest
 from sqlalchemy import func, inspect, select
 
 from gated.billing_sync import reports, schema
-from gated.billing_sync.gateway import ChargeResult
 from gated.billing_sync.metrics import registry_for
 from gated.billing_sync.server import apply_stripe_event
 from gated.billing_sync.store import HEAD_REVISION, current_revision, next_versions, open_store
-from tests.billing.helpers import cli_ok, make_billing, published, step, write_cli_config
+from tests.billing.helpers import (
+    cli_ok,
+    make_billing,
+    published,
+    report_one_charge_at_once,
+    step,
+    write_cli_config,
+)
 from tests.billing.test_publisher import check_site, publisher_for, retained, wait_drained
 from tests.services import Mosquitto
 
@@ -163,17 +167,7 @@ def test_the_same_payment_reported_twice_at_once_is_booked_once(
     """READ COMMITTED lets two transactions read the same unfinished attempt: the attempt row is
     locked while its result is recorded, so the second waits and then sees it final."""
     b, _ = make_billing(tmp_path, database_url=postgres_url)
-    b.add_member("m1", "One", plan_id="monthly", payment_method="pm_sim_sepa")
-    with b.engine.connect() as conn:
-        ref = conn.execute(select(schema.payment_attempts.c.gateway_ref)).scalar_one()
-    barrier = threading.Barrier(4)
-
-    def report(n: int) -> bool:
-        barrier.wait()
-        return b.intent_update(ref, ChargeResult(ref, "succeeded"))
-
-    with ThreadPoolExecutor(4) as pool:
-        applied = list(pool.map(report, range(4)))
+    applied = report_one_charge_at_once(b)
     assert applied.count(True) == 1
     with b.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.payments)).scalar_one() == 1

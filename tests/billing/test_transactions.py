@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import ChargeResult
 from gated.billing_sync.store import open_store, reading
 
-from .helpers import make_billing, published
+from .helpers import make_billing, published, report_one_charge_at_once
 
 
 def _counter(tmp_path: Path) -> Engine:
@@ -84,17 +82,7 @@ def test_the_same_payment_reported_four_times_at_once_is_booked_once(tmp_path: P
     """The cycle and a webhook (or a webhook delivered twice) recording the same charge at the
     same moment: one books it, the others wait and then find the attempt final."""
     b, _ = make_billing(tmp_path)
-    b.add_member("m1", "One", plan_id="monthly", payment_method="pm_sim_sepa")
-    with b.reader.connect() as conn:
-        ref = conn.execute(select(schema.payment_attempts.c.gateway_ref)).scalar_one()
-    barrier = threading.Barrier(4)
-
-    def report(_: int) -> bool:
-        barrier.wait()
-        return b.intent_update(ref, ChargeResult(ref, "succeeded"))
-
-    with ThreadPoolExecutor(4) as pool:
-        applied = list(pool.map(report, range(4)))
+    applied = report_one_charge_at_once(b)
     assert applied.count(True) == 1
     with b.reader.connect() as conn:
         assert conn.execute(select(func.count()).select_from(schema.payments)).scalar_one() == 1
