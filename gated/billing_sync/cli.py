@@ -565,7 +565,13 @@ def charge_extra(
 @app.command()
 def pay(
     member_id: str,
-    amount: Annotated[int | None, typer.Argument(help="Minor units; default: all owed.")] = None,
+    amount: Annotated[
+        int | None,
+        typer.Argument(
+            help="Minor units; default: all owed, but for invoices a charge in flight"
+            " (a SEPA debit) is still paying."
+        ),
+    ] = None,
     method: Annotated[str, typer.Option(help="front_desk, transfer, …")] = "front_desk",
     reference: Annotated[str | None, typer.Option(help="Receipt or transfer reference.")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
