@@ -1349,13 +1349,13 @@ class Billing:
         """Store gateway answers once: an attempt already final is left alone, whatever arrives
         later or twice (webhooks repeat and reorder). ``batch``: see ``_Batch``."""
         now = self.clock()
-        unchanged = batch is not None and batch.unchanged(conn, charges)
+        # The batch, if nobody else has written since it was planned.
+        kept = batch if batch is not None and batch.unchanged(conn, charges) else None
         invoices: dict[int, Any]
-        if batch is not None and unchanged:
-            # Nobody else has written since the batch was planned: its attempts are none of them
-            # final, and its invoices are as it kept them.
+        if kept is not None:
+            # None of its attempts can be final, and its invoices are as it kept them.
             current: dict[int, str] = {}
-            invoices = batch.invoices
+            invoices = kept.invoices
         else:
             # Locked (PostgreSQL; SQLite has one writer anyway) so that a webhook and the cycle
             # reporting the same charge at once book it once: the second waits, then sees it
@@ -1398,10 +1398,10 @@ class Billing:
         # One load after the money is booked; dunning changes below are made to these facts in
         # place so the refresh can reuse them (and write the paid-through the renewals moved).
         members = list({c.member_id for c, _, _ in outcomes})
-        if batch is not None and unchanged:
+        if kept is not None:
             # The store holds the batch's rows as kept: read again only the invoices and
             # attempts the payments changed.
-            rows = self._reread(conn, batch.rows, members, now)
+            rows = self._reread(conn, kept.rows, members, now)
         else:
             rows = self._read(conn, members, now)
         facts = self._derive(_extended(rows, renewed))

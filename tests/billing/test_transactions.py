@@ -40,8 +40,7 @@ def test_a_write_waits_for_a_transaction_that_has_read(tmp_path: Path) -> None:
 
     def add_100() -> None:
         started.set()
-        with engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE counter SET v = v + 100")
+        _add(engine, 100)
         done.set()
 
     with engine.begin() as conn:
