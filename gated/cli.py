@@ -255,7 +255,9 @@ def _broker_options(
     )
 
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Broker URL (default: the config's mqtt url).")]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Broker URL (default: the config's mqtt url).")
+]
 UserOpt = Annotated[str | None, typer.Option("--username", help="Broker user name.")]
 PasswordOpt = Annotated[Path | None, typer.Option("--password-file", help="Broker password file.")]
 

@@ -14,12 +14,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gated.errors import GatedError
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class ConfigError(Exception):
+class ConfigError(GatedError):
     """A configuration file that cannot be used; the message is one line for a human."""
 
 
@@ -128,7 +130,9 @@ class NfcReaderConfig(_ReaderBase):
 
     kind: Literal["nfc"] = "nfc"
     path: str = Field(default="usb", min_length=1)  # "usb", "tty:AMA0:pn532", "udp:HOST:PORT"
-    targets: list[NfcTarget] = Field(default_factory=lambda: list(NFC_DEFAULT_TARGETS), min_length=1)
+    targets: list[NfcTarget] = Field(
+        default_factory=lambda: list(NFC_DEFAULT_TARGETS), min_length=1
+    )
 
 
 class SerialQrReaderConfig(_ReaderBase):
@@ -257,7 +261,10 @@ class GateConfig(_Section):
             "exit_button_pin", "fire_input_pin", "passage_sensor_pin")]  # fmt: skip
         for reader in self.readers:
             if isinstance(reader, WiegandReaderConfig):
-                wired += [(f"readers.{reader.id}.d0_pin", reader.d0_pin), (f"readers.{reader.id}.d1_pin", reader.d1_pin)]
+                wired += [
+                    (f"readers.{reader.id}.d0_pin", reader.d0_pin),
+                    (f"readers.{reader.id}.d1_pin", reader.d1_pin),
+                ]
         for name, pin in wired:
             if pin is None:
                 continue
@@ -279,7 +286,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("sim", "pcsc", "nfc", "serial_qr", "hid_qr", "wiegand") or (isinstance(part, str) and part.endswith("ReaderConfig")):
+        elif part in ("sim", "pcsc", "nfc", "serial_qr", "hid_qr", "wiegand") or (
+            isinstance(part, str) and part.endswith("ReaderConfig")
+        ):
             continue  # discriminated-union tags add nothing for a human
         else:
             out += ("." if out else "") + part
@@ -450,7 +459,7 @@ class BillingConfig(_Section):
 
     def model_post_init(self, __context: Any) -> None:
         if self.gateway == "stripe" and self.stripe is None:
-            raise ValueError("gateway = \"stripe\" needs a [stripe] section with api_key_file")
+            raise ValueError('gateway = "stripe" needs a [stripe] section with api_key_file')
 
 
 def load_billing_config(path: str | Path) -> BillingConfig:

@@ -24,6 +24,8 @@ import nacl.signing
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from gated.errors import GatedError
+
 if TYPE_CHECKING:  # key files are read with cryptography; a gate imports it only when it must
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -76,7 +78,7 @@ EventKind = Literal[
 ]
 
 
-class ContractError(ValueError):
+class ContractError(GatedError, ValueError):
     """A payload that does not follow the contract."""
 
 

@@ -23,15 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gated.errors import GatedError
+
 log = logging.getLogger("gated.control")
 MAX_LINE = 64 * 1024
 
 
-class ControlError(Exception):
+class ControlError(GatedError):
     """A request the daemon refuses; the message goes back to the caller as one line."""
 
 
-class DaemonNotRunning(Exception):
+class DaemonNotRunning(GatedError):
     """No daemon answers on the control socket."""
 
 

@@ -171,7 +171,10 @@ def hardware_checks(config: GateConfig) -> list[Check]:
     device nodes and permissions). Blocking: run it in a thread from the daemon."""
     from gated.readers.diagnostics import reader_checks
 
-    return [Check("reader stack", level, message, fix) for level, message, fix in reader_checks(config.readers)]
+    return [
+        Check("reader stack", level, message, fix)
+        for level, message, fix in reader_checks(config.readers)
+    ]
 
 
 def cache_file_check(path: Path) -> Check:

@@ -37,6 +37,7 @@ from gpiozero.exc import GPIOZeroError
 from gpiozero.pins import Factory
 
 from gated.config import DoorConfig
+from gated.errors import GatedError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ _FACTORIES: dict[str, tuple[str, str, str]] = {
 }
 
 
-class DoorError(Exception):
+class DoorError(GatedError):
     """The door hardware cannot be used; the message is one line for a human."""
 
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from gated.cache.index import member_row
 from gated.config import format_validation_error
 from gated.contract import ContractError, MemberState, card_key, format_time
+from gated.errors import GatedError
 
 LIST_FIELDS = ("cards", "zones", "sites")
 INT_FIELDS = ("daily_limit",)
@@ -29,7 +30,7 @@ ALLOWED_FIELDS = {
 }  # fmt: skip
 
 
-class MembersFileError(Exception):
+class MembersFileError(GatedError):
     """A members file that cannot be loaded; one line naming the row and field."""
 
 

@@ -36,6 +36,7 @@ from gated.contract import (
     new_ulid,
     read_snapshot,
 )
+from gated.errors import GatedError
 from gated.mqtt_session import session
 
 # PUBACKs awaited together; well under paho's 65,535 message ids.
@@ -44,7 +45,7 @@ MANIFEST_WAIT_S = 2.0
 MAX_COMMAND_TTL_S = 300
 
 
-class PushError(Exception):
+class PushError(GatedError):
     """A push that cannot go ahead; one line for the operator."""
 
 

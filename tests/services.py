@@ -43,7 +43,9 @@ def free_port() -> int:
     raise RuntimeError(f"no free port below {top}")
 
 
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -102,14 +104,18 @@ def _spawn_mosquitto(workdir: Path, port: int, extra: str) -> subprocess.Popen[b
         f"persistence_location {workdir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
         f"log_dest file {workdir}/mosquitto.log\nuser root\n{extra}"
     )
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port(port, proc=proc)
     return proc
 
 
 @contextlib.contextmanager
 def run_mosquitto(workdir: Path, extra_config: str = "") -> Iterator[Mosquitto]:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if exe is None:
         raise RuntimeError("mosquitto is not installed (scripts/test installs it)")
     workdir.mkdir(parents=True, exist_ok=True)

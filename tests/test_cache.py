@@ -30,7 +30,9 @@ ISSUED = "2026-11-26T08:00:00Z"
 TIMEOUT = 10  # seconds to wait on a writer future; a hang fails instead of blocking the run
 
 
-def state(member_id: str, version: int, status: str = "active", uid: str | None = None) -> dict[str, Any]:
+def state(
+    member_id: str, version: int, status: str = "active", uid: str | None = None
+) -> dict[str, Any]:
     if status == "erased":
         return erased_state(member_id, ["downtown"], version, ISSUED)
     return {
@@ -64,7 +66,10 @@ def store(tmp_path: Path) -> Any:
 
 
 def stored(store: CacheStore) -> dict[str, tuple[int, str]]:
-    return {m: (v, st) for m, v, st in store.conn.execute("SELECT member_id, version, status FROM members")}
+    return {
+        m: (v, st)
+        for m, v, st in store.conn.execute("SELECT member_id, version, status FROM members")
+    }
 
 
 # --- version ordering -------------------------------------------------------------------------
@@ -282,7 +287,9 @@ def test_writer_group_commits(store: CacheStore) -> None:
     check.close()
 
 
-@pytest.mark.parametrize("error", [ValueError, KeyError, sqlite3.IntegrityError, OverflowError, RuntimeError])
+@pytest.mark.parametrize(
+    "error", [ValueError, KeyError, sqlite3.IntegrityError, OverflowError, RuntimeError]
+)
 def test_failing_op_does_not_undo_its_neighbours(store: CacheStore, error: type[Exception]) -> None:
     writer, release, first = blocked_writer(store)
 
@@ -305,7 +312,11 @@ def test_failing_op_does_not_undo_its_neighbours(store: CacheStore, error: type[
     writer.close()
 
     check = CacheStore(store.path)
-    assert (check.get("before"), check.get("after"), check.get("later")) == ("before", "after", "later")
+    assert (check.get("before"), check.get("after"), check.get("later")) == (
+        "before",
+        "after",
+        "later",
+    )
     assert check.get("bad") is None  # the failing op's own write is rolled back
     check.close()
 
@@ -337,7 +348,13 @@ def test_crash_loses_nothing_committed(tmp_path: Path) -> None:
         batch = rng.choice([50, 200, 700, 1500])
         lines_before_kill = rng.randint(1, 12)
         child = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "cache_crash_child.py"), str(path), str(batch), str(IDS)],
+            [
+                sys.executable,
+                str(REPO / "tests" / "cache_crash_child.py"),
+                str(path),
+                str(batch),
+                str(IDS),
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -430,7 +447,9 @@ def test_trim_outbox_keeps_the_newest(store: CacheStore) -> None:
 
 
 dict_ops = st.lists(
-    st.tuples(st.sampled_from(["set", "del", "get"]), st.sampled_from([f"m_{i}" for i in range(30)])),
+    st.tuples(
+        st.sampled_from(["set", "del", "get"]), st.sampled_from([f"m_{i}" for i in range(30)])
+    ),
     max_size=200,
 )
 

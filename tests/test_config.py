@@ -31,20 +31,40 @@ def test_shipped_config_validates() -> None:
 
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     path = tmp_path / "gated.toml"
-    path.write_text(MINIMAL + 'state_dir = "state"\n[[readers]]\nkind = "sim"\n[[readers]]\nkind = "sim"\ndirection = "out"\n')
+    path.write_text(
+        MINIMAL
+        + 'state_dir = "state"\n[[readers]]\nkind = "sim"\n[[readers]]\nkind = "sim"\ndirection = "out"\n'
+    )
     cfg = load_gate_config(path)
     assert cfg.state_dir == tmp_path / "state"
     assert cfg.cache_path == tmp_path / "state" / "cache.db"
     assert cfg.durability == "crash"
-    assert (cfg.policy.anti_passback_s, cfg.policy.daily_limit, cfg.policy.qr_window_s) == (0, None, 30)
-    assert (cfg.door.relay_pin, cfg.door.green_led_pin, cfg.door.red_led_pin, cfg.door.buzzer_pin) == (17, 27, 22, 23)
+    assert (cfg.policy.anti_passback_s, cfg.policy.daily_limit, cfg.policy.qr_window_s) == (
+        0,
+        None,
+        30,
+    )
+    assert (
+        cfg.door.relay_pin,
+        cfg.door.green_led_pin,
+        cfg.door.red_led_pin,
+        cfg.door.buzzer_pin,
+    ) == (17, 27, 22, 23)
     assert (cfg.door.pulse_ms, cfg.door.held_open_s, cfg.door.relay_active_high) == (3000, 30, True)
     assert [(r.id, r.direction) for r in cfg.readers] == [("sim-1", "in"), ("sim-2", "out")]
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("72h", 259200), ("30s", 30), ("1500ms", 1.5), ("15m", 900), ("3d", 259200), ("45", 45), (10, 10)],
+    [
+        ("72h", 259200),
+        ("30s", 30),
+        ("1500ms", 1.5),
+        ("15m", 900),
+        ("3d", 259200),
+        ("45", 45),
+        (10, 10),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -53,20 +73,32 @@ def test_durations(text: str | int, seconds: float) -> None:
 BAD = [
     # (id, file text, what the one line must name)
     ("unknown top-level key", MINIMAL + "gates = 2\n", ["gates", "unknown setting"]),
-    ("unknown key in a section", MINIMAL + "[door]\npulse_msec = 10\n", ["door.pulse_msec", "unknown setting"]),
+    (
+        "unknown key in a section",
+        MINIMAL + "[door]\npulse_msec = 10\n",
+        ["door.pulse_msec", "unknown setting"],
+    ),
     ("unknown section", MINIMAL + "[doors]\npulse_ms = 10\n", ["doors", "unknown setting"]),
     ("wrong type", MINIMAL + '[door]\npulse_ms = "long"\n', ["door.pulse_ms"]),
     ("wrong type in a list", 'site = "downtown"\ngate = "t1"\nzones = "main"\n', ["zones"]),
     ("out of range", MINIMAL + "[policy]\nqr_window_s = 0\n", ["policy.qr_window_s"]),
     ("bad timezone", MINIMAL + 'timezone = "Mars/Olympus"\n', ["timezone", "Mars/Olympus"]),
-    ("bad duration", MINIMAL + '[policy]\nmax_offline = "3 weeks"\n', ["policy.max_offline", "3 weeks"]),
+    (
+        "bad duration",
+        MINIMAL + '[policy]\nmax_offline = "3 weeks"\n',
+        ["policy.max_offline", "3 weeks"],
+    ),
     ("bad enum", MINIMAL + 'durability = "paranoid"\n', ["durability"]),
     ("realtime priority", MINIMAL + "realtime_priority = 100\n", ["realtime_priority", "99"]),
     ("missing site", 'gate = "t1"\n', ["site", "missing"]),
     ("bad id", 'site = "down town"\ngate = "t1"\n', ["site"]),
     ("bad mqtt url", MINIMAL + '[mqtt]\nurl = "http://broker"\n', ["mqtt.url", "mqtt://"]),
     ("reader kind", MINIMAL + '[[readers]]\nkind = "telepathy"\n', ["readers[0]"]),
-    ("reader field", MINIMAL + '[[readers]]\nkind = "wiegand"\nd0_pin = 5\n', ["readers[0].d1_pin", "missing"]),
+    (
+        "reader field",
+        MINIMAL + '[[readers]]\nkind = "wiegand"\nd0_pin = 5\n',
+        ["readers[0].d1_pin", "missing"],
+    ),
     (
         "duplicate reader ids",
         MINIMAL + '[[readers]]\nkind = "sim"\nid = "a"\n[[readers]]\nkind = "sim"\nid = "a"\n',

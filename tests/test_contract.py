@@ -44,9 +44,7 @@ CANONICAL = (
     '"valid_from":"2026-01-01T00:00:00Z","valid_until":"2026-12-04T00:00:00Z","version":42,'
     '"zones":[]}'
 )
-SIG = (
-    "+4s05kADqTFsOAYO540xuaIV7dmg+R4GcsprKBNTgj2Y1PpIvnwu6jFCqvUofgClMt1wIIAjj2WS67XlKOBCAg=="
-)
+SIG = "+4s05kADqTFsOAYO540xuaIV7dmg+R4GcsprKBNTgj2Y1PpIvnwu6jFCqvUofgClMt1wIIAjj2WS67XlKOBCAg=="
 DIGEST = "70822a2e43eb35cbcaab64cb406f13731819a16b4903ff6ca5e80eee02e6f640"
 
 
@@ -61,7 +59,9 @@ def vector_state() -> dict[str, Any]:
         "valid_from": "2026-01-01T00:00:00Z",
         "valid_until": "2026-12-04T00:00:00Z",
         "plan": "offpeak",
-        "schedule": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "16:00"}],
+        "schedule": [
+            {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "16:00"}
+        ],
         "zones": [],
         "credentials": [card_key(CREDENTIAL_KEY, UID)],
         "qr_key": None,
@@ -112,7 +112,12 @@ def test_canonical_json_is_utf8_sorted_compact() -> None:
 
 def test_tampered_field_is_refused() -> None:
     signed = SIGNER.sign(vector_state())
-    for field, value in [("version", 43), ("status", "suspended"), ("credentials", []), ("valid_until", None)]:
+    for field, value in [
+        ("version", 43),
+        ("status", "suspended"),
+        ("credentials", []),
+        ("valid_until", None),
+    ]:
         with pytest.raises(SignatureError):
             VERIFIER.verify({**signed, field: value}, "member_state")
 
@@ -141,8 +146,14 @@ def test_wrong_type_is_refused() -> None:
         VERIFIER.verify(signed, "manifest")
     # relabelling a signed object as another kind breaks its signature
     manifest = SIGNER.sign(
-        {"type": "manifest", "site": "downtown", "count": 0, "max_version": 0, "digest": "0" * 64,
-         "issued_at": "2026-11-26T08:00:00Z"}
+        {
+            "type": "manifest",
+            "site": "downtown",
+            "count": 0,
+            "max_version": 0,
+            "digest": "0" * 64,
+            "issued_at": "2026-11-26T08:00:00Z",
+        }
     )
     with pytest.raises(SignatureError):
         VERIFIER.verify({**manifest, "type": "member_state"}, "member_state")
@@ -183,7 +194,7 @@ def test_unknown_fields_are_covered_by_the_signature() -> None:
     "extra",
     [
         {"plan": "Ganztägig – Kraft & Cardio 💪"},  # non-ASCII stays UTF-8
-        {"note": "tab\there, nl\nthere, bell\x07, del\x7f, quote \" and \\"},
+        {"note": 'tab\there, nl\nthere, bell\x07, del\x7f, quote " and \\'},
         {"note": "line\u2028separator"},
         {"ratio": 0.1, "big": 1e300, "small": -0.0},
         {"huge": 2**70},  # past 64 bits: orjson refuses it, the slow form signs it

@@ -30,7 +30,9 @@ def write_members(root: Path) -> Path:
 
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[GateProcess]:
-    config = write_config(tmp_path, extra=f"[policy]\nanti_passback_s = 600\n[door]\npulse_ms = {PULSE_MS}\n")
+    config = write_config(
+        tmp_path, extra=f"[policy]\nanti_passback_s = 600\n[door]\npulse_ms = {PULSE_MS}\n"
+    )
     proc = GateProcess(config, tmp_path)
     out = proc.gated("members", "import", str(write_members(tmp_path)), "-c", str(config))
     assert out.returncode == 0, out.stderr
@@ -89,7 +91,12 @@ def test_denied_badges_and_exit_codes(gate: GateProcess) -> None:
 
 
 def test_card_uid_is_normalized_like_a_reader(gate: GateProcess) -> None:
-    for form in ("04a1b2c3d4e5f6", "04:A1:B2:C3:D4:E5:F6", "04-a1-b2-c3-d4-e5-f6", "04 A1 B2 C3 D4 E5 F6"):
+    for form in (
+        "04a1b2c3d4e5f6",
+        "04:A1:B2:C3:D4:E5:F6",
+        "04-a1-b2-c3-d4-e5-f6",
+        "04 A1 B2 C3 D4 E5 F6",
+    ):
         found = json.loads(gate.gatectl("cache", "lookup", "--card", form, "--json").stdout)
         assert found["found"] and found["member"]["member_id"] == "m_1"
     bad = gate.gatectl("badge", "--card", "not-hex")
@@ -172,7 +179,12 @@ def test_import_into_running_daemon_is_picked_up(gate: GateProcess, tmp_path: Pa
     extra.write_text("member_id,status,cards,zones\nm_9,active,04AABBCCDD,main\n")
     out = gate.gated("members", "import", str(extra), "-c", str(gate.config), "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"file": str(extra), "read": 1, "applied": 1, "daemon_refreshed": True}
+    assert json.loads(out.stdout) == {
+        "file": str(extra),
+        "read": 1,
+        "applied": 1,
+        "daemon_refreshed": True,
+    }
     assert gate.badge(card="04aabbccdd")["member_id"] == "m_9"
 
 

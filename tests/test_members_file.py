@@ -43,7 +43,13 @@ def test_json_file(tmp_path: Path) -> None:
                 "schedule": SCHEDULE,
                 "valid_until": "2026-12-04T00:00:00Z",
             },
-            {"member_id": "m_7", "status": "frozen", "role": "staff", "zones": ["spa"], "daily_limit": 2},
+            {
+                "member_id": "m_7",
+                "status": "frozen",
+                "role": "staff",
+                "zones": ["spa"],
+                "daily_limit": 2,
+            },
         ],
     )
     first, second = read(path, first_version=101)
@@ -73,9 +79,17 @@ def test_csv_file(tmp_path: Path) -> None:
     )
     first, second = read(path, first_version=5)
     assert first["credentials"] == sorted([VECTOR_CARD_KEY, card_key(KEY, "DEADBEEF")])
-    assert (first["zones"], first["sites"], first["schedule"]) == (["main", "spa"], ["downtown", "uptown"], SCHEDULE)
+    assert (first["zones"], first["sites"], first["schedule"]) == (
+        ["main", "spa"],
+        ["downtown", "uptown"],
+        SCHEDULE,
+    )
     assert (first["daily_limit"], first["valid_until"]) == (3, "2026-12-04T00:00:00Z")
-    assert (second["credentials"], second["status"], second["sites"]) == ([], "suspended", ["downtown"])
+    assert (second["credentials"], second["status"], second["sites"]) == (
+        [],
+        "suspended",
+        ["downtown"],
+    )
     assert (second["daily_limit"], second["valid_until"], second["schedule"]) == (None, None, [])
     assert [s["version"] for s in (first, second)] == [5, 6]
 
@@ -87,7 +101,14 @@ def test_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "uid", ["04A1B2C3D4E5F6", "04a1b2c3d4e5f6", "04:A1:B2:C3:D4:E5:F6", "04-a1-b2-c3-d4-e5-f6", "04 A1 B2 C3 D4 E5 F6"]
+    "uid",
+    [
+        "04A1B2C3D4E5F6",
+        "04a1b2c3d4e5f6",
+        "04:A1:B2:C3:D4:E5:F6",
+        "04-a1-b2-c3-d4-e5-f6",
+        "04 A1 B2 C3 D4 E5 F6",
+    ],
 )
 def test_uid_normalization(tmp_path: Path, uid: str) -> None:
     path = write_json(tmp_path, [{"member_id": "m_1", "cards": [uid]}])
@@ -95,7 +116,9 @@ def test_uid_normalization(tmp_path: Path, uid: str) -> None:
 
 
 def test_same_card_twice_is_one_key(tmp_path: Path) -> None:
-    path = write_json(tmp_path, [{"member_id": "m_1", "cards": ["04a1b2c3d4e5f6", "04:A1:B2:C3:D4:E5:F6"]}])
+    path = write_json(
+        tmp_path, [{"member_id": "m_1", "cards": ["04a1b2c3d4e5f6", "04:A1:B2:C3:D4:E5:F6"]}]
+    )
     assert read(path)[0]["credentials"] == [VECTOR_CARD_KEY]
 
 
@@ -112,7 +135,11 @@ def test_empty_files(tmp_path: Path) -> None:
 
 BAD_JSON = [
     # (id, rows, what the message must name)
-    ("bad uid", [{"member_id": "m_1"}, {"member_id": "m_2", "cards": ["04A1B"]}], ["item 1", "cards"]),
+    (
+        "bad uid",
+        [{"member_id": "m_1"}, {"member_id": "m_2", "cards": ["04A1B"]}],
+        ["item 1", "cards"],
+    ),
     ("non-hex uid", [{"member_id": "m_1", "cards": ["nothex"]}], ["item 0", "cards"]),
     ("cards not a list", [{"member_id": "m_1", "cards": 4711}], ["item 0", "cards"]),
     ("unknown field", [{"member_id": "m_1", "colour": "red"}], ["item 0", "colour"]),
@@ -121,7 +148,11 @@ BAD_JSON = [
     ("bad member id", [{"member_id": "m 1"}], ["item 0", "member_id"]),
     ("missing member id", [{"cards": []}], ["item 0", "member_id"]),
     ("bad time", [{"member_id": "m_1", "valid_until": "next year"}], ["item 0"]),
-    ("bad schedule", [{"member_id": "m_1", "schedule": [{"days": ["mon"], "start": "9", "end": "16:00"}]}], ["item 0", "schedule"]),
+    (
+        "bad schedule",
+        [{"member_id": "m_1", "schedule": [{"days": ["mon"], "start": "9", "end": "16:00"}]}],
+        ["item 0", "schedule"],
+    ),
     ("negative limit", [{"member_id": "m_1", "daily_limit": -1}], ["item 0", "daily_limit"]),
     ("not an object", [{"member_id": "m_1"}, "m_2"], ["item 1"]),
 ]
@@ -169,7 +200,10 @@ def test_duplicate_member_ids_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "text", "problem"),
-    [("members.json", "[{", "not valid JSON"), ("members.json", '{"member_id": "m_1"}', "JSON list")],
+    [
+        ("members.json", "[{", "not valid JSON"),
+        ("members.json", '{"member_id": "m_1"}', "JSON list"),
+    ],
 )
 def test_bad_json_file(tmp_path: Path, name: str, text: str, problem: str) -> None:
     path = tmp_path / name

@@ -125,20 +125,60 @@ CASES = [
     ("before DST", member(schedule=OFFPEAK), {"now": utc(2026, 3, 27, 7, 30)}, "outside_schedule"),
     ("after DST", member(schedule=OFFPEAK), {"now": utc(2026, 3, 30, 7, 30)}, "ok"),
     # DST ends 2026-10-25: 14:30 UTC is 16:30 CEST on Friday but 15:30 CET on Monday
-    ("summer 14:30Z", member(schedule=OFFPEAK), {"now": utc(2026, 10, 23, 14, 30)}, "outside_schedule"),
+    (
+        "summer 14:30Z",
+        member(schedule=OFFPEAK),
+        {"now": utc(2026, 10, 23, 14, 30)},
+        "outside_schedule",
+    ),
     ("winter 14:30Z", member(schedule=OFFPEAK), {"now": utc(2026, 10, 26, 14, 30)}, "ok"),
     # overnight 22:00–02:00 on Friday and Saturday
     ("fri 22:00", member(schedule=OVERNIGHT), {"now": local(2026, 11, 27, 22, 0)}, "ok"),
-    ("fri 21:59", member(schedule=OVERNIGHT), {"now": local(2026, 11, 27, 21, 59)}, "outside_schedule"),
-    ("sat 01:59 (fri night)", member(schedule=OVERNIGHT), {"now": local(2026, 11, 28, 1, 59)}, "ok"),
-    ("sat 02:00", member(schedule=OVERNIGHT), {"now": local(2026, 11, 28, 2, 0)}, "outside_schedule"),
+    (
+        "fri 21:59",
+        member(schedule=OVERNIGHT),
+        {"now": local(2026, 11, 27, 21, 59)},
+        "outside_schedule",
+    ),
+    (
+        "sat 01:59 (fri night)",
+        member(schedule=OVERNIGHT),
+        {"now": local(2026, 11, 28, 1, 59)},
+        "ok",
+    ),
+    (
+        "sat 02:00",
+        member(schedule=OVERNIGHT),
+        {"now": local(2026, 11, 28, 2, 0)},
+        "outside_schedule",
+    ),
     ("sun 01:00 (sat night)", member(schedule=OVERNIGHT), {"now": local(2026, 11, 29, 1, 0)}, "ok"),
-    ("mon 01:00 (sun night)", member(schedule=OVERNIGHT), {"now": local(2026, 11, 30, 1, 0)}, "outside_schedule"),
-    ("fri 01:00 (thu night)", member(schedule=OVERNIGHT), {"now": local(2026, 11, 27, 1, 0)}, "outside_schedule"),
-    ("sun 23:00", member(schedule=OVERNIGHT), {"now": local(2026, 11, 29, 23, 0)}, "outside_schedule"),
+    (
+        "mon 01:00 (sun night)",
+        member(schedule=OVERNIGHT),
+        {"now": local(2026, 11, 30, 1, 0)},
+        "outside_schedule",
+    ),
+    (
+        "fri 01:00 (thu night)",
+        member(schedule=OVERNIGHT),
+        {"now": local(2026, 11, 27, 1, 0)},
+        "outside_schedule",
+    ),
+    (
+        "sun 23:00",
+        member(schedule=OVERNIGHT),
+        {"now": local(2026, 11, 29, 23, 0)},
+        "outside_schedule",
+    ),
     # the overnight window across the night DST starts (02:00 CET → 03:00 CEST)
     ("DST night 01:30 CET", member(schedule=OVERNIGHT), {"now": utc(2026, 3, 29, 0, 30)}, "ok"),
-    ("DST night 03:30 CEST", member(schedule=OVERNIGHT), {"now": utc(2026, 3, 29, 1, 30)}, "outside_schedule"),
+    (
+        "DST night 03:30 CEST",
+        member(schedule=OVERNIGHT),
+        {"now": utc(2026, 3, 29, 1, 30)},
+        "outside_schedule",
+    ),
     # anti-passback: 60 s at this gate
     (
         "anti-passback",
@@ -165,9 +205,24 @@ CASES = [
         "ok",
     ),
     # daily limits
-    ("member limit reached", member(daily_limit=2), {"counters": MemberCounters(TODAY, 2)}, "daily_limit"),
-    ("member limit not reached", member(daily_limit=2), {"counters": MemberCounters(TODAY, 1)}, "ok"),
-    ("yesterday's entries", member(daily_limit=2), {"counters": MemberCounters(TODAY - 1, 9)}, "ok"),
+    (
+        "member limit reached",
+        member(daily_limit=2),
+        {"counters": MemberCounters(TODAY, 2)},
+        "daily_limit",
+    ),
+    (
+        "member limit not reached",
+        member(daily_limit=2),
+        {"counters": MemberCounters(TODAY, 1)},
+        "ok",
+    ),
+    (
+        "yesterday's entries",
+        member(daily_limit=2),
+        {"counters": MemberCounters(TODAY - 1, 9)},
+        "ok",
+    ),
     (
         "gate default reached",
         member(),
@@ -188,7 +243,12 @@ CASES = [
     ),
     ("no limit anywhere", member(), {"counters": MemberCounters(TODAY, 1000)}, "ok"),
     ("limit 0 admits nobody", member(daily_limit=0), {}, "daily_limit"),
-    ("limit 0, old counters", member(daily_limit=0), {"counters": MemberCounters(TODAY - 1, 0)}, "daily_limit"),
+    (
+        "limit 0, old counters",
+        member(daily_limit=0),
+        {"counters": MemberCounters(TODAY - 1, 0)},
+        "daily_limit",
+    ),
     # the day is the site's local day: 23:30 UTC on the 26th is already the 27th in Berlin
     (
         "limit resets at local midnight",
@@ -203,14 +263,24 @@ CASES = [
         "daily_limit",
     ),
     # staff skip schedules, anti-passback and limits, not lockdown, statuses, dates or zones
-    ("staff off-hours", member(role="staff", schedule=OFFPEAK), {"now": local(2026, 11, 28, 3)}, "ok"),
+    (
+        "staff off-hours",
+        member(role="staff", schedule=OFFPEAK),
+        {"now": local(2026, 11, 28, 3)},
+        "ok",
+    ),
     (
         "staff anti-passback",
         member(role="staff"),
         {"gate": replace(GATE, anti_passback_s=60), "counters": MemberCounters(TODAY, 1, NOW - 1)},
         "ok",
     ),
-    ("staff limit", member(role="staff", daily_limit=1), {"counters": MemberCounters(TODAY, 5)}, "ok"),
+    (
+        "staff limit",
+        member(role="staff", daily_limit=1),
+        {"counters": MemberCounters(TODAY, 5)},
+        "ok",
+    ),
     ("staff lockdown", member(role="staff"), {"gate": replace(GATE, lockdown=True)}, "lockdown"),
     ("staff suspended", member(role="staff", status="suspended"), {}, "suspended"),
     ("staff expired", member(role="staff", valid_until=NOW - 1), {}, "expired"),
@@ -218,21 +288,40 @@ CASES = [
     # exits: nobody known is kept inside, whatever their standing or limits
     ("exit suspended", member(status="suspended"), {"direction": "out"}, "ok"),
     ("exit expired date", member(valid_until=NOW - 1), {"direction": "out"}, "ok"),
-    ("exit outside schedule", member(schedule=OFFPEAK), {"direction": "out", "now": local(2026, 11, 28, 3)}, "ok"),
+    (
+        "exit outside schedule",
+        member(schedule=OFFPEAK),
+        {"direction": "out", "now": local(2026, 11, 28, 3)},
+        "ok",
+    ),
     (
         "exit while inside",
         member(),
-        {"direction": "out", "gate": replace(GATE, anti_passback_s=60), "counters": MemberCounters(TODAY, 1, NOW - 1)},
+        {
+            "direction": "out",
+            "gate": replace(GATE, anti_passback_s=60),
+            "counters": MemberCounters(TODAY, 1, NOW - 1),
+        },
         "ok",
     ),
     ("exit unknown card", None, {"direction": "out"}, "unknown_credential"),
-    ("exit lockdown", member(), {"direction": "out", "gate": replace(GATE, lockdown=True)}, "lockdown"),
+    (
+        "exit lockdown",
+        member(),
+        {"direction": "out", "gate": replace(GATE, lockdown=True)},
+        "lockdown",
+    ),
     ("exit bad qr", member(), {"direction": "out", "fault": "qr_replayed"}, "qr_replayed"),
     # fire opens everything
     ("fire unknown", None, {"gate": replace(GATE, fire=True)}, "ok"),
     ("fire lockdown", None, {"gate": replace(GATE, fire=True, lockdown=True)}, "ok"),
     ("fire suspended", member(status="suspended"), {"gate": replace(GATE, fire=True)}, "ok"),
-    ("fire bad qr", member(), {"gate": replace(GATE, fire=True), "fault": "qr_bad_signature"}, "ok"),
+    (
+        "fire bad qr",
+        member(),
+        {"gate": replace(GATE, fire=True), "fault": "qr_bad_signature"},
+        "ok",
+    ),
     ("fire malformed qr", None, {"gate": replace(GATE, fire=True), "fault": "qr_malformed"}, "ok"),
 ]
 
@@ -271,17 +360,42 @@ def test_decide_does_not_touch_counters() -> None:
 APB = replace(GATE, anti_passback_s=60)
 PRECEDENCE = [
     ("lockdown > unknown", None, {"gate": replace(GATE, lockdown=True)}, "lockdown"),
-    ("lockdown > qr fault", member(), {"gate": replace(GATE, lockdown=True), "fault": "qr_expired"}, "lockdown"),
+    (
+        "lockdown > qr fault",
+        member(),
+        {"gate": replace(GATE, lockdown=True), "fault": "qr_expired"},
+        "lockdown",
+    ),
     ("unknown > qr expired", None, {"fault": "qr_expired"}, "unknown_credential"),
-    ("erased > qr bad signature", member(status="erased"), {"fault": "qr_bad_signature"}, "unknown_credential"),
-    ("qr fault > pending", member(status="pending"), {"fault": "qr_bad_signature"}, "qr_bad_signature"),
+    (
+        "erased > qr bad signature",
+        member(status="erased"),
+        {"fault": "qr_bad_signature"},
+        "unknown_credential",
+    ),
+    (
+        "qr fault > pending",
+        member(status="pending"),
+        {"fault": "qr_bad_signature"},
+        "qr_bad_signature",
+    ),
     ("qr fault > suspended", member(status="suspended"), {"fault": "qr_expired"}, "qr_expired"),
     ("pending > expired date", member(status="pending", valid_until=NOW - 1), {}, "pending"),
     ("suspended > zone", member(status="suspended", zones=frozenset({"spa"})), {}, "suspended"),
     ("frozen > not yet valid", member(status="frozen", valid_from=NOW + 1), {}, "frozen"),
     ("expired status > not yet valid", member(status="expired", valid_from=NOW + 1), {}, "expired"),
-    ("expired date > not yet valid", member(valid_until=NOW - 1, valid_from=NOW + 1), {}, "expired"),
-    ("not yet valid > zone", member(valid_from=NOW + 1, zones=frozenset({"spa"})), {}, "not_yet_valid"),
+    (
+        "expired date > not yet valid",
+        member(valid_until=NOW - 1, valid_from=NOW + 1),
+        {},
+        "expired",
+    ),
+    (
+        "not yet valid > zone",
+        member(valid_from=NOW + 1, zones=frozenset({"spa"})),
+        {},
+        "not_yet_valid",
+    ),
     (
         "zone > schedule",
         member(zones=frozenset({"spa"}), schedule=OFFPEAK),
@@ -291,7 +405,11 @@ PRECEDENCE = [
     (
         "schedule > anti-passback",
         member(schedule=OFFPEAK),
-        {"now": local(2026, 11, 28, 10), "gate": APB, "counters": MemberCounters(TODAY + 2, 1, local(2026, 11, 28, 10) - 1)},
+        {
+            "now": local(2026, 11, 28, 10),
+            "gate": APB,
+            "counters": MemberCounters(TODAY + 2, 1, local(2026, 11, 28, 10) - 1),
+        },
         "outside_schedule",
     ),
     (

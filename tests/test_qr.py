@@ -30,7 +30,9 @@ MEMBERS = {
 lookup = MEMBERS.get
 
 
-def code(member_id: str = "m_1", ts: float = NOW, nonce: str = NONCE, seed: bytes = APP_SEED) -> str:
+def code(
+    member_id: str = "m_1", ts: float = NOW, nonce: str = NONCE, seed: bytes = APP_SEED
+) -> str:
     return mint_qr_code(seed, member_id, int(ts), nonce)
 
 

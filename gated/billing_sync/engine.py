@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from gated.config import DunningConfig
+from gated.errors import GatedError
 
 DAY = 86_400
 
@@ -279,7 +280,7 @@ def next_review(acct: Account, now: int, rules: Rules) -> int | None:
     return min(future) if future else None
 
 
-class FreezeRefused(ValueError):
+class FreezeRefused(GatedError, ValueError):
     """A freeze the rules do not allow; the message says why."""
 
 

@@ -14,12 +14,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
+from gated.errors import GatedError
+
 IntentState = Literal[
     "requires_confirmation", "processing", "succeeded", "failed", "requires_action"
 ]
 
 
-class GatewayError(Exception):
+class GatewayError(GatedError):
     """Base of every payment-gateway error."""
 
 

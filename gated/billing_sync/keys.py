@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.config import BillingKeysConfig
 from gated.contract import Signer, load_credential_key, private_key_pem
+from gated.errors import GatedError
 
 
-class KeyFileError(Exception):
+class KeyFileError(GatedError):
     """A key file is missing or unusable; the message says which and what to do."""
 
 

@@ -68,6 +68,7 @@ from gated.contract import (
     format_time,
     normalize_uid,
 )
+from gated.errors import GatedError
 
 log = logging.getLogger("gated.billing")
 T = TypeVar("T")
@@ -187,7 +188,7 @@ _NEW_STATES = insert(_MS).values(member_id=bindparam("mid"), **_STATE_VALUES)
 _SET_STATES = update(_MS).where(_MS.c.member_id == bindparam("mid")).values(**_STATE_VALUES)
 
 
-class BillingError(Exception):
+class BillingError(GatedError):
     """An operation the rules or the data do not allow; the message is for a human."""
 
 

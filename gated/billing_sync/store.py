@@ -34,6 +34,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ClauseElement
 
 from gated.billing_sync import schema
+from gated.errors import GatedError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -44,7 +45,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 HEAD_REVISION = "0002"
 
 
-class StoreError(Exception):
+class StoreError(GatedError):
     """The billing store cannot be opened or is in an unexpected state."""
 
 

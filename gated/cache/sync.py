@@ -77,6 +77,7 @@ from gated.contract import (
 )
 from gated.control import ControlError
 from gated.doctor import Check
+from gated.errors import GatedError
 from gated.mqtt_session import session
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ CONTACT_SAVE_INTERVAL_S = 30.0
 MAX_COMMAND_TTL_S = 300.0
 
 
-class SyncError(Exception):
+class SyncError(GatedError):
     """A snapshot or broker problem, described in one line for a technician."""
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from gated.errors import GatedError
 from gated.readers.base import Credential, CredentialKind, Debouncer, Direction, ReaderHealth
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 5.0
 
 
-class DeviceFault(Exception):
+class DeviceFault(GatedError):
     """A device problem a reader reports in ``health`` and retries; the message is for a human and
     never contains a card UID."""
 

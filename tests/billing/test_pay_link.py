@@ -42,11 +42,15 @@ def sent_link(b: Billing, member_id: str) -> str:
     """The pay link in the member's newest pay_link notice."""
     n = schema.notifications
     with b.engine.connect() as conn:
-        body = conn.execute(
-            select(n.c.body)
-            .where(n.c.member_id == member_id, n.c.kind == "pay_link")
-            .order_by(n.c.id.desc())
-        ).scalars().first()
+        body = (
+            conn.execute(
+                select(n.c.body)
+                .where(n.c.member_id == member_id, n.c.kind == "pay_link")
+                .order_by(n.c.id.desc())
+            )
+            .scalars()
+            .first()
+        )
     assert body is not None
     found = re.search(re.escape(PUBLIC) + r"(/pay/\S+)", body)
     assert found is not None
@@ -97,7 +101,7 @@ def test_the_page_shows_the_itemized_invoice_and_paying_makes_the_member_active(
     text = page.text
     assert "Ann &lt;Lee&gt;" in text  # escaped
     assert "Monthly 2026-12-01 to 2027-01-01" in text and "Tax 19 %" in text
-    assert '<th class=n id=owed>59.38 EUR</th>' in text
+    assert "<th class=n id=owed>59.38 EUR</th>" in text
 
     paid = client.post(path, data={"key": form_key(text)})
     assert paid.status_code == 200 and "Thank you" in paid.text
@@ -105,9 +109,15 @@ def test_the_page_shows_the_itemized_invoice_and_paying_makes_the_member_active(
     assert b.member("m1")["owed"] == 0
     assert gw.charged_total() == 5938
     with b.engine.connect() as conn:
-        outbox = conn.execute(
-            select(schema.status_outbox.c.payload).order_by(schema.status_outbox.c.version.desc())
-        ).scalars().first()
+        outbox = (
+            conn.execute(
+                select(schema.status_outbox.c.payload).order_by(
+                    schema.status_outbox.c.version.desc()
+                )
+            )
+            .scalars()
+            .first()
+        )
     assert outbox is not None and '"status":"active"' in outbox  # published at once
     assert notices(b, "m1")[-1] == "receipt"
 
@@ -192,9 +202,7 @@ def test_links_survive_a_restart_and_paid_elsewhere_is_gone(tmp_path: Path) -> N
     assert page.status_code == 410
 
 
-def test_the_page_pays_through_stripe_on_session(
-    tmp_path: Path, localstripe: LocalStripe
-) -> None:
+def test_the_page_pays_through_stripe_on_session(tmp_path: Path, localstripe: LocalStripe) -> None:
     gw = StripeGateway(
         "sk_test_local",
         api_base=localstripe.url,

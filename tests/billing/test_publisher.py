@@ -276,7 +276,9 @@ def test_metrics_report_the_store(tmp_path: Path) -> None:
     assert "gated_billing_status_outbox_depth 3.0" in text
     assert "gated_billing_version_head 3.0" in text
     assert 'gated_billing_declines_total{class="hard",code="lost_card"} 1.0' in text
-    assert 'gated_billing_charged_minor_units_total{currency="EUR"} 5938.0' in text  # 49.90 + 19% tax
+    assert (
+        'gated_billing_charged_minor_units_total{currency="EUR"} 5938.0' in text
+    )  # 49.90 + 19% tax
     assert "gated_billing_recoveries_total 0.0" in text
 
 
