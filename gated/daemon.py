@@ -26,7 +26,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from gated import __version__
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row
 from gated.cache.store import CacheStore, CacheWriter
-from gated.clock import TrustedClock, system_clock_synchronized
+from gated.clock import ClockProbe, TrustedClock
 from gated.config import GateConfig
 from gated.contract import (
     ContractError,
@@ -122,7 +122,9 @@ def _store_and_make(
 class Gate:
     """Everything one gate holds at run time. ``run()`` serves until ``stop()``."""
 
-    def __init__(self, config: GateConfig, *, pin_factory: Any = None) -> None:
+    def __init__(
+        self, config: GateConfig, *, pin_factory: Any = None, clock: ClockProbe | None = None
+    ) -> None:
         self.config = config
         self._pin_factory = pin_factory
         self.credential_key = load_credential_key(config.keys.credential_key_file)
@@ -148,8 +150,8 @@ class Gate:
         gc.disable()  # a million new objects would trigger hundreds of collections while loading
         self.index: MemberIndex = store.load_index()
         self.counters: dict[str, MemberCounters] = store.load_counters()
-        self.clock = TrustedClock(float(store.get("last_good_time", 0.0)))
-        self.clock.advance_to(float(store.get("newest_issued_at", 0.0)))
+        # Head-office time is not saved: only a plausible clock's time is (DESIGN "Time").
+        self.clock = TrustedClock(store.get("last_good_time"), clock)
         self.last_head_office_at = store.get("last_head_office_at")
         self.qr = QrVerifier(config.policy.qr_window_s)
         self.qr.restore(store.load_nonces(self.clock.now()))
@@ -170,6 +172,7 @@ class Gate:
             self._outbox_alarm,
         )
         self.writer = CacheWriter(store)
+        self.clock.listen(lambda kind, reason: self.event(kind, reason=reason))
         self.metrics = GateMetrics(self)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # A million long-lived records: keep them out of the collector's generations so a full
@@ -543,7 +546,7 @@ class Gate:
         self.stale = False
         if issued_at is not None:
             with contextlib.suppress(ContractError):
-                self.clock.advance_to(parse_time(issued_at).timestamp())
+                self.clock.observe(parse_time(issued_at).timestamp())
 
     # --- control socket ------------------------------------------------------------------------
 
@@ -596,6 +599,7 @@ class Gate:
             "fire": self.context.fire,
             "stale_cache": self.stale,
             "clock_synchronized": self.clock_synchronized,
+            "clock": self.clock.stats(),
             "scheduling": self.scheduling,
             "now": format_time(self.clock.now()),
             "decisions": dict(self.decisions),
@@ -851,12 +855,13 @@ class Gate:
         while True:
             now = self.clock.now()
             self.qr.prune(now)
-            synced = system_clock_synchronized()
+            synced = self.clock.refresh()
             if synced is False and self.clock_synchronized is not False:
                 self.event("clock_unsynced", reason="system clock not synchronized")
             self.clock_synchronized = synced
-            if not self.clock.system_behind():
-                self.writer.post(partial(CacheStore.set, key="last_good_time", value=now))
+            good = self.clock.good_time()
+            if good is not None:
+                self.writer.post(partial(CacheStore.set, key="last_good_time", value=good))
             if self.config.mqtt is not None:
                 last = self.last_head_office_at or self.started_at
                 stale = time.time() - last > max_offline

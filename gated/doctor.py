@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gated.clock import system_clock_synchronized
+from gated.clock import TrustedClock, system_clock_synchronized
 from gated.config import ConfigError, GateConfig, load_gate_config
 from gated.contract import ContractError, load_credential_key
 
@@ -25,6 +25,8 @@ Level = Literal["ok", "warn", "fail"]
 LEVEL_EXIT = {"ok": 0, "warn": 1, "fail": 2}
 DISK_WARN_BYTES = 200 * 2**20
 DISK_FAIL_BYTES = 20 * 2**20
+# A skewed head-office object seen within this long keeps the clock skew check at warn.
+SKEW_RECENT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,30 @@ def clock_check(synced: bool | None) -> Check:
             "enable NTP: timedatectl set-ntp true, and check the network reaches a time server",
         )
     return Check("clock", "ok", "system clock synchronized")
+
+
+def skew_check(clock: TrustedClock) -> Check:
+    """Whether head office's time and this gate's disagree (DESIGN "Time"), not only NTP."""
+    if not clock.plausible():
+        return Check(
+            "clock skew",
+            "warn",
+            "system clock not plausible (unsynchronized, behind the last good time or the "
+            f"release): decisions use {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(clock.now()))}Z",
+            "enable NTP: timedatectl set-ntp true (gatectl status shows the clock)",
+        )
+    age = clock.last_skew_age()
+    if age is not None and age < SKEW_RECENT_S:
+        return Check(
+            "clock skew",
+            "warn",
+            f"{clock.skew_count} head-office objects dated up to {clock.last_skew_s or 0:.0f}s "
+            f"ahead of this gate's clock (last {age:.0f}s ago): applied, their time ignored",
+            "check the head office's clock (timedatectl there), then this gate's NTP",
+        )
+    return Check(
+        "clock skew", "ok", f"head-office time agrees ({clock.skew_count} skewed since start)"
+    )
 
 
 def outbox_check(depth: int, warn: int, ceiling: int, dropped: int, *, drained: bool) -> Check:
@@ -222,6 +248,7 @@ async def daemon_checks(gate: Gate) -> list[Check]:
     checks.append(Check("keys", "ok", "credential key loaded by the daemon"))
     checks.append(gpio_check(gate.door.pin_factory_name, gate.config.door.pin_factory))
     checks.append(scheduling_check(gate.scheduling, gate.config.realtime_priority))
+    checks.append(skew_check(gate.clock))
     if gate.config.metrics.listen:
         checks.append(metrics_check(gate.config.metrics.listen, gate.metrics.url))
     if gate.context.lockdown:

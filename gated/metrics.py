@@ -221,3 +221,13 @@ class GateStateCollector(Collector):
             yield GaugeMetricFamily(
                 "gated_clock_synchronized", "1 while the system clock is NTP-synchronized.", synced
             )
+        yield GaugeMetricFamily(
+            "gated_clock_plausible",
+            "1 while the system clock is believed (synchronized, or past the last good time).",
+            value=gate.clock.plausible(),
+        )
+        yield CounterMetricFamily(
+            "gated_clock_skewed_objects",
+            "Verified head-office objects dated more than 5 minutes ahead: time ignored.",
+            value=gate.clock.skew_count,
+        )

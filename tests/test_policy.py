@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gated.clock import TrustedClock
 from gated.contract import STATUSES
 from gated.policy.decide import (
     GateContext,
@@ -587,20 +586,3 @@ def test_local_day_follows_the_site_zone() -> None:
     late = utc(2026, 11, 26, 23, 30)
     assert local_day(late, BERLIN) == local_day(late, ZoneInfo("UTC")) + 1
     assert local_day(late, ZoneInfo("America/New_York")) == local_day(late, ZoneInfo("UTC"))
-
-
-# --- trusted time (DESIGN "Time") -------------------------------------------------------------
-
-
-def test_trusted_clock_never_goes_back_past_the_floor() -> None:
-    system = [0.0]  # a Pi that booted in 1970
-    clock = TrustedClock(floor=NOW, system=lambda: system[0])
-    assert clock.now() == NOW
-    assert clock.system_behind()
-    clock.advance_to(NOW + 100)  # a head-office issued_at
-    assert clock.now() == NOW + 100
-    clock.advance_to(NOW)  # an older time never lowers it
-    assert clock.floor == NOW + 100
-    system[0] = NOW + 500  # NTP caught up
-    assert clock.now() == NOW + 500
-    assert not clock.system_behind()

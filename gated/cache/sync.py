@@ -55,6 +55,7 @@ from pydantic import ValidationError
 from gated import __version__
 from gated.cache.index import member_row
 from gated.cache.store import CacheStore
+from gated.clock import issued_too_far_ahead
 from gated.contract import (
     MEMBER_ID_RE,
     STATUSES,
@@ -267,7 +268,6 @@ class SiteSync:
         self._last_activity = time.monotonic()
         self._compared = True
         self._last_anti_entropy = 0.0
-        self._newest_issued: str | None = None
         self._contact_saved = 0.0
         self._commands_running: set[str] = set()
         self._direct = False
@@ -654,10 +654,9 @@ class SiteSync:
         self._heard(body["issued_at"])
 
     def _heard(self, issued_at: str) -> None:
-        """Verified head-office traffic: fresh contact and a trusted time (saved now and then)."""
+        """Verified head-office traffic: fresh contact (saved now and then) and a time the clock
+        weighs (DESIGN "Time": a floor, not a master; never saved)."""
         self.gate.heard_from_head_office(issued_at)
-        if self._newest_issued is None or issued_at > self._newest_issued:
-            self._newest_issued = issued_at
         now = time.monotonic()
         if now - self._contact_saved >= CONTACT_SAVE_INTERVAL_S:
             self._contact_saved = now
@@ -665,18 +664,7 @@ class SiteSync:
 
     def _save_contact(self) -> None:
         last = self.gate.last_head_office_at
-        newest = self._newest_issued
-        try:
-            newest_ts = parse_time(newest).timestamp() if newest else None
-        except ContractError:
-            newest_ts = None
-
-        def save(store: CacheStore) -> None:
-            store.set("last_head_office_at", last)
-            if newest_ts is not None and newest_ts > float(store.get("newest_issued_at", 0.0)):
-                store.set("newest_issued_at", newest_ts)
-
-        self.gate.writer.submit(save)
+        self.gate.writer.submit(lambda store: store.set("last_head_office_at", last))
 
     # --- anti-entropy and snapshots ------------------------------------------------------------
 
@@ -903,8 +891,11 @@ class SiteSync:
                 raise _Refused("malformed") from exc
             if command.site != self.site or command.gate != self.gate_id:
                 raise _Refused("misaddressed")
-            if not_after <= self.gate.clock.now():
+            now = self.gate.clock.now()
+            if not_after <= now:
                 raise _Refused("expired")
+            if issued_too_far_ahead(issued_at, now):
+                raise _Refused("issued_in_future")
             if not 0 < not_after - issued_at <= MAX_COMMAND_TTL_S:
                 raise _Refused("lifetime_too_long")
             if command.id in self._commands_running:
