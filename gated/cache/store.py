@@ -12,8 +12,10 @@ import itertools
 import json
 import logging
 import operator
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -100,13 +102,62 @@ UPSERT_BATCH = 8
 Durability = Literal["crash", "power"]
 
 
+# The cache holds every member id, card HMAC and setting: nobody but the gate's user (and, where
+# the state directory is set up for it, its group) may read it, whatever the umask.
+PRIVATE_DIR_MODE = 0o700
+GROUP_DIR_MODE = 0o750
+CACHE_FILE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def _chmod(path: Path, mode: int, what: str) -> None:
+    was = stat.S_IMODE(path.stat().st_mode)
+    if was == mode:
+        return
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:  # not ours to change (another owner): say so, serve on
+        log.error(
+            "event=state_permissions_unfixable path=%s mode=%o wanted=%o error=%s",
+            path, was, mode, exc.strerror or exc,
+        )  # fmt: skip
+        return
+    log.warning("event=state_permissions_fixed %s=%s mode_was=%o mode=%o", what, path, was, mode)
+
+
+def make_private(path: Path) -> int:
+    """Create the state directory of the cache ``path`` 0700, or fix it, and make the cache's
+    files (database, WAL, shared memory) readable by no one else; returns the files' mode.
+
+    A directory that already gives its group read access and others none (systemd's
+    ``StateDirectoryMode=0750`` in the shipped unit, so technicians in group ``gated`` can run
+    ``gatectl doctor``'s file checks) stays 0750 and its files become 0640. Anything else, a
+    directory left 0755 by a run under umask 022 included, becomes 0700 with files 0600.
+    """
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=PRIVATE_DIR_MODE)
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    group = mode & 0o007 == 0 and mode & 0o050 == 0o050
+    _chmod(directory, GROUP_DIR_MODE if group else PRIVATE_DIR_MODE, "dir")
+    file_mode = 0o640 if group else 0o600
+    # Created here with its mode, not by SQLite under the umask; SQLite then gives the WAL and
+    # shared-memory files the database's mode.
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, file_mode))
+    for suffix in CACHE_FILE_SUFFIXES:
+        f = path.with_name(path.name + suffix)
+        if f.exists():
+            _chmod(f, file_mode, "file")
+    return file_mode
+
+
 def connect(path: Path, durability: Durability = "crash") -> sqlite3.Connection:
-    """Open the cache database in WAL mode with the durability the config asks for.
+    """Open the cache database in WAL mode with the durability the config asks for, its files
+    private (:func:`make_private`).
 
     ``crash`` (synchronous=NORMAL): a kill -9 loses nothing committed; a power cut may lose the
     last commits. ``power`` (synchronous=FULL): every commit is fsynced, at a cost per decision.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     # 1 KiB pages: a decision dirties two pages (its event, its counters); at 4 KiB each would be
     # a fresh 4 KiB of WAL per commit. Takes effect only when the file is created.
