@@ -19,6 +19,7 @@ from gated.config import ConfigError, GateConfig, load_gate_config
 from gated.contract import ContractError, load_credential_key
 
 if TYPE_CHECKING:
+    from gated.cache.store import CacheWriter
     from gated.daemon import Gate
 
 Level = Literal["ok", "warn", "fail"]
@@ -123,6 +124,23 @@ def outbox_check(depth: int, warn: int, ceiling: int, dropped: int, *, drained: 
     if depth >= warn:
         return Check("outbox", "warn", msg, link)
     return Check("outbox", "ok", msg)
+
+
+def writes_check(writer: CacheWriter) -> Check:
+    """Whether the disk takes the cache's commits, and the events a refusing disk cost."""
+    lost, held = writer.events_lost, writer.events_held
+    msg = f"{lost} events lost: disk full or failing" if lost else "no event lost"
+    fix = "free space on the SD card (journalctl --vacuum-size=50M), then check gatectl status"
+    if writer.refusing is not None:
+        return Check(
+            "cache writes",
+            "fail",
+            f"the disk refuses writes ({writer.refusing}): {held} events held in memory; {msg}",
+            fix,
+        )
+    if lost:
+        return Check("cache writes", "warn", msg, "events lost cannot come back; " + fix)
+    return Check("cache writes", "ok", "the disk takes every commit")
 
 
 def metrics_check(listen: str, url: str | None) -> Check:
@@ -291,6 +309,7 @@ async def daemon_checks(gate: Gate) -> list[Check]:
             )
         )
     checks.extend(await asyncio.to_thread(hardware_checks, gate.config))
+    checks.append(writes_check(gate.writer))
     depth = await gate.outbox_depth()
     checks.append(
         outbox_check(

@@ -193,6 +193,16 @@ class GateStateCollector(Collector):
             "Events not kept because the outbox was at its ceiling.",
             value=outbox.dropped,
         )
+        yield CounterMetricFamily(
+            "gated_events_lost",
+            "Events a refusing disk (full, failing) rolled back and that could not be held.",
+            value=gate.writer.events_lost,
+        )
+        yield GaugeMetricFamily(
+            "gated_events_held",
+            "Events a refusing disk rolled back, held in memory until a commit succeeds.",
+            value=gate.writer.events_held,
+        )
         up = GaugeMetricFamily(
             "gated_reader_up", "1 while the reader reports ok.", labels=["reader", "kind"]
         )

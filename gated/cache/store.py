@@ -185,6 +185,10 @@ class CacheStore:
     def __init__(self, path: Path, durability: Durability = "crash") -> None:
         self.path = path
         self.conn = connect(path, durability)
+        # What this transaction wrote that must not vanish if the disk refuses it: outbox rows
+        # (event_id, payload) and spent QR nonces. The writer keeps whatever a rollback undid.
+        self.written_events: list[tuple[str, str]] = []
+        self.written_nonces: list[tuple[str, str, float]] = []
 
     def close(self) -> None:
         self.conn.close()
@@ -290,9 +294,13 @@ class CacheStore:
     # -- events, counters, nonces ---------------------------------------------------------
 
     def add_event(self, event: Mapping[str, Any]) -> None:
+        self.add_event_row(event["event_id"], json.dumps(event, separators=(",", ":")))
+
+    def add_event_row(self, event_id: str, payload: str) -> None:
+        """An outbox row from its id and payload JSON."""
+        self.written_events.append((event_id, payload))  # first: a refused insert is held too
         self.conn.execute(
-            "INSERT INTO outbox (event_id, payload) VALUES (?, ?)",
-            (event["event_id"], json.dumps(event, separators=(",", ":"))),
+            "INSERT INTO outbox (event_id, payload) VALUES (?, ?)", (event_id, payload)
         )
 
     def put_counters(self, member_id: str, counters: MemberCounters) -> None:
@@ -310,6 +318,7 @@ class CacheStore:
         }
 
     def spend_nonce(self, member_id: str, nonce: str, expires_at: float) -> None:
+        self.written_nonces.append((member_id, nonce, expires_at))
         self.conn.execute(
             "INSERT OR REPLACE INTO qr_nonces (member_id, nonce, expires_at) VALUES (?,?,?)",
             (member_id, nonce, expires_at),
@@ -408,12 +417,25 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
+# Events and spent nonces a refusing disk (SQLITE_FULL, I/O errors) rolled back are held in memory
+# and written again with the next commit that succeeds; beyond these the oldest are let go (events
+# counted as lost; nonces expire within twice the QR window anyway).
+MAX_HELD_EVENTS = 10_000
+MAX_HELD_NONCES = 50_000
+FAILURE_LOG_INTERVAL_S = 10.0
+
+
 class CacheWriter:
     """One thread that owns the write connection and group-commits what it is given.
 
     ``submit(fn)`` queues ``fn(store)`` and returns a Future; everything queued while a commit is
     running goes into the next transaction together, each in its own savepoint so one failure
     cannot undo its neighbours. Callers on the event loop never wait on the disk.
+
+    When the disk refuses a commit (full, failing), decisions go on: the events and spent QR
+    nonces it undid are held here and written with the next commit that succeeds, and every
+    event that could not be held is counted in :attr:`events_lost`, kept on disk as soon as the
+    disk takes it (``gatectl status``, metrics, doctor).
     """
 
     def __init__(self, store: CacheStore, max_batch: int = 512) -> None:
@@ -425,7 +447,20 @@ class CacheWriter:
         self._thread = threading.Thread(target=self._run, name="gated-cache-writer", daemon=True)
         self.commits = 0
         self.failures = 0
+        # Written by the writer's thread only; the loop reads them (ints and a bool: atomic).
+        self.events_lost = int(store.get("events_lost", 0))
+        self._lost_saved = self.events_lost
+        self.refusing: str | None = None  # the last commit's error while the disk refuses
+        self._held_events: list[tuple[str, str]] = []
+        self._held_nonces: list[tuple[str, str, float]] = []
+        self._failure_logged = 0.0
+        self._failures_unlogged = 0
         self._thread.start()
+
+    @property
+    def events_held(self) -> int:
+        """Events rolled back by a refusing disk, waiting in memory for the next commit."""
+        return len(self._held_events)
 
     def submit(self, fn: Callable[[CacheStore], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -460,19 +495,30 @@ class CacheWriter:
                     break
                 batch.append(nxt)
             results: list[tuple[Future[Any], Any, BaseException | None]] = []
+            store = self.store
+            store.written_events.clear()
+            store.written_nonces.clear()
+            # Held rows stay held until a commit with them succeeds.
+            held = len(self._held_events), len(self._held_nonces)
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._write_held()
                 for fn, future in batch:
                     # A caller that gave up (its task was cancelled) gets nothing run or set.
                     if future is not None and not future.set_running_or_notify_cancel():
                         continue
+                    events, nonces = len(store.written_events), len(store.written_nonces)
                     conn.execute("SAVEPOINT op")
                     try:
-                        value = fn(self.store)
+                        value = fn(store)
                     except Exception as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back (a full disk)
                         # Whatever an op raises is its own failure, handed to its future: the
                         # writer (every later decision's event) must go on.
                         conn.execute("ROLLBACK TO op")
+                        self._hold(store.written_events[events:], store.written_nonces[nonces:])
+                        del store.written_events[events:], store.written_nonces[nonces:]
                         if future is None:
                             self.failures += 1
                             log.error("event=cache_op_failed error=%r", exc)
@@ -482,17 +528,99 @@ class CacheWriter:
                         if future is not None:
                             results.append((future, value, None))
                     conn.execute("RELEASE op")
+                if self.events_lost != self._lost_saved:
+                    store.set("events_lost", self.events_lost)
                 conn.execute("COMMIT")
                 self.commits += 1
+                self._lost_saved = self.events_lost
+                del self._held_events[: held[0]], self._held_nonces[: held[1]]
+                if self.refusing is not None:
+                    self.refusing = None
+                    log.warning(
+                        "event=cache_commit_recovered events_lost=%d held=%d",
+                        self.events_lost, len(self._held_events),
+                    )  # fmt: skip
             except sqlite3.Error as exc:
                 self.failures += 1
-                log.error("event=cache_commit_failed error=%s ops=%d", exc, len(batch))
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                results = [(f, None, exc) for _, f in batch if f is not None and not f.cancelled()]
+                self.refusing = str(exc)
+                self._log_failure(exc, len(batch))
+                # Nothing of the batch is stored. What was held is held again, and every op is
+                # tried alone: what it writes and the disk refuses is held, and a read (the
+                # outbox depth for status, a lookup) still answers.
+                del self._held_events[held[0] :], self._held_nonces[held[1] :]
+                results = []
+                for fn, future in batch:
+                    if future is None:
+                        self._alone(fn)
+                    elif future.running() or future.set_running_or_notify_cancel():
+                        results.append((future, *self._alone(fn)))
+            self._trim_held()
             for future, value, error in results:
                 if error is not None:
                     future.set_exception(error)
                 else:
                     future.set_result(value)
+        if self._held_events:
+            # Nothing more will be committed: what is still held is lost (the count is saved
+            # with the next commit that succeeds, after a restart).
+            self.events_lost += len(self._held_events)
+            log.error(
+                "event=events_lost count=%d total=%d reason=%r at=stop",
+                len(self._held_events), self.events_lost, self.refusing,
+            )  # fmt: skip
+            self._held_events.clear()
         self.store.close()
+
+    def _alone(self, fn: Callable[[CacheStore], Any]) -> tuple[Any, BaseException | None]:
+        store, conn = self.store, self.store.conn
+        store.written_events.clear()
+        store.written_nonces.clear()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = fn(store)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._hold(store.written_events, store.written_nonces)
+            return None, exc
+        return value, None
+
+    def _write_held(self) -> None:
+        """Write again, at the start of a transaction, what a refusing disk undid."""
+        conn, now = self.store.conn, time.time()
+        conn.executemany("INSERT INTO outbox (event_id, payload) VALUES (?, ?)", self._held_events)
+        conn.executemany(
+            "INSERT OR REPLACE INTO qr_nonces (member_id, nonce, expires_at) VALUES (?,?,?)",
+            [n for n in self._held_nonces if n[2] > now],
+        )
+
+    def _hold(self, events: list[tuple[str, str]], nonces: list[tuple[str, str, float]]) -> None:
+        self._held_events.extend(events)
+        self._held_nonces.extend(nonces)
+
+    def _trim_held(self) -> None:
+        over = len(self._held_events) - MAX_HELD_EVENTS
+        if over > 0:
+            del self._held_events[:over]
+            self.events_lost += over
+        over = len(self._held_nonces) - MAX_HELD_NONCES
+        if over > 0:
+            del self._held_nonces[:over]
+
+    def _log_failure(self, exc: sqlite3.Error, ops: int) -> None:
+        """One line per interval while the disk refuses, not one per badge."""
+        self._failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._failure_logged < FAILURE_LOG_INTERVAL_S:
+            return
+        log.error(
+            "event=cache_commit_failed error=%s ops=%d failures=%d held_events=%d "
+            "held_nonces=%d events_lost=%d",
+            exc, ops, self._failures_unlogged, len(self._held_events), len(self._held_nonces),
+            self.events_lost,
+        )  # fmt: skip
+        self._failure_logged = now
+        self._failures_unlogged = 0
