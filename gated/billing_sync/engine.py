@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
+from gated.billing_sync.errors import BillingError
 from gated.config import DunningConfig
-from gated.errors import GatedError
 
 DAY = 86_400
 
@@ -280,7 +280,7 @@ def next_review(acct: Account, now: int, rules: Rules) -> int | None:
     return min(future) if future else None
 
 
-class FreezeRefused(GatedError, ValueError):
+class FreezeRefused(BillingError, ValueError):
     """A freeze the rules do not allow; the message says why."""
 
 

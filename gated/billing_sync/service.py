@@ -38,6 +38,7 @@ from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert,
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
+from gated.billing_sync.errors import BillingError, InvoiceClosed, NotFound
 from gated.billing_sync.gateway import (
     ChargeResult,
     GatewayError,
@@ -68,7 +69,6 @@ from gated.contract import (
     format_time,
     normalize_uid,
 )
-from gated.errors import GatedError
 
 log = logging.getLogger("gated.billing")
 T = TypeVar("T")
@@ -186,18 +186,6 @@ _STATE_VALUES: dict[str, Any] = {
 }
 _NEW_STATES = insert(_MS).values(member_id=bindparam("mid"), **_STATE_VALUES)
 _SET_STATES = update(_MS).where(_MS.c.member_id == bindparam("mid")).values(**_STATE_VALUES)
-
-
-class BillingError(GatedError):
-    """An operation the rules or the data do not allow; the message is for a human."""
-
-
-class NotFound(BillingError):
-    """No such member, plan, card or gate."""
-
-
-class InvoiceClosed(BillingError):
-    """The invoice is paid or void: there is nothing to pay."""
 
 
 def crashpoint(name: str) -> None:
