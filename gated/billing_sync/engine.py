@@ -1,6 +1,6 @@
 """The billing state machine: pure functions of an account's facts and an injected clock.
 
-Nothing here does I/O. The service (``service.py``) loads the facts, asks the engine what the
+Nothing here does I/O. The billing service loads the facts (``facts.py``), asks the engine what the
 member's status is, what is due and when to look again, and stores the answers. Times are Unix
 seconds (UTC), amounts integer minor units.
 """

@@ -14,9 +14,10 @@ import stripe
 from sqlalchemy import select
 
 from gated.billing_sync import schema
+from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.keys import Keys, init_keys
-from gated.billing_sync.service import Billing, PlanSpec, db_clock
+from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.store import open_store
 from gated.billing_sync.stripe_gateway import StripeGateway
 from gated.config import load_billing_config
