@@ -12,8 +12,6 @@ crash tests kill the process at each step through ``gateway.FaultyGateway``.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,13 +31,6 @@ from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, many
 
 log = logging.getLogger("gated.billing")
 T = TypeVar("T")
-
-
-def crashpoint(name: str) -> None:
-    """Fault injection for the crash-safety tests: ``GATED_BILLING_CRASHPOINT=name`` kills this
-    process with SIGKILL at that step, exactly as a power cut or OOM kill would."""
-    if os.environ.get("GATED_BILLING_CRASHPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # The statements run for every batch, built once (see facts.py).
@@ -217,7 +208,6 @@ def execute(
         else:
             c.gateway_ref = ref
             created.add(c.attempt_id)
-    crashpoint("after_create")
     # 3. commit the intent ids before anything can charge
     if created:
         # One clock reading for the batch: a deployment's clock is a database query.
@@ -233,7 +223,6 @@ def execute(
                 ],
                 {"now": now},
             )
-    crashpoint("after_commit_ref")
     # 4. confirm (or, for an intent from before a restart, look first)
     to_confirm = [c for c in charges if c.gateway_ref is not None and c.result is None]
 
@@ -251,7 +240,6 @@ def execute(
             log.warning("event=confirm_failed attempt=%s error=%s", c.key, res)
         else:
             c.result = res
-    crashpoint("after_confirm")
     # 5. commit the results and what follows from them
     done = [c for c in charges if c.result is not None]
     if done:
