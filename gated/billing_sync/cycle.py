@@ -27,8 +27,6 @@ from gated.billing_sync.store import bulk, many
 log = logging.getLogger("gated.billing")
 # A slow payment (SEPA) still processing is looked up at most this often: its webhook normally
 # settles it, the lookup is the backstop.
-
-
 PROCESSING_POLL_S = 3600
 
 
