@@ -25,7 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from gated.billing_sync import reports
+from gated.billing_sync.context import db_clock
 from gated.billing_sync.engine import FreezeRefused
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayError, PaymentGateway, SimulatedGateway
 from gated.billing_sync.keys import (
     KeyFileError,
@@ -34,7 +36,7 @@ from gated.billing_sync.keys import (
     new_credential_key,
     new_signing_key,
 )
-from gated.billing_sync.service import Billing, BillingError, CycleReport, PlanSpec, db_clock
+from gated.billing_sync.service import Billing, CycleReport, PlanSpec
 from gated.billing_sync.store import StoreError, open_store
 from gated.config import BillingConfig, ConfigError, load_billing_config, parse_duration
 from gated.contract import ContractError, mint_qr_code

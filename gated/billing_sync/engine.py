@@ -1,6 +1,6 @@
 """The billing state machine: pure functions of an account's facts and an injected clock.
 
-Nothing here does I/O. The service (``service.py``) loads the facts, asks the engine what the
+Nothing here does I/O. The billing service loads the facts (``facts.py``), asks the engine what the
 member's status is, what is due and when to look again, and stores the answers. Times are Unix
 seconds (UTC), amounts integer minor units.
 """
@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
+from gated.billing_sync.errors import BillingError
 from gated.config import DunningConfig
-from gated.errors import GatedError
 
 DAY = 86_400
 
@@ -280,7 +280,7 @@ def next_review(acct: Account, now: int, rules: Rules) -> int | None:
     return min(future) if future else None
 
 
-class FreezeRefused(GatedError, ValueError):
+class FreezeRefused(BillingError, ValueError):
     """A freeze the rules do not allow; the message says why."""
 
 

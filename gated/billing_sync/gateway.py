@@ -1,5 +1,6 @@
 """The payment seam: what the billing service needs from a payment provider, its results and
-errors, and the deterministic ``SimulatedGateway`` (a first-class sibling of ``StripeGateway``).
+errors, the deterministic ``SimulatedGateway`` (a first-class sibling of ``StripeGateway``) and
+``FaultyGateway``, which wraps either to fail or kill the process at a chosen step.
 
 A charge is two calls so that a crash can never charge twice: ``create_intent`` (unconfirmed,
 under an idempotency key) and, once the caller has committed the intent id, ``confirm_intent``.
@@ -12,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from gated.errors import GatedError
 
@@ -89,6 +90,91 @@ class PaymentGateway(Protocol):
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
         """Where an intent stands now."""
         ...
+
+
+# --- fault injection ----------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class FaultyGateway:
+    """A payment gateway that hands every call to ``inner`` and lets ``fault`` act around it:
+    the seam for crash and failure tests, as httpx's ``MockTransport`` is for HTTP. Production
+    code never builds one.
+
+    ``fault(step)`` is called with ``"before_<method>"`` and ``"after_<method>"`` around each
+    call (``after_create_intent``, ``before_confirm_intent``, ``after_confirm_intent``, ...). It
+    returns to let the call go on, raises (a ``GatewayError`` is the provider failing or out of
+    reach; the caller gets it in the call's place), or kills the process, as a power cut or an
+    OOM kill would at that step. Against the charging protocol: ``after_create_intent`` is an
+    intent the provider holds but whose id is not committed, ``before_confirm_intent`` is an id
+    committed but nothing charged, ``after_confirm_intent`` is money taken but not booked.
+
+    A new gateway call (a refund, a plan change's proration) is added to ``PaymentGateway`` and
+    here, through ``_call``: mypy then checks this still is a ``PaymentGateway``, and a crash
+    test gets ``before_refund``/``after_refund`` without touching the code under test.
+    """
+
+    def __init__(self, inner: PaymentGateway, fault: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.fault = fault
+        self.name = inner.name
+        self.concurrency = inner.concurrency
+
+    def _call(self, method: str, call: Callable[[], T]) -> T:
+        self.fault(f"before_{method}")
+        result = call()
+        self.fault(f"after_{method}")
+        return result
+
+    def create_customer(self, member_id: str, email: str | None, name: str) -> str:
+        """``inner.create_customer`` between its two steps."""
+        return self._call(
+            "create_customer", lambda: self.inner.create_customer(member_id, email, name)
+        )
+
+    def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
+        """``inner.attach_payment_method`` between its two steps."""
+        return self._call(
+            "attach_payment_method",
+            lambda: self.inner.attach_payment_method(customer_ref, payment_method),
+        )
+
+    def create_intent(
+        self,
+        *,
+        customer_ref: str | None,
+        payment_method: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        """``inner.create_intent`` between its two steps."""
+        return self._call(
+            "create_intent",
+            lambda: self.inner.create_intent(
+                customer_ref=customer_ref,
+                payment_method=payment_method,
+                amount=amount,
+                currency=currency,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
+            ),
+        )
+
+    def confirm_intent(
+        self, intent_id: str, idempotency_key: str, *, return_url: str | None = None
+    ) -> ChargeResult:
+        """``inner.confirm_intent`` between its two steps."""
+        return self._call(
+            "confirm_intent",
+            lambda: self.inner.confirm_intent(intent_id, idempotency_key, return_url=return_url),
+        )
+
+    def retrieve_intent(self, intent_id: str) -> ChargeResult:
+        """``inner.retrieve_intent`` between its two steps."""
+        return self._call("retrieve_intent", lambda: self.inner.retrieve_intent(intent_id))
 
 
 # --- the simulated gateway --------------------------------------------------------------------

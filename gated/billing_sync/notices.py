@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import cache, lru_cache
 from string import Template
@@ -105,6 +106,16 @@ def format_amount(amount: int, currency: str) -> str:
     """Minor units to a human amount: 4990 EUR → ``49.90 EUR``."""
     sign = "-" if amount < 0 else ""
     return f"{sign}{abs(amount) // 100}.{abs(amount) % 100:02d} {currency}"
+
+
+def format_day(ts: int | None) -> str:
+    """A day as notices and invoice lines write it (``2026-12-01``, UTC); ``-`` for none."""
+    return "-" if ts is None else _date(ts // 86_400)
+
+
+@lru_cache(maxsize=1024)  # invoice labels and notices repeat a few days per cycle
+def _date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:

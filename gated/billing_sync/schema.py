@@ -148,6 +148,10 @@ invoice_lines = Table(
     Column("tax_rate_bp", Integer, nullable=False),
 )
 
+# payment_attempts.state: an attempt not yet final is finished by the next cycle's resume().
+OPEN_ATTEMPT_STATES = ("new", "created", "processing")
+FINAL_ATTEMPT_STATES = ("succeeded", "failed", "requires_action")
+
 payment_attempts = Table(
     "payment_attempts",
     metadata,

@@ -30,10 +30,11 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from gated.billing_sync import schema
+from gated.billing_sync.errors import BillingError, InvoiceClosed, NotFound
 from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
 from gated.billing_sync.notices import format_amount
-from gated.billing_sync.service import Billing, BillingError, InvoiceClosed, NotFound
+from gated.billing_sync.service import Billing
 from gated.contract import build_snapshot, format_time
 
 log = logging.getLogger("gated.billing.http")

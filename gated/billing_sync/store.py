@@ -156,7 +156,7 @@ def fetch(
     conn: Connection, stmt: Select[Any], params: Mapping[str, Any] | None = None
 ) -> list[Any]:
     """Run a select and return its rows as named tuples (see ``records``). ``params`` gives the
-    values of the statement's unvalued bind parameters (a statement built once, see ``_in``).
+    values of the statement's unvalued bind parameters (a statement built once, see ``in_list``).
 
     With a driver that takes ``?`` placeholders (SQLite) the statement's compiled form is cached
     by shape and its ``IN`` lists are spelled out here: SQLAlchemy renders and names each element
@@ -210,6 +210,12 @@ def _result_converters(
         if proc is not None:
             out.append((i, proc))
     return out
+
+
+def in_list(name: str = "ids") -> BindParameter[Any]:
+    """An IN list given when the statement runs (``fetch(conn, stmt, {"ids": [...]})``), so a
+    statement can be built once at import."""
+    return bindparam(name, expanding=True)
 
 
 def many(values: Iterable[Any]) -> BindParameter[Any]:

@@ -1,6 +1,7 @@
-"""Crash safety: kill -9 the billing process at each step of the charging protocol and check
-that the restart charges nobody twice and loses no payment, with the simulated gateway and with
-the real stripe library against localstripe."""
+"""Crash safety: kill -9 the billing process at each step of the charging protocol (through the
+gateway seam, ``FaultyGateway``) and check that the restart charges nobody twice and loses no
+payment, with the simulated gateway and with the real stripe library against localstripe; and
+the same steps failing with a gateway error instead, in process."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ import stripe
 from sqlalchemy import select
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import SimulatedGateway
-from gated.billing_sync.keys import Keys, init_keys
-from gated.billing_sync.service import Billing, PlanSpec, db_clock
-from gated.billing_sync.store import open_store
-from gated.billing_sync.stripe_gateway import StripeGateway
-from gated.config import load_billing_config
+from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable, SimulatedGateway
+from gated.billing_sync.service import Billing, PlanSpec
+from tests.billing.crashing import billing_for
+from tests.billing.helpers import Clock, make_billing
 from tests.services import LocalStripe
 
 BIN = Path(sys.executable).parent / "gated-billing"
-POINTS = ["after_create", "after_commit_ref", "after_confirm"]
+ROOT = Path(__file__).resolve().parents[2]
+# The charging protocol's steps as the gateway seam sees them: an intent created but its id not
+# committed; the id committed but nothing charged; money taken but the result not committed.
+POINTS = ["after_create_intent", "before_confirm_intent", "after_confirm_intent"]
 TOTAL = 5938
 
 
@@ -47,37 +49,20 @@ def write_config(tmp: Path, stripe_url: str | None) -> Path:
     return path
 
 
-def billing_for(config_path: Path) -> Billing:
-    config = load_billing_config(config_path)
-    init_keys(config.keys)
-    engine = open_store(config.database_url)
-    clock = db_clock(engine)
-    if config.gateway == "stripe":
-        assert config.stripe is not None and config.stripe.api_base
-        gw: object = StripeGateway(
-            "sk_test_local",
-            api_base=config.stripe.api_base,
-            off_session=False,
-            max_requests_per_s=100,
-        )
-    else:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        gw = SimulatedGateway(config.state_dir / "simulated-gateway.db", clock=clock)
-    return Billing(engine, config, gw, Keys.load(config.keys), clock)  # type: ignore[arg-type]
-
-
-def cli(
-    config_path: Path, *args: str, crash: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("GATED_BILLING_CRASHPOINT", None)
-    if crash:
-        env["GATED_BILLING_CRASHPOINT"] = crash
+def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN), *args, "-c", str(config_path)],
+        [str(BIN), *args, "-c", str(config_path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def killed_at(config_path: Path, step: str) -> subprocess.CompletedProcess[str]:
+    """A billing cycle in its own process, its gateway killing it at ``step``."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.billing.crashing", str(config_path), step],
         capture_output=True,
         text=True,
-        env=env,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=60,
     )
 
@@ -88,9 +73,9 @@ def crash_and_resume(config_path: Path, card: str, point: str) -> Billing:
     b.add_member("m1", "Ann", plan_id="monthly", payment_method=card)
     assert b.member("m1")["status"] == "active"
     b.advance_clock(31 * 86_400)
-    killed = cli(config_path, "run", crash=point)
+    killed = killed_at(config_path, point)
     assert killed.returncode == -9, killed.stderr  # SIGKILL at the step, nothing cleaned up
-    resumed = cli(config_path, "run")
+    resumed = cli(config_path, "run")  # the real command resumes what the kill left open
     assert resumed.returncode == 0, resumed.stderr
     return b
 
@@ -127,3 +112,29 @@ def test_kill_at_each_step_stripe(tmp_path: Path, point: str, localstripe: Local
     )
     charges = client.v1.charges.list(params={"limit": 100}).data
     assert sorted(c.amount for c in charges if c.status == "succeeded") == [TOTAL, TOTAL]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_gateway_error_at_each_step_is_resumed_without_charging_twice(
+    tmp_path: Path, point: str
+) -> None:
+    clock = Clock()
+    simulated = SimulatedGateway(tmp_path / "sim.db", clock=clock)
+    armed = {point}
+
+    def fault(step: str) -> None:
+        if step in armed:  # once
+            armed.discard(step)
+            raise GatewayUnavailable(f"injected at {step}")
+
+    b, _ = make_billing(tmp_path, gateway=FaultyGateway(simulated, fault), clock=clock)
+    report = b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    assert not armed and report.errors == 1 and report.succeeded == 0
+    assert b.member("m1")["status"] == "pending"
+    assert b.run_cycle().resumed == 1
+    with b.engine.connect() as conn:
+        payments = conn.execute(select(schema.payments.c.amount)).scalars().all()
+        attempts = conn.execute(select(schema.payment_attempts.c.state)).scalars().all()
+    assert payments == [TOTAL] and attempts == ["succeeded"]
+    assert simulated.charged_total() == TOTAL
+    assert b.member("m1")["status"] == "active"

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from gated.billing_sync import schema
-from gated.billing_sync import service as service_module
+from gated.billing_sync import charging, schema
 from gated.billing_sync.gateway import ChargeResult, SimulatedGateway
 from gated.billing_sync.service import Billing
 
@@ -76,19 +75,19 @@ def test_a_batch_ends_as_if_it_had_read_everything_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reread = 0
-    original = Billing._reread
+    original = charging.reread_rows
 
-    def counting(self: Billing, *args: Any) -> Any:
+    def counting(*args: Any) -> Any:
         nonlocal reread
         reread += 1
-        return original(self, *args)
+        return original(*args)
 
-    monkeypatch.setattr(Billing, "_reread", counting)
+    monkeypatch.setattr(charging, "reread_rows", counting)
     fast, fast_clock = make_billing(tmp_path / "fast", batch_size=5)
     full, full_clock = make_billing(tmp_path / "full", batch_size=5)
     _populate(fast, fast_clock)
     with monkeypatch.context() as m:
-        m.setattr(service_module, "_data_version", lambda conn: None)
+        m.setattr(charging, "data_version", lambda conn: None)
         _populate(full, full_clock)
     seen: set[str] = set()
     for _ in range(40):  # renewals, retries, suspensions, SEPA settling, the freeze ending
@@ -96,7 +95,7 @@ def test_a_batch_ends_as_if_it_had_read_everything_again(
         full_clock.advance(1)
         fast.run_cycle()
         with monkeypatch.context() as m:
-            m.setattr(service_module, "_data_version", lambda conn: None)
+            m.setattr(charging, "data_version", lambda conn: None)
             full.run_cycle()
         store = _store(fast)
         assert store == _store(full)

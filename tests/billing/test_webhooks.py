@@ -25,8 +25,9 @@ with warnings.catch_warnings():  # starlette nudges towards httpx2; httpx is wha
 from gated.billing_sync import schema
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
+from tests.billing.crashing import billing_for
 from tests.billing.helpers import Clock, make_billing, published, step
-from tests.billing.test_crash import assert_charged_once, billing_for, cli, write_config
+from tests.billing.test_crash import assert_charged_once, cli, killed_at, write_config
 from tests.services import LocalStripe, free_port
 
 SECRET = "whsec_test_secret"
@@ -220,7 +221,7 @@ def test_webhook_from_localstripe_completes_a_payment_after_a_crash(
             f"{localstripe.url}/_config/webhooks/gated",
             data={"url": f"http://127.0.0.1:{srv.port}/v1/stripe/webhook", "secret": SECRET},
         )
-        assert cli(config_path, "run", crash="after_confirm").returncode == -9
+        assert killed_at(config_path, "after_confirm_intent").returncode == -9
         deadline = time.monotonic() + 10
         while b.member("m1")["owed"] and time.monotonic() < deadline:
             time.sleep(0.1)

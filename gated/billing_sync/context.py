@@ -1,0 +1,86 @@
+"""What every part of the billing service shares: the store, the configuration, the payment
+gateway, the head-office keys and the clock, in one small object (``Context``) that the facade
+(``service.Billing``) builds once and hands to each module's functions.
+
+Also the clock of a deployment: system time plus an offset that ``gated-billing clock advance``
+moves forward (demos and tests; 0 in production).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine
+
+from gated.billing_sync import engine as eng
+from gated.billing_sync.errors import BillingError
+from gated.billing_sync.gateway import PaymentGateway
+from gated.billing_sync.keys import Keys
+from gated.billing_sync.store import get_meta, reading, set_meta
+from gated.config import BillingConfig
+
+
+@dataclass(eq=False, slots=True)
+class Context:
+    """The billing service's shared state. ``clock`` returns Unix seconds (injected: tests and
+    demos move it); ``reader`` is ``engine`` for read-only work (see ``store.reading``)."""
+
+    engine: Engine
+    config: BillingConfig
+    gateway: PaymentGateway
+    keys: Keys
+    clock: Callable[[], int]
+    reader: Engine = field(init=False)
+    rules: eng.Rules = field(init=False)
+    # Called after a change was published, so the MQTT publisher drains the outbox at once.
+    published_hook: Callable[[], None] | None = None
+    # Set when the service is stopping: a running cycle makes no new gateway call and ends
+    # after its batch; attempts it leaves open are finished by the next cycle's resume().
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.reader = reading(self.engine)
+        self.rules = eng.Rules.from_config(self.config.dunning)
+
+    def notify_published(self) -> None:
+        """Tell the publisher (if one is listening) that the status outbox has new rows."""
+        if self.published_hook is not None:
+            self.published_hook()
+
+    @contextmanager
+    def transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        """A transaction on ``conn``, or on a connection of its own."""
+        if conn is None:
+            with self.engine.begin() as own:
+                yield own
+        else:
+            with conn.begin():
+                yield conn
+
+
+def db_clock(engine: Engine) -> Callable[[], int]:
+    """The injected clock of a deployment: system time plus the offset that ``gated-billing clock
+    advance`` stores (0 in production), read on every call so a running ``serve`` follows it."""
+
+    reader = reading(engine)
+
+    def now() -> int:
+        with reader.connect() as conn:
+            offset = int(get_meta(conn, "clock_offset_s", 0))
+        return int(datetime.now(UTC).timestamp()) + offset
+
+    return now
+
+
+def advance_clock(engine: Engine, seconds: float) -> int:
+    """Move the clock of ``db_clock`` forward; returns the new offset in seconds."""
+    if seconds < 0:
+        raise BillingError("the clock only moves forward")
+    with engine.begin() as conn:
+        offset = int(get_meta(conn, "clock_offset_s", 0)) + int(seconds)
+        set_meta(conn, "clock_offset_s", offset)
+    return offset

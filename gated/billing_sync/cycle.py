@@ -1,0 +1,185 @@
+"""The billing cycle: finish what a crash left open, then, batch by batch, review every member
+whose time has come: renew, retry, settle slow payments, move statuses.
+
+Each batch is three transactions on one connection: plan (invoices and attempts committed with
+their idempotency keys), the gateway calls between them, and booking the results
+(``charging``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, or_, select, update
+
+from gated.billing_sync import engine as eng
+from gated.billing_sync import schema as s
+from gated.billing_sync.charging import Batch, Charge, CycleReport, attempts_for, execute
+from gated.billing_sync.context import Context
+from gated.billing_sync.facts import charge_methods, derive_facts, read_rows
+from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
+from gated.billing_sync.notices import format_day
+from gated.billing_sync.publishing import refresh
+from gated.billing_sync.store import bulk, many
+
+log = logging.getLogger("gated.billing")
+# A slow payment (SEPA) still processing is looked up at most this often: its webhook normally
+# settles it, the lookup is the backstop.
+PROCESSING_POLL_S = 3600
+
+
+def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleReport:
+    """One billing cycle: finish interrupted attempts, then review every member whose time has
+    come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
+    report = CycleReport()
+    resume(ctx, report, member_ids)
+    size = ctx.config.batch_size
+    seen: set[str] = set()
+    while not ctx.stopping.is_set():
+        now = ctx.clock()
+        # One connection for the batch's three transactions, so that SQLite's data_version
+        # tells whether anyone else wrote in between (see Batch).
+        with ctx.engine.connect() as conn:
+            with conn.begin():
+                if member_ids is None:
+                    due = list(
+                        conn.execute(
+                            select(s.subscriptions.c.member_id)
+                            .where(s.subscriptions.c.review_at <= now)
+                            .order_by(s.subscriptions.c.review_at)
+                            .limit(size)
+                        ).scalars()
+                    )
+                else:
+                    due = list(member_ids)
+                if not due or seen.issuperset(due):
+                    if due:
+                        log.warning("event=cycle_stuck members=%d", len(due))
+                    break
+                seen.update(due)
+                charges, batch = plan_charges(ctx, conn, due, now, report)
+            execute(ctx, charges, report, conn, batch)
+        if member_ids is not None:
+            break
+    if ctx.stopping.is_set():
+        log.info("event=cycle_interrupted reason=stopping reviewed=%d", report.reviewed)
+    ctx.notify_published()
+    return report
+
+
+def resume(ctx: Context, report: CycleReport, member_ids: Sequence[str] | None = None) -> None:
+    """Finish attempts a crash left open, before anything else, and look up slow payments
+    (SEPA) at most hourly: their webhook normally settles them, this is the backstop."""
+    a = s.payment_attempts
+    due = or_(a.c.state != "processing", a.c.updated_at <= ctx.clock() - PROCESSING_POLL_S)
+    q = select(a).where(a.c.state.in_(s.OPEN_ATTEMPT_STATES), due).order_by(a.c.id)
+    if member_ids is not None:
+        q = q.where(a.c.member_id.in_(many(member_ids)))
+    with ctx.reader.connect() as conn:
+        rows = list(conn.execute(q))
+        methods = charge_methods(conn, {r.member_id for r in rows})
+    if not rows:
+        return
+    charges = []
+    for r in rows:
+        customer, pm = methods.get(r.member_id, (None, None))
+        charges.append(
+            Charge(
+                r.id,
+                r.invoice_id,
+                r.member_id,
+                r.idempotency_key,
+                r.amount,
+                r.currency,
+                customer,
+                pm,
+                r.gateway_ref,
+            )
+        )
+    report.resumed += sum(1 for r in rows if r.state != "processing")
+    execute(ctx, charges, report)
+
+
+def plan_charges(
+    ctx: Context, conn: Connection, due: list[str], now: int, report: CycleReport
+) -> tuple[list[Charge], Batch]:
+    """Decide per member: renewal invoices and retries become attempts (committed with their
+    idempotency keys before any gateway call); everyone reviewed gets a fresh status."""
+    rows = read_rows(conn, due, now)
+    batch = Batch.start(conn, rows)
+    facts = derive_facts(rows)
+    renewals: list[InvoiceSpec] = []
+    retries: list[dict[str, Any]] = []
+    to_charge: list[str] = []
+    for member_id, f in sorted(facts.items()):
+        report.reviewed += 1
+        acct = f.account
+        if f.sub is None or f.member.erased:
+            continue
+        if f.plan is not None and eng.renewal_due(acct, now):
+            start = int(f.sub.paid_through)
+            end = eng.add_months(start, int(f.plan.period_months))
+            label = f"{f.plan.name} {format_day(start)} to {format_day(end)}"
+            renewals.append(
+                InvoiceSpec(
+                    member_id,
+                    "renewal",
+                    f.plan.currency,
+                    [("membership", label, 1, int(f.plan.price))],
+                    int(f.plan.tax_rate_bp),
+                    start,
+                    (start, end),
+                )
+            )
+            report.renewals += 1
+        elif eng.first_charge_due(acct):
+            pass
+        elif eng.retry_due(acct, now):
+            retries.append({"mid": member_id, "rd": acct.retries_done + 1})
+            report.retries += 1
+        else:
+            continue
+        to_charge.append(member_id)
+    new_ids = create_invoices(conn, renewals, now)
+    if retries:
+        bulk(
+            conn,
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == bindparam("mid"))
+            .values(retries_done=bindparam("rd"), next_retry_at=None),
+            retries,
+        )
+        for r in retries:  # the batch's rows stay what the store holds
+            row = rows.members[r["mid"]]
+            rows.members[r["mid"]] = row._replace(retries_done=r["rd"], next_retry_at=None)
+    # The open invoices were loaded in this transaction; the renewals were just created.
+    new = {sp.member_id: (i, sp) for i, sp in zip(new_ids, renewals, strict=True)}
+    open_invoices: list[tuple[int, str, int, str, bool]] = []
+    for member_id in to_charge:
+        owing = [
+            (int(i.due_at), int(i.id), int(i.total - i.amount_paid), i.currency, False)
+            for i in facts[member_id].open_invoices
+            if i.total > i.amount_paid
+        ]
+        batch.invoices.update((int(i.id), i) for i in facts[member_id].open_invoices)
+        if member_id in new:
+            invoice_id, sp = new[member_id]
+            subtotal = sp.subtotal
+            total = subtotal + eng.tax_of(subtotal, sp.tax_rate_bp)
+            owing.append((sp.due_at, invoice_id, total, sp.currency, True))
+            period_end = sp.period[1] if sp.period else None
+            batch.invoices[invoice_id] = NewInvoice(
+                invoice_id, member_id, sp.kind, total, 0, period_end
+            )
+        owing.sort(key=lambda o: o[0])
+        open_invoices.extend((o[1], member_id, o[2], o[3], o[4]) for o in owing)
+    charges = attempts_for(conn, open_invoices, facts, now)
+    # Members being charged are refreshed from the charge's result (record_results); if no
+    # result comes back, resume() finishes the attempt on the next cycle.
+    # The others' facts are as loaded: nothing above wrote to them.
+    charging = set(to_charge)
+    rest = {m: f for m, f in facts.items() if m not in charging}
+    refresh(ctx, conn, list(rest), now, facts=rest)
+    return charges, batch

@@ -1,0 +1,324 @@
+"""Invoices and the money booked against them: itemized invoices with their tax line, payments
+(a card's, the front desk's, a chargeback's reversal) applied oldest first, the view of one
+invoice and the pay link that opens its page.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Row, bindparam, insert, or_, select, update
+
+from gated.billing_sync import engine as eng
+from gated.billing_sync import schema as s
+from gated.billing_sync.context import Context
+from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.facts import Facts, load_facts
+from gated.billing_sync.publishing import refresh
+from gated.billing_sync.store import bulk, insert_ids
+
+_SUB, _INV = s.subscriptions, s.invoices
+_SET_INVOICE_PAID = (
+    update(_INV)
+    .where(_INV.c.id == bindparam("iid"))
+    .values(amount_paid=bindparam("ap"), status=bindparam("st"), paid_at=bindparam("pa"))
+)
+_EXTEND_PAID_THROUGH = (
+    update(_SUB)
+    .where(
+        _SUB.c.member_id == bindparam("mid"),
+        or_(_SUB.c.paid_through.is_(None), _SUB.c.paid_through < bindparam("pe")),
+    )
+    .values(paid_through=bindparam("pe"))
+)
+
+
+class InvoiceSpec(NamedTuple):
+    """An invoice to create: net lines (kind, description, quantity, unit amount), one tax
+    rate, and the period a renewal pays for."""
+
+    member_id: str
+    kind: str
+    currency: str
+    lines: list[tuple[str, str, int, int]]
+    tax_rate_bp: int
+    due_at: int
+    period: tuple[int, int] | None
+
+    @property
+    def subtotal(self) -> int:
+        """The sum of the net lines."""
+        return sum(q * unit for _, _, q, unit in self.lines)
+
+
+class NewInvoice(NamedTuple):
+    """A renewal invoice the batch created: what booking a payment reads of an invoice."""
+
+    id: int
+    member_id: str
+    kind: str
+    total: int
+    amount_paid: int
+    period_end: int | None
+
+
+def create_invoice(
+    ctx: Context,
+    conn: Connection,
+    f: Facts,
+    kind: str,
+    lines: list[tuple[str, str, int, int]],
+    tax_rate_bp: int,
+    due_at: int,
+    period: tuple[int, int] | None,
+) -> int:
+    """One itemized invoice for a member (see ``create_invoices``)."""
+    currency = f.plan.currency if f.plan is not None else ctx.config.currency
+    spec = InvoiceSpec(f.member.id, kind, currency, lines, tax_rate_bp, due_at, period)
+    return create_invoices(conn, [spec], ctx.clock())[0]
+
+
+def create_invoices(conn: Connection, specs: list[InvoiceSpec], now: int) -> list[int]:
+    """Itemized invoices: each line net, then one tax line (rate in basis points)."""
+    if not specs:
+        return []
+    heads = []
+    for sp in specs:
+        subtotal = sp.subtotal
+        tax = eng.tax_of(subtotal, sp.tax_rate_bp)
+        heads.append(
+            {
+                "member_id": sp.member_id,
+                "kind": sp.kind,
+                "currency": sp.currency,
+                "period_start": sp.period[0] if sp.period else None,
+                "period_end": sp.period[1] if sp.period else None,
+                "subtotal": subtotal,
+                "tax": tax,
+                "total": subtotal + tax,
+                "amount_paid": 0,
+                "status": "open",
+                "due_at": sp.due_at,
+                "created_at": now,
+            }
+        )
+    ids = insert_ids(conn, s.invoices, heads)
+    rows: list[dict[str, Any]] = []
+    for invoice_id, sp, head in zip(ids, specs, heads, strict=True):
+        rows.extend(
+            {
+                "invoice_id": invoice_id,
+                "kind": k,
+                "description": d,
+                "quantity": q,
+                "unit_amount": unit,
+                "amount": q * unit,
+                "tax_rate_bp": sp.tax_rate_bp,
+            }
+            for k, d, q, unit in sp.lines
+        )
+        if head["tax"]:
+            rows.append(
+                {
+                    "invoice_id": invoice_id,
+                    "kind": "tax",
+                    "description": f"Tax {sp.tax_rate_bp / 100:g} %",
+                    "quantity": 1,
+                    "unit_amount": head["tax"],
+                    "amount": head["tax"],
+                    "tax_rate_bp": sp.tax_rate_bp,
+                }
+            )
+    bulk(conn, insert(s.invoice_lines), rows)
+    return ids
+
+
+def apply_payment(
+    conn: Connection,
+    inv: Row[Any],
+    amount: int,
+    method: str,
+    reference: str | None,
+    now: int,
+) -> None:
+    """Book one payment against one invoice (see ``apply_payments``)."""
+    apply_payments(conn, [(inv, amount, method, reference)], now)
+
+
+def apply_payments(
+    conn: Connection,
+    items: list[tuple[Row[Any], int, str, str | None]],
+    now: int,
+    *,
+    extend: bool = True,
+) -> dict[str, int]:
+    """Book money against invoices (one item per invoice); a fully paid renewal moves
+    paid-through forward. Callers refresh the members afterwards. Returns the end of each
+    renewal paid in full, by member: with ``extend=False`` paid-through is not written here,
+    and the caller must refresh the members from facts extended to these ends
+    (``facts.extended``): the refresh writes paid-through with the status."""
+    if not items:
+        return {}
+    bulk(
+        conn,
+        insert(s.payments),
+        [
+            {
+                "invoice_id": inv.id,
+                "member_id": inv.member_id,
+                "amount": amount,
+                "method": method,
+                "reference": ref,
+                "at": now,
+            }
+            for inv, amount, method, ref in items
+        ],
+    )
+    inv_updates = []
+    renewed = []
+    for inv, amount, _, _ in items:
+        paid = int(inv.amount_paid) + amount
+        full = paid >= int(inv.total)
+        inv_updates.append(
+            {
+                "iid": inv.id,
+                "ap": paid,
+                "st": "paid" if full else "open",
+                "pa": now if full else None,
+            }
+        )
+        if full and inv.kind == "renewal" and inv.period_end is not None:
+            renewed.append({"mid": inv.member_id, "pe": inv.period_end})
+    bulk(conn, _SET_INVOICE_PAID, inv_updates)
+    if extend:
+        bulk(conn, _EXTEND_PAID_THROUGH, renewed)
+    return {r["mid"]: r["pe"] for r in renewed}
+
+
+def reverse_payment(conn: Connection, reference: str, now: int) -> None:
+    """Take back the payment booked under ``reference`` (a lost chargeback): its invoice is
+    open again and due now."""
+    p = s.payments
+    row = conn.execute(select(p).where(p.c.reference == reference)).first()
+    if row is None:
+        return
+    conn.execute(
+        insert(p).values(
+            invoice_id=row.invoice_id,
+            member_id=row.member_id,
+            amount=-row.amount,
+            method="chargeback",
+            reference=f"{reference}:chargeback",
+            at=now,
+        )
+    )
+    conn.execute(
+        update(s.invoices)
+        .where(s.invoices.c.id == row.invoice_id)
+        .values(
+            amount_paid=s.invoices.c.amount_paid - row.amount,
+            status="open",
+            paid_at=None,
+            due_at=now,
+        )
+    )
+
+
+def record_payment(
+    ctx: Context,
+    member_id: str,
+    amount: int | None = None,
+    method: str = "front_desk",
+    reference: str | None = None,
+) -> int:
+    """A payment taken outside the gateway (front desk, bank transfer): applied to the oldest
+    open invoices first; the member is active again and published at once. Returns the amount
+    applied. An invoice with a charge still in flight (a SEPA debit takes days to settle) is
+    left to that charge: taking it here as well would take the money twice."""
+    now = ctx.clock()
+    a = s.payment_attempts
+    with ctx.engine.begin() as conn:
+        facts = load_facts(conn, [member_id], now).get(member_id)
+        if facts is None:
+            raise NotFound(f"no member {member_id!r}")
+        in_flight = set(
+            conn.execute(
+                select(a.c.invoice_id).where(
+                    a.c.member_id == member_id, a.c.state.in_(s.OPEN_ATTEMPT_STATES)
+                )
+            ).scalars()
+        )
+        payable = [
+            i for i in facts.open_invoices if i.total > i.amount_paid and i.id not in in_flight
+        ]
+        owed = sum(int(i.total - i.amount_paid) for i in payable)
+        busy = ", ".join(map(str, sorted(in_flight)))
+        if owed <= 0:
+            if in_flight:
+                raise BillingError(
+                    f"member {member_id} owes nothing beyond invoice {busy}, whose charge is"
+                    " still in flight (a SEPA debit settles within days)"
+                )
+            raise BillingError(f"member {member_id} owes nothing")
+        amount = owed if amount is None else amount
+        if amount <= 0 or amount > owed:
+            less = f", less invoice {busy} whose charge is still in flight" if in_flight else ""
+            raise BillingError(f"amount must be between 1 and {owed} (what is owed{less})")
+        left = amount
+        for inv in payable:
+            if left <= 0:
+                break
+            part = min(left, int(inv.total - inv.amount_paid))
+            apply_payment(conn, inv, part, method, reference and f"{reference}:{inv.id}", now)
+            left -= part
+        refresh(ctx, conn, [member_id], now)
+    ctx.notify_published()
+    return amount
+
+
+def invoice(ctx: Context, invoice_id: int) -> dict[str, Any]:
+    """One invoice with its lines and the member's name, for the pay page."""
+    inv, ln = s.invoices, s.invoice_lines
+    with ctx.reader.connect() as conn:
+        row = conn.execute(
+            select(inv, s.members.c.name)
+            .join(s.members, s.members.c.id == inv.c.member_id)
+            .where(inv.c.id == invoice_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no invoice {invoice_id}")
+        lines = conn.execute(
+            select(ln.c.kind, ln.c.description, ln.c.quantity, ln.c.unit_amount, ln.c.amount)
+            .where(ln.c.invoice_id == invoice_id)
+            .order_by(ln.c.id)
+        ).all()
+    return {
+        "id": int(row.id),
+        "member_id": row.member_id,
+        "name": row.name,
+        "status": row.status,
+        "currency": row.currency,
+        "total": int(row.total),
+        "paid": int(row.amount_paid),
+        "owed": int(row.total - row.amount_paid) if row.status == "open" else 0,
+        "lines": [dict(line._mapping) for line in lines],
+    }
+
+
+def pay_link(ctx: Context, invoice_id: int) -> str:
+    """The page where a member pays an invoice on-session (sent when the bank wants them to
+    authenticate): ``{public_url}/pay/{invoice}.{token}``, the token a keyed MAC."""
+    base = ctx.config.http.public_url.rstrip("/")
+    return f"{base}/pay/{invoice_id}.{ctx.keys.pay_token(invoice_id)}"
+
+
+def invoice_for_pay_token(ctx: Context, token: str) -> int | None:
+    """The invoice a pay-link token names, or None for a token we did not issue."""
+    number, _, mac = token.partition(".")
+    if not re.fullmatch(r"[0-9]{1,12}", number):
+        return None
+    invoice_id = int(number)
+    ok = hmac.compare_digest(mac.encode(), ctx.keys.pay_token(invoice_id).encode())
+    return invoice_id if ok else None

@@ -1,0 +1,327 @@
+"""Members: plans, enrolment, a member's details, their cards and QR key, a new card to charge,
+and erasure (the gates get a signed tombstone).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nacl.signing
+from sqlalchemy import Row, delete, func, insert, select, update
+
+from gated.billing_sync import schema as s
+from gated.billing_sync.charging import CycleReport
+from gated.billing_sync.context import Context
+from gated.billing_sync.cycle import run_cycle
+from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.facts import dependants, load_one
+from gated.billing_sync.publishing import refresh
+from gated.billing_sync.store import many
+from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A membership plan; price in minor units per period, tax in basis points."""
+
+    id: str
+    name: str
+    price: int
+    currency: str
+    period_months: int = 1
+    tax_rate_bp: int = 0
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+    zones: list[str] = field(default_factory=list)
+    daily_limit: int | None = None
+    min_term_months: int = 0
+    freeze_fee: int = 0
+    # False for a fixed-term pass: one period is billed, then the member is expired.
+    auto_renew: bool = True
+
+
+def add_plan(ctx: Context, plan: PlanSpec) -> None:
+    """Create or update a plan (existing subscriptions pick up the new price at renewal)."""
+    if plan.price < 0 or plan.period_months < 1:
+        raise BillingError("a plan needs a price >= 0 and a period of at least one month")
+    values = {
+        "name": plan.name,
+        "price": plan.price,
+        "currency": plan.currency,
+        "period_months": plan.period_months,
+        "tax_rate_bp": plan.tax_rate_bp,
+        "schedule": json.dumps(plan.schedule),
+        "zones": json.dumps(plan.zones),
+        "daily_limit": plan.daily_limit,
+        "min_term_months": plan.min_term_months,
+        "freeze_fee": plan.freeze_fee,
+        "auto_renew": plan.auto_renew,
+    }
+    with ctx.engine.begin() as conn:
+        done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))
+        if done.rowcount == 0:
+            conn.execute(insert(s.plans).values(id=plan.id, **values))
+
+
+def plans(ctx: Context) -> list[Row[Any]]:
+    """Every plan, by id."""
+    with ctx.reader.connect() as conn:
+        return list(conn.execute(select(s.plans).order_by(s.plans.c.id)))
+
+
+def add_member(
+    ctx: Context,
+    member_id: str,
+    name: str,
+    *,
+    plan_id: str,
+    email: str | None = None,
+    sites: Sequence[str] | None = None,
+    role: str = "member",
+    payer_id: str | None = None,
+    payment_method: str | None = None,
+    with_qr: bool = False,
+    start_at: int | None = None,
+) -> CycleReport:
+    """Enrol a member on a plan and bill the first period at once (status ``pending`` until
+    it is paid). A dependant (``payer_id``) is charged to the payer's payment method."""
+    if not MEMBER_ID_RE.match(member_id):
+        raise BillingError("a member id is 1-64 of A-Z a-z 0-9 _ -")
+    if role not in ("member", "staff"):
+        raise BillingError("role is member or staff")
+    member_sites = list(sites or ctx.config.sites)
+    unknown = set(member_sites) - set(ctx.config.sites)
+    if unknown:
+        raise BillingError(
+            f"unknown site(s) {sorted(unknown)}; billing.toml lists {ctx.config.sites}"
+        )
+    now = ctx.clock()
+    start = now if start_at is None else start_at
+    with ctx.reader.connect() as conn:
+        if conn.execute(select(s.plans.c.id).where(s.plans.c.id == plan_id)).first() is None:
+            raise NotFound(f"no plan {plan_id!r} (add it with `gated-billing plans add`)")
+        if conn.execute(select(s.members.c.id).where(s.members.c.id == member_id)).first():
+            raise BillingError(f"member {member_id} already exists")
+        if (
+            payer_id
+            and conn.execute(select(s.members.c.id).where(s.members.c.id == payer_id)).first()
+            is None
+        ):
+            raise NotFound(f"no payer {payer_id!r}")
+    customer_ref = None
+    if payment_method and not payer_id:
+        customer_ref = ctx.gateway.create_customer(member_id, email, name)
+        payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+    qr_private = nacl.signing.SigningKey.generate().encode() if with_qr else None
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            insert(s.members).values(
+                id=member_id,
+                name=name,
+                email=email,
+                sites=json.dumps(member_sites),
+                role=role,
+                payer_id=payer_id,
+                customer_ref=customer_ref,
+                payment_method=payment_method,
+                qr_private_key=ctx.keys.cipher.encrypt(qr_private) if qr_private else None,
+                qr_key=_qr_public(qr_private) if qr_private else None,
+                erased=False,
+                created_at=now,
+            )
+        )
+        conn.execute(
+            insert(s.subscriptions).values(
+                member_id=member_id,
+                plan_id=plan_id,
+                started_at=start,
+                paid_through=start,
+                status="pending",
+                retries_done=0,
+                needs_new_card=False,
+                review_at=now,
+            )
+        )
+        refresh(ctx, conn, [member_id], now)
+    return run_cycle(ctx, member_ids=[member_id])
+
+
+def set_payment_method(ctx: Context, member_id: str, payment_method: str) -> CycleReport:
+    """Save a new card for the member (or their payer) and retry what is owed right away."""
+    facts = load_one(ctx, member_id)
+    payer = facts.member.payer_id or member_id
+    payer_facts = load_one(ctx, payer)
+    customer_ref = payer_facts.member.customer_ref or ctx.gateway.create_customer(
+        payer, payer_facts.member.email, payer_facts.member.name
+    )
+    pm = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+    return new_card(ctx, payer, customer_ref, pm)
+
+
+def new_card(ctx: Context, payer_id: str, customer_ref: str, pm: str) -> CycleReport:
+    """Charge ``payer_id``'s new card from now on and retry what they and their dependants
+    owe at once."""
+    now = ctx.clock()
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(s.members)
+            .where(s.members.c.id == payer_id)
+            .values(customer_ref=customer_ref, payment_method=pm)
+        )
+        billed = [payer_id, *dependants(conn, [payer_id])]
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id.in_(many(billed)))
+            .values(needs_new_card=False, next_retry_at=now, review_at=now)
+        )
+    return run_cycle(ctx, member_ids=billed)
+
+
+def member(ctx: Context, member_id: str) -> dict[str, Any]:
+    """Everything about one member for ``members show`` (no card UIDs)."""
+    facts = load_one(ctx, member_id)
+    with ctx.reader.connect() as conn:
+        state = conn.execute(
+            select(s.member_states.c.payload).where(s.member_states.c.member_id == member_id)
+        ).scalar()
+        n_cards = conn.execute(
+            select(func.count()).where(
+                s.cards.c.member_id == member_id, s.cards.c.revoked_at.is_(None)
+            )
+        ).scalar_one()
+    sub = facts.sub
+    return {
+        "member_id": member_id,
+        "name": facts.member.name,
+        "email": facts.member.email,
+        "sites": json.loads(facts.member.sites),
+        "role": facts.member.role,
+        "payer_id": facts.member.payer_id,
+        "plan": sub.plan_id if sub else None,
+        "status": sub.status if sub else None,
+        "paid_through": _fmt(sub.paid_through) if sub else None,
+        "owed": facts.account.owed,
+        "next_retry_at": _fmt(facts.account.next_retry_at),
+        "needs_new_card": facts.account.needs_new_card,
+        "cancel_at": _fmt(facts.account.cancel_at),
+        "freeze": [_fmt(t) for t in facts.account.freeze] if facts.account.freeze else None,
+        "auto_renew": facts.account.renews,
+        "cards": n_cards,
+        "published": json.loads(state) if state else None,
+    }
+
+
+def list_members(ctx: Context, status: str | None = None) -> list[Row[Any]]:
+    """Members not erased (with ``status``, when given), by id."""
+    q = (
+        select(
+            s.members.c.id,
+            s.members.c.name,
+            s.subscriptions.c.plan_id,
+            s.subscriptions.c.status,
+            s.subscriptions.c.paid_through,
+            s.member_states.c.version,
+        )
+        .join(s.subscriptions, s.subscriptions.c.member_id == s.members.c.id, isouter=True)
+        .join(s.member_states, s.member_states.c.member_id == s.members.c.id, isouter=True)
+        .where(s.members.c.erased.is_(False))
+        .order_by(s.members.c.id)
+    )
+    if status:
+        q = q.where(s.subscriptions.c.status == status)
+    with ctx.reader.connect() as conn:
+        return list(conn.execute(q))
+
+
+def erase(ctx: Context, member_id: str) -> None:
+    """Erase a member's personal data and cards; the gates get the signed tombstone. Invoices
+    stay (bookkeeping), stripped of nothing but the link to a name."""
+    now = ctx.clock()
+    load_one(ctx, member_id)
+    with ctx.engine.begin() as conn:
+        conn.execute(delete(s.cards).where(s.cards.c.member_id == member_id))
+        conn.execute(
+            update(s.members)
+            .where(s.members.c.id == member_id)
+            .values(
+                name="",
+                email=None,
+                qr_private_key=None,
+                qr_key=None,
+                payment_method=None,
+                erased=True,
+            )
+        )
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == member_id)
+            .values(status="cancelled", review_at=None, next_retry_at=None, cancel_at=now)
+        )
+        refresh(ctx, conn, [member_id], now)
+
+
+def assign_card(ctx: Context, member_id: str, uid: str) -> None:
+    """Enrol a card: the UID is stored encrypted, the gates get its HMAC credential."""
+    uid = normalize_uid(uid)
+    facts = load_one(ctx, member_id)
+    if facts.member.erased:
+        raise BillingError(f"member {member_id} is erased")
+    lookup = ctx.keys.uid_lookup(uid)
+    now = ctx.clock()
+    with ctx.engine.begin() as conn:
+        holder = conn.execute(
+            select(s.cards.c.member_id).where(
+                s.cards.c.uid_lookup == lookup, s.cards.c.revoked_at.is_(None)
+            )
+        ).scalar()
+        if holder is not None:
+            raise BillingError(f"this card is already assigned to {holder}")
+        conn.execute(
+            insert(s.cards).values(
+                member_id=member_id,
+                uid_encrypted=ctx.keys.encrypt_uid(uid),
+                uid_lookup=lookup,
+                credential=card_key(ctx.keys.credential_key, uid),
+                assigned_at=now,
+            )
+        )
+        refresh(ctx, conn, [member_id], now)
+
+
+def revoke_card(ctx: Context, member_id: str, uid: str) -> None:
+    """Revoke a card at once: the member's next state no longer lists it."""
+    lookup = ctx.keys.uid_lookup(normalize_uid(uid))
+    now = ctx.clock()
+    with ctx.engine.begin() as conn:
+        done = conn.execute(
+            update(s.cards)
+            .where(
+                s.cards.c.member_id == member_id,
+                s.cards.c.uid_lookup == lookup,
+                s.cards.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+        if done.rowcount == 0:
+            raise NotFound(f"member {member_id} holds no such card")
+        refresh(ctx, conn, [member_id], now)
+
+
+def app_private_key(ctx: Context, member_id: str) -> bytes:
+    """The member app's Ed25519 seed (``pass`` plays the app); NotFound without a QR key."""
+    facts = load_one(ctx, member_id)
+    if facts.member.qr_private_key is None:
+        raise NotFound(f"member {member_id} has no QR key (add with --qr)")
+    return ctx.keys.cipher.decrypt(facts.member.qr_private_key)
+
+
+def _qr_public(seed: bytes) -> str:
+    """The app's public key as the contract carries it: standard base64 of the raw 32 bytes."""
+    return base64.b64encode(bytes(nacl.signing.SigningKey(seed).verify_key)).decode()
+
+
+def _fmt(ts: int | None) -> str | None:
+    return None if ts is None else format_time(ts)

@@ -1,0 +1,165 @@
+"""Changes staff book on a running membership: a freeze (the contract runs that much longer, a
+fee billed now), ending one early, a cancellation at the end of the term, and extras (personal
+training, a class pack) billed on their own invoice and charged at once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, insert, select, update
+
+from gated.billing_sync import engine as eng
+from gated.billing_sync import schema as s
+from gated.billing_sync.charging import CycleReport
+from gated.billing_sync.context import Context
+from gated.billing_sync.cycle import run_cycle
+from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.facts import load_one
+from gated.billing_sync.invoices import create_invoice
+from gated.billing_sync.notices import format_amount
+from gated.billing_sync.publishing import queue_notice, refresh
+from gated.contract import format_time
+
+
+def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = None) -> CycleReport:
+    """Freeze a current member for 1-3 months: denied meanwhile, contract extended by as
+    long, the plan's monthly freeze fee billed now."""
+    now = ctx.clock()
+    facts = load_one(ctx, member_id)
+    if facts.sub is None or facts.plan is None:
+        raise BillingError(f"member {member_id} has no subscription")
+    eng.check_freeze(facts.sub.status, facts.account.owed, months)
+    start = now if start_at is None else start_at
+    end = eng.add_months(start, months)
+    fee = int(facts.plan.freeze_fee) * months
+    with ctx.engine.begin() as conn:
+        if conn.execute(
+            select(s.freezes.c.id).where(
+                s.freezes.c.member_id == member_id, s.freezes.c.ends_at > now
+            )
+        ).first():
+            raise eng.FreezeRefused("a freeze is already booked")
+        conn.execute(
+            insert(s.freezes).values(
+                member_id=member_id, starts_at=start, ends_at=end, fee=fee, created_at=now
+            )
+        )
+        length = end - start
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == member_id)
+            .values(
+                paid_through=s.subscriptions.c.paid_through + length,
+                cancel_at=s.subscriptions.c.cancel_at + length,
+                review_at=now,
+            )
+        )
+        if fee:
+            lines = [
+                (
+                    "freeze_fee",
+                    f"Freeze fee, {months} month(s)",
+                    months,
+                    int(facts.plan.freeze_fee),
+                )
+            ]
+            create_invoice(
+                ctx, conn, facts, "freeze", lines, int(facts.plan.tax_rate_bp), now, None
+            )
+        queue_notice(
+            ctx,
+            conn,
+            facts,
+            "freeze",
+            start=format_time(start),
+            end=format_time(end),
+            amount=format_amount(fee, facts.plan.currency),
+        )
+        refresh(ctx, conn, [member_id], now)
+    return run_cycle(ctx, member_ids=[member_id])
+
+
+def unfreeze(ctx: Context, member_id: str) -> None:
+    """End the current freeze now (or drop a booked one); the unused time comes off the
+    extension."""
+    now = ctx.clock()
+    with ctx.engine.begin() as conn:
+        row = conn.execute(
+            select(s.freezes)
+            .where(s.freezes.c.member_id == member_id, s.freezes.c.ends_at > now)
+            .order_by(s.freezes.c.starts_at)
+        ).first()
+        if row is None:
+            raise NotFound(f"member {member_id} has no current or booked freeze")
+        unused = row.ends_at - max(now, row.starts_at)
+        if row.starts_at > now:
+            conn.execute(delete(s.freezes).where(s.freezes.c.id == row.id))
+        else:
+            conn.execute(update(s.freezes).where(s.freezes.c.id == row.id).values(ends_at=now))
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == member_id)
+            .values(
+                paid_through=s.subscriptions.c.paid_through - unused,
+                cancel_at=s.subscriptions.c.cancel_at - unused,
+                review_at=now,
+            )
+        )
+        refresh(ctx, conn, [member_id], now)
+
+
+def cancel(ctx: Context, member_id: str) -> int:
+    """Cancel at the end of the paid period or the minimum term; returns that date."""
+    now = ctx.clock()
+    facts = load_one(ctx, member_id)
+    if facts.sub is None or facts.plan is None:
+        raise BillingError(f"member {member_id} has no subscription")
+    when = eng.cancel_date(
+        facts.sub.paid_through, facts.sub.started_at, facts.plan.min_term_months, now
+    )
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == member_id)
+            .values(cancel_at=when, review_at=now)
+        )
+        refresh(ctx, conn, [member_id], now)
+    return when
+
+
+def charge_extra(
+    ctx: Context,
+    member_id: str,
+    kind: str,
+    description: str,
+    amount: int,
+    tax_rate_bp: int | None = None,
+) -> CycleReport:
+    """Bill an extra (personal training, a class pack) on its own invoice and charge it now."""
+    if amount <= 0:
+        raise BillingError("an extra needs a positive amount (minor units)")
+    now = ctx.clock()
+    facts = load_one(ctx, member_id)
+    if facts.plan is None:
+        raise BillingError(f"member {member_id} has no subscription")
+    rate = int(facts.plan.tax_rate_bp) if tax_rate_bp is None else tax_rate_bp
+    with ctx.engine.begin() as conn:
+        invoice_id = create_invoice(
+            ctx, conn, facts, "extra", [("extra", description, 1, amount)], rate, now, None
+        )
+        conn.execute(
+            insert(s.extras).values(
+                member_id=member_id,
+                kind=kind,
+                description=description,
+                amount=amount,
+                tax_rate_bp=rate,
+                created_at=now,
+                invoice_id=invoice_id,
+            )
+        )
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == member_id)
+            .values(review_at=now)
+        )
+    return run_cycle(ctx, member_ids=[member_id])
