@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -17,12 +18,12 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import nacl.exceptions
 import nacl.signing
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gated.errors import GatedError
 
@@ -34,6 +35,16 @@ if TYPE_CHECKING:  # key files are read with cryptography; a gate imports it onl
 
 TOPIC_ROOT = "gated/v1"
 MEMBER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Versions above 2^53 are refused alone, like any malformed state: they are stored as SQLite
+# integers (64-bit signed: one at 2^63 failed the whole batch it came in) and are exact in every
+# JSON reader head office or an integrator may use (JavaScript's numbers stop at 2^53).
+MAX_VERSION = 2**53
+# Untrusted JSON (MQTT payloads, control-socket requests, snapshot lines) is refused above these
+# before it is parsed: a member state is ~0.5 KiB and 4 levels deep. Python's json recurses per
+# level (100k nested brackets raise RecursionError), orjson stops at 1024, and re-serializing a
+# 1,000-deep object to check its signature recurses again.
+MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
 
 STATUSES = (
     "pending",
@@ -84,6 +95,15 @@ class ContractError(GatedError, ValueError):
 
 class SignatureError(ContractError):
     """A signature that is missing, from an untrusted key, or does not verify."""
+
+
+class PayloadError(ContractError):
+    """Untrusted input refused before or while it is parsed; ``reason`` is the counted reason
+    (``oversized``, ``too_deep``, ``malformed``, ``wrong_member_id``, ``version_out_of_range``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -143,6 +163,71 @@ def _canonical_fast(obj: Mapping[str, Any]) -> bytes:
         return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return canonical_json(obj)
+
+
+# A JSON string (escapes included), or an unterminated one up to the end: matching to the end
+# instead of failing keeps the scan linear on input made of quotes and backslashes.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Braces are counted as brackets: a mismatched pair is the parser's to refuse, not this scan's.
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+@functools.cache
+def _nested_at_most(depth: int) -> re.Pattern[bytes]:
+    """Matches a string of brackets nested at most ``depth`` deep (possessive: linear time, and
+    a deeper string fails as soon as the scan passes ``depth``)."""
+    pattern = b""
+    for _ in range(depth):
+        pattern = rb"(?:\[" + pattern + rb"\])*+"
+    return re.compile(pattern)
+
+
+def json_depth_exceeds(data: bytes, max_depth: int) -> bool:
+    """Whether the brackets of ``data`` nest deeper than ``max_depth`` (outside strings), found
+    without parsing, at C speed, and not at all when there are too few brackets to go that deep
+    (every real payload). Unbalanced brackets count as too deep where they open more than
+    ``max_depth``; the parser refuses the rest."""
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(_BRACES_AS_BRACKETS, _NOT_BRACKETS)
+    # Empty pairs (the leaves, one level) go first: a wide payload is then little to match.
+    brackets = brackets.replace(b"[]", b"")
+    return _nested_at_most(max_depth - 1).fullmatch(brackets) is None
+
+
+def loads_bounded(
+    data: bytes, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+    """Parse untrusted JSON: the one parser for MQTT payloads, control-socket requests and
+    snapshot lines. Size and nesting are checked before parsing; strict UTF-8, no NaN.
+    Raises PayloadError (reason ``oversized``, ``too_deep`` or ``malformed``), never anything
+    else."""
+    if len(data) > max_bytes:
+        raise PayloadError("oversized", f"larger than {max_bytes} bytes")
+    if json_depth_exceeds(data, max_depth):
+        raise PayloadError("too_deep", f"nested deeper than {max_depth}")
+    try:
+        return orjson.loads(data)
+    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise PayloadError("malformed", "not JSON") from exc
+
+
+def member_payload(payload: bytes, member_id: str) -> tuple[dict[str, Any], int]:
+    """The checks a gate makes on a member topic's payload before any signature work: a JSON
+    object naming ``member_id`` (the topic's) with an integer version in 1..MAX_VERSION.
+    Returns (object, version). Raises PayloadError with the reason to count."""
+    obj = loads_bounded(payload)
+    if not isinstance(obj, dict):
+        raise PayloadError("malformed", "not a JSON object")
+    version = obj.get("version")
+    if type(version) is not int:
+        raise PayloadError("malformed", "no integer version")
+    if obj.get("member_id") != member_id:
+        raise PayloadError("wrong_member_id", "member_id differs from the topic")
+    if not 1 <= version <= MAX_VERSION:
+        raise PayloadError("version_out_of_range", f"version outside 1..2^53: {version}")
+    return obj, version
 
 
 def compact_json(obj: Mapping[str, Any]) -> bytes:
@@ -418,6 +503,9 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
 # --- payload models ---------------------------------------------------------------------------
 
 
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+
+
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -434,7 +522,7 @@ class MemberState(_Payload):
     kid: str | None = None
     member_id: str = Field(pattern=MEMBER_ID_RE.pattern)
     sites: list[str]
-    version: int = Field(ge=1)
+    version: Version
     status: Status
     role: Literal["member", "staff"] = "member"
     valid_from: str | None = None
@@ -454,8 +542,8 @@ class _SiteSummary(_Payload):
 
     kid: str | None = None
     site: str
-    count: int = Field(ge=0)
-    max_version: int = Field(ge=0)
+    count: int = Field(ge=0, le=MAX_VERSION)
+    max_version: Annotated[int, Field(ge=0, le=MAX_VERSION)]
     digest: str
     issued_at: str
     sig: str | None = None
@@ -506,11 +594,17 @@ class GateStatus(_Payload):
     software_version: str | None = None
     started_at: str | None = None
     members: int | None = None
-    max_version: int | None = None
+    max_version: Annotated[int, Field(ge=0, le=MAX_VERSION)] | None = None
     digest: str | None = None
     last_head_office_at: str | None = None
     outbox_depth: int | None = None
     lockdown: bool | None = None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """One line for a model's first complaint: the field and what is wrong with it."""
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
 
 
 def erased_state(member_id: str, sites: list[str], version: int, issued_at: str) -> dict[str, Any]:
@@ -620,7 +714,7 @@ def read_snapshot(
     """Verify a snapshot whole and return (trailer, states). Raises ContractError/SignatureError
     for a truncated, tampered, wrongly signed or other-site snapshot; nothing is returned then."""
     trailer, body = verify_snapshot(data, verifier, site)
-    return trailer, [json.loads(line) for line in body.splitlines() if line]
+    return trailer, [loads_bounded(line) for line in body.splitlines() if line]
 
 
 def verify_snapshot(data: bytes, verifier: Verifier, site: str) -> tuple[dict[str, Any], bytes]:
@@ -637,12 +731,16 @@ def verify_snapshot(data: bytes, verifier: Verifier, site: str) -> tuple[dict[st
     cut = raw.rfind(b"\n", 0, len(raw) - 1) + 1
     body, trailer_line = raw[:cut], raw[cut:]
     try:
-        trailer_obj = json.loads(trailer_line)
-    except ValueError as exc:
-        raise ContractError("snapshot trailer is not JSON") from exc
+        trailer_obj = loads_bounded(trailer_line)
+    except PayloadError as exc:
+        raise ContractError(f"snapshot trailer: {exc}") from exc
     if not isinstance(trailer_obj, dict):
         raise ContractError("snapshot trailer is not an object")
     trailer = verifier.verify(trailer_obj, "snapshot_trailer")
+    try:
+        SnapshotTrailer.model_validate(trailer)
+    except ValidationError as exc:
+        raise ContractError(f"snapshot trailer: {_first_error(exc)}") from exc
     if trailer.get("site") != site:
         raise ContractError(f"snapshot is for site {trailer.get('site')!r}, not {site!r}")
     if hashlib.sha256(body).hexdigest() != trailer.get("sha256"):

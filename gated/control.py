@@ -18,11 +18,13 @@ import os
 import pwd
 import socket
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gated.contract import PayloadError, loads_bounded
 from gated.errors import GatedError
 
 log = logging.getLogger("gated.control")
@@ -70,10 +72,11 @@ def _peer(sock: socket.socket | None) -> Caller:
 class ControlServer:
     """Serves ``handler(cmd, args, caller)`` on a Unix socket (mode 0660, group ``gated``)."""
 
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path, handler: Handler, rejected: Counter[str] | None = None) -> None:
         self.path = path
         self.handler = handler
-        self.rejected = 0
+        # Refused requests are counted here (the gate passes its own counter: ``status`` shows it).
+        self.rejected: Counter[str] = Counter() if rejected is None else rejected
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -122,10 +125,10 @@ class ControlServer:
 
     async def _dispatch(self, line: bytes, caller: Caller) -> Result:
         try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            self._reject(caller, "not JSON")
-            return {"ok": False, "error": "bad request: not a JSON object"}
+            request = loads_bounded(line, max_bytes=MAX_LINE)
+        except PayloadError as exc:
+            self._reject(caller, str(exc))
+            return {"ok": False, "error": f"bad request: {exc}"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             self._reject(caller, "no cmd")
             return {"ok": False, "error": 'bad request: expected {"cmd": ..., "args": {...}}'}
@@ -148,7 +151,7 @@ class ControlServer:
         return result
 
     def _reject(self, caller: Caller, why: str) -> None:
-        self.rejected += 1
+        self.rejected["control_bad_request"] += 1
         log.warning("event=control_rejected reason=%r operator=%s", why, caller.operator)
 
 

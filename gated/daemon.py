@@ -915,7 +915,7 @@ class Gate:
                 loop.add_signal_handler(sig, self.stop)
         self.door = Door(self.config.door, loop, self.on_door_event, pin_factory=self._pin_factory)
         self._build_readers()
-        control = ControlServer(self.config.control_socket, self.handle)
+        control = ControlServer(self.config.control_socket, self.handle, self.rejected)
         await control.start()
         if self.config.metrics.address is not None:
             self.metrics.serve(*self.config.metrics.address)

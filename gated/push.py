@@ -31,6 +31,7 @@ from gated.contract import (
     digest_hex,
     digest_term,
     format_time,
+    loads_bounded,
     manifest_topic,
     member_topic,
     new_ulid,
@@ -139,7 +140,7 @@ async def retained_manifest(
                 if not isinstance(payload, bytes | bytearray) or not payload:
                     continue
                 try:
-                    return verifier.verify(json.loads(payload), "manifest")
+                    return verifier.verify(loads_bounded(payload), "manifest")
                 except (ValueError, ContractError) as exc:
                     raise PushError(f"the retained manifest does not verify: {exc}") from exc
     except TimeoutError:

@@ -22,6 +22,7 @@ from gated.contract import (
     compact_json,
     events_topic,
     format_time,
+    loads_bounded,
     manifest_topic,
     member_topic,
 )
@@ -116,7 +117,8 @@ class Publisher:
                         await self._record_event(message)
                         continue
                     with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                        body = json.loads(message.payload)
+                        payload = message.payload
+                        body = loads_bounded(payload if isinstance(payload, bytes) else b"")
                         found[str(body["site"])] = (int(body["max_version"]), str(body["digest"]))
                         floor = max(floor, int(body["max_version"]))
                     if len(found) >= len(self.sites):
@@ -168,7 +170,8 @@ class Publisher:
         if not str(message.topic).endswith("/events"):
             return
         try:
-            event = json.loads(message.payload)
+            payload = message.payload
+            event = loads_bounded(payload if isinstance(payload, bytes) else b"")
         except ValueError:
             log.warning("event=bad_gate_event topic=%s", message.topic)
             return

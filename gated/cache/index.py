@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from gated.contract import (
+    MAX_VERSION,
     MEMBER_ID_RE,
     STATUSES,
     ContractError,
@@ -80,8 +81,8 @@ def member_row(state: Mapping[str, Any]) -> dict[str, Any]:
         raise ContractError("card keys and qr_key must be 32 bytes")
     # The hot path trusts these types; a signed but ill-typed state must stop here, not at a badge.
     version, daily_limit = state.get("version"), state.get("daily_limit")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ContractError("version must be a positive integer")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+        raise ContractError("version must be an integer in 1..2^53")
     if daily_limit is not None and (
         not isinstance(daily_limit, int) or isinstance(daily_limit, bool) or daily_limit < 0
     ):

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import httpx
-import orjson
 from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
@@ -62,13 +61,16 @@ from gated.contract import (
     ContractError,
     GateCommand,
     Manifest,
+    PayloadError,
     SignatureError,
     Verifier,
     cmd_topic,
     events_topic,
     format_time,
     load_public_key,
+    loads_bounded,
     manifest_topic,
+    member_payload,
     members_wildcard,
     parse_time,
     parse_topic,
@@ -535,17 +537,10 @@ class SiteSync:
             self.skipped["empty_payload"] += 1
             return
         try:
-            obj = orjson.loads(payload)
-        except ValueError:
-            self._reject("malformed", member_id, "not JSON")
+            _obj, version = member_payload(payload, member_id)
+        except PayloadError as exc:
+            self._reject(exc.reason, member_id, str(exc))
             return
-        if not isinstance(obj, dict) or type(obj.get("version")) is not int:
-            self._reject("malformed", member_id, "no integer version")
-            return
-        if obj.get("member_id") != member_id:
-            self._reject("wrong_member_id", member_id)
-            return
-        version: int = obj["version"]
         if version <= self.gate.index.version_of(member_id) or version <= self._pending.get(
             member_id, 0
         ):
@@ -631,13 +626,16 @@ class SiteSync:
 
     async def _on_manifest(self, payload: bytes) -> None:
         try:
-            obj = json.loads(payload)
+            obj = loads_bounded(payload)
             if not isinstance(obj, dict):
                 raise ContractError("not an object")
             body = await asyncio.to_thread(self.verifier.verify, obj, "manifest")
             Manifest.model_validate(body)
         except SignatureError:
             self._reject("bad_signature", "manifest")
+            return
+        except PayloadError as exc:
+            self._reject(exc.reason, "manifest", str(exc))
             return
         except (ContractError, ValidationError, ValueError):
             self._reject("malformed", "manifest")
@@ -874,9 +872,9 @@ class SiteSync:
             if self.command_verifier is None:
                 raise _Refused("no_command_key")
             try:
-                obj = json.loads(payload)
-            except ValueError as exc:
-                raise _Refused("malformed") from exc
+                obj = loads_bounded(payload)
+            except PayloadError as exc:
+                raise _Refused(exc.reason) from exc
             if not isinstance(obj, dict):
                 raise _Refused("malformed")
             command_id = str(obj.get("id", "?"))[:40]
@@ -1165,7 +1163,7 @@ def verify_member_states(payloads: list[bytes]) -> tuple[list[bytes], int, str, 
     rejects: list[str] = []
     for payload in payloads:
         try:
-            body = _verifier.verify(orjson.loads(payload), "member_state")
+            body = _verifier.verify(loads_bounded(payload), "member_state")
             row = member_row(body)
             if _site not in body["sites"]:
                 rejects.append("other_site")
@@ -1225,9 +1223,9 @@ def snapshot_rows(body_path: str, start: int, end: int) -> tuple[list[bytes], in
         if not line:
             continue
         try:
-            state = orjson.loads(line)
-        except ValueError as exc:
-            raise SyncError("snapshot holds a line that is not JSON") from exc
+            state = loads_bounded(line)
+        except PayloadError as exc:
+            raise SyncError(f"snapshot holds a line that is not a member state: {exc}") from exc
         if not isinstance(state, dict):
             raise SyncError("snapshot line is not an object")
         member_id = state.get("member_id")
