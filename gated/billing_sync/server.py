@@ -19,6 +19,7 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -36,8 +37,12 @@ from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
 from gated.contract import build_snapshot, format_time
+from gated.http_limits import FORM_BYTES, WEBHOOK_BYTES, BodyLimit
 
 log = logging.getLogger("gated.billing.http")
+
+# Route patterns (over the whole path) with their body limits; any other route gets FORM_BYTES.
+BODY_LIMITS = [(r"/v1/stripe/webhook", WEBHOOK_BYTES)]
 
 
 def snapshot_bytes(billing: Billing, site: str) -> bytes:
@@ -239,7 +244,11 @@ def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
             Route("/pay/{token}", pay, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
+        # Every body is limited while it streams in, before a signature or a form is looked at:
+        # the webhook at 1 MiB (Stripe's events are a few KiB), the pay form and everything else
+        # at 64 KiB.
+        middleware=[Middleware(BodyLimit, routes=BODY_LIMITS, default=FORM_BYTES)],
     )
 
 
