@@ -277,13 +277,23 @@ def members_push(
     url: UrlOpt = None,
     username: UserOpt = None,
     password_file: PasswordOpt = None,
+    version_floor: Annotated[
+        int | None,
+        typer.Option(
+            "--version-floor",
+            min=0,
+            help="Continue versions above N too (at least every gate's max_version; 0 for a new site).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign every member with the head-office key and publish them retained with the manifest.
 
     The small head office for a site without gated-billing: the site, credential key and broker
-    come from a gate's config. Versions continue above the retained manifest (or the existing
-    snapshot). The file is the whole site: mark leavers cancelled or erased, don't drop them.
+    come from a gate's config. Versions continue above the retained manifest, every gate's
+    retained status and this key's own record (KEY.versions.json), or the existing snapshot;
+    when none is known, the push is refused: give --version-floor. The file is the whole site:
+    mark leavers cancelled or erased, don't drop them.
     """
     from gated.contract import (
         Signer,
@@ -293,7 +303,7 @@ def members_push(
         public_key_raw,
     )
     from gated.members import MembersFileError
-    from gated.push import PushError, push_members
+    from gated.push import PushError, push_members, version_record_path
 
     cfg = load_config_or_exit(config)
     try:
@@ -316,6 +326,8 @@ def members_push(
                 trusted=trusted,
                 broker=broker,
                 snapshot=snapshot,
+                record=version_record_path(key),
+                floor=version_floor,
                 show_progress=not json_out,
             )
         )

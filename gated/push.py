@@ -16,14 +16,17 @@ import json
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from gated.contract import (
+    MAX_VERSION,
     ContractError,
+    GateStatus,
+    Manifest,
     Signer,
     Verifier,
     canonical_json,
@@ -35,7 +38,9 @@ from gated.contract import (
     manifest_topic,
     member_topic,
     new_ulid,
+    parse_topic,
     read_snapshot,
+    status_topic,
 )
 from gated.errors import GatedError
 from gated.mqtt_session import session
@@ -43,6 +48,7 @@ from gated.mqtt_session import session
 # PUBACKs awaited together; well under paho's 65,535 message ids.
 PUBLISH_WINDOW = 2000
 MANIFEST_WAIT_S = 2.0
+STATUS_QUIET_S = 0.5
 MAX_COMMAND_TTL_S = 300
 
 
@@ -128,26 +134,117 @@ def build_manifest(
     )
 
 
-async def retained_manifest(
-    client: aiomqtt.Client, site: str, verifier: Verifier, wait_s: float = MANIFEST_WAIT_S
-) -> dict[str, Any] | None:
-    """The site's retained manifest, verified, or None if the broker holds none (after wait_s)."""
-    await client.subscribe(manifest_topic(site), qos=1)
+@dataclass(frozen=True)
+class KnownVersions:
+    """What a pusher can learn of the versions a site's gates may already hold. A gate skips a
+    state not newer than its own (``not_newer``, silently to the pusher), so a push must
+    continue above all of these, and refuses when it knows none of them."""
+
+    manifest: int | None = None  # the broker's retained manifest (verified)
+    gates: Mapping[str, int] = field(default_factory=dict)  # each gate's retained status
+    recorded: int | None = None  # this key's own record of its last push to the site
+    floor: int | None = None  # --version-floor
+
+    def base(self, site: str, record: Path | None) -> int:
+        """The version a push continues above. Raises PushError when nothing is known."""
+        known = [self.manifest, self.recorded, self.floor, *self.gates.values()]
+        values = [v for v in known if v is not None]
+        if not values:
+            where = f" and {record} holds no push to it" if record is not None else ""
+            raise PushError(
+                f"cannot tell which versions the gates of {site} hold: the broker has no "
+                f"retained manifest or gate status for it{where}; give --version-floor N with N "
+                "at least every gate's max_version (gatectl status shows it; 0 for a new site)"
+            )
+        return max(values)
+
+
+def version_record_path(key: Path) -> Path:
+    """Where a push records, next to the head-office key, the highest version it published per
+    site: the floor of its next push even when the broker has lost every retained message."""
+    return key.with_name(key.name + ".versions.json")
+
+
+def read_version_record(path: Path, site: str) -> int | None:
+    """The highest version this key pushed to ``site`` (None if never). Raises PushError for a
+    record that cannot be read."""
     try:
-        async with asyncio.timeout(wait_s):
-            async for message in client.messages:
-                payload = message.payload
-                if not isinstance(payload, bytes | bytearray) or not payload:
-                    continue
-                try:
-                    return verifier.verify(loads_bounded(payload), "manifest")
-                except (ValueError, ContractError) as exc:
-                    raise PushError(f"the retained manifest does not verify: {exc}") from exc
-    except TimeoutError:
+        data = loads_bounded(path.read_bytes())
+    except FileNotFoundError:
         return None
+    except (OSError, ContractError) as exc:
+        raise PushError(f"version record {path}: {exc}") from exc
+    value = data.get(site) if isinstance(data, dict) else None
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_VERSION):
+        raise PushError(f"version record {path}: {site} is not a version: {value!r}")
+    return value
+
+
+def write_version_record(path: Path, site: str, max_version: int) -> None:
+    """Raise the record of ``site`` to ``max_version`` (atomically; never lowers it)."""
+    try:
+        data = loads_bounded(path.read_bytes()) if path.exists() else {}
+    except (OSError, ContractError) as exc:
+        raise PushError(f"version record {path}: {exc}") from exc
+    record = dict(data) if isinstance(data, dict) else {}
+    record[site] = max(max_version, int(record.get(site) or 0))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise PushError(f"version record {path}: {exc.strerror or exc}") from exc
+
+
+async def site_versions(
+    client: aiomqtt.Client,
+    site: str,
+    verifier: Verifier,
+    wait_s: float = MANIFEST_WAIT_S,
+    quiet_s: float = STATUS_QUIET_S,
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """The site's retained manifest (verified, or None) and each gate's ``max_version`` from its
+    retained status. Retained messages come in one burst after subscribing: this waits for
+    ``quiet_s`` of silence after the last, or ``wait_s`` when none comes."""
+    topics = [manifest_topic(site), status_topic(site, "+")]
+    for topic in topics:
+        await client.subscribe(topic, qos=1)
+    manifest: dict[str, Any] | None = None
+    gates: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    messages = aiter(client.messages)
+    try:
+        while (left := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(min(left, quiet_s) if manifest or gates else left):
+                    message = await anext(messages)
+            except TimeoutError:
+                break
+            payload = message.payload
+            if not isinstance(payload, bytes) or not payload:
+                continue
+            topic = message.topic.value
+            if topic == topics[0]:
+                try:
+                    manifest = verifier.verify(loads_bounded(payload), "manifest")
+                    Manifest.model_validate(manifest)
+                except (ValueError, AttributeError) as exc:  # ContractError, ValidationError
+                    raise PushError(f"the retained manifest does not verify: {exc}") from exc
+                continue
+            # A gate's status is not signed: it can only raise the floor (ACLs let only that gate
+            # write it), never lower it below what a manifest or the record says.
+            try:
+                status = GateStatus.model_validate(loads_bounded(payload))
+                _site, _kind, gate = parse_topic(topic)
+            except (ValueError, ContractError):
+                continue
+            if status.max_version is not None:
+                gates[gate] = status.max_version
     finally:
-        await client.unsubscribe(manifest_topic(site))
-    return None
+        for topic in topics:
+            await client.unsubscribe(topic)
+    return manifest, gates
 
 
 async def publish_states(
@@ -238,18 +335,25 @@ async def push_members(
     trusted: Verifier,
     broker: Broker | None,
     snapshot: Path | None,
+    record: Path | None = None,
+    floor: int | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """``gated members push``: read, sign and publish (or write as a snapshot) a members file.
 
-    Versions continue above the broker's retained manifest (or the existing snapshot file), so
-    every gate takes the new states as newer. Raises PushError, MembersFileError, ContractError.
+    Versions continue above everything known of what the gates hold (:class:`KnownVersions`):
+    the retained manifest, every gate's retained status, this key's version ``record`` (a file,
+    raised after each push) and ``floor``; with none of them known the push is refused, since
+    gates would silently skip states at versions they already passed. A snapshot continues
+    above the existing file, the record and the floor. Raises PushError, MembersFileError,
+    ContractError.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from gated.members import read_members_file
 
     issued_at = format_time(time.time())
+    recorded = read_version_record(record, site) if record is not None else None
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -259,9 +363,17 @@ async def push_members(
         transient=False,
     )
     if snapshot is not None:
-        base = snapshot_max_version(snapshot, trusted, site)
+        # An existing snapshot file is its own manifest; a new one starts at the record or the
+        # floor (a gate refuses, counted and shown by doctor, a snapshot older than its cache).
+        known = KnownVersions(
+            manifest=snapshot_max_version(snapshot, trusted, site), recorded=recorded, floor=floor
+        )
+        base = known.base(site, record)
         states = read_members_file(file, credential_key, default_site=site, first_version=base + 1)
+        _check_room(base, len(states))
         trailer = write_snapshot_file(snapshot, site, states, signer, issued_at)
+        if record is not None:
+            write_version_record(record, site, int(trailer["max_version"]))
         return {
             "file": str(file),
             "snapshot": str(snapshot),
@@ -274,11 +386,18 @@ async def push_members(
         raise PushError("give a broker (--url or [mqtt] in the config) or --snapshot OUT")
     try:
         async with session(broker.client()) as client:
-            current = await retained_manifest(client, site, trusted)
-            base = int(current["max_version"]) if current else 0
+            current, gates = await site_versions(client, site, trusted)
+            known = KnownVersions(
+                manifest=int(current["max_version"]) if current else None,
+                gates=gates,
+                recorded=recorded,
+                floor=floor,
+            )
+            base = known.base(site, record)
             states = read_members_file(
                 file, credential_key, default_site=site, first_version=base + 1
             )
+            _check_room(base, len(states))
             with progress:
                 signing = progress.add_task("signing", total=len(states))
                 signed = sign_states(states, signer, lambda n: progress.advance(signing, n))
@@ -289,6 +408,8 @@ async def push_members(
                 )
     except aiomqtt.MqttError as exc:
         raise PushError(f"broker {broker.url}: {exc}") from exc
+    if record is not None:
+        write_version_record(record, site, int(manifest["max_version"]))
     return {
         "file": str(file),
         "published": len(signed),
@@ -296,7 +417,18 @@ async def push_members(
         "max_version": manifest["max_version"],
         "count": manifest["count"],
         "digest": manifest["digest"],
+        "continued_above": {
+            "manifest": known.manifest,
+            "gates": dict(known.gates),
+            "record": known.recorded,
+            "floor": known.floor,
+        },
     }
+
+
+def _check_room(base: int, states: int) -> None:
+    if base + states > MAX_VERSION:
+        raise PushError(f"versions would pass 2^53 (continuing above {base}); gates refuse those")
 
 
 async def publish_command(broker: Broker, command: Mapping[str, Any]) -> None:
