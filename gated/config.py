@@ -6,6 +6,7 @@ prints that line and exits 2.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -422,6 +423,19 @@ class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = "http://127.0.0.1:8080"
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-For names the real client;
+    # rate limits count per client, so without this every member behind a proxy is one client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return v
 
 
 class SmtpConfig(_Section):
@@ -431,6 +445,13 @@ class SmtpConfig(_Section):
     username: str | None = None
     password_file: Path | None = None
     starttls: bool = False
+
+
+class AppConfig(_Section):
+    """``[app]``: the member app served under /app/."""
+
+    # How long a member stays signed in on one device.
+    session_days: int = Field(default=30, ge=1, le=365)
 
 
 class BillingConfig(_Section):
@@ -448,6 +469,7 @@ class BillingConfig(_Section):
     mqtt: BillingMqttConfig | None = None
     http: HttpConfig = Field(default_factory=HttpConfig)
     smtp: SmtpConfig | None = None
+    app: AppConfig = Field(default_factory=AppConfig)
 
     @field_validator("sites")
     @classmethod

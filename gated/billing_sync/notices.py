@@ -60,7 +60,17 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Hello $name,\n\nyour $plan ran until $end and has now ended; the gates no longer let "
         "you in. Come by the front desk to start a new one.\n",
     ),
+    "signin": (
+        "Your sign-in code",
+        "Hello $name,\n\nyour code to sign in is $code\n\nOr open this link and press the "
+        "button on the page: $link\n\nThe code and the link work once, for $minutes minutes. "
+        "If you did not ask to sign in, ignore this mail: nothing changes.\n",
+    ),
 }
+# Notices that carry a credential: delivered first (``priority`` 0), and their body is blanked
+# once the mail server has it, so the outbox never keeps a usable code or link.
+SECRET_KINDS = frozenset({"signin"})
+SENT_SECRET_BODY = "(sign-in mail: its code and link are not kept)"
 
 
 class Notice(NamedTuple):
@@ -119,14 +129,14 @@ def _date(day: int) -> str:
 
 
 def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:
-    """Send queued notices over SMTP; a row is marked sent only after the server accepted it.
-    Returns how many were sent. A failing server leaves the rest queued for the next round."""
+    """Send queued notices over SMTP, sign-in mails first; a row is marked sent only after the
+    server accepted it. Returns how many were sent. A failing server leaves the rest queued for the next round."""
     n = schema.notifications
     with reading(engine).connect() as conn:
         rows = conn.execute(
-            select(n.c.id, n.c.to_addr, n.c.subject, n.c.body)
+            select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body)
             .where(n.c.sent_at.is_(None))
-            .order_by(n.c.id)
+            .order_by(n.c.priority, n.c.id)
             .limit(limit)
         ).all()
     if not rows:
@@ -146,8 +156,11 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
                 msg["Subject"] = row.subject
                 msg.set_content(row.body)
                 client.send_message(msg)
+                done: dict[str, Any] = {"sent_at": now}
+                if row.kind in SECRET_KINDS:
+                    done["body"] = SENT_SECRET_BODY
                 with engine.begin() as conn:
-                    conn.execute(update(n).where(n.c.id == row.id).values(sent_at=now))
+                    conn.execute(update(n).where(n.c.id == row.id).values(**done))
                 sent += 1
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("event=smtp_failed sent=%d error=%s", sent, type(exc).__name__)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     true,
 )
 
@@ -224,6 +225,10 @@ notifications = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("sent_at", BigInteger, index=True),
     Column("attempts", Integer, nullable=False, default=0),
+    # 0 goes out before 1 (sign-in mails before a cycle's receipts); the index serves the
+    # delivery query's order without sorting a large queue.
+    Column("priority", Integer, nullable=False, server_default="1"),
+    Index("ix_notifications_queue", "sent_at", "priority", "id"),
 )
 
 # What each member looks like to the gates now: the latest unsigned MemberState per member.
@@ -302,4 +307,39 @@ gates = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger),
     UniqueConstraint("token_sha256"),
+)
+
+# Members find their account by e-mail address when they sign in, whatever its case.
+Index("ix_members_email_lower", func.lower(members.c.email))
+
+# Member app sessions. Only the SHA-256 of the cookie's token is stored, so a copy of the store
+# signs nobody in; a row is revoked (not deleted) so "sign out everywhere" is visible afterwards.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    # When the member last proved control of their mailbox (a sign-in), for actions that need a
+    # recent one.
+    Column("signed_in_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+    Column("user_agent", String(200), nullable=False),
+)
+
+# Pending e-mail sign-ins: the link's token and the code are stored as SHA-256 digests (the
+# code salted with the browser's flow id, which only that browser holds), used once.
+signin_tokens = Table(
+    "signin_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("flow_sha256", String(64), nullable=False, unique=True),
+    Column("link_sha256", String(64), nullable=False, unique=True),
+    Column("code_sha256", String(64), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger),
 )

@@ -12,6 +12,7 @@ concern:
 * ``invoices``: invoices, payments booked against them, pay links;
 * ``webhooks``: payment-provider events (intent updates, disputes, cards);
 * ``gates``: gate tokens and attendance events;
+* ``member_access``: the member app's sign-in, sessions and a member's own data;
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
 """
@@ -38,6 +39,7 @@ from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context, advance_clock
 from gated.billing_sync.gateway import ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
+from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
 from gated.config import BillingConfig
 
@@ -294,3 +296,9 @@ class Billing:
     def advance_clock(self, seconds: float) -> int:
         """Move the injected clock forward (demos, tests); returns the new offset in seconds."""
         return advance_clock(self.ctx.engine, seconds)
+
+    # --- the member app ---------------------------------------------------------------------
+
+    def member_access(self) -> MemberAccess:
+        """Sign-in, sessions and a member's own data for the member app (gated.web)."""
+        return MemberAccess(self)

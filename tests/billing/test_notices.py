@@ -55,7 +55,18 @@ def test_amounts_and_templates() -> None:
 @pytest.mark.parametrize("kind", sorted(TEMPLATES))
 def test_templates_fill_as_string_template_does(kind: str) -> None:
     # Values with braces and dollars are data, never placeholders.
-    names = {"name", "amount", "invoice", "reason", "retry_on", "next_step", "link", "plan"}
+    names = {
+        "name",
+        "amount",
+        "invoice",
+        "reason",
+        "retry_on",
+        "next_step",
+        "link",
+        "plan",
+        "code",
+        "minutes",
+    }
     values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
     n = render(kind, "a@x", "m1", **values)
     subject, body = TEMPLATES[kind]
