@@ -201,8 +201,9 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     )
     with service(config) as billing:
         from gated.billing_sync.daemon import serve_forever
+        from gated.web.app import web_routes  # the one place the billing process wires the web
 
-        code = asyncio.run(serve_forever(billing))
+        code = asyncio.run(serve_forever(billing, web_routes))
     if code:
         raise typer.Exit(code)
 

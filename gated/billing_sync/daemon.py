@@ -5,11 +5,14 @@ cleanly on SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.routing import BaseRoute
 
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.publisher import Publisher
@@ -47,23 +50,33 @@ async def _cycles(billing: Billing, wake: asyncio.Event) -> None:
             pass
 
 
-async def _notices(billing: Billing) -> None:
+async def _notices(billing: Billing, wake: asyncio.Event) -> None:
     smtp = billing.config.smtp
     assert smtp is not None
     while True:
+        wake.clear()
         await asyncio.to_thread(deliver, billing.engine, smtp, billing.clock())
-        await asyncio.sleep(5)
+        # A sign-in mail queued by the member app goes out at once, not on the next round.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await wake.wait()
 
 
-async def serve_forever(billing: Billing) -> int:
+# Builds the web routes (gated.web.app.web_routes) from the service and a callable that wakes
+# notice delivery; passed in by the command so billing never imports the web.
+WebRoutes = Callable[[Billing, Callable[[], None]], list[BaseRoute]]
+
+
+async def serve_forever(billing: Billing, web: WebRoutes | None = None) -> int:
     """Run every part of the billing companion until a signal arrives; the exit code."""
     config = billing.config
     webhook_secret = None
     if config.stripe is not None and config.stripe.webhook_secret_file is not None:
         webhook_secret = config.stripe.webhook_secret_file.read_text().strip()
+    mail_wake = asyncio.Event()
     server = QuietServer(
         uvicorn.Config(
-            create_app(billing, webhook_secret),
+            create_app(billing, webhook_secret, web(billing, mail_wake.set) if web else ()),
             host=config.http.host,
             port=config.http.port,
             log_level="warning",
@@ -93,7 +106,7 @@ async def serve_forever(billing: Billing) -> int:
         billing.published_hook = wake_publisher
         tasks.append(asyncio.create_task(publisher.run(), name="publisher"))
     if config.smtp is not None:
-        tasks.append(asyncio.create_task(_notices(billing), name="notices"))
+        tasks.append(asyncio.create_task(_notices(billing, mail_wake), name="notices"))
     http = asyncio.create_task(server.serve(), name="http")
     tasks.append(http)
     # READY=1 only once the port is bound: a unit ordered after us may send webhooks or fetch

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,7 +28,7 @@ from starlette.responses import (
     RedirectResponse,
     Response,
 )
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from gated.billing_sync import schema
 from gated.billing_sync.errors import BillingError, InvoiceClosed, NotFound
@@ -165,8 +165,12 @@ def _result_page(billing: Billing, invoice_id: int, result: ChargeResult) -> Res
     return _page(202, "Payment in progress", body + back)
 
 
-def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
-    """The starlette application; blocking store work runs in threads off the event loop."""
+def create_app(
+    billing: Billing, webhook_secret: str | None, extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """The starlette application; blocking store work runs in threads off the event loop.
+    ``extra_routes``: the member app and its API (gated.web), which ``serve`` wires in (billing
+    never imports the web)."""
 
     async def webhook(request: Request) -> Response:
         if webhook_secret is None:
@@ -244,6 +248,7 @@ def create_app(billing: Billing, webhook_secret: str | None) -> Starlette:
             Route("/pay/{token}", pay, methods=["GET", "POST"]),
             Route("/healthz", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *extra_routes,
         ],
         # Every body is limited while it streams in, before a signature or a form is looked at:
         # the webhook at 1 MiB (Stripe's events are a few KiB), the pay form and everything else

@@ -1,0 +1,114 @@
+"""The JSON twin of the member app under ``/api/v1/``: the same session cookie, the same data
+as the pages, and the CSRF token in an ``X-CSRF-Token`` header on every state-changing call.
+A member's routes take no member id: ``me`` is always the session's own member."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gated.billing_sync.member_access import MemberSession
+from gated.contract import format_time
+from gated.web.app import BodyTooLarge, Visitor, Web, read_form
+from gated.web.words import status_words
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def routes(web: Web) -> list[BaseRoute]:
+    """The API's routes (mounted at ``/api/v1``)."""
+
+    def member(
+        handler: Callable[[Request, MemberSession], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            visitor = await web.visitor(request)
+            if visitor.session is None:
+                return _error(401, "sign in first")
+            return await handler(request, visitor.session)
+
+        return endpoint
+
+    def changing(
+        handler: Callable[[Request, Visitor], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            visitor = await web.visitor(request)
+            try:
+                form = await read_form(request)
+            except BodyTooLarge:
+                return _error(413, "request body too large")
+            if not web.csrf_valid(request, visitor, form):
+                return _error(403, "missing or wrong X-CSRF-Token")
+            if visitor.session is None:
+                return _error(401, "sign in first")
+            return await handler(request, visitor)
+
+        return endpoint
+
+    async def session(request: Request) -> Response:
+        visitor = await web.visitor(request)
+        if visitor.session is None:
+            return _error(401, "sign in first")
+        s = visitor.session
+        body: dict[str, Any] = {
+            "member_id": s.member_id,
+            "signed_in_at": format_time(s.signed_in_at),
+            "expires_at": format_time(s.expires_at),
+            "csrf_token": visitor.csrf,
+        }
+        return JSONResponse(body)
+
+    async def signout(request: Request, visitor: Visitor) -> Response:
+        await asyncio.to_thread(web.access.end_session, visitor.cookie)
+        return JSONResponse({"signed_out": 1})
+
+    async def signout_everywhere(request: Request, visitor: Visitor) -> Response:
+        assert visitor.session is not None
+        n = await asyncio.to_thread(web.access.end_all_sessions, visitor.session.member_id)
+        return JSONResponse({"signed_out": n})
+
+    async def me(request: Request, s: MemberSession) -> Response:
+        m = await asyncio.to_thread(web.access.membership, s.member_id)
+        words = status_words(m)
+        m["status_words"] = {
+            "headline": words.headline,
+            "detail": words.detail,
+            "action": words.action,
+            "gates_let_in": words.allowed,
+        }
+        return JSONResponse(m)
+
+    async def invoices(request: Request, s: MemberSession) -> Response:
+        rows = await asyncio.to_thread(web.access.invoices, s.member_id)
+        return JSONResponse({"invoices": rows})
+
+    async def invoice(request: Request, s: MemberSession) -> Response:
+        raw = request.path_params["invoice_id"]
+        found = None
+        if re.fullmatch(r"[0-9]{1,12}", raw):
+            found = await asyncio.to_thread(web.access.invoice, s.member_id, int(raw))
+        if found is None:
+            return _error(404, "no such invoice")
+        return JSONResponse(found)
+
+    async def not_found(request: Request) -> Response:
+        return _error(404, "no such route")
+
+    return [
+        Route("/session", session, methods=["GET"]),
+        Route("/session/signout", changing(signout), methods=["POST"]),
+        Route("/session/signout-everywhere", changing(signout_everywhere), methods=["POST"]),
+        Route("/me", member(me), methods=["GET"]),
+        Route("/me/invoices", member(invoices), methods=["GET"]),
+        Route("/me/invoices/{invoice_id}", member(invoice), methods=["GET"]),
+        Route("/{rest:path}", not_found),
+    ]

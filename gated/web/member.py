@@ -1,0 +1,234 @@
+"""The member app's pages under ``/app/``: sign-in by e-mailed code or link, sign-out (here or
+everywhere) and "my membership" with its invoices. Every page works without JavaScript."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gated.web.app import STATIC, BodyTooLarge, Visitor, Web, read_form
+from gated.web.words import status_words
+
+log = logging.getLogger("gated.web.member")
+
+# Loose on purpose: the address only has to be one we could have stored; the mail proves it.
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
+CODE = re.compile(r"[0-9]{6}")
+TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
+
+Handler = Callable[[Request, Visitor], Awaitable[Response]]
+
+
+def routes(web: Web) -> list[BaseRoute]:
+    """The member app's routes (mounted at ``/app``)."""
+
+    def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            visitor = await web.visitor(request)
+            if visitor.session is None:
+                return RedirectResponse("/app/signin", status_code=303)
+            return await handler(request, visitor)
+
+        return endpoint
+
+    def posted(
+        handler: Callable[[Request, Visitor, dict[str, str]], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A state-changing form: refused (403) without the CSRF token of this browser."""
+
+        async def endpoint(request: Request) -> Response:
+            visitor = await web.visitor(request)
+            try:
+                form = await read_form(request)
+            except BodyTooLarge:
+                return web.page(
+                    visitor,
+                    "message.html",
+                    413,
+                    title="Too much data",
+                    text="That form was too large.",
+                )
+            if not web.csrf_valid(request, visitor, form):
+                log.warning("event=csrf_refused path=%s", request.url.path)
+                return web.page(
+                    visitor,
+                    "message.html",
+                    403,
+                    title="Please try again",
+                    text="This form had expired. Open the page again and resend it.",
+                )
+            return await handler(request, visitor, form)
+
+        return endpoint
+
+    async def signin_form(request: Request) -> Response:
+        visitor = await web.visitor(request)
+        if visitor.session is not None:
+            return RedirectResponse("/app/", status_code=303)
+        return web.page(visitor, "signin.html", title="Sign in")
+
+    async def signin_start(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
+        email = form.get("email", "").strip()
+        if not EMAIL.fullmatch(email):
+            return web.page(
+                visitor,
+                "signin.html",
+                400,
+                title="Sign in",
+                email=email[:254],
+                error="Enter your e-mail address, like name@example.com.",
+            )
+        client = web.client(request)
+        if not web.signin_per_client.allow(client) or not web.signin_per_address.allow(
+            email.lower()
+        ):
+            return _too_many(web, visitor)
+        flow = secrets.token_urlsafe(32)
+
+        async def send_mail() -> None:
+            # After the answer has gone out: it is the same, and as fast, whether or not the
+            # address belongs to a member.
+            if await asyncio.to_thread(
+                web.access.start_signin, email, flow, f"{web.public_url}/app/signin/link/"
+            ):
+                web.wake_mail()
+
+        response = web.page(visitor, "signin_sent.html", title="Check your e-mail", flow=flow)
+        response.background = BackgroundTask(send_mail)
+        return response
+
+    async def signin_code(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
+        flow, code = form.get("flow", ""), form.get("code", "").strip().replace(" ", "")
+        if not TOKEN.fullmatch(flow):
+            return RedirectResponse("/app/signin", status_code=303)
+        if not web.redeem_per_client.allow(web.client(request)):
+            return _too_many(web, visitor)
+        member_id = None
+        if CODE.fullmatch(code):
+            member_id = await asyncio.to_thread(web.access.redeem_code, flow, code)
+        if member_id is None:
+            return web.page(
+                visitor,
+                "signin_sent.html",
+                400,
+                title="Check your e-mail",
+                flow=flow,
+                error="That code is wrong, used or expired. Check it, or ask for a new one.",
+            )
+        return await _signed_in(web, request, visitor, member_id)
+
+    async def signin_link_page(request: Request) -> Response:
+        visitor = await web.visitor(request)
+        token = request.path_params["token"]
+        usable = TOKEN.fullmatch(token) is not None and await asyncio.to_thread(
+            web.access.link_usable, token
+        )
+        if not usable:
+            return web.page(visitor, "signin_link.html", 410, title="Link expired", token=None)
+        # Mail scanners open links: only the button's POST signs in.
+        return web.page(visitor, "signin_link.html", title="Sign in", token=token)
+
+    async def signin_link(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
+        token = form.get("token", "")
+        if not web.redeem_per_client.allow(web.client(request)):
+            return _too_many(web, visitor)
+        member_id = None
+        if TOKEN.fullmatch(token):
+            member_id = await asyncio.to_thread(web.access.redeem_link, token)
+        if member_id is None:
+            return web.page(visitor, "signin_link.html", 410, title="Link expired", token=None)
+        return await _signed_in(web, request, visitor, member_id)
+
+    async def signout(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
+        if visitor.session is not None:
+            await asyncio.to_thread(web.access.end_session, visitor.cookie)
+        response = RedirectResponse("/app/signin", status_code=303)
+        response.delete_cookie(web.cookie, path="/", secure=web.https, httponly=True)
+        return response
+
+    async def signout_everywhere(
+        request: Request, visitor: Visitor, form: dict[str, str]
+    ) -> Response:
+        if visitor.session is None:
+            return RedirectResponse("/app/signin", status_code=303)
+        await asyncio.to_thread(web.access.end_all_sessions, visitor.session.member_id)
+        response = RedirectResponse("/app/signin", status_code=303)
+        response.delete_cookie(web.cookie, path="/", secure=web.https, httponly=True)
+        return response
+
+    async def membership(request: Request, visitor: Visitor) -> Response:
+        assert visitor.session is not None
+        member_id = visitor.session.member_id
+        m = await asyncio.to_thread(web.access.membership, member_id)
+        invoices = await asyncio.to_thread(web.access.invoices, member_id, 24)
+        return web.page(
+            visitor,
+            "membership.html",
+            title="Your membership",
+            m=m,
+            words=status_words(m),
+            invoices=invoices,
+        )
+
+    async def invoice(request: Request, visitor: Visitor) -> Response:
+        assert visitor.session is not None
+        raw = request.path_params["invoice_id"]
+        found = None
+        if re.fullmatch(r"[0-9]{1,12}", raw):
+            found = await asyncio.to_thread(web.access.invoice, visitor.session.member_id, int(raw))
+        if found is None:
+            return web.page(
+                visitor,
+                "message.html",
+                404,
+                title="No such invoice",
+                text="You have no invoice with that number.",
+            )
+        pay_url = web.billing.pay_link(found["id"]) if found["owed"] > 0 else None
+        return web.page(
+            visitor, "invoice.html", title=f"Invoice {found['id']}", inv=found, pay_url=pay_url
+        )
+
+    return [
+        Route("/", signed_in(membership), methods=["GET"]),
+        Route("/invoices/{invoice_id}", signed_in(invoice), methods=["GET"]),
+        Route("/signin", signin_form, methods=["GET"]),
+        Route("/signin", posted(signin_start), methods=["POST"]),
+        Route("/signin/code", posted(signin_code), methods=["POST"]),
+        Route("/signin/link/{token}", signin_link_page, methods=["GET"]),
+        Route("/signin/link", posted(signin_link), methods=["POST"]),
+        Route("/signout", posted(signout), methods=["POST"]),
+        Route("/signout-everywhere", posted(signout_everywhere), methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+
+
+async def _signed_in(web: Web, request: Request, visitor: Visitor, member_id: str) -> Response:
+    """Open a session: a new token replaces whatever cookie the browser had (no fixation)."""
+    token = await asyncio.to_thread(
+        web.access.open_session, member_id, request.headers.get("user-agent", "")
+    )
+    response = RedirectResponse("/app/", status_code=303)
+    web.set_cookie(response, token)
+    return response
+
+
+def _too_many(web: Web, visitor: Visitor) -> HTMLResponse:
+    response = web.page(
+        visitor,
+        "message.html",
+        429,
+        title="Too many tries",
+        text="Too many sign-in attempts from here or for this address. Wait a few minutes and try again.",
+    )
+    response.headers["Retry-After"] = "300"
+    return response
