@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from gated.web.security import (
     parse_proxies,
 )
 from gated.web.words import day
+
+log = logging.getLogger("gated.web")
 
 STATIC = Path(__file__).with_name("static")
 FORM_LIMIT = 64 * 1024
@@ -72,6 +75,8 @@ class Web:
     signin_per_client: RateLimit = field(default_factory=lambda: RateLimit(20, 600))
     signin_per_address: RateLimit = field(default_factory=lambda: RateLimit(5, 900))
     redeem_per_client: RateLimit = field(default_factory=lambda: RateLimit(30, 600))
+    # Work started by a request that outlives it (kept referenced until it ends).
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.access = self.billing.member_access()
@@ -94,6 +99,17 @@ class Web:
     @property
     def public_url(self) -> str:
         return self.billing.config.http.public_url.rstrip("/")
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the event loop apart from any request; a failure is logged."""
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=web_task_failed error=%r", task.exception())
 
     def client(self, request: Request) -> str:
         return client_address(request, self.proxies)
@@ -162,7 +178,9 @@ def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) ->
 
     web = Web(billing, wake_mail or (lambda: None))
     headers = Middleware(SecurityHeaders, https=web.https, static_prefix="/app/static/")
-    return [
-        Mount("/app", app=Starlette(routes=member.routes(web), middleware=[headers])),
-        Mount("/api/v1", app=Starlette(routes=api.routes(web), middleware=[headers])),
-    ]
+    mounts: list[BaseRoute] = []
+    for path, routes in (("/app", member.routes(web)), ("/api/v1", api.routes(web))):
+        app = Starlette(routes=routes, middleware=[headers])
+        app.state.web = web
+        mounts.append(Mount(path, app=app))
+    return mounts

@@ -9,7 +9,6 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -95,16 +94,16 @@ def routes(web: Web) -> list[BaseRoute]:
         flow = secrets.token_urlsafe(32)
 
         async def send_mail() -> None:
-            # After the answer has gone out: it is the same, and as fast, whether or not the
-            # address belongs to a member.
             if await asyncio.to_thread(
                 web.access.start_signin, email, flow, f"{web.public_url}/app/signin/link/"
             ):
                 web.wake_mail()
 
-        response = web.page(visitor, "signin_sent.html", title="Check your e-mail", flow=flow)
-        response.background = BackgroundTask(send_mail)
-        return response
+        # Apart from this request (not even a background task of its response, which would hold
+        # the connection the page's stylesheet comes through): the answer is the same, and as
+        # fast, whether or not the address belongs to a member.
+        web.spawn(send_mail())
+        return web.page(visitor, "signin_sent.html", title="Check your e-mail", flow=flow)
 
     async def signin_code(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
         flow, code = form.get("flow", ""), form.get("code", "").strip().replace(" ", "")

@@ -23,6 +23,7 @@ from gated.billing_sync.service import Billing
 from gated.web.app import web_routes
 from gated.web.security import client_address, parse_proxies
 from tests.billing.helpers import Clock, make_billing
+from tests.sync.helpers import wait_until
 from tests.web.helpers import SigninMail, hidden, parse_signin_mail
 
 
@@ -56,6 +57,12 @@ def client(app: Any) -> Iterator[TestClient]:
         yield c
 
 
+def settled(app: Any) -> None:
+    """Wait until the sign-in work requests started apart from themselves has finished."""
+    web = next(m.app.state.web for m in app.routes if isinstance(m, Mount) and m.path == "/app")
+    wait_until(lambda: not web.tasks, what="sign-in work done")
+
+
 def latest_mail(b: Billing, to: str) -> SigninMail | None:
     n = schema.notifications
     with b.engine.connect() as conn:
@@ -73,6 +80,7 @@ def ask(client: TestClient, email: str, **headers: str) -> tuple[str, str, Any]:
     csrf = hidden(client.get("/app/signin", headers=headers).text, "csrf")
     r = client.post("/app/signin", data={"email": email, "csrf": csrf}, headers=headers)
     flow = hidden(r.text, "flow") if r.status_code == 200 else ""
+    settled(client.app)
     return csrf, flow, r
 
 
