@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from gated.billing_sync.member_access import MemberSession
 from gated.contract import format_time
-from gated.web.app import BodyTooLarge, Visitor, Web, read_form
+from gated.web.app import Visitor, Web
 from gated.web.words import status_words
 
 
@@ -41,12 +41,10 @@ def routes(web: Web) -> list[BaseRoute]:
         handler: Callable[[Request, Visitor], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            visitor = await web.visitor(request)
-            try:
-                form = await read_form(request)
-            except BodyTooLarge:
+            visitor, _, refused = await web.submission(request)
+            if refused == 413:
                 return _error(413, "request body too large")
-            if not web.csrf_valid(request, visitor, form):
+            if refused:
                 return _error(403, "missing or wrong X-CSRF-Token")
             if visitor.session is None:
                 return _error(401, "sign in first")

@@ -123,6 +123,19 @@ class Web:
         session = await asyncio.to_thread(self.access.session, raw)
         return Visitor(raw, False, session, csrf_token(self.csrf_key, raw))
 
+    async def submission(self, request: Request) -> tuple[Visitor, dict[str, str], int]:
+        """A state-changing request: the visitor, its form, and 0, or the status it is refused
+        with (413 for a body over the form limit, 403 without this browser's CSRF token)."""
+        visitor = await self.visitor(request)
+        try:
+            form = await read_form(request)
+        except BodyTooLarge:
+            return visitor, {}, 413
+        if not self.csrf_valid(request, visitor, form):
+            log.warning("event=csrf_refused path=%s", request.url.path)
+            return visitor, form, 403
+        return visitor, form, 0
+
     def csrf_valid(self, request: Request, visitor: Visitor, form: dict[str, str]) -> bool:
         """A state-changing request's token: the form's ``csrf`` field or the X-CSRF-Token
         header (JSON), checked against the cookie the request came with."""

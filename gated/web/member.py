@@ -4,7 +4,6 @@ everywhere) and "my membership" with its invoices. Every page works without Java
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -14,10 +13,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gated.web.app import STATIC, BodyTooLarge, Visitor, Web, read_form
+from gated.web.app import STATIC, Visitor, Web
 from gated.web.words import status_words
-
-log = logging.getLogger("gated.web.member")
 
 # Loose on purpose: the address only has to be one we could have stored; the mail proves it.
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
@@ -45,10 +42,8 @@ def routes(web: Web) -> list[BaseRoute]:
         """A state-changing form: refused (403) without the CSRF token of this browser."""
 
         async def endpoint(request: Request) -> Response:
-            visitor = await web.visitor(request)
-            try:
-                form = await read_form(request)
-            except BodyTooLarge:
+            visitor, form, refused = await web.submission(request)
+            if refused == 413:
                 return web.page(
                     visitor,
                     "message.html",
@@ -56,8 +51,7 @@ def routes(web: Web) -> list[BaseRoute]:
                     title="Too much data",
                     text="That form was too large.",
                 )
-            if not web.csrf_valid(request, visitor, form):
-                log.warning("event=csrf_refused path=%s", request.url.path)
+            if refused:
                 return web.page(
                     visitor,
                     "message.html",
