@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Mount
 from gated.billing_sync.member_access import MemberAccess, MemberSession
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
+from gated.http_limits import FORM_BYTES
 from gated.web.ratelimit import RateLimit
 from gated.web.security import (
     SecurityHeaders,
@@ -39,7 +40,6 @@ from gated.web.words import day
 log = logging.getLogger("gated.web")
 
 STATIC = Path(__file__).with_name("static")
-FORM_LIMIT = 64 * 1024
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 
 
@@ -168,9 +168,10 @@ class Web:
         return response
 
 
-async def read_form(request: Request, limit: int = FORM_LIMIT) -> dict[str, str]:
-    """An urlencoded form, read while streaming so a body over ``limit`` is never held whole;
-    the first value of each field."""
+async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]:
+    """An urlencoded form, read while streaming so a body over ``limit`` is never held whole
+    (``serve`` also limits every body in ``gated.http_limits``; this keeps the app safe on its
+    own); the first value of each field."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
