@@ -49,6 +49,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="Head-office, credential and c
 plans_app = typer.Typer(no_args_is_help=True, help="Membership plans.")
 report_app = typer.Typer(no_args_is_help=True, help="Reports as tables or CSV.")
 clock_app = typer.Typer(no_args_is_help=True, help="The injected billing clock (demos, tests).")
+staff_app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console.")
 for sub, name in (
     (members_app, "members"),
     (cards_app, "cards"),
@@ -57,6 +58,7 @@ for sub, name in (
     (plans_app, "plans"),
     (report_app, "report"),
     (clock_app, "clock"),
+    (staff_app, "staff"),
 ):
     app.add_typer(sub, name=name)
 
@@ -676,3 +678,82 @@ def clock_show(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Print the billing clock."""
     with service(config) as billing:
         out.print(f"billing clock {_when(billing.clock())} UTC")
+
+
+# --- staff accounts -------------------------------------------------------------------------------
+
+RoleOpt = Annotated[str, typer.Option(help="front_desk, manager or owner (see docs/console.md).")]
+
+
+def _ask_password() -> str:
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@staff_app.command("add")
+def staff_add(
+    staff_id: str,
+    role: RoleOpt,
+    name: Annotated[
+        str | None, typer.Option(help="Shown in the console and the audit log.")
+    ] = None,
+    site: Annotated[
+        list[str] | None, typer.Option(help="A site this account acts on (repeat); default all.")
+    ] = None,
+    ask_password: Annotated[
+        bool, typer.Option("--ask-password", help="Type the password instead of a one-time one.")
+    ] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Add a staff account (the first owner, for one); prints a one-time password."""
+    password = _ask_password() if ask_password else None
+    with service(config) as billing:
+        made = billing.staff_access().add(staff_id, name or staff_id, role, site or [], password)
+    if password is None:
+        out.print(f"{staff_id}: one-time password {made} (changed at the first sign-in)")
+    else:
+        out.print(f"{staff_id}: added")
+
+
+@staff_app.command("list")
+def staff_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Every staff account with its role, sites and second factor."""
+    with service(config) as billing:
+        accounts = billing.staff_access().accounts()
+    rows = [
+        (
+            a.id,
+            a.name,
+            a.role,
+            " ".join(a.sites),
+            "yes" if a.totp_enrolled else "no",
+            "disabled" if a.disabled else ("setup" if a.needs_setup else "active"),
+        )
+        for a in accounts
+    ]
+    _table("Staff", ["id", "name", "role", "sites", "totp", "state"], rows, as_csv)
+
+
+@staff_app.command("disable")
+def staff_disable(staff_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Disable an account; its sessions end at once."""
+    with service(config) as billing:
+        billing.staff_access().disable(staff_id)
+    out.print(f"{staff_id}: disabled")
+
+
+@staff_app.command("reset")
+def staff_reset(
+    staff_id: str,
+    ask_password: Annotated[
+        bool, typer.Option("--ask-password", help="Type the password instead of a one-time one.")
+    ] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Recovery: a new password, TOTP enrolled again at the next sign-in, sessions ended."""
+    password = _ask_password() if ask_password else None
+    with service(config) as billing:
+        made = billing.staff_access().reset(staff_id, password)
+    if password is None:
+        out.print(f"{staff_id}: one-time password {made} (changed at the first sign-in)")
+    else:
+        out.print(f"{staff_id}: reset")

@@ -343,3 +343,40 @@ signin_tokens = Table(
     Column("expires_at", BigInteger, nullable=False),
     Column("used_at", BigInteger),
 )
+
+# Staff accounts for the console. Passwords are argon2 hashes; the TOTP seed is encrypted with the
+# card key (as card UIDs are); recovery codes are SHA-256 digests (random, so no salt is needed),
+# each struck out when used. ``totp_last_step`` is the last step a code was accepted for, so a
+# code works once.
+staff = Table(
+    "staff",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("sites", Text, nullable=False),
+    Column("password_hash", Text, nullable=False),
+    # A password someone else set (``staff add``/``reset``): changed at the first sign-in.
+    Column("must_change_password", Boolean, nullable=False),
+    Column("totp_secret", LargeBinary),
+    Column("totp_enrolled_at", BigInteger),
+    Column("totp_last_step", BigInteger),
+    Column("recovery_codes", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("disabled_at", BigInteger),
+)
+
+# Staff sessions, apart from members' (own table, own cookie). ``setup_only`` is a session that
+# proved the password but still has to change it or enrol TOTP: it opens the setup page only.
+staff_sessions = Table(
+    "staff_sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("staff_id", ID, ForeignKey("staff.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+    Column("setup_only", Boolean, nullable=False),
+    Column("user_agent", String(200), nullable=False),
+    Column("address", String(64), nullable=False),
+)

@@ -13,6 +13,7 @@ concern:
 * ``webhooks``: payment-provider events (intent updates, disputes, cards);
 * ``gates``: gate tokens and attendance events;
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
+* ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
 """
@@ -41,6 +42,7 @@ from gated.billing_sync.gateway import ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
+from gated.billing_sync.staff import StaffAccess
 from gated.config import BillingConfig
 
 __all__ = ["Billing", "CycleReport", "PlanSpec"]
@@ -302,3 +304,9 @@ class Billing:
     def member_access(self) -> MemberAccess:
         """Sign-in, sessions and a member's own data for the member app (gated.web)."""
         return MemberAccess(self)
+
+    # --- the staff console ------------------------------------------------------------------
+
+    def staff_access(self) -> StaffAccess:
+        """Staff accounts, their second factor and sessions (``gated-billing staff``, gated.web)."""
+        return StaffAccess(self)

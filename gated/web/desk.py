@@ -1,0 +1,386 @@
+"""The staff console under ``/desk/`` and its JSON twin under ``/api/v1/staff/``: staff sign-in
+(password, then TOTP for managers and owners), first-time setup, and every page behind one guard
+that checks the session, the role (``gated.billing_sync.permissions``) and the CSRF token on the
+server. Staff sessions have their own cookie; a member's session opens nothing here."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import segno
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gated.billing_sync import totp
+from gated.billing_sync.errors import BillingError
+from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
+from gated.web.app import STATIC, BodyTooLarge, Web, read_form
+from gated.web.security import csrf_ok, csrf_token
+from gated.web.slowdown import (
+    ACCOUNT_CAP_S,
+    ACCOUNT_FREE,
+    CLIENT_CAP_S,
+    CLIENT_FREE,
+    Slowdown,
+)
+
+log = logging.getLogger("gated.web.desk")
+
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+STAFF_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass
+class StaffVisitor:
+    """The browser behind a console request: its staff cookie (made now if it had none), the
+    staff session it opens (if any) and the CSRF token bound to it."""
+
+    cookie: str
+    new_cookie: bool
+    session: StaffSession | None
+    csrf: str
+
+
+class Rule(NamedTuple):
+    """One guarded route: the permission it needs (None: any signed-in staff member)."""
+
+    method: str
+    path: str
+    action: str | None
+    handler: str
+
+
+# Every guarded console page and staff API call with the action it needs: the guard enforces
+# it, and the tests try each one with every role, without a session and with a member's.
+RULES: list[Rule] = [
+    Rule("GET", "/desk/", "view_members", "home"),
+    Rule("POST", "/desk/signout", None, "signout"),
+    Rule("GET", "/api/v1/staff/session", None, "api_session"),
+]
+
+
+@dataclass
+class Desk:
+    """What every console handler shares."""
+
+    web: Web
+    access: StaffAccess = field(init=False)
+    cookie: str = field(init=False)
+    csrf_key: bytes = field(init=False)
+    per_account: Slowdown = field(default_factory=lambda: Slowdown(ACCOUNT_FREE, ACCOUNT_CAP_S))
+    per_client: Slowdown = field(default_factory=lambda: Slowdown(CLIENT_FREE, CLIENT_CAP_S))
+
+    def __post_init__(self) -> None:
+        self.access = self.web.billing.staff_access()
+        self.cookie = "__Host-gated-staff" if self.web.https else "gated-staff"
+        # Its own key: a member cookie's token never passes as a staff one's.
+        self.csrf_key = hmac.new(
+            self.web.billing.keys.card_key, b"desk-csrf", hashlib.sha256
+        ).digest()
+
+    async def visitor(self, request: Request) -> StaffVisitor:
+        raw = request.cookies.get(self.cookie, "")
+        if not _COOKIE_VALUE.fullmatch(raw):
+            raw = secrets.token_urlsafe(32)
+            return StaffVisitor(raw, True, None, csrf_token(self.csrf_key, raw))
+        session = await asyncio.to_thread(self.access.session, raw)
+        return StaffVisitor(raw, False, session, csrf_token(self.csrf_key, raw))
+
+    def csrf_valid(self, request: Request, visitor: StaffVisitor, form: dict[str, str]) -> bool:
+        if visitor.new_cookie:
+            return False
+        token = form.get("csrf") or request.headers.get("x-csrf-token")
+        return csrf_ok(self.csrf_key, visitor.cookie, token)
+
+    def set_cookie(self, response: Response, value: str) -> None:
+        response.set_cookie(
+            self.cookie,
+            value,
+            max_age=SESSION_S,
+            path="/",
+            secure=self.web.https,
+            httponly=True,
+            samesite="lax",
+        )
+
+    def page(
+        self, visitor: StaffVisitor, template: str, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        """Render a console page; a new visitor's cookie goes out with it."""
+        staff = (
+            visitor.session.staff if visitor.session and not visitor.session.setup_only else None
+        )
+        html = self.web.templates.get_template(template).render(
+            csrf=visitor.csrf, staff=staff, **context
+        )
+        response = HTMLResponse(html, status_code=status)
+        if visitor.new_cookie:
+            self.set_cookie(response, visitor.cookie)
+        return response
+
+    def message(self, visitor: StaffVisitor, status: int, title: str, text: str) -> HTMLResponse:
+        return self.page(visitor, "desk_message.html", status, title=title, text=text)
+
+
+Handler = Callable[[Request, StaffVisitor, dict[str, str]], Awaitable[Response]]
+
+
+def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The one check every console route goes through: a full staff session (else the sign-in
+    page, or 401 for the API), the role's permission for the rule's action (else 403), and for
+    a POST the body limit and this browser's CSRF token (else 413 or 403)."""
+    api = rule.path.startswith("/api/")
+
+    async def endpoint(request: Request) -> Response:
+        visitor = await desk.visitor(request)
+        session = visitor.session
+        if session is None or session.setup_only:
+            if api:
+                return JSONResponse({"error": "sign in first"}, 401)
+            return RedirectResponse("/desk/setup" if session else "/desk/signin", status_code=303)
+        if rule.action is not None and not session.staff.may(rule.action):
+            log.warning(
+                "event=desk_forbidden staff=%s role=%s action=%s",
+                session.staff.id,
+                session.staff.role,
+                rule.action,
+            )
+            if api:
+                return JSONResponse({"error": "your role may not do this"}, 403)
+            return desk.message(visitor, 403, "Not allowed", "Your role may not do this.")
+        form: dict[str, str] = {}
+        if rule.method == "POST":
+            try:
+                form = await read_form(request)
+            except BodyTooLarge:
+                return desk.message(visitor, 413, "Too much data", "That form was too large.")
+            if not desk.csrf_valid(request, visitor, form):
+                log.warning("event=csrf_refused path=%s", request.url.path)
+                if api:
+                    return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
+                return desk.message(
+                    visitor,
+                    403,
+                    "Please try again",
+                    "This form had expired. Open the page again and resend it.",
+                )
+        return await handler(request, visitor, form)
+
+    return endpoint
+
+
+def roots(web: Web) -> list[tuple[str, list[BaseRoute]]]:
+    """The console (``/desk``) and the staff API (``/api/v1/staff``), for ``web_routes``."""
+    desk = Desk(web)
+    handlers = _handlers(desk)
+    pages: list[BaseRoute] = [
+        Route("/signin", handlers["signin_form"], methods=["GET"]),
+        Route("/signin", handlers["signin"], methods=["POST"]),
+        Route("/setup", handlers["setup_form"], methods=["GET"]),
+        Route("/setup", handlers["setup"], methods=["POST"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    api: list[BaseRoute] = []
+    for rule in RULES:
+        endpoint = guard(desk, rule, handlers[rule.handler])
+        if rule.path.startswith("/desk/"):
+            pages.append(Route(rule.path[len("/desk") :], endpoint, methods=[rule.method]))
+        else:
+            api.append(Route(rule.path[len("/api/v1/staff") :], endpoint, methods=[rule.method]))
+    return [("/desk", pages), ("/api/v1/staff", api)]
+
+
+def _handlers(desk: Desk) -> dict[str, Any]:
+    web = desk.web
+    access = desk.access
+
+    async def signin_form(request: Request) -> Response:
+        visitor = await desk.visitor(request)
+        if visitor.session is not None and not visitor.session.setup_only:
+            return RedirectResponse("/desk/", status_code=303)
+        return desk.page(visitor, "desk_signin.html", title="Staff sign-in")
+
+    async def signin(request: Request) -> Response:
+        visitor = await desk.visitor(request)
+        try:
+            form = await read_form(request)
+        except BodyTooLarge:
+            return desk.message(visitor, 413, "Too much data", "That form was too large.")
+        if not desk.csrf_valid(request, visitor, form):
+            return desk.message(
+                visitor, 403, "Please try again", "This form had expired. Open the page again."
+            )
+        staff_id = form.get("staff_id", "").strip()
+        password = form.get("password", "")
+        code = form.get("code", "")
+        client = web.client(request)
+        wait = max(desk.per_account.wait(staff_id.lower()), desk.per_client.wait(client))
+        if wait > 0:
+            response = desk.page(
+                visitor,
+                "desk_signin.html",
+                429,
+                title="Staff sign-in",
+                staff_id=staff_id[:64],
+                error=f"Too many failed sign-ins. Wait {int(wait) + 1} seconds and try again.",
+            )
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        staff = None
+        if STAFF_ID.fullmatch(staff_id) and 0 < len(password) <= 1024:
+            staff = await asyncio.to_thread(access.check_password, staff_id, password)
+        if (
+            staff is not None
+            and staff.totp_enrolled
+            and not await asyncio.to_thread(access.check_second_factor, staff.id, code[:32])
+        ):
+            staff = None
+        if staff is None:
+            desk.per_account.failed(staff_id.lower())
+            desk.per_client.failed(client)
+            log.warning("event=staff_signin_failed client=%s", client)
+            return desk.page(
+                visitor,
+                "desk_signin.html",
+                400,
+                title="Staff sign-in",
+                staff_id=staff_id[:64],
+                error="The name, password or code is wrong.",
+            )
+        desk.per_account.succeeded(staff_id.lower())
+        desk.per_client.succeeded(client)
+        token = await asyncio.to_thread(
+            access.open_session,
+            staff.id,
+            request.headers.get("user-agent", ""),
+            client,
+            setup_only=staff.needs_setup,
+        )
+        # A new token replaces whatever cookie the browser had (no session fixation).
+        opened = RedirectResponse("/desk/setup" if staff.needs_setup else "/desk/", status_code=303)
+        desk.set_cookie(opened, token)
+        return opened
+
+    async def setup_form(request: Request) -> Response:
+        visitor = await desk.visitor(request)
+        if visitor.session is None:
+            return RedirectResponse("/desk/signin", status_code=303)
+        if not visitor.session.setup_only:
+            return RedirectResponse("/desk/", status_code=303)
+        return await _setup_page(visitor, 200)
+
+    async def _setup_page(visitor: StaffVisitor, status: int, error: str = "") -> Response:
+        assert visitor.session is not None
+        staff = visitor.session.staff
+        qr = key = None
+        if staff.needs_totp and not staff.totp_enrolled:
+            seed = await asyncio.to_thread(access.totp_pending, staff.id)
+            uri = totp.provisioning_uri(seed, staff.id, "gated")
+            qr = segno.make(uri, error="m").svg_data_uri(scale=4, dark="#000", light="#fff")
+            key = " ".join(re.findall(".{1,4}", totp.b32(seed)))
+        return desk.page(
+            visitor,
+            "desk_setup.html",
+            status,
+            title="Set up your account",
+            who=staff,
+            qr=qr,
+            key=key,
+            error=error,
+        )
+
+    async def setup(request: Request) -> Response:
+        visitor = await desk.visitor(request)
+        session = visitor.session
+        if session is None:
+            return RedirectResponse("/desk/signin", status_code=303)
+        if not session.setup_only:
+            return RedirectResponse("/desk/", status_code=303)
+        try:
+            form = await read_form(request)
+        except BodyTooLarge:
+            return desk.message(visitor, 413, "Too much data", "That form was too large.")
+        if not desk.csrf_valid(request, visitor, form):
+            return desk.message(
+                visitor, 403, "Please try again", "This form had expired. Open the page again."
+            )
+        staff = session.staff
+        if staff.must_change_password:
+            new = form.get("password", "")
+            if new != form.get("password2", ""):
+                return await _setup_page(visitor, 400, "The two passwords differ.")
+            try:
+                await asyncio.to_thread(access.set_password, staff.id, new)
+            except BillingError as exc:
+                return await _setup_page(visitor, 400, str(exc) + ".")
+        recovery: list[str] | None = None
+        if staff.needs_totp and not staff.totp_enrolled:
+            recovery = await asyncio.to_thread(
+                access.totp_confirm, staff.id, form.get("code", "")[:32]
+            )
+            if recovery is None:
+                return await _setup_page(
+                    visitor, 400, "That code is wrong. Type the code your app shows now."
+                )
+        # Setup done: the setup session ends and a full one replaces it.
+        await asyncio.to_thread(access.end_session, visitor.cookie)
+        token = await asyncio.to_thread(
+            access.open_session,
+            staff.id,
+            request.headers.get("user-agent", ""),
+            web.client(request),
+        )
+        if recovery:
+            full = StaffVisitor(token, False, None, csrf_token(desk.csrf_key, token))
+            response: Response = desk.page(
+                full, "desk_recovery.html", title="Your recovery codes", codes=recovery
+            )
+        else:
+            response = RedirectResponse("/desk/", status_code=303)
+        desk.set_cookie(response, token)
+        return response
+
+    async def signout(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        await asyncio.to_thread(access.end_session, visitor.cookie)
+        response = RedirectResponse("/desk/signin", status_code=303)
+        response.delete_cookie(desk.cookie, path="/", secure=web.https, httponly=True)
+        return response
+
+    async def home(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        return desk.page(visitor, "desk_home.html", title="Front desk")
+
+    async def api_session(
+        request: Request, visitor: StaffVisitor, form: dict[str, str]
+    ) -> Response:
+        assert visitor.session is not None
+        staff = visitor.session.staff
+        return JSONResponse(
+            {
+                "staff_id": staff.id,
+                "name": staff.name,
+                "role": staff.role,
+                "sites": list(staff.sites),
+                "expires_at": visitor.session.expires_at,
+                "csrf": visitor.csrf,
+            }
+        )
+
+    return {
+        "signin_form": signin_form,
+        "signin": signin,
+        "setup_form": setup_form,
+        "setup": setup,
+        "signout": signout,
+        "home": home,
+        "api_session": api_session,
+    }

@@ -1,0 +1,250 @@
+"""The staff console in process (starlette's TestClient over the real app and a real SQLite
+store): sign-in with password and TOTP, first-time setup, replayed and wrong codes, the
+slow-down, and every guarded route and staff API call tried with each role, without a session,
+with a member's session and without a CSRF token (table-driven from ``desk.RULES`` and the
+permission table)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from gated.billing_sync import totp
+from gated.billing_sync.permissions import ROLES, allowed
+from gated.billing_sync.server import create_app
+from gated.billing_sync.service import Billing
+from gated.web import desk
+from gated.web.app import web_routes
+from gated.web.slowdown import ACCOUNT_CAP_S, Slowdown
+from tests.billing.helpers import Clock, make_billing
+from tests.sync.helpers import wait_until
+from tests.web.conftest import XSS_NAME
+from tests.web.helpers import hidden
+
+PASSWORD = "a long staff password"
+
+
+@pytest.fixture
+def billing(tmp_path: Path) -> tuple[Billing, Clock]:
+    b, clock = make_billing(tmp_path)
+    b.add_member(
+        "ann",
+        XSS_NAME,
+        plan_id="monthly",
+        email="ann@example.com",
+        sites=["downtown"],
+        payment_method="pm_sim_ok",
+    )
+    b.add_member(
+        "upt", "Una Uptown", plan_id="monthly", sites=["uptown"], payment_method="pm_sim_ok"
+    )
+    access = b.staff_access()
+    for role in ROLES:
+        access.add(role, role.title(), role, ["downtown"], PASSWORD)
+    return b, clock
+
+
+@pytest.fixture
+def app(billing: tuple[Billing, Clock]) -> Any:
+    b, _ = billing
+    return create_app(b, None, web_routes(b))
+
+
+@pytest.fixture
+def client(app: Any) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
+
+
+def enrol(client: TestClient, b: Billing, clock: Clock, staff_id: str) -> bytes:
+    """Sign in with the password and finish setup; returns the TOTP seed (if one was needed)."""
+    r = signin(client, staff_id, PASSWORD)
+    seed = b""
+    if r.url.path == "/desk/setup":
+        seed = b.staff_access().totp_pending(staff_id)
+        csrf = hidden(r.text, "csrf")
+        r = client.post("/desk/setup", data={"csrf": csrf, "code": totp.code_at(seed, clock())})
+        assert r.status_code == 200 and "recovery codes" in r.text, r.text
+    return seed
+
+
+def signin(client: TestClient, staff_id: str, password: str, code: str = "") -> Any:
+    csrf = hidden(client.get("/desk/signin").text, "csrf")
+    return client.post(
+        "/desk/signin",
+        data={"csrf": csrf, "staff_id": staff_id, "password": password, "code": code},
+    )
+
+
+def test_password_then_totp_setup_then_totp_at_each_sign_in(
+    client: TestClient, app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    b, clock = billing
+    # An owner with a one-time password: setup asks for a new password and TOTP together.
+    one_time = b.staff_access().add("olga", "Olga", "owner", [], None)
+    r = signin(client, "olga", one_time)
+    assert r.url.path == "/desk/setup"
+    cookie = r.history[0].headers["set-cookie"]
+    assert "gated-staff=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert 'src="data:image/svg+xml' in r.text  # the enrolment QR, inline
+    key = re.search(r'<code id="totp-key">([A-Z2-7 ]+)</code>', r.text)
+    assert key
+    seed = b.staff_access().totp_pending("olga")
+    assert key[1].replace(" ", "") == totp.b32(seed)
+    # A setup session opens nothing else.
+    assert client.get("/desk/").url.path == "/desk/setup"
+    assert client.get("/api/v1/staff/session").status_code == 401
+    csrf = hidden(r.text, "csrf")
+    r = client.post(
+        "/desk/setup",
+        data={
+            "csrf": csrf,
+            "password": "new password 1",
+            "password2": "new password 1",
+            "code": "000000",
+        },
+    )
+    assert r.status_code == 400 and "code is wrong" in r.text
+    code = totp.code_at(seed, clock())
+    r = client.post(
+        "/desk/setup",
+        data={
+            "csrf": csrf,
+            "password": "new password 1",
+            "password2": "new password 1",
+            "code": code,
+        },
+    )
+    assert r.status_code == 200
+    recovery = re.findall(r"<code>([0-9a-f]{5}-[0-9a-f]{5})</code>", r.text)
+    assert len(recovery) == 8
+    assert client.get("/api/v1/staff/session").json()["role"] == "owner"
+
+    # Next sign-in, in another browser: password + code; the same code a second time is
+    # refused, a wrong one too; a recovery code works once.
+    with TestClient(app) as other:
+        assert signin(other, "olga", "new password 1").status_code == 400  # no code
+        assert signin(other, "olga", "new password 1", code).status_code == 400  # replayed
+        clock.now += 30
+        fresh = totp.code_at(seed, clock())
+        assert signin(other, "olga", "new password 1", "123456").status_code == 400
+        # Three failures make the account wait a little; then the right code signs in.
+        r = not_slowed(lambda: signin(other, "olga", "new password 1", fresh))
+        assert r.status_code == 200 and r.url.path == "/desk/", r.text
+    with TestClient(app) as third:
+        assert signin(third, "olga", "new password 1", fresh).status_code == 400  # used
+        r = not_slowed(lambda: signin(third, "olga", "new password 1", recovery[0]))
+        assert r.url.path == "/desk/"
+        third.cookies.clear()
+        r = not_slowed(lambda: signin(third, "olga", "new password 1", recovery[0]))
+        assert r.status_code == 400
+
+
+def not_slowed(attempt: Any) -> Any:
+    """The first answer to ``attempt`` that is not a 429 (the slow-down's wait passed)."""
+    answers: list[Any] = []
+
+    def tried() -> bool:
+        answers.append(attempt())
+        return bool(answers[-1].status_code != 429)
+
+    wait_until(tried, timeout=10, what="the sign-in wait to pass")
+    return answers[-1]
+
+
+def test_failures_slow_down_per_account_and_client_without_locking_out(
+    app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    with TestClient(app) as c:
+        for _ in range(3):
+            assert signin(c, "front_desk", "wrong password!").status_code == 400
+        r = signin(c, "front_desk", PASSWORD)  # right, but inside the wait: not even checked
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "Wait" in r.text
+        assert not_slowed(lambda: signin(c, "front_desk", PASSWORD)).status_code == 200
+        assert c.get("/api/v1/staff/session").json()["staff_id"] == "front_desk"
+    with TestClient(app) as c:
+        # Per client: many names guessed from one address slow that address down.
+        for n in range(5):
+            assert signin(c, f"guess{n}", "wrong password!").status_code == 400
+        assert signin(c, "manager", PASSWORD).status_code == 429
+
+
+def test_the_account_wait_is_capped_so_nobody_is_locked_out() -> None:
+    now = [0.0]
+    slow = Slowdown(3, ACCOUNT_CAP_S, clock=lambda: now[0])
+    for _ in range(1000):
+        slow.failed("olga")
+    assert 0 < slow.wait("olga") <= ACCOUNT_CAP_S
+    now[0] += ACCOUNT_CAP_S
+    assert slow.wait("olga") == 0
+    slow.succeeded("olga")
+    assert slow.wait("olga") == 0
+
+
+def _path(rule: desk.Rule) -> str:
+    return rule.path.replace("{member_id}", "ann")
+
+
+def _session(b: Billing, role: str) -> str:
+    return b.staff_access().open_session(role, "test", "127.0.0.1")
+
+
+def _call(client: TestClient, rule: desk.Rule, **kwargs: Any) -> Any:
+    if rule.method == "GET":
+        return client.get(_path(rule), follow_redirects=False, **kwargs)
+    return client.post(_path(rule), follow_redirects=False, **kwargs)
+
+
+def _refused_without_staff(rule: desk.Rule, r: Any) -> None:
+    if rule.path.startswith("/api/"):
+        assert r.status_code == 401, (rule, r.status_code)
+    else:
+        assert r.status_code == 303 and r.headers["location"] == "/desk/signin", rule
+
+
+def test_every_rule_with_every_role_and_without_a_staff_session(
+    app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    member_token = b.member_access().open_session("ann", "test")
+    assert desk.RULES
+    for rule in desk.RULES:
+        with TestClient(app) as c:
+            _refused_without_staff(rule, _call(c, rule))
+            # A member's session, under its own cookie and under the staff one: nothing.
+            c.cookies.set("gated-member", member_token)
+            _refused_without_staff(rule, _call(c, rule))
+            c.cookies.set("gated-staff", member_token)
+            _refused_without_staff(rule, _call(c, rule))
+        for role in ROLES:
+            with TestClient(app) as c:
+                token = _session(b, role)
+                c.cookies.set("gated-staff", token)
+                csrf = desk.csrf_token(desk.Desk(app_web(app)).csrf_key, token)
+                if rule.method == "POST":
+                    # Never without this browser's CSRF token, whatever the role.
+                    assert _call(c, rule).status_code == 403, (rule, role)
+                    r = _call(c, rule, headers={"x-csrf-token": csrf})
+                else:
+                    r = _call(c, rule)
+                may = rule.action is None or allowed(role, rule.action)
+                if may:
+                    assert r.status_code not in (401, 403), (rule, role, r.status_code)
+                    if rule.handler == "signout":
+                        assert b.staff_access().session(token) is None
+                    else:
+                        assert r.headers.get("location") != "/desk/signin", (rule, role)
+                else:
+                    assert r.status_code == 403, (rule, role, r.status_code)
+
+
+def app_web(app: Any) -> Any:
+    from starlette.routing import Mount
+
+    return next(m.app.state.web for m in app.routes if isinstance(m, Mount) and m.path == "/app")
