@@ -15,7 +15,7 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gated.billing_sync import reports
+from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
@@ -153,6 +154,12 @@ def service(config_path: Path) -> Iterator[Billing]:
         billing.engine.dispose()
 
 
+def _audit(billing: Billing, action: str, member_id: str | None) -> AbstractContextManager[Entry]:
+    """Every command that changes money, status, cards or access runs inside this: the audit
+    log records it as the Unix user, with the member's fields before and after."""
+    return billing.audited(Actor.unix_user(), action, member_id)
+
+
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], as_csv: bool) -> None:
     if as_csv:
         writer = csv.writer(sys.stdout)
@@ -249,18 +256,19 @@ def members_add(
 ) -> None:
     """Enrol a member and bill the first period now."""
     with service(config) as billing:
-        report = billing.add_member(
-            member_id,
-            name,
-            plan_id=plan,
-            email=email,
-            sites=site,
-            payer_id=payer,
-            payment_method=card,
-            role="staff" if staff else "member",
-            with_qr=qr,
-            start_at=_parse_date(start),
-        )
+        with _audit(billing, "enrol", member_id):
+            report = billing.add_member(
+                member_id,
+                name,
+                plan_id=plan,
+                email=email,
+                sites=site,
+                payer_id=payer,
+                payment_method=card,
+                role="staff" if staff else "member",
+                with_qr=qr,
+                start_at=_parse_date(start),
+            )
         status = billing.member(member_id)["status"]
         out.print(f"{member_id}: {status} ({_report_line(report)})")
 
@@ -340,7 +348,8 @@ def members_import(file: Path, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def members_erase(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Erase personal data and cards; the gates receive a signed tombstone."""
     with service(config) as billing:
-        billing.erase(member_id)
+        with _audit(billing, "erase", member_id):
+            billing.erase(member_id)
         out.print(f"{member_id}: erased")
 
 
@@ -352,7 +361,8 @@ def members_set_card(
 ) -> None:
     """Save a new payment method and retry what is owed right away."""
     with service(config) as billing:
-        report = billing.set_payment_method(member_id, card)
+        with _audit(billing, "set_payment_method", member_id):
+            report = billing.set_payment_method(member_id, card)
         out.print(f"{member_id}: {billing.member(member_id)['status']} ({_report_line(report)})")
 
 
@@ -363,7 +373,8 @@ def members_set_card(
 def cards_assign(member_id: str, uid: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Enrol a card UID (as `gatectl enroll` prints it) for a member."""
     with service(config) as billing:
-        billing.assign_card(member_id, uid)
+        with _audit(billing, "assign_card", member_id):
+            billing.assign_card(member_id, uid)
         out.print(f"{member_id}: card assigned")
 
 
@@ -371,7 +382,8 @@ def cards_assign(member_id: str, uid: str, config: ConfigOpt = DEFAULT_CONFIG) -
 def cards_revoke(member_id: str, uid: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Revoke a member's card; gates drop it with the next state."""
     with service(config) as billing:
-        billing.revoke_card(member_id, uid)
+        with _audit(billing, "revoke_card", member_id):
+            billing.revoke_card(member_id, uid)
         out.print(f"{member_id}: card revoked")
 
 
@@ -460,22 +472,24 @@ def plans_add(
             windows = json.loads(schedule) if schedule else []
         except ValueError as exc:
             raise _fail(f"--schedule is not JSON: {exc}") from exc
-        billing.add_plan(
-            PlanSpec(
-                plan_id,
-                name,
-                price,
-                currency or billing.config.currency,
-                period_months,
-                tax_rate_bp,
-                windows,
-                list(zone or []),
-                daily_limit,
-                min_term_months,
-                freeze_fee,
-                auto_renew,
+        with _audit(billing, "manage_plans", None) as entry:
+            entry.detail.update(plan=plan_id, price=price)
+            billing.add_plan(
+                PlanSpec(
+                    plan_id,
+                    name,
+                    price,
+                    currency or billing.config.currency,
+                    period_months,
+                    tax_rate_bp,
+                    windows,
+                    list(zone or []),
+                    daily_limit,
+                    min_term_months,
+                    freeze_fee,
+                    auto_renew,
+                )
             )
-        )
         out.print(f"plan {plan_id} saved")
 
 
@@ -529,7 +543,8 @@ def freeze(
 ) -> None:
     """Freeze a current member for 1-3 months (contract extended, fee billed)."""
     with service(config) as billing:
-        billing.freeze(member_id, months, _parse_date(start))
+        with _audit(billing, "freeze", member_id):
+            billing.freeze(member_id, months, _parse_date(start))
         info = billing.member(member_id)
         out.print(f"{member_id}: {info['status']}, freeze {info['freeze']}")
 
@@ -538,7 +553,8 @@ def freeze(
 def unfreeze(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """End a freeze now."""
     with service(config) as billing:
-        billing.unfreeze(member_id)
+        with _audit(billing, "unfreeze", member_id):
+            billing.unfreeze(member_id)
         out.print(f"{member_id}: {billing.member(member_id)['status']}")
 
 
@@ -546,7 +562,8 @@ def unfreeze(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def cancel(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Cancel at the end of the paid period or the minimum term."""
     with service(config) as billing:
-        when = billing.cancel(member_id)
+        with _audit(billing, "cancel", member_id):
+            when = billing.cancel(member_id)
         out.print(f"{member_id}: pending_cancel until {_when(when)}")
 
 
@@ -561,9 +578,11 @@ def charge_extra(
 ) -> None:
     """Bill an extra on its own invoice and charge it now."""
     with service(config) as billing:
-        report = billing.charge_extra(
-            member_id, kind, description or kind.replace("_", " "), amount, tax_rate_bp
-        )
+        with _audit(billing, "charge_extra", member_id) as entry:
+            report = billing.charge_extra(
+                member_id, kind, description or kind.replace("_", " "), amount, tax_rate_bp
+            )
+            entry.detail.update(kind=kind, amount=amount)
         out.print(f"{member_id}: {_report_line(report)}")
 
 
@@ -583,7 +602,9 @@ def pay(
 ) -> None:
     """Record a payment taken at the front desk; the member is let in again at once."""
     with service(config) as billing:
-        paid = billing.record_payment(member_id, amount, method, reference)
+        with _audit(billing, "take_payment", member_id) as entry:
+            paid = billing.record_payment(member_id, amount, method, reference)
+            entry.detail.update(amount=paid, method=method)
         out.print(f"{member_id}: paid {paid}, now {billing.member(member_id)['status']}")
 
 
@@ -706,8 +727,9 @@ def staff_add(
 ) -> None:
     """Add a staff account (the first owner, for one); prints a one-time password."""
     password = _ask_password() if ask_password else None
-    with service(config) as billing:
+    with service(config) as billing, _audit(billing, "staff_add", None) as entry:
         made = billing.staff_access().add(staff_id, name or staff_id, role, site or [], password)
+        entry.detail.update(staff=staff_id, role=role)
     if password is None:
         out.print(f"{staff_id}: one-time password {made} (changed at the first sign-in)")
     else:
@@ -736,8 +758,9 @@ def staff_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> No
 @staff_app.command("disable")
 def staff_disable(staff_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Disable an account; its sessions end at once."""
-    with service(config) as billing:
+    with service(config) as billing, _audit(billing, "staff_disable", None) as entry:
         billing.staff_access().disable(staff_id)
+        entry.detail.update(staff=staff_id)
     out.print(f"{staff_id}: disabled")
 
 
@@ -751,8 +774,9 @@ def staff_reset(
 ) -> None:
     """Recovery: a new password, TOTP enrolled again at the next sign-in, sessions ended."""
     password = _ask_password() if ask_password else None
-    with service(config) as billing:
+    with service(config) as billing, _audit(billing, "staff_reset", None) as entry:
         made = billing.staff_access().reset(staff_id, password)
+        entry.detail.update(staff=staff_id)
     if password is None:
         out.print(f"{staff_id}: one-time password {made} (changed at the first sign-in)")
     else:

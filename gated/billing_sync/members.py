@@ -13,6 +13,7 @@ from typing import Any
 import nacl.signing
 from sqlalchemy import Row, delete, func, insert, select, update
 
+from gated.billing_sync import audit
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context
@@ -243,6 +244,7 @@ def erase(ctx: Context, member_id: str) -> None:
     load_one(ctx, member_id)
     with ctx.engine.begin() as conn:
         conn.execute(delete(s.cards).where(s.cards.c.member_id == member_id))
+        audit.redact_member(conn, member_id)
         conn.execute(
             update(s.members)
             .where(s.members.c.id == member_id)

@@ -380,3 +380,24 @@ staff_sessions = Table(
     Column("user_agent", String(200), nullable=False),
     Column("address", String(64), nullable=False),
 )
+
+# Who changed money, status, cards or access, and how: one append-only table for the console
+# (a staff account and its role) and the CLI (the Unix user). ``changes`` is JSON
+# ``{field: [before, after]}`` of a member's account fields (status, plan, dates, amounts, card
+# counts: never a name, an address or a card UID); ``detail`` holds ids (an invoice, a card row,
+# a gate). Rows are only ever added; erasing a member blanks the values of that member's rows,
+# keeping the field names.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False, index=True),
+    Column("actor_kind", String(8), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("member_id", ID, index=True),
+    Column("changes", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("address", String(64), nullable=False),
+)

@@ -14,6 +14,7 @@ concern:
 * ``gates``: gate tokens and attendance events;
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
+* ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
 """
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Engine, Row
 
 from gated.billing_sync import (
+    audit,
     cycle,
     gates,
     invoices,
@@ -36,6 +39,7 @@ from gated.billing_sync import (
     publishing,
     webhooks,
 )
+from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context, advance_clock
 from gated.billing_sync.gateway import ChargeResult, PaymentGateway
@@ -310,3 +314,18 @@ class Billing:
     def staff_access(self) -> StaffAccess:
         """Staff accounts, their second factor and sessions (``gated-billing staff``, gated.web)."""
         return StaffAccess(self)
+
+    # --- the audit log ----------------------------------------------------------------------
+
+    def audited(
+        self, actor: Actor, action: str, member_id: str | None
+    ) -> AbstractContextManager[Entry]:
+        """Run an action inside this and it is recorded with the member's fields before and
+        after (nothing is recorded if it raises); set ids worth keeping on ``entry.detail``."""
+        return audit.audited(self.ctx, actor, action, member_id)
+
+    def audit_entries(
+        self, *, member_id: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit rows, newest first (older than ``before_id``), optionally of one member."""
+        return audit.entries(self.ctx, member_id=member_id, limit=limit, before_id=before_id)

@@ -6,13 +6,17 @@ server. Staff sessions have their own cookie; a member's session opens nothing h
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import hmac
+import io
+import json
 import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import segno
@@ -38,6 +42,25 @@ log = logging.getLogger("gated.web.desk")
 
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 STAFF_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+AUDIT_PAGE = 100
+AUDIT_EXPORT = 100_000
+AUDIT_COLUMNS = (
+    "id",
+    "at",
+    "actor_kind",
+    "actor",
+    "role",
+    "action",
+    "member_id",
+    "address",
+    "changes",
+    "detail",
+)
+
+
+def when(ts: int | None) -> str:
+    """Unix seconds as ``2026-12-01 18:04`` (UTC), "-" when unset."""
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 @dataclass
@@ -65,7 +88,10 @@ class Rule(NamedTuple):
 RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
     Rule("POST", "/desk/signout", None, "signout"),
+    Rule("GET", "/desk/audit", "view_audit", "audit"),
+    Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
     Rule("GET", "/api/v1/staff/session", None, "api_session"),
+    Rule("GET", "/api/v1/staff/audit", "view_audit", "api_audit"),
 ]
 
 
@@ -87,6 +113,7 @@ class Desk:
         self.csrf_key = hmac.new(
             self.web.billing.keys.card_key, b"desk-csrf", hashlib.sha256
         ).digest()
+        self.web.templates.filters["when"] = when
 
     async def visitor(self, request: Request) -> StaffVisitor:
         raw = request.cookies.get(self.cookie, "")
@@ -375,7 +402,56 @@ def _handlers(desk: Desk) -> dict[str, Any]:
             }
         )
 
+    def _audit_query(request: Request) -> tuple[str | None, int | None]:
+        member = request.query_params.get("member") or None
+        before = request.query_params.get("before", "")
+        if member is not None and not STAFF_ID.fullmatch(member):
+            member = "-"  # matches nothing
+        return member, int(before) if before.isdigit() and len(before) < 12 else None
+
+    async def audit(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        member, before = _audit_query(request)
+        rows = await asyncio.to_thread(
+            web.billing.audit_entries, member_id=member, limit=AUDIT_PAGE, before_id=before
+        )
+        older = rows[-1]["id"] if len(rows) == AUDIT_PAGE else None
+        return desk.page(
+            visitor, "desk_audit.html", title="Audit log", rows=rows, member=member, older=older
+        )
+
+    async def audit_csv(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        member, _ = _audit_query(request)
+        rows = await asyncio.to_thread(
+            web.billing.audit_entries, member_id=member, limit=AUDIT_EXPORT
+        )
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(AUDIT_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [
+                    *(row[c] for c in AUDIT_COLUMNS[:-2]),
+                    json.dumps(row["changes"], sort_keys=True),
+                    json.dumps(row["detail"], sort_keys=True),
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": 'attachment; filename="audit.csv"'},
+        )
+
+    async def api_audit(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        member, before = _audit_query(request)
+        rows = await asyncio.to_thread(
+            web.billing.audit_entries, member_id=member, limit=AUDIT_PAGE, before_id=before
+        )
+        return JSONResponse({"entries": rows})
+
     return {
+        "audit": audit,
+        "audit_csv": audit_csv,
+        "api_audit": api_audit,
         "signin_form": signin_form,
         "signin": signin,
         "setup_form": setup_form,

@@ -248,3 +248,27 @@ def app_web(app: Any) -> Any:
     from starlette.routing import Mount
 
     return next(m.app.state.web for m in app.routes if isinstance(m, Mount) and m.path == "/app")
+
+
+def test_owners_browse_and_export_the_audit_log(app: Any, billing: tuple[Billing, Clock]) -> None:
+    import csv
+    import io
+
+    from gated.billing_sync.audit import Actor
+
+    b, _ = billing
+    with b.audited(Actor("cli", "root", "shell", "local"), "freeze", "ann") as entry:
+        b.freeze("ann", 1)
+        entry.detail["months"] = 1
+    with TestClient(app) as c:
+        c.cookies.set("gated-staff", _session(b, "owner"))
+        page = c.get("/desk/audit")
+        assert page.status_code == 200 and "active → frozen" in page.text
+        assert "Nothing recorded for upt" in c.get("/desk/audit?member=upt").text
+        export = c.get("/desk/audit.csv")
+        assert export.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(export.text)))
+        assert rows[0]["action"] == "freeze" and rows[0]["actor"] == "root"
+        assert '"status": ["active", "frozen"]' in rows[0]["changes"]
+        api = c.get("/api/v1/staff/audit").json()["entries"]
+        assert api[0]["changes"]["status"] == ["active", "frozen"]
