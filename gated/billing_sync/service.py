@@ -14,6 +14,7 @@ concern:
 * ``gates``: gate tokens and attendance events;
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
+* ``front_desk``: member search (by card too) and a member's page for the console;
 * ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
@@ -31,6 +32,7 @@ from sqlalchemy import Engine, Row
 from gated.billing_sync import (
     audit,
     cycle,
+    front_desk,
     gates,
     invoices,
     members,
@@ -329,3 +331,17 @@ class Billing:
     ) -> list[dict[str, Any]]:
         """Audit rows, newest first (older than ``before_id``), optionally of one member."""
         return audit.entries(self.ctx, member_id=member_id, limit=limit, before_id=before_id)
+
+    # --- the front desk ---------------------------------------------------------------------
+
+    def search_members(self, query: str, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
+        """Members by card UID, id, or part of a name or e-mail, within ``staff_sites``."""
+        return front_desk.search(self.ctx, query, staff_sites)
+
+    def desk_member(self, member_id: str, staff_sites: Sequence[str]) -> dict[str, Any]:
+        """One member's page for the desk; NotFound outside ``staff_sites``."""
+        return front_desk.member_page(self.ctx, member_id, staff_sites)
+
+    def revoke_card_by_id(self, member_id: str, card_id: int) -> None:
+        """Revoke one of a member's cards by its row id (the desk never sees a UID)."""
+        front_desk.revoke_card_by_id(self.ctx, member_id, card_id)

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
+from gated.web import desk_members
 from gated.web.app import STATIC, BodyTooLarge, Web, read_form
 from gated.web.security import csrf_ok, csrf_token
 from gated.web.slowdown import (
@@ -87,10 +88,31 @@ class Rule(NamedTuple):
 # it, and the tests try each one with every role, without a session and with a member's.
 RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
+    Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
+    *(
+        Rule(
+            "POST",
+            f"/desk/members/{{member_id}}/{segment}",
+            a[0],
+            f"act_{segment.replace('/', '_')}",
+        )
+        for segment, a in desk_members.ACTIONS.items()
+    ),
     Rule("POST", "/desk/signout", None, "signout"),
     Rule("GET", "/desk/audit", "view_audit", "audit"),
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
     Rule("GET", "/api/v1/staff/session", None, "api_session"),
+    Rule("GET", "/api/v1/staff/members", "view_members", "api_search"),
+    Rule("GET", "/api/v1/staff/members/{member_id}", "view_members", "api_member"),
+    *(
+        Rule(
+            "POST",
+            f"/api/v1/staff/members/{{member_id}}/{segment}",
+            a[0],
+            f"api_act_{segment.replace('/', '_')}",
+        )
+        for segment, a in desk_members.ACTIONS.items()
+    ),
     Rule("GET", "/api/v1/staff/audit", "view_audit", "api_audit"),
 ]
 
@@ -383,9 +405,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         response.delete_cookie(desk.cookie, path="/", secure=web.https, httponly=True)
         return response
 
-    async def home(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
-        return desk.page(visitor, "desk_home.html", title="Front desk")
-
     async def api_session(
         request: Request, visitor: StaffVisitor, form: dict[str, str]
     ) -> Response:
@@ -457,6 +476,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         "setup_form": setup_form,
         "setup": setup,
         "signout": signout,
-        "home": home,
+        **desk_members.handlers(desk),
         "api_session": api_session,
     }

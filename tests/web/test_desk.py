@@ -272,3 +272,78 @@ def test_owners_browse_and_export_the_audit_log(app: Any, billing: tuple[Billing
         assert '"status": ["active", "frozen"]' in rows[0]["changes"]
         api = c.get("/api/v1/staff/audit").json()["entries"]
         assert api[0]["changes"]["status"] == ["active", "frozen"]
+
+
+def test_front_desk_search_member_page_and_audited_actions(
+    app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    b.assign_card("ann", "04A1B2C3")
+    b.add_member(
+        "dan",
+        "Dan Owing",
+        plan_id="monthly",
+        sites=["downtown"],
+        payment_method="pm_sim_decline_insufficient_funds",
+    )
+    with TestClient(app) as c:
+        token = _session(b, "front_desk")
+        c.cookies.set("gated-staff", token)
+        # The reader types the UID as it reads it: another case and separators still match.
+        r = c.get("/desk/", params={"q": "04:a1:b2:c3"})
+        assert r.url.path == "/desk/members/ann"
+        assert "&lt;img src=x onerror=alert(1)&gt;" in r.text and XSS_NAME not in r.text
+        r = c.get("/desk/", params={"q": "owing"})
+        assert r.url.path == "/desk/members/dan"
+        assert "Dan Owing" in c.get("/desk/", params={"q": "an"}).text  # several: a list
+        # Another site's member: neither found nor opened.
+        assert "Una" not in c.get("/desk/", params={"q": "una"}).text
+        assert c.get("/desk/members/upt").status_code == 404
+        assert c.get("/api/v1/staff/members/upt").status_code == 404
+        assert [
+            m["id"] for m in c.get("/api/v1/staff/members?q=a1b2c3%3A04").json()["members"]
+        ] == []
+        assert [m["id"] for m in c.get("/api/v1/staff/members?q=04a1b2c3").json()["members"]] == [
+            "ann"
+        ]
+
+        page = c.get("/desk/members/dan")
+        csrf = hidden(page.text, "csrf")
+        assert "59.38" in page.text  # 49.90 and 19 % tax
+        r = c.post("/desk/members/dan/payment", data={"csrf": csrf, "amount": "abc"})
+        assert r.status_code == 400 and "amount like 49.90" in r.text
+        r = c.post("/desk/members/dan/payment", data={"csrf": csrf, "amount": "59.38"})
+        assert r.url.path == "/desk/members/dan" and "Payment recorded." in r.text
+        r = c.post("/desk/members/dan/freeze", data={"csrf": csrf, "months": "2"})
+        assert "Membership frozen." in r.text
+        c.post("/desk/members/dan/unfreeze", data={"csrf": csrf})
+        c.post("/desk/members/dan/cards", data={"csrf": csrf, "uid": "DE:AD:BE:EF"})
+        card = b.desk_member("dan", ["*"])["card_ids"][0]["id"]
+        c.post("/desk/members/dan/cards/revoke", data={"csrf": csrf, "card": str(card)})
+        r = c.post("/desk/members/dan/cancel", data={"csrf": csrf})
+        assert "Membership cancelled." in r.text
+        # The API twin, with the header token.
+        r = c.post("/api/v1/staff/members/dan/freeze", headers={"x-csrf-token": csrf})
+        assert r.status_code == 400 and "error" in r.json()
+    rows = list(reversed(b.audit_entries(member_id="dan")))
+    assert [r["action"] for r in rows] == [
+        "take_payment",
+        "freeze",
+        "unfreeze",
+        "assign_card",
+        "revoke_card",
+        "cancel",
+    ]
+    assert {(r["actor_kind"], r["actor"], r["role"]) for r in rows} == {
+        ("staff", "front_desk", "front_desk")
+    }
+    assert rows[0]["changes"]["status"] == ["pending", "active"]
+    assert rows[0]["changes"]["owed"] == [5938, 0] and rows[0]["detail"]["amount"] == 5938
+    assert rows[1]["changes"]["status"] == ["active", "frozen"] and rows[1]["detail"] == {
+        "months": 2
+    }
+    # The freeze fee went to the declining card: back from the freeze, in grace.
+    assert rows[2]["changes"]["status"] == ["frozen", "grace"]
+    assert rows[3]["changes"] == {"cards": [0, 1]}
+    assert rows[4]["changes"] == {"cards": [1, 0]} and rows[4]["detail"] == {"card": card}
+    assert rows[5]["changes"]["cancel_at"][0] is None and rows[5]["detail"]["cancel_at"]

@@ -1,0 +1,186 @@
+"""The front desk's member pages: search (a keyboard-wedge reader types a card's UID into the
+box), one member's page, and the actions on it, each through the billing facade and recorded in
+the audit log. ``desk.guard`` has already checked the session, the role and the CSRF token; here
+each member is checked against the account's sites (outside them: 404, like no member)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from gated.billing_sync.audit import Actor, Entry
+from gated.billing_sync.engine import FreezeRefused
+from gated.billing_sync.errors import BillingError, NotFound
+from gated.contract import ContractError
+
+if TYPE_CHECKING:
+    from gated.web.desk import Desk, StaffVisitor
+
+MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+AMOUNT = re.compile(r"([0-9]{1,7})(?:[.,]([0-9]{1,2}))?")
+
+# What a member-page action does with the form, given the facade and the audit entry.
+Action = Callable[[Any, str, dict[str, str], Entry], None]
+
+
+def _amount(text: str) -> int | None:
+    """``49.90`` → 4990 minor units; "" → None (everything owed); BillingError otherwise."""
+    text = text.strip()
+    if not text:
+        return None
+    found = AMOUNT.fullmatch(text)
+    if not found or int(found[1] + (found[2] or "").ljust(2, "0")) <= 0:
+        raise BillingError("enter an amount like 49.90, or leave it empty for all that is owed")
+    return int(found[1] + (found[2] or "").ljust(2, "0"))
+
+
+def _take_payment(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+    reference = form.get("reference", "").strip()[:128] or None
+    paid = billing.record_payment(
+        member_id, _amount(form.get("amount", "")), "front_desk", reference
+    )
+    entry.detail.update(amount=paid, method="front_desk")
+
+
+def _freeze(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+    months = form.get("months", "1")
+    if months not in ("1", "2", "3"):
+        raise BillingError("a freeze is 1, 2 or 3 months")
+    billing.freeze(member_id, int(months))
+    entry.detail.update(months=int(months))
+
+
+def _unfreeze(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+    billing.unfreeze(member_id)
+
+
+def _cancel(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+    entry.detail.update(cancel_at=billing.cancel(member_id))
+
+
+def _assign_card(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+    billing.assign_card(member_id, form.get("uid", "")[:64])
+
+
+def _revoke_card(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+    card = form.get("card", "")
+    if not card.isdigit() or len(card) > 12:
+        raise NotFound("no such card")
+    billing.revoke_card_by_id(member_id, int(card))
+    entry.detail.update(card=int(card))
+
+
+# path segment → (permission, audit action, what it does, what the desk is told after)
+ACTIONS: dict[str, tuple[str, str, Action, str]] = {
+    "payment": ("take_payment", "take_payment", _take_payment, "Payment recorded."),
+    "freeze": ("freeze", "freeze", _freeze, "Membership frozen."),
+    "unfreeze": ("freeze", "unfreeze", _unfreeze, "Freeze ended."),
+    "cancel": ("cancel", "cancel", _cancel, "Membership cancelled."),
+    "cards": ("assign_card", "assign_card", _assign_card, "Card assigned."),
+    "cards/revoke": ("revoke_card", "revoke_card", _revoke_card, "Card revoked."),
+}
+
+
+def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
+    """The member handlers by name, for ``desk.RULES``."""
+    billing = desk.web.billing
+
+    async def home(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        assert visitor.session is not None
+        staff = visitor.session.staff
+        query = request.query_params.get("q", "").strip()[:200]
+        found = await asyncio.to_thread(billing.search_members, query, staff.sites)
+        if len(found) == 1 and query:
+            # One hit (a card held to the reader, typically): straight to the member.
+            return RedirectResponse(f"/desk/members/{found[0]['id']}", status_code=303)
+        return desk.page(visitor, "desk_home.html", title="Front desk", q=query, found=found)
+
+    async def member(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        m = await _member(request, visitor)
+        if m is None:
+            return desk.message(visitor, 404, "No such member", "No member with that id here.")
+        done = request.query_params.get("done", "")
+        note = next((a[3] for k, a in ACTIONS.items() if k.replace("/", "-") == done), "")
+        return desk.page(visitor, "desk_member.html", title="Member", m=m, note=note)
+
+    async def _member(request: Request, visitor: StaffVisitor) -> dict[str, Any] | None:
+        assert visitor.session is not None
+        member_id = request.path_params["member_id"]
+        if not MEMBER_ID.fullmatch(member_id):
+            return None
+        try:
+            return dict(
+                await asyncio.to_thread(billing.desk_member, member_id, visitor.session.staff.sites)
+            )
+        except NotFound:
+            return None
+
+    def act(segment: str, api: bool) -> Callable[..., Awaitable[Response]]:
+        _, audit_action, action, _said = ACTIONS[segment]
+
+        async def endpoint(
+            request: Request, visitor: StaffVisitor, form: dict[str, str]
+        ) -> Response:
+            assert visitor.session is not None
+            staff = visitor.session.staff
+            m = await _member(request, visitor)
+            if m is None:
+                if api:
+                    return JSONResponse({"error": "no such member"}, 404)
+                return desk.message(visitor, 404, "No such member", "No member with that id here.")
+            actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
+
+            def run() -> None:
+                with billing.audited(actor, audit_action, m["member_id"]) as entry:
+                    action(billing, m["member_id"], form, entry)
+
+            try:
+                await asyncio.to_thread(run)
+            except (BillingError, FreezeRefused, ContractError) as exc:
+                if api:
+                    return JSONResponse({"error": str(exc)}, 400)
+                return desk.page(
+                    visitor,
+                    "desk_member.html",
+                    400,
+                    title="Member",
+                    m=await _member(request, visitor),
+                    error=str(exc)[:300],
+                )
+            if api:
+                return JSONResponse({"ok": True, "member": await _member(request, visitor)})
+            return RedirectResponse(
+                f"/desk/members/{m['member_id']}?done={segment.replace('/', '-')}",
+                status_code=303,
+            )
+
+        return endpoint
+
+    async def api_search(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        assert visitor.session is not None
+        query = request.query_params.get("q", "")
+        found = await asyncio.to_thread(billing.search_members, query, visitor.session.staff.sites)
+        return JSONResponse({"members": found})
+
+    async def api_member(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        m = await _member(request, visitor)
+        if m is None:
+            return JSONResponse({"error": "no such member"}, 404)
+        return JSONResponse(m)
+
+    named: dict[str, Callable[..., Awaitable[Response]]] = {
+        "home": home,
+        "member": member,
+        "api_search": api_search,
+        "api_member": api_member,
+    }
+    for segment in ACTIONS:
+        key = segment.replace("/", "_")
+        named[f"act_{key}"] = act(segment, api=False)
+        named[f"api_act_{key}"] = act(segment, api=True)
+    return named
