@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -38,6 +39,9 @@ class Context:
     rules: eng.Rules = field(init=False)
     # Called after a change was published, so the MQTT publisher drains the outbox at once.
     published_hook: Callable[[], None] | None = None
+    # Called (in the intake's thread) with each batch of gate events just stored: the console's
+    # live check-in feed.
+    gate_events_hook: Callable[[list[dict[str, Any]]], None] | None = None
     # Set when the service is stopping: a running cycle makes no new gateway call and ends
     # after its batch; attempts it leaves open are finished by the next cycle's resume().
     stopping: threading.Event = field(default_factory=threading.Event)

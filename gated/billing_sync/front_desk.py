@@ -1,5 +1,5 @@
 """What the front desk reads: finding a member by name, e-mail, id or card (a keyboard-wedge
-reader types the UID into the search box), one member's page, and the words for a gate event in
+reader types the UID into the search box), one member's page, and the words for gate events in
 the live check-in feed. Every read is scoped to the sites a staff account covers."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from gated.billing_sync import members
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import NotFound
+from gated.billing_sync.notices import format_amount
 from gated.billing_sync.publishing import refresh
 from gated.contract import ContractError, normalize_uid
+from gated.policy.reasons import MESSAGES
 
 ALL_SITES = "*"
 SEARCH_LIMIT = 25
@@ -131,3 +133,92 @@ def revoke_card_by_id(ctx: Context, member_id: str, card_id: int) -> None:
         if done == 0:
             raise NotFound(f"member {member_id} holds no card {card_id}")
         refresh(ctx, conn, [member_id], now)
+
+
+def _todo(reason: str | None, owed: str, declined: bool) -> str:
+    """What the desk can do about a refusal, in words."""
+    if reason == "unknown_credential":
+        return "card not known: search for the member and assign the card"
+    if owed:
+        return f"{owed}{', card declined' if declined else ''}: take payment"
+    if reason == "frozen":
+        return "frozen: unfreeze if they want to train"
+    if reason in ("cancelled", "expired", "collections"):
+        return "membership ended: talk about rejoining"
+    if reason in ("anti_passback", "daily_limit", "outside_schedule", "zone_denied"):
+        return "their plan's rules: let in once only if you mean to"
+    return ""
+
+
+def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gate events as the live check-in feed shows them: the member's name and standing, the
+    reason in words, and for a refusal what the desk can do ("owes 49.90, card declined: take
+    payment")."""
+    ids = sorted({str(e["member_id"]) for e in events if e.get("member_id")})
+    m, sub, pa = s.members, s.subscriptions, s.payment_attempts
+    people: dict[str, Any] = {}
+    declined: set[str] = set()
+    if ids:
+        with ctx.reader.connect() as conn:
+            for row in conn.execute(
+                select(m.c.id, m.c.name, m.c.erased, sub.c.status)
+                .outerjoin(sub, sub.c.member_id == m.c.id)
+                .where(m.c.id.in_(ids))
+            ):
+                people[row.id] = row
+            last = (
+                select(pa.c.member_id, func.max(pa.c.id).label("id"))
+                .where(pa.c.member_id.in_(ids))
+                .group_by(pa.c.member_id)
+                .subquery()
+            )
+            declined = {
+                r.member_id
+                for r in conn.execute(
+                    select(pa.c.member_id)
+                    .join(last, last.c.id == pa.c.id)
+                    .where(pa.c.state == "failed")
+                )
+            }
+    owed = {i: members.member(ctx, i)["owed"] for i in ids if i in people}
+    items = []
+    for ev in events:
+        member_id = ev.get("member_id")
+        person = people.get(member_id) if member_id else None
+        refused = ev.get("kind") == "deny"
+        reason = ev.get("reason")
+        owes = owed.get(str(member_id), 0)
+        owed_text = f"owes {format_amount(owes, ctx.config.currency)}" if owes > 0 else ""
+        items.append(
+            {
+                "event_id": ev.get("event_id"),
+                "at": ev.get("at"),
+                "site": ev.get("site"),
+                "gate": ev.get("gate"),
+                "kind": ev.get("kind"),
+                "member_id": member_id,
+                "name": (person.name if person is not None and not person.erased else None),
+                "status": person.status if person is not None else None,
+                "reason": reason,
+                "words": MESSAGES.get(str(reason), str(reason or ev.get("kind") or ""))
+                if reason or refused
+                else ("Welcome" if ev.get("kind") == "entry" else str(ev.get("kind"))),
+                "todo": _todo(reason, owed_text, member_id in declined) if refused else "",
+                "refused": refused,
+                "operator": ev.get("operator"),
+            }
+        )
+    return items
+
+
+def recent_events(
+    ctx: Context, staff_sites: Sequence[str], limit: int = 30
+) -> list[dict[str, Any]]:
+    """The newest gate events at ``staff_sites`` as feed items, newest first."""
+    ev = s.gate_events
+    q = select(ev.c.payload).order_by(ev.c.at.desc(), ev.c.event_id.desc()).limit(limit)
+    if ALL_SITES not in staff_sites:
+        q = q.where(ev.c.site.in_(list(staff_sites)))
+    with ctx.reader.connect() as conn:
+        events = [json.loads(p) for p in conn.execute(q).scalars()]
+    return feed_items(ctx, events)

@@ -69,6 +69,7 @@ def record_gate_events(ctx: Context, events: Iterable[dict[str, Any]]) -> int:
     """Attendance intake: each event stored once by ``event_id``; returns how many were new."""
     now = ctx.clock()
     rows = []
+    accepted: list[dict[str, Any]] = []
     for ev in events:
         try:
             at = int(datetime.fromisoformat(str(ev["at"]).replace("Z", "+00:00")).timestamp())
@@ -87,8 +88,12 @@ def record_gate_events(ctx: Context, events: Iterable[dict[str, Any]]) -> int:
                 "received_at": now,
             }
         )
+        accepted.append(ev)
     with ctx.engine.begin() as conn:
-        return insert_ignore(conn, s.gate_events, rows)
+        new = insert_ignore(conn, s.gate_events, rows)
+    if ctx.gate_events_hook is not None and accepted:
+        ctx.gate_events_hook(accepted)
+    return new
 
 
 def _sha256(text: str) -> str:

@@ -345,3 +345,20 @@ class Billing:
     def revoke_card_by_id(self, member_id: str, card_id: int) -> None:
         """Revoke one of a member's cards by its row id (the desk never sees a UID)."""
         front_desk.revoke_card_by_id(self.ctx, member_id, card_id)
+
+    def feed_items(self, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Gate events in the check-in feed's words (name, standing, reason, what to do)."""
+        return front_desk.feed_items(self.ctx, events)
+
+    def recent_feed(self, staff_sites: Sequence[str], limit: int = 30) -> list[dict[str, Any]]:
+        """The newest gate events at ``staff_sites`` as feed items, newest first."""
+        return front_desk.recent_events(self.ctx, staff_sites, limit)
+
+    @property
+    def gate_events_hook(self) -> Callable[[list[dict[str, Any]]], None] | None:
+        return self.ctx.gate_events_hook
+
+    @gate_events_hook.setter
+    def gate_events_hook(self, hook: Callable[[list[dict[str, Any]]], None] | None) -> None:
+        """Called (in the intake's thread) with each batch of gate events just stored."""
+        self.ctx.gate_events_hook = hook

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
-from gated.web import desk_members
+from gated.web import desk_feed, desk_members
 from gated.web.app import STATIC, BodyTooLarge, Web, read_form
 from gated.web.security import csrf_ok, csrf_token
 from gated.web.slowdown import (
@@ -98,6 +98,8 @@ RULES: list[Rule] = [
         )
         for segment, a in desk_members.ACTIONS.items()
     ),
+    Rule("GET", "/desk/feed", "view_members", "feed"),
+    Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
     Rule("POST", "/desk/signout", None, "signout"),
     Rule("GET", "/desk/audit", "view_audit", "audit"),
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
@@ -477,5 +479,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         "setup": setup,
         "signout": signout,
         **desk_members.handlers(desk),
+        **desk_feed.handlers(desk),
         "api_session": api_session,
     }

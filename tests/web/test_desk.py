@@ -196,6 +196,15 @@ def _session(b: Billing, role: str) -> str:
 
 
 def _call(client: TestClient, rule: desk.Rule, **kwargs: Any) -> Any:
+    if rule.handler == "feed_events":
+        # The stream ends only when serve stops: stop it at once (the in-process client reads
+        # a response whole).
+        billing = app_web(client.app).billing
+        billing.stopping.set()
+        try:
+            return client.get(_path(rule), follow_redirects=False, **kwargs)
+        finally:
+            billing.stopping.clear()
     if rule.method == "GET":
         return client.get(_path(rule), follow_redirects=False, **kwargs)
     return client.post(_path(rule), follow_redirects=False, **kwargs)
