@@ -50,6 +50,8 @@ class KeysConfig(_Section):
         default_factory=lambda: [Path("/etc/gated/head-office.pub")]
     )
     command_public_key_files: list[Path] = Field(default_factory=list)
+    # The staff console's desk key: trusted for pulse and lockdown only (DESIGN, GateCommand).
+    desk_command_public_key_files: list[Path] = Field(default_factory=list)
 
 
 class MqttConfig(_Section):
@@ -362,6 +364,7 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
     keys.credential_key_file = fix_path(keys.credential_key_file)
     keys.head_office_public_key_files = [fix_path(p) for p in keys.head_office_public_key_files]
     keys.command_public_key_files = [fix_path(p) for p in keys.command_public_key_files]
+    keys.desk_command_public_key_files = [fix_path(p) for p in keys.desk_command_public_key_files]
     for section in (config.mqtt, config.head_office):
         if section is None:
             continue
@@ -378,6 +381,9 @@ class BillingKeysConfig(_Section):
     head_office_private_key_file: Path = Path("/etc/gated/head-office.pem")
     credential_key_file: Path = Path("/etc/gated/credential.key")
     card_encryption_key_file: Path = Path("/etc/gated/cards.key")
+    # Signs the console's pulse and lockdown commands; gates list its .pub in
+    # desk_command_public_key_files. Unset: the console cannot open gates.
+    desk_command_private_key_file: Path | None = None
 
 
 class DunningConfig(_Section):
@@ -497,6 +503,8 @@ def load_billing_config(path: str | Path) -> BillingConfig:
     keys.head_office_private_key_file = fix(keys.head_office_private_key_file)
     keys.credential_key_file = fix(keys.credential_key_file)
     keys.card_encryption_key_file = fix(keys.card_encryption_key_file)
+    if keys.desk_command_private_key_file is not None:
+        keys.desk_command_private_key_file = fix(keys.desk_command_private_key_file)
     for section, names in (
         (config.stripe, ("api_key_file", "webhook_secret_file")),
         (config.mqtt, ("password_file", "ca_file")),

@@ -20,6 +20,8 @@ from gated.contract import ContractError, normalize_uid
 from gated.policy.reasons import MESSAGES
 
 ALL_SITES = "*"
+# The gate's own words for its decisions, and the desk's for what else a gate reports.
+WORDS = {**MESSAGES, "door_pulse": "Opened once", "on": "Locked down", "off": "Lockdown lifted"}
 SEARCH_LIMIT = 25
 
 
@@ -200,7 +202,7 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
                 "name": (person.name if person is not None and not person.erased else None),
                 "status": person.status if person is not None else None,
                 "reason": reason,
-                "words": MESSAGES.get(str(reason), str(reason or ev.get("kind") or ""))
+                "words": WORDS.get(str(reason), str(reason or ev.get("kind") or ""))
                 if reason or refused
                 else ("Welcome" if ev.get("kind") == "entry" else str(ev.get("kind"))),
                 "todo": _todo(reason, owed_text, member_id in declined) if refused else "",

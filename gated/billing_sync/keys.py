@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gated.config import BillingKeysConfig
-from gated.contract import Signer, load_credential_key, private_key_pem
+from gated.contract import Signer, load_credential_key, private_key_pem, public_key_pem
 from gated.errors import GatedError
 
 
@@ -128,7 +128,8 @@ def new_card_key(path: Path) -> bytes:
 
 
 def init_keys(cfg: BillingKeysConfig) -> list[Path]:
-    """Create whichever of the three keys is missing; returns the files written."""
+    """Create whichever of the keys is missing (the desk key only when configured, with its
+    public half as ``.pub``); returns the files written."""
     written: list[Path] = []
     if not cfg.head_office_private_key_file.exists():
         new_signing_key(cfg.head_office_private_key_file)
@@ -139,4 +140,13 @@ def init_keys(cfg: BillingKeysConfig) -> list[Path]:
     if not cfg.card_encryption_key_file.exists():
         new_card_key(cfg.card_encryption_key_file)
         written.append(cfg.card_encryption_key_file)
+    desk = cfg.desk_command_private_key_file
+    if desk is not None and not desk.exists():
+        # The public half beside it, for the gates' desk_command_public_key_files.
+        signer = new_signing_key(desk)
+        public = desk.with_suffix(".pub")
+        public.write_bytes(
+            public_key_pem(Ed25519PublicKey.from_public_bytes(signer.public_key_raw))
+        )
+        written += [desk, public]
     return written

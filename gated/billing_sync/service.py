@@ -15,6 +15,7 @@ concern:
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
 * ``front_desk``: member search (by card too) and a member's page for the console;
+* ``gate_commands``: the console's desk-key commands (let in once) to a gate;
 * ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
@@ -33,6 +34,7 @@ from gated.billing_sync import (
     audit,
     cycle,
     front_desk,
+    gate_commands,
     gates,
     invoices,
     members,
@@ -362,3 +364,16 @@ class Billing:
     def gate_events_hook(self, hook: Callable[[list[dict[str, Any]]], None] | None) -> None:
         """Called (in the intake's thread) with each batch of gate events just stored."""
         self.ctx.gate_events_hook = hook
+
+    # --- gate commands from the console -----------------------------------------------------
+
+    async def let_in_once(self, site: str, gate: str, operator: str) -> str:
+        """Open a gate once: a ``pulse`` signed with the desk key, naming ``operator`` (the
+        staff member) for the gate's event; returns the command id."""
+        command = gate_commands.desk_command(self.ctx, site, gate, "pulse", operator)
+        await gate_commands.send(self.ctx, command)
+        return str(command["id"])
+
+    def known_gates(self, staff_sites: Sequence[str]) -> list[tuple[str, str]]:
+        """(site, gate) pairs at ``staff_sites`` the console can send commands to."""
+        return gate_commands.known_gates(self.ctx, staff_sites)

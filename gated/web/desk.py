@@ -100,6 +100,7 @@ RULES: list[Rule] = [
     ),
     Rule("GET", "/desk/feed", "view_members", "feed"),
     Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
+    Rule("POST", "/desk/gates/let-in", "let_in_once", "let_in"),
     Rule("POST", "/desk/signout", None, "signout"),
     Rule("GET", "/desk/audit", "view_audit", "audit"),
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),

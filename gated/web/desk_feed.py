@@ -1,8 +1,9 @@
-"""The live check-in feed: every gate event at the account's sites on the desk's screen within a
+"""The live check-in feed, and letting someone in once. The feed: every gate event at the account's sites on the desk's screen within a
 second, as Server-Sent Events. The attendance intake (``serve``'s MQTT publisher) stores each
 event and hands the batch to ``FeedHub.from_thread``; every open feed gets it on the event loop,
 puts it into words through the facade, and sends it. The page itself lists the latest events, so
-it works without JavaScript; ``desk-feed.js`` adds new rows as text (never as HTML)."""
+it works without JavaScript; ``desk-feed.js`` adds new rows as text (never as HTML). Letting in
+once sends the chosen gate a ``pulse`` signed with the desk key, naming the staff member."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiomqtt
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from gated.billing_sync.audit import Actor
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.front_desk import in_scope
+from gated.web.desk_members import MEMBER_ID
 
 if TYPE_CHECKING:
     from gated.web.desk import Desk, StaffVisitor
@@ -57,6 +62,10 @@ class FeedHub:
         return queue
 
 
+def _sse(item: dict[str, Any]) -> str:
+    return f"event: gate\ndata: {json.dumps(item, sort_keys=True)}\n\n"
+
+
 def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
     """The feed page and its event stream, for ``desk.RULES``."""
     billing = desk.web.billing
@@ -65,8 +74,42 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
 
     async def page(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         assert visitor.session is not None
-        items = await asyncio.to_thread(billing.recent_feed, visitor.session.staff.sites)
-        return desk.page(visitor, "desk_feed.html", title="Check-ins", items=items)
+        sites = visitor.session.staff.sites
+        items = await asyncio.to_thread(billing.recent_feed, sites)
+        gates = await asyncio.to_thread(billing.known_gates, sites)
+        note = "Gate opened." if request.query_params.get("done") == "let-in" else ""
+        return desk.page(
+            visitor, "desk_feed.html", title="Check-ins", items=items, gates=gates, note=note
+        )
+
+    async def let_in(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        """Let someone in once at a chosen gate (a walk-in, a member whose card failed)."""
+        assert visitor.session is not None
+        staff = visitor.session.staff
+        site, _, gate = form.get("gate", "").partition("/")
+        member_id = form.get("member", "") or None
+        back = f"/desk/members/{member_id}" if member_id else "/desk/feed"
+        known = await asyncio.to_thread(billing.known_gates, staff.sites)
+        if (site, gate) not in known or (member_id and not MEMBER_ID.fullmatch(member_id)):
+            return desk.message(visitor, 400, "No such gate", "Choose one of your sites' gates.")
+        actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            with billing.audited(actor, "let_in_once", member_id) as entry:
+                sent = asyncio.run_coroutine_threadsafe(
+                    billing.let_in_once(site, gate, staff.id), loop
+                )
+                entry.detail.update(site=site, gate=gate, command=sent.result(timeout=10))
+
+        try:
+            await asyncio.to_thread(run)
+        except (BillingError, aiomqtt.MqttError, TimeoutError) as exc:
+            log.error("event=let_in_failed site=%s gate=%s error=%s", site, gate, exc)
+            return desk.message(
+                visitor, 503, "The gate was not opened", f"{exc}"[:300] or "No broker answered."
+            )
+        return RedirectResponse(f"{back}?done=let-in", status_code=303)
 
     async def stream(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         assert visitor.session is not None
@@ -76,6 +119,12 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         async def events() -> AsyncIterator[str]:
             try:
                 yield "retry: 2000\n\n"
+                # The latest events first (oldest to newest; the page drops those it shows):
+                # whatever was stored between the page's rendering, or a dropped connection,
+                # and this stream's start is not lost. The queue is already open, so nothing
+                # falls between the two either.
+                for item in reversed(await asyncio.to_thread(billing.recent_feed, sites)):
+                    yield _sse(item)
                 idle = 0.0
                 while not billing.stopping.is_set():
                     try:
@@ -92,7 +141,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                     if not mine:
                         continue
                     for item in await asyncio.to_thread(billing.feed_items, mine):
-                        yield f"event: gate\ndata: {json.dumps(item, sort_keys=True)}\n\n"
+                        yield _sse(item)
             finally:
                 hub.feeds.discard(queue)
 
@@ -102,4 +151,4 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             headers={"x-accel-buffering": "no"},  # nginx: pass each event on at once
         )
 
-    return {"feed": page, "feed_events": stream}
+    return {"feed": page, "feed_events": stream, "let_in": let_in}

@@ -101,12 +101,16 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         return desk.page(visitor, "desk_home.html", title="Front desk", q=query, found=found)
 
     async def member(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        assert visitor.session is not None
         m = await _member(request, visitor)
         if m is None:
             return desk.message(visitor, 404, "No such member", "No member with that id here.")
         done = request.query_params.get("done", "")
         note = next((a[3] for k, a in ACTIONS.items() if k.replace("/", "-") == done), "")
-        return desk.page(visitor, "desk_member.html", title="Member", m=m, note=note)
+        if done == "let-in":
+            note = "Gate opened."
+        gates = await asyncio.to_thread(billing.known_gates, visitor.session.staff.sites)
+        return desk.page(visitor, "desk_member.html", title="Member", m=m, note=note, gates=gates)
 
     async def _member(request: Request, visitor: StaffVisitor) -> dict[str, Any] | None:
         assert visitor.session is not None
@@ -150,6 +154,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                     400,
                     title="Member",
                     m=await _member(request, visitor),
+                    gates=await asyncio.to_thread(billing.known_gates, staff.sites),
                     error=str(exc)[:300],
                 )
             if api:

@@ -40,6 +40,7 @@ class DeskStack:
     gate: GateProcess
     seed: bytes
     log: Path
+    config: Path
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,13 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
     root = tmp_path_factory.mktemp("desk")
     with run_mosquitto(root / "mosquitto") as broker:
         gate_root = root / "gate"
+        desk_pub = root / "desk.pub"  # made by keys init below, before the gate starts
         gate = GateProcess(
-            write_config(gate_root, extra=f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 1\n'),
+            write_config(
+                gate_root,
+                extra=f'desk_command_public_key_files = ["{desk_pub}"]\n'
+                f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 1\n',
+            ),
             gate_root,
         )
         keys = gate_root / "keys"
@@ -59,6 +65,7 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
             'database_url = "sqlite:///billing.db"\nstate_dir = "state"\nsites = ["downtown"]\n'
             f'[keys]\nhead_office_private_key_file = "{keys}/head-office.key"\n'
             f'credential_key_file = "{keys}/credential.key"\ncard_encryption_key_file = "cards.key"\n'
+            'desk_command_private_key_file = "desk.pem"\n'
             f'[mqtt]\nurl = "{broker.url}"\nclient_id = "billing-desk"\n'
             f'[http]\nhost = "127.0.0.1"\nport = {port}\npublic_url = "{url}"\n'
         )
@@ -97,7 +104,7 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
 
             wait_until(up, timeout=30, what="serve answering")
             wait_until(lambda: gate.request("badge", {"card": ANN_CARD})["allow"], timeout=30)
-            yield DeskStack(url, gate, seed, log)
+            yield DeskStack(url, gate, seed, log, config)
         finally:
             gate.stop()
             serve.send_signal(signal.SIGTERM)
@@ -187,6 +194,7 @@ def test_a_badge_appears_on_the_feed_within_a_second(desk: Desk, desk_stack: Des
     page = desk.page
     desk.signin("desk", PASSWORD)
     # A keyboard-wedge reader types the UID into the focused search box and presses Enter.
+    page.wait_for_selector("#q:focus")
     page.keyboard.type("04:a1:b2:c3:d4:e5:f6")
     page.keyboard.press("Enter")
     page.wait_for_url("**/desk/members/ann")
@@ -212,3 +220,35 @@ def test_a_badge_appears_on_the_feed_within_a_second(desk: Desk, desk_stack: Des
     assert refused.locator(".who").text_content() == "Dan Owing"
     assert refused.locator(".todo").text_content() == "owes 59.38 EUR, card declined: take payment"
     desk.check("feed-live")
+
+
+def test_let_in_once_pulses_the_relay_and_the_event_names_the_staff_member(
+    desk: Desk, desk_stack: DeskStack
+) -> None:
+    page = desk.page
+    desk.signin("desk", PASSWORD)
+    page.goto("/desk/feed")
+    page.wait_for_selector("#feed-state:text-is('Live')")
+    gate = desk_stack.gate
+    # (The last test's badge opened the door: wait for its pulse to end.)
+    wait_until(lambda: not gate.request("status")["door"]["relay_energized"], what="door shut")
+    page.select_option("#letin-gate", "downtown/t1")
+    page.get_by_role("button", name="Open the gate once").click()
+    page.wait_for_selector("p.note:text-is('Gate opened.')")
+    # The gate's relay (gpiozero's MockFactory pin, read back through its status).
+    wait_until(lambda: gate.request("status")["door"]["relay_energized"], what="relay pulsed")
+    entry = page.locator("#feed li", has=page.locator(".operator:text-is('by desk')")).first
+    entry.wait_for(timeout=5000)
+    assert entry.locator(".words").text_content() == "Opened once"
+    desk.check()
+    b = billing_for(desk_stack.config)
+    try:
+        audited = b.audit_entries(limit=1)[0]
+    finally:
+        b.engine.dispose()
+    assert (audited["action"], audited["actor"], audited["role"]) == (
+        "let_in_once",
+        "desk",
+        "front_desk",
+    )
+    assert audited["detail"]["gate"] == "t1" and audited["address"] == "127.0.0.1"
