@@ -8,14 +8,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 
 from gated.billing_sync import members
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.notices import format_amount
-from gated.billing_sync.publishing import refresh
 from gated.contract import ContractError, normalize_uid
 from gated.policy.reasons import MESSAGES
 
@@ -117,24 +116,6 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
     m["card_ids"] = [r._asdict() for r in card_rows]
     m["visits"] = [r._asdict() for r in visits]
     return m
-
-
-def revoke_card_by_id(ctx: Context, member_id: str, card_id: int) -> None:
-    """Revoke one of a member's cards by its row id (the desk never sees a UID)."""
-    now = ctx.clock()
-    with ctx.engine.begin() as conn:
-        done = conn.execute(
-            update(s.cards)
-            .where(
-                s.cards.c.id == card_id,
-                s.cards.c.member_id == member_id,
-                s.cards.c.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-        ).rowcount
-        if done == 0:
-            raise NotFound(f"member {member_id} holds no card {card_id}")
-        refresh(ctx, conn, [member_id], now)
 
 
 def _todo(reason: str | None, owed: str, declined: bool) -> str:

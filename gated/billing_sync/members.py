@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.signing
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 
 from gated.billing_sync import audit
 from gated.billing_sync import schema as s
@@ -296,19 +296,24 @@ def assign_card(ctx: Context, member_id: str, uid: str) -> None:
 def revoke_card(ctx: Context, member_id: str, uid: str) -> None:
     """Revoke a card at once: the member's next state no longer lists it."""
     lookup = ctx.keys.uid_lookup(normalize_uid(uid))
+    _revoke(ctx, member_id, s.cards.c.uid_lookup == lookup, "no such card")
+
+
+def revoke_card_by_id(ctx: Context, member_id: str, card_id: int) -> None:
+    """Revoke one of a member's cards by its row id (the desk never sees a UID)."""
+    _revoke(ctx, member_id, s.cards.c.id == card_id, f"card {card_id}")
+
+
+def _revoke(ctx: Context, member_id: str, which: ColumnElement[bool], what: str) -> None:
     now = ctx.clock()
     with ctx.engine.begin() as conn:
         done = conn.execute(
             update(s.cards)
-            .where(
-                s.cards.c.member_id == member_id,
-                s.cards.c.uid_lookup == lookup,
-                s.cards.c.revoked_at.is_(None),
-            )
+            .where(s.cards.c.member_id == member_id, which, s.cards.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
         if done.rowcount == 0:
-            raise NotFound(f"member {member_id} holds no such card")
+            raise NotFound(f"member {member_id} holds {what}")
         refresh(ctx, conn, [member_id], now)
 
 

@@ -346,7 +346,7 @@ class Billing:
 
     def revoke_card_by_id(self, member_id: str, card_id: int) -> None:
         """Revoke one of a member's cards by its row id (the desk never sees a UID)."""
-        front_desk.revoke_card_by_id(self.ctx, member_id, card_id)
+        members.revoke_card_by_id(self.ctx, member_id, card_id)
 
     def feed_items(self, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Gate events in the check-in feed's words (name, standing, reason, what to do)."""

@@ -86,18 +86,18 @@ class Rule(NamedTuple):
 
 # Every guarded console page and staff API call with the action it needs: the guard enforces
 # it, and the tests try each one with every role, without a session and with a member's.
+def _member_actions(prefix: str, handler: str) -> list[Rule]:
+    return [
+        Rule("POST", f"{prefix}/members/{{member_id}}/{segment}", a[0], f"{handler}{key}")
+        for segment, a in desk_members.ACTIONS.items()
+        for key in [segment.replace("/", "_")]
+    ]
+
+
 RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
     Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
-    *(
-        Rule(
-            "POST",
-            f"/desk/members/{{member_id}}/{segment}",
-            a[0],
-            f"act_{segment.replace('/', '_')}",
-        )
-        for segment, a in desk_members.ACTIONS.items()
-    ),
+    *_member_actions("/desk", "act_"),
     Rule("GET", "/desk/feed", "view_members", "feed"),
     Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
     Rule("POST", "/desk/gates/let-in", "let_in_once", "let_in"),
@@ -107,15 +107,7 @@ RULES: list[Rule] = [
     Rule("GET", "/api/v1/staff/session", None, "api_session"),
     Rule("GET", "/api/v1/staff/members", "view_members", "api_search"),
     Rule("GET", "/api/v1/staff/members/{member_id}", "view_members", "api_member"),
-    *(
-        Rule(
-            "POST",
-            f"/api/v1/staff/members/{{member_id}}/{segment}",
-            a[0],
-            f"api_act_{segment.replace('/', '_')}",
-        )
-        for segment, a in desk_members.ACTIONS.items()
-    ),
+    *_member_actions("/api/v1/staff", "api_act_"),
     Rule("GET", "/api/v1/staff/audit", "view_audit", "api_audit"),
 ]
 
