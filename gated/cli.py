@@ -1,15 +1,16 @@
 """Command-line entry points: ``gated`` (run a gate, manage its files) and ``gatectl`` (talk to a
-running gate over its control socket). Errors print one line; ``--json`` prints one document."""
+running gate over its control socket). Errors print one line and exit codes mean what
+:mod:`gated.edge` says; ``--json`` prints one document."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,15 +19,21 @@ from rich.table import Table
 
 from gated.config import ConfigError, GateConfig, load_gate_config
 from gated.contract import ContractError
+from gated.edge import (
+    EXIT_NO,
+    EXIT_NOT_RUNNING,
+    EXIT_REFUSED,
+    RefusalsAsOneLine,
+    err_console,
+    error_line,
+    fail,
+    setup_logging,
+)
 
 console = Console()
-err_console = Console(stderr=True)
-
-EXIT_DENIED = 1
-EXIT_ERROR = 2
-EXIT_NOT_RUNNING = 3
 
 gated_app = typer.Typer(
+    cls=RefusalsAsOneLine,
     name="gated",
     help="The gated turnstile daemon and its offline tools (config, keys, members).",
     no_args_is_help=True,
@@ -48,45 +55,50 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to gated.t
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def load_config_or_exit(path: Path) -> GateConfig:
-    try:
-        return load_gate_config(path)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """key=value lines on stderr, one event per line (journald adds its own timestamps)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def refuse_on(problems: list[str]) -> None:
+    """Print one ``error:`` line per problem and exit 2 if there is any."""
+    for problem in problems:
+        error_line(problem)
+    if problems:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 # --- gated -----------------------------------------------------------------------------------
 
 
+@gated_app.callback()
+def gated_main() -> None:
+    """The gated turnstile daemon and its offline tools (config, keys, members)."""
+    setup_logging()
+
+
 @gated_app.command()
 def run(
     config: ConfigOpt = Path("/etc/gated/gated.toml"),
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: $GATED_LOG_LEVEL, else INFO)."),
+    ] = None,
 ) -> None:
-    """Run the gate: readers → policy → door, the cache, the control socket (and MQTT sync)."""
-    cfg = load_config_or_exit(config)
-    setup_logging(log_level)
+    """Run the gate: readers → policy → door, the cache, the control socket (and MQTT sync).
+
+    Whatever stops it from starting (the config, a key file, the broker's files, the door's pin
+    factory, a reader's driver) is one line each and exit code 2, before anything is opened.
+    """
+    cfg = load_gate_config(config)
+    setup_logging(log_level, default="INFO")
+    from gated.preflight import startup_problems
+
+    refuse_on(startup_problems(cfg))
     from gated.daemon import Gate
 
+    # A GatedError (the door's GPIO, a reader's pins, ...) becomes one line in RefusalsAsOneLine;
+    # the system's own refusals (a state_dir it cannot write, a socket path it cannot bind) here.
     try:
         gate = Gate(cfg)
-    except (OSError, ContractError) as exc:
-        fail(f"cannot start: {exc}")
-    asyncio.run(gate.run())
+        asyncio.run(gate.run())
+    except (OSError, sqlite3.Error) as exc:
+        fail(f"gated run: {exc}")
 
 
 @gated_app.command()
@@ -110,11 +122,20 @@ def demo(
 
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The gated.toml to validate.")]) -> None:
-    """Validate a gated.toml without starting anything; exit 2 with one line naming the problem."""
-    cfg = load_config_or_exit(file)
+    """Check a gated.toml finds everything `gated run` needs, without starting anything.
+
+    The file itself (one line naming the field), then what `gated run` would refuse to start on:
+    key files that are missing, unreadable or not keys, the broker's and head office's files,
+    the door's pin factory library, each reader's driver library. One line per problem, exit 2.
+    """
+    from gated.preflight import startup_problems
+
+    cfg = load_gate_config(file)
+    refuse_on(startup_problems(cfg))
     readers = ", ".join(f"{r.id} ({r.kind}, {r.direction})" for r in cfg.readers)
     console.print(
-        f"[green]ok[/green] {file}: site {cfg.site}, gate {cfg.gate}, readers: {readers}",
+        f"[green]ok[/green] {escape(str(file))}: site {cfg.site}, gate {cfg.gate}, "
+        f"readers: {readers}",
         highlight=False,
     )
 
@@ -191,21 +212,18 @@ def members_import(
     """
     from gated.cache.store import CacheStore
     from gated.contract import load_credential_key
-    from gated.members import MembersFileError, read_members_file
+    from gated.members import read_members_file
 
-    cfg = load_config_or_exit(config)
+    cfg = load_gate_config(config)
     try:
         key = load_credential_key(cfg.keys.credential_key_file)
     except (OSError, ContractError) as exc:
         fail(f"credential key: {exc}")
     store = CacheStore(cfg.cache_path, cfg.durability)
     try:
-        try:
-            states = read_members_file(
-                file, key, default_site=cfg.site, first_version=store.max_version() + 1
-            )
-        except MembersFileError as exc:
-            fail(str(exc))
+        states = read_members_file(
+            file, key, default_site=cfg.site, first_version=store.max_version() + 1
+        )
         applied = store.apply_states(states)
     finally:
         store.close()
@@ -302,10 +320,9 @@ def members_push(
         load_public_key,
         public_key_raw,
     )
-    from gated.members import MembersFileError
-    from gated.push import PushError, push_members, version_record_path
+    from gated.push import push_members, version_record_path
 
-    cfg = load_config_or_exit(config)
+    cfg = load_gate_config(config)
     try:
         credential_key = load_credential_key(cfg.keys.credential_key_file)
         signer = Signer.from_pem_file(key)
@@ -316,23 +333,20 @@ def members_push(
     except (OSError, ValueError, ContractError) as exc:
         fail(f"keys: {exc}")
     broker = None if snapshot else _broker_options(cfg, url, username, password_file)
-    try:
-        result = asyncio.run(
-            push_members(
-                file,
-                site=cfg.site,
-                credential_key=credential_key,
-                signer=signer,
-                trusted=trusted,
-                broker=broker,
-                snapshot=snapshot,
-                record=version_record_path(key),
-                floor=version_floor,
-                show_progress=not json_out,
-            )
+    result = asyncio.run(
+        push_members(
+            file,
+            site=cfg.site,
+            credential_key=credential_key,
+            signer=signer,
+            trusted=trusted,
+            broker=broker,
+            snapshot=snapshot,
+            record=version_record_path(key),
+            floor=version_floor,
+            show_progress=not json_out,
         )
-    except (PushError, MembersFileError, ContractError) as exc:
-        fail(str(exc))
+    )
     if json_out:
         emit_json(result)
     elif snapshot:
@@ -372,9 +386,9 @@ def command_sign(
     """Print a signed GateCommand as one JSON line (and with --publish, send it)."""
     from gated.config import parse_duration
     from gated.contract import GateCommand, Signer
-    from gated.push import PushError, command_json, publish_command, sign_command
+    from gated.push import command_json, publish_command, sign_command
 
-    cfg = load_config_or_exit(config) if config.exists() and (site is None or publish) else None
+    cfg = load_gate_config(config) if config.exists() and (site is None or publish) else None
     site = site or (cfg.site if cfg else None)
     if site is None:
         fail("give --site (or a config with the site)")
@@ -395,7 +409,7 @@ def command_sign(
             if broker is None:
                 fail("--publish needs --url or a config with [mqtt]")
             asyncio.run(publish_command(broker, command))
-    except (OSError, ValueError, ContractError, PushError) as exc:
+    except (OSError, ValueError) as exc:
         fail(str(exc))
     print(command_json(command))
 
@@ -403,6 +417,7 @@ def command_sign(
 # --- gatectl -----------------------------------------------------------------------------------
 
 gatectl_app = typer.Typer(
+    cls=RefusalsAsOneLine,
     name="gatectl",
     help="Diagnose and operate a running gate over its control socket.",
     no_args_is_help=True,
@@ -431,6 +446,7 @@ def gatectl_main(
 ) -> None:
     """Global options come before the command: gatectl -c /etc/gated/gated.toml status."""
     global _socket_path, _config_path
+    setup_logging()
     _config_path = config
     if socket is not None:
         _socket_path = socket
@@ -450,8 +466,6 @@ def call(cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) ->
         fail(
             f"{exc}. Start it with: systemctl start gated (or gated run -c FILE)", EXIT_NOT_RUNNING
         )
-    except control.ControlError as exc:
-        fail(str(exc))
     except (OSError, ValueError) as exc:
         fail(f"control socket {_socket_path}: {exc}", EXIT_NOT_RUNNING)
 
@@ -481,15 +495,23 @@ def status(json_out: JsonOpt = False) -> None:
 
 @gatectl_app.command()
 def readers(json_out: JsonOpt = False) -> None:
-    """Each reader: kind, side, state (ok / absent / error), last read, reads and errors."""
+    """Each reader: kind, side, state (ok / absent / error), last read, reads and errors.
+
+    Exit 1 if a reader is not ok (with --json too)."""
     result = call("readers")
     if json_out:
         emit_json(result)
-        return
+    else:
+        print_readers(result["readers"])
+    if any(r["state"] != "ok" for r in result["readers"]):
+        raise typer.Exit(EXIT_NO)
+
+
+def print_readers(readers: list[dict[str, Any]]) -> None:
     table = Table(
         "id", "kind", "direction", "state", "last read", "reads", "errors", "rejected", "detail"
     )
-    for r in result["readers"]:
+    for r in readers:
         colour = {"ok": "green", "absent": "yellow"}.get(r["state"], "red")
         table.add_row(
             r["id"],
@@ -500,11 +522,9 @@ def readers(json_out: JsonOpt = False) -> None:
             str(r["reads"]),
             str(r["errors"]),
             str(r["rejected"]),
-            r["detail"],
+            escape(r["detail"]),
         )
     console.print(table)
-    if any(r["state"] != "ok" for r in result["readers"]):
-        raise typer.Exit(EXIT_DENIED)
 
 
 @cache_app.command("stats")
@@ -541,7 +561,7 @@ def cache_lookup(
             )
         )
     if not result["found"]:
-        raise typer.Exit(EXIT_DENIED)
+        raise typer.Exit(EXIT_NO)
 
 
 @gatectl_app.command()
@@ -573,7 +593,7 @@ def badge(
             highlight=False,
         )
     if not result["allow"]:
-        raise typer.Exit(EXIT_DENIED)
+        raise typer.Exit(EXIT_NO)
 
 
 @events_app.command("tail")

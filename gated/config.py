@@ -67,8 +67,11 @@ class MqttConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", v):
+        match = re.match(r"^mqtts?://[^/:]+(?::(\d+))?/?$", v)
+        if not match:
             raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        if match.group(1) is not None and not 1 <= int(match.group(1)) <= 65535:
+            raise ValueError(f"port {match.group(1)} is not a TCP port (1-65535)")
         return v
 
 
@@ -76,6 +79,13 @@ class HeadOfficeConfig(_Section):
     snapshot_url: str | None = None
     token_file: Path | None = None
     ca_file: Path | None = None
+
+    @field_validator("snapshot_url")
+    @classmethod
+    def _snapshot_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(https?://[^/\s]+/\S*|file:///\S+)$", v):
+            raise ValueError("must be an https:// (or http://) URL, or file:///PATH")
+        return v
 
 
 class PolicyConfig(_Section):

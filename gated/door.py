@@ -84,18 +84,32 @@ class DoorEvent:
     detail: str | None = None
 
 
-def open_pin_factory(name: str) -> Factory:
-    """Create the gpiozero pin factory named by ``[door] pin_factory``, or raise :class:`DoorError`."""
+def _factory_class(name: str) -> Any:
     try:
         module_name, class_name, hint = _FACTORIES[name]
     except KeyError:
         raise DoorError(f"[door] pin_factory: unknown factory {name!r}") from None
     try:
-        factory_class = getattr(importlib.import_module(module_name), class_name)
+        return getattr(importlib.import_module(module_name), class_name)
     except ImportError as exc:
         raise DoorError(
             f"[door] pin_factory {name!r} needs {exc.name or 'a library'}: {hint}"
         ) from exc
+    # A library that is there but broken (a wrong version, a missing shared object) fails with
+    # anything at all; the edge still gets one line naming the factory.
+    except Exception as exc:
+        raise DoorError(f"[door] pin_factory {name!r}: its library does not load: {exc}") from exc
+
+
+def check_pin_factory(name: str) -> None:
+    """Raise :class:`DoorError` if the pin factory's library cannot be imported here. The GPIO is
+    not opened: the running daemon may hold it, so only ``gated run`` finds a chip it cannot use."""
+    _factory_class(name)
+
+
+def open_pin_factory(name: str) -> Factory:
+    """Create the gpiozero pin factory named by ``[door] pin_factory``, or raise :class:`DoorError`."""
+    factory_class = _factory_class(name)
     try:
         return factory_class()
     # lgpio raises its own lgpio.error and pigpio an OSError-like error; whatever the library, the

@@ -1,7 +1,9 @@
 """``gated-billing``: the billing companion's command line (typer + rich).
 
 Every command takes ``-c/--config`` (default ``$GATED_BILLING_CONFIG`` or
-``/etc/gated/billing.toml``). Errors are one line on stderr with exit code 1 (2 for bad config).
+``/etc/gated/billing.toml``). A refused operation (any GatedError: a bad config file, a missing
+key, an unknown member, a rule that says no) is one line on stderr and exit code 2, as in ``gated``
+and ``gatectl`` (:mod:`gated.edge`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import asyncio
 import csv
 import gc
 import json
-import logging
-import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -27,22 +27,20 @@ from rich.table import Table
 from gated.billing_sync import reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
-from gated.billing_sync.engine import FreezeRefused
-from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import GatewayError, PaymentGateway, SimulatedGateway
-from gated.billing_sync.keys import (
-    KeyFileError,
-    Keys,
-    init_keys,
-    new_credential_key,
-    new_signing_key,
-)
+from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
+from gated.billing_sync.keys import Keys, init_keys, new_credential_key, new_signing_key
 from gated.billing_sync.service import Billing, CycleReport, PlanSpec
-from gated.billing_sync.store import StoreError, open_store
-from gated.config import BillingConfig, ConfigError, load_billing_config, parse_duration
-from gated.contract import ContractError, mint_qr_code
+from gated.billing_sync.store import open_store
+from gated.config import BillingConfig, load_billing_config, parse_duration
+from gated.contract import mint_qr_code
+from gated.edge import RefusalsAsOneLine, fail, setup_logging
 
-app = typer.Typer(no_args_is_help=True, help="Billing, dunning and member status for gated.")
+app = typer.Typer(
+    cls=RefusalsAsOneLine,
+    no_args_is_help=True,
+    help="Billing, dunning and member status for gated.",
+    pretty_exceptions_enable=False,
+)
 members_app = typer.Typer(no_args_is_help=True, help="Members: add, show, list, import, erase.")
 cards_app = typer.Typer(no_args_is_help=True, help="Card enrolment (UIDs are kept encrypted).")
 gates_app = typer.Typer(no_args_is_help=True, help="Gate bearer tokens for snapshot fetches.")
@@ -80,16 +78,10 @@ DEFAULT_CONFIG = Path("/etc/gated/billing.toml")
 CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def load_config(path: Path) -> BillingConfig:
-    try:
-        return load_billing_config(path)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from exc
+@app.callback()
+def main() -> None:
+    """Billing, dunning and member status for gated."""
+    setup_logging()
 
 
 def make_gateway(config: BillingConfig, clock: Callable[[], int]) -> PaymentGateway:
@@ -140,16 +132,15 @@ def settle_collector() -> None:
 
 @contextmanager
 def service(config_path: Path) -> Iterator[Billing]:
-    """The service for one command; domain errors become one line and exit code 1."""
-    config = load_config(config_path)
+    """The service for one command. Its refusals (GatedError) become one line and exit code 2 in
+    RefusalsAsOneLine; a key or state file the system will not let us read, here."""
+    config = load_billing_config(config_path)
     try:
         billing = build(config)
-    except (KeyFileError, StoreError, OSError) as exc:
-        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        fail(str(exc))
     try:
         yield billing
-    except (BillingError, FreezeRefused, ContractError, GatewayError, KeyFileError) as exc:
-        raise _fail(str(exc)) from exc
     finally:
         billing.engine.dispose()
 
@@ -191,8 +182,8 @@ def _parse_date(text: str | None) -> int | None:
         return None
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise _fail(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
+    except ValueError:
+        fail(f"not a date: {text!r} (use YYYY-MM-DD)")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp())
@@ -202,12 +193,18 @@ def _parse_date(text: str | None) -> int | None:
 
 
 @app.command()
-def serve(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Run everything: billing cycles, webhooks, snapshots, MQTT publisher, event intake, notices."""
-    logging.basicConfig(
-        level=os.environ.get("GATED_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def serve(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: $GATED_LOG_LEVEL, else INFO)."),
+    ] = None,
+) -> None:
+    """Run everything: billing cycles, webhooks, snapshots, MQTT publisher, event intake, notices.
+
+    Exit code 1 when one of those parts stopped with an error (the others are stopped with it).
+    """
+    setup_logging(log_level, default="INFO")
     with service(config) as billing:
         from gated.billing_sync.daemon import serve_forever
         from gated.web.app import web_routes  # the one place the billing process wires the web
@@ -315,9 +312,12 @@ def members_import(file: Path, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     try:
         text = file.read_text()
     except OSError as exc:
-        raise _fail(f"{file}: {exc.strerror}") from exc
+        fail(f"{file}: {exc.strerror}")
     if file.suffix.lower() == ".json":
-        records: list[dict[str, Any]] = json.loads(text)
+        try:
+            records: list[dict[str, Any]] = json.loads(text)
+        except ValueError as exc:
+            fail(f"{file}: not JSON: {exc}")
     else:
         records = list(csv.DictReader(text.splitlines()))
     with service(config) as billing:
@@ -340,7 +340,7 @@ def members_import(file: Path, config: ConfigOpt = DEFAULT_CONFIG) -> None:
                 for uid in uids.split() if isinstance(uids, str) else uids:
                     billing.assign_card(str(rec["member_id"]), uid)
             except KeyError as exc:
-                raise _fail(f"{file}: record {n}: missing {exc.args[0]}") from exc
+                fail(f"{file}: record {n}: missing {exc.args[0]}")
         out.print(f"imported {len(records)} members")
 
 
@@ -410,7 +410,7 @@ def gates_revoke(site: str, gate: str, config: ConfigOpt = DEFAULT_CONFIG) -> No
 @keys_app.command("init")
 def keys_init(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Create whichever key file is missing (head-office, credential, card encryption)."""
-    cfg = load_config(config)
+    cfg = load_billing_config(config)
     for path in init_keys(cfg.keys):
         out.print(f"wrote {path}")
 
@@ -471,7 +471,7 @@ def plans_add(
         try:
             windows = json.loads(schedule) if schedule else []
         except ValueError as exc:
-            raise _fail(f"--schedule is not JSON: {exc}") from exc
+            fail(f"--schedule is not JSON: {exc}")
         with _audit(billing, "manage_plans", None) as entry:
             entry.detail.update(plan=plan_id, price=price)
             billing.add_plan(
@@ -623,7 +623,7 @@ def pass_(
     qr = segno.make(code, error="m")
     if png is not None:
         qr.save(str(png), scale=6)
-        err.print(f"wrote {png}")
+        err.print(f"wrote {png}", markup=False)
     else:
         qr.terminal(compact=True)
     sys.stdout.write(code + "\n")
@@ -688,7 +688,7 @@ def clock_advance(
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     with service(config) as billing:
         billing.advance_clock(seconds)
         out.print(f"billing clock now {_when(billing.clock())} UTC")

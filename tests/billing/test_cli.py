@@ -132,10 +132,10 @@ def test_import_csv(cfg: Path, tmp_path: Path) -> None:
 
 def test_errors_are_one_line_with_meaningful_exit_codes(cfg: Path, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["members", "show", "nobody", "-c", str(cfg)])
-    assert missing.exit_code == 1 and "no member 'nobody'" in missing.stderr
+    assert missing.exit_code == 2 and "no member 'nobody'" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     refused = runner.invoke(app, ["freeze", "nobody", "--months", "5", "-c", str(cfg)])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     bad = tmp_path / "bad.toml"
     bad.write_text('sites = ["downtown"]\n[dunning]\ngrace_dayz = 3\n')
     result = runner.invoke(app, ["run", "-c", str(bad)])
