@@ -69,6 +69,16 @@ async def events(gate: Gate) -> list[dict[str, Any]]:
     return await asyncio.wrap_future(gate.writer.submit(lambda s: s.recent_events(100)))
 
 
+async def recorded(gate: Gate, count: int, timeout: float = 5.0) -> list[tuple[str, str]]:
+    """Member m_1's (kind, reason) events, once there are ``count`` of them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = [(e["kind"], e["reason"]) for e in await events(gate) if e["member_id"] == "m_1"]
+        if len(found) >= count or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.01)
+
+
 async def test_reader_entries_count_toward_daily_limit(
     gate_env: tuple[Gate, MockFactory, Path],
 ) -> None:
@@ -115,15 +125,14 @@ async def test_entry_counts_only_on_passage(tmp_path: Path) -> None:
     try:
         passage = factory.pin(PASSAGE_PIN)
         gate._on_read(Credential("card", UID, "sim-1"))
-        await asyncio.sleep(0.25)  # pulse_ms = 100: nobody walked through
+        await recorded(gate, 1)  # pulse_ms = 100: nobody walked through
         gate._on_read(Credential("card", UID, "sim-1"))  # still allowed: the first did not count
-        await asyncio.sleep(0.02)
+        assert gate.door.relay_energized
         passage.drive_low()  # someone passes
         passage.drive_high()
-        await asyncio.sleep(0.05)
+        await recorded(gate, 2)
         gate._on_read(Credential("card", UID, "sim-1"))
-        await asyncio.sleep(0.25)
-        reasons = [(e["kind"], e["reason"]) for e in await events(gate) if e["member_id"] == "m_1"]
+        reasons = await recorded(gate, 3)
         assert reasons == [("entry", "not_passed"), ("entry", "ok"), ("deny", "daily_limit")]
     finally:
         gate.door.close()

@@ -158,16 +158,19 @@ def test_events_follow_streams_new_events(gate: GateProcess) -> None:
 
     from tests.gatefixture import gatectl_cmd
 
+    gate.badge(card=ACTIVE_UID)  # at least one event to read back
     follower = subprocess.Popen(
-        gatectl_cmd("-c", str(gate.config), "events", "tail", "-f", "-n", "0", "--json"),
+        gatectl_cmd("-c", str(gate.config), "events", "tail", "-f", "-n", "1", "--json"),
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(0.3)  # let the follower subscribe before the badge (it reads no backlog: -n 0)
+        assert follower.stdout is not None
+        # The daemon follows before it sends the backlog: once the last event is read back, the
+        # badge after it is streamed.
+        json.loads(follower.stdout.readline())
         gate.badge(card=FROZEN_UID)
-        line = follower.stdout.readline() if follower.stdout else ""
-        event = json.loads(line)
+        event = json.loads(follower.stdout.readline())
         assert event["kind"] == "deny" and event["reason"] == "frozen"
     finally:
         follower.terminate()

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,25 @@ async def retained(port: int, site: str = SITE, quiet: float = 0.6) -> dict[str,
             return out
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def version_floor(b: Billing) -> int:
+    with b.engine.connect() as conn:
+        return int(conn.execute(select(schema.version_head.c.value)).scalar_one())
+
+
+def gate_event_ids(b: Billing) -> list[str]:
+    with b.engine.connect() as conn:
+        return [r.event_id for r in conn.execute(select(schema.gate_events.c.event_id))]
+
+
 async def wait_drained(b: Billing, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,7 +136,8 @@ async def test_publishes_signed_states_and_survives_a_broker_restart(
         await asyncio.to_thread(b.record_payment, "m1")
         await asyncio.to_thread(b.erase, "m2")
         await asyncio.to_thread(b.assign_card, "m0", "04A1B2C3D4E5F6")
-        await asyncio.sleep(0.5)
+        # Once the publisher has lost the broker, nothing can mark a row published.
+        await until(lambda: not pub.connected.is_set(), "the publisher notices the broker is gone")
         with b.engine.connect() as conn:
             pending = conn.execute(
                 select(func.count()).where(schema.status_outbox.c.published_at.is_(None))
@@ -151,30 +172,41 @@ async def test_gate_events_are_consumed_once_even_while_billing_is_away(
         "source": "reader",
         "operator": None,
     }
+    subscribed = {**event, "event_id": "01JD0000000000000000000002"}
+    after = {**event, "event_id": "01JD0000000000000000000003"}
+
+    async def send(*events: dict[str, Any]) -> None:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="gate-t1") as gate:
+            for ev in events:
+                await gate.publish(events_topic(SITE, "t1"), compact_json(ev), qos=1)
+
     pub = publisher_for(b, mosquitto.url)
     task = asyncio.create_task(pub.run())
     await asyncio.wait_for(pub.connected.wait(), 10)
-    await asyncio.sleep(0.6)  # past the retained-manifest read, subscribed to events
+    # An event that arrives shows the session subscribed to the gates' events; one sent before
+    # the subscription is lost, so it is sent again until one arrives.
+    deadline = time.monotonic() + 10
+    while subscribed["event_id"] not in gate_event_ids(b):
+        assert time.monotonic() < deadline, "the publisher never subscribed to the gates' events"
+        await send(subscribed)
+        await asyncio.sleep(0.1)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     # billing is away: the broker keeps its persistent session's QoS 1 queue
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="gate-t1") as gate:
-        for _ in range(2):  # a gate that lost the PUBACK sends again
-            await gate.publish(events_topic(SITE, "t1"), compact_json(event), qos=1)
+    await send(event, event)  # a gate that lost the PUBACK sends again
     task = asyncio.create_task(pub.run())
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with b.engine.connect() as conn:
-                rows = conn.execute(select(schema.gate_events)).all()
-            if rows:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(pub.connected.wait(), 10)
+        # One gate's messages arrive in order: once the next one is in, both copies were seen.
+        await send(after)
+        await until(lambda: after["event_id"] in gate_event_ids(b), "the queued events consumed")
+        ids = [i for i in gate_event_ids(b) if i not in (subscribed["event_id"], after["event_id"])]
+        assert ids == [event["event_id"]]
         with b.engine.connect() as conn:
-            rows = conn.execute(select(schema.gate_events)).all()
-        assert [r.event_id for r in rows] == [event["event_id"]]
-        assert rows[0].kind == "entry" and rows[0].member_id == "m1"
+            row = conn.execute(
+                select(schema.gate_events).where(schema.gate_events.c.event_id == ids[0])
+            ).one()
+        assert row.kind == "entry" and row.member_id == "m1"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -201,7 +233,7 @@ async def test_versions_continue_above_a_retained_manifest(
     task = asyncio.create_task(pub.run())
     try:
         await asyncio.wait_for(pub.connected.wait(), 10)
-        await asyncio.sleep(0.8)
+        await until(lambda: version_floor(b) >= 5000, "the retained manifest's versions adopted")
         await asyncio.to_thread(
             b.add_member, "m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok"
         )
