@@ -57,7 +57,7 @@ def test_cli_actions_are_audited_as_the_unix_user(cfg: Path) -> None:
     cli_ok(cfg, "cards", "revoke", "m1", "04A1B2C3")
     cli_ok(cfg, "staff", "add", "olga", "--role", "owner")
     failed = CliRunner().invoke(app, ["freeze", "nobody", "-c", str(cfg)])
-    assert failed.exit_code == 1
+    assert failed.exit_code == 2
     rows = entries(cfg)
     actions = [r["action"] for r in rows]
     assert actions == [
