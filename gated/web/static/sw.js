@@ -16,9 +16,14 @@ const ASSETS = [
 ];
 
 self.addEventListener("install", (event) => {
-  event.waitUntil(
-    caches.open(CACHE).then((cache) => cache.addAll(ASSETS)).then(() => self.skipWaiting()),
-  );
+  event.waitUntil((async () => {
+    const cache = await caches.open(CACHE);
+    await cache.addAll(ASSETS);
+    // The page that registered this worker, kept at once: the pass works offline from now on.
+    const page = await fetch(PAGE, { credentials: "same-origin", redirect: "manual" });
+    if (page.ok && page.type === "basic") await cache.put(PAGE, page);
+    await self.skipWaiting();
+  })());
 });
 
 self.addEventListener("activate", (event) => {
