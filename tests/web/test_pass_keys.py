@@ -17,6 +17,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from gated.billing_sync import schema
+from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.pass_keys import proof_message
 from gated.billing_sync.server import create_app
@@ -85,13 +86,12 @@ def register(
 
 
 def log_actions(b: Billing, member_id: str) -> list[str]:
-    t = schema.pass_key_log
-    with b.engine.connect() as conn:
-        return list(
-            conn.execute(select(t.c.action).where(t.c.member_id == member_id).order_by(t.c.id))
-            .scalars()
-            .all()
-        )
+    """The member's pass-key rows in the audit log, oldest first, without the prefix."""
+    return [
+        e["action"].removeprefix("pass_key_")
+        for e in reversed(b.audit_entries(member_id=member_id))
+        if e["action"].startswith("pass_key_")
+    ]
 
 
 def test_a_registered_key_is_published_mailed_logged_and_replaces_head_offices(
@@ -115,6 +115,10 @@ def test_a_registered_key_is_published_mailed_logged_and_replaces_head_offices(
         kinds = conn.execute(select(n.c.kind).where(n.c.member_id == "ann")).scalars().all()
     assert "pass_key" in kinds
     assert log_actions(b, "ann") == ["registered"]
+    row = b.audit_entries(member_id="ann")[0]
+    assert (row["actor_kind"], row["actor"], row["role"]) == ("member", "ann", "member")
+    old_fp, new_fp = row["changes"]["qr_key"]
+    assert old_fp and new_fp and old_fp != new_fp and len(new_fp) == 16
     body = client.get("/api/v1/pass").json()
     assert body["qr_key"] == state["qr_key"] and body["valid"] is True
     assert body["qr_refresh_s"] == 10 and isinstance(body["now_ms"], int)
@@ -191,7 +195,7 @@ def test_one_device_per_day_unless_staff_allow_another(
     r = register(client, "ann", second)
     assert r.status_code == 429 and r.json()["reason"] == "too_soon"
     assert "24 hours" in r.json()["error"] and r.headers["retry-after"] == "86400"
-    b.pass_keys().allow("ann", "frontdesk")
+    b.pass_keys().allow("ann", Actor("cli", "frontdesk", "shell", "local"))
     assert register(client, "ann", second).status_code == 200
     assert register(client, "ann").json()["reason"] == "too_soon", "an allowance counts once"
     # A day later (signed in again: the sign-in must be recent), a new device is fine.
@@ -199,6 +203,8 @@ def test_one_device_per_day_unless_staff_allow_another(
     sign_in(client, b, "ann@example.com")
     assert register(client, "ann").status_code == 200
     assert log_actions(b, "ann") == ["registered", "allowed", "registered", "registered"]
+    allowance = [e for e in b.audit_entries(member_id="ann") if e["action"] == "pass_key_allowed"]
+    assert allowance[0]["actor"] == "frontdesk"
 
 
 def test_another_members_session_registers_only_its_own_member(
