@@ -468,6 +468,9 @@ class AppConfig(_Section):
 
     # How long a member stays signed in on one device.
     session_days: int = Field(default=30, ge=1, le=365)
+    # How often the pass shows a fresh QR code, in seconds; a gate's qr_window_s should be at
+    # least twice this.
+    qr_refresh_s: int = Field(default=10, ge=1, le=300)
 
 
 class BillingConfig(_Section):

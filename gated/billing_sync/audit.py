@@ -101,22 +101,26 @@ def record(
     member_id: str | None,
     changed: Mapping[str, list[Any]],
     detail: Mapping[str, Any],
+    conn: Connection | None = None,
 ) -> None:
-    """Append one row."""
-    with ctx.engine.begin() as conn:
-        conn.execute(
-            insert(s.audit_log).values(
-                at=ctx.clock(),
-                actor_kind=actor.kind,
-                actor=actor.id[:64],
-                role=actor.role,
-                action=action,
-                member_id=member_id,
-                changes=json.dumps(changed, sort_keys=True),
-                detail=json.dumps(detail, sort_keys=True),
-                address=actor.address[:64],
-            )
-        )
+    """Append one row (inside ``conn``'s transaction when given, so the row and the change it
+    records commit together)."""
+    row = insert(s.audit_log).values(
+        at=ctx.clock(),
+        actor_kind=actor.kind,
+        actor=actor.id[:64],
+        role=actor.role,
+        action=action,
+        member_id=member_id,
+        changes=json.dumps(changed, sort_keys=True),
+        detail=json.dumps(detail, sort_keys=True),
+        address=actor.address[:64],
+    )
+    if conn is not None:
+        conn.execute(row)
+        return
+    with ctx.engine.begin() as own:
+        own.execute(row)
 
 
 @contextmanager

@@ -353,6 +353,14 @@ def members_erase(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
         out.print(f"{member_id}: erased")
 
 
+@members_app.command("allow-key")
+def members_allow_key(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Let the member make one more device their pass now, inside the 24-hour limit."""
+    with service(config) as billing:
+        billing.pass_keys().allow(member_id, Actor.unix_user())
+        out.print(f"{member_id}: may register a new pass device now")
+
+
 @members_app.command("set-card")
 def members_set_card(
     member_id: str,

@@ -224,7 +224,8 @@ class MemberAccess:
             )
 
     def end_all_sessions(self, member_id: str) -> int:
-        """Sign the member out on every device; returns how many sessions ended."""
+        """Sign the member out on every device and revoke their pass key (a lost phone);
+        returns how many sessions ended."""
         w = s.web_sessions
         with self.engine.begin() as conn:
             ended = conn.execute(
@@ -233,6 +234,7 @@ class MemberAccess:
                 .values(revoked_at=self.clock())
             ).rowcount
         log.info("event=sessions_ended member=%s count=%d", member_id, ended)
+        self.billing.pass_keys().revoke(member_id)
         return int(ended)
 
     # --- the member's own data -----------------------------------------------------------------

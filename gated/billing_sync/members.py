@@ -320,6 +320,8 @@ def _revoke(ctx: Context, member_id: str, which: ColumnElement[bool], what: str)
 def app_private_key(ctx: Context, member_id: str) -> bytes:
     """The member app's Ed25519 seed (``pass`` plays the app); NotFound without a QR key."""
     facts = load_one(ctx, member_id)
+    if facts.member.qr_private_key is None and facts.member.qr_key is not None:
+        raise NotFound(f"{member_id}'s pass is on their own device: head office can't mint it")
     if facts.member.qr_private_key is None:
         raise NotFound(f"member {member_id} has no QR key (add with --qr)")
     return ctx.keys.cipher.decrypt(facts.member.qr_private_key)

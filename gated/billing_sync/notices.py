@@ -60,6 +60,12 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Hello $name,\n\nyour $plan ran until $end and has now ended; the gates no longer let "
         "you in. Come by the front desk to start a new one.\n",
     ),
+    "pass_key": (
+        "A new device is your pass",
+        "Hello $name,\n\na device became your pass in the member app at $at. Codes from any "
+        "other device no longer open the gates.\n\nIf this was not you, open the member app, "
+        'choose "Sign out everywhere" and talk to the front desk.\n',
+    ),
     "signin": (
         "Your sign-in code",
         "Hello $name,\n\nyour code to sign in is $code\n\nOr open this link and press the "

@@ -401,3 +401,15 @@ audit_log = Table(
     Column("detail", Text, nullable=False),
     Column("address", String(64), nullable=False),
 )
+
+# Proof-of-possession challenges for registering a member app's pass key: each is issued to one
+# member, lives a few minutes and is used up by the first registration that presents it.
+pass_key_nonces = Table(
+    "pass_key_nonces",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger),
+)

@@ -17,6 +17,7 @@ concern:
 * ``front_desk``: member search (by card too) and a member's page for the console;
 * ``gate_commands``: the console's desk-key commands (let in once) to a gate;
 * ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
+* ``pass_keys``: the member app's pass key (registration, revocation, staff allowances);
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
 """
@@ -50,6 +51,7 @@ from gated.billing_sync.gateway import ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
+from gated.billing_sync.pass_keys import PassKeys
 from gated.billing_sync.staff import StaffAccess
 from gated.config import BillingConfig
 
@@ -377,3 +379,9 @@ class Billing:
     def known_gates(self, staff_sites: Sequence[str]) -> list[tuple[str, str]]:
         """(site, gate) pairs at ``staff_sites`` the console can send commands to."""
         return gate_commands.known_gates(self.ctx, staff_sites)
+
+    # --- the member app's pass --------------------------------------------------------------
+
+    def pass_keys(self) -> PassKeys:
+        """The member app's pass key: challenges, registration, revocation, staff allowances."""
+        return PassKeys(self.ctx)

@@ -188,15 +188,15 @@ async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]
 def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) -> list[BaseRoute]:
     """The member app under ``/app``, the staff console under ``/desk`` and the JSON API under
     ``/api/v1``, each behind the security headers; ``wake_mail`` is called when a sign-in mail is queued."""
-    from gated.web import api, desk, member
+    from gated.web import api, desk, member, pass_
 
     web = Web(billing, wake_mail or (lambda: None))
     mounts: list[BaseRoute] = []
     # The staff API's mount comes before the member API's, which would otherwise take its paths.
     for path, routes in (
-        ("/app", member.routes(web)),
+        ("/app", [*pass_.page_routes(web), *member.routes(web)]),
         *desk.roots(web),
-        ("/api/v1", api.routes(web)),
+        ("/api/v1", [*pass_.api_routes(web), *api.routes(web)]),
     ):
         headers = Middleware(SecurityHeaders, https=web.https, static_prefix=f"{path}/static/")
         app = Starlette(routes=routes, middleware=[headers])

@@ -66,6 +66,7 @@ def test_templates_fill_as_string_template_does(kind: str) -> None:
         "plan",
         "code",
         "minutes",
+        "at",
     }
     values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
     n = render(kind, "a@x", "m1", **values)

@@ -1,6 +1,7 @@
 """The browser test stack, shared by a module: one real ``gated-billing serve`` (simulated payment
-gateway, notices to an SMTP sink in this process) and one headless Chromium (Debian's, driven by
-Playwright; never a downloaded browser). Each test opens its own browser contexts (cookie jars)."""
+gateway, notices to an SMTP sink in this process) publishing to a real mosquitto, a real gate
+(``gated run``) subscribed to it, and one headless Chromium (Debian's, driven by Playwright;
+never a downloaded browser). Each test opens its own browser contexts (cookie jars)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import pytest
 
 from gated.billing_sync.service import PlanSpec
 from tests.billing.test_crash import billing_for
-from tests.services import free_port
+from tests.gatefixture import GateProcess, write_config
+from tests.services import free_port, run_mosquitto
 from tests.sync.helpers import wait_until
 from tests.web.helpers import SigninMail, parse_signin_mail
 
@@ -73,6 +75,8 @@ class Stack:
     inbox: Inbox
     members: dict[str, dict[str, Any]]
     log: Path
+    config: Path
+    gate: GateProcess
 
 
 def _require(what: str, missing: bool) -> None:
@@ -86,10 +90,22 @@ def _require(what: str, missing: bool) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """``gated-billing serve`` with three members (one named like an attack) and an SMTP sink."""
+    """``gated-billing serve`` with three members (one named like an attack), an SMTP sink,
+    mosquitto and a gate on the members' site."""
+    root = tmp_path_factory.mktemp("web")
+    with run_mosquitto(root / "mosquitto") as broker:
+        gate_root = root / "gate"
+        gate = GateProcess(
+            write_config(gate_root, extra=f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 1\n'),
+            gate_root,
+        )
+        yield from _serve(root, gate, broker.url)
+
+
+def _serve(root: Path, gate: GateProcess, mqtt_url: str) -> Iterator[Stack]:
     from aiosmtpd.controller import Controller
 
-    root = tmp_path_factory.mktemp("web")
+    keys = gate.root / "keys"  # the gate trusts what this head office signs
     inbox = Inbox()
     smtp_port, http_port = free_port(), free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
@@ -98,10 +114,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = root / "billing.toml"
     config.write_text(
         'database_url = "sqlite:///billing.db"\nstate_dir = "state"\nsites = ["downtown"]\n'
-        '[keys]\nhead_office_private_key_file = "keys/head-office.key"\n'
-        'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
+        f'[keys]\nhead_office_private_key_file = "{keys}/head-office.key"\n'
+        f'credential_key_file = "{keys}/credential.key"\ncard_encryption_key_file = "keys/cards.key"\n'
+        f'[mqtt]\nurl = "{mqtt_url}"\nclient_id = "billing-web"\n'
         f'[http]\nhost = "127.0.0.1"\nport = {http_port}\npublic_url = "{url}"\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\n'
+        # A fresh pass code every 2 s (10 by default): the pass tests see several in seconds.
+        "[app]\nqr_refresh_s = 2\n"
     )
     b = billing_for(config)
     b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
@@ -109,12 +128,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ann": {"name": XSS_NAME, "email": "ann@example.com"},
         "bob": {"name": "Bob Private", "email": "bob@example.com"},
         "cat": {"name": "Cat", "email": "cat@example.com"},
+        # The pass's own members (test_pass.py): each registers devices of its own.
+        "pia": {"name": "Pia Pass", "email": "pia@example.com"},
+        "quinn": {"name": "Quinn Clock", "email": "quinn@example.com"},
+        "fay": {"name": "Fay Frozen", "email": "fay@example.com"},
     }
     for member_id, m in members.items():
         b.add_member(
             member_id, m["name"], plan_id="monthly", email=m["email"], payment_method="pm_sim_ok"
         )
     b.charge_extra("bob", "training", "Personal training", 3000)
+    b.freeze("fay", 1)
     for member_id, m in members.items():
         m["invoices"] = [i["id"] for i in b.member_access().invoices(member_id)]
     b.engine.dispose()
@@ -137,8 +161,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 return False
 
         wait_until(up, timeout=30, what="gated-billing serve answering")
-        yield Stack(url, inbox, members, log_path)
+        gate.start()
+        yield Stack(url, inbox, members, log_path, config, gate)
     finally:
+        gate.stop()
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(15)
         controller.stop()
