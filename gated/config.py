@@ -423,6 +423,10 @@ class StripeConfig(_Section):
     max_retries: int = Field(default=4, ge=0, le=10)
     # Live Stripe needs renewals confirmed as merchant-initiated; a local fake may reject it.
     off_session: bool = True
+    # Stripe.js in the member app (card entry, 3-D Secure): the publishable key (pk_...) and
+    # where the script is loaded from (Stripe's own address; a local fake's in tests).
+    publishable_key: str | None = None
+    js_url: str = "https://js.stripe.com/v3/"
 
 
 class BillingMqttConfig(_Section):
@@ -471,6 +475,9 @@ class AppConfig(_Section):
     # How often the pass shows a fresh QR code, in seconds; a gate's qr_window_s should be at
     # least twice this.
     qr_refresh_s: int = Field(default=10, ge=1, le=300)
+    # The membership terms a sign-up accepts (first line "Version: ..."); unset: the shipped
+    # default in gated/web/terms/.
+    terms_file: Path | None = None
 
 
 class BillingConfig(_Section):
@@ -522,6 +529,7 @@ def load_billing_config(path: str | Path) -> BillingConfig:
         (config.stripe, ("api_key_file", "webhook_secret_file")),
         (config.mqtt, ("password_file", "ca_file")),
         (config.smtp, ("password_file",)),
+        (config.app, ("terms_file",)),
     ):
         for name in names:
             value = getattr(section, name, None) if section is not None else None

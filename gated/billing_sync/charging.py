@@ -313,6 +313,9 @@ def record_results(
             # Not final yet: the member is authenticating on the bank's page; the return to
             # the pay page or the webhook records what came of it.
             continue
+        if res.state == "requires_action" and c.return_url is not None:
+            # On-session, the member authenticates in the page (Stripe.js): likewise.
+            continue
         decline_class: eng.DeclineClass | None = None
         if res.state == "failed":
             decline_class = eng.classify_decline(res.decline_code, res.advice_code)
@@ -378,7 +381,10 @@ def after_failure(
     now: int,
 ) -> None:
     """Dunning after a declined charge: the retry schedule, a new card asked for, or a pay
-    link for a bank that wants the member to authenticate, with the notice that says so."""
+    link for a bank that wants the member to authenticate, with the notice that says so.
+    An online sign-up not yet paid has no membership to chase: its page says what happened."""
+    if f.sub is None:
+        return
     acct = eng.after_failure(f.account, decline_class, now, ctx.rules)
     conn.execute(
         update(s.subscriptions)

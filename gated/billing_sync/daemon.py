@@ -27,6 +27,8 @@ async def _cycles(billing: Billing, wake: asyncio.Event) -> None:
     while True:
         try:
             report = await asyncio.to_thread(billing.run_cycle)
+            # Housekeeping: online sign-ups left unpaid for a day go (none was published).
+            await asyncio.to_thread(billing.purge_unpaid_signups)
         except SQLAlchemyError as exc:
             # A locked or briefly unreachable database: this cycle is lost, the next one
             # resumes every attempt it left open.

@@ -39,13 +39,23 @@ class GatewayRejected(GatewayError):
 class ChargeResult(NamedTuple):
     """Where a PaymentIntent stands; decline and advice codes are set when it failed.
     ``action_url`` is where a member paying on-session must go to authenticate (3-D Secure)
-    before the intent can succeed."""
+    before the intent can succeed; ``client_secret`` lets Stripe.js in the member's browser
+    finish such an intent (3-D Secure in the page)."""
 
     intent_id: str
     state: IntentState
     decline_code: str | None = None
     advice_code: str | None = None
     action_url: str | None = None
+    client_secret: str | None = None
+
+
+class CardSetup(NamedTuple):
+    """A SetupIntent: the member's browser saves a card with it through Stripe.js (3-D Secure
+    included) using ``client_secret``; the card never passes through us."""
+
+    setup_id: str
+    client_secret: str
 
 
 class PaymentGateway(Protocol):
@@ -89,6 +99,15 @@ class PaymentGateway(Protocol):
 
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
         """Where an intent stands now."""
+        ...
+
+    def create_setup(self, customer_ref: str) -> CardSetup:
+        """A SetupIntent for the customer, for a card entered in the browser."""
+        ...
+
+    def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
+        """The payment method a SetupIntent of this customer saved, or None while it has not
+        succeeded (or when it belongs to another customer)."""
         ...
 
 
@@ -175,6 +194,17 @@ class FaultyGateway:
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
         """``inner.retrieve_intent`` between its two steps."""
         return self._call("retrieve_intent", lambda: self.inner.retrieve_intent(intent_id))
+
+    def create_setup(self, customer_ref: str) -> CardSetup:
+        """``inner.create_setup`` between its two steps."""
+        return self._call("create_setup", lambda: self.inner.create_setup(customer_ref))
+
+    def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
+        """``inner.setup_payment_method`` between its two steps."""
+        return self._call(
+            "setup_payment_method",
+            lambda: self.inner.setup_payment_method(setup_id, customer_ref),
+        )
 
 
 # --- the simulated gateway --------------------------------------------------------------------
@@ -267,6 +297,14 @@ class SimulatedGateway:
         """The intent's state; a SEPA debit settles three clock days after confirmation."""
         with self._lock:
             return self._settle(intent_id)
+
+    def create_setup(self, customer_ref: str) -> CardSetup:
+        """The simulator takes test payment-method names, never a card from Stripe.js."""
+        raise GatewayRejected("the simulated gateway saves test payment methods by name")
+
+    def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
+        """No SetupIntent of the simulator ever succeeds (see ``create_setup``)."""
+        return None
 
     def charged_total(self) -> int:
         """Sum of every succeeded intent: what the members' banks have paid."""

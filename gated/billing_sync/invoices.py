@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, or_, select, update
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
+from gated.billing_sync.enrolment import start_memberships
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, load_facts
 from gated.billing_sync.publishing import refresh
@@ -155,7 +156,7 @@ def apply_payments(
     extend: bool = True,
 ) -> dict[str, int]:
     """Book money against invoices (one item per invoice); a fully paid renewal moves
-    paid-through forward. Callers refresh the members afterwards. Returns the end of each
+    paid-through forward, a fully paid sign-up starts its membership. Callers refresh the members afterwards. Returns the end of each
     renewal paid in full, by member: with ``extend=False`` paid-through is not written here,
     and the caller must refresh the members from facts extended to these ends
     (``facts.extended``): the refresh writes paid-through with the status."""
@@ -178,6 +179,7 @@ def apply_payments(
     )
     inv_updates = []
     renewed = []
+    joined: list[str] = []
     for inv, amount, _, _ in items:
         paid = int(inv.amount_paid) + amount
         full = paid >= int(inv.total)
@@ -191,7 +193,11 @@ def apply_payments(
         )
         if full and inv.kind == "renewal" and inv.period_end is not None:
             renewed.append({"mid": inv.member_id, "pe": inv.period_end})
+        elif full and inv.kind == "signup":
+            joined.append(inv.member_id)
     bulk(conn, _SET_INVOICE_PAID, inv_updates)
+    if joined:
+        start_memberships(conn, joined, now)
     if extend:
         bulk(conn, _EXTEND_PAID_THROUGH, renewed)
     return {r["mid"]: r["pe"] for r in renewed}

@@ -254,6 +254,8 @@ def erase(ctx: Context, member_id: str) -> None:
                 qr_private_key=None,
                 qr_key=None,
                 payment_method=None,
+                phone=None,
+                emergency_contact=None,
                 erased=True,
             )
         )

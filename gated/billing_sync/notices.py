@@ -72,11 +72,17 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "button on the page: $link\n\nThe code and the link work once, for $minutes minutes. "
         "If you did not ask to sign in, ignore this mail: nothing changes.\n",
     ),
+    "email_change": (
+        "Confirm your new e-mail address",
+        "Hello $name,\n\nto use this address for your membership, open this link and press the "
+        "button on the page: $link\n\nThe link works once, for $hours hours. If you did not ask "
+        "for this, ignore this mail: nothing changes.\n",
+    ),
 }
 # Notices that carry a credential: delivered first (``priority`` 0), and their body is blanked
 # once the mail server has it, so the outbox never keeps a usable code or link.
-SECRET_KINDS = frozenset({"signin"})
-SENT_SECRET_BODY = "(sign-in mail: its code and link are not kept)"
+SECRET_KINDS = frozenset({"signin", "email_change"})
+SENT_SECRET_BODY = "(this mail carried a link or code, which is not kept)"
 
 
 class Notice(NamedTuple):

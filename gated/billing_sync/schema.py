@@ -82,6 +82,9 @@ members = Table(
     Column("qr_key", Text),
     Column("erased", Boolean, nullable=False, default=False),
     Column("created_at", BigInteger, nullable=False),
+    # Given at the online sign-up and edited by the member; blanked on erasure.
+    Column("phone", String(32)),
+    Column("emergency_contact", String(200)),
 )
 
 subscriptions = Table(
@@ -409,6 +412,49 @@ pass_key_nonces = Table(
     metadata,
     Column("nonce", String(64), primary_key=True),
     Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger),
+)
+
+# Online sign-ups: a member who joined on the web has no subscription (so nothing is billed by
+# the cycle and nothing is published to the gates) until the first invoice is paid; paying it
+# starts the membership (``enrolment.start_memberships``). Unpaid ones are deleted after a day.
+signups = Table(
+    "signups",
+    metadata,
+    Column("member_id", ID, ForeignKey("members.id"), primary_key=True),
+    Column("plan_id", ID, ForeignKey("plans.id"), nullable=False),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False),
+    Column("created_at", BigInteger, nullable=False, index=True),
+    Column("paid_at", BigInteger),
+)
+
+# The membership terms a member accepted: the exact text with its version and SHA-256, when,
+# from which address and browser. Kept as long as the member (the signed terms are theirs).
+contracts = Table(
+    "contracts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("plan_id", ID, nullable=False),
+    Column("terms_version", String(64), nullable=False),
+    Column("terms_sha256", String(64), nullable=False),
+    Column("terms_text", Text, nullable=False),
+    Column("accepted_at", BigInteger, nullable=False),
+    Column("client_address", String(64), nullable=False),
+    Column("user_agent", String(200), nullable=False),
+)
+
+# A member's request to change their e-mail address: confirmed by a link mailed to the new
+# address (only the token's SHA-256 is stored), single use, expiring.
+email_changes = Table(
+    "email_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("new_email", Text, nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("used_at", BigInteger),

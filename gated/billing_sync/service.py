@@ -18,6 +18,10 @@ concern:
 * ``gate_commands``: the console's desk-key commands (let in once) to a gate;
 * ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
 * ``pass_keys``: the member app's pass key (registration, revocation, staff allowances);
+* ``signup``: online sign-up, its contract and first payment (``enrolment`` starts the
+  membership once that is paid);
+* ``self_service``: what a member changes alone (quotes before a freeze or a cancellation,
+  contact details, an e-mail change, a card entered in the browser);
 * ``publishing``: statuses settled and MemberStates, manifests and notices written to the
   outboxes; ``facts`` reads what all of them decide from.
 """
@@ -42,20 +46,23 @@ from gated.billing_sync import (
     membership,
     paying,
     publishing,
+    self_service,
+    signup,
     webhooks,
 )
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context, advance_clock
-from gated.billing_sync.gateway import ChargeResult, PaymentGateway
+from gated.billing_sync.gateway import CardSetup, ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
+from gated.billing_sync.signup import Applicant, Terms
 from gated.billing_sync.staff import StaffAccess
 from gated.config import BillingConfig
 
-__all__ = ["Billing", "CycleReport", "PlanSpec"]
+__all__ = ["Applicant", "Billing", "CardSetup", "CycleReport", "PlanSpec", "Terms"]
 
 
 class Billing:
@@ -385,3 +392,73 @@ class Billing:
     def pass_keys(self) -> PassKeys:
         """The member app's pass key: challenges, registration, revocation, staff allowances."""
         return PassKeys(self.ctx)
+
+    # --- online sign-up ---------------------------------------------------------------------
+
+    def signup_offer(self) -> dict[str, Any]:
+        """The sites and plans one can join online, with prices, tax, terms and freeze rules."""
+        return signup.offer(self.ctx)
+
+    def start_signup(
+        self, applicant: Applicant, terms: Terms, client_address: str, user_agent: str
+    ) -> str:
+        """Record a sign-up with its accepted contract and first invoice; returns the member id.
+        Nothing reaches the gates until the invoice is paid."""
+        return signup.start(self.ctx, applicant, terms, client_address, user_agent)
+
+    def signup_status(self, member_id: str) -> dict[str, Any] | None:
+        """The member's online sign-up (plan, first invoice, paid or not), or None."""
+        return signup.status(self.ctx, member_id)
+
+    def pay_signup(
+        self, member_id: str, payment_method: str | None, submit_key: str, return_url: str
+    ) -> ChargeResult:
+        """Pay a sign-up's first invoice on-session (saving ``payment_method`` first); paid,
+        the membership starts and is published."""
+        return signup.pay(self.ctx, member_id, payment_method, submit_key, return_url)
+
+    def contract(self, member_id: str) -> dict[str, Any] | None:
+        """The member's accepted contract with the exact terms text, or None."""
+        return signup.contract(self.ctx, member_id)
+
+    def purge_unpaid_signups(self) -> int:
+        """Delete sign-ups left unpaid for a day; returns how many."""
+        return signup.purge_unpaid(self.ctx)
+
+    # --- self-service -----------------------------------------------------------------------
+
+    def freeze_quote(self, member_id: str, months: int) -> dict[str, Any]:
+        """Whether a freeze now is allowed, its dates and fee, before the member confirms."""
+        return self_service.freeze_quote(self.ctx, member_id, months)
+
+    def cancel_quote(self, member_id: str) -> dict[str, Any]:
+        """The day a cancellation now would take effect, before the member confirms."""
+        return self_service.cancel_quote(self.ctx, member_id)
+
+    def contact(self, member_id: str) -> dict[str, Any]:
+        """The member's name, e-mail, phone and emergency contact."""
+        return self_service.contact(self.ctx, member_id)
+
+    def update_contact(self, member_id: str, phone: str, emergency_contact: str) -> None:
+        """Change the member's phone number and emergency contact."""
+        self_service.update_contact(self.ctx, member_id, phone, emergency_contact)
+
+    def request_email_change(self, member_id: str, new_email: str, link_base: str) -> None:
+        """Mail a confirmation link to a new address; nothing changes until it is used."""
+        self_service.request_email_change(self.ctx, member_id, new_email, link_base)
+
+    def email_change_usable(self, token: str) -> bool:
+        """Whether an e-mail change link would still work."""
+        return self_service.email_change_usable(self.ctx, token)
+
+    def confirm_email_change(self, token: str) -> str | None:
+        """Use an e-mail change link; returns the member id, or None if it does not work."""
+        return self_service.confirm_email_change(self.ctx, token)
+
+    def card_setup(self, member_id: str) -> CardSetup:
+        """A SetupIntent for a card the member enters in the browser (Stripe.js)."""
+        return self_service.card_setup(self.ctx, member_id)
+
+    def card_from_setup(self, member_id: str, setup_id: str) -> str:
+        """The payment method a succeeded SetupIntent of this member saved."""
+        return self_service.card_from_setup(self.ctx, member_id, setup_id)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import stripe
 
 from gated.billing_sync.gateway import (
+    CardSetup,
     ChargeResult,
     GatewayRejected,
     GatewayUnavailable,
@@ -212,6 +213,29 @@ class StripeGateway:
         )
         return self._result(intent)
 
+    def create_setup(self, customer_ref: str) -> CardSetup:
+        """A SetupIntent for a card the member enters in Stripe.js, kept for off-session
+        renewals."""
+        setup = self._call(
+            "setup_intents.create",
+            lambda c: c.v1.setup_intents.create(
+                params={"customer": customer_ref, "usage": "off_session"}
+            ),
+        )
+        return CardSetup(str(setup.id), str(setup.client_secret))
+
+    def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
+        """The card a succeeded SetupIntent of this customer saved."""
+        setup = self._call(
+            "setup_intents.retrieve", lambda c: c.v1.setup_intents.retrieve(setup_id)
+        ).to_dict()
+        if setup.get("status") != "succeeded" or setup.get("customer") != customer_ref:
+            return None
+        pm = setup.get("payment_method")
+        if isinstance(pm, dict):
+            pm = pm.get("id")
+        return str(pm) if pm else None
+
     @staticmethod
     def _result(intent: stripe.PaymentIntent) -> ChargeResult:
         data = intent.to_dict()
@@ -224,4 +248,5 @@ class StripeGateway:
         advice = error.get("advice_code") if state == "failed" else None
         redirect = (data.get("next_action") or {}).get("redirect_to_url") or {}
         action_url = redirect.get("url") if state == "requires_action" else None
-        return ChargeResult(str(data["id"]), state, decline, advice, action_url)
+        secret = data.get("client_secret") if state == "requires_action" else None
+        return ChargeResult(str(data["id"]), state, decline, advice, action_url, secret)

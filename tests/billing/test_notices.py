@@ -67,6 +67,7 @@ def test_templates_fill_as_string_template_does(kind: str) -> None:
         "code",
         "minutes",
         "at",
+        "hours",
     }
     values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
     n = render(kind, "a@x", "m1", **values)
