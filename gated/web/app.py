@@ -34,6 +34,7 @@ from gated.web.security import (
     csrf_ok,
     csrf_token,
     parse_proxies,
+    stripe_csp,
 )
 from gated.web.words import day
 
@@ -188,17 +189,33 @@ async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]
 def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) -> list[BaseRoute]:
     """The member app under ``/app``, the staff console under ``/desk`` and the JSON API under
     ``/api/v1``, each behind the security headers; ``wake_mail`` is called when a sign-in mail is queued."""
-    from gated.web import api, desk, member, pass_
+    from gated.web import api, desk, join, member, pass_, self_service
 
     web = Web(billing, wake_mail or (lambda: None))
+    stripe = billing.config.stripe
+    # Only the member app takes cards (Stripe.js on its card pages).
+    stripe_policy = (
+        stripe_csp(stripe.js_url) if stripe and billing.config.gateway == "stripe" else None
+    )
     mounts: list[BaseRoute] = []
+    app_routes = [
+        *pass_.page_routes(web),
+        *join.routes(web),
+        *self_service.routes(web),
+        *member.routes(web),
+    ]
     # The staff API's mount comes before the member API's, which would otherwise take its paths.
     for path, routes in (
-        ("/app", [*pass_.page_routes(web), *member.routes(web)]),
+        ("/app", app_routes),
         *desk.roots(web),
         ("/api/v1", [*pass_.api_routes(web), *api.routes(web)]),
     ):
-        headers = Middleware(SecurityHeaders, https=web.https, static_prefix=f"{path}/static/")
+        headers = Middleware(
+            SecurityHeaders,
+            https=web.https,
+            static_prefix=f"{path}/static/",
+            stripe_csp=stripe_policy if path == "/app" else None,
+        )
         app = Starlette(routes=routes, middleware=[headers])
         app.state.web = web
         mounts.append(Mount(path, app=app))

@@ -22,46 +22,52 @@ CODE = re.compile(r"[0-9]{6}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
 
 Handler = Callable[[Request, Visitor], Awaitable[Response]]
+FormHandler = Callable[[Request, Visitor, dict[str, str]], Awaitable[Response]]
+
+
+def signed_in_page(web: Web, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A page for a signed-in member; anyone else is sent to sign in."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor = await web.visitor(request)
+        if visitor.session is None:
+            return RedirectResponse("/app/signin", status_code=303)
+        return await handler(request, visitor)
+
+    return endpoint
+
+
+def posted_form(web: Web, handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A state-changing form: refused (403) without the CSRF token of this browser, 413 over
+    the form limit."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor, form, refused = await web.submission(request)
+        if refused == 413:
+            return web.page(
+                visitor, "message.html", 413, title="Too much data", text="That form was too large."
+            )
+        if refused:
+            return web.page(
+                visitor,
+                "message.html",
+                403,
+                title="Please try again",
+                text="This form had expired. Open the page again and resend it.",
+            )
+        return await handler(request, visitor, form)
+
+    return endpoint
 
 
 def routes(web: Web) -> list[BaseRoute]:
     """The member app's routes (mounted at ``/app``)."""
 
     def signed_in(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            visitor = await web.visitor(request)
-            if visitor.session is None:
-                return RedirectResponse("/app/signin", status_code=303)
-            return await handler(request, visitor)
+        return signed_in_page(web, handler)
 
-        return endpoint
-
-    def posted(
-        handler: Callable[[Request, Visitor, dict[str, str]], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        """A state-changing form: refused (403) without the CSRF token of this browser."""
-
-        async def endpoint(request: Request) -> Response:
-            visitor, form, refused = await web.submission(request)
-            if refused == 413:
-                return web.page(
-                    visitor,
-                    "message.html",
-                    413,
-                    title="Too much data",
-                    text="That form was too large.",
-                )
-            if refused:
-                return web.page(
-                    visitor,
-                    "message.html",
-                    403,
-                    title="Please try again",
-                    text="This form had expired. Open the page again and resend it.",
-                )
-            return await handler(request, visitor, form)
-
-        return endpoint
+    def posted(handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
+        return posted_form(web, handler)
 
     async def signin_form(request: Request) -> Response:
         visitor = await web.visitor(request)
@@ -162,6 +168,9 @@ def routes(web: Web) -> list[BaseRoute]:
         assert visitor.session is not None
         member_id = visitor.session.member_id
         m = await asyncio.to_thread(web.access.membership, member_id)
+        if m["status"] is None:
+            # Joined online and not paid yet: the membership starts with the first payment.
+            return RedirectResponse("/app/join/pay", status_code=303)
         invoices = await asyncio.to_thread(web.access.invoices, member_id, 24)
         return web.page(
             visitor,

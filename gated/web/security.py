@@ -19,6 +19,37 @@ CSP = (
     "connect-src 'self'; manifest-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
+# A page that loads Stripe.js (card entry, 3-D Secure) marks its response with this header; the
+# middleware then sends ``stripe_csp`` instead of CSP, and drops the marker.
+STRIPE_PAGE = "x-gated-stripe-page"
+# What Stripe.js needs from Stripe itself (its script, its frames for card fields and 3-D
+# Secure, its API), and nothing more.
+_STRIPE_JS = "https://js.stripe.com"
+_STRIPE_SOURCES = {
+    "script-src": "https://js.stripe.com https://*.js.stripe.com",
+    "frame-src": "https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com",
+    "connect-src": "https://api.stripe.com",
+}
+
+
+def stripe_csp(js_url: str) -> str:
+    """The CSP of a page that loads Stripe.js from ``js_url``: Stripe's own hosts, or, for a
+    local fake that serves the script and the API from one origin (tests), that origin."""
+    scheme, _, rest = js_url.partition("://")
+    origin = f"{scheme}://{rest.split('/', 1)[0]}"
+    sources = (
+        _STRIPE_SOURCES
+        if origin == _STRIPE_JS
+        else dict.fromkeys(("script-src", "frame-src", "connect-src"), origin)
+    )
+    return (
+        f"default-src 'none'; script-src 'self' {sources['script-src']}; style-src 'self'; "
+        f"img-src 'self' data:; connect-src 'self' {sources['connect-src']}; "
+        f"frame-src {sources['frame-src']}; manifest-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
 _HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -29,15 +60,20 @@ _HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
 ]
 
+_REPLACED = {h for h, _ in _HEADERS} | {b"cache-control"}
+
 
 class SecurityHeaders:
     """ASGI middleware: the security headers on every response, and ``no-store`` on everything
     but the static assets (pages and JSON carry personal data)."""
 
-    def __init__(self, app: ASGIApp, *, https: bool, static_prefix: str) -> None:
+    def __init__(
+        self, app: ASGIApp, *, https: bool, static_prefix: str, stripe_csp: str | None = None
+    ) -> None:
         self.app = app
         self.extra = [(b"strict-transport-security", b"max-age=31536000")] if https else []
         self.static_prefix = static_prefix
+        self.stripe_csp = stripe_csp.encode() if stripe_csp else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,12 +83,16 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                given = message.get("headers", [])
+                stripe = any(k.lower() == STRIPE_PAGE.encode() for k, _ in given)
                 headers = [
                     (k, v)
-                    for k, v in message.get("headers", [])
-                    if k.lower() not in {h for h, _ in _HEADERS} and k.lower() != b"cache-control"
+                    for k, v in given
+                    if k.lower() not in _REPLACED and k.lower() != STRIPE_PAGE.encode()
                 ]
                 headers += _HEADERS + self.extra
+                if stripe and self.stripe_csp is not None:
+                    headers[headers.index(_HEADERS[0])] = (_HEADERS[0][0], self.stripe_csp)
                 headers.append(
                     (b"cache-control", b"public, max-age=3600" if static else b"no-store")
                 )
