@@ -5,6 +5,7 @@ never a downloaded browser). Each test opens its own browser contexts (cookie ja
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import importlib.util
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from gated.billing_sync.service import PlanSpec
+from gated.config import load_billing_config
 from tests.billing.test_crash import billing_for
 from tests.gatefixture import GateProcess, write_config
 from tests.services import free_port, run_mosquitto
@@ -76,7 +78,8 @@ class Stack:
     members: dict[str, dict[str, Any]]
     log: Path
     config: Path
-    gate: GateProcess
+    # The gate on the members' site (None for a stack that has none).
+    gate: GateProcess | None = None
 
 
 def _require(what: str, missing: bool) -> None:
@@ -142,7 +145,25 @@ def _serve(root: Path, gate: GateProcess, mqtt_url: str) -> Iterator[Stack]:
     for member_id, m in members.items():
         m["invoices"] = [i["id"] for i in b.member_access().invoices(member_id)]
     b.engine.dispose()
-    log_path = root / "serve.log"
+    try:
+        with running_serve(config) as log_path:
+            gate.start()
+            try:
+                yield Stack(url, inbox, members, log_path, config, gate)
+            finally:
+                gate.stop()
+    finally:
+        controller.stop()
+
+
+@contextlib.contextmanager
+def running_serve(config: Path) -> Iterator[Path]:
+    """``gated-billing serve -c config`` until the block ends (then it must stop cleanly);
+    yields its log file."""
+    import httpx
+
+    url = load_billing_config(config).http.public_url
+    log_path = config.parent / "serve.log"
     with log_path.open("wb") as log:
         serve = subprocess.Popen(
             [str(BIN), "serve", "-c", str(config)],
@@ -151,7 +172,6 @@ def _serve(root: Path, gate: GateProcess, mqtt_url: str) -> Iterator[Stack]:
             env=dict(os.environ, GATED_LOG_LEVEL="INFO"),
         )
     try:
-        import httpx
 
         def up() -> bool:
             assert serve.poll() is None, log_path.read_text()[-3000:]
@@ -161,13 +181,10 @@ def _serve(root: Path, gate: GateProcess, mqtt_url: str) -> Iterator[Stack]:
                 return False
 
         wait_until(up, timeout=30, what="gated-billing serve answering")
-        gate.start()
-        yield Stack(url, inbox, members, log_path, config, gate)
+        yield log_path
     finally:
-        gate.stop()
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(15)
-        controller.stop()
         assert code == 0, log_path.read_text()[-3000:]
 
 
