@@ -121,7 +121,7 @@ def member_of(b: Billing, email: str) -> str:
 
 
 def test_join_with_a_card_through_stripe_js(tabs: Any, stripe_stack: tuple[Stack, Billing]) -> None:
-    stack, b = stripe_stack
+    _, b = stripe_stack
     tab = tabs()
     page = tab.page
     with page.expect_response("**/app/join/pay") as answer:
