@@ -181,3 +181,25 @@ def _ts(iso: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+def test_the_providers_webhook_completes_a_signup_whose_browser_is_gone(tmp_path: Path) -> None:
+    from gated.billing_sync.gateway import ChargeResult, FaultyGateway, GatewayUnavailable
+
+    def lost(step: str) -> None:
+        # The intent exists and its id is committed; the answer of the confirmation never
+        # reaches the page (the browser is gone, the provider took the money).
+        if step == "before_confirm_intent":
+            raise GatewayUnavailable("connection reset")
+
+    clock = Clock()
+    gw = FaultyGateway(SimulatedGateway(tmp_path / "sim.db", clock=clock), lost)
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    m = b.start_signup(applicant(), TERMS, "127.0.0.1", "")
+    with pytest.raises(BillingError):
+        b.pay_signup(m, "pm_sim_ok", "k" * 20, "http://x/")
+    assert states(b, m) == 0
+    with b.engine.connect() as conn:
+        ref = conn.execute(select(schema.payment_attempts.c.gateway_ref)).scalar_one()
+    assert b.intent_update(ref, ChargeResult(ref, "succeeded"))  # payment_intent.succeeded
+    assert published(b, m)["status"] == "active"
