@@ -17,7 +17,7 @@ from tests.web.conftest import XSS_NAME, Stack, screenshot_dir
 pytestmark = pytest.mark.slow
 
 AXE_RUN = """async (exclude) => {
-  const context = exclude.length ? {exclude: exclude.map(s => [s])} : document;
+  const context = exclude && exclude.length ? {exclude: exclude.map(s => [s])} : document;
   const result = await axe.run(context, {resultTypes: ["violations"]});
   return result.violations.map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target)}));
 }"""
