@@ -185,7 +185,7 @@ def test_the_pass_shows_a_qr_the_gate_lets_in_once_and_works_offline(
     played = subprocess.run(
         [str(BIN), "pass", "pia", "-c", str(stack.config)], capture_output=True, text=True
     )
-    assert played.returncode == 1 and "own device" in played.stderr
+    assert played.returncode == 2 and "own device" in played.stderr
     assert len(played.stderr.strip().splitlines()) == 1
 
     # The page never loads Stripe.js, and weighs under 100 KB (HTML, scripts, stylesheets).
