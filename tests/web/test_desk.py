@@ -188,7 +188,7 @@ def test_the_account_wait_is_capped_so_nobody_is_locked_out() -> None:
 
 
 def _path(rule: desk.Rule) -> str:
-    return rule.path.replace("{member_id}", "ann")
+    return rule.path.replace("{member_id}", "ann").replace("{report}", "revenue")
 
 
 def _session(b: Billing, role: str) -> str:
