@@ -48,7 +48,12 @@ class GateBoard:
             before = self._gates.get((site, gate))
             # A retained copy read again at a reconnect keeps the time we last heard it live.
             at = before.received_at if retained and before is not None else None
-            self._gates[(site, gate)] = Heard(status.model_dump(), at if retained else received_at)
+            body = status.model_dump()
+            if status.state == "offline" and before is not None:
+                # A last will was written when the gate connected: what the gate reported
+                # since (members, digest, lockdown) is newer than the will's copy.
+                body = {**before.status, "state": "offline"}
+            self._gates[(site, gate)] = Heard(body, at if retained else received_at)
         return True
 
     def heard(self) -> dict[tuple[str, str], Heard]:

@@ -30,8 +30,10 @@ def test_a_retained_status_says_what_not_when() -> None:
     board = GateBoard()
     board.take("downtown", "t1", status(), 50, retained=True)
     assert board.heard()[("downtown", "t1")].received_at is None
-    board.take("downtown", "t1", status(), 100, retained=False)
-    # The last will, read again after a reconnect: offline, last heard live at 100.
-    board.take("downtown", "t1", status(state="offline"), 200, retained=True)
+    board.take("downtown", "t1", status(members=7, digest="ab"), 100, retained=False)
+    # The last will (written at connect: no members yet), read again after a reconnect:
+    # offline, last heard live at 100, with what the gate reported while online.
+    board.take("downtown", "t1", status(state="offline", members=0), 200, retained=True)
     heard = board.heard()[("downtown", "t1")]
     assert (heard.status["state"], heard.received_at) == ("offline", 100)
+    assert (heard.status["members"], heard.status["digest"]) == (7, "ab")

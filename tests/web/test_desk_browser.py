@@ -196,6 +196,14 @@ def test_owner_signs_in_with_totp_once_and_every_page_passes(
     desk.check("audit")
     page.goto("/desk/feed")
     desk.check("feed")
+    for path, shot in (("/desk/occupancy", "occupancy"), ("/desk/dashboard", "dashboard")):
+        page.goto(path)
+        page.locator("details").first.evaluate("d => d.open = true")
+        desk.check(shot)
+        # A tablet held upright: still no sideways scrolling, still no axe findings.
+        page.set_viewport_size({"width": 768, "height": 1024})
+        desk.check()
+        page.set_viewport_size({"width": 1024, "height": 768})
 
 
 def test_a_badge_appears_on_the_feed_within_a_second(desk: Desk, desk_stack: DeskStack) -> None:
@@ -325,4 +333,7 @@ def test_gates_lockdown_and_a_killed_gate_offline_by_its_last_will(
         what="the killed gate offline",
     )
     assert time.monotonic() - started < 5
+    # As last reported while online (the will itself was written when the gate connected).
+    offline = page.locator("li[data-gate='downtown/t2']")
+    assert offline.locator("dd").nth(2).text_content() == "2 of 2"
     desk.check("gates-offline")
