@@ -678,10 +678,8 @@ def _report_command(name: str, help_text: str) -> None:
         config: ConfigOpt = DEFAULT_CONFIG,
     ) -> None:
         with service(config) as billing:
-            try:
-                scope = reports.scope_for(billing.config, first, last, site)
-            except BillingError as exc:
-                raise _fail(str(exc)) from exc
+            # A malformed month is a BillingError: one line, exit code 2.
+            scope = reports.scope_for(billing.config, first, last, site)
             columns, rows = reports.REPORTS[name](billing.engine, billing.clock(), scope)
         _table(name, columns, rows, as_csv)
 

@@ -205,3 +205,15 @@ def test_occupancy_counts_people_inside_from_local_midnight(
         assert sites["downtown"]["slots"][0][1] == "00:00"
     with _client(b, "front_desk", ["uptown"]) as c:
         assert [s["site"] for s in c.get("/api/v1/staff/occupancy").json()["sites"]] == ["uptown"]
+
+
+def test_a_malformed_month_is_one_line(seeded: tuple[Billing, Clock, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from gated.billing_sync.cli import app
+
+    _, _, config = seeded
+    result = CliRunner().invoke(app, ["report", "mrr", "--from", "2025-13", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "not a month: '2025-13' (use YYYY-MM)" in result.output
+    assert "Traceback" not in result.output
