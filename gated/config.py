@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gated.errors import GatedError
 
@@ -304,7 +311,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
         ):
             continue  # discriminated-union tags add nothing for a human
         else:
-            out += ("." if out else "") + part
+            # [sites.<id>] tables are kept as site_settings; the file calls them sites.
+            out += ("." if out else "") + ("sites" if part == "site_settings" else part)
     return out
 
 
@@ -480,6 +488,22 @@ class AppConfig(_Section):
     terms_file: Path | None = None
 
 
+class SiteConfig(_Section):
+    """``[sites.<id>]``: what invoices, heatmaps and the nightly occupancy reset need of a site."""
+
+    name: str | None = None
+    address: str | None = None
+    tax_id: str | None = None
+    timezone: str = "UTC"
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+
+    _zone = field_validator("timezone")(GateConfig._tz.__func__)  # type: ignore[attr-defined]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
 class BillingConfig(_Section):
     database_url: str = "sqlite:///billing.db"
     state_dir: Path = Path("/var/lib/gated-billing")
@@ -496,6 +520,29 @@ class BillingConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     smtp: SmtpConfig | None = None
     app: AppConfig = Field(default_factory=AppConfig)
+    # Filled from ``[sites.<id>]`` tables; ``sites = ["a", "b"]`` leaves it empty (defaults).
+    site_settings: dict[str, SiteConfig] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_tables(cls, data: Any) -> Any:
+        """``sites`` is a list of ids, or ``[sites.<id>]`` tables whose keys are the ids."""
+        if isinstance(data, dict) and "site_settings" in data:
+            raise ValueError("site_settings: unknown setting (use [sites.<id>] tables)")
+        if isinstance(data, dict) and isinstance(data.get("sites"), dict):
+            tables = data["sites"]
+            data = {**data, "sites": list(tables), "site_settings": tables}
+        return data
+
+    def site(self, site_id: str) -> SiteConfig:
+        """A site's settings (its id as its name, UTC and the head office's currency when it
+        has no ``[sites.<id>]`` table)."""
+        found = self.site_settings.get(site_id)
+        if found is None:
+            found = SiteConfig()
+        return found.model_copy(
+            update={"name": found.name or site_id, "currency": found.currency or self.currency}
+        )
 
     @field_validator("sites")
     @classmethod

@@ -599,6 +599,8 @@ class GateStatus(_Payload):
     last_head_office_at: str | None = None
     outbox_depth: int | None = None
     lockdown: bool | None = None
+    # Each reader's health: ``{"id", "kind", "state": "ok"|"fault", "direction"}``.
+    readers: list[dict[str, str]] | None = None
 
 
 def _first_error(exc: ValidationError) -> str:

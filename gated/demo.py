@@ -293,6 +293,7 @@ cycle_interval_s = 0.3  # the demo's month passes in seconds
 head_office_private_key_file = "{keys / "head-office.key"}"
 credential_key_file = "{keys / "credential.key"}"
 card_encryption_key_file = "{keys / "cards.key"}"
+desk_command_private_key_file = "{keys / "desk.pem"}"
 
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
@@ -318,8 +319,9 @@ max_requests_per_s = 100
 
 def head_office_sections(root: Path, mqtt_port: int, http_port: int) -> str:
     """What connects the demo gate to head office: the broker, and the snapshot for its cold
-    start (then MQTT)."""
-    return f"""
+    start (then MQTT); the staff console's desk key (let in once, lockdown)."""
+    return f"""desk_command_public_key_files = ["{root / "keys" / "desk.pub"}"]
+
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
 heartbeat_s = 1
@@ -468,6 +470,46 @@ def _play(story: BillingStory, gateway: str) -> dict[str, float]:
     return paid
 
 
+DEMO_PASSWORD = "demo password 1"
+
+
+def _console_signins(billing_toml: Path, http_port: int) -> None:
+    """Staff accounts for the console, and the member app's address: an owner (password, then
+    a second factor: a recovery code or the TOTP key in an authenticator app) and a front desk
+    account (password only)."""
+    from gated.billing_sync.context import db_clock
+    from gated.billing_sync.gateway import SimulatedGateway
+    from gated.billing_sync.keys import Keys
+    from gated.billing_sync.service import Billing
+    from gated.billing_sync.store import open_store
+    from gated.billing_sync.totp import b32, code_at
+    from gated.config import load_billing_config
+
+    config = load_billing_config(billing_toml)
+    engine = open_store(config.database_url)
+    clock = db_clock(engine)
+    # Staff accounts never charge anybody: no gateway is called.
+    gateway = SimulatedGateway(clock=clock)
+    billing = Billing(engine, config, gateway, Keys.load(config.keys), clock)
+    try:
+        access = billing.staff_access()
+        access.add("owner", "Olga Owner", "owner", [], DEMO_PASSWORD)
+        access.add("desk", "Dana Desk", "front_desk", [], DEMO_PASSWORD)
+        seed = access.totp_pending("owner")
+        # Enrolled with the previous step's code: the current one still signs in.
+        recovery = access.totp_confirm("owner", code_at(seed, billing.clock() - 30)) or []
+    finally:
+        billing.engine.dispose()
+    url = f"http://127.0.0.1:{http_port}"
+    console.print(f"staff console: [bold]{url}/desk/[/bold]")
+    console.print(
+        f"  owner: [bold]owner[/bold] / [bold]{DEMO_PASSWORD}[/bold], code: a recovery code "
+        f"({', '.join(recovery[:3])}) or TOTP key {b32(seed)}"
+    )
+    console.print(f"  front desk: [bold]desk[/bold] / [bold]{DEMO_PASSWORD}[/bold]")
+    console.print(f"member app: [bold]{url}/app/[/bold] (sign-in mails wait in the outbox)")
+
+
 def run_billing_demo(root: Path) -> int:
     """Head office and a gate on this machine: mosquitto, ``gated-billing serve`` (the real stripe
     library against localstripe when it is installed, else the simulated gateway) and ``gated
@@ -528,6 +570,14 @@ def run_billing_demo(root: Path) -> int:
             )
             paid = _play(story, gateway)
             console.print()
+            _console_signins(billing_toml, http_port)
+            if sys.stdin.isatty():
+                # From a terminal the system keeps running for the browser; from a script or
+                # a test it stops here.
+                console.print("[bold]Everything keeps running: press Ctrl-C to stop.[/bold]")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while serve.poll() is None and gate.poll() is None:
+                        time.sleep(0.5)
     except (
         RuntimeError,
         TimeoutError,

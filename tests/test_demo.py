@@ -57,6 +57,21 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     assert "every decision as expected" in out
     assert re.search(r"paid → let in: [\d.]+ s after the payment was recorded", out)
     assert not _processes_under(work)
+    # The console's and the member app's addresses, with sign-ins that work on this store.
+    assert re.search(r"staff console: http://127\.0\.0\.1:\d+/desk/", out)
+    assert re.search(r"member app: http://127\.0\.0\.1:\d+/app/", out)
+    signin = re.search(r"owner: owner / (.+?), code: a recovery code \(([0-9a-z-]+),", out)
+    assert signin, out[-2000:]
+    from tests.billing.crashing import billing_for
+
+    b = billing_for(work / "billing" / "billing.toml")
+    try:
+        access = b.staff_access()
+        assert access.check_password("owner", signin[1]) is not None
+        assert access.check_second_factor("owner", signin[2])
+        assert access.check_password("desk", signin[1]) is not None
+    finally:
+        b.engine.dispose()
 
 
 def test_gate_only_keeps_the_gate_demo(tmp_path: Path) -> None:

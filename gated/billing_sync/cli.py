@@ -668,9 +668,19 @@ def invoices(
 
 
 def _report_command(name: str, help_text: str) -> None:
-    def command(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    def command(
+        as_csv: CsvOpt = False,
+        first: Annotated[
+            str | None, typer.Option("--from", help="First month, YYYY-MM (UTC).")
+        ] = None,
+        last: Annotated[str | None, typer.Option("--to", help="Last month, YYYY-MM.")] = None,
+        site: Annotated[list[str] | None, typer.Option(help="Only this site (repeatable).")] = None,
+        config: ConfigOpt = DEFAULT_CONFIG,
+    ) -> None:
         with service(config) as billing:
-            columns, rows = reports.REPORTS[name](billing.engine, billing.clock())
+            # A malformed month is a BillingError: one line, exit code 2.
+            scope = reports.scope_for(billing.config, first, last, site)
+            columns, rows = reports.REPORTS[name](billing.engine, billing.clock(), scope)
         _table(name, columns, rows, as_csv)
 
     command.__doc__ = help_text
@@ -683,6 +693,13 @@ for _name, _help in (
     ("dunning", "Members in dunning: status, owed, first failure, retries, next retry."),
     ("attendance", "Entries per day and site from the gates' events."),
     ("passes", "Fixed-term passes: when each ends, and which have expired."),
+    ("mrr", "Monthly recurring revenue per month: paid renewals spread over their months."),
+    ("members", "New members, cancellations and churn per month."),
+    ("recovery", "Failed payments and what dunning recovered, by month and decline class."),
+    ("statuses", "Members by status now."),
+    ("heatmap", "Entries per site, weekday and hour (local time)."),
+    ("sites", "Sites side by side: members, current members, entries, visitors."),
+    ("occupancy", "Today per site in 15-minute slots: entries, exits, people inside."),
 ):
     _report_command(_name, _help)
 

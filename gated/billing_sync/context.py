@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync.errors import BillingError
+from gated.billing_sync.gate_board import GateBoard
 from gated.billing_sync.gateway import PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.store import get_meta, reading, set_meta
@@ -45,6 +46,8 @@ class Context:
     # Set when the service is stopping: a running cycle makes no new gateway call and ends
     # after its batch; attempts it leaves open are finished by the next cycle's resume().
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Each gate's latest status from the retained status topics (the console's gates page).
+    gate_board: GateBoard = field(default_factory=GateBoard)
 
     def __post_init__(self) -> None:
         self.reader = reading(self.engine)

@@ -99,6 +99,7 @@ async def serve_forever(billing: Billing, web: WebRoutes | None = None) -> int:
             config.sites,
             billing.clock,
             billing.record_gate_events,
+            record_status=billing.record_gate_status,
         )
         # Payments recorded in worker threads wake the publisher at once (p99 < 2 s to the gate).
 

@@ -54,17 +54,19 @@ def desk_command(
     )
 
 
-async def send(ctx: Context, command: dict[str, object]) -> None:
-    """Publish a signed command to its gate (QoS 1: the broker has it when this returns)."""
+async def send(ctx: Context, *commands: dict[str, object]) -> None:
+    """Publish signed commands to their gates over one connection (QoS 1: the broker has each
+    when this returns)."""
     cfg = ctx.config.mqtt
     if cfg is None:
         raise BillingError("no [mqtt] in billing.toml: the console cannot reach the gates")
     async with _sending, client_for(cfg, f"{cfg.client_id}-desk") as client:
-        await client.publish(
-            cmd_topic(str(command["site"]), str(command["gate"])),
-            json.dumps(command, sort_keys=True, separators=(",", ":")),
-            qos=1,
-        )
+        for command in commands:
+            await client.publish(
+                cmd_topic(str(command["site"]), str(command["gate"])),
+                json.dumps(command, sort_keys=True, separators=(",", ":")),
+                qos=1,
+            )
 
 
 def known_gates(ctx: Context, staff_sites: Sequence[str]) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from gated.billing_sync import schema
 from gated.billing_sync.store import raise_version_floor, reading
 from gated.config import BillingMqttConfig
 from gated.contract import (
+    ContractError,
     Signer,
     compact_json,
     events_topic,
@@ -25,6 +26,8 @@ from gated.contract import (
     loads_bounded,
     manifest_topic,
     member_topic,
+    parse_topic,
+    status_topic,
 )
 from gated.mqtt_session import session
 
@@ -63,6 +66,7 @@ class Publisher:
         clock: Callable[[], int],
         record_events: Callable[[list[dict[str, object]]], int],
         batch: int = 500,
+        record_status: Callable[[str, str, object, bool], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reading(engine)
@@ -71,6 +75,7 @@ class Publisher:
         self.sites = sites
         self.clock = clock
         self.record_events = record_events
+        self.record_status = record_status
         self.batch = batch
         self.wake = asyncio.Event()
         self.connected = asyncio.Event()
@@ -161,12 +166,18 @@ class Publisher:
     async def _subscribe_events(self, client: aiomqtt.Client) -> None:
         for site in self.sites:
             await client.subscribe(events_topic(site, "+"), qos=1)
+            if self.record_status is not None:
+                # Retained: every gate's last status (or last will) arrives at once.
+                await client.subscribe(status_topic(site, "+"), qos=1)
 
     async def _events_loop(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             await self._record_event(message)
 
     async def _record_event(self, message: aiomqtt.Message) -> None:
+        if str(message.topic).endswith("/status"):
+            self._record_status(message)
+            return
         if not str(message.topic).endswith("/events"):
             return
         try:
@@ -177,6 +188,19 @@ class Publisher:
             return
         if isinstance(event, dict) and "event_id" in event:
             await asyncio.to_thread(self.record_events, [event])
+
+    def _record_status(self, message: aiomqtt.Message) -> None:
+        if self.record_status is None:
+            return
+        try:
+            site, _kind, gate = parse_topic(str(message.topic))
+            payload = message.payload
+            body = loads_bounded(payload if isinstance(payload, bytes) else b"")
+        except (ValueError, ContractError):
+            log.warning("event=bad_gate_status topic=%s", message.topic)
+            return
+        if not self.record_status(site, gate, body, bool(message.retain)):
+            log.warning("event=bad_gate_status topic=%s", message.topic)
 
     async def _drain_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -1,34 +1,154 @@
-"""Read-only reports over the store: each returns (columns, rows) for a table or CSV."""
+"""Read-only reports over the store: each returns (columns, rows) for a table or CSV. The one
+query module behind ``gated-billing report …`` and the console's dashboards, so a chart's numbers
+are the CLI's for the same period (``Scope``). Months are UTC calendar months; attendance is
+counted in each site's time zone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.store import reading
+from gated.config import BillingConfig
 
 Report = tuple[list[str], list[tuple[Any, ...]]]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# Statuses that hold a current membership (the gates let them in).
+CURRENT = ("active", "grace", "pending_cancel")
+# Today's occupancy curve, in slots of this many minutes.
+SLOT_MIN = 15
+# A site counts as having exit readers when an exit was recorded this recently.
+EXITS_WITHIN_S = 30 * 86_400
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a report covers: ``[start, end)`` in Unix seconds (None: open), the sites (None:
+    all) and each site's time zone (UTC when not named)."""
+
+    start: int | None = None
+    end: int | None = None
+    sites: tuple[str, ...] | None = None
+    zones: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def months(cls, first: str | None, last: str | None, **more: Any) -> Scope:
+        """From the first instant of month ``first`` (``YYYY-MM``) to the end of ``last``."""
+        return cls(
+            _month_start(first) if first else None,
+            _next_month(_month_start(last)) if last else None,
+            **more,
+        )
+
+    def zone(self, site: str) -> ZoneInfo:
+        return ZoneInfo(self.zones.get(site, "UTC"))
+
+    def within(self, column: Any) -> ColumnElement[bool]:
+        """``column`` (Unix seconds) inside the period."""
+        clauses = []
+        if self.start is not None:
+            clauses.append(column >= self.start)
+        if self.end is not None:
+            clauses.append(column < self.end)
+        return and_(True, *clauses)
+
+    def within_value(self, ts: int) -> bool:
+        """A Unix time inside the period."""
+        return (self.start is None or ts >= self.start) and (self.end is None or ts < self.end)
+
+    def has(self, site: str) -> bool:
+        return self.sites is None or site in self.sites
+
+
+EVERYTHING = Scope()
+
+
+def _month_start(text: str) -> int:
+    match = _MONTH.match(text)
+    if match is None:
+        raise BillingError(f"not a month: {text!r} (use YYYY-MM)")
+    return int(datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC).timestamp())
+
+
+def _next_month(ts: int) -> int:
+    d = datetime.fromtimestamp(ts, UTC)
+    y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    return int(datetime(y, m, 1, tzinfo=UTC).timestamp())
+
+
+def month_of(ts: int) -> str:
+    """``YYYY-MM`` (UTC) of a Unix time."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def last_months(now: int, count: int) -> tuple[str, str]:
+    """The first and last month of the ``count`` months ending with ``now``'s."""
+    d = datetime.fromtimestamp(now, UTC)
+    index = d.year * 12 + d.month - 1 - (count - 1)
+    return f"{index // 12:04d}-{index % 12 + 1:02d}", d.strftime("%Y-%m")
+
+
+def months_in(scope: Scope, now: int, earliest: int | None) -> list[tuple[str, int, int]]:
+    """Each month of the scope as (``YYYY-MM``, start, end), up to ``now``'s month; an open
+    start begins at ``earliest``."""
+    first = scope.start if scope.start is not None else earliest
+    if first is None:
+        return []
+    start = _month_start(month_of(first))
+    stop = min(scope.end if scope.end is not None else _next_month(now), _next_month(now))
+    out = []
+    while start < stop:
+        end = _next_month(start)
+        out.append((month_of(start), start, end))
+        start = end
+    return out
 
 
 def _day(ts: int | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
-def revenue(engine: Engine, now: int) -> Report:
+def _members_at(conn: Connection, scope: Scope) -> set[str] | None:
+    """The members of the scope's sites (None: every member): money follows its member."""
+    if scope.sites is None:
+        return None
+    m = s.members
+    wanted = set(scope.sites)
+    return {
+        r.id for r in conn.execute(select(m.c.id, m.c.sites)) if set(json.loads(r.sites)) & wanted
+    }
+
+
+def _entered() -> ColumnElement[bool]:
+    """A granted entry (one the passage sensor saw, where fitted): what attendance counts."""
+    ev = s.gate_events
+    return and_(ev.c.kind == "entry", ev.c.reason.is_distinct_from("not_passed"))
+
+
+def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Money received per month, currency and method (chargebacks count negative)."""
     p, inv = s.payments, s.invoices
     with reading(engine).connect() as conn:
+        who = _members_at(conn, scope)
         rows = conn.execute(
-            select(p.c.at, inv.c.currency, p.c.method, p.c.amount).join(
-                inv, inv.c.id == p.c.invoice_id
-            )
+            select(p.c.at, inv.c.currency, p.c.method, p.c.amount, p.c.member_id)
+            .join(inv, inv.c.id == p.c.invoice_id)
+            .where(scope.within(p.c.at))
         ).all()
     totals: dict[tuple[str, str, str], list[int]] = {}
     for r in rows:
+        if who is not None and r.member_id not in who:
+            continue
         key = (datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m"), r.currency, r.method)
         acc = totals.setdefault(key, [0, 0])
         acc[0] += int(r.amount)
@@ -39,10 +159,11 @@ def revenue(engine: Engine, now: int) -> Report:
     )
 
 
-def outstanding(engine: Engine, now: int) -> Report:
+def outstanding(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Open invoices per member: how much, how many, since when."""
     inv = s.invoices
     with reading(engine).connect() as conn:
+        who = _members_at(conn, scope)
         rows = conn.execute(
             select(
                 inv.c.member_id,
@@ -60,11 +181,12 @@ def outstanding(engine: Engine, now: int) -> Report:
         [
             (r[0], r[1], r[2], int(r[3]), _day(r[4]), max(0, (now - int(r[4])) // 86_400))
             for r in rows
+            if who is None or r[0] in who
         ],
     )
 
 
-def dunning(engine: Engine, now: int) -> Report:
+def dunning(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Members in dunning or with money open."""
     sub, inv = s.subscriptions, s.invoices
     owed = (
@@ -97,18 +219,19 @@ def dunning(engine: Engine, now: int) -> Report:
     )
 
 
-def attendance(engine: Engine, now: int) -> Report:
-    """Entries per day and site (granted entries only; denies are not attendance)."""
+def attendance(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Entries per day (in the site's time zone) and site (granted entries only; denies are
+    not attendance)."""
     ev = s.gate_events
     with reading(engine).connect() as conn:
         rows = conn.execute(
-            select(ev.c.at, ev.c.site, ev.c.member_id).where(
-                ev.c.kind == "entry", ev.c.reason.is_distinct_from("not_passed")
-            )
+            select(ev.c.at, ev.c.site, ev.c.member_id).where(_entered(), scope.within(ev.c.at))
         ).all()
     days: dict[tuple[str, str], tuple[int, set[str]]] = {}
     for r in rows:
-        key = (_day(r.at), r.site)
+        if not scope.has(r.site):
+            continue
+        key = (datetime.fromtimestamp(r.at, scope.zone(r.site)).strftime("%Y-%m-%d"), r.site)
         count, members = days.get(key, (0, set()))
         if r.member_id:
             members.add(r.member_id)
@@ -119,7 +242,7 @@ def attendance(engine: Engine, now: int) -> Report:
     )
 
 
-def passes(engine: Engine, now: int) -> Report:
+def passes(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Members on plans that do not auto-renew: when each pass ends (soonest first) and its
     status (``expired`` once it has)."""
     sub, p, m = s.subscriptions, s.plans, s.members
@@ -140,12 +263,252 @@ def passes(engine: Engine, now: int) -> Report:
     )
 
 
-REPORTS: dict[str, Callable[[Engine, int], Report]] = {
+def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Monthly recurring revenue per month and currency: the net of every paid renewal whose
+    period covers the month's last instant (or now, for this month), spread over its months."""
+    inv = s.invoices
+    with reading(engine).connect() as conn:
+        who = _members_at(conn, scope)
+        rows = conn.execute(
+            select(
+                inv.c.member_id,
+                inv.c.currency,
+                inv.c.subtotal,
+                inv.c.period_start,
+                inv.c.period_end,
+            ).where(
+                inv.c.kind == "renewal",
+                inv.c.status == "paid",
+                inv.c.period_start.is_not(None),
+                inv.c.period_end.is_not(None),
+            )
+        ).all()
+    rows = [r for r in rows if who is None or r.member_id in who]
+    earliest = min((int(r.period_start) for r in rows), default=None)
+    out = []
+    for month, _start, end in months_in(scope, now, earliest):
+        at = min(end - 1, now)
+        totals: dict[str, tuple[int, set[str]]] = {}
+        for r in rows:
+            if r.period_start <= at < r.period_end:
+                months = max(1, round((r.period_end - r.period_start) / (30.4375 * 86_400)))
+                amount, members = totals.get(r.currency, (0, set()))
+                members.add(r.member_id)
+                totals[r.currency] = (amount + int(r.subtotal) // months, members)
+        out += [(month, cur, v[0], len(v[1])) for cur, v in sorted(totals.items())]
+    return ["month", "currency", "mrr", "members"], out
+
+
+def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """New members and cancellations per month, the members at the month's start, and churn
+    (cancellations that took effect in the month over members at its start, in %)."""
+    sub = s.subscriptions
+    with reading(engine).connect() as conn:
+        who = _members_at(conn, scope)
+        rows = conn.execute(
+            select(sub.c.member_id, sub.c.started_at, sub.c.cancel_at, sub.c.status)
+        ).all()
+    rows = [r for r in rows if who is None or r.member_id in who]
+    earliest = min((int(r.started_at) for r in rows), default=None)
+    ended = [r for r in rows if r.cancel_at is not None and r.cancel_at <= now]
+    out = []
+    for month, start, end in months_in(scope, now, earliest):
+        new = sum(1 for r in rows if start <= r.started_at < end)
+        cancelled = sum(1 for r in ended if start <= r.cancel_at < end)
+        at_start = sum(
+            1
+            for r in rows
+            if r.started_at < start and (r.cancel_at is None or r.cancel_at >= start)
+        )
+        churn = f"{100 * cancelled / at_start:.1f}" if at_start else ""
+        out.append((month, new, cancelled, at_start, churn))
+    return ["month", "new", "cancelled", "at_start", "churn_pct"], out
+
+
+def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Failed payments and dunning recovery per month of the first failure, currency and
+    decline class: invoices that failed, their amount, and what was paid on them since."""
+    at, inv, p = s.payment_attempts, s.invoices, s.payments
+    with reading(engine).connect() as conn:
+        who = _members_at(conn, scope)
+        failures = conn.execute(
+            select(at.c.invoice_id, at.c.created_at, at.c.decline_class, at.c.member_id)
+            .where(at.c.state == "failed")
+            .order_by(at.c.invoice_id, at.c.created_at, at.c.id)
+        ).all()
+        first: dict[int, tuple[int, str]] = {}
+        for f in failures:
+            if who is not None and f.member_id not in who:
+                continue
+            first.setdefault(int(f.invoice_id), (int(f.created_at), f.decline_class or "unknown"))
+        ids = [i for i, (t, _) in first.items() if scope.within_value(t)]
+        invoices = {
+            r.id: r
+            for r in conn.execute(
+                select(inv.c.id, inv.c.currency, inv.c.total, inv.c.status).where(inv.c.id.in_(ids))
+            )
+        }
+        paid: dict[int, int] = {}
+        for r in conn.execute(
+            select(p.c.invoice_id, p.c.amount, p.c.at).where(p.c.invoice_id.in_(ids))
+        ):
+            if r.at >= first[int(r.invoice_id)][0]:
+                paid[int(r.invoice_id)] = paid.get(int(r.invoice_id), 0) + int(r.amount)
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for invoice_id in ids:
+        when, decline = first[invoice_id]
+        row = invoices[invoice_id]
+        acc = totals.setdefault((month_of(when), row.currency, decline), [0, 0, 0, 0])
+        acc[0] += 1
+        acc[1] += int(row.total)
+        acc[2] += paid.get(invoice_id, 0)
+        acc[3] += 1 if row.status == "paid" else 0
+    return (
+        [
+            "month",
+            "currency",
+            "decline_class",
+            "failed",
+            "failed_amount",
+            "recovered_amount",
+            "recovered",
+        ],
+        [(*k, *v) for k, v in sorted(totals.items())],
+    )
+
+
+def statuses(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Members (not erased) by status now."""
+    sub, m = s.subscriptions, s.members
+    with reading(engine).connect() as conn:
+        rows = conn.execute(
+            select(sub.c.status, m.c.sites)
+            .join(m, m.c.id == sub.c.member_id)
+            .where(m.c.erased.is_(False))
+        ).all()
+    counts: dict[str, int] = {}
+    for r in rows:
+        if scope.sites is None or set(json.loads(r.sites)) & set(scope.sites):
+            counts[r.status] = counts.get(r.status, 0) + 1
+    return ["status", "members"], sorted(counts.items())
+
+
+def heatmap(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Entries per site, weekday and hour (the site's local time) over the period: every cell
+    of each site with entries, zeros included."""
+    ev = s.gate_events
+    with reading(engine).connect() as conn:
+        rows = conn.execute(
+            select(ev.c.site, ev.c.at).where(_entered(), scope.within(ev.c.at))
+        ).all()
+    cells: dict[str, list[int]] = {}
+    for r in rows:
+        if not scope.has(r.site):
+            continue
+        local = datetime.fromtimestamp(r.at, scope.zone(r.site))
+        cells.setdefault(r.site, [0] * 168)[local.weekday() * 24 + local.hour] += 1
+    return (
+        ["site", "weekday", "hour", "entries"],
+        [
+            (site, WEEKDAYS[i // 24], i % 24, n)
+            for site, counts in sorted(cells.items())
+            for i, n in enumerate(counts)
+        ],
+    )
+
+
+def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Each site side by side: members who may enter it, how many are current, entries and
+    distinct visitors over the period."""
+    sub, m, ev = s.subscriptions, s.members, s.gate_events
+    with reading(engine).connect() as conn:
+        people = conn.execute(
+            select(m.c.sites, sub.c.status)
+            .join(sub, sub.c.member_id == m.c.id)
+            .where(m.c.erased.is_(False))
+        ).all()
+        visits = conn.execute(
+            select(ev.c.site, func.count(), func.count(ev.c.member_id.distinct()))
+            .where(_entered(), scope.within(ev.c.at))
+            .group_by(ev.c.site)
+        ).all()
+    table: dict[str, list[int]] = {}
+    for r in people:
+        for site in json.loads(r.sites):
+            acc = table.setdefault(site, [0, 0, 0, 0])
+            acc[0] += 1
+            acc[1] += 1 if r.status in CURRENT else 0
+    for site, entries, visitors in visits:
+        acc = table.setdefault(site, [0, 0, 0, 0])
+        acc[2], acc[3] = int(entries), int(visitors)
+    return (
+        ["site", "members", "current", "entries", "visitors"],
+        [(site, *v) for site, v in sorted(table.items()) if scope.has(site)],
+    )
+
+
+def occupancy(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Today at each site (from local midnight in its time zone, so it resets nightly), in
+    slots of SLOT_MIN minutes: entries, exits and people inside at the slot's end. ``inside``
+    is empty where no exit was recorded in the last 30 days (no exit readers: count entries)."""
+    ev = s.gate_events
+    midnights = {}
+    for site in scope.zones if scope.sites is None else scope.sites:
+        local = datetime.fromtimestamp(now, scope.zone(site))
+        midnights[site] = int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+    if not midnights:
+        return ["site", "slot", "entries", "exits", "inside"], []
+    with reading(engine).connect() as conn:
+        rows = conn.execute(
+            select(ev.c.site, ev.c.at, ev.c.kind)
+            .where(
+                ev.c.site.in_(sorted(midnights)),
+                ev.c.at >= min(midnights.values()),
+                ev.c.at <= now,
+                _entered() | (ev.c.kind == "exit"),
+            )
+            .order_by(ev.c.at)
+        ).all()
+        with_exits = {
+            r.site
+            for r in conn.execute(
+                select(ev.c.site)
+                .where(ev.c.kind == "exit", ev.c.at >= now - EXITS_WITHIN_S)
+                .distinct()
+            )
+        }
+    out: list[tuple[Any, ...]] = []
+    for site, midnight in sorted(midnights.items()):
+        zone = scope.zone(site)
+        slots = (now - midnight) // (SLOT_MIN * 60) + 1
+        entries, exits = [0] * slots, [0] * slots
+        for r in rows:
+            if r.site == site and r.at >= midnight:
+                (entries if r.kind == "entry" else exits)[(r.at - midnight) // (SLOT_MIN * 60)] += 1
+        inside = 0
+        for i in range(slots):
+            # Never below nobody: an exit without its entry (a tailgater, a reader down).
+            inside = max(0, inside + entries[i] - exits[i])
+            label = (
+                datetime.fromtimestamp(midnight, zone) + timedelta(minutes=SLOT_MIN * i)
+            ).strftime("%H:%M")
+            out.append((site, label, entries[i], exits[i], inside if site in with_exits else ""))
+    return ["site", "slot", "entries", "exits", "inside"], out
+
+
+REPORTS: dict[str, Callable[[Engine, int, Scope], Report]] = {
     "revenue": revenue,
     "outstanding": outstanding,
     "dunning": dunning,
     "attendance": attendance,
     "passes": passes,
+    "mrr": mrr,
+    "members": members,
+    "recovery": recovery,
+    "statuses": statuses,
+    "heatmap": heatmap,
+    "sites": sites,
+    "occupancy": occupancy,
 }
 
 
@@ -187,3 +550,14 @@ def invoices(engine: Engine, member_id: str | None, with_lines: bool) -> list[tu
                 + (line.kind, line.description, line.quantity, line.unit_amount, line.amount)
             )
     return out
+
+
+def scope_for(
+    config: BillingConfig,
+    first: str | None = None,
+    last: str | None = None,
+    sites: Sequence[str] | None = None,
+) -> Scope:
+    """The scope of a report for ``billing.toml``'s sites (each in its time zone)."""
+    zones = {site: config.site(site).timezone for site in config.sites}
+    return Scope.months(first, last, sites=tuple(sites) if sites else None, zones=zones)

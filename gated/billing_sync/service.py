@@ -15,7 +15,8 @@ concern:
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
 * ``front_desk``: member search (by card too) and a member's page for the console;
-* ``gate_commands``: the console's desk-key commands (let in once) to a gate;
+* ``gate_commands``: the console's desk-key commands (let in once, lockdown) to gates;
+* ``gate_board``, ``gate_health``: each gate's retained status beside its site's manifest;
 * ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
 * ``pass_keys``: the member app's pass key (registration, revocation, staff allowances);
 * ``signup``: online sign-up, its contract and first payment (``enrolment`` starts the
@@ -40,6 +41,7 @@ from gated.billing_sync import (
     cycle,
     front_desk,
     gate_commands,
+    gate_health,
     gates,
     invoices,
     members,
@@ -53,6 +55,7 @@ from gated.billing_sync import (
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context, advance_clock
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import CardSetup, ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
@@ -382,6 +385,29 @@ class Billing:
         command = gate_commands.desk_command(self.ctx, site, gate, "pulse", operator)
         await gate_commands.send(self.ctx, command)
         return str(command["id"])
+
+    def lockdown_commands(
+        self, site: str, on: bool, operator: str, staff_sites: Sequence[str]
+    ) -> list[dict[str, object]]:
+        """Signed ``lockdown_on``/``lockdown_off`` commands for every gate of ``site`` (one of
+        ``staff_sites``), naming ``operator``; BillingError when none is known."""
+        gates = [g for site_, g in gate_health.gates_at(self.ctx, staff_sites) if site_ == site]
+        if not gates:
+            raise BillingError(f"no gates known at {site}")
+        action = "lockdown_on" if on else "lockdown_off"
+        return [gate_commands.desk_command(self.ctx, site, g, action, operator) for g in gates]
+
+    async def send_commands(self, commands: Sequence[dict[str, object]]) -> None:
+        """Publish signed gate commands (QoS 1) over the console's own connection."""
+        await gate_commands.send(self.ctx, *commands)
+
+    def record_gate_status(self, site: str, gate: str, body: object, retained: bool) -> bool:
+        """Keep a gate's status (or last will) from its status topic; False when refused."""
+        return self.ctx.gate_board.take(site, gate, body, self.ctx.clock(), retained)
+
+    def gate_overview(self, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
+        """Every gate at ``staff_sites`` with its health (see ``gate_health.overview``)."""
+        return gate_health.overview(self.ctx, staff_sites)
 
     def known_gates(self, staff_sites: Sequence[str]) -> list[tuple[str, str]]:
         """(site, gate) pairs at ``staff_sites`` the console can send commands to."""

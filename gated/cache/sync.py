@@ -955,11 +955,20 @@ class SiteSync:
             await gate.set_lockdown(
                 command.action == "lockdown_on", source="command", operator=operator
             )
+            # The console shows lockdown from the retained status: say so now, not at the
+            # next heartbeat.
+            self._spawn(self._status_now())
         elif command.action == "resync":
             self._spawn(self._command_resync(command.id))
         else:  # message: for the technician reading the log
             text = str(command.args.get("text", ""))[:200]
             log.info("event=command_message id=%s text=%r", command.id, text)
+
+    async def _status_now(self) -> None:
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._publish_status(client, "online")
 
     async def _command_resync(self, command_id: str) -> None:
         with contextlib.suppress(ControlError):
@@ -1017,6 +1026,16 @@ class SiteSync:
             "last_head_office_at": format_time(last) if last else None,
             "outbox_depth": outbox_depth,
             "lockdown": gate.context.lockdown,
+            "readers": [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "state": "ok" if r.health.state == "ok" else "fault",
+                    # Head office tells "people inside" from "entries today" by exit readers.
+                    "direction": r.direction,
+                }
+                for r in gate.readers
+            ],
         }
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:

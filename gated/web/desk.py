@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
-from gated.web import desk_feed, desk_members
+from gated.web import desk_dashboard, desk_feed, desk_gates, desk_members
 from gated.web.app import STATIC, BodyTooLarge, Web, read_form
 from gated.web.security import csrf_ok, csrf_token
 from gated.web.slowdown import (
@@ -101,6 +101,11 @@ RULES: list[Rule] = [
     Rule("GET", "/desk/feed", "view_members", "feed"),
     Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
     Rule("POST", "/desk/gates/let-in", "let_in_once", "let_in"),
+    Rule("GET", "/desk/gates", "view_members", "gates"),
+    Rule("POST", "/desk/gates/lockdown", "lockdown", "lockdown"),
+    Rule("GET", "/desk/occupancy", "view_members", "occupancy"),
+    Rule("GET", "/desk/dashboard", "view_revenue", "dashboard"),
+    Rule("GET", "/desk/dashboard/{report}.csv", "view_revenue", "dashboard_csv"),
     Rule("POST", "/desk/signout", None, "signout"),
     Rule("GET", "/desk/audit", "view_audit", "audit"),
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
@@ -109,6 +114,10 @@ RULES: list[Rule] = [
     Rule("GET", "/api/v1/staff/members/{member_id}", "view_members", "api_member"),
     *_member_actions("/api/v1/staff", "api_act_"),
     Rule("GET", "/api/v1/staff/audit", "view_audit", "api_audit"),
+    Rule("GET", "/api/v1/staff/gates", "view_members", "api_gates"),
+    Rule("POST", "/api/v1/staff/gates/lockdown", "lockdown", "api_lockdown"),
+    Rule("GET", "/api/v1/staff/occupancy", "view_members", "api_occupancy"),
+    Rule("GET", "/api/v1/staff/dashboard", "view_revenue", "api_dashboard"),
 ]
 
 
@@ -473,5 +482,7 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         "signout": signout,
         **desk_members.handlers(desk),
         **desk_feed.handlers(desk),
+        **desk_gates.handlers(desk),
+        **desk_dashboard.handlers(desk),
         "api_session": api_session,
     }

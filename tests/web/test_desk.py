@@ -188,7 +188,7 @@ def test_the_account_wait_is_capped_so_nobody_is_locked_out() -> None:
 
 
 def _path(rule: desk.Rule) -> str:
-    return rule.path.replace("{member_id}", "ann")
+    return rule.path.replace("{member_id}", "ann").replace("{report}", "revenue")
 
 
 def _session(b: Billing, role: str) -> str:
@@ -356,3 +356,28 @@ def test_front_desk_search_member_page_and_audited_actions(
     assert rows[3]["changes"] == {"cards": [0, 1]}
     assert rows[4]["changes"] == {"cards": [1, 0]} and rows[4]["detail"] == {"card": card}
     assert rows[5]["changes"]["cancel_at"][0] is None and rows[5]["detail"]["cancel_at"]
+
+
+def test_front_desk_cannot_see_revenue_or_lock_down(
+    app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    with TestClient(app) as c:
+        token = _session(b, "front_desk")
+        c.cookies.set("gated-staff", token)
+        csrf = desk.csrf_token(desk.Desk(app_web(app)).csrf_key, token)
+        for path in ("/desk/dashboard", "/desk/dashboard/revenue.csv", "/api/v1/staff/dashboard"):
+            assert c.get(path, follow_redirects=False).status_code == 403, path
+        for path in ("/desk/gates/lockdown", "/api/v1/staff/gates/lockdown"):
+            r = c.post(
+                path,
+                data={"site": "downtown", "state": "on"},
+                headers={"x-csrf-token": csrf},
+                follow_redirects=False,
+            )
+            assert r.status_code == 403, path
+        # What the desk may see: the gates and occupancy, without the lockdown switch.
+        page = c.get("/desk/gates")
+        assert page.status_code == 200 and "/desk/gates/lockdown" not in page.text
+        assert c.get("/desk/occupancy").status_code == 200
+    assert not [e for e in b.audit_entries() if e["action"].startswith("lockdown")]

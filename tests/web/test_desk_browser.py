@@ -7,6 +7,7 @@ console page and a 1024 px desk screen without sideways scrolling."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -41,6 +42,8 @@ class DeskStack:
     seed: bytes
     log: Path
     config: Path
+    gate2: GateProcess
+    recovery: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,15 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
     with run_mosquitto(root / "mosquitto") as broker:
         gate_root = root / "gate"
         desk_pub = root / "desk.pub"  # made by keys init below, before the gate starts
-        gate = GateProcess(
-            write_config(
-                gate_root,
-                extra=f'desk_command_public_key_files = ["{desk_pub}"]\n'
-                f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 1\n',
-            ),
-            gate_root,
+        extra = (
+            f'desk_command_public_key_files = ["{desk_pub}"]\n'
+            f'[mqtt]\nurl = "{broker.url}"\nheartbeat_s = 1\n'
         )
+        gate = GateProcess(write_config(gate_root, extra=extra), gate_root)
+        # A second gate at the site, with the same keys (one head office).
+        gate2_root = root / "gate2"
+        shutil.copytree(gate_root / "keys", gate2_root / "keys")
+        gate2 = GateProcess(write_config(gate2_root, extra=extra, gate="t2"), gate2_root)
         keys = gate_root / "keys"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -82,7 +86,8 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
         access.add("olga", "Olga Owner", "owner", [], PASSWORD)
         seed = access.totp_pending("olga")
         # Enrolled with the previous step's code, so the current one still signs in once.
-        assert access.totp_confirm("olga", totp.code_at(seed, b.clock() - 30)) is not None
+        recovery = access.totp_confirm("olga", totp.code_at(seed, b.clock() - 30))
+        assert recovery is not None
         b.engine.dispose()
         log = root / "serve.log"
         with log.open("wb") as fh:
@@ -93,6 +98,7 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
                 env=dict(os.environ, GATED_LOG_LEVEL="INFO"),
             )
         gate.start()
+        gate2.start()
         try:
 
             def up() -> bool:
@@ -104,9 +110,11 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
 
             wait_until(up, timeout=30, what="serve answering")
             wait_until(lambda: gate.request("badge", {"card": ANN_CARD})["allow"], timeout=30)
-            yield DeskStack(url, gate, seed, log, config)
+            wait_until(lambda: gate2.request("badge", {"card": ANN_CARD})["allow"], timeout=30)
+            yield DeskStack(url, gate, seed, log, config, gate2, recovery)
         finally:
             gate.stop()
+            gate2.stop()
             serve.send_signal(signal.SIGTERM)
             code = serve.wait(20)
             assert code == 0, log.read_text()[-3000:]
@@ -188,6 +196,14 @@ def test_owner_signs_in_with_totp_once_and_every_page_passes(
     desk.check("audit")
     page.goto("/desk/feed")
     desk.check("feed")
+    for path, shot in (("/desk/occupancy", "occupancy"), ("/desk/dashboard", "dashboard")):
+        page.goto(path)
+        page.locator("details").first.evaluate("d => d.open = true")
+        desk.check(shot)
+        # A tablet held upright: still no sideways scrolling, still no axe findings.
+        page.set_viewport_size({"width": 768, "height": 1024})
+        desk.check()
+        page.set_viewport_size({"width": 1024, "height": 768})
 
 
 def test_a_badge_appears_on_the_feed_within_a_second(desk: Desk, desk_stack: DeskStack) -> None:
@@ -252,3 +268,72 @@ def test_let_in_once_pulses_the_relay_and_the_event_names_the_staff_member(
         "front_desk",
     )
     assert audited["detail"]["gate"] == "t1" and audited["address"] == "127.0.0.1"
+
+
+def _gate_states(page: Any) -> dict[str, str]:
+    page.reload()
+    return {
+        li.get_attribute("data-gate"): li.locator(".state").text_content()
+        for li in page.locator("ul.gates > li").all()
+    }
+
+
+def test_gates_lockdown_and_a_killed_gate_offline_by_its_last_will(
+    desk: Desk, desk_stack: DeskStack
+) -> None:
+    page = desk.page
+    gates = (desk_stack.gate, desk_stack.gate2)
+    desk.signin("olga", PASSWORD, desk_stack.recovery[0])
+    page.goto("/desk/gates")
+    both = {"downtown/t1": "online", "downtown/t2": "online"}
+    wait_until(lambda: _gate_states(page) == both, what="both gates online")
+    card = page.locator("li[data-gate='downtown/t1']")
+    assert card.locator("dd").nth(2).text_content() == "2 of 2"  # members, gate and manifest
+    assert card.locator("dd").nth(4).text_content() == "yes"  # digest as the manifest's
+    assert "sim-1 (sim): ok" in (card.locator("dd").nth(6).text_content() or "")
+    desk.check("gates")
+    page.set_viewport_size({"width": 768, "height": 1024})
+    desk.check()
+    page.set_viewport_size({"width": 1024, "height": 768})
+
+    # Lockdown: every gate of the site gets the signed command and reports it.
+    page.get_by_role("button", name="Lock down downtown").click()
+    page.wait_for_selector("p.note:text-is('Lockdown sent.')")
+    for gate in gates:
+        wait_until(lambda g=gate: g.request("status")["lockdown"], what="gate locked down")
+        refused = gate.request("badge", {"card": ANN_CARD})
+        assert (refused["allow"], refused["reason"]) == (False, "lockdown")
+
+    def shown_locked() -> bool:
+        page.reload()
+        return page.locator("ul.gates .lockdown").count() == 2
+
+    wait_until(shown_locked, what="the page showing both gates locked down")
+    api = page.request.get("/api/v1/staff/gates").json()["gates"]
+    assert [(g["gate"], g["lockdown"]) for g in api] == [("t1", True), ("t2", True)]
+    page.get_by_role("button", name="Lift the lockdown at downtown").click()
+    page.wait_for_selector("p.note:text-is('Lockdown lifted.')")
+    for gate in gates:
+        wait_until(lambda g=gate: not g.request("status")["lockdown"], what="lockdown lifted")
+    assert desk_stack.gate.request("badge", {"card": ANN_CARD})["allow"]
+    b = billing_for(desk_stack.config)
+    try:
+        lifted, locked = b.audit_entries(limit=2)
+    finally:
+        b.engine.dispose()
+    assert (locked["action"], locked["actor"], locked["role"]) == ("lockdown_on", "olga", "owner")
+    assert lifted["action"] == "lockdown_off" and lifted["detail"]["gates"] == ["t1", "t2"]
+
+    # A gate killed outright: its last will marks it offline.
+    started = time.monotonic()
+    desk_stack.gate2.stop(signal.SIGKILL)
+    wait_until(
+        lambda: _gate_states(page) == {**both, "downtown/t2": "offline"},
+        timeout=5,
+        what="the killed gate offline",
+    )
+    assert time.monotonic() - started < 5
+    # As last reported while online (the will itself was written when the gate connected).
+    offline = page.locator("li[data-gate='downtown/t2']")
+    assert offline.locator("dd").nth(2).text_content() == "2 of 2"
+    desk.check("gates-offline")
