@@ -167,15 +167,15 @@ def test_staff_cli(tmp_path: Path) -> None:
         stdin="desk password 1\ndesk password 1\n",
     )
     assert code == 0 and "desk1: added" in output
-    assert run("staff", "add", "desk1", "--role", "front_desk")[0] == 1  # refused: exists
-    assert run("staff", "add", "x", "--role", "janitor")[0] == 1
+    assert run("staff", "add", "desk1", "--role", "front_desk")[0] == 2  # refused: exists
+    assert run("staff", "add", "x", "--role", "janitor")[0] == 2
     code, output = run("staff", "list", "--csv")
     assert code == 0
     assert "owner1,Olga,owner,*,no,setup" in output
     assert "desk1,desk1,front_desk,downtown,no,active" in output
     assert run("staff", "disable", "desk1")[0] == 0
     assert "desk1,desk1,front_desk,downtown,no,disabled" in run("staff", "list", "--csv")[1]
-    assert run("staff", "disable", "nobody")[0] == 1
+    assert run("staff", "disable", "nobody")[0] == 2
     code, output = run("staff", "reset", "desk1")
     assert code == 0 and "one-time password" in output
     assert "desk1,desk1,front_desk,downtown,no,setup" in run("staff", "list", "--csv")[1]
