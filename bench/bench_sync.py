@@ -52,8 +52,8 @@ from gated.contract import (
     member_topic,
     members_wildcard,
 )
+from gated.policy.credential import Credential
 from gated.push import build_manifest, publish_states
-from gated.readers.base import Credential
 from tests.services import run_mosquitto
 
 SITE = "bench"

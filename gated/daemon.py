@@ -43,9 +43,10 @@ from gated.control import Caller, ControlError, ControlServer
 from gated.door import Door, DoorEvent
 from gated.metrics import GateMetrics
 from gated.outbox_guard import OutboxGuard, OutboxState
+from gated.policy.credential import Credential
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
 from gated.policy.qr import QrVerifier
-from gated.readers.base import Credential, Reader
+from gated.readers.base import Reader
 from gated.readers.sim import SimReader
 from gated.systemd import Notifier
 

@@ -20,7 +20,7 @@ from gated.config import load_gate_config
 from gated.daemon import Gate
 from gated.door import Door
 from gated.members import read_members_file
-from gated.readers.base import Credential
+from gated.policy.credential import Credential
 from tests.gatefixture import write_config
 
 UID = "04A1B2C3D4E5F6"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gated.readers.base import Credential, CredentialKind, Direction, Emit, ReaderHealth
+from gated.policy.credential import Credential, CredentialKind, Direction
+from gated.readers.base import Emit, ReaderHealth
 
 
 class SimReader:
