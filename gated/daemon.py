@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -36,10 +36,11 @@ from gated.contract import (
     is_random_uid,
     load_credential_key,
     new_ulid,
-    normalize_uid,
     parse_time,
 )
-from gated.control import Caller, ControlError, ControlServer
+from gated.control import ControlError, ControlServer
+from gated.control.commands import ControlCommands
+from gated.doctor import daemon_checks
 from gated.door import Door, DoorEvent
 from gated.metrics import GateMetrics
 from gated.outbox_guard import OutboxGuard, OutboxState
@@ -135,7 +136,7 @@ class Gate:
         self.rejected: Counter[str] = Counter()
         self.readers: list[Reader] = []
         self.sim_readers: dict[str, SimReader] = {}
-        self._tails: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.tails: set[asyncio.Queue[dict[str, Any]]] = set()
         self._enroll: tuple[str | None, asyncio.Future[Credential]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -409,7 +410,7 @@ class Gate:
                 event["source"],
                 event["operator"],
             )
-        for q in self._tails:
+        for q in self.tails:
             if q.qsize() < 1000:
                 q.put_nowait(event)
         if self.sync is not None:
@@ -431,7 +432,7 @@ class Gate:
             state, depth, self.outbox.warn, self.outbox.ceiling, self.outbox.dropped,
         )  # fmt: skip
         alarm = self.event(f"outbox_{state}", reason=f"depth {depth}", record=False)
-        for q in self._tails:
+        for q in self.tails:
             if q.qsize() < 1000:
                 q.put_nowait(alarm)
 
@@ -549,39 +550,11 @@ class Gate:
             with contextlib.suppress(ContractError):
                 self.clock.observe(parse_time(issued_at).timestamp())
 
-    # --- control socket ------------------------------------------------------------------------
+    # --- what the control socket, doctor and the sync read and drive -----------------------
 
-    async def handle(
-        self, cmd: str, args: dict[str, Any], caller: Caller
-    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        handler = self._commands.get(cmd)
-        if handler is None:
-            self.rejected["control_unknown_command"] += 1
-            raise ControlError(f"unknown command {cmd!r}; try: {', '.join(sorted(self._commands))}")
-        result: dict[str, Any] | AsyncIterator[dict[str, Any]] = await handler(args, caller)
-        return result
-
-    @property
-    def _commands(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
+    def status(self, outbox_depth: int) -> dict[str, Any]:
+        """What ``gatectl status`` shows (without the sync's part)."""
         return {
-            "status": self._cmd_status,
-            "readers": self._cmd_readers,
-            "cache_stats": self._cmd_cache_stats,
-            "cache_lookup": self._cmd_cache_lookup,
-            "badge": self._cmd_badge,
-            "events_tail": self._cmd_events_tail,
-            "door_pulse": self._cmd_door_pulse,
-            "lockdown": self._cmd_lockdown,
-            "antipassback_reset": self._cmd_antipassback_reset,
-            "enroll": self._cmd_enroll,
-            "resync": self._cmd_resync,
-            "cache_refresh": self._cmd_cache_refresh,
-            "doctor": self._cmd_doctor,
-        }
-
-    async def _cmd_status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        depth = await self.outbox_depth()
-        status = {
             "state": "online",
             "site": self.config.site,
             "gate": self.config.gate,
@@ -593,7 +566,7 @@ class Gate:
             "last_head_office_at": format_time(self.last_head_office_at)
             if self.last_head_office_at
             else None,
-            "outbox_depth": depth,
+            "outbox_depth": outbox_depth,
             "outbox_dropped": self.outbox.dropped,
             "events_lost": self.writer.events_lost,
             "events_held": self.writer.events_held,
@@ -615,139 +588,11 @@ class Gate:
                 "fire_active": self.door.fire_active,
             },
         }
-        if self.sync is not None:
-            status["sync"] = self.sync.stats()
-        return status
-
-    async def _cmd_readers(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {
-            "readers": [
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "direction": r.direction,
-                    "state": r.health.state,
-                    "detail": r.health.detail,
-                    "last_read_at": format_time(r.health.last_read_at)
-                    if r.health.last_read_at
-                    else None,
-                    "reads": r.health.reads,
-                    "errors": r.health.errors,
-                    "rejected": r.health.rejected,
-                }
-                for r in self.readers
-            ]
-        }
-
-    async def _cmd_cache_stats(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        stats = await asyncio.wrap_future(self.writer.submit(lambda s: s.stats()))
-        by_status = Counter(m.status for m in self.index.by_id.values())
-        return {
-            **stats,
-            "members": self.index.count,
-            "tombstones": by_status.pop("erased", 0),
-            "card_keys": len(self.index.by_key),
-            "max_version": self.index.max_version,
-            "digest": self.index.digest,
-            "by_status": dict(sorted(by_status.items())),
-            "durability": self.config.durability,
-        }
-
-    async def _cmd_cache_lookup(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        member: Member | None
-        if args.get("card"):
-            try:
-                uid = normalize_uid(str(args["card"]))
-            except ContractError as exc:
-                raise ControlError(str(exc)) from exc
-            key = self.hash_credential("card:" + uid)
-            member = self.index.by_key.get(key)
-            lookup = {"card_key_prefix": key.hex()[:12]}
-        elif args.get("member"):
-            member = self.index.by_id.get(str(args["member"]))
-            lookup = {"member_id": str(args["member"])}
-        else:
-            raise ControlError("give a card UID or a member id")
-        if member is None:
-            return {"found": False, **lookup}
-        state = await asyncio.wrap_future(
-            self.writer.submit(lambda s: s.member_state(member.member_id))
-        )
-        state = state or {}
-        counters = self.counters.get(member.member_id)
-        return {
-            "found": True,
-            **lookup,
-            "member": state,
-            "counters": None
-            if counters is None
-            else {
-                "day": counters.day,
-                "entries": counters.entries,
-                "inside_since": counters.inside_since,
-            },
-        }
-
-    async def _cmd_badge(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        reader_id = args.get("reader")
-        if reader_id is None:
-            if not self.sim_readers:
-                raise ControlError("no sim reader configured")
-            reader = next(iter(self.sim_readers.values()))
-        else:
-            found = self.sim_readers.get(str(reader_id))
-            if found is None:
-                raise ControlError(
-                    f"no sim reader {reader_id!r} (configured: {', '.join(self.sim_readers) or 'none'})"
-                )
-            reader = found
-        if args.get("card"):
-            try:
-                credential = reader.read("card", normalize_uid(str(args["card"])))
-            except ContractError as exc:
-                raise ControlError(str(exc)) from exc
-        elif args.get("qr"):
-            credential = reader.read("qr", str(args["qr"]))
-        else:
-            raise ControlError("give --card UID or --qr CODE")
-        return self.on_credential(credential, source="control", operator=caller.operator)
-
-    async def _cmd_events_tail(
-        self, args: dict[str, Any], caller: Caller
-    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        limit = int(args.get("limit", 20))
-        recent = await asyncio.wrap_future(self.writer.submit(lambda s: s.recent_events(limit)))
-        if not args.get("follow"):
-            return {"events": recent}
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for ev in recent:
-            queue.put_nowait(ev)
-        self._tails.add(queue)
-
-        async def follow() -> AsyncIterator[dict[str, Any]]:
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                self._tails.discard(queue)
-
-        return follow()
-
-    async def _cmd_door_pulse(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        self.pulse(source="control", operator=caller.operator)
-        return {"pulsed": True, "pulse_ms": self.config.door.pulse_ms}
 
     def pulse(self, *, source: str, operator: str | None) -> None:
         """An operator's opening: the door pulses; recorded, never counted as attendance."""
         self.door.pulse(source)
         self.event("entry", reason="door_pulse", source=source, operator=operator)
-
-    async def _cmd_lockdown(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        on = args.get("on")
-        if not isinstance(on, bool):
-            raise ControlError("lockdown takes on or off")
-        await self.set_lockdown(on, source="control", operator=caller.operator)
-        return {"lockdown": on}
 
     async def set_lockdown(self, on: bool, *, source: str, operator: str | None) -> None:
         """Lockdown survives a restart: the reply waits until the flag is committed."""
@@ -755,64 +600,21 @@ class Gate:
         await asyncio.wrap_future(self.writer.submit(lambda s: s.set("lockdown", on)))
         self.event("lockdown", reason="on" if on else "off", source=source, operator=operator)
 
-    async def _cmd_antipassback_reset(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        member_id = str(args.get("member", ""))
-        if member_id not in self.index.by_id:
-            raise ControlError(f"unknown member {member_id!r}")
-        c = self.counters.get(member_id)
-        if c is not None and c.inside_since is not None:
-            c.inside_since = None
-            snapshot = MemberCounters(c.day, c.entries, None)
-            await asyncio.wrap_future(
-                self.writer.submit(lambda s: s.put_counters(member_id, snapshot))
-            )
-        log.info("event=antipassback_reset member=%s operator=%s", member_id, caller.operator)
-        return {"member_id": member_id, "reset": True}
-
-    async def _cmd_enroll(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        reader_id = args.get("reader")
-        hardware = [r for r in self.readers if r.kind != "sim"]
-        if reader_id is not None and reader_id not in {r.id for r in hardware}:
-            raise ControlError(f"no card reader {reader_id!r}")
-        if not hardware:
-            raise ControlError("no card reader configured to enrol from")
+    async def next_card(self, reader_id: str | None) -> Credential:
+        """The next card read on ``reader_id`` (any reader if None), taken instead of decided:
+        enrolment. One at a time."""
         if self._enroll is not None:
             raise ControlError("an enrolment is already waiting for a card")
         future: asyncio.Future[Credential] = asyncio.get_running_loop().create_future()
         self._enroll = (reader_id, future)
         try:
-            async with asyncio.timeout(float(args.get("timeout", 30))):
-                credential = await future
-        except TimeoutError as exc:
-            raise ControlError("no card presented before the timeout") from exc
+            return await future
         finally:
             self._enroll = None
-        log.info("event=enroll reader=%s operator=%s", credential.reader_id, caller.operator)
-        value = credential.value
-        return {
-            "reader_id": credential.reader_id,
-            "uid": None if value.startswith("w26:") else value,
-            "wiegand": value if value.startswith("w26:") else None,
-        }
 
-    async def _cmd_cache_refresh(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        """Pick up rows another process (``gated members import``) committed to the cache."""
-        above = self.index.max_version
-        rows = await asyncio.wrap_future(self.writer.submit(lambda s: s.rows_above(above)))
-        for row in rows:
-            self.index.put(member_from_row(row))
-        return {"applied": len(rows), "max_version": self.index.max_version}
-
-    async def _cmd_resync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        if self.sync is None:
-            raise ControlError("no [mqtt] section: this gate runs from its local cache alone")
-        result: dict[str, Any] = await self.sync.resync(reason="operator", operator=caller.operator)
-        return result
-
-    async def _cmd_doctor(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        from gated.doctor import daemon_checks
-
-        return {"checks": [c.as_dict() for c in await daemon_checks(self)]}
+    async def doctor(self) -> list[dict[str, str]]:
+        """``gatectl doctor``'s checks that only the running daemon can make."""
+        return [c.as_dict() for c in await daemon_checks(self)]
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -916,7 +718,9 @@ class Gate:
                 loop.add_signal_handler(sig, self.stop)
         self.door = Door(self.config.door, loop, self.on_door_event, pin_factory=self._pin_factory)
         self._build_readers()
-        control = ControlServer(self.config.control_socket, self.handle, self.rejected)
+        control = ControlServer(
+            self.config.control_socket, ControlCommands(self).handle, self.rejected
+        )
         await control.start()
         if self.config.metrics.address is not None:
             self.metrics.serve(*self.config.metrics.address)
