@@ -442,6 +442,8 @@ class BillingMqttConfig(_Section):
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     client_id: str = "gated-billing"
 
     _scheme = field_validator("url")(MqttConfig._scheme.__func__)  # type: ignore[attr-defined]
