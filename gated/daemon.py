@@ -26,11 +26,13 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from gated import __version__
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row
 from gated.cache.store import CacheStore, CacheWriter
+from gated.cache.sync import SiteSync
 from gated.clock import ClockProbe, TrustedClock
 from gated.config import GateConfig
 from gated.contract import (
     ContractError,
     CredentialHasher,
+    GateStatus,
     card_credential_string,
     format_time,
     is_random_uid,
@@ -48,6 +50,7 @@ from gated.policy.credential import Credential
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
 from gated.policy.qr import QrVerifier
 from gated.readers.base import Reader
+from gated.readers.registry import build_reader
 from gated.readers.sim import SimReader
 from gated.systemd import Notifier
 
@@ -64,7 +67,7 @@ _index_values = operator.itemgetter(*INDEX_COLUMNS)
 # Members applied between two gc.freeze() calls (see Gate.freeze_new_members).
 FREEZE_EVERY = 5000
 # The cache writer and the executors' threads hold the GIL in Python code; a short switch interval
-# lets the loop thread (decisions) take it back within ~0.2 ms instead of the default 5 ms.
+# lets the loop thread (decisions) take it back soon.
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
@@ -73,9 +76,8 @@ def decide_in_realtime(priority: int) -> str:
     ``priority``; returns what is in effect, for status and doctor.
 
     A woken thread under the normal policy waits its turn behind every runnable thread of the
-    board: on two busy cores (the cache writer during a sync, a verifier, mosquitto) a badge
-    waited milliseconds for the loop to run at all. A real-time loop runs as soon as the card
-    is handed to it. SCHED_RESET_ON_FORK: threads and processes started from here afterwards (the
+    board; a real-time loop runs as soon as the card is handed to it (BENCHMARKS.md, gate hot
+    path). SCHED_RESET_ON_FORK: threads and processes started from here afterwards (the
     readers' threads, the verifier processes) get the normal policy, so only this thread can
     take the CPU first. The kernel still keeps 5% of each core for the rest (RT throttling).
     Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of ``priority`` (the shipped unit's LimitRTPRIO=);
@@ -140,7 +142,7 @@ class Gate:
         self._enroll: tuple[str | None, asyncio.Future[Credential]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        self.sync: Any = None  # gated.cache.sync.SiteSync when [mqtt] is configured
+        self.sync: SiteSync | None = None  # when [mqtt] is configured
         self.last_head_office_at: float | None = None
         self.clock_synchronized: bool | None = None
         self.stale = False
@@ -552,27 +554,43 @@ class Gate:
 
     # --- what the control socket, doctor and the sync read and drive -----------------------
 
+    def published_status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
+        """The GateStatus this gate publishes (retained, and as its last will)."""
+        last = self.last_head_office_at
+        return GateStatus(
+            state="online" if state == "online" else "offline",
+            site=self.config.site,
+            gate=self.config.gate,
+            software_version=__version__,
+            started_at=format_time(self.started_at),
+            members=self.index.count,
+            max_version=self.index.max_version,
+            digest=self.index.digest,
+            last_head_office_at=format_time(last) if last else None,
+            outbox_depth=outbox_depth,
+            lockdown=self.context.lockdown,
+            readers=[
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "state": "ok" if r.health.state == "ok" else "fault",
+                    # Head office tells "people inside" from "entries today" by exit readers.
+                    "direction": r.direction,
+                }
+                for r in self.readers
+            ],
+        ).model_dump()
+
     def status(self, outbox_depth: int) -> dict[str, Any]:
-        """What ``gatectl status`` shows (without the sync's part)."""
+        """What ``gatectl status`` shows (without the sync's part): the published status and
+        what only a technician needs."""
         return {
-            "state": "online",
-            "site": self.config.site,
-            "gate": self.config.gate,
-            "software_version": __version__,
-            "started_at": format_time(self.started_at),
-            "members": self.index.count,
-            "max_version": self.index.max_version,
-            "digest": self.index.digest,
-            "last_head_office_at": format_time(self.last_head_office_at)
-            if self.last_head_office_at
-            else None,
-            "outbox_depth": outbox_depth,
+            **self.published_status("online", outbox_depth),
             "outbox_dropped": self.outbox.dropped,
             "events_lost": self.writer.events_lost,
             "events_held": self.writer.events_held,
             "cache_writes_refused": self.writer.refusing,
             "metrics_url": self.metrics.url,
-            "lockdown": self.context.lockdown,
             "fire": self.context.fire,
             "stale_cache": self.stale,
             "clock_synchronized": self.clock_synchronized,
@@ -618,17 +636,17 @@ class Gate:
 
     # --- lifetime ------------------------------------------------------------------------------
 
-    def _build_readers(self) -> None:
+    def start_readers(self) -> list[asyncio.Task[None]]:
+        """Build every configured reader (the door must be open: Wiegand readers share its pin
+        factory) and run each as a task whose reads come to the hot path."""
+        tasks = []
         for rc in self.config.readers:
-            assert rc.id is not None
-            if rc.kind == "sim":
-                sim = SimReader(rc.id, rc.direction)
-                self.sim_readers[rc.id] = sim
-                self.readers.append(sim)
-            else:
-                from gated.readers.registry import build_reader
-
-                self.readers.append(build_reader(rc, pin_factory=self.door.factory))
+            reader = build_reader(rc, pin_factory=self.door.factory)
+            self.readers.append(reader)
+            if isinstance(reader, SimReader):
+                self.sim_readers[reader.id] = reader
+            tasks.append(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+        return tasks
 
     async def _run_reader(self, reader: Reader) -> None:
         last_state = reader.health.state
@@ -717,7 +735,6 @@ class Gate:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self.door = Door(self.config.door, loop, self.on_door_event, pin_factory=self._pin_factory)
-        self._build_readers()
         control = ControlServer(
             self.config.control_socket, ControlCommands(self).handle, self.rejected
         )
@@ -726,14 +743,11 @@ class Gate:
             self.metrics.serve(*self.config.metrics.address)
         spawn = self._tasks.append
         spawn(asyncio.create_task(self._watch_outbox(), name="outbox"))
-        for reader in self.readers:
-            spawn(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+        self._tasks.extend(self.start_readers())
         spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         notifier = Notifier()
         spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
         if self.config.mqtt is not None:
-            from gated.cache.sync import SiteSync
-
             self.sync = SiteSync(self)
             spawn(asyncio.create_task(self.sync.run(), name="sync"))
         free = shutil.disk_usage(self.config.state_dir).free
