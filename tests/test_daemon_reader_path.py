@@ -18,6 +18,7 @@ from gpiozero.pins.mock import MockFactory
 
 from gated.cache.store import CacheStore
 from gated.config import load_gate_config
+from gated.contract import GateEvent
 from gated.daemon import Gate
 from gated.door import Door
 from gated.members import read_members_file
@@ -106,6 +107,9 @@ async def test_reader_entries_count_toward_daily_limit(
     evs = await events(gate)
     assert [e["reason"] for e in evs if e["member_id"] == "m_1"] == ["ok", "ok", "daily_limit"]
     assert all(e["source"] == "reader" for e in evs)
+    # Built as plain dicts on the hot path, they are exactly the contract's GateEvent.
+    for e in evs:
+        assert GateEvent.model_validate(e).model_dump() == e
     # Counters were committed with the events: a restart keeps them.
     counters = await asyncio.wrap_future(gate.writer.submit(lambda s: s.load_counters()))
     assert counters["m_1"].entries == 2
@@ -217,12 +221,12 @@ async def test_new_records_are_frozen_without_a_collection_while_a_snapshot_hold
     made, and collecting them there cost a badge ~70 ms: then the records are only frozen."""
     import gc
 
-    import gated.daemon as daemon
+    import gated.cache.live as live
     from gated.cache.index import member_row
 
     gate = gate_env[0]
     collected: list[int] = []
-    monkeypatch.setattr(daemon, "FREEZE_EVERY", 10)
+    monkeypatch.setattr(live, "FREEZE_EVERY", 10)
     monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation) or 0)
 
     def state(i: int) -> dict[str, Any]:
