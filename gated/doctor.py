@@ -26,6 +26,7 @@ from gated.metrics import GateMetrics
 from gated.outbox_guard import OutboxGuard
 from gated.policy.decide import GateContext
 from gated.readers.base import Reader
+from gated.readers.diagnostics import reader_checks
 
 
 class SyncStats(Protocol):
@@ -258,8 +259,6 @@ def config_checks(path: Path) -> tuple[GateConfig | None, list[Check]]:
 def hardware_checks(config: GateConfig) -> list[Check]:
     """The readers' stacks (pcscd and its readers, who owns an NFC device, serial/HID/GPIO
     device nodes and permissions). Blocking: run it in a thread from the daemon."""
-    from gated.readers.diagnostics import reader_checks
-
     return [
         Check("reader stack", level, message, fix)
         for level, message, fix in reader_checks(config.readers)

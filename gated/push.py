@@ -28,7 +28,9 @@ from gated.contract import (
     Manifest,
     Signer,
     Verifier,
+    build_snapshot,
     canonical_json,
+    cmd_topic,
     compact_json,
     format_time,
     loads_bounded,
@@ -41,6 +43,7 @@ from gated.contract import (
     status_topic,
 )
 from gated.errors import GatedError
+from gated.members import read_members_file
 from gated.mqtt_session import BrokerSetupError, TlsFiles, client_for, session
 
 # PUBACKs awaited together; well under paho's 65,535 message ids.
@@ -261,8 +264,6 @@ def write_snapshot_file(
     path: Path, site: str, states: Iterable[Mapping[str, Any]], signer: Signer, issued_at: str
 ) -> dict[str, Any]:
     """Write a site snapshot (what gated-billing serves) atomically; returns its trailer."""
-    from gated.contract import build_snapshot
-
     data = build_snapshot(site, states, signer, issued_at)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -327,8 +328,6 @@ async def push_members(
     ContractError.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from gated.members import read_members_file
 
     issued_at = format_time(time.time())
     recorded = read_version_record(record, site) if record is not None else None
@@ -411,8 +410,6 @@ def _check_room(base: int, states: int) -> None:
 
 async def publish_command(broker: Broker, command: Mapping[str, Any]) -> None:
     """Send a signed command to its gate (QoS 1, not retained: it is meant for now)."""
-    from gated.contract import cmd_topic
-
     try:
         async with session(broker.client()) as client:
             await client.publish(
