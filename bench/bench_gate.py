@@ -49,7 +49,7 @@ from nacl.signing import SigningKey
 from gated.cache.index import card_keys, member_row
 from gated.cache.store import CacheStore
 from gated.contract import card_key, format_time, mint_qr_code
-from gated.readers.base import Credential
+from gated.policy.credential import Credential
 
 UNTIL = "2030-01-01T00:00:00Z"
 QR_MEMBERS = 2000

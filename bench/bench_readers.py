@@ -35,7 +35,8 @@ from gated.config import (
     SerialQrReaderConfig,
     WiegandReaderConfig,
 )
-from gated.readers.base import Credential, Reader
+from gated.policy.credential import Credential
+from gated.readers.base import Reader
 from gated.readers.registry import build_reader
 from gated.readers.wiegand import encode_34
 from tests.readers import pcscd_stack

@@ -52,8 +52,8 @@ from gated.contract import (
     member_topic,
     members_wildcard,
 )
+from gated.policy.credential import Credential
 from gated.push import build_manifest, publish_states
-from gated.readers.base import Credential
 from tests.services import run_mosquitto
 
 SITE = "bench"
@@ -212,7 +212,7 @@ async def make_gate(config: Path) -> tuple[Any, Any]:
     )
     sync = SiteSync(gate)
     gate.sync = sync
-    await sync.start_verifiers()  # as SiteSync.run() does first
+    await sync.pool.start()  # as SiteSync.run() does first
     gate.on_credential(Credential("card", uid_of(0), "bench"))  # the process's first decision
     return gate, sync
 
@@ -448,7 +448,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
     n_in = len(payloads)
     stats = broker["retained_stats"]
     during, idle = broker["retained_badges"], broker["idle_badges"]
-    from gated.cache.sync import VERIFY_PROCESSES
+    from gated.cache.verifier import VERIFY_PROCESSES
 
     lines = [
         f"## Member sync (`bench/bench_sync.py --members {args.members} --inproc {args.inproc} --flips {args.flips}`)",

@@ -442,6 +442,8 @@ class BillingMqttConfig(_Section):
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
     client_id: str = "gated-billing"
 
     _scheme = field_validator("url")(MqttConfig._scheme.__func__)  # type: ignore[attr-defined]
@@ -574,7 +576,7 @@ def load_billing_config(path: str | Path) -> BillingConfig:
         keys.desk_command_private_key_file = fix(keys.desk_command_private_key_file)
     for section, names in (
         (config.stripe, ("api_key_file", "webhook_secret_file")),
-        (config.mqtt, ("password_file", "ca_file")),
+        (config.mqtt, ("password_file", "ca_file", "cert_file", "key_file")),
         (config.smtp, ("password_file",)),
         (config.app, ("terms_file",)),
     ):

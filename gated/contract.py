@@ -15,10 +15,11 @@ import json
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import nacl.exceptions
 import nacl.signing
@@ -46,19 +47,6 @@ MAX_VERSION = 2**53
 MAX_JSON_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 
-STATUSES = (
-    "pending",
-    "active",
-    "grace",
-    "pending_cancel",
-    "suspended",
-    "frozen",
-    "cancelled",
-    "collections",
-    "expired",
-    "payer_suspended",
-    "erased",
-)
 Status = Literal[
     "pending",
     "active",
@@ -72,6 +60,7 @@ Status = Literal[
     "payer_suspended",
     "erased",
 ]
+STATUSES: tuple[str, ...] = get_args(Status)
 SignedType = Literal["member_state", "manifest", "snapshot_trailer", "gate_command"]
 EventKind = Literal[
     "entry",
@@ -444,6 +433,29 @@ def digest_hex(value: int) -> str:
     return value.to_bytes(32, "big").hex()
 
 
+@dataclass(frozen=True, slots=True)
+class SiteSummary:
+    """What a manifest and a snapshot trailer say of a site's states."""
+
+    count: int
+    max_version: int
+    digest: str
+
+
+def site_summary(states: Iterable[Mapping[str, Any]]) -> SiteSummary:
+    """Count and digest over the non-erased states, and the highest version of all of them."""
+    count = 0
+    acc = 0
+    max_version = 0
+    for state in states:
+        version = int(state["version"])
+        max_version = max(max_version, version)
+        if state["status"] != "erased":
+            count += 1
+            acc ^= digest_term(str(state["member_id"]), version)
+    return SiteSummary(count, max_version, digest_hex(acc))
+
+
 def site_digest(pairs: Iterable[tuple[str, int]]) -> str:
     """XOR of SHA-256(member_id:version) over the (non-erased) members."""
     acc = 0
@@ -685,25 +697,23 @@ def build_snapshot(
     import gzip
 
     body = bytearray()
-    count = 0
-    max_version = 0
-    acc = 0
-    for state in states:
-        line = {k: v for k, v in state.items() if k != "sig"}
-        line["kid"] = signer.kid
-        body += canonical_json(line) + b"\n"
-        max_version = max(max_version, int(line["version"]))
-        if line["status"] != "erased":
-            count += 1
-            acc ^= digest_term(str(line["member_id"]), int(line["version"]))
+
+    def written() -> Iterator[dict[str, Any]]:
+        for state in states:
+            line = {k: v for k, v in state.items() if k != "sig"}
+            line["kid"] = signer.kid
+            body.extend(canonical_json(line) + b"\n")
+            yield line
+
+    summary = site_summary(written())  # one pass: each line is summed as it is written
     trailer = signer.sign(
         {
             "type": "snapshot_trailer",
             "site": site,
             "issued_at": issued_at,
-            "count": count,
-            "max_version": max_version,
-            "digest": digest_hex(acc),
+            "count": summary.count,
+            "max_version": summary.max_version,
+            "digest": summary.digest,
             "sha256": hashlib.sha256(body).hexdigest(),
         }
     )

@@ -11,41 +11,45 @@ import asyncio
 import contextlib
 import gc
 import logging
-import operator
 import os
 import shutil
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from gated import __version__
-from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_from_row
+from gated.cache.events import EventLog
+from gated.cache.index import MemberIndex
+from gated.cache.live import LiveIndex
 from gated.cache.store import CacheStore, CacheWriter
+from gated.cache.sync import SiteSync
 from gated.clock import ClockProbe, TrustedClock
 from gated.config import GateConfig
 from gated.contract import (
     ContractError,
     CredentialHasher,
+    GateStatus,
     card_credential_string,
     format_time,
     is_random_uid,
     load_credential_key,
-    new_ulid,
-    normalize_uid,
     parse_time,
 )
-from gated.control import Caller, ControlError, ControlServer
+from gated.control import ControlError, ControlServer
+from gated.control.commands import ControlCommands
+from gated.doctor import daemon_checks
 from gated.door import Door, DoorEvent
 from gated.metrics import GateMetrics
-from gated.outbox_guard import OutboxGuard, OutboxState
+from gated.policy.credential import Credential
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
 from gated.policy.qr import QrVerifier
-from gated.readers.base import Credential, Reader
+from gated.readers.base import Reader
+from gated.readers.registry import build_reader
 from gated.readers.sim import SimReader
 from gated.systemd import Notifier
 
@@ -53,16 +57,8 @@ log = logging.getLogger("gated.daemon")
 T = TypeVar("T")
 
 TIME_SAVE_INTERVAL_S = 60.0
-# How often the outbox is counted exactly (off the hot path) to correct the ceiling's estimate.
-OUTBOX_MEASURE_INTERVAL_S = 10.0
-# Index updates applied per loop iteration (~3 µs each): a badge waits ~0.1 ms at most.
-APPLY_SLICE = 32
-INDEX_COLUMNS = tuple(c.strip() for c in MEMBER_COLUMNS.split(","))
-_index_values = operator.itemgetter(*INDEX_COLUMNS)
-# Members applied between two gc.freeze() calls (see Gate.freeze_new_members).
-FREEZE_EVERY = 5000
 # The cache writer and the executors' threads hold the GIL in Python code; a short switch interval
-# lets the loop thread (decisions) take it back within ~0.2 ms instead of the default 5 ms.
+# lets the loop thread (decisions) take it back soon.
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
@@ -71,9 +67,8 @@ def decide_in_realtime(priority: int) -> str:
     ``priority``; returns what is in effect, for status and doctor.
 
     A woken thread under the normal policy waits its turn behind every runnable thread of the
-    board: on two busy cores (the cache writer during a sync, a verifier, mosquitto) a badge
-    waited milliseconds for the loop to run at all. A real-time loop runs as soon as the card
-    is handed to it. SCHED_RESET_ON_FORK: threads and processes started from here afterwards (the
+    board; a real-time loop runs as soon as the card is handed to it (BENCHMARKS.md, gate hot
+    path). SCHED_RESET_ON_FORK: threads and processes started from here afterwards (the
     readers' threads, the verifier processes) get the normal policy, so only this thread can
     take the CPU first. The kernel still keeps 5% of each core for the rest (RT throttling).
     Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of ``priority`` (the shipped unit's LimitRTPRIO=);
@@ -93,32 +88,6 @@ def decide_in_realtime(priority: int) -> str:
     return f"fifo {priority}"
 
 
-class _Made(NamedTuple, Generic[T]):
-    """What the writer's thread made with a commit: the write's own result, and the index records
-    with their digest terms for the loop to put, or a whole new index to swap in."""
-
-    value: T
-    members: list[Member]
-    terms: list[int]
-    new_index: MemberIndex | None = None
-
-
-def _store_and_make(
-    write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], T], store: CacheStore
-) -> _Made[T]:
-    """On the writer's thread: ``write`` with a callback that makes each applied row's index
-    record as the row is stored, while a snapshot's next rows are still being made; with the
-    row's digest term, that leaves the loop's index slices a third of the work."""
-    members: list[Member] = []
-    terms: list[int] = []
-
-    def make(row: dict[str, Any]) -> None:
-        members.append(member_from_row(_index_values(row)))
-        terms.append(row["digest_term"])
-
-    return _Made(write(store, make), members, terms)
-
-
 class Gate:
     """Everything one gate holds at run time. ``run()`` serves until ``stop()``."""
 
@@ -134,15 +103,13 @@ class Gate:
         self.rejected: Counter[str] = Counter()
         self.readers: list[Reader] = []
         self.sim_readers: dict[str, SimReader] = {}
-        self._tails: set[asyncio.Queue[dict[str, Any]]] = set()
         self._enroll: tuple[str | None, asyncio.Future[Credential]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        self.sync: Any = None  # gated.cache.sync.SiteSync when [mqtt] is configured
+        self.sync: SiteSync | None = None  # when [mqtt] is configured
         self.last_head_office_at: float | None = None
         self.clock_synchronized: bool | None = None
         self.stale = False
-        self._unfrozen = 0
         # How the loop thread is scheduled (decide_in_realtime, once run() starts).
         self.scheduling = "normal (not started)"
 
@@ -164,15 +131,21 @@ class Gate:
             daily_limit=config.policy.daily_limit,
             lockdown=bool(store.get("lockdown", False)),
         )
-        self.outbox = OutboxGuard(
-            config.outbox_warn_events,
-            config.outbox_max_events,
-            store.outbox_depth(),
-            int(store.get("outbox_dropped", 0)),
-            self._outbox_alarm,
-        )
         self.writer = CacheWriter(store)
-        self.clock.listen(lambda kind, reason: self.event(kind, reason=reason))
+        self.events = EventLog(
+            config.site,
+            config.gate,
+            self.clock,
+            self.writer,
+            warn=config.outbox_warn_events,
+            ceiling=config.outbox_max_events,
+            depth=store.outbox_depth(),
+            dropped=int(store.get("outbox_dropped", 0)),
+        )
+        self.outbox = self.events.outbox
+        self.tails = self.events.tails
+        self.live = LiveIndex(self.writer, self)
+        self.clock.listen(lambda kind, reason: self.events.record(kind, reason=reason))
         self.metrics = GateMetrics(self)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         # A million long-lived records: keep them out of the collector's generations so a full
@@ -277,7 +250,7 @@ class Gate:
             kind = "exit"
         else:
             kind = "entry"
-        event = self.event(
+        event = self.events.build(
             kind,
             member_id=member.member_id if member is not None else None,
             credential_kind=credential.kind,
@@ -288,7 +261,6 @@ class Gate:
             source=source,
             operator=operator,
             now=now,
-            record=False,
         )
         counters = None
         # Operator actions never count toward attendance, limits or anti-passback; neither does
@@ -311,7 +283,7 @@ class Gate:
                 store.put_counters(mid, counters)
 
         self.writer.post(write)
-        self._publish_local(event)
+        self.events.publish(event)
 
     def _count(self, member_id: str, direction: str, now: float) -> MemberCounters:
         c = self.counters.get(member_id)
@@ -362,182 +334,30 @@ class Gate:
 
     # --- events ----------------------------------------------------------------------------
 
-    def event(
-        self,
-        kind: str,
-        *,
-        member_id: str | None = None,
-        credential_kind: str | None = None,
-        reader_id: str | None = None,
-        direction: str | None = None,
-        reason: str | None = None,
-        latency_us: int | None = None,
-        source: str = "reader",
-        operator: str | None = None,
-        now: float | None = None,
-        record: bool = True,
-    ) -> dict[str, Any]:
-        """Build a GateEvent (and, unless ``record`` is off, queue it in the outbox)."""
-        event = {
-            "event_id": new_ulid(),
-            "site": self.config.site,
-            "gate": self.config.gate,
-            "at": format_time(self.clock.now() if now is None else now),
-            "kind": kind,
-            "member_id": member_id,
-            "credential_kind": credential_kind,
-            "reader_id": reader_id,
-            "direction": direction,
-            "reason": reason,
-            "latency_us": latency_us,
-            "source": source,
-            "operator": operator,
-        }
-        if record:
-            if self.outbox.admit():
-                self.writer.post(lambda s: s.add_event(event))
-            self._publish_local(event)
-        return event
-
-    def _publish_local(self, event: dict[str, Any]) -> None:
-        if event["kind"] not in ("entry", "deny", "exit"):
-            log.info(
-                "event=%s reason=%s source=%s operator=%s",
-                event["kind"],
-                event["reason"],
-                event["source"],
-                event["operator"],
-            )
-        for q in self._tails:
-            if q.qsize() < 1000:
-                q.put_nowait(event)
-        if self.sync is not None:
-            self.sync.notify_event()
-
     def on_door_event(self, ev: DoorEvent) -> None:
         if ev.kind == "fire":
             self.context.fire = ev.detail == "active"
         self.metrics.door_event(ev.kind, ev.detail)
-        self.event(ev.kind, reason=ev.detail, source="reader")
-
-    def _outbox_alarm(self, state: OutboxState, depth: int) -> None:
-        """Once per crossing: the journal, and `gatectl events tail -f` (the alarm is not queued:
-        the outbox is what is full; head office sees outbox_depth in the gate's status)."""
-        level = {"ok": logging.INFO, "warn": logging.WARNING, "full": logging.ERROR}[state]
-        log.log(
-            level,
-            "event=outbox_%s depth=%d warn=%d max=%d dropped=%d",
-            state, depth, self.outbox.warn, self.outbox.ceiling, self.outbox.dropped,
-        )  # fmt: skip
-        alarm = self.event(f"outbox_{state}", reason=f"depth {depth}", record=False)
-        for q in self._tails:
-            if q.qsize() < 1000:
-                q.put_nowait(alarm)
+        self.events.record(ev.kind, reason=ev.detail, source="reader")
 
     # --- head office -------------------------------------------------------------------------
 
     def apply_states(self, states: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
-        """Store member states (verified or locally trusted) and then apply them to the index.
-
-        Returns a Future resolved with the rows that were newer, once they are committed and
-        visible to decisions.
-        """
-        return self._commit_then_index(lambda s, each: s.apply_states(states, each))
+        """Store member states (verified or locally trusted), then index them; the Future
+        resolves with the rows that were newer once decisions see them."""
+        return self.live.apply_states(states)
 
     def apply_rows(self, rows: Iterable[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
-        """As :meth:`apply_states`, for rows ``member_row`` already made (in the sync's verifier
-        processes, so the writer thread holds the GIL less while decisions run)."""
-        return self._commit_then_index(lambda s, each: s.apply_rows(rows, each))
+        """As :meth:`apply_states`, for rows the sync's verifier processes made."""
+        return self.live.apply_rows(rows)
 
     def apply_snapshot(self, rows: Iterable[dict[str, Any]]) -> Future[int]:
-        """Store a verified snapshot's rows in one transaction, all or nothing, and put them in
-        the index; resolves with how many were newer and applied, once decisions see them.
-
-        The rows are not kept: each is freed as soon as it is stored, a chunk at a time on the
-        writer's thread (freeing 100,000 in one go holds the GIL ~50 ms). Into an empty cache (a
-        cold start) they go into a whole new index, built on the writer's thread as they are
-        stored and swapped in with one assignment once committed: the loop does none of the
-        index work, and until then decisions see the empty index (an unknown card), as before
-        any snapshot. A snapshot refused or rolled back leaves cache and index as they were.
-        """
-
-        def write(store: CacheStore) -> _Made[int]:
-            if store.has_members():
-                return _store_and_make(lambda s, each: s.upsert_rows(rows, each), store)
-            index = MemberIndex()
-            put = index.put
-
-            def put_all(batch: list[dict[str, Any]]) -> None:
-                for row in batch:
-                    put(member_from_row(_index_values(row)), row["digest_term"])
-
-            return _Made(store.upsert_batches(rows, put_all), [], [], index)
-
-        return self._index_when_committed(self.writer.submit(write))
-
-    def _commit_then_index(
-        self, write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], T]
-    ) -> Future[T]:
-        return self._index_when_committed(self.writer.submit(partial(_store_and_make, write)))
-
-    def _index_when_committed(self, committed: Future[_Made[T]]) -> Future[T]:
-        """A Future of the write's own result, resolved once the index holds what it made."""
-        loop = asyncio.get_running_loop()
-        result: Future[T] = Future()
-        committed.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._apply_to_index, f, result)
-        )
-        return result
-
-    def _apply_to_index(self, committed: Future[_Made[T]], result: Future[T]) -> None:
-        try:
-            made = committed.result()
-        except Exception as exc:  # the writer's typed failures are handed on to the caller
-            result.set_exception(exc)
-            return
-        if made.new_index is not None:
-            # Built from an empty cache. Nothing reached the old, empty index meanwhile: the index
-            # changes only after the writer commits, in the writer's order, and a later commit's
-            # slices start after this call.
-            self.index = made.new_index
-            self.freeze_new_members(made.new_index.count)
-            result.set_result(made.value)
-            return
-        self._apply_slice(made.value, made.members, made.terms, 0, result)
-
-    def _apply_slice(
-        self, value: T, members: list[Member], terms: list[int], start: int, result: Future[T]
-    ) -> None:
-        """Put records into the index a slice at a time, yielding to the loop between slices so a
-        badge arriving during a 100k-member burst waits for one slice at most."""
-        end = min(start + APPLY_SLICE, len(members))
-        put = self.index.put
-        for i in range(start, end):
-            put(members[i], terms[i])
-        if end < len(members):
-            asyncio.get_running_loop().call_soon(
-                self._apply_slice, value, members, terms, end, result
-            )
-        else:
-            self.freeze_new_members(len(members))
-            result.set_result(value)
-
-    def freeze_new_members(self, applied: int) -> None:
-        """New members live as long as the gate: every few thousand, move them out of the
-        collector's generations (as at start) so a full collection never walks them during a
-        badge. Young cyclic garbage is collected first so it is not frozen with them."""
-        self._unfrozen += applied
-        if self._unfrozen >= FREEZE_EVERY:
-            self._unfrozen = 0
-            # While a snapshot holds the collector off, its young generations hold everything the
-            # snapshot made: collecting them took ~70 ms of a badge's time (100k members).
-            if gc.isenabled():
-                gc.collect(1)
-            gc.freeze()
+        """A verified snapshot's rows, all or nothing; resolves with how many were newer."""
+        return self.live.apply_snapshot(rows)
 
     async def outbox_depth(self) -> int:
         """Events waiting for the broker, counted on the writer thread."""
-        return int(await asyncio.wrap_future(self.writer.submit(lambda s: s.outbox_depth())))
+        return await self.events.depth()
 
     def heard_from_head_office(self, issued_at: str | None = None) -> None:
         """Record contact (and a newer trusted time) from a verified head-office object."""
@@ -548,57 +368,45 @@ class Gate:
             with contextlib.suppress(ContractError):
                 self.clock.observe(parse_time(issued_at).timestamp())
 
-    # --- control socket ------------------------------------------------------------------------
+    # --- what the control socket, doctor and the sync read and drive -----------------------
 
-    async def handle(
-        self, cmd: str, args: dict[str, Any], caller: Caller
-    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        handler = self._commands.get(cmd)
-        if handler is None:
-            self.rejected["control_unknown_command"] += 1
-            raise ControlError(f"unknown command {cmd!r}; try: {', '.join(sorted(self._commands))}")
-        result: dict[str, Any] | AsyncIterator[dict[str, Any]] = await handler(args, caller)
-        return result
+    def published_status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
+        """The GateStatus this gate publishes (retained, and as its last will)."""
+        last = self.last_head_office_at
+        return GateStatus(
+            state="online" if state == "online" else "offline",
+            site=self.config.site,
+            gate=self.config.gate,
+            software_version=__version__,
+            started_at=format_time(self.started_at),
+            members=self.index.count,
+            max_version=self.index.max_version,
+            digest=self.index.digest,
+            last_head_office_at=format_time(last) if last else None,
+            outbox_depth=outbox_depth,
+            lockdown=self.context.lockdown,
+            readers=[
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "state": "ok" if r.health.state == "ok" else "fault",
+                    # Head office tells "people inside" from "entries today" by exit readers.
+                    "direction": r.direction,
+                }
+                for r in self.readers
+            ],
+        ).model_dump()
 
-    @property
-    def _commands(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
+    def status(self, outbox_depth: int) -> dict[str, Any]:
+        """What ``gatectl status`` shows (without the sync's part): the published status and
+        what only a technician needs."""
         return {
-            "status": self._cmd_status,
-            "readers": self._cmd_readers,
-            "cache_stats": self._cmd_cache_stats,
-            "cache_lookup": self._cmd_cache_lookup,
-            "badge": self._cmd_badge,
-            "events_tail": self._cmd_events_tail,
-            "door_pulse": self._cmd_door_pulse,
-            "lockdown": self._cmd_lockdown,
-            "antipassback_reset": self._cmd_antipassback_reset,
-            "enroll": self._cmd_enroll,
-            "resync": self._cmd_resync,
-            "cache_refresh": self._cmd_cache_refresh,
-            "doctor": self._cmd_doctor,
-        }
-
-    async def _cmd_status(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        depth = await self.outbox_depth()
-        status = {
-            "state": "online",
-            "site": self.config.site,
-            "gate": self.config.gate,
-            "software_version": __version__,
-            "started_at": format_time(self.started_at),
-            "members": self.index.count,
-            "max_version": self.index.max_version,
-            "digest": self.index.digest,
-            "last_head_office_at": format_time(self.last_head_office_at)
-            if self.last_head_office_at
-            else None,
-            "outbox_depth": depth,
+            **self.published_status("online", outbox_depth),
             "outbox_dropped": self.outbox.dropped,
             "events_lost": self.writer.events_lost,
             "events_held": self.writer.events_held,
             "cache_writes_refused": self.writer.refusing,
             "metrics_url": self.metrics.url,
-            "lockdown": self.context.lockdown,
             "fire": self.context.fire,
             "stale_cache": self.stale,
             "clock_synchronized": self.clock_synchronized,
@@ -614,218 +422,49 @@ class Gate:
                 "fire_active": self.door.fire_active,
             },
         }
-        if self.sync is not None:
-            status["sync"] = self.sync.stats()
-        return status
-
-    async def _cmd_readers(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {
-            "readers": [
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "direction": r.direction,
-                    "state": r.health.state,
-                    "detail": r.health.detail,
-                    "last_read_at": format_time(r.health.last_read_at)
-                    if r.health.last_read_at
-                    else None,
-                    "reads": r.health.reads,
-                    "errors": r.health.errors,
-                    "rejected": r.health.rejected,
-                }
-                for r in self.readers
-            ]
-        }
-
-    async def _cmd_cache_stats(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        stats = await asyncio.wrap_future(self.writer.submit(lambda s: s.stats()))
-        by_status = Counter(m.status for m in self.index.by_id.values())
-        return {
-            **stats,
-            "members": self.index.count,
-            "tombstones": by_status.pop("erased", 0),
-            "card_keys": len(self.index.by_key),
-            "max_version": self.index.max_version,
-            "digest": self.index.digest,
-            "by_status": dict(sorted(by_status.items())),
-            "durability": self.config.durability,
-        }
-
-    async def _cmd_cache_lookup(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        member: Member | None
-        if args.get("card"):
-            try:
-                uid = normalize_uid(str(args["card"]))
-            except ContractError as exc:
-                raise ControlError(str(exc)) from exc
-            key = self.hash_credential("card:" + uid)
-            member = self.index.by_key.get(key)
-            lookup = {"card_key_prefix": key.hex()[:12]}
-        elif args.get("member"):
-            member = self.index.by_id.get(str(args["member"]))
-            lookup = {"member_id": str(args["member"])}
-        else:
-            raise ControlError("give a card UID or a member id")
-        if member is None:
-            return {"found": False, **lookup}
-        state = await asyncio.wrap_future(
-            self.writer.submit(lambda s: s.member_state(member.member_id))
-        )
-        state = state or {}
-        counters = self.counters.get(member.member_id)
-        return {
-            "found": True,
-            **lookup,
-            "member": state,
-            "counters": None
-            if counters is None
-            else {
-                "day": counters.day,
-                "entries": counters.entries,
-                "inside_since": counters.inside_since,
-            },
-        }
-
-    async def _cmd_badge(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        reader_id = args.get("reader")
-        if reader_id is None:
-            if not self.sim_readers:
-                raise ControlError("no sim reader configured")
-            reader = next(iter(self.sim_readers.values()))
-        else:
-            found = self.sim_readers.get(str(reader_id))
-            if found is None:
-                raise ControlError(
-                    f"no sim reader {reader_id!r} (configured: {', '.join(self.sim_readers) or 'none'})"
-                )
-            reader = found
-        if args.get("card"):
-            try:
-                credential = reader.read("card", normalize_uid(str(args["card"])))
-            except ContractError as exc:
-                raise ControlError(str(exc)) from exc
-        elif args.get("qr"):
-            credential = reader.read("qr", str(args["qr"]))
-        else:
-            raise ControlError("give --card UID or --qr CODE")
-        return self.on_credential(credential, source="control", operator=caller.operator)
-
-    async def _cmd_events_tail(
-        self, args: dict[str, Any], caller: Caller
-    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        limit = int(args.get("limit", 20))
-        recent = await asyncio.wrap_future(self.writer.submit(lambda s: s.recent_events(limit)))
-        if not args.get("follow"):
-            return {"events": recent}
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for ev in recent:
-            queue.put_nowait(ev)
-        self._tails.add(queue)
-
-        async def follow() -> AsyncIterator[dict[str, Any]]:
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                self._tails.discard(queue)
-
-        return follow()
-
-    async def _cmd_door_pulse(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        self.pulse(source="control", operator=caller.operator)
-        return {"pulsed": True, "pulse_ms": self.config.door.pulse_ms}
 
     def pulse(self, *, source: str, operator: str | None) -> None:
         """An operator's opening: the door pulses; recorded, never counted as attendance."""
         self.door.pulse(source)
-        self.event("entry", reason="door_pulse", source=source, operator=operator)
-
-    async def _cmd_lockdown(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        on = args.get("on")
-        if not isinstance(on, bool):
-            raise ControlError("lockdown takes on or off")
-        await self.set_lockdown(on, source="control", operator=caller.operator)
-        return {"lockdown": on}
+        self.events.record("entry", reason="door_pulse", source=source, operator=operator)
 
     async def set_lockdown(self, on: bool, *, source: str, operator: str | None) -> None:
         """Lockdown survives a restart: the reply waits until the flag is committed."""
         self.context.lockdown = on
         await asyncio.wrap_future(self.writer.submit(lambda s: s.set("lockdown", on)))
-        self.event("lockdown", reason="on" if on else "off", source=source, operator=operator)
+        self.events.record(
+            "lockdown", reason="on" if on else "off", source=source, operator=operator
+        )
 
-    async def _cmd_antipassback_reset(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        member_id = str(args.get("member", ""))
-        if member_id not in self.index.by_id:
-            raise ControlError(f"unknown member {member_id!r}")
-        c = self.counters.get(member_id)
-        if c is not None and c.inside_since is not None:
-            c.inside_since = None
-            snapshot = MemberCounters(c.day, c.entries, None)
-            await asyncio.wrap_future(
-                self.writer.submit(lambda s: s.put_counters(member_id, snapshot))
-            )
-        log.info("event=antipassback_reset member=%s operator=%s", member_id, caller.operator)
-        return {"member_id": member_id, "reset": True}
-
-    async def _cmd_enroll(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        reader_id = args.get("reader")
-        hardware = [r for r in self.readers if r.kind != "sim"]
-        if reader_id is not None and reader_id not in {r.id for r in hardware}:
-            raise ControlError(f"no card reader {reader_id!r}")
-        if not hardware:
-            raise ControlError("no card reader configured to enrol from")
+    async def next_card(self, reader_id: str | None) -> Credential:
+        """The next card read on ``reader_id`` (any reader if None), taken instead of decided:
+        enrolment. One at a time."""
         if self._enroll is not None:
             raise ControlError("an enrolment is already waiting for a card")
         future: asyncio.Future[Credential] = asyncio.get_running_loop().create_future()
         self._enroll = (reader_id, future)
         try:
-            async with asyncio.timeout(float(args.get("timeout", 30))):
-                credential = await future
-        except TimeoutError as exc:
-            raise ControlError("no card presented before the timeout") from exc
+            return await future
         finally:
             self._enroll = None
-        log.info("event=enroll reader=%s operator=%s", credential.reader_id, caller.operator)
-        value = credential.value
-        return {
-            "reader_id": credential.reader_id,
-            "uid": None if value.startswith("w26:") else value,
-            "wiegand": value if value.startswith("w26:") else None,
-        }
 
-    async def _cmd_cache_refresh(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        """Pick up rows another process (``gated members import``) committed to the cache."""
-        above = self.index.max_version
-        rows = await asyncio.wrap_future(self.writer.submit(lambda s: s.rows_above(above)))
-        for row in rows:
-            self.index.put(member_from_row(row))
-        return {"applied": len(rows), "max_version": self.index.max_version}
-
-    async def _cmd_resync(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        if self.sync is None:
-            raise ControlError("no [mqtt] section: this gate runs from its local cache alone")
-        result: dict[str, Any] = await self.sync.resync(reason="operator", operator=caller.operator)
-        return result
-
-    async def _cmd_doctor(self, args: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        from gated.doctor import daemon_checks
-
-        return {"checks": [c.as_dict() for c in await daemon_checks(self)]}
+    async def doctor(self) -> list[dict[str, str]]:
+        """``gatectl doctor``'s checks that only the running daemon can make."""
+        return [c.as_dict() for c in await daemon_checks(self)]
 
     # --- lifetime ------------------------------------------------------------------------------
 
-    def _build_readers(self) -> None:
+    def start_readers(self) -> list[asyncio.Task[None]]:
+        """Build every configured reader (the door must be open: Wiegand readers share its pin
+        factory) and run each as a task whose reads come to the hot path."""
+        tasks = []
         for rc in self.config.readers:
-            assert rc.id is not None
-            if rc.kind == "sim":
-                sim = SimReader(rc.id, rc.direction)
-                self.sim_readers[rc.id] = sim
-                self.readers.append(sim)
-            else:
-                from gated.readers.registry import build_reader
-
-                self.readers.append(build_reader(rc, pin_factory=self.door.factory))
+            reader = build_reader(rc, pin_factory=self.door.factory)
+            self.readers.append(reader)
+            if isinstance(reader, SimReader):
+                self.sim_readers[reader.id] = reader
+            tasks.append(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+        return tasks
 
     async def _run_reader(self, reader: Reader) -> None:
         last_state = reader.health.state
@@ -842,7 +481,9 @@ class Gate:
             state = reader.health.state
             if state != last:
                 kind = "reader_ok" if state == "ok" else "reader_fault"
-                self.event(kind, reader_id=reader.id, reason=state if state != "ok" else None)
+                self.events.record(
+                    kind, reader_id=reader.id, reason=state if state != "ok" else None
+                )
                 log.warning(
                     "event=%s reader=%s state=%s detail=%r",
                     kind,
@@ -860,7 +501,7 @@ class Gate:
             self.qr.prune(now)
             synced = self.clock.refresh()
             if synced is False and self.clock_synchronized is not False:
-                self.event("clock_unsynced", reason="system clock not synchronized")
+                self.events.record("clock_unsynced", reason="system clock not synchronized")
             self.clock_synchronized = synced
             good = self.clock.good_time()
             if good is not None:
@@ -869,39 +510,11 @@ class Gate:
                 last = self.last_head_office_at or self.started_at
                 stale = time.time() - last > max_offline
                 if stale and not self.stale:
-                    self.event(
+                    self.events.record(
                         "stale_cache", reason=f"no head-office contact for over {max_offline:.0f}s"
                     )
                 self.stale = stale
             await asyncio.sleep(TIME_SAVE_INTERVAL_S)
-
-    async def _watch_outbox(self) -> None:
-        """Count the outbox exactly every few seconds (the broker link deletes rows we never see)
-        and keep the number of dropped events on disk, so doctor still fails after a restart."""
-        saved = self.outbox.dropped
-        # Without [mqtt] nobody collects events: the outbox is a local journal of the most recent
-        # ones (gatectl events tail), kept well below the alarm so a standalone gate never trips it.
-        keep = None if self.config.mqtt is not None else self.config.outbox_warn_events // 2
-        while True:
-            if keep is not None:
-                trimmed = await asyncio.wrap_future(
-                    self.writer.submit(partial(CacheStore.trim_outbox, keep=keep))
-                )
-                if trimmed:
-                    log.info(
-                        "event=outbox_trimmed removed=%d kept=%d reason=no_broker", trimmed, keep
-                    )
-            mark = self.outbox.mark()
-            depth = await self.outbox_depth()
-            self.outbox.measured(depth, mark)
-            dropped = self.outbox.dropped
-            if dropped != saved:
-                log.error(
-                    "event=outbox_dropping dropped=%d since_last=%d", dropped, dropped - saved
-                )
-                self.writer.post(partial(CacheStore.set, key="outbox_dropped", value=dropped))
-                saved = dropped
-            await asyncio.sleep(OUTBOX_MEASURE_INTERVAL_S)
 
     def stop(self) -> None:
         self._stop.set()
@@ -914,22 +527,24 @@ class Gate:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self.door = Door(self.config.door, loop, self.on_door_event, pin_factory=self._pin_factory)
-        self._build_readers()
-        control = ControlServer(self.config.control_socket, self.handle, self.rejected)
+        control = ControlServer(
+            self.config.control_socket, ControlCommands(self).handle, self.rejected
+        )
         await control.start()
         if self.config.metrics.address is not None:
             self.metrics.serve(*self.config.metrics.address)
         spawn = self._tasks.append
-        spawn(asyncio.create_task(self._watch_outbox(), name="outbox"))
-        for reader in self.readers:
-            spawn(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+        # Without [mqtt] nobody collects events: the outbox is a local journal of the most recent
+        # ones (gatectl events tail), kept well below the alarm so a standalone gate never trips it.
+        keep = None if self.config.mqtt is not None else self.config.outbox_warn_events // 2
+        spawn(asyncio.create_task(self.events.watch_outbox(keep), name="outbox"))
+        self._tasks.extend(self.start_readers())
         spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         notifier = Notifier()
         spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
         if self.config.mqtt is not None:
-            from gated.cache.sync import SiteSync
-
             self.sync = SiteSync(self)
+            self.events.on_recorded = self.sync.notify_event
             spawn(asyncio.create_task(self.sync.run(), name="sync"))
         free = shutil.disk_usage(self.config.state_dir).free
         notifier.notify("READY=1")

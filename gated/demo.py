@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -237,20 +238,47 @@ PAYMENT_METHODS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+def free_port() -> int:
+    """A port free now for TCP and UDP on every interface, from below the kernel's ephemeral
+    range. A port inside that range can be taken at any moment by an outgoing connection, and a
+    client polling it before the service listens can even connect to itself (TCP simultaneous
+    open): the service then fails to bind, and the poll said it was up."""
+    top = _ephemeral_low()
+    for _ in range(500):
+        port = random.randrange(max(1024, top - 12000), top)
+        try:
+            with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+                tcp.bind(("0.0.0.0", port))
+                udp.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port below {top}")
+
+
+def wait_for_port(
+    port: int,
+    timeout: float = 10.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    what: str = "service",
+) -> None:
+    """Wait until something other than our own poll listens on 127.0.0.1:``port``; raise if
+    ``proc`` exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
+            if s.getsockname() != s.getpeername():  # not connected to itself
+                return
+        time.sleep(0.02)
     raise TimeoutError(f"{what} is not listening on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
@@ -532,16 +560,16 @@ def run_billing_demo(root: Path) -> int:
                 stack.callback(_stop, name, proc, log)
                 return proc
 
-            mqtt_port = _free_port()
+            mqtt_port = free_port()
             broker = start("mosquitto", [mosquitto, "-c", str(mosquitto_config(root, mqtt_port))])
-            _wait_port(mqtt_port, broker, "mosquitto")
+            wait_for_port(mqtt_port, 20, broker, "mosquitto")
             stripe_port = None
             if stripe_python is not None:
-                stripe_port = _free_port()
+                stripe_port = free_port()
                 fake = start(
                     "localstripe", [str(stripe_python), "-c", _LOCALSTRIPE_MAIN, str(stripe_port)]
                 )
-                _wait_port(stripe_port, fake, "localstripe")
+                wait_for_port(stripe_port, 20, fake, "localstripe")
                 gateway = "stripe"
                 console.print(
                     f"payments: the real stripe library against localstripe on 127.0.0.1:{stripe_port}"
@@ -552,7 +580,7 @@ def run_billing_demo(root: Path) -> int:
                     "payments: [yellow]localstripe is not installed (scripts/bootstrap installs it "
                     "into .venv-localstripe): using the simulated gateway[/yellow]"
                 )
-            http_port = _free_port()
+            http_port = free_port()
             billing_toml = billing_config(root, mqtt_port, http_port, stripe_port)
             gate_toml = write_demo_config(root, head_office_sections(root, mqtt_port, http_port))
             story = BillingStory(root, billing_toml)

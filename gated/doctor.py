@@ -10,17 +10,63 @@ import asyncio
 import shutil
 import sqlite3
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
+from gated.cache.index import MemberIndex
+from gated.cache.store import CacheWriter
 from gated.clock import TrustedClock, system_clock_synchronized
 from gated.config import ConfigError, GateConfig, load_gate_config
 from gated.contract import ContractError, load_credential_key
+from gated.door import Door
+from gated.metrics import GateMetrics
+from gated.outbox_guard import OutboxGuard
+from gated.policy.decide import GateContext
+from gated.readers.base import Reader
+from gated.readers.diagnostics import reader_checks
 
-if TYPE_CHECKING:
-    from gated.cache.store import CacheWriter
-    from gated.daemon import Gate
+
+class SyncStats(Protocol):
+    """The head-office link, as doctor reads it."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class DoctorGate(Protocol):
+    """What the running daemon's checks read of the gate."""
+
+    @property
+    def config(self) -> GateConfig: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def scheduling(self) -> str: ...
+    @property
+    def door(self) -> Door: ...
+    @property
+    def metrics(self) -> GateMetrics: ...
+    @property
+    def context(self) -> GateContext: ...
+    @property
+    def index(self) -> MemberIndex: ...
+    @property
+    def readers(self) -> Sequence[Reader]: ...
+    @property
+    def outbox(self) -> OutboxGuard: ...
+    @property
+    def last_head_office_at(self) -> float | None: ...
+    @property
+    def sync(self) -> SyncStats | None: ...
+    @property
+    def clock(self) -> TrustedClock: ...
+    @property
+    def writer(self) -> CacheWriter: ...
+
+    async def outbox_depth(self) -> int: ...
+
 
 Level = Literal["ok", "warn", "fail"]
 LEVEL_EXIT = {"ok": 0, "warn": 1, "fail": 2}
@@ -213,8 +259,6 @@ def config_checks(path: Path) -> tuple[GateConfig | None, list[Check]]:
 def hardware_checks(config: GateConfig) -> list[Check]:
     """The readers' stacks (pcscd and its readers, who owns an NFC device, serial/HID/GPIO
     device nodes and permissions). Blocking: run it in a thread from the daemon."""
-    from gated.readers.diagnostics import reader_checks
-
     return [
         Check("reader stack", level, message, fix)
         for level, message, fix in reader_checks(config.readers)
@@ -252,7 +296,7 @@ def cache_file_check(path: Path) -> Check:
     return Check("cache", "ok", f"{members} members cached, integrity ok")
 
 
-async def daemon_checks(gate: Gate) -> list[Check]:
+async def daemon_checks(gate: DoctorGate) -> list[Check]:
     """Checks only the running daemon can answer."""
     checks: list[Check] = [
         Check(
@@ -336,7 +380,74 @@ async def daemon_checks(gate: Gate) -> list[Check]:
         else:
             checks.append(Check("freshness", "ok", f"last head-office contact {age:.0f}s ago"))
     if gate.sync is not None:
-        checks.extend(gate.sync.checks())
+        checks.extend(sync_checks(gate.sync.stats()))
+    return checks
+
+
+def sync_checks(stats: dict[str, Any]) -> list[Check]:
+    """The broker link and the last sync, from the sync's ``stats()``."""
+    checks: list[Check] = []
+    broker = stats["broker"]
+    if stats["connected"] and stats["subscribed"]:
+        checks.append(Check("broker", "ok", f"connected to {broker}, subscribed"))
+    else:
+        checks.append(
+            Check(
+                "broker",
+                "fail",
+                f"not connected to {broker}: {stats['last_error'] or 'connecting'}",
+                "check the broker is up and the [mqtt] settings; decisions continue from the cache",
+            )
+        )
+    sync = stats["last_sync"]
+    if sync is not None:
+        expected = sync.get("manifest_count")
+        if expected is not None and sync["members"] < expected:
+            checks.append(
+                Check(
+                    "sync",
+                    "warn",
+                    f"last sync ({sync['source']}) ended with {sync['members']} members, "
+                    f"the manifest says {expected}",
+                    "gatectl resync; if the broker log says 'Outgoing messages are being "
+                    "dropped', set max_queued_messages 0 in mosquitto.conf",
+                )
+            )
+        elif not sync["in_sync"]:
+            checks.append(
+                Check(
+                    "sync",
+                    "warn",
+                    f"last sync ({sync['source']}) ended with a digest that differs from "
+                    "the manifest",
+                    "gatectl resync",
+                )
+            )
+        else:
+            checks.append(
+                Check("sync", "ok", f"in step with the manifest ({sync['members']} members)")
+            )
+    snapshot = stats["last_snapshot"]
+    if snapshot is not None and not snapshot["ok"]:
+        checks.append(
+            Check(
+                "snapshot",
+                "warn",
+                f"last snapshot refused: {snapshot['error']}",
+                "check [head_office] snapshot_url, token_file and ca_file",
+            )
+        )
+    rejected = Counter(stats["rejected"])
+    if rejected:
+        worst = ", ".join(f"{k} {v}" for k, v in rejected.most_common(3))
+        checks.append(
+            Check(
+                "messages",
+                "warn",
+                f"dropped head-office messages: {worst}",
+                "bad_signature: check head_office_public_key_files match head office",
+            )
+        )
     return checks
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -32,10 +33,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gated import __version__
+from gated.cache.index import MemberIndex
+from gated.cache.store import CacheWriter
+from gated.clock import TrustedClock
+from gated.outbox_guard import OutboxGuard
+from gated.policy.decide import GateContext
 from gated.policy.reasons import DENY_REASONS
-
-if TYPE_CHECKING:
-    from gated.daemon import Gate
+from gated.readers.base import Reader
 
 log = logging.getLogger("gated.metrics")
 
@@ -46,6 +50,42 @@ LATENCY_BUCKETS = (
 DOOR_ALARMS = ("door_forced", "door_held", "fire")
 
 
+class SyncRejections(Protocol):
+    """The head-office link, as the metrics read it."""
+
+    @property
+    def rejected(self) -> Counter[str]: ...
+
+
+class MetricsGate(Protocol):
+    """What a scrape reads of the gate (plain attribute reads, atomic under the GIL)."""
+
+    @property
+    def index(self) -> MemberIndex: ...
+    @property
+    def last_head_office_at(self) -> float | None: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def rejected(self) -> Counter[str]: ...
+    @property
+    def sync(self) -> SyncRejections | None: ...
+    @property
+    def outbox(self) -> OutboxGuard: ...
+    @property
+    def readers(self) -> Sequence[Reader]: ...
+    @property
+    def context(self) -> GateContext: ...
+    @property
+    def stale(self) -> bool: ...
+    @property
+    def clock_synchronized(self) -> bool | None: ...
+    @property
+    def clock(self) -> TrustedClock: ...
+    @property
+    def writer(self) -> CacheWriter: ...
+
+
 class GateMetrics:
     """The gate's tallies and its registry (one per gate: gates in one process never clash).
 
@@ -53,7 +93,7 @@ class GateMetrics:
     copying a dict or a list is atomic under the GIL.
     """
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: MetricsGate) -> None:
         # Every known reason is there from the first scrape, at zero: rate() and alerts need the
         # series to exist before the first deny.
         self.decisions: dict[tuple[str, str], int] = {("allow", "ok"): 0}
@@ -138,7 +178,7 @@ class GateStateCollector(Collector):
     is never locked out and never waits.
     """
 
-    def __init__(self, gate: Gate, tallies: GateMetrics) -> None:
+    def __init__(self, gate: MetricsGate, tallies: GateMetrics) -> None:
         self.gate = gate
         self.tallies = tallies
 

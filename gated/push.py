@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +28,10 @@ from gated.contract import (
     Manifest,
     Signer,
     Verifier,
+    build_snapshot,
     canonical_json,
+    cmd_topic,
     compact_json,
-    digest_hex,
-    digest_term,
     format_time,
     loads_bounded,
     manifest_topic,
@@ -40,10 +39,12 @@ from gated.contract import (
     new_ulid,
     parse_topic,
     read_snapshot,
+    site_summary,
     status_topic,
 )
 from gated.errors import GatedError
-from gated.mqtt_session import session
+from gated.members import read_members_file
+from gated.mqtt_session import BrokerSetupError, TlsFiles, client_for, session
 
 # PUBACKs awaited together; well under paho's 65,535 message ids.
 PUBLISH_WINDOW = 2000
@@ -69,30 +70,18 @@ class Broker:
     client_id: str | None = None
 
     def client(self) -> aiomqtt.Client:
-        scheme, _, rest = self.url.partition("://")
-        if scheme not in ("mqtt", "mqtts"):
-            raise PushError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT: {self.url}")
-        host, _, port = rest.rstrip("/").partition(":")
-        context = None
-        if scheme == "mqtts":
-            try:
-                context = ssl.create_default_context(
-                    cafile=str(self.ca_file) if self.ca_file else None
-                )
-                if self.cert_file is not None:
-                    context.load_cert_chain(
-                        str(self.cert_file), str(self.key_file) if self.key_file else None
-                    )
-            except (OSError, ssl.SSLError) as exc:
-                raise PushError(f"TLS files: {exc}") from exc
-        return aiomqtt.Client(
-            host,
-            int(port) if port else (8883 if context else 1883),
-            identifier=self.client_id,
-            username=self.username,
-            password=self.password,
-            tls_context=context,
-        )
+        """A fresh client for one push (clean session). Raises PushError for a bad URL or TLS
+        file."""
+        try:
+            return client_for(
+                self.url,
+                username=self.username,
+                password=self.password,
+                tls=TlsFiles(self.ca_file, self.cert_file, self.key_file),
+                client_id=self.client_id,
+            )
+        except BrokerSetupError as exc:
+            raise PushError(str(exc)) from exc
 
 
 def sign_states(
@@ -113,22 +102,14 @@ def build_manifest(
     site: str, states: Iterable[Mapping[str, Any]], signer: Signer, issued_at: str
 ) -> dict[str, Any]:
     """The signed manifest of a site's states: count and digest over the non-erased ones."""
-    count = 0
-    acc = 0
-    max_version = 0
-    for state in states:
-        version = int(state["version"])
-        max_version = max(max_version, version)
-        if state["status"] != "erased":
-            count += 1
-            acc ^= digest_term(str(state["member_id"]), version)
+    summary = site_summary(states)
     return signer.sign(
         {
             "type": "manifest",
             "site": site,
-            "count": count,
-            "max_version": max_version,
-            "digest": digest_hex(acc),
+            "count": summary.count,
+            "max_version": summary.max_version,
+            "digest": summary.digest,
             "issued_at": issued_at,
         }
     )
@@ -283,8 +264,6 @@ def write_snapshot_file(
     path: Path, site: str, states: Iterable[Mapping[str, Any]], signer: Signer, issued_at: str
 ) -> dict[str, Any]:
     """Write a site snapshot (what gated-billing serves) atomically; returns its trailer."""
-    from gated.contract import build_snapshot
-
     data = build_snapshot(site, states, signer, issued_at)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -349,8 +328,6 @@ async def push_members(
     ContractError.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from gated.members import read_members_file
 
     issued_at = format_time(time.time())
     recorded = read_version_record(record, site) if record is not None else None
@@ -433,8 +410,6 @@ def _check_room(base: int, states: int) -> None:
 
 async def publish_command(broker: Broker, command: Mapping[str, Any]) -> None:
     """Send a signed command to its gate (QoS 1, not retained: it is meant for now)."""
-    from gated.contract import cmd_topic
-
     try:
         async with session(broker.client()) as client:
             await client.publish(

@@ -31,7 +31,8 @@ from gated.config import (
     SerialQrReaderConfig,
     WiegandReaderConfig,
 )
-from gated.readers.base import Credential, Reader
+from gated.policy.credential import Credential
+from gated.readers.base import Reader
 from gated.readers.diagnostics import reader_checks
 from gated.readers.registry import HardwareReaderConfig, build_reader
 

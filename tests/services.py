@@ -5,56 +5,15 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A port free now for TCP and UDP on every interface, from below the kernel's ephemeral
-    range. A port inside that range can be taken at any moment by an outgoing connection, and a
-    client polling it before the service listens can even connect to itself (TCP simultaneous
-    open): the service then fails to bind, and the poll said it was up (a pcscd once started
-    without its reader that way)."""
-    top = _ephemeral_low()
-    for _ in range(500):
-        port = random.randrange(max(1024, top - 12000), top)
-        try:
-            with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
-                tcp.bind(("0.0.0.0", port))
-                udp.bind(("0.0.0.0", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no free port below {top}")
-
-
-def wait_for_port(
-    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
-            if s.getsockname() != s.getpeername():  # not connected to itself
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+from gated.demo import free_port, wait_for_port
 
 
 def stop_process(

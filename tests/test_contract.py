@@ -370,3 +370,26 @@ def test_hot_path_hasher_is_hmac_sha256() -> None:
     hasher = CredentialHasher(key)
     for text in ("card:04A1B2C3D4E5F6", "w26:12:3456", "card:", "card:" + "AB" * 40):
         assert hasher(text) == credential_digest(key, text)
+
+
+def test_site_summary_counts_and_digests_the_live_states_and_takes_every_version() -> None:
+    """One summary for the manifest (push, billing) and the snapshot trailer: an erased member
+    raises max_version but is neither counted nor in the digest."""
+    from gated.contract import site_summary
+
+    states = [
+        {"member_id": "m_1001", "version": 42, "status": "active"},
+        {"member_id": "m_7", "version": 3, "status": "suspended"},
+        {"member_id": "m_9", "version": 50, "status": "erased"},
+    ]
+    summary = site_summary(states)
+    assert (summary.count, summary.max_version, summary.digest) == (2, 50, DIGEST)
+    assert site_summary([]).digest == "0" * 64
+
+
+def test_statuses_are_the_status_literal() -> None:
+    from typing import get_args
+
+    from gated.contract import STATUSES, Status
+
+    assert get_args(Status) == STATUSES and "erased" in STATUSES

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import gated.cache.sync as sync
+import gated.cache.verifier as verifier_process
 from gated.contract import (
     ContractError,
     GateCommand,
@@ -128,10 +128,10 @@ def member_payloads(draw: st.DrawFn) -> bytes:
 @pytest.fixture(scope="module", autouse=True)
 def verifier_process_globals() -> Iterator[None]:
     """What ``_init_verifier`` sets in a verifier process, set here without its nice/prctl."""
-    saved = sync._verifier, sync._site
-    sync._verifier, sync._site = VERIFIER, SITE
+    saved = verifier_process._verifier, verifier_process._site
+    verifier_process._verifier, verifier_process._site = VERIFIER, SITE
     yield
-    sync._verifier, sync._site = saved
+    verifier_process._verifier, verifier_process._site = saved
 
 
 # --- (a) MQTT payloads ------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_member_payloads_are_refused_with_a_reason_never_an_exception(payload: b
             "oversized", "too_deep", "malformed", "wrong_member_id", "version_out_of_range"
         )  # fmt: skip
     # In a verifier process: every payload is a row or a counted reject, never an exception.
-    _chunks, rows, _newest, rejects = sync.verify_member_states([payload, payload])
+    _chunks, rows, _newest, rejects = verifier_process.verify_member_states([payload, payload])
     assert rows + len(rejects) == 2
 
 

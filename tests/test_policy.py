@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gated.contract import STATUSES
+from gated.policy.credential import Credential
 from gated.policy.decide import (
     GateContext,
     Member,
@@ -29,7 +30,6 @@ from gated.policy.reasons import (
     MESSAGES,
     STATUS_REASONS,
 )
-from gated.readers.base import Credential
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -10,9 +10,9 @@ import pytest
 
 from gated.cache.store import CacheStore
 from gated.contract import ContractError, mint_qr_code, parse_qr_code
+from gated.policy.credential import Credential
 from gated.policy.decide import GateContext, Member, decide
 from gated.policy.qr import QrVerifier
-from gated.readers.base import Credential
 
 NOW = 1_795_680_000.0  # 2026-11-26T08:00:00Z
 WINDOW = 30

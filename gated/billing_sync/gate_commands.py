@@ -15,8 +15,9 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.front_desk import ALL_SITES
-from gated.billing_sync.publisher import client_for
+from gated.billing_sync.publisher import billing_client
 from gated.contract import Signer, cmd_topic, format_time, new_ulid
+from gated.mqtt_session import session
 
 # Well inside the gates' 60 s limit for desk commands: an opening is for someone standing there.
 DESK_COMMAND_TTL_S = 30
@@ -60,7 +61,7 @@ async def send(ctx: Context, *commands: dict[str, object]) -> None:
     cfg = ctx.config.mqtt
     if cfg is None:
         raise BillingError("no [mqtt] in billing.toml: the console cannot reach the gates")
-    async with _sending, client_for(cfg, f"{cfg.client_id}-desk") as client:
+    async with _sending, session(billing_client(cfg, f"{cfg.client_id}-desk")) as client:
         for command in commands:
             await client.publish(
                 cmd_topic(str(command["site"]), str(command["gate"])),

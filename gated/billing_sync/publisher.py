@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ssl
 from collections.abc import Callable
 
 import aiomqtt
@@ -29,26 +28,22 @@ from gated.contract import (
     parse_topic,
     status_topic,
 )
-from gated.mqtt_session import session
+from gated.mqtt_session import TlsFiles, client_for, read_password, session
 
 log = logging.getLogger("gated.billing.mqtt")
 
 
-def client_for(cfg: BillingMqttConfig, client_id: str) -> aiomqtt.Client:
-    """An aiomqtt client from ``[mqtt]`` with a persistent session under a fixed client id."""
-    scheme, _, rest = cfg.url.partition("://")
-    host, _, port = rest.rstrip("/").partition(":")
-    tls = None
-    if scheme == "mqtts":
-        tls = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    password = cfg.password_file.read_text().strip() if cfg.password_file else None
-    return aiomqtt.Client(
-        host,
-        int(port or (8883 if tls else 1883)),
-        identifier=client_id,
+def billing_client(cfg: BillingMqttConfig, client_id: str | None = None) -> aiomqtt.Client:
+    """An aiomqtt client from billing's ``[mqtt]``: a persistent session under the fixed client
+    id (``client_id``: another fixed one, e.g. the console's), TLS (with our client certificate
+    when configured) for ``mqtts://``. Raises BrokerSetupError for a password or TLS file that
+    cannot be used."""
+    return client_for(
+        cfg.url,
         username=cfg.username,
-        password=password,
-        tls_context=tls,
+        password=read_password(cfg.password_file),
+        tls=TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file),
+        client_id=client_id or cfg.client_id,
         clean_session=False,
         keepalive=30,
     )
@@ -87,7 +82,7 @@ class Publisher:
         delay = 0.2
         while True:
             try:
-                async with session(client_for(self.cfg, self.cfg.client_id)) as client:
+                async with session(billing_client(self.cfg)) as client:
                     delay = 0.2
                     self.connected.set()
                     log.info("event=mqtt_connected url=%s", self.cfg.url)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import NamedTuple
 
+from gated.policy.credential import Credential
 from gated.policy.reasons import ALLOWED_STATUSES, MESSAGES, STATUS_REASONS
-from gated.readers.base import Credential
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

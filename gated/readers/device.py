@@ -17,7 +17,8 @@ import time
 from typing import TYPE_CHECKING
 
 from gated.errors import GatedError
-from gated.readers.base import Credential, CredentialKind, Debouncer, Direction, ReaderHealth
+from gated.policy.credential import Credential, CredentialKind, Direction
+from gated.readers.base import Debouncer, ReaderHealth
 
 if TYPE_CHECKING:
     from gated.config import _ReaderBase

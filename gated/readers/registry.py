@@ -1,5 +1,5 @@
-"""Builds the reader a ``[[readers]]`` entry describes; the daemon calls this for every non-sim
-reader. Driver libraries (pyscard, nfcpy, evdev, pyserial, lgpio) are imported when a reader first
+"""Builds the reader a ``[[readers]]`` entry describes, for every kind (the simulated one too).
+Driver libraries (pyscard, nfcpy, evdev, pyserial, lgpio) are imported when a reader first
 opens its device, so a missing one is a reader fault in ``gatectl readers``, not a crash."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from gated.config import (
     NfcReaderConfig,
     PcscReaderConfig,
     SerialQrReaderConfig,
+    SimReaderConfig,
     WiegandReaderConfig,
 )
 from gated.readers.base import Reader
@@ -24,9 +25,16 @@ HardwareReaderConfig = (
 )
 
 
-def build_reader(config: HardwareReaderConfig, *, pin_factory: Any = None) -> Reader:
+AnyReaderConfig = SimReaderConfig | HardwareReaderConfig
+
+
+def build_reader(config: AnyReaderConfig, *, pin_factory: Any = None) -> Reader:
     """The reader for one config entry. ``pin_factory`` is the gpiozero factory the door uses;
     Wiegand readers share it (None: gpiozero's default)."""
+    if isinstance(config, SimReaderConfig):
+        from gated.readers.sim import SimReader
+
+        return SimReader(config)
     if isinstance(config, PcscReaderConfig):
         from gated.readers.pcsc import PcscReader
 
@@ -47,4 +55,4 @@ def build_reader(config: HardwareReaderConfig, *, pin_factory: Any = None) -> Re
         from gated.readers.wiegand import WiegandReader
 
         return WiegandReader(config, pin_factory)
-    raise TypeError(f"no hardware reader for kind {getattr(config, 'kind', config)!r}")
+    raise TypeError(f"no reader for kind {getattr(config, 'kind', config)!r}")

@@ -7,7 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from gated.readers.base import Credential, Reader
+from gated.policy.credential import Credential
+from gated.readers.base import Reader
 
 
 class Collected:

@@ -87,16 +87,17 @@ def test_messages_are_taken_straight_from_the_installed_mqtt_client() -> None:
     import aiomqtt
     from paho.mqtt.client import MQTTMessage
 
-    from gated.cache.sync import SiteSync
+    from gated.mqtt_session import take_messages_directly
 
     async def hook() -> list[tuple[str, bytes]]:
         seen: list[tuple[str, bytes]] = []
-        sync = object.__new__(SiteSync)
-        sync.handle_message = lambda topic, payload: seen.append((topic, payload))  # type: ignore[method-assign]
-        sync._reject = lambda reason, topic, detail="": seen.append((reason, b""))  # type: ignore[method-assign]
         client = aiomqtt.Client("127.0.0.1", 1)
-        sync._take_messages_directly(client)
-        assert sync._direct
+        direct = take_messages_directly(
+            client,
+            lambda topic, payload: seen.append((topic, payload)),
+            lambda: seen.append(("bad_topic", b"")),
+        )
+        assert direct
         on_message = client._client.on_message
         good = MQTTMessage(topic=member_topic(SITE, "m_1").encode())
         good.payload = b'{"x":1}'
@@ -117,18 +118,12 @@ def test_a_loop_pass_reads_a_few_mqtt_packets_however_many_publishes_wait() -> N
     import asyncio
 
     import aiomqtt
-    from paho.mqtt.client import Client as PahoClient
     from paho.mqtt.enums import MQTTErrorCode
 
-    from gated.cache.sync import READ_PACKETS_PER_PASS, SiteSync
-
-    # paho's own pieces the bounded read is made of (without them the gate keeps paho's read)
-    assert callable(PahoClient._packet_read) and callable(PahoClient._loop_rc_handle)
+    from gated.mqtt_session import READ_PACKETS_PER_PASS, take_messages_directly
 
     async def reads(results: list[MQTTErrorCode]) -> tuple[int, MQTTErrorCode, list[int]]:
-        sync = object.__new__(SiteSync)
         client = aiomqtt.Client("127.0.0.1", 1)
-        sync._take_messages_directly(client)
         paho_client = client._client
         paho_client._out_messages.update({mid: object() for mid in range(500)})  # type: ignore[misc]
         paho_client._sock = object()  # type: ignore[assignment]
@@ -146,7 +141,7 @@ def test_a_loop_pass_reads_a_few_mqtt_packets_however_many_publishes_wait() -> N
 
         paho_client._packet_read = packet_read  # type: ignore[method-assign]
         paho_client._loop_rc_handle = rc_handle  # type: ignore[method-assign]
-        sync._take_messages_directly(client)  # wraps the stubs, as on every connect
+        take_messages_directly(client, lambda topic, payload: None, lambda: None)
         try:
             rc = paho_client.loop_read()
         finally:
@@ -173,22 +168,17 @@ def test_every_verifier_process_is_started_before_the_first_sync() -> None:
 
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    from gated.cache.sync import VERIFY_NICE, VERIFY_PROCESSES, SiteSync
+    from gated.cache.verifier import VERIFY_NICE, VERIFY_PROCESSES, VerifierPool
 
     async def started() -> list[int]:
-        sync = object.__new__(SiteSync)
-        sync.site = SITE
-        sync._public_keys = [
-            Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        ]
-        sync._pool = sync._new_pool()
+        key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        pool = VerifierPool([key], SITE)
         try:
-            await sync.start_verifiers()
+            await pool.start()
             # Each has run its initializer (nice 19) by now, not just been spawned.
-            pids = list(sync._pool._processes)  # type: ignore[attr-defined]
-            return [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids]
+            return [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids]
         finally:
-            sync._pool.shutdown()
+            pool.shutdown()
 
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert asyncio.run(started()) == [min(19, ours + VERIFY_NICE)] * VERIFY_PROCESSES

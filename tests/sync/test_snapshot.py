@@ -13,8 +13,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import gated.cache.sync as sync_module
-from gated.cache.sync import SNAPSHOT_PIECE_BYTES, SNAPSHOT_WRITE_BYTES, SyncError, fetch_snapshot
+import gated.cache.snapshot as snapshot_module
+from gated.cache.snapshot import (
+    SNAPSHOT_PIECE_BYTES,
+    SNAPSHOT_WRITE_BYTES,
+    SnapshotError,
+    fetch_snapshot,
+)
 from gated.config import HeadOfficeConfig
 from gated.contract import Signer, build_snapshot, format_time
 from tests.gatefixture import GateProcess, write_config
@@ -208,6 +213,6 @@ def test_a_download_is_stored_whole_and_a_too_large_one_is_refused(
     assert asyncio.run(fetch_snapshot(head_office, into)) == into
     assert into.read_bytes() == server.body
 
-    monkeypatch.setattr(sync_module, "SNAPSHOT_MAX_BYTES", SNAPSHOT_WRITE_BYTES)
-    with pytest.raises(SyncError, match="is larger than"):
+    monkeypatch.setattr(snapshot_module, "SNAPSHOT_MAX_BYTES", SNAPSHOT_WRITE_BYTES)
+    with pytest.raises(SnapshotError, match="is larger than"):
         asyncio.run(fetch_snapshot(head_office, tmp_path / "big.gz"))

@@ -1,4 +1,4 @@
-"""The daemon's Unix control socket: one JSON object per line each way.
+"""The control channel: a Unix socket carrying one JSON object per line each way.
 
 Request: ``{"cmd": "badge", "args": {"card": "04A1B2C3D4E5F6"}}``.
 Reply: ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": "one line"}``. A streaming
