@@ -1,14 +1,4 @@
-"""Pure entry policy: ``decide()`` and rotating-QR verification. No I/O lives here."""
-
-from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide
-from gated.policy.reasons import ALLOWED_STATUSES, DENY_REASONS
-
-__all__ = [
-    "ALLOWED_STATUSES",
-    "DENY_REASONS",
-    "Decision",
-    "GateContext",
-    "Member",
-    "MemberCounters",
-    "decide",
-]
+"""Pure entry policy: ``decide()`` (policy.decide), the credential a reader yields
+(policy.credential), rotating-QR verification (policy.qr) and the reason codes (policy.reasons).
+No I/O lives here. The package imports nothing itself, so a reader that imports
+``gated.policy.credential`` does not load the decision code."""
