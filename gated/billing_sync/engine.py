@@ -140,6 +140,14 @@ def _grace_limit_days(acct: Account, rules: Rules) -> int:
     return rules.grace_days
 
 
+def _collections_due(acct: Account, now: int, rules: Rules) -> bool:
+    return (
+        acct.owed > 0
+        and acct.first_failure_at is not None
+        and now >= acct.first_failure_at + rules.collections_days * DAY
+    )
+
+
 def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
     """The member's own status at ``now`` (before any household folding)."""
     if acct.disputed:
@@ -149,14 +157,17 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
     if not acct.activated:
         # The first period was never paid: nothing to be in grace from.
         return "cancelled" if acct.cancel_at is not None and now >= acct.cancel_at else "pending"
+    if acct.cancel_at is not None and now >= acct.cancel_at:
+        # The contract is over: a debt left behind is chased (collections), never a reason to
+        # let the member in on grace.
+        if _collections_due(acct, now, rules):
+            return "collections"
+        return "cancelled"
     if acct.owed > 0 and acct.overdue_since is not None and acct.overdue_since <= now:
         if acct.processing:
             # A debit that settles later: the member keeps what they had until the bank answers.
             return acct.previous
-        if (
-            acct.first_failure_at is not None
-            and now >= acct.first_failure_at + rules.collections_days * DAY
-        ):
+        if _collections_due(acct, now, rules):
             return "collections"
         if now > acct.overdue_since + _grace_limit_days(acct, rules) * DAY:
             return "suspended"
@@ -180,9 +191,11 @@ def published_status(own: BillingStatus, payer: BillingStatus | None) -> str:
 
 
 def valid_until(acct: Account, status: BillingStatus, rules: Rules) -> int | None:
-    """ "Entry allowed until": paid-through plus grace, so a member in grace is still inside it."""
+    """ "Entry allowed until": paid-through plus grace, so a member in grace is still inside it;
+    never past the end of a cancelled contract."""
     if status == "grace" and acct.overdue_since is not None:
-        return acct.overdue_since + _grace_limit_days(acct, rules) * DAY
+        until = acct.overdue_since + _grace_limit_days(acct, rules) * DAY
+        return until if acct.cancel_at is None else min(until, acct.cancel_at)
     if status == "pending_cancel" and acct.cancel_at is not None:
         return acct.cancel_at
     if acct.paid_through is None:

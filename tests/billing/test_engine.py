@@ -86,7 +86,15 @@ OVERDUE = Account(paid_through=T, owed=5000, overdue_since=T, first_failure_at=T
             R,
             "cancelled",
         ),
-        ("cancelled but owing is dunned", OVERDUE._replace(cancel_at=T), T + DAY, R, "grace"),
+        # A debt never keeps the gates open past the end of the contract; it is still chased.
+        ("cancelled but owing is denied", OVERDUE._replace(cancel_at=T), T + DAY, R, "cancelled"),
+        (
+            "cancelled and owing reaches collections",
+            OVERDUE._replace(cancel_at=T, first_failure_at=T),
+            T + 30 * DAY,
+            R,
+            "collections",
+        ),
     ],
 )
 def test_status_table(name: str, acct: Account, now: int, rules: Rules, expected: str) -> None:
