@@ -18,7 +18,7 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import Batch, Charge, CycleReport, attempts_for, execute
 from gated.billing_sync.context import Context
-from gated.billing_sync.facts import charge_methods, derive_facts, read_rows
+from gated.billing_sync.facts import charge_methods, derive_facts, hold_dependants, read_rows
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.publishing import refresh
@@ -110,6 +110,7 @@ def plan_charges(
     rows = read_rows(conn, due, now)
     batch = Batch.start(conn, rows)
     facts = derive_facts(rows)
+    hold_dependants(conn, facts, now, ctx.rules)
     renewals: list[InvoiceSpec] = []
     retries: list[dict[str, Any]] = []
     to_charge: list[str] = []

@@ -31,8 +31,12 @@ BillingStatus = Literal[
 ]
 DeclineClass = Literal["soft", "hard", "auth"]
 
-# Statuses a gate lets in (DESIGN.md, Policy); a payer in one of these keeps dependants in.
+# Statuses a gate lets in (DESIGN.md, Policy).
 GOOD_STANDING: frozenset[str] = frozenset({"active", "grace", "pending_cancel"})
+# A payer in one of these keeps the household going: dependants are let in and billed to the
+# payer's card. Any other payer status locks them out (``payer_suspended``), and nothing is
+# charged for them meanwhile: no one pays for days they cannot enter.
+HOUSEHOLD_STANDING: frozenset[str] = GOOD_STANDING
 
 # Issuer declines that say "this card will never work": asking again only risks network fines.
 HARD_DECLINES: frozenset[str] = frozenset(
@@ -126,6 +130,8 @@ class Account(NamedTuple):
     activated: bool = True
     uncharged: bool = False
     renews: bool = True
+    # False for a dependant whose payer is not in household standing: nothing is charged.
+    payer_ok: bool = True
 
 
 def _frozen(acct: Account, now: int) -> bool:
@@ -185,7 +191,7 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
 
 def published_status(own: BillingStatus, payer: BillingStatus | None) -> str:
     """What the gates see: a dependant whose payer is not in good standing is payer_suspended."""
-    if payer is not None and payer not in GOOD_STANDING and own in GOOD_STANDING:
+    if payer is not None and payer not in HOUSEHOLD_STANDING and own in GOOD_STANDING:
         return "payer_suspended"
     return own
 
@@ -209,7 +215,7 @@ def valid_until(acct: Account, status: BillingStatus, rules: Rules) -> int | Non
 def renewal_due(acct: Account, now: int) -> bool:
     """A new period is to be billed: the paid period has ended, nothing for it is open or in
     flight, and no cancellation ends the contract first."""
-    if acct.paid_through is None or now < acct.paid_through:
+    if acct.paid_through is None or now < acct.paid_through or not acct.payer_ok:
         return False
     if acct.open_renewal or acct.processing or acct.disputed or _frozen(acct, now):
         return False
@@ -221,7 +227,7 @@ def renewal_due(acct: Account, now: int) -> bool:
 def first_charge_due(acct: Account) -> bool:
     """A new invoice (an extra, a freeze fee) was never attempted: charge it now, unless the card
     is known to be dead."""
-    return acct.uncharged and not acct.processing and not acct.needs_new_card
+    return acct.uncharged and not acct.processing and not acct.needs_new_card and acct.payer_ok
 
 
 def retry_due(acct: Account, now: int) -> bool:
@@ -230,6 +236,7 @@ def retry_due(acct: Account, now: int) -> bool:
         acct.owed > 0
         and not acct.processing
         and not acct.needs_new_card
+        and acct.payer_ok
         and acct.next_retry_at is not None
         and now >= acct.next_retry_at
     )

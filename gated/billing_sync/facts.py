@@ -193,6 +193,29 @@ def derive_facts(rows: Rows) -> dict[str, Facts]:
     return out
 
 
+def hold_dependants(conn: Connection, facts: dict[str, Facts], now: int, rules: eng.Rules) -> None:
+    """Mark the dependants in ``facts`` whose payer is not in household standing at ``now``
+    (``payer_ok`` false): nothing is charged for them while they are locked out. The payer's
+    status is worked out at ``now``, not read as stored, so a payer whose contract ends at this
+    very instant is already out when their dependants' renewals fall due with it."""
+    payer_ids = {f.member.payer_id for f in facts.values() if f.member.payer_id}
+    if not payer_ids:
+        return
+    payers = {p: facts[p] for p in payer_ids if p in facts}
+    missing = [p for p in payer_ids if p not in facts]
+    if missing:
+        payers.update(load_facts(conn, missing, now))
+    standing = {
+        p: "cancelled" if pf.member.erased else eng.status_at(pf.account, now, rules)
+        for p, pf in payers.items()
+        if pf.sub is not None
+    }
+    for f in facts.values():
+        payer = f.member.payer_id
+        if payer and standing.get(payer) not in eng.HOUSEHOLD_STANDING:
+            f.account = f.account._replace(payer_ok=False)
+
+
 def charge_methods(
     conn: Connection, member_ids: Iterable[str]
 ) -> dict[str, tuple[str | None, str | None]]:

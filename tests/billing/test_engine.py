@@ -219,6 +219,8 @@ def test_renewal_due_rules() -> None:
     assert not eng.renewal_due(Account(paid_through=T, processing=True), T)
     assert not eng.renewal_due(Account(paid_through=T, cancel_at=T), T)
     assert eng.renewal_due(Account(paid_through=T, cancel_at=T + 1), T)
+    # A dependant locked out by their payer is not billed meanwhile.
+    assert not eng.renewal_due(Account(paid_through=T, payer_ok=False), T)
 
 
 def test_household_folding() -> None:
@@ -346,6 +348,7 @@ def test_retries_stay_under_the_cap(
         retries_done=0,
         next_retry_at=None,
         first_failure_at=None,
+        payer_ok=True,
     )
     acct = eng.after_failure(acct, decline, now, r)
     while acct.next_retry_at is not None and retries < 50:

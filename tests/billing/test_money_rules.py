@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from gated.billing_sync import schema
 from gated.billing_sync.service import Billing
 from gated.contract import parse_time
 from tests.billing.helpers import Clock, make_billing, published, step
@@ -55,3 +57,33 @@ def test_grace_never_runs_past_the_end_of_a_cancelled_contract(
     state = published(b, "m1")
     assert state["status"] == "grace"
     assert parse_time(state["valid_until"]).timestamp() <= when
+
+
+def _charged_invoices(b: Billing, member_id: str) -> list[int]:
+    with b.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(schema.payment_attempts.c.invoice_id).where(
+                    schema.payment_attempts.c.member_id == member_id,
+                    schema.payment_attempts.c.state == "succeeded",
+                )
+            ).scalars()
+        )
+
+
+def test_a_cancelled_payer_pays_nothing_for_locked_out_dependants(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_member("pat", "Pat", plan_id="monthly", email="p@x", payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    b.add_member("kit", "Kit", plan_id="monthly", payer_id="pat")
+    charged = b.gateway.charged_total()  # type: ignore[attr-defined]
+    assert charged == 3 * 5938
+    b.cancel("pat")  # the contract ends with the paid month, on day 31
+    step(b, clock, 62)  # two more renewal dates for the children
+    for kid in ("kim", "kit"):
+        assert published(b, kid)["status"] == "payer_suspended"
+        assert len(_charged_invoices(b, kid)) == 1  # the first month only
+        assert b.member(kid)["owed"] == 0
+    assert b.gateway.charged_total() == charged  # type: ignore[attr-defined]
