@@ -35,8 +35,9 @@ DeclineClass = Literal["soft", "hard", "auth"]
 GOOD_STANDING: frozenset[str] = frozenset({"active", "grace", "pending_cancel"})
 # A payer in one of these keeps the household going: dependants are let in and billed to the
 # payer's card. Any other payer status locks them out (``payer_suspended``), and nothing is
-# charged for them meanwhile: no one pays for days they cannot enter.
-HOUSEHOLD_STANDING: frozenset[str] = GOOD_STANDING
+# charged for them meanwhile: no one pays for days they cannot enter. A payer's freeze pauses the
+# payer's own membership only: the household is paid up and keeps training.
+HOUSEHOLD_STANDING: frozenset[str] = GOOD_STANDING | {"frozen"}
 
 # Issuer declines that say "this card will never work": asking again only risks network fines.
 HARD_DECLINES: frozenset[str] = frozenset(

@@ -228,6 +228,7 @@ def test_household_folding() -> None:
     assert eng.published_status("active", "grace") == "active"
     assert eng.published_status("frozen", "suspended") == "frozen"
     assert eng.published_status("active", None) == "active"
+    assert eng.published_status("active", "frozen") == "active"  # the payer's own pause
 
 
 @pytest.mark.parametrize(

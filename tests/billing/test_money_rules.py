@@ -87,3 +87,16 @@ def test_a_cancelled_payer_pays_nothing_for_locked_out_dependants(
         assert len(_charged_invoices(b, kid)) == 1  # the first month only
         assert b.member(kid)["owed"] == 0
     assert b.gateway.charged_total() == charged  # type: ignore[attr-defined]
+
+
+def test_a_payers_freeze_leaves_the_dependants_in(billing: tuple[Billing, Clock]) -> None:
+    b, clock = billing
+    b.add_member("pat", "Pat", plan_id="monthly", email="p@x", payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    b.freeze("pat", 2)
+    assert published(b, "pat")["status"] == "frozen"
+    assert published(b, "kim")["status"] == "active"  # the month Kim's payer paid for
+    assert let_in(b, "kim", clock.now)
+    step(b, clock, 31)  # Kim's renewal falls due during Pat's freeze: billed as usual
+    assert published(b, "kim")["status"] == "active"
+    assert len(_charged_invoices(b, "kim")) == 2
