@@ -315,6 +315,19 @@ def check_freeze(status: str, owed: int, months: int) -> None:
         )
 
 
+def freeze_start(start_at: int | None, now: int) -> int:
+    """When a freeze booked at ``now`` begins: ``start_at`` if it is later, else now. A start
+    earlier today is now; a day before today is refused: the member could enter on those days
+    and they were billed, so freezing them would only move paid-through forward for free."""
+    if start_at is None or start_at <= now:
+        if start_at is not None and start_at < now - now % DAY:
+            raise FreezeRefused(
+                "a freeze cannot start before today (book it from today or a later day)"
+            )
+        return now
+    return start_at
+
+
 def cancel_date(paid_through: int | None, started_at: int, min_term_months: int, now: int) -> int:
     """A cancellation takes effect at the end of the paid period or of the minimum term."""
     return max(paid_through or now, add_months(started_at, min_term_months), now)

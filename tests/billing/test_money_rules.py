@@ -8,11 +8,22 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from gated.billing_sync import schema
+from gated.billing_sync.cli import app
+from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.service import Billing
 from gated.contract import parse_time
-from tests.billing.helpers import Clock, make_billing, published, step
+from tests.billing.helpers import (
+    DAY,
+    Clock,
+    cli_ok,
+    make_billing,
+    published,
+    step,
+    write_cli_config,
+)
 
 ALLOWED = {"active", "grace", "pending_cancel"}
 
@@ -100,3 +111,50 @@ def test_a_payers_freeze_leaves_the_dependants_in(billing: tuple[Billing, Clock]
     step(b, clock, 31)  # Kim's renewal falls due during Pat's freeze: billed as usual
     assert published(b, "kim")["status"] == "active"
     assert len(_charged_invoices(b, "kim")) == 2
+
+
+def _freeze_invoices(b: Billing) -> int:
+    with b.engine.connect() as conn:
+        rows = conn.execute(select(schema.invoices.c.id).where(schema.invoices.c.kind == "freeze"))
+        return len(rows.all())
+
+
+def test_a_back_dated_freeze_gives_no_free_months(billing: tuple[Billing, Clock]) -> None:
+    b, _ = billing
+    b.add_member("f", "Fay", plan_id="monthly", payment_method="pm_sim_ok")
+    paid_through = b.member("f")["paid_through"]
+    for start in ("2026-01-01", "2026-04-01", "2026-11-30"):  # each before today, 2026-12-01
+        with pytest.raises(FreezeRefused, match="before today"):
+            b.freeze("f", 3, start_at=int(parse_time(f"{start}T00:00:00Z").timestamp()))
+    assert b.member("f")["paid_through"] == paid_through
+    assert _freeze_invoices(b) == 0
+    assert published(b, "f")["status"] == "active"
+
+
+def test_one_freeze_at_a_time_whatever_its_start(billing: tuple[Billing, Clock]) -> None:
+    b, clock = billing
+    b.add_member("f", "Fay", plan_id="monthly", payment_method="pm_sim_ok")
+    clock.advance(0.5)  # midday: a freeze "from today" starts now
+    b.freeze("f", 1, start_at=clock.now - clock.now % DAY)
+    assert published(b, "f")["status"] == "frozen"
+    b.unfreeze("f")
+    later = clock.now + 20 * DAY
+    b.freeze("f", 3, start_at=later)  # booked ahead
+    for start in (later + 100 * DAY, None):
+        with pytest.raises(FreezeRefused, match="already booked"):
+            b.freeze("f", 1, start_at=start)
+    assert _freeze_invoices(b) == 2
+
+
+def test_the_cli_refuses_a_back_dated_freeze_in_one_line(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "M", "--price", "4990", "--freeze-fee", "595")
+    cli_ok(cfg, "members", "add", "f", "--name", "Fay", "--plan", "monthly", "--card", "pm_sim_ok")
+    result = CliRunner().invoke(
+        app, ["freeze", "f", "--months", "3", "--start", "2026-01-01", "-c", str(cfg)]
+    )
+    assert result.exit_code == 2  # a refused operation
+    assert result.stderr.strip().splitlines() == [
+        "error: a freeze cannot start before today (book it from today or a later day)"
+    ]
