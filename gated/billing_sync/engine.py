@@ -328,6 +328,22 @@ def freeze_start(start_at: int | None, now: int) -> int:
     return start_at
 
 
+def first_billed(start: int, period_months: int, renews: bool, now: int) -> int:
+    """Where billing begins for a member whose contract starts at ``start``: the start itself,
+    unless that was before today. A member migrated with a past join date paid their old
+    system up to their next renewal date (the join day plus whole periods) at or after today,
+    and is billed from there; a pass bought in the past ran to its end."""
+    today = now - now % DAY
+    if start >= today:
+        return start
+    if not renews:
+        return add_months(start, period_months)
+    periods = 1
+    while add_months(start, periods * period_months) < today:
+        periods += 1
+    return add_months(start, periods * period_months)
+
+
 def cancel_date(paid_through: int | None, started_at: int, min_term_months: int, now: int) -> int:
     """A cancellation takes effect at the end of the paid period or of the minimum term."""
     return max(paid_through or now, add_months(started_at, min_term_months), now)

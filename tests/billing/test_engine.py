@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 from hypothesis import given
@@ -360,3 +361,19 @@ def test_retries_stay_under_the_cap(
     assert retries <= len(r.retry_days)
     if decline != "soft":
         assert retries == 0
+
+
+def test_first_billed_never_reaches_before_today() -> None:
+    def day(text: str) -> int:
+        return int(datetime.fromisoformat(f"{text}T00:00:00+00:00").timestamp())
+
+    noon = day("2026-12-01") + DAY // 2
+    assert eng.first_billed(noon + DAY, 1, True, noon) == noon + DAY  # ahead: as given
+    assert eng.first_billed(day("2026-12-01"), 1, True, noon) == day("2026-12-01")  # today
+    # A past join day: its next renewal date at or after today, anchored to the join day.
+    assert eng.first_billed(day("2026-09-01"), 1, True, noon) == day("2026-12-01")
+    assert eng.first_billed(day("2026-09-15"), 1, True, noon) == day("2026-12-15")
+    assert eng.first_billed(day("2026-01-31"), 1, True, noon) == day("2026-12-31")
+    assert eng.first_billed(day("2026-03-15"), 12, True, noon) == day("2027-03-15")
+    # A pass bought in the past ran to its own end, however long ago.
+    assert eng.first_billed(day("2026-08-01"), 3, False, noon) == day("2026-11-01")

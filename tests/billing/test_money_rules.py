@@ -4,6 +4,9 @@ dates, chargebacks, the retry schedule, and whose card and address a household's
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from typer.testing import CliRunner
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.engine import FreezeRefused
+from gated.billing_sync.notices import format_day
 from gated.billing_sync.service import Billing
 from gated.contract import parse_time
 from tests.billing.helpers import (
@@ -158,3 +162,64 @@ def test_the_cli_refuses_a_back_dated_freeze_in_one_line(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines() == [
         "error: a freeze cannot start before today (book it from today or a later day)"
     ]
+
+
+def _invoices(b: Billing, member_id: str) -> list[tuple[str, str]]:
+    """(period start, period end) of each of the member's invoices, as days."""
+    with b.engine.connect() as conn:
+        rows = conn.execute(
+            select(schema.invoices.c.period_start, schema.invoices.c.period_end)
+            .where(schema.invoices.c.member_id == member_id)
+            .order_by(schema.invoices.c.id)
+        ).all()
+    return [(format_day(r.period_start), format_day(r.period_end)) for r in rows]
+
+
+def _day(text: str) -> int:
+    return int(parse_time(f"{text}T00:00:00Z").timestamp())
+
+
+def test_a_migrated_join_date_bills_nothing_before_today(billing: tuple[Billing, Clock]) -> None:
+    b, clock = billing
+    # Joined on 1 September: the renewal that falls today (1 December) is the first charge.
+    b.add_member(
+        "m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok", start_at=_day("2026-09-01")
+    )
+    b.run_cycle()
+    b.run_cycle()
+    assert _invoices(b, "m1") == [("2026-12-01", "2027-01-01")]
+    # Joined on 15 September: paid up (in the old system) to 15 December, billed from there.
+    b.add_member(
+        "m2", "Bo", plan_id="monthly", payment_method="pm_sim_ok", start_at=_day("2026-09-15")
+    )
+    assert _invoices(b, "m2") == []
+    assert published(b, "m2")["status"] == "active"
+    step(b, clock, 14)
+    assert _invoices(b, "m2") == [("2026-12-15", "2027-01-15")]
+    assert b.gateway.charged_total() == 2 * 5938  # type: ignore[attr-defined]
+
+
+def test_members_add_with_a_past_start_charges_once_from_the_cli(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "M", "--price", "4990")
+    today = datetime.now(UTC).date()
+    start = today.replace(year=today.year - 1)  # a year of membership in the old system
+    cli_ok(
+        cfg,
+        "members",
+        "add",
+        "m1",
+        "--name",
+        "Ann",
+        "--plan",
+        "monthly",
+        "--card",
+        "pm_sim_ok",
+        "--start",
+        start.isoformat(),
+    )
+    cli_ok(cfg, "run")
+    cli_ok(cfg, "run")
+    rows = list(csv.DictReader(io.StringIO(cli_ok(cfg, "invoices", "m1", "--csv"))))
+    assert len(rows) == 1, rows
