@@ -50,6 +50,18 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Hello $name,\n\nyour membership is suspended because $amount is still open. "
         "Pay at the front desk or online and the gates let you in again at once.\n",
     ),
+    "dispute": (
+        "Your bank disputes a payment",
+        "Hello $name,\n\nyour bank has disputed the payment of $amount for invoice $invoice. "
+        "Your membership is suspended until the dispute is settled; if the payment was yours, "
+        "please tell your bank, or come by the front desk.\n",
+    ),
+    "chargeback": (
+        "A payment was taken back",
+        "Hello $name,\n\nyour bank has taken back the payment of $amount for invoice $invoice, "
+        "so $amount is open again. Your membership stays suspended until it is paid at the "
+        "front desk or with a new card.\n",
+    ),
     "freeze": (
         "Your membership is frozen",
         "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "

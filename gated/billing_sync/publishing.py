@@ -86,7 +86,8 @@ def refresh(
         own[member_id] = status
         if status != f.sub.status:
             changed_payers.append(member_id)
-            if status == "suspended" and f.plan is not None:
+            if status == "suspended" and f.plan is not None and not acct.disputed:
+                # A dispute has its own notice (webhooks.dispute_opened): nothing is owed yet.
                 queue_notice(
                     ctx, conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
                 )

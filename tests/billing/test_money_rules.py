@@ -223,3 +223,51 @@ def test_members_add_with_a_past_start_charges_once_from_the_cli(tmp_path: Path)
     cli_ok(cfg, "run")
     rows = list(csv.DictReader(io.StringIO(cli_ok(cfg, "invoices", "m1", "--csv"))))
     assert len(rows) == 1, rows
+
+
+def _notices(b: Billing, member_id: str) -> list[tuple[str, str, str]]:
+    """(kind, recipient, body) of a member's notices, oldest first."""
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        rows = conn.execute(
+            select(n.c.kind, n.c.to_addr, n.c.body)
+            .where(n.c.member_id == member_id)
+            .order_by(n.c.id)
+        ).all()
+    return [(r.kind, r.to_addr, r.body) for r in rows]
+
+
+def _intent_of(b: Billing, member_id: str) -> str:
+    with b.engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(schema.payment_attempts.c.gateway_ref).where(
+                    schema.payment_attempts.c.member_id == member_id
+                )
+            ).scalar()
+        )
+
+
+def test_a_lost_chargeback_is_dunned_to_collections_with_its_notices(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    intent = _intent_of(b, "m1")
+    b.dispute_opened("dp_1", intent)
+    assert published(b, "m1")["status"] == "suspended"
+    kinds = [(k, body) for k, _, body in _notices(b, "m1")]
+    assert kinds[-1][0] == "dispute" and "59.38 EUR" in kinds[-1][1]
+    assert not any("0.00 EUR" in body for _, body in kinds)
+    step(b, clock, 10)
+    b.dispute_closed("dp_1", intent, "lost")
+    assert b.member("m1")["owed"] == 5938
+    assert _notices(b, "m1")[-1][0] == "chargeback"
+    assert "59.38 EUR" in _notices(b, "m1")[-1][2]
+    assert published(b, "m1")["status"] == "suspended"  # no new grace for a chargeback
+    assert b.member("m1")["needs_new_card"]  # the disputed card is not charged again
+    step(b, clock, 29)
+    assert published(b, "m1")["status"] == "suspended"
+    step(b, clock, 1)  # collections_days (30) after the chargeback
+    assert published(b, "m1")["status"] == "collections"
+    assert b.gateway.charged_total() == 5938  # type: ignore[attr-defined]
