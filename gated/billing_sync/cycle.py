@@ -119,6 +119,7 @@ def plan_charges(
         acct = f.account
         if f.sub is None or f.member.erased:
             continue
+        retry = eng.retry_due(acct, now)
         if f.plan is not None and eng.renewal_due(acct, now):
             start = int(f.sub.paid_through)
             end = eng.add_months(start, int(f.plan.period_months))
@@ -135,14 +136,16 @@ def plan_charges(
                 )
             )
             report.renewals += 1
-        elif eng.first_charge_due(acct):
-            pass
-        elif eng.retry_due(acct, now):
+            # During dunning the new renewal waits for the schedule's next retry (see
+            # engine.first_charge_due): charging it now would ask the card off-schedule.
+            charge_now = retry or not eng.in_dunning(acct)
+        else:
+            charge_now = retry or eng.first_charge_due(acct)
+        if retry:
             retries.append({"mid": member_id, "rd": acct.retries_done + 1})
             report.retries += 1
-        else:
-            continue
-        to_charge.append(member_id)
+        if charge_now:
+            to_charge.append(member_id)
     new_ids = create_invoices(conn, renewals, now)
     if retries:
         bulk(

@@ -225,10 +225,22 @@ def renewal_due(acct: Account, now: int) -> bool:
     return acct.cancel_at is None or acct.paid_through < acct.cancel_at
 
 
+def in_dunning(acct: Account) -> bool:
+    """A charge failed and is not yet paid: the member's retry schedule runs (or has run out)."""
+    return acct.first_failure_at is not None
+
+
 def first_charge_due(acct: Account) -> bool:
     """A new invoice (an extra, a freeze fee) was never attempted: charge it now, unless the card
-    is known to be dead."""
-    return acct.uncharged and not acct.processing and not acct.needs_new_card and acct.payer_ok
+    is known to be dead. During dunning a new invoice waits for the schedule's next retry, which
+    charges everything open: a card is never asked more often than the schedule says."""
+    return (
+        acct.uncharged
+        and not in_dunning(acct)
+        and not acct.processing
+        and not acct.needs_new_card
+        and acct.payer_ok
+    )
 
 
 def retry_due(acct: Account, now: int) -> bool:
@@ -262,6 +274,12 @@ def after_failure(acct: Account, decline: DeclineClass, now: int, rules: Rules) 
 def on_retry_started(acct: Account) -> Account:
     """A scheduled retry is being charged now: count it so the next failure schedules the next."""
     return acct._replace(retries_done=acct.retries_done + 1, next_retry_at=None)
+
+
+def dunning_restarts(acct: Account) -> Account:
+    """The failed invoices are paid and only invoices never attempted are left: their first
+    charge starts a schedule of its own (see ``first_charge_due``)."""
+    return acct._replace(first_failure_at=None, next_retry_at=None, retries_done=0)
 
 
 def after_settled(acct: Account) -> Account:

@@ -27,8 +27,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     ),
     "failure": (
         "Your payment of $amount did not go through",
-        "Hello $name,\n\nwe could not charge $amount for invoice $invoice ($reason).\n"
-        "We will try again on $retry_on. You can keep training meanwhile.\n",
+        "Hello $name,\n\nwe could not charge $amount for invoice $invoice ($reason).\n$next_step\n",
     ),
     "retry": (
         "We tried your payment again",

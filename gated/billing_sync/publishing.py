@@ -80,6 +80,13 @@ def refresh(
         if acct.owed == 0 and (acct.first_failure_at or acct.next_retry_at or acct.needs_new_card):
             acct = eng.after_settled(acct)
             f.account = acct
+        elif (
+            eng.in_dunning(acct)
+            and not acct.needs_new_card
+            and not any(i.attempted for i in f.open_invoices)
+        ):
+            acct = eng.dunning_restarts(acct)
+            f.account = acct
         status: str = eng.status_at(acct, now, ctx.rules)
         if f.member.erased:
             status = "cancelled"

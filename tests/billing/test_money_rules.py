@@ -16,11 +16,13 @@ from typer.testing import CliRunner
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.engine import FreezeRefused
+from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.service import Billing
 from gated.contract import parse_time
 from tests.billing.helpers import (
     DAY,
+    T0,
     Clock,
     cli_ok,
     make_billing,
@@ -271,3 +273,69 @@ def test_a_lost_chargeback_is_dunned_to_collections_with_its_notices(
     step(b, clock, 1)  # collections_days (30) after the chargeback
     assert published(b, "m1")["status"] == "collections"
     assert b.gateway.charged_total() == 5938  # type: ignore[attr-defined]
+
+
+def _attempts(b: Billing, member_id: str) -> dict[str, list[int]]:
+    """Days (from the start) of each invoice kind's attempts."""
+    a, i = schema.payment_attempts, schema.invoices
+    with b.engine.connect() as conn:
+        rows = conn.execute(
+            select(i.c.kind, a.c.created_at)
+            .join(i, i.c.id == a.c.invoice_id)
+            .where(a.c.member_id == member_id)
+            .order_by(a.c.id)
+        ).all()
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        out.setdefault(r.kind, []).append((r.created_at - T0) // DAY)
+    return out
+
+
+@pytest.fixture
+def declining(tmp_path: Path) -> tuple[Billing, Clock]:
+    """A member whose first month is paid and whose card then declines (soft) for ever."""
+    clock = Clock()
+    gw = SimulatedGateway(clock=clock, script={"pm_card": ["ok"] + ["insufficient_funds"] * 20})
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_card")
+    return b, clock
+
+
+def test_a_renewal_after_the_schedule_ran_out_asks_the_card_nothing(
+    declining: tuple[Billing, Clock],
+) -> None:
+    b, clock = declining
+    step(b, clock, 5)
+    b.charge_extra("m1", "personal_training", "PT session", 3000)  # fails on day 5
+    step(b, clock, 26)  # retries on days 8 and 12, then the renewal falls due on day 31
+    assert _attempts(b, "m1") == {"renewal": [0], "extra": [5, 8, 12]}
+    card = [(k, body) for k, _, body in _notices(b, "m1") if k != "suspension"]
+    assert [k for k, _ in card] == ["receipt", "failure", "retry", "retry"]
+    assert "will not try this card again" in card[-1][1]
+    assert b.member("m1")["owed"] == 3570 + 5938  # the renewal is owed, not charged
+
+
+def test_a_renewal_during_dunning_joins_the_schedule(declining: tuple[Billing, Clock]) -> None:
+    b, clock = declining
+    step(b, clock, 29)
+    b.charge_extra("m1", "personal_training", "PT session", 3000)  # fails on day 29
+    step(b, clock, 10)  # renewal on day 31; retries on days 32 and 36
+    assert _attempts(b, "m1") == {"renewal": [0, 32, 36], "extra": [29, 32, 36]}
+    notices = [(k, body) for k, _, body in _notices(b, "m1") if k != "suspension"][1:]
+    # One notice per failed attempt; the renewal's first is a failure, not a failed retry.
+    assert [k for k, _ in notices] == ["failure", "retry", "failure", "retry", "retry"]
+    assert "try again on" in notices[2][1]
+    assert all("will not try this card again" in body for _, body in notices[3:])
+
+
+def test_paying_the_failed_invoice_charges_what_waited_on_a_schedule_of_its_own(
+    declining: tuple[Billing, Clock],
+) -> None:
+    b, clock = declining
+    step(b, clock, 5)
+    b.charge_extra("m1", "personal_training", "PT session", 3000)
+    step(b, clock, 26)  # the schedule ran out on day 12; the renewal waits, unattempted
+    b.record_payment("m1", 3570)  # the extra, at the front desk
+    step(b, clock, 1)
+    assert _attempts(b, "m1")["renewal"] == [0, 32]
+    assert [k for k, _, _ in _notices(b, "m1")][-1] == "failure"
