@@ -159,10 +159,17 @@ def add_member(
 
 
 def set_payment_method(ctx: Context, member_id: str, payment_method: str) -> CycleReport:
-    """Save a new card for the member (or their payer) and retry what is owed right away."""
+    """Save a new card for the member and retry what they and their dependants owe right
+    away. A dependant has no card of their own (the household is charged to the payer's):
+    refused, naming the payer, rather than replacing the payer's card unasked."""
     facts = load_one(ctx, member_id)
-    payer = facts.member.payer_id or member_id
-    payer_facts = load_one(ctx, payer)
+    if facts.member.payer_id:
+        payer_id = facts.member.payer_id
+        raise BillingError(
+            f"{member_id} pays with payer {payer_id}'s card: use members set-card {payer_id}"
+        )
+    payer = member_id
+    payer_facts = facts
     customer_ref = payer_facts.member.customer_ref or ctx.gateway.create_customer(
         payer, payer_facts.member.email, payer_facts.member.name
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.engine import FreezeRefused
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.service import Billing
@@ -339,3 +341,42 @@ def test_paying_the_failed_invoice_charges_what_waited_on_a_schedule_of_its_own(
     step(b, clock, 1)
     assert _attempts(b, "m1")["renewal"] == [0, 32]
     assert [k for k, _, _ in _notices(b, "m1")][-1] == "failure"
+
+
+def _card_of(b: Billing, member_id: str) -> str | None:
+    with b.engine.connect() as conn:
+        return conn.execute(
+            select(schema.members.c.payment_method).where(schema.members.c.id == member_id)
+        ).scalar()
+
+
+def test_set_card_on_a_dependant_is_refused_naming_the_payer(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "M", "--price", "4990")
+    cli_ok(
+        cfg, "members", "add", "pat", "--name", "Pat", "--plan", "monthly", "--card", "pm_sim_ok"
+    )
+    cli_ok(cfg, "members", "add", "kim", "--name", "Kim", "--plan", "monthly", "--payer", "pat")
+    result = CliRunner().invoke(
+        app, ["members", "set-card", "kim", "pm_sim_decline_lost_card", "-c", str(cfg)]
+    )
+    assert result.exit_code == 2  # a refused operation
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "payer pat" in lines[0] and "set-card pat" in lines[0]
+    shown = json.loads(cli_ok(cfg, "members", "show", "pat", "--json"))
+    assert shown["status"] == "active"
+    cli_ok(cfg, "run")
+    assert json.loads(cli_ok(cfg, "members", "show", "kim", "--json"))["status"] == "active"
+
+
+def test_the_payers_card_is_untouched_by_a_refused_set_card(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, _ = billing
+    b.add_member("pat", "Pat", plan_id="monthly", payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    with pytest.raises(BillingError, match="payer pat"):
+        b.set_payment_method("kim", "pm_sim_decline_lost_card")
+    assert _card_of(b, "pat") == "pm_sim_ok"
+    assert _card_of(b, "kim") is None
