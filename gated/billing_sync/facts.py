@@ -31,6 +31,7 @@ _LOAD_MEMBERS = (
         _M,
         _SUB,
         _PAYER.c.email.label("payer_email"),
+        _PAYER.c.name.label("payer_name"),
         _PAYER.c.customer_ref.label("payer_customer"),
         _PAYER.c.payment_method.label("payer_method"),
     )
@@ -71,6 +72,10 @@ class Facts:
     email_to: str | None = None
     # (customer, payment method) to charge: a dependant is charged to the payer.
     method: tuple[str | None, str | None] = (None, None)
+    # Who is told about the card and the money: the payer, for a dependant (their e-mail
+    # address and name), else the member.
+    bill_to: str | None = None
+    bill_name: str | None = None
 
 
 class Rows(NamedTuple):
@@ -189,7 +194,13 @@ def derive_facts(rows: Rows) -> dict[str, Facts]:
             row.customer_ref, row.payment_method, row.payer_customer, row.payer_method
         )
         email_to = row.email or row.payer_email
-        out[member_id] = Facts(row, sub_row, plan_row, acct, invs, email_to, method)
+        if row.payer_id:
+            bill_to, bill_name = row.payer_email, row.payer_name
+        else:
+            bill_to, bill_name = row.email, row.name
+        out[member_id] = Facts(
+            row, sub_row, plan_row, acct, invs, email_to, method, bill_to, bill_name
+        )
     return out
 
 

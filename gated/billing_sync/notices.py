@@ -96,6 +96,12 @@ SECRET_KINDS = frozenset({"signin", "email_change"})
 SENT_SECRET_BODY = "(this mail carried a link or code, which is not kept)"
 
 
+# Notices about the card and the money: a dependant's go to the payer who owns the card.
+PAYER_NOTICES: frozenset[str] = frozenset(
+    {"receipt", "failure", "retry", "new_card", "pay_link", "suspension", "dispute", "chargeback"}
+)
+
+
 class Notice(NamedTuple):
     """A rendered notice ready for the outbox."""
 

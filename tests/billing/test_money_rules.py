@@ -380,3 +380,17 @@ def test_the_payers_card_is_untouched_by_a_refused_set_card(
         b.set_payment_method("kim", "pm_sim_decline_lost_card")
     assert _card_of(b, "pat") == "pm_sim_ok"
     assert _card_of(b, "kim") is None
+
+
+def test_a_dependants_card_notices_go_to_the_payer_who_owns_the_card(tmp_path: Path) -> None:
+    clock = Clock()
+    outcomes = ["ok", "ok", "insufficient_funds", "ok"]
+    gw = SimulatedGateway(clock=clock, script={"pm_card": outcomes})
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_card")
+    b.add_member("kim", "Kim", plan_id="monthly", email="kim@x", payer_id="pat")
+    step(b, clock, 31)  # Kim's renewal is declined on Pat's card (Pat's own goes through)
+    kim = _notices(b, "kim")
+    assert [(k, to) for k, to, _ in kim] == [("receipt", "pat@x"), ("failure", "pat@x")]
+    assert all(body.startswith("Hello Pat,") and "Kim (kim)" in body for _, _, body in kim)
+    assert [to for _, to, _ in _notices(b, "pat")] == ["pat@x", "pat@x"]
