@@ -5,9 +5,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from tests.services import Mosquitto, run_mosquitto
+
+# Hypothesis: "ci" (the default) is derandomized, so a run explores the same examples every
+# time and a test's CI size is a property of the tree (tests/mutants/check relies on it);
+# HYPOTHESIS_PROFILE=dev explores new examples on every run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+# tests/mutants/check: the CI examples, reporting the first failure without shrinking it.
+settings.register_profile(
+    "mutants", derandomize=True, phases=[Phase.explicit, Phase.generate], print_blob=True
+)
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 os.environ.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -22,8 +32,7 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-if os.environ.get("HYPOTHESIS_PROFILE"):
-    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -114,6 +114,11 @@ class Batch:
         )
 
 
+def attempt_key(invoice_id: int, number: int) -> str:
+    """The idempotency key of an invoice's ``number``-th automatic attempt (from 1)."""
+    return f"inv{invoice_id}-a{number}"
+
+
 def attempts_for(
     conn: Connection,
     invoices: list[tuple[int, str, int, str, bool]],
@@ -140,7 +145,7 @@ def attempts_for(
         {
             "invoice_id": invoice_id,
             "member_id": member_id,
-            "idempotency_key": f"inv{invoice_id}-a{counts.get(invoice_id, 0) + 1}",
+            "idempotency_key": attempt_key(invoice_id, counts.get(invoice_id, 0) + 1),
             "amount": amount,
             "currency": currency,
             "state": "new",
@@ -406,15 +411,16 @@ def after_failure(
     elif decline_class == "auth":
         link = pay_link(ctx, int(inv.id))
         queue_notice(ctx, conn, f, "pay_link", link=link, **values)
-    elif f.account.retries_done == 0:
-        queue_notice(ctx, conn, f, "failure", retry_on=format_day(acct.next_retry_at), **values)
     else:
         step = (
             f"We will try again on {format_day(acct.next_retry_at)}."
             if acct.next_retry_at
             else "We will not try this card again: please pay at the front desk."
         )
-        queue_notice(ctx, conn, f, "retry", next_step=step, **values)
+        # The invoice's own first attempt is a failure, not a failed retry, even when it was
+        # charged at a retry of the member's schedule.
+        kind = "failure" if c.key == attempt_key(c.invoice_id, 1) else "retry"
+        queue_notice(ctx, conn, f, kind, next_step=step, **values)
 
 
 def data_version(conn: Connection) -> int | None:

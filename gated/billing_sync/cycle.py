@@ -18,7 +18,7 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import Batch, Charge, CycleReport, attempts_for, execute
 from gated.billing_sync.context import Context
-from gated.billing_sync.facts import charge_methods, derive_facts, read_rows
+from gated.billing_sync.facts import charge_methods, derive_facts, hold_dependants, read_rows
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.publishing import refresh
@@ -110,6 +110,7 @@ def plan_charges(
     rows = read_rows(conn, due, now)
     batch = Batch.start(conn, rows)
     facts = derive_facts(rows)
+    hold_dependants(conn, facts, now, ctx.rules)
     renewals: list[InvoiceSpec] = []
     retries: list[dict[str, Any]] = []
     to_charge: list[str] = []
@@ -118,6 +119,7 @@ def plan_charges(
         acct = f.account
         if f.sub is None or f.member.erased:
             continue
+        retry = eng.retry_due(acct, now)
         if f.plan is not None and eng.renewal_due(acct, now):
             start = int(f.sub.paid_through)
             end = eng.add_months(start, int(f.plan.period_months))
@@ -134,14 +136,16 @@ def plan_charges(
                 )
             )
             report.renewals += 1
-        elif eng.first_charge_due(acct):
-            pass
-        elif eng.retry_due(acct, now):
+            # During dunning the new renewal waits for the schedule's next retry (see
+            # engine.first_charge_due): charging it now would ask the card off-schedule.
+            charge_now = retry or not eng.in_dunning(acct)
+        else:
+            charge_now = retry or eng.first_charge_due(acct)
+        if retry:
             retries.append({"mid": member_id, "rd": acct.retries_done + 1})
             report.retries += 1
-        else:
-            continue
-        to_charge.append(member_id)
+        if charge_now:
+            to_charge.append(member_id)
     new_ids = create_invoices(conn, renewals, now)
     if retries:
         bulk(

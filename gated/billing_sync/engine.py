@@ -31,8 +31,13 @@ BillingStatus = Literal[
 ]
 DeclineClass = Literal["soft", "hard", "auth"]
 
-# Statuses a gate lets in (DESIGN.md, Policy); a payer in one of these keeps dependants in.
+# Statuses a gate lets in (DESIGN.md, Policy).
 GOOD_STANDING: frozenset[str] = frozenset({"active", "grace", "pending_cancel"})
+# A payer in one of these keeps the household going: dependants are let in and billed to the
+# payer's card. Any other payer status locks them out (``payer_suspended``), and nothing is
+# charged for them meanwhile: no one pays for days they cannot enter. A payer's freeze pauses the
+# payer's own membership only: the household is paid up and keeps training.
+HOUSEHOLD_STANDING: frozenset[str] = GOOD_STANDING | {"frozen"}
 
 # Issuer declines that say "this card will never work": asking again only risks network fines.
 HARD_DECLINES: frozenset[str] = frozenset(
@@ -126,6 +131,8 @@ class Account(NamedTuple):
     activated: bool = True
     uncharged: bool = False
     renews: bool = True
+    # False for a dependant whose payer is not in household standing: nothing is charged.
+    payer_ok: bool = True
 
 
 def _frozen(acct: Account, now: int) -> bool:
@@ -140,6 +147,14 @@ def _grace_limit_days(acct: Account, rules: Rules) -> int:
     return rules.grace_days
 
 
+def _collections_due(acct: Account, now: int, rules: Rules) -> bool:
+    return (
+        acct.owed > 0
+        and acct.first_failure_at is not None
+        and now >= acct.first_failure_at + rules.collections_days * DAY
+    )
+
+
 def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
     """The member's own status at ``now`` (before any household folding)."""
     if acct.disputed:
@@ -149,14 +164,17 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
     if not acct.activated:
         # The first period was never paid: nothing to be in grace from.
         return "cancelled" if acct.cancel_at is not None and now >= acct.cancel_at else "pending"
+    if acct.cancel_at is not None and now >= acct.cancel_at:
+        # The contract is over: a debt left behind is chased (collections), never a reason to
+        # let the member in on grace.
+        if _collections_due(acct, now, rules):
+            return "collections"
+        return "cancelled"
     if acct.owed > 0 and acct.overdue_since is not None and acct.overdue_since <= now:
         if acct.processing:
             # A debit that settles later: the member keeps what they had until the bank answers.
             return acct.previous
-        if (
-            acct.first_failure_at is not None
-            and now >= acct.first_failure_at + rules.collections_days * DAY
-        ):
+        if _collections_due(acct, now, rules):
             return "collections"
         if now > acct.overdue_since + _grace_limit_days(acct, rules) * DAY:
             return "suspended"
@@ -174,15 +192,17 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
 
 def published_status(own: BillingStatus, payer: BillingStatus | None) -> str:
     """What the gates see: a dependant whose payer is not in good standing is payer_suspended."""
-    if payer is not None and payer not in GOOD_STANDING and own in GOOD_STANDING:
+    if payer is not None and payer not in HOUSEHOLD_STANDING and own in GOOD_STANDING:
         return "payer_suspended"
     return own
 
 
 def valid_until(acct: Account, status: BillingStatus, rules: Rules) -> int | None:
-    """ "Entry allowed until": paid-through plus grace, so a member in grace is still inside it."""
+    """ "Entry allowed until": paid-through plus grace, so a member in grace is still inside it;
+    never past the end of a cancelled contract."""
     if status == "grace" and acct.overdue_since is not None:
-        return acct.overdue_since + _grace_limit_days(acct, rules) * DAY
+        until = acct.overdue_since + _grace_limit_days(acct, rules) * DAY
+        return until if acct.cancel_at is None else min(until, acct.cancel_at)
     if status == "pending_cancel" and acct.cancel_at is not None:
         return acct.cancel_at
     if acct.paid_through is None:
@@ -196,7 +216,7 @@ def valid_until(acct: Account, status: BillingStatus, rules: Rules) -> int | Non
 def renewal_due(acct: Account, now: int) -> bool:
     """A new period is to be billed: the paid period has ended, nothing for it is open or in
     flight, and no cancellation ends the contract first."""
-    if acct.paid_through is None or now < acct.paid_through:
+    if acct.paid_through is None or now < acct.paid_through or not acct.payer_ok:
         return False
     if acct.open_renewal or acct.processing or acct.disputed or _frozen(acct, now):
         return False
@@ -205,10 +225,22 @@ def renewal_due(acct: Account, now: int) -> bool:
     return acct.cancel_at is None or acct.paid_through < acct.cancel_at
 
 
+def in_dunning(acct: Account) -> bool:
+    """A charge failed and is not yet paid: the member's retry schedule runs (or has run out)."""
+    return acct.first_failure_at is not None
+
+
 def first_charge_due(acct: Account) -> bool:
     """A new invoice (an extra, a freeze fee) was never attempted: charge it now, unless the card
-    is known to be dead."""
-    return acct.uncharged and not acct.processing and not acct.needs_new_card
+    is known to be dead. During dunning a new invoice waits for the schedule's next retry, which
+    charges everything open: a card is never asked more often than the schedule says."""
+    return (
+        acct.uncharged
+        and not in_dunning(acct)
+        and not acct.processing
+        and not acct.needs_new_card
+        and acct.payer_ok
+    )
 
 
 def retry_due(acct: Account, now: int) -> bool:
@@ -217,6 +249,7 @@ def retry_due(acct: Account, now: int) -> bool:
         acct.owed > 0
         and not acct.processing
         and not acct.needs_new_card
+        and acct.payer_ok
         and acct.next_retry_at is not None
         and now >= acct.next_retry_at
     )
@@ -241,6 +274,12 @@ def after_failure(acct: Account, decline: DeclineClass, now: int, rules: Rules) 
 def on_retry_started(acct: Account) -> Account:
     """A scheduled retry is being charged now: count it so the next failure schedules the next."""
     return acct._replace(retries_done=acct.retries_done + 1, next_retry_at=None)
+
+
+def dunning_restarts(acct: Account) -> Account:
+    """The failed invoices are paid and only invoices never attempted are left: their first
+    charge starts a schedule of its own (see ``first_charge_due``)."""
+    return acct._replace(first_failure_at=None, next_retry_at=None, retries_done=0)
 
 
 def after_settled(acct: Account) -> Account:
@@ -292,6 +331,35 @@ def check_freeze(status: str, owed: int, months: int) -> None:
         raise FreezeRefused(
             f"only a member who is current can freeze (status {status}, owes {owed})"
         )
+
+
+def freeze_start(start_at: int | None, now: int) -> int:
+    """When a freeze booked at ``now`` begins: ``start_at`` if it is later, else now. A start
+    earlier today is now; a day before today is refused: the member could enter on those days
+    and they were billed, so freezing them would only move paid-through forward for free."""
+    if start_at is None or start_at <= now:
+        if start_at is not None and start_at < now - now % DAY:
+            raise FreezeRefused(
+                "a freeze cannot start before today (book it from today or a later day)"
+            )
+        return now
+    return start_at
+
+
+def first_billed(start: int, period_months: int, renews: bool, now: int) -> int:
+    """Where billing begins for a member whose contract starts at ``start``: the start itself,
+    unless that was before today. A member migrated with a past join date paid their old
+    system up to their next renewal date (the join day plus whole periods) at or after today,
+    and is billed from there; a pass bought in the past ran to its end."""
+    today = now - now % DAY
+    if start >= today:
+        return start
+    if not renews:
+        return add_months(start, period_months)
+    periods = 1
+    while add_months(start, periods * period_months) < today:
+        periods += 1
+    return add_months(start, periods * period_months)
 
 
 def cancel_date(paid_through: int | None, started_at: int, min_term_months: int, now: int) -> int:

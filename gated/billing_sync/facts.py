@@ -31,6 +31,7 @@ _LOAD_MEMBERS = (
         _M,
         _SUB,
         _PAYER.c.email.label("payer_email"),
+        _PAYER.c.name.label("payer_name"),
         _PAYER.c.customer_ref.label("payer_customer"),
         _PAYER.c.payment_method.label("payer_method"),
     )
@@ -71,6 +72,10 @@ class Facts:
     email_to: str | None = None
     # (customer, payment method) to charge: a dependant is charged to the payer.
     method: tuple[str | None, str | None] = (None, None)
+    # Who is told about the card and the money: the payer, for a dependant (their e-mail
+    # address and name), else the member.
+    bill_to: str | None = None
+    bill_name: str | None = None
 
 
 class Rows(NamedTuple):
@@ -189,8 +194,37 @@ def derive_facts(rows: Rows) -> dict[str, Facts]:
             row.customer_ref, row.payment_method, row.payer_customer, row.payer_method
         )
         email_to = row.email or row.payer_email
-        out[member_id] = Facts(row, sub_row, plan_row, acct, invs, email_to, method)
+        if row.payer_id:
+            bill_to, bill_name = row.payer_email, row.payer_name
+        else:
+            bill_to, bill_name = row.email, row.name
+        out[member_id] = Facts(
+            row, sub_row, plan_row, acct, invs, email_to, method, bill_to, bill_name
+        )
     return out
+
+
+def hold_dependants(conn: Connection, facts: dict[str, Facts], now: int, rules: eng.Rules) -> None:
+    """Mark the dependants in ``facts`` whose payer is not in household standing at ``now``
+    (``payer_ok`` false): nothing is charged for them while they are locked out. The payer's
+    status is worked out at ``now``, not read as stored, so a payer whose contract ends at this
+    very instant is already out when their dependants' renewals fall due with it."""
+    payer_ids = {f.member.payer_id for f in facts.values() if f.member.payer_id}
+    if not payer_ids:
+        return
+    payers = {p: facts[p] for p in payer_ids if p in facts}
+    missing = [p for p in payer_ids if p not in facts]
+    if missing:
+        payers.update(load_facts(conn, missing, now))
+    standing = {
+        p: "cancelled" if pf.member.erased else eng.status_at(pf.account, now, rules)
+        for p, pf in payers.items()
+        if pf.sub is not None
+    }
+    for f in facts.values():
+        payer = f.member.payer_id
+        if payer and standing.get(payer) not in eng.HOUSEHOLD_STANDING:
+            f.account = f.account._replace(payer_ok=False)
 
 
 def charge_methods(

@@ -203,13 +203,24 @@ def apply_payments(
     return {r["mid"]: r["pe"] for r in renewed}
 
 
-def reverse_payment(conn: Connection, reference: str, now: int) -> None:
-    """Take back the payment booked under ``reference`` (a lost chargeback): its invoice is
-    open again and due now."""
+def payment_by_reference(conn: Connection, reference: str) -> Row[Any] | None:
+    """The payment booked under a provider reference (an intent id), with its currency."""
     p = s.payments
-    row = conn.execute(select(p).where(p.c.reference == reference)).first()
+    return conn.execute(
+        select(p, _INV.c.currency)
+        .join(_INV, _INV.c.id == p.c.invoice_id)
+        .where(p.c.reference == reference)
+    ).first()
+
+
+def reverse_payment(conn: Connection, reference: str, now: int) -> Row[Any] | None:
+    """Take back the payment booked under ``reference`` (a lost chargeback): its invoice is
+    open again, due when it was due (the money was owed then: a chargeback earns no new grace
+    period). Returns the payment taken back, or None if there was none."""
+    p = s.payments
+    row = payment_by_reference(conn, reference)
     if row is None:
-        return
+        return None
     conn.execute(
         insert(p).values(
             invoice_id=row.invoice_id,
@@ -227,9 +238,9 @@ def reverse_payment(conn: Connection, reference: str, now: int) -> None:
             amount_paid=s.invoices.c.amount_paid - row.amount,
             status="open",
             paid_at=None,
-            due_at=now,
         )
     )
+    return row
 
 
 def record_payment(

@@ -14,6 +14,7 @@ import nacl.signing
 from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 
 from gated.billing_sync import audit
+from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context
@@ -88,7 +89,11 @@ def add_member(
     start_at: int | None = None,
 ) -> CycleReport:
     """Enrol a member on a plan and bill the first period at once (status ``pending`` until
-    it is paid). A dependant (``payer_id``) is charged to the payer's payment method."""
+    it is paid). A dependant (``payer_id``) is charged to the payer's payment method.
+
+    ``start_at`` in the past (a member migrated with their join date) bills nothing before
+    today: the member counts as paid up to their next renewal date at or after today,
+    anchored to the join day, and that renewal is the first charge."""
     if not MEMBER_ID_RE.match(member_id):
         raise BillingError("a member id is 1-64 of A-Z a-z 0-9 _ -")
     if role not in ("member", "staff"):
@@ -102,7 +107,8 @@ def add_member(
     now = ctx.clock()
     start = now if start_at is None else start_at
     with ctx.reader.connect() as conn:
-        if conn.execute(select(s.plans.c.id).where(s.plans.c.id == plan_id)).first() is None:
+        plan = conn.execute(select(s.plans).where(s.plans.c.id == plan_id)).first()
+        if plan is None:
             raise NotFound(f"no plan {plan_id!r} (add it with `gated-billing plans add`)")
         if conn.execute(select(s.members.c.id).where(s.members.c.id == member_id)).first():
             raise BillingError(f"member {member_id} already exists")
@@ -139,7 +145,9 @@ def add_member(
                 member_id=member_id,
                 plan_id=plan_id,
                 started_at=start,
-                paid_through=start,
+                paid_through=eng.first_billed(
+                    start, int(plan.period_months), bool(plan.auto_renew), now
+                ),
                 status="pending",
                 retries_done=0,
                 needs_new_card=False,
@@ -151,10 +159,17 @@ def add_member(
 
 
 def set_payment_method(ctx: Context, member_id: str, payment_method: str) -> CycleReport:
-    """Save a new card for the member (or their payer) and retry what is owed right away."""
+    """Save a new card for the member and retry what they and their dependants owe right
+    away. A dependant has no card of their own (the household is charged to the payer's):
+    refused, naming the payer, rather than replacing the payer's card unasked."""
     facts = load_one(ctx, member_id)
-    payer = facts.member.payer_id or member_id
-    payer_facts = load_one(ctx, payer)
+    if facts.member.payer_id:
+        payer_id = facts.member.payer_id
+        raise BillingError(
+            f"{member_id} pays with payer {payer_id}'s card: use members set-card {payer_id}"
+        )
+    payer = member_id
+    payer_facts = facts
     customer_ref = payer_facts.member.customer_ref or ctx.gateway.create_customer(
         payer, payer_facts.member.email, payer_facts.member.name
     )

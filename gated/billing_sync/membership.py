@@ -21,14 +21,15 @@ from gated.contract import format_time
 
 
 def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = None) -> CycleReport:
-    """Freeze a current member for 1-3 months: denied meanwhile, contract extended by as
-    long, the plan's monthly freeze fee billed now."""
+    """Freeze a current member for 1-3 months from today or a later day (never back-dated):
+    denied meanwhile, contract extended by as long, the plan's monthly freeze fee billed now.
+    One freeze at a time: another is refused while one is running or booked."""
     now = ctx.clock()
     facts = load_one(ctx, member_id)
     if facts.sub is None or facts.plan is None:
         raise BillingError(f"member {member_id} has no subscription")
     eng.check_freeze(facts.sub.status, facts.account.owed, months)
-    start = now if start_at is None else start_at
+    start = eng.freeze_start(start_at, now)
     end = eng.add_months(start, months)
     fee = int(facts.plan.freeze_fee) * months
     with ctx.engine.begin() as conn:

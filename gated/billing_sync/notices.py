@@ -27,8 +27,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     ),
     "failure": (
         "Your payment of $amount did not go through",
-        "Hello $name,\n\nwe could not charge $amount for invoice $invoice ($reason).\n"
-        "We will try again on $retry_on. You can keep training meanwhile.\n",
+        "Hello $name,\n\nwe could not charge $amount for invoice $invoice ($reason).\n$next_step\n",
     ),
     "retry": (
         "We tried your payment again",
@@ -49,6 +48,18 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Your membership is suspended",
         "Hello $name,\n\nyour membership is suspended because $amount is still open. "
         "Pay at the front desk or online and the gates let you in again at once.\n",
+    ),
+    "dispute": (
+        "Your bank disputes a payment",
+        "Hello $name,\n\nyour bank has disputed the payment of $amount for invoice $invoice. "
+        "Your membership is suspended until the dispute is settled; if the payment was yours, "
+        "please tell your bank, or come by the front desk.\n",
+    ),
+    "chargeback": (
+        "A payment was taken back",
+        "Hello $name,\n\nyour bank has taken back the payment of $amount for invoice $invoice, "
+        "so $amount is open again. Your membership stays suspended until it is paid at the "
+        "front desk or with a new card.\n",
     ),
     "freeze": (
         "Your membership is frozen",
@@ -83,6 +94,12 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 # once the mail server has it, so the outbox never keeps a usable code or link.
 SECRET_KINDS = frozenset({"signin", "email_change"})
 SENT_SECRET_BODY = "(this mail carried a link or code, which is not kept)"
+
+
+# Notices about the card and the money: a dependant's go to the payer who owns the card.
+PAYER_NOTICES: frozenset[str] = frozenset(
+    {"receipt", "failure", "retry", "new_card", "pay_link", "suspension", "dispute", "chargeback"}
+)
 
 
 class Notice(NamedTuple):

@@ -19,7 +19,7 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.facts import Facts, dependants, load_facts
-from gated.billing_sync.notices import Notice, format_amount, format_day, render
+from gated.billing_sync.notices import PAYER_NOTICES, Notice, format_amount, format_day, render
 from gated.billing_sync.store import bulk, fetch, in_list, next_versions
 from gated.contract import card_key, digest_hex, digest_term, erased_state, format_time
 
@@ -80,13 +80,21 @@ def refresh(
         if acct.owed == 0 and (acct.first_failure_at or acct.next_retry_at or acct.needs_new_card):
             acct = eng.after_settled(acct)
             f.account = acct
+        elif (
+            eng.in_dunning(acct)
+            and not acct.needs_new_card
+            and not any(i.attempted for i in f.open_invoices)
+        ):
+            acct = eng.dunning_restarts(acct)
+            f.account = acct
         status: str = eng.status_at(acct, now, ctx.rules)
         if f.member.erased:
             status = "cancelled"
         own[member_id] = status
         if status != f.sub.status:
             changed_payers.append(member_id)
-            if status == "suspended" and f.plan is not None:
+            if status == "suspended" and f.plan is not None and not acct.disputed:
+                # A dispute has its own notice (webhooks.dispute_opened): nothing is owed yet.
                 queue_notice(
                     ctx, conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
                 )
@@ -259,14 +267,22 @@ def queue_notice(ctx: Context, conn: Connection, f: Facts, kind: str, **values: 
 def queue_notices(
     ctx: Context, conn: Connection, items: list[tuple[Facts, str, dict[str, Any]]]
 ) -> None:
-    """Render notices into the outbox; a dependant's go to the payer, and members without an
-    e-mail address get none."""
+    """Render notices into the outbox. A dependant's notices about the card and the money
+    (``PAYER_NOTICES``) go to the payer who owns the card, saying whose membership they are
+    about; the others to the dependant (or the payer, without an address of their own).
+    Nobody without an e-mail address gets one."""
     rows = []
     now = ctx.clock()  # once: a deployment's clock is a database query
     for f, kind, values in items:
-        if not f.email_to:
+        for_payer = kind in PAYER_NOTICES and f.member.payer_id is not None
+        to = f.bill_to if for_payer else f.email_to
+        if not to:
             continue
-        n: Notice = render(kind, f.email_to, f.member.id, name=f.member.name, **values)
+        name = f.bill_name if for_payer else f.member.name
+        n: Notice = render(kind, to, f.member.id, name=name, **values)
+        if for_payer:
+            about = f"This is about the membership of {f.member.name} ({f.member.id})."
+            n = n._replace(body=f"{n.body}\n{about}\n")
         rows.append(
             {
                 "member_id": n.member_id,

@@ -163,7 +163,8 @@ class Billing:
         )
 
     def set_payment_method(self, member_id: str, payment_method: str) -> CycleReport:
-        """Save a new card for the member (or their payer) and retry what is owed right away."""
+        """Save a new card for the member and retry what is owed right away (refused for a
+        dependant, who is charged to the payer's card)."""
         return members.set_payment_method(self.ctx, member_id, payment_method)
 
     def member(self, member_id: str) -> dict[str, Any]:

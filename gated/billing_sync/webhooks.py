@@ -5,16 +5,17 @@ and cards added or removed on the provider's side.
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import Charge, CycleReport, record_results
 from gated.billing_sync.context import Context
-from gated.billing_sync.facts import charge_methods
+from gated.billing_sync.facts import charge_methods, load_facts
 from gated.billing_sync.gateway import ChargeResult
-from gated.billing_sync.invoices import reverse_payment
+from gated.billing_sync.invoices import payment_by_reference, reverse_payment
 from gated.billing_sync.members import new_card
-from gated.billing_sync.publishing import refresh
+from gated.billing_sync.notices import format_amount
+from gated.billing_sync.publishing import queue_notice, refresh
 from gated.billing_sync.store import insert_ignore
 
 
@@ -63,11 +64,12 @@ def intent_update(ctx: Context, intent_id: str, result: ChargeResult) -> bool:
 
 
 def dispute_opened(ctx: Context, dispute_id: str, intent_id: str | None) -> None:
-    """A chargeback: the member is suspended until it closes (unless it already closed)."""
+    """A chargeback: the member is suspended until it closes (unless it already closed) and
+    told what their bank disputes."""
     member_id = member_for_intent(ctx, intent_id)
     now = ctx.clock()
     with ctx.engine.begin() as conn:
-        insert_ignore(
+        opened = insert_ignore(
             conn,
             s.disputes,
             [
@@ -82,8 +84,22 @@ def dispute_opened(ctx: Context, dispute_id: str, intent_id: str | None) -> None
             ],
         )
         if member_id:
+            if opened and intent_id:
+                _chargeback_notice(ctx, conn, member_id, intent_id, "dispute", now)
             refresh(ctx, conn, [member_id], now)
     ctx.notify_published()
+
+
+def _chargeback_notice(
+    ctx: Context, conn: Connection, member_id: str, intent_id: str, kind: str, now: int
+) -> None:
+    """A ``dispute`` or ``chargeback`` notice with the amount of the payment concerned."""
+    payment = payment_by_reference(conn, intent_id)
+    facts = load_facts(conn, [member_id], now).get(member_id)
+    if payment is None or facts is None:
+        return
+    amount = format_amount(int(payment.amount), payment.currency)
+    queue_notice(ctx, conn, facts, kind, amount=amount, invoice=str(payment.invoice_id))
 
 
 def dispute_closed(ctx: Context, dispute_id: str, intent_id: str | None, outcome: str) -> None:
@@ -110,8 +126,23 @@ def dispute_closed(ctx: Context, dispute_id: str, intent_id: str | None, outcome
             conn.execute(
                 update(d).where(d.c.id == dispute_id).values(status=outcome, closed_at=now)
             )
-        if outcome == "lost" and intent_id:
-            reverse_payment(conn, intent_id, now)
+        if outcome == "lost" and intent_id and member_id:
+            taken = reverse_payment(conn, intent_id, now)
+            if taken is not None:
+                # The money the bank took back is a failed payment: dunning starts (collections
+                # after ``collections_days``), and the disputed card is not charged again.
+                sub = s.subscriptions
+                conn.execute(
+                    update(sub)
+                    .where(sub.c.member_id == member_id)
+                    .values(
+                        first_failure_at=func.coalesce(sub.c.first_failure_at, now),
+                        next_retry_at=None,
+                        needs_new_card=True,
+                        review_at=now,
+                    )
+                )
+                _chargeback_notice(ctx, conn, member_id, intent_id, "chargeback", now)
         if member_id:
             refresh(ctx, conn, [member_id], now)
     ctx.notify_published()

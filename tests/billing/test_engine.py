@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 from hypothesis import given
@@ -86,7 +87,15 @@ OVERDUE = Account(paid_through=T, owed=5000, overdue_since=T, first_failure_at=T
             R,
             "cancelled",
         ),
-        ("cancelled but owing is dunned", OVERDUE._replace(cancel_at=T), T + DAY, R, "grace"),
+        # A debt never keeps the gates open past the end of the contract; it is still chased.
+        ("cancelled but owing is denied", OVERDUE._replace(cancel_at=T), T + DAY, R, "cancelled"),
+        (
+            "cancelled and owing reaches collections",
+            OVERDUE._replace(cancel_at=T, first_failure_at=T),
+            T + 30 * DAY,
+            R,
+            "collections",
+        ),
     ],
 )
 def test_status_table(name: str, acct: Account, now: int, rules: Rules, expected: str) -> None:
@@ -211,6 +220,8 @@ def test_renewal_due_rules() -> None:
     assert not eng.renewal_due(Account(paid_through=T, processing=True), T)
     assert not eng.renewal_due(Account(paid_through=T, cancel_at=T), T)
     assert eng.renewal_due(Account(paid_through=T, cancel_at=T + 1), T)
+    # A dependant locked out by their payer is not billed meanwhile.
+    assert not eng.renewal_due(Account(paid_through=T, payer_ok=False), T)
 
 
 def test_household_folding() -> None:
@@ -218,6 +229,7 @@ def test_household_folding() -> None:
     assert eng.published_status("active", "grace") == "active"
     assert eng.published_status("frozen", "suspended") == "frozen"
     assert eng.published_status("active", None) == "active"
+    assert eng.published_status("active", "frozen") == "active"  # the payer's own pause
 
 
 @pytest.mark.parametrize(
@@ -338,6 +350,7 @@ def test_retries_stay_under_the_cap(
         retries_done=0,
         next_retry_at=None,
         first_failure_at=None,
+        payer_ok=True,
     )
     acct = eng.after_failure(acct, decline, now, r)
     while acct.next_retry_at is not None and retries < 50:
@@ -348,3 +361,19 @@ def test_retries_stay_under_the_cap(
     assert retries <= len(r.retry_days)
     if decline != "soft":
         assert retries == 0
+
+
+def test_first_billed_never_reaches_before_today() -> None:
+    def day(text: str) -> int:
+        return int(datetime.fromisoformat(f"{text}T00:00:00+00:00").timestamp())
+
+    noon = day("2026-12-01") + DAY // 2
+    assert eng.first_billed(noon + DAY, 1, True, noon) == noon + DAY  # ahead: as given
+    assert eng.first_billed(day("2026-12-01"), 1, True, noon) == day("2026-12-01")  # today
+    # A past join day: its next renewal date at or after today, anchored to the join day.
+    assert eng.first_billed(day("2026-09-01"), 1, True, noon) == day("2026-12-01")
+    assert eng.first_billed(day("2026-09-15"), 1, True, noon) == day("2026-12-15")
+    assert eng.first_billed(day("2026-01-31"), 1, True, noon) == day("2026-12-31")
+    assert eng.first_billed(day("2026-03-15"), 12, True, noon) == day("2027-03-15")
+    # A pass bought in the past ran to its own end, however long ago.
+    assert eng.first_billed(day("2026-08-01"), 3, False, noon) == day("2026-11-01")
