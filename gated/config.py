@@ -70,6 +70,11 @@ class MqttConfig(_Section):
     key_file: Path | None = None
     heartbeat_s: float = Field(default=30.0, gt=0)
     client_id: str | None = None
+    # How long a link may be silent before it is given up (None: twice heartbeat_s, at least 5 s),
+    # how long a CONNECT may wait for the broker's CONNACK, and the reconnect backoff's cap.
+    keepalive_s: int | None = Field(default=None, ge=1, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    backoff_max_s: float = Field(default=60.0, ge=1, le=3600)
 
     @field_validator("url")
     @classmethod

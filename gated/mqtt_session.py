@@ -146,15 +146,52 @@ if sys.version_info < (3, 12):
 
 
 @contextlib.asynccontextmanager
-async def session(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
-    """``async with client``, with the disconnect on the way out bounded."""
-    await client.__aenter__()
+async def session(
+    client: aiomqtt.Client, connect_timeout: float | None = None
+) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client``, with the disconnect on the way out bounded and, given
+    ``connect_timeout``, the wait for CONNACK too (instead of the client's reply timeout)."""
+    await _enter(client, connect_timeout)
     try:
         yield client
     except BaseException as exc:
         await _leave(client, exc)
         raise
     await _leave(client, None)
+
+
+async def _enter(client: aiomqtt.Client, connect_timeout: float | None) -> None:
+    """Connect, waiting at most ``connect_timeout`` for CONNACK. aiomqtt waits for it as long as
+    for any reply (the client's ``timeout``), and paho, which closes a socket that stays silent
+    for a keepalive while connecting, does not tell aiomqtt: a CONNECT sent to a frozen broker
+    would be waited on for the whole reply timeout (minutes) after the broker resumed."""
+    if connect_timeout is None:
+        await client.__aenter__()
+        return
+    reply_timeout = client.timeout
+    client.timeout = connect_timeout
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        _abandon(client)
+        if str(exc) == "Operation timed out":
+            raise aiomqtt.MqttError(
+                f"no CONNACK within {connect_timeout:g} s (the broker is not answering)"
+            ) from None
+        raise
+    except BaseException:
+        _abandon(client)
+        raise
+    finally:
+        client.timeout = reply_timeout
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Close the socket of a connection that never completed (aiomqtt leaves it open)."""
+    paho_client = getattr(client, "_client", None)
+    if paho_client is not None:
+        with contextlib.suppress(Exception):
+            paho_client.disconnect()
 
 
 async def _leave(client: aiomqtt.Client, exc: BaseException | None) -> None:

@@ -85,7 +85,6 @@ BATCH_DELAY_S = 0.005
 # After this long without member traffic a sync has ended: compare with the manifest.
 SETTLE_S = 1.5
 BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 60.0
 OUTBOX_BATCH = 200
 # A PUBACK or SUBACK comes after every message the broker queued before it: behind a resumed
 # session's backlog or a retained flood that can be many seconds. A lost link is noticed by the
@@ -123,9 +122,10 @@ class SyncGate(Protocol):
     async def set_lockdown(self, on: bool, *, source: str, operator: str | None) -> None: ...
 
 
-def _backoff(attempt: int) -> float:
-    """Full-jitter exponential backoff: a site's gates don't reconnect in lockstep."""
-    return random.uniform(BACKOFF_MIN_S, min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**attempt))
+def _backoff(attempt: int, cap: float) -> float:
+    """Full-jitter exponential backoff up to ``cap``: a site's gates don't reconnect in
+    lockstep."""
+    return random.uniform(BACKOFF_MIN_S, min(cap, BACKOFF_MIN_S * 2 ** min(attempt, 30)))
 
 
 def describe_error(exc: BaseException, url: str) -> str:
@@ -235,7 +235,7 @@ class SiteSync:
                 except Exception as exc:  # the last wall: the link retries, the gate decides on
                     log.exception("event=sync_failed")
                     self._lost(f"internal error: {type(exc).__name__}: {exc}")
-                delay = _backoff(attempt)
+                delay = _backoff(attempt, self.mqtt.backoff_max_s)
                 attempt += 1
                 await asyncio.sleep(delay)
         finally:
@@ -266,7 +266,7 @@ class SiteSync:
                 qos=1,
                 retain=True,
             ),
-            keepalive=max(5, int(mqtt.heartbeat_s * 2)),
+            keepalive=mqtt.keepalive_s or max(5, int(mqtt.heartbeat_s * 2)),
             max_inflight_messages=100,
             timeout=BROKER_REPLY_TIMEOUT_S,
         )
@@ -280,7 +280,7 @@ class SiteSync:
     async def _session(self) -> None:
         """One connection: subscribe, announce, then receive/drain/heartbeat until it breaks."""
         client = self._make_client()
-        async with session(client):
+        async with session(client, connect_timeout=self.mqtt.connect_timeout_s):
             self._client = client
             self.connected = True
             self.connects += 1
