@@ -5,12 +5,12 @@ only after the broker acknowledged every site's message."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 
 import aiomqtt
+from pydantic import ValidationError
 from sqlalchemy import Engine, select, update
 
 from gated.billing_sync import schema
@@ -18,7 +18,10 @@ from gated.billing_sync.store import raise_version_floor, reading
 from gated.config import BillingMqttConfig
 from gated.contract import (
     ContractError,
+    Manifest,
+    SignatureError,
     Signer,
+    Verifier,
     compact_json,
     events_topic,
     format_time,
@@ -75,6 +78,8 @@ class Publisher:
         self.wake = asyncio.Event()
         self.connected = asyncio.Event()
         self.published = 0
+        # Retained manifests not adopted as a version floor, by reason (not ours, malformed).
+        self.refused_manifests: dict[str, int] = {}
 
     async def run(self) -> None:
         """Connect, publish and consume until cancelled; reconnect with backoff after any
@@ -104,9 +109,15 @@ class Publisher:
     async def _adopt_retained_versions(self, client: aiomqtt.Client) -> set[str]:
         """Read each site's retained manifest once at connect. Never publish a version below its
         max_version (the store may be a restored backup), and return the sites whose retained
-        manifest is not the one we last published: the broker lost retained state there."""
+        manifest is not the one we last published: the broker lost retained state there.
+
+        Only a manifest signed with our own key is adopted: anyone who can write to the broker
+        could otherwise push our versions past 2^53, above which every gate refuses every
+        state. Anything else is logged, counted and treated as no manifest (a manifest signed
+        with a key since rotated away is republished with the new one at once)."""
         floor = 0
         found: dict[str, tuple[int, str]] = {}
+        verifier = Verifier([self.signer().public_key_raw])
         for site in self.sites:
             await client.subscribe(manifest_topic(site), qos=1)
         try:
@@ -116,11 +127,10 @@ class Publisher:
                         # The persistent session delivers queued gate events at once.
                         await self._record_event(message)
                         continue
-                    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                        payload = message.payload
-                        body = loads_bounded(payload if isinstance(payload, bytes) else b"")
-                        found[str(body["site"])] = (int(body["max_version"]), str(body["digest"]))
-                        floor = max(floor, int(body["max_version"]))
+                    manifest = self._own_manifest(verifier, message)
+                    if manifest is not None:
+                        found[manifest.site] = (manifest.max_version, manifest.digest)
+                        floor = max(floor, manifest.max_version)
                     if len(found) >= len(self.sites):
                         break
         except TimeoutError:
@@ -141,6 +151,27 @@ class Publisher:
         if lost:
             log.warning("event=broker_lost_retained sites=%s", ",".join(sorted(lost)))
         return lost
+
+    def _own_manifest(self, verifier: Verifier, message: aiomqtt.Message) -> Manifest | None:
+        """The retained manifest if it is ours (our signature, for the site of its topic)."""
+        topic = str(message.topic)
+        try:
+            payload = message.payload
+            obj = loads_bounded(payload if isinstance(payload, bytes) else b"")
+            if not isinstance(obj, dict):
+                raise ContractError("not a JSON object")
+            manifest = Manifest.model_validate(verifier.verify(obj, "manifest"))
+            if topic != manifest_topic(manifest.site):
+                raise ContractError("another site's manifest")
+        except SignatureError:
+            reason = "bad_signature"
+        except (ContractError, ValidationError, ValueError):
+            reason = "malformed"
+        else:
+            return manifest
+        self.refused_manifests[reason] = self.refused_manifests.get(reason, 0) + 1
+        log.warning("event=retained_manifest_refused reason=%s topic=%s", reason, topic)
+        return None
 
     async def resync(self, client: aiomqtt.Client, sites: set[str]) -> int:
         """Republish every current member state of these sites (same versions: gates skip what

@@ -23,6 +23,7 @@ from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
 from gated.config import BillingMqttConfig
 from gated.contract import (
+    MAX_VERSION,
     Verifier,
     compact_json,
     events_topic,
@@ -240,6 +241,51 @@ async def test_versions_continue_above_a_retained_manifest(
         with b.engine.connect() as conn:
             version = conn.execute(select(schema.member_states.c.version)).scalar_one()
         assert version > 5000
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("signed_by", ["another key", "nobody"])
+async def test_a_forged_retained_manifest_does_not_raise_versions(
+    tmp_path: Path, mosquitto: Mosquitto, signed_by: str
+) -> None:
+    """Anyone who can write to the broker could otherwise push billing's versions past 2^53,
+    above which every gate refuses every state."""
+    b, _ = make_billing(tmp_path, sites=[SITE])
+    body = {
+        "type": "manifest",
+        "site": SITE,
+        "count": 1,
+        "max_version": MAX_VERSION,
+        "digest": "00" * 32,
+        "issued_at": "2026-12-01T00:00:00Z",
+    }
+    if signed_by == "another key":
+        forged = new_signing_key(tmp_path / "intruder.pem").sign(body)
+    else:
+        forged = {**b.keys.signer.sign({**body, "max_version": 1}), "max_version": MAX_VERSION}
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="intruder") as c:
+        await c.publish(manifest_topic(SITE), compact_json(forged), qos=1, retain=True)
+    pub = publisher_for(b, mosquitto.url)
+    task = asyncio.create_task(pub.run())
+    try:
+        await asyncio.to_thread(
+            b.add_member, "m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok"
+        )
+        await wait_drained(b)  # published after the retained manifests were read
+        await asyncio.to_thread(
+            b.add_member, "m2", "Bob", plan_id="monthly", payment_method="pm_sim_ok"
+        )
+        await wait_drained(b)
+        ms = schema.member_states
+        with b.engine.connect() as conn:
+            version = conn.execute(select(ms.c.version).where(ms.c.member_id == "m2")).scalar_one()
+        assert version < 1000
+        seen = await retained(mosquitto.port)
+        assert seen["m2"]["version"] == version
+        assert seen["manifest"]["kid"] == b.keys.signer.kid
+        assert getattr(pub, "refused_manifests", None) == {"bad_signature": 1}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
