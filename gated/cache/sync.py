@@ -8,9 +8,13 @@ Incoming member states are cheap to refuse and dear to accept: a state whose ver
 than the cache's is skipped on the loop before any signature work (a reconnect re-delivers every
 retained state); the rest are verified in batches in worker processes (at nice 19, so they only
 take what decisions leave) and handed to :meth:`Gate.apply_rows`, which commits them and puts them
-into the index in slices, so a badge never waits behind a sync burst. Nothing that arrives can
-raise out of here: a message that is forged, malformed, oversized or for another site is dropped,
-logged with its reason and counted in ``gatectl status``.
+into the index in slices, so a badge never waits behind a sync burst. Only a verified state raises
+what the gate holds of a member: the skip compares with the cache alone, and every distinct
+payload waiting for a member is verified, so a forged state at a high version cannot shadow the
+genuine one behind it (a member's waiting payloads are bounded, and so is the whole queue).
+Nothing that arrives can raise out of here: a message that is forged, malformed, oversized or for
+another site is dropped and counted in ``gatectl status``, and logged one line per reason and
+interval (REJECT_LOG_INTERVAL_S), not one per message.
 
 Beside this connection loop: the verifier processes (:mod:`gated.cache.verifier`), snapshots
 (:mod:`gated.cache.snapshot`: an empty gate fetches one before it subscribes, a gate still apart
@@ -85,6 +89,14 @@ BATCH_DELAY_S = 0.005
 # After this long without member traffic a sync has ended: compare with the manifest.
 SETTLE_S = 1.5
 BACKOFF_MIN_S = 0.5
+# Unverified payloads waiting (or being verified) for one member, and for all members. A flood
+# on one member's topic faster than the verifiers take it loses its excess here (counted as
+# ``queue_full``), not other members' states; the overall bound keeps memory bounded. The
+# reconnect burst of a whole site is one payload per member and the verifiers keep pace with the
+# broker, so neither bound is reached by genuine traffic.
+PENDING_PER_MEMBER = 32
+PENDING_MAX = 200_000
+REJECT_LOG_INTERVAL_S = 10.0
 OUTBOX_BATCH = 200
 # A PUBACK or SUBACK comes after every message the broker queued before it: behind a resumed
 # session's backlog or a retained flood that can be many seconds. A lost link is noticed by the
@@ -184,7 +196,12 @@ class SiteSync:
         self._ready: deque[list[tuple[str, int, bytes]]] = deque()
         self._filling: list[tuple[str, int, bytes]] = []
         self._batch_timer: asyncio.TimerHandle | None = None
-        self._pending: dict[str, int] = {}
+        # Each member's distinct payloads waiting for or in a verifier.
+        self._pending: dict[str, list[bytes]] = {}
+        self._pending_count = 0
+        # Rejections not yet logged: reason -> (count, a sample topic and detail).
+        self._reject_log: dict[str, tuple[int, str]] = {}
+        self._reject_log_timer: asyncio.TimerHandle | None = None
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._snapshot_lock = asyncio.Lock()
@@ -239,6 +256,7 @@ class SiteSync:
                 attempt += 1
                 await asyncio.sleep(delay)
         finally:
+            self._log_rejects()
             for task in list(self._tasks):
                 task.cancel()
             self.pool.shutdown()
@@ -364,9 +382,25 @@ class SiteSync:
             log.exception("event=message_failed topic=%s", topic)
             self.rejected["internal_error"] += 1
 
-    def _reject(self, reason: str, topic: str, detail: str = "") -> None:
-        self.rejected[reason] += 1
-        log.warning("event=message_rejected reason=%s topic=%s %s", reason, topic, detail)
+    def _reject(self, reason: str, topic: str, detail: str = "", count: int = 1) -> None:
+        """Count ``count`` refused messages; the log gets one line per reason and interval."""
+        self.rejected[reason] += count
+        logged, _sample = self._reject_log.get(reason, (0, ""))
+        self._reject_log[reason] = (logged + count, f"{topic} {detail}".strip())
+        if self._reject_log_timer is None:
+            self._reject_log_timer = asyncio.get_running_loop().call_later(
+                REJECT_LOG_INTERVAL_S, self._log_rejects
+            )
+
+    def _log_rejects(self) -> None:
+        """One line per reason for the rejections since the last call (with the last one's
+        topic as a sample); counters stay exact in ``rejected``."""
+        if self._reject_log_timer is not None:
+            self._reject_log_timer.cancel()
+            self._reject_log_timer = None
+        batch, self._reject_log = self._reject_log, {}
+        for reason, (count, sample) in sorted(batch.items()):
+            log.warning("event=sync_rejected reason=%s count=%d last=%r", reason, count, sample)
 
     def _on_member(self, member_id: str, payload: bytes) -> None:
         self._last_activity = time.monotonic()
@@ -379,12 +413,26 @@ class SiteSync:
         except PayloadError as exc:
             self._reject(exc.reason, member_id, str(exc))
             return
-        if version <= self.gate.index.version_of(member_id) or version <= self._pending.get(
-            member_id, 0
-        ):
+        # Against the cache only: what is waiting for a verifier is unverified, and must not
+        # hide what comes after it.
+        if version <= self.gate.index.version_of(member_id):
             self.skipped["not_newer"] += 1
             return
-        self._pending[member_id] = version
+        waiting = self._pending.get(member_id)
+        if waiting is None:
+            if self._pending_count >= PENDING_MAX:
+                self._queue_full(member_id)
+                return
+            self._pending[member_id] = [payload]
+        elif payload in waiting:
+            self.skipped["not_newer"] += 1  # the very state already on its way
+            return
+        elif len(waiting) >= PENDING_PER_MEMBER or self._pending_count >= PENDING_MAX:
+            self._queue_full(member_id)
+            return
+        else:
+            waiting.append(payload)
+        self._pending_count += 1
         filling = self._filling
         filling.append((member_id, version, payload))
         if len(filling) >= VERIFY_BATCH:
@@ -393,6 +441,13 @@ class SiteSync:
             self._flush()
         elif self._batch_timer is None:
             self._batch_timer = asyncio.get_running_loop().call_later(BATCH_DELAY_S, self._flush)
+
+    def _queue_full(self, member_id: str) -> None:
+        """Drop an unverified state that finds the queue full. It may have been genuine: the
+        manifest comparison once the traffic settles (and a snapshot, if still apart) makes up
+        for it."""
+        self._reject("queue_full", member_id)
+        self._compared = False
 
     def _flush(self) -> None:
         if self._batch_timer is not None:
@@ -420,12 +475,8 @@ class SiteSync:
             chunks, good, newest, rejects = await self.pool.run(
                 verify_member_states, [payload for _, _, payload in batch]
             )
-            for reason in rejects:
-                self.rejected[reason] += 1
-            if rejects:
-                log.warning(
-                    "event=states_rejected count=%d reasons=%s", len(rejects), sorted(set(rejects))
-                )
+            for reason, count in Counter(rejects).items():
+                self._reject(reason, "members", count=count)
             if good:
                 await self._apply(chunks, good, newest)
         except BrokenProcessPool:
@@ -438,9 +489,15 @@ class SiteSync:
             self._inflight -= len(batch)
             self._batches -= 1
             pending = self._pending
-            for member_id, version, _payload in batch:
-                if pending.get(member_id) == version:
+            for member_id, _version, payload in batch:
+                waiting = pending.get(member_id)
+                if waiting is None:
+                    continue
+                if len(waiting) == 1:
                     del pending[member_id]
+                else:
+                    waiting.remove(payload)
+            self._pending_count -= len(batch)
             self._last_activity = time.monotonic()
             self._flush()
 

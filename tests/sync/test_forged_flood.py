@@ -1,0 +1,114 @@
+"""Unsigned traffic never holds back a signed state: a flood of forged states at a huge version on
+a member's topic, with head office's signed suspension in the middle of it, and the gate denies
+the member within a second of the suspension while the flood goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gated.contract import MAX_VERSION, compact_json, member_topic
+from tests.gatefixture import GateProcess
+from tests.services import Mosquitto
+from tests.sync.helpers import SITE, HeadOffice, wait_until
+
+UID = "04A1B2C3D4E5F6"
+FLOOD_PER_S = 100
+FLOOD_AFTER_S = 10.0
+
+
+class Forger:
+    """Publishes forged states for one member (head office's own signature, over other content)
+    at ~FLOOD_PER_S, each payload distinct, until stopped."""
+
+    def __init__(self, port: int, hq: HeadOffice, member_id: str) -> None:
+        self.hq = hq
+        self.member_id = member_id
+        self.sent = 0
+        self.stop = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="forger")
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def forged(self, version: int) -> bytes:
+        """An active state at ``version``: a real signature, copied onto content it does not
+        cover."""
+        state = self.hq.state(self.member_id, 1, cards=[UID])
+        signed = self.hq.signer.sign(state)
+        signed["version"] = version
+        return compact_json(signed)
+
+    def publish(self) -> None:
+        payload = self.forged(MAX_VERSION - self.sent)
+        self.client.publish(member_topic(SITE, self.member_id), payload, qos=1)
+        self.sent += 1
+
+    def _run(self) -> None:
+        interval = 1.0 / FLOOD_PER_S
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            self.publish()
+            next_at += interval
+            self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_forged_flood_does_not_delay_a_signed_suspension(
+    gate: GateProcess, hq: HeadOffice, mosquitto: Mosquitto
+) -> None:
+    hq.publish(hq.state("m_1", 10, cards=[UID]))
+    gate.start()
+    wait_until(lambda: gate.request("badge", {"card": UID})["allow"], what="allowed")
+
+    forger = Forger(mosquitto.port, hq, "m_1")
+    try:
+        forger.thread.start()
+        wait_until(lambda: forger.sent >= FLOOD_PER_S, what="a second of flood")
+        # The signed suspension right behind a forged state (same connection, so in that order
+        # at the gate): the forged one is waiting for a verifier when the genuine one arrives.
+        suspension = compact_json(
+            hq.signer.sign(hq.state("m_1", 11, cards=[UID], status="suspended"))
+        )
+        forged = forger.forged(MAX_VERSION // 2)
+        forger.client.publish(member_topic(SITE, "m_1"), forged, qos=1)
+        info = forger.client.publish(member_topic(SITE, "m_1"), suspension, qos=1, retain=True)
+        published = time.monotonic()
+        info.wait_for_publish(5)
+        denied = wait_until(
+            lambda: gate.request("badge", {"card": UID})["reason"] == "suspended",
+            timeout=1.0,
+            what="denied within a second of the signed suspension",
+        )
+        assert denied
+        assert time.monotonic() - published < 1.5
+        flood_until = published + FLOOD_AFTER_S
+        while time.monotonic() < flood_until:
+            assert gate.request("badge", {"card": UID})["reason"] == "suspended"
+            time.sleep(0.5)
+        assert forger.thread.is_alive(), "the flood went on throughout"
+    finally:
+        forger.close()
+    out = gate.badge(UID)
+    assert out["allow"] is False and out["reason"] == "suspended"
+    # Every forged state was verified and refused (none skipped behind another).
+    wait_until(
+        lambda: (
+            gate.request("status")["sync"]["rejected"].get("bad_signature", 0) >= forger.sent + 1
+        ),
+        timeout=5,
+        what=f"every forged state refused ({forger.sent} sent)",
+    )
+    # Refusals are logged aggregated, one line per reason and interval, not one per message.
+    lines = [line for line in gate.log.read_text().splitlines() if "reason=bad_signature" in line]
+    assert forger.sent > 1000
+    assert 1 <= len(lines) <= 5, lines[-3:]
