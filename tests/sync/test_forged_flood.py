@@ -58,7 +58,8 @@ class Forger:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(5)
+        if self.thread.is_alive():
+            self.thread.join(5)
         self.client.loop_stop()
         self.client.disconnect()
 
@@ -112,3 +113,40 @@ def test_forged_flood_does_not_delay_a_signed_suspension(
     lines = [line for line in gate.log.read_text().splitlines() if "reason=bad_signature" in line]
     assert forger.sent > 1000
     assert 1 <= len(lines) <= 5, lines[-3:]
+
+
+def test_a_burst_past_the_per_member_bound_is_counted_and_the_genuine_state_still_lands(
+    gate: GateProcess, hq: HeadOffice, mosquitto: Mosquitto
+) -> None:
+    hq.publish(hq.state("m_1", 10, cards=[UID]), hq.state("m_2", 10, cards=["04000000000002"]))
+    gate.start()
+    wait_until(lambda: gate.request("badge", {"card": UID})["allow"], what="allowed")
+    forger = Forger(mosquitto.port, hq, "m_1")
+    try:
+        # As fast as the broker takes them: far more than a member's queue holds at once.
+        for _ in range(2000):
+            forger.publish()
+        # Head office's suspension right behind them (retained, with its manifest).
+        hq.publish(hq.state("m_1", 11, cards=[UID], status="suspended"))
+        hq.publish(hq.state("m_2", 11, cards=["04000000000002"], status="suspended"))
+    finally:
+        forger.close()
+    # Each forged state is refused, verified or dropped at the bound, and counted exactly once
+    # (the genuine suspension behind them may be dropped at the bound too: it then lands through
+    # the manifest comparison once the burst settles).
+    wait_until(
+        lambda: (
+            2000
+            <= (r := gate.request("status")["sync"]["rejected"]).get("bad_signature", 0)
+            + r.get("queue_full", 0)
+            <= 2001
+        ),
+        what="every forged state accounted for",
+    )
+    wait_until(
+        lambda: gate.request("badge", {"card": UID})["reason"] == "suspended",
+        timeout=15,
+        what="the genuine suspension applied",
+    )
+    assert gate.request("badge", {"card": "04000000000002"})["reason"] == "suspended"
+    assert set(gate.request("status")["sync"]["rejected"]) <= {"bad_signature", "queue_full"}
