@@ -58,6 +58,10 @@ class _Refused(Exception):
         self.reason = reason
 
 
+def _log_refusal(reason: str, command_id: str) -> None:
+    log.warning("event=command_refused reason=%s id=%s", reason, command_id)
+
+
 class RemoteCommands:
     """Checks and runs the commands for one gate; ``counts`` is what ``gatectl status`` shows.
     ``resync(command_id)`` and ``announce()`` (publish the gate's status now) start that work
@@ -72,7 +76,10 @@ class RemoteCommands:
         gate: CommandedGate,
         resync: Callable[[str], object],
         announce: Callable[[], object],
+        log_refusal: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``log_refusal(reason, command_id)`` logs a refusal (the sync aggregates them, so a
+        flood of forged commands cannot fill the log); by default each is logged."""
         self.site = site
         self.gate_id = gate_id
         self.verifier = verifier
@@ -80,6 +87,7 @@ class RemoteCommands:
         self.gate = gate
         self._resync = resync
         self._announce = announce
+        self._log_refusal = log_refusal or _log_refusal
         self._running: set[str] = set()
         self.counts: Counter[str] = Counter()
 
@@ -108,7 +116,7 @@ class RemoteCommands:
             self.counts["run"] += 1
         except _Refused as refused:
             self.counts[f"refused_{refused.reason}"] += 1
-            log.warning("event=command_refused reason=%s id=%s", refused.reason, command_id)
+            self._log_refusal(refused.reason, command_id)
         except (sqlite3.Error, GatedError, aiomqtt.MqttError) as exc:
             self.counts["failed"] += 1
             log.error("event=command_failed id=%s error=%s", command_id, exc)

@@ -183,6 +183,7 @@ class SiteSync:
             gate,
             lambda command_id: self._spawn(self._command_resync(command_id)),
             lambda: self._spawn(self._status_now()),
+            lambda reason, command_id: self._log_rejection(f"command_{reason}", f"id={command_id}"),
         )
         self.head_office = config.head_office
         self.snapshot_configured = bool(self.head_office and self.head_office.snapshot_url)
@@ -385,8 +386,13 @@ class SiteSync:
     def _reject(self, reason: str, topic: str, detail: str = "", count: int = 1) -> None:
         """Count ``count`` refused messages; the log gets one line per reason and interval."""
         self.rejected[reason] += count
+        self._log_rejection(reason, f"{topic} {detail}".strip(), count)
+
+    def _log_rejection(self, reason: str, sample: str, count: int = 1) -> None:
+        """Log ``count`` rejections with the next line for ``reason`` (within
+        REJECT_LOG_INTERVAL_S)."""
         logged, _sample = self._reject_log.get(reason, (0, ""))
-        self._reject_log[reason] = (logged + count, f"{topic} {detail}".strip())
+        self._reject_log[reason] = (logged + count, sample)
         if self._reject_log_timer is None:
             self._reject_log_timer = asyncio.get_running_loop().call_later(
                 REJECT_LOG_INTERVAL_S, self._log_rejects

@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gated.contract import MAX_VERSION, compact_json, member_topic
+from gated.contract import MAX_VERSION, cmd_topic, compact_json, member_topic
 from tests.gatefixture import GateProcess
 from tests.services import Mosquitto
 from tests.sync.helpers import SITE, HeadOffice, wait_until
@@ -150,3 +150,20 @@ def test_a_burst_past_the_per_member_bound_is_counted_and_the_genuine_state_stil
     )
     assert gate.request("badge", {"card": "04000000000002"})["reason"] == "suspended"
     assert set(gate.request("status")["sync"]["rejected"]) <= {"bad_signature", "queue_full"}
+
+
+def test_forged_commands_are_counted_each_and_logged_aggregated(
+    gate: GateProcess, hq: HeadOffice
+) -> None:
+    gate.start()
+    wait_until(lambda: gate.request("status")["sync"]["subscribed"], what="subscribed")
+    forged = {"type": "gate_command", "kid": "0" * 16, "id": "c1", "sig": "AAAA"}
+    for i in range(300):
+        hq.raw(cmd_topic(SITE, "t1"), compact_json({**forged, "id": f"c{i}"}), retain=False)
+    wait_until(
+        lambda: gate.request("status")["sync"]["commands"].get("refused_bad_signature") == 300,
+        what="300 refusals counted",
+    )
+    gate.stop()  # a stopping sync logs what it has not logged yet
+    lines = [line for line in gate.log.read_text().splitlines() if "bad_signature" in line]
+    assert len(lines) == 1 and "reason=command_bad_signature count=300" in lines[0], lines[:3]
