@@ -200,7 +200,7 @@ class CacheStore:
         # Sized for every row at once, so the load never grows a table.
         (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
         index = MemberIndex(rows)
-        index.load(self.conn.execute(f"SELECT {MEMBER_COLUMNS} FROM members"))
+        index.load_table(self.conn)
         self.conn.execute("PRAGMA shrink_memory")  # give back the pages the full scan cached
         return index
 
