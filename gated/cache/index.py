@@ -475,11 +475,24 @@ class MemberIndex:
     # -- lookups ---------------------------------------------------------------------------------
 
     def slot_of_key(self, key: bytes) -> int:
-        """The slot holding card ``key`` (32 bytes), or -1."""
+        """The slot holding card ``key`` (32 bytes), or -1. The hot path: the probe is written
+        out here rather than through :meth:`_Table.find` (a call less per cell, ~0.5 µs)."""
         if len(key) != 32:
             return -1
-        entry = self._ktab.find(hash(key) & self._hash_mask, key, self._key_matches)
-        return -1 if entry < 0 else self._kslot[entry]
+        table = self._ktab
+        keys = self._keys
+        h = hash(key) & self._hash_mask
+        cells = table.cells
+        while True:
+            mask = len(cells) - 1
+            i = h & mask
+            while (e := cells[i]) != _EMPTY:
+                if e >= 0 and keys[e * 32 : e * 32 + 32] == key:
+                    return self._kslot[e]
+                i = (i + 1) & mask
+            if cells is table.old or table.old is None:
+                return -1
+            cells = table.old
 
     def slot_of_id(self, member_id: str) -> int:
         """The slot of a member id (tombstones included), or -1."""
