@@ -294,6 +294,8 @@ _EXACT_TIMES_SQL = (
 )
 _HIGH_WORD = (32).__rrshift__  # x >> 32 (SQLite's 64 bits are signed: masked after)
 _LOW_WORD = (0xFFFFFFFF).__and__
+_MINUS_ONE = (-1).__add__
+_FIVE_BITS = 5
 _sha256_digest = operator.methodcaller("digest")
 _term_from_digest = functools.partial(int.from_bytes, byteorder="big")
 
@@ -696,16 +698,15 @@ class MemberIndex:
         self._idoff.extend(itertools.accumulate(map(len, ids[:-1]), initial=len(self._idbuf)))
         self._idlen.extend(map(len, ids))
         self._idbuf += b"".join(ids)
-        qr_next = len(self._qrbuf) // 32
-        self._qr.extend(
-            [
-                -1 if not q else qr_next + k
-                for q, k in zip(qrs, itertools.accumulate(map(bool, qrs), initial=0), strict=False)
-            ]
-        )
-        self._qrbuf += b"".join(filter(None, qrs))
-        held = [c if alive else b"" for c, alive in zip(creds, live, strict=False)]
-        counts = [len(c) >> 5 for c in held]
+        # A qr_key's entry is the count of keys up to and including it, less one; no key: -1
+        # (as (entry + 1) * has - 1, so that C-level maps do the work).
+        has_qr = list(map(bool, qrs))
+        upto = itertools.accumulate(has_qr, initial=len(self._qrbuf) // 32)
+        next(upto)
+        self._qr.extend(map(_MINUS_ONE, map(operator.mul, upto, has_qr)))
+        self._qrbuf += b"".join(itertools.compress(qrs, has_qr))
+        held = list(map(operator.mul, creds, live))  # a tombstone's keys: b"" (bytes * False)
+        counts = list(map(_FIVE_BITS.__rrshift__, map(len, held)))
         key_first = len(self._kslot)
         self._kstart.extend(itertools.accumulate(counts[:-1], initial=key_first))
         self._kcount.extend(counts)
