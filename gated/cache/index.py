@@ -568,7 +568,8 @@ class MemberIndex:
         if slot >= 0:
             if version <= self._version[slot]:
                 return False
-            self._drop_keys(slot)
+            if not self._holds_all(slot, creds):
+                self._drop_keys(slot)
             if not _profile_erased[self._profile[slot]]:
                 self.count -= 1
                 self._digest ^= digest_term(member_id, self._version[slot])
@@ -582,7 +583,8 @@ class MemberIndex:
         if not _profile_erased[pid]:
             self.count += 1
             self._digest ^= digest_term(member_id, version) if term is None else term
-            self._add_keys(slot, creds)
+            if not self._holds_all(slot, creds):
+                self._add_keys(slot, creds)
         else:
             self._kcount[slot] = 0  # a tombstone holds no card
         if version > self.max_version:
@@ -614,6 +616,14 @@ class MemberIndex:
         else:
             self._qr[slot] = len(self._qrbuf) // 32
             self._qrbuf += qr_key
+
+    def _holds_all(self, slot: int, creds: bytes) -> bool:
+        """Whether the slot's card keys are ``creds`` already and each still leads to the slot
+        (most updates change a status or a date, not a card: the keys then stay as they are)."""
+        start = self._kstart[slot] * 32
+        if self._kcount[slot] * 32 != len(creds) or self._keys[start : start + len(creds)] != creds:
+            return False
+        return all(self.slot_of_key(creds[i : i + 32]) == slot for i in range(0, len(creds), 32))
 
     def _drop_keys(self, slot: int) -> None:
         """Take the slot's card keys out of the table, each only if this slot still holds it (a
