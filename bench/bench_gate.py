@@ -287,7 +287,7 @@ async def run_bench(
     idle = await play(cards, 0.0005)
     results["card_idle"] = idle
 
-    # Baseline: the index's own lookup alone (a hash, a shard, a dict get), timed the same way.
+    # Baseline: the index's own lookup alone (a hash, a probe, the record made), timed the same way.
     keys = [card_keys(m.credentials)[0] for m in list(gate.index.by_id.values())[:decisions]]
     bare = []
     by_key = gate.index.by_key
@@ -471,7 +471,7 @@ def main() -> None:
     print()
     print("| other | value | target |")
     print("| --- | --- | --- |")
-    print(f"| index lookup alone (same index, sharded dict) | {r['bare_lookup_us']:.2f} µs | |")
+    print(f"| index lookup alone (same index) | {r['bare_lookup_us']:.2f} µs | |")
     print(f"| whole decision / index lookup alone (p50) | {ratio:.0f}× | report |")
     print(
         f"| bytes written per decision, back-to-back (10,000, delivery + checkpoint included) | {r['written_burst']:.0f} B (write() calls: {r['written_burst_wchar']:.0f} B) | < 10 KB |"

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gated.cache.index import SHARDS, MemberIndex, ShardedDict, member_from_state
+from gated.cache.index import MemberIndex, member_from_state
 from gated.cache.store import CacheStore, CacheWriter
 from gated.contract import ContractError, card_key, erased_state, site_digest
 from gated.members import read_members_file
@@ -444,46 +444,3 @@ def test_trim_outbox_keeps_the_newest(store: CacheStore) -> None:
     assert store.trim_outbox(keep=4) == 6
     assert [e["event_id"] for e in store.recent_events(100)] == ["e6", "e7", "e8", "e9"]
     assert store.trim_outbox(keep=4) == 0
-
-
-dict_ops = st.lists(
-    st.tuples(
-        st.sampled_from(["set", "del", "get"]), st.sampled_from([f"m_{i}" for i in range(30)])
-    ),
-    max_size=200,
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(dict_ops)
-def test_sharded_dict_behaves_as_a_dict(sequence: list[tuple[str, str]]) -> None:
-    sharded: ShardedDict[str, int] = ShardedDict()
-    model: dict[str, int] = {}
-    for n, (op, key) in enumerate(sequence):
-        if op == "set":
-            sharded[key] = model[key] = n
-        elif op == "del":
-            if key in model:
-                del sharded[key], model[key]
-            else:
-                with pytest.raises(KeyError):
-                    del sharded[key]
-        assert sharded.get(key) == model.get(key)
-        assert (key in sharded) == (key in model)
-    assert len(sharded) == len(model)
-    assert dict(sharded.items()) == model
-    assert sorted(sharded) == sorted(model)
-    assert sorted(sharded.values()) == sorted(model.values())
-
-
-def test_members_spread_over_every_shard_so_no_part_grows_much_at_once() -> None:
-    """Member ids share a prefix and card keys are digests: both must spread evenly, or one part
-    would grow like a whole dict and stall a badge while it rehashes."""
-    index = MemberIndex()
-    for i in range(20_000):
-        index.put(member_from_state(state(f"m_{i:06d}", 1, uid=f"{i:08X}")))
-    for part in (index.by_id, index.by_key):
-        sizes = [len(shard) for shard in part._shards]
-        assert len(sizes) == SHARDS and sum(sizes) == 20_000
-        assert max(sizes) < 2 * 20_000 / SHARDS, "one part holds twice its share"
-        assert min(sizes) > 20_000 / SHARDS / 2, "one part holds under half its share"

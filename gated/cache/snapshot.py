@@ -26,8 +26,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
-
 from gated.cache.index import member_row
 from gated.cache.verifier import VerifierPool, pickled, process_verifier
 from gated.config import HeadOfficeConfig
@@ -116,6 +114,10 @@ async def fetch_snapshot(head_office: HeadOfficeConfig, into: Path) -> Path:
         if size > SNAPSHOT_MAX_BYTES:
             raise SnapshotError(f"snapshot file {path} is larger than {SNAPSHOT_MAX_BYTES}")
         return path
+    # Imported here, not at the top: httpx (and the CLI modules it loads) costs the gate ~6 MiB of
+    # RSS for as long as it runs, and only a cold start without a snapshot file downloads one.
+    import httpx
+
     headers = {"Accept": "application/gzip"}
     try:
         if head_office.token_file is not None:

@@ -197,8 +197,10 @@ class CacheStore:
 
     def load_index(self) -> MemberIndex:
         """Every member row (tombstones included) into a fresh in-memory index."""
-        index = MemberIndex()
-        index.load(self.conn.execute(f"SELECT {MEMBER_COLUMNS} FROM members"))
+        # Sized for every row at once, so the load never grows a table.
+        (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
+        index = MemberIndex(rows)
+        index.load_table(self.conn)
         self.conn.execute("PRAGMA shrink_memory")  # give back the pages the full scan cached
         return index
 
