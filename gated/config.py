@@ -112,6 +112,17 @@ class PolicyConfig(_Section):
         return parse_duration(v)
 
 
+class ControlConfig(_Section):
+    """What the control socket lets its clients hold: far below systemd's 1024 descriptors, so a
+    flood of connections never starves the broker link or the cache of file descriptors."""
+
+    max_connections: int = Field(default=64, ge=2, le=256)
+    # A connection with no request started for idle_timeout_s is closed; a request line must
+    # arrive whole within request_timeout_s of its first byte, and a reply be taken as fast.
+    idle_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=5.0, gt=0)
+
+
 class DoorConfig(_Section):
     pin_factory: Literal["mock", "lgpio", "rpigpio", "pigpio", "native"] = "mock"
     relay_pin: int = 17
@@ -249,6 +260,7 @@ class GateConfig(_Section):
     mqtt: MqttConfig | None = None
     head_office: HeadOfficeConfig | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     door: DoorConfig = Field(default_factory=DoorConfig)
     readers: list[ReaderConfig] = Field(default_factory=_default_readers)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

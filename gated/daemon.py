@@ -528,7 +528,10 @@ class Gate:
                 loop.add_signal_handler(sig, self.stop)
         self.door = Door(self.config.door, loop, self.on_door_event, pin_factory=self._pin_factory)
         control = ControlServer(
-            self.config.control_socket, ControlCommands(self).handle, self.rejected
+            self.config.control_socket,
+            ControlCommands(self).handle,
+            self.rejected,
+            self.config.control,
         )
         await control.start()
         if self.config.metrics.address is not None:

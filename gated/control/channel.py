@@ -18,17 +18,21 @@ import os
 import pwd
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gated.config import ControlConfig
 from gated.contract import PayloadError, loads_bounded
 from gated.errors import GatedError
 
 log = logging.getLogger("gated.control")
 MAX_LINE = 64 * 1024
+# Repeated refusals (a connection flood) are logged once per interval, with their count.
+LOG_INTERVAL_S = 10.0
 
 
 class ControlError(GatedError):
@@ -69,15 +73,71 @@ def _peer(sock: socket.socket | None) -> Caller:
     return Caller(uid, pid)
 
 
-class ControlServer:
-    """Serves ``handler(cmd, args, caller)`` on a Unix socket (mode 0660, group ``gated``)."""
+class _Connection:
+    """One client of the control socket, as far as the connection cap needs to know it."""
 
-    def __init__(self, path: Path, handler: Handler, rejected: Counter[str] | None = None) -> None:
+    __slots__ = ("busy", "caller", "evicted", "since", "task", "writer")
+
+    def __init__(self, caller: Caller, writer: asyncio.StreamWriter) -> None:
+        self.caller = caller
+        self.writer = writer
+        self.task = asyncio.current_task()
+        self.busy = False  # running a command or streaming: never evicted
+        self.since = time.monotonic()  # connected, or last answered
+        self.evicted = False
+
+
+class _Throttle:
+    """One log line per kind and interval, carrying how many happened since the last one: a
+    flood of refused connections must not fill the journal (or the SD card)."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
+
+    def warning(self, kind: str, fmt: str, *args: object) -> None:
+        self._unlogged[kind] += 1
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            return
+        log.warning("event=%s count=%d " + fmt, kind, self._unlogged.pop(kind), *args)
+        self._last[kind] = now
+
+
+class ControlServer:
+    """Serves ``handler(cmd, args, caller)`` on a Unix socket (mode 0660, group ``gated``).
+
+    At most ``limits.max_connections`` clients at a time. A client at the cap takes the place
+    of the connection that has waited longest without a command running (an idle or half-sent
+    one), which is told so in one line and closed; only when every connection is running a
+    command (or streaming events) is the newcomer refused. A real client sends its request at
+    once and is answered in milliseconds, so the newest connection is the one worth serving:
+    a technician's gatectl always gets through, and whoever holds connections open only
+    displaces their own. Idle and slow clients are timed out; every refusal is counted under
+    ``rejected`` and logged at most once per 10 s per kind.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        rejected: Counter[str] | None = None,
+        limits: ControlConfig | None = None,
+    ) -> None:
         self.path = path
         self.handler = handler
+        self.limits = limits or ControlConfig()
         # Refused requests are counted here (the gate passes its own counter: ``status`` shows it).
         self.rejected: Counter[str] = Counter() if rejected is None else rejected
         self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._throttle = _Throttle()
+
+    @property
+    def connections(self) -> int:
+        """Clients connected now."""
+        return len(self._connections)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,30 +158,109 @@ class ControlServer:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        caller = _peer(writer.get_extra_info("socket"))
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    self._reject(caller, "request line too long")
-                    await _send(writer, {"ok": False, "error": "request line too long"})
-                    return
-                if not line:
-                    return
-                reply = await self._dispatch(line, caller)
-                if isinstance(reply, dict):
-                    await _send(writer, reply)
-                    continue
-                await _send(writer, {"ok": True, "stream": True})
-                async for item in reply:
-                    await _send(writer, {"event": item})
-        except (ConnectionError, BrokenPipeError):
+        conn = _Connection(_peer(writer.get_extra_info("socket")), writer)
+        if len(self._connections) >= self.limits.max_connections and not self._evict():
+            self._refuse(conn, "control_connection_refused", self._too_many("all are busy"))
+            await self._hang_up(writer)
             return
+        self._connections.add(conn)
+        try:
+            await self._converse(reader, conn)
+        except TimeoutError:  # it stopped reading its replies for request_timeout_s
+            self._count("control_write_timeout", conn.caller)
+        except ConnectionError:
+            pass  # the peer hung up
+        except asyncio.CancelledError:
+            if not conn.evicted:
+                raise
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, BrokenPipeError):
+            self._connections.discard(conn)
+            await self._hang_up(writer)
+
+    async def _converse(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+        while True:
+            line = await self._read_request(reader, conn)
+            if line is None:
+                return
+            conn.busy = True
+            reply = await self._dispatch(line, conn.caller)
+            if isinstance(reply, dict):
+                await self._send(conn.writer, reply)
+            else:
+                await self._send(conn.writer, {"ok": True, "stream": True})
+                async for item in reply:
+                    await self._send(conn.writer, {"event": item})
+            conn.busy = False
+            conn.since = time.monotonic()
+
+    async def _read_request(self, reader: asyncio.StreamReader, conn: _Connection) -> bytes | None:
+        """The next request line, or None when the connection is to be closed (end of input, a
+        timeout, an overlong line: each answered in one line first)."""
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout_s):
+                first = await reader.read(1)
+        except TimeoutError:
+            self._refuse(conn, "control_idle_timeout", f"idle for {self.limits.idle_timeout_s:g} s")
+            return None
+        if not first:
+            return None
+        if first == b"\n":
+            return first
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                return first + await reader.readline()
+        except TimeoutError:
+            why = f"request not complete within {self.limits.request_timeout_s:g} s"
+            self._refuse(conn, "control_request_timeout", why)
+        except (ValueError, asyncio.LimitOverrunError):
+            self._reject(conn.caller, "request line too long")
+            conn.writer.write(_line({"ok": False, "error": "request line too long"}))
+        return None
+
+    def _evict(self) -> bool:
+        """Close the connection idle (or half-sent) longest to make room; False if every
+        connection is running a command."""
+        waiting = [c for c in self._connections if not c.busy]
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda c: c.since)
+        victim.evicted = True
+        self._connections.discard(victim)
+        self._refuse(
+            victim, "control_connection_evicted", self._too_many("the longest idle closed")
+        )
+        if victim.task is not None:
+            victim.task.cancel()
+        return True
+
+    def _refuse(self, conn: _Connection, kind: str, why: str) -> None:
+        """Count, log (throttled) and tell the client in one line; the caller closes."""
+        self._count(kind, conn.caller)
+        conn.writer.write(_line({"ok": False, "error": f"{why}: closed, try again"}))
+
+    def _too_many(self, what: str) -> str:
+        return f"too many control connections ({self.limits.max_connections}, {what})"
+
+    def _count(self, kind: str, caller: Caller) -> None:
+        self.rejected[kind] += 1
+        self._throttle.warning(
+            kind, "connections=%d operator=%s", len(self._connections), caller.operator
+        )
+
+    async def _send(self, writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+        writer.write(_line(obj))
+        # A client that stops reading must not hold its connection (and its buffer) for ever.
+        async with asyncio.timeout(self.limits.request_timeout_s):
+            await writer.drain()
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        """Close after flushing what is written, but never wait on a peer that does not read."""
+        writer.close()
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
                 await writer.wait_closed()
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()
 
     async def _dispatch(self, line: bytes, caller: Caller) -> Result:
         try:
@@ -152,12 +291,11 @@ class ControlServer:
 
     def _reject(self, caller: Caller, why: str) -> None:
         self.rejected["control_bad_request"] += 1
-        log.warning("event=control_rejected reason=%r operator=%s", why, caller.operator)
+        self._throttle.warning("control_rejected", "reason=%r operator=%s", why, caller.operator)
 
 
-async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
-    writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
-    await writer.drain()
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 # --- client (gatectl) -------------------------------------------------------------------------
