@@ -120,7 +120,9 @@ class Gate:
         # Head-office time is not saved: only a plausible clock's time is (DESIGN "Time").
         self.clock = TrustedClock(store.get("last_good_time"), clock)
         self.last_head_office_at = store.get("last_head_office_at")
-        self.qr = QrVerifier(config.policy.qr_window_s)
+        # Codes minted before this start are refused (policy/qr.py): a nonce spent in the last
+        # moment before a kill -9 may never have reached the disk.
+        self.qr = QrVerifier(config.policy.qr_window_s, not_before=self.clock.now())
         self.qr.restore(store.load_nonces(self.clock.now()))
         self.context = GateContext(
             site=config.site,

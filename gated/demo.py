@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import random
 import secrets
@@ -169,7 +170,10 @@ def run_gate_demo(root: Path) -> int:
     try:
         wait_ready(root / "state" / "control.sock", proc, log)
         console.print(f"[dim]gated running (pid {proc.pid}), state in {root}[/dim]\n")
-        code = mint_qr_code(bytes(app_key), "m_1001", int(time.time()), secrets.token_hex(8))
+        # The app's code of the next second: a gate refuses codes minted before it started, and
+        # it may have started within this one.
+        now = math.ceil(time.time())
+        code = mint_qr_code(bytes(app_key), "m_1001", now, secrets.token_hex(8))
         story = [
             ("active member, card", ["--card", "04:a1:b2:c3:d4:e5:f6"], True, "ok"),
             ("frozen member", ["--card", "04A1B2C3D4E5F7"], False, "frozen"),

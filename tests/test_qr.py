@@ -241,3 +241,12 @@ def test_spend_bounds_memory(verifier: QrVerifier) -> None:
     # older nonces were pruned as newer ones came in; the newest are still held
     assert len(verifier._spent) <= 4097
     assert ("m_1", f"{4999:016x}") in verifier._spent
+
+
+def test_after_a_start_codes_minted_before_it_are_expired() -> None:
+    """A nonce spent the instant before a kill -9 may never have reached the disk: a (re)started
+    gate refuses every code older than its start, even one no nonce row remembers."""
+    started = QrVerifier(WINDOW, not_before=NOW + 0.5)
+    assert started.check(code(ts=NOW), lookup, NOW + 1).fault == "qr_expired"
+    assert started.check(code(ts=NOW - 10), lookup, NOW + 1).fault == "qr_expired"
+    assert started.check(code(ts=NOW + 1), lookup, NOW + 1).fault is None

@@ -3,7 +3,10 @@
 A code is ``GQ1.<member_id>.<unix_ts>.<nonce>.<sig>``, signed by the member app's Ed25519 key whose
 public half is the member's ``qr_key``. The gate holds no secret that can mint a code. Nonces are
 single use per gate: only an accepted code uses its nonce up, and the daemon keeps used nonces on
-disk for twice the window so a restart cannot reopen a replay.
+disk for twice the window. The door opens before a nonce reaches the disk (nothing on the hot
+path waits for it), so a gate killed at that instant would forget it: after a (re)start a gate
+therefore refuses every code minted before it started (``not_before``) as ``qr_expired``. The
+member's app shows a fresh code every few seconds; the member waits for the next one.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ class QrCheck(NamedTuple):
 class QrVerifier:
     """Checks codes against cached members; remembers spent nonces until they can't matter."""
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, not_before: float = 0.0) -> None:
         self.window_s = window_s
+        # The gate's start: a code minted before it may have been spent by a gate killed
+        # before the nonce was written, so it is treated like one outside the window.
+        self.not_before = not_before
         self._spent: dict[tuple[str, str], float] = {}
 
     def check(self, code: str, lookup: Callable[[str], Member | None], now: float) -> QrCheck:
@@ -49,7 +55,7 @@ class QrVerifier:
             nacl.signing.VerifyKey(member.qr_key).verify(signed, signature)
         except (nacl.exceptions.BadSignatureError, ValueError):
             return QrCheck(member, "qr_bad_signature", None)
-        if abs(now - ts) > self.window_s:
+        if abs(now - ts) > self.window_s or ts < self.not_before:
             return QrCheck(member, "qr_expired", None)
         pair = (member_id, nonce)
         expires = self._spent.get(pair)
