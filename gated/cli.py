@@ -232,7 +232,7 @@ def members_import(
 
     try:
         refreshed = control.request(cfg.control_socket, "cache_refresh")
-    except (control.DaemonNotRunning, control.ControlError, OSError):
+    except (control.DaemonNotRunning, control.ControlAccessDenied, control.ControlError, OSError):
         refreshed = None
     result = {
         "file": str(file),
@@ -462,6 +462,8 @@ def call(cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) ->
 
     try:
         return control.request(_socket_path, cmd, args, timeout=timeout)
+    except control.ControlAccessDenied as exc:
+        fail(str(exc))
     except control.DaemonNotRunning as exc:
         fail(
             f"{exc}. Start it with: systemctl start gated (or gated run -c FILE)", EXIT_NOT_RUNNING
@@ -625,6 +627,8 @@ def events_tail(
                 sys.stdout.flush()
             else:
                 print_event(ev)
+    except control.ControlAccessDenied as exc:
+        fail(str(exc))
     except control.DaemonNotRunning as exc:
         fail(str(exc), EXIT_NOT_RUNNING)
     except KeyboardInterrupt:
@@ -716,14 +720,16 @@ def doctor(json_out: JsonOpt = False) -> None:
     # A missing file is itself a finding (config fail), not a reason to skip the file checks.
     _cfg, local = config_checks(_config_path)
     remote = None
-    error = None
+    error = fix = None
     try:
         remote = control.request(_socket_path, "doctor", timeout=15)["checks"]
+    except control.ControlAccessDenied as exc:
+        error, fix = str(exc), "sudo usermod -aG gated $USER, then log in again; or sudo gatectl"
     except control.DaemonNotRunning as exc:
         error = str(exc)
     except (control.ControlError, OSError, ValueError) as exc:
         error = f"daemon did not answer: {exc}"
-    checks = merge(local, remote, error)
+    checks = merge(local, remote, error, fix)
     level = worst(checks)
     if json_out:
         emit_json({"result": level, "checks": [c.as_dict() for c in checks]})

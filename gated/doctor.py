@@ -452,16 +452,16 @@ def sync_checks(stats: dict[str, Any]) -> list[Check]:
 
 
 def merge(
-    local: list[Check], remote: list[dict[str, Any]] | None, daemon_error: str | None
+    local: list[Check],
+    remote: list[dict[str, Any]] | None,
+    daemon_error: str | None,
+    fix: str | None = None,
 ) -> list[Check]:
-    """Combine file checks with the daemon's; the daemon's answer wins for shared names."""
+    """Combine file checks with the daemon's; the daemon's answer wins for shared names.
+    ``fix`` is what to do about ``daemon_error`` (by default: start the daemon)."""
     if daemon_error is not None:
-        return [
-            Check(
-                "daemon", "fail", daemon_error, "systemctl start gated; journalctl -u gated -n 50"
-            ),
-            *local,
-        ]
+        fix = fix or "systemctl start gated; journalctl -u gated -n 50"
+        return [Check("daemon", "fail", daemon_error, fix), *local]
     remote_checks = [
         Check(r["name"], r["level"], r["message"], r.get("fix", "")) for r in remote or []
     ]

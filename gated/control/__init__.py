@@ -3,6 +3,7 @@
 
 from gated.control.channel import (
     Caller,
+    ControlAccessDenied,
     ControlError,
     ControlServer,
     DaemonNotRunning,
@@ -13,6 +14,7 @@ from gated.control.channel import (
 
 __all__ = [
     "Caller",
+    "ControlAccessDenied",
     "ControlError",
     "ControlServer",
     "DaemonNotRunning",

@@ -43,6 +43,10 @@ class DaemonNotRunning(GatedError):
     """No daemon answers on the control socket."""
 
 
+class ControlAccessDenied(GatedError):
+    """The socket is there (the daemon most likely running) but this user may not use it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     uid: int | None
@@ -309,10 +313,10 @@ def _connect(path: Path, timeout: float) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
         raise DaemonNotRunning(f"gated is not running (no daemon at {path})") from exc
-    except PermissionError as exc:
+    except PermissionError as exc:  # EACCES or EPERM: the socket's mode and group say no
         sock.close()
-        raise DaemonNotRunning(
-            f"permission denied on {path}: run as root or join the 'gated' group"
+        raise ControlAccessDenied(
+            f"permission denied on {path}: join group gated (or use sudo)"
         ) from exc
     return sock
 
