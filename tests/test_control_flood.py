@@ -152,7 +152,14 @@ def test_a_connection_flood_under_1024_files_leaves_the_gate_working(
             # Left alone, every held connection is timed out and closed by the gate.
             wait_all_closed(attack, timeout=15)
             assert gate.request("status")["rejected"].get("control_idle_timeout", 0) > 0
-        assert rss_kb(pid) - idle_rss < 10 * 1024, "memory held by the flood returns"
+        print(
+            f"\nRSS idle {idle_rss} kB, peak +{peak_rss - idle_rss} kB, after +{rss_kb(pid) - idle_rss} kB"
+        )
+        wait_until(
+            lambda: rss_kb(pid) - idle_rss < 6 * 1024,
+            timeout=5,
+            what=f"the flood's memory returned (peak +{peak_rss - idle_rss} kB)",
+        )
         assert gate.request("status")["sync"]["connects"] == 1, "the broker link never dropped"
         log = gate.log.read_text()
         assert "Traceback" not in log
