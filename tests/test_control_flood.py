@@ -23,7 +23,7 @@ from gated.cache.store import CacheStore
 from gated.config import ControlConfig, load_gate_config
 from gated.contract import load_credential_key
 from gated.control import ControlServer
-from gated.control.channel import Caller
+from gated.control.channel import Caller, _readline
 from tests.gatefixture import GateProcess, write_config
 from tests.services import Mosquitto
 from tests.sync.helpers import member, uid_for, wait_until
@@ -279,3 +279,12 @@ def test_a_client_that_stops_reading_is_closed(tmp_path: Path, short_limits: Con
             await server.close()
 
     asyncio.run(main())
+
+
+def test_the_client_reads_its_answer_even_when_told_more_after_it() -> None:
+    """An answered connection can be closed to make room before the client hangs up: the
+    closing line may arrive in the same read as the answer."""
+    ours, daemon = socket.socketpair()
+    with ours, daemon:
+        daemon.sendall(b'{"ok":true,"result":{}}\n{"ok":false,"error":"too many"}\n')
+        assert _readline(ours) == b'{"ok":true,"result":{}}\n'

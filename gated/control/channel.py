@@ -81,15 +81,35 @@ def _peer(sock: socket.socket | None) -> Caller:
 class _Connection:
     """One client of the control socket, as far as the connection cap needs to know it."""
 
-    __slots__ = ("busy", "caller", "evicted", "since", "task", "writer")
+    __slots__ = ("busy", "caller", "evicted", "reader", "since", "task", "writer")
 
-    def __init__(self, caller: Caller, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, caller: Caller, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.caller = caller
+        self.reader = reader
         self.writer = writer
         self.task = asyncio.current_task()
         self.busy = False  # running a command or streaming: never evicted
         self.since = time.monotonic()  # connected, or last answered
         self.evicted = False
+
+    def request_waiting(self) -> bool:
+        """A whole request line has arrived but is not read yet: a client about to be served
+        (gatectl sends its request right after connecting), not one holding a place."""
+        # The stream's buffer (private, hence getattr) and the socket's, peeked without reading.
+        if b"\n" in getattr(self.reader, "_buffer", b""):
+            return True
+        transport_socket = self.writer.get_extra_info("socket")
+        if transport_socket is None:
+            return False
+        peek = socket.socket(fileno=transport_socket.fileno())
+        try:
+            return b"\n" in peek.recv(MAX_LINE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        finally:
+            peek.detach()  # the descriptor stays the transport's
 
 
 class _Throttle:
@@ -164,7 +184,7 @@ class ControlServer:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(_peer(writer.get_extra_info("socket")), writer)
+        conn = _Connection(_peer(writer.get_extra_info("socket")), reader, writer)
         if len(self._connections) >= self.limits.max_connections and not self._evict():
             self._refuse(conn, "control_connection_refused", self._too_many("all are busy"))
             await self._hang_up(writer)
@@ -217,7 +237,9 @@ class ControlServer:
             return first
         try:
             async with asyncio.timeout(self.limits.request_timeout_s):
-                return first + await reader.readline()
+                line = first + await reader.readline()
+            # Without its newline the client hung up mid-request: nobody to answer.
+            return line if line.endswith(b"\n") else None
         except TimeoutError:
             why = f"request not complete within {self.limits.request_timeout_s:g} s"
             self._refuse(conn, "control_request_timeout", why)
@@ -228,11 +250,12 @@ class ControlServer:
 
     def _evict(self) -> bool:
         """Close the connection idle (or half-sent) longest to make room; False if every
-        connection is running a command."""
-        waiting = [c for c in self._connections if not c.busy]
-        if not waiting:
+        connection is running a command or has one waiting to run."""
+        for victim in sorted((c for c in self._connections if not c.busy), key=lambda c: c.since):
+            if not victim.request_waiting():
+                break
+        else:
             return False
-        victim = min(waiting, key=lambda c: c.since)
         victim.evicted = True
         self._connections.discard(victim)
         self._refuse(
@@ -379,10 +402,12 @@ def stream(path: Path, cmd: str, args: dict[str, Any] | None = None) -> Iterator
 
 
 def _readline(sock: socket.socket) -> bytes:
+    """The first line the daemon sends (a connection left open after its answer may be told
+    more, e.g. that it was closed to make room)."""
     chunks = bytearray()
-    while not chunks.endswith(b"\n"):
+    while b"\n" not in chunks:
         data = sock.recv(65536)
         if not data:
             raise DaemonNotRunning("the daemon closed the connection")
         chunks += data
-    return bytes(chunks)
+    return bytes(chunks[: chunks.index(b"\n") + 1])
