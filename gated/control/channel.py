@@ -32,6 +32,7 @@ from gated.errors import GatedError
 
 log = logging.getLogger("gated.control")
 MAX_LINE = 64 * 1024
+TOO_MANY = "too many control connections"
 # Repeated refusals (a connection flood) are logged once per interval, with their count.
 LOG_INTERVAL_S = 10.0
 
@@ -272,7 +273,7 @@ class ControlServer:
         conn.writer.write(_line({"ok": False, "error": f"{why}: closed, try again"}))
 
     def _too_many(self, what: str) -> str:
-        return f"too many control connections ({self.limits.max_connections}, {what})"
+        return f"{TOO_MANY} ({self.limits.max_connections}, {what})"
 
     def _count(self, kind: str, caller: Caller) -> None:
         self.rejected[kind] += 1
@@ -374,10 +375,28 @@ def _connect(path: Path, timeout: float) -> socket.socket:
 def request(
     path: Path, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0
 ) -> dict[str, Any]:
-    """One request, one reply (``result`` on success); ControlError carries the daemon's refusal."""
-    with _connect(path, timeout) as sock:
-        sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        reply = json.loads(_readline(sock))
+    """One request, one reply (``result`` on success); ControlError carries the daemon's refusal.
+
+    A connection the daemon closed to make room before the request reached it (a flood of
+    clients) is tried again until ``timeout``: such a request never ran, so this is safe for
+    every command."""
+    line = json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _connect(path, timeout) as sock:
+                sock.sendall(line)
+                reply = json.loads(_readline(sock))
+        except (BrokenPipeError, ConnectionResetError):
+            if time.monotonic() > deadline:
+                raise DaemonNotRunning("the daemon closed the connection") from None
+            time.sleep(0.01)
+            continue
+        if reply.get("ok") or not str(reply.get("error")).startswith(TOO_MANY):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "request failed"))
     return dict(reply["result"])
