@@ -7,21 +7,13 @@ import errno
 import os
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from gated import control
 from tests.gatefixture import GateProcess, gatectl_cmd, write_config
-
-# Root reads and writes any file through CAP_DAC_OVERRIDE; without it (and DAC_READ_SEARCH) the
-# same process obeys the socket's owner, group and mode like any technician's shell.
-WITHOUT_FILE_OVERRIDE = (
-    "setpriv",
-    "--inh-caps=-dac_override,-dac_read_search",
-    "--bounding-set=-dac_override,-dac_read_search",
-)
+from tests.test_doctor import as_technician
 
 
 @pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM])
@@ -42,17 +34,15 @@ def test_a_refused_connect_is_access_denied_not_a_stopped_daemon(
     os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
 )
 def test_gatectl_outside_the_sockets_group_is_told_to_join_it(tmp_path: Path) -> None:
-    if subprocess.run([*WITHOUT_FILE_OVERRIDE, "true"]).returncode != 0:
+    # Root without CAP_DAC_OVERRIDE obeys the socket's owner, group and mode like a technician.
+    if as_technician("true").returncode != 0:
         pytest.skip("setpriv cannot drop capabilities here (no CAP_SETPCAP)")
     config = write_config(tmp_path)
     gate = GateProcess(config, tmp_path)
     gate.start()
     try:
         os.chown(gate.socket, 65534, 65534)  # someone else's socket, mode 0660: not ours to use
-        out = subprocess.run(
-            [*WITHOUT_FILE_OVERRIDE, *gatectl_cmd("-c", str(config), "status")],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        out = as_technician(*gatectl_cmd("-c", str(config), "status"))
         assert gate.request("status")["site"] == "downtown", "the daemon runs all along"
     finally:
         gate.stop()
