@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from gated.billing_sync.member_access import MemberSession
 from gated.contract import format_time
-from gated.web.app import Visitor, Web
+from gated.web.foundation import Visitor, Web
 from gated.web.words import status_words
 
 

@@ -23,7 +23,7 @@ from gated.billing_sync.front_desk import ALL_SITES
 from gated.web import charts
 
 if TYPE_CHECKING:
-    from gated.web.desk import Desk, StaffVisitor
+    from gated.web.desk_core import Desk, StaffVisitor
 
 # The dashboard's reports, in the order the page shows them.
 DASHBOARD = ("revenue", "mrr", "members", "recovery", "statuses", "heatmap", "sites")

@@ -22,7 +22,7 @@ from gated.billing_sync.front_desk import in_scope
 from gated.web.desk_members import MEMBER_ID
 
 if TYPE_CHECKING:
-    from gated.web.desk import Desk, StaffVisitor
+    from gated.web.desk_core import Desk, StaffVisitor
 
 log = logging.getLogger("gated.web.gates")
 

@@ -19,7 +19,7 @@ from gated.billing_sync.errors import BillingError, NotFound
 from gated.contract import ContractError
 
 if TYPE_CHECKING:
-    from gated.web.desk import Desk, StaffVisitor
+    from gated.web.desk_core import Desk, StaffVisitor
 
 MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AMOUNT = re.compile(r"([0-9]{1,7})(?:[.,]([0-9]{1,2}))?")

@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.service import Applicant
-from gated.web.app import Visitor, Web
+from gated.web.foundation import Visitor, Web
 from gated.web.member import posted_form, signed_in_page
 from gated.web.ratelimit import RateLimit
 from gated.web.security import STRIPE_PAGE

@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gated.web.app import STATIC, Visitor, Web
+from gated.web.foundation import STATIC, Visitor, Web
 from gated.web.words import status_words
 
 # Loose on purpose: the address only has to be one we could have stored; the mail proves it.

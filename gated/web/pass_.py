@@ -27,7 +27,7 @@ from gated.billing_sync.errors import NotFound
 from gated.billing_sync.member_access import MemberSession
 from gated.billing_sync.pass_keys import KEY_INTERVAL_S, KeyRefused
 from gated.contract import PayloadError, loads_bounded
-from gated.web.app import STATIC, Visitor, Web
+from gated.web.foundation import STATIC, Visitor, Web
 from gated.web.words import status_words
 
 log = logging.getLogger("gated.web.pass")

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayError
-from gated.web.app import Visitor, Web
+from gated.web.foundation import Visitor, Web
 from gated.web.join import SETUP_ID, TEST_METHODS, stripe_page, test_method
 from gated.web.member import TOKEN, posted_form, signed_in_page
 from gated.web.words import day, status_words

@@ -20,6 +20,8 @@ from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
 from gated.web import desk
 from gated.web.app import web_routes
+from gated.web.desk_core import Desk
+from gated.web.security import csrf_token
 from gated.web.slowdown import ACCOUNT_CAP_S, Slowdown
 from tests.billing.helpers import Clock, make_billing
 from tests.sync.helpers import wait_until
@@ -235,7 +237,7 @@ def test_every_rule_with_every_role_and_without_a_staff_session(
             with TestClient(app) as c:
                 token = _session(b, role)
                 c.cookies.set("gated-staff", token)
-                csrf = desk.csrf_token(desk.Desk(app_web(app)).csrf_key, token)
+                csrf = csrf_token(Desk(app_web(app)).csrf_key, token)
                 if rule.method == "POST":
                     # Never without this browser's CSRF token, whatever the role.
                     assert _call(c, rule).status_code == 403, (rule, role)
@@ -365,7 +367,7 @@ def test_front_desk_cannot_see_revenue_or_lock_down(
     with TestClient(app) as c:
         token = _session(b, "front_desk")
         c.cookies.set("gated-staff", token)
-        csrf = desk.csrf_token(desk.Desk(app_web(app)).csrf_key, token)
+        csrf = csrf_token(Desk(app_web(app)).csrf_key, token)
         for path in ("/desk/dashboard", "/desk/dashboard/revenue.csv", "/api/v1/staff/dashboard"):
             assert c.get(path, follow_redirects=False).status_code == 403, path
         for path in ("/desk/gates/lockdown", "/api/v1/staff/gates/lockdown"):

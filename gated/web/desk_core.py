@@ -1,0 +1,110 @@
+"""What every console route module shares: the staff visitor (its own cookie and CSRF key, apart
+from a member's), the ``Desk`` handlers render pages with, and how times read on its pages.
+``gated.web.desk`` composes the console's routes on it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
+from gated.web.foundation import Web
+from gated.web.security import csrf_ok, csrf_token
+from gated.web.slowdown import (
+    ACCOUNT_CAP_S,
+    ACCOUNT_FREE,
+    CLIENT_CAP_S,
+    CLIENT_FREE,
+    Slowdown,
+)
+
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+
+
+def when(ts: int | None) -> str:
+    """Unix seconds as ``2026-12-01 18:04`` (UTC), "-" when unset."""
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@dataclass
+class StaffVisitor:
+    """The browser behind a console request: its staff cookie (made now if it had none), the
+    staff session it opens (if any) and the CSRF token bound to it."""
+
+    cookie: str
+    new_cookie: bool
+    session: StaffSession | None
+    csrf: str
+
+
+@dataclass
+class Desk:
+    """What every console handler shares."""
+
+    web: Web
+    access: StaffAccess = field(init=False)
+    cookie: str = field(init=False)
+    csrf_key: bytes = field(init=False)
+    per_account: Slowdown = field(default_factory=lambda: Slowdown(ACCOUNT_FREE, ACCOUNT_CAP_S))
+    per_client: Slowdown = field(default_factory=lambda: Slowdown(CLIENT_FREE, CLIENT_CAP_S))
+
+    def __post_init__(self) -> None:
+        self.access = self.web.billing.staff_access()
+        self.cookie = "__Host-gated-staff" if self.web.https else "gated-staff"
+        # Its own key: a member cookie's token never passes as a staff one's.
+        self.csrf_key = hmac.new(
+            self.web.billing.keys.card_key, b"desk-csrf", hashlib.sha256
+        ).digest()
+        self.web.templates.filters["when"] = when
+
+    async def visitor(self, request: Request) -> StaffVisitor:
+        raw = request.cookies.get(self.cookie, "")
+        if not _COOKIE_VALUE.fullmatch(raw):
+            raw = secrets.token_urlsafe(32)
+            return StaffVisitor(raw, True, None, csrf_token(self.csrf_key, raw))
+        session = await asyncio.to_thread(self.access.session, raw)
+        return StaffVisitor(raw, False, session, csrf_token(self.csrf_key, raw))
+
+    def csrf_valid(self, request: Request, visitor: StaffVisitor, form: dict[str, str]) -> bool:
+        if visitor.new_cookie:
+            return False
+        token = form.get("csrf") or request.headers.get("x-csrf-token")
+        return csrf_ok(self.csrf_key, visitor.cookie, token)
+
+    def set_cookie(self, response: Response, value: str) -> None:
+        response.set_cookie(
+            self.cookie,
+            value,
+            max_age=SESSION_S,
+            path="/",
+            secure=self.web.https,
+            httponly=True,
+            samesite="lax",
+        )
+
+    def page(
+        self, visitor: StaffVisitor, template: str, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        """Render a console page; a new visitor's cookie goes out with it."""
+        staff = (
+            visitor.session.staff if visitor.session and not visitor.session.setup_only else None
+        )
+        html = self.web.templates.get_template(template).render(
+            csrf=visitor.csrf, staff=staff, **context
+        )
+        response = HTMLResponse(html, status_code=status)
+        if visitor.new_cookie:
+            self.set_cookie(response, visitor.cookie)
+        return response
+
+    def message(self, visitor: StaffVisitor, status: int, title: str, text: str) -> HTMLResponse:
+        return self.page(visitor, "desk_message.html", status, title=title, text=text)
