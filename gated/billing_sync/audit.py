@@ -12,19 +12,19 @@ from __future__ import annotations
 import json
 import os
 import pwd
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from gated.billing_sync import members
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import NotFound
 
-# The account fields an action may change, as ``members.member`` reports them.
+# The account fields an action may change, as ``members.member`` reports them (the facade hands
+# that reader in: the log knows no module that writes what it records, so none imports it back).
 FIELDS = (
     "status",
     "plan",
@@ -69,12 +69,16 @@ class Entry:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def snapshot(ctx: Context, member_id: str | None) -> dict[str, Any]:
-    """A member's account fields now ({} for none, or an unknown member)."""
+MemberReader = Callable[[Context, str], dict[str, Any]]
+
+
+def snapshot(ctx: Context, member_id: str | None, read: MemberReader) -> dict[str, Any]:
+    """A member's account fields now, as ``read`` reports them ({} for none, or an unknown
+    member)."""
     if member_id is None:
         return {}
     try:
-        m = members.member(ctx, member_id)
+        m = read(ctx, member_id)
     except NotFound:
         return {}
     with ctx.reader.connect() as conn:
@@ -124,13 +128,16 @@ def record(
 
 
 @contextmanager
-def audited(ctx: Context, actor: Actor, action: str, member_id: str | None) -> Iterator[Entry]:
-    """Run an action and record it with the member's fields before and after. An action that
-    raises is not recorded (it did not happen)."""
-    before = snapshot(ctx, member_id)
+def audited(
+    ctx: Context, actor: Actor, action: str, member_id: str | None, read: MemberReader
+) -> Iterator[Entry]:
+    """Run an action and record it with the member's fields (as ``read`` reports them) before
+    and after. An action that raises is not recorded (it did not happen)."""
+    before = snapshot(ctx, member_id, read)
     entry = Entry()
     yield entry
-    record(ctx, actor, action, member_id, changes(before, snapshot(ctx, member_id)), entry.detail)
+    after = snapshot(ctx, member_id, read)
+    record(ctx, actor, action, member_id, changes(before, after), entry.detail)
 
 
 def entries(

@@ -13,17 +13,18 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
 from gated.billing_sync import engine as eng
+from gated.billing_sync import members
 from gated.billing_sync import schema as s
+from gated.billing_sync.context import Context
+from gated.billing_sync.invoices import pay_link
 from gated.billing_sync.notices import render
+from gated.billing_sync.pass_keys import PassKeys
 from gated.contract import format_time
-
-if TYPE_CHECKING:
-    from gated.billing_sync.service import Billing
 
 log = logging.getLogger("gated.billing.member_access")
 
@@ -56,11 +57,11 @@ class MemberSession:
 class MemberAccess:
     """Sign-in, sessions and the member's own data, over the billing facade's store."""
 
-    def __init__(self, billing: Billing) -> None:
-        self.billing = billing
-        self.engine = billing.engine
-        self.reader = billing.reader
-        self.clock = billing.clock
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.engine = ctx.engine
+        self.reader = ctx.reader
+        self.clock = ctx.clock
 
     # --- sign-in -------------------------------------------------------------------------------
 
@@ -179,7 +180,7 @@ class MemberAccess:
         """A new session for a member who just signed in; returns its token (for the cookie)."""
         now = self.clock()
         token = secrets.token_urlsafe(32)
-        lifetime = self.billing.config.app.session_days * 86_400
+        lifetime = self.ctx.config.app.session_days * 86_400
         with self.engine.begin() as conn:
             conn.execute(
                 insert(s.web_sessions).values(
@@ -234,14 +235,14 @@ class MemberAccess:
                 .values(revoked_at=self.clock())
             ).rowcount
         log.info("event=sessions_ended member=%s count=%d", member_id, ended)
-        self.billing.pass_keys().revoke(member_id)
+        PassKeys(self.ctx).revoke(member_id)
         return int(ended)
 
     # --- the member's own data -----------------------------------------------------------------
 
     def membership(self, member_id: str) -> dict[str, Any]:
         """The member's status, plan, money owed and next charge, for the member app."""
-        info = self.billing.member(member_id)
+        info = members.member(self.ctx, member_id)
         sub, plan_t, inv = s.subscriptions, s.plans, s.invoices
         with self.reader.connect() as conn:
             row = conn.execute(
@@ -292,7 +293,7 @@ class MemberAccess:
             "status": status,
             "published_status": (info["published"] or {}).get("status"),
             "plan": plan,
-            "currency": plan["currency"] if plan else self.billing.config.currency,
+            "currency": plan["currency"] if plan else self.ctx.config.currency,
             "paid_through": info["paid_through"],
             "valid_until": (info["published"] or {}).get("valid_until"),
             "owed": info["owed"],
@@ -308,7 +309,7 @@ class MemberAccess:
                     "owed": int(r.total - r.amount_paid),
                     "currency": r.currency,
                     "due_at": format_time(int(r.due_at)),
-                    "pay_url": self.billing.pay_link(int(r.id)),
+                    "pay_url": pay_link(self.ctx, int(r.id)),
                 }
                 for r in open_rows
                 if r.total > r.amount_paid

@@ -324,13 +324,13 @@ class Billing:
 
     def member_access(self) -> MemberAccess:
         """Sign-in, sessions and a member's own data for the member app (gated.web)."""
-        return MemberAccess(self)
+        return MemberAccess(self.ctx)
 
     # --- the staff console ------------------------------------------------------------------
 
     def staff_access(self) -> StaffAccess:
         """Staff accounts, their second factor and sessions (``gated-billing staff``, gated.web)."""
-        return StaffAccess(self)
+        return StaffAccess(self.ctx)
 
     # --- the audit log ----------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ class Billing:
     ) -> AbstractContextManager[Entry]:
         """Run an action inside this and it is recorded with the member's fields before and
         after (nothing is recorded if it raises); set ids worth keeping on ``entry.detail``."""
-        return audit.audited(self.ctx, actor, action, member_id)
+        return audit.audited(self.ctx, actor, action, member_id, members.member)
 
     def audit_entries(
         self, *, member_id: str | None = None, limit: int = 100, before_id: int | None = None

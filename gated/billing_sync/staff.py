@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -25,12 +25,10 @@ from sqlalchemy import Row, insert, select, update
 
 from gated.billing_sync import schema as s
 from gated.billing_sync import totp
+from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.permissions import ROLES, TOTP_REQUIRED, allowed
 from gated.contract import MEMBER_ID_RE
-
-if TYPE_CHECKING:
-    from gated.billing_sync.service import Billing
 
 log = logging.getLogger("gated.billing.staff")
 
@@ -116,11 +114,11 @@ def check_new_password(password: str) -> None:
 class StaffAccess:
     """Staff accounts, their second factor and their sessions, over the billing store."""
 
-    def __init__(self, billing: Billing) -> None:
-        self.billing = billing
-        self.engine = billing.engine
-        self.reader = billing.reader
-        self.clock = billing.clock
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.engine = ctx.engine
+        self.reader = ctx.reader
+        self.clock = ctx.clock
 
     # --- accounts (the CLI, and owners in the console) ------------------------------------------
 
@@ -156,7 +154,7 @@ class StaffAccess:
         return password
 
     def _sites(self, sites: Sequence[str]) -> list[str]:
-        known = self.billing.config.sites
+        known = self.ctx.config.sites
         chosen = sorted(set(sites)) or [ALL_SITES]
         if ALL_SITES in chosen:
             return [ALL_SITES]
@@ -275,7 +273,7 @@ class StaffAccess:
 
     def _seed(self, encrypted: bytes) -> bytes:
         try:
-            return self.billing.keys.cipher.decrypt(encrypted)
+            return self.ctx.keys.cipher.decrypt(encrypted)
         except InvalidToken as exc:
             raise BillingError("a TOTP seed does not decrypt with the card encryption key") from exc
 
@@ -310,7 +308,7 @@ class StaffAccess:
             conn.execute(
                 update(t)
                 .where(t.c.id == staff_id)
-                .values(totp_secret=self.billing.keys.cipher.encrypt(seed))
+                .values(totp_secret=self.ctx.keys.cipher.encrypt(seed))
             )
         return seed
 
