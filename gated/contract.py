@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 
 import nacl.exceptions
 import nacl.signing
@@ -510,6 +510,35 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     if len(parts) == 7 and parts[4] == "gates" and parts[6] in ("events", "status", "cmd"):
         return site, parts[6], parts[5]
     raise ContractError(f"not a gated/v1 topic: {topic!r}")
+
+
+# --- reason words -----------------------------------------------------------------------------
+
+# The words a person reads for each reason code a gate event carries (``GateEvent.reason``): the
+# gate's display says them and the front desk's feed repeats them, so both sides read them here.
+# Also the door's own events (``fire``).
+REASON_WORDS: Final = {
+    "ok": "Welcome",
+    "lockdown": "Gate locked down",
+    "unknown_credential": "Card not recognised: please see the front desk",
+    "qr_malformed": "Code not readable: refresh it in the app",
+    "qr_bad_signature": "Code not valid: refresh it in the app",
+    "qr_expired": "Code expired: refresh it in the app",
+    "qr_replayed": "Code already used: refresh it in the app",
+    "pending": "Membership not started yet: please see the front desk",
+    "suspended": "Membership suspended: payment overdue",
+    "payer_suspended": "Membership on hold: the account holder's payment is overdue",
+    "frozen": "Membership frozen",
+    "cancelled": "Membership cancelled",
+    "collections": "Account in collections: please see the front desk",
+    "expired": "Membership expired",
+    "not_yet_valid": "Membership not valid yet",
+    "zone_denied": "Your plan does not include this area",
+    "outside_schedule": "Outside your plan's hours",
+    "anti_passback": "Already checked in",
+    "daily_limit": "Daily visit limit reached",
+    "fire": "Fire alarm: door open",
+}
 
 
 # --- payload models ---------------------------------------------------------------------------

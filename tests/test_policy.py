@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gated.contract import STATUSES
+from gated.contract import REASON_WORDS, STATUSES
 from gated.policy.credential import Credential
 from gated.policy.decide import (
     GateContext,
@@ -27,7 +27,6 @@ from gated.policy.reasons import (
     ALLOWED_STATUSES,
     CREDENTIAL_FAULTS,
     DENY_REASONS,
-    MESSAGES,
     STATUS_REASONS,
 )
 
@@ -77,7 +76,7 @@ def reason(
     # The allow flag and the reason always agree, and the message is the reason's.
     assert decision.allow == (decision.reason == "ok")
     if decision.reason != "ok":
-        assert decision.message == MESSAGES[decision.reason]
+        assert decision.message == REASON_WORDS[decision.reason]
     return decision.reason
 
 
@@ -344,8 +343,8 @@ def test_status_reasons_cover_every_disallowed_status() -> None:
 
 def test_fire_has_its_own_message() -> None:
     decision = decide(None, card(), replace(GATE, fire=True), NOW, None)
-    assert decision == (True, "ok", MESSAGES["fire"])
-    assert decide(member(), card(), GATE, NOW, None) == (True, "ok", MESSAGES["ok"])
+    assert decision == (True, "ok", REASON_WORDS["fire"])
+    assert decide(member(), card(), GATE, NOW, None) == (True, "ok", REASON_WORDS["ok"])
 
 
 def test_decide_does_not_touch_counters() -> None:
@@ -491,7 +490,7 @@ def test_properties(
     if gate.fire:
         assert decision.allow
     elif gate.lockdown:
-        assert decision == (False, "lockdown", MESSAGES["lockdown"])
+        assert decision == (False, "lockdown", REASON_WORDS["lockdown"])
     elif m is None or m.status == "erased" or fault is not None:
         assert not decision.allow
     elif direction == "in" and m.status not in ALLOWED_STATUSES:

@@ -15,12 +15,11 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.notices import format_amount
-from gated.contract import ContractError, normalize_uid
-from gated.policy.reasons import MESSAGES
+from gated.contract import REASON_WORDS, ContractError, normalize_uid
 
 ALL_SITES = "*"
 # The gate's own words for its decisions, and the desk's for what else a gate reports.
-WORDS = {**MESSAGES, "door_pulse": "Opened once", "on": "Locked down", "off": "Lockdown lifted"}
+WORDS = {**REASON_WORDS, "door_pulse": "Opened once", "on": "Locked down", "off": "Lockdown lifted"}
 SEARCH_LIMIT = 25
 
 

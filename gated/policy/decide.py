@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import NamedTuple
 
+from gated.contract import REASON_WORDS
 from gated.policy.credential import Credential
-from gated.policy.reasons import ALLOWED_STATUSES, MESSAGES, STATUS_REASONS
+from gated.policy.reasons import ALLOWED_STATUSES, STATUS_REASONS
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -134,9 +135,9 @@ class Decision(NamedTuple):
     message: str
 
 
-_OK = Decision(True, "ok", MESSAGES["ok"])
-_FIRE = Decision(True, "ok", MESSAGES["fire"])
-_DENY = {reason: Decision(False, reason, text) for reason, text in MESSAGES.items()}
+_OK = Decision(True, "ok", REASON_WORDS["ok"])
+_FIRE = Decision(True, "ok", REASON_WORDS["fire"])
+_DENY = {reason: Decision(False, reason, text) for reason, text in REASON_WORDS.items()}
 
 
 def local_day(now: float, tz: tzinfo) -> int:

@@ -36,26 +36,3 @@ CREDENTIAL_FAULTS: Final = frozenset(
 STATUS_REASONS: Final = frozenset(
     {"pending", "suspended", "payer_suspended", "frozen", "cancelled", "collections", "expired"}
 )
-
-MESSAGES: Final = {
-    "ok": "Welcome",
-    "lockdown": "Gate locked down",
-    "unknown_credential": "Card not recognised: please see the front desk",
-    "qr_malformed": "Code not readable: refresh it in the app",
-    "qr_bad_signature": "Code not valid: refresh it in the app",
-    "qr_expired": "Code expired: refresh it in the app",
-    "qr_replayed": "Code already used: refresh it in the app",
-    "pending": "Membership not started yet: please see the front desk",
-    "suspended": "Membership suspended: payment overdue",
-    "payer_suspended": "Membership on hold: the account holder's payment is overdue",
-    "frozen": "Membership frozen",
-    "cancelled": "Membership cancelled",
-    "collections": "Account in collections: please see the front desk",
-    "expired": "Membership expired",
-    "not_yet_valid": "Membership not valid yet",
-    "zone_denied": "Your plan does not include this area",
-    "outside_schedule": "Outside your plan's hours",
-    "anti_passback": "Already checked in",
-    "daily_limit": "Daily visit limit reached",
-    "fire": "Fire alarm: door open",
-}
