@@ -121,23 +121,35 @@ def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Await
             return desk.message(visitor, 403, "Not allowed", "Your role may not do this.")
         form: dict[str, str] = {}
         if rule.method == "POST":
-            try:
-                form = await read_form(request)
-            except BodyTooLarge:
-                return desk.message(visitor, 413, "Too much data", "That form was too large.")
-            if not desk.csrf_valid(request, visitor, form):
-                log.warning("event=csrf_refused path=%s", request.url.path)
-                if api:
-                    return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
-                return desk.message(
-                    visitor,
-                    403,
-                    "Please try again",
-                    "This form had expired. Open the page again and resend it.",
-                )
+            posted = await _posted(desk, request, visitor, api)
+            if isinstance(posted, Response):
+                return posted
+            form = posted
         return await handler(request, visitor, form)
 
     return endpoint
+
+
+async def _posted(
+    desk: Desk, request: Request, visitor: StaffVisitor, api: bool = False
+) -> dict[str, str] | Response:
+    """A POST's form, or the response refusing it: 413 for a body over the form limit, 403
+    without this browser's CSRF token (the staff API's in JSON)."""
+    try:
+        form = await read_form(request)
+    except BodyTooLarge:
+        return desk.message(visitor, 413, "Too much data", "That form was too large.")
+    if not desk.csrf_valid(request, visitor, form):
+        log.warning("event=csrf_refused path=%s", request.url.path)
+        if api:
+            return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
+        return desk.message(
+            visitor,
+            403,
+            "Please try again",
+            "This form had expired. Open the page again and resend it.",
+        )
+    return form
 
 
 def roots(web: Web) -> list[tuple[str, list[BaseRoute]]]:
@@ -173,14 +185,10 @@ def _handlers(desk: Desk) -> dict[str, Any]:
 
     async def signin(request: Request) -> Response:
         visitor = await desk.visitor(request)
-        try:
-            form = await read_form(request)
-        except BodyTooLarge:
-            return desk.message(visitor, 413, "Too much data", "That form was too large.")
-        if not desk.csrf_valid(request, visitor, form):
-            return desk.message(
-                visitor, 403, "Please try again", "This form had expired. Open the page again."
-            )
+        posted = await _posted(desk, request, visitor)
+        if isinstance(posted, Response):
+            return posted
+        form = posted
         staff_id = form.get("staff_id", "").strip()
         password = form.get("password", "")
         code = form.get("code", "")
@@ -267,14 +275,10 @@ def _handlers(desk: Desk) -> dict[str, Any]:
             return RedirectResponse("/desk/signin", status_code=303)
         if not session.setup_only:
             return RedirectResponse("/desk/", status_code=303)
-        try:
-            form = await read_form(request)
-        except BodyTooLarge:
-            return desk.message(visitor, 413, "Too much data", "That form was too large.")
-        if not desk.csrf_valid(request, visitor, form):
-            return desk.message(
-                visitor, 403, "Please try again", "This form had expired. Open the page again."
-            )
+        posted = await _posted(desk, request, visitor)
+        if isinstance(posted, Response):
+            return posted
+        form = posted
         staff = session.staff
         if staff.must_change_password:
             new = form.get("password", "")

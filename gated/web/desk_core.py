@@ -4,11 +4,8 @@ from a member's), the ``Desk`` handlers render pages with, and how times read on
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import re
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
-from gated.web.foundation import Web
-from gated.web.security import csrf_ok, csrf_token
+from gated.web.foundation import Web, csrf_sent, read_cookie, set_session_cookie
 from gated.web.slowdown import (
     ACCOUNT_CAP_S,
     ACCOUNT_FREE,
@@ -26,8 +22,6 @@ from gated.web.slowdown import (
     CLIENT_FREE,
     Slowdown,
 )
-
-_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
 
 
 def when(ts: int | None) -> str:
@@ -67,29 +61,15 @@ class Desk:
         self.web.templates.filters["when"] = when
 
     async def visitor(self, request: Request) -> StaffVisitor:
-        raw = request.cookies.get(self.cookie, "")
-        if not _COOKIE_VALUE.fullmatch(raw):
-            raw = secrets.token_urlsafe(32)
-            return StaffVisitor(raw, True, None, csrf_token(self.csrf_key, raw))
-        session = await asyncio.to_thread(self.access.session, raw)
-        return StaffVisitor(raw, False, session, csrf_token(self.csrf_key, raw))
+        return StaffVisitor(
+            *await read_cookie(request, self.cookie, self.csrf_key, self.access.session)
+        )
 
     def csrf_valid(self, request: Request, visitor: StaffVisitor, form: dict[str, str]) -> bool:
-        if visitor.new_cookie:
-            return False
-        token = form.get("csrf") or request.headers.get("x-csrf-token")
-        return csrf_ok(self.csrf_key, visitor.cookie, token)
+        return csrf_sent(request, form, self.csrf_key, visitor.cookie, visitor.new_cookie)
 
     def set_cookie(self, response: Response, value: str) -> None:
-        response.set_cookie(
-            self.cookie,
-            value,
-            max_age=SESSION_S,
-            path="/",
-            secure=self.web.https,
-            httponly=True,
-            samesite="lax",
-        )
+        set_session_cookie(response, self.cookie, value, SESSION_S, self.web.https)
 
     def page(
         self, visitor: StaffVisitor, template: str, status: int = 200, **context: Any

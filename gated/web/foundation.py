@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from jinja2 import Environment, PackageLoader
@@ -37,6 +37,42 @@ log = logging.getLogger("gated.web")
 
 STATIC = Path(__file__).with_name("static")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{32,64}")
+
+
+S = TypeVar("S")
+
+
+async def read_cookie(
+    request: Request, name: str, csrf_key: bytes, session: Callable[[str], S | None]
+) -> tuple[str, bool, S | None, str]:
+    """The session cookie ``name`` of a request: (its value, whether it is new, the session it
+    opens, the CSRF token bound to it). A browser without a well-formed one gets a new value
+    (an anonymous visitor until it signs in); ``session`` looks a value up in the store."""
+    raw = request.cookies.get(name, "")
+    if not _COOKIE_VALUE.fullmatch(raw):
+        raw = secrets.token_urlsafe(32)
+        return raw, True, None, csrf_token(csrf_key, raw)
+    return raw, False, await asyncio.to_thread(session, raw), csrf_token(csrf_key, raw)
+
+
+def csrf_sent(
+    request: Request, form: dict[str, str], csrf_key: bytes, cookie: str, new_cookie: bool
+) -> bool:
+    """A state-changing request's token: the form's ``csrf`` field or the X-CSRF-Token header
+    (JSON), checked against the cookie the request came with (a new cookie has none yet)."""
+    if new_cookie:
+        return False
+    token = form.get("csrf") or request.headers.get("x-csrf-token")
+    return csrf_ok(csrf_key, cookie, token)
+
+
+def set_session_cookie(
+    response: Response, name: str, value: str, max_age: int, secure: bool
+) -> None:
+    """Send a session cookie: host-wide, script-proof, not sent on cross-site posts."""
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="lax"
+    )
 
 
 class BodyTooLarge(Exception):
@@ -112,12 +148,7 @@ class Web:
 
     async def visitor(self, request: Request) -> Visitor:
         """Who is asking; a browser without a (well-formed) cookie gets a new anonymous one."""
-        raw = request.cookies.get(self.cookie, "")
-        if not _COOKIE_VALUE.fullmatch(raw):
-            raw = secrets.token_urlsafe(32)
-            return Visitor(raw, True, None, csrf_token(self.csrf_key, raw))
-        session = await asyncio.to_thread(self.access.session, raw)
-        return Visitor(raw, False, session, csrf_token(self.csrf_key, raw))
+        return Visitor(*await read_cookie(request, self.cookie, self.csrf_key, self.access.session))
 
     async def submission(self, request: Request) -> tuple[Visitor, dict[str, str], int]:
         """A state-changing request: the visitor, its form, and 0, or the status it is refused
@@ -135,20 +166,11 @@ class Web:
     def csrf_valid(self, request: Request, visitor: Visitor, form: dict[str, str]) -> bool:
         """A state-changing request's token: the form's ``csrf`` field or the X-CSRF-Token
         header (JSON), checked against the cookie the request came with."""
-        if visitor.new_cookie:
-            return False
-        token = form.get("csrf") or request.headers.get("x-csrf-token")
-        return csrf_ok(self.csrf_key, visitor.cookie, token)
+        return csrf_sent(request, form, self.csrf_key, visitor.cookie, visitor.new_cookie)
 
     def set_cookie(self, response: Response, value: str) -> None:
-        response.set_cookie(
-            self.cookie,
-            value,
-            max_age=self.billing.config.app.session_days * 86_400,
-            path="/",
-            secure=self.https,
-            httponly=True,
-            samesite="lax",
+        set_session_cookie(
+            response, self.cookie, value, self.billing.config.app.session_days * 86_400, self.https
         )
 
     def page(

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from gated.billing_sync.service import PlanSpec
+from gated.billing_sync.server import create_app
+from gated.billing_sync.service import Billing, PlanSpec
 from gated.config import load_billing_config
+from gated.web.app import web_routes
 from tests.billing.test_crash import billing_for
 from tests.gatefixture import GateProcess, write_config
 from tests.services import free_port, run_mosquitto
@@ -89,6 +92,20 @@ def _require(what: str, missing: bool) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)  # CI bootstraps it: a skip there would hide a broken step
     pytest.skip(message)
+
+
+# The in-process tests' app (a module's ``billing`` fixture gives the service it serves; a module
+# may define its own ``app``) and a TestClient over it.
+@pytest.fixture
+def app(billing: tuple[Billing, Any]) -> Any:
+    b, _ = billing
+    return create_app(b, None, web_routes(b))
+
+
+@pytest.fixture
+def client(app: Any) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -94,17 +94,26 @@ class Tab:
         self.context.close()
 
 
-@pytest.fixture
-def tabs(browser: Any, stack: Stack, axe_source: str) -> Iterator[Any]:
+def tab_opener(browser: Any, stack: Stack, axe_source: str) -> Iterator[Any]:
+    """For a ``tabs`` fixture: yields a function that opens a Tab (``init_script=`` runs in its
+    pages before theirs), and closes every Tab it opened afterwards."""
     opened: list[Tab] = []
 
-    def new() -> Tab:
-        opened.append(Tab(browser, stack, axe_source))
-        return opened[-1]
+    def new(init_script: str | None = None) -> Tab:
+        tab = Tab(browser, stack, axe_source)
+        if init_script:
+            tab.context.add_init_script(init_script)
+        opened.append(tab)
+        return tab
 
     yield new
     for tab in opened:
         tab.close()
+
+
+@pytest.fixture
+def tabs(browser: Any, stack: Stack, axe_source: str) -> Iterator[Any]:
+    yield from tab_opener(browser, stack, axe_source)
 
 
 def test_sign_in_by_code_and_see_the_membership(tabs: Any, stack: Stack) -> None:

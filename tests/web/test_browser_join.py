@@ -20,7 +20,7 @@ from gated.billing_sync.service import Billing, PlanSpec
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import published
 from tests.web.conftest import Stack
-from tests.web.test_browser import Tab
+from tests.web.test_browser import Tab, tab_opener
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +46,7 @@ def billing(stack: Stack) -> Iterator[Billing]:
 
 @pytest.fixture
 def tabs(browser: Any, stack: Stack, axe_source: str) -> Iterator[Any]:
-    opened: list[Tab] = []
-
-    def new() -> Tab:
-        opened.append(Tab(browser, stack, axe_source))
-        return opened[-1]
-
-    yield new
-    for tab in opened:
-        tab.close()
+    yield from tab_opener(browser, stack, axe_source)
 
 
 def fill_join(tab: Tab, email: str, plan: str = "flex12") -> None:

@@ -24,7 +24,7 @@ from tests.billing.helpers import published
 from tests.services import ensure_localstripe, free_port, run_localstripe
 from tests.sync.helpers import wait_until
 from tests.web.conftest import Inbox, Stack, running_serve
-from tests.web.test_browser import Tab
+from tests.web.test_browser import Tab, tab_opener
 
 pytestmark = pytest.mark.slow
 
@@ -76,15 +76,7 @@ def stripe_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
 
 @pytest.fixture
 def tabs(browser: Any, stripe_stack: tuple[Stack, Billing], axe_source: str) -> Iterator[Any]:
-    opened: list[Tab] = []
-
-    def new() -> Tab:
-        opened.append(Tab(browser, stripe_stack[0], axe_source))
-        return opened[-1]
-
-    yield new
-    for tab in opened:
-        tab.close()
+    yield from tab_opener(browser, stripe_stack[0], axe_source)
 
 
 def enter_card(page: Any, number: str) -> None:

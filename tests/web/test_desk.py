@@ -7,7 +7,6 @@ permission table)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,8 @@ from starlette.testclient import TestClient
 
 from gated.billing_sync import totp
 from gated.billing_sync.permissions import ROLES, allowed
-from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
 from gated.web import desk
-from gated.web.app import web_routes
 from gated.web.desk_core import Desk
 from gated.web.security import csrf_token
 from gated.web.slowdown import ACCOUNT_CAP_S, Slowdown
@@ -49,18 +46,6 @@ def billing(tmp_path: Path) -> tuple[Billing, Clock]:
     for role in ROLES:
         access.add(role, role.title(), role, ["downtown"], PASSWORD)
     return b, clock
-
-
-@pytest.fixture
-def app(billing: tuple[Billing, Clock]) -> Any:
-    b, _ = billing
-    return create_app(b, None, web_routes(b))
-
-
-@pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
 
 
 def enrol(client: TestClient, b: Billing, clock: Clock, staff_id: str) -> bytes:

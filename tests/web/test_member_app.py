@@ -6,7 +6,6 @@ test_browser.py."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +48,6 @@ def wakes() -> list[int]:
 def app(billing: tuple[Billing, Clock], wakes: list[int]) -> Any:
     b, _ = billing
     return create_app(b, None, web_routes(b, lambda: wakes.append(1)))
-
-
-@pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
 
 
 def settled(app: Any) -> None:

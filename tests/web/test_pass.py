@@ -19,7 +19,7 @@ import pytest
 
 from tests.sync.helpers import wait_until
 from tests.web.conftest import BIN, Stack
-from tests.web.test_browser import Tab
+from tests.web.test_browser import Tab, tab_opener
 
 pytestmark = pytest.mark.slow
 
@@ -140,18 +140,7 @@ def let_in_once_published(stack: Stack, code: str) -> None:
 
 @pytest.fixture
 def tabs(browser: Any, stack: Stack, axe_source: str) -> Iterator[Any]:
-    opened: list[Tab] = []
-
-    def new(**options: Any) -> Tab:
-        tab = Tab(browser, stack, axe_source)
-        if options.get("init_script"):
-            tab.context.add_init_script(options["init_script"])
-        opened.append(tab)
-        return tab
-
-    yield new
-    for tab in opened:
-        tab.close()
+    yield from tab_opener(browser, stack, axe_source)
 
 
 def test_the_pass_shows_a_qr_the_gate_lets_in_once_and_works_offline(

@@ -7,7 +7,6 @@ possession (a wrong signature, a used or foreign challenge), a second device wit
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,7 @@ from gated.billing_sync import schema
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.pass_keys import proof_message
-from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
-from gated.web.app import web_routes
 from tests.billing.helpers import Clock, make_billing, published
 from tests.web.test_member_app import sign_in
 
@@ -40,18 +37,6 @@ def billing(tmp_path: Path) -> tuple[Billing, Clock]:
             with_qr=True,
         )
     return b, clock
-
-
-@pytest.fixture
-def app(billing: tuple[Billing, Clock]) -> Any:
-    b, _ = billing
-    return create_app(b, None, web_routes(b))
-
-
-@pytest.fixture
-def client(app: Any) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
 
 
 def csrf_of(client: TestClient) -> str:
