@@ -4,7 +4,6 @@ stored hashed) and the attendance events they send, each stored once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Iterable
@@ -16,7 +15,7 @@ from sqlalchemy import insert, select, update
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.store import insert_ignore
+from gated.billing_sync.store import digest, insert_ignore
 from gated.contract import MEMBER_ID_RE
 
 
@@ -27,17 +26,17 @@ def add_gate(ctx: Context, site: str, gate: str) -> str:
     if not MEMBER_ID_RE.match(gate):
         raise BillingError("a gate id is 1-64 of A-Z a-z 0-9 _ -")
     token = "gt_" + secrets.token_urlsafe(32)
-    digest = _sha256(token)
+    hashed = digest(token)
     now = ctx.clock()
     with ctx.engine.begin() as conn:
         done = conn.execute(
             update(s.gates)
             .where(s.gates.c.site == site, s.gates.c.gate == gate)
-            .values(token_sha256=digest, created_at=now, revoked_at=None)
+            .values(token_sha256=hashed, created_at=now, revoked_at=None)
         )
         if done.rowcount == 0:
             conn.execute(
-                insert(s.gates).values(site=site, gate=gate, token_sha256=digest, created_at=now)
+                insert(s.gates).values(site=site, gate=gate, token_sha256=hashed, created_at=now)
             )
     return token
 
@@ -59,7 +58,7 @@ def gate_for_token(ctx: Context, token: str) -> tuple[str, str] | None:
     with ctx.reader.connect() as conn:
         row = conn.execute(
             select(s.gates.c.site, s.gates.c.gate).where(
-                s.gates.c.token_sha256 == _sha256(token), s.gates.c.revoked_at.is_(None)
+                s.gates.c.token_sha256 == digest(token), s.gates.c.revoked_at.is_(None)
             )
         ).first()
     return None if row is None else (row.site, row.gate)
@@ -94,7 +93,3 @@ def record_gate_events(ctx: Context, events: Iterable[dict[str, Any]]) -> int:
     if ctx.gate_events_hook is not None and accepted:
         ctx.gate_events_hook(accepted)
     return new
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

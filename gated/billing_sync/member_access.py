@@ -8,7 +8,6 @@ only as SHA-256 digests; none is ever logged.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
@@ -24,6 +23,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.invoices import pay_link
 from gated.billing_sync.notices import render
 from gated.billing_sync.pass_keys import PassKeys
+from gated.billing_sync.store import digest, token_usable
 from gated.contract import format_time
 
 log = logging.getLogger("gated.billing.member_access")
@@ -35,14 +35,10 @@ CODE_ATTEMPTS = 5
 _RENEWING = ("active", "grace", "pending")
 
 
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def _code_digest(flow: str, code: str) -> str:
     # Salted with the flow id, which only the browser that asked holds: the store's copy of a
     # six-digit code cannot be found by trying all million.
-    return _sha256(f"{flow}:{code}")
+    return digest(f"{flow}:{code}")
 
 
 @dataclass(frozen=True)
@@ -95,8 +91,8 @@ class MemberAccess:
             conn.execute(
                 insert(s.signin_tokens).values(
                     member_id=member.id,
-                    flow_sha256=_sha256(flow),
-                    link_sha256=_sha256(link_token),
+                    flow_sha256=digest(flow),
+                    link_sha256=digest(link_token),
                     code_sha256=_code_digest(flow, code),
                     attempts=0,
                     created_at=now,
@@ -125,7 +121,7 @@ class MemberAccess:
         now = self.clock()
         with self.engine.begin() as conn:
             row = conn.execute(
-                select(t).where(t.c.flow_sha256 == _sha256(flow)).with_for_update()
+                select(t).where(t.c.flow_sha256 == digest(flow)).with_for_update()
             ).first()
             if (
                 row is None
@@ -144,16 +140,7 @@ class MemberAccess:
 
     def link_usable(self, token: str) -> bool:
         """Whether a sign-in link would still sign in (for the page its GET shows)."""
-        t = s.signin_tokens
-        with self.reader.connect() as conn:
-            row = conn.execute(
-                select(t.c.id).where(
-                    t.c.link_sha256 == _sha256(token),
-                    t.c.used_at.is_(None),
-                    t.c.expires_at > self.clock(),
-                )
-            ).first()
-        return row is not None
+        return token_usable(self.reader, s.signin_tokens, "link_sha256", token, self.clock())
 
     def redeem_link(self, token: str) -> str | None:
         """The member an unused, unexpired link signs in (using it and its code up), else None."""
@@ -163,7 +150,7 @@ class MemberAccess:
             row = conn.execute(
                 select(t.c.id, t.c.member_id)
                 .where(
-                    t.c.link_sha256 == _sha256(token), t.c.used_at.is_(None), t.c.expires_at > now
+                    t.c.link_sha256 == digest(token), t.c.used_at.is_(None), t.c.expires_at > now
                 )
                 .with_for_update()
             ).first()
@@ -184,7 +171,7 @@ class MemberAccess:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(s.web_sessions).values(
-                    token_sha256=_sha256(token),
+                    token_sha256=digest(token),
                     member_id=member_id,
                     created_at=now,
                     signed_in_at=now,
@@ -204,7 +191,7 @@ class MemberAccess:
                 select(w.c.member_id, w.c.signed_in_at, w.c.expires_at)
                 .join(m, m.c.id == w.c.member_id)
                 .where(
-                    w.c.token_sha256 == _sha256(token),
+                    w.c.token_sha256 == digest(token),
                     w.c.revoked_at.is_(None),
                     w.c.expires_at > self.clock(),
                     m.c.erased.is_(False),
@@ -220,7 +207,7 @@ class MemberAccess:
         with self.engine.begin() as conn:
             conn.execute(
                 update(w)
-                .where(w.c.token_sha256 == _sha256(token), w.c.revoked_at.is_(None))
+                .where(w.c.token_sha256 == digest(token), w.c.revoked_at.is_(None))
                 .values(revoked_at=self.clock())
             )
 

@@ -7,7 +7,6 @@ confirmed by a link to the new address, and a card entered in the browser (a Set
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from typing import Any
@@ -22,15 +21,12 @@ from gated.billing_sync.facts import load_one
 from gated.billing_sync.gateway import CardSetup
 from gated.billing_sync.notices import render
 from gated.billing_sync.signup import CONTACT_MAX, EMAIL, EMAIL_MAX, PHONE, clean_text
+from gated.billing_sync.store import digest, token_usable
 from gated.contract import format_time
 
 log = logging.getLogger("gated.billing.self_service")
 
 EMAIL_CHANGE_TTL_S = 24 * 3600
-
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def freeze_quote(ctx: Context, member_id: str, months: int) -> dict[str, Any]:
@@ -153,7 +149,7 @@ def request_email_change(ctx: Context, member_id: str, new_email: str, link_base
             insert(s.email_changes).values(
                 member_id=member_id,
                 new_email=email,
-                token_sha256=_sha256(token),
+                token_sha256=digest(token),
                 created_at=now,
                 expires_at=now + EMAIL_CHANGE_TTL_S,
             )
@@ -175,16 +171,7 @@ def request_email_change(ctx: Context, member_id: str, new_email: str, link_base
 
 def email_change_usable(ctx: Context, token: str) -> bool:
     """Whether a confirmation link would still change the address (for its GET page)."""
-    e = s.email_changes
-    with ctx.reader.connect() as conn:
-        row = conn.execute(
-            select(e.c.id).where(
-                e.c.token_sha256 == _sha256(token),
-                e.c.used_at.is_(None),
-                e.c.expires_at > ctx.clock(),
-            )
-        ).first()
-    return row is not None
+    return token_usable(ctx.reader, s.email_changes, "token_sha256", token, ctx.clock())
 
 
 def confirm_email_change(ctx: Context, token: str) -> str | None:
@@ -196,7 +183,7 @@ def confirm_email_change(ctx: Context, token: str) -> str | None:
     with ctx.engine.begin() as conn:
         row = conn.execute(
             select(e)
-            .where(e.c.token_sha256 == _sha256(token), e.c.used_at.is_(None), e.c.expires_at > now)
+            .where(e.c.token_sha256 == digest(token), e.c.used_at.is_(None), e.c.expires_at > now)
             .with_for_update()
         ).first()
         if row is None:

@@ -9,7 +9,6 @@ seed encrypted with the card key. None is ever logged.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -28,6 +27,7 @@ from gated.billing_sync import totp
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.permissions import ROLES, TOTP_REQUIRED, allowed
+from gated.billing_sync.store import digest
 from gated.contract import MEMBER_ID_RE
 
 log = logging.getLogger("gated.billing.staff")
@@ -41,10 +41,6 @@ RECOVERY_CODES = 8
 _hasher = PasswordHasher()
 # Checked against when the account does not exist, so an unknown name costs the same time.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
-
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -260,9 +256,9 @@ class StaffAccess:
                 ).rowcount
                 return done == 1
             codes: list[str] = json.loads(row.recovery_codes or "[]")
-            digest = _sha256(code)
+            hashed = digest(code)
             for i, stored in enumerate(codes):
-                if stored and hmac.compare_digest(stored, digest):
+                if stored and hmac.compare_digest(stored, hashed):
                     codes[i] = ""
                     conn.execute(
                         update(t).where(t.c.id == staff_id).values(recovery_codes=json.dumps(codes))
@@ -327,7 +323,7 @@ class StaffAccess:
                 .values(
                     totp_enrolled_at=self.clock(),
                     totp_last_step=step,
-                    recovery_codes=json.dumps([_sha256(c) for c in codes]),
+                    recovery_codes=json.dumps([digest(c) for c in codes]),
                 )
             )
         log.info("event=staff_totp_enrolled staff=%s", staff_id)
@@ -344,7 +340,7 @@ class StaffAccess:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(s.staff_sessions).values(
-                    token_sha256=_sha256(token),
+                    token_sha256=digest(token),
                     staff_id=staff_id,
                     created_at=now,
                     expires_at=now + (SETUP_SESSION_S if setup_only else SESSION_S),
@@ -365,7 +361,7 @@ class StaffAccess:
                 select(t, w.c.setup_only, w.c.expires_at)
                 .join(t, t.c.id == w.c.staff_id)
                 .where(
-                    w.c.token_sha256 == _sha256(token),
+                    w.c.token_sha256 == digest(token),
                     w.c.revoked_at.is_(None),
                     w.c.expires_at > self.clock(),
                     t.c.disabled_at.is_(None),
@@ -381,7 +377,7 @@ class StaffAccess:
         with self.engine.begin() as conn:
             conn.execute(
                 update(w)
-                .where(w.c.token_sha256 == _sha256(token), w.c.revoked_at.is_(None))
+                .where(w.c.token_sha256 == digest(token), w.c.revoked_at.is_(None))
                 .values(revoked_at=self.clock())
             )
 

@@ -3,6 +3,7 @@ URL) migrated to the newest schema with Alembic, plus the few helpers every modu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
 from collections import namedtuple
@@ -47,6 +48,25 @@ HEAD_REVISION = "0007_online_signup"
 
 class StoreError(GatedError):
     """The billing store cannot be opened or is in an unexpected state."""
+
+
+def digest(token: str) -> str:
+    """How the store keeps a token (a session cookie, a sign-in or confirmation link): its
+    SHA-256, so a copy of the store opens nothing."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_usable(engine: Engine, table: Table, column: str, token: str, now: int) -> bool:
+    """Whether ``table`` holds ``token`` (its digest in ``column``) unused and unexpired."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(table.c.id).where(
+                table.c[column] == digest(token),
+                table.c.used_at.is_(None),
+                table.c.expires_at > now,
+            )
+        ).first()
+    return row is not None
 
 
 def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> Engine:
