@@ -729,6 +729,9 @@ def clock_show(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 # --- staff accounts -------------------------------------------------------------------------------
 
 RoleOpt = Annotated[str, typer.Option(help="front_desk, manager or owner (see docs/console.md).")]
+AskPasswordOpt = Annotated[
+    bool, typer.Option("--ask-password", help="Type the password instead of a one-time one.")
+]
 
 
 def _ask_password() -> str:
@@ -745,9 +748,7 @@ def staff_add(
     site: Annotated[
         list[str] | None, typer.Option(help="A site this account acts on (repeat); default all.")
     ] = None,
-    ask_password: Annotated[
-        bool, typer.Option("--ask-password", help="Type the password instead of a one-time one.")
-    ] = False,
+    ask_password: AskPasswordOpt = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Add a staff account (the first owner, for one); prints a one-time password."""
@@ -755,10 +756,15 @@ def staff_add(
     with service(config) as billing, _audit(billing, "staff_add", None) as entry:
         made = billing.staff_access().add(staff_id, name or staff_id, role, site or [], password)
         entry.detail.update(staff=staff_id, role=role)
-    if password is None:
-        out.print(f"{staff_id}: one-time password {made} (changed at the first sign-in)")
+    _print_password(staff_id, made if password is None else None, "added")
+
+
+def _print_password(staff_id: str, one_time: str | None, done: str) -> None:
+    """Show a one-time password made for the account, or that it was ``done``."""
+    if one_time is not None:
+        out.print(f"{staff_id}: one-time password {one_time} (changed at the first sign-in)")
     else:
-        out.print(f"{staff_id}: added")
+        out.print(f"{staff_id}: {done}")
 
 
 @staff_app.command("list")
@@ -792,9 +798,7 @@ def staff_disable(staff_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 @staff_app.command("reset")
 def staff_reset(
     staff_id: str,
-    ask_password: Annotated[
-        bool, typer.Option("--ask-password", help="Type the password instead of a one-time one.")
-    ] = False,
+    ask_password: AskPasswordOpt = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Recovery: a new password, TOTP enrolled again at the next sign-in, sessions ended."""
@@ -802,7 +806,4 @@ def staff_reset(
     with service(config) as billing, _audit(billing, "staff_reset", None) as entry:
         made = billing.staff_access().reset(staff_id, password)
         entry.detail.update(staff=staff_id)
-    if password is None:
-        out.print(f"{staff_id}: one-time password {made} (changed at the first sign-in)")
-    else:
-        out.print(f"{staff_id}: reset")
+    _print_password(staff_id, made if password is None else None, "reset")
