@@ -23,6 +23,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.invoices import pay_link
 from gated.billing_sync.notices import render
 from gated.billing_sync.pass_keys import PassKeys
+from gated.billing_sync.publishing import queue_mail
 from gated.billing_sync.store import digest, token_usable
 from gated.contract import format_time
 
@@ -99,18 +100,7 @@ class MemberAccess:
                     expires_at=now + SIGNIN_TTL_S,
                 )
             )
-            conn.execute(
-                insert(s.notifications).values(
-                    member_id=notice.member_id,
-                    kind=notice.kind,
-                    to_addr=notice.to_addr,
-                    subject=notice.subject,
-                    body=notice.body,
-                    created_at=now,
-                    attempts=0,
-                    priority=0,
-                )
-            )
+            queue_mail(conn, notice, now)
         log.info("event=signin_mail_queued member=%s", member.id)
         return True
 

@@ -259,6 +259,23 @@ def update_manifests(
             conn.execute(update(sm).where(sm.c.site == site).values(**values))
 
 
+def queue_mail(conn: Connection, notice: Notice, now: int) -> None:
+    """A mail to the address it was rendered for (a sign-in code, an address to confirm) into
+    the outbox ahead of every other notice: the person is waiting for it."""
+    conn.execute(
+        insert(s.notifications).values(
+            member_id=notice.member_id,
+            kind=notice.kind,
+            to_addr=notice.to_addr,
+            subject=notice.subject,
+            body=notice.body,
+            created_at=now,
+            attempts=0,
+            priority=0,
+        )
+    )
+
+
 def queue_notice(ctx: Context, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
     """Render one notice into the outbox."""
     queue_notices(ctx, conn, [(f, kind, values)])

@@ -20,6 +20,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_one
 from gated.billing_sync.gateway import CardSetup
 from gated.billing_sync.notices import render
+from gated.billing_sync.publishing import queue_mail
 from gated.billing_sync.signup import CONTACT_MAX, EMAIL, EMAIL_MAX, PHONE, clean_text
 from gated.billing_sync.store import digest, token_usable
 from gated.contract import format_time
@@ -154,18 +155,7 @@ def request_email_change(ctx: Context, member_id: str, new_email: str, link_base
                 expires_at=now + EMAIL_CHANGE_TTL_S,
             )
         )
-        conn.execute(
-            insert(s.notifications).values(
-                member_id=member_id,
-                kind=notice.kind,
-                to_addr=notice.to_addr,
-                subject=notice.subject,
-                body=notice.body,
-                created_at=now,
-                attempts=0,
-                priority=0,
-            )
-        )
+        queue_mail(conn, notice, now)
     log.info("event=email_change_requested member=%s", member_id)
 
 
