@@ -267,7 +267,8 @@ class Billing:
         webhooks.webhook_done(self.ctx, event_id, event_type)
 
     def intent_update(self, intent_id: str, result: ChargeResult) -> bool:
-        """A provider event about a PaymentIntent; applied only if the attempt is not final."""
+        """A provider event about a PaymentIntent; applied only if the attempt is not final,
+        but a payment the provider took is always booked once."""
         return webhooks.intent_update(self.ctx, intent_id, result)
 
     def dispute_opened(self, dispute_id: str, intent_id: str | None) -> None:
