@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import secrets
 import smtplib
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import cache, lru_cache
 from string import Template
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 
 from gated.billing_sync import schema
-from gated.billing_sync.store import reading
 from gated.config import SmtpConfig
 
 log = logging.getLogger("gated.billing.notices")
@@ -157,27 +159,38 @@ def _date(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
+# Notices a sender claims at once, and for how long (wall-clock seconds) before another sender
+# may take over the ones it has not marked sent: far longer than sending a chunk takes (each
+# SMTP step times out after 10 s), so a live sender never loses its claim.
+CLAIM_CHUNK = 20
+CLAIM_LEASE_S = 600
+
+
 def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:
-    """Send queued notices over SMTP, sign-in mails first; a row is marked sent only after the
-    server accepted it. Returns how many were sent. A failing server leaves the rest queued for the next round."""
-    n = schema.notifications
-    with reading(engine).connect() as conn:
-        rows = conn.execute(
-            select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body)
-            .where(n.c.sent_at.is_(None))
-            .order_by(n.c.priority, n.c.id)
-            .limit(limit)
-        ).all()
-    if not rows:
-        return 0
+    """Send up to ``limit`` queued notices over SMTP; returns how many were sent.
+
+    Sign-in mails go first. Each chunk of notices is first claimed (a random token and a
+    lease), so two
+    processes delivering at once (``serve`` and ``run`` from cron) never send the same notice:
+    each sends only what it claimed. A row is marked sent only after the server accepted it; a
+    failing server releases the rest of the claim for the next round. A sender killed between
+    the server's answer and the mark sends that one notice again after the lease.
+    """
+    token = secrets.token_hex(16)
     password = smtp.password_file.read_text().strip() if smtp.password_file else None
     sent = 0
+    client: smtplib.SMTP | None = None
     try:
-        with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
-            if smtp.starttls:
-                client.starttls()
-            if smtp.username and password:
-                client.login(smtp.username, password)
+        while sent < limit:
+            rows = _claim(engine, token, min(CLAIM_CHUNK, limit - sent))
+            if not rows:
+                break
+            if client is None:
+                client = smtplib.SMTP(smtp.host, smtp.port, timeout=10)
+                if smtp.starttls:
+                    client.starttls()
+                if smtp.username and password:
+                    client.login(smtp.username, password)
             for row in rows:
                 msg = EmailMessage()
                 msg["From"] = smtp.sender
@@ -188,9 +201,60 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
                 done: dict[str, Any] = {"sent_at": now}
                 if row.kind in SECRET_KINDS:
                     done["body"] = SENT_SECRET_BODY
-                with engine.begin() as conn:
-                    conn.execute(update(n).where(n.c.id == row.id).values(**done))
+                _mark(engine, row.id, token, **done)
                 sent += 1
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("event=smtp_failed sent=%d error=%s", sent, type(exc).__name__)
+    finally:
+        _release(engine, token)
+        if client is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                client.quit()
     return sent
+
+
+def _claim(engine: Engine, token: str, count: int) -> list[Any]:
+    """Claim up to ``count`` unsent notices no live sender holds, oldest first; returns them.
+    The rows chosen are locked (PostgreSQL: another sender skips them; SQLite has one writer)
+    and the UPDATE checks the conditions again, so no row is ever taken twice. (One UPDATE with
+    ``id IN (SELECT ... LIMIT n)`` took more than n rows on PostgreSQL.)"""
+    n = schema.notifications
+    wall = int(time.time())
+    free = and_(n.c.sent_at.is_(None), or_(n.c.claimed_until.is_(None), n.c.claimed_until < wall))
+    with engine.begin() as conn:
+        chosen = select(n.c.id).where(free).order_by(n.c.priority, n.c.id).limit(count)
+        if conn.dialect.name == "postgresql":
+            chosen = chosen.with_for_update(skip_locked=True)
+        ids = list(conn.execute(chosen).scalars())
+        if not ids:
+            return []
+        conn.execute(
+            update(n)
+            .where(n.c.id.in_(ids), free)
+            .values(claim=token, claimed_until=wall + CLAIM_LEASE_S)
+        )
+        return list(
+            conn.execute(
+                select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body)
+                .where(n.c.claim == token, n.c.sent_at.is_(None))
+                .order_by(n.c.priority, n.c.id)
+            )
+        )
+
+
+def _mark(engine: Engine, notice_id: int, token: str, **values: Any) -> None:
+    """Record what became of a claimed notice and let go of it."""
+    n = schema.notifications
+    with engine.begin() as conn:
+        conn.execute(
+            update(n)
+            .where(n.c.id == notice_id, n.c.claim == token)
+            .values(claim=None, claimed_until=None, **values)
+        )
+
+
+def _release(engine: Engine, token: str) -> None:
+    """Let go of every notice this sender still holds (unsent), for the next round."""
+    n = schema.notifications
+    with engine.begin() as conn:
+        conn.execute(update(n).where(n.c.claim == token).values(claim=None, claimed_until=None))

@@ -232,6 +232,11 @@ notifications = Table(
     # delivery query's order without sorting a large queue.
     Column("priority", Integer, nullable=False, server_default="1"),
     Index("ix_notifications_queue", "sent_at", "priority", "id"),
+    # The sending process that holds the notice (a random token) and until when (wall-clock
+    # seconds): ``serve`` and a ``run`` from cron send each notice once. A sender that died
+    # holding it leaves it to the next one once the lease is over.
+    Column("claim", String(32)),
+    Column("claimed_until", BigInteger),
 )
 
 # What each member looks like to the gates now: the latest unsigned MemberState per member.

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -16,8 +19,11 @@ from sqlalchemy import select
 
 from gated.billing_sync import schema
 from gated.billing_sync.notices import TEMPLATES, deliver, format_amount, render
+from gated.billing_sync.service import PlanSpec
 from gated.config import SmtpConfig
-from tests.billing.helpers import make_billing, step
+from tests.billing.crashing import billing_for
+from tests.billing.helpers import make_billing, notices, step
+from tests.billing.test_crash import cli, write_config
 from tests.services import free_port
 
 
@@ -112,3 +118,65 @@ def test_smtp_down_keeps_notices_queued(tmp_path: Path) -> None:
     assert deliver(b.engine, cfg, clock.now) == 0
     with b.engine.connect() as conn:
         assert conn.execute(select(schema.notifications.c.sent_at)).scalars().all() == [None]
+
+
+class HeldInbox(Inbox):
+    """An inbox whose first message waits in DATA until ``release`` is set: the first sender is
+    caught in the middle of its round."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.holding.is_set():
+            self.holding.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_run_beside_serve_sends_each_notice_once(tmp_path: Path) -> None:
+    """``serve``'s delivery is mid-round (its first mail not yet accepted) when cron's
+    ``gated-billing run`` delivers too: every notice reaches the server once."""
+    inbox = HeldInbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        config_path = write_config(tmp_path, None)
+        with config_path.open("a") as f:
+            f.write(f'[smtp]\nhost = "127.0.0.1"\nport = {port}\n')
+        b = billing_for(config_path)
+        b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR"))
+        for i in range(5):
+            b.add_member(f"m{i}", "Ann", plan_id="monthly", email=f"m{i}@example.org")
+        queued = len(notices(b))
+        assert queued == 5
+        assert b.config.smtp is not None
+        with ThreadPoolExecutor(1) as pool:
+            serving = pool.submit(deliver, b.engine, b.config.smtp, b.clock())
+            assert inbox.holding.wait(10)
+            cron = cli(config_path, "run")
+            inbox.release.set()
+            assert cron.returncode == 0, cron.stderr
+            serving.result(30)
+    finally:
+        inbox.release.set()
+        controller.stop()
+    to = sorted(m["To"] for m in inbox.messages)
+    assert to == [f"m{i}@example.org" for i in range(5)]
+
+
+def test_delivery_claims_work_on_postgres(
+    tmp_path: Path, smtp: tuple[Inbox, int], postgres_url: str
+) -> None:
+    inbox, port = smtp
+    b, clock = make_billing(tmp_path, database_url=postgres_url)
+    for i in range(3):
+        b.add_member(f"m{i}", "Ann", plan_id="monthly", email=f"m{i}@example.org")
+    cfg = SmtpConfig(host="127.0.0.1", port=port)
+    assert deliver(b.engine, cfg, clock.now, limit=2) == 2  # a round stops at its limit
+    assert deliver(b.engine, cfg, clock.now) == 1
+    assert deliver(b.engine, cfg, clock.now) == 0
+    assert sorted(m["To"] for m in inbox.messages) == [f"m{i}@example.org" for i in range(3)]
