@@ -49,6 +49,7 @@ plans_app = typer.Typer(no_args_is_help=True, help="Membership plans.")
 report_app = typer.Typer(no_args_is_help=True, help="Reports as tables or CSV.")
 clock_app = typer.Typer(no_args_is_help=True, help="The injected billing clock (demos, tests).")
 staff_app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console.")
+notices_app = typer.Typer(no_args_is_help=True, help="Member notices: list and send again.")
 for sub, name in (
     (members_app, "members"),
     (cards_app, "cards"),
@@ -58,6 +59,7 @@ for sub, name in (
     (report_app, "report"),
     (clock_app, "clock"),
     (staff_app, "staff"),
+    (notices_app, "notices"),
 ):
     app.add_typer(sub, name=name)
 
@@ -361,6 +363,24 @@ def members_allow_key(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
         out.print(f"{member_id}: may register a new pass device now")
 
 
+@members_app.command("edit")
+def members_edit(
+    member_id: str,
+    name: Annotated[str | None, typer.Option(help="Full name.")] = None,
+    email: Annotated[
+        str | None,
+        typer.Option(help="A corrected address: clears a bounce; unsent notices go to it."),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Correct a member's name or e-mail address."""
+    with service(config) as billing:
+        with _audit(billing, "edit_member", member_id):
+            billing.edit_member(member_id, name=name, email=email)
+        info = billing.member(member_id)
+        out.print(f"{member_id}: {info['name']} <{info['email']}>", markup=False)
+
+
 @members_app.command("set-card")
 def members_set_card(
     member_id: str,
@@ -662,6 +682,40 @@ def invoices(
     if lines:
         cols += ["line", "description", "qty", "unit", "amount"]
     _table("invoices", cols, rows, as_csv)
+
+
+# --- notices -----------------------------------------------------------------------------------------
+
+
+@notices_app.command("list")
+def notices_list(
+    member_id: Annotated[str | None, typer.Argument(help="Only this member's.")] = None,
+    state: Annotated[str | None, typer.Option(help="queued, sent or failed.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 1000,
+    as_csv: CsvOpt = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Notices newest first: to whom, sent or not, and the mail server's answer if refused."""
+    with service(config) as billing:
+        rows = billing.notices(member_id, state, limit)
+    _table(
+        "notices",
+        ["notice", "member", "kind", "to", "state", "created", "sent", "error"],
+        [
+            (r.id, r.member_id, r.kind, r.to_addr, r.state, _when(r.created_at), _when(r.sent_at),
+             r.error or "")
+            for r in rows
+        ],
+        as_csv,
+    )  # fmt: skip
+
+
+@notices_app.command("resend")
+def notices_resend(notice_id: int, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Queue a notice again, to the member's address now (sent by serve or the next run)."""
+    with service(config) as billing:
+        new_id = billing.resend_notice(notice_id)
+        out.print(f"notice {notice_id} queued again as notice {new_id}")
 
 
 # --- reports and clock -------------------------------------------------------------------------------

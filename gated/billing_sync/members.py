@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +197,40 @@ def new_card(ctx: Context, payer_id: str, customer_ref: str, pm: str) -> CycleRe
     return run_cycle(ctx, member_ids=billed)
 
 
+def edit_member(
+    ctx: Context, member_id: str, *, name: str | None = None, email: str | None = None
+) -> None:
+    """Correct a member's name or e-mail address. A new address clears a bounce, and the
+    notices that never reached the old one (queued, or failed because it bounced) go to the new
+    one, the member's and their dependants' alike."""
+    f = load_one(ctx, member_id)
+    if f.member.erased:
+        raise BillingError(f"member {member_id} is erased")
+    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        raise BillingError(f"not an e-mail address: {email!r}")
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = name
+    if email is not None:
+        values.update(email=email, email_bounced_at=None)
+    if not values:
+        raise BillingError("nothing to change (give --name or --email)")
+    n = s.notifications
+    with ctx.engine.begin() as conn:
+        conn.execute(update(s.members).where(s.members.c.id == member_id).values(**values))
+        if email is not None and f.member.email and f.member.email != email:
+            ids = [member_id, *dependants(conn, [member_id])]
+            conn.execute(
+                update(n)
+                .where(
+                    n.c.member_id.in_(many(ids)),
+                    n.c.to_addr == f.member.email,
+                    n.c.sent_at.is_(None),
+                )
+                .values(to_addr=email, failed_at=None, error=None, attempts=0)
+            )
+
+
 def member(ctx: Context, member_id: str) -> dict[str, Any]:
     """Everything about one member for ``members show`` (no card UIDs)."""
     facts = load_one(ctx, member_id)
@@ -213,6 +248,7 @@ def member(ctx: Context, member_id: str) -> dict[str, Any]:
         "member_id": member_id,
         "name": facts.member.name,
         "email": facts.member.email,
+        "email_bounced": facts.member.email_bounced_at is not None,
         "sites": json.loads(facts.member.sites),
         "role": facts.member.role,
         "payer_id": facts.member.payer_id,

@@ -85,6 +85,8 @@ members = Table(
     # Given at the online sign-up and edited by the member; blanked on erasure.
     Column("phone", String(32)),
     Column("emergency_contact", String(200)),
+    # When the mail server last refused ``email`` for good (a bounce); cleared when corrected.
+    Column("email_bounced_at", BigInteger),
 )
 
 subscriptions = Table(
@@ -237,6 +239,10 @@ notifications = Table(
     # holding it leaves it to the next one once the lease is over.
     Column("claim", String(32)),
     Column("claimed_until", BigInteger),
+    # Refused for good by the mail server (or addressed to an address that was): the server's
+    # answer. Correcting the address (``members edit``) queues it again.
+    Column("failed_at", BigInteger),
+    Column("error", Text),
 )
 
 # What each member looks like to the gates now: the latest unsigned MemberState per member.

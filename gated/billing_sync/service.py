@@ -167,6 +167,13 @@ class Billing:
         dependant, who is charged to the payer's card)."""
         return members.set_payment_method(self.ctx, member_id, payment_method)
 
+    def edit_member(
+        self, member_id: str, *, name: str | None = None, email: str | None = None
+    ) -> None:
+        """Correct a member's name or e-mail address (a new address clears a bounce and
+        re-addresses the notices that never reached the old one)."""
+        members.edit_member(self.ctx, member_id, name=name, email=email)
+
     def member(self, member_id: str) -> dict[str, Any]:
         """Everything about one member for ``members show`` (no card UIDs)."""
         return members.member(self.ctx, member_id)
@@ -248,6 +255,18 @@ class Billing:
     def pay_returned(self, invoice_id: int) -> None:
         """The member is back from their bank's page: record what became of the payment."""
         paying.pay_returned(self.ctx, invoice_id)
+
+    # --- notices ----------------------------------------------------------------------------
+
+    def notices(
+        self, member_id: str | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[Row[Any]]:
+        """Notices newest first (of one member, in one state: queued, sent, failed)."""
+        return publishing.list_notices(self.ctx, member_id, state, limit)
+
+    def resend_notice(self, notice_id: int) -> int:
+        """Queue a notice again to the member's address now; returns the new notice's id."""
+        return publishing.resend_notice(self.ctx, notice_id)
 
     # --- the cycle --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from gated.billing_sync.notices import TEMPLATES, deliver, format_amount, render
 from gated.billing_sync.service import PlanSpec
 from gated.config import SmtpConfig
 from tests.billing.crashing import billing_for
-from tests.billing.helpers import make_billing, notices, step
+from tests.billing.helpers import cli_ok, make_billing, notices, step
 from tests.billing.test_crash import cli, write_config
 from tests.services import free_port
 
@@ -180,3 +180,69 @@ def test_delivery_claims_work_on_postgres(
     assert deliver(b.engine, cfg, clock.now) == 1
     assert deliver(b.engine, cfg, clock.now) == 0
     assert sorted(m["To"] for m in inbox.messages) == [f"m{i}@example.org" for i in range(3)]
+
+
+class RefusingInbox(Inbox):
+    """A mail server that refuses one recipient for good (550), as a mistyped address is."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.refused = refused
+        self.refusals = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address == self.refused:
+            self.refusals += 1
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_a_refused_address_is_marked_and_blocks_no_other_notice(tmp_path: Path) -> None:
+    inbox = RefusingInbox("ann@exmaple.org")
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        config_path = write_config(tmp_path, None)
+        with config_path.open("a") as f:
+            f.write(f'[smtp]\nhost = "127.0.0.1"\nport = {port}\n')
+        b = billing_for(config_path)
+        b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR"))
+        for member_id, email in (
+            ("m0", "ann@exmaple.org"),  # mistyped at the desk
+            ("m1", "bob@example.org"),
+            ("m2", "cem@example.org"),
+        ):
+            b.add_member(member_id, "A", plan_id="monthly", email=email, payment_method="pm_sim_ok")
+        assert "notices sent: 2" in cli_ok(config_path, "run")
+        assert sorted(m["To"] for m in inbox.messages) == ["bob@example.org", "cem@example.org"]
+        assert b.member("m0")["email_bounced"] is True
+        listed = cli_ok(config_path, "notices", "list", "--csv").splitlines()
+        assert listed[0] == "notice,member,kind,to,state,created,sent,error"
+        failed = [line for line in listed if ",failed," in line]
+        assert len(failed) == 1 and failed[0].startswith("1,m0,receipt,ann@exmaple.org,")
+        assert "550 5.1.1 no such user" in failed[0]
+        # Later notices to the bounced address wait for a corrected one: no new refusal.
+        b.charge_extra("m0", "towel", "Towel", 300)
+        assert notices(b, "m0") == ["receipt", "receipt"]
+        assert "notices sent: 0" in cli_ok(config_path, "run")
+        assert inbox.refusals == 1
+        assert "bounced before" in b.notices("m0", "failed")[0].error
+        # The front desk corrects the address: what never reached Ann goes out to it.
+        assert "ann@example.org" in cli_ok(
+            config_path, "members", "edit", "m0", "--email", "ann@example.org"
+        )
+        assert b.member("m0")["email_bounced"] is False
+        assert "notices sent: 2" in cli_ok(config_path, "run")
+        assert [m["To"] for m in inbox.messages[2:]] == ["ann@example.org"] * 2
+        # And any notice can be sent again.
+        assert "notice 1 queued again as" in cli_ok(config_path, "notices", "resend", "1")
+        assert "notices sent: 1" in cli_ok(config_path, "run")
+        assert inbox.messages[-1]["To"] == "ann@example.org"
+        queued = cli_ok(config_path, "notices", "list", "--state", "queued", "--csv")
+        assert queued.splitlines()[1:] == []
+    finally:
+        controller.stop()

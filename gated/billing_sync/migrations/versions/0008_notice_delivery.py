@@ -1,4 +1,5 @@
-"""notifications: a claim (lease) per sending process, so each notice is sent once
+"""notifications: a claim (lease) per sending process, so each notice is sent once; a notice
+refused for good is marked failed with the server's answer, and the member's address bounced
 
 Revision ID: 0008_notice_delivery
 Revises: 0007_online_signup
@@ -20,9 +21,17 @@ def upgrade() -> None:
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.add_column(sa.Column("claim", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("claimed_until", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("failed_at", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("error", sa.Text(), nullable=True))
+    with op.batch_alter_table("members", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("email_bounced_at", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("members", schema=None) as batch_op:
+        batch_op.drop_column("email_bounced_at")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.drop_column("error")
+        batch_op.drop_column("failed_at")
         batch_op.drop_column("claimed_until")
         batch_op.drop_column("claim")
