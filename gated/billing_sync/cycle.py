@@ -122,7 +122,7 @@ def plan_charges(
         retry = eng.retry_due(acct, now)
         if f.plan is not None and eng.renewal_due(acct, now):
             start = int(f.sub.paid_through)
-            end = eng.add_months(start, int(f.plan.period_months))
+            end = eng.period_end(int(f.sub.started_at), start, int(f.plan.period_months))
             label = f"{f.plan.name} {format_day(start)} to {format_day(end)}"
             renewals.append(
                 InvoiceSpec(

@@ -4,6 +4,7 @@ freezes, cancellations, disputes, households, cards, erasure and the version seq
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -594,3 +595,22 @@ def test_simulated_gateway_answers_alike_from_memory_and_from_a_file(
             gw.retrieve_intent(unknown)
     with pytest.raises(GatewayRejected):
         intent("k10", "pm_sim_ok", 0)
+
+
+def test_a_member_who_joined_on_the_31st_renews_on_the_last_day_of_each_month(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(int(datetime(2027, 1, 31, 9, 30, tzinfo=UTC).timestamp()))
+    b, _ = make_billing(tmp_path, clock=clock)
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    ends = [b.member("m1")["paid_through"]]
+    for _ in range(115):  # a cycle a day, as serve runs them
+        step(b, clock, 1)
+        if b.member("m1")["paid_through"] != ends[-1]:
+            ends.append(b.member("m1")["paid_through"])
+    assert [e[:10] for e in ends] == [
+        "2027-02-28",
+        "2027-03-31",
+        "2027-04-30",
+        "2027-05-31",
+    ]
