@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
+from gated.config import ConfigError, load_billing_config
 from gated.contract import parse_qr_code
 from tests.billing.helpers import cli_ok, write_cli_config
 
@@ -142,3 +143,16 @@ def test_errors_are_one_line_with_meaningful_exit_codes(cfg: Path, tmp_path: Pat
     assert result.exit_code == 2
     assert "dunning.grace_dayz: unknown setting" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_collections_before_the_last_retry_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('sites = ["downtown"]\n[dunning]\ncollections_days = 5\nretry_days = [3, 7]\n')
+    result = runner.invoke(app, ["run", "-c", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(ConfigError) as refused:
+        load_billing_config(bad)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "dunning: collections_days (5) must be after the last of retry_days (7)" in message
