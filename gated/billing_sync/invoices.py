@@ -283,6 +283,20 @@ def record_payment(
         if amount <= 0 or amount > owed:
             less = f", less invoice {busy} whose charge is still in flight" if in_flight else ""
             raise BillingError(f"amount must be between 1 and {owed} (what is owed{less})")
+        if reference is not None:
+            used = conn.execute(
+                select(s.payments.c.invoice_id).where(
+                    or_(
+                        s.payments.c.reference == reference,
+                        s.payments.c.reference.startswith(f"{reference}:", autoescape=True),
+                    )
+                )
+            ).first()
+            if used is not None:
+                raise BillingError(
+                    f"reference {reference} was already used (a payment on invoice"
+                    f" {used.invoice_id}); give each payment its own reference"
+                )
         left = amount
         for inv in payable:
             if left <= 0:

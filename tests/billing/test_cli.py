@@ -156,3 +156,13 @@ def test_collections_before_the_last_retry_is_a_config_error(tmp_path: Path) -> 
     message = str(refused.value)
     assert "\n" not in message
     assert "dunning: collections_days (5) must be after the last of retry_days (7)" in message
+
+
+def test_a_payment_reference_used_before_is_refused_in_one_line(cfg: Path) -> None:
+    ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly")  # no card: owes 59.38
+    assert "paid 1000" in ok(cfg, "pay", "m1", "1000", "--reference", "R-17")
+    again = runner.invoke(app, ["pay", "m1", "1000", "--reference", "R-17", "-c", str(cfg)])
+    assert again.exit_code != 0 and isinstance(again.exception, SystemExit)
+    assert "Traceback" not in again.output and "IntegrityError" not in again.output
+    assert "reference R-17 was already used" in " ".join(again.stderr.split())
+    assert json.loads(ok(cfg, "members", "show", "m1", "--json"))["owed"] == 5938 - 1000
