@@ -17,7 +17,8 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.enrolment import start_memberships
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, load_facts
-from gated.billing_sync.publishing import refresh
+from gated.billing_sync.notices import format_amount
+from gated.billing_sync.publishing import queue_notice, refresh
 from gated.billing_sync.store import bulk, insert_ids
 
 _SUB, _INV = s.subscriptions, s.invoices
@@ -298,12 +299,24 @@ def record_payment(
                     f" {used.invoice_id}); give each payment its own reference"
                 )
         left = amount
+        paid: list[str] = []
         for inv in payable:
             if left <= 0:
                 break
             part = min(left, int(inv.total - inv.amount_paid))
             apply_payment(conn, inv, part, method, reference and f"{reference}:{inv.id}", now)
+            paid.append(str(inv.id))
             left -= part
+        # The same receipt a card payment gets, for money taken at the desk or by transfer.
+        currency = payable[0].currency
+        queue_notice(
+            ctx,
+            conn,
+            facts,
+            "receipt",
+            amount=format_amount(amount, currency),
+            invoice=", ".join(paid),
+        )
         refresh(ctx, conn, [member_id], now)
     ctx.notify_published()
     return amount

@@ -614,3 +614,19 @@ def test_a_member_who_joined_on_the_31st_renews_on_the_last_day_of_each_month(
         "2027-04-30",
         "2027-05-31",
     ]
+
+
+def test_a_front_desk_payment_sends_a_receipt(billing: tuple[Billing, Clock]) -> None:
+    b, _ = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="ann@example.org")  # no card: owes
+    assert notices(b, "m1") == ["new_card"]
+    b.record_payment("m1", 1000, reference="R-1")
+    b.record_payment("m1")
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        receipts = conn.execute(
+            select(n.c.to_addr, n.c.body).where(n.c.kind == "receipt").order_by(n.c.id)
+        ).all()
+    assert [r.to_addr for r in receipts] == ["ann@example.org"] * 2
+    assert "we received 10.00 EUR for invoice 1" in receipts[0].body
+    assert "we received 49.38 EUR for invoice 1" in receipts[1].body
