@@ -28,7 +28,13 @@ from gated.billing_sync import reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
-from gated.billing_sync.keys import Keys, init_keys, new_credential_key, new_signing_key
+from gated.billing_sync.keys import (
+    Keys,
+    head_office_public_pem,
+    init_keys,
+    new_credential_key,
+    new_signing_key,
+)
 from gated.billing_sync.service import Billing, CycleReport, PlanSpec
 from gated.billing_sync.store import open_store
 from gated.config import BillingConfig, load_billing_config, parse_duration
@@ -441,6 +447,23 @@ def keys_init(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     cfg = load_billing_config(config)
     for path in init_keys(cfg.keys):
         out.print(f"wrote {path}")
+
+
+@keys_app.command("export-public")
+def keys_export_public(
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write it to this file instead of stdout.")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Print the head-office public key the gates trust (head_office_public_key_files)."""
+    cfg = load_billing_config(config)
+    pem = head_office_public_pem(cfg.keys.head_office_private_key_file)
+    if out_file is None:
+        sys.stdout.write(pem.decode())
+        return
+    out_file.write_bytes(pem)
+    err.print(f"wrote {out_file}", markup=False, highlight=False)
 
 
 @keys_app.command("rotate")

@@ -166,3 +166,27 @@ def test_a_payment_reference_used_before_is_refused_in_one_line(cfg: Path) -> No
     assert "Traceback" not in again.output and "IntegrityError" not in again.output
     assert "reference R-17 was already used" in " ".join(again.stderr.split())
     assert json.loads(ok(cfg, "members", "show", "m1", "--json"))["owed"] == 5938 - 1000
+
+
+def test_keys_init_writes_the_public_key_the_gates_need_and_export_prints_it(
+    cfg: Path, tmp_path: Path
+) -> None:
+    from gated.contract import Signer, load_public_key, public_key_raw
+
+    public = tmp_path / "keys" / "ho.pub"  # beside keys/ho.pem
+    assert public.exists() and public.stat().st_mode & 0o777 == 0o644
+    signer = Signer.from_pem_file(tmp_path / "keys" / "ho.pem")
+    assert public_key_raw(load_public_key(public)) == signer.public_key_raw
+    exported = ok(cfg, "keys", "export-public")
+    assert exported == public.read_text()
+    assert "PRIVATE" not in exported
+    out = tmp_path / "gate-trust.pub"
+    ok(cfg, "keys", "export-public", "--out", str(out))
+    assert out.read_text() == public.read_text()
+    # A rotation writes the new public key too (the old one stays beside it for the gates).
+    ok(cfg, "keys", "rotate")
+    rotated = Signer.from_pem_file(tmp_path / "keys" / "ho.pem")
+    assert public_key_raw(load_public_key(public)) == rotated.public_key_raw
+    assert (
+        public_key_raw(load_public_key(tmp_path / "keys" / "ho.pub.old")) == signer.public_key_raw
+    )
