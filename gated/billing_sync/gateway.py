@@ -72,7 +72,12 @@ class PaymentGateway(Protocol):
         ...
 
     def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
-        """Save a payment method on the customer for off-session charges; returns its id."""
+        """Save a payment method on the customer for off-session charges; returns its id. A card
+        the issuer refuses raises ``GatewayRejected``."""
+        ...
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """Delete a customer record made for an enrolment that did not go through."""
         ...
 
     def create_intent(
@@ -158,6 +163,10 @@ class FaultyGateway:
             "attach_payment_method",
             lambda: self.inner.attach_payment_method(customer_ref, payment_method),
         )
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """``inner.delete_customer`` between its two steps."""
+        self._call("delete_customer", lambda: self.inner.delete_customer(customer_ref))
 
     def create_intent(
         self,
@@ -259,6 +268,9 @@ class SimulatedGateway:
         if not payment_method.startswith("pm_"):
             raise GatewayRejected(f"not a payment method id: {payment_method!r}")
         return payment_method
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """Customers are implicit: nothing to delete."""
 
     def create_intent(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,9 +23,12 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import dependants, load_one
+from gated.billing_sync.gateway import GatewayError
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.store import many
 from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
+
+log = logging.getLogger("gated.billing")
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,15 @@ def add_member(
     customer_ref = None
     if payment_method and not payer_id:
         customer_ref = ctx.gateway.create_customer(member_id, email, name)
-        payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+        try:
+            payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+        except GatewayError:
+            # The member is not enrolled: no customer is left behind at the provider.
+            try:
+                ctx.gateway.delete_customer(customer_ref)
+            except GatewayError as exc:
+                log.warning("event=orphan_customer member=%s error=%s", member_id, exc)
+            raise
     qr_private = nacl.signing.SigningKey.generate().encode() if with_qr else None
     with ctx.engine.begin() as conn:
         conn.execute(

@@ -138,14 +138,26 @@ class StripeGateway:
         return str(customer.id)
 
     def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
-        """Attach a PaymentMethod (e.g. from Stripe Elements) to the customer."""
-        pm = self._call(
-            "payment_methods.attach",
-            lambda c: c.v1.payment_methods.attach(
-                payment_method, params={"customer": customer_ref}
-            ),
-        )
+        """Attach a PaymentMethod (e.g. from Stripe Elements) to the customer; a card the
+        issuer declines on attaching is ``GatewayRejected`` with the decline."""
+        try:
+            pm = self._call(
+                "payment_methods.attach",
+                lambda c: c.v1.payment_methods.attach(
+                    payment_method, params={"customer": customer_ref}
+                ),
+            )
+        except stripe.CardError as exc:
+            err = exc.error
+            code = (err.decline_code if err else None) or exc.code or "card_declined"
+            raise GatewayRejected(
+                f"the card was declined ({code.replace('_', ' ')}); nothing was charged"
+            ) from exc
         return str(pm.id)
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """Delete a customer (an enrolment whose card was refused)."""
+        self._call("customers.delete", lambda c: c.v1.customers.delete(customer_ref))
 
     def create_intent(
         self,
