@@ -131,7 +131,10 @@ def plan_charges(
                     f.plan.currency,
                     [("membership", label, 1, int(f.plan.price))],
                     int(f.plan.tax_rate_bp),
-                    start,
+                    # Due when billed: a period billed late (it waited for the one before,
+                    # paid at the desk days into it) gets its full grace from now, as its
+                    # failure notice says, not a suspension the next day.
+                    max(start, now),
                     (start, end),
                 )
             )

@@ -231,8 +231,12 @@ class Billing:
         reference: str | None = None,
     ) -> int:
         """A payment taken outside the gateway, applied to the oldest open invoices first;
-        returns the amount applied."""
-        return invoices.record_payment(self.ctx, member_id, amount, method, reference)
+        returns the amount applied. What it makes due at once (the renewal of a period that
+        began while the member was behind) is billed and charged right away, so the status
+        the desk reads afterwards is the one that holds."""
+        paid = invoices.record_payment(self.ctx, member_id, amount, method, reference)
+        cycle.run_cycle(self.ctx, member_ids=[member_id])
+        return paid
 
     # --- invoices and the pay page ----------------------------------------------------------
 
