@@ -14,7 +14,7 @@ import gc
 import json
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +84,8 @@ ConfigOpt = Annotated[
 ]
 DEFAULT_CONFIG = Path("/etc/gated/billing.toml")
 CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")]
+# Rows a table shows by default: a terminal table of every invoice of a large gym helps nobody.
+TABLE_LIMIT = 1000
 
 
 @app.callback()
@@ -159,7 +161,7 @@ def _audit(billing: Billing, action: str, member_id: str | None) -> AbstractCont
     return billing.audited(Actor.unix_user(), action, member_id)
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], as_csv: bool) -> None:
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], as_csv: bool) -> None:
     if as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
@@ -684,12 +686,20 @@ def pass_(
 def invoices(
     member_id: Annotated[str | None, typer.Argument()] = None,
     lines: Annotated[bool, typer.Option("--lines", help="Show line items.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Only the newest N invoices (0: all). Default: all with --csv, the newest"
+            f" {TABLE_LIMIT} in a table."
+        ),
+    ] = None,
     as_csv: CsvOpt = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Invoices (newest first), optionally with their itemized lines."""
-    with service(config) as billing:
-        rows = reports.invoices(billing.engine, member_id, lines)
+    """Invoices (newest first), optionally with their itemized lines. CSV streams every invoice;
+    when fewer are shown than exist, a line on stderr says so."""
+    if limit is None:
+        limit = 0 if as_csv else TABLE_LIMIT
     cols = [
         "invoice",
         "member",
@@ -704,7 +714,16 @@ def invoices(
     ]
     if lines:
         cols += ["line", "description", "qty", "unit", "amount"]
-    _table("invoices", cols, rows, as_csv)
+    with service(config) as billing:
+        rows = reports.invoices(billing.engine, member_id, lines, limit or None)
+        _table("invoices", cols, rows if as_csv else list(rows), as_csv)
+        total = reports.count_invoices(billing.engine, member_id) if limit else 0
+    if limit and total > limit:
+        err.print(
+            f"showing the newest {limit} of {total} invoices (--limit 0 or --csv for all)",
+            markup=False,
+            highlight=False,
+        )
 
 
 # --- notices -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -512,44 +512,76 @@ REPORTS: dict[str, Callable[[Engine, int, Scope], Report]] = {
 }
 
 
-def invoices(engine: Engine, member_id: str | None, with_lines: bool) -> list[tuple[Any, ...]]:
-    """Invoice rows (newest first), each followed by its lines when asked."""
-    inv, ln = s.invoices, s.invoice_lines
-    q = select(inv).order_by(inv.c.id.desc())
+# Invoices are read this many at a time (newest first, by id), so listing every invoice of a
+# large gym streams in bounded memory.
+INVOICE_PAGE = 1000
+
+
+def count_invoices(engine: Engine, member_id: str | None) -> int:
+    """How many invoices ``invoices`` would list without a limit."""
+    inv = s.invoices
+    q = select(func.count()).select_from(inv)
     if member_id:
         q = q.where(inv.c.member_id == member_id)
-    out: list[tuple[Any, ...]] = []
     with reading(engine).connect() as conn:
-        rows = conn.execute(q.limit(1000)).all()
-        lines: dict[int, list[Any]] = {}
-        if with_lines and rows:
-            for line in conn.execute(
-                select(ln).where(ln.c.invoice_id.in_([r.id for r in rows])).order_by(ln.c.id)
-            ):
-                lines.setdefault(line.invoice_id, []).append(line)
-    for r in rows:
-        head = (
-            r.id,
-            r.member_id,
-            r.kind,
-            r.status,
-            r.currency,
-            r.subtotal,
-            r.tax,
-            r.total,
-            r.amount_paid,
-            _day(r.due_at),
-        )
-        if not with_lines:
-            out.append(head)
-            continue
-        for i, line in enumerate(lines.get(r.id, [])):
-            blank = ("",) * len(head)
-            out.append(
-                (head if i == 0 else blank)
-                + (line.kind, line.description, line.quantity, line.unit_amount, line.amount)
-            )
-    return out
+        return int(conn.execute(q).scalar_one())
+
+
+def invoices(
+    engine: Engine, member_id: str | None, with_lines: bool, limit: int | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Invoice rows (newest first), each followed by its lines when asked: every invoice, or
+    the newest ``limit``. Read a page at a time, in one consistent snapshot."""
+    inv, ln = s.invoices, s.invoice_lines
+    left = limit
+    with reading(engine).connect() as conn, conn.begin():
+        before: int | None = None
+        while left is None or left > 0:
+            q = select(inv).order_by(inv.c.id.desc())
+            if member_id:
+                q = q.where(inv.c.member_id == member_id)
+            if before is not None:
+                q = q.where(inv.c.id < before)
+            size = INVOICE_PAGE if left is None else min(left, INVOICE_PAGE)
+            rows = conn.execute(q.limit(size)).all()
+            if not rows:
+                return
+            before = rows[-1].id
+            if left is not None:
+                left -= len(rows)
+            lines: dict[int, list[Any]] = {}
+            if with_lines:
+                for line in conn.execute(
+                    select(ln).where(ln.c.invoice_id.in_([r.id for r in rows])).order_by(ln.c.id)
+                ):
+                    lines.setdefault(line.invoice_id, []).append(line)
+            for r in rows:
+                head = (
+                    r.id,
+                    r.member_id,
+                    r.kind,
+                    r.status,
+                    r.currency,
+                    r.subtotal,
+                    r.tax,
+                    r.total,
+                    r.amount_paid,
+                    _day(r.due_at),
+                )
+                if not with_lines:
+                    yield head
+                    continue
+                for i, line in enumerate(lines.get(r.id, [])):
+                    blank = ("",) * len(head)
+                    yield (head if i == 0 else blank) + (
+                        line.kind,
+                        line.description,
+                        line.quantity,
+                        line.unit_amount,
+                        line.amount,
+                    )
+            if len(rows) < size:
+                return
 
 
 def scope_for(

@@ -190,3 +190,28 @@ def test_keys_init_writes_the_public_key_the_gates_need_and_export_prints_it(
     assert (
         public_key_raw(load_public_key(tmp_path / "keys" / "ho.pub.old")) == signer.public_key_raw
     )
+
+
+def test_invoices_are_all_listed_or_the_limit_is_said(cfg: Path) -> None:
+    from gated.billing_sync.invoices import InvoiceSpec, create_invoices
+    from tests.billing.crashing import billing_for
+
+    ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    b = billing_for(cfg)
+    specs = [
+        InvoiceSpec("m1", "extra", "EUR", [("extra", f"Towel {i}", 1, 300)], 0, 0, None)
+        for i in range(1204)
+    ]
+    with b.engine.begin() as conn:
+        create_invoices(conn, specs, b.clock())
+    b.engine.dispose()
+    rows = list(csv.reader(io.StringIO(ok(cfg, "invoices", "--csv"))))
+    assert len(rows) == 1 + 1205  # the header, then every invoice
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(1205, 0, -1)]  # newest first
+    with_lines = list(csv.reader(io.StringIO(ok(cfg, "invoices", "--lines", "--csv"))))
+    assert len(with_lines) == 1 + 1204 + 2  # the first invoice has a tax line
+    table = runner.invoke(app, ["invoices", "--limit", "10", "-c", str(cfg)])
+    assert table.exit_code == 0
+    assert "showing the newest 10 of 1205 invoices" in " ".join(table.stderr.split())
+    limited = ok(cfg, "invoices", "--csv", "--limit", "3")
+    assert len(limited.splitlines()) == 1 + 3
