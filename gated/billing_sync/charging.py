@@ -338,7 +338,7 @@ def record_results(
                 # Paid meanwhile (at the desk, by another attempt): the money is booked all the
                 # same, so our books hold what the provider took; the invoice shows it overpaid.
                 log.warning("event=overpaid invoice=%s attempt=%s", inv.id, c.key)
-            payments.append((inv, c.amount, "card", c.gateway_ref))
+            payments.append((inv, c.amount, res.method, c.gateway_ref))
         outcomes.append((c, inv, decline_class))
     if not updates:
         return

@@ -136,12 +136,22 @@ def _entered() -> ColumnElement[bool]:
 
 
 def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
-    """Money received per month, currency and method (chargebacks count negative)."""
+    """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
+    ...; chargebacks count negative): gross, and apart the net and the tax in it (each payment's
+    share of its invoice's tax, rounded per payment)."""
     p, inv = s.payments, s.invoices
     with reading(engine).connect() as conn:
         who = _members_at(conn, scope)
         rows = conn.execute(
-            select(p.c.at, inv.c.currency, p.c.method, p.c.amount, p.c.member_id)
+            select(
+                p.c.at,
+                inv.c.currency,
+                p.c.method,
+                p.c.amount,
+                p.c.member_id,
+                inv.c.tax,
+                inv.c.total,
+            )
             .join(inv, inv.c.id == p.c.invoice_id)
             .where(scope.within(p.c.at))
         ).all()
@@ -150,13 +160,24 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
         if who is not None and r.member_id not in who:
             continue
         key = (datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m"), r.currency, r.method)
-        acc = totals.setdefault(key, [0, 0])
-        acc[0] += int(r.amount)
-        acc[1] += 1
+        acc = totals.setdefault(key, [0, 0, 0])
+        amount = int(r.amount)
+        acc[0] += amount
+        acc[1] += _tax_share(amount, int(r.tax), int(r.total))
+        acc[2] += 1
     return (
-        ["month", "currency", "method", "amount", "payments"],
-        [(*k, v[0], v[1]) for k, v in sorted(totals.items())],
+        ["month", "currency", "method", "gross", "net", "tax", "payments"],
+        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items())],
     )
+
+
+def _tax_share(amount: int, tax: int, total: int) -> int:
+    """The tax in ``amount`` paid on an invoice of ``total`` carrying ``tax``, rounded half away
+    from zero (a part payment carries its part; a chargeback takes it back)."""
+    if total <= 0:
+        return 0
+    share = (abs(amount) * tax * 2 + total) // (2 * total)
+    return share if amount >= 0 else -share
 
 
 def outstanding(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:

@@ -33,6 +33,13 @@ _STATES: dict[str, IntentState] = {
 }
 
 
+def method_of(intent: Mapping[str, Any]) -> str:
+    """What a PaymentIntent (as the API or a webhook gives it) is paid with: its one payment
+    method type (``card``, ``sepa_debit``, ...), else ``card``."""
+    types = intent.get("payment_method_types") or []
+    return str(types[0]) if len(types) == 1 else "card"
+
+
 class StripeGateway:
     """Charges through Stripe (or a Stripe-compatible fake at ``api_base``).
 
@@ -261,4 +268,6 @@ class StripeGateway:
         redirect = (data.get("next_action") or {}).get("redirect_to_url") or {}
         action_url = redirect.get("url") if state == "requires_action" else None
         secret = data.get("client_secret") if state == "requires_action" else None
-        return ChargeResult(str(data["id"]), state, decline, advice, action_url, secret)
+        return ChargeResult(
+            str(data["id"]), state, decline, advice, action_url, secret, method_of(data)
+        )

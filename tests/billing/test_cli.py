@@ -102,7 +102,7 @@ def test_member_lifecycle_through_the_cli(cfg: Path, tmp_path: Path) -> None:
     assert json.loads(ok(cfg, "members", "show", "m2", "--json"))["status"] == "cancelled"
 
     revenue = list(csv.DictReader(io.StringIO(ok(cfg, "report", "revenue", "--csv"))))
-    assert sum(int(r["amount"]) for r in revenue) == 5938 * 3 + 595 + 3570
+    assert sum(int(r["gross"]) for r in revenue) == 5938 * 3 + 595 + 3570
     for name in ("outstanding", "dunning", "attendance"):
         ok(cfg, "report", name, "--csv")
 
@@ -215,3 +215,17 @@ def test_invoices_are_all_listed_or_the_limit_is_said(cfg: Path) -> None:
     assert "showing the newest 10 of 1205 invoices" in " ".join(table.stderr.split())
     limited = ok(cfg, "invoices", "--csv", "--limit", "3")
     assert len(limited.splitlines()) == 1 + 3
+
+
+def test_revenue_is_by_real_method_with_net_and_tax_apart(cfg: Path) -> None:
+    ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    ok(cfg, "members", "add", "m2", "--name", "Bo", "--plan", "monthly", "--card", "pm_sim_sepa")
+    ok(cfg, "members", "add", "m3", "--name", "Cy", "--plan", "monthly")  # no card
+    ok(cfg, "pay", "m3", "--method", "front_desk")
+    ok(cfg, "clock", "advance", "3d")
+    ok(cfg, "run")  # the SEPA debit settles
+    rows = list(csv.DictReader(io.StringIO(ok(cfg, "report", "revenue", "--csv"))))
+    by_method = {r["method"]: r for r in rows}
+    assert sorted(by_method) == ["card", "front_desk", "sepa_debit"]
+    for r in rows:  # 49.90 net + 19 % tax = 59.38 each
+        assert (r["gross"], r["net"], r["tax"], r["payments"]) == ("5938", "4990", "948", "1")

@@ -576,7 +576,7 @@ def test_simulated_gateway_answers_alike_from_memory_and_from_a_file(
     clock.advance(2.9)
     assert gw.retrieve_intent(sepa).state == "processing"
     clock.advance(0.2)
-    assert gw.retrieve_intent(sepa) == ChargeResult(sepa, "succeeded")
+    assert gw.retrieve_intent(sepa) == ChargeResult(sepa, "succeeded", method="sepa_debit")
     # The script answers one confirmation at a time, then keeps its last outcome.
     declined = gw.confirm_intent(intent("k4", "pm_card"), "k4")
     assert (declined.state, declined.decline_code) == ("failed", "insufficient_funds")
