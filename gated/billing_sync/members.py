@@ -24,7 +24,7 @@ from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import dependants, load_one
 from gated.billing_sync.gateway import GatewayError
-from gated.billing_sync.publishing import refresh
+from gated.billing_sync.publishing import readdress_notices, refresh
 from gated.billing_sync.store import many
 from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
 
@@ -227,20 +227,10 @@ def edit_member(
         values.update(email=email, email_bounced_at=None)
     if not values:
         raise BillingError("nothing to change (give --name or --email)")
-    n = s.notifications
     with ctx.engine.begin() as conn:
         conn.execute(update(s.members).where(s.members.c.id == member_id).values(**values))
-        if email is not None and f.member.email and f.member.email != email:
-            ids = [member_id, *dependants(conn, [member_id])]
-            conn.execute(
-                update(n)
-                .where(
-                    n.c.member_id.in_(many(ids)),
-                    n.c.to_addr == f.member.email,
-                    n.c.sent_at.is_(None),
-                )
-                .values(to_addr=email, failed_at=None, error=None, attempts=0)
-            )
+        if email is not None:
+            readdress_notices(conn, member_id, f.member.email, email)
 
 
 def member(ctx: Context, member_id: str) -> dict[str, Any]:

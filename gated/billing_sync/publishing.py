@@ -302,6 +302,21 @@ def queue_notices(
 NOTICE_STATES = ("queued", "sent", "failed")
 
 
+def readdress_notices(conn: Connection, member_id: str, old: str | None, new: str) -> None:
+    """A member's address changed from ``old`` to ``new``: the notices that never reached the
+    old one (queued, or failed because it bounced), the member's and their dependants', go to
+    the new one."""
+    if not old or old == new:
+        return
+    n = s.notifications
+    ids = [member_id, *dependants(conn, [member_id])]
+    conn.execute(
+        update(n)
+        .where(n.c.member_id.in_(ids), n.c.to_addr == old, n.c.sent_at.is_(None))
+        .values(to_addr=new, failed_at=None, error=None, attempts=0)
+    )
+
+
 def list_notices(
     ctx: Context, member_id: str | None = None, state: str | None = None, limit: int = 1000
 ) -> list[Row[Any]]:

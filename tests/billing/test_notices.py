@@ -246,3 +246,26 @@ def test_a_refused_address_is_marked_and_blocks_no_other_notice(tmp_path: Path) 
         assert queued.splitlines()[1:] == []
     finally:
         controller.stop()
+
+
+def test_an_address_the_member_confirms_by_link_clears_its_bounce(tmp_path: Path) -> None:
+    inbox = RefusingInbox("ann@exmaple.org")
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        b, clock = make_billing(tmp_path)
+        b.add_member("m0", "Ann", plan_id="monthly", email="ann@exmaple.org")
+        cfg = SmtpConfig(host="127.0.0.1", port=port)
+        assert deliver(b.engine, cfg, clock.now) == 0
+        assert b.member("m0")["email_bounced"] is True
+        b.request_email_change("m0", "ann@example.org", "http://x/app/email/")
+        n = schema.notifications
+        with b.engine.connect() as conn:
+            body = conn.execute(select(n.c.body).where(n.c.kind == "email_change")).scalar_one()
+        assert b.confirm_email_change(body.split("http://x/app/email/")[1].split()[0]) == "m0"
+        assert b.member("m0")["email_bounced"] is False
+        assert deliver(b.engine, cfg, clock.now) == 2  # the link's mail, and the bounced notice
+        assert sorted(m["To"] for m in inbox.messages) == ["ann@example.org"] * 2
+    finally:
+        controller.stop()
