@@ -437,6 +437,17 @@ class DunningConfig(_Section):
             raise ValueError("must be strictly increasing positive day counts, e.g. [3, 7]")
         return v
 
+    @model_validator(mode="after")
+    def _collections_after_retries(self) -> DunningConfig:
+        # Collections ends dunning: a retry scheduled on or after it would never be made, and
+        # the notice before it would promise one.
+        if self.retry_days and self.collections_days <= self.retry_days[-1]:
+            raise ValueError(
+                f"collections_days ({self.collections_days}) must be after the last of"
+                f" retry_days ({self.retry_days[-1]})"
+            )
+        return self
+
 
 class StripeConfig(_Section):
     api_key_file: Path

@@ -312,7 +312,7 @@ def record_results(
     for c in charges:
         res = c.result
         assert res is not None
-        if current.get(c.attempt_id) in s.FINAL_ATTEMPT_STATES:
+        if not applies(current.get(c.attempt_id), res):
             continue
         if res.state == "requires_confirmation" or res.action_url is not None:
             # Not final yet: the member is authenticating on the bank's page; the return to
@@ -334,7 +334,11 @@ def record_results(
         if inv is None:
             continue
         if res.state == "succeeded":
-            payments.append((inv, c.amount, "card", c.gateway_ref))
+            if int(inv.amount_paid) >= int(inv.total):
+                # Paid meanwhile (at the desk, by another attempt): the money is booked all the
+                # same, so our books hold what the provider took; the invoice shows it overpaid.
+                log.warning("event=overpaid invoice=%s attempt=%s", inv.id, c.key)
+            payments.append((inv, c.amount, res.method, c.gateway_ref))
         outcomes.append((c, inv, decline_class))
     if not updates:
         return
@@ -373,6 +377,17 @@ def record_results(
             after_failure(ctx, conn, f, inv, c, c.result, decline_class, now)
     queue_notices(ctx, conn, receipts)
     refresh(ctx, conn, list(facts), now, facts=facts)
+
+
+def applies(stored: str | None, result: ChargeResult) -> bool:
+    """Whether a gateway answer changes an attempt stored in state ``stored``: one not yet
+    final takes any answer; a final one only a success it did not have. A payment the provider
+    took is always booked, even after the attempt was recorded as declined or waiting on the
+    member (3-D Secure finished in the page after we stopped waiting); a success booked once
+    is never booked again, and nothing overturns it."""
+    if stored not in s.FINAL_ATTEMPT_STATES:
+        return True
+    return result.state == "succeeded" and stored != "succeeded"
 
 
 def after_failure(

@@ -14,7 +14,7 @@ import gc
 import json
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,13 @@ from gated.billing_sync import reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
-from gated.billing_sync.keys import Keys, init_keys, new_credential_key, new_signing_key
+from gated.billing_sync.keys import (
+    Keys,
+    head_office_public_pem,
+    init_keys,
+    new_credential_key,
+    new_signing_key,
+)
 from gated.billing_sync.service import Billing, CycleReport, PlanSpec
 from gated.billing_sync.store import open_store
 from gated.config import BillingConfig, load_billing_config, parse_duration
@@ -49,6 +55,7 @@ plans_app = typer.Typer(no_args_is_help=True, help="Membership plans.")
 report_app = typer.Typer(no_args_is_help=True, help="Reports as tables or CSV.")
 clock_app = typer.Typer(no_args_is_help=True, help="The injected billing clock (demos, tests).")
 staff_app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console.")
+notices_app = typer.Typer(no_args_is_help=True, help="Member notices: list and send again.")
 for sub, name in (
     (members_app, "members"),
     (cards_app, "cards"),
@@ -58,6 +65,7 @@ for sub, name in (
     (report_app, "report"),
     (clock_app, "clock"),
     (staff_app, "staff"),
+    (notices_app, "notices"),
 ):
     app.add_typer(sub, name=name)
 
@@ -76,6 +84,8 @@ ConfigOpt = Annotated[
 ]
 DEFAULT_CONFIG = Path("/etc/gated/billing.toml")
 CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")]
+# Rows a table shows by default: a terminal table of every invoice of a large gym helps nobody.
+TABLE_LIMIT = 1000
 
 
 @app.callback()
@@ -151,7 +161,7 @@ def _audit(billing: Billing, action: str, member_id: str | None) -> AbstractCont
     return billing.audited(Actor.unix_user(), action, member_id)
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], as_csv: bool) -> None:
+def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], as_csv: bool) -> None:
     if as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
@@ -361,6 +371,24 @@ def members_allow_key(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
         out.print(f"{member_id}: may register a new pass device now")
 
 
+@members_app.command("edit")
+def members_edit(
+    member_id: str,
+    name: Annotated[str | None, typer.Option(help="Full name.")] = None,
+    email: Annotated[
+        str | None,
+        typer.Option(help="A corrected address: clears a bounce; unsent notices go to it."),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Correct a member's name or e-mail address."""
+    with service(config) as billing:
+        with _audit(billing, "edit_member", member_id):
+            billing.edit_member(member_id, name=name, email=email)
+        info = billing.member(member_id)
+        out.print(f"{member_id}: {info['name']} <{info['email']}>", markup=False)
+
+
 @members_app.command("set-card")
 def members_set_card(
     member_id: str,
@@ -421,6 +449,23 @@ def keys_init(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     cfg = load_billing_config(config)
     for path in init_keys(cfg.keys):
         out.print(f"wrote {path}")
+
+
+@keys_app.command("export-public")
+def keys_export_public(
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write it to this file instead of stdout.")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Print the head-office public key the gates trust (head_office_public_key_files)."""
+    cfg = load_billing_config(config)
+    pem = head_office_public_pem(cfg.keys.head_office_private_key_file)
+    if out_file is None:
+        sys.stdout.write(pem.decode())
+        return
+    out_file.write_bytes(pem)
+    err.print(f"wrote {out_file}", markup=False, highlight=False)
 
 
 @keys_app.command("rotate")
@@ -641,12 +686,20 @@ def pass_(
 def invoices(
     member_id: Annotated[str | None, typer.Argument()] = None,
     lines: Annotated[bool, typer.Option("--lines", help="Show line items.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Only the newest N invoices (0: all). Default: all with --csv, the newest"
+            f" {TABLE_LIMIT} in a table."
+        ),
+    ] = None,
     as_csv: CsvOpt = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Invoices (newest first), optionally with their itemized lines."""
-    with service(config) as billing:
-        rows = reports.invoices(billing.engine, member_id, lines)
+    """Invoices (newest first), optionally with their itemized lines. CSV streams every invoice;
+    when fewer are shown than exist, a line on stderr says so."""
+    if limit is None:
+        limit = 0 if as_csv else TABLE_LIMIT
     cols = [
         "invoice",
         "member",
@@ -661,7 +714,50 @@ def invoices(
     ]
     if lines:
         cols += ["line", "description", "qty", "unit", "amount"]
-    _table("invoices", cols, rows, as_csv)
+    with service(config) as billing:
+        rows = reports.invoices(billing.engine, member_id, lines, limit or None)
+        _table("invoices", cols, rows if as_csv else list(rows), as_csv)
+        total = reports.count_invoices(billing.engine, member_id) if limit else 0
+    if limit and total > limit:
+        err.print(
+            f"showing the newest {limit} of {total} invoices (--limit 0 or --csv for all)",
+            markup=False,
+            highlight=False,
+        )
+
+
+# --- notices -----------------------------------------------------------------------------------------
+
+
+@notices_app.command("list")
+def notices_list(
+    member_id: Annotated[str | None, typer.Argument(help="Only this member's.")] = None,
+    state: Annotated[str | None, typer.Option(help="queued, sent or failed.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 1000,
+    as_csv: CsvOpt = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Notices newest first: to whom, sent or not, and the mail server's answer if refused."""
+    with service(config) as billing:
+        rows = billing.notices(member_id, state, limit)
+    _table(
+        "notices",
+        ["notice", "member", "kind", "to", "state", "created", "sent", "error"],
+        [
+            (r.id, r.member_id, r.kind, r.to_addr, r.state, _when(r.created_at), _when(r.sent_at),
+             r.error or "")
+            for r in rows
+        ],
+        as_csv,
+    )  # fmt: skip
+
+
+@notices_app.command("resend")
+def notices_resend(notice_id: int, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Queue a notice again, to the member's address now (sent by serve or the next run)."""
+    with service(config) as billing:
+        new_id = billing.resend_notice(notice_id)
+        out.print(f"notice {notice_id} queued again as notice {new_id}")
 
 
 # --- reports and clock -------------------------------------------------------------------------------

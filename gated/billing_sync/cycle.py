@@ -122,7 +122,7 @@ def plan_charges(
         retry = eng.retry_due(acct, now)
         if f.plan is not None and eng.renewal_due(acct, now):
             start = int(f.sub.paid_through)
-            end = eng.add_months(start, int(f.plan.period_months))
+            end = eng.period_end(int(f.sub.started_at), start, int(f.plan.period_months))
             label = f"{f.plan.name} {format_day(start)} to {format_day(end)}"
             renewals.append(
                 InvoiceSpec(
@@ -131,7 +131,10 @@ def plan_charges(
                     f.plan.currency,
                     [("membership", label, 1, int(f.plan.price))],
                     int(f.plan.tax_rate_bp),
-                    start,
+                    # Due when billed: a period billed late (it waited for the one before,
+                    # paid at the desk days into it) gets its full grace from now, as its
+                    # failure notice says, not a suspension the next day.
+                    max(start, now),
                     (start, end),
                 )
             )

@@ -377,6 +377,22 @@ def add_months(ts: int, months: int) -> int:
     return int(d.replace(year=year, month=month, day=day).timestamp())
 
 
+@lru_cache(maxsize=4096)  # a cycle renews many members on the same days
+def period_end(anchor: int, start: int, months: int) -> int:
+    """The end of a billing period of ``months`` that starts at ``start``, for a contract
+    anchored at ``anchor`` (its start): periods end on the anchor's day of the month, clamped
+    to the month's last day, as Stripe's billing cycle anchor does (31 Jan -> 28/29 Feb -> 31
+    Mar -> 30 Apr), so a short month never pulls later renewals to an earlier day. A period
+    that does not start on an anchor date (a freeze moved it) runs whole months from its own
+    start."""
+    a = datetime.fromtimestamp(anchor, UTC)
+    s = datetime.fromtimestamp(start, UTC)
+    elapsed = (s.year - a.year) * 12 + s.month - a.month
+    if elapsed >= 0 and add_months(anchor, elapsed) == start:
+        return add_months(anchor, elapsed + months)
+    return add_months(start, months)
+
+
 def tax_of(amount: int, tax_rate_bp: int) -> int:
     """Tax on a net amount, rate in basis points (1900 = 19 %), rounded half up to a minor unit."""
     return (amount * tax_rate_bp + 5_000) // 10_000

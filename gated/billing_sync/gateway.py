@@ -40,7 +40,8 @@ class ChargeResult(NamedTuple):
     """Where a PaymentIntent stands; decline and advice codes are set when it failed.
     ``action_url`` is where a member paying on-session must go to authenticate (3-D Secure)
     before the intent can succeed; ``client_secret`` lets Stripe.js in the member's browser
-    finish such an intent (3-D Secure in the page)."""
+    finish such an intent (3-D Secure in the page); ``method`` is what the payment is booked
+    as."""
 
     intent_id: str
     state: IntentState
@@ -48,6 +49,8 @@ class ChargeResult(NamedTuple):
     advice_code: str | None = None
     action_url: str | None = None
     client_secret: str | None = None
+    # How the money moves (the provider's payment method type): ``card``, ``sepa_debit``, ...
+    method: str = "card"
 
 
 class CardSetup(NamedTuple):
@@ -72,7 +75,12 @@ class PaymentGateway(Protocol):
         ...
 
     def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
-        """Save a payment method on the customer for off-session charges; returns its id."""
+        """Save a payment method on the customer for off-session charges; returns its id. A card
+        the issuer refuses raises ``GatewayRejected``."""
+        ...
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """Delete a customer record made for an enrolment that did not go through."""
         ...
 
     def create_intent(
@@ -158,6 +166,10 @@ class FaultyGateway:
             "attach_payment_method",
             lambda: self.inner.attach_payment_method(customer_ref, payment_method),
         )
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """``inner.delete_customer`` between its two steps."""
+        self._call("delete_customer", lambda: self.inner.delete_customer(customer_ref))
 
     def create_intent(
         self,
@@ -260,6 +272,9 @@ class SimulatedGateway:
             raise GatewayRejected(f"not a payment method id: {payment_method!r}")
         return payment_method
 
+    def delete_customer(self, customer_ref: str) -> None:
+        """Customers are implicit: nothing to delete."""
+
     def create_intent(
         self,
         *,
@@ -291,7 +306,7 @@ class SimulatedGateway:
                 state, decline, advice = "succeeded", None, None
             if not self._intents.confirm(n, state, decline, advice, self._clock()):
                 return self._settle(intent_id)  # another process sharing the file was first
-            return ChargeResult(intent_id, state, decline, advice)
+            return ChargeResult(intent_id, state, decline, advice, method=_method(pm))
 
     def retrieve_intent(self, intent_id: str) -> ChargeResult:
         """The intent's state; a SEPA debit settles three clock days after confirmation."""
@@ -323,7 +338,7 @@ class SimulatedGateway:
             state = "failed" if failed else "succeeded"
             decline = "insufficient_funds" if failed else None
             self._intents.settle(n, state, decline)
-        return ChargeResult(intent_id, state, decline, advice)
+        return ChargeResult(intent_id, state, decline, advice, method=_method(pm))
 
     def _outcome(self, pm: str) -> tuple[IntentState, str | None, str | None]:
         queue = self._script.get(pm)
@@ -477,6 +492,11 @@ class _FileIntents:
             "SELECT coalesce(sum(amount), 0) FROM intents WHERE state = 'succeeded'"
         ).fetchone()
         return int(total)
+
+
+def _method(payment_method: str) -> str:
+    """The payment method type a simulated method stands for."""
+    return "sepa_debit" if payment_method.startswith("pm_sim_sepa") else "card"
 
 
 def _number(intent_id: str) -> int:

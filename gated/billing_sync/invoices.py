@@ -17,7 +17,8 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.enrolment import start_memberships
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, load_facts
-from gated.billing_sync.publishing import refresh
+from gated.billing_sync.notices import format_amount
+from gated.billing_sync.publishing import queue_notice, refresh
 from gated.billing_sync.store import bulk, insert_ids
 
 _SUB, _INV = s.subscriptions, s.invoices
@@ -283,13 +284,39 @@ def record_payment(
         if amount <= 0 or amount > owed:
             less = f", less invoice {busy} whose charge is still in flight" if in_flight else ""
             raise BillingError(f"amount must be between 1 and {owed} (what is owed{less})")
+        if reference is not None:
+            used = conn.execute(
+                select(s.payments.c.invoice_id).where(
+                    or_(
+                        s.payments.c.reference == reference,
+                        s.payments.c.reference.startswith(f"{reference}:", autoescape=True),
+                    )
+                )
+            ).first()
+            if used is not None:
+                raise BillingError(
+                    f"reference {reference} was already used (a payment on invoice"
+                    f" {used.invoice_id}); give each payment its own reference"
+                )
         left = amount
+        paid: list[str] = []
         for inv in payable:
             if left <= 0:
                 break
             part = min(left, int(inv.total - inv.amount_paid))
             apply_payment(conn, inv, part, method, reference and f"{reference}:{inv.id}", now)
+            paid.append(str(inv.id))
             left -= part
+        # The same receipt a card payment gets, for money taken at the desk or by transfer.
+        currency = payable[0].currency
+        queue_notice(
+            ctx,
+            conn,
+            facts,
+            "receipt",
+            amount=format_amount(amount, currency),
+            invoice=", ".join(paid),
+        )
         refresh(ctx, conn, [member_id], now)
     ctx.notify_published()
     return amount

@@ -12,10 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gated.config import BillingKeysConfig
-from gated.contract import Signer, load_credential_key, private_key_pem, public_key_pem
+from gated.contract import (
+    Signer,
+    load_credential_key,
+    load_private_key,
+    private_key_pem,
+    public_key_pem,
+)
 from gated.errors import GatedError
 
 
@@ -91,10 +97,11 @@ class Keys:
         )
 
 
-def _write_secret(path: Path, data: bytes) -> None:
+def _write_secret(path: Path, data: bytes, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # whatever the umask
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -104,10 +111,27 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def public_key_file(private_key_file: Path) -> Path:
+    """Where the public half of a signing key is written: beside it, ``.pub``."""
+    return private_key_file.with_suffix(".pub")
+
+
+def head_office_public_pem(private_key_file: Path) -> bytes:
+    """The head-office public key as the gates trust it (SubjectPublicKeyInfo PEM)."""
+    if not private_key_file.exists():
+        raise KeyFileError(
+            f"{private_key_file}: no such key file (create keys with `gated-billing keys init`)"
+        )
+    return public_key_pem(load_private_key(private_key_file).public_key())
+
+
 def new_signing_key(path: Path) -> Signer:
-    """Write a fresh Ed25519 head-office key (the previous one is kept as ``.old``)."""
+    """Write a fresh Ed25519 signing key and its public half beside it for the gates
+    (``public_key_file``; the previous ones are kept as ``.old``)."""
     key = Ed25519PrivateKey.generate()
     _write_secret(path, private_key_pem(key))
+    # Not a secret: every gate's head_office_public_key_files gets a copy.
+    _write_secret(public_key_file(path), public_key_pem(key.public_key()), mode=0o644)
     return Signer(key)
 
 
@@ -128,12 +152,21 @@ def new_card_key(path: Path) -> bytes:
 
 
 def init_keys(cfg: BillingKeysConfig) -> list[Path]:
-    """Create whichever of the keys is missing (the desk key only when configured, with its
-    public half as ``.pub``); returns the files written."""
+    """Create whichever of the keys is missing (the desk key only when configured), each
+    signing key with its public half beside it as ``.pub``; returns the files written."""
     written: list[Path] = []
     if not cfg.head_office_private_key_file.exists():
         new_signing_key(cfg.head_office_private_key_file)
         written.append(cfg.head_office_private_key_file)
+        written.append(public_key_file(cfg.head_office_private_key_file))
+    elif not public_key_file(cfg.head_office_private_key_file).exists():
+        # A key made before the public half was written beside it.
+        _write_secret(
+            public_key_file(cfg.head_office_private_key_file),
+            head_office_public_pem(cfg.head_office_private_key_file),
+            mode=0o644,
+        )
+        written.append(public_key_file(cfg.head_office_private_key_file))
     if not cfg.credential_key_file.exists():
         new_credential_key(cfg.credential_key_file)
         written.append(cfg.credential_key_file)
@@ -143,10 +176,6 @@ def init_keys(cfg: BillingKeysConfig) -> list[Path]:
     desk = cfg.desk_command_private_key_file
     if desk is not None and not desk.exists():
         # The public half beside it, for the gates' desk_command_public_key_files.
-        signer = new_signing_key(desk)
-        public = desk.with_suffix(".pub")
-        public.write_bytes(
-            public_key_pem(Ed25519PublicKey.from_public_bytes(signer.public_key_raw))
-        )
-        written += [desk, public]
+        new_signing_key(desk)
+        written += [desk, public_key_file(desk)]
     return written

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +23,12 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import dependants, load_one
-from gated.billing_sync.publishing import refresh
+from gated.billing_sync.gateway import GatewayError
+from gated.billing_sync.publishing import readdress_notices, refresh
 from gated.billing_sync.store import many
 from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
+
+log = logging.getLogger("gated.billing")
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,15 @@ def add_member(
     customer_ref = None
     if payment_method and not payer_id:
         customer_ref = ctx.gateway.create_customer(member_id, email, name)
-        payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+        try:
+            payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+        except GatewayError:
+            # The member is not enrolled: no customer is left behind at the provider.
+            try:
+                ctx.gateway.delete_customer(customer_ref)
+            except GatewayError as exc:
+                log.warning("event=orphan_customer member=%s error=%s", member_id, exc)
+            raise
     qr_private = nacl.signing.SigningKey.generate().encode() if with_qr else None
     with ctx.engine.begin() as conn:
         conn.execute(
@@ -196,6 +209,30 @@ def new_card(ctx: Context, payer_id: str, customer_ref: str, pm: str) -> CycleRe
     return run_cycle(ctx, member_ids=billed)
 
 
+def edit_member(
+    ctx: Context, member_id: str, *, name: str | None = None, email: str | None = None
+) -> None:
+    """Correct a member's name or e-mail address. A new address clears a bounce, and the
+    notices that never reached the old one (queued, or failed because it bounced) go to the new
+    one, the member's and their dependants' alike."""
+    f = load_one(ctx, member_id)
+    if f.member.erased:
+        raise BillingError(f"member {member_id} is erased")
+    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        raise BillingError(f"not an e-mail address: {email!r}")
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = name
+    if email is not None:
+        values.update(email=email, email_bounced_at=None)
+    if not values:
+        raise BillingError("nothing to change (give --name or --email)")
+    with ctx.engine.begin() as conn:
+        conn.execute(update(s.members).where(s.members.c.id == member_id).values(**values))
+        if email is not None:
+            readdress_notices(conn, member_id, f.member.email, email)
+
+
 def member(ctx: Context, member_id: str) -> dict[str, Any]:
     """Everything about one member for ``members show`` (no card UIDs)."""
     facts = load_one(ctx, member_id)
@@ -213,6 +250,7 @@ def member(ctx: Context, member_id: str) -> dict[str, Any]:
         "member_id": member_id,
         "name": facts.member.name,
         "email": facts.member.email,
+        "email_bounced": facts.member.email_bounced_at is not None,
         "sites": json.loads(facts.member.sites),
         "role": facts.member.role,
         "payer_id": facts.member.payer_id,

@@ -46,8 +46,12 @@ class StoreCollector(Collector):
             outbox = conn.execute(
                 select(func.count()).where(s.status_outbox.c.published_at.is_(None))
             ).scalar_one()
+            n = s.notifications
             notices = conn.execute(
-                select(func.count()).where(s.notifications.c.sent_at.is_(None))
+                select(func.count()).where(n.c.sent_at.is_(None), n.c.failed_at.is_(None))
+            ).scalar_one()
+            failed_notices = conn.execute(
+                select(func.count()).where(n.c.sent_at.is_(None), n.c.failed_at.is_not(None))
             ).scalar_one()
             head = conn.execute(select(s.version_head.c.value)).scalar() or 0
             charged = CounterMetricFamily(
@@ -101,6 +105,11 @@ class StoreCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gated_billing_notices_queued", "Notices not yet accepted by SMTP", value=notices
+        )
+        yield GaugeMetricFamily(
+            "gated_billing_notices_failed",
+            "Notices refused for good (bounced addresses), waiting for a corrected one",
+            value=failed_notices,
         )
         yield GaugeMetricFamily(
             "gated_billing_version_head", "Highest version handed out", value=head

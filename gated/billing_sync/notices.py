@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import secrets
 import smtplib
+import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import cache, lru_cache
 from string import Template
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 
 from gated.billing_sync import schema
-from gated.billing_sync.store import reading
 from gated.config import SmtpConfig
 
 log = logging.getLogger("gated.billing.notices")
@@ -157,40 +159,164 @@ def _date(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
+# Notices a sender claims at once, and for how long (wall-clock seconds) before another sender
+# may take over the ones it has not marked sent: far longer than sending a chunk takes (each
+# SMTP step times out after 10 s), so a live sender never loses its claim.
+CLAIM_CHUNK = 20
+CLAIM_LEASE_S = 600
+# A notice the server refused for now (4xx) waits this long before it is tried again, and is
+# given up as failed after this many tries.
+RETRY_AFTER_S = 300
+MAX_TRIES = 12
+
+
 def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:
-    """Send queued notices over SMTP, sign-in mails first; a row is marked sent only after the
-    server accepted it. Returns how many were sent. A failing server leaves the rest queued for the next round."""
-    n = schema.notifications
-    with reading(engine).connect() as conn:
-        rows = conn.execute(
-            select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body)
-            .where(n.c.sent_at.is_(None))
-            .order_by(n.c.priority, n.c.id)
-            .limit(limit)
-        ).all()
-    if not rows:
-        return 0
+    """Send up to ``limit`` queued notices over SMTP; returns how many were sent.
+
+    Sign-in mails go first. Each chunk of notices is first claimed (a random token and a
+    lease), so two processes delivering at once (``serve`` and ``run`` from cron) never send the same notice: each sends
+    only what it claimed. A row is marked sent only after the server accepted it. A recipient
+    the server refuses for good (5xx) is a bounce: that notice is marked failed with the
+    server's answer, the address is marked bounced on the members who have it, later notices
+    to it wait (failed) for a corrected address, and the queue goes on with the next notice.
+    One refused for now (4xx) is tried again later. A server that fails as a whole releases the
+    rest of the claim for the next round. A sender killed between the server's answer and the
+    mark sends that one notice again after the lease.
+    """
+    token = secrets.token_hex(16)
     password = smtp.password_file.read_text().strip() if smtp.password_file else None
     sent = 0
+    client: smtplib.SMTP | None = None
     try:
-        with smtplib.SMTP(smtp.host, smtp.port, timeout=10) as client:
-            if smtp.starttls:
-                client.starttls()
-            if smtp.username and password:
-                client.login(smtp.username, password)
+        while sent < limit:
+            rows = _claim(engine, token, min(CLAIM_CHUNK, limit - sent))
+            if not rows:
+                break
             for row in rows:
+                if row.bounced:
+                    _mark(engine, row.id, token, failed_at=now, error=BOUNCED)
+                    continue
+                if client is None:
+                    client = smtplib.SMTP(smtp.host, smtp.port, timeout=10)
+                    if smtp.starttls:
+                        client.starttls()
+                    if smtp.username and password:
+                        client.login(smtp.username, password)
                 msg = EmailMessage()
                 msg["From"] = smtp.sender
                 msg["To"] = row.to_addr
                 msg["Subject"] = row.subject
                 msg.set_content(row.body)
-                client.send_message(msg)
+                try:
+                    client.send_message(msg)
+                except smtplib.SMTPRecipientsRefused as exc:
+                    code, answer = next(iter(exc.recipients.values()))
+                    _refused(engine, row, token, code, answer, now)
+                    continue
+                except smtplib.SMTPDataError as exc:  # this message refused after its data
+                    _refused(engine, row, token, exc.smtp_code, exc.smtp_error, now)
+                    continue
                 done: dict[str, Any] = {"sent_at": now}
                 if row.kind in SECRET_KINDS:
                     done["body"] = SENT_SECRET_BODY
-                with engine.begin() as conn:
-                    conn.execute(update(n).where(n.c.id == row.id).values(**done))
+                _mark(engine, row.id, token, **done)
                 sent += 1
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("event=smtp_failed sent=%d error=%s", sent, type(exc).__name__)
+    finally:
+        _release(engine, token)
+        if client is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                client.quit()
     return sent
+
+
+# The error of a notice not sent because its address bounced before.
+BOUNCED = "not sent: the address bounced before (correct it with gated-billing members edit)"
+
+
+def _refused(
+    engine: Engine, row: Any, token: str, code: int, answer: bytes | str, now: int
+) -> None:
+    """The server refused one notice: for good (5xx), a bounce that marks the address; for now
+    (4xx), tried again after ``RETRY_AFTER_S``, up to ``MAX_TRIES`` times."""
+    text = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else answer
+    error = f"{code} {text}"
+    n, m = schema.notifications, schema.members
+    tries = int(row.attempts) + 1
+    log.warning("event=notice_refused notice=%s code=%s tries=%d", row.id, code, tries)
+    with engine.begin() as conn:
+        if code < 500 and tries < MAX_TRIES:
+            # No claim, but a lease in the future: nobody takes it before then.
+            values: dict[str, Any] = {"claimed_until": int(time.time()) + RETRY_AFTER_S}
+        else:
+            values = {"claimed_until": None, "failed_at": now}
+            if code >= 500:
+                conn.execute(
+                    update(m)
+                    .where(m.c.email == row.to_addr, m.c.email_bounced_at.is_(None))
+                    .values(email_bounced_at=now)
+                )
+        conn.execute(
+            update(n)
+            .where(n.c.id == row.id, n.c.claim == token)
+            .values(claim=None, attempts=tries, error=error, **values)
+        )
+
+
+def _claim(engine: Engine, token: str, count: int) -> list[Any]:
+    """Claim up to ``count`` unsent notices no live sender holds, oldest first; returns them,
+    each with whether its address bounced before.
+    The rows chosen are locked (PostgreSQL: another sender skips them; SQLite has one writer)
+    and the UPDATE checks the conditions again, so no row is ever taken twice. (One UPDATE with
+    ``id IN (SELECT ... LIMIT n)`` took more than n rows on PostgreSQL.)"""
+    n, m = schema.notifications, schema.members
+    wall = int(time.time())
+    free = and_(
+        n.c.sent_at.is_(None),
+        n.c.failed_at.is_(None),
+        or_(n.c.claimed_until.is_(None), n.c.claimed_until < wall),
+    )
+    bounced = (
+        select(m.c.id)
+        .where(m.c.email == n.c.to_addr, m.c.email_bounced_at.is_not(None))
+        .exists()
+        .label("bounced")
+    )
+    with engine.begin() as conn:
+        chosen = select(n.c.id).where(free).order_by(n.c.priority, n.c.id).limit(count)
+        if conn.dialect.name == "postgresql":
+            chosen = chosen.with_for_update(skip_locked=True)
+        ids = list(conn.execute(chosen).scalars())
+        if not ids:
+            return []
+        conn.execute(
+            update(n)
+            .where(n.c.id.in_(ids), free)
+            .values(claim=token, claimed_until=wall + CLAIM_LEASE_S)
+        )
+        return list(
+            conn.execute(
+                select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body, n.c.attempts, bounced)
+                .where(n.c.claim == token, n.c.sent_at.is_(None))
+                .order_by(n.c.priority, n.c.id)
+            )
+        )
+
+
+def _mark(engine: Engine, notice_id: int, token: str, **values: Any) -> None:
+    """Record what became of a claimed notice and let go of it."""
+    n = schema.notifications
+    with engine.begin() as conn:
+        conn.execute(
+            update(n)
+            .where(n.c.id == notice_id, n.c.claim == token)
+            .values(claim=None, claimed_until=None, **values)
+        )
+
+
+def _release(engine: Engine, token: str) -> None:
+    """Let go of every notice this sender still holds (unsent), for the next round."""
+    n = schema.notifications
+    with engine.begin() as conn:
+        conn.execute(update(n).where(n.c.claim == token).values(claim=None, claimed_until=None))

@@ -100,14 +100,15 @@ def pay_invoice(ctx: Context, invoice_id: int, submit_key: str, return_url: str)
 
 def pay_returned(ctx: Context, invoice_id: int) -> None:
     """The member is back from their bank's page: look up and record what became of the
-    invoice's on-session attempts that are still open."""
+    invoice's on-session attempts that are still open or were left waiting on them (3-D Secure
+    finished in the page after the charge answered ``requires_action``)."""
     a = s.payment_attempts
     with ctx.reader.connect() as conn:
         rows = conn.execute(
             select(a).where(
                 a.c.invoice_id == invoice_id,
                 a.c.idempotency_key.startswith(f"pay{invoice_id}-"),
-                a.c.state == "created",
+                a.c.state.in_(("created", "requires_action")),
             )
         ).all()
     for r in rows:

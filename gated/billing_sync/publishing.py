@@ -13,14 +13,15 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, case, insert, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
+from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, dependants, load_facts
 from gated.billing_sync.notices import PAYER_NOTICES, Notice, format_amount, format_day, render
-from gated.billing_sync.store import bulk, fetch, in_list, next_versions
+from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, next_versions
 from gated.contract import card_key, digest_hex, digest_term, erased_state, format_time
 
 # The statements run for every batch, built once (see facts.py).
@@ -313,6 +314,92 @@ def queue_notices(
         )
     if rows:
         bulk(conn, insert(s.notifications), rows)
+
+
+NOTICE_STATES = ("queued", "sent", "failed")
+
+
+def readdress_notices(conn: Connection, member_id: str, old: str | None, new: str) -> None:
+    """A member's address changed from ``old`` to ``new``: the notices that never reached the
+    old one (queued, or failed because it bounced), the member's and their dependants', go to
+    the new one."""
+    if not old or old == new:
+        return
+    n = s.notifications
+    ids = [member_id, *dependants(conn, [member_id])]
+    conn.execute(
+        update(n)
+        .where(n.c.member_id.in_(ids), n.c.to_addr == old, n.c.sent_at.is_(None))
+        .values(to_addr=new, failed_at=None, error=None, attempts=0)
+    )
+
+
+def list_notices(
+    ctx: Context, member_id: str | None = None, state: str | None = None, limit: int = 1000
+) -> list[Row[Any]]:
+    """Notices newest first (of one member, in one state: ``queued``, ``sent`` or ``failed``),
+    each with its ``state``; at most ``limit``."""
+    n = s.notifications
+    if state is not None and state not in NOTICE_STATES:
+        raise BillingError(f"a notice's state is one of {', '.join(NOTICE_STATES)}")
+    state_col = case(
+        (n.c.sent_at.is_not(None), "sent"), (n.c.failed_at.is_not(None), "failed"), else_="queued"
+    ).label("state")
+    q = select(n, state_col).order_by(n.c.id.desc()).limit(limit)
+    if member_id is not None:
+        q = q.where(n.c.member_id == member_id)
+    if state == "sent":
+        q = q.where(n.c.sent_at.is_not(None))
+    elif state == "failed":
+        q = q.where(n.c.sent_at.is_(None), n.c.failed_at.is_not(None))
+    elif state == "queued":
+        q = q.where(n.c.sent_at.is_(None), n.c.failed_at.is_(None))
+    with ctx.reader.connect() as conn:
+        return list(conn.execute(q))
+
+
+def resend_notice(ctx: Context, notice_id: int) -> int:
+    """Queue a notice again, as it was written, to the address it would go to now (the payer's
+    for a dependant's notice about the card and the money); returns the new notice's id."""
+    n = s.notifications
+    now = ctx.clock()
+    with ctx.engine.begin() as conn:
+        old = conn.execute(select(n).where(n.c.id == notice_id)).first()
+        if old is None:
+            raise NotFound(f"no notice {notice_id}")
+        to_addr = old.to_addr
+        if old.member_id is not None:
+            f = load_facts(conn, [old.member_id], now).get(old.member_id)
+            for_payer = f is not None and old.kind in PAYER_NOTICES and f.member.payer_id
+            to = None if f is None else f.bill_to if for_payer else f.email_to
+            if not to:
+                raise BillingError(f"member {old.member_id} has no e-mail address now")
+            to_addr = to
+        bounced = conn.execute(
+            select(s.members.c.id).where(
+                s.members.c.email == to_addr, s.members.c.email_bounced_at.is_not(None)
+            )
+        ).first()
+        if bounced is not None:
+            raise BillingError(
+                f"{to_addr} bounced; correct it first with "
+                f"`gated-billing members edit {bounced.id} --email ...`"
+            )
+        return insert_ids(
+            conn,
+            n,
+            [
+                {
+                    "member_id": old.member_id,
+                    "kind": old.kind,
+                    "to_addr": to_addr,
+                    "subject": old.subject,
+                    "body": old.body,
+                    "created_at": now,
+                    "attempts": 0,
+                }
+            ],
+        )[0]
 
 
 def republish_all(ctx: Context) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -136,12 +136,22 @@ def _entered() -> ColumnElement[bool]:
 
 
 def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
-    """Money received per month, currency and method (chargebacks count negative)."""
+    """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
+    ...; chargebacks count negative): gross, and apart the net and the tax in it (each payment's
+    share of its invoice's tax, rounded per payment)."""
     p, inv = s.payments, s.invoices
     with reading(engine).connect() as conn:
         who = _members_at(conn, scope)
         rows = conn.execute(
-            select(p.c.at, inv.c.currency, p.c.method, p.c.amount, p.c.member_id)
+            select(
+                p.c.at,
+                inv.c.currency,
+                p.c.method,
+                p.c.amount,
+                p.c.member_id,
+                inv.c.tax,
+                inv.c.total,
+            )
             .join(inv, inv.c.id == p.c.invoice_id)
             .where(scope.within(p.c.at))
         ).all()
@@ -150,13 +160,24 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
         if who is not None and r.member_id not in who:
             continue
         key = (datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m"), r.currency, r.method)
-        acc = totals.setdefault(key, [0, 0])
-        acc[0] += int(r.amount)
-        acc[1] += 1
+        acc = totals.setdefault(key, [0, 0, 0])
+        amount = int(r.amount)
+        acc[0] += amount
+        acc[1] += _tax_share(amount, int(r.tax), int(r.total))
+        acc[2] += 1
     return (
-        ["month", "currency", "method", "amount", "payments"],
-        [(*k, v[0], v[1]) for k, v in sorted(totals.items())],
+        ["month", "currency", "method", "gross", "net", "tax", "payments"],
+        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items())],
     )
+
+
+def _tax_share(amount: int, tax: int, total: int) -> int:
+    """The tax in ``amount`` paid on an invoice of ``total`` carrying ``tax``, rounded half away
+    from zero (a part payment carries its part; a chargeback takes it back)."""
+    if total <= 0:
+        return 0
+    share = (abs(amount) * tax * 2 + total) // (2 * total)
+    return share if amount >= 0 else -share
 
 
 def outstanding(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
@@ -512,44 +533,76 @@ REPORTS: dict[str, Callable[[Engine, int, Scope], Report]] = {
 }
 
 
-def invoices(engine: Engine, member_id: str | None, with_lines: bool) -> list[tuple[Any, ...]]:
-    """Invoice rows (newest first), each followed by its lines when asked."""
-    inv, ln = s.invoices, s.invoice_lines
-    q = select(inv).order_by(inv.c.id.desc())
+# Invoices are read this many at a time (newest first, by id), so listing every invoice of a
+# large gym streams in bounded memory.
+INVOICE_PAGE = 1000
+
+
+def count_invoices(engine: Engine, member_id: str | None) -> int:
+    """How many invoices ``invoices`` would list without a limit."""
+    inv = s.invoices
+    q = select(func.count()).select_from(inv)
     if member_id:
         q = q.where(inv.c.member_id == member_id)
-    out: list[tuple[Any, ...]] = []
     with reading(engine).connect() as conn:
-        rows = conn.execute(q.limit(1000)).all()
-        lines: dict[int, list[Any]] = {}
-        if with_lines and rows:
-            for line in conn.execute(
-                select(ln).where(ln.c.invoice_id.in_([r.id for r in rows])).order_by(ln.c.id)
-            ):
-                lines.setdefault(line.invoice_id, []).append(line)
-    for r in rows:
-        head = (
-            r.id,
-            r.member_id,
-            r.kind,
-            r.status,
-            r.currency,
-            r.subtotal,
-            r.tax,
-            r.total,
-            r.amount_paid,
-            _day(r.due_at),
-        )
-        if not with_lines:
-            out.append(head)
-            continue
-        for i, line in enumerate(lines.get(r.id, [])):
-            blank = ("",) * len(head)
-            out.append(
-                (head if i == 0 else blank)
-                + (line.kind, line.description, line.quantity, line.unit_amount, line.amount)
-            )
-    return out
+        return int(conn.execute(q).scalar_one())
+
+
+def invoices(
+    engine: Engine, member_id: str | None, with_lines: bool, limit: int | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Invoice rows (newest first), each followed by its lines when asked: every invoice, or
+    the newest ``limit``. Read a page at a time, in one consistent snapshot."""
+    inv, ln = s.invoices, s.invoice_lines
+    left = limit
+    with reading(engine).connect() as conn, conn.begin():
+        before: int | None = None
+        while left is None or left > 0:
+            q = select(inv).order_by(inv.c.id.desc())
+            if member_id:
+                q = q.where(inv.c.member_id == member_id)
+            if before is not None:
+                q = q.where(inv.c.id < before)
+            size = INVOICE_PAGE if left is None else min(left, INVOICE_PAGE)
+            rows = conn.execute(q.limit(size)).all()
+            if not rows:
+                return
+            before = rows[-1].id
+            if left is not None:
+                left -= len(rows)
+            lines: dict[int, list[Any]] = {}
+            if with_lines:
+                for line in conn.execute(
+                    select(ln).where(ln.c.invoice_id.in_([r.id for r in rows])).order_by(ln.c.id)
+                ):
+                    lines.setdefault(line.invoice_id, []).append(line)
+            for r in rows:
+                head = (
+                    r.id,
+                    r.member_id,
+                    r.kind,
+                    r.status,
+                    r.currency,
+                    r.subtotal,
+                    r.tax,
+                    r.total,
+                    r.amount_paid,
+                    _day(r.due_at),
+                )
+                if not with_lines:
+                    yield head
+                    continue
+                for i, line in enumerate(lines.get(r.id, [])):
+                    blank = ("",) * len(head)
+                    yield (head if i == 0 else blank) + (
+                        line.kind,
+                        line.description,
+                        line.quantity,
+                        line.unit_amount,
+                        line.amount,
+                    )
+            if len(rows) < size:
+                return
 
 
 def scope_for(

@@ -85,6 +85,8 @@ members = Table(
     # Given at the online sign-up and edited by the member; blanked on erasure.
     Column("phone", String(32)),
     Column("emergency_contact", String(200)),
+    # When the mail server last refused ``email`` for good (a bounce); cleared when corrected.
+    Column("email_bounced_at", BigInteger),
 )
 
 subscriptions = Table(
@@ -232,6 +234,15 @@ notifications = Table(
     # delivery query's order without sorting a large queue.
     Column("priority", Integer, nullable=False, server_default="1"),
     Index("ix_notifications_queue", "sent_at", "priority", "id"),
+    # The sending process that holds the notice (a random token) and until when (wall-clock
+    # seconds): ``serve`` and a ``run`` from cron send each notice once. A sender that died
+    # holding it leaves it to the next one once the lease is over.
+    Column("claim", String(32)),
+    Column("claimed_until", BigInteger),
+    # Refused for good by the mail server (or addressed to an address that was): the server's
+    # answer. Correcting the address (``members edit``) queues it again.
+    Column("failed_at", BigInteger),
+    Column("error", Text),
 )
 
 # What each member looks like to the gates now: the latest unsigned MemberState per member.

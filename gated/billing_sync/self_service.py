@@ -20,7 +20,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_one
 from gated.billing_sync.gateway import CardSetup
 from gated.billing_sync.notices import render
-from gated.billing_sync.publishing import queue_mail
+from gated.billing_sync.publishing import queue_mail, readdress_notices
 from gated.billing_sync.signup import CONTACT_MAX, EMAIL, EMAIL_MAX, PHONE, clean_text
 from gated.billing_sync.store import digest, token_usable
 from gated.contract import format_time
@@ -188,7 +188,14 @@ def confirm_email_change(ctx: Context, token: str) -> str | None:
         ).first()
         if taken is not None:
             return None
-        conn.execute(update(m).where(m.c.id == row.member_id).values(email=row.new_email))
+        old = conn.execute(select(m.c.email).where(m.c.id == row.member_id)).scalar()
+        # Proven reachable by the link: any bounce of the old address no longer applies.
+        conn.execute(
+            update(m)
+            .where(m.c.id == row.member_id)
+            .values(email=row.new_email, email_bounced_at=None)
+        )
+        readdress_notices(conn, row.member_id, old, row.new_email)
     log.info("event=email_changed member=%s", row.member_id)
     return str(row.member_id)
 

@@ -36,6 +36,7 @@ from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
+from gated.billing_sync.stripe_gateway import method_of
 from gated.contract import build_snapshot, format_time
 from gated.http_limits import FORM_BYTES, WEBHOOK_BYTES, BodyLimit
 
@@ -71,7 +72,8 @@ def _apply(billing: Billing, event: dict[str, Any]) -> bool:
     obj: dict[str, Any] = event["data"]["object"]
     kind = event["type"]
     if kind == "payment_intent.succeeded":
-        return billing.intent_update(obj["id"], ChargeResult(obj["id"], "succeeded"))
+        result = ChargeResult(obj["id"], "succeeded", method=method_of(obj))
+        return billing.intent_update(obj["id"], result)
     if kind == "payment_intent.payment_failed":
         err = obj.get("last_payment_error") or {}
         result = ChargeResult(

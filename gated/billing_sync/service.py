@@ -167,6 +167,13 @@ class Billing:
         dependant, who is charged to the payer's card)."""
         return members.set_payment_method(self.ctx, member_id, payment_method)
 
+    def edit_member(
+        self, member_id: str, *, name: str | None = None, email: str | None = None
+    ) -> None:
+        """Correct a member's name or e-mail address (a new address clears a bounce and
+        re-addresses the notices that never reached the old one)."""
+        members.edit_member(self.ctx, member_id, name=name, email=email)
+
     def member(self, member_id: str) -> dict[str, Any]:
         """Everything about one member for ``members show`` (no card UIDs)."""
         return members.member(self.ctx, member_id)
@@ -224,8 +231,12 @@ class Billing:
         reference: str | None = None,
     ) -> int:
         """A payment taken outside the gateway, applied to the oldest open invoices first;
-        returns the amount applied."""
-        return invoices.record_payment(self.ctx, member_id, amount, method, reference)
+        returns the amount applied. What it makes due at once (the renewal of a period that
+        began while the member was behind) is billed and charged right away, so the status
+        the desk reads afterwards is the one that holds."""
+        paid = invoices.record_payment(self.ctx, member_id, amount, method, reference)
+        cycle.run_cycle(self.ctx, member_ids=[member_id])
+        return paid
 
     # --- invoices and the pay page ----------------------------------------------------------
 
@@ -249,6 +260,18 @@ class Billing:
         """The member is back from their bank's page: record what became of the payment."""
         paying.pay_returned(self.ctx, invoice_id)
 
+    # --- notices ----------------------------------------------------------------------------
+
+    def notices(
+        self, member_id: str | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[Row[Any]]:
+        """Notices newest first (of one member, in one state: queued, sent, failed)."""
+        return publishing.list_notices(self.ctx, member_id, state, limit)
+
+    def resend_notice(self, notice_id: int) -> int:
+        """Queue a notice again to the member's address now; returns the new notice's id."""
+        return publishing.resend_notice(self.ctx, notice_id)
+
     # --- the cycle --------------------------------------------------------------------------
 
     def run_cycle(self, member_ids: Sequence[str] | None = None) -> CycleReport:
@@ -267,7 +290,8 @@ class Billing:
         webhooks.webhook_done(self.ctx, event_id, event_type)
 
     def intent_update(self, intent_id: str, result: ChargeResult) -> bool:
-        """A provider event about a PaymentIntent; applied only if the attempt is not final."""
+        """A provider event about a PaymentIntent; applied only if the attempt is not final,
+        but a payment the provider took is always booked once."""
         return webhooks.intent_update(self.ctx, intent_id, result)
 
     def dispute_opened(self, dispute_id: str, intent_id: str | None) -> None:

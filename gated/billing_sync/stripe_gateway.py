@@ -33,6 +33,13 @@ _STATES: dict[str, IntentState] = {
 }
 
 
+def method_of(intent: Mapping[str, Any]) -> str:
+    """What a PaymentIntent (as the API or a webhook gives it) is paid with: its one payment
+    method type (``card``, ``sepa_debit``, ...), else ``card``."""
+    types = intent.get("payment_method_types") or []
+    return str(types[0]) if len(types) == 1 else "card"
+
+
 class StripeGateway:
     """Charges through Stripe (or a Stripe-compatible fake at ``api_base``).
 
@@ -138,14 +145,26 @@ class StripeGateway:
         return str(customer.id)
 
     def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
-        """Attach a PaymentMethod (e.g. from Stripe Elements) to the customer."""
-        pm = self._call(
-            "payment_methods.attach",
-            lambda c: c.v1.payment_methods.attach(
-                payment_method, params={"customer": customer_ref}
-            ),
-        )
+        """Attach a PaymentMethod (e.g. from Stripe Elements) to the customer; a card the
+        issuer declines on attaching is ``GatewayRejected`` with the decline."""
+        try:
+            pm = self._call(
+                "payment_methods.attach",
+                lambda c: c.v1.payment_methods.attach(
+                    payment_method, params={"customer": customer_ref}
+                ),
+            )
+        except stripe.CardError as exc:
+            err = exc.error
+            code = (err.decline_code if err else None) or exc.code or "card_declined"
+            raise GatewayRejected(
+                f"the card was declined ({code.replace('_', ' ')}); nothing was charged"
+            ) from exc
         return str(pm.id)
+
+    def delete_customer(self, customer_ref: str) -> None:
+        """Delete a customer (an enrolment whose card was refused)."""
+        self._call("customers.delete", lambda c: c.v1.customers.delete(customer_ref))
 
     def create_intent(
         self,
@@ -249,4 +268,6 @@ class StripeGateway:
         redirect = (data.get("next_action") or {}).get("redirect_to_url") or {}
         action_url = redirect.get("url") if state == "requires_action" else None
         secret = data.get("client_secret") if state == "requires_action" else None
-        return ChargeResult(str(data["id"]), state, decline, advice, action_url, secret)
+        return ChargeResult(
+            str(data["id"]), state, decline, advice, action_url, secret, method_of(data)
+        )

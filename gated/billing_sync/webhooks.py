@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, func, insert, select, update
 
 from gated.billing_sync import schema as s
-from gated.billing_sync.charging import Charge, CycleReport, record_results
+from gated.billing_sync.charging import Charge, CycleReport, applies, record_results
 from gated.billing_sync.context import Context
 from gated.billing_sync.facts import charge_methods, load_facts
 from gated.billing_sync.gateway import ChargeResult
@@ -39,11 +39,12 @@ def webhook_done(ctx: Context, event_id: str, event_type: str) -> None:
 
 
 def intent_update(ctx: Context, intent_id: str, result: ChargeResult) -> bool:
-    """A provider event about a PaymentIntent; applied only if the attempt is not final."""
+    """A provider event about a PaymentIntent; applied only if the attempt is not final, but
+    a success always is, unless already booked (``charging.applies``)."""
     a = s.payment_attempts
     with ctx.engine.begin() as conn:
         row = conn.execute(select(a).where(a.c.gateway_ref == intent_id).with_for_update()).first()
-        if row is None or row.state in s.FINAL_ATTEMPT_STATES:
+        if row is None or not applies(row.state, result):
             return False
         customer, pm = charge_methods(conn, {row.member_id}).get(row.member_id, (None, None))
         charge = Charge(

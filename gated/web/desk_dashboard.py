@@ -53,7 +53,7 @@ def _charts(
         charts.bars(
             f"Revenue per month in {money}",
             months,
-            [(money, [v / 100 for v in _sum_by_month(months, rev, 3, in_cur)])],
+            [(money, [v / 100 for v in _sum_by_month(months, rev, 3, in_cur)])],  # gross
         )
     ]
     out["mrr"] = [

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
+from gated.config import ConfigError, load_billing_config
 from gated.contract import parse_qr_code
 from tests.billing.helpers import cli_ok, write_cli_config
 
@@ -101,7 +102,7 @@ def test_member_lifecycle_through_the_cli(cfg: Path, tmp_path: Path) -> None:
     assert json.loads(ok(cfg, "members", "show", "m2", "--json"))["status"] == "cancelled"
 
     revenue = list(csv.DictReader(io.StringIO(ok(cfg, "report", "revenue", "--csv"))))
-    assert sum(int(r["amount"]) for r in revenue) == 5938 * 3 + 595 + 3570
+    assert sum(int(r["gross"]) for r in revenue) == 5938 * 3 + 595 + 3570
     for name in ("outstanding", "dunning", "attendance"):
         ok(cfg, "report", name, "--csv")
 
@@ -142,3 +143,89 @@ def test_errors_are_one_line_with_meaningful_exit_codes(cfg: Path, tmp_path: Pat
     assert result.exit_code == 2
     assert "dunning.grace_dayz: unknown setting" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_collections_before_the_last_retry_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('sites = ["downtown"]\n[dunning]\ncollections_days = 5\nretry_days = [3, 7]\n')
+    result = runner.invoke(app, ["run", "-c", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(ConfigError) as refused:
+        load_billing_config(bad)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "dunning: collections_days (5) must be after the last of retry_days (7)" in message
+
+
+def test_a_payment_reference_used_before_is_refused_in_one_line(cfg: Path) -> None:
+    ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly")  # no card: owes 59.38
+    assert "paid 1000" in ok(cfg, "pay", "m1", "1000", "--reference", "R-17")
+    again = runner.invoke(app, ["pay", "m1", "1000", "--reference", "R-17", "-c", str(cfg)])
+    assert again.exit_code != 0 and isinstance(again.exception, SystemExit)
+    assert "Traceback" not in again.output and "IntegrityError" not in again.output
+    assert "reference R-17 was already used" in " ".join(again.stderr.split())
+    assert json.loads(ok(cfg, "members", "show", "m1", "--json"))["owed"] == 5938 - 1000
+
+
+def test_keys_init_writes_the_public_key_the_gates_need_and_export_prints_it(
+    cfg: Path, tmp_path: Path
+) -> None:
+    from gated.contract import Signer, load_public_key, public_key_raw
+
+    public = tmp_path / "keys" / "ho.pub"  # beside keys/ho.pem
+    assert public.exists() and public.stat().st_mode & 0o777 == 0o644
+    signer = Signer.from_pem_file(tmp_path / "keys" / "ho.pem")
+    assert public_key_raw(load_public_key(public)) == signer.public_key_raw
+    exported = ok(cfg, "keys", "export-public")
+    assert exported == public.read_text()
+    assert "PRIVATE" not in exported
+    out = tmp_path / "gate-trust.pub"
+    ok(cfg, "keys", "export-public", "--out", str(out))
+    assert out.read_text() == public.read_text()
+    # A rotation writes the new public key too (the old one stays beside it for the gates).
+    ok(cfg, "keys", "rotate")
+    rotated = Signer.from_pem_file(tmp_path / "keys" / "ho.pem")
+    assert public_key_raw(load_public_key(public)) == rotated.public_key_raw
+    assert (
+        public_key_raw(load_public_key(tmp_path / "keys" / "ho.pub.old")) == signer.public_key_raw
+    )
+
+
+def test_invoices_are_all_listed_or_the_limit_is_said(cfg: Path) -> None:
+    from gated.billing_sync.invoices import InvoiceSpec, create_invoices
+    from tests.billing.crashing import billing_for
+
+    ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    b = billing_for(cfg)
+    specs = [
+        InvoiceSpec("m1", "extra", "EUR", [("extra", f"Towel {i}", 1, 300)], 0, 0, None)
+        for i in range(1204)
+    ]
+    with b.engine.begin() as conn:
+        create_invoices(conn, specs, b.clock())
+    b.engine.dispose()
+    rows = list(csv.reader(io.StringIO(ok(cfg, "invoices", "--csv"))))
+    assert len(rows) == 1 + 1205  # the header, then every invoice
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(1205, 0, -1)]  # newest first
+    with_lines = list(csv.reader(io.StringIO(ok(cfg, "invoices", "--lines", "--csv"))))
+    assert len(with_lines) == 1 + 1204 + 2  # the first invoice has a tax line
+    table = runner.invoke(app, ["invoices", "--limit", "10", "-c", str(cfg)])
+    assert table.exit_code == 0
+    assert "showing the newest 10 of 1205 invoices" in " ".join(table.stderr.split())
+    limited = ok(cfg, "invoices", "--csv", "--limit", "3")
+    assert len(limited.splitlines()) == 1 + 3
+
+
+def test_revenue_is_by_real_method_with_net_and_tax_apart(cfg: Path) -> None:
+    ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    ok(cfg, "members", "add", "m2", "--name", "Bo", "--plan", "monthly", "--card", "pm_sim_sepa")
+    ok(cfg, "members", "add", "m3", "--name", "Cy", "--plan", "monthly")  # no card
+    ok(cfg, "pay", "m3", "--method", "front_desk")
+    ok(cfg, "clock", "advance", "3d")
+    ok(cfg, "run")  # the SEPA debit settles
+    rows = list(csv.DictReader(io.StringIO(ok(cfg, "report", "revenue", "--csv"))))
+    by_method = {r["method"]: r for r in rows}
+    assert sorted(by_method) == ["card", "front_desk", "sepa_debit"]
+    for r in rows:  # 49.90 net + 19 % tax = 59.38 each
+        assert (r["gross"], r["net"], r["tax"], r["payments"]) == ("5938", "4990", "948", "1")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -377,3 +378,36 @@ def test_first_billed_never_reaches_before_today() -> None:
     assert eng.first_billed(day("2026-03-15"), 12, True, noon) == day("2027-03-15")
     # A pass bought in the past ran to its own end, however long ago.
     assert eng.first_billed(day("2026-08-01"), 3, False, noon) == day("2026-11-01")
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1),
+        max_value=datetime(2090, 12, 31),
+        timezones=st.just(UTC),
+    ),
+    st.integers(min_value=1, max_value=12),
+    st.integers(min_value=1, max_value=40),
+)
+def test_renewals_stay_on_the_anchor_day(anchor: datetime, months: int, renewals: int) -> None:
+    """Renewal after renewal, each period ends on the day of the contract's start (clamped to
+    the month's last day, at the same time of day), never drifting to an earlier day: 31 Jan
+    -> 28/29 Feb -> 31 Mar -> 30 Apr -> 31 May, as Stripe's billing cycle anchor does."""
+    anchor = anchor.replace(microsecond=0)  # the store keeps whole seconds
+    start = int(anchor.timestamp())
+    paid_through = start
+    for n in range(1, renewals + 1):
+        paid_through = eng.period_end(start, paid_through, months)
+        end = datetime.fromtimestamp(paid_through, UTC)
+        index = anchor.month - 1 + n * months
+        year, month = anchor.year + index // 12, index % 12 + 1
+        assert (end.year, end.month) == (year, month)
+        assert end.day == min(anchor.day, calendar.monthrange(year, month)[1])
+        assert end.time() == anchor.time()
+
+
+def test_a_period_that_does_not_start_on_the_anchor_day_runs_whole_months() -> None:
+    # After a freeze moved paid-through off the anchor day, periods run from the new day.
+    start = int(datetime(2027, 1, 31, tzinfo=UTC).timestamp())
+    moved = int(datetime(2027, 5, 15, tzinfo=UTC).timestamp())
+    assert eng.period_end(start, moved, 1) == int(datetime(2027, 6, 15, tzinfo=UTC).timestamp())

@@ -127,7 +127,7 @@ def test_reports_run_on_postgres(tmp_path: Path, postgres_url: str) -> None:
     clock.advance(2)
     now = clock()
     tables = {name: fn(b.engine, now) for name, fn in reports.REPORTS.items()}
-    assert tables["revenue"][1] == [("2026-12", "EUR", "card", 5938, 1)]
+    assert tables["revenue"][1] == [("2026-12", "EUR", "card", 5938, 4990, 948, 1)]
     assert [r[0] for r in tables["outstanding"][1]] == ["m2"]
     assert [r[:2] for r in tables["dunning"][1]] == [("m2", "pending")]
     assert tables["attendance"][1] == [("2026-12-01", "downtown", 1, 1)]
@@ -186,4 +186,4 @@ def test_the_cli_runs_on_a_postgres_url(tmp_path: Path, postgres_url: str) -> No
     ok("members", "add", "m1", "--name", "One", "--plan", "monthly", "--card", "pm_sim_ok")
     shown = json.loads(ok("members", "show", "m1", "--json"))
     assert shown["status"] == "active" and shown["published"]["version"] >= 1
-    assert ok("report", "revenue", "--csv").splitlines()[1].endswith(",card,4990,1")
+    assert ok("report", "revenue", "--csv").splitlines()[1].endswith(",card,4990,4990,0,1")

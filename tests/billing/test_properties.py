@@ -81,7 +81,7 @@ class BillingMachine(RuleBasedStateMachine):
             ).all()
             card_money = conn.execute(
                 select(func.coalesce(func.sum(schema.payments.c.amount), 0)).where(
-                    schema.payments.c.method == "card"
+                    schema.payments.c.method.in_(("card", "sepa_debit"))  # through the gateway
                 )
             ).scalar_one()
         assert over == 0

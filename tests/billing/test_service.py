@@ -4,6 +4,7 @@ freezes, cancellations, disputes, households, cards, erasure and the version seq
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,12 @@ def test_soft_decline_grace_retries_suspension_collections_and_payment(
     step(b, clock, 13)  # 30 days after the first failure
     assert published(b, "m1")["status"] == "collections"
     version_before = published(b, "m1")["version"]
-    paid = b.record_payment("m1")
-    assert paid == 5938 and owed(b, "m1") == 0
+    paid = b.record_payment("m1")  # on 1 February, when the next period starts
+    # February's renewal is billed at once on the same card and declined: grace from now.
+    assert paid == 5938 and owed(b, "m1") == 5938
     state = published(b, "m1")
-    assert state["status"] == "active" and state["version"] > version_before
-    assert b.member("m1")["next_retry_at"] is None
+    assert state["status"] == "grace" and state["version"] > version_before
+    assert b.member("m1")["next_retry_at"] is not None
 
 
 def test_hard_decline_never_retries_and_a_new_card_pays(billing: tuple[Billing, Clock]) -> None:
@@ -574,7 +576,7 @@ def test_simulated_gateway_answers_alike_from_memory_and_from_a_file(
     clock.advance(2.9)
     assert gw.retrieve_intent(sepa).state == "processing"
     clock.advance(0.2)
-    assert gw.retrieve_intent(sepa) == ChargeResult(sepa, "succeeded")
+    assert gw.retrieve_intent(sepa) == ChargeResult(sepa, "succeeded", method="sepa_debit")
     # The script answers one confirmation at a time, then keeps its last outcome.
     declined = gw.confirm_intent(intent("k4", "pm_card"), "k4")
     assert (declined.state, declined.decline_code) == ("failed", "insufficient_funds")
@@ -594,3 +596,65 @@ def test_simulated_gateway_answers_alike_from_memory_and_from_a_file(
             gw.retrieve_intent(unknown)
     with pytest.raises(GatewayRejected):
         intent("k10", "pm_sim_ok", 0)
+
+
+def test_a_member_who_joined_on_the_31st_renews_on_the_last_day_of_each_month(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(int(datetime(2027, 1, 31, 9, 30, tzinfo=UTC).timestamp()))
+    b, _ = make_billing(tmp_path, clock=clock)
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    ends = [b.member("m1")["paid_through"]]
+    for _ in range(115):  # a cycle a day, as serve runs them
+        step(b, clock, 1)
+        if b.member("m1")["paid_through"] != ends[-1]:
+            ends.append(b.member("m1")["paid_through"])
+    assert [e[:10] for e in ends] == [
+        "2027-02-28",
+        "2027-03-31",
+        "2027-04-30",
+        "2027-05-31",
+    ]
+
+
+def test_a_front_desk_payment_sends_a_receipt(billing: tuple[Billing, Clock]) -> None:
+    b, _ = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="ann@example.org")  # no card: owes
+    assert notices(b, "m1") == ["new_card"]
+    b.record_payment("m1", 1000, reference="R-1")
+    b.record_payment("m1")
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        receipts = conn.execute(
+            select(n.c.to_addr, n.c.body).where(n.c.kind == "receipt").order_by(n.c.id)
+        ).all()
+    assert [r.to_addr for r in receipts] == ["ann@example.org"] * 2
+    assert "we received 10.00 EUR for invoice 1" in receipts[0].body
+    assert "we received 49.38 EUR for invoice 1" in receipts[1].body
+
+
+def test_a_desk_payment_tells_what_holds_when_a_renewal_on_a_dead_card_is_due_too(
+    tmp_path: Path,
+) -> None:
+    """Ann's renewal failed and she was suspended; she pays it at the desk days into the next
+    period, whose renewal is due at once on the same dead card. What the desk is told, what
+    the gates get and what the notices say agree: she is in grace from now, not suspended the
+    next day after a notice promising she can keep training."""
+    b, clock = make_billing(tmp_path, dunning={"collections_days": 60})
+    b.add_member(
+        "m1", "Ann", plan_id="monthly", email="ann@example.org", payment_method="pm_sim_ok"
+    )
+    b.set_payment_method("m1", "pm_sim_decline_insufficient_funds")
+    step(b, clock, 31 + 35)  # the renewal of 1 Jan fails; suspended, then into February
+    assert b.member("m1")["status"] == "suspended"
+    before = len(notices(b, "m1"))
+    b.record_payment("m1")  # the January invoice, at the desk on 5 February
+    after_desk = b.member("m1")["status"]
+    assert after_desk == published(b, "m1")["status"] == "grace"
+    assert b.member("m1")["owed"] == 5938  # February's renewal, billed and declined now
+    kinds = notices(b, "m1")[before:]
+    assert kinds == ["receipt", "failure"]
+    for _ in range(3):  # the grace the failure notice promises
+        step(b, clock, 1)
+        assert published(b, "m1")["status"] == "grace"
+    assert "suspension" not in notices(b, "m1")[before:]

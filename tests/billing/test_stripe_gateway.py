@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import stripe
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -150,3 +151,28 @@ def test_requests_are_paced(localstripe: LocalStripe) -> None:
     for i in range(11):
         gw.create_customer(f"m{i}", None, "X")
     assert time.monotonic() - started >= 0.5  # 11 requests at 20/s: 10 gaps of 50 ms
+
+
+def test_a_card_declined_at_enrolment_is_one_line_and_leaves_no_customer(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    from tests.billing.test_crash import cli, write_config
+
+    config_path = write_config(tmp_path, localstripe.url)
+    assert cli(config_path, "keys", "init").returncode == 0
+    plan = ("plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
+    assert cli(config_path, *plan).returncode == 0
+    add = ("members", "add", "m1", "--name", "Ann", "--plan", "monthly")
+    refused = cli(config_path, *add, "--card", "pm_card_visa_chargeDeclined")
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "declined" in refused.stderr
+    api = stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    assert api.v1.customers.list().data == []  # no orphan customer at the provider
+    assert "no member 'm1'" in cli(config_path, "members", "show", "m1").stderr
+    # The same member with a working card enrols as usual.
+    assert "m1: active" in cli(config_path, *add, "--card", "pm_card_visa").stdout
+    assert len(api.v1.customers.list().data) == 1

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 import uvicorn
 from sqlalchemy import func, select
 
@@ -158,12 +159,18 @@ def test_payment_failed_webhook_settles_a_processing_debit(
             "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"},
         },
     )
-    succeeded = event("evt_s", "payment_intent.succeeded", {"id": pi})
-    for ev in (failed, succeeded):  # the later contradicting event must not flip the result
-        payload, headers = signed(ev)
-        client.post("/v1/stripe/webhook", content=payload, headers=headers)
+    payload, headers = signed(failed)
+    client.post("/v1/stripe/webhook", content=payload, headers=headers)
     assert b.member("m1")["owed"] == 5938
     assert published(b, "m1")["status"] == "grace"
+    # A success is final at the provider: one reported after a failure was money taken (the
+    # intent confirmed again), and is booked; a failure reported after it flips nothing.
+    late_failure = {**failed, "id": "evt_f2"}
+    for ev in (event("evt_s", "payment_intent.succeeded", {"id": pi}), late_failure):
+        payload, headers = signed(ev)
+        client.post("/v1/stripe/webhook", content=payload, headers=headers)
+    assert b.member("m1")["owed"] == 0
+    assert published(b, "m1")["status"] == "active"
 
 
 def test_payment_method_attached_retries_with_the_new_card(
@@ -228,3 +235,54 @@ def test_webhook_from_localstripe_completes_a_payment_after_a_crash(
         assert b.member("m1")["owed"] == 0 and published(b, "m1")["status"] == "active"
     assert cli(config_path, "run").returncode == 0
     assert_charged_once(b)
+
+
+def test_a_payment_authenticated_after_we_stopped_waiting_is_booked(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    """The first charge needed 3-D Secure and no member was there: the attempt is stored as a
+    final ``requires_action`` (a pay link goes out). The member then authenticates that very
+    intent with their bank and Stripe takes the money: its signed
+    ``payment_intent.succeeded`` books the payment all the same."""
+    from gated.billing_sync.stripe_gateway import StripeGateway
+
+    gw = StripeGateway(
+        "sk_test_local", api_base=localstripe.url, off_session=False, sleep=lambda s: None
+    )
+    b, _ = make_billing(tmp_path, gateway=gw)
+    api = stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    card = {"number": "4000002500003155", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+    pm = api.v1.payment_methods.create(params={"type": "card", "card": card})
+    b.add_member("m1", "Ann", plan_id="monthly", email="ann@example.org", payment_method=pm.id)
+    assert b.member("m1")["status"] == "pending"
+    intent_id = intent_of(b, "m1")
+    with b.engine.connect() as conn:
+        state = conn.execute(
+            select(schema.payment_attempts.c.state).where(
+                schema.payment_attempts.c.gateway_ref == intent_id
+            )
+        ).scalar_one()
+    assert state == "requires_action"
+    with ThreadServer(create_app(b, SECRET)) as srv:
+        httpx.post(
+            f"{localstripe.url}/_config/webhooks/gated",
+            data={"url": f"http://127.0.0.1:{srv.port}/v1/stripe/webhook", "secret": SECRET},
+        )
+        secret = api.v1.payment_intents.retrieve(intent_id).client_secret
+        done = httpx.post(
+            f"{localstripe.url}/v1/payment_intents/{intent_id}/_authenticate",
+            data={"client_secret": secret, "success": "true", "key": "pk_test_local"},
+        )
+        assert done.status_code == 200, done.text
+        deadline = time.monotonic() + 10
+        while b.member("m1")["owed"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert b.member("m1")["owed"] == 0
+    assert published(b, "m1")["status"] == "active"
+    with b.engine.connect() as conn:
+        paid = conn.execute(
+            select(schema.payments.c.amount).where(schema.payments.c.reference == intent_id)
+        ).scalar_one()
+    assert paid == 5938
