@@ -130,7 +130,9 @@ def test_a_connection_flood_under_1024_files_leaves_the_gate_working(
             # each taking the place of the longest idle one.
             # Each connection beyond the cap was shed: evicted for a newcomer, or closed by its
             # own timeout when a loaded machine let that come first.
-            assert len(attack) > IDLE, f"only {len(attack)} connections could be opened"
+            # Of the 4,100 tries, those the gate closed at once (evicting them for the next)
+            # are not in `attack`; what matters is that far more came than the cap of 64.
+            assert len(attack) > 4 * 64, f"only {len(attack)} connections could be opened"
 
             def shed() -> int:
                 rejected = gate.request("status")["rejected"]
