@@ -41,8 +41,12 @@ def test_a_code_spent_by_a_gate_killed_at_the_door_is_refused_after_the_restart(
 
     dying = GateProcess(config, root, prefix=(sys.executable, "-m", "tests.qr_kill_child"))
     dying.start()
-    # Minted after the start (a code from the second the gate started in is too old for it).
-    code = mint_qr_code(APP_SEED, "m_app", math.ceil(time.time()), secrets.token_hex(8))
+    # Dated like a phone's code (the current whole second), in a second that began after this
+    # gate started, so this gate takes it; and dated before the restart below, however fast that
+    # comes. A code dated ahead (the next second) would still be ahead of a quick restart.
+    started = time.time()
+    time.sleep(math.ceil(started) - started)  # the clock reaches the next whole second
+    code = mint_qr_code(APP_SEED, "m_app", int(time.time()), secrets.token_hex(8))
     with pytest.raises(control.DaemonNotRunning):  # killed inside the decision, at the relay
         dying.request("badge", {"qr": code})
     assert dying.proc is not None and dying.proc.wait(10) == -signal.SIGKILL
