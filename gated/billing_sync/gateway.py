@@ -12,8 +12,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from gated.errors import GatedError
 
@@ -61,7 +63,81 @@ class CardSetup(NamedTuple):
     client_secret: str
 
 
-class PaymentGateway(Protocol):
+# What a movement on the provider's balance is, in our words. ``other`` is anything else
+# (adjustments, transfers, ...): kept and shown, never matched against our books.
+BalanceKind = Literal["charge", "refund", "dispute", "fee", "payout", "other"]
+
+
+class BalanceEntry(NamedTuple):
+    """One movement on the provider's balance (Stripe: a balance transaction). ``amount`` is
+    signed (a refund, a dispute or a payout takes money out) and ``fee`` is what the provider
+    kept of it; ``source`` is what the money belongs to: the payment intent of a charge, refund
+    or dispute (the reference our books hold for the payment), or the payout of a payout."""
+
+    id: str
+    kind: BalanceKind
+    amount: int
+    fee: int
+    currency: str
+    created: int
+    source: str | None = None
+
+
+class Payout(NamedTuple):
+    """Money the provider sent to the gym's bank account."""
+
+    id: str
+    amount: int
+    currency: str
+    created: int
+    arrival: int
+    status: str
+
+
+Item = TypeVar("Item")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[Item]):
+    """One page of a list the provider answers newest first; the next page starts after the
+    last item's id (the cursor) while ``has_more``."""
+
+    items: list[Item]
+    has_more: bool
+
+
+class BalanceSource(Protocol):
+    """What reconciliation reads from a payment provider: its balance movements and payouts,
+    a page per request, newest first, within ``[created_from, created_to)`` (None: open)."""
+
+    # Pages reconciliation may ask for at once (each waits for a network round trip).
+    concurrency: int
+
+    def list_balance(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+        payout: str | None = None,
+    ) -> Page[BalanceEntry]:
+        """Balance movements, or with ``payout`` the movements that payout carried."""
+        ...
+
+    def list_payouts(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+    ) -> Page[Payout]:
+        """Payouts to the gym's bank account."""
+        ...
+
+
+class PaymentGateway(BalanceSource, Protocol):
     """What the billing service asks of a payment provider."""
 
     name: str
@@ -218,10 +294,54 @@ class FaultyGateway:
             lambda: self.inner.setup_payment_method(setup_id, customer_ref),
         )
 
+    def list_balance(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+        payout: str | None = None,
+    ) -> Page[BalanceEntry]:
+        """``inner.list_balance`` between its two steps."""
+        return self._call(
+            "list_balance",
+            lambda: self.inner.list_balance(
+                after=after,
+                limit=limit,
+                created_from=created_from,
+                created_to=created_to,
+                payout=payout,
+            ),
+        )
+
+    def list_payouts(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+    ) -> Page[Payout]:
+        """``inner.list_payouts`` between its two steps."""
+        return self._call(
+            "list_payouts",
+            lambda: self.inner.list_payouts(
+                after=after, limit=limit, created_from=created_from, created_to=created_to
+            ),
+        )
+
 
 # --- the simulated gateway --------------------------------------------------------------------
 
 SEPA_SETTLE_S = 3 * 86_400
+# The simulator's pricing and payout schedule, shaped like Stripe's: a card charge costs a fixed
+# 0.25 plus 1.4 %, a dispute 15.00, and money is paid out the midnight after it became available,
+# two days after the charge.
+SIM_FEE_FIXED = 25
+SIM_FEE_PER_MILLE = 14
+SIM_DISPUTE_FEE = 1500
+SIM_AVAILABLE_AFTER_S = 2 * 86_400
 
 
 class SimulatedGateway:
@@ -326,6 +446,107 @@ class SimulatedGateway:
         with self._lock:
             return self._intents.charged_total()
 
+    def open_dispute(self, intent_id: str) -> None:
+        """A member's bank disputes a payment: the provider takes the amount back from the
+        balance at once, with its dispute fee (``SIM_DISPUTE_FEE``)."""
+        with self._lock:
+            self._intents.add_dispute(_number(intent_id), self._clock())
+
+    def list_balance(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+        payout: str | None = None,
+    ) -> Page[BalanceEntry]:
+        """The simulator's balance: a charge per succeeded intent (a SEPA debit once settled),
+        a dispute per ``open_dispute``, and a payout per day and currency (``list_payouts``)."""
+        with self._lock:
+            entries, payouts = self._ledger()
+        if payout is not None:
+            entries = [e for e in entries if payouts.get(e.id) == payout]
+        return _page(entries, after, limit, created_from, created_to)
+
+    def list_payouts(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+    ) -> Page[Payout]:
+        """One payout at each UTC midnight per currency, of the net of every movement that
+        became available (two days after it was made) during the day before."""
+        with self._lock:
+            entries, _ = self._ledger()
+        made = [
+            Payout(e.source or "", -e.amount, e.currency, e.created, e.created, "paid")
+            for e in entries
+            if e.kind == "payout"
+        ]
+        return _page(made, after, limit, created_from, created_to)
+
+    def _ledger(self) -> tuple[list[BalanceEntry], dict[str, str]]:
+        """Every balance movement up to now (newest first) and the payout carrying each one
+        paid out so far (by movement id)."""
+        now = self._clock()
+        moves: list[BalanceEntry] = []
+        amounts: dict[int, tuple[int, str]] = {}
+        for n, amount, currency, pm, state, confirmed in self._intents.charges():
+            amounts[n] = (amount, currency.upper())
+            at = confirmed
+            if pm.startswith("pm_sim_sepa"):
+                if pm.endswith("_fail"):
+                    continue
+                at = confirmed + SEPA_SETTLE_S
+            elif state != "succeeded":
+                continue
+            if at <= now:
+                moves.append(
+                    BalanceEntry(
+                        f"txn_sim_ch_{n:010d}",
+                        "charge",
+                        amount,
+                        SIM_FEE_FIXED + (amount * SIM_FEE_PER_MILLE + 500) // 1000,
+                        currency.upper(),
+                        at,
+                        f"pi_sim_{n:010d}",
+                    )
+                )
+        for n, at in self._intents.disputes():
+            amount, currency = amounts[n]
+            if at <= now:
+                moves.append(
+                    BalanceEntry(
+                        f"txn_sim_du_{n:010d}",
+                        "dispute",
+                        -amount,
+                        SIM_DISPUTE_FEE,
+                        currency,
+                        at,
+                        f"pi_sim_{n:010d}",
+                    )
+                )
+        carried: dict[str, str] = {}
+        days: dict[tuple[int, str], list[BalanceEntry]] = {}
+        for e in moves:
+            day = (e.created + SIM_AVAILABLE_AFTER_S) // 86_400 * 86_400 + 86_400
+            if day <= now:
+                days.setdefault((day, e.currency), []).append(e)
+        for (day, currency), carried_moves in days.items():
+            stamp = datetime.fromtimestamp(day, UTC).strftime("%Y%m%d")
+            payout_id = f"po_sim_{stamp}_{currency.lower()}"
+            net = sum(e.amount - e.fee for e in carried_moves)
+            paid = BalanceEntry(f"txn_sim_po_{stamp}_{currency.lower()}", "payout", -net, 0,
+                                currency, day, payout_id)  # fmt: skip
+            for e in [*carried_moves, paid]:
+                carried[e.id] = payout_id
+            moves.append(paid)
+        moves.sort(key=lambda e: (e.created, e.id), reverse=True)
+        return moves, carried
+
     def _settle(self, intent_id: str) -> ChargeResult:
         n = _number(intent_id)
         row = self._intents.get(n)
@@ -382,20 +603,48 @@ class _Intents(Protocol):
 
     def charged_total(self) -> int: ...
 
+    def charges(self) -> list[tuple[int, int, str, str, str, int]]:
+        """Every confirmed intent: number, amount, currency, payment method, state and when it
+        was confirmed."""
+        ...
+
+    def add_dispute(self, n: int, at: int) -> None: ...
+
+    def disputes(self) -> list[tuple[int, int]]:
+        """Each disputed intent's number and when the dispute was opened."""
+        ...
+
 
 class _MemoryIntents:
     """Intents of one process, for tests and benchmarks: what a file would hold, in a list."""
 
     def __init__(self) -> None:
-        self._rows: list[list[Any]] = []  # [state, decline, advice, pm, confirmed_at, amount]
+        # [state, decline, advice, pm, confirmed_at, amount, currency]
+        self._rows: list[list[Any]] = []
         self._keys: dict[str, int] = {}
+        self._disputes: dict[int, int] = {}
 
     def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
         n = self._keys.get(key)
         if n is None:
-            self._rows.append(["requires_confirmation", None, None, payment_method, None, amount])
+            self._rows.append(
+                ["requires_confirmation", None, None, payment_method, None, amount, currency]
+            )
             n = self._keys[key] = len(self._rows)
         return n
+
+    def charges(self) -> list[tuple[int, int, str, str, str, int]]:
+        return [
+            (n, r[5], r[6], r[3], r[0], r[4])
+            for n, r in enumerate(self._rows, 1)
+            if r[4] is not None
+        ]
+
+    def add_dispute(self, n: int, at: int) -> None:
+        self._disputes.setdefault(n, at)
+
+    def disputes(self) -> list[tuple[int, int]]:
+        return list(self._disputes.items())
 
     def get(self, n: int) -> _Intent | None:
         if not 0 < n <= len(self._rows):
@@ -443,6 +692,19 @@ class _FileIntents:
             " UNIQUE, payment_method TEXT, amount INTEGER, currency TEXT, state TEXT,"
             " decline_code TEXT, advice_code TEXT, confirmed_at INTEGER)"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS disputes (n INTEGER PRIMARY KEY, at INTEGER)")
+
+    def charges(self) -> list[tuple[int, int, str, str, str, int]]:
+        return self._db.execute(
+            "SELECT n, amount, currency, payment_method, state, confirmed_at FROM intents"
+            " WHERE confirmed_at IS NOT NULL"
+        ).fetchall()
+
+    def add_dispute(self, n: int, at: int) -> None:
+        self._db.execute("INSERT OR IGNORE INTO disputes (n, at) VALUES (?, ?)", (n, at))
+
+    def disputes(self) -> list[tuple[int, int]]:
+        return self._db.execute("SELECT n, at FROM disputes").fetchall()
 
     def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
         cur = self._db.execute(
@@ -492,6 +754,20 @@ class _FileIntents:
             "SELECT coalesce(sum(amount), 0) FROM intents WHERE state = 'succeeded'"
         ).fetchone()
         return int(total)
+
+
+def _page(
+    items: list[Any], after: str | None, limit: int, lo: int | None, hi: int | None
+) -> Page[Any]:
+    """A page of ``items`` (newest first, each with ``id`` and ``created``) the way a provider
+    pages a list: within ``[lo, hi)``, starting after the item with id ``after``."""
+    chosen = [
+        i for i in items if (lo is None or i.created >= lo) and (hi is None or i.created < hi)
+    ]
+    start = 0
+    if after is not None:
+        start = next((k + 1 for k, i in enumerate(chosen) if i.id == after), len(chosen))
+    return Page(chosen[start : start + limit], len(chosen) > start + limit)
 
 
 def _method(payment_method: str) -> str:

@@ -470,3 +470,58 @@ email_changes = Table(
     Column("expires_at", BigInteger, nullable=False),
     Column("used_at", BigInteger),
 )
+
+# Reconciliation (reconcile.py): the payment provider's own books, imported page by page.
+# Each movement on the provider's balance (a charge, refund, dispute, fee or payout), with the
+# payout that carried it once known.
+processor_balance = Table(
+    "processor_balance",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created", BigInteger, nullable=False, index=True),
+    # The payment intent of a charge, refund or dispute (our payments' reference); the payout's
+    # id for a payout.
+    Column("source", String(128), index=True),
+    Column("payout_id", String(64), index=True),
+)
+
+processor_payouts = Table(
+    "processor_payouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created", BigInteger, nullable=False, index=True),
+    Column("arrival", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+)
+
+# One import of a period; while it runs, its lists' cursors, so a killed import resumes at
+# the page it had reached instead of starting over.
+processor_fetches = Table(
+    "processor_fetches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("lo", BigInteger),
+    Column("hi", BigInteger, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger),
+    Column("requests", Integer, nullable=False, default=0),
+)
+
+processor_cursors = Table(
+    "processor_cursors",
+    metadata,
+    Column("stream", String(160), primary_key=True),
+    # balance (a slice of the period), payouts (the period's payouts), payout (one's contents)
+    Column("what", String(16), nullable=False),
+    Column("lo", BigInteger),
+    Column("hi", BigInteger),
+    Column("payout_id", String(64)),
+    Column("after", String(64)),
+    Column("done", Boolean, nullable=False, default=False),
+)

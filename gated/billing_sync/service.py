@@ -48,6 +48,7 @@ from gated.billing_sync import (
     membership,
     paying,
     publishing,
+    reconcile,
     self_service,
     signup,
     webhooks,
@@ -61,6 +62,7 @@ from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
+from gated.billing_sync.reconcile import FetchReport
 from gated.billing_sync.signup import Applicant, Terms
 from gated.billing_sync.staff import StaffAccess
 from gated.config import BillingConfig
@@ -513,3 +515,7 @@ class Billing:
     def card_from_setup(self, member_id: str, setup_id: str) -> str:
         """The payment method a succeeded SetupIntent of this member saved."""
         return self_service.card_from_setup(self.ctx, member_id, setup_id)
+
+    def reconcile_fetch(self, since: int | None, until: int | None = None) -> FetchReport:
+        """Import the provider's balance movements and payouts (see ``reconcile.fetch``)."""
+        return reconcile.fetch(self.engine, self.ctx.gateway, self.clock(), since, until)

@@ -13,11 +13,15 @@ from typing import Any, TypeVar
 import stripe
 
 from gated.billing_sync.gateway import (
+    BalanceEntry,
+    BalanceKind,
     CardSetup,
     ChargeResult,
     GatewayRejected,
     GatewayUnavailable,
     IntentState,
+    Page,
+    Payout,
 )
 
 log = logging.getLogger("gated.billing.stripe")
@@ -31,6 +35,57 @@ _STATES: dict[str, IntentState] = {
     "requires_payment_method": "failed",
     "canceled": "failed",
 }
+
+
+# Stripe's balance transaction types in our words (gateway.BalanceKind); the rest is "other".
+_KINDS: dict[str, BalanceKind] = {
+    "charge": "charge",
+    "payment": "charge",
+    "refund": "refund",
+    "payment_refund": "refund",
+    "payment_failure_refund": "refund",
+    "payout": "payout",
+    "stripe_fee": "fee",
+    "application_fee": "fee",
+    "tax_fee": "fee",
+}
+# Reporting categories of the adjustments a dispute makes (funds withdrawn, reinstated).
+_DISPUTE_CATEGORIES = ("dispute", "dispute_reversal")
+
+
+def balance_entry(txn: Mapping[str, Any]) -> BalanceEntry:
+    """A Stripe balance transaction (its ``source`` expanded) in the gateway's words: the
+    payment intent of a charge, refund or dispute, or the payout's id, as its ``source``."""
+    kind = _KINDS.get(str(txn.get("type")), "other")
+    if kind == "other" and txn.get("reporting_category") in _DISPUTE_CATEGORIES:
+        kind = "dispute"
+    source = txn.get("source")
+    ref: str | None = None
+    if isinstance(source, Mapping):
+        intent = source.get("payment_intent")
+        if intent is None and isinstance(source.get("charge"), Mapping):
+            intent = source["charge"].get("payment_intent")
+        ref = str(intent["id"] if isinstance(intent, Mapping) else intent or source.get("id"))
+    elif source is not None:
+        ref = str(source)
+    return BalanceEntry(
+        str(txn["id"]),
+        kind,
+        int(txn["amount"]),
+        int(txn.get("fee") or 0),
+        str(txn["currency"]).upper(),
+        int(txn["created"]),
+        ref,
+    )
+
+
+def _created(lo: int | None, hi: int | None) -> dict[str, Any]:
+    bounds: dict[str, int] = {}
+    if lo is not None:
+        bounds["gte"] = lo
+    if hi is not None:
+        bounds["lt"] = hi
+    return {"created": bounds} if bounds else {}
 
 
 def method_of(intent: Mapping[str, Any]) -> str:
@@ -254,6 +309,62 @@ class StripeGateway:
         if isinstance(pm, dict):
             pm = pm.get("id")
         return str(pm) if pm else None
+
+    def list_balance(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+        payout: str | None = None,
+    ) -> Page[BalanceEntry]:
+        """A page of balance transactions, newest first, each with its source expanded so a
+        charge, refund or dispute names its payment intent (one request, not one per item).
+        ``payout`` lists what an automatic payout carried (Stripe's ``payout`` filter)."""
+        params: dict[str, Any] = {"limit": limit, "expand": ["data.source"]}
+        params.update(_created(created_from, created_to))
+        if after is not None:
+            params["starting_after"] = after
+        if payout is not None:
+            params["payout"] = payout
+        listed = self._call(
+            "balance_transactions.list",
+            lambda c: c.v1.balance_transactions.list(params=params),  # type: ignore[arg-type]
+        ).to_dict()
+        return Page([balance_entry(t) for t in listed["data"]], bool(listed.get("has_more")))
+
+    def list_payouts(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        created_from: int | None = None,
+        created_to: int | None = None,
+    ) -> Page[Payout]:
+        """A page of payouts, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        params.update(_created(created_from, created_to))
+        if after is not None:
+            params["starting_after"] = after
+        listed = self._call(
+            "payouts.list",
+            lambda c: c.v1.payouts.list(params=params),  # type: ignore[arg-type]
+        ).to_dict()
+        return Page(
+            [
+                Payout(
+                    str(p["id"]),
+                    int(p["amount"]),
+                    str(p["currency"]).upper(),
+                    int(p["created"]),
+                    int(p.get("arrival_date") or p["created"]),
+                    str(p.get("status") or ""),
+                )
+                for p in listed["data"]
+            ],
+            bool(listed.get("has_more")),
+        )
 
     @staticmethod
     def _result(intent: stripe.PaymentIntent) -> ChargeResult:

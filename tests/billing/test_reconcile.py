@@ -1,0 +1,193 @@
+"""Reconciliation with the payment provider: movements and payouts imported page by page, each
+payout with what it carried, every difference between the books both ways, and an import that
+fails mid-way resuming from its cursor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select, update
+
+from gated.billing_sync import reconcile
+from gated.billing_sync import schema as s
+from gated.billing_sync.gateway import (
+    SIM_DISPUTE_FEE,
+    FaultyGateway,
+    GatewayUnavailable,
+    SimulatedGateway,
+)
+from gated.billing_sync.service import Billing
+from tests.billing.helpers import DAY, T0, Clock, make_billing
+
+TOTAL = 5938  # 49.90 + 19 % tax
+FEE = 25 + (TOTAL * 14 + 500) // 1000  # the simulator's 0.25 + 1.4 %, rounded: 108
+
+
+def intent_of(b: Billing, member_id: str) -> str:
+    a = s.payment_attempts
+    with b.engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(a.c.gateway_ref).where(a.c.member_id == member_id, a.c.state == "succeeded")
+            ).scalar_one()
+        )
+
+
+def three_paid_members(tmp_path: Path) -> tuple[Billing, Clock, SimulatedGateway]:
+    clock = Clock()
+    gw = SimulatedGateway(tmp_path / "sim.db", clock=clock)
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    for m in ("m1", "m2", "m3"):
+        b.add_member(m, m.upper(), plan_id="monthly", payment_method="pm_sim_ok")
+    # Charged on 1 December, available on the 3rd, paid out at midnight into the 4th.
+    clock.advance(4)
+    return b, clock, gw
+
+
+def test_a_payout_shows_the_charges_and_fees_it_carried_and_the_books_agree(
+    tmp_path: Path,
+) -> None:
+    b, _, _ = three_paid_members(tmp_path)
+    report = reconcile.fetch(b.engine, b.gateway, b.clock(), None, page=2)
+    # 3 charges + the payout's own movement = 4 movements: 2 pages; 1 page of payouts; the
+    # payout's contents (the same 4 movements) 2 pages.
+    assert (report.requests, report.movements, report.payouts) == (5, 8, 1)
+    columns, rows = reconcile.payouts(b.engine)
+    assert [dict(zip(columns, r, strict=True)) for r in rows] == [
+        {
+            "payout": "po_sim_20261204_eur",
+            "created": "2026-12-04",
+            "arrival": "2026-12-04",
+            "status": "paid",
+            "currency": "EUR",
+            "amount": 3 * (TOTAL - FEE),
+            "charges": 3,
+            "charged": 3 * TOTAL,
+            "refunded": 0,
+            "disputed": 0,
+            "fees": 3 * FEE,
+            "other": 0,
+            "unexplained": 0,
+        }
+    ]
+    assert reconcile.mismatches(b.engine)[1] == []
+
+
+def test_every_difference_between_the_books_is_reported_both_ways(tmp_path: Path) -> None:
+    b, clock, gw = three_paid_members(tmp_path)
+    # A charge made at the provider outside gated (its dashboard, another system).
+    stray = gw.create_intent(
+        customer_ref=None,
+        payment_method="pm_sim_ok",
+        amount=1000,
+        currency="EUR",
+        idempotency_key="stray",
+        metadata={},
+    )
+    gw.confirm_intent(stray, "stray")
+    # Our books say m2 paid 50.00 where the provider took 59.38.
+    with b.engine.begin() as conn:
+        conn.execute(update(s.payments).where(s.payments.c.member_id == "m2").values(amount=5000))
+        # And a payment booked for m3 under a reference the provider never saw.
+        invoice_id = conn.execute(
+            select(s.invoices.c.id).where(s.invoices.c.member_id == "m3")
+        ).scalar_one()
+        conn.execute(
+            insert(s.payment_attempts).values(
+                invoice_id=invoice_id, member_id="m3", idempotency_key="ghost",
+                gateway_ref="pi_sim_0000009999", amount=700, currency="EUR",
+                state="succeeded", created_at=clock(), updated_at=clock(),
+            )
+        )  # fmt: skip
+        conn.execute(
+            insert(s.payments).values(
+                invoice_id=invoice_id, member_id="m3", amount=700, method="card",
+                reference="pi_sim_0000009999", at=clock(),
+            )
+        )  # fmt: skip
+    # m1's bank disputes the payment: the provider takes it back at once.
+    gw.open_dispute(intent_of(b, "m1"))
+    reconcile.fetch(b.engine, b.gateway, b.clock(), None)
+    _, rows = reconcile.mismatches(b.engine)
+    found = {(r[0], r[1], r[2]): (r[3], r[5], r[6]) for r in rows}
+    assert found == {
+        ("amount_differs", "charge", intent_of(b, "m2")): ("m2", 5000, TOTAL),
+        ("not_at_processor", "charge", "pi_sim_0000009999"): ("m3", 700, ""),
+        ("not_booked", "charge", stray): ("", "", 1000),
+        ("not_booked", "dispute", intent_of(b, "m1")): ("", "", -TOTAL),
+    }
+    # The dispute is lost: the chargeback is booked, and the two books agree on it.
+    b.dispute_closed("dp_1", intent_of(b, "m1"), "lost")
+    clock.advance(3)
+    reconcile.fetch(b.engine, b.gateway, b.clock(), None)
+    _, rows = reconcile.mismatches(b.engine)
+    assert ("dispute", intent_of(b, "m1")) not in {(r[1], r[2]) for r in rows}
+    _, payouts = reconcile.payouts(b.engine)
+    # Paid out on the 7th with the stray charge made the same day.
+    disputed = [r for r in payouts if r[9] != 0]
+    assert [(r[6], r[7], r[9], r[10], r[12]) for r in disputed] == [
+        (1, 1000, -TOTAL, 25 + 14 + SIM_DISPUTE_FEE, 0)
+    ]
+
+
+def test_a_period_only_lists_what_it_covers(tmp_path: Path) -> None:
+    b, clock, _ = three_paid_members(tmp_path)
+    clock.advance(30)
+    b.run_cycle()  # the renewals of 31 December
+    clock.advance(4)
+    report = reconcile.fetch(b.engine, b.gateway, b.clock(), T0 + 20 * DAY)
+    assert report.movements == 3 + 1 + 3 + 1  # the renewals and their payout, twice
+    with b.engine.connect() as conn:
+        stored = conn.execute(select(func.min(s.processor_balance.c.created))).scalar_one()
+    assert stored >= T0 + 20 * DAY
+    # The first month's payments were booked before the imported period: not a mismatch.
+    assert reconcile.mismatches(b.engine)[1] == []
+
+
+def test_an_import_that_fails_mid_way_resumes_from_its_cursor(tmp_path: Path) -> None:
+    b, clock, gw = three_paid_members(tmp_path)
+    for m in ("m4", "m5", "m6"):
+        b.add_member(m, m.upper(), plan_id="monthly", payment_method="pm_sim_ok")
+    clock.advance(4)
+    asked: list[str] = []
+
+    def fail_on_third_page(step: str) -> None:
+        if step == "after_list_balance":
+            asked.append(step)
+            if len(asked) == 3:
+                # The provider answered, and the answer was lost (a timeout, a crash).
+                raise GatewayUnavailable("connection reset")
+
+    faulty = FaultyGateway(gw, fail_on_third_page)
+    with pytest.raises(GatewayUnavailable):
+        reconcile.fetch(b.engine, faulty, b.clock(), None, page=2)
+    with b.engine.connect() as conn:
+        kept = conn.execute(select(func.count()).select_from(s.processor_balance)).scalar_one()
+        after = conn.execute(
+            select(s.processor_cursors.c.after).where(s.processor_cursors.c.what == "balance")
+        ).scalar_one()
+    # 6 charges + 2 payouts = 8 movements; the first two pages were stored with their cursor.
+    assert kept == 4 and after is not None
+
+    starts: list[str | None] = []
+
+    class Recording(FaultyGateway):
+        def list_balance(self, **kw: object) -> object:  # type: ignore[override]
+            if kw.get("payout") is None:
+                starts.append(kw["after"])  # type: ignore[arg-type]
+            return super().list_balance(**kw)  # type: ignore[arg-type]
+
+    report = reconcile.fetch(b.engine, Recording(gw, lambda _: None), b.clock(), None, page=2)
+    assert report.resumed
+    assert starts == [after, starts[1]] and starts[1] is not None  # from the cursor, not page 1
+    with b.engine.connect() as conn:
+        ids = conn.execute(select(s.processor_balance.c.id)).scalars().all()
+        assert conn.execute(select(func.count()).select_from(s.processor_cursors)).scalar() == 0
+        requests = conn.execute(select(s.processor_fetches.c.requests)).scalar_one()
+    assert len(ids) == 8
+    # The failed run asked for 3 pages of movements and 1 of payouts; this one for the last 2
+    # pages of movements and each payout's contents (4 movements each: 2 pages each).
+    assert report.requests == 2 + 2 * 2
+    assert requests == 4 + report.requests
+    assert reconcile.mismatches(b.engine)[1] == []
