@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gated.billing_sync import reports
+from gated.billing_sync import reconcile_cli, reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
@@ -903,3 +903,6 @@ def staff_reset(
         made = billing.staff_access().reset(staff_id, password)
         entry.detail.update(staff=staff_id)
     _print_password(staff_id, made if password is None else None, "reset")
+
+
+app.add_typer(reconcile_cli.commands(service, _parse_date, _table), name="reconcile")

@@ -87,7 +87,9 @@ def fetch(
             run_id = conn.execute(
                 insert(f).values(lo=since, hi=hi, started_at=now, requests=0).returning(f.c.id)
             ).scalar_one()
-            conn.execute(insert(s.processor_cursors), _plan(since, hi, source.concurrency))
+            # Everything up to now asks for no bounds at all (some fakes take none).
+            bounds = (since, hi if since is not None or until is not None else None)
+            conn.execute(insert(s.processor_cursors), _plan(*bounds, source.concurrency))
             lo = since
         else:
             run_id, lo, hi = run.id, run.lo, run.hi
@@ -108,10 +110,10 @@ def fetch(
     return FetchReport(tally.requests, tally.movements, tally.payouts, resumed, lo, hi)
 
 
-def _plan(lo: int | None, hi: int, slices: int) -> list[dict[str, Any]]:
-    """The cursors of a new import: its period in ``slices`` equal parts (one when it has no
-    start), paged through at once, and the list of its payouts."""
-    if lo is None or slices <= 1 or hi - lo < slices:
+def _plan(lo: int | None, hi: int | None, slices: int) -> list[dict[str, Any]]:
+    """The cursors of a new import: its period in ``slices`` equal parts (one when it is
+    open), paged through at once, and the list of its payouts."""
+    if lo is None or hi is None or slices <= 1 or hi - lo < slices:
         bounds = [(lo, hi)]
     else:
         step = (hi - lo) / slices

@@ -4,13 +4,16 @@ fails mid-way resuming from its cursor."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select, update
+from typer.testing import CliRunner
 
 from gated.billing_sync import reconcile
 from gated.billing_sync import schema as s
+from gated.billing_sync.cli import app
 from gated.billing_sync.gateway import (
     SIM_DISPUTE_FEE,
     FaultyGateway,
@@ -18,7 +21,9 @@ from gated.billing_sync.gateway import (
     SimulatedGateway,
 )
 from gated.billing_sync.service import Billing
-from tests.billing.helpers import DAY, T0, Clock, make_billing
+from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config
+from tests.billing.test_stripe_gateway import gateway as stripe_gateway
+from tests.services import LocalStripe
 
 TOTAL = 5938  # 49.90 + 19 % tax
 FEE = 25 + (TOTAL * 14 + 500) // 1000  # the simulator's 0.25 + 1.4 %, rounded: 108
@@ -167,6 +172,10 @@ def test_an_import_that_fails_mid_way_resumes_from_its_cursor(tmp_path: Path) ->
         after = conn.execute(
             select(s.processor_cursors.c.after).where(s.processor_cursors.c.what == "balance")
         ).scalar_one()
+        # The payouts' list runs beside the movements: it may have been read before the error.
+        listed = conn.execute(
+            select(s.processor_cursors.c.done).where(s.processor_cursors.c.what == "payouts")
+        ).scalar_one()
     # 6 charges + 2 payouts = 8 movements; the first two pages were stored with their cursor.
     assert kept == 4 and after is not None
 
@@ -186,8 +195,61 @@ def test_an_import_that_fails_mid_way_resumes_from_its_cursor(tmp_path: Path) ->
         assert conn.execute(select(func.count()).select_from(s.processor_cursors)).scalar() == 0
         requests = conn.execute(select(s.processor_fetches.c.requests)).scalar_one()
     assert len(ids) == 8
-    # The failed run asked for 3 pages of movements and 1 of payouts; this one for the last 2
-    # pages of movements and each payout's contents (4 movements each: 2 pages each).
-    assert report.requests == 2 + 2 * 2
-    assert requests == 4 + report.requests
+    # The failed run asked for 3 pages of movements (and perhaps the payouts); this one for the
+    # last 2 pages of movements and each payout's contents (4 movements each: 2 pages each).
+    assert report.requests == 2 + 2 * 2 + (0 if listed else 1)
+    assert requests == 3 + (1 if listed else 0) + report.requests
     assert reconcile.mismatches(b.engine)[1] == []
+
+
+def test_the_command_line_fetches_and_reports_as_table_csv_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "Monthly", "--price", "4990",
+           "--tax-rate-bp", "1900")  # fmt: skip
+    cli_ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    cli_ok(cfg, "clock", "advance", "4d")
+    assert "fetched 4 movements and 1 payouts in 3 requests" in cli_ok(cfg, "reconcile", "fetch")
+    parts = json.loads(cli_ok(cfg, "reconcile", "report", "--format", "json"))
+    assert parts["mismatches"] == []
+    [payout] = parts["payouts"]
+    assert (payout["charges"], payout["charged"], payout["fees"]) == (1, TOTAL, FEE)
+    assert payout["amount"] == TOTAL - FEE and payout["unexplained"] == 0
+    csv_text = cli_ok(cfg, "reconcile", "report", "--show", "payouts", "--format", "csv")
+    assert csv_text.splitlines()[1].startswith("po_sim_")
+    assert "payouts" in cli_ok(cfg, "reconcile", "report", "--until", "2026-12-01")
+    refused = CliRunner().invoke(app, ["reconcile", "report", "--format", "csv", "-c", str(cfg)])
+    assert refused.exit_code == 2 and "--show payouts or --show mismatches" in refused.output
+
+
+def test_stripe_balance_transactions_are_read_page_by_page_through_localstripe(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    gw = stripe_gateway(localstripe.url)
+    b, _ = make_billing(tmp_path, gateway=gw)
+    for m in ("m1", "m2", "m3"):
+        b.add_member(m, m.upper(), plan_id="monthly", payment_method="pm_card_visa")
+    # A charge made at Stripe outside gated.
+    customer = gw.create_customer("x", None, "Stray")
+    stray = gw.create_intent(
+        customer_ref=customer,
+        payment_method=gw.attach_payment_method(customer, "pm_card_visa"),
+        amount=1200,
+        currency="EUR",
+        idempotency_key="stray",
+        metadata={},
+    )
+    gw.confirm_intent(stray, "stray")
+    # localstripe filters balance transactions by nothing but the cursor: fetch everything.
+    report = reconcile.fetch(b.engine, gw, b.clock(), None, page=1)
+    # 4 movements, a page each, the last saying there is no more; no payouts (1 request).
+    assert (report.movements, report.requests) == (4, 4 + 1)
+    with b.engine.connect() as conn:
+        kinds = conn.execute(select(s.processor_balance.c.kind, s.processor_balance.c.source)).all()
+    assert sorted(k for k, _ in kinds) == ["charge"] * 4
+    assert {src for _, src in kinds} == {intent_of(b, m) for m in ("m1", "m2", "m3")} | {stray}
+    _, rows = reconcile.mismatches(b.engine)
+    assert [(r[0], r[2], r[6]) for r in rows] == [("not_booked", stray, 1200)]
