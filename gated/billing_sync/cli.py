@@ -766,6 +766,9 @@ def notices_resend(notice_id: int, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def _report_command(name: str, help_text: str) -> None:
     def command(
         as_csv: CsvOpt = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="JSON on stdout: a list of objects, one per row.")
+        ] = False,
         first: Annotated[
             str | None, typer.Option("--from", help="First month, YYYY-MM (UTC).")
         ] = None,
@@ -777,6 +780,9 @@ def _report_command(name: str, help_text: str) -> None:
             # A malformed month is a BillingError: one line, exit code 2.
             scope = reports.scope_for(billing.config, first, last, site)
             columns, rows = reports.REPORTS[name](billing.engine, billing.clock(), scope)
+        if as_json:
+            sys.stdout.write(json.dumps(reports.records(columns, rows), indent=1) + "\n")
+            return
         _table(name, columns, rows, as_csv)
 
     command.__doc__ = help_text
@@ -790,6 +796,7 @@ for _name, _help in (
     ("attendance", "Entries per day and site from the gates' events."),
     ("passes", "Fixed-term passes: when each ends, and which have expired."),
     ("mrr", "Monthly recurring revenue per month: paid renewals spread over their months."),
+    ("deferred", "Deferred revenue at each month's end: paid for, not yet served (net)."),
     ("members", "New members, cancellations and churn per month."),
     ("recovery", "Failed payments and what dunning recovered, by month and decline class."),
     ("statuses", "Members by status now."),

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from gated.billing_sync import reconcile
+from gated.billing_sync import reconcile, reports
 from gated.billing_sync.service import Billing
 from gated.edge import fail
 
@@ -95,18 +95,13 @@ def commands(service: OpenService, parse_date: ParseDate, table: Table) -> typer
                 if show in (Show.all, Show(name))
             }
         if fmt is Format.json:
-            json.dump({k: records(*v) for k, v in parts.items()}, sys.stdout, indent=1)
+            json.dump({k: reports.records(*v) for k, v in parts.items()}, sys.stdout, indent=1)
             sys.stdout.write("\n")
             return
         for name, (columns, rows) in parts.items():
             table(name, columns, rows, fmt is Format.csv)
 
     return reconcile_app
-
-
-def records(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """A report's rows as JSON objects (an empty cell is null)."""
-    return [{c: (None if v == "" else v) for c, v in zip(columns, r, strict=True)} for r in rows]
 
 
 def _day(ts: int | None) -> str:

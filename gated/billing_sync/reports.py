@@ -171,6 +171,11 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
+def records(columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """A report's rows as objects for JSON (an empty cell is null)."""
+    return [{c: (None if v == "" else v) for c, v in zip(columns, r, strict=True)} for r in rows]
+
+
 def _tax_share(amount: int, tax: int, total: int) -> int:
     """The tax in ``amount`` paid on an invoice of ``total`` carrying ``tax``, rounded half away
     from zero (a part payment carries its part; a chargeback takes it back)."""
@@ -320,6 +325,48 @@ def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     return ["month", "currency", "mrr", "members"], out
 
 
+def deferred(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Deferred revenue: at the end of each month (now, for this month), the net of paid
+    invoices for time not yet served. An invoice for a period counts the part of its net still
+    ahead, in proportion to the seconds left (rounded down per invoice); one whose period has
+    not begun counts whole. Tax is not revenue and is left out."""
+    inv = s.invoices
+    with reading(engine).connect() as conn:
+        who = _members_at(conn, scope)
+        rows = conn.execute(
+            select(
+                inv.c.member_id,
+                inv.c.currency,
+                inv.c.subtotal,
+                inv.c.period_start,
+                inv.c.period_end,
+                inv.c.paid_at,
+            ).where(
+                inv.c.status == "paid",
+                inv.c.paid_at.is_not(None),
+                inv.c.period_start.is_not(None),
+                inv.c.period_end > inv.c.period_start,
+            )
+        ).all()
+    rows = [r for r in rows if who is None or r.member_id in who]
+    earliest = min((int(r.paid_at) for r in rows), default=None)
+    out = []
+    for month, _start, end in months_in(scope, now, earliest):
+        at = min(end, now)
+        totals: dict[str, list[int]] = {}
+        for r in rows:
+            if r.paid_at > at or r.period_end <= at:
+                continue
+            length = int(r.period_end) - int(r.period_start)
+            ahead = int(r.period_end) - max(at, int(r.period_start))
+            acc = totals.setdefault(r.currency, [0, 0])
+            acc[0] += int(r.subtotal) * ahead // length
+            acc[1] += 1
+        day = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
+        out += [(month, day, cur, v[0], v[1]) for cur, v in sorted(totals.items())]
+    return ["month", "at", "currency", "deferred", "invoices"], out
+
+
 def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """New members and cancellations per month, the members at the month's start, and churn
     (cancellations that took effect in the month over members at its start, in %)."""
@@ -348,7 +395,8 @@ def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
 
 def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Failed payments and dunning recovery per month of the first failure, currency and
-    decline class: invoices that failed, their amount, and what was paid on them since."""
+    decline class: invoices that failed, their amount, what was paid on them since, how many
+    were paid in full, and the recovery rate (the amount recovered over the amount failed)."""
     at, inv, p = s.payment_attempts, s.invoices, s.payments
     with reading(engine).connect() as conn:
         who = _members_at(conn, scope)
@@ -393,8 +441,9 @@ def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
             "failed_amount",
             "recovered_amount",
             "recovered",
+            "recovery_pct",
         ],
-        [(*k, *v) for k, v in sorted(totals.items())],
+        [(*k, *v, f"{100 * v[2] / v[1]:.1f}" if v[1] else "") for k, v in sorted(totals.items())],
     )
 
 
@@ -524,6 +573,7 @@ REPORTS: dict[str, Callable[[Engine, int, Scope], Report]] = {
     "attendance": attendance,
     "passes": passes,
     "mrr": mrr,
+    "deferred": deferred,
     "members": members,
     "recovery": recovery,
     "statuses": statuses,
