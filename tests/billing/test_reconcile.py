@@ -39,10 +39,12 @@ def intent_of(b: Billing, member_id: str) -> str:
         )
 
 
-def three_paid_members(tmp_path: Path) -> tuple[Billing, Clock, SimulatedGateway]:
+def three_paid_members(
+    tmp_path: Path, **overrides: object
+) -> tuple[Billing, Clock, SimulatedGateway]:
     clock = Clock()
     gw = SimulatedGateway(tmp_path / "sim.db", clock=clock)
-    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock, **overrides)
     for m in ("m1", "m2", "m3"):
         b.add_member(m, m.upper(), plan_id="monthly", payment_method="pm_sim_ok")
     # Charged on 1 December, available on the 3rd, paid out at midnight into the 4th.
@@ -50,10 +52,12 @@ def three_paid_members(tmp_path: Path) -> tuple[Billing, Clock, SimulatedGateway
     return b, clock, gw
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_a_payout_shows_the_charges_and_fees_it_carried_and_the_books_agree(
-    tmp_path: Path,
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    b, _, _ = three_paid_members(tmp_path)
+    url = {"database_url": request.getfixturevalue("postgres_url")} if store != "sqlite" else {}
+    b, _, _ = three_paid_members(tmp_path, **url)
     report = reconcile.fetch(b.engine, b.gateway, b.clock(), None, page=2)
     # 3 charges + the payout's own movement = 4 movements: 2 pages; 1 page of payouts; the
     # payout's contents (the same 4 movements) 2 pages.
