@@ -649,7 +649,7 @@ class _MemoryIntents:
     def get(self, n: int) -> _Intent | None:
         if not 0 < n <= len(self._rows):
             return None
-        state, decline, advice, pm, confirmed_at, _ = self._rows[n - 1]
+        state, decline, advice, pm, confirmed_at = self._rows[n - 1][:5]
         return state, decline, advice, pm, confirmed_at
 
     def unconfirmed_method(self, n: int) -> str | None:

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import func, select
 
+from gated.billing_sync import reconcile
 from gated.billing_sync import schema as s
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
@@ -235,6 +236,17 @@ class MoneyMachine(RuleBasedStateMachine):
             self.billing.dispute_opened(f"dp_{ref}", ref)
         elif outcome != "open" and row is not None:
             self.billing.dispute_closed(row.id, row.payment_ref, outcome)
+
+    # --- reconciliation: the provider's books and ours agree on every charge ------------------
+
+    @rule()
+    def reconcile_with_the_provider(self) -> None:
+        """Import the provider's books: every charge it made is booked for its amount, and
+        every gateway payment we booked is a charge it made (disputes are not told to the
+        simulator here, so only charges are compared)."""
+        reconcile.fetch(self.billing.engine, self.gateway, self.clock.now, None)
+        _, mismatches = reconcile.mismatches(self.billing.engine)
+        assert [m for m in mismatches if m[1] == "charge"] == []
 
     # --- checks -------------------------------------------------------------------------------
 
