@@ -21,6 +21,7 @@ from gated.billing_sync.gateway import (
     SimulatedGateway,
 )
 from gated.billing_sync.service import Billing
+from gated.billing_sync.stripe_gateway import balance_entry
 from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config
 from tests.billing.test_stripe_gateway import gateway as stripe_gateway
 from tests.services import LocalStripe
@@ -257,3 +258,51 @@ def test_stripe_balance_transactions_are_read_page_by_page_through_localstripe(
     assert {src for _, src in kinds} == {intent_of(b, m) for m in ("m1", "m2", "m3")} | {stray}
     _, rows = reconcile.mismatches(b.engine)
     assert [(r[0], r[2], r[6]) for r in rows] == [("not_booked", stray, 1200)]
+
+
+@pytest.mark.parametrize(
+    ("txn", "kind", "source"),
+    [
+        ({"type": "charge", "source": {"id": "ch_1", "payment_intent": "pi_1"}}, "charge", "pi_1"),
+        ({"type": "payment", "source": {"id": "py_1", "payment_intent": "pi_2"}}, "charge", "pi_2"),
+        ({"type": "refund", "source": {"id": "re_1", "payment_intent": "pi_1"}}, "refund", "pi_1"),
+        # An older refund names only its charge (expanded with the charge's intent).
+        (
+            {
+                "type": "refund",
+                "source": {"id": "re_2", "charge": {"id": "ch_1", "payment_intent": "pi_3"}},
+            },
+            "refund",
+            "pi_3",
+        ),
+        (
+            {
+                "type": "adjustment",
+                "reporting_category": "dispute",
+                "source": {"id": "du_1", "payment_intent": {"id": "pi_4"}},
+            },
+            "dispute",
+            "pi_4",
+        ),
+        (
+            {
+                "type": "adjustment",
+                "reporting_category": "dispute_reversal",
+                "source": {"id": "du_1", "payment_intent": "pi_4"},
+            },
+            "dispute",
+            "pi_4",
+        ),
+        ({"type": "payout", "source": {"id": "po_1", "object": "payout"}}, "payout", "po_1"),
+        ({"type": "stripe_fee", "source": None}, "fee", None),
+        ({"type": "transfer", "source": "tr_1"}, "other", "tr_1"),
+    ],
+)
+def test_stripe_balance_transactions_in_the_gateways_words(
+    txn: dict[str, object], kind: str, source: str | None
+) -> None:
+    entry = balance_entry({"id": "txn_1", "amount": -100, "fee": 15, "currency": "eur",
+                           "created": T0, **txn})  # fmt: skip
+    assert (entry.kind, entry.source, entry.amount, entry.fee, entry.currency) == (
+        kind, source, -100, 15, "EUR"
+    )  # fmt: skip
