@@ -5,6 +5,9 @@ fails mid-way resuming from its cursor."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +23,11 @@ from gated.billing_sync.gateway import (
     GatewayUnavailable,
     SimulatedGateway,
 )
-from gated.billing_sync.service import Billing
+from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.stripe_gateway import balance_entry
+from tests.billing.crashing import billing_for
 from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config
+from tests.billing.test_crash import ROOT, cli, write_config
 from tests.billing.test_stripe_gateway import gateway as stripe_gateway
 from tests.services import LocalStripe
 
@@ -306,3 +311,52 @@ def test_stripe_balance_transactions_in_the_gateways_words(
     assert (entry.kind, entry.source, entry.amount, entry.fee, entry.currency) == (
         kind, source, -100, 15, "EUR"
     )  # fmt: skip
+
+
+# Run in a child process: an import killed (SIGKILL) when the provider's third page of movements
+# has arrived and before it is stored.
+KILLED_IMPORT = """
+import os, signal, sys
+from pathlib import Path
+from gated.billing_sync import reconcile
+from tests.billing.crashing import billing_for
+
+pages = []
+
+def fault(step):
+    if step == "after_list_balance":
+        pages.append(step)
+        if len(pages) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+b = billing_for(Path(sys.argv[1]), fault)
+reconcile.fetch(b.engine, b.gateway, b.clock(), None, page=1)
+"""
+
+
+def test_an_import_killed_mid_page_is_finished_by_the_next_fetch(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None)
+    b = billing_for(config)
+    b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
+    for m in ("m1", "m2", "m3"):
+        b.add_member(m, m.upper(), plan_id="monthly", payment_method="pm_sim_ok")
+    b.advance_clock(4 * DAY)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IMPORT, str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    with b.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.processor_balance)).scalar() == 2
+    resumed = cli(config, "reconcile", "fetch")
+    assert resumed.returncode == 0, resumed.stderr
+    # The last 2 of the 4 movements (3 charges and the payout) from the cursor, then the payout
+    # and its contents.
+    assert "finished the interrupted import" in resumed.stdout
+    assert "fetched 6 movements and 1 payouts in 3 requests" in resumed.stdout
+    with b.engine.connect() as conn:
+        stored = conn.execute(select(s.processor_balance.c.payout_id)).scalars().all()
+        assert conn.execute(select(func.count()).select_from(s.processor_cursors)).scalar() == 0
+    assert len(stored) == 4 and all(stored)
+    assert reconcile.mismatches(b.engine)[1] == []
