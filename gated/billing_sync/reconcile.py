@@ -72,9 +72,9 @@ def fetch(
     page: int = PAGE,
 ) -> FetchReport:
     """Import the provider's balance movements and payouts created in ``[since, until)``
-    (``until`` None: up to now; ``since`` None: everything), then what each payout carried. An import
-    left unfinished (killed, or the provider out of reach) is finished first, from its
-    cursors, instead: run again for the period asked for."""
+    (``until`` None: up to now; ``since`` None: everything), then what each payout carried.
+    An import left unfinished (killed, or the provider out of reach) is finished first, from
+    its cursors, instead: run again for the period asked for."""
     f = s.processor_fetches
     with engine.begin() as conn:
         run = conn.execute(

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from gated.billing_sync import reconcile, reports
+from gated.billing_sync.gateway import GatewayError
 from gated.billing_sync.service import Billing
 from gated.edge import fail
 
@@ -61,7 +62,10 @@ def commands(service: OpenService, parse_date: ParseDate, table: Table) -> typer
         """Import the provider's balance movements and payouts; an interrupted import is finished
         first, from where it stopped."""
         with service(config) as billing:
-            done = billing.reconcile_fetch(parse_date(since), parse_date(until))
+            try:
+                done = billing.reconcile_fetch(parse_date(since), parse_date(until))
+            except GatewayError as exc:
+                fail(f"{exc}; every page stored so far is kept: run again to continue")
         period = f"{_day(done.since) or 'the start'} to {_day(done.until)}"
         if done.resumed:
             out.print(f"finished the interrupted import of {period}; run again for another period")

@@ -29,7 +29,7 @@ from tests.billing.crashing import billing_for
 from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config
 from tests.billing.test_crash import ROOT, cli, write_config
 from tests.billing.test_stripe_gateway import gateway as stripe_gateway
-from tests.services import LocalStripe
+from tests.services import LocalStripe, free_port
 
 TOTAL = 5938  # 49.90 + 19 % tax
 FEE = 25 + (TOTAL * 14 + 500) // 1000  # the simulator's 0.25 + 1.4 %, rounded: 108
@@ -360,3 +360,17 @@ def test_an_import_killed_mid_page_is_finished_by_the_next_fetch(tmp_path: Path)
         assert conn.execute(select(func.count()).select_from(s.processor_cursors)).scalar() == 0
     assert len(stored) == 4 and all(stored)
     assert reconcile.mismatches(b.engine)[1] == []
+
+
+def test_a_provider_out_of_reach_is_one_line_saying_to_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}")  # nothing listens
+    config.write_text(config.read_text() + "max_retries = 0\n")
+    cli_ok(config, "keys", "init")
+    failed = CliRunner().invoke(app, ["reconcile", "fetch", "-c", str(config)])
+    assert failed.exit_code == 2 and "Traceback" not in failed.output
+    # Beside the retry's log lines (key=value), one line for the person.
+    [said] = [line for line in failed.output.splitlines() if not line.startswith("level=")]
+    assert said.startswith("error: stripe ") and said.endswith("run again to continue")
