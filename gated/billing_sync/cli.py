@@ -702,6 +702,7 @@ def invoices(
         limit = 0 if as_csv else TABLE_LIMIT
     cols = [
         "invoice",
+        "number",
         "member",
         "kind",
         "status",

@@ -579,6 +579,7 @@ def invoices(
             for r in rows:
                 head = (
                     r.id,
+                    r.number or "",
                     r.member_id,
                     r.kind,
                     r.status,

@@ -139,6 +139,26 @@ invoices = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("paid_at", BigInteger),
     Index("ix_invoices_member_status", "member_id", "status"),
+    # The site whose legal entity issues the invoice (the member's first site), its number in
+    # that site's series for the year (``numbering.py``) and when it was issued. A sign-up's
+    # first invoice is a draft without a number until it is paid: an unpaid sign-up is deleted,
+    # and a number once given must never go missing.
+    Column("site", ID),
+    Column("number", String(64)),
+    Column("issued_at", BigInteger),
+    Index("ix_invoices_number", "number", unique=True),
+)
+
+# The last number given in each legal series (per site, year and kind of document): a row
+# locked by the transaction that takes numbers, so numbers are committed without gaps (a
+# database sequence loses the numbers of rolled-back transactions).
+document_counters = Table(
+    "document_counters",
+    metadata,
+    Column("site", ID, primary_key=True),
+    Column("year", Integer, primary_key=True),
+    Column("series", String(16), primary_key=True),
+    Column("last", BigInteger, nullable=False),
 )
 
 invoice_lines = Table(

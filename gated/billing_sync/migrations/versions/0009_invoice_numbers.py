@@ -1,0 +1,82 @@
+"""invoices: the issuing site, a legal number per site and year, and when issued; the counters
+the numbers come from. Invoices already in the store are numbered in the order they were made
+(a sign-up not yet paid stays a draft).
+
+Revision ID: 0009_invoice_numbers
+Revises: 0008_notice_delivery
+Create Date: 2026-12-07 10:00:00.000000
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009_invoice_numbers"
+down_revision = "0008_notice_delivery"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "document_counters",
+        sa.Column("site", sa.String(length=64), nullable=False),
+        sa.Column("year", sa.Integer(), nullable=False),
+        sa.Column("series", sa.String(length=16), nullable=False),
+        sa.Column("last", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("site", "year", "series", name=op.f("pk_document_counters")),
+    )
+    # Columns added in place and a unique index, not a constraint: on SQLite a constraint
+    # means copying the table, which the tables referring to invoices forbid.
+    op.add_column("invoices", sa.Column("site", sa.String(length=64), nullable=True))
+    op.add_column("invoices", sa.Column("number", sa.String(length=64), nullable=True))
+    op.add_column("invoices", sa.Column("issued_at", sa.BigInteger(), nullable=True))
+    op.create_index(op.f("ix_invoices_number"), "invoices", ["number"], unique=True)
+    _number_existing(op.get_bind())
+
+
+def _number_existing(conn: sa.Connection) -> None:
+    """Number the invoices made before numbering existed, oldest first, per site and year."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.id, i.created_at, m.sites, s.paid_at, s.member_id AS signup"
+            " FROM invoices i JOIN members m ON m.id = i.member_id"
+            " LEFT JOIN signups s ON s.invoice_id = i.id ORDER BY i.id"
+        )
+    ).all()
+    last: dict[tuple[str, int], int] = {}
+    for r in rows:
+        sites = json.loads(r.sites) or ["-"]
+        site = sites[0]
+        values: dict[str, object] = {"id": r.id, "site": site, "number": None, "at": None}
+        if r.signup is None or r.paid_at is not None:
+            year = datetime.fromtimestamp(int(r.created_at), UTC).year
+            n = last[(site, year)] = last.get((site, year), 0) + 1
+            values.update(number=f"{site}-{year}-{n:06d}", at=int(r.created_at))
+        conn.execute(
+            sa.text(
+                "UPDATE invoices SET site = :site, number = :number, issued_at = :at WHERE id = :id"
+            ),
+            values,
+        )
+    for (site, year), n in last.items():
+        conn.execute(
+            sa.text(
+                "INSERT INTO document_counters (site, year, series, last)"
+                " VALUES (:site, :year, 'invoice', :n)"
+            ),
+            {"site": site, "year": year, "n": n},
+        )
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_invoices_number"), table_name="invoices")
+    with op.batch_alter_table("invoices", schema=None) as batch_op:
+        batch_op.drop_column("issued_at")
+        batch_op.drop_column("number")
+        batch_op.drop_column("site")
+    op.drop_table("document_counters")
