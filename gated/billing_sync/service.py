@@ -39,6 +39,7 @@ from sqlalchemy import Engine, Row
 from gated.billing_sync import (
     audit,
     cycle,
+    documents,
     front_desk,
     gate_commands,
     gate_health,
@@ -243,6 +244,10 @@ class Billing:
     def invoice(self, invoice_id: int) -> dict[str, Any]:
         """One invoice with its lines and the member's name, for the pay page."""
         return invoices.invoice(self.ctx, invoice_id)
+
+    def invoice_pdf(self, invoice_id: int) -> tuple[str, bytes]:
+        """An issued invoice's PDF (file name, bytes) with the issuing site's details."""
+        return documents.invoice_pdf(self.ctx, invoice_id)
 
     def pay_link(self, invoice_id: int) -> str:
         """The page where a member pays an invoice on-session."""
