@@ -233,9 +233,10 @@ def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         if billing.config.smtp is not None:
             from gated.billing_sync.notices import deliver
 
-            out.print(
-                f"notices sent: {deliver(billing.engine, billing.config.smtp, billing.clock())}"
+            sent = deliver(
+                billing.engine, billing.config.smtp, billing.clock(), documents=billing.invoice_pdf
             )
+            out.print(f"notices sent: {sent}")
 
 
 # --- members ------------------------------------------------------------------------------------

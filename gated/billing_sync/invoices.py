@@ -339,6 +339,7 @@ def record_payment(
             "receipt",
             amount=format_amount(amount, currency),
             invoice=", ".join(paid),
+            attach=paid,
         )
         refresh(ctx, conn, [member_id], now)
     ctx.notify_published()

@@ -8,6 +8,7 @@ import re
 import secrets
 import smtplib
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import cache, lru_cache
@@ -18,6 +19,7 @@ from sqlalchemy import Engine, and_, or_, select, update
 
 from gated.billing_sync import schema
 from gated.config import SmtpConfig
+from gated.errors import GatedError
 
 log = logging.getLogger("gated.billing.notices")
 
@@ -170,8 +172,21 @@ RETRY_AFTER_S = 300
 MAX_TRIES = 12
 
 
-def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:
+# Renders an invoice's PDF for a mail: (file name, bytes).
+Documents = Callable[[int], tuple[str, bytes]]
+
+
+def deliver(
+    engine: Engine,
+    smtp: SmtpConfig,
+    now: int,
+    limit: int = 200,
+    documents: Documents | None = None,
+) -> int:
     """Send up to ``limit`` queued notices over SMTP; returns how many were sent.
+
+    A notice naming invoices (a receipt) carries their PDFs, rendered by ``documents`` as it is
+    sent; one that cannot be rendered is logged and the mail goes without it.
 
     Sign-in mails go first. Each chunk of notices is first claimed (a random token and a
     lease), so two processes delivering at once (``serve`` and ``run`` from cron) never send the same notice: each sends
@@ -207,6 +222,8 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
                 msg["To"] = row.to_addr
                 msg["Subject"] = row.subject
                 msg.set_content(row.body)
+                if row.invoice_ids and documents is not None:
+                    _attach(msg, documents, row.invoice_ids)
                 try:
                     client.send_message(msg)
                 except smtplib.SMTPRecipientsRefused as exc:
@@ -229,6 +246,18 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 client.quit()
     return sent
+
+
+def _attach(msg: EmailMessage, documents: Documents, invoice_ids: str) -> None:
+    for invoice_id in invoice_ids.split(","):
+        try:
+            name, pdf = documents(int(invoice_id))
+        except GatedError as exc:
+            log.warning(
+                "event=attachment_failed invoice=%s error=%s", invoice_id, type(exc).__name__
+            )
+            continue
+        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=name)
 
 
 # The error of a notice not sent because its address bounced before.
@@ -297,7 +326,16 @@ def _claim(engine: Engine, token: str, count: int) -> list[Any]:
         )
         return list(
             conn.execute(
-                select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body, n.c.attempts, bounced)
+                select(
+                    n.c.id,
+                    n.c.kind,
+                    n.c.to_addr,
+                    n.c.subject,
+                    n.c.body,
+                    n.c.attempts,
+                    n.c.invoice_ids,
+                    bounced,
+                )
                 .where(n.c.claim == token, n.c.sent_at.is_(None))
                 .order_by(n.c.priority, n.c.id)
             )

@@ -263,6 +263,9 @@ notifications = Table(
     # answer. Correcting the address (``members edit``) queues it again.
     Column("failed_at", BigInteger),
     Column("error", Text),
+    # The invoices whose PDFs go with the mail (ids, comma-separated: a receipt's), rendered
+    # when it is sent.
+    Column("invoice_ids", Text),
 )
 
 # What each member looks like to the gates now: the latest unsigned MemberState per member.

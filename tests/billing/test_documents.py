@@ -5,6 +5,7 @@ totals in the invoice's currency; a draft has none; the same invoice gives the s
 from __future__ import annotations
 
 import io
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,11 @@ import pytest
 from pypdf import PdfReader
 
 from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing
+from gated.config import SmtpConfig
 from tests.billing.helpers import Clock, make_billing
+from tests.billing.test_notices import Inbox, smtp  # noqa: F401  (the fixture)
 from tests.billing.test_signup import TERMS, applicant
 
 SITES: dict[str, Any] = {
@@ -98,3 +102,47 @@ def test_a_draft_has_no_pdf_and_an_unknown_invoice_is_not_found(tmp_path: Path) 
         b.invoice_pdf(999)
     b.pay_signup(member, "pm_sim_ok", "k" * 20, "http://x/")
     assert "Invoice downtown-2026-000001" in text_of(b.invoice_pdf(draft["id"])[1])
+
+
+def pdfs_in(message: Message) -> list[tuple[str, bytes]]:
+    """The PDF attachments of a delivered mail: (file name, bytes)."""
+    return [
+        (part.get_filename() or "", part.get_payload(decode=True))
+        for part in message.walk()
+        if part.get_content_type() == "application/pdf"
+    ]
+
+
+def test_receipts_carry_the_invoice_pdf_card_desk_and_resent(
+    tmp_path: Path,
+    smtp: tuple[Inbox, int],  # noqa: F811  (the fixture, imported)
+) -> None:
+    inbox, port = smtp
+    b, clock = gym(tmp_path)
+    b.add_member(
+        "m1", "Ann", plan_id="monthly", email="ann@example.org", payment_method="pm_sim_ok"
+    )
+    b.add_member("m2", "Bo", plan_id="monthly", email="bo@example.org")  # no card
+    b.charge_extra("m2", "towel", "Towel", 300)
+    b.record_payment("m2")  # both invoices at the desk: one receipt, two PDFs
+    cfg = SmtpConfig(host="127.0.0.1", port=port, sender="billing@gym.example")
+    assert deliver(b.engine, cfg, clock.now, documents=b.invoice_pdf) >= 2
+    card, desk = (m for m in inbox.messages if m["Subject"].startswith("Receipt for invoice"))
+    assert all(pdfs_in(m) == [] for m in inbox.messages if m not in (card, desk))
+    ((name, pdf),) = pdfs_in(card)
+    assert name == "invoice-downtown-2026-000001.pdf"
+    assert "Paid 59.38 EUR" in text_of(pdf) and "Tax ID: DE123456789" in text_of(pdf)
+    assert [n for n, _ in pdfs_in(desk)] == [
+        "invoice-downtown-2026-000002.pdf",
+        "invoice-downtown-2026-000003.pdf",
+    ]
+    assert desk["To"] == "bo@example.org" and "Towel" in text_of(pdfs_in(desk)[1][1])
+
+    (notice,) = [n for n in b.notices("m1") if n.kind == "receipt"]
+    b.resend_notice(notice.id)
+    # Without a renderer (or for an invoice it cannot render) the mail still goes, bare.
+    assert deliver(b.engine, cfg, clock.now) == 1
+    assert pdfs_in(inbox.messages[-1]) == []
+    b.resend_notice(notice.id)
+    assert deliver(b.engine, cfg, clock.now, documents=b.invoice_pdf) == 1
+    assert [n for n, _ in pdfs_in(inbox.messages[-1])] == ["invoice-downtown-2026-000001.pdf"]

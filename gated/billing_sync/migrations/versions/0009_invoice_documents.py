@@ -1,8 +1,8 @@
 """invoices: the issuing site, a legal number per site and year, and when issued; the counters
 the numbers come from. Invoices already in the store are numbered in the order they were made
-(a sign-up not yet paid stays a draft).
+(a sign-up not yet paid stays a draft). Notices: the invoices whose PDFs a mail carries.
 
-Revision ID: 0009_invoice_numbers
+Revision ID: 0009_invoice_documents
 Revises: 0008_notice_delivery
 Create Date: 2026-12-07 10:00:00.000000
 """
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_invoice_numbers"
+revision = "0009_invoice_documents"
 down_revision = "0008_notice_delivery"
 branch_labels = None
 depends_on = None
@@ -37,6 +37,7 @@ def upgrade() -> None:
     op.add_column("invoices", sa.Column("issued_at", sa.BigInteger(), nullable=True))
     op.create_index(op.f("ix_invoices_number"), "invoices", ["number"], unique=True)
     _number_existing(op.get_bind())
+    op.add_column("notifications", sa.Column("invoice_ids", sa.Text(), nullable=True))
 
 
 def _number_existing(conn: sa.Connection) -> None:
@@ -74,6 +75,8 @@ def _number_existing(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.drop_column("invoice_ids")
     op.drop_index(op.f("ix_invoices_number"), table_name="invoices")
     with op.batch_alter_table("invoices", schema=None) as batch_op:
         batch_op.drop_column("issued_at")
