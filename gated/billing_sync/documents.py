@@ -8,6 +8,7 @@ invoice always gives the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +105,43 @@ def load_document(ctx: Context, conn: Connection, invoice_id: int) -> InvoiceDoc
 def invoice_pdf(ctx: Context, invoice_id: int) -> tuple[str, bytes]:
     """An issued invoice's PDF and its file name."""
     with ctx.reader.connect() as conn:
+        doc = load_document(ctx, conn, invoice_id)
+    return doc.filename, render(doc)
+
+
+def member_invoice_pdf(ctx: Context, member_id: str, invoice_id: int) -> tuple[str, bytes] | None:
+    """An invoice's PDF for a signed-in member: their own invoices and those of members they pay
+    for. None for any other invoice, a draft or none at all (all look alike to the member)."""
+    inv, m = s.invoices, s.members
+    with ctx.reader.connect() as conn:
+        owner = conn.execute(
+            select(inv.c.member_id, inv.c.number, m.c.payer_id)
+            .join(m, m.c.id == inv.c.member_id)
+            .where(inv.c.id == invoice_id)
+        ).first()
+        if (
+            owner is None
+            or owner.number is None
+            or member_id not in (owner.member_id, owner.payer_id)
+        ):
+            return None
+        doc = load_document(ctx, conn, invoice_id)
+    return doc.filename, render(doc)
+
+
+def staff_invoice_pdf(
+    ctx: Context, invoice_id: int, staff_sites: Sequence[str]
+) -> tuple[str, bytes] | None:
+    """An invoice's PDF for the console: only invoices issued by one of the staff member's
+    sites (None otherwise, for a draft, or for no such invoice)."""
+    with ctx.reader.connect() as conn:
+        site = conn.execute(
+            select(s.invoices.c.site).where(
+                s.invoices.c.id == invoice_id, s.invoices.c.number.is_not(None)
+            )
+        ).scalar()
+        if site is None or site not in staff_sites:
+            return None
         doc = load_document(ctx, conn, invoice_id)
     return doc.filename, render(doc)
 

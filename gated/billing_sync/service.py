@@ -249,6 +249,16 @@ class Billing:
         """An issued invoice's PDF (file name, bytes) with the issuing site's details."""
         return documents.invoice_pdf(self.ctx, invoice_id)
 
+    def member_invoice_pdf(self, member_id: str, invoice_id: int) -> tuple[str, bytes] | None:
+        """An invoice's PDF if it is the member's or a dependant's they pay for, else None."""
+        return documents.member_invoice_pdf(self.ctx, member_id, invoice_id)
+
+    def staff_invoice_pdf(
+        self, invoice_id: int, staff_sites: Sequence[str]
+    ) -> tuple[str, bytes] | None:
+        """An invoice's PDF if one of ``staff_sites`` issued it, else None."""
+        return documents.staff_invoice_pdf(self.ctx, invoice_id, staff_sites)
+
     def pay_link(self, invoice_id: int) -> str:
         """The page where a member pays an invoice on-session."""
         return invoices.pay_link(self.ctx, invoice_id)
