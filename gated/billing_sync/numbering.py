@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, update
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.periods import ensure_issuable
 from gated.billing_sync.store import bulk, insert_ignore, many
 
 # Series → the code between site and year in a number.
@@ -64,7 +65,11 @@ def next_number(conn: Connection, site: str, year: int, series: str = "invoice")
 
 def number_rows(conn: Connection, rows: list[dict[str, Any]], now: int) -> None:
     """Give each invoice row to be inserted (with its ``site``) its number and issue time: one
-    counter update per site, in row order."""
+    counter update per site, in row order. Refused (``PeriodClosed``) when ``now``'s month is
+    closed."""
+    if not rows:
+        return
+    ensure_issuable(conn, now)
     by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_site[row["site"]].append(row)

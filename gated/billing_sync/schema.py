@@ -149,6 +149,16 @@ invoices = Table(
     Index("ix_invoices_number", "number", unique=True),
 )
 
+# Closed accounting months (``periods.py``): one row per close, by whom; every month up to the
+# latest is closed.
+closed_periods = Table(
+    "closed_periods",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("closed_at", BigInteger, nullable=False),
+    Column("closed_by", String(64), nullable=False),
+)
+
 # The last number given in each legal series (per site, year and kind of document): a row
 # locked by the transaction that takes numbers, so numbers are committed without gaps (a
 # database sequence loses the numbers of rolled-back transactions).

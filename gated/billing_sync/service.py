@@ -48,6 +48,7 @@ from gated.billing_sync import (
     members,
     membership,
     paying,
+    periods,
     publishing,
     self_service,
     signup,
@@ -258,6 +259,14 @@ class Billing:
     ) -> tuple[str, bytes] | None:
         """An invoice's PDF if one of ``staff_sites`` issued it, else None."""
         return documents.staff_invoice_pdf(self.ctx, invoice_id, staff_sites)
+
+    def close_period(self, period: str, operator: str) -> str:
+        """Close a month (``YYYY-MM``) and every month before it: its invoices are final."""
+        return periods.close(self.ctx, period, operator)
+
+    def closed_periods(self) -> list[dict[str, Any]]:
+        """Every close, newest first."""
+        return periods.listing(self.ctx)
 
     def pay_link(self, invoice_id: int) -> str:
         """The page where a member pays an invoice on-session."""

@@ -1,6 +1,7 @@
 """invoices: the issuing site, a legal number per site and year, and when issued; the counters
 the numbers come from. Invoices already in the store are numbered in the order they were made
 (a sign-up not yet paid stays a draft). Notices: the invoices whose PDFs a mail carries.
+Closed accounting periods.
 
 Revision ID: 0009_invoice_documents
 Revises: 0008_notice_delivery
@@ -38,6 +39,13 @@ def upgrade() -> None:
     op.create_index(op.f("ix_invoices_number"), "invoices", ["number"], unique=True)
     _number_existing(op.get_bind())
     op.add_column("notifications", sa.Column("invoice_ids", sa.Text(), nullable=True))
+    op.create_table(
+        "closed_periods",
+        sa.Column("period", sa.String(length=7), nullable=False),
+        sa.Column("closed_at", sa.BigInteger(), nullable=False),
+        sa.Column("closed_by", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("period", name=op.f("pk_closed_periods")),
+    )
 
 
 def _number_existing(conn: sa.Connection) -> None:
@@ -75,6 +83,7 @@ def _number_existing(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("closed_periods")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.drop_column("invoice_ids")
     op.drop_index(op.f("ix_invoices_number"), table_name="invoices")
