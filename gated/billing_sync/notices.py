@@ -65,6 +65,35 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "so $amount is open again. Your membership stays suspended until it is paid at the "
         "front desk or with a new card.\n",
     ),
+    "upcoming_charge": (
+        "Your next payment: $amount on $date",
+        "Hello $name,\n\nyour $plan renews on $date, and we will charge $amount to your card "
+        "on file then. Nothing to do if your card is up to date; to change it, use the member "
+        "app or the front desk.\n",
+    ),
+    "card_expiring": (
+        "Your card expires soon",
+        "Hello $name,\n\nthe card we charge for your membership expires at the end of $expiry. "
+        "Please add your new card in the member app or at the front desk before your next "
+        "payment on $date.\n",
+    ),
+    "price_change": (
+        "The price of your $plan changes",
+        "Hello $name,\n\nfrom $date, your $plan costs $new instead of $old. "
+        "You do not need to do anything; if you do not wish to continue, you can cancel before "
+        "then in the member app or at the front desk.\n",
+    ),
+    "cancellation": (
+        "Your cancellation is confirmed",
+        "Hello $name,\n\nwe have your cancellation of the $plan. Your membership runs until "
+        "$end; nothing more is charged after that. You can keep training until then.\n",
+    ),
+    "collections": (
+        "Your unpaid balance has gone to collections",
+        "Hello $name,\n\n$amount has been unpaid since $since despite our reminders, so your "
+        "membership has ended and the debt has gone to collections. Pay at the front desk or "
+        "online to settle it.\n",
+    ),
     "freeze": (
         "Your membership is frozen",
         "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "
@@ -102,7 +131,20 @@ SENT_SECRET_BODY = "(this mail carried a link or code, which is not kept)"
 
 # Notices about the card and the money: a dependant's go to the payer who owns the card.
 PAYER_NOTICES: frozenset[str] = frozenset(
-    {"receipt", "failure", "retry", "new_card", "pay_link", "suspension", "dispute", "chargeback"}
+    {
+        "receipt",
+        "failure",
+        "retry",
+        "new_card",
+        "pay_link",
+        "suspension",
+        "dispute",
+        "chargeback",
+        "upcoming_charge",
+        "card_expiring",
+        "price_change",
+        "collections",
+    }
 )
 
 

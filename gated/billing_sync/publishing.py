@@ -99,6 +99,15 @@ def refresh(
                 queue_notice(
                     ctx, conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
                 )
+            elif status == "collections" and f.plan is not None:
+                queue_notice(
+                    ctx,
+                    conn,
+                    f,
+                    "collections",
+                    amount=format_amount(acct.owed, f.plan.currency),
+                    since=format_day(acct.first_failure_at),
+                )
             elif status == "expired" and f.plan is not None:
                 queue_notice(
                     ctx, conn, f, "expired", plan=f.plan.name, end=format_day(acct.paid_through)

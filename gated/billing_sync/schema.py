@@ -87,6 +87,11 @@ members = Table(
     Column("emergency_contact", String(200)),
     # When the mail server last refused ``email`` for good (a bounce); cleared when corrected.
     Column("email_bounced_at", BigInteger),
+    # When the card on file stops working (the first instant after its expiry month), and the
+    # expiry the member was warned about (``reminders.py``).
+    Column("card_expires_at", BigInteger),
+    Column("card_expiry_noticed", BigInteger),
+    Index("ix_members_card_expires_at", "card_expires_at"),
 )
 
 subscriptions = Table(
@@ -106,6 +111,10 @@ subscriptions = Table(
     # outside event: the scheduler reviews only rows whose time has come.
     Column("review_at", BigInteger),
     Index("ix_subscriptions_review_at", "review_at"),
+    # The paid-through date whose renewal the member was told about ahead of time
+    # (``reminders.py``); the index finds the renewals coming up.
+    Column("reminded_through", BigInteger),
+    Index("ix_subscriptions_paid_through", "paid_through"),
 )
 
 extras = Table(

@@ -1,7 +1,8 @@
 """invoices: the issuing site, a legal number per site and year, and when issued; the counters
 the numbers come from. Invoices already in the store are numbered in the order they were made
 (a sign-up not yet paid stays a draft). Notices: the invoices whose PDFs a mail carries.
-Closed accounting periods.
+Closed accounting periods. Subscriptions: the renewal announced ahead of time. Members: when the card on file expires, and
+the expiry they were warned about.
 
 Revision ID: 0009_invoice_documents
 Revises: 0008_notice_delivery
@@ -39,6 +40,11 @@ def upgrade() -> None:
     op.create_index(op.f("ix_invoices_number"), "invoices", ["number"], unique=True)
     _number_existing(op.get_bind())
     op.add_column("notifications", sa.Column("invoice_ids", sa.Text(), nullable=True))
+    op.add_column("subscriptions", sa.Column("reminded_through", sa.BigInteger(), nullable=True))
+    op.create_index("ix_subscriptions_paid_through", "subscriptions", ["paid_through"])
+    op.add_column("members", sa.Column("card_expires_at", sa.BigInteger(), nullable=True))
+    op.add_column("members", sa.Column("card_expiry_noticed", sa.BigInteger(), nullable=True))
+    op.create_index("ix_members_card_expires_at", "members", ["card_expires_at"])
     op.create_table(
         "closed_periods",
         sa.Column("period", sa.String(length=7), nullable=False),
@@ -83,6 +89,13 @@ def _number_existing(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_members_card_expires_at", table_name="members")
+    with op.batch_alter_table("members", schema=None) as batch_op:
+        batch_op.drop_column("card_expiry_noticed")
+        batch_op.drop_column("card_expires_at")
+    op.drop_index("ix_subscriptions_paid_through", table_name="subscriptions")
+    with op.batch_alter_table("subscriptions", schema=None) as batch_op:
+        batch_op.drop_column("reminded_through")
     op.drop_table("closed_periods")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.drop_column("invoice_ids")
