@@ -733,6 +733,26 @@ def invoices(
         )
 
 
+@app.command("invoice-pdf")
+def invoice_pdf(
+    invoice_id: int,
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write it (default: invoice-NUMBER.pdf here)."),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Write an issued invoice as a PDF, with the issuing site's name, address and tax id."""
+    with service(config) as billing:
+        name, pdf = billing.invoice_pdf(invoice_id)
+    target = out_path or Path(name)
+    try:
+        target.write_bytes(pdf)
+    except OSError as exc:
+        fail(f"{target}: {exc.strerror or exc}")
+    out.print(f"wrote {target}", markup=False, highlight=False)
+
+
 # --- notices -----------------------------------------------------------------------------------------
 
 

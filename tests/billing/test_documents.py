@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from pypdf import PdfReader
+from typer.testing import CliRunner
 
+from gated.billing_sync.cli import app
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing
 from gated.config import SmtpConfig
-from tests.billing.helpers import Clock, make_billing
+from tests.billing.helpers import Clock, cli_ok, make_billing, write_cli_config
 from tests.billing.test_notices import Inbox, smtp  # noqa: F401  (the fixture)
 from tests.billing.test_signup import TERMS, applicant
 
@@ -146,3 +148,20 @@ def test_receipts_carry_the_invoice_pdf_card_desk_and_resent(
     b.resend_notice(notice.id)
     assert deliver(b.engine, cfg, clock.now, documents=b.invoice_pdf) == 1
     assert [n for n, _ in pdfs_in(inbox.messages[-1])] == ["invoice-downtown-2026-000001.pdf"]
+
+
+def test_invoice_pdf_from_the_command_line(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
+    cli_ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    out = tmp_path / "ann.pdf"
+    assert f"wrote {out}" in cli_ok(cfg, "invoice-pdf", "1", "--out", str(out))
+    text = text_of(out.read_bytes())
+    assert "Invoice downtown-" in text and "Ann (member m1)" in text
+    missing = CliRunner().invoke(app, ["invoice-pdf", "7", "-c", str(cfg)])
+    assert missing.exit_code == 2 and "no invoice 7" in missing.stderr
+    nowhere = CliRunner().invoke(
+        app, ["invoice-pdf", "1", "--out", str(tmp_path / "no/such/dir/x.pdf"), "-c", str(cfg)]
+    )
+    assert nowhere.exit_code == 2 and "No such file or directory" in nowhere.stderr
