@@ -518,6 +518,15 @@ class AppConfig(_Section):
     terms_file: Path | None = None
 
 
+class NoticesConfig(_Section):
+    """``[notices]``: reminders sent ahead of time (0 turns one off)."""
+
+    # Days before a renewal that the member is told the amount and the date.
+    upcoming_charge_days: int = Field(default=7, ge=0, le=60)
+    # Days before the card on file expires that its owner is asked for a new one.
+    card_expiry_days: int = Field(default=30, ge=0, le=90)
+
+
 class SiteConfig(_Section):
     """``[sites.<id>]``: what invoices, heatmaps and the nightly occupancy reset need of a site."""
 
@@ -550,6 +559,7 @@ class BillingConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     smtp: SmtpConfig | None = None
     app: AppConfig = Field(default_factory=AppConfig)
+    notices: NoticesConfig = Field(default_factory=NoticesConfig)
     # Filled from ``[sites.<id>]`` tables; ``sites = ["a", "b"]`` leaves it empty (defaults).
     site_settings: dict[str, SiteConfig] = Field(default_factory=dict, exclude=True)
 

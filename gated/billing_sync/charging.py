@@ -366,7 +366,11 @@ def record_results(
                 (
                     f,
                     "receipt",
-                    {"amount": format_amount(c.amount, c.currency), "invoice": str(inv.id)},
+                    {
+                        "amount": format_amount(c.amount, c.currency),
+                        "invoice": str(inv.id),
+                        "attach": [inv.id],
+                    },
                 )
             )
         elif c.result.state == "processing":

@@ -56,6 +56,10 @@ report_app = typer.Typer(no_args_is_help=True, help="Reports as tables or CSV.")
 clock_app = typer.Typer(no_args_is_help=True, help="The injected billing clock (demos, tests).")
 staff_app = typer.Typer(no_args_is_help=True, help="Staff accounts for the console.")
 notices_app = typer.Typer(no_args_is_help=True, help="Member notices: list and send again.")
+periods_app = typer.Typer(
+    no_args_is_help=True,
+    help="Closed accounting months: their invoices are final, corrected only by credit notes.",
+)
 for sub, name in (
     (members_app, "members"),
     (cards_app, "cards"),
@@ -66,6 +70,7 @@ for sub, name in (
     (clock_app, "clock"),
     (staff_app, "staff"),
     (notices_app, "notices"),
+    (periods_app, "periods"),
 ):
     app.add_typer(sub, name=name)
 
@@ -233,9 +238,10 @@ def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         if billing.config.smtp is not None:
             from gated.billing_sync.notices import deliver
 
-            out.print(
-                f"notices sent: {deliver(billing.engine, billing.config.smtp, billing.clock())}"
+            sent = deliver(
+                billing.engine, billing.config.smtp, billing.clock(), documents=billing.invoice_pdf
             )
+            out.print(f"notices sent: {sent}")
 
 
 # --- members ------------------------------------------------------------------------------------
@@ -702,6 +708,7 @@ def invoices(
         limit = 0 if as_csv else TABLE_LIMIT
     cols = [
         "invoice",
+        "number",
         "member",
         "kind",
         "status",
@@ -724,6 +731,26 @@ def invoices(
             markup=False,
             highlight=False,
         )
+
+
+@app.command("invoice-pdf")
+def invoice_pdf(
+    invoice_id: int,
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write it (default: invoice-NUMBER.pdf here)."),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Write an issued invoice as a PDF, with the issuing site's name, address and tax id."""
+    with service(config) as billing:
+        name, pdf = billing.invoice_pdf(invoice_id)
+    target = out_path or Path(name)
+    try:
+        target.write_bytes(pdf)
+    except OSError as exc:
+        fail(f"{target}: {exc.strerror or exc}")
+    out.print(f"wrote {target}", markup=False, highlight=False)
 
 
 # --- notices -----------------------------------------------------------------------------------------
@@ -758,6 +785,34 @@ def notices_resend(notice_id: int, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     with service(config) as billing:
         new_id = billing.resend_notice(notice_id)
         out.print(f"notice {notice_id} queued again as notice {new_id}")
+
+
+# --- periods -----------------------------------------------------------------------------------------
+
+
+@periods_app.command("close")
+def periods_close(
+    period: Annotated[str, typer.Argument(help="The month, YYYY-MM (UTC), and all before it.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Close a month that has ended: no invoice is issued into it or changed in it any more
+    (a credit note corrects one). Never opened again."""
+    with service(config) as billing, _audit(billing, "period_close", None) as entry:
+        entry.detail["period"] = billing.close_period(period, Actor.unix_user().id)
+    out.print(f"{period} closed, with every month before it")
+
+
+@periods_app.command("list")
+def periods_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """The months closed, newest first, with when and by whom."""
+    with service(config) as billing:
+        rows = billing.closed_periods()
+    _table(
+        "closed periods",
+        ["period", "closed", "by"],
+        [(r["period"], _when(r["closed_at"]), r["closed_by"]) for r in rows],
+        as_csv,
+    )
 
 
 # --- reports and clock -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from gated.billing_sync.facts import charge_methods, derive_facts, hold_dependan
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.publishing import refresh
+from gated.billing_sync.reminders import queue_reminders
 from gated.billing_sync.store import bulk, many
 
 log = logging.getLogger("gated.billing")
@@ -63,6 +64,8 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
             execute(ctx, charges, report, conn, batch)
         if member_ids is not None:
             break
+    if member_ids is None:
+        queue_reminders(ctx, ctx.clock())
     if ctx.stopping.is_set():
         log.info("event=cycle_interrupted reason=stopping reviewed=%d", report.reviewed)
     ctx.notify_published()

@@ -57,7 +57,9 @@ async def _notices(billing: Billing, wake: asyncio.Event) -> None:
     assert smtp is not None
     while True:
         wake.clear()
-        await asyncio.to_thread(deliver, billing.engine, smtp, billing.clock())
+        await asyncio.to_thread(
+            deliver, billing.engine, smtp, billing.clock(), documents=billing.invoice_pdf
+        )
         # A sign-in mail queued by the member app goes out at once, not on the next round.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):

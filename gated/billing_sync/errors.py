@@ -17,3 +17,7 @@ class NotFound(BillingError):
 
 class InvoiceClosed(BillingError):
     """The invoice is paid or void: there is nothing to pay."""
+
+
+class PeriodClosed(BillingError):
+    """The accounting period is closed (or cannot be closed): its invoices are final."""

@@ -91,7 +91,13 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
         )
         open_invoices = conn.execute(
             select(
-                inv.c.id, inv.c.kind, inv.c.total, inv.c.amount_paid, inv.c.currency, inv.c.due_at
+                inv.c.id,
+                inv.c.number,
+                inv.c.kind,
+                inv.c.total,
+                inv.c.amount_paid,
+                inv.c.currency,
+                inv.c.due_at,
             )
             .where(inv.c.member_id == member_id, inv.c.status == "open")
             .order_by(inv.c.due_at, inv.c.id)

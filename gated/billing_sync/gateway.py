@@ -9,6 +9,7 @@ After a restart ``retrieve_intent`` says what became of an intent whose answer w
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
@@ -194,6 +195,11 @@ class PaymentGateway(BalanceSource, Protocol):
         succeeded (or when it belongs to another customer)."""
         ...
 
+    def card_expiry(self, payment_method: str) -> int | None:
+        """When a card payment method stops working: the first instant (Unix seconds, UTC)
+        after its expiry month; None for another kind of method or when unknown."""
+        ...
+
 
 # --- fault injection ----------------------------------------------------------------------------
 
@@ -331,6 +337,10 @@ class FaultyGateway:
             ),
         )
 
+    def card_expiry(self, payment_method: str) -> int | None:
+        """``inner.card_expiry`` between its two steps."""
+        return self._call("card_expiry", lambda: self.inner.card_expiry(payment_method))
+
 
 # --- the simulated gateway --------------------------------------------------------------------
 
@@ -342,6 +352,13 @@ SIM_FEE_FIXED = 25
 SIM_FEE_PER_MILLE = 14
 SIM_DISPUTE_FEE = 1500
 SIM_AVAILABLE_AFTER_S = 2 * 86_400
+_EXPIRY = re.compile(r"_exp([0-9]{4})(0[1-9]|1[0-2])$")
+
+
+def month_after(year: int, month: int) -> int:
+    """The first instant (Unix seconds, UTC) after a card's expiry month."""
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
 
 
 class SimulatedGateway:
@@ -356,6 +373,8 @@ class SimulatedGateway:
     * ``pm_sim_advice_<code>``: declined with ``<code>`` and ``do_not_try_again`` advice;
     * ``pm_sim_sepa`` / ``pm_sim_sepa_fail``: ``processing`` until three (clock) days after
       confirmation, then succeeded / failed with ``insufficient_funds``.
+    * a name ending ``_expYYYYMM`` (``pm_sim_ok_exp202701``) is a card that expires at the end of
+      that month; other cards never expire.
 
     On-session (``confirm_intent(..., return_url=...)``) the member is there to authenticate, so
     an ``authentication_required`` card succeeds at once; every other outcome is as off-session.
@@ -391,6 +410,11 @@ class SimulatedGateway:
         if not payment_method.startswith("pm_"):
             raise GatewayRejected(f"not a payment method id: {payment_method!r}")
         return payment_method
+
+    def card_expiry(self, payment_method: str) -> int | None:
+        """From the name: ``..._expYYYYMM`` expires after that month."""
+        m = _EXPIRY.search(payment_method)
+        return None if m is None else month_after(int(m[1]), int(m[2]))
 
     def delete_customer(self, customer_ref: str) -> None:
         """Customers are implicit: nothing to delete."""

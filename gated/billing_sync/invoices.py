@@ -6,6 +6,7 @@ invoice and the pay link that opens its page.
 from __future__ import annotations
 
 import hmac
+import json
 import re
 from typing import Any, NamedTuple
 
@@ -18,8 +19,9 @@ from gated.billing_sync.enrolment import start_memberships
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, load_facts
 from gated.billing_sync.notices import format_amount
+from gated.billing_sync.numbering import issue_drafts, number_rows
 from gated.billing_sync.publishing import queue_notice, refresh
-from gated.billing_sync.store import bulk, insert_ids
+from gated.billing_sync.store import bulk, insert_ids, many
 
 _SUB, _INV = s.subscriptions, s.invoices
 _SET_INVOICE_PAID = (
@@ -82,10 +84,22 @@ def create_invoice(
     return create_invoices(conn, [spec], ctx.clock())[0]
 
 
-def create_invoices(conn: Connection, specs: list[InvoiceSpec], now: int) -> list[int]:
-    """Itemized invoices: each line net, then one tax line (rate in basis points)."""
+def create_invoices(
+    conn: Connection, specs: list[InvoiceSpec], now: int, *, issue: bool = True
+) -> list[int]:
+    """Itemized invoices: each line net, then one tax line (rate in basis points). Each is
+    issued by its member's first site and numbered in that site's series now, in this
+    transaction; ``issue=False`` makes drafts that are numbered when paid
+    (``numbering.issue_drafts``)."""
     if not specs:
         return []
+    m = s.members
+    home = {
+        r.id: json.loads(r.sites)[0]
+        for r in conn.execute(
+            select(m.c.id, m.c.sites).where(m.c.id.in_(many({sp.member_id for sp in specs})))
+        )
+    }
     heads = []
     for sp in specs:
         subtotal = sp.subtotal
@@ -104,8 +118,13 @@ def create_invoices(conn: Connection, specs: list[InvoiceSpec], now: int) -> lis
                 "status": "open",
                 "due_at": sp.due_at,
                 "created_at": now,
+                "site": home[sp.member_id],
+                "number": None,
+                "issued_at": None,
             }
         )
+    if issue:
+        number_rows(conn, heads, now)
     ids = insert_ids(conn, s.invoices, heads)
     rows: list[dict[str, Any]] = []
     for invoice_id, sp, head in zip(ids, specs, heads, strict=True):
@@ -181,6 +200,7 @@ def apply_payments(
     inv_updates = []
     renewed = []
     joined: list[str] = []
+    drafts: list[int] = []
     for inv, amount, _, _ in items:
         paid = int(inv.amount_paid) + amount
         full = paid >= int(inv.total)
@@ -196,8 +216,11 @@ def apply_payments(
             renewed.append({"mid": inv.member_id, "pe": inv.period_end})
         elif full and inv.kind == "signup":
             joined.append(inv.member_id)
+            drafts.append(int(inv.id))
     bulk(conn, _SET_INVOICE_PAID, inv_updates)
     if joined:
+        # A sign-up's draft invoice is issued (numbered) once it is paid.
+        issue_drafts(conn, drafts, now)
         start_memberships(conn, joined, now)
     if extend:
         bulk(conn, _EXTEND_PAID_THROUGH, renewed)
@@ -316,6 +339,7 @@ def record_payment(
             "receipt",
             amount=format_amount(amount, currency),
             invoice=", ".join(paid),
+            attach=paid,
         )
         refresh(ctx, conn, [member_id], now)
     ctx.notify_published()
@@ -340,6 +364,9 @@ def invoice(ctx: Context, invoice_id: int) -> dict[str, Any]:
         ).all()
     return {
         "id": int(row.id),
+        "number": row.number,
+        "site": row.site,
+        "issued_at": row.issued_at,
         "member_id": row.member_id,
         "name": row.name,
         "status": row.status,

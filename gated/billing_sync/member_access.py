@@ -360,6 +360,7 @@ def _invoice(row: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
         }
     return {
         "id": int(row.id),
+        "number": row.number,
         "kind": row.kind,
         "status": row.status,
         "currency": row.currency,

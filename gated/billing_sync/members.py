@@ -135,6 +135,7 @@ def add_member(
             except GatewayError as exc:
                 log.warning("event=orphan_customer member=%s error=%s", member_id, exc)
             raise
+    expires = card_expiry(ctx, payment_method) if payment_method and not payer_id else None
     qr_private = nacl.signing.SigningKey.generate().encode() if with_qr else None
     with ctx.engine.begin() as conn:
         conn.execute(
@@ -147,6 +148,7 @@ def add_member(
                 payer_id=payer_id,
                 customer_ref=customer_ref,
                 payment_method=payment_method,
+                card_expires_at=expires,
                 qr_private_key=ctx.keys.cipher.encrypt(qr_private) if qr_private else None,
                 qr_key=_qr_public(qr_private) if qr_private else None,
                 erased=False,
@@ -194,11 +196,12 @@ def new_card(ctx: Context, payer_id: str, customer_ref: str, pm: str) -> CycleRe
     """Charge ``payer_id``'s new card from now on and retry what they and their dependants
     owe at once."""
     now = ctx.clock()
+    expires = card_expiry(ctx, pm)
     with ctx.engine.begin() as conn:
         conn.execute(
             update(s.members)
             .where(s.members.c.id == payer_id)
-            .values(customer_ref=customer_ref, payment_method=pm)
+            .values(customer_ref=customer_ref, payment_method=pm, card_expires_at=expires)
         )
         billed = [payer_id, *dependants(conn, [payer_id])]
         conn.execute(
@@ -207,6 +210,16 @@ def new_card(ctx: Context, payer_id: str, customer_ref: str, pm: str) -> CycleRe
             .values(needs_new_card=False, next_retry_at=now, review_at=now)
         )
     return run_cycle(ctx, member_ids=billed)
+
+
+def card_expiry(ctx: Context, payment_method: str) -> int | None:
+    """When the card stops working, as the provider says; None when it cannot say now (the
+    card is saved all the same: only the reminder before it expires is lost)."""
+    try:
+        return ctx.gateway.card_expiry(payment_method)
+    except GatewayError as exc:
+        log.warning("event=card_expiry_unknown error=%s", type(exc).__name__)
+        return None
 
 
 def edit_member(

@@ -15,7 +15,7 @@ from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import load_one
 from gated.billing_sync.invoices import create_invoice
-from gated.billing_sync.notices import format_amount
+from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.publishing import queue_notice, refresh
 from gated.contract import format_time
 
@@ -124,6 +124,7 @@ def cancel(ctx: Context, member_id: str) -> int:
             .values(cancel_at=when, review_at=now)
         )
         refresh(ctx, conn, [member_id], now)
+        queue_notice(ctx, conn, facts, "cancellation", plan=facts.plan.name, end=format_day(when))
     return when
 
 

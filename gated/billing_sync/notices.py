@@ -8,6 +8,7 @@ import re
 import secrets
 import smtplib
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import cache, lru_cache
@@ -18,6 +19,7 @@ from sqlalchemy import Engine, and_, or_, select, update
 
 from gated.billing_sync import schema
 from gated.config import SmtpConfig
+from gated.errors import GatedError
 
 log = logging.getLogger("gated.billing.notices")
 
@@ -63,6 +65,35 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "so $amount is open again. Your membership stays suspended until it is paid at the "
         "front desk or with a new card.\n",
     ),
+    "upcoming_charge": (
+        "Your next payment: $amount on $date",
+        "Hello $name,\n\nyour $plan renews on $date, and we will charge $amount to your card "
+        "on file then. Nothing to do if your card is up to date; to change it, use the member "
+        "app or the front desk.\n",
+    ),
+    "card_expiring": (
+        "Your card expires soon",
+        "Hello $name,\n\nthe card we charge for your membership expires at the end of $expiry. "
+        "Please add your new card in the member app or at the front desk before your next "
+        "payment on $date.\n",
+    ),
+    "price_change": (
+        "The price of your $plan changes",
+        "Hello $name,\n\nfrom $date, your $plan costs $new instead of $old. "
+        "You do not need to do anything; if you do not wish to continue, you can cancel before "
+        "then in the member app or at the front desk.\n",
+    ),
+    "cancellation": (
+        "Your cancellation is confirmed",
+        "Hello $name,\n\nwe have your cancellation of the $plan. Your membership runs until "
+        "$end; nothing more is charged after that. You can keep training until then.\n",
+    ),
+    "collections": (
+        "Your unpaid balance has gone to collections",
+        "Hello $name,\n\n$amount has been unpaid since $since despite our reminders, so your "
+        "membership has ended and the debt has gone to collections. Pay at the front desk or "
+        "online to settle it.\n",
+    ),
     "freeze": (
         "Your membership is frozen",
         "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "
@@ -100,7 +131,20 @@ SENT_SECRET_BODY = "(this mail carried a link or code, which is not kept)"
 
 # Notices about the card and the money: a dependant's go to the payer who owns the card.
 PAYER_NOTICES: frozenset[str] = frozenset(
-    {"receipt", "failure", "retry", "new_card", "pay_link", "suspension", "dispute", "chargeback"}
+    {
+        "receipt",
+        "failure",
+        "retry",
+        "new_card",
+        "pay_link",
+        "suspension",
+        "dispute",
+        "chargeback",
+        "upcoming_charge",
+        "card_expiring",
+        "price_change",
+        "collections",
+    }
 )
 
 
@@ -170,8 +214,21 @@ RETRY_AFTER_S = 300
 MAX_TRIES = 12
 
 
-def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int:
+# Renders an invoice's PDF for a mail: (file name, bytes).
+Documents = Callable[[int], tuple[str, bytes]]
+
+
+def deliver(
+    engine: Engine,
+    smtp: SmtpConfig,
+    now: int,
+    limit: int = 200,
+    documents: Documents | None = None,
+) -> int:
     """Send up to ``limit`` queued notices over SMTP; returns how many were sent.
+
+    A notice naming invoices (a receipt) carries their PDFs, rendered by ``documents`` as it is
+    sent; one that cannot be rendered is logged and the mail goes without it.
 
     Sign-in mails go first. Each chunk of notices is first claimed (a random token and a
     lease), so two processes delivering at once (``serve`` and ``run`` from cron) never send the same notice: each sends
@@ -207,6 +264,8 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
                 msg["To"] = row.to_addr
                 msg["Subject"] = row.subject
                 msg.set_content(row.body)
+                if row.invoice_ids and documents is not None:
+                    _attach(msg, documents, row.invoice_ids)
                 try:
                     client.send_message(msg)
                 except smtplib.SMTPRecipientsRefused as exc:
@@ -229,6 +288,18 @@ def deliver(engine: Engine, smtp: SmtpConfig, now: int, limit: int = 200) -> int
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 client.quit()
     return sent
+
+
+def _attach(msg: EmailMessage, documents: Documents, invoice_ids: str) -> None:
+    for invoice_id in invoice_ids.split(","):
+        try:
+            name, pdf = documents(int(invoice_id))
+        except GatedError as exc:
+            log.warning(
+                "event=attachment_failed invoice=%s error=%s", invoice_id, type(exc).__name__
+            )
+            continue
+        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=name)
 
 
 # The error of a notice not sent because its address bounced before.
@@ -297,7 +368,16 @@ def _claim(engine: Engine, token: str, count: int) -> list[Any]:
         )
         return list(
             conn.execute(
-                select(n.c.id, n.c.kind, n.c.to_addr, n.c.subject, n.c.body, n.c.attempts, bounced)
+                select(
+                    n.c.id,
+                    n.c.kind,
+                    n.c.to_addr,
+                    n.c.subject,
+                    n.c.body,
+                    n.c.attempts,
+                    n.c.invoice_ids,
+                    bounced,
+                )
                 .where(n.c.claim == token, n.c.sent_at.is_(None))
                 .order_by(n.c.priority, n.c.id)
             )

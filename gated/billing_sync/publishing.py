@@ -99,6 +99,15 @@ def refresh(
                 queue_notice(
                     ctx, conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
                 )
+            elif status == "collections" and f.plan is not None:
+                queue_notice(
+                    ctx,
+                    conn,
+                    f,
+                    "collections",
+                    amount=format_amount(acct.owed, f.plan.currency),
+                    since=format_day(acct.first_failure_at),
+                )
             elif status == "expired" and f.plan is not None:
                 queue_notice(
                     ctx, conn, f, "expired", plan=f.plan.name, end=format_day(acct.paid_through)
@@ -288,10 +297,12 @@ def queue_notices(
     """Render notices into the outbox. A dependant's notices about the card and the money
     (``PAYER_NOTICES``) go to the payer who owns the card, saying whose membership they are
     about; the others to the dependant (or the payer, without an address of their own).
-    Nobody without an e-mail address gets one."""
+    Nobody without an e-mail address gets one. ``values["attach"]``, a list of invoice ids,
+    sends those invoices' PDFs with the mail."""
     rows = []
     now = ctx.clock()  # once: a deployment's clock is a database query
     for f, kind, values in items:
+        attach = values.get("attach")
         for_payer = kind in PAYER_NOTICES and f.member.payer_id is not None
         to = f.bill_to if for_payer else f.email_to
         if not to:
@@ -310,6 +321,7 @@ def queue_notices(
                 "body": n.body,
                 "created_at": now,
                 "attempts": 0,
+                "invoice_ids": ",".join(map(str, attach)) if attach else None,
             }
         )
     if rows:
@@ -397,6 +409,7 @@ def resend_notice(ctx: Context, notice_id: int) -> int:
                     "body": old.body,
                     "created_at": now,
                     "attempts": 0,
+                    "invoice_ids": old.invoice_ids,
                 }
             ],
         )[0]

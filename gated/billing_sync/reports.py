@@ -629,6 +629,7 @@ def invoices(
             for r in rows:
                 head = (
                     r.id,
+                    r.number or "",
                     r.member_id,
                     r.kind,
                     r.status,

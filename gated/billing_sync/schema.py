@@ -87,6 +87,11 @@ members = Table(
     Column("emergency_contact", String(200)),
     # When the mail server last refused ``email`` for good (a bounce); cleared when corrected.
     Column("email_bounced_at", BigInteger),
+    # When the card on file stops working (the first instant after its expiry month), and the
+    # expiry the member was warned about (``reminders.py``).
+    Column("card_expires_at", BigInteger),
+    Column("card_expiry_noticed", BigInteger),
+    Index("ix_members_card_expires_at", "card_expires_at"),
 )
 
 subscriptions = Table(
@@ -106,6 +111,10 @@ subscriptions = Table(
     # outside event: the scheduler reviews only rows whose time has come.
     Column("review_at", BigInteger),
     Index("ix_subscriptions_review_at", "review_at"),
+    # The paid-through date whose renewal the member was told about ahead of time
+    # (``reminders.py``); the index finds the renewals coming up.
+    Column("reminded_through", BigInteger),
+    Index("ix_subscriptions_paid_through", "paid_through"),
 )
 
 extras = Table(
@@ -139,6 +148,36 @@ invoices = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("paid_at", BigInteger),
     Index("ix_invoices_member_status", "member_id", "status"),
+    # The site whose legal entity issues the invoice (the member's first site), its number in
+    # that site's series for the year (``numbering.py``) and when it was issued. A sign-up's
+    # first invoice is a draft without a number until it is paid: an unpaid sign-up is deleted,
+    # and a number once given must never go missing.
+    Column("site", ID),
+    Column("number", String(64)),
+    Column("issued_at", BigInteger),
+    Index("ix_invoices_number", "number", unique=True),
+)
+
+# Closed accounting months (``periods.py``): one row per close, by whom; every month up to the
+# latest is closed.
+closed_periods = Table(
+    "closed_periods",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("closed_at", BigInteger, nullable=False),
+    Column("closed_by", String(64), nullable=False),
+)
+
+# The last number given in each legal series (per site, year and kind of document): a row
+# locked by the transaction that takes numbers, so numbers are committed without gaps (a
+# database sequence loses the numbers of rolled-back transactions).
+document_counters = Table(
+    "document_counters",
+    metadata,
+    Column("site", ID, primary_key=True),
+    Column("year", Integer, primary_key=True),
+    Column("series", String(16), primary_key=True),
+    Column("last", BigInteger, nullable=False),
 )
 
 invoice_lines = Table(
@@ -243,6 +282,9 @@ notifications = Table(
     # answer. Correcting the address (``members edit``) queues it again.
     Column("failed_at", BigInteger),
     Column("error", Text),
+    # The invoices whose PDFs go with the mail (ids, comma-separated: a receipt's), rendered
+    # when it is sent.
+    Column("invoice_ids", Text),
 )
 
 # What each member looks like to the gates now: the latest unsigned MemberState per member.

@@ -39,6 +39,7 @@ from sqlalchemy import Engine, Row
 from gated.billing_sync import (
     audit,
     cycle,
+    documents,
     front_desk,
     gate_commands,
     gate_health,
@@ -47,6 +48,7 @@ from gated.billing_sync import (
     members,
     membership,
     paying,
+    periods,
     publishing,
     reconcile,
     self_service,
@@ -245,6 +247,28 @@ class Billing:
     def invoice(self, invoice_id: int) -> dict[str, Any]:
         """One invoice with its lines and the member's name, for the pay page."""
         return invoices.invoice(self.ctx, invoice_id)
+
+    def invoice_pdf(self, invoice_id: int) -> tuple[str, bytes]:
+        """An issued invoice's PDF (file name, bytes) with the issuing site's details."""
+        return documents.invoice_pdf(self.ctx, invoice_id)
+
+    def member_invoice_pdf(self, member_id: str, invoice_id: int) -> tuple[str, bytes] | None:
+        """An invoice's PDF if it is the member's or a dependant's they pay for, else None."""
+        return documents.member_invoice_pdf(self.ctx, member_id, invoice_id)
+
+    def staff_invoice_pdf(
+        self, invoice_id: int, staff_sites: Sequence[str]
+    ) -> tuple[str, bytes] | None:
+        """An invoice's PDF if one of ``staff_sites`` issued it, else None."""
+        return documents.staff_invoice_pdf(self.ctx, invoice_id, staff_sites)
+
+    def close_period(self, period: str, operator: str) -> str:
+        """Close a month (``YYYY-MM``) and every month before it: its invoices are final."""
+        return periods.close(self.ctx, period, operator)
+
+    def closed_periods(self) -> list[dict[str, Any]]:
+        """Every close, newest first."""
+        return periods.listing(self.ctx)
 
     def pay_link(self, invoice_id: int) -> str:
         """The page where a member pays an invoice on-session."""

@@ -167,7 +167,7 @@ def start(
             now,
             (now, end),
         )
-        (invoice_id,) = create_invoices(conn, [spec], now)
+        (invoice_id,) = create_invoices(conn, [spec], now, issue=False)
         conn.execute(
             insert(su).values(
                 member_id=member_id, plan_id=plan.id, invoice_id=invoice_id, created_at=now

@@ -22,6 +22,7 @@ from gated.billing_sync.gateway import (
     IntentState,
     Page,
     Payout,
+    month_after,
 )
 
 log = logging.getLogger("gated.billing.stripe")
@@ -365,6 +366,17 @@ class StripeGateway:
             ],
             bool(listed.get("has_more")),
         )
+
+    def card_expiry(self, payment_method: str) -> int | None:
+        """The card's expiry from the PaymentMethod (None for SEPA and other methods)."""
+        pm = self._call(
+            "payment_methods.retrieve", lambda c: c.v1.payment_methods.retrieve(payment_method)
+        ).to_dict()
+        card = pm.get("card") or {}
+        year, month = card.get("exp_year"), card.get("exp_month")
+        if not isinstance(year, int) or not isinstance(month, int) or not 1 <= month <= 12:
+            return None
+        return month_after(year, month)
 
     @staticmethod
     def _result(intent: stripe.PaymentIntent) -> ChargeResult:

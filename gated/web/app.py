@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from gated.billing_sync.service import Billing
-from gated.web import api, desk, join, member, pass_, self_service
+from gated.web import api, desk, invoice_pdfs, join, member, pass_, self_service
 from gated.web.foundation import Web
 from gated.web.security import SecurityHeaders, stripe_csp
 
@@ -29,6 +29,7 @@ def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) ->
         *pass_.page_routes(web),
         *join.routes(web),
         *self_service.routes(web),
+        *invoice_pdfs.member_routes(web),
         *member.routes(web),
     ]
     # The staff API's mount comes before the member API's, which would otherwise take its paths.

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
-from gated.web import desk_dashboard, desk_feed, desk_gates, desk_members
+from gated.web import desk_dashboard, desk_feed, desk_gates, desk_members, invoice_pdfs
 from gated.web.desk_core import Desk, StaffVisitor
 from gated.web.foundation import STATIC, BodyTooLarge, Web, read_form
 from gated.web.security import csrf_token
@@ -69,6 +69,7 @@ def _member_actions(prefix: str, handler: str) -> list[Rule]:
 RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
     Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
+    Rule("GET", "/desk/invoices/{invoice_id}.pdf", "view_members", "invoice_pdf"),
     *_member_actions("/desk", "act_"),
     Rule("GET", "/desk/feed", "view_members", "feed"),
     Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
@@ -396,5 +397,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         **desk_feed.handlers(desk),
         **desk_gates.handlers(desk),
         **desk_dashboard.handlers(desk),
+        **invoice_pdfs.desk_handlers(desk),
         "api_session": api_session,
     }

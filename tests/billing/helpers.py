@@ -40,6 +40,9 @@ def make_config(tmp: Path, **overrides: Any) -> BillingConfig:
             "credential_key_file": str(tmp / "keys/credential.key"),
             "card_encryption_key_file": str(tmp / "keys/cards.key"),
         },
+        # Reminders ahead of renewals have their own tests (test_notice_kinds.py); elsewhere
+        # they would only add a notice to every story that crosses a renewal.
+        "notices": {"upcoming_charge_days": 0, "card_expiry_days": 0},
     }
     data.update(overrides)
     return BillingConfig.model_validate(data)

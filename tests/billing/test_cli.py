@@ -90,7 +90,7 @@ def test_member_lifecycle_through_the_cli(cfg: Path, tmp_path: Path) -> None:
     assert "active" in ok(cfg, "unfreeze", "m1")
     ok(cfg, "charge-extra", "m1", "--amount", "3000", "--kind", "personal_training")
     lines = list(csv.reader(io.StringIO(ok(cfg, "invoices", "m1", "--lines", "--csv"))))
-    kinds = [row[10] for row in lines[1:]]
+    kinds = [row[11] for row in lines[1:]]
     assert kinds.count("extra") == 1 and kinds.count("membership") == 1 and "freeze_fee" in kinds
 
     out = ok(cfg, "pay", "m2")

@@ -74,6 +74,11 @@ def test_templates_fill_as_string_template_does(kind: str) -> None:
         "minutes",
         "at",
         "hours",
+        "date",
+        "expiry",
+        "old",
+        "new",
+        "since",
     }
     values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
     n = render(kind, "a@x", "m1", **values)

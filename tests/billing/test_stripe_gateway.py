@@ -4,6 +4,7 @@ a loopback proxy that answers "Too Many Requests" first."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -176,3 +177,13 @@ def test_a_card_declined_at_enrolment_is_one_line_and_leaves_no_customer(
     # The same member with a working card enrols as usual.
     assert "m1: active" in cli(config_path, *add, "--card", "pm_card_visa").stdout
     assert len(api.v1.customers.list().data) == 1
+
+
+def test_a_cards_expiry_is_read_from_its_payment_method(localstripe: LocalStripe) -> None:
+    gw = gateway(localstripe.url)
+    customer = gw.create_customer("m1", "ann@example.org", "Ann")
+    pm = gw.attach_payment_method(customer, "pm_card_visa")
+    expires = gw.card_expiry(pm)
+    assert expires is not None
+    after = datetime.fromtimestamp(expires, UTC)
+    assert after.day == 1 and after.hour == 0 and after > datetime.now(UTC)

@@ -175,7 +175,8 @@ def test_the_account_wait_is_capped_so_nobody_is_locked_out() -> None:
 
 
 def _path(rule: desk.Rule) -> str:
-    return rule.path.replace("{member_id}", "ann").replace("{report}", "revenue")
+    path = rule.path.replace("{member_id}", "ann").replace("{report}", "revenue")
+    return path.replace("{invoice_id}", "1")
 
 
 def _session(b: Billing, role: str) -> str:

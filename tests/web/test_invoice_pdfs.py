@@ -1,0 +1,86 @@
+"""Invoice PDFs on the web, in process over the real app and a real SQLite store: a member
+downloads their own invoices and those of the members they pay for, and gets the same 404 for
+anyone else's as for none; staff download invoices issued by their own sites only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from gated.billing_sync.server import create_app
+from gated.billing_sync.service import Billing
+from gated.web.app import web_routes
+from tests.billing.helpers import Clock, make_billing
+from tests.billing.test_documents import SITES, text_of
+from tests.web.test_member_app import sign_in
+
+
+@pytest.fixture
+def billing(tmp_path: Path) -> tuple[Billing, Clock]:
+    b, clock = make_billing(tmp_path, sites=SITES)
+    b.add_member(
+        "ann", "Ann", plan_id="monthly", email="ann@example.com", payment_method="pm_sim_ok"
+    )
+    b.add_member("kid", "Kid", plan_id="monthly", payer_id="ann")
+    b.add_member(
+        "bob", "Bob", plan_id="monthly", email="bob@example.com", payment_method="pm_sim_ok"
+    )
+    b.add_member("una", "Una", plan_id="monthly", sites=["uptown"], payment_method="pm_sim_ok")
+    b.staff_access().add("desk", "Desk", "front_desk", ["downtown"], "a long staff password")
+    return b, clock
+
+
+@pytest.fixture
+def app(billing: tuple[Billing, Clock]) -> Any:
+    b, _ = billing
+    return create_app(b, None, web_routes(b))
+
+
+def invoice_of(b: Billing, member_id: str) -> int:
+    return int(b.member_access().invoices(member_id)[0]["id"])
+
+
+def test_a_member_downloads_their_own_and_their_dependants_invoices_only(
+    client: TestClient, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    own, kid, bob = (invoice_of(b, m) for m in ("ann", "kid", "bob"))
+    assert client.get(f"/app/invoices/{own}.pdf", follow_redirects=False).headers["location"] == (
+        "/app/signin"
+    )
+    sign_in(client, b, "ann@example.com")
+    r = client.get(f"/app/invoices/{own}.pdf")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+    assert r.headers["content-disposition"] == (
+        'attachment; filename="invoice-downtown-2026-000001.pdf"'
+    )
+    assert "no-store" in r.headers["cache-control"]
+    text = text_of(r.content)
+    assert "Iron Temple Downtown GmbH" in text and "Ann (member ann)" in text
+    assert "Kid (member kid)" in text_of(client.get(f"/app/invoices/{kid}.pdf").content)
+    for path in (f"/app/invoices/{bob}.pdf", "/app/invoices/999.pdf", "/app/invoices/x.pdf"):
+        r = client.get(path)
+        assert r.status_code == 404 and "No such invoice" in r.text, path
+        assert "Bob" not in r.text
+    # The pages link the document by its legal number.
+    assert f'href="/app/invoices/{own}.pdf"' in client.get("/app/").text
+    assert "downtown-2026-000001 (PDF)" in client.get(f"/app/invoices/{own}").text
+
+
+def test_staff_download_the_invoices_of_their_own_sites(
+    client: TestClient, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    token = b.staff_access().open_session("desk", "test", "127.0.0.1")
+    client.cookies.set("gated-staff", token)
+    downtown, uptown = invoice_of(b, "bob"), invoice_of(b, "una")
+    r = client.get(f"/desk/invoices/{downtown}.pdf")
+    assert r.status_code == 200 and "Bob (member bob)" in text_of(r.content)
+    assert client.get(f"/desk/invoices/{uptown}.pdf").status_code == 404  # not their site
+    assert client.get("/desk/invoices/999.pdf").status_code == 404
+    client.cookies.clear()
+    r = client.get(f"/desk/invoices/{downtown}.pdf", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/desk/signin"
