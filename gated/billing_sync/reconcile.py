@@ -132,9 +132,13 @@ def _drain_all(
         cursors = conn.execute(
             select(c).where(c.c.what.in_(what), c.c.done.is_(False)).order_by(c.c.stream)
         ).all()
-    if not cursors:
+    workers = min(source.concurrency, len(cursors))
+    if workers <= 1:
+        # One call at a time (the simulator): in order, in this thread.
+        for cur in cursors:
+            _drain(engine, source, cur, page, tally)
         return
-    with ThreadPoolExecutor(max(1, min(source.concurrency, len(cursors)))) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         # list() so the first error (the provider out of reach) is raised here.
         list(pool.map(lambda cur: _drain(engine, source, cur, page, tally), cursors))
 
