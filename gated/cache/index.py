@@ -18,8 +18,10 @@ import itertools
 import json
 import operator
 import sqlite3
+import struct
 import sys
 import threading
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -306,6 +308,20 @@ _GONE = -2  # a cell whose entry was removed (probing goes on past it)
 MIGRATE_STEP = 16
 _MASK64 = (1 << 64) - 1
 
+# The tables' hashes are the same in every process (Python's own ``hash`` of bytes is salted per
+# process), so a saved index image (gated.cache.image) can keep its tables as they are. A card key
+# is an HMAC output an outsider cannot choose: its first 8 bytes are the hash. A member id is
+# chosen by head office and often sequential: CRC-32, spread by a multiplicative (Fibonacci) mix
+# so its low bits, which pick the cell, depend on every input bit.
+_key_hash_at = struct.Struct("<Q").unpack_from
+_crc32 = zlib.crc32
+_FIB = 0x9E3779B97F4A7C15
+
+
+def id_hash(raw: bytes | bytearray | memoryview) -> int:
+    """The table hash of a member id's UTF-8 bytes."""
+    return (_crc32(raw) * _FIB >> 32) & 0xFFFFFFFF
+
 
 class _Table:
     """Open addressing with linear probing: a hash → an entry number; the index keeps the keys
@@ -426,7 +442,8 @@ class MemberIndex:
     __slots__ = (
         "_digest", "_exact_from", "_exact_until", "_hash_mask", "_idbuf", "_idlen", "_idoff",
         "_ids", "_kcount", "_keys", "_kslot", "_kstart", "_ktab", "_profile", "_qr", "_qrbuf",
-        "_valid_from", "_valid_until", "_version", "by_id", "by_key", "count", "max_version",
+        "_valid_from", "_valid_until", "_version", "by_id", "by_key", "changes", "count",
+        "generation", "max_version",
     )  # fmt: skip
 
     def __init__(self, capacity: int = 0, *, hash_mask: int = _MASK64) -> None:
@@ -455,16 +472,20 @@ class MemberIndex:
         self.count = 0
         self.max_version = 0
         self._digest = 0
+        # The cache's member generation (store.py) this index holds every row of, once loaded.
+        self.generation = 0
+        # Calls to put, counted before each changes anything: a reader on another thread (the
+        # image writer) that sees the same count before and after its copy copied no half change.
+        self.changes = 0
 
     # -- hashing and key checks ----------------------------------------------------------------
 
     def _id_hash_of(self, slot: int) -> int:
         off = self._idoff[slot]
-        return hash(bytes(self._idbuf[off : off + self._idlen[slot]])) & self._hash_mask
+        return id_hash(self._idbuf[off : off + self._idlen[slot]]) & self._hash_mask
 
     def _key_hash_of(self, entry: int) -> int:
-        off = entry * 32
-        return hash(bytes(self._keys[off : off + 32])) & self._hash_mask
+        return int(_key_hash_at(self._keys, entry * 32)[0]) & self._hash_mask
 
     def _id_matches(self, slot: int, key: bytes) -> bool:
         off = self._idoff[slot]
@@ -483,7 +504,7 @@ class MemberIndex:
             return -1
         table = self._ktab
         keys = self._keys
-        h = hash(key) & self._hash_mask
+        h: int = _key_hash_at(key)[0] & self._hash_mask
         cells = table.cells
         while True:
             mask = len(cells) - 1
@@ -499,7 +520,7 @@ class MemberIndex:
     def slot_of_id(self, member_id: str) -> int:
         """The slot of a member id (tombstones included), or -1."""
         raw = member_id.encode()
-        return self._ids.find(hash(raw) & self._hash_mask, raw, self._id_matches)
+        return self._ids.find(id_hash(raw) & self._hash_mask, raw, self._id_matches)
 
     def member(self, slot: int) -> Member:
         """The record a decision reads, made for this lookup."""
@@ -562,6 +583,7 @@ class MemberIndex:
         the member's :func:`digest_term` if the caller made it already (off the loop)."""
         rec = record_of(member) if isinstance(member, Member) else member
         member_id, version, pid, valid_from, valid_until, creds, qr_key = rec
+        self.changes += 1
         self._ids.step()
         self._ktab.step()
         slot = self.slot_of_id(member_id)
@@ -604,7 +626,7 @@ class MemberIndex:
         self._kstart.append(len(self._kslot))
         self._kcount.append(0)
         self._qr.append(-1)
-        self._ids.add(hash(raw) & self._hash_mask, slot)
+        self._ids.add(id_hash(raw) & self._hash_mask, slot)
         return slot
 
     def _set_qr(self, slot: int, qr_key: bytes | None) -> None:
@@ -633,7 +655,7 @@ class MemberIndex:
         start = self._kstart[slot]
         for entry in range(start, start + self._kcount[slot]):
             key = bytes(keys[entry * 32 : entry * 32 + 32])
-            h = hash(key) & self._hash_mask
+            h = _key_hash_at(key)[0] & self._hash_mask
             found = table.find(h, key, self._key_matches)
             if found >= 0 and self._kslot[found] == slot:
                 table.remove(h, found)
@@ -659,7 +681,7 @@ class MemberIndex:
         table = self._ktab
         for entry in range(start, start + n):
             key = creds[(entry - start) * 32 : (entry - start + 1) * 32]
-            h = hash(key) & self._hash_mask
+            h = _key_hash_at(key)[0] & self._hash_mask
             held = table.find(h, key, self._key_matches)
             if held >= 0:
                 table.remove(h, held)
@@ -745,7 +767,7 @@ class MemberIndex:
         hmask = self._hash_mask
         slot = first
         for raw in ids:
-            i = hash(raw) & hmask & mask
+            i = (_crc32(raw) * _FIB >> 32) & hmask & mask
             while cells[i] >= 0:
                 i = (i + 1) & mask
             cells[i] = slot
@@ -764,7 +786,7 @@ class MemberIndex:
         for c in held:
             for k in range(0, len(c), 32):
                 key = c if len(c) == 32 else c[k : k + 32]
-                i = hash(key) & hmask & mask
+                i = _key_hash_at(key)[0] & hmask & mask
                 while (e := cells[i]) >= 0:
                     if keys[e * 32 : e * 32 + 32] == key:
                         break
