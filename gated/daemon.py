@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from gated import __version__
 from gated.cache.events import EventLog
+from gated.cache.image import IMAGE_NAME, ImageKeeper, image_tag
 from gated.cache.index import MemberIndex
 from gated.cache.live import LiveIndex
 from gated.cache.store import CacheStore, CacheWriter
@@ -115,7 +116,13 @@ class Gate:
 
         store = CacheStore(config.cache_path, config.durability)
         gc.disable()  # a million new objects would trigger hundreds of collections while loading
-        self.index: MemberIndex = store.load_index()
+        image, tag = (
+            config.cache_path.with_name(IMAGE_NAME),
+            image_tag(config.site, self.credential_key),
+        )
+        self.index: MemberIndex = store.load_index(image, tag)
+        saved = self.index.generation if store.loaded_from_image else None
+        self.images = ImageKeeper(image, store.generation()[0], tag, saved)
         self.counters: dict[str, MemberCounters] = store.load_counters()
         # Head-office time is not saved: only a plausible clock's time is (DESIGN "Time").
         self.clock = TrustedClock(store.get("last_good_time"), clock)
@@ -516,6 +523,7 @@ class Gate:
                         "stale_cache", reason=f"no head-office contact for over {max_offline:.0f}s"
                     )
                 self.stale = stale
+            self.images.maybe_save(self.index, self.live)
             await asyncio.sleep(TIME_SAVE_INTERVAL_S)
 
     def stop(self) -> None:
@@ -573,4 +581,5 @@ class Gate:
             dropped = self.outbox.dropped
             self.writer.post(partial(CacheStore.set, key="outbox_dropped", value=dropped))
             self.writer.close()
+            self.images.save_at_stop(self.index, self.live)
             log.info("event=stopped")

@@ -43,6 +43,7 @@ class _Made(NamedTuple, Generic[T]):
     members: list[Record]
     terms: list[int]
     new_index: MemberIndex | None = None
+    generation: int = 0  # the cache's member generation once this write is in it
 
 
 def _store_and_make(
@@ -68,6 +69,33 @@ class LiveIndex:
         self._writer = writer
         self._holder = holder
         self._unfrozen = 0
+        self.in_flight = 0  # writes submitted whose rows are not all in the index yet
+        # The member generation the writer's last member write left (the writer's thread only).
+        self._writer_generation = holder.index.generation
+        # A member row changed by someone else (another process on the cache): the index lacks
+        # it until a restart, so it is no image of the cache (gated.cache.image) until then.
+        self.foreign_change = False
+
+    def settled(self) -> bool:
+        """Whether the index holds exactly the cache's member rows at ``index.generation``: every
+        write it was given is in it, and nobody else changed a member meanwhile."""
+        return self.in_flight == 0 and not self.foreign_change
+
+    def _generation_around(
+        self, write: Callable[[CacheStore], _Made[T]]
+    ) -> Callable[[CacheStore], _Made[T]]:
+        """On the writer's thread: ``write``, and the member generation it leaves."""
+
+        def run(store: CacheStore) -> _Made[T]:
+            _, before = store.generation()
+            made = write(store)
+            _, after = store.generation()
+            if before != self._writer_generation:
+                self.foreign_change = True
+            self._writer_generation = after
+            return made._replace(generation=after)
+
+        return run
 
     def apply_states(self, states: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
         """Store member states (verified or locally trusted) and then apply them to the index.
@@ -106,17 +134,21 @@ class LiveIndex:
 
             return _Made(store.upsert_batches(rows, put_all), [], [], index)
 
-        return self._index_when_committed(self._writer.submit(write))
+        return self._index_when_committed(self._writer.submit(self._generation_around(write)))
 
     def _commit_then_index(
         self, write: Callable[[CacheStore, Callable[[dict[str, Any]], None]], T]
     ) -> Future[T]:
-        return self._index_when_committed(self._writer.submit(partial(_store_and_make, write)))
+        return self._index_when_committed(
+            self._writer.submit(self._generation_around(partial(_store_and_make, write)))
+        )
 
     def _index_when_committed(self, committed: Future[_Made[T]]) -> Future[T]:
         """A Future of the write's own result, resolved once the index holds what it made."""
         loop = asyncio.get_running_loop()
         result: Future[T] = Future()
+        self.in_flight += 1
+        result.add_done_callback(self._landed)  # set on the loop's thread, so run there
         committed.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._apply_to_index, f, result)
         )
@@ -132,28 +164,32 @@ class LiveIndex:
             # Built from an empty cache. Nothing reached the old, empty index meanwhile: the index
             # changes only after the writer commits, in the writer's order, and a later commit's
             # slices start after this call.
+            made.new_index.generation = made.generation
             self._holder.index = made.new_index
             self.freeze_new_members(made.new_index.count)
             result.set_result(made.value)
             return
-        self._apply_slice(made.value, made.members, made.terms, 0, result)
+        self._apply_slice(made, 0, result)
 
-    def _apply_slice(
-        self, value: T, members: list[Record], terms: list[int], start: int, result: Future[T]
-    ) -> None:
+    def _landed(self, _: Future[Any]) -> None:
+        self.in_flight -= 1
+
+    def _apply_slice(self, made: _Made[T], start: int, result: Future[T]) -> None:
         """Put records into the index a slice at a time, yielding to the loop between slices so a
         badge arriving during a 100k-member burst waits for one slice at most."""
+        members, terms = made.members, made.terms
         end = min(start + APPLY_SLICE, len(members))
-        put = self._holder.index.put
+        index = self._holder.index
+        put = index.put
         for i in range(start, end):
             put(members[i], terms[i])
         if end < len(members):
-            asyncio.get_running_loop().call_soon(
-                self._apply_slice, value, members, terms, end, result
-            )
+            asyncio.get_running_loop().call_soon(self._apply_slice, made, end, result)
         else:
+            # Writes' slices interleave; once none is in flight the index is at the last one's.
+            index.generation = max(index.generation, made.generation)
             self.freeze_new_members(len(members))
-            result.set_result(value)
+            result.set_result(made.value)
 
     def freeze_new_members(self, applied: int) -> None:
         """New members live as long as the gate: every few thousand, move them out of the

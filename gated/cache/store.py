@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from gated.cache.image import ImageRefused, load_image
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_row
 from gated.contract import format_time
 from gated.policy.decide import MemberCounters
@@ -75,6 +76,26 @@ CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+-- One row: a random id for this cache file, and its member generation, raised in the same
+-- transaction as every change to a member row. A saved index image (gated/cache/image.py) names
+-- both, so a start never loads an image older than the rows, or made from another cache. Triggers,
+-- not the writer's code: no path that writes a member (another release of gated, a technician's
+-- sqlite3 shell) can change one without it.
+CREATE TABLE IF NOT EXISTS members_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    cache_id BLOB NOT NULL,
+    generation INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO members_generation VALUES (0, randomblob(16), 0);
+CREATE TRIGGER IF NOT EXISTS members_inserted AFTER INSERT ON members BEGIN
+    UPDATE members_generation SET generation = generation + 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS members_updated AFTER UPDATE ON members BEGIN
+    UPDATE members_generation SET generation = generation + 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS members_deleted AFTER DELETE ON members BEGIN
+    UPDATE members_generation SET generation = generation + 1 WHERE id = 0;
+END;
 """
 
 # Applies a state only if newer; the row of an erased member stays as its tombstone, so the highest
@@ -189,18 +210,55 @@ class CacheStore:
         # (event_id, payload) and spent QR nonces. The writer keeps whatever a rollback undid.
         self.written_events: list[tuple[str, str]] = []
         self.written_nonces: list[tuple[str, str, float]] = []
+        self.loaded_from_image = False  # set by load_index
 
     def close(self) -> None:
         self.conn.close()
 
     # -- members --------------------------------------------------------------------------
 
-    def load_index(self) -> MemberIndex:
-        """Every member row (tombstones included) into a fresh in-memory index."""
-        # Sized for every row at once, so the load never grows a table.
-        (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
-        index = MemberIndex(rows)
-        index.load_table(self.conn)
+    def generation(self) -> tuple[bytes, int]:
+        """(cache id, member generation): see ``members_generation`` in :data:`SCHEMA`."""
+        cache_id, generation = self.conn.execute(
+            "SELECT cache_id, generation FROM members_generation WHERE id = 0"
+        ).fetchone()
+        return bytes(cache_id), int(generation)
+
+    def load_index(self, image: Path | None = None, tag: bytes = b"") -> MemberIndex:
+        """Every member row (tombstones included) into a fresh in-memory index.
+
+        With ``image``: from that saved index image when it was made from this cache at its
+        current member generation with the same ``tag`` (gated/cache/image.py), else from the
+        rows, as without it. :attr:`loaded_from_image` says which.
+        """
+        self.loaded_from_image = False
+        # One read transaction: the generation is the one of the rows read.
+        self.conn.execute("BEGIN")
+        try:
+            cache_id, generation = self.generation()
+            if image is not None:
+                try:
+                    index = load_image(image, cache_id, generation, tag)
+                except FileNotFoundError:
+                    log.info("event=index_image_missing path=%s", image)
+                except ImageRefused as exc:
+                    log.warning("event=index_image_refused path=%s reason=%s", image, exc)
+                except OSError as exc:  # unreadable: the rows are the source of truth anyway
+                    log.warning("event=index_image_unreadable path=%s error=%s", image, exc)
+                else:
+                    log.info(
+                        "event=index_image_loaded members=%d generation=%d",
+                        index.count, generation,
+                    )  # fmt: skip
+                    self.loaded_from_image = True
+                    return index
+            # Sized for every row at once, so the load never grows a table.
+            (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
+            index = MemberIndex(rows)
+            index.load_table(self.conn)
+            index.generation = generation
+        finally:
+            self.conn.execute("COMMIT")
         self.conn.execute("PRAGMA shrink_memory")  # give back the pages the full scan cached
         return index
 
@@ -252,13 +310,14 @@ class CacheStore:
         a row than an ``execute`` each), and ``each_batch`` called with every batch, newer rows
         or not: for a caller that applies versions by the same rule, as a new index does.
         Returns how many rows were newer and applied."""
-        before = self.conn.total_changes
+        applied = 0
         with self.transaction():
             rows = iter(rows)
             while batch := list(itertools.islice(rows, UPSERT_BATCH)):
-                self.conn.executemany(_UPSERT, map(_stored_values, batch))
+                # rowcount, not total_changes: the generation triggers' writes are not rows.
+                applied += self.conn.executemany(_UPSERT, map(_stored_values, batch)).rowcount
                 each_batch(batch)
-        return self.conn.total_changes - before
+        return applied
 
     def has_members(self) -> bool:
         """Whether the cache holds any member row (a tombstone counts)."""

@@ -1,0 +1,328 @@
+"""The index image: a start loads the saved index only when it was made from this cache at its
+current member generation, for this site and key, and is whole; anything else (missing, stale,
+torn, from another cache, site or key) is refused and the index is rebuilt from SQLite, the
+source of truth, so a gate never answers from a stale image."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gated.cache.image import (
+    IMAGE_NAME,
+    ImageKeeper,
+    ImageRefused,
+    image_tag,
+    load_image,
+    save_image,
+)
+from gated.cache.index import MemberIndex
+from gated.cache.live import LiveIndex
+from gated.cache.store import CacheStore, CacheWriter
+from gated.contract import card_key, erased_state
+from gated.policy.decide import Member
+from tests.test_compact_index import IDS, Reference, check, fields, members
+
+KEY = bytes.fromhex("00112233445566778899aabbccddeeff" * 2)
+ISSUED = "2026-11-26T08:00:00Z"
+TAG = image_tag("downtown", KEY)
+
+
+def state(member_id: str, version: int, status: str = "active", **extra: Any) -> dict[str, Any]:
+    if status == "erased":
+        return erased_state(member_id, ["downtown"], version, ISSUED)
+    return {
+        "type": "member_state", "member_id": member_id, "sites": ["downtown"],
+        "version": version, "status": status, "role": "member", "valid_from": None,
+        "valid_until": "2040-01-01T00:00:00Z", "plan": "full", "schedule": [], "zones": [],
+        "credentials": [card_key(KEY, f"04{version:012X}")], "qr_key": None,
+        "daily_limit": None, "issued_at": ISSUED, **extra,
+    }  # fmt: skip
+
+
+def varied_states() -> list[dict[str, Any]]:
+    """Every shape the image must keep: schedules, zones, limits, qr keys, two cards, exact and
+    null times, a tombstone."""
+    return [
+        state("m_1", 1),
+        state("m_2", 2, "suspended", schedule=[{"days": ["mon"], "start": "09:00", "end": "16:00"}]),
+        state("m_3", 3, zones=["spa"], daily_limit=2, qr_key="cXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXE="),
+        state("m_4", 4, valid_from="2026-01-01T00:00:00.250000Z", valid_until=None),
+        state("m_5", 5, credentials=[card_key(KEY, "04AA"), card_key(KEY, "04BB")]),
+        state("m_6", 6, "erased"),
+    ]  # fmt: skip
+
+
+def everything(index: MemberIndex) -> tuple[Any, ...]:
+    return (
+        index.count,
+        index.max_version,
+        index.digest,
+        index.generation,
+        {i: fields(m) for i, m in index.by_id.items()},
+        {k: fields(m) for k, m in index.by_key.items()},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    s = CacheStore(tmp_path / "cache.db")
+    s.apply_states(varied_states())
+    yield s
+    s.close()
+
+
+def saved(store: CacheStore, tag: bytes = TAG) -> tuple[Path, MemberIndex]:
+    """An image of the store's rows, beside it, and the index it was made from."""
+    image = store.path.with_name(IMAGE_NAME)
+    index = store.load_index(image, tag)
+    assert not store.loaded_from_image
+    assert save_image(index, image, store.generation()[0], tag)
+    return image, index
+
+
+def test_a_start_loads_the_image_made_at_the_cache_generation(store: CacheStore) -> None:
+    image, from_rows = saved(store)
+    loaded = store.load_index(image, TAG)
+    assert store.loaded_from_image
+    assert everything(loaded) == everything(from_rows)
+    assert (
+        loaded.by_id["m_4"].valid_from == 1767225600.25 and loaded.by_id["m_4"].valid_until is None
+    )
+    assert loaded.by_id["m_2"].schedule == ((1, 540, 960),)
+    # and it goes on taking changes as an index built from the rows does
+    for index in (loaded, from_rows):
+        assert index.put(Member("m_5", 9, "active", credentials=b"\x07" * 32))
+        assert not index.put(Member("m_1", 1, "frozen"))
+    assert everything(loaded) == everything(from_rows)
+    assert loaded.by_key.get(b"\x07" * 32) is not None
+
+
+def test_a_member_change_after_the_image_makes_it_stale(
+    store: CacheStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    image, _ = saved(store)
+    store.apply_states([state("m_1", 7, "suspended")])
+    with caplog.at_level(logging.INFO, "gated.cache"):
+        index = store.load_index(image, TAG)
+    assert not store.loaded_from_image
+    assert index.by_id["m_1"].status == "suspended"
+    assert "event=index_image_refused" in caplog.text and "stale" in caplog.text
+
+
+def test_an_upsert_refused_as_not_newer_leaves_the_image_current(store: CacheStore) -> None:
+    image, _ = saved(store)
+    assert store.apply_states([state("m_1", 1, "suspended")]) == []
+    store.load_index(image, TAG)
+    assert store.loaded_from_image
+
+
+def test_a_change_by_any_writer_of_the_rows_makes_it_stale(store: CacheStore) -> None:
+    """The generation is kept by triggers: a technician's sqlite3 shell counts too."""
+    image, _ = saved(store)
+    other = sqlite3.connect(store.path)
+    other.execute("UPDATE members SET status = 'frozen' WHERE member_id = 'm_1'")
+    other.commit()
+    other.close()
+    index = store.load_index(image, TAG)
+    assert not store.loaded_from_image and index.by_id["m_1"].status == "frozen"
+    image, _ = saved(store)
+    other = sqlite3.connect(store.path)
+    other.execute("DELETE FROM members WHERE member_id = 'm_1'")
+    other.commit()
+    other.close()
+    assert "m_1" not in store.load_index(image, TAG).by_id and not store.loaded_from_image
+
+
+@pytest.mark.parametrize("cut", [0, 5, 12, 100, -13, -1])
+def test_a_torn_image_is_refused(store: CacheStore, cut: int) -> None:
+    image, from_rows = saved(store)
+    data = image.read_bytes()
+    image.write_bytes(data[:cut])
+    assert everything(store.load_index(image, TAG)) == everything(from_rows)
+    assert not store.loaded_from_image
+
+
+def test_a_flipped_byte_anywhere_is_refused(store: CacheStore) -> None:
+    image, from_rows = saved(store)
+    data = image.read_bytes()
+    for at in range(0, len(data), max(1, len(data) // 97)):
+        image.write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :])
+        with pytest.raises(ImageRefused):
+            load_image(image, store.generation()[0], store.generation()[1], TAG)
+    assert everything(store.load_index(image, TAG)) == everything(from_rows)
+
+
+def test_a_missing_image_is_rebuilt_from_the_rows(
+    store: CacheStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "gated.cache"):
+        index = store.load_index(store.path.with_name(IMAGE_NAME), TAG)
+    assert not store.loaded_from_image and index.count == 5
+    assert "event=index_image_missing" in caplog.text
+
+
+def test_an_image_from_another_cache_is_refused(store: CacheStore, tmp_path: Path) -> None:
+    """Two caches with the same rows and generation: each image names its own cache."""
+    image, _ = saved(store)
+    other = CacheStore(tmp_path / "other" / "cache.db")
+    other.apply_states(varied_states())
+    assert other.generation()[1] == store.generation()[1]
+    shutil.copy(image, other.path.with_name(IMAGE_NAME))
+    with pytest.raises(ImageRefused, match="another cache"):
+        load_image(other.path.with_name(IMAGE_NAME), *other.generation(), TAG)
+    other.load_index(other.path.with_name(IMAGE_NAME), TAG)
+    assert not other.loaded_from_image
+    other.close()
+
+
+@pytest.mark.parametrize(
+    "tag", [image_tag("uptown", KEY), image_tag("downtown", bytes(32))], ids=["site", "key"]
+)
+def test_an_image_for_another_site_or_key_is_refused(store: CacheStore, tag: bytes) -> None:
+    image, _ = saved(store)
+    with pytest.raises(ImageRefused, match="another site or credential key"):
+        load_image(image, *store.generation(), tag)
+    store.load_index(image, tag)
+    assert not store.loaded_from_image
+
+
+def test_an_unreadable_image_is_rebuilt_from_the_rows(store: CacheStore) -> None:
+    image, from_rows = saved(store)
+    image.unlink()
+    image.mkdir()  # open() fails with an OSError other than a missing file
+    assert everything(store.load_index(image, TAG)) == everything(from_rows)
+    assert not store.loaded_from_image
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.just("put"), members), max_size=40),
+    st.lists(st.tuples(st.just("put"), members), max_size=20),
+    st.sampled_from([2**64 - 1, 0, 3]),
+)
+def test_an_image_answers_as_the_dict_reference(
+    before: list[tuple[str, object]], after: list[tuple[str, object]], mask: int
+) -> None:
+    """Any sequence of upserts and erasures, saved and loaded (tables part-way through a growth
+    included, collisions forced by the hash mask), then more: the same answers as the
+    reference."""
+    import tempfile
+
+    index, ref = MemberIndex(hash_mask=mask), Reference()
+    check(index, ref, before)
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / IMAGE_NAME
+        index.generation = len(before)
+        assert save_image(index, image, b"c" * 16, TAG)
+        loaded = load_image(image, b"c" * 16, len(before), TAG)
+    check(
+        loaded,
+        ref,
+        [*after, *(("id", i) for i in IDS), *(("key", k) for k, _ in ref.by_key.items())],
+    )
+
+
+# --- the keeper at run time -----------------------------------------------------------------
+
+
+class Holder:
+    def __init__(self, index: MemberIndex) -> None:
+        self.index = index
+
+
+def test_the_gate_saves_its_index_as_it_changes_and_a_restart_loads_it(tmp_path: Path) -> None:
+    """Rows applied through the live index move its generation with the cache's; the keeper saves
+    it once settled, and the next start loads that image and answers the same."""
+    db = tmp_path / "cache.db"
+    image = db.with_name(IMAGE_NAME)
+
+    async def run() -> tuple[Any, ...]:
+        store = CacheStore(db)
+        holder = Holder(store.load_index(image, TAG))
+        keeper = ImageKeeper(image, store.generation()[0], TAG, None)
+        writer = CacheWriter(store)
+        live = LiveIndex(writer, holder)
+        await asyncio.wrap_future(live.apply_snapshot(iter([])))  # an empty cache's first load
+        await asyncio.wrap_future(live.apply_states(varied_states()))
+        pending = live.apply_states([state("m_1", 8, "frozen")])
+        assert not live.settled()
+        assert not keeper.maybe_save(holder.index, live, now=0.0)  # rows still on their way
+        await asyncio.wrap_future(pending)
+        assert live.settled()
+        assert keeper.maybe_save(holder.index, live, now=0.0)
+        keeper.save_at_stop(holder.index, live)  # waits for the background save
+        assert keeper.saves == 1
+        writer.close()
+        return everything(holder.index)
+
+    held = asyncio.run(run())
+    store = CacheStore(db)
+    assert everything(store.load_index(image, TAG)) == held
+    assert store.loaded_from_image
+    store.close()
+
+
+def test_rows_written_behind_the_gates_back_are_never_saved_as_current(tmp_path: Path) -> None:
+    """Another process changes a member while the gate runs, then the gate applies a row: the
+    gate's index lacks the other change, so the keeper saves nothing until a restart, which
+    rebuilds from the rows and sees both."""
+    db = tmp_path / "cache.db"
+    image = db.with_name(IMAGE_NAME)
+
+    async def run() -> None:
+        store = CacheStore(db)
+        store.apply_states(varied_states())
+        holder = Holder(store.load_index(image, TAG))
+        keeper = ImageKeeper(image, store.generation()[0], TAG, None)
+        writer = CacheWriter(store)
+        live = LiveIndex(writer, holder)
+        other = CacheStore(db)
+        other.apply_states([state("m_2", 9, "active")])
+        other.close()
+        await asyncio.wrap_future(live.apply_states([state("m_1", 8, "frozen")]))
+        assert not live.settled()
+        assert not keeper.maybe_save(holder.index, live, now=0.0)
+        keeper.save_at_stop(holder.index, live)
+        writer.close()
+        assert keeper.saves == 0 and not image.exists()
+
+    asyncio.run(run())
+    store = CacheStore(db)
+    index = store.load_index(image, TAG)
+    assert (index.by_id["m_1"].status, index.by_id["m_2"].version) == ("frozen", 9)
+    store.close()
+
+
+def test_a_save_is_abandoned_when_the_index_changes_during_the_copy(
+    store: CacheStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy runs beside the loop: a put while it copies means the image would mix two
+    states, so no file is left."""
+    from gated.cache import image as image_module
+
+    image = store.path.with_name(IMAGE_NAME)
+    index = store.load_index(image, TAG)
+    monkeypatch.setattr(image_module, "CHUNK", 8)  # many chunks: the put lands between two
+    copy = image_module._begin(index, store.generation()[0], TAG)
+    real_crc = image_module.zlib.crc32
+    calls = 0
+
+    def put_midway(data: Any, crc: int = 0) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 10:
+            index.put(Member("m_1", 50, "frozen"))
+        return real_crc(data, crc)
+
+    monkeypatch.setattr(image_module.zlib, "crc32", put_midway)
+    assert not image_module._write(copy, image, 0o600)
+    assert not image.exists() and not image.with_name(IMAGE_NAME + ".tmp").exists()
