@@ -255,8 +255,13 @@ async def run_bench(
     latencies: list[int] = []
     original = gate.on_credential
 
+    # (perf_counter at the decision, latency): to place the burst's slowest decisions in time.
+    stamped: list[tuple[float, int]] = []
+
     def timed(cred: Credential) -> None:
-        latencies.append(original(cred)["latency_us"])
+        latency = original(cred)["latency_us"]
+        latencies.append(latency)
+        stamped.append((time.perf_counter(), latency))
 
     def reader_thread(
         creds: list[Credential | str], interval: float, done: threading.Event
@@ -350,6 +355,21 @@ async def run_bench(
 
         await asyncio.gather(*(one(chunks) for chunks in burst_batches))
 
+    # Every collection during the burst: generation, duration, thread (the collector runs on
+    # whichever thread allocated past a threshold, holding the GIL: a badge waits for it).
+    collections: list[tuple[int, float, float, str]] = []
+    gc_started: dict[str, float] = {}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            gc_started["t"] = now
+        else:
+            t = gc_started.get("t", now)
+            collections.append((info["generation"], t, now - t, threading.current_thread().name))
+
+    stamped.clear()
+    gc.callbacks.append(on_gc)
     burst_t0 = time.perf_counter()
     burst = asyncio.create_task(sync_burst())
     burst_cards = cards[: min(decisions, 4000)]
@@ -359,6 +379,15 @@ async def run_bench(
         raise SystemExit("the burst did not apply every state")
     results["burst_s"] = time.perf_counter() - burst_t0
     results["card_burst"] = during
+    gc.callbacks.remove(on_gc)
+    in_burst = [c for c in collections if burst_t0 <= c[1] <= burst_t0 + results["burst_s"]]
+    results["gc_burst"] = in_burst
+    # The slowest decisions, and the collection (if any) that ended within their wait.
+    slowest = []
+    for at, latency in sorted(stamped, key=lambda x: -x[1])[:3]:
+        overlap = [c for c in in_burst if at - latency / 1e6 <= c[1] + c[2] <= at + 1e-4]
+        slowest.append((latency, at - burst_t0, overlap))
+    results["burst_slowest"] = slowest
     results["burst_overlap"] = results["burst_s"]
 
     # Rotating QR codes (fresh nonces, signature verified on the loop).
@@ -480,6 +509,24 @@ def main() -> None:
     print(row("rotating QR (Ed25519 verify on the loop)", r["qr"], "p50 < 300"))
     print(row("swipe fully handled (event committed)", r["durable"], "p99 < 2000"))
     print()
+    gcs = r["gc_burst"]
+    by_gen = {g: [c for c in gcs if c[0] == g] for g in (0, 1, 2)}
+    longest = max(gcs, key=lambda c: c[2], default=None)
+    print(
+        "\nCollections during the burst: "
+        + ", ".join(
+            f"gen{g} {len(cs)} (max {max((c[2] for c in cs), default=0) * 1e3:.1f} ms)"
+            for g, cs in by_gen.items()
+        )
+        + (f"; longest on thread {longest[3]}" if longest else "")
+        + ". Slowest decisions: "
+        + "; ".join(
+            f"{lat} µs at +{when:.2f} s"
+            + "".join(f" (gen{c[0]} {c[2] * 1e3:.1f} ms on {c[3]})" for c in overlap)
+            for lat, when, overlap in r["burst_slowest"]
+        )
+        + "\n"
+    )
     print("| other | value | target |")
     print("| --- | --- | --- |")
     print(f"| index lookup alone (same index) | {r['bare_lookup_us']:.2f} µs | |")

@@ -326,3 +326,74 @@ def test_a_save_is_abandoned_when_the_index_changes_during_the_copy(
     monkeypatch.setattr(image_module.zlib, "crc32", put_midway)
     assert not image_module._write(copy, image, 0o600)
     assert not image.exists() and not image.with_name(IMAGE_NAME + ".tmp").exists()
+
+
+def test_a_save_that_fails_is_logged_and_the_gate_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Settled:
+        def settled(self) -> bool:
+            return True
+
+    index = MemberIndex()
+    index.put(Member("m_1", 1, "active"))
+    keeper = ImageKeeper(tmp_path / "gone" / IMAGE_NAME, b"c" * 16, TAG, None)
+    with caplog.at_level(logging.INFO, "gated.cache"):
+        assert keeper.maybe_save(index, Settled(), now=0.0)
+        keeper.save_at_stop(index, Settled())
+    assert keeper.saves == 0 and "event=index_image_save_failed" in caplog.text
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+
+def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) -> None:
+    """`gated run` saves its image after a start from the rows, loads it at the next start, and
+    refuses it once a member changed behind it (here `gated members import` while it was down):
+    the changed member is answered as the cache has it."""
+    import json
+    import time
+
+    from tests.gatefixture import GateProcess, write_config
+
+    config = write_config(tmp_path)
+    gate = GateProcess(config, tmp_path)
+    members = tmp_path / "members.json"
+
+    def import_members(status: str) -> None:
+        members.write_text(
+            json.dumps([{"member_id": "m_1", "status": status, "cards": ["04A1B2C3D4E5F6"]}])
+        )
+        out = gate.gated("members", "import", str(members), "-c", str(config))
+        assert out.returncode == 0, out.stderr
+
+    def wait_for_log(text: str) -> None:
+        deadline = time.monotonic() + 20
+        while text not in gate.log.read_text():
+            assert time.monotonic() < deadline, gate.log.read_text()[-3000:]
+            time.sleep(0.05)
+
+    import_members("active")
+    gate.start()
+    try:
+        wait_for_log("event=index_image_saved")  # soon after a start from the rows
+        assert "event=index_image_missing" in gate.log.read_text()
+    finally:
+        gate.stop()
+    gate.log.write_text("")
+    gate.start()
+    try:
+        wait_for_log("event=index_image_loaded members=1")
+        assert gate.badge(card="04A1B2C3D4E5F6")["allow"] is True
+    finally:
+        gate.stop()
+    import_members("frozen")
+    gate.log.write_text("")
+    gate.start()
+    try:
+        wait_for_log("event=index_image_refused")
+        assert "stale" in gate.log.read_text()
+        answer = gate.badge(card="04A1B2C3D4E5F6")
+        assert (answer["allow"], answer["reason"]) == (False, "frozen")
+    finally:
+        gate.stop()

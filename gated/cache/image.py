@@ -148,7 +148,7 @@ def _write(copy: _Copy, path: Path, mode: int) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     done = False
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
+        with os.fdopen(fd, "wb") as f:
             head = _HEAD.pack(MAGIC, len(header))
             f.write(head)
             f.write(header)
@@ -166,6 +166,7 @@ def _write(copy: _Copy, path: Path, mode: int) -> bool:
             if copy.index.changes != copy.changes:
                 return False
             f.write(_TAIL.pack(crc, TRAILER))
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         done = True
@@ -352,11 +353,15 @@ class ImageKeeper:
         if wasted_share(index) > MAX_WASTED:
             return False
         self._last_attempt = now
-        copy = _begin(index, self.cache_id, self.tag)
-        self._thread = threading.Thread(
-            target=self._save, args=(copy,), name="gated-index-image", daemon=True
-        )
-        self._thread.start()
+        try:
+            copy = _begin(index, self.cache_id, self.tag)
+            self._thread = threading.Thread(
+                target=self._save, args=(copy,), name="gated-index-image", daemon=True
+            )
+            self._thread.start()
+        except Exception as exc:  # the gate serves on; the next start rebuilds from SQLite
+            log.error("event=index_image_save_failed path=%s error=%r", self.path, exc)
+            return False
         return True
 
     def save_at_stop(self, index: MemberIndex, live: LiveState) -> None:
@@ -374,7 +379,7 @@ class ImageKeeper:
         t0 = time.perf_counter()
         try:
             saved = _write(copy, self.path, _file_mode(self.path))
-        except OSError as exc:  # a full or failing disk: the next start rebuilds from SQLite
+        except Exception as exc:  # a full or failing disk: the next start rebuilds from SQLite
             log.error("event=index_image_save_failed path=%s error=%s", self.path, exc)
             return
         if not saved:
