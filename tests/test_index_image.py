@@ -397,3 +397,23 @@ def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) 
         assert (answer["allow"], answer["reason"]) == (False, "frozen")
     finally:
         gate.stop()
+
+
+def test_an_image_saved_while_a_table_grows_loads_whole(tmp_path: Path) -> None:
+    """A table doubles a few cells per change: an image taken half-way keeps both halves, and
+    the loaded index finishes the move as it takes changes."""
+    index = MemberIndex()
+    i = 0
+    while not (index._ktab.old is not None and index._ktab.cursor > 0 and i > 1000):
+        index.put(Member(f"m_{i}", 1, "active", credentials=i.to_bytes(4, "big") * 8))
+        i += 1
+    image = tmp_path / IMAGE_NAME
+    assert save_image(index, image, b"c" * 16, TAG)
+    loaded = load_image(image, b"c" * 16, 0, TAG)
+    assert loaded._ktab.old is not None
+    for j in range(i + 100):
+        loaded.put(Member(f"n_{j}", 1, "active", credentials=(j + 10**6).to_bytes(4, "big") * 8))
+    for j in range(i):
+        assert loaded.by_key[j.to_bytes(4, "big") * 8].member_id == f"m_{j}"
+        assert loaded.by_id[f"m_{j}"].version == 1
+    assert loaded._ktab.old is None and loaded.count == 2 * i + 100
