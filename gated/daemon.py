@@ -523,7 +523,6 @@ class Gate:
                         "stale_cache", reason=f"no head-office contact for over {max_offline:.0f}s"
                     )
                 self.stale = stale
-            self.images.maybe_save(self.index, self.live)
             await asyncio.sleep(TIME_SAVE_INTERVAL_S)
 
     def stop(self) -> None:
@@ -555,6 +554,7 @@ class Gate:
         spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         notifier = Notifier()
         spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
+        spawn(asyncio.create_task(self.images.keep(self, self.live), name="index-image"))
         if self.config.mqtt is not None:
             self.sync = SiteSync(self)
             self.events.on_recorded = self.sync.notify_event

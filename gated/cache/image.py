@@ -16,6 +16,7 @@ than one chunk's copy); a change to the index during the copy abandons it (:attr
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -47,6 +48,7 @@ CHUNK = 1 << 18
 # Save again at most this often while the index keeps changing: a million members are ~110 MB
 # written, and an SD card wears with every write. A clean stop saves in any case.
 SAVE_INTERVAL_S = 3600.0
+CHECK_INTERVAL_S = 60.0  # how often the keeper looks whether a save is due
 # Card keys and qr keys replaced since the index was built stay in its buffers until a start
 # from the rows: an image with more than this share of them is not saved, so the next start
 # rebuilds a compact index.
@@ -321,6 +323,12 @@ class LiveState(Protocol):
         ...
 
 
+class IndexHolder(Protocol):
+    """Whoever holds the index decisions read (the gate: a cold start swaps in a new one)."""
+
+    index: MemberIndex
+
+
 class ImageKeeper:
     """Saves the gate's live index as its image: soon after a start that had to rebuild it,
     every :data:`SAVE_INTERVAL_S` at most while it changes, and at a clean stop.
@@ -341,6 +349,13 @@ class ImageKeeper:
         self._thread: threading.Thread | None = None
         self.saves = 0
         self.abandoned = 0
+
+    async def keep(self, holder: IndexHolder, live: LiveState) -> None:
+        """Until cancelled: every :data:`CHECK_INTERVAL_S`, the first time at once, start a save
+        if one is due (:meth:`maybe_save`)."""
+        while True:
+            self.maybe_save(holder.index, live)
+            await asyncio.sleep(CHECK_INTERVAL_S)
 
     def maybe_save(self, index: MemberIndex, live: LiveState, *, now: float | None = None) -> bool:
         """On the loop: start a background save if one is due; True if one started."""
