@@ -18,7 +18,6 @@ import itertools
 import json
 import operator
 import sqlite3
-import struct
 import sys
 import threading
 import zlib
@@ -309,17 +308,17 @@ MIGRATE_STEP = 16
 _MASK64 = (1 << 64) - 1
 
 # The tables' hashes are the same in every process (Python's own ``hash`` of bytes is salted per
-# process), so a saved index image (gated.cache.image) can keep its tables as they are. A card key
-# is an HMAC output an outsider cannot choose: its first 8 bytes are the hash. A member id is
-# chosen by head office and often sequential: CRC-32, spread by a multiplicative (Fibonacci) mix
-# so its low bits, which pick the cell, depend on every input bit.
-_key_hash_at = struct.Struct("<Q").unpack_from
+# process), so a saved index image (gated.cache.image) can keep its tables as they are: CRC-32 of
+# the card key or member id, spread by a multiplicative (Fibonacci) mix so its low bits, which
+# pick the cell, depend on every input bit. Not a card key's first bytes alone: keys made by
+# anything but the HMAC (tools, tests) can share them, and the probes then grow without bound;
+# member ids are often sequential.
 _crc32 = zlib.crc32
 _FIB = 0x9E3779B97F4A7C15
 
 
-def id_hash(raw: bytes | bytearray | memoryview) -> int:
-    """The table hash of a member id's UTF-8 bytes."""
+def table_hash(raw: bytes | bytearray | memoryview) -> int:
+    """The table hash of a card key or of a member id's UTF-8 bytes."""
     return (_crc32(raw) * _FIB >> 32) & 0xFFFFFFFF
 
 
@@ -482,10 +481,11 @@ class MemberIndex:
 
     def _id_hash_of(self, slot: int) -> int:
         off = self._idoff[slot]
-        return id_hash(self._idbuf[off : off + self._idlen[slot]]) & self._hash_mask
+        return table_hash(self._idbuf[off : off + self._idlen[slot]]) & self._hash_mask
 
     def _key_hash_of(self, entry: int) -> int:
-        return int(_key_hash_at(self._keys, entry * 32)[0]) & self._hash_mask
+        off = entry * 32
+        return table_hash(self._keys[off : off + 32]) & self._hash_mask
 
     def _id_matches(self, slot: int, key: bytes) -> bool:
         off = self._idoff[slot]
@@ -504,7 +504,7 @@ class MemberIndex:
             return -1
         table = self._ktab
         keys = self._keys
-        h: int = _key_hash_at(key)[0] & self._hash_mask
+        h = ((_crc32(key) * _FIB >> 32) & 0xFFFFFFFF) & self._hash_mask
         cells = table.cells
         while True:
             mask = len(cells) - 1
@@ -520,7 +520,7 @@ class MemberIndex:
     def slot_of_id(self, member_id: str) -> int:
         """The slot of a member id (tombstones included), or -1."""
         raw = member_id.encode()
-        return self._ids.find(id_hash(raw) & self._hash_mask, raw, self._id_matches)
+        return self._ids.find(table_hash(raw) & self._hash_mask, raw, self._id_matches)
 
     def member(self, slot: int) -> Member:
         """The record a decision reads, made for this lookup."""
@@ -626,7 +626,7 @@ class MemberIndex:
         self._kstart.append(len(self._kslot))
         self._kcount.append(0)
         self._qr.append(-1)
-        self._ids.add(id_hash(raw) & self._hash_mask, slot)
+        self._ids.add(table_hash(raw) & self._hash_mask, slot)
         return slot
 
     def _set_qr(self, slot: int, qr_key: bytes | None) -> None:
@@ -655,7 +655,7 @@ class MemberIndex:
         start = self._kstart[slot]
         for entry in range(start, start + self._kcount[slot]):
             key = bytes(keys[entry * 32 : entry * 32 + 32])
-            h = _key_hash_at(key)[0] & self._hash_mask
+            h = table_hash(key) & self._hash_mask
             found = table.find(h, key, self._key_matches)
             if found >= 0 and self._kslot[found] == slot:
                 table.remove(h, found)
@@ -681,7 +681,7 @@ class MemberIndex:
         table = self._ktab
         for entry in range(start, start + n):
             key = creds[(entry - start) * 32 : (entry - start + 1) * 32]
-            h = _key_hash_at(key)[0] & self._hash_mask
+            h = table_hash(key) & self._hash_mask
             held = table.find(h, key, self._key_matches)
             if held >= 0:
                 table.remove(h, held)
@@ -767,7 +767,7 @@ class MemberIndex:
         hmask = self._hash_mask
         slot = first
         for raw in ids:
-            i = (_crc32(raw) * _FIB >> 32) & hmask & mask
+            i = ((_crc32(raw) * _FIB >> 32) & 0xFFFFFFFF) & hmask & mask
             while cells[i] >= 0:
                 i = (i + 1) & mask
             cells[i] = slot
@@ -786,7 +786,7 @@ class MemberIndex:
         for c in held:
             for k in range(0, len(c), 32):
                 key = c if len(c) == 32 else c[k : k + 32]
-                i = _key_hash_at(key)[0] & hmask & mask
+                i = ((_crc32(key) * _FIB >> 32) & 0xFFFFFFFF) & hmask & mask
                 while (e := cells[i]) >= 0:
                     if keys[e * 32 : e * 32 + 32] == key:
                         break
