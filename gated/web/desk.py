@@ -22,7 +22,14 @@ from starlette.staticfiles import StaticFiles
 
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
-from gated.web import desk_dashboard, desk_feed, desk_gates, desk_members, invoice_pdfs
+from gated.web import (
+    desk_dashboard,
+    desk_feed,
+    desk_gates,
+    desk_members,
+    desk_staff,
+    invoice_pdfs,
+)
 from gated.web.desk_core import Desk, StaffVisitor
 from gated.web.foundation import STATIC, BodyTooLarge, Web, read_form
 from gated.web.security import csrf_token
@@ -66,6 +73,17 @@ def _member_actions(prefix: str, handler: str) -> list[Rule]:
     ]
 
 
+def _staff_rules(prefix: str, handler: str) -> list[Rule]:
+    return [
+        Rule("GET", prefix, "manage_staff", f"{handler}staff"),
+        Rule("POST", prefix, "manage_staff", f"{handler}staff_add"),
+        *(
+            Rule("POST", f"{prefix}/{{staff_id}}/{kind}", "manage_staff", f"{handler}staff_{kind}")
+            for kind in ("role", "disable", "reset")
+        ),
+    ]
+
+
 RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
     Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
@@ -82,6 +100,8 @@ RULES: list[Rule] = [
     Rule("POST", "/desk/signout", None, "signout"),
     Rule("GET", "/desk/audit", "view_audit", "audit"),
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
+    *_staff_rules("/desk/staff", ""),
+    *_staff_rules("/api/v1/staff/accounts", "api_"),
     Rule("GET", "/api/v1/staff/session", None, "api_session"),
     Rule("GET", "/api/v1/staff/members", "view_members", "api_search"),
     Rule("GET", "/api/v1/staff/members/{member_id}", "view_members", "api_member"),
@@ -398,5 +418,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         **desk_gates.handlers(desk),
         **desk_dashboard.handlers(desk),
         **invoice_pdfs.desk_handlers(desk),
+        **desk_staff.handlers(desk),
         "api_session": api_session,
     }

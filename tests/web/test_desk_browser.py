@@ -337,3 +337,44 @@ def test_gates_lockdown_and_a_killed_gate_offline_by_its_last_will(
     offline = page.locator("li[data-gate='downtown/t2']")
     assert offline.locator("dd").nth(2).text_content() == "2 of 2"
     desk.check("gates-offline")
+
+
+def test_an_owner_adds_a_staff_account_in_the_browser(desk: Desk, desk_stack: DeskStack) -> None:
+    page = desk.page
+    desk.signin("olga", PASSWORD, desk_stack.recovery[1])
+    page.get_by_role("link", name="Staff", exact=True).click()
+    page.wait_for_url("**/desk/staff")
+    desk.check("staff")
+    page.fill("#new-id", "kim")
+    page.fill("#new-name", "Kim <b>Desk</b>")
+    page.select_option("#new-role", "front_desk")
+    page.fill("#new-sites", "downtown")
+    page.get_by_role("button", name="Add account").click()
+    one_time = page.locator("#one-time-password").text_content()
+    assert one_time and len(one_time) >= 12
+    row = page.locator("tr[data-staff='kim']")
+    assert row.locator("td").first.text_content() == "Kim <b>Desk</b> kim"  # text, never markup
+    desk.check()
+    page.set_viewport_size({"width": 768, "height": 1024})
+    desk.check()
+    page.set_viewport_size({"width": 1024, "height": 768})
+    row.get_by_role("button", name="Disable kim").click()
+    page.wait_for_selector("p.note:text-is('Account disabled.')")
+    assert page.locator("tr[data-staff='kim'] .state").text_content() == "disabled"
+    # Only owners see the page; the front desk's role is refused on the server.
+    other = Desk(page.context.browser, desk_stack, desk.axe)
+    other.signin("desk", PASSWORD)
+    assert other.page.get_by_role("link", name="Staff", exact=True).count() == 0
+    assert other.page.goto(f"{desk_stack.url}/desk/staff").status == 403
+    other.context.close()
+    b = billing_for(desk_stack.config)
+    try:
+        disabled, added = b.audit_entries(limit=2)
+    finally:
+        b.engine.dispose()
+    assert (added["action"], added["actor"], added["detail"]["staff"]) == (
+        "staff_add",
+        "olga",
+        "kim",
+    )
+    assert disabled["action"] == "staff_disable" and disabled["address"] == "127.0.0.1"
