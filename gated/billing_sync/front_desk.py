@@ -5,6 +5,7 @@ the live check-in feed. Every read is scoped to the sites a staff account covers
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ ALL_SITES = "*"
 # The gate's own words for its decisions, and the desk's for what else a gate reports.
 WORDS = {**REASON_WORDS, "door_pulse": "Opened once", "on": "Locked down", "off": "Lockdown lifted"}
 SEARCH_LIMIT = 25
+# A query that reads as (part of) a phone number, and the separators both sides may use.
+_PHONE_QUERY = re.compile(r"\+?[0-9 ()./-]{4,32}")
+_PHONE_SEPARATORS = (" ", "-", "(", ")", "/", ".", "+")
 
 
 def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
@@ -28,9 +32,17 @@ def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
     return ALL_SITES in staff_sites or any(site in staff_sites for site in member_sites)
 
 
+def _digits_only(column: Any) -> Any:
+    """``column`` with what people put between a phone number's digits taken out."""
+    for sep in _PHONE_SEPARATORS:
+        column = func.replace(column, sep, "")
+    return column
+
+
 def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
     """Members matching ``query``: a card UID (as a reader types it, any case or separators),
-    an exact member id, or part of a name or an e-mail address; erased members never."""
+    an exact member id, part of a name or an e-mail address, or part of a phone number (its
+    digits, however either side spaces them); erased members never."""
     query = query.strip()[:200]
     if not query:
         return []
@@ -54,9 +66,15 @@ def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[st
         )
         conditions.append(func.lower(m.c.name).like(pattern, escape="\\"))
         conditions.append(func.lower(m.c.email).like(pattern, escape="\\"))
+    if _PHONE_QUERY.fullmatch(query):
+        # Leading zeros dropped: a trunk prefix (030 …) or an international one (0049 …)
+        # matches a number stored as +49 30 ….
+        digits = "".join(c for c in query if c.isdigit()).lstrip("0")
+        if len(digits) >= 4:
+            conditions.append(_digits_only(m.c.phone).like(f"%{digits}%"))
     with ctx.reader.connect() as conn:
         rows = conn.execute(
-            select(m.c.id, m.c.name, m.c.email, m.c.sites, sub.c.status, sub.c.plan_id)
+            select(m.c.id, m.c.name, m.c.email, m.c.phone, m.c.sites, sub.c.status, sub.c.plan_id)
             .outerjoin(sub, sub.c.member_id == m.c.id)
             .where(m.c.erased.is_(False), or_(*conditions))
             .order_by(m.c.name, m.c.id)
@@ -113,6 +131,13 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
             .order_by(ev.c.at.desc())
             .limit(20)
         ).all()
+        contact = conn.execute(
+            select(s.members.c.phone, s.members.c.emergency_contact).where(
+                s.members.c.id == member_id
+            )
+        ).one()
+    m["phone"] = contact.phone
+    m["emergency_contact"] = contact.emergency_contact
     m["plan_name"] = plan.name if plan else None
     m["currency"] = plan.currency if plan else ctx.config.currency
     m["open_invoices"] = [

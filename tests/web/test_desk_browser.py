@@ -80,6 +80,7 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
             "dan", "Dan Owing", plan_id="monthly", payment_method="pm_sim_decline_card_declined"
         )
         b.assign_card("ann", ANN_CARD)
+        b.update_contact("ann", "+49 30 1234567", XSS_NAME)
         b.assign_card("dan", DAN_CARD)
         access = b.staff_access()
         access.add("desk", "Dana Desk", "front_desk", ["downtown"], PASSWORD)
@@ -187,10 +188,12 @@ def test_owner_signs_in_with_totp_once_and_every_page_passes(
     other.signin("olga", PASSWORD, code)
     assert other.page.url.endswith("/desk/signin")
     other.context.close()
-    page.fill("#q", "ann")
+    page.fill("#q", "030 123 45 67")  # the phone number as a caller reads it out
     page.keyboard.press("Enter")
     page.wait_for_url("**/desk/members/ann")
     assert page.locator("#member-name").text_content() == XSS_NAME
+    assert page.locator("#member-phone").text_content() == "+49 30 1234567"
+    assert page.locator("#member-emergency").text_content() == XSS_NAME
     desk.check("member")
     page.goto("/desk/audit")
     desk.check("audit")
