@@ -136,6 +136,12 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
                 s.members.c.id == member_id
             )
         ).one()
+        m["has_photo"] = (
+            conn.execute(
+                select(s.member_photos.c.member_id).where(s.member_photos.c.member_id == member_id)
+            ).first()
+            is not None
+        )
     m["phone"] = contact.phone
     m["emergency_contact"] = contact.emergency_contact
     m["plan_name"] = plan.name if plan else None
@@ -171,6 +177,7 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
     m, sub, pa = s.members, s.subscriptions, s.payment_attempts
     people: dict[str, Any] = {}
     declined: set[str] = set()
+    with_photo: set[str] = set()
     if ids:
         with ctx.reader.connect() as conn:
             for row in conn.execute(
@@ -184,6 +191,11 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
                 .where(pa.c.member_id.in_(ids))
                 .group_by(pa.c.member_id)
                 .subquery()
+            )
+            with_photo = set(
+                conn.execute(
+                    select(s.member_photos.c.member_id).where(s.member_photos.c.member_id.in_(ids))
+                ).scalars()
             )
             declined = {
                 r.member_id
@@ -219,6 +231,7 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
                 "todo": _todo(reason, owed_text, member_id in declined) if refused else "",
                 "refused": refused,
                 "operator": ev.get("operator"),
+                "photo": member_id in with_photo,
             }
         )
     return items

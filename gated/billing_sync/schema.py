@@ -567,3 +567,16 @@ processor_cursors = Table(
     Column("after", String(64)),
     Column("done", Boolean, nullable=False, default=False),
 )
+
+# A member's photo for the front desk (``photos``): re-encoded as a JPEG without metadata, served
+# only to staff sessions, never sent to gates, deleted when the member is erased.
+member_photos = Table(
+    "member_photos",
+    metadata,
+    Column("member_id", ID, ForeignKey("members.id"), primary_key=True),
+    Column("jpeg", LargeBinary, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("taken_at", BigInteger, nullable=False),
+    Column("taken_by", ID, nullable=False),
+)

@@ -49,6 +49,7 @@ from gated.billing_sync import (
     membership,
     paying,
     periods,
+    photos,
     publishing,
     reconcile,
     self_service,
@@ -414,6 +415,14 @@ class Billing:
     def feed_items(self, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Gate events in the check-in feed's words (name, standing, reason, what to do)."""
         return front_desk.feed_items(self.ctx, events)
+
+    def set_member_photo(self, member_id: str, data: bytes, taken_by: str) -> tuple[int, int]:
+        """Store a member's photo, re-encoded without metadata; PhotoRefused for bad input."""
+        return photos.set_photo(self.ctx, member_id, data, taken_by)
+
+    def member_photo(self, member_id: str) -> bytes | None:
+        """A member's photo as a JPEG, or None."""
+        return photos.photo(self.ctx, member_id)
 
     def recent_feed(self, staff_sites: Sequence[str], limit: int = 30) -> list[dict[str, Any]]:
         """The newest gate events at ``staff_sites`` as feed items, newest first."""

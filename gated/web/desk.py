@@ -27,6 +27,7 @@ from gated.web import (
     desk_feed,
     desk_gates,
     desk_members,
+    desk_photos,
     desk_staff,
     invoice_pdfs,
 )
@@ -55,12 +56,15 @@ AUDIT_COLUMNS = (
 
 
 class Rule(NamedTuple):
-    """One guarded route: the permission it needs (None: any signed-in staff member)."""
+    """One guarded route: the permission it needs (None: any signed-in staff member). A ``raw``
+    POST's body is not a form (a photo): the guard checks its CSRF header and leaves the body
+    to the handler."""
 
     method: str
     path: str
     action: str | None
     handler: str
+    raw: bool = False
 
 
 # Every guarded console page and staff API call with the action it needs: the guard enforces
@@ -89,6 +93,8 @@ RULES: list[Rule] = [
     Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
     Rule("GET", "/desk/invoices/{invoice_id}.pdf", "view_members", "invoice_pdf"),
     *_member_actions("/desk", "act_"),
+    Rule("GET", "/desk/members/{member_id}/photo", "view_members", "photo"),
+    Rule("POST", "/desk/members/{member_id}/photo", "take_photo", "photo_set", raw=True),
     Rule("GET", "/desk/feed", "view_members", "feed"),
     Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
     Rule("POST", "/desk/gates/let-in", "let_in_once", "let_in"),
@@ -141,7 +147,11 @@ def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Await
                 return JSONResponse({"error": "your role may not do this"}, 403)
             return desk.message(visitor, 403, "Not allowed", "Your role may not do this.")
         form: dict[str, str] = {}
-        if rule.method == "POST":
+        if rule.raw:
+            if not desk.csrf_valid(request, visitor, {}):
+                log.warning("event=csrf_refused path=%s", request.url.path)
+                return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
+        elif rule.method == "POST":
             posted = await _posted(desk, request, visitor, api)
             if isinstance(posted, Response):
                 return posted
@@ -419,5 +429,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         **desk_dashboard.handlers(desk),
         **invoice_pdfs.desk_handlers(desk),
         **desk_staff.handlers(desk),
+        **desk_photos.handlers(desk),
         "api_session": api_session,
     }

@@ -381,3 +381,56 @@ def test_an_owner_adds_a_staff_account_in_the_browser(desk: Desk, desk_stack: De
         "kim",
     )
     assert disabled["action"] == "staff_disable" and disabled["address"] == "127.0.0.1"
+
+
+def test_photos_from_the_camera_and_a_file_show_on_the_member_page_and_the_feed(
+    desk: Desk, desk_stack: DeskStack
+) -> None:
+    import io
+
+    from PIL import Image
+
+    page = desk.page
+    desk.signin("desk", PASSWORD)
+    # The camera (Chromium's fake device): a frame drawn to a canvas and sent as a JPEG.
+    page.goto("/desk/members/dan")
+    assert page.locator("#member-photo").count() == 0
+    desk.check()
+    page.get_by_role("button", name="Use the camera").click()
+    page.get_by_role("button", name="Take the photo").click()
+    page.wait_for_selector("#member-photo")
+    loaded = page.locator("#member-photo").evaluate("img => img.complete && img.naturalWidth")
+    assert loaded == 640, loaded  # the fake camera's 640×480 frame, re-encoded
+    desk.check("member-photo")
+    # A file, for a browser without a camera.
+    png = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 120, 10)).save(png, "PNG")
+    page.goto("/desk/members/ann")
+    page.set_input_files(
+        "#photo-file",
+        files=[{"name": "ann.png", "mimeType": "image/png", "buffer": png.getvalue()}],
+    )
+    page.wait_for_selector("#member-photo")
+    assert page.locator("#member-photo").evaluate("img => img.naturalWidth") == 300
+    # Not an image: said on the page, nothing replaced.
+    page.set_input_files(
+        "#photo-file", files=[{"name": "x.png", "mimeType": "image/png", "buffer": b"nope"}]
+    )
+    page.wait_for_selector("#photo-state:has-text('Not saved')")
+    assert "not a JPEG, PNG or WebP" in (page.locator("#photo-state").text_content() or "")
+
+    # The feed shows the face beside the name, on the live row and on a reload.
+    page.goto("/desk/feed")
+    page.wait_for_selector("#feed-state:text-is('Live')")
+    before = page.locator("#feed li").count()
+    assert not desk_stack.gate.request("badge", {"card": DAN_CARD})["allow"]
+    page.wait_for_selector(f"#feed li:nth-child({before + 1})")
+    face = page.locator("#feed li").first.locator("img.face")
+    face.wait_for()
+    assert face.evaluate("img => img.complete && img.naturalWidth") == 640
+    page.reload()
+    assert page.locator("#feed li").first.locator("img.face").count() == 1
+    desk.check("feed-photo")
+    # Served to staff only: a browser without a staff session gets no photo.
+    anonymous = httpx.get(f"{desk_stack.url}/desk/members/dan/photo", follow_redirects=False)
+    assert anonymous.status_code == 303 and not anonymous.content.startswith(b"\xff\xd8")
