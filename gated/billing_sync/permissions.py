@@ -27,6 +27,7 @@ ACTIONS: dict[str, str] = {
     "view_revenue": "see revenue, dashboards and reports",
     "manage_plans": "create and change plans and prices",
     "manage_staff": "add, disable and reset staff accounts",
+    "manage_api_tokens": "issue and revoke API tokens for integrators",
     "view_audit": "browse and export the audit log",
 }
 

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
 from gated.web import (
+    api_tokens,
     desk_dashboard,
     desk_feed,
     desk_gates,
@@ -108,6 +109,10 @@ RULES: list[Rule] = [
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
     *_staff_rules("/desk/staff", ""),
     *_staff_rules("/api/v1/staff/accounts", "api_"),
+    Rule("GET", "/desk/tokens", "manage_api_tokens", "tokens"),
+    Rule("POST", "/desk/tokens", "manage_api_tokens", "token_create"),
+    Rule("POST", "/desk/tokens/{token_id}/revoke", "manage_api_tokens", "token_revoke"),
+    Rule("GET", "/api/v1/staff/tokens", "manage_api_tokens", "api_tokens"),
     Rule("GET", "/api/v1/staff/session", None, "api_session"),
     Rule("GET", "/api/v1/staff/members", "view_members", "api_search"),
     Rule("GET", "/api/v1/staff/members/{member_id}", "view_members", "api_member"),
@@ -131,6 +136,12 @@ def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Await
 
     async def endpoint(request: Request) -> Response:
         visitor = await desk.visitor(request)
+        if api and "authorization" in request.headers:
+            # An integrator's API token: read routes only, checked below like a session.
+            by_token = await api_tokens.bearer(desk, request, rule.method)
+            if isinstance(by_token, Response):
+                return by_token
+            visitor = by_token
         session = visitor.session
         if session is None or session.setup_only:
             if api:
@@ -430,5 +441,6 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         **invoice_pdfs.desk_handlers(desk),
         **desk_staff.handlers(desk),
         **desk_photos.handlers(desk),
+        **api_tokens.handlers(desk),
         "api_session": api_session,
     }

@@ -181,6 +181,7 @@ def _path(rule: desk.Rule) -> str:
         .replace("{report}", "revenue")
         .replace("{invoice_id}", "1")
         .replace("{staff_id}", "nobody")
+        .replace("{token_id}", "999999")
     )
 
 

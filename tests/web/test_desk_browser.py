@@ -434,3 +434,33 @@ def test_photos_from_the_camera_and_a_file_show_on_the_member_page_and_the_feed(
     # Served to staff only: a browser without a staff session gets no photo.
     anonymous = httpx.get(f"{desk_stack.url}/desk/members/dan/photo", follow_redirects=False)
     assert anonymous.status_code == 303 and not anonymous.content.startswith(b"\xff\xd8")
+
+
+def test_an_owner_makes_an_api_token_an_integrator_reads_with_it_until_revoked(
+    desk: Desk, desk_stack: DeskStack
+) -> None:
+    page = desk.page
+    desk.signin("olga", PASSWORD, desk_stack.recovery[2])
+    page.get_by_role("link", name="API tokens").click()
+    page.wait_for_url("**/desk/tokens")
+    desk.check("tokens")
+    page.fill("#token-name", "Door sign")
+    page.select_option("#token-role", "front_desk")
+    page.get_by_role("button", name="Make token").click()
+    token = page.locator("#new-token").text_content() or ""
+    assert token.startswith("gat_")
+    token_id = (page.locator("#made-h").text_content() or "").split()[1].rstrip(":")
+    desk.check()
+    page.set_viewport_size({"width": 768, "height": 1024})
+    desk.check()
+    page.set_viewport_size({"width": 1024, "height": 768})
+    api = f"{desk_stack.url}/api/v1/staff/members"
+    bearer = {"authorization": f"Bearer {token}"}
+    found = httpx.get(api, params={"q": "ann"}, headers=bearer).json()["members"]
+    assert [m["id"] for m in found] == ["ann"]
+    assert httpx.get(f"{desk_stack.url}/api/v1/staff/dashboard", headers=bearer).status_code == 403
+    page.goto("/desk/tokens")  # (a reload would send the form again: another token)
+    assert page.locator("#new-token").count() == 0  # shown once
+    page.get_by_role("button", name=f"Revoke token {token_id}", exact=True).click()
+    page.wait_for_selector("p.note:text-is('Token revoked.')")
+    assert httpx.get(api, params={"q": "ann"}, headers=bearer).status_code == 401
