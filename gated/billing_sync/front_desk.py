@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, literal_column, or_, select, table
 
 from gated.billing_sync import members
 from gated.billing_sync import schema as s
@@ -39,6 +39,19 @@ def _digits_only(column: Any) -> Any:
     return column
 
 
+def _indexed(column: str, text: str) -> Any:
+    """Members whose ``column`` of SQLite's trigram index ``member_search`` (migration 0013, kept
+    by triggers: ``who`` is the name and e-mail, ``phone`` the phone's digits) contains ``text``
+    (3 characters or more, any case)."""
+    phrase = column + ' : "' + text.replace('"', '""') + '"'
+    matching: Any = (
+        select(literal_column("rowid"))
+        .select_from(table("member_search"))
+        .where(literal_column("member_search").op("MATCH")(phrase))
+    )
+    return literal_column("members.rowid").in_(matching)
+
+
 def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
     """Members matching ``query``: a card UID (as a reader types it, any case or separators),
     an exact member id, part of a name or an e-mail address, or part of a phone number (its
@@ -60,18 +73,28 @@ def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[st
                 )
             )
         )
+    indexed = ctx.engine.dialect.name == "sqlite"
     if len(query) >= 2:
-        pattern = (
-            "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        )
-        conditions.append(func.lower(m.c.name).like(pattern, escape="\\"))
-        conditions.append(func.lower(m.c.email).like(pattern, escape="\\"))
+        if indexed and len(query) >= 3:
+            conditions.append(_indexed("who", query))
+        else:
+            pattern = (
+                "%"
+                + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            conditions.append(func.lower(m.c.name).like(pattern, escape="\\"))
+            conditions.append(func.lower(m.c.email).like(pattern, escape="\\"))
     if _PHONE_QUERY.fullmatch(query):
         # Leading zeros dropped: a trunk prefix (030 …) or an international one (0049 …)
         # matches a number stored as +49 30 ….
         digits = "".join(c for c in query if c.isdigit()).lstrip("0")
         if len(digits) >= 4:
-            conditions.append(_digits_only(m.c.phone).like(f"%{digits}%"))
+            conditions.append(
+                _indexed("phone", digits)
+                if indexed
+                else _digits_only(m.c.phone).like(f"%{digits}%")
+            )
     with ctx.reader.connect() as conn:
         rows = conn.execute(
             select(m.c.id, m.c.name, m.c.email, m.c.phone, m.c.sites, sub.c.status, sub.c.plan_id)

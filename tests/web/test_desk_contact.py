@@ -44,3 +44,28 @@ def test_phone_search_and_the_emergency_contact_on_the_member_page(
         listed = c.get("/desk/", params={"q": "+49 30"}).text  # several: the table shows phones
         assert "+49 30 7654321" in listed and "+49 (30) 123-4567" in listed
         assert c.get("/api/v1/staff/members/ann").json()["emergency_contact"].startswith("Bo ")
+
+
+def test_the_search_index_follows_every_change_and_takes_any_text(
+    billing: tuple[Billing, Clock],  # noqa: F811
+) -> None:
+    b, _ = billing
+
+    def ids(q: str) -> list[str]:
+        return [m["id"] for m in b.search_members(q, ["*"])]
+
+    # (SQLite: the trigram index kept by triggers, migration 0013; the scan elsewhere.)
+    assert b.engine.dialect.name == "sqlite"
+    b.add_member(
+        "zed", 'Zoë "Quote" Ünal', plan_id="monthly", sites=["downtown"], email="Z@Example.org"
+    )
+    assert ids("zoë") == ["zed"] and ids("ÜNAL") == ["zed"] and ids("z@example") == ["zed"]
+    assert ids('"quote"') == ["zed"] and ids('oë "q') == ["zed"]
+    for odd in ('"', "* OR x", "a:b", "NEAR(", "zed AND", "\\%_"):
+        assert ids(odd) == [], odd  # text, never query syntax
+    b.update_contact("zed", "+49 89 5550123", "-")
+    assert ids("089 555 0123") == ["zed"]
+    b.update_contact("zed", "+49 89 7770123", "-")
+    assert ids("089 555 0123") == [] and ids("7770123") == ["zed"]
+    b.erase("zed")
+    assert ids("zoë") == [] and ids("7770123") == []
