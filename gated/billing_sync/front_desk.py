@@ -5,10 +5,11 @@ the live check-in feed. Every read is scoped to the sites a staff account covers
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, literal_column, or_, select, table
 
 from gated.billing_sync import members
 from gated.billing_sync import schema as s
@@ -21,6 +22,9 @@ ALL_SITES = "*"
 # The gate's own words for its decisions, and the desk's for what else a gate reports.
 WORDS = {**REASON_WORDS, "door_pulse": "Opened once", "on": "Locked down", "off": "Lockdown lifted"}
 SEARCH_LIMIT = 25
+# A query that reads as (part of) a phone number, and the separators both sides may use.
+_PHONE_QUERY = re.compile(r"\+?[0-9 ()./-]{4,32}")
+_PHONE_SEPARATORS = (" ", "-", "(", ")", "/", ".", "+")
 
 
 def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
@@ -28,9 +32,30 @@ def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
     return ALL_SITES in staff_sites or any(site in staff_sites for site in member_sites)
 
 
+def _digits_only(column: Any) -> Any:
+    """``column`` with what people put between a phone number's digits taken out."""
+    for sep in _PHONE_SEPARATORS:
+        column = func.replace(column, sep, "")
+    return column
+
+
+def _indexed(column: str, text: str) -> Any:
+    """Members whose ``column`` of SQLite's trigram index ``member_search`` (migration 0013, kept
+    by triggers: ``who`` is the name and e-mail, ``phone`` the phone's digits) contains ``text``
+    (3 characters or more, any case)."""
+    phrase = column + ' : "' + text.replace('"', '""') + '"'
+    matching: Any = (
+        select(literal_column("rowid"))
+        .select_from(table("member_search"))
+        .where(literal_column("member_search").op("MATCH")(phrase))
+    )
+    return literal_column("members.rowid").in_(matching)
+
+
 def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
     """Members matching ``query``: a card UID (as a reader types it, any case or separators),
-    an exact member id, or part of a name or an e-mail address; erased members never."""
+    an exact member id, part of a name or an e-mail address, or part of a phone number (its
+    digits, however either side spaces them); erased members never."""
     query = query.strip()[:200]
     if not query:
         return []
@@ -48,15 +73,31 @@ def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[st
                 )
             )
         )
+    indexed = ctx.engine.dialect.name == "sqlite"
     if len(query) >= 2:
-        pattern = (
-            "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        )
-        conditions.append(func.lower(m.c.name).like(pattern, escape="\\"))
-        conditions.append(func.lower(m.c.email).like(pattern, escape="\\"))
+        if indexed and len(query) >= 3:
+            conditions.append(_indexed("who", query))
+        else:
+            pattern = (
+                "%"
+                + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            conditions.append(func.lower(m.c.name).like(pattern, escape="\\"))
+            conditions.append(func.lower(m.c.email).like(pattern, escape="\\"))
+    if _PHONE_QUERY.fullmatch(query):
+        # Leading zeros dropped: a trunk prefix (030 …) or an international one (0049 …)
+        # matches a number stored as +49 30 ….
+        digits = "".join(c for c in query if c.isdigit()).lstrip("0")
+        if len(digits) >= 4:
+            conditions.append(
+                _indexed("phone", digits)
+                if indexed
+                else _digits_only(m.c.phone).like(f"%{digits}%")
+            )
     with ctx.reader.connect() as conn:
         rows = conn.execute(
-            select(m.c.id, m.c.name, m.c.email, m.c.sites, sub.c.status, sub.c.plan_id)
+            select(m.c.id, m.c.name, m.c.email, m.c.phone, m.c.sites, sub.c.status, sub.c.plan_id)
             .outerjoin(sub, sub.c.member_id == m.c.id)
             .where(m.c.erased.is_(False), or_(*conditions))
             .order_by(m.c.name, m.c.id)
@@ -113,6 +154,19 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
             .order_by(ev.c.at.desc())
             .limit(20)
         ).all()
+        contact = conn.execute(
+            select(s.members.c.phone, s.members.c.emergency_contact).where(
+                s.members.c.id == member_id
+            )
+        ).one()
+        m["has_photo"] = (
+            conn.execute(
+                select(s.member_photos.c.member_id).where(s.member_photos.c.member_id == member_id)
+            ).first()
+            is not None
+        )
+    m["phone"] = contact.phone
+    m["emergency_contact"] = contact.emergency_contact
     m["plan_name"] = plan.name if plan else None
     m["currency"] = plan.currency if plan else ctx.config.currency
     m["open_invoices"] = [
@@ -146,6 +200,7 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
     m, sub, pa = s.members, s.subscriptions, s.payment_attempts
     people: dict[str, Any] = {}
     declined: set[str] = set()
+    with_photo: set[str] = set()
     if ids:
         with ctx.reader.connect() as conn:
             for row in conn.execute(
@@ -159,6 +214,11 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
                 .where(pa.c.member_id.in_(ids))
                 .group_by(pa.c.member_id)
                 .subquery()
+            )
+            with_photo = set(
+                conn.execute(
+                    select(s.member_photos.c.member_id).where(s.member_photos.c.member_id.in_(ids))
+                ).scalars()
             )
             declined = {
                 r.member_id
@@ -194,6 +254,7 @@ def feed_items(ctx: Context, events: Sequence[dict[str, Any]]) -> list[dict[str,
                 "todo": _todo(reason, owed_text, member_id in declined) if refused else "",
                 "refused": refused,
                 "operator": ev.get("operator"),
+                "photo": member_id in with_photo,
             }
         )
     return items

@@ -15,7 +15,7 @@ from typing import Any
 import nacl.signing
 from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 
-from gated.billing_sync import audit
+from gated.billing_sync import audit, photos
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import CycleReport
@@ -310,6 +310,7 @@ def erase(ctx: Context, member_id: str) -> None:
     load_one(ctx, member_id)
     with ctx.engine.begin() as conn:
         conn.execute(delete(s.cards).where(s.cards.c.member_id == member_id))
+        photos.delete_photo(conn, member_id)
         audit.redact_member(conn, member_id)
         conn.execute(
             update(s.members)

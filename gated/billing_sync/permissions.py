@@ -15,6 +15,7 @@ ACTIONS: dict[str, str] = {
     "take_payment": "record a payment taken at the desk",
     "freeze": "freeze and unfreeze a membership",
     "cancel": "cancel a membership",
+    "take_photo": "take or upload a member's photo",
     "assign_card": "enrol a card for a member",
     "revoke_card": "revoke a member's card",
     "sell": "sell a product, a day pass or a guest pass",
@@ -26,6 +27,7 @@ ACTIONS: dict[str, str] = {
     "view_revenue": "see revenue, dashboards and reports",
     "manage_plans": "create and change plans and prices",
     "manage_staff": "add, disable and reset staff accounts",
+    "manage_api_tokens": "issue and revoke API tokens for integrators",
     "view_audit": "browse and export the audit log",
 }
 
@@ -34,6 +36,7 @@ _FRONT_DESK = {
     "take_payment",
     "freeze",
     "cancel",
+    "take_photo",
     "assign_card",
     "revoke_card",
     "sell",

@@ -567,3 +567,32 @@ processor_cursors = Table(
     Column("after", String(64)),
     Column("done", Boolean, nullable=False, default=False),
 )
+
+# A member's photo for the front desk (``photos``): re-encoded as a JPEG without metadata, served
+# only to staff sessions, never sent to gates, deleted when the member is erased.
+member_photos = Table(
+    "member_photos",
+    metadata,
+    Column("member_id", ID, ForeignKey("members.id"), primary_key=True),
+    Column("jpeg", LargeBinary, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("taken_at", BigInteger, nullable=False),
+    Column("taken_by", ID, nullable=False),
+)
+
+# API tokens an owner issues to integrators (``api_tokens``): read-only on the JSON API, scoped to
+# a role and sites; only the token's SHA-256 is kept, the token itself is shown once.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("sites", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", ID, nullable=False),
+    Column("last_used_at", BigInteger),
+    Column("revoked_at", BigInteger),
+)

@@ -38,12 +38,15 @@ from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
 from gated.billing_sync.stripe_gateway import method_of
 from gated.contract import build_snapshot, format_time
-from gated.http_limits import FORM_BYTES, WEBHOOK_BYTES, BodyLimit
+from gated.http_limits import FORM_BYTES, PHOTO_BYTES, WEBHOOK_BYTES, BodyLimit
 
 log = logging.getLogger("gated.billing.http")
 
 # Route patterns (over the whole path) with their body limits; any other route gets FORM_BYTES.
-BODY_LIMITS = [(r"/v1/stripe/webhook", WEBHOOK_BYTES)]
+BODY_LIMITS = [
+    (r"/v1/stripe/webhook", WEBHOOK_BYTES),
+    (r"/desk/members/[^/]+/photo", PHOTO_BYTES),
+]
 
 
 def snapshot_bytes(billing: Billing, site: str) -> bytes:

@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import Engine, Row
 
 from gated.billing_sync import (
+    api_tokens,
     audit,
     cycle,
     documents,
@@ -49,6 +50,7 @@ from gated.billing_sync import (
     membership,
     paying,
     periods,
+    photos,
     publishing,
     reconcile,
     self_service,
@@ -66,7 +68,7 @@ from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
 from gated.billing_sync.reconcile import FetchReport
 from gated.billing_sync.signup import Applicant, Terms
-from gated.billing_sync.staff import StaffAccess
+from gated.billing_sync.staff import StaffAccess, StaffMember
 from gated.config import BillingConfig
 
 __all__ = ["Applicant", "Billing", "CardSetup", "CycleReport", "PlanSpec", "Terms"]
@@ -414,6 +416,32 @@ class Billing:
     def feed_items(self, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Gate events in the check-in feed's words (name, standing, reason, what to do)."""
         return front_desk.feed_items(self.ctx, events)
+
+    def create_api_token(
+        self, name: str, role: str, sites: Sequence[str], created_by: str
+    ) -> tuple[int, str]:
+        """A new read-only API token for an integrator: (its id, the token, shown once)."""
+        return api_tokens.create(self.ctx, name, role, sites, created_by)
+
+    def revoke_api_token(self, token_id: int) -> None:
+        """End an API token at once; NotFound for an unknown or revoked one."""
+        api_tokens.revoke(self.ctx, token_id)
+
+    def list_api_tokens(self) -> list[dict[str, Any]]:
+        """Every API token, newest first (never the token itself)."""
+        return api_tokens.tokens(self.ctx)
+
+    def api_token_account(self, token: str) -> StaffMember | None:
+        """The account a live API token reads as, or None."""
+        return api_tokens.check(self.ctx, token)
+
+    def set_member_photo(self, member_id: str, data: bytes, taken_by: str) -> tuple[int, int]:
+        """Store a member's photo, re-encoded without metadata; PhotoRefused for bad input."""
+        return photos.set_photo(self.ctx, member_id, data, taken_by)
+
+    def member_photo(self, member_id: str) -> bytes | None:
+        """A member's photo as a JPEG, or None."""
+        return photos.photo(self.ctx, member_id)
 
     def recent_feed(self, staff_sites: Sequence[str], limit: int = 30) -> list[dict[str, Any]]:
         """The newest gate events at ``staff_sites`` as feed items, newest first."""

@@ -173,10 +173,53 @@ class StaffAccess:
             raise NotFound(f"no staff account {staff_id}")
         return _member(row)
 
+    def covers_all(self, who: StaffMember, sites: Sequence[str]) -> bool:
+        """Whether ``who`` covers every one of ``sites`` (an owner manages only accounts, and
+        grants only sites, within their own reach)."""
+        return ALL_SITES in who.sites or (ALL_SITES not in sites and set(sites) <= set(who.sites))
+
+    def set_role(self, staff_id: str, role: str, sites: Sequence[str]) -> tuple[str, list[str]]:
+        """Change an account's role and sites; returns the role and sites it had. Its sessions
+        end (the next sign-in asks for TOTP if the new role needs it). BillingError when it
+        would leave no enabled owner."""
+        if role not in ROLES:
+            raise BillingError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        site_list = self._sites(sites)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(s.staff.c.role, s.staff.c.sites)
+                .where(s.staff.c.id == staff_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFound(f"no staff account {staff_id}")
+            if role != "owner":
+                self._keep_an_owner(conn, staff_id)
+            conn.execute(
+                update(s.staff)
+                .where(s.staff.c.id == staff_id)
+                .values(role=role, sites=json.dumps(site_list))
+            )
+            self._end_all(conn, staff_id, self.clock())
+        log.info("event=staff_role_changed staff=%s role=%s", staff_id, role)
+        return str(row.role), list(json.loads(row.sites))
+
+    def _keep_an_owner(self, conn: Any, staff_id: str) -> None:
+        """BillingError when ``staff_id`` is the one enabled owner (nobody could manage staff
+        in the console after it is gone)."""
+        t = s.staff
+        owners = conn.execute(
+            select(t.c.id).where(t.c.role == "owner", t.c.disabled_at.is_(None)).with_for_update()
+        ).scalars()
+        if set(owners) == {staff_id}:
+            raise BillingError("this is the last owner: make another owner first")
+
     def disable(self, staff_id: str) -> None:
-        """Disable an account and end its sessions at once."""
+        """Disable an account and end its sessions at once; BillingError for the last enabled
+        owner."""
         now = self.clock()
         with self.engine.begin() as conn:
+            self._keep_an_owner(conn, staff_id)
             done = conn.execute(
                 update(s.staff).where(s.staff.c.id == staff_id).values(disabled_at=now)
             ).rowcount

@@ -43,6 +43,7 @@ def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) ->
             https=web.https,
             static_prefix=f"{path}/static/",
             stripe_csp=stripe_policy if path == "/app" else None,
+            camera=path == "/desk",
         )
         app = Starlette(routes=routes, middleware=[headers])
         app.state.web = web

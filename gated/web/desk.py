@@ -22,7 +22,16 @@ from starlette.staticfiles import StaticFiles
 
 from gated.billing_sync import totp
 from gated.billing_sync.errors import BillingError
-from gated.web import desk_dashboard, desk_feed, desk_gates, desk_members, invoice_pdfs
+from gated.web import (
+    api_tokens,
+    desk_dashboard,
+    desk_feed,
+    desk_gates,
+    desk_members,
+    desk_photos,
+    desk_staff,
+    invoice_pdfs,
+)
 from gated.web.desk_core import Desk, StaffVisitor
 from gated.web.foundation import STATIC, BodyTooLarge, Web, read_form
 from gated.web.security import csrf_token
@@ -48,12 +57,15 @@ AUDIT_COLUMNS = (
 
 
 class Rule(NamedTuple):
-    """One guarded route: the permission it needs (None: any signed-in staff member)."""
+    """One guarded route: the permission it needs (None: any signed-in staff member). A ``raw``
+    POST's body is not a form (a photo): the guard checks its CSRF header and leaves the body
+    to the handler."""
 
     method: str
     path: str
     action: str | None
     handler: str
+    raw: bool = False
 
 
 # Every guarded console page and staff API call with the action it needs: the guard enforces
@@ -66,11 +78,24 @@ def _member_actions(prefix: str, handler: str) -> list[Rule]:
     ]
 
 
+def _staff_rules(prefix: str, handler: str) -> list[Rule]:
+    return [
+        Rule("GET", prefix, "manage_staff", f"{handler}staff"),
+        Rule("POST", prefix, "manage_staff", f"{handler}staff_add"),
+        *(
+            Rule("POST", f"{prefix}/{{staff_id}}/{kind}", "manage_staff", f"{handler}staff_{kind}")
+            for kind in ("role", "disable", "reset")
+        ),
+    ]
+
+
 RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
     Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
     Rule("GET", "/desk/invoices/{invoice_id}.pdf", "view_members", "invoice_pdf"),
     *_member_actions("/desk", "act_"),
+    Rule("GET", "/desk/members/{member_id}/photo", "view_members", "photo"),
+    Rule("POST", "/desk/members/{member_id}/photo", "take_photo", "photo_set", raw=True),
     Rule("GET", "/desk/feed", "view_members", "feed"),
     Rule("GET", "/desk/feed/events", "view_members", "feed_events"),
     Rule("POST", "/desk/gates/let-in", "let_in_once", "let_in"),
@@ -82,6 +107,12 @@ RULES: list[Rule] = [
     Rule("POST", "/desk/signout", None, "signout"),
     Rule("GET", "/desk/audit", "view_audit", "audit"),
     Rule("GET", "/desk/audit.csv", "view_audit", "audit_csv"),
+    *_staff_rules("/desk/staff", ""),
+    *_staff_rules("/api/v1/staff/accounts", "api_"),
+    Rule("GET", "/desk/tokens", "manage_api_tokens", "tokens"),
+    Rule("POST", "/desk/tokens", "manage_api_tokens", "token_create"),
+    Rule("POST", "/desk/tokens/{token_id}/revoke", "manage_api_tokens", "token_revoke"),
+    Rule("GET", "/api/v1/staff/tokens", "manage_api_tokens", "api_tokens"),
     Rule("GET", "/api/v1/staff/session", None, "api_session"),
     Rule("GET", "/api/v1/staff/members", "view_members", "api_search"),
     Rule("GET", "/api/v1/staff/members/{member_id}", "view_members", "api_member"),
@@ -105,6 +136,12 @@ def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Await
 
     async def endpoint(request: Request) -> Response:
         visitor = await desk.visitor(request)
+        if api and "authorization" in request.headers:
+            # An integrator's API token: read routes only, checked below like a session.
+            by_token = await api_tokens.bearer(desk, request, rule.method)
+            if isinstance(by_token, Response):
+                return by_token
+            visitor = by_token
         session = visitor.session
         if session is None or session.setup_only:
             if api:
@@ -121,7 +158,11 @@ def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Await
                 return JSONResponse({"error": "your role may not do this"}, 403)
             return desk.message(visitor, 403, "Not allowed", "Your role may not do this.")
         form: dict[str, str] = {}
-        if rule.method == "POST":
+        if rule.raw:
+            if not desk.csrf_valid(request, visitor, {}):
+                log.warning("event=csrf_refused path=%s", request.url.path)
+                return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
+        elif rule.method == "POST":
             posted = await _posted(desk, request, visitor, api)
             if isinstance(posted, Response):
                 return posted
@@ -398,5 +439,8 @@ def _handlers(desk: Desk) -> dict[str, Any]:
         **desk_gates.handlers(desk),
         **desk_dashboard.handlers(desk),
         **invoice_pdfs.desk_handlers(desk),
+        **desk_staff.handlers(desk),
+        **desk_photos.handlers(desk),
+        **api_tokens.handlers(desk),
         "api_session": api_session,
     }

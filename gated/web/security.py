@@ -60,6 +60,8 @@ _HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
 ]
 
+_CAMERA = (b"permissions-policy", b"camera=(self), microphone=(), geolocation=(), payment=()")
+
 _REPLACED = {h for h, _ in _HEADERS} | {b"cache-control"}
 
 
@@ -68,10 +70,18 @@ class SecurityHeaders:
     but the static assets (pages and JSON carry personal data)."""
 
     def __init__(
-        self, app: ASGIApp, *, https: bool, static_prefix: str, stripe_csp: str | None = None
+        self,
+        app: ASGIApp,
+        *,
+        https: bool,
+        static_prefix: str,
+        stripe_csp: str | None = None,
+        camera: bool = False,
     ) -> None:
         self.app = app
         self.extra = [(b"strict-transport-security", b"max-age=31536000")] if https else []
+        # The console takes member photos with the desk's camera; nothing else may use one.
+        self.headers = [_CAMERA if camera and h == _HEADERS[-1] else h for h in _HEADERS]
         self.static_prefix = static_prefix
         self.stripe_csp = stripe_csp.encode() if stripe_csp else None
 
@@ -90,7 +100,7 @@ class SecurityHeaders:
                     for k, v in given
                     if k.lower() not in _REPLACED and k.lower() != STRIPE_PAGE.encode()
                 ]
-                headers += _HEADERS + self.extra
+                headers += self.headers + self.extra
                 if stripe and self.stripe_csp is not None:
                     headers[headers.index(_HEADERS[0])] = (_HEADERS[0][0], self.stripe_csp)
                 headers.append(

@@ -43,6 +43,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # A camera for the console's member photos: Chromium's fake device, allowed without a prompt.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 XSS_NAME = "<img src=x onerror=alert(1)>"
 

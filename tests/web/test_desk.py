@@ -175,8 +175,14 @@ def test_the_account_wait_is_capped_so_nobody_is_locked_out() -> None:
 
 
 def _path(rule: desk.Rule) -> str:
-    path = rule.path.replace("{member_id}", "ann").replace("{report}", "revenue")
-    return path.replace("{invoice_id}", "1")
+    # (An account no role has: an owner allowed to act finds none, and no test account changes.)
+    return (
+        rule.path.replace("{member_id}", "ann")
+        .replace("{report}", "revenue")
+        .replace("{invoice_id}", "1")
+        .replace("{staff_id}", "nobody")
+        .replace("{token_id}", "999999")
+    )
 
 
 def _session(b: Billing, role: str) -> str:

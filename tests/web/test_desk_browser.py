@@ -1,8 +1,10 @@
 """The staff console in a real browser (headless Chromium) against a real ``gated-billing
 serve``, a real mosquitto and a real gate (``gated run``): sign-in with password and TOTP (a
 replayed code refused), a badge at the gate on the live check-in feed within a second with the
-member's name as text and a refused member's "what to do", the member page, axe-core on every
-console page and a 1024 px desk screen without sideways scrolling."""
+member's name as text and a refused member's "what to do", the member page with the phone and
+emergency contact, member photos from Chromium's fake camera and from a file (on the page and
+the feed), owners managing staff and API tokens, and axe-core on every console page at a 1024 px
+desk screen and a 768 px tablet held upright, neither scrolling sideways."""
 
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ def desk_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskStack]:
             "dan", "Dan Owing", plan_id="monthly", payment_method="pm_sim_decline_card_declined"
         )
         b.assign_card("ann", ANN_CARD)
+        b.update_contact("ann", "+49 30 1234567", XSS_NAME)
         b.assign_card("dan", DAN_CARD)
         access = b.staff_access()
         access.add("desk", "Dana Desk", "front_desk", ["downtown"], PASSWORD)
@@ -162,6 +165,14 @@ class Desk:
         if shot and where is not None:
             page.screenshot(path=str(where / f"desk-{shot}.png"), full_page=True)
 
+    def check_tablet(self) -> None:
+        """``check`` on a tablet held upright (768 px wide), then back at the desk's width."""
+        self.page.set_viewport_size({"width": 768, "height": 1024})
+        try:
+            self.check()
+        finally:
+            self.page.set_viewport_size({"width": 1024, "height": 768})
+
 
 @pytest.fixture
 def desk(browser: Any, desk_stack: DeskStack, axe_source: str) -> Iterator[Desk]:
@@ -176,34 +187,41 @@ def test_owner_signs_in_with_totp_once_and_every_page_passes(
     page = desk.page
     page.goto("/desk/signin")
     desk.check("signin")
+    desk.check_tablet()
     code = totp.code_at(desk_stack.seed, time.time())
     desk.signin("olga", PASSWORD, "000000")
     assert page.locator("#signin-error").inner_text() == "The name, password or code is wrong."
     desk.signin("olga", PASSWORD, code)
     assert page.url.endswith("/desk/"), page.url
     desk.check("search")
+    desk.check_tablet()
     # The same code from another browser: refused.
     other = Desk(browser, desk_stack, axe_source)
     other.signin("olga", PASSWORD, code)
     assert other.page.url.endswith("/desk/signin")
     other.context.close()
-    page.fill("#q", "ann")
+    page.fill("#q", "030 123 45 67")  # the phone number as a caller reads it out
     page.keyboard.press("Enter")
     page.wait_for_url("**/desk/members/ann")
     assert page.locator("#member-name").text_content() == XSS_NAME
+    assert page.locator("#member-phone").text_content() == "+49 30 1234567"
+    assert page.locator("#member-emergency").text_content() == XSS_NAME
     desk.check("member")
+    desk.check_tablet()
     page.goto("/desk/audit")
     desk.check("audit")
+    desk.check_tablet()
     page.goto("/desk/feed")
     desk.check("feed")
+    desk.check_tablet()
+    page.goto("/desk/?q=o")  # a results table (several members)
+    desk.check_tablet()
     for path, shot in (("/desk/occupancy", "occupancy"), ("/desk/dashboard", "dashboard")):
         page.goto(path)
         page.locator("details").first.evaluate("d => d.open = true")
         desk.check(shot)
         # A tablet held upright: still no sideways scrolling, still no axe findings.
-        page.set_viewport_size({"width": 768, "height": 1024})
-        desk.check()
-        page.set_viewport_size({"width": 1024, "height": 768})
+        desk.check_tablet()
 
 
 def test_a_badge_appears_on_the_feed_within_a_second(desk: Desk, desk_stack: DeskStack) -> None:
@@ -292,9 +310,7 @@ def test_gates_lockdown_and_a_killed_gate_offline_by_its_last_will(
     assert card.locator("dd").nth(4).text_content() == "yes"  # digest as the manifest's
     assert "sim-1 (sim): ok" in (card.locator("dd").nth(6).text_content() or "")
     desk.check("gates")
-    page.set_viewport_size({"width": 768, "height": 1024})
-    desk.check()
-    page.set_viewport_size({"width": 1024, "height": 768})
+    desk.check_tablet()
 
     # Lockdown: every gate of the site gets the signed command and reports it.
     page.get_by_role("button", name="Lock down downtown").click()
@@ -337,3 +353,125 @@ def test_gates_lockdown_and_a_killed_gate_offline_by_its_last_will(
     offline = page.locator("li[data-gate='downtown/t2']")
     assert offline.locator("dd").nth(2).text_content() == "2 of 2"
     desk.check("gates-offline")
+
+
+def test_an_owner_adds_a_staff_account_in_the_browser(desk: Desk, desk_stack: DeskStack) -> None:
+    page = desk.page
+    desk.signin("olga", PASSWORD, desk_stack.recovery[1])
+    page.get_by_role("link", name="Staff", exact=True).click()
+    page.wait_for_url("**/desk/staff")
+    desk.check("staff")
+    desk.check_tablet()
+    page.fill("#new-id", "kim")
+    page.fill("#new-name", "Kim <b>Desk</b>")
+    page.select_option("#new-role", "front_desk")
+    page.fill("#new-sites", "downtown")
+    page.get_by_role("button", name="Add account").click()
+    one_time = page.locator("#one-time-password").text_content()
+    assert one_time and len(one_time) >= 12
+    row = page.locator("tr[data-staff='kim']")
+    assert row.locator("td").first.text_content() == "Kim <b>Desk</b> kim"  # text, never markup
+    desk.check()
+    desk.check_tablet()
+    row.get_by_role("button", name="Disable kim").click()
+    page.wait_for_selector("p.note:text-is('Account disabled.')")
+    assert page.locator("tr[data-staff='kim'] .state").text_content() == "disabled"
+    # Only owners see the page; the front desk's role is refused on the server.
+    other = Desk(page.context.browser, desk_stack, desk.axe)
+    other.signin("desk", PASSWORD)
+    assert other.page.get_by_role("link", name="Staff", exact=True).count() == 0
+    assert other.page.goto(f"{desk_stack.url}/desk/staff").status == 403
+    other.context.close()
+    b = billing_for(desk_stack.config)
+    try:
+        disabled, added = b.audit_entries(limit=2)
+    finally:
+        b.engine.dispose()
+    assert (added["action"], added["actor"], added["detail"]["staff"]) == (
+        "staff_add",
+        "olga",
+        "kim",
+    )
+    assert disabled["action"] == "staff_disable" and disabled["address"] == "127.0.0.1"
+
+
+def test_photos_from_the_camera_and_a_file_show_on_the_member_page_and_the_feed(
+    desk: Desk, desk_stack: DeskStack
+) -> None:
+    import io
+
+    from PIL import Image
+
+    page = desk.page
+    desk.signin("desk", PASSWORD)
+    # The camera (Chromium's fake device): a frame drawn to a canvas and sent as a JPEG.
+    page.goto("/desk/members/dan")
+    assert page.locator("#member-photo").count() == 0
+    desk.check()
+    page.get_by_role("button", name="Use the camera").click()
+    page.get_by_role("button", name="Take the photo").click()
+    page.wait_for_selector("#member-photo")
+    loaded = page.locator("#member-photo").evaluate("img => img.complete && img.naturalWidth")
+    assert loaded == 640, loaded  # the fake camera's 640×480 frame, re-encoded
+    desk.check("member-photo")
+    desk.check_tablet()
+    # A file, for a browser without a camera.
+    png = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 120, 10)).save(png, "PNG")
+    page.goto("/desk/members/ann")
+    page.set_input_files(
+        "#photo-file",
+        files=[{"name": "ann.png", "mimeType": "image/png", "buffer": png.getvalue()}],
+    )
+    page.wait_for_selector("#member-photo")
+    assert page.locator("#member-photo").evaluate("img => img.naturalWidth") == 300
+    # Not an image: said on the page, nothing replaced.
+    page.set_input_files(
+        "#photo-file", files=[{"name": "x.png", "mimeType": "image/png", "buffer": b"nope"}]
+    )
+    page.wait_for_selector("#photo-state:has-text('Not saved')")
+    assert "not a JPEG, PNG or WebP" in (page.locator("#photo-state").text_content() or "")
+
+    # The feed shows the face beside the name, on the live row and on a reload.
+    page.goto("/desk/feed")
+    page.wait_for_selector("#feed-state:text-is('Live')")
+    before = page.locator("#feed li").count()
+    assert not desk_stack.gate.request("badge", {"card": DAN_CARD})["allow"]
+    page.wait_for_selector(f"#feed li:nth-child({before + 1})")
+    face = page.locator("#feed li").first.locator("img.face")
+    face.wait_for()
+    assert face.evaluate("img => img.complete && img.naturalWidth") == 640
+    page.reload()
+    assert page.locator("#feed li").first.locator("img.face").count() == 1
+    desk.check("feed-photo")
+    # Served to staff only: a browser without a staff session gets no photo.
+    anonymous = httpx.get(f"{desk_stack.url}/desk/members/dan/photo", follow_redirects=False)
+    assert anonymous.status_code == 303 and not anonymous.content.startswith(b"\xff\xd8")
+
+
+def test_an_owner_makes_an_api_token_an_integrator_reads_with_it_until_revoked(
+    desk: Desk, desk_stack: DeskStack
+) -> None:
+    page = desk.page
+    desk.signin("olga", PASSWORD, desk_stack.recovery[2])
+    page.get_by_role("link", name="API tokens").click()
+    page.wait_for_url("**/desk/tokens")
+    desk.check("tokens")
+    page.fill("#token-name", "Door sign")
+    page.select_option("#token-role", "front_desk")
+    page.get_by_role("button", name="Make token").click()
+    token = page.locator("#new-token").text_content() or ""
+    assert token.startswith("gat_")
+    token_id = (page.locator("#made-h").text_content() or "").split()[1].rstrip(":")
+    desk.check()
+    desk.check_tablet()
+    api = f"{desk_stack.url}/api/v1/staff/members"
+    bearer = {"authorization": f"Bearer {token}"}
+    found = httpx.get(api, params={"q": "ann"}, headers=bearer).json()["members"]
+    assert [m["id"] for m in found] == ["ann"]
+    assert httpx.get(f"{desk_stack.url}/api/v1/staff/dashboard", headers=bearer).status_code == 403
+    page.goto("/desk/tokens")  # (a reload would send the form again: another token)
+    assert page.locator("#new-token").count() == 0  # shown once
+    page.get_by_role("button", name=f"Revoke token {token_id}", exact=True).click()
+    page.wait_for_selector("p.note:text-is('Token revoked.')")
+    assert httpx.get(api, params={"q": "ann"}, headers=bearer).status_code == 401

@@ -22,6 +22,16 @@
     li.className = item.refused ? "refused" : "entered";
     li.appendChild(line("at", (item.at || "").slice(11, 19)));
     li.appendChild(line("gate", (item.site || "") + " / " + (item.gate || "")));
+    if (item.photo && item.member_id) {
+      // The photo beside the name, so the desk sees at a glance who is at the gate.
+      const img = document.createElement("img");
+      img.className = "face";
+      img.alt = "";
+      img.width = 48;
+      img.height = 48;
+      img.src = "/desk/members/" + encodeURIComponent(item.member_id) + "/photo";
+      li.appendChild(img);
+    }
     const who = item.name || item.member_id || "unknown card";
     if (item.member_id) {
       const a = document.createElement("a");

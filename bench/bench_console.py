@@ -1,0 +1,303 @@
+"""Benchmark: the staff console over a large store (SQLite).
+
+    .venv/bin/python bench/bench_console.py [--members 100000] [--months 13] [--events 3000000]
+        [--runs 200] [--dashboard-runs 10]
+
+Seeds a store straight through SQLite: ``--members`` members at two sites (name, e-mail, phone,
+one card each), a subscription each started over the last ``--months`` months (about one in ten
+cancelled), a paid renewal invoice and its payment for every month each member had (about one
+in twenty with a failed attempt first, most of them recovered), and ``--events`` gate events
+spread over the months. Then times, in this process:
+
+* member search (``Billing.search_members``, what the desk's search box and the staff API call)
+  for a name, part of a name, an e-mail address, a phone number as a caller reads it out, a
+  card UID as a keyboard-wedge reader types it, and a member id: ``--runs`` queries of each;
+* the same searches as whole pages (``GET /desk/?q=…`` through starlette's TestClient,
+  template included), ``--runs`` / 4 of each;
+* the dashboard page (``GET /desk/dashboard``, 13 months, every report and chart) and each of
+  its reports alone, ``--dashboard-runs`` times each.
+
+Prints one JSON document: wall-clock and CPU-time percentiles in milliseconds, the seeding
+time, and the load average before and after (this is a noisy shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from gated.billing_sync import reports
+from gated.billing_sync.gateway import SimulatedGateway
+from gated.billing_sync.keys import Keys, init_keys
+from gated.billing_sync.server import create_app
+from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.store import open_store
+from gated.config import BillingConfig
+from gated.web.app import web_routes
+from gated.web.desk_dashboard import DASHBOARD, MONTHS
+
+MONTH_S = 30 * 86_400
+FIRST = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas")
+LAST = ("Schmidt", "Meyer", "Weber", "Wagner", "Becker", "Hoffmann", "Koch", "Richter")
+SITES = ("downtown", "uptown")
+
+
+def pct(samples: list[float]) -> dict[str, float]:
+    """p50, p99 and max of durations in seconds, as milliseconds."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p99_ms": round(p99 * 1000, 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+def typed_uid(uid: str) -> str:
+    """A UID as some keyboard-wedge readers type it: lower case, with colons."""
+    return ":".join(uid[k : k + 2] for k in range(0, len(uid), 2)).lower()
+
+
+def timed(work: Callable[[], Any], runs: int) -> dict[str, float]:
+    """Wall-clock percentiles, and the same of this process's CPU time (on a machine whose
+    load is above its cores, wall time is mostly waiting for a core)."""
+    samples, cpu = [], []
+    for _ in range(runs):
+        t, c = time.perf_counter(), time.process_time()
+        work()
+        samples.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    cpu_pct = pct(cpu)
+    return {**pct(samples), "cpu_p50_ms": cpu_pct["p50_ms"], "cpu_p99_ms": cpu_pct["p99_ms"]}
+
+
+def seed(db_path: Path, keys: Keys, args: argparse.Namespace, now: int) -> dict[str, Any]:
+    """Fill the store straight through sqlite3 (the schema is already migrated)."""
+    rng = random.Random(7)
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA synchronous=OFF")
+    start_of_history = now - args.months * MONTH_S
+    members, subs, cards, uids = [], [], [], []
+    for i in range(args.members):
+        mid = f"m{i:07d}"
+        name = f"{FIRST[i % len(FIRST)]} {LAST[(i // 10) % len(LAST)]} {i}"
+        started = rng.randrange(start_of_history, now - 86_400)
+        cancel = rng.randrange(started, now) if rng.random() < 0.1 else None
+        site = SITES[i % 2]
+        members.append(
+            (
+                mid,
+                name,
+                f"{name.split()[0].lower()}.{i}@example.org",
+                json.dumps([site]),
+                "member",
+                "pm_sim_ok",
+                False,
+                started,
+                f"+49 30 {1_000_000 + i}",
+                "Partner +49 170 1",
+            )
+        )
+        status = "cancelled" if cancel is not None else "active"
+        subs.append((mid, "monthly", started, now + 20 * 86_400, status, 0, False, cancel))
+        uid = f"04{i:012X}"
+        uids.append(uid)
+        cards.append(
+            (
+                mid,
+                keys.cipher.encrypt(uid.encode()),
+                keys.uid_lookup(uid),
+                "0" * 64,
+                started,
+            )
+        )
+    db.executemany(
+        "INSERT INTO members (id, name, email, sites, role, payment_method, erased, created_at,"
+        " phone, emergency_contact) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        members,
+    )
+    db.executemany(
+        "INSERT INTO subscriptions (member_id, plan_id, started_at, paid_through, status,"
+        " retries_done, needs_new_card, cancel_at) VALUES (?,?,?,?,?,?,?,?)",
+        subs,
+    )
+    db.executemany(
+        "INSERT INTO cards (member_id, uid_encrypted, uid_lookup, credential, assigned_at)"
+        " VALUES (?,?,?,?,?)",
+        cards,
+    )
+    invoice_id = 0
+    invoices, payments, attempts = [], [], []
+    for mid, _plan, started, _pt, _st, _r, _n, cancel in subs:
+        at = started
+        end = cancel if cancel is not None else now
+        while at < end:
+            invoice_id += 1
+            invoices.append(
+                (invoice_id, mid, "renewal", "EUR", at, at + MONTH_S, 4193, 797, 4990, 4990,
+                 "paid", at, at, at)
+            )  # fmt: skip
+            paid_at = at
+            if rng.random() < 0.05:
+                decline = rng.choice(("soft", "hard"))
+                attempts.append(
+                    (invoice_id, mid, f"idem-{invoice_id}-f", 4990, "EUR", "failed",
+                     "card_declined", decline, at, at)
+                )  # fmt: skip
+                paid_at = at + 3 * 86_400
+            payments.append((invoice_id, mid, 4990, "card", paid_at))
+            at += MONTH_S
+    db.executemany(
+        "INSERT INTO invoices (id, member_id, kind, currency, period_start, period_end, subtotal,"
+        " tax, total, amount_paid, status, due_at, created_at, paid_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        invoices,
+    )
+    db.executemany(
+        "INSERT INTO payments (invoice_id, member_id, amount, method, at) VALUES (?,?,?,?,?)",
+        payments,
+    )
+    db.executemany(
+        "INSERT INTO payment_attempts (invoice_id, member_id, idempotency_key, amount, currency,"
+        " state, decline_code, decline_class, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+        attempts,
+    )
+    db.commit()
+    batch: list[tuple[Any, ...]] = []
+    for n in range(args.events):
+        i = rng.randrange(args.members)
+        at = rng.randrange(start_of_history, now)
+        kind = "entry" if rng.random() < 0.97 else "deny"
+        site = SITES[i % 2]
+        mid = f"m{i:07d}"
+        payload = json.dumps(
+            {"event_id": f"e{n:011d}", "site": site, "gate": "t1", "kind": kind, "member_id": mid}
+        )
+        batch.append((f"e{n:011d}", site, "t1", at, kind, mid, None, payload, at))
+        if len(batch) == 100_000:
+            db.executemany("INSERT INTO gate_events VALUES (?,?,?,?,?,?,?,?,?)", batch)
+            db.commit()
+            batch = []
+    if batch:
+        db.executemany("INSERT INTO gate_events VALUES (?,?,?,?,?,?,?,?,?)", batch)
+    db.commit()
+    db.execute("ANALYZE")
+    db.close()
+    return {
+        "invoices": len(invoices),
+        "payments": len(payments),
+        "failed_attempts": len(attempts),
+        "uids": uids[:: max(1, len(uids) // 1000)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--months", type=int, default=13)
+    parser.add_argument("--events", type=int, default=3_000_000)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--dashboard-runs", type=int, default=10, help="0: no dashboards")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = BillingConfig.model_validate(
+            {
+                "database_url": f"sqlite:///{root}/billing.db",
+                "state_dir": str(root),
+                "sites": list(SITES),
+                "keys": {
+                    "head_office_private_key_file": str(root / "k/ho.pem"),
+                    "credential_key_file": str(root / "k/cred.key"),
+                    "card_encryption_key_file": str(root / "k/cards.key"),
+                },
+            }
+        )
+        init_keys(config.keys)
+        now = 1_796_112_000
+
+        def clock() -> int:
+            return now
+
+        engine = open_store(config.database_url)
+        keys = Keys.load(config.keys)
+        billing = Billing(engine, config, SimulatedGateway(clock=clock), keys, clock)
+        billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
+        engine.dispose()
+        t = time.perf_counter()
+        seeded = seed(root / "billing.db", keys, args, now)
+        seed_s = time.perf_counter() - t
+        access = billing.staff_access()
+        access.add("olga", "Olga", "owner", [], "a long staff password")
+        token = access.open_session("olga", "bench", "127.0.0.1")
+
+        rng = random.Random(11)
+        n = args.members
+        queries: dict[str, Callable[[], str]] = {
+            "full name": lambda: f"{FIRST[3]} {LAST[2]} {rng.randrange(n)}",
+            "part of a name (many hits)": lambda: rng.choice(LAST).lower()[:5],
+            "e-mail address": lambda: f"emma.{rng.randrange(n)}@example.org",
+            "phone, read out": lambda: f"030 {1_000_000 + rng.randrange(n)}",
+            "card UID, as a reader types it": lambda: typed_uid(rng.choice(seeded["uids"])),
+            "member id": lambda: f"m{rng.randrange(n):07d}",
+        }
+        results: dict[str, Any] = {
+            "members": n,
+            "months": args.months,
+            "events": args.events,
+            "invoices": seeded["invoices"],
+            "payments": seeded["payments"],
+            "failed_attempts": seeded["failed_attempts"],
+            "seed_s": round(seed_s, 1),
+            "search": {},
+            "search_page": {},
+            "dashboard_report": {},
+        }
+        for label, make in queries.items():
+            results["search"][label] = timed(
+                lambda make=make: billing.search_members(make(), ["*"]), args.runs
+            )
+        app = create_app(billing, None, web_routes(billing))
+        with TestClient(app) as client:
+            client.cookies.set("gated-staff", token)
+            for label, make in queries.items():
+
+                def page(make: Callable[[], str] = make) -> None:
+                    r = client.get("/desk/", params={"q": make()}, follow_redirects=False)
+                    assert r.status_code in (200, 303), r.status_code
+
+                results["search_page"][label] = timed(page, max(1, args.runs // 4))
+
+            def dashboard() -> None:
+                r = client.get("/desk/dashboard")
+                assert r.status_code == 200, r.status_code
+
+            if args.dashboard_runs:
+                results["dashboard_page"] = timed(dashboard, args.dashboard_runs)
+        first, last = reports.last_months(now, MONTHS)
+        where = reports.scope_for(config, first, last, None)
+        for name in DASHBOARD if args.dashboard_runs else ():
+            results["dashboard_report"][name] = timed(
+                lambda name=name: reports.REPORTS[name](billing.reader, now, where),
+                args.dashboard_runs,
+            )
+        results["loadavg"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+        print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
