@@ -133,7 +133,7 @@ def test_sign_in_by_code_and_see_the_membership(tabs: Any, stack: Stack) -> None
     assert page.inner_text("#member-name") == XSS_NAME
     assert page.locator("main img").count() == 0 and tab.dialogs == []
     tab.check("membership")
-    page.get_by_role("link", name=str(stack.members["ann"]["invoices"][0])).click()
+    page.get_by_role("link", name=str(stack.members["ann"]["invoices"][0]), exact=True).click()
     page.wait_for_selector("table")
     assert "Monthly" in page.inner_text("table") and "Tax 19 %" in page.inner_text("table")
     tab.check("invoice")
