@@ -178,7 +178,7 @@ class Gate:
                 member = None
             else:
                 key = self.hash_credential(card_credential_string(credential.value))
-                member = self.index.by_key.get(key)
+                member = self.index.member_of_key(key)
         else:
             member, fault, nonce = self.qr.check(credential.value, self.index.by_id.get, now)
             if fault == "unknown_credential":
