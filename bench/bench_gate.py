@@ -230,8 +230,9 @@ async def run_bench(
     from gpiozero.pins.mock import MockFactory
 
     from gated.config import load_gate_config
-    from gated.daemon import Gate, decide_in_realtime
+    from gated.daemon import Gate
     from gated.door import Door
+    from gated.process import decide_in_realtime
 
     cfg = load_gate_config(config)
     gate = Gate(cfg, pin_factory=MockFactory())

@@ -385,14 +385,14 @@ def command_sign(
 ) -> None:
     """Print a signed GateCommand as one JSON line (and with --publish, send it)."""
     from gated.config import parse_duration
-    from gated.contract import GateCommand, Signer
+    from gated.contract import COMMAND_ACTIONS, Signer
     from gated.push import command_json, publish_command, sign_command
 
     cfg = load_gate_config(config) if config.exists() and (site is None or publish) else None
     site = site or (cfg.site if cfg else None)
     if site is None:
         fail("give --site (or a config with the site)")
-    actions = GateCommand.model_fields["action"].annotation.__args__  # type: ignore[union-attr]
+    actions = COMMAND_ACTIONS
     if action not in actions:
         fail(f"unknown action {action!r}; one of: {', '.join(actions)}")
     try:

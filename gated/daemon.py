@@ -11,29 +11,25 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gated import __version__
 from gated.cache.events import EventLog
 from gated.cache.index import MemberIndex
 from gated.cache.live import LiveIndex
 from gated.cache.store import CacheStore, CacheWriter
-from gated.cache.sync import SiteSync
 from gated.clock import ClockProbe, TrustedClock
 from gated.config import GateConfig
 from gated.contract import (
     ContractError,
     CredentialHasher,
-    GateStatus,
     card_credential_string,
     format_time,
     is_random_uid,
@@ -42,50 +38,26 @@ from gated.contract import (
 )
 from gated.control import ControlError, ControlServer
 from gated.control.commands import ControlCommands
-from gated.doctor import daemon_checks
 from gated.door import Door, DoorEvent
 from gated.metrics import GateMetrics
 from gated.policy.credential import Credential
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
 from gated.policy.qr import QrVerifier
+from gated.process import decide_in_realtime, settle_after_load
 from gated.readers.base import Reader
 from gated.readers.registry import build_reader
 from gated.readers.sim import SimReader
 from gated.systemd import Notifier
 
+if TYPE_CHECKING:
+    # Imported when [mqtt] is configured: a standalone gate never loads the MQTT client, TLS
+    # and the verifier processes' code (~2 MiB of its memory).
+    from gated.cache.sync import SiteSync
+
 log = logging.getLogger("gated.daemon")
 T = TypeVar("T")
 
 TIME_SAVE_INTERVAL_S = 60.0
-# The cache writer and the executors' threads hold the GIL in Python code; a short switch interval
-# lets the loop thread (decisions) take it back soon.
-GIL_SWITCH_INTERVAL_S = 0.0002
-
-
-def decide_in_realtime(priority: int) -> str:
-    """Run the calling thread, the event loop's (every decision), under SCHED_FIFO at
-    ``priority``; returns what is in effect, for status and doctor.
-
-    A woken thread under the normal policy waits its turn behind every runnable thread of the
-    board; a real-time loop runs as soon as the card is handed to it (BENCHMARKS.md, gate hot
-    path). SCHED_RESET_ON_FORK: threads and processes started from here afterwards (the
-    readers' threads, the verifier processes) get the normal policy, so only this thread can
-    take the CPU first. The kernel still keeps 5% of each core for the rest (RT throttling).
-    Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of ``priority`` (the shipped unit's LimitRTPRIO=);
-    without it the loop stays under the normal policy, which is logged and shown by doctor."""
-    if priority <= 0:
-        return "normal (realtime_priority = 0)"
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    except OSError as exc:
-        log.warning(
-            "event=realtime_unavailable priority=%d error=%r: decisions run under the normal "
-            "policy (allow it with LimitRTPRIO=%d in the unit, or set realtime_priority = 0)",
-            priority, exc.strerror or str(exc), priority,
-        )  # fmt: skip
-        return f"normal (SCHED_FIFO {priority} refused: {exc.strerror or exc})"
-    log.info("event=realtime policy=SCHED_FIFO priority=%d", priority)
-    return f"fifo {priority}"
 
 
 class Gate:
@@ -149,12 +121,7 @@ class Gate:
         self.live = LiveIndex(self.writer, self)
         self.clock.listen(lambda kind, reason: self.events.record(kind, reason=reason))
         self.metrics = GateMetrics(self)
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        # A million long-lived records: keep them out of the collector's generations so a full
-        # collection never walks them during a badge.
-        gc.collect()
-        gc.freeze()
-        gc.enable()
+        settle_after_load()
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -375,19 +342,20 @@ class Gate:
     def published_status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
         """The GateStatus this gate publishes (retained, and as its last will)."""
         last = self.last_head_office_at
-        return GateStatus(
-            state="online" if state == "online" else "offline",
-            site=self.config.site,
-            gate=self.config.gate,
-            software_version=__version__,
-            started_at=format_time(self.started_at),
-            members=self.index.count,
-            max_version=self.index.max_version,
-            digest=self.index.digest,
-            last_head_office_at=format_time(last) if last else None,
-            outbox_depth=outbox_depth,
-            lockdown=self.context.lockdown,
-            readers=[
+        # A plain dict with exactly GateStatus's fields (a test holds it to the model).
+        return {
+            "state": "online" if state == "online" else "offline",
+            "site": self.config.site,
+            "gate": self.config.gate,
+            "software_version": __version__,
+            "started_at": format_time(self.started_at),
+            "members": self.index.count,
+            "max_version": self.index.max_version,
+            "digest": self.index.digest,
+            "last_head_office_at": format_time(last) if last else None,
+            "outbox_depth": outbox_depth,
+            "lockdown": self.context.lockdown,
+            "readers": [
                 {
                     "id": r.id,
                     "kind": r.kind,
@@ -397,7 +365,7 @@ class Gate:
                 }
                 for r in self.readers
             ],
-        ).model_dump()
+        }
 
     def status(self, outbox_depth: int) -> dict[str, Any]:
         """What ``gatectl status`` shows (without the sync's part): the published status and
@@ -452,6 +420,8 @@ class Gate:
 
     async def doctor(self) -> list[dict[str, str]]:
         """``gatectl doctor``'s checks that only the running daemon can make."""
+        from gated.doctor import daemon_checks  # only when a technician asks
+
         return [c.as_dict() for c in await daemon_checks(self)]
 
     # --- lifetime ------------------------------------------------------------------------------
@@ -548,6 +518,8 @@ class Gate:
         notifier = Notifier()
         spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
         if self.config.mqtt is not None:
+            from gated.cache.sync import SiteSync
+
             self.sync = SiteSync(self)
             self.events.on_recorded = self.sync.notify_event
             spawn(asyncio.create_task(self.sync.run(), name="sync"))

@@ -10,13 +10,12 @@ from pydantic import ValidationError
 from gated.contract import (
     MAX_JSON_DEPTH,
     MAX_VERSION,
-    Manifest,
-    MemberState,
     PayloadError,
     json_depth_exceeds,
     loads_bounded,
     member_payload,
 )
+from gated.payloads import Manifest, MemberState
 
 
 def nested(depth: int) -> bytes:

@@ -40,7 +40,6 @@ from functools import partial
 from typing import Any, Protocol
 
 import aiomqtt
-from pydantic import ValidationError
 
 from gated.cache.commands import RemoteCommands
 from gated.cache.index import MemberIndex
@@ -51,10 +50,10 @@ from gated.clock import TrustedClock
 from gated.config import GateConfig, MqttConfig
 from gated.contract import (
     ContractError,
-    Manifest,
     PayloadError,
     SignatureError,
     Verifier,
+    check_site_summary,
     cmd_topic,
     events_topic,
     format_time,
@@ -526,14 +525,14 @@ class SiteSync:
             if not isinstance(obj, dict):
                 raise ContractError("not an object")
             body = await asyncio.to_thread(self.verifier.verify, obj, "manifest")
-            Manifest.model_validate(body)
+            check_site_summary(body, "manifest")
         except SignatureError:
             self._reject("bad_signature", "manifest")
             return
         except PayloadError as exc:
             self._reject(exc.reason, "manifest", str(exc))
             return
-        except (ContractError, ValidationError, ValueError):
+        except (ContractError, ValueError):
             self._reject("malformed", "manifest")
             return
         if body["site"] != self.site:
