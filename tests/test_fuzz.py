@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
+import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, example, given, settings
@@ -34,6 +35,7 @@ from gated.contract import (
     compact_json,
     loads_bounded,
     member_payload,
+    member_version,
     mint_qr_code,
     parse_qr_code,
 )
@@ -155,6 +157,26 @@ def test_member_payloads_are_refused_with_a_reason_never_an_exception(payload: b
         assert refused.reason in (
             "oversized", "too_deep", "malformed", "wrong_member_id", "version_out_of_range"
         )  # fmt: skip
+    # The sync's order (the version against the cache first): the same answer and reason, but
+    # a state not newer than the cache is dropped before its nesting is counted.
+    expected: int | str
+    try:
+        expected = member_payload(payload, "m_1")[1]
+    except PayloadError as refused:
+        expected = refused.reason
+    for held in (0, 5, 2**53):
+        try:
+            got = member_version(payload, "m_1", held)
+        except PayloadError as refused:
+            assert refused.reason == expected
+            continue
+        if got is not None:
+            assert got == expected and got > held
+        elif expected == "too_deep":
+            obj = orjson.loads(payload)
+            assert obj["member_id"] == "m_1" and 1 <= obj["version"] <= held
+        else:
+            assert isinstance(expected, int) and expected <= held
     # In a verifier process: every payload is a row or a counted reject, never an exception.
     _chunks, rows, _newest, rejects = verifier_process.verify_member_states([payload, payload])
     assert rows + len(rejects) == 2

@@ -469,10 +469,6 @@ class MemberIndex:
         off = entry * 32
         return hash(bytes(self._keys[off : off + 32])) & self._hash_mask
 
-    def _id_matches(self, slot: int, key: bytes) -> bool:
-        off = self._idoff[slot]
-        return self._idlen[slot] == len(key) and self._idbuf[off : off + len(key)] == key
-
     def _key_matches(self, entry: int, key: bytes) -> bool:
         off = entry * 32
         return self._keys[off : off + 32] == key
@@ -501,9 +497,24 @@ class MemberIndex:
             cells = table.old
 
     def slot_of_id(self, member_id: str) -> int:
-        """The slot of a member id (tombstones included), or -1."""
+        """The slot of a member id (tombstones included), or -1. The sync asks this of every
+        state it receives: the probe is written out as in :meth:`slot_of_key`."""
         raw = member_id.encode()
-        return self._ids.find(hash(raw) & self._hash_mask, raw, self._id_matches)
+        n = len(raw)
+        table = self._ids
+        idbuf, idoff, idlen = self._idbuf, self._idoff, self._idlen
+        h = hash(raw) & self._hash_mask
+        cells = table.cells
+        while True:
+            mask = len(cells) - 1
+            i = h & mask
+            while (e := cells[i]) != _EMPTY:
+                if e >= 0 and idlen[e] == n and idbuf.startswith(raw, idoff[e]):
+                    return e
+                i = (i + 1) & mask
+            if cells is table.old or table.old is None:
+                return -1
+            cells = table.old
 
     def member(self, slot: int, key: bytes | None = None) -> Member:
         """The record a decision reads, made for this lookup: a tuple built in C (see

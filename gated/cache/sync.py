@@ -49,6 +49,7 @@ from gated.cache.verifier import VerifierPool, unpickled, verify_member_states
 from gated.clock import TrustedClock
 from gated.config import GateConfig, MqttConfig
 from gated.contract import (
+    MEMBER_ID_RE,
     ContractError,
     PayloadError,
     SignatureError,
@@ -60,7 +61,8 @@ from gated.contract import (
     load_public_key,
     loads_bounded,
     manifest_topic,
-    member_payload,
+    member_topic,
+    member_version,
     members_wildcard,
     parse_topic,
     public_key_raw,
@@ -163,6 +165,7 @@ class SiteSync:
         self.gate = gate
         self.mqtt: MqttConfig = config.mqtt
         self.site = config.site
+        self._member_prefix = member_topic(config.site, "")
         self.gate_id = config.gate
         self.client_id = self.mqtt.client_id or f"gated-{config.site}-{config.gate}"
         public_keys = [
@@ -361,6 +364,13 @@ class SiteSync:
             if len(payload) > MAX_PAYLOAD:
                 self._reject("oversized", topic)
                 return
+            # Member states are nearly all of the traffic: their topic is checked by its prefix
+            # and the id's pattern, as parse_topic would (anything else goes the long way).
+            prefix = self._member_prefix
+            if topic.startswith(prefix) and MEMBER_ID_RE.match(name := topic[len(prefix) :]):
+                self.received["members"] += 1
+                self._on_member(name, payload)
+                return
             try:
                 site, kind, name = parse_topic(topic)
             except ContractError:
@@ -413,14 +423,14 @@ class SiteSync:
         if not payload:
             self.skipped["empty_payload"] += 1
             return
+        # Against the cache only: what is waiting for a verifier is unverified, and must not
+        # hide what comes after it.
         try:
-            _obj, version = member_payload(payload, member_id)
+            version = member_version(payload, member_id, self.gate.index.version_of(member_id))
         except PayloadError as exc:
             self._reject(exc.reason, member_id, str(exc))
             return
-        # Against the cache only: what is waiting for a verifier is unverified, and must not
-        # hide what comes after it.
-        if version <= self.gate.index.version_of(member_id):
+        if version is None:
             self.skipped["not_newer"] += 1
             return
         waiting = self._pending.get(member_id)
