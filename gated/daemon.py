@@ -20,7 +20,6 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gated import __version__
 from gated.cache.events import EventLog
 from gated.cache.index import MemberIndex
 from gated.cache.live import LiveIndex
@@ -31,7 +30,6 @@ from gated.contract import (
     ContractError,
     CredentialHasher,
     card_credential_string,
-    format_time,
     is_random_uid,
     load_credential_key,
     parse_time,
@@ -39,6 +37,8 @@ from gated.contract import (
 from gated.control import ControlError, ControlServer
 from gated.control.commands import ControlCommands
 from gated.door import Door, DoorEvent
+from gated.gate_status import published_status, technician_status
+from gated.housekeeping import keep_house
 from gated.metrics import GateMetrics
 from gated.policy.credential import Credential
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
@@ -47,6 +47,7 @@ from gated.process import decide_in_realtime, settle_after_load
 from gated.readers.base import Reader
 from gated.readers.registry import build_reader
 from gated.readers.sim import SimReader
+from gated.readers.supervise import run_reader
 from gated.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gated.daemon")
 T = TypeVar("T")
-
-TIME_SAVE_INTERVAL_S = 60.0
 
 
 class Gate:
@@ -341,57 +340,11 @@ class Gate:
 
     def published_status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
         """The GateStatus this gate publishes (retained, and as its last will)."""
-        last = self.last_head_office_at
-        # A plain dict with exactly GateStatus's fields (a test holds it to the model).
-        return {
-            "state": "online" if state == "online" else "offline",
-            "site": self.config.site,
-            "gate": self.config.gate,
-            "software_version": __version__,
-            "started_at": format_time(self.started_at),
-            "members": self.index.count,
-            "max_version": self.index.max_version,
-            "digest": self.index.digest,
-            "last_head_office_at": format_time(last) if last else None,
-            "outbox_depth": outbox_depth,
-            "lockdown": self.context.lockdown,
-            "readers": [
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "state": "ok" if r.health.state == "ok" else "fault",
-                    # Head office tells "people inside" from "entries today" by exit readers.
-                    "direction": r.direction,
-                }
-                for r in self.readers
-            ],
-        }
+        return published_status(self, state, outbox_depth)
 
     def status(self, outbox_depth: int) -> dict[str, Any]:
-        """What ``gatectl status`` shows (without the sync's part): the published status and
-        what only a technician needs."""
-        return {
-            **self.published_status("online", outbox_depth),
-            "outbox_dropped": self.outbox.dropped,
-            "events_lost": self.writer.events_lost,
-            "events_held": self.writer.events_held,
-            "cache_writes_refused": self.writer.refusing,
-            "metrics_url": self.metrics.url,
-            "fire": self.context.fire,
-            "stale_cache": self.stale,
-            "clock_synchronized": self.clock_synchronized,
-            "clock": self.clock.stats(),
-            "scheduling": self.scheduling,
-            "now": format_time(self.clock.now()),
-            "decisions": dict(self.decisions),
-            "rejected": dict(self.rejected),
-            "door": {
-                "pin_factory": self.door.pin_factory_name,
-                "contact_open": self.door.contact_open,
-                "relay_energized": self.door.relay_energized,
-                "fire_active": self.door.fire_active,
-            },
-        }
+        """What ``gatectl status`` shows (without the sync's part)."""
+        return technician_status(self, outbox_depth)
 
     def pulse(self, *, source: str, operator: str | None) -> None:
         """An operator's opening: the door pulses; recorded, never counted as attendance."""
@@ -435,58 +388,16 @@ class Gate:
             self.readers.append(reader)
             if isinstance(reader, SimReader):
                 self.sim_readers[reader.id] = reader
-            tasks.append(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+            run = run_reader(reader, self._on_read, self._reader_health)
+            tasks.append(asyncio.create_task(run, name=f"reader-{reader.id}"))
         return tasks
 
-    async def _run_reader(self, reader: Reader) -> None:
-        last_state = reader.health.state
-        watcher = asyncio.create_task(self._watch_reader(reader, last_state))
-        try:
-            await reader.run(self._on_read)
-        finally:
-            watcher.cancel()
-
-    async def _watch_reader(self, reader: Reader, last: str) -> None:
-        """Turn reader health changes into reader_fault / reader_ok events."""
-        while True:
-            await asyncio.sleep(0.5)
-            state = reader.health.state
-            if state != last:
-                kind = "reader_ok" if state == "ok" else "reader_fault"
-                self.events.record(
-                    kind, reader_id=reader.id, reason=state if state != "ok" else None
-                )
-                log.warning(
-                    "event=%s reader=%s state=%s detail=%r",
-                    kind,
-                    reader.id,
-                    state,
-                    reader.health.detail,
-                )
-                last = state
-
-    async def _housekeeping(self) -> None:
-        """Once a minute: save the last good time, forget old nonces, watch clock and freshness."""
-        max_offline = self.config.policy.max_offline
-        while True:
-            now = self.clock.now()
-            self.qr.prune(now)
-            synced = self.clock.refresh()
-            if synced is False and self.clock_synchronized is not False:
-                self.events.record("clock_unsynced", reason="system clock not synchronized")
-            self.clock_synchronized = synced
-            good = self.clock.good_time()
-            if good is not None:
-                self.writer.post(partial(CacheStore.set, key="last_good_time", value=good))
-            if self.config.mqtt is not None:
-                last = self.last_head_office_at or self.started_at
-                stale = time.time() - last > max_offline
-                if stale and not self.stale:
-                    self.events.record(
-                        "stale_cache", reason=f"no head-office contact for over {max_offline:.0f}s"
-                    )
-                self.stale = stale
-            await asyncio.sleep(TIME_SAVE_INTERVAL_S)
+    def _reader_health(self, reader: Reader, state: str) -> None:
+        kind = "reader_ok" if state == "ok" else "reader_fault"
+        self.events.record(kind, reader_id=reader.id, reason=state if state != "ok" else None)
+        log.warning(
+            "event=%s reader=%s state=%s detail=%r", kind, reader.id, state, reader.health.detail
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -514,7 +425,7 @@ class Gate:
         keep = None if self.config.mqtt is not None else self.config.outbox_warn_events // 2
         spawn(asyncio.create_task(self.events.watch_outbox(keep), name="outbox"))
         self._tasks.extend(self.start_readers())
-        spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        spawn(asyncio.create_task(keep_house(self), name="housekeeping"))
         notifier = Notifier()
         spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
         if self.config.mqtt is not None:
