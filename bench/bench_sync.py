@@ -201,8 +201,9 @@ class Badger(Badging):
 
 async def make_gate(config: Path) -> tuple[Any, Any]:
     from gated.cache.sync import SiteSync
-    from gated.daemon import Gate, decide_in_realtime
+    from gated.daemon import Gate
     from gated.door import Door
+    from gated.process import decide_in_realtime
 
     cfg = load_gate_config(config)
     gate = Gate(cfg, pin_factory=MockFactory())

@@ -10,12 +10,9 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from gated.config import ConfigError, GateConfig, load_gate_config
 from gated.contract import ContractError
@@ -23,6 +20,7 @@ from gated.edge import (
     EXIT_NO,
     EXIT_NOT_RUNNING,
     EXIT_REFUSED,
+    LazyConsole,
     RefusalsAsOneLine,
     err_console,
     error_line,
@@ -30,7 +28,25 @@ from gated.edge import (
     setup_logging,
 )
 
-console = Console()
+if TYPE_CHECKING:
+    from rich.table import Table
+
+console = LazyConsole()
+
+
+def escape(text: str) -> str:
+    """rich's markup escape, imported when a command prints (the daemon never does)."""
+    from rich.markup import escape as markup_escape
+
+    return markup_escape(text)
+
+
+def new_table(*columns: str, **options: Any) -> Table:
+    """A rich Table, imported when a command prints one."""
+    from rich.table import Table
+
+    return Table(*columns, **options)
+
 
 gated_app = typer.Typer(
     cls=RefusalsAsOneLine,
@@ -385,14 +401,14 @@ def command_sign(
 ) -> None:
     """Print a signed GateCommand as one JSON line (and with --publish, send it)."""
     from gated.config import parse_duration
-    from gated.contract import GateCommand, Signer
+    from gated.contract import COMMAND_ACTIONS, Signer
     from gated.push import command_json, publish_command, sign_command
 
     cfg = load_gate_config(config) if config.exists() and (site is None or publish) else None
     site = site or (cfg.site if cfg else None)
     if site is None:
         fail("give --site (or a config with the site)")
-    actions = GateCommand.model_fields["action"].annotation.__args__  # type: ignore[union-attr]
+    actions = COMMAND_ACTIONS
     if action not in actions:
         fail(f"unknown action {action!r}; one of: {', '.join(actions)}")
     try:
@@ -477,7 +493,7 @@ def emit_json(obj: Any) -> None:
 
 
 def kv_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = new_table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for k, v in rows.items():
@@ -510,7 +526,7 @@ def readers(json_out: JsonOpt = False) -> None:
 
 
 def print_readers(readers: list[dict[str, Any]]) -> None:
-    table = Table(
+    table = new_table(
         "id", "kind", "direction", "state", "last read", "reads", "errors", "rejected", "detail"
     )
     for r in readers:
@@ -734,7 +750,7 @@ def doctor(json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json({"result": level, "checks": [c.as_dict() for c in checks]})
     else:
-        table = Table("check", "result", "detail", "fix")
+        table = new_table("check", "result", "detail", "fix")
         for c in checks:
             colour = {"ok": "green", "warn": "yellow", "fail": "red"}[c.level]
             table.add_row(

@@ -11,82 +11,53 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from gated import __version__
 from gated.cache.events import EventLog
 from gated.cache.image import IMAGE_NAME, ImageKeeper, image_tag
 from gated.cache.index import MemberIndex
 from gated.cache.live import LiveIndex
 from gated.cache.store import CacheStore, CacheWriter
-from gated.cache.sync import SiteSync
 from gated.clock import ClockProbe, TrustedClock
 from gated.config import GateConfig
 from gated.contract import (
     ContractError,
     CredentialHasher,
-    GateStatus,
     card_credential_string,
-    format_time,
     is_random_uid,
     load_credential_key,
     parse_time,
 )
 from gated.control import ControlError, ControlServer
 from gated.control.commands import ControlCommands
-from gated.doctor import daemon_checks
 from gated.door import Door, DoorEvent
+from gated.gate_status import published_status, technician_status
+from gated.housekeeping import keep_house
 from gated.metrics import GateMetrics
 from gated.policy.credential import Credential
 from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
 from gated.policy.qr import QrVerifier
+from gated.process import decide_in_realtime, settle_after_load
 from gated.readers.base import Reader
 from gated.readers.registry import build_reader
 from gated.readers.sim import SimReader
+from gated.readers.supervise import run_reader
 from gated.systemd import Notifier
+
+if TYPE_CHECKING:
+    # Imported when [mqtt] is configured: a standalone gate never loads the MQTT client, TLS
+    # and the verifier processes' code (~2 MiB of its memory).
+    from gated.cache.sync import SiteSync
 
 log = logging.getLogger("gated.daemon")
 T = TypeVar("T")
-
-TIME_SAVE_INTERVAL_S = 60.0
-# The cache writer and the executors' threads hold the GIL in Python code; a short switch interval
-# lets the loop thread (decisions) take it back soon.
-GIL_SWITCH_INTERVAL_S = 0.0002
-
-
-def decide_in_realtime(priority: int) -> str:
-    """Run the calling thread, the event loop's (every decision), under SCHED_FIFO at
-    ``priority``; returns what is in effect, for status and doctor.
-
-    A woken thread under the normal policy waits its turn behind every runnable thread of the
-    board; a real-time loop runs as soon as the card is handed to it (BENCHMARKS.md, gate hot
-    path). SCHED_RESET_ON_FORK: threads and processes started from here afterwards (the
-    readers' threads, the verifier processes) get the normal policy, so only this thread can
-    take the CPU first. The kernel still keeps 5% of each core for the rest (RT throttling).
-    Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of ``priority`` (the shipped unit's LimitRTPRIO=);
-    without it the loop stays under the normal policy, which is logged and shown by doctor."""
-    if priority <= 0:
-        return "normal (realtime_priority = 0)"
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    except OSError as exc:
-        log.warning(
-            "event=realtime_unavailable priority=%d error=%r: decisions run under the normal "
-            "policy (allow it with LimitRTPRIO=%d in the unit, or set realtime_priority = 0)",
-            priority, exc.strerror or str(exc), priority,
-        )  # fmt: skip
-        return f"normal (SCHED_FIFO {priority} refused: {exc.strerror or exc})"
-    log.info("event=realtime policy=SCHED_FIFO priority=%d", priority)
-    return f"fifo {priority}"
 
 
 class Gate:
@@ -156,12 +127,7 @@ class Gate:
         self.live = LiveIndex(self.writer, self)
         self.clock.listen(lambda kind, reason: self.events.record(kind, reason=reason))
         self.metrics = GateMetrics(self)
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        # A million long-lived records: keep them out of the collector's generations so a full
-        # collection never walks them during a badge.
-        gc.collect()
-        gc.freeze()
-        gc.enable()
+        settle_after_load()
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -185,7 +151,7 @@ class Gate:
                 member = None
             else:
                 key = self.hash_credential(card_credential_string(credential.value))
-                member = self.index.by_key.get(key)
+                member = self.index.member_of_key(key)
         else:
             member, fault, nonce = self.qr.check(credential.value, self.index.by_id.get, now)
             if fault == "unknown_credential":
@@ -381,56 +347,11 @@ class Gate:
 
     def published_status(self, state: str, outbox_depth: int | None) -> dict[str, Any]:
         """The GateStatus this gate publishes (retained, and as its last will)."""
-        last = self.last_head_office_at
-        return GateStatus(
-            state="online" if state == "online" else "offline",
-            site=self.config.site,
-            gate=self.config.gate,
-            software_version=__version__,
-            started_at=format_time(self.started_at),
-            members=self.index.count,
-            max_version=self.index.max_version,
-            digest=self.index.digest,
-            last_head_office_at=format_time(last) if last else None,
-            outbox_depth=outbox_depth,
-            lockdown=self.context.lockdown,
-            readers=[
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "state": "ok" if r.health.state == "ok" else "fault",
-                    # Head office tells "people inside" from "entries today" by exit readers.
-                    "direction": r.direction,
-                }
-                for r in self.readers
-            ],
-        ).model_dump()
+        return published_status(self, state, outbox_depth)
 
     def status(self, outbox_depth: int) -> dict[str, Any]:
-        """What ``gatectl status`` shows (without the sync's part): the published status and
-        what only a technician needs."""
-        return {
-            **self.published_status("online", outbox_depth),
-            "outbox_dropped": self.outbox.dropped,
-            "events_lost": self.writer.events_lost,
-            "events_held": self.writer.events_held,
-            "cache_writes_refused": self.writer.refusing,
-            "metrics_url": self.metrics.url,
-            "fire": self.context.fire,
-            "stale_cache": self.stale,
-            "clock_synchronized": self.clock_synchronized,
-            "clock": self.clock.stats(),
-            "scheduling": self.scheduling,
-            "now": format_time(self.clock.now()),
-            "decisions": dict(self.decisions),
-            "rejected": dict(self.rejected),
-            "door": {
-                "pin_factory": self.door.pin_factory_name,
-                "contact_open": self.door.contact_open,
-                "relay_energized": self.door.relay_energized,
-                "fire_active": self.door.fire_active,
-            },
-        }
+        """What ``gatectl status`` shows (without the sync's part)."""
+        return technician_status(self, outbox_depth)
 
     def pulse(self, *, source: str, operator: str | None) -> None:
         """An operator's opening: the door pulses; recorded, never counted as attendance."""
@@ -459,6 +380,8 @@ class Gate:
 
     async def doctor(self) -> list[dict[str, str]]:
         """``gatectl doctor``'s checks that only the running daemon can make."""
+        from gated.doctor import daemon_checks  # only when a technician asks
+
         return [c.as_dict() for c in await daemon_checks(self)]
 
     # --- lifetime ------------------------------------------------------------------------------
@@ -472,58 +395,16 @@ class Gate:
             self.readers.append(reader)
             if isinstance(reader, SimReader):
                 self.sim_readers[reader.id] = reader
-            tasks.append(asyncio.create_task(self._run_reader(reader), name=f"reader-{reader.id}"))
+            run = run_reader(reader, self._on_read, self._reader_health)
+            tasks.append(asyncio.create_task(run, name=f"reader-{reader.id}"))
         return tasks
 
-    async def _run_reader(self, reader: Reader) -> None:
-        last_state = reader.health.state
-        watcher = asyncio.create_task(self._watch_reader(reader, last_state))
-        try:
-            await reader.run(self._on_read)
-        finally:
-            watcher.cancel()
-
-    async def _watch_reader(self, reader: Reader, last: str) -> None:
-        """Turn reader health changes into reader_fault / reader_ok events."""
-        while True:
-            await asyncio.sleep(0.5)
-            state = reader.health.state
-            if state != last:
-                kind = "reader_ok" if state == "ok" else "reader_fault"
-                self.events.record(
-                    kind, reader_id=reader.id, reason=state if state != "ok" else None
-                )
-                log.warning(
-                    "event=%s reader=%s state=%s detail=%r",
-                    kind,
-                    reader.id,
-                    state,
-                    reader.health.detail,
-                )
-                last = state
-
-    async def _housekeeping(self) -> None:
-        """Once a minute: save the last good time, forget old nonces, watch clock and freshness."""
-        max_offline = self.config.policy.max_offline
-        while True:
-            now = self.clock.now()
-            self.qr.prune(now)
-            synced = self.clock.refresh()
-            if synced is False and self.clock_synchronized is not False:
-                self.events.record("clock_unsynced", reason="system clock not synchronized")
-            self.clock_synchronized = synced
-            good = self.clock.good_time()
-            if good is not None:
-                self.writer.post(partial(CacheStore.set, key="last_good_time", value=good))
-            if self.config.mqtt is not None:
-                last = self.last_head_office_at or self.started_at
-                stale = time.time() - last > max_offline
-                if stale and not self.stale:
-                    self.events.record(
-                        "stale_cache", reason=f"no head-office contact for over {max_offline:.0f}s"
-                    )
-                self.stale = stale
-            await asyncio.sleep(TIME_SAVE_INTERVAL_S)
+    def _reader_health(self, reader: Reader, state: str) -> None:
+        kind = "reader_ok" if state == "ok" else "reader_fault"
+        self.events.record(kind, reader_id=reader.id, reason=state if state != "ok" else None)
+        log.warning(
+            "event=%s reader=%s state=%s detail=%r", kind, reader.id, state, reader.health.detail
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -551,11 +432,13 @@ class Gate:
         keep = None if self.config.mqtt is not None else self.config.outbox_warn_events // 2
         spawn(asyncio.create_task(self.events.watch_outbox(keep), name="outbox"))
         self._tasks.extend(self.start_readers())
-        spawn(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        spawn(asyncio.create_task(keep_house(self), name="housekeeping"))
         notifier = Notifier()
         spawn(asyncio.create_task(notifier.watchdog(), name="watchdog"))
         spawn(asyncio.create_task(self.images.keep(self, self.live), name="index-image"))
         if self.config.mqtt is not None:
+            from gated.cache.sync import SiteSync
+
             self.sync = SiteSync(self)
             self.events.on_recorded = self.sync.notify_event
             spawn(asyncio.create_task(self.sync.run(), name="sync"))

@@ -19,8 +19,6 @@ import sys
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.text import Text
 from typer.core import TyperGroup
 
 from gated.errors import GatedError
@@ -33,12 +31,31 @@ EXIT_NOT_RUNNING = 3
 LOG_FORMAT = "level=%(levelname)s logger=%(name)s %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-err_console = Console(stderr=True)
+
+class LazyConsole:
+    """A rich Console made on first use. A daemon started by these command lines (``gated run``)
+    prints nothing through one, and rich costs a gate ~3 MiB of memory it would keep."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+err_console = LazyConsole(stderr=True)
 
 
 def error_line(message: str) -> None:
     """Print ``error: message`` on stderr as one line, exactly as given: no markup is read from it
     (a ``[stripe]`` in a message stays), and it is never wrapped at the terminal's width."""
+    from rich.text import Text
+
     err_console.print(
         Text.assemble(("error:", "red"), " ", " ".join(message.splitlines())),
         soft_wrap=True,

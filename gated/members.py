@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from gated.cache.index import member_row
 from gated.config import format_validation_error
-from gated.contract import ContractError, MemberState, card_key, format_time
+from gated.contract import ContractError, card_key, format_time
 from gated.errors import GatedError
+from gated.payloads import MemberState
 
 LIST_FIELDS = ("cards", "zones", "sites")
 INT_FIELDS = ("daily_limit",)

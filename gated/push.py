@@ -24,8 +24,6 @@ import aiomqtt
 from gated.contract import (
     MAX_VERSION,
     ContractError,
-    GateStatus,
-    Manifest,
     Signer,
     Verifier,
     build_snapshot,
@@ -45,6 +43,7 @@ from gated.contract import (
 from gated.errors import GatedError
 from gated.members import read_members_file
 from gated.mqtt_session import BrokerSetupError, TlsFiles, client_for, session
+from gated.payloads import GateStatus, Manifest
 
 # PUBACKs awaited together; well under paho's 65,535 message ids.
 PUBLISH_WINDOW = 2000

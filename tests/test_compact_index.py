@@ -89,6 +89,8 @@ def check(index: MemberIndex, ref: Reference, sequence: list[tuple[str, object]]
         elif op == "key":
             assert isinstance(arg, bytes)
             assert fields(index.by_key.get(arg)) == fields(ref.by_key.get(arg))
+            # The hot path's own lookup (its probe written out, the found key reused).
+            assert fields(index.member_of_key(arg)) == fields(ref.by_key.get(arg))
             assert (arg in index.by_key) == (arg in ref.by_key)
         else:
             assert isinstance(arg, str)

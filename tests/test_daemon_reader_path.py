@@ -18,10 +18,10 @@ from gpiozero.pins.mock import MockFactory
 
 from gated.cache.store import CacheStore
 from gated.config import load_gate_config
-from gated.contract import GateEvent
 from gated.daemon import Gate
 from gated.door import Door
 from gated.members import read_members_file
+from gated.payloads import GateEvent, GateStatus
 from tests.doorpins import RelayEdges, edge_factory
 from tests.gatefixture import write_config
 
@@ -110,6 +110,11 @@ async def test_reader_entries_count_toward_daily_limit(
     # Built as plain dicts on the hot path, they are exactly the contract's GateEvent.
     for e in evs:
         assert GateEvent.model_validate(e).model_dump() == e
+    # So is the status it publishes (a dict too: the gate does not import the models).
+    for state in ("online", "offline"):
+        status = gate.published_status(state, 3)
+        assert GateStatus.model_validate(status).model_dump() == status
+    assert status["members"] == 2 and [r["id"] for r in status["readers"]] == ["sim-1", "sim-out"]
     # Counters were committed with the events: a restart keeps them.
     counters = await asyncio.wrap_future(gate.writer.submit(lambda s: s.load_counters()))
     assert counters["m_1"].entries == 2

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from gated.contract import MemberState, card_key
+from gated.contract import card_key
 from gated.members import MembersFileError, read_members_file
+from gated.payloads import MemberState
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff" * 2)
 VECTOR_CARD_KEY = "7d49c66ea0609cf85a291cf2f6451f3ca1f6192c92963bee14662136e4d65e56"

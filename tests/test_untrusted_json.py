@@ -10,13 +10,13 @@ from pydantic import ValidationError
 from gated.contract import (
     MAX_JSON_DEPTH,
     MAX_VERSION,
-    Manifest,
-    MemberState,
     PayloadError,
     json_depth_exceeds,
     loads_bounded,
     member_payload,
+    member_version,
 )
+from gated.payloads import Manifest, MemberState
 
 
 def nested(depth: int) -> bytes:
@@ -81,6 +81,19 @@ def test_member_payload_checks_before_any_signature_work() -> None:
         with pytest.raises(PayloadError) as refused:
             member_payload(payload, "m_1")
         assert refused.value.reason == reason, payload
+        # The sync's order gives the same reasons, whatever the cache holds.
+        for held in (0, 7, MAX_VERSION):
+            with pytest.raises(PayloadError) as refused:
+                member_version(payload, "m_1", held)
+            assert refused.value.reason == reason, (payload, held)
+    assert member_version(b'{"member_id": "m_1", "version": 7}', "m_1", 6) == 7
+    assert member_version(b'{"member_id": "m_1", "version": 7}', "m_1", 7) is None
+    # A state nested too deep is refused when newer, and dropped unread when not.
+    deep = b'{"member_id": "m_1", "version": 7, "x": %s}' % nested(40)
+    with pytest.raises(PayloadError) as refused:
+        member_version(deep, "m_1", 6)
+    assert refused.value.reason == "too_deep"
+    assert member_version(deep, "m_1", 7) is None
     assert member_payload(b'{"member_id": "m_1", "version": %d}' % MAX_VERSION, "m_1")[1] == (
         MAX_VERSION
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gated.contract import GateStatus
+from gated.payloads import GateStatus
 
 
 @dataclass(frozen=True, slots=True)

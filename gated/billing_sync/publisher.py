@@ -18,7 +18,6 @@ from gated.billing_sync.store import raise_version_floor, reading
 from gated.config import BillingMqttConfig
 from gated.contract import (
     ContractError,
-    Manifest,
     SignatureError,
     Signer,
     Verifier,
@@ -32,6 +31,7 @@ from gated.contract import (
     status_topic,
 )
 from gated.mqtt_session import TlsFiles, client_for, read_password, session
+from gated.payloads import Manifest
 
 log = logging.getLogger("gated.billing.mqtt")
 

@@ -18,16 +18,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiomqtt
-from pydantic import ValidationError
 
 from gated.cache.store import CacheWriter
 from gated.clock import TrustedClock, issued_too_far_ahead
 from gated.contract import (
+    Command,
     ContractError,
-    GateCommand,
     PayloadError,
     SignatureError,
     Verifier,
+    check_command,
     loads_bounded,
     parse_time,
 )
@@ -123,16 +123,16 @@ class RemoteCommands:
 
     async def _check(
         self, verifier: Verifier, obj: dict[str, Any], *, desk: bool
-    ) -> tuple[GateCommand, float]:
+    ) -> tuple[Command, float]:
         """The command and its ``not_after`` (Unix time), or _Refused with the reason."""
         try:
             body = await asyncio.to_thread(verifier.verify, obj, "gate_command")
-            command = GateCommand.model_validate(body)
+            command = check_command(body)
             issued_at = parse_time(command.issued_at).timestamp()
             not_after = parse_time(command.not_after).timestamp()
         except SignatureError as exc:
             raise _Refused("bad_signature") from exc
-        except (ContractError, ValidationError) as exc:
+        except ContractError as exc:
             raise _Refused("malformed") from exc
         if command.site != self.site or command.gate != self.gate_id:
             raise _Refused("misaddressed")
@@ -162,7 +162,7 @@ class RemoteCommands:
         finally:
             self._running.discard(command_id)
 
-    async def _run(self, command: GateCommand) -> None:
+    async def _run(self, command: Command) -> None:
         log.info("event=command action=%s id=%s", command.action, command.id)
         gate = self.gate
         # The event names who asked: the signed args.operator (a staff member at the console)

@@ -40,7 +40,6 @@ from functools import partial
 from typing import Any, Protocol
 
 import aiomqtt
-from pydantic import ValidationError
 
 from gated.cache.commands import RemoteCommands
 from gated.cache.index import MemberIndex
@@ -50,18 +49,20 @@ from gated.cache.verifier import VerifierPool, unpickled, verify_member_states
 from gated.clock import TrustedClock
 from gated.config import GateConfig, MqttConfig
 from gated.contract import (
+    MEMBER_ID_RE,
     ContractError,
-    Manifest,
     PayloadError,
     SignatureError,
     Verifier,
+    check_site_summary,
     cmd_topic,
     events_topic,
     format_time,
     load_public_key,
     loads_bounded,
     manifest_topic,
-    member_payload,
+    member_topic,
+    member_version,
     members_wildcard,
     parse_topic,
     public_key_raw,
@@ -164,6 +165,7 @@ class SiteSync:
         self.gate = gate
         self.mqtt: MqttConfig = config.mqtt
         self.site = config.site
+        self._member_prefix = member_topic(config.site, "")
         self.gate_id = config.gate
         self.client_id = self.mqtt.client_id or f"gated-{config.site}-{config.gate}"
         public_keys = [
@@ -362,6 +364,13 @@ class SiteSync:
             if len(payload) > MAX_PAYLOAD:
                 self._reject("oversized", topic)
                 return
+            # Member states are nearly all of the traffic: their topic is checked by its prefix
+            # and the id's pattern, as parse_topic would (anything else goes the long way).
+            prefix = self._member_prefix
+            if topic.startswith(prefix) and MEMBER_ID_RE.match(name := topic[len(prefix) :]):
+                self.received["members"] += 1
+                self._on_member(name, payload)
+                return
             try:
                 site, kind, name = parse_topic(topic)
             except ContractError:
@@ -414,14 +423,14 @@ class SiteSync:
         if not payload:
             self.skipped["empty_payload"] += 1
             return
+        # Against the cache only: what is waiting for a verifier is unverified, and must not
+        # hide what comes after it.
         try:
-            _obj, version = member_payload(payload, member_id)
+            version = member_version(payload, member_id, self.gate.index.version_of(member_id))
         except PayloadError as exc:
             self._reject(exc.reason, member_id, str(exc))
             return
-        # Against the cache only: what is waiting for a verifier is unverified, and must not
-        # hide what comes after it.
-        if version <= self.gate.index.version_of(member_id):
+        if version is None:
             self.skipped["not_newer"] += 1
             return
         waiting = self._pending.get(member_id)
@@ -526,14 +535,14 @@ class SiteSync:
             if not isinstance(obj, dict):
                 raise ContractError("not an object")
             body = await asyncio.to_thread(self.verifier.verify, obj, "manifest")
-            Manifest.model_validate(body)
+            check_site_summary(body, "manifest")
         except SignatureError:
             self._reject("bad_signature", "manifest")
             return
         except PayloadError as exc:
             self._reject(exc.reason, "manifest", str(exc))
             return
-        except (ContractError, ValidationError, ValueError):
+        except (ContractError, ValueError):
             self._reject("malformed", "manifest")
             return
         if body["site"] != self.site:
