@@ -56,6 +56,18 @@ class ChargeResult(NamedTuple):
     method: str = "card"
 
 
+class RefundResult(NamedTuple):
+    """Money given back on a PaymentIntent: the provider's refund id, how much, where it stands
+    (``pending`` is on its way back and is booked as given), and the idempotency key we made it
+    under (from its metadata; None for one made on the provider's side, e.g. its dashboard)."""
+
+    refund_id: str
+    intent_id: str
+    amount: int
+    state: Literal["succeeded", "pending", "failed"]
+    key: str | None = None
+
+
 class CardSetup(NamedTuple):
     """A SetupIntent: the member's browser saves a card with it through Stripe.js (3-D Secure
     included) using ``client_secret``; the card never passes through us."""
@@ -188,6 +200,16 @@ class PaymentGateway(BalanceSource, Protocol):
 
     def create_setup(self, customer_ref: str) -> CardSetup:
         """A SetupIntent for the customer, for a card entered in the browser."""
+        ...
+
+    def refund(self, intent_id: str, amount: int, idempotency_key: str) -> RefundResult:
+        """Give back ``amount`` of a succeeded intent, tagged with ``idempotency_key`` so that
+        ``refunds_of`` finds it after a crash. More than is left to refund raises
+        ``GatewayRejected``."""
+        ...
+
+    def refunds_of(self, intent_id: str) -> list[RefundResult]:
+        """Every refund of an intent, ours and those made on the provider's side."""
         ...
 
     def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
@@ -341,6 +363,15 @@ class FaultyGateway:
         """``inner.card_expiry`` between its two steps."""
         return self._call("card_expiry", lambda: self.inner.card_expiry(payment_method))
 
+    def refund(self, intent_id: str, amount: int, idempotency_key: str) -> RefundResult:
+        """``inner.refund`` between its two steps (``after_refund``: money given back, not
+        booked)."""
+        return self._call("refund", lambda: self.inner.refund(intent_id, amount, idempotency_key))
+
+    def refunds_of(self, intent_id: str) -> list[RefundResult]:
+        """``inner.refunds_of`` between its two steps."""
+        return self._call("refunds_of", lambda: self.inner.refunds_of(intent_id))
+
 
 # --- the simulated gateway --------------------------------------------------------------------
 
@@ -465,6 +496,28 @@ class SimulatedGateway:
         """No SetupIntent of the simulator ever succeeds (see ``create_setup``)."""
         return None
 
+    def refund(self, intent_id: str, amount: int, idempotency_key: str) -> RefundResult:
+        """Give back part or all of a succeeded intent (once per idempotency key, as Stripe)."""
+        with self._lock:
+            n = _number(intent_id)
+            row = self._intents.get(n)
+            if row is None or row[0] != "succeeded":
+                raise GatewayRejected(f"cannot refund {intent_id}: it took no money")
+            for r in self._intents.refunds(n):
+                if r.key == idempotency_key:
+                    return r
+            left = self._intents.amount(n) - sum(r.amount for r in self._intents.refunds(n))
+            if not 0 < amount <= left:
+                raise GatewayRejected(
+                    f"cannot refund {amount} of {intent_id}: {left} is left to refund"
+                )
+            return self._intents.add_refund(n, idempotency_key, amount)
+
+    def refunds_of(self, intent_id: str) -> list[RefundResult]:
+        """Every refund of the intent."""
+        with self._lock:
+            return self._intents.refunds(_number(intent_id))
+
     def charged_total(self) -> int:
         """Sum of every succeeded intent: what the members' banks have paid."""
         with self._lock:
@@ -571,6 +624,11 @@ class SimulatedGateway:
         moves.sort(key=lambda e: (e.created, e.id), reverse=True)
         return moves, carried
 
+    def refunded_total(self) -> int:
+        """Sum of every refund: what went back to the members' banks."""
+        with self._lock:
+            return self._intents.refunded_total()
+
     def _settle(self, intent_id: str) -> ChargeResult:
         n = _number(intent_id)
         row = self._intents.get(n)
@@ -638,6 +696,20 @@ class _Intents(Protocol):
         """Each disputed intent's number and when the dispute was opened."""
         ...
 
+    def amount(self, n: int) -> int:
+        """What intent ``n`` was for."""
+        ...
+
+    def refunds(self, n: int) -> list[RefundResult]:
+        """Intent ``n``'s refunds, oldest first."""
+        ...
+
+    def add_refund(self, n: int, key: str | None, amount: int) -> RefundResult:
+        """A refund of intent ``n`` (key None: one made as if on the provider's dashboard)."""
+        ...
+
+    def refunded_total(self) -> int: ...
+
 
 class _MemoryIntents:
     """Intents of one process, for tests and benchmarks: what a file would hold, in a list."""
@@ -647,6 +719,8 @@ class _MemoryIntents:
         self._rows: list[list[Any]] = []
         self._keys: dict[str, int] = {}
         self._disputes: dict[int, int] = {}
+
+        self._refunds: list[RefundResult] = []
 
     def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
         n = self._keys.get(key)
@@ -695,6 +769,22 @@ class _MemoryIntents:
     def charged_total(self) -> int:
         return sum(r[5] for r in self._rows if r[0] == "succeeded")
 
+    def amount(self, n: int) -> int:
+        return int(self._rows[n - 1][5])
+
+    def refunds(self, n: int) -> list[RefundResult]:
+        return [r for r in self._refunds if r.intent_id == f"pi_sim_{n:010d}"]
+
+    def add_refund(self, n: int, key: str | None, amount: int) -> RefundResult:
+        r = RefundResult(
+            f"re_sim_{len(self._refunds) + 1:010d}", f"pi_sim_{n:010d}", amount, "succeeded", key
+        )
+        self._refunds.append(r)
+        return r
+
+    def refunded_total(self) -> int:
+        return sum(r.amount for r in self._refunds)
+
 
 class _FileIntents:
     """Intents in an SQLite file, so a restarted process (or another one sharing the file) finds
@@ -729,6 +819,11 @@ class _FileIntents:
 
     def disputes(self) -> list[tuple[int, int]]:
         return self._db.execute("SELECT n, at FROM disputes").fetchall()
+
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS refunds (r INTEGER PRIMARY KEY, n INTEGER,"
+            " idempotency_key TEXT UNIQUE, amount INTEGER)"
+        )
 
     def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
         cur = self._db.execute(
@@ -777,6 +872,29 @@ class _FileIntents:
         (total,) = self._db.execute(
             "SELECT coalesce(sum(amount), 0) FROM intents WHERE state = 'succeeded'"
         ).fetchone()
+        return int(total)
+
+    def amount(self, n: int) -> int:
+        (amount,) = self._db.execute("SELECT amount FROM intents WHERE n = ?", (n,)).fetchone()
+        return int(amount)
+
+    def refunds(self, n: int) -> list[RefundResult]:
+        return [
+            RefundResult(f"re_sim_{r:010d}", f"pi_sim_{n:010d}", int(amount), "succeeded", key)
+            for r, key, amount in self._db.execute(
+                "SELECT r, idempotency_key, amount FROM refunds WHERE n = ? ORDER BY r", (n,)
+            )
+        ]
+
+    def add_refund(self, n: int, key: str | None, amount: int) -> RefundResult:
+        cur = self._db.execute(
+            "INSERT INTO refunds (n, idempotency_key, amount) VALUES (?, ?, ?)", (n, key, amount)
+        )
+        r = int(cur.lastrowid or 0)
+        return RefundResult(f"re_sim_{r:010d}", f"pi_sim_{n:010d}", amount, "succeeded", key)
+
+    def refunded_total(self) -> int:
+        (total,) = self._db.execute("SELECT coalesce(sum(amount), 0) FROM refunds").fetchone()
         return int(total)
 
 

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import stripe
 
@@ -22,6 +22,7 @@ from gated.billing_sync.gateway import (
     IntentState,
     Page,
     Payout,
+    RefundResult,
     month_after,
 )
 
@@ -378,6 +379,31 @@ class StripeGateway:
             return None
         return month_after(year, month)
 
+    def refund(self, intent_id: str, amount: int, idempotency_key: str) -> RefundResult:
+        """A refund of ``amount`` on the intent's charge, its key in the metadata so that
+        ``refunds_of`` finds it where idempotency keys are not honoured (localstripe)."""
+        refund = self._call(
+            "refunds.create",
+            lambda c: c.v1.refunds.create(
+                params={
+                    "payment_intent": intent_id,
+                    "amount": amount,
+                    "metadata": {"refund": idempotency_key},
+                },
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return _refund(refund.to_dict(), intent_id)
+
+    def refunds_of(self, intent_id: str) -> list[RefundResult]:
+        """The intent's refunds (up to 100: more refunds of one payment than that is not a
+        gym's)."""
+        page = self._call(
+            "refunds.list",
+            lambda c: c.v1.refunds.list(params={"payment_intent": intent_id, "limit": 100}),
+        )
+        return [_refund(r.to_dict(), intent_id) for r in page.data]
+
     @staticmethod
     def _result(intent: stripe.PaymentIntent) -> ChargeResult:
         data = intent.to_dict()
@@ -394,3 +420,18 @@ class StripeGateway:
         return ChargeResult(
             str(data["id"]), state, decline, advice, action_url, secret, method_of(data)
         )
+
+
+def _refund(data: Mapping[str, Any], intent_id: str) -> RefundResult:
+    """A Stripe Refund as the gateway reports it; ``requires_action`` and ``pending`` are on
+    their way back, ``failed`` and ``canceled`` gave nothing back."""
+    status = str(data.get("status"))
+    state: Literal["succeeded", "pending", "failed"] = (
+        "succeeded"
+        if status == "succeeded"
+        else "failed"
+        if status in ("failed", "canceled")
+        else "pending"
+    )
+    key = (data.get("metadata") or {}).get("refund")
+    return RefundResult(str(data["id"]), intent_id, int(data["amount"]), state, key)
