@@ -87,7 +87,7 @@ ConfigOpt = Annotated[
         show_default=True,
     ),
 ]
-DEFAULT_CONFIG = Path("/etc/gated/billing.toml")
+DEFAULT_CONFIG: Path = Path("/etc/gated/billing.toml")
 CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")]
 # Rows a table shows by default: a terminal table of every invoice of a large gym helps nobody.
 TABLE_LIMIT = 1000
@@ -968,3 +968,9 @@ def staff_reset(
 
 
 app.add_typer(reconcile_cli.commands(service, _parse_date, _table), name="reconcile")
+
+# The `invoice` group (refunds, credit notes, void, write-off) lives in its own module, which
+# uses the helpers above.
+from gated.billing_sync.invoice_cli import invoice_app  # noqa: E402
+
+app.add_typer(invoice_app, name="invoice")

@@ -22,6 +22,7 @@ from gated.billing_sync.facts import charge_methods, derive_facts, hold_dependan
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.publishing import refresh
+from gated.billing_sync.refunds import resume_refunds
 from gated.billing_sync.reminders import queue_reminders
 from gated.billing_sync.store import bulk, many
 
@@ -36,6 +37,7 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
     come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
     report = CycleReport()
     resume(ctx, report, member_ids)
+    resume_refunds(ctx, member_ids)
     size = ctx.config.batch_size
     seen: set[str] = set()
     while not ctx.stopping.is_set():

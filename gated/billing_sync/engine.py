@@ -333,6 +333,20 @@ def check_freeze(status: str, owed: int, months: int) -> None:
         )
 
 
+def unused_freeze_fee(fee: int, starts_at: int, ends_at: int, now: int) -> int:
+    """The part of a freeze's fee (gross, minor units) given back when it ends at ``now``
+    instead of ``ends_at``: pro rata by whole days left, the day it ends on counting as used,
+    rounded down to the minor unit (never more than the unused share). A freeze dropped before
+    it starts gives back all of it."""
+    days = -(-(ends_at - starts_at) // DAY)
+    unused = max(0, ends_at - max(now, starts_at))
+    if days <= 0 or unused <= 0:
+        return 0
+    if now <= starts_at:
+        return fee
+    return fee * (unused // DAY) // days
+
+
 def freeze_start(start_at: int | None, now: int) -> int:
     """When a freeze booked at ``now`` begins: ``start_at`` if it is later, else now. A start
     earlier today is now; a day before today is refused: the member could enter on those days

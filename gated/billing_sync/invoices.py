@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Row, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
@@ -245,11 +245,20 @@ def reverse_payment(conn: Connection, reference: str, now: int) -> Row[Any] | No
     row = payment_by_reference(conn, reference)
     if row is None:
         return None
+    # A bank disputes what is left of a payment: the part already refunded is not taken twice.
+    refunded = conn.execute(
+        select(func.coalesce(func.sum(s.refunds.c.amount), 0)).where(
+            s.refunds.c.payment_id == row.id, s.refunds.c.state == "succeeded"
+        )
+    ).scalar_one()
+    taken = int(row.amount) - int(refunded)
+    if taken <= 0:
+        return None
     conn.execute(
         insert(p).values(
             invoice_id=row.invoice_id,
             member_id=row.member_id,
-            amount=-row.amount,
+            amount=-taken,
             method="chargeback",
             reference=f"{reference}:chargeback",
             at=now,
@@ -259,7 +268,7 @@ def reverse_payment(conn: Connection, reference: str, now: int) -> Row[Any] | No
         update(s.invoices)
         .where(s.invoices.c.id == row.invoice_id)
         .values(
-            amount_paid=s.invoices.c.amount_paid - row.amount,
+            amount_paid=s.invoices.c.amount_paid - taken,
             status="open",
             paid_at=None,
         )

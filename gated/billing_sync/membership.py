@@ -17,6 +17,7 @@ from gated.billing_sync.facts import load_one
 from gated.billing_sync.invoices import create_invoice
 from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.publishing import queue_notice, refresh
+from gated.billing_sync.refunds import Outcome, execute_refunds, give_back
 from gated.contract import format_time
 
 
@@ -39,9 +40,27 @@ def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = Non
             )
         ).first():
             raise eng.FreezeRefused("a freeze is already booked")
+        invoice_id = None
+        if fee:
+            lines = [
+                (
+                    "freeze_fee",
+                    f"Freeze fee, {months} month(s)",
+                    months,
+                    int(facts.plan.freeze_fee),
+                )
+            ]
+            invoice_id = create_invoice(
+                ctx, conn, facts, "freeze", lines, int(facts.plan.tax_rate_bp), now, None
+            )
         conn.execute(
             insert(s.freezes).values(
-                member_id=member_id, starts_at=start, ends_at=end, fee=fee, created_at=now
+                member_id=member_id,
+                starts_at=start,
+                ends_at=end,
+                fee=fee,
+                created_at=now,
+                invoice_id=invoice_id,
             )
         )
         length = end - start
@@ -54,18 +73,6 @@ def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = Non
                 review_at=now,
             )
         )
-        if fee:
-            lines = [
-                (
-                    "freeze_fee",
-                    f"Freeze fee, {months} month(s)",
-                    months,
-                    int(facts.plan.freeze_fee),
-                )
-            ]
-            create_invoice(
-                ctx, conn, facts, "freeze", lines, int(facts.plan.tax_rate_bp), now, None
-            )
         queue_notice(
             ctx,
             conn,
@@ -79,10 +86,14 @@ def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = Non
     return run_cycle(ctx, member_ids=[member_id])
 
 
-def unfreeze(ctx: Context, member_id: str) -> None:
+def unfreeze(ctx: Context, member_id: str) -> Outcome | None:
     """End the current freeze now (or drop a booked one); the unused time comes off the
-    extension."""
+    extension, and the unused part of its fee is given back (``engine.unused_freeze_fee``): a
+    credit note on what is still owed of it, a refund of what was paid. Returns what was given
+    back (None when the freeze had no fee)."""
     now = ctx.clock()
+    back: Outcome | None = None
+    pending: list[int] = []
     with ctx.engine.begin() as conn:
         row = conn.execute(
             select(s.freezes)
@@ -105,7 +116,19 @@ def unfreeze(ctx: Context, member_id: str) -> None:
                 review_at=now,
             )
         )
+        if row.invoice_id is not None:
+            total = conn.execute(
+                select(s.invoices.c.total).where(s.invoices.c.id == row.invoice_id)
+            ).scalar_one()
+            amount = eng.unused_freeze_fee(int(total), row.starts_at, row.ends_at, now)
+            if amount > 0:
+                reason = "freeze ended early: the unused part of its fee"
+                back, pending = give_back(ctx, conn, row.invoice_id, amount, reason, now)
         refresh(ctx, conn, [member_id], now)
+    if back is not None:
+        execute_refunds(ctx, pending, back)
+    ctx.notify_published()
+    return back
 
 
 def cancel(ctx: Context, member_id: str) -> int:

@@ -94,6 +94,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "membership has ended and the debt has gone to collections. Pay at the front desk or "
         "online to settle it.\n",
     ),
+    "refund": (
+        "We refunded $amount",
+        "Hello $name,\n\nwe have refunded $amount of invoice $invoice to the way you paid it. "
+        "A card refund reaches your account within a few days.\n",
+    ),
     "freeze": (
         "Your membership is frozen",
         "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "
@@ -144,6 +149,7 @@ PAYER_NOTICES: frozenset[str] = frozenset(
         "card_expiring",
         "price_change",
         "collections",
+        "refund",
     }
 )
 

@@ -236,6 +236,8 @@ freezes = Table(
     Column("ends_at", BigInteger, nullable=False),
     Column("fee", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # The invoice that billed the fee: ending the freeze early gives back its unused part.
+    Column("invoice_id", Integer, ForeignKey("invoices.id")),
 )
 
 disputes = Table(
@@ -247,6 +249,68 @@ disputes = Table(
     Column("status", String(16), nullable=False),
     Column("opened_at", BigInteger),
     Column("closed_at", BigInteger),
+    # What the bank disputes and the provider's fee for the dispute (its balance transactions),
+    # as the provider reports them: the fee is the gym's cost, never billed to the member.
+    Column("amount", BigInteger),
+    Column("currency", String(3)),
+    Column("fee", BigInteger, nullable=False, server_default="0"),
+)
+
+# Money booked against an invoice that is not money received (payments.method): a credit note's
+# share and a debt written off settle the invoice without anyone paying. ``refund`` rows are money
+# given back (negative); every other method is money received (a chargeback's negative row too).
+NOT_MONEY_METHODS = ("credit_note", "write_off")
+
+# A credit note: the document that lowers what an invoice is worth (a refund's credit, a credit
+# on what is still owed, a void, the unused part of a freeze fee). Booked on its invoice as a
+# ``credit_note`` payment row of ``amount`` (gross), so every "what is owed" reads it already.
+# ``number`` comes from ``credit_notes.credit_note_number`` (one function, to be swapped for the
+# legal counter).
+credit_notes = Table(
+    "credit_notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("number", String(32), unique=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    # refund | credit | void | freeze
+    Column("kind", String(16), nullable=False),
+    # The invoice line credited in full, or None for an amount.
+    Column("line_id", Integer, ForeignKey("invoice_lines.id")),
+    Column("amount", BigInteger, nullable=False),
+    Column("tax", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Money given back for one payment. Crash-safe like a charge: the row and its idempotency key are
+# committed first (state ``new``), then the provider is asked, then the result is booked (a
+# ``refund`` payment row and its credit note) with the row made final in one transaction. A
+# restart looks the refund up by its key at the provider before asking again. A payment taken at
+# the desk is given back there: booked at once, with no provider call.
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False, index=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("payment_id", Integer, ForeignKey("payments.id"), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # The credit note booked with it: refund (an amount), freeze (unused freeze fee), or a line.
+    Column("kind", String(16), nullable=False),
+    Column("line_id", Integer, ForeignKey("invoice_lines.id")),
+    Column("reason", Text, nullable=False),
+    Column("idempotency_key", String(128), nullable=False, unique=True),
+    # The provider's refund id (None for one given back at the desk).
+    Column("gateway_ref", String(128), unique=True),
+    # new -> succeeded | failed
+    Column("state", String(16), nullable=False, index=True),
+    Column("error", Text),
+    Column("credit_note_id", Integer, ForeignKey("credit_notes.id")),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 webhook_events = Table(

@@ -53,6 +53,7 @@ from gated.billing_sync import (
     photos,
     publishing,
     reconcile,
+    refunds,
     self_service,
     signup,
     webhooks,
@@ -67,6 +68,7 @@ from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
 from gated.billing_sync.reconcile import FetchReport
+from gated.billing_sync.refunds import Outcome
 from gated.billing_sync.signup import Applicant, Terms
 from gated.billing_sync.staff import StaffAccess, StaffMember
 from gated.config import BillingConfig
@@ -210,9 +212,10 @@ class Billing:
         """Freeze a current member for 1-3 months (the contract runs that much longer)."""
         return membership.freeze(self.ctx, member_id, months, start_at)
 
-    def unfreeze(self, member_id: str) -> None:
-        """End the current freeze now (or drop a booked one)."""
-        membership.unfreeze(self.ctx, member_id)
+    def unfreeze(self, member_id: str) -> Outcome | None:
+        """End the current freeze now (or drop a booked one); the unused part of its fee is
+        given back."""
+        return membership.unfreeze(self.ctx, member_id)
 
     def cancel(self, member_id: str) -> int:
         """Cancel at the end of the paid period or the minimum term; returns that date."""
@@ -243,6 +246,45 @@ class Billing:
         paid = invoices.record_payment(self.ctx, member_id, amount, method, reference)
         cycle.run_cycle(self.ctx, member_ids=[member_id])
         return paid
+
+    # --- refunds, credit notes, void, write-off (refunds.py) ---------------------------------
+
+    def refund(
+        self,
+        invoice_id: int,
+        amount: int | None = None,
+        line_id: int | None = None,
+        reason: str = "refund",
+    ) -> Outcome:
+        """Give back money paid on an invoice (an amount, one line, or all), with its credit
+        note; card payments through the provider, crash-safe as charges are."""
+        return refunds.refund(self.ctx, invoice_id, amount, line_id, reason)
+
+    def credit(
+        self,
+        invoice_id: int,
+        amount: int | None = None,
+        line_id: int | None = None,
+        reason: str = "credit",
+    ) -> Outcome:
+        """A credit note on what is still open on an invoice (no money moves)."""
+        return refunds.credit(self.ctx, invoice_id, amount, line_id, reason)
+
+    def void(self, invoice_id: int, reason: str = "void") -> Outcome:
+        """Void an open invoice nothing was paid on."""
+        return refunds.void(self.ctx, invoice_id, reason)
+
+    def write_off(self, invoice_id: int, reason: str = "bad debt") -> int:
+        """Write off what is open on an invoice as bad debt; returns the amount."""
+        return refunds.write_off(self.ctx, invoice_id, reason)
+
+    def refunds_reported(self, intent_id: str) -> bool:
+        """``charge.refunded``: book every refund of the payment once."""
+        return refunds.refunds_reported(self.ctx, intent_id)
+
+    def invoice_money(self, invoice_id: int) -> dict[str, Any]:
+        """An invoice's lines with their ids, what was booked on it and its credit notes."""
+        return refunds.invoice_money(self.ctx, invoice_id)
 
     # --- invoices and the pay page ----------------------------------------------------------
 

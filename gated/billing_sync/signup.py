@@ -300,6 +300,8 @@ def _delete(conn: Any, member_ids: list[str]) -> None:
     conn.execute(delete(s.invoice_lines).where(s.invoice_lines.c.invoice_id.in_(invoices)))
     conn.execute(delete(s.signups).where(s.signups.c.member_id.in_(ids)))
     for table in (
+        s.refunds,
+        s.credit_notes,
         s.payment_attempts,
         s.payments,
         s.invoices,
