@@ -610,11 +610,15 @@ def freeze(
 
 @app.command()
 def unfreeze(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """End a freeze now."""
+    """End a freeze now; the unused part of its fee is given back (whole days left, rounded
+    down): a credit note on what is still owed of it, a refund of what was paid."""
     with service(config) as billing:
-        with _audit(billing, "unfreeze", member_id):
-            billing.unfreeze(member_id)
-        out.print(f"{member_id}: {billing.member(member_id)['status']}")
+        with _audit(billing, "unfreeze", member_id) as entry:
+            back = billing.unfreeze(member_id)
+            if back is not None:
+                entry.detail.update(invoice=back.invoice_id, credit_notes=back.credit_notes)
+        given = f"; {back.line()}" if back is not None else ""
+        out.print(f"{member_id}: {billing.member(member_id)['status']}{given}", markup=False)
 
 
 @app.command()

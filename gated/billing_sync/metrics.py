@@ -82,7 +82,11 @@ class StoreCollector(Collector):
                 (a.c.invoice_id == s.payments.c.invoice_id) & (a.c.state == "failed")
             )
             recoveries = conn.execute(
-                select(func.count(func.distinct(s.payments.c.invoice_id))).where(failed_before)
+                select(func.count(func.distinct(s.payments.c.invoice_id))).where(
+                    failed_before,
+                    s.payments.c.amount > 0,
+                    s.payments.c.method.not_in(s.NOT_MONEY_METHODS),
+                )
             ).scalar_one()
         yield members
         yield attempts

@@ -137,7 +137,7 @@ def _entered() -> ColumnElement[bool]:
 
 def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
-    ...; chargebacks count negative): gross, and apart the net and the tax in it (each payment's
+    ...; chargebacks and refunds count negative; credit notes and write-offs are not money): gross, and apart the net and the tax in it (each payment's
     share of its invoice's tax, rounded per payment)."""
     p, inv = s.payments, s.invoices
     with reading(engine).connect() as conn:
@@ -153,7 +153,7 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
                 inv.c.total,
             )
             .join(inv, inv.c.id == p.c.invoice_id)
-            .where(scope.within(p.c.at))
+            .where(scope.within(p.c.at), p.c.method.not_in(s.NOT_MONEY_METHODS))
         ).all()
     totals: dict[tuple[str, str, str], list[int]] = {}
     for r in rows:
@@ -419,7 +419,9 @@ def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
         }
         paid: dict[int, int] = {}
         for r in conn.execute(
-            select(p.c.invoice_id, p.c.amount, p.c.at).where(p.c.invoice_id.in_(ids))
+            select(p.c.invoice_id, p.c.amount, p.c.at).where(
+                p.c.invoice_id.in_(ids), p.c.method.not_in(s.NOT_MONEY_METHODS)
+            )
         ):
             if r.at >= first[int(r.invoice_id)][0]:
                 paid[int(r.invoice_id)] = paid.get(int(r.invoice_id), 0) + int(r.amount)

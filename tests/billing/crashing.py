@@ -2,9 +2,10 @@
 its gateway wrapped in a ``FaultyGateway``; run as a module it is ``gated-billing run`` killed
 with SIGKILL at one gateway step:
 
-    python -m tests.billing.crashing BILLING_TOML STEP
+    python -m tests.billing.crashing BILLING_TOML STEP [refund INVOICE AMOUNT]
 
-(``STEP`` as ``FaultyGateway`` names them, e.g. ``after_confirm_intent``)."""
+(``STEP`` as ``FaultyGateway`` names them, e.g. ``after_confirm_intent``; with ``refund`` it is
+``gated-billing invoice refund INVOICE --amount AMOUNT`` that is killed, e.g. ``after_refund``)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,10 @@ def billing_for(config_path: Path, fault: Callable[[str], None] | None = None) -
 
 
 if __name__ == "__main__":
-    config_file, step = sys.argv[1:]
-    billing_for(Path(config_file), kill_at(step)).run_cycle()
+    config_file, step, *action = sys.argv[1:]
+    billing = billing_for(Path(config_file), kill_at(step))
+    if action:
+        billing.refund(int(action[1]), int(action[2]))
+    else:
+        billing.run_cycle()
     sys.exit(f"not killed: no gateway call reached {step}")

@@ -55,10 +55,11 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def killed_at(config_path: Path, step: str) -> subprocess.CompletedProcess[str]:
-    """A billing cycle in its own process, its gateway killing it at ``step``."""
+def killed_at(config_path: Path, step: str, *action: str) -> subprocess.CompletedProcess[str]:
+    """A billing cycle (or ``action``: ``refund INVOICE AMOUNT``) in its own process, its
+    gateway killing it at ``step``."""
     return subprocess.run(
-        [sys.executable, "-m", "tests.billing.crashing", str(config_path), step],
+        [sys.executable, "-m", "tests.billing.crashing", str(config_path), step, *action],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -138,3 +139,71 @@ def test_a_gateway_error_at_each_step_is_resumed_without_charging_twice(
     assert payments == [TOTAL] and attempts == ["succeeded"]
     assert simulated.charged_total() == TOTAL
     assert b.member("m1")["status"] == "active"
+
+
+# The refund protocol's steps: the row committed, nothing asked; money given back, not booked.
+REFUND_POINTS = ["before_refund", "after_refund"]
+REFUNDED = 2000
+
+
+def refund_crash_and_resume(config_path: Path, card: str, point: str) -> Billing:
+    b = billing_for(config_path)
+    b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method=card)
+    killed = killed_at(config_path, point, "refund", "1", str(REFUNDED))
+    assert killed.returncode == -9, killed.stderr
+    resumed = cli(config_path, "run")  # the next cycle finishes the refund the kill left
+    assert resumed.returncode == 0, resumed.stderr
+    with b.engine.connect() as conn:
+        refunds = conn.execute(select(schema.refunds.c.state, schema.refunds.c.amount)).all()
+        booked = conn.execute(
+            select(schema.payments.c.method, schema.payments.c.amount).order_by(
+                schema.payments.c.id
+            )
+        ).all()
+        notes = conn.execute(select(schema.credit_notes.c.amount)).scalars().all()
+    assert [tuple(r) for r in refunds] == [("succeeded", REFUNDED)]
+    assert [tuple(r) for r in booked][1:] == [("credit_note", REFUNDED), ("refund", -REFUNDED)]
+    assert notes == [REFUNDED]
+    assert b.member("m1")["status"] == "active" and b.member("m1")["owed"] == 0
+    return b
+
+
+@pytest.mark.parametrize("point", REFUND_POINTS)
+def test_kill_during_a_refund_gives_back_once_simulated(tmp_path: Path, point: str) -> None:
+    b = refund_crash_and_resume(write_config(tmp_path, None), "pm_sim_ok", point)
+    gw = SimulatedGateway(tmp_path / "state" / "simulated-gateway.db", clock=b.clock)
+    assert gw.refunded_total() == REFUNDED
+
+
+@pytest.mark.parametrize("point", REFUND_POINTS)
+def test_kill_during_a_refund_gives_back_once_stripe(
+    tmp_path: Path, point: str, localstripe: LocalStripe
+) -> None:
+    refund_crash_and_resume(write_config(tmp_path, localstripe.url), "pm_card_visa", point)
+    client = stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    # localstripe ignores idempotency keys: only the lookup by key keeps this at one refund.
+    assert [r.amount for r in client.v1.refunds.list(params={"limit": 100}).data] == [REFUNDED]
+
+
+def test_an_unreachable_provider_leaves_the_refund_to_the_next_cycle(tmp_path: Path) -> None:
+    clock = Clock()
+    simulated = SimulatedGateway(tmp_path / "sim.db", clock=clock)
+    armed = {"before_refund"}
+
+    def fault(step: str) -> None:
+        if step in armed:
+            armed.discard(step)
+            raise GatewayUnavailable(f"injected at {step}")
+
+    b, _ = make_billing(tmp_path, gateway=FaultyGateway(simulated, fault), clock=clock)
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    out = b.refund(1, REFUNDED)
+    assert (out.refunded, out.waiting) == (0, REFUNDED)
+    assert "waiting on the payment provider" in out.line()
+    b.run_cycle()
+    assert simulated.refunded_total() == REFUNDED
+    with b.engine.connect() as conn:
+        assert conn.execute(select(schema.refunds.c.state)).scalars().all() == ["succeeded"]
