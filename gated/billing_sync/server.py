@@ -37,6 +37,7 @@ from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
 from gated.billing_sync.stripe_gateway import method_of
+from gated.billing_sync.webhooks import DisputeMoney
 from gated.contract import build_snapshot, format_time
 from gated.http_limits import FORM_BYTES, PHOTO_BYTES, WEBHOOK_BYTES, BodyLimit
 
@@ -71,6 +72,20 @@ def apply_stripe_event(billing: Billing, event: dict[str, Any]) -> bool:
     return applied
 
 
+def dispute_money(obj: dict[str, Any]) -> DisputeMoney:
+    """A Stripe Dispute's amount, currency and fee: the fees of its balance transactions (the
+    withdrawal's, less any given back when it is won), None when it lists none."""
+    moves = obj.get("balance_transactions") or []
+    fee = sum(int(bt.get("fee") or 0) for bt in moves) if moves else None
+    amount = obj.get("amount")
+    currency = obj.get("currency")
+    return DisputeMoney(
+        int(amount) if amount is not None else None,
+        str(currency).upper() if currency else None,
+        fee,
+    )
+
+
 def _apply(billing: Billing, event: dict[str, Any]) -> bool:
     obj: dict[str, Any] = event["data"]["object"]
     kind = event["type"]
@@ -83,12 +98,18 @@ def _apply(billing: Billing, event: dict[str, Any]) -> bool:
             obj["id"], "failed", err.get("decline_code") or err.get("code"), err.get("advice_code")
         )
         return billing.intent_update(obj["id"], result)
+    if kind == "charge.refunded" and obj.get("payment_intent"):
+        # A refund made on Stripe's side (its dashboard), or ours reported back: booked once.
+        return billing.refunds_reported(str(obj["payment_intent"]))
     if kind == "charge.dispute.created":
-        billing.dispute_opened(obj["id"], obj.get("payment_intent"))
+        billing.dispute_opened(obj["id"], obj.get("payment_intent"), dispute_money(obj))
         return True
     if kind == "charge.dispute.closed":
         billing.dispute_closed(
-            obj["id"], obj.get("payment_intent"), str(obj.get("status", "closed"))
+            obj["id"],
+            obj.get("payment_intent"),
+            str(obj.get("status", "closed")),
+            dispute_money(obj),
         )
         return True
     if kind == "payment_method.attached" and obj.get("customer"):

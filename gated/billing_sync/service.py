@@ -71,6 +71,7 @@ from gated.billing_sync.reconcile import FetchReport
 from gated.billing_sync.refunds import Outcome
 from gated.billing_sync.signup import Applicant, Terms
 from gated.billing_sync.staff import StaffAccess, StaffMember
+from gated.billing_sync.webhooks import NO_MONEY, DisputeMoney
 from gated.config import BillingConfig
 
 __all__ = ["Applicant", "Billing", "CardSetup", "CycleReport", "PlanSpec", "Terms"]
@@ -364,13 +365,21 @@ class Billing:
         but a payment the provider took is always booked once."""
         return webhooks.intent_update(self.ctx, intent_id, result)
 
-    def dispute_opened(self, dispute_id: str, intent_id: str | None) -> None:
+    def dispute_opened(
+        self, dispute_id: str, intent_id: str | None, money: DisputeMoney = NO_MONEY
+    ) -> None:
         """A chargeback: the member is suspended until it closes (unless it already closed)."""
-        webhooks.dispute_opened(self.ctx, dispute_id, intent_id)
+        webhooks.dispute_opened(self.ctx, dispute_id, intent_id, money)
 
-    def dispute_closed(self, dispute_id: str, intent_id: str | None, outcome: str) -> None:
+    def dispute_closed(
+        self,
+        dispute_id: str,
+        intent_id: str | None,
+        outcome: str,
+        money: DisputeMoney = NO_MONEY,
+    ) -> None:
         """A dispute closed: the suspension lifts; a lost dispute reopens the money it took."""
-        webhooks.dispute_closed(self.ctx, dispute_id, intent_id, outcome)
+        webhooks.dispute_closed(self.ctx, dispute_id, intent_id, outcome, money)
 
     def payment_method_attached(self, customer_ref: str, payment_method: str) -> None:
         """A member added a card on the provider's side: use it and retry what is owed."""

@@ -5,6 +5,8 @@ and cards added or removed on the provider's side.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from sqlalchemy import Connection, func, insert, select, update
 
 from gated.billing_sync import schema as s
@@ -64,9 +66,36 @@ def intent_update(ctx: Context, intent_id: str, result: ChargeResult) -> bool:
     return True
 
 
-def dispute_opened(ctx: Context, dispute_id: str, intent_id: str | None) -> None:
+class DisputeMoney(NamedTuple):
+    """What a dispute is about in money, as the provider reports it: the amount disputed and the
+    fee it charges the gym (the sum of the fees of the dispute's balance transactions, net of
+    any given back when it is won). Booked on the dispute, never billed to the member."""
+
+    amount: int | None = None
+    currency: str | None = None
+    fee: int | None = None
+
+
+# A dispute event that says nothing about money.
+NO_MONEY = DisputeMoney()
+
+
+def _book_dispute_money(conn: Connection, dispute_id: str, money: DisputeMoney) -> None:
+    d = s.disputes
+    values: dict[str, Any] = {}
+    if money.amount is not None:
+        values.update(amount=money.amount, currency=money.currency)
+    if money.fee is not None:
+        values["fee"] = money.fee
+    if values:
+        conn.execute(update(d).where(d.c.id == dispute_id).values(**values))
+
+
+def dispute_opened(
+    ctx: Context, dispute_id: str, intent_id: str | None, money: DisputeMoney = NO_MONEY
+) -> None:
     """A chargeback: the member is suspended until it closes (unless it already closed) and
-    told what their bank disputes."""
+    told what their bank disputes; its amount and fee are booked on the dispute."""
     member_id = member_for_intent(ctx, intent_id)
     now = ctx.clock()
     with ctx.engine.begin() as conn:
@@ -84,6 +113,8 @@ def dispute_opened(ctx: Context, dispute_id: str, intent_id: str | None) -> None
                 }
             ],
         )
+        if opened:
+            _book_dispute_money(conn, dispute_id, money)
         if member_id:
             if opened and intent_id:
                 _chargeback_notice(ctx, conn, member_id, intent_id, "dispute", now)
@@ -103,8 +134,16 @@ def _chargeback_notice(
     queue_notice(ctx, conn, facts, kind, amount=amount, invoice=str(payment.invoice_id))
 
 
-def dispute_closed(ctx: Context, dispute_id: str, intent_id: str | None, outcome: str) -> None:
-    """A dispute closed: the suspension lifts; a lost dispute reopens the money it took."""
+def dispute_closed(
+    ctx: Context,
+    dispute_id: str,
+    intent_id: str | None,
+    outcome: str,
+    money: DisputeMoney = NO_MONEY,
+) -> None:
+    """A dispute closed: the suspension lifts; a lost dispute reopens the money it took (due
+    when it was first due: the member is dunned and let in by their standing). The fee as the
+    provider reports it at the close is booked on the dispute."""
     member_id = member_for_intent(ctx, intent_id)
     now = ctx.clock()
     d = s.disputes
@@ -127,6 +166,7 @@ def dispute_closed(ctx: Context, dispute_id: str, intent_id: str | None, outcome
             conn.execute(
                 update(d).where(d.c.id == dispute_id).values(status=outcome, closed_at=now)
             )
+        _book_dispute_money(conn, dispute_id, money)
         if outcome == "lost" and intent_id and member_id:
             taken = reverse_payment(conn, intent_id, now)
             if taken is not None:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayUnavailable
 from gated.billing_sync.stripe_gateway import StripeGateway
 from tests.billing.helpers import make_billing, published, step
@@ -187,3 +188,36 @@ def test_a_cards_expiry_is_read_from_its_payment_method(localstripe: LocalStripe
     assert expires is not None
     after = datetime.fromtimestamp(expires, UTC)
     assert after.day == 1 and after.hour == 0 and after > datetime.now(UTC)
+
+
+def test_refunds_through_stripe_ours_and_the_dashboards_each_booked_once(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    from sqlalchemy import select
+
+    from gated.billing_sync import schema
+
+    b, _ = make_billing(tmp_path, gateway=gateway(localstripe.url))
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_card_visa")
+    with b.engine.connect() as conn:
+        pi = conn.execute(select(schema.payment_attempts.c.gateway_ref)).scalar_one()
+    assert b.refund(1, 1000).refunded == 1000
+    client = stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    client.v1.refunds.create(params={"payment_intent": pi, "amount": 500})  # the dashboard
+    assert b.refunds_reported(pi) is True
+    assert b.refunds_reported(pi) is False  # told again: nothing more
+    with pytest.raises(BillingError, match="to refund"):
+        b.refund(1, 5938)  # more than is left: refused before Stripe is asked
+    with b.engine.connect() as conn:
+        amounts = (
+            conn.execute(select(schema.refunds.c.amount).order_by(schema.refunds.c.id))
+            .scalars()
+            .all()
+        )
+    assert amounts == [1000, 500]
+    assert sorted(r.amount for r in client.v1.refunds.list(params={"limit": 10}).data) == [
+        500,
+        1000,
+    ]

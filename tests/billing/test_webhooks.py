@@ -286,3 +286,62 @@ def test_a_payment_authenticated_after_we_stopped_waiting_is_booked(
             select(schema.payments.c.amount).where(schema.payments.c.reference == intent_id)
         ).scalar_one()
     assert paid == 5938
+
+
+def test_a_refund_made_on_the_providers_side_is_booked_once_with_its_credit_note(
+    tmp_path: Path,
+) -> None:
+    from gated.billing_sync.gateway import SimulatedGateway
+
+    clock = Clock()
+    gw = SimulatedGateway(clock=clock)
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    pi = intent_of(b, "m1")
+    ours = b.refund(1, 1000)  # made by us: its charge.refunded books nothing more
+    gw.refund(pi, 2500, "dashboard-1")  # made in the provider's dashboard
+    with TestClient(create_app(b, SECRET)) as client:
+        for n in (1, 2):  # the second delivery of the same news (a new event id) books nothing
+            payload, headers = signed(event(f"evt_r{n}", "charge.refunded", {"payment_intent": pi}))
+            answer = client.post("/v1/stripe/webhook", content=payload, headers=headers)
+            assert answer.json()["applied"] is (n == 1)
+    with b.engine.connect() as conn:
+        refunds = conn.execute(
+            select(schema.refunds.c.amount, schema.refunds.c.state).order_by(schema.refunds.c.id)
+        ).all()
+        notes = conn.execute(select(schema.credit_notes.c.amount)).scalars().all()
+        inv = conn.execute(select(schema.invoices)).one()
+    assert ours.refunded == 1000
+    assert [tuple(r) for r in refunds] == [(1000, "succeeded"), (2500, "succeeded")]
+    assert notes == [1000, 2500]
+    assert inv.status == "paid" and inv.amount_paid == inv.total
+    assert gw.refunded_total() == 3500
+    assert published(b, "m1")["status"] == "active"
+
+
+def test_dispute_fee_is_booked_and_a_lost_dispute_leaves_the_amount_open(
+    setup: tuple[Billing, Clock, TestClient],
+) -> None:
+    b, clock, client = setup
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    pi = intent_of(b, "m1")
+    dispute = {
+        "id": "dp_7",
+        "payment_intent": pi,
+        "amount": 5938,
+        "currency": "eur",
+        "balance_transactions": [{"amount": -5938, "fee": 1500}],
+    }
+    for n, (kind, extra) in enumerate(
+        [("charge.dispute.created", {}), ("charge.dispute.closed", {"status": "lost"})]
+    ):
+        payload, headers = signed(event(f"evt_d{n}", kind, {**dispute, **extra}))
+        assert (
+            client.post("/v1/stripe/webhook", content=payload, headers=headers).status_code == 200
+        )
+    with b.engine.connect() as conn:
+        row = conn.execute(select(schema.disputes)).one()
+    assert (row.status, row.amount, row.currency, row.fee) == ("lost", 5938, "EUR", 1500)
+    assert b.member("m1")["owed"] == 5938  # the fee is the gym's cost, not the member's debt
+    step(b, clock, 4)
+    assert published(b, "m1")["status"] in ("suspended", "collections")
