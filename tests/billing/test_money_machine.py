@@ -1,13 +1,16 @@
 """A hypothesis state machine over the money: plans, freezes (back-dated too), cancellations, a
 household (a payer and dependants), disputes opened, won and lost, payments (card success, soft
-and hard declines, a bank that wants the member present, SEPA, the front desk), members
+and hard declines, a bank that wants the member present, SEPA, the front desk), money taken
+back (refunds, credit notes, void, write-off, a refund on the provider's dashboard), members
 migrated with past join dates, and the clock, all through the real facade and store.
 
 After every step, and after every day's cycle while time passes, it checks from the store's
 rows (never through the engine's own rules, so a wrong rule cannot vouch for itself):
 
-* money: per member and in total, invoiced = paid + refunded + open, each invoice's payments
-  add up to what it shows as paid, and the gateway took exactly the card money booked;
+* money: per member and in total, invoiced = received - refunded + credited + written off +
+  open (``check_money``), each invoice's rows add up to what it shows as paid (settled), every
+  credit note is booked once on its invoice, no payment is refunded beyond its amount, and the
+  gateway took exactly the card and SEPA money booked and gave back exactly the refunds booked;
 * no gate access (a published status the gates let in, with ``valid_until`` ahead) without
   good standing: no open dispute, no freeze running, contract not ended, no debt past the
   longest grace, a dependant's payer in household standing;
@@ -41,7 +44,7 @@ from gated.billing_sync import reconcile
 from gated.billing_sync import schema as s
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import SimulatedGateway
+from gated.billing_sync.gateway import GatewayRejected, SimulatedGateway
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing
 
@@ -248,6 +251,56 @@ class MoneyMachine(RuleBasedStateMachine):
         _, mismatches = reconcile.mismatches(self.billing.engine)
         assert [m for m in mismatches if m[1] == "charge"] == []
 
+    # --- money taken back: refunds, credit notes, void, write-off, the provider's refunds ------
+
+    @rule(
+        member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS]),
+        dashboard=st.booleans(),
+        half=st.booleans(),
+    )
+    def refund(self, member: str, dashboard: bool, half: bool) -> None:
+        """Money given back on the member's newest payment: half or all of what is left of it
+        (``invoice refund``), or 1.00 refunded on the provider's dashboard and reported by
+        ``charge.refunded``."""
+        p = s.payments
+        with self.billing.engine.connect() as conn:
+            paid = conn.execute(
+                select(p.c.invoice_id, p.c.reference, p.c.amount)
+                .where(p.c.member_id == member, p.c.amount > 0)
+                .where(p.c.method.not_in(("credit_note", "write_off")))
+                .order_by(p.c.id.desc())
+            ).first()
+        if paid is None:
+            return
+        if not dashboard:
+            with contextlib.suppress(BillingError):  # all given back, charged back, disputed
+                self.billing.refund(paid.invoice_id, paid.amount // 2 if half else None)
+        elif paid.reference and paid.reference.startswith("pi_sim_"):
+            with contextlib.suppress(GatewayRejected):  # all given back already
+                self.gateway.refund(paid.reference, 100, f"dashboard-{self.max_attempt()}")
+            self.billing.refunds_reported(paid.reference)
+
+    def oldest_open(self) -> int | None:
+        inv = s.invoices
+        with self.billing.engine.connect() as conn:
+            return conn.execute(
+                select(inv.c.id).where(inv.c.status == "open").order_by(inv.c.due_at, inv.c.id)
+            ).scalar()
+
+    @precondition(lambda self: self.oldest_open() is not None)
+    @rule(how=st.sampled_from(["credit", "half_credit", "void", "write_off"]))
+    def settle_open(self, how: str) -> None:
+        """The oldest open invoice credited (all or 5.00), voided or written off."""
+        invoice_id = self.oldest_open()
+        assert invoice_id is not None
+        with contextlib.suppress(BillingError):  # money on it (void), a debit in flight
+            if how in ("credit", "half_credit"):
+                self.billing.credit(invoice_id, 500 if how == "half_credit" else None)
+            elif how == "void":
+                self.billing.void(invoice_id)
+            else:
+                self.billing.write_off(invoice_id)
+
     # --- checks -------------------------------------------------------------------------------
 
     def max_attempt(self) -> int:
@@ -275,6 +328,8 @@ class MoneyMachine(RuleBasedStateMachine):
                 ),
                 "freezes": list(conn.execute(select(s.freezes))),
                 "disputes": list(conn.execute(select(s.disputes))),
+                "credit_notes": list(conn.execute(select(s.credit_notes))),
+                "refunds": list(conn.execute(select(s.refunds))),
             }
 
     @invariant()
@@ -290,31 +345,67 @@ class MoneyMachine(RuleBasedStateMachine):
         self.check_attempts_and_notices(r)
 
     def check_money(self, r: dict[str, Any]) -> None:
+        """Per member and in total: invoiced = received - refunded + credited + written off +
+        open. Received is every payment row of money (card, SEPA, desk; a chargeback's
+        negative row too), refunded the money given back (``refund`` rows), credited the credit
+        notes (each booked as a ``credit_note`` row of its amount), written off the bad debt
+        (``write_off`` rows): all of it settles the invoice, so what an invoice shows as paid is
+        the sum of its rows, and only what is still open is owed."""
         paid_on: dict[int, int] = {}
         for p in r["payments"]:
             paid_on[p.invoice_id] = paid_on.get(p.invoice_id, 0) + int(p.amount)
+        # charged, received, refunded, credited, written off, open
         totals: dict[str, list[int]] = {}
         for inv in r["invoices"]:
             assert 0 <= inv.amount_paid <= inv.total, inv
             assert paid_on.get(inv.id, 0) == inv.amount_paid, inv
-            assert (inv.status == "paid") == (inv.amount_paid == inv.total), inv
-            t = totals.setdefault(inv.member_id, [0, 0, 0, 0])
+            settled = inv.status in ("paid", "void", "written_off")
+            assert settled == (inv.amount_paid == inv.total), inv
+            t = totals.setdefault(inv.member_id, [0] * 6)
             t[0] += int(inv.total)
-            t[3] += int(inv.total - inv.amount_paid) if inv.status == "open" else 0
+            t[5] += int(inv.total - inv.amount_paid) if inv.status == "open" else 0
+        column = {"refund": 2, "credit_note": 3, "write_off": 4}
         for p in r["payments"]:
-            t = totals.setdefault(p.member_id, [0, 0, 0, 0])
-            # Refunds (money given back, the invoice staying charged) are booked as "refund";
-            # every other payment row, a chargeback's negative one included, is money kept.
-            t[2 if p.method == "refund" else 1] += int(p.amount)
-        for member, (charged, paid, refunded_neg, open_) in totals.items():
-            assert charged == paid + (-refunded_neg) + open_, (member, totals[member])
-        assert sum(t[0] for t in totals.values()) == sum(
-            t[1] - t[2] + t[3] for t in totals.values()
+            t = totals.setdefault(p.member_id, [0] * 6)
+            sign = -1 if p.method == "refund" else 1
+            t[column.get(p.method, 1)] += sign * int(p.amount)
+        for member, (charged, received, refunded, credited, written, open_) in totals.items():
+            assert refunded >= 0 and credited >= 0 and written >= 0, (member, totals[member])
+            assert charged == received - refunded + credited + written + open_, (
+                member,
+                totals[member],
+            )
+        grand = [sum(col) for col in zip(*totals.values(), strict=True)] if totals else [0] * 6
+        assert grand[0] == grand[1] - grand[2] + grand[3] + grand[4] + grand[5]
+        # Every credit note is booked once on its invoice, and every refund made once.
+        notes = {n.id: n for n in r["credit_notes"]}
+        booked = {int(p.reference[3:]): p for p in r["payments"] if p.method == "credit_note"}
+        assert notes.keys() == booked.keys()
+        for note_id, note in notes.items():
+            assert (note.invoice_id, note.amount) == (
+                booked[note_id].invoice_id,
+                booked[note_id].amount,
+            )
+        done = [f for f in r["refunds"] if f.state == "succeeded"]
+        assert sum(f.amount for f in done) == -sum(
+            p.amount for p in r["payments"] if p.method == "refund"
         )
+        for pay in r["payments"]:
+            back = sum(
+                f.amount for f in r["refunds"] if f.payment_id == pay.id and f.state != "failed"
+            )
+            assert back <= max(0, pay.amount), ("refunded more than was paid", pay)
         # What the gateway took, by card or by a SEPA debit once settled (a chargeback's
-        # negative row is the bank taking it back, not the gateway charging less).
+        # negative row is the bank taking it back, not the gateway charging less), and what it
+        # gave back.
         taken = sum(int(p.amount) for p in r["payments"] if p.method in ("card", "sepa_debit"))
         assert taken == self.gateway.charged_total()
+        given = -sum(
+            int(p.amount)
+            for p in r["payments"]
+            if p.method == "refund" and p.reference.startswith("re_sim_")
+        )
+        assert given == self.gateway.refunded_total()
 
     def check_access(self, r: dict[str, Any], now: int) -> None:
         in_flight = {a.member_id for a in r["attempts"] if a.state in s.OPEN_ATTEMPT_STATES}
