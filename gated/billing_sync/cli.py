@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gated.billing_sync import reconcile_cli, reports
+from gated.billing_sync import invoice_cli, reconcile_cli, reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
@@ -87,7 +87,7 @@ ConfigOpt = Annotated[
         show_default=True,
     ),
 ]
-DEFAULT_CONFIG: Path = Path("/etc/gated/billing.toml")
+DEFAULT_CONFIG = Path("/etc/gated/billing.toml")
 CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")]
 # Rows a table shows by default: a terminal table of every invoice of a large gym helps nobody.
 TABLE_LIMIT = 1000
@@ -972,9 +972,4 @@ def staff_reset(
 
 
 app.add_typer(reconcile_cli.commands(service, _parse_date, _table), name="reconcile")
-
-# The `invoice` group (refunds, credit notes, void, write-off) lives in its own module, which
-# uses the helpers above.
-from gated.billing_sync.invoice_cli import invoice_app  # noqa: E402
-
-app.add_typer(invoice_app, name="invoice")
+app.add_typer(invoice_cli.commands(service, _audit, _table), name="invoice")
