@@ -324,40 +324,16 @@ def members_list(
 @members_app.command("import")
 def members_import(file: Path, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Import members from CSV or a JSON list (member_id, name, plan, email, sites, payer,
-    card, role, cards: UIDs separated by spaces)."""
+    card, role, cards: UIDs separated by spaces). Every line is checked before the first is
+    enrolled: a bad line imports nothing, and the error names it."""
     try:
         text = file.read_text()
     except OSError as exc:
         fail(f"{file}: {exc.strerror}")
-    if file.suffix.lower() == ".json":
-        try:
-            records: list[dict[str, Any]] = json.loads(text)
-        except ValueError as exc:
-            fail(f"{file}: not JSON: {exc}")
-    else:
-        records = list(csv.DictReader(text.splitlines()))
-    with service(config) as billing:
-        for n, rec in enumerate(records, 1):
-            try:
-                sites = rec.get("sites")
-                if isinstance(sites, str):
-                    sites = sites.replace(";", " ").split() or None
-                billing.add_member(
-                    str(rec["member_id"]),
-                    str(rec.get("name") or rec["member_id"]),
-                    plan_id=str(rec["plan"]),
-                    email=rec.get("email") or None,
-                    sites=sites,
-                    payer_id=rec.get("payer") or None,
-                    payment_method=rec.get("card") or None,
-                    role=rec.get("role") or "member",
-                )
-                uids = rec.get("cards") or []
-                for uid in uids.split() if isinstance(uids, str) else uids:
-                    billing.assign_card(str(rec["member_id"]), uid)
-            except KeyError as exc:
-                fail(f"{file}: record {n}: missing {exc.args[0]}")
-        out.print(f"imported {len(records)} members")
+    with service(config) as billing, _audit(billing, "import_members", None) as entry:
+        count = billing.import_members(str(file), text)
+        entry.detail.update(members=count)
+    out.print(f"imported {count} members")
 
 
 @members_app.command("erase")

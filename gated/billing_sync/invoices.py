@@ -209,7 +209,8 @@ def apply_payments(
                 "iid": inv.id,
                 "ap": paid,
                 "st": "paid" if full else "open",
-                "pa": now if full else None,
+                # A credit note or a refund on a paid invoice keeps the day it was paid.
+                "pa": (getattr(inv, "paid_at", None) or now) if full else None,
             }
         )
         if full and inv.kind == "renewal" and inv.period_end is not None:

@@ -46,6 +46,7 @@ from gated.billing_sync import (
     gate_health,
     gates,
     invoices,
+    member_import,
     members,
     membership,
     paying,
@@ -170,6 +171,11 @@ class Billing:
             with_qr=with_qr,
             start_at=start_at,
         )
+
+    def import_members(self, name: str, text: str) -> int:
+        """``members import``: every row of a CSV or JSON file checked first (a bad line
+        imports nothing and is named), then enrolled in order; returns how many."""
+        return member_import.import_rows(self.ctx, name, member_import.parse(name, text))
 
     def set_payment_method(self, member_id: str, payment_method: str) -> CycleReport:
         """Save a new card for the member and retry what is owed right away (refused for a

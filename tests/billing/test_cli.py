@@ -133,6 +133,32 @@ def test_import_csv(cfg: Path, tmp_path: Path) -> None:
     assert json.loads(ok(cfg, "members", "show", "m7", "--json"))["cards"] == 1
 
 
+@pytest.mark.parametrize(
+    ("bad_line", "error"),
+    [
+        ("m9,Ivy,nosuchplan,,pm_sim_ok,", "line 4: no plan 'nosuchplan'"),
+        ("m7,Ivy,monthly,,pm_sim_ok,", "line 4: member m7 is on an earlier line too"),
+        ("m9,Ivy,monthly,,pm_sim_ok,04AABBCCDD", "line 4: card 04AABBCCDD is on an earlier line"),
+        ("m9,Ivy,monthly,,pm_sim_ok,XYZ", "line 4: card 'XYZ'"),
+        (",Ivy,monthly,,pm_sim_ok,", "line 4: missing member_id"),
+    ],
+)
+def test_import_with_a_bad_line_imports_nothing_and_names_the_line(
+    cfg: Path, tmp_path: Path, bad_line: str, error: str
+) -> None:
+    f = tmp_path / "members.csv"
+    f.write_text(
+        "member_id,name,plan,email,card,cards,payer\nm7,Gus,monthly,g@x,pm_sim_ok,04AABBCCDD,\n"
+        "m8,Hal,monthly,,,,m7\n" + bad_line + ",\n"
+    )
+    result = runner.invoke(app, ["members", "import", str(f), "-c", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert error in result.stderr and "nothing was imported" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    listed = ok(cfg, "members", "list", "--csv")
+    assert "m7" not in listed and "m8" not in listed  # not even the good lines before it
+
+
 def test_errors_are_one_line_with_meaningful_exit_codes(cfg: Path, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["members", "show", "nobody", "-c", str(cfg)])
     assert missing.exit_code == 2 and "no member 'nobody'" in missing.stderr

@@ -130,9 +130,10 @@ def test_unfreeze_of_an_unpaid_fee_credits_it_and_a_booked_freeze_dropped_return
 def test_partial_then_full_refund_of_a_renewal_through_the_gateway(
     billing: tuple[Billing, Clock, SimulatedGateway],
 ) -> None:
-    b, _, gw = billing
+    b, clock, gw = billing
     b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
     (inv,) = invoices_of(b, "m1")
+    clock.advance(2)
     part = b.refund(inv.id, 1000, reason="broken locker")
     assert (part.refunded, part.credited) == (1000, 1000)
     rest = b.refund(inv.id)
@@ -141,6 +142,7 @@ def test_partial_then_full_refund_of_a_renewal_through_the_gateway(
         b.refund(inv.id, 1)
     after = invoices_of(b, "m1")[0]
     assert after.status == "paid" and after.amount_paid == after.total
+    assert after.paid_at == inv.paid_at  # still paid on the day it was paid
     assert gw.refunded_total() == RENEWAL
     assert [n.amount for n in rows(b, schema.credit_notes)] == [1000, RENEWAL - 1000]
     # A refund changes no status: the member keeps the period (a refund is not a cancellation).
