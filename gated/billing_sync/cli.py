@@ -949,3 +949,4 @@ def staff_reset(
 
 app.add_typer(reconcile_cli.commands(service, _parse_date, _table), name="reconcile")
 app.add_typer(invoice_cli.commands(service, _audit, _table), name="invoice")
+app.add_typer(invoice_cli.dispute_commands(service, _audit), name="disputes")

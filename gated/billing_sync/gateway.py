@@ -212,6 +212,10 @@ class PaymentGateway(BalanceSource, Protocol):
         """Every refund of an intent, ours and those made on the provider's side."""
         ...
 
+    def submit_dispute_evidence(self, dispute_id: str, fields: Mapping[str, str]) -> None:
+        """Send evidence (the provider's text fields) for a dispute and submit it."""
+        ...
+
     def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
         """The payment method a SetupIntent of this customer saved, or None while it has not
         succeeded (or when it belongs to another customer)."""
@@ -372,6 +376,13 @@ class FaultyGateway:
         """``inner.refunds_of`` between its two steps."""
         return self._call("refunds_of", lambda: self.inner.refunds_of(intent_id))
 
+    def submit_dispute_evidence(self, dispute_id: str, fields: Mapping[str, str]) -> None:
+        """``inner.submit_dispute_evidence`` between its two steps."""
+        self._call(
+            "submit_dispute_evidence",
+            lambda: self.inner.submit_dispute_evidence(dispute_id, fields),
+        )
+
 
 # --- the simulated gateway --------------------------------------------------------------------
 
@@ -431,6 +442,8 @@ class SimulatedGateway:
         self._script = {pm: list(outcomes) for pm, outcomes in (script or {}).items()}
         self._lock = threading.Lock()
         self._intents: _Intents = _FileIntents(path) if path else _MemoryIntents()
+        # Dispute evidence submitted, by dispute id (this process's only).
+        self.evidence: dict[str, dict[str, str]] = {}
 
     def create_customer(self, member_id: str, email: str | None, name: str) -> str:
         """Customers are implicit: the id is derived from the member id."""
@@ -517,6 +530,11 @@ class SimulatedGateway:
         """Every refund of the intent."""
         with self._lock:
             return self._intents.refunds(_number(intent_id))
+
+    def submit_dispute_evidence(self, dispute_id: str, fields: Mapping[str, str]) -> None:
+        """Keep the evidence submitted for a dispute (``evidence``), as a provider would."""
+        with self._lock:
+            self.evidence[dispute_id] = dict(fields)
 
     def charged_total(self) -> int:
         """Sum of every succeeded intent: what the members' banks have paid."""

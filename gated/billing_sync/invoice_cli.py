@@ -1,6 +1,7 @@
 """``gated-billing invoice``: one invoice's money taken back (refund, credit note, void, write
-off) and what is booked on it (``show``), built on the command line's own service, audit and
-tables (``cli.py`` registers it)."""
+off) and what is booked on it (``show``); ``gated-billing disputes evidence``: what speaks to a
+disputed payment, reviewed, then submitted. Built on the command line's own service, audit and
+tables (``cli.py`` registers them)."""
 
 from __future__ import annotations
 
@@ -169,3 +170,33 @@ def commands(service: OpenService, audit: Audit, table: Table) -> typer.Typer:
         )
 
     return invoice_app
+
+
+def dispute_commands(service: OpenService, audit: Audit) -> typer.Typer:
+    """The ``disputes`` group, on the command line's own service and audit log."""
+    disputes_app = typer.Typer(no_args_is_help=True, help="Disputed payments (chargebacks).")
+
+    @disputes_app.command("evidence")
+    def disputes_evidence(
+        dispute_id: str,
+        submit: Annotated[
+            bool, typer.Option("--submit", help="Send it to the payment provider.")
+        ] = False,
+        config: ConfigOpt = DEFAULT_CONFIG,
+    ) -> None:
+        """The evidence for a disputed payment, as one JSON document to review.
+
+        The member's accepted contract, the disputed invoice and their others, the receipts
+        sent and their visits during the period paid for; `--submit` sends it to the payment
+        provider in its evidence fields (audited)."""
+        with service(config) as billing:
+            doc = billing.dispute_evidence(dispute_id)
+            if submit:
+                with audit(billing, "dispute_evidence", doc["member"]["id"]) as entry:
+                    sent = billing.submit_dispute_evidence(dispute_id)
+                    entry.detail.update(dispute=dispute_id, fields=sorted(sent))
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        if submit:
+            typer.echo(f"dispute {dispute_id}: evidence submitted", err=True)
+
+    return disputes_app

@@ -40,6 +40,7 @@ from gated.billing_sync import (
     api_tokens,
     audit,
     cycle,
+    dispute_evidence,
     documents,
     front_desk,
     gate_commands,
@@ -288,6 +289,14 @@ class Billing:
     def refunds_reported(self, intent_id: str) -> bool:
         """``charge.refunded``: book every refund of the payment once."""
         return refunds.refunds_reported(self.ctx, intent_id)
+
+    def dispute_evidence(self, dispute_id: str) -> dict[str, Any]:
+        """What speaks to a disputed payment (contract, invoices, receipts, visits)."""
+        return dispute_evidence.evidence(self.ctx, dispute_id)
+
+    def submit_dispute_evidence(self, dispute_id: str) -> dict[str, str]:
+        """Send that evidence to the provider; returns the fields sent."""
+        return dispute_evidence.submit(self.ctx, dispute_id)
 
     def invoice_money(self, invoice_id: int) -> dict[str, Any]:
         """An invoice's lines with their ids, what was booked on it and its credit notes."""

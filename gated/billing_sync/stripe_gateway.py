@@ -404,6 +404,16 @@ class StripeGateway:
         )
         return [_refund(r.to_dict(), intent_id) for r in page.data]
 
+    def submit_dispute_evidence(self, dispute_id: str, fields: Mapping[str, str]) -> None:
+        """Update the dispute's evidence and submit it to the bank."""
+        self._call(
+            "disputes.update",
+            lambda c: c.v1.disputes.update(
+                dispute_id,
+                params={"evidence": dict(fields), "submit": True},  # type: ignore[arg-type]
+            ),
+        )
+
     @staticmethod
     def _result(intent: stripe.PaymentIntent) -> ChargeResult:
         data = intent.to_dict()

@@ -274,3 +274,57 @@ def test_the_cli_refunds_voids_and_writes_off_with_the_operator_in_the_audit_log
         ]
     engine.dispose()
     assert ("refund", "cli") in actions and ("write_off", "cli") in actions
+
+
+# --- dispute evidence ------------------------------------------------------------------------------
+
+
+def test_dispute_evidence_assembles_invoices_receipts_and_visits_and_is_submitted(
+    billing: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    from gated.contract import format_time
+
+    b, clock, gw = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    (pay,) = rows(b, schema.payments)
+    visits = [clock.now + d * DAY + 3600 for d in (1, 2, 5)]
+    b.record_gate_events(
+        [
+            {
+                "event_id": f"e{n}",
+                "site": "downtown",
+                "gate": "t1",
+                "at": format_time(at),
+                "kind": "entry",
+                "member_id": "m1",
+                "reason": "ok",
+            }
+            for n, at in enumerate(visits)
+        ]
+        + [
+            {
+                "event_id": "e9",
+                "site": "downtown",
+                "gate": "t1",
+                "at": format_time(visits[0]),
+                "kind": "deny",
+                "member_id": "m1",
+                "reason": "outside_schedule",
+            }
+        ]
+    )
+    clock.advance(10)
+    b.dispute_opened("dp_1", pay.reference)
+    doc = b.dispute_evidence("dp_1")
+    assert doc["invoice"]["id"] == pay.invoice_id and doc["member"]["email"] == "a@x"
+    assert doc["visits"]["count"] == 3  # entries only, within the period paid for
+    assert [r["subject"] for r in doc["receipts"]] == [f"Receipt for invoice {pay.invoice_id}"]
+    assert doc["contract"] is None  # enrolled at the desk: no online contract
+    sent = b.submit_dispute_evidence("dp_1")
+    assert gw.evidence["dp_1"] == sent
+    assert "3 entries" in sent["access_activity_log"] and sent["customer_name"] == "Ann"
+    b.dispute_closed("dp_1", pay.reference, "won")
+    with pytest.raises(BillingError, match="too late"):
+        b.submit_dispute_evidence("dp_1")
+    with pytest.raises(BillingError, match="no dispute"):
+        b.dispute_evidence("dp_2")
