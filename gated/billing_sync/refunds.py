@@ -278,6 +278,40 @@ def _book_refund(
     out.refunded += amount
 
 
+def _new_refund(
+    conn: Connection,
+    pay: Any,
+    currency: str,
+    amount: int,
+    kind: str,
+    reason: str,
+    key: str,
+    now: int,
+    line_id: int | None = None,
+) -> int:
+    """A refund row, ``new``, of ``amount`` of the payment ``pay``."""
+    return insert_ids(
+        conn,
+        _REF,
+        [
+            {
+                "invoice_id": pay.invoice_id,
+                "member_id": pay.member_id,
+                "payment_id": pay.id,
+                "amount": amount,
+                "currency": currency,
+                "kind": kind,
+                "line_id": line_id,
+                "reason": reason,
+                "idempotency_key": key,
+                "state": "new",
+                "created_at": now,
+                "updated_at": now,
+            }
+        ],
+    )[0]
+
+
 def _start_refunds(
     conn: Connection,
     inv: Any,
@@ -306,26 +340,8 @@ def _start_refunds(
             break
         part = min(rest, left)
         rest -= part
-        refund_id = insert_ids(
-            conn,
-            _REF,
-            [
-                dict(
-                    invoice_id=inv.id,
-                    member_id=inv.member_id,
-                    payment_id=p.id,
-                    amount=part,
-                    currency=inv.currency,
-                    kind=kind,
-                    line_id=line_id,
-                    reason=reason,
-                    idempotency_key=f"rf{inv.id}-{secrets.token_hex(6)}",
-                    state="new",
-                    created_at=now,
-                    updated_at=now,
-                )
-            ],
-        )[0]
+        key = f"rf{inv.id}-{secrets.token_hex(6)}"
+        refund_id = _new_refund(conn, p, inv.currency, part, kind, reason, key, now, line_id)
         if p.reference in provider:
             pending.append(refund_id)
         else:
@@ -429,6 +445,13 @@ def _refund_notice(
 # --- the actions ----------------------------------------------------------------------------------
 
 
+def _check_amount(amount: int | None, line_id: int | None, what: str) -> None:
+    if amount is not None and amount <= 0:
+        raise BillingError(f"a {what} needs a positive amount (minor units)")
+    if amount is not None and line_id is not None:
+        raise BillingError("give an amount or a line, not both")
+
+
 def refund(
     ctx: Context,
     invoice_id: int,
@@ -439,10 +462,7 @@ def refund(
     """Give back money paid on an invoice: ``amount`` (minor units), one line with its tax, or
     (neither) everything paid and not yet given back. Card and SEPA payments go back through the
     provider, desk payments at the desk; each refund books its credit note."""
-    if amount is not None and amount <= 0:
-        raise BillingError("a refund needs a positive amount (minor units)")
-    if amount is not None and line_id is not None:
-        raise BillingError("give an amount or a line, not both")
+    _check_amount(amount, line_id, "refund")
     now = ctx.clock()
     with ctx.engine.begin() as conn:
         inv = _invoice(conn, invoice_id)
@@ -474,10 +494,7 @@ def credit(
 ) -> Outcome:
     """A credit note on what is still open on an invoice (no money moves): ``amount``, one line
     with its tax, or (neither) everything open."""
-    if amount is not None and amount <= 0:
-        raise BillingError("a credit needs a positive amount (minor units)")
-    if amount is not None and line_id is not None:
-        raise BillingError("give an amount or a line, not both")
+    _check_amount(amount, line_id, "credit")
     now = ctx.clock()
     with ctx.engine.begin() as conn:
         inv = _invoice(conn, invoice_id)
@@ -589,25 +606,16 @@ def refunds_reported(ctx: Context, intent_id: str) -> bool:
                 if pay is None:
                     log.warning("event=refund_unknown_payment intent=%s", intent_id)
                     continue
-                refund_id = insert_ids(
+                refund_id = _new_refund(
                     conn,
-                    _REF,
-                    [
-                        dict(
-                            invoice_id=pay.invoice_id,
-                            member_id=pay.member_id,
-                            payment_id=pay.id,
-                            amount=result.amount,
-                            currency=pay.currency,
-                            kind="refund",
-                            reason="refunded at the payment provider",
-                            idempotency_key=f"provider-{result.refund_id}",
-                            state="new",
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    ],
-                )[0]
+                    pay,
+                    pay.currency,
+                    result.amount,
+                    "refund",
+                    "refunded at the payment provider",
+                    f"provider-{result.refund_id}",
+                    now,
+                )
                 row = conn.execute(select(_REF).where(_REF.c.id == refund_id)).one()
             out = Outcome(int(row.invoice_id), row.currency)
             _book_refund(conn, row, result.refund_id, now, out)
