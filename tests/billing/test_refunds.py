@@ -328,3 +328,28 @@ def test_dispute_evidence_assembles_invoices_receipts_and_visits_and_is_submitte
         b.submit_dispute_evidence("dp_1")
     with pytest.raises(BillingError, match="no dispute"):
         b.dispute_evidence("dp_2")
+
+
+def test_disputes_evidence_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from tests.billing.crashing import billing_for
+    from tests.billing.helpers import write_cli_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
+    cli_ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    b = billing_for(cfg)
+    (pay,) = rows(b, schema.payments)
+    b.dispute_opened("dp_1", pay.reference)
+    doc = json.loads(cli_ok(cfg, "disputes", "evidence", "dp_1"))
+    assert doc["dispute"]["payment"] == pay.reference and doc["member"]["name"] == "Ann"
+    assert json.loads(cli_ok(cfg, "disputes", "evidence", "dp_1", "--submit")) == doc
+    assert b.audit_entries(member_id="m1")[0]["action"] == "dispute_evidence"
+    unknown = CliRunner().invoke(app, ["disputes", "evidence", "dp_9", "-c", str(cfg)])
+    assert unknown.exit_code == 2 and "no dispute 'dp_9'" in unknown.stderr
+    b.engine.dispose()
