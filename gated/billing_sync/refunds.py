@@ -108,10 +108,13 @@ def _invoice(conn: Connection, invoice_id: int) -> Row[Any]:
     return row
 
 
-def _refundable(conn: Connection, invoice_id: int) -> list[tuple[Row[Any], int]]:
+def _refundable(
+    conn: Connection, invoice_id: int, *, skip_disputed: bool = False
+) -> list[tuple[Row[Any], int]]:
     """The invoice's payments that can be given back, newest first, each with what is left of
     it: its amount less its refunds (booked or on their way) and nothing of one charged back.
-    A payment whose dispute is open is the bank's to decide: refused with a clear line."""
+    A payment whose dispute is open is the bank's to decide: refused with a clear line, or
+    left out (``skip_disputed``)."""
     pays = conn.execute(
         select(_PAY)
         .where(_PAY.c.invoice_id == invoice_id, _PAY.c.amount > 0)
@@ -142,6 +145,8 @@ def _refundable(conn: Connection, invoice_id: int) -> list[tuple[Row[Any], int]]
     )
     out = []
     for p in pays:
+        if p.reference in disputed and skip_disputed:
+            continue
         if p.reference in disputed:
             raise BillingError(
                 f"the payment {p.reference} on invoice {invoice_id} is disputed by the member's"
@@ -321,11 +326,13 @@ def _start_refunds(
     now: int,
     out: Outcome,
     line_id: int | None = None,
+    *,
+    skip_disputed: bool = False,
 ) -> list[int]:
     """Refund rows for ``amount`` of the invoice's money, newest payment first: one given back
     at the desk is booked now; the provider's are committed ``new`` and returned, to be made
     once this transaction commits (``execute_refunds``)."""
-    payable = _refundable(conn, int(inv.id))
+    payable = _refundable(conn, int(inv.id), skip_disputed=skip_disputed)
     left_total = sum(left for _, left in payable)
     if amount > left_total:
         raise BillingError(
@@ -566,10 +573,11 @@ def give_back(
         out.credit_notes.append(book_credit(conn, inv, first, "freeze", reason, now))
         out.credited += first
         inv = _invoice(conn, invoice_id)
-    second = min(amount - first, sum(left for _, left in _refundable(conn, invoice_id)))
+    payable = _refundable(conn, invoice_id, skip_disputed=True)
+    second = min(amount - first, sum(left for _, left in payable))
     pending: list[int] = []
     if second > 0:
-        pending = _start_refunds(conn, inv, second, "freeze", reason, now, out)
+        pending = _start_refunds(conn, inv, second, "freeze", reason, now, out, skip_disputed=True)
     return out, pending
 
 

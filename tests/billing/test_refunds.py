@@ -124,6 +124,23 @@ def test_unfreeze_of_an_unpaid_fee_credits_it_and_a_booked_freeze_dropped_return
     assert_books_balance(b, gw)
 
 
+def test_unfreeze_leaves_a_disputed_fee_payment_to_its_bank(
+    billing: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    b, clock, gw = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    b.freeze("m1", 1)
+    (fee,) = invoices_of(b, "m1", "freeze")
+    (pay,) = rows(b, schema.payments, invoice_id=fee.id)
+    b.dispute_opened("dp_1", pay.reference)
+    clock.advance(3)
+    back = b.unfreeze("m1")  # the freeze ends; nothing is refunded while the bank decides
+    assert back is not None and (back.refunded, back.credited) == (0, 0)
+    with pytest.raises(BillingError, match="disputed by the member's bank"):
+        b.refund(fee.id)
+    assert gw.refunded_total() == 0
+
+
 # --- refunds, credit notes, void, write-off ------------------------------------------------------
 
 
