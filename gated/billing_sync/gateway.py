@@ -524,7 +524,7 @@ class SimulatedGateway:
                 raise GatewayRejected(
                     f"cannot refund {amount} of {intent_id}: {left} is left to refund"
                 )
-            return self._intents.add_refund(n, idempotency_key, amount)
+            return self._intents.add_refund(n, idempotency_key, amount, self._clock())
 
     def refunds_of(self, intent_id: str) -> list[RefundResult]:
         """Every refund of the intent."""
@@ -557,7 +557,7 @@ class SimulatedGateway:
         payout: str | None = None,
     ) -> Page[BalanceEntry]:
         """The simulator's balance: a charge per succeeded intent (a SEPA debit once settled),
-        a dispute per ``open_dispute``, and a payout per day and currency (``list_payouts``)."""
+        a refund per ``refund``, a dispute per ``open_dispute``, and a payout per day and currency (``list_payouts``)."""
         with self._lock:
             entries, payouts = self._ledger()
         if payout is not None:
@@ -606,6 +606,19 @@ class SimulatedGateway:
                         amount,
                         SIM_FEE_FIXED + (amount * SIM_FEE_PER_MILLE + 500) // 1000,
                         currency.upper(),
+                        at,
+                        f"pi_sim_{n:010d}",
+                    )
+                )
+        for r, n, amount, at in self._intents.refund_moves():
+            if at <= now:
+                moves.append(
+                    BalanceEntry(
+                        f"txn_sim_re_{r:010d}",
+                        "refund",
+                        -amount,
+                        0,
+                        amounts[n][1],
                         at,
                         f"pi_sim_{n:010d}",
                     )
@@ -722,11 +735,15 @@ class _Intents(Protocol):
         """Intent ``n``'s refunds, oldest first."""
         ...
 
-    def add_refund(self, n: int, key: str | None, amount: int) -> RefundResult:
-        """A refund of intent ``n`` (key None: one made as if on the provider's dashboard)."""
+    def add_refund(self, n: int, key: str | None, amount: int, at: int) -> RefundResult:
+        """A refund of intent ``n`` at ``at`` (key None: one made on the provider's side)."""
         ...
 
     def refunded_total(self) -> int: ...
+
+    def refund_moves(self) -> list[tuple[int, int, int, int]]:
+        """Every refund: its number, the intent's, the amount and when it was made."""
+        ...
 
 
 class _MemoryIntents:
@@ -737,8 +754,8 @@ class _MemoryIntents:
         self._rows: list[list[Any]] = []
         self._keys: dict[str, int] = {}
         self._disputes: dict[int, int] = {}
-
         self._refunds: list[RefundResult] = []
+        self._refunded_at: list[int] = []
 
     def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
         n = self._keys.get(key)
@@ -793,15 +810,22 @@ class _MemoryIntents:
     def refunds(self, n: int) -> list[RefundResult]:
         return [r for r in self._refunds if r.intent_id == f"pi_sim_{n:010d}"]
 
-    def add_refund(self, n: int, key: str | None, amount: int) -> RefundResult:
+    def add_refund(self, n: int, key: str | None, amount: int, at: int) -> RefundResult:
         r = RefundResult(
             f"re_sim_{len(self._refunds) + 1:010d}", f"pi_sim_{n:010d}", amount, "succeeded", key
         )
         self._refunds.append(r)
+        self._refunded_at.append(at)
         return r
 
     def refunded_total(self) -> int:
         return sum(r.amount for r in self._refunds)
+
+    def refund_moves(self) -> list[tuple[int, int, int, int]]:
+        return [
+            (k, _number(r.intent_id), r.amount, at)
+            for k, (r, at) in enumerate(zip(self._refunds, self._refunded_at, strict=True), 1)
+        ]
 
 
 class _FileIntents:
@@ -825,6 +849,10 @@ class _FileIntents:
             " decline_code TEXT, advice_code TEXT, confirmed_at INTEGER)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS disputes (n INTEGER PRIMARY KEY, at INTEGER)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS refunds (r INTEGER PRIMARY KEY, n INTEGER,"
+            " idempotency_key TEXT UNIQUE, amount INTEGER, at INTEGER)"
+        )
 
     def charges(self) -> list[tuple[int, int, str, str, str, int]]:
         return self._db.execute(
@@ -837,11 +865,6 @@ class _FileIntents:
 
     def disputes(self) -> list[tuple[int, int]]:
         return self._db.execute("SELECT n, at FROM disputes").fetchall()
-
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS refunds (r INTEGER PRIMARY KEY, n INTEGER,"
-            " idempotency_key TEXT UNIQUE, amount INTEGER)"
-        )
 
     def add(self, key: str, payment_method: str, amount: int, currency: str) -> int:
         cur = self._db.execute(
@@ -904,9 +927,10 @@ class _FileIntents:
             )
         ]
 
-    def add_refund(self, n: int, key: str | None, amount: int) -> RefundResult:
+    def add_refund(self, n: int, key: str | None, amount: int, at: int) -> RefundResult:
         cur = self._db.execute(
-            "INSERT INTO refunds (n, idempotency_key, amount) VALUES (?, ?, ?)", (n, key, amount)
+            "INSERT INTO refunds (n, idempotency_key, amount, at) VALUES (?, ?, ?, ?)",
+            (n, key, amount, at),
         )
         r = int(cur.lastrowid or 0)
         return RefundResult(f"re_sim_{r:010d}", f"pi_sim_{n:010d}", amount, "succeeded", key)
@@ -914,6 +938,9 @@ class _FileIntents:
     def refunded_total(self) -> int:
         (total,) = self._db.execute("SELECT coalesce(sum(amount), 0) FROM refunds").fetchone()
         return int(total)
+
+    def refund_moves(self) -> list[tuple[int, int, int, int]]:
+        return self._db.execute("SELECT r, n, amount, coalesce(at, 0) FROM refunds").fetchall()
 
 
 def _page(

@@ -362,13 +362,24 @@ def _chargebacks(conn: Connection) -> Iterable[Booked]:
     )
 
 
+def _refunds(conn: Connection) -> Iterable[Booked]:
+    """Money the provider gave back (``refunds.py``): negative, under the payment refunded."""
+    r, p = s.refunds, s.payments
+    rows = conn.execute(
+        select(p.c.reference, r.c.member_id, r.c.currency, r.c.amount, r.c.updated_at)
+        .join(p, p.c.id == r.c.payment_id)
+        .where(r.c.state == "succeeded", r.c.gateway_ref.is_not(None))
+    )
+    return (Booked(ref, m, cur, -int(amount), at) for ref, m, cur, amount, at in rows if ref)
+
+
 # How our books hold each kind of money the provider moves for a payment (``BalanceKind``),
 # matched to the provider's movements by payment intent. Kinds not here (fees, payouts, ...)
-# are the provider's alone and never a mismatch. A kind of money booked later (refunds) is
-# reconciled by adding its reader here.
+# are the provider's alone and never a mismatch.
 BOOKS: dict[str, Callable[[Connection], Iterable[Booked]]] = {
     "charge": _gateway_charges,
     "dispute": _chargebacks,
+    "refund": _refunds,
 }
 
 

@@ -23,11 +23,11 @@ Stripe's subscriptions do: the member's paid-through moves on and nothing is bil
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, select, update
@@ -40,6 +40,8 @@ from gated.billing_sync.facts import load_facts
 from gated.billing_sync.gateway import GatewayRejected, GatewayUnavailable, RefundResult
 from gated.billing_sync.invoices import apply_payments
 from gated.billing_sync.notices import format_amount
+from gated.billing_sync.numbering import next_number, year_of
+from gated.billing_sync.periods import ensure_invoice_open, ensure_issuable
 from gated.billing_sync.publishing import queue_notice, refresh
 from gated.billing_sync.store import insert_ids
 
@@ -83,10 +85,19 @@ class Outcome:
         return f"invoice {self.invoice_id}: " + ("; ".join(parts) or "nothing to give back")
 
 
-def credit_note_number(conn: Connection, note_id: int, at: int) -> str:
-    """The number printed on a credit note. The one place that numbers them, to be replaced by
-    the legal counter (gapless per site and year)."""
-    return f"CN-{datetime.fromtimestamp(at, UTC).year}-{note_id:06d}"
+def credit_note_number(conn: Connection, inv: Any, at: int) -> str:
+    """The legal number of a credit note on ``inv`` issued at ``at``: the next of the issuing
+    site's credit-note series for the year (``numbering``), taken in the caller's transaction,
+    so a rollback gives it back. Refused in a closed month (``periods``). An invoice from
+    before sites issued invoices is credited under its member's first site."""
+    ensure_issuable(conn, at)
+    site = inv.site
+    if site is None:
+        sites = conn.execute(
+            select(s.members.c.sites).where(s.members.c.id == inv.member_id)
+        ).scalar_one()
+        site = json.loads(sites)[0]
+    return next_number(conn, site, year_of(at), "credit_note")
 
 
 def tax_part(amount: int, inv: Any) -> int:
@@ -231,6 +242,7 @@ def book_credit(
 ) -> str:
     """A credit note of ``amount`` (gross) on ``inv``, booked on it as settled; returns its
     number. A renewal it settles moves paid-through on (see the module's docstring)."""
+    number = credit_note_number(conn, inv, now)
     note_id = insert_ids(
         conn,
         _CN,
@@ -245,11 +257,10 @@ def book_credit(
                 currency=inv.currency,
                 reason=reason,
                 created_at=now,
+                number=number,
             )
         ],
     )[0]
-    number = credit_note_number(conn, note_id, now)
-    conn.execute(update(_CN).where(_CN.c.id == note_id).values(number=number))
     apply_payments(conn, [(inv, amount, "credit_note", f"cn:{note_id}")], now)
     return number
 
@@ -534,6 +545,7 @@ def void(ctx: Context, invoice_id: int, reason: str = "void") -> Outcome:
                     f"invoice {invoice_id} has {format_amount(money, inv.currency)} paid on it:"
                     " refund it (`invoice refund`) instead of voiding it"
                 )
+        ensure_invoice_open(conn, invoice_id)  # a closed month's invoice: credit it instead
         rest = _open_for_change(conn, inv, "voided")
         out = Outcome(invoice_id, inv.currency, credited=rest)
         out.credit_notes.append(book_credit(conn, inv, rest, "void", reason, now))
