@@ -325,8 +325,14 @@ def test_front_desk_search_member_page_and_audited_actions(
         c.post("/desk/members/dan/cards/revoke", data={"csrf": csrf, "card": str(card)})
         r = c.post("/desk/members/dan/cancel", data={"csrf": csrf})
         assert "Membership cancelled." in r.text
-        # The API twin, with the header token.
-        r = c.post("/api/v1/staff/members/dan/freeze", headers={"x-csrf-token": csrf})
+        # The API twin, with the header token: a refusal is JSON with the error. (Dan owes
+        # nothing now: ending the freeze at once gave back its whole fee, so the refusal is
+        # the length's.)
+        r = c.post(
+            "/api/v1/staff/members/dan/freeze",
+            headers={"x-csrf-token": csrf},
+            data={"months": "4"},
+        )
         assert r.status_code == 400 and "error" in r.json()
     rows = list(reversed(b.audit_entries(member_id="dan")))
     assert [r["action"] for r in rows] == [
@@ -345,8 +351,10 @@ def test_front_desk_search_member_page_and_audited_actions(
     assert rows[1]["changes"]["status"] == ["active", "frozen"] and rows[1]["detail"] == {
         "months": 2
     }
-    # The freeze fee went to the declining card: back from the freeze, in grace.
-    assert rows[2]["changes"]["status"] == ["frozen", "grace"]
+    # The freeze fee went to the declining card; the freeze ended at once, so all of its fee
+    # is credited back: active, owing nothing.
+    assert rows[2]["changes"]["status"] == ["frozen", "active"]
+    assert rows[2]["changes"]["owed"][1] == 0
     assert rows[3]["changes"] == {"cards": [0, 1]}
     assert rows[4]["changes"] == {"cards": [1, 0]} and rows[4]["detail"] == {"card": card}
     assert rows[5]["changes"]["cancel_at"][0] is None and rows[5]["detail"]["cancel_at"]
