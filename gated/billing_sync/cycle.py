@@ -206,7 +206,8 @@ def plan_charges(
         owing = [
             (int(i.due_at), int(i.id), int(i.total - i.amount_paid), i.currency, False)
             for i in facts[member_id].open_invoices
-            if i.total > i.amount_paid
+            # An instalment of a payment plan is charged on its day, not before.
+            if i.total > i.amount_paid and i.due_at <= now
         ]
         batch.invoices.update((int(i.id), i) for i in facts[member_id].open_invoices)
         if member_id in new:

@@ -203,6 +203,16 @@ def _quote(
         )
     if acct.freeze is not None:
         raise PlanChangeRefused("a freeze is running or booked: end it first (unfreeze)")
+    payer = f.member.payer_id
+    if payer is not None:
+        payer_status = conn.execute(
+            select(s.subscriptions.c.status).where(s.subscriptions.c.member_id == payer)
+        ).scalar()
+        if payer_status not in eng.HOUSEHOLD_STANDING:
+            raise PlanChangeRefused(
+                f"payer {payer} is not in good standing (status {payer_status}): nothing is"
+                " charged to their card meanwhile"
+            )
     assert paid_through is not None
     period = _current_period(conn, member_id, int(paid_through), int(old.period_months))
     p = eng.proration(old_price, new_price, period, now)

@@ -153,7 +153,8 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
                 inv.c.total,
             )
             .join(inv, inv.c.id == p.c.invoice_id)
-            .where(scope.within(p.c.at))
+            # A payment plan's transfer moves a debt onto its instalments: no money came in.
+            .where(scope.within(p.c.at), p.c.method != "payment_plan")
         ).all()
     totals: dict[tuple[str, str, str], list[int]] = {}
     for r in rows:

@@ -48,6 +48,7 @@ from gated.billing_sync import (
     members,
     membership,
     paying,
+    payment_plans,
     periods,
     plan_changes,
     prices,
@@ -66,6 +67,7 @@ from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
+from gated.billing_sync.payment_plans import PaymentPlan
 from gated.billing_sync.plan_changes import PlanChange
 from gated.billing_sync.reconcile import FetchReport
 from gated.billing_sync.signup import Applicant, Terms
@@ -574,3 +576,15 @@ class Billing:
     def price_changes(self, plan_id: str | None = None) -> list[Row[Any]]:
         """Price changes, soonest first."""
         return prices.price_changes(self.ctx, plan_id)
+
+    def payment_plan_quote(
+        self, member_id: str, instalments: int, first_at: int | None = None
+    ) -> PaymentPlan:
+        """What splitting a member's arrears into ``instalments`` a month apart looks like."""
+        return payment_plans.quote(self.ctx, member_id, instalments, first_at)
+
+    def start_payment_plan(
+        self, member_id: str, instalments: int, first_at: int | None = None
+    ) -> tuple[PaymentPlan, CycleReport]:
+        """Put a member's arrears on a payment plan (an instalment due today is charged)."""
+        return payment_plans.start(self.ctx, member_id, instalments, first_at)
