@@ -2,7 +2,7 @@
 its gateway wrapped in a ``FaultyGateway``; run as a module it is ``gated-billing run`` killed
 with SIGKILL at one gateway step:
 
-    python -m tests.billing.crashing BILLING_TOML STEP
+    python -m tests.billing.crashing BILLING_TOML STEP [change-plan MEMBER PLAN]
 
 (``STEP`` as ``FaultyGateway`` names them, e.g. ``after_confirm_intent``)."""
 
@@ -58,6 +58,12 @@ def billing_for(config_path: Path, fault: Callable[[str], None] | None = None) -
 
 
 if __name__ == "__main__":
-    config_file, step = sys.argv[1:]
-    billing_for(Path(config_file), kill_at(step)).run_cycle()
+    # CONFIG STEP: a billing cycle; CONFIG STEP change-plan MEMBER PLAN: an upgrade now.
+    config_file, step, *action = sys.argv[1:]
+    billing = billing_for(Path(config_file), kill_at(step))
+    if action:
+        _, member_id, plan_id = action
+        billing.change_plan(member_id, plan_id)
+    else:
+        billing.run_cycle()
     sys.exit(f"not killed: no gateway call reached {step}")
