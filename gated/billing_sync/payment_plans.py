@@ -12,6 +12,7 @@ debt: retries, grace, suspension, collections.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import apply_payment
 from gated.billing_sync.notices import format_day
+from gated.billing_sync.numbering import number_rows
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.store import bulk, insert_ids
 
@@ -102,8 +104,11 @@ def start(
                     "status": "open",
                     "due_at": part.due_at,
                     "created_at": now,
+                    # Issued now by the member's home site, like every invoice.
+                    "site": json.loads(facts.member.sites)[0],
                 }
             )
+        number_rows(conn, heads, now)
         ids = insert_ids(conn, s.invoices, heads)
         replaced = ", ".join(map(str, plan.invoices))
         lines: list[dict[str, Any]] = []

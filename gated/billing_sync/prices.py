@@ -17,9 +17,10 @@ from sqlalchemy import select, update
 
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
-from gated.billing_sync.engine import DAY
+from gated.billing_sync.engine import DAY, tax_of
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.notices import format_day
+from gated.billing_sync.reminders import queue_price_change
 from gated.billing_sync.store import insert_ids
 
 log = logging.getLogger("gated.billing")
@@ -37,7 +38,8 @@ def schedule_price_change(
     ctx: Context, plan_id: str, price: int, effective_at: int, notice_days: int = NOTICE_DAYS
 ) -> int:
     """Announce that ``plan_id`` costs ``price`` from ``effective_at`` (at least ``notice_days``
-    from today); returns the change's id. Refused for an unknown plan, a negative price, a day
+    from today), with a ``price_change`` notice to each member it will apply to (none on a
+    grandfathering plan: its members keep their price); returns the change's id. Refused for an unknown plan, a negative price, a day
     too soon, or a day that already has a change for the plan."""
     now = ctx.clock()
     if price < 0:
@@ -66,6 +68,29 @@ def schedule_price_change(
             "announced_at": now,
         }
         change_id = insert_ids(conn, pc, [values])[0]
+        if not plan.grandfather:
+            # Everyone on the plan pays the new price from a renewal on that day or later,
+            # except members a grandfathering change of the past keeps on their price.
+            sub = s.subscriptions
+            told = conn.execute(
+                select(sub.c.member_id)
+                .join(s.members, s.members.c.id == sub.c.member_id)
+                .where(
+                    sub.c.plan_id == plan_id,
+                    sub.c.price.is_(None),
+                    sub.c.cancel_at.is_(None) | (sub.c.cancel_at > effective_at),
+                    s.members.c.erased.is_(False),
+                )
+            ).scalars()
+            rate = int(plan.tax_rate_bp)
+            queue_price_change(
+                ctx,
+                conn,
+                list(told),
+                int(plan.price) + tax_of(int(plan.price), rate),
+                price + tax_of(price, rate),
+                effective_at,
+            )
     log.info(
         "event=price_change_scheduled plan=%s price=%d effective_at=%d",
         plan_id,

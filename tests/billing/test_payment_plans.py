@@ -86,6 +86,11 @@ def test_instalments_paid_on_time_keep_the_member_in_and_the_books_add_up(
             select(schema.invoices.c.kind, schema.invoices.c.status).order_by(schema.invoices.c.id)
         ).all()
     assert [tuple(k) for k in kinds].count(("instalment", "paid")) == 3
+    with b.engine.connect() as conn:
+        numbers = conn.execute(
+            select(schema.invoices.c.number).where(schema.invoices.c.kind == "instalment")
+        ).scalars()
+        assert all(n is not None for n in numbers)  # issued with legal numbers
     invoiced, paid, open_ = books(b)
     assert invoiced == paid + open_
 

@@ -27,6 +27,7 @@ from tests.billing.helpers import (
     Clock,
     cli_ok,
     make_billing,
+    notices,
     published,
     write_cli_config,
 )
@@ -239,14 +240,17 @@ def test_a_price_change_applies_at_each_members_renewal_and_grandfathering_keeps
 ) -> None:
     b, clock = make_billing(tmp_path)
     b.add_plan(PlanSpec("legacy", "Legacy", 3990, "EUR", grandfather=True))
-    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
-    b.add_member("g1", "Gus", plan_id="legacy", payment_method="pm_sim_ok")
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok", email="a@x.org")
+    b.add_member("g1", "Gus", plan_id="legacy", payment_method="pm_sim_ok", email="g@x.org")
     clock.advance(10)
     with pytest.raises(BillingError, match="30 days ahead"):
         b.schedule_price_change("monthly", 5490, clock.now + 29 * DAY)
     on = T0 + 45 * DAY  # 15 January: after m1's renewal on 1 January, before 1 February's
     b.schedule_price_change("monthly", 5490, on)
     b.schedule_price_change("legacy", 4490, on)
+    # Told now, those it will apply to: not the grandfathered.
+    assert notices(b, "m1").count("price_change") == 1
+    assert "price_change" not in notices(b, "g1")
     assert [c.applied_at for c in b.price_changes()] == [None, None]
     clock.now = T0 + 31 * DAY
     b.run_cycle()
