@@ -23,7 +23,7 @@ from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context
 from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.facts import Facts, load_one
+from gated.billing_sync.facts import Facts, load_facts, load_one
 from gated.billing_sync.invoices import create_invoice
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.prices import member_price
@@ -104,9 +104,11 @@ def change_plan(
     """Move ``member_id`` to ``plan_id``: an upgrade now, billed prorated and charged at once,
     or any change at the next renewal. Returns what it cost and what the charge did."""
     now = ctx.clock()
-    f = load_one(ctx, member_id)
     with ctx.engine.begin() as conn:
-        # Quoted again inside the write: what was read cannot change before the change is made.
+        # Read and quoted inside the write: nothing can change before the change is made.
+        f = load_facts(conn, [member_id], now).get(member_id)
+        if f is None:
+            raise NotFound(f"no member {member_id!r}")
         change, new = _quote(conn, f, plan_id, at_renewal, now)
         sub = s.subscriptions
         if change.when == "renewal":
