@@ -129,7 +129,8 @@ subscriptions = Table(
     # outside event: the scheduler reviews only rows whose time has come.
     Column("review_at", BigInteger),
     # A plan change booked for the next renewal (a downgrade): the renewal bills this plan.
-    Column("next_plan_id", ID, ForeignKey("plans.id")),
+    # (No foreign key: adding one would copy the table in SQLite; the code checks the plan.)
+    Column("next_plan_id", ID),
     # The member's own price per period, kept by a grandfathering price change; None: the plan's.
     Column("price", BigInteger),
     Index("ix_subscriptions_review_at", "review_at"),

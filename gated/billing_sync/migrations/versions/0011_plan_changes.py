@@ -18,16 +18,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("plans", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("grandfather", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-    with op.batch_alter_table("subscriptions", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("next_plan_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("price", sa.BigInteger(), nullable=True))
-        batch_op.create_foreign_key(
-            "fk_subscriptions_next_plan_id_plans", "plans", ["next_plan_id"], ["id"]
-        )
+    # Plain ALTER TABLE ADD COLUMN: a batch copy of plans would be dropped under the foreign
+    # keys of a store with members in it (SQLite enforces them), and none is needed to add.
+    op.add_column(
+        "plans", sa.Column("grandfather", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
+    op.add_column("subscriptions", sa.Column("next_plan_id", sa.String(length=64), nullable=True))
+    op.add_column("subscriptions", sa.Column("price", sa.BigInteger(), nullable=True))
     op.create_table(
         "price_changes",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -41,16 +38,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_price_changes")),
     )
-    with op.batch_alter_table("price_changes", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_price_changes_plan_id"), ["plan_id"], unique=False)
+    op.create_index(op.f("ix_price_changes_plan_id"), "price_changes", ["plan_id"], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("price_changes", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_price_changes_plan_id"))
+    op.drop_index(op.f("ix_price_changes_plan_id"), table_name="price_changes")
     op.drop_table("price_changes")
     with op.batch_alter_table("subscriptions", schema=None) as batch_op:
-        batch_op.drop_constraint("fk_subscriptions_next_plan_id_plans", type_="foreignkey")
         batch_op.drop_column("price")
         batch_op.drop_column("next_plan_id")
     with op.batch_alter_table("plans", schema=None) as batch_op:
