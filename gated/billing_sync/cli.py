@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gated.billing_sync import invoice_cli, reconcile_cli, reports
+from gated.billing_sync import invoice_cli, plan_cli, reconcile_cli, reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
@@ -35,6 +35,8 @@ from gated.billing_sync.keys import (
     new_credential_key,
     new_signing_key,
 )
+from gated.billing_sync.members import NO_PAYER
+from gated.billing_sync.plan_cli import change_plan_command
 from gated.billing_sync.service import Billing, CycleReport, PlanSpec
 from gated.billing_sync.store import open_store
 from gated.config import BillingConfig, load_billing_config, parse_duration
@@ -204,6 +206,9 @@ def _parse_date(text: str | None) -> int | None:
     return int(value.timestamp())
 
 
+plan_cli.register(app, members_app, plans_app, service, _audit, _parse_date)
+
+
 # --- serve and run ----------------------------------------------------------------------------
 
 
@@ -361,14 +366,43 @@ def members_edit(
         str | None,
         typer.Option(help="A corrected address: clears a bounce; unsent notices go to it."),
     ] = None,
+    phone: Annotated[str | None, typer.Option(help='Phone number ("" to remove).')] = None,
+    payer: Annotated[str | None, typer.Option(help="A household payer's member id.")] = None,
+    no_payer: Annotated[
+        bool, typer.Option("--no-payer", help="Pays for themselves from now on.")
+    ] = False,
+    site: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Site (repeat): the member's sites from now on; a site left forgets them."
+        ),
+    ] = None,
+    plan: Annotated[str | None, typer.Option(help="Another plan (as members change-plan).")] = None,
+    at_renewal: Annotated[bool, typer.Option(help="--plan from the next renewal.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Make the --plan change.")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Correct a member's name or e-mail address."""
+    """Correct a member's details, move them between sites or households, change their plan."""
+    if payer is not None and no_payer:
+        fail("give --payer or --no-payer, not both")
     with service(config) as billing:
-        with _audit(billing, "edit_member", member_id):
-            billing.edit_member(member_id, name=name, email=email)
-        info = billing.member(member_id)
-        out.print(f"{member_id}: {info['name']} <{info['email']}>", markup=False)
+        details = name, email, phone, payer, site
+        if any(v is not None for v in details) or no_payer:
+            with _audit(billing, "edit_member", member_id):
+                billing.edit_member(
+                    member_id,
+                    name=name,
+                    email=email,
+                    phone=phone,
+                    payer=NO_PAYER if no_payer else payer,
+                    sites=site,
+                )
+            info = billing.member(member_id)
+            out.print(f"{member_id}: {info['name']} <{info['email']}>", markup=False)
+        elif plan is None:
+            fail("nothing to change (give --name, --email, --phone, --payer, --site or --plan)")
+        if plan is not None:
+            change_plan_command(billing, _audit, member_id, plan, at_renewal, yes, False)
 
 
 @members_app.command("set-card")
@@ -499,6 +533,9 @@ def plans_add(
             "period and then ends expired."
         ),
     ] = True,
+    grandfather: Annotated[
+        bool, typer.Option(help="A price change (plans price-change) spares existing members.")
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Create or update a plan."""
@@ -523,6 +560,7 @@ def plans_add(
                     min_term_months,
                     freeze_fee,
                     auto_renew,
+                    grandfather,
                 )
             )
         out.print(f"plan {plan_id} saved")

@@ -18,9 +18,17 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import Batch, Charge, CycleReport, attempts_for, execute
 from gated.billing_sync.context import Context
-from gated.billing_sync.facts import charge_methods, derive_facts, hold_dependants, read_rows
+from gated.billing_sync.facts import (
+    Facts,
+    Rows,
+    charge_methods,
+    derive_facts,
+    hold_dependants,
+    read_rows,
+)
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
+from gated.billing_sync.prices import apply_price_changes, member_price
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.refunds import resume_refunds
 from gated.billing_sync.reminders import queue_reminders
@@ -36,6 +44,8 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
     """One billing cycle: finish interrupted attempts, then review every member whose time has
     come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
     report = CycleReport()
+    # Before anything is billed: a renewal from a price change's day on pays the new price.
+    apply_price_changes(ctx)
     resume(ctx, report, member_ids)
     resume_refunds(ctx, member_ids)
     size = ctx.config.batch_size
@@ -72,6 +82,25 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
         log.info("event=cycle_interrupted reason=stopping reviewed=%d", report.reviewed)
     ctx.notify_published()
     return report
+
+
+# A plan change booked for the renewal (a downgrade) takes effect as the renewal is billed.
+_SWITCH_PLAN = (
+    update(s.subscriptions)
+    .where(s.subscriptions.c.member_id == bindparam("mid"))
+    .values(plan_id=bindparam("plan"), next_plan_id=None, price=None)
+)
+
+
+def switch_plan(rows: Rows, f: Facts, member_id: str) -> None:
+    """``f`` (and the batch's row) on the plan booked for the renewal, as ``_SWITCH_PLAN``
+    leaves the store: the renewal bills it and the gates get its zones and schedule."""
+    row = rows.members[member_id]
+    row = row._replace(plan_id=row.next_plan_id, next_plan_id=None, price=None)
+    rows.members[member_id] = row
+    f.member = f.sub = row
+    f.plan = rows.plans[row.plan_id]
+    f.account = f.account._replace(renews=bool(f.plan.auto_renew))
 
 
 def resume(ctx: Context, report: CycleReport, member_ids: Sequence[str] | None = None) -> None:
@@ -119,6 +148,7 @@ def plan_charges(
     renewals: list[InvoiceSpec] = []
     retries: list[dict[str, Any]] = []
     to_charge: list[str] = []
+    switches: list[dict[str, Any]] = []
     for member_id, f in sorted(facts.items()):
         report.reviewed += 1
         acct = f.account
@@ -126,6 +156,9 @@ def plan_charges(
             continue
         retry = eng.retry_due(acct, now)
         if f.plan is not None and eng.renewal_due(acct, now):
+            if f.sub.next_plan_id is not None:
+                switches.append({"mid": member_id, "plan": f.sub.next_plan_id})
+                switch_plan(rows, f, member_id)
             start = int(f.sub.paid_through)
             end = eng.period_end(int(f.sub.started_at), start, int(f.plan.period_months))
             label = f"{f.plan.name} {format_day(start)} to {format_day(end)}"
@@ -134,7 +167,7 @@ def plan_charges(
                     member_id,
                     "renewal",
                     f.plan.currency,
-                    [("membership", label, 1, int(f.plan.price))],
+                    [("membership", label, 1, member_price(f.sub, f.plan))],
                     int(f.plan.tax_rate_bp),
                     # Due when billed: a period billed late (it waited for the one before,
                     # paid at the desk days into it) gets its full grace from now, as its
@@ -155,6 +188,8 @@ def plan_charges(
         if charge_now:
             to_charge.append(member_id)
     new_ids = create_invoices(conn, renewals, now)
+    if switches:
+        bulk(conn, _SWITCH_PLAN, switches)
     if retries:
         bulk(
             conn,
@@ -173,7 +208,8 @@ def plan_charges(
         owing = [
             (int(i.due_at), int(i.id), int(i.total - i.amount_paid), i.currency, False)
             for i in facts[member_id].open_invoices
-            if i.total > i.amount_paid
+            # An instalment of a payment plan is charged on its day, not before.
+            if i.total > i.amount_paid and i.due_at <= now
         ]
         batch.invoices.update((int(i.id), i) for i in facts[member_id].open_invoices)
         if member_id in new:

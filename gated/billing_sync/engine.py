@@ -410,3 +410,34 @@ def period_end(anchor: int, start: int, months: int) -> int:
 def tax_of(amount: int, tax_rate_bp: int) -> int:
     """Tax on a net amount, rate in basis points (1900 = 19 %), rounded half up to a minor unit."""
     return (amount * tax_rate_bp + 5_000) // 10_000
+
+
+def prorate(amount: int, days: int, period_days: int) -> int:
+    """``amount`` for ``days`` of a period of ``period_days``, rounded half up to a minor unit."""
+    return (2 * amount * days + period_days) // (2 * period_days)
+
+
+class Proration(NamedTuple):
+    """An upgrade now: the days of the current period left, the period's length in days, the
+    credit for the old price over those days and the charge for the new one."""
+
+    days_left: int
+    period_days: int
+    credit: int
+    charge: int
+
+
+def proration(old_price: int, new_price: int, period: tuple[int, int], now: int) -> Proration:
+    """What changing price at ``now`` within the paid ``period`` (start, end) is worth, in whole
+    days: a part day counts as a whole one (the day of the change is the new plan's), and the
+    credit and the charge are each rounded half up to a minor unit. A period of 31 days left
+    whole costs exactly the difference of the prices; the 28 days of a February likewise."""
+    start, end = period
+    period_days = max(1, -(-(end - start) // DAY))
+    days_left = min(period_days, max(0, -(-(end - now) // DAY)))
+    return Proration(
+        days_left,
+        period_days,
+        prorate(old_price, days_left, period_days),
+        prorate(new_price, days_left, period_days),
+    )

@@ -88,6 +88,8 @@ class Rows(NamedTuple):
     in_flight: set[str]
     disputed: set[str]
     freezes: dict[str, tuple[int, int]]
+    # When they were read: an invoice due later (a payment plan's instalment) is not charged yet.
+    now: int = 0
 
 
 def load_one(ctx: Context, member_id: str) -> Facts:
@@ -117,7 +119,7 @@ def read_rows(conn: Connection, ids: Sequence[str], now: int) -> Rows:
     freezes: dict[str, tuple[int, int]] = {}
     for r in fetch(conn, _FREEZES, {"ids": ids, "now": now}):
         freezes[r.member_id] = (r.starts_at, r.ends_at)
-    return Rows(members, plans, open_inv, in_flight, disputed, freezes)
+    return Rows(members, plans, open_inv, in_flight, disputed, freezes, now)
 
 
 def invoices_and_attempts(
@@ -138,14 +140,14 @@ def reread_rows(conn: Connection, rows: Rows, ids: Sequence[str], now: int) -> R
     members = {m: rows.members[m] for m in ids}
     open_inv, in_flight = invoices_and_attempts(conn, ids)
     freezes = {m: w for m, w in rows.freezes.items() if m in wanted and w[1] > now}
-    return Rows(members, rows.plans, open_inv, in_flight, rows.disputed & wanted, freezes)
+    return Rows(members, rows.plans, open_inv, in_flight, rows.disputed & wanted, freezes, now)
 
 
 def derive_facts(rows: Rows) -> dict[str, Facts]:
     """Facts with the engine's Accounts, from what ``read_rows`` read."""
     out: dict[str, Facts] = {}
     plans, open_inv, in_flight = rows.plans, rows.open_invoices, rows.in_flight
-    disputed, freezes = rows.disputed, rows.freezes
+    disputed, freezes, now = rows.disputed, rows.freezes, rows.now
     no_invoices: list[Any] = []
     for member_id, row in rows.members.items():
         invs = open_inv.get(member_id, no_invoices)
@@ -153,7 +155,7 @@ def derive_facts(rows: Rows) -> dict[str, Facts]:
             owed = sum(int(i.total - i.amount_paid) for i in invs)
             overdue_since: int | None = min(int(i.due_at) for i in invs)
             open_renewal = any(i.kind == "renewal" for i in invs)
-            uncharged = any(not i.attempted for i in invs)
+            uncharged = any(not i.attempted and i.due_at <= now for i in invs)
         else:  # most members of a batch
             owed, overdue_since, open_renewal, uncharged = 0, None, False, False
         if row.member_id is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.signing
-from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
 
 from gated.billing_sync import audit, photos
 from gated.billing_sync import engine as eng
@@ -24,6 +24,7 @@ from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import dependants, load_one
 from gated.billing_sync.gateway import GatewayError
+from gated.billing_sync.prices import member_price
 from gated.billing_sync.publishing import readdress_notices, refresh
 from gated.billing_sync.store import many
 from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
@@ -48,6 +49,8 @@ class PlanSpec:
     freeze_fee: int = 0
     # False for a fixed-term pass: one period is billed, then the member is expired.
     auto_renew: bool = True
+    # True: a price change (``prices``) keeps existing members on the price they had.
+    grandfather: bool = False
 
 
 def add_plan(ctx: Context, plan: PlanSpec) -> None:
@@ -66,6 +69,7 @@ def add_plan(ctx: Context, plan: PlanSpec) -> None:
         "min_term_months": plan.min_term_months,
         "freeze_fee": plan.freeze_fee,
         "auto_renew": plan.auto_renew,
+        "grandfather": plan.grandfather,
     }
     with ctx.engine.begin() as conn:
         done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))
@@ -222,28 +226,98 @@ def card_expiry(ctx: Context, payment_method: str) -> int | None:
         return None
 
 
+# ``edit_member(payer=NO_PAYER)``: the member pays for themselves from now on.
+NO_PAYER = ""
+
+
 def edit_member(
-    ctx: Context, member_id: str, *, name: str | None = None, email: str | None = None
+    ctx: Context,
+    member_id: str,
+    *,
+    name: str | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+    payer: str | None = None,
+    sites: Sequence[str] | None = None,
 ) -> None:
-    """Correct a member's name or e-mail address. A new address clears a bounce, and the
-    notices that never reached the old one (queued, or failed because it bounced) go to the new
-    one, the member's and their dependants' alike."""
+    """Correct a member's details: name, e-mail address, phone, payer, sites (None: unchanged).
+
+    A new address clears a bounce, and the notices that never reached the old one (queued, or
+    failed because it bounced) go to the new one, the member's and their dependants' alike.
+    A new payer (``NO_PAYER``: none) is charged from the next charge on; a payer cannot have a
+    payer, nor a member with dependants get one. New sites are published at once: the member's
+    state on the new sites, and a signed ``erased`` state on each site they left, so that
+    site's gates forget them."""
     f = load_one(ctx, member_id)
     if f.member.erased:
         raise BillingError(f"member {member_id} is erased")
     if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
         raise BillingError(f"not an e-mail address: {email!r}")
+    if phone is not None and not re.fullmatch(r"\+?[0-9 ()/-]{0,32}", phone):
+        raise BillingError(f"not a phone number: {phone!r}")
     values: dict[str, Any] = {}
     if name is not None:
+        if not name.strip():
+            raise BillingError("a name cannot be empty")
         values["name"] = name
     if email is not None:
         values.update(email=email, email_bounced_at=None)
-    if not values:
-        raise BillingError("nothing to change (give --name or --email)")
+    if phone is not None:
+        values["phone"] = phone or None
+    if sites is not None:
+        values["sites"] = json.dumps(_known_sites(ctx, sites))
+    republish = sites is not None
+    now = ctx.clock()
     with ctx.engine.begin() as conn:
+        if payer is not None:
+            values["payer_id"] = _new_payer(conn, member_id, payer)
+            republish = True
+        if not values:
+            raise BillingError(
+                "nothing to change (give --name, --email, --phone, --payer or --site)"
+            )
         conn.execute(update(s.members).where(s.members.c.id == member_id).values(**values))
         if email is not None:
             readdress_notices(conn, member_id, f.member.email, email)
+        if republish:
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id == member_id)
+                .values(review_at=now)
+            )
+            refresh(ctx, conn, [member_id], now)
+    if republish:
+        ctx.notify_published()
+
+
+def _known_sites(ctx: Context, sites: Sequence[str]) -> list[str]:
+    """``sites`` checked against billing.toml, in the order given, without repeats."""
+    chosen = list(dict.fromkeys(sites))
+    if not chosen:
+        raise BillingError("a member needs at least one site")
+    unknown = set(chosen) - set(ctx.config.sites)
+    if unknown:
+        raise BillingError(
+            f"unknown site(s) {sorted(unknown)}; billing.toml lists {ctx.config.sites}"
+        )
+    return chosen
+
+
+def _new_payer(conn: Connection, member_id: str, payer: str) -> str | None:
+    """The payer id to store for ``member_id`` (None for ``NO_PAYER``), after the checks."""
+    if payer == NO_PAYER:
+        return None
+    m = s.members
+    if payer == member_id:
+        raise BillingError("a member cannot be their own payer (use --no-payer)")
+    row = conn.execute(select(m.c.payer_id, m.c.erased).where(m.c.id == payer)).first()
+    if row is None or row.erased:
+        raise NotFound(f"no payer {payer!r}")
+    if row.payer_id is not None:
+        raise BillingError(f"{payer} is paid for by {row.payer_id}: a payer pays for themselves")
+    if dependants(conn, [member_id]):
+        raise BillingError(f"{member_id} pays for others: a payer cannot have a payer")
+    return payer
 
 
 def member(ctx: Context, member_id: str) -> dict[str, Any]:
@@ -268,6 +342,8 @@ def member(ctx: Context, member_id: str) -> dict[str, Any]:
         "role": facts.member.role,
         "payer_id": facts.member.payer_id,
         "plan": sub.plan_id if sub else None,
+        "next_plan": sub.next_plan_id if sub else None,
+        "price": member_price(sub, facts.plan) if sub and facts.plan else None,
         "status": sub.status if sub else None,
         "paid_through": _fmt(sub.paid_through) if sub else None,
         "owed": facts.account.owed,

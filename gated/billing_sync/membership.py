@@ -151,6 +151,30 @@ def cancel(ctx: Context, member_id: str) -> int:
     return when
 
 
+def uncancel(ctx: Context, member_id: str) -> None:
+    """Withdraw a cancellation before the contract ends: the member renews as before. Refused
+    once the end date has passed (the contract is over: enrol them again)."""
+    now = ctx.clock()
+    facts = load_one(ctx, member_id)
+    if facts.sub is None or facts.member.erased:
+        raise BillingError(f"member {member_id} has no subscription")
+    cancel_at = facts.sub.cancel_at
+    if cancel_at is None:
+        raise BillingError(f"member {member_id} has not cancelled")
+    if cancel_at <= now:
+        raise BillingError(
+            f"the contract of {member_id} ended on {format_time(cancel_at)}: enrol them again"
+        )
+    with ctx.engine.begin() as conn:
+        conn.execute(
+            update(s.subscriptions)
+            .where(s.subscriptions.c.member_id == member_id, s.subscriptions.c.cancel_at > now)
+            .values(cancel_at=None, review_at=now)
+        )
+        refresh(ctx, conn, [member_id], now)
+    ctx.notify_published()
+
+
 def charge_extra(
     ctx: Context,
     member_id: str,

@@ -22,6 +22,7 @@ from gated.contract import (
     Signer,
     Verifier,
     compact_json,
+    erased_state,
     events_topic,
     format_time,
     loads_bounded,
@@ -254,9 +255,17 @@ class Publisher:
         signer = self.signer()
         sites_touched: set[str] = set()
         for row in rows:
-            payload = compact_json(signer.sign(json.loads(row.payload)))
+            body = json.loads(row.payload)
+            payload = compact_json(signer.sign(body))
             for site in json.loads(row.sites):
-                await client.publish(member_topic(site, row.member_id), payload, qos=1, retain=True)
+                if site not in body["sites"]:
+                    # A site the member left (members edit --site): its gates get a signed
+                    # tombstone naming that site, as they drop a state for another site unread.
+                    left = erased_state(row.member_id, [site], body["version"], body["issued_at"])
+                    message = compact_json(signer.sign(left))
+                else:
+                    message = payload
+                await client.publish(member_topic(site, row.member_id), message, qos=1, retain=True)
                 sites_touched.add(site)
         with self.engine.begin() as conn:
             conn.execute(

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     true,
 )
@@ -63,6 +64,23 @@ plans = Table(
     Column("freeze_fee", BigInteger, nullable=False),
     # False for a fixed-term pass: one period, then the member is expired.
     Column("auto_renew", Boolean, nullable=False, server_default=true()),
+    # True: a price change applies to members who join after it, the others keep their price.
+    Column("grandfather", Boolean, nullable=False, server_default=false()),
+)
+
+# A plan's price change, announced ahead: from ``effective_at`` the plan costs ``price``, and
+# each member pays it from their first renewal on or after that day (unless grandfathered).
+price_changes = Table(
+    "price_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("plan_id", ID, ForeignKey("plans.id"), nullable=False, index=True),
+    Column("price", BigInteger, nullable=False),
+    Column("effective_at", BigInteger, nullable=False),
+    # When it was announced: the price-change notice goes out from this record.
+    Column("announced_at", BigInteger, nullable=False),
+    # Set once the plan's price is the new one (the members it spares keep theirs).
+    Column("applied_at", BigInteger),
 )
 
 members = Table(
@@ -110,6 +128,11 @@ subscriptions = Table(
     # The next instant the engine says this member's status or billing may change without any
     # outside event: the scheduler reviews only rows whose time has come.
     Column("review_at", BigInteger),
+    # A plan change booked for the next renewal (a downgrade): the renewal bills this plan.
+    # (No foreign key: adding one would copy the table in SQLite; the code checks the plan.)
+    Column("next_plan_id", ID),
+    # The member's own price per period, kept by a grandfathering price change; None: the plan's.
+    Column("price", BigInteger),
     Index("ix_subscriptions_review_at", "review_at"),
     # The paid-through date whose renewal the member was told about ahead of time
     # (``reminders.py``); the index finds the renewals coming up.
@@ -258,8 +281,9 @@ disputes = Table(
 
 # Money booked against an invoice that is not money received (payments.method): a credit note's
 # share and a debt written off settle the invoice without anyone paying. ``refund`` rows are money
-# given back (negative); every other method is money received (a chargeback's negative row too).
-NOT_MONEY_METHODS = ("credit_note", "write_off")
+# given back (negative); a payment plan's transfer moves a debt onto its instalment invoices
+# (``payment_plan``); every other method is money received (a chargeback's negative row too).
+NOT_MONEY_METHODS = ("credit_note", "write_off", "payment_plan")
 
 # A credit note: the document that lowers what an invoice is worth (a refund's credit, a credit
 # on what is still owed, a void, the unused part of a freeze fee). Booked on its invoice as a

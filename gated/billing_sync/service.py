@@ -51,8 +51,11 @@ from gated.billing_sync import (
     members,
     membership,
     paying,
+    payment_plans,
     periods,
     photos,
+    plan_changes,
+    prices,
     publishing,
     reconcile,
     refunds,
@@ -69,6 +72,8 @@ from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
+from gated.billing_sync.payment_plans import PaymentPlan
+from gated.billing_sync.plan_changes import PlanChange
 from gated.billing_sync.reconcile import FetchReport
 from gated.billing_sync.refunds import Outcome
 from gated.billing_sync.signup import Applicant, Terms
@@ -183,12 +188,10 @@ class Billing:
         dependant, who is charged to the payer's card)."""
         return members.set_payment_method(self.ctx, member_id, payment_method)
 
-    def edit_member(
-        self, member_id: str, *, name: str | None = None, email: str | None = None
-    ) -> None:
-        """Correct a member's name or e-mail address (a new address clears a bounce and
-        re-addresses the notices that never reached the old one)."""
-        members.edit_member(self.ctx, member_id, name=name, email=email)
+    def edit_member(self, member_id: str, **changes: Any) -> None:
+        """Correct a member's name, e-mail address, phone, payer or sites
+        (``members.edit_member``: a new address clears a bounce, a site left gets a tombstone)."""
+        members.edit_member(self.ctx, member_id, **changes)
 
     def member(self, member_id: str) -> dict[str, Any]:
         """Everything about one member for ``members show`` (no card UIDs)."""
@@ -637,3 +640,45 @@ class Billing:
     def reconcile_fetch(self, since: int | None, until: int | None = None) -> FetchReport:
         """Import the provider's balance movements and payouts (see ``reconcile.fetch``)."""
         return reconcile.fetch(self.engine, self.ctx.gateway, self.clock(), since, until)
+
+    # --- plan and price changes, un-cancel -----------------------------------------------------
+
+    def plan_change_quote(
+        self, member_id: str, plan_id: str, at_renewal: bool = False
+    ) -> PlanChange:
+        """What moving a member to another plan costs (now, prorated, or at the renewal)."""
+        return plan_changes.quote(self.ctx, member_id, plan_id, at_renewal)
+
+    def change_plan(
+        self, member_id: str, plan_id: str, at_renewal: bool = False
+    ) -> tuple[PlanChange, CycleReport]:
+        """Move a member to another plan: an upgrade now (prorated, charged), else at renewal."""
+        return plan_changes.change_plan(self.ctx, member_id, plan_id, at_renewal)
+
+    def cancel_plan_change(self, member_id: str) -> None:
+        """Drop a plan change booked for the renewal."""
+        plan_changes.cancel_next_plan(self.ctx, member_id)
+
+    def uncancel(self, member_id: str) -> None:
+        """Withdraw a cancellation before the contract ends."""
+        membership.uncancel(self.ctx, member_id)
+
+    def schedule_price_change(self, plan_id: str, price: int, effective_at: int) -> int:
+        """Announce a plan's new price from a day at least ``prices.NOTICE_DAYS`` ahead."""
+        return prices.schedule_price_change(self.ctx, plan_id, price, effective_at)
+
+    def price_changes(self, plan_id: str | None = None) -> list[Row[Any]]:
+        """Price changes, soonest first."""
+        return prices.price_changes(self.ctx, plan_id)
+
+    def payment_plan_quote(
+        self, member_id: str, instalments: int, first_at: int | None = None
+    ) -> PaymentPlan:
+        """What splitting a member's arrears into ``instalments`` a month apart looks like."""
+        return payment_plans.quote(self.ctx, member_id, instalments, first_at)
+
+    def start_payment_plan(
+        self, member_id: str, instalments: int, first_at: int | None = None
+    ) -> tuple[PaymentPlan, CycleReport]:
+        """Put a member's arrears on a payment plan (an instalment due today is charged)."""
+        return payment_plans.start(self.ctx, member_id, instalments, first_at)

@@ -2,7 +2,7 @@
 its gateway wrapped in a ``FaultyGateway``; run as a module it is ``gated-billing run`` killed
 with SIGKILL at one gateway step:
 
-    python -m tests.billing.crashing BILLING_TOML STEP [refund INVOICE AMOUNT]
+    python -m tests.billing.crashing BILLING_TOML STEP [refund INVOICE AMOUNT | change-plan MEMBER PLAN]
 
 (``STEP`` as ``FaultyGateway`` names them, e.g. ``after_confirm_intent``; with ``refund`` it is
 ``gated-billing invoice refund INVOICE --amount AMOUNT`` that is killed, e.g. ``after_refund``)."""
@@ -59,10 +59,15 @@ def billing_for(config_path: Path, fault: Callable[[str], None] | None = None) -
 
 
 if __name__ == "__main__":
+    # CONFIG STEP: a billing cycle; CONFIG STEP refund INVOICE AMOUNT: a refund;
+    # CONFIG STEP change-plan MEMBER PLAN: an upgrade now.
     config_file, step, *action = sys.argv[1:]
     billing = billing_for(Path(config_file), kill_at(step))
-    if action:
+    if action and action[0] == "refund":
         billing.refund(int(action[1]), int(action[2]))
+    elif action:
+        _, member_id, plan_id = action
+        billing.change_plan(member_id, plan_id)
     else:
         billing.run_cycle()
     sys.exit(f"not killed: no gateway call reached {step}")

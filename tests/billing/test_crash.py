@@ -56,8 +56,8 @@ def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def killed_at(config_path: Path, step: str, *action: str) -> subprocess.CompletedProcess[str]:
-    """A billing cycle (or ``action``: ``refund INVOICE AMOUNT``) in its own process, its
-    gateway killing it at ``step``."""
+    """A billing cycle (or ``action``, see crashing.py) in its own process, its gateway killing
+    it at ``step``."""
     return subprocess.run(
         [sys.executable, "-m", "tests.billing.crashing", str(config_path), step, *action],
         capture_output=True,
@@ -207,3 +207,31 @@ def test_an_unreachable_provider_leaves_the_refund_to_the_next_cycle(tmp_path: P
     assert simulated.refunded_total() == REFUNDED
     with b.engine.connect() as conn:
         assert conn.execute(select(schema.refunds.c.state)).scalars().all() == ["succeeded"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_an_upgrade_killed_at_each_step_is_charged_once(tmp_path: Path, point: str) -> None:
+    config_path = write_config(tmp_path, None)
+    b = billing_for(config_path)
+    b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
+    b.add_plan(PlanSpec("premium", "Premium", 7990, "EUR", tax_rate_bp=1900))
+    b.add_member("m1", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    b.advance_clock(15 * 86_400)
+    quote = b.plan_change_quote("m1", "premium")
+    killed = killed_at(config_path, point, "change-plan", "m1", "premium")
+    assert killed.returncode == -9, killed.stderr
+    assert b.member("m1")["plan"] == "premium"  # committed with its invoice before any charge
+    resumed = cli(config_path, "run")
+    assert resumed.returncode == 0, resumed.stderr
+    with b.engine.connect() as conn:
+        invoices = conn.execute(
+            select(schema.invoices.c.kind, schema.invoices.c.total, schema.invoices.c.status)
+        ).all()
+        payments = conn.execute(select(schema.payments.c.amount)).scalars().all()
+    assert [tuple(i) for i in invoices] == [
+        ("renewal", TOTAL, "paid"),
+        ("plan_change", quote.total, "paid"),
+    ]
+    assert payments == [TOTAL, quote.total]
+    gw = SimulatedGateway(tmp_path / "state" / "simulated-gateway.db", clock=b.clock)
+    assert gw.charged_total() == TOTAL + quote.total

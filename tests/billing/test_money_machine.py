@@ -45,6 +45,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayRejected, SimulatedGateway
+from gated.billing_sync.service import PlanSpec
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing
 
@@ -105,6 +106,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 "retry_days": list(RETRY_DAYS),
             },
         )
+        self.add_other_plans()
         self.seen = Seen()
         self.members: list[str] = []
         self.payer_of: dict[str, str] = {}
@@ -301,6 +303,66 @@ class MoneyMachine(RuleBasedStateMachine):
             else:
                 self.billing.write_off(invoice_id)
 
+    # --- plan changes, un-cancel, payment plans -----------------------------------------------
+
+    def add_other_plans(self) -> None:
+        """A dearer and a cheaper plan beside ``monthly``, same period and tax rate."""
+        self.billing.add_plan(
+            PlanSpec("premium", "Premium", 7990, "EUR", tax_rate_bp=1900, freeze_fee=500)
+        )
+        self.billing.add_plan(
+            PlanSpec("basic", "Basic", 2990, "EUR", tax_rate_bp=1900, freeze_fee=500)
+        )
+
+    @rule(
+        member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS]),
+        plan=st.sampled_from(["premium", "basic", "monthly"]),
+        at_renewal=st.booleans(),
+    )
+    def change_plan(self, member: str, plan: str, at_renewal: bool) -> None:
+        """An upgrade now (prorated, charged), or any change at the renewal; refused when the
+        member is not current, has cancelled, or asks for a cheaper plan now."""
+        with contextlib.suppress(BillingError):
+            self.billing.change_plan(member, plan, at_renewal)
+
+    @rule(member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS]))
+    def uncancel(self, member: str) -> None:
+        with contextlib.suppress(BillingError):  # not cancelled, or the contract is over
+            self.billing.uncancel(member)
+
+    @rule(
+        member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS]),
+        instalments=st.sampled_from([2, 3]),
+        first_in=st.sampled_from([0, 5]),
+    )
+    def payment_plan(self, member: str, instalments: int, first_in: int) -> None:
+        with contextlib.suppress(BillingError):  # owes nothing, in flight, on a plan already
+            self.billing.start_payment_plan(member, instalments, self.clock.now + first_in * DAY)
+
+    def check_plans(self, r: dict[str, Any]) -> None:
+        """The gates get the plan billed; an upgrade bills no more than the price difference
+        for a whole period; a payment plan's instalments add up to the debt it moved."""
+        for member in self.members:
+            payload = parse_payload(r["states"][member].payload)
+            if payload["status"] != "erased":
+                assert payload["plan"] == r["subs"][member].plan_id, ("plan not published", member)
+        moved: dict[tuple[str, int], int] = {}
+        for p in r["payments"]:
+            if p.method == "payment_plan":
+                key = (p.member_id, p.at)
+                moved[key] = moved.get(key, 0) + int(p.amount)
+        billed: dict[tuple[str, int], int] = {}
+        for inv in r["invoices"]:
+            if inv.kind == "plan_change":
+                assert 0 < inv.subtotal <= 7990 - 2990, (
+                    "upgrade beyond a period's difference",
+                    inv,
+                )
+            if inv.kind == "instalment":
+                key = (inv.member_id, inv.created_at)
+                billed[key] = billed.get(key, 0) + int(inv.total)
+        assert moved == billed, ("instalments do not add up to the debt moved", moved, billed)
+
     # --- checks -------------------------------------------------------------------------------
 
     def max_attempt(self) -> int:
@@ -343,6 +405,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.check_access(r, now)
         self.check_explained(r, now)
         self.check_attempts_and_notices(r)
+        self.check_plans(r)
 
     def check_money(self, r: dict[str, Any]) -> None:
         """Per member and in total: invoiced = received - refunded + credited + written off +

@@ -212,3 +212,42 @@ def test_contact_details_card_and_an_email_change(
     page.get_by_role("button", name="Use this address").click()
     page.wait_for_selector("text=Your new e-mail address is saved.")
     assert billing.contact(member_id)["email"] == "new@example.com"
+
+
+def test_a_plan_change_shows_its_cost_before_it_is_made(tabs: Any, billing: Billing) -> None:
+    billing.add_plan(PlanSpec("flex24", "Flex 24", 5990, "EUR", tax_rate_bp=1900))
+    billing.add_plan(PlanSpec("lite", "Lite", 1990, "EUR", tax_rate_bp=1900))
+    tab = tabs()
+    page = tab.page
+    join(tab, "plan@example.com")
+    page.get_by_role("button", name=re.compile("^Pay ")).click()
+    page.wait_for_url("**/app/join/welcome")
+    member_id = member_of(billing, "plan@example.com")
+    page.goto("/app/")
+    page.get_by_role("link", name="Change plan").click()
+    page.check("input[name=plan][value=flex24]")
+    page.get_by_role("button", name="Show what it costs").click()
+    page.wait_for_selector("#plan-total")
+    quote = billing.plan_change_quote(member_id, "flex24")
+    assert page.inner_text("#plan-total") == f"{quote.total / 100:.2f} EUR"
+    assert quote.total > 0 and billing.member(member_id)["plan"] == "flex12"  # shown, not done
+    tab.check("plan")
+    # A cheaper plan now is refused in words, with what to do instead.
+    page.goto("/app/plan?plan=lite&when=now")
+    assert "from my renewal" in page.inner_text("#plan-refused")
+    tab.errors.clear()  # the 409 of that page
+    page.goto("/app/plan?plan=flex24&when=now")
+    page.get_by_role("button", name=re.compile("^Change to flex24 and pay ")).click()
+    page.wait_for_selector("text=Your plan is now flex24.")
+    assert billing.member(member_id)["plan"] == "flex24"
+    assert published(billing, member_id)["plan"] == "flex24"
+    with billing.engine.connect() as conn:
+        paid = conn.execute(
+            select(schema.invoices.c.total).where(
+                schema.invoices.c.member_id == member_id,
+                schema.invoices.c.kind == "plan_change",
+                schema.invoices.c.status == "paid",
+            )
+        ).scalar_one()
+    assert paid == quote.total
+    tab.check()
