@@ -19,8 +19,10 @@ from gated.billing_sync import schema
 from gated.billing_sync.service import Billing, PlanSpec
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import published
+from tests.sync.helpers import wait_until
 from tests.web.conftest import Stack
 from tests.web.test_browser import Tab, tab_opener
+from tests.web.test_pass import CODE, gatectl_badge, shown_and_decoded
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +110,50 @@ def test_join_pay_with_the_simulator_and_walk_in(tabs: Any, billing: Billing) ->
     with page.expect_download() as download:
         page.get_by_role("link", name="Signed contract").click()
     assert "Terms version" in download.value.path().read_text()
+
+
+def test_join_pay_and_the_new_pass_is_let_in_at_the_gate(
+    tabs: Any, billing: Billing, stack: Stack
+) -> None:
+    """The whole way of a new member, in one sequence: join, pay with the simulator's test
+    card, make this browser the pass, and the QR a scanner reads off the screen is let in by
+    the real gate (``gatectl badge --qr``), once."""
+    tab = tabs()
+    page = tab.page
+    join(tab, "walk@example.com", plan="monthly")
+    member_id = member_of(billing, "walk@example.com")
+    page.check("input[value=pm_sim_ok]")
+    page.get_by_role("button", name=re.compile("^Pay ")).click()
+    page.wait_for_url("**/app/join/welcome")
+    # Joining signed the browser in just now: recent enough to register a pass key.
+    page.goto("/app/pass")
+    page.get_by_role("button", name="Use this device as my pass").click()
+    page.wait_for_selector(CODE, timeout=15_000)
+    code, decoded = shown_and_decoded(page)
+    assert decoded == code and code.startswith(f"GQ1.{member_id}.")
+    qr_key = published(billing, member_id)["qr_key"]
+    assert gate_has(stack, member_id, "qr_key", qr_key)
+    assert gatectl_badge(stack, decoded) | {"latency_us": 0} == {
+        "allow": True,
+        "reason": "ok",
+        "member_id": member_id,
+        "latency_us": 0,
+    }
+    assert gatectl_badge(stack, decoded)["reason"] == "qr_replayed"
+    tab.check()
+
+
+def gate_has(stack: Stack, member_id: str, field: str, value: Any) -> bool:
+    """Wait until the stack's gate holds ``field == value`` in the member's cached state."""
+    gate = stack.gate
+    assert gate is not None and value is not None
+
+    def arrived() -> bool:
+        found = gate.request("cache_lookup", {"member": member_id})
+        return bool(found.get("found")) and found["member"].get(field) == value
+
+    wait_until(arrived, timeout=10, what=f"the gate has {member_id}'s {field}")
+    return True
 
 
 def test_a_declined_test_card_then_a_double_clicked_pay_button(tabs: Any, billing: Billing) -> None:
