@@ -345,6 +345,19 @@ def members_erase(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
         out.print(f"{member_id}: erased")
 
 
+@members_app.command("erasure-requests")
+def members_erasure_requests(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Members who asked for erasure in the member app and are not erased yet, oldest first."""
+    with service(config) as billing:
+        rows = billing.member_data().erasure_requests()
+    _table(
+        "erasure requests",
+        ["member", "requested_at", "address"],
+        [(r["member_id"], r["requested_at"], r["address"]) for r in rows],
+        as_csv,
+    )
+
+
 @members_app.command("allow-key")
 def members_allow_key(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Let the member make one more device their pass now, inside the 24-hour limit."""

@@ -13,6 +13,7 @@ concern:
 * ``webhooks``: payment-provider events (intent updates, disputes, cards);
 * ``gates``: gate tokens and attendance events;
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
+* ``member_data``: a member's visits per month, data download and erasure request;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
 * ``front_desk``: member search (by card too) and a member's page for the console;
 * ``gate_commands``: the console's desk-key commands (let in once, lockdown) to gates;
@@ -67,6 +68,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import CardSetup, ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
+from gated.billing_sync.member_data import MemberData
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
 from gated.billing_sync.reconcile import FetchReport
@@ -443,6 +445,10 @@ class Billing:
     def member_access(self) -> MemberAccess:
         """Sign-in, sessions and a member's own data for the member app (gated.web)."""
         return MemberAccess(self.ctx)
+
+    def member_data(self) -> MemberData:
+        """A member's visits per month, their data as one document, their erasure request."""
+        return MemberData(self.ctx)
 
     # --- the staff console ------------------------------------------------------------------
 

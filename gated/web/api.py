@@ -19,43 +19,57 @@ from gated.web.foundation import Visitor, Web
 from gated.web.words import status_words
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str) -> JSONResponse:
+    """An API refusal: ``{"error": message}`` with ``status``."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+MemberHandler = Callable[[Request, MemberSession], Awaitable[Response]]
+ChangingHandler = Callable[[Request, Visitor], Awaitable[Response]]
+
+
+def member_json(web: Web, handler: MemberHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A JSON read of the session's own member; 401 without a session."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor = await web.visitor(request)
+        if visitor.session is None:
+            return error(401, "sign in first")
+        return await handler(request, visitor.session)
+
+    return endpoint
+
+
+def changing_json(web: Web, handler: ChangingHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A state-changing JSON call: 413 over the body limit, 403 without the X-CSRF-Token of
+    this session's cookie, 401 without a session."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor, _, refused = await web.submission(request)
+        if refused == 413:
+            return error(413, "request body too large")
+        if refused:
+            return error(403, "missing or wrong X-CSRF-Token")
+        if visitor.session is None:
+            return error(401, "sign in first")
+        return await handler(request, visitor)
+
+    return endpoint
 
 
 def routes(web: Web) -> list[BaseRoute]:
     """The API's routes (mounted at ``/api/v1``)."""
 
-    def member(
-        handler: Callable[[Request, MemberSession], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            visitor = await web.visitor(request)
-            if visitor.session is None:
-                return _error(401, "sign in first")
-            return await handler(request, visitor.session)
+    def member(handler: MemberHandler) -> Callable[[Request], Awaitable[Response]]:
+        return member_json(web, handler)
 
-        return endpoint
-
-    def changing(
-        handler: Callable[[Request, Visitor], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            visitor, _, refused = await web.submission(request)
-            if refused == 413:
-                return _error(413, "request body too large")
-            if refused:
-                return _error(403, "missing or wrong X-CSRF-Token")
-            if visitor.session is None:
-                return _error(401, "sign in first")
-            return await handler(request, visitor)
-
-        return endpoint
+    def changing(handler: ChangingHandler) -> Callable[[Request], Awaitable[Response]]:
+        return changing_json(web, handler)
 
     async def session(request: Request) -> Response:
         visitor = await web.visitor(request)
         if visitor.session is None:
-            return _error(401, "sign in first")
+            return error(401, "sign in first")
         s = visitor.session
         body: dict[str, Any] = {
             "member_id": s.member_id,
@@ -95,11 +109,11 @@ def routes(web: Web) -> list[BaseRoute]:
         if re.fullmatch(r"[0-9]{1,12}", raw):
             found = await asyncio.to_thread(web.access.invoice, s.member_id, int(raw))
         if found is None:
-            return _error(404, "no such invoice")
+            return error(404, "no such invoice")
         return JSONResponse(found)
 
     async def not_found(request: Request) -> Response:
-        return _error(404, "no such route")
+        return error(404, "no such route")
 
     return [
         Route("/session", session, methods=["GET"]),

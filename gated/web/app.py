@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from gated.billing_sync.service import Billing
-from gated.web import api, desk, invoice_pdfs, join, member, pass_, self_service
+from gated.web import api, desk, invoice_pdfs, join, member, my_data, pass_, self_service
 from gated.web.foundation import Web
 from gated.web.security import SecurityHeaders, stripe_csp
 
@@ -30,13 +30,14 @@ def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) ->
         *join.routes(web),
         *self_service.routes(web),
         *invoice_pdfs.member_routes(web),
+        *my_data.routes(web),
         *member.routes(web),
     ]
     # The staff API's mount comes before the member API's, which would otherwise take its paths.
     for path, routes in (
         ("/app", app_routes),
         *desk.roots(web),
-        ("/api/v1", [*pass_.api_routes(web), *api.routes(web)]),
+        ("/api/v1", [*pass_.api_routes(web), *my_data.api_routes(web), *api.routes(web)]),
     ):
         headers = Middleware(
             SecurityHeaders,

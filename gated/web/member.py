@@ -172,6 +172,7 @@ def routes(web: Web) -> list[BaseRoute]:
             # Joined online and not paid yet: the membership starts with the first payment.
             return RedirectResponse("/app/join/pay", status_code=303)
         invoices = await asyncio.to_thread(web.access.invoices, member_id, 24)
+        visits = await asyncio.to_thread(web.billing.member_data().visits_by_month, member_id)
         return web.page(
             visitor,
             "membership.html",
@@ -179,6 +180,7 @@ def routes(web: Web) -> list[BaseRoute]:
             m=m,
             words=status_words(m),
             invoices=invoices,
+            visits=visits,
         )
 
     async def invoice(request: Request, visitor: Visitor) -> Response:
