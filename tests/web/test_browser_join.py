@@ -117,7 +117,7 @@ def test_join_pay_and_the_new_pass_is_let_in_at_the_gate(
 ) -> None:
     """The whole way of a new member, in one sequence: join, pay with the simulator's test
     card, make this browser the pass, and the QR a scanner reads off the screen is let in by
-    the real gate (``gatectl badge --qr``), once."""
+    the real gate (``gatectl badge --qr``), once; the welcome mail links to the pass."""
     tab = tabs()
     page = tab.page
     join(tab, "walk@example.com", plan="monthly")
@@ -141,6 +141,19 @@ def test_join_pay_and_the_new_pass_is_let_in_at_the_gate(
     }
     assert gatectl_badge(stack, decoded)["reason"] == "qr_replayed"
     tab.check()
+    # The first payment also mailed a welcome with the pass's address.
+    inbox = stack.inbox
+    with inbox.arrived:
+        assert inbox.arrived.wait_for(lambda: welcome(inbox, "walk@example.com"), 15)
+    assert f"{stack.url}/app/pass" in welcome(inbox, "walk@example.com")
+
+
+def welcome(inbox: Any, to: str) -> str:
+    """The body of the welcome mail to ``to``, or "" while there is none."""
+    for m in inbox.messages:
+        if m["To"] == to and m["Subject"].startswith("Welcome"):
+            return str(m.get_content())
+    return ""
 
 
 def gate_has(stack: Stack, member_id: str, field: str, value: Any) -> bool:
