@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +22,6 @@ from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.service import Applicant
 from gated.web.foundation import Visitor, Web
 from gated.web.member import posted_form, signed_in_page
-from gated.web.ratelimit import RateLimit
 from gated.web.security import STRIPE_PAGE
 from gated.web.terms import load_terms
 
@@ -56,12 +56,33 @@ def decline_text(result: ChargeResult) -> str:
     return f"Your bank declined the payment ({reason}). Nothing was charged. Try another card."
 
 
+class NoMethod(Exception):
+    """A pay form or JSON call that named no usable payment method (the message says what)."""
+
+
+async def chosen_method(web: Web, member_id: str, values: Mapping[str, object]) -> str:
+    """The payment method a pay form or its JSON twin names: with Stripe, the card the
+    member's browser saved through a SetupIntent (``setup_id``); with the simulator, one of
+    its offered test methods (``method``). NoMethod when there is none; GatewayError,
+    BillingError as ``card_from_setup`` raises them."""
+    billing = web.billing
+    if billing.config.gateway == "stripe":
+        setup_id = values.get("setup_id")
+        if not isinstance(setup_id, str) or not SETUP_ID.fullmatch(setup_id):
+            raise NoMethod("Enter your card details.")
+        return await asyncio.to_thread(billing.card_from_setup, member_id, setup_id)
+    method = values.get("method")
+    chosen = test_method(method) if isinstance(method, str) else None
+    if chosen is None:
+        raise NoMethod("Choose a payment method.")
+    return chosen
+
+
 def routes(web: Web) -> list[BaseRoute]:
     """The sign-up's routes (mounted at ``/app``)."""
     billing = web.billing
     stripe = billing.config.gateway == "stripe"
-    # Sign-ups a client may start: each makes a member and an invoice until it is purged.
-    per_client = RateLimit(10, 3600)
+    per_client = web.signups_per_client
 
     def stripe_key() -> str | None:
         return billing.config.stripe.publishable_key if billing.config.stripe else None
@@ -197,20 +218,12 @@ def routes(web: Web) -> list[BaseRoute]:
         if not SUBMIT_KEY.fullmatch(key):
             return await pay_page(visitor, found, "Open the page again and pay from there.", 400)
         try:
-            if stripe:
-                setup_id = form.get("setup_id", "")
-                if not SETUP_ID.fullmatch(setup_id):
-                    return await pay_page(visitor, found, "Enter your card details.", 400)
-                method: str | None = await asyncio.to_thread(
-                    billing.card_from_setup, member_id, setup_id
-                )
-            else:
-                method = test_method(form.get("method", ""))
-                if method is None:
-                    return await pay_page(visitor, found, "Choose a payment method.", 400)
+            method = await chosen_method(web, member_id, form)
             result = await asyncio.to_thread(
                 billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
             )
+        except NoMethod as exc:
+            return await pay_page(visitor, found, str(exc), 400)
         except NotFound:
             return RedirectResponse("/app/", status_code=303)
         except GatewayError as exc:

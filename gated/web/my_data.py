@@ -18,6 +18,7 @@ from gated.billing_sync.member_data import RETAINED
 from gated.web.api import changing_json, error, member_json
 from gated.web.foundation import Visitor, Web
 from gated.web.member import posted_form, signed_in_page
+from gated.web.openapi import ApiRoute
 
 ERASED = "Your data has been erased already."
 
@@ -112,7 +113,22 @@ def api_routes(web: Web) -> list[BaseRoute]:
         )
 
     return [
-        Route("/me/visits", member_json(web, visits), methods=["GET"]),
-        Route("/me/data", member_json(web, export), methods=["GET"]),
-        Route("/me/erasure", changing_json(web, erasure), methods=["POST"]),
+        ApiRoute(
+            "/me/visits",
+            member_json(web, visits),
+            methods=["GET"],
+            summary="Visits (granted entries) per month, newest first, the last 12 months.",
+        ),
+        ApiRoute(
+            "/me/data",
+            member_json(web, export),
+            methods=["GET"],
+            summary="Everything head office holds about the member, as one JSON document.",
+        ),
+        ApiRoute(
+            "/me/erasure",
+            changing_json(web, erasure),
+            methods=["POST"],
+            summary="Ask for erasure (recorded once for staff); says what erasure keeps.",
+        ),
     ]

@@ -17,15 +17,16 @@ from starlette.routing import BaseRoute, Route
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayError
 from gated.web.foundation import Visitor, Web
-from gated.web.join import SETUP_ID, TEST_METHODS, stripe_page, test_method
+from gated.web.join import TEST_METHODS, NoMethod, chosen_method, stripe_page
 from gated.web.member import TOKEN, posted_form, signed_in_page
 from gated.web.words import day, status_words
 
 log = logging.getLogger("gated.web.self_service")
 
 
-def _months(raw: str) -> int | None:
-    return int(raw) if re.fullmatch(r"[1-9]", raw) else None
+def freeze_months(raw: object) -> int | None:
+    """A freeze's length as a form or JSON call gives it (the engine checks the plan's range)."""
+    return int(raw) if isinstance(raw, str | int) and re.fullmatch(r"[1-9]", str(raw)) else None
 
 
 def routes(web: Web) -> list[BaseRoute]:
@@ -86,18 +87,11 @@ def routes(web: Web) -> list[BaseRoute]:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
         try:
-            if stripe:
-                setup_id = form.get("setup_id", "")
-                if not SETUP_ID.fullmatch(setup_id):
-                    return await card_page(visitor, "Enter your card details.", 400)
-                method = await asyncio.to_thread(billing.card_from_setup, member_id, setup_id)
-            else:
-                chosen = test_method(form.get("method", ""))
-                if chosen is None:
-                    return await card_page(visitor, "Choose a payment method.", 400)
-                method = chosen
+            method = await chosen_method(web, member_id, form)
             # Saves the card and retries what is owed at once (published within the second).
             await asyncio.to_thread(billing.set_payment_method, member_id, method)
+        except NoMethod as exc:
+            return await card_page(visitor, str(exc), 400)
         except GatewayError as exc:
             log.warning("event=card_update_failed member=%s error=%s", member_id, exc)
             return unavailable(visitor)
@@ -111,7 +105,7 @@ def routes(web: Web) -> list[BaseRoute]:
 
     async def freeze_form(request: Request, visitor: Visitor) -> Response:
         assert visitor.session is not None
-        months = _months(request.query_params.get("months", ""))
+        months = freeze_months(request.query_params.get("months", ""))
         quote = None
         if months is not None:
             quote = await asyncio.to_thread(billing.freeze_quote, visitor.session.member_id, months)
@@ -121,7 +115,7 @@ def routes(web: Web) -> list[BaseRoute]:
         if visitor.session is None:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
-        months = _months(form.get("months", ""))
+        months = freeze_months(form.get("months", ""))
         if months is None:
             return done(visitor, "Freeze", "Choose one, two or three months.", 400)
         quote = await asyncio.to_thread(billing.freeze_quote, member_id, months)

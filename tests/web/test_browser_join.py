@@ -271,3 +271,33 @@ def test_contact_details_card_and_an_email_change(
     page.get_by_role("button", name="Use this address").click()
     page.wait_for_selector("text=Your new e-mail address is saved.")
     assert billing.contact(member_id)["email"] == "new@example.com"
+
+
+JSON_JOIN = """async (email) => {
+  const json = (csrf, body) => ({method: "POST", body: JSON.stringify(body),
+    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}});
+  const offer = await (await fetch("/api/v1/join")).json();
+  const person = {site: "downtown", plan: "monthly", name: "Jay Son", email,
+    phone: "+49 30 1234567", emergency_contact: "Max, +49 30 7654321",
+    terms_sha256: offer.terms.sha256, accept: true};
+  const forged = await fetch("/api/v1/join", json("forged", person));
+  const joined = await fetch("/api/v1/join", json(offer.csrf_token, person));
+  const {csrf_token} = await joined.clone().json();
+  const paid = await fetch("/api/v1/join/pay",
+    json(csrf_token, {key: "browser-key-0123456789", method: "pm_sim_ok"}));
+  return [forged.status, joined.status, paid.status, await paid.json()];
+}"""
+
+
+def test_join_and_pay_through_the_json_api_in_the_browser(tabs: Any, billing: Billing) -> None:
+    tab = tabs()
+    page = tab.page
+    page.goto("/app/join")
+    forged, joined, paid, body = page.evaluate(JSON_JOIN, "jay@example.com")
+    assert (forged, joined, paid, body) == (403, 201, 200, {"state": "succeeded"})
+    tab.errors.clear()  # the forged call's 403, on purpose
+    member_id = member_of(billing, "jay@example.com")
+    assert published(billing, member_id)["status"] == "active"
+    page.goto("/app/")  # the API's sign-up signed this browser in
+    assert page.inner_text("#member-name") == "Jay Son"
+    tab.check()
