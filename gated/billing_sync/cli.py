@@ -512,6 +512,9 @@ def plans_add(
             "period and then ends expired."
         ),
     ] = True,
+    sepa: Annotated[
+        bool, typer.Option(help="An online sign-up may pay by SEPA Direct Debit too.")
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Create or update a plan."""
@@ -536,6 +539,7 @@ def plans_add(
                     min_term_months,
                     freeze_fee,
                     auto_renew,
+                    sepa,
                 )
             )
         out.print(f"plan {plan_id} saved")

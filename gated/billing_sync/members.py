@@ -48,6 +48,8 @@ class PlanSpec:
     freeze_fee: int = 0
     # False for a fixed-term pass: one period is billed, then the member is expired.
     auto_renew: bool = True
+    # True: an online sign-up may pay by SEPA Direct Debit as well as by card.
+    sepa: bool = False
 
 
 def add_plan(ctx: Context, plan: PlanSpec) -> None:
@@ -66,6 +68,7 @@ def add_plan(ctx: Context, plan: PlanSpec) -> None:
         "min_term_months": plan.min_term_months,
         "freeze_fee": plan.freeze_fee,
         "auto_renew": plan.auto_renew,
+        "sepa": plan.sepa,
     }
     with ctx.engine.begin() as conn:
         done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     true,
 )
@@ -63,6 +64,8 @@ plans = Table(
     Column("freeze_fee", BigInteger, nullable=False),
     # False for a fixed-term pass: one period, then the member is expired.
     Column("auto_renew", Boolean, nullable=False, server_default=true()),
+    # True where a sign-up may pay by SEPA Direct Debit besides a card.
+    Column("sepa", Boolean, nullable=False, server_default=false()),
 )
 
 members = Table(

@@ -22,7 +22,15 @@ from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.service import Applicant
 from gated.web.api import error, membership_json
 from gated.web.foundation import Visitor, Web, read_json
-from gated.web.join import FIELDS, SUBMIT_KEY, TEST_METHODS, NoMethod, chosen_method, decline_text
+from gated.web.join import (
+    FIELDS,
+    SUBMIT_KEY,
+    TEST_IBANS,
+    TEST_METHODS,
+    NoMethod,
+    chosen_method,
+    decline_text,
+)
 from gated.web.openapi import ApiRoute
 from gated.web.security import csrf_token
 from gated.web.self_service import freeze_months
@@ -81,7 +89,11 @@ def routes(web: Web) -> list[BaseRoute]:
         """How this gateway takes a card: Stripe.js with a fresh SetupIntent, or the
         simulator's test methods."""
         if not stripe:
-            return {"gateway": "simulated", "methods": [m for m, _ in TEST_METHODS]}
+            return {
+                "gateway": "simulated",
+                "methods": [m for m, _ in TEST_METHODS],
+                "test_ibans": list(TEST_IBANS),
+            }
         setup = await asyncio.to_thread(billing.card_setup, member_id)
         return {
             "gateway": "stripe",
@@ -156,8 +168,12 @@ def routes(web: Web) -> list[BaseRoute]:
         key = body.get("key")
         if not isinstance(key, str) or not SUBMIT_KEY.fullmatch(key):
             return error(400, "send a key of your own (16 to 64 letters, digits, - or _)")
+        found = await asyncio.to_thread(billing.signup_status, member_id)
+        if found is None:
+            return error(404, "no sign-up of yours waits for payment")
         try:
-            method = await chosen_method(web, member_id, body)
+            sepa = bool(found["plan"] and found["plan"]["sepa"])
+            method = await chosen_method(web, member_id, body, sepa=sepa)
             result = await asyncio.to_thread(
                 billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
             )
@@ -331,7 +347,13 @@ def routes(web: Web) -> list[BaseRoute]:
             methods=["POST"],
             summary="Pay the first invoice; the same key is one payment however often sent. "
             "200 paid, 402 declined, 202 in progress or waiting for 3-D Secure.",
-            body={"key": ("string", "16 to 64 characters, new for each payment"), **method_fields},
+            body={
+                "key": ("string", "16 to 64 characters, new for each payment"),
+                **method_fields,
+                "iban": ("string", "with the simulated gateway, on a plan with sepa: a test IBAN"),
+                "sepa": ("boolean", "with Stripe: setup_id saved a bank account (SEPA)"),
+                "mandate": ("boolean", "true: the SEPA Direct Debit mandate is accepted"),
+            },
         ),
         ApiRoute(
             "/join/pay/return",

@@ -37,6 +37,22 @@ TEST_METHODS = [
     ("pm_sim_decline_authentication_required", "Test card that asks for 3-D Secure"),
 ]
 FIELDS = ("site", "plan", "name", "email", "phone", "emergency_contact")
+# Stripe's test IBANs, which the simulator takes for its SEPA debits (settled three clock days
+# after submission): the first pays, the second fails with insufficient funds.
+TEST_IBANS = {
+    "DE89370400440532013000": "pm_sim_sepa",
+    "DE62370400440532013001": "pm_sim_sepa_fail",
+}
+IBAN = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
+
+
+def iban_valid(raw: str) -> str | None:
+    """An IBAN without spaces, upper case, when its form and ISO 7064 check digits hold."""
+    iban = re.sub(r"\s", "", raw).upper()
+    if not IBAN.fullmatch(iban):
+        return None
+    digits = "".join(str(int(ch, 36)) for ch in iban[4:] + iban[:4])
+    return iban if int(digits) % 97 == 1 else None
 
 
 def test_method(value: str) -> str | None:
@@ -60,12 +76,32 @@ class NoMethod(Exception):
     """A pay form or JSON call that named no usable payment method (the message says what)."""
 
 
-async def chosen_method(web: Web, member_id: str, values: Mapping[str, object]) -> str:
-    """The payment method a pay form or its JSON twin names: with Stripe, the card the
-    member's browser saved through a SetupIntent (``setup_id``); with the simulator, one of
-    its offered test methods (``method``). NoMethod when there is none; GatewayError,
-    BillingError as ``card_from_setup`` raises them."""
+async def chosen_method(
+    web: Web, member_id: str, values: Mapping[str, object], *, sepa: bool = False
+) -> str:
+    """The payment method a pay form or its JSON twin names: with Stripe, the card (or, where
+    ``sepa`` allows it, the bank account) the member's browser saved through a SetupIntent
+    (``setup_id``); with the simulator, one of its offered test methods (``method``) or, where
+    ``sepa`` allows it, a test IBAN (``iban``). A direct debit needs its mandate accepted
+    (``mandate``). NoMethod when there is none; GatewayError, BillingError as
+    ``card_from_setup`` raises them."""
     billing = web.billing
+    debit = bool(values.get("iban") or values.get("sepa"))
+    if debit and not sepa:
+        raise NoMethod("This plan is paid by card.")
+    if debit and values.get("mandate") not in ("yes", True):
+        raise NoMethod("Accept the direct debit mandate to pay by direct debit.")
+    if billing.config.gateway != "stripe" and values.get("iban"):
+        iban = values["iban"]
+        valid = iban_valid(iban) if isinstance(iban, str) else None
+        if valid is None:
+            raise NoMethod("That IBAN is not valid: check it.")
+        if valid not in TEST_IBANS:
+            raise NoMethod(
+                "The demo's simulated gateway takes its test IBANs only: DE89 3704 0044 0532 "
+                "0130 00 (pays) or DE62 3704 0044 0532 0130 01 (fails after three days)."
+            )
+        return TEST_IBANS[valid]
     if billing.config.gateway == "stripe":
         setup_id = values.get("setup_id")
         if not isinstance(setup_id, str) or not SETUP_ID.fullmatch(setup_id):
@@ -218,7 +254,8 @@ def routes(web: Web) -> list[BaseRoute]:
         if not SUBMIT_KEY.fullmatch(key):
             return await pay_page(visitor, found, "Open the page again and pay from there.", 400)
         try:
-            method = await chosen_method(web, member_id, form)
+            sepa = bool(found["plan"] and found["plan"]["sepa"])
+            method = await chosen_method(web, member_id, form, sepa=sepa)
             result = await asyncio.to_thread(
                 billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
             )
@@ -254,6 +291,11 @@ def routes(web: Web) -> list[BaseRoute]:
             )
         if result.action_url:
             return RedirectResponse(result.action_url, status_code=303)
+        if result.state == "processing" and visitor.session is not None:
+            # A direct debit on its way: the membership started with the mandate.
+            now = await asyncio.to_thread(billing.signup_status, visitor.session.member_id)
+            if now is not None and now["paid"]:
+                return RedirectResponse("/app/join/welcome", status_code=303)
         return web.page(
             visitor,
             "message.html",

@@ -42,6 +42,7 @@ def billing(stack: Stack) -> Iterator[Billing]:
             "flex12", "Flex 12", 3990, "EUR", tax_rate_bp=1900, freeze_fee=500, min_term_months=12
         )
     )
+    b.add_plan(PlanSpec("sepa", "Direct debit", 2990, "EUR", tax_rate_bp=1900, sepa=True))
     yield b
     b.engine.dispose()
 
@@ -300,4 +301,21 @@ def test_join_and_pay_through_the_json_api_in_the_browser(tabs: Any, billing: Bi
     assert published(billing, member_id)["status"] == "active"
     page.goto("/app/")  # the API's sign-up signed this browser in
     assert page.inner_text("#member-name") == "Jay Son"
+    tab.check()
+
+
+def test_join_and_pay_by_sepa_direct_debit(tabs: Any, billing: Billing) -> None:
+    tab = tabs()
+    page = tab.page
+    join(tab, "iban@example.com", plan="sepa")
+    member_id = member_of(billing, "iban@example.com")
+    assert "8 weeks" in page.inner_text("#mandate-text")
+    tab.check("join-pay-sepa")
+    page.fill("#iban", "DE89 3704 0044 0532 0130 00")
+    page.get_by_label("I accept this direct debit mandate").check()
+    page.get_by_role("button", name=re.compile("^Accept the mandate and pay")).click()
+    page.wait_for_url("**/app/join/welcome")
+    # Active at the gates while the bank has the debit; the invoice stays open until it settles.
+    assert published(billing, member_id)["status"] == "active"
+    assert billing.member(member_id)["owed"] == 3558
     tab.check()
