@@ -26,6 +26,7 @@ from rich.table import Table
 
 from gated.billing_sync import invoice_cli, reconcile_cli, reports
 from gated.billing_sync.audit import Actor, Entry
+from gated.billing_sync.config_check import config_app
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
 from gated.billing_sync.keys import (
@@ -71,6 +72,7 @@ for sub, name in (
     (staff_app, "staff"),
     (notices_app, "notices"),
     (periods_app, "periods"),
+    (config_app, "config"),
 ):
     app.add_typer(sub, name=name)
 
