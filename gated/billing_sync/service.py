@@ -632,9 +632,9 @@ class Billing:
         """Use an e-mail change link; returns the member id, or None if it does not work."""
         return self_service.confirm_email_change(self.ctx, token)
 
-    def card_setup(self, member_id: str) -> CardSetup:
-        """A SetupIntent for a card the member enters in the browser (Stripe.js)."""
-        return self_service.card_setup(self.ctx, member_id)
+    def card_setup(self, member_id: str, kind: str = "card") -> CardSetup:
+        """A SetupIntent for a card (or a SEPA bank account) the member enters in Stripe.js."""
+        return self_service.card_setup(self.ctx, member_id, kind)
 
     def card_from_setup(self, member_id: str, setup_id: str) -> str:
         """The payment method a succeeded SetupIntent of this member saved."""

@@ -207,8 +207,16 @@ def routes(web: Web) -> list[BaseRoute]:
                 title="Online payment is not set up",
                 text="Pay at the front desk to start your membership.",
             )
+        member_id = visitor.session.member_id
         try:
-            setup = await asyncio.to_thread(billing.card_setup, visitor.session.member_id)
+            setup = await asyncio.to_thread(billing.card_setup, member_id)
+            if found["plan"] and found["plan"]["sepa"]:
+                # A second SetupIntent, for a bank account: Stripe.js confirms it with the IBAN
+                # the member types, which never reaches us.
+                context["sepa_setup"] = await asyncio.to_thread(
+                    billing.card_setup, member_id, "sepa_debit"
+                )
+                context["holder"] = await asyncio.to_thread(web.access.membership, member_id)
         except GatewayError as exc:
             log.warning("event=card_setup_failed error=%s", exc)
             return _unavailable(visitor)
