@@ -31,6 +31,7 @@ from gated.web.join import (
     chosen_method,
     decline_text,
 )
+from gated.web.member import as_member
 from gated.web.openapi import ApiRoute
 from gated.web.security import csrf_token
 from gated.web.self_service import freeze_months
@@ -216,7 +217,13 @@ def routes(web: Web) -> list[BaseRoute]:
         try:
             method = await chosen_method(web, member_id, body)
             # Saves the card and retries what is owed at once, as the page does.
-            await asyncio.to_thread(billing.set_payment_method, member_id, method)
+            await as_member(
+                web,
+                request,
+                member_id,
+                "payment_method",
+                lambda: billing.set_payment_method(member_id, method),
+            )
         except NoMethod as exc:
             return error(400, str(exc))
         except GatewayError as exc:
@@ -242,7 +249,9 @@ def routes(web: Web) -> list[BaseRoute]:
         if not quote["allowed"]:
             return JSONResponse({"error": quote["reason"], "quote": quote}, status_code=409)
         try:
-            await asyncio.to_thread(billing.freeze, member_id, months)
+            await as_member(
+                web, request, member_id, "freeze", lambda: billing.freeze(member_id, months)
+            )
         except GatewayError as exc:
             log.warning("event=freeze_failed member=%s error=%s", member_id, exc)
             return error(503, UNAVAILABLE)
@@ -260,7 +269,7 @@ def routes(web: Web) -> list[BaseRoute]:
         if not quote["allowed"]:
             return JSONResponse({"error": quote["reason"], "quote": quote}, status_code=409)
         try:
-            await asyncio.to_thread(billing.cancel, member_id)
+            await as_member(web, request, member_id, "cancel", lambda: billing.cancel(member_id))
         except BillingError as exc:
             return error(409, str(exc))
         return JSONResponse(
@@ -283,7 +292,13 @@ def routes(web: Web) -> list[BaseRoute]:
         new_email = _text(body, "email").strip()
         changing = bool(new_email) and new_email.lower() != (current["email"] or "").lower()
         try:
-            await asyncio.to_thread(billing.update_contact, member_id, phone, emergency)
+            await as_member(
+                web,
+                request,
+                member_id,
+                "contact",
+                lambda: billing.update_contact(member_id, phone, emergency),
+            )
             if changing:
                 await asyncio.to_thread(
                     billing.request_email_change,

@@ -18,7 +18,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayError
 from gated.web.foundation import Visitor, Web
 from gated.web.join import TEST_METHODS, NoMethod, chosen_method, stripe_page
-from gated.web.member import TOKEN, posted_form, signed_in_page
+from gated.web.member import TOKEN, as_member, posted_form, signed_in_page
 from gated.web.words import day, status_words
 
 log = logging.getLogger("gated.web.self_service")
@@ -89,7 +89,13 @@ def routes(web: Web) -> list[BaseRoute]:
         try:
             method = await chosen_method(web, member_id, form)
             # Saves the card and retries what is owed at once (published within the second).
-            await asyncio.to_thread(billing.set_payment_method, member_id, method)
+            await as_member(
+                web,
+                request,
+                member_id,
+                "payment_method",
+                lambda: billing.set_payment_method(member_id, method),
+            )
         except NoMethod as exc:
             return await card_page(visitor, str(exc), 400)
         except GatewayError as exc:
@@ -124,7 +130,9 @@ def routes(web: Web) -> list[BaseRoute]:
                 visitor, "freeze.html", 409, title="Freeze your membership", quote=quote
             )
         try:
-            await asyncio.to_thread(billing.freeze, member_id, months)
+            await as_member(
+                web, request, member_id, "freeze", lambda: billing.freeze(member_id, months)
+            )
         except GatewayError as exc:
             log.warning("event=freeze_failed member=%s error=%s", member_id, exc)
             return unavailable(visitor)
@@ -154,7 +162,7 @@ def routes(web: Web) -> list[BaseRoute]:
                 visitor, "cancel.html", 409, title="Cancel your membership", quote=quote
             )
         try:
-            await asyncio.to_thread(billing.cancel, member_id)
+            await as_member(web, request, member_id, "cancel", lambda: billing.cancel(member_id))
         except BillingError as exc:
             return done(visitor, "Cancel", str(exc), 409)
         return done(
@@ -190,8 +198,14 @@ def routes(web: Web) -> list[BaseRoute]:
         current = await asyncio.to_thread(billing.contact, member_id)
         new_email = values["email"].strip()
         try:
-            await asyncio.to_thread(
-                billing.update_contact, member_id, values["phone"], values["emergency_contact"]
+            await as_member(
+                web,
+                request,
+                member_id,
+                "contact",
+                lambda: billing.update_contact(
+                    member_id, values["phone"], values["emergency_contact"]
+                ),
             )
             if new_email.lower() != (current["email"] or "").lower():
                 await asyncio.to_thread(

@@ -177,3 +177,9 @@ def test_self_service_through_the_api(client: TestClient, billing: tuple[Billing
     bad = client.post("/api/v1/me/contact", json={"phone": "call me"}, headers=h)
     assert bad.status_code == 400 and "phone" in bad.json()["error"]
     assert client.post("/api/v1/me/contact", content=b"[1]", headers=h).status_code == 400
+    # Each change is in the audit log as the member's own, and in their data download.
+    mine = [e for e in b.audit_entries(member_id="ann") if e["actor_kind"] == "member"]
+    assert [e["action"] for e in mine] == ["contact", "payment_method", "cancel", "freeze"]
+    assert mine[-1]["changes"]["status"] == ["active", "frozen"]
+    audit = client.get("/api/v1/me/data").json()["audit"]
+    assert {a["action"]: a["by"] for a in audit}["freeze"] == "you"
