@@ -31,10 +31,10 @@ log = logging.getLogger("gated.billing.member_data")
 ERASURE_REQUESTED = "erasure_requested"
 # What erasure keeps, in the words the member reads before asking (members.erase does this).
 RETAINED = (
-    "Invoices and payments stay as bookkeeping law requires, under your member number and "
-    "without your name. The gates' record of entries stays under your member number only. "
-    "Your name, e-mail address, phone, emergency contact, photo, cards and pass key are deleted, "
-    "and the gates forget you."
+    "Invoices and payments stay as bookkeeping law requires, with the contract you signed, "
+    "under your member number and without your name. The gates' record of entries stays under "
+    "your member number only. Your name, e-mail address, phone, emergency contact, cards and "
+    "pass key are deleted, and the gates forget you."
 )
 # Gate events in one download: years of daily visits fit; a runaway gate's flood does not.
 MAX_EVENTS = 20_000
@@ -70,8 +70,9 @@ class MemberData:
             month = datetime.fromtimestamp(r.at, self._zone(r.site)).strftime("%Y-%m")
             counts[month] = counts.get(month, 0) + 1
         # The months are named in the member's (first) site's time zone.
-        sites = json.loads(row.sites) or ["UTC"]
-        shown = _months_back(now, months, since=created, zone=self._zone(sites[0]))
+        sites = json.loads(row.sites)
+        zone = self._zone(sites[0]) if sites else ZoneInfo("UTC")
+        shown = _months_back(now, months, since=created, zone=zone)
         return [{"month": month, "visits": counts.get(month, 0)} for month in shown]
 
     def export(self, member_id: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.service import Applicant
-from gated.web.api import error, membership_json
+from gated.web.api import error, member_json, membership_json
 from gated.web.foundation import Visitor, Web, read_json
 from gated.web.join import (
     FIELDS,
@@ -28,13 +28,14 @@ from gated.web.join import (
     TEST_IBANS,
     TEST_METHODS,
     NoMethod,
-    chosen_method,
     decline_text,
+    pay_signup,
+    signup_returned,
 )
 from gated.web.member import as_member
 from gated.web.openapi import ApiRoute
 from gated.web.security import csrf_token
-from gated.web.self_service import freeze_months
+from gated.web.self_service import freeze_months, save_card, save_contact
 from gated.web.terms import load_terms
 
 log = logging.getLogger("gated.web.api")
@@ -78,13 +79,8 @@ def routes(web: Web) -> list[BaseRoute]:
     def reading(
         handler: Callable[[Request, str], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            visitor = await web.visitor(request)
-            if visitor.session is None:
-                return error(401, "sign in first")
-            return await handler(request, visitor.session.member_id)
-
-        return endpoint
+        """A read of the session's own member (``member_json``), handed the member id."""
+        return member_json(web, lambda request, session: handler(request, session.member_id))
 
     async def payment_options(member_id: str) -> dict[str, Any]:
         """How this gateway takes a card: Stripe.js with a fresh SetupIntent, or the
@@ -173,11 +169,7 @@ def routes(web: Web) -> list[BaseRoute]:
         if found is None:
             return error(404, "no sign-up of yours waits for payment")
         try:
-            sepa = bool(found["plan"] and found["plan"]["sepa"])
-            method = await chosen_method(web, member_id, body, sepa=sepa)
-            result = await asyncio.to_thread(
-                billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
-            )
+            result = await pay_signup(web, member_id, found, body, key)
         except NoMethod as exc:
             return error(400, str(exc))
         except NotFound:
@@ -191,16 +183,10 @@ def routes(web: Web) -> list[BaseRoute]:
 
     async def pay_return(request: Request, visitor: Visitor, body: Body) -> Response:
         assert visitor.session is not None
-        member_id = visitor.session.member_id
-        found = await asyncio.to_thread(billing.signup_status, member_id)
+        found = await signup_returned(web, visitor.session.member_id)
         if found is None:
             return error(404, "no sign-up of yours waits for payment")
-        try:
-            await asyncio.to_thread(billing.pay_returned, found["invoice_id"])
-        except GatewayError as exc:
-            log.warning("event=signup_return_failed member=%s error=%s", member_id, exc)
-        found = await asyncio.to_thread(billing.signup_status, member_id)
-        return JSONResponse({"signup": found}, status_code=200 if found and found["paid"] else 402)
+        return JSONResponse({"signup": found}, status_code=200 if found["paid"] else 402)
 
     # --- self-service ----------------------------------------------------------------------
 
@@ -215,15 +201,7 @@ def routes(web: Web) -> list[BaseRoute]:
         assert visitor.session is not None
         member_id = visitor.session.member_id
         try:
-            method = await chosen_method(web, member_id, body)
-            # Saves the card and retries what is owed at once, as the page does.
-            await as_member(
-                web,
-                request,
-                member_id,
-                "payment_method",
-                lambda: billing.set_payment_method(member_id, method),
-            )
+            await save_card(web, request, member_id, body)
         except NoMethod as exc:
             return error(400, str(exc))
         except GatewayError as exc:
@@ -289,29 +267,15 @@ def routes(web: Web) -> list[BaseRoute]:
             if "emergency_contact" in body
             else current["emergency_contact"] or ""
         )
-        new_email = _text(body, "email").strip()
-        changing = bool(new_email) and new_email.lower() != (current["email"] or "").lower()
         try:
-            await as_member(
-                web,
-                request,
-                member_id,
-                "contact",
-                lambda: billing.update_contact(member_id, phone, emergency),
+            mailed = await save_contact(
+                web, request, member_id, phone, emergency, _text(body, "email")
             )
-            if changing:
-                await asyncio.to_thread(
-                    billing.request_email_change,
-                    member_id,
-                    new_email,
-                    f"{web.public_url}/app/email/",
-                )
-                web.wake_mail()
         except BillingError as exc:
             return error(400, str(exc))
         saved = await asyncio.to_thread(billing.contact, member_id)
         # The address changes only once the link mailed to the new one is opened.
-        return JSONResponse({"contact": saved, "email_confirmation_sent": changing})
+        return JSONResponse({"contact": saved, "email_confirmation_sent": mailed})
 
     def charged(result: ChargeResult) -> Response:
         body: dict[str, Any] = {"state": result.state}

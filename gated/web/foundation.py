@@ -189,10 +189,10 @@ class Web:
         return response
 
 
-async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]:
-    """An urlencoded form, read while streaming so a body over ``limit`` is never held whole
+async def read_body(request: Request, limit: int) -> bytes:
+    """A request body, read while streaming so one over ``limit`` is never held whole
     (``serve`` also limits every body in ``gated.http_limits``; this keeps the app safe on its
-    own); the first value of each field."""
+    own); BodyTooLarge beyond ``limit``."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -200,9 +200,16 @@ async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]:
+    """An urlencoded form of at most ``limit`` bytes (BodyTooLarge beyond); the first value of
+    each field."""
+    body = await read_body(request, limit)
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
-    fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), max_num_fields=50)
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=50)
     return {k: v[0] for k, v in fields.items()}
 
 
@@ -211,15 +218,8 @@ async def read_json(request: Request, limit: int = FORM_BYTES) -> dict[str, Any]
     most ``limit`` bytes; None when it is anything else (the caller answers 400)."""
     if not request.headers.get("content-type", "").startswith("application/json"):
         return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
     try:
-        body = loads_bounded(b"".join(chunks), max_bytes=limit, max_depth=2)
-    except PayloadError:
+        body = loads_bounded(await read_body(request, limit), max_bytes=limit, max_depth=2)
+    except (BodyTooLarge, PayloadError):
         return None
     return body if isinstance(body, dict) else None

@@ -114,6 +114,33 @@ async def chosen_method(
     return chosen
 
 
+async def pay_signup(
+    web: Web, member_id: str, found: Mapping[str, Any], values: Mapping[str, object], key: str
+) -> ChargeResult:
+    """Pay the sign-up ``found`` with the method ``values`` name (``chosen_method``; a plan
+    with ``sepa`` takes a direct debit too) under the submit ``key``: the page and its JSON
+    twin alike. NoMethod, NotFound, GatewayError, BillingError as they come."""
+    sepa = bool(found["plan"] and found["plan"]["sepa"])
+    method = await chosen_method(web, member_id, values, sepa=sepa)
+    return await asyncio.to_thread(
+        web.billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
+    )
+
+
+async def signup_returned(web: Web, member_id: str) -> dict[str, Any] | None:
+    """After 3-D Secure in Stripe.js: ask the provider what became of the sign-up's payment
+    (a provider that cannot be reached leaves it to the webhook) and give the sign-up as it
+    stands now, or None when there is none."""
+    found = await asyncio.to_thread(web.billing.signup_status, member_id)
+    if found is None:
+        return None
+    try:
+        await asyncio.to_thread(web.billing.pay_returned, found["invoice_id"])
+    except GatewayError as exc:
+        log.warning("event=signup_return_failed member=%s error=%s", member_id, exc)
+    return await asyncio.to_thread(web.billing.signup_status, member_id)
+
+
 def routes(web: Web) -> list[BaseRoute]:
     """The sign-up's routes (mounted at ``/app``)."""
     billing = web.billing
@@ -262,11 +289,7 @@ def routes(web: Web) -> list[BaseRoute]:
         if not SUBMIT_KEY.fullmatch(key):
             return await pay_page(visitor, found, "Open the page again and pay from there.", 400)
         try:
-            sepa = bool(found["plan"] and found["plan"]["sepa"])
-            method = await chosen_method(web, member_id, form, sepa=sepa)
-            result = await asyncio.to_thread(
-                billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
-            )
+            result = await pay_signup(web, member_id, found, form, key)
         except NoMethod as exc:
             return await pay_page(visitor, found, str(exc), 400)
         except NotFound:
@@ -315,16 +338,9 @@ def routes(web: Web) -> list[BaseRoute]:
     async def pay_return(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
         if visitor.session is None:
             return RedirectResponse("/app/signin", status_code=303)
-        member_id = visitor.session.member_id
-        found = await asyncio.to_thread(billing.signup_status, member_id)
+        found = await signup_returned(web, visitor.session.member_id)
         if found is None:
             return RedirectResponse("/app/", status_code=303)
-        try:
-            await asyncio.to_thread(billing.pay_returned, found["invoice_id"])
-        except GatewayError as exc:
-            log.warning("event=signup_return_failed member=%s error=%s", member_id, exc)
-        found = await asyncio.to_thread(billing.signup_status, member_id)
-        assert found is not None
         if found["paid"]:
             return RedirectResponse("/app/join/welcome", status_code=303)
         return await pay_page(

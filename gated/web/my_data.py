@@ -39,16 +39,16 @@ def routes(web: Web) -> list[BaseRoute]:
     """The data routes (mounted at ``/app``)."""
     data = web.billing.member_data()
 
-    async def page(request: Request, visitor: Visitor) -> Response:
+    async def render(visitor: Visitor, code: int = 200, **more: object) -> Response:
+        """The data page: the download, what erasure keeps, and whether it was asked for."""
         assert visitor.session is not None
         asked = await asyncio.to_thread(data.erasure_requested_at, visitor.session.member_id)
         return web.page(
-            visitor,
-            "my_data.html",
-            title="Your data",
-            retained=RETAINED,
-            asked=asked,
+            visitor, "my_data.html", code, title="Your data", retained=RETAINED, asked=asked, **more
         )
+
+    async def page(request: Request, visitor: Visitor) -> Response:
+        return await render(visitor)
 
     async def export(request: Request, visitor: Visitor) -> Response:
         assert visitor.session is not None
@@ -58,29 +58,15 @@ def routes(web: Web) -> list[BaseRoute]:
         if visitor.session is None:
             return web.page(visitor, "message.html", 401, title="Sign in", text="Sign in first.")
         if form.get("confirm") != "yes":
-            return web.page(
-                visitor,
-                "my_data.html",
-                400,
-                title="Your data",
-                retained=RETAINED,
-                asked=None,
-                error="Tick the box to confirm that you want your data erased.",
+            return await render(
+                visitor, 400, error="Tick the box to confirm that you want your data erased."
             )
         member_id = visitor.session.member_id
         try:
             await asyncio.to_thread(data.request_erasure, member_id, web.client(request))
         except BillingError:
             return web.page(visitor, "message.html", 409, title="Erased", text=ERASED)
-        asked = await asyncio.to_thread(data.erasure_requested_at, member_id)
-        return web.page(
-            visitor,
-            "my_data.html",
-            title="Your data",
-            retained=RETAINED,
-            asked=asked,
-            confirmed=True,
-        )
+        return await render(visitor, confirmed=True)
 
     return [
         Route("/data", signed_in_page(web, page), methods=["GET"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -27,6 +28,47 @@ log = logging.getLogger("gated.web.self_service")
 def freeze_months(raw: object) -> int | None:
     """A freeze's length as a form or JSON call gives it (the engine checks the plan's range)."""
     return int(raw) if isinstance(raw, str | int) and re.fullmatch(r"[1-9]", str(raw)) else None
+
+
+async def save_card(
+    web: Web, request: Request, member_id: str, values: Mapping[str, object]
+) -> None:
+    """Save the card (or test method) a form or its JSON twin names and charge what is owed to
+    it at once (published within the second), as the member in the audit log. NoMethod,
+    GatewayError, BillingError as they come."""
+    method = await chosen_method(web, member_id, values)
+    await as_member(
+        web,
+        request,
+        member_id,
+        "payment_method",
+        lambda: web.billing.set_payment_method(member_id, method),
+    )
+
+
+async def save_contact(
+    web: Web, request: Request, member_id: str, phone: str, emergency: str, email: str
+) -> bool:
+    """Save phone and emergency contact (as the member in the audit log) and, when ``email``
+    is another address than the member's ("" keeps it), mail it the link that changes it.
+    Returns whether that link went out; BillingError names a bad field."""
+    billing = web.billing
+    current = await asyncio.to_thread(billing.contact, member_id)
+    email = email.strip()
+    await as_member(
+        web,
+        request,
+        member_id,
+        "contact",
+        lambda: billing.update_contact(member_id, phone, emergency),
+    )
+    if not email or email.lower() == (current["email"] or "").lower():
+        return False
+    await asyncio.to_thread(
+        billing.request_email_change, member_id, email, f"{web.public_url}/app/email/"
+    )
+    web.wake_mail()
+    return True
 
 
 def routes(web: Web) -> list[BaseRoute]:
@@ -87,15 +129,7 @@ def routes(web: Web) -> list[BaseRoute]:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
         try:
-            method = await chosen_method(web, member_id, form)
-            # Saves the card and retries what is owed at once (published within the second).
-            await as_member(
-                web,
-                request,
-                member_id,
-                "payment_method",
-                lambda: billing.set_payment_method(member_id, method),
-            )
+            await save_card(web, request, member_id, form)
         except NoMethod as exc:
             return await card_page(visitor, str(exc), 400)
         except GatewayError as exc:
@@ -195,26 +229,16 @@ def routes(web: Web) -> list[BaseRoute]:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
         values = {k: form.get(k, "")[:300] for k in ("email", "phone", "emergency_contact")}
-        current = await asyncio.to_thread(billing.contact, member_id)
-        new_email = values["email"].strip()
         try:
-            await as_member(
+            mailed = await save_contact(
                 web,
                 request,
                 member_id,
-                "contact",
-                lambda: billing.update_contact(
-                    member_id, values["phone"], values["emergency_contact"]
-                ),
+                values["phone"],
+                values["emergency_contact"],
+                values["email"],
             )
-            if new_email.lower() != (current["email"] or "").lower():
-                await asyncio.to_thread(
-                    billing.request_email_change,
-                    member_id,
-                    new_email,
-                    f"{web.public_url}/app/email/",
-                )
-                web.wake_mail()
+            if mailed:
                 return done(
                     visitor,
                     "Check your new address",
