@@ -49,6 +49,8 @@ def test_a_debit_only_on_a_sepa_plan_with_the_mandate_and_a_test_iban(
     billing: tuple[Billing, Clock], client: TestClient
 ) -> None:
     b, _ = billing
+    page = client.get("/app/join").text
+    assert "Pay by card or SEPA Direct Debit." in page and "Pay by card." in page
     join(client, plan="monthly")  # cards only
     assert "SEPA" not in client.get("/app/join/pay").text
     r = debit(client, PAYS)
