@@ -33,8 +33,8 @@ ERASURE_REQUESTED = "erasure_requested"
 RETAINED = (
     "Invoices and payments stay as bookkeeping law requires, with the contract you signed, "
     "under your member number and without your name. The gates' record of entries stays under "
-    "your member number only. Your name, e-mail address, phone, emergency contact, cards and "
-    "pass key are deleted, and the gates forget you."
+    "your member number only. Your name, e-mail address, phone, emergency contact, photo, cards "
+    "and pass key are deleted, and the gates forget you."
 )
 # Gate events in one download: years of daily visits fit; a runaway gate's flood does not.
 MAX_EVENTS = 20_000

@@ -128,6 +128,12 @@ RULES: list[Rule] = [
 
 # What openapi.json says of each staff API route (a member action's comes from its rule).
 STAFF_API = {
+    "api_tokens": "The API tokens on the sites this staff member acts on (never their secrets).",
+    "api_staff": "The staff accounts this owner reaches.",
+    "api_staff_add": "Add a staff account with a role and sites; answers its one-time password.",
+    "api_staff_role": "Change a staff account's role and sites.",
+    "api_staff_disable": "Disable a staff account.",
+    "api_staff_reset": "Reset a staff account: a new one-time password, the second factor again.",
     "api_session": "The session: staff id, name, role, sites, expiry and the CSRF token.",
     "api_search": "Members matching q (a card UID, a member id, part of a name or e-mail).",
     "api_member": "One member as the front desk sees it.",
@@ -140,7 +146,10 @@ STAFF_API = {
 
 
 def _action_summary(rule: Rule) -> str:
-    """A member action's summary: what it does and the permission it needs."""
+    """A member action's summary: what it does and the permission it needs ("" for any other
+    route, which needs its own entry in STAFF_API: openapi.json shows it without one)."""
+    if "{member_id}/" not in rule.path:
+        return ""
     segment = rule.path.rsplit("{member_id}/", 1)[-1]
     return f"Member action {segment!r} (needs {rule.action})."
 

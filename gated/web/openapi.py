@@ -80,6 +80,11 @@ def document(mounts: Sequence[tuple[str, Sequence[BaseRoute]]]) -> dict[str, Any
                     "description": "a staff session (gated-staff on plain http)",
                 },
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
+                "token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API token an owner issued (the staff API's GET routes)",
+                },
             }
         },
         "paths": dict(sorted(paths.items())),
@@ -125,6 +130,8 @@ def _operation(route: Route, method: str, path: str) -> dict[str, Any]:
             if method != "GET":
                 scheme["csrf"] = []
             op["security"] = [scheme]
+            if route.auth == "staff" and method == "GET":
+                op["security"].append({"token": []})
     if params:
         op["parameters"] = params
     return op

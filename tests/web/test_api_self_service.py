@@ -75,7 +75,9 @@ def test_openapi_describes_every_api_route(client: TestClient, app: Any) -> None
     join = doc["paths"]["/api/v1/join"]["post"]
     assert join["security"] == [] and "terms_sha256" in str(join["requestBody"])
     assert doc["paths"]["/api/v1/me/freeze"]["post"]["security"] == [{"member": [], "csrf": []}]
-    assert doc["paths"]["/api/v1/staff/members"]["get"]["security"] == [{"staff": []}]
+    staff_read = doc["paths"]["/api/v1/staff/members"]["get"]["security"]
+    assert staff_read == [{"staff": []}, {"token": []}]
+    assert doc["paths"]["/api/v1/staff/tokens"]["get"]["summary"].startswith("The API tokens")
 
     # The check above catches a route added without its description.
     async def bare(request: Any) -> Any: ...
