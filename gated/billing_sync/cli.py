@@ -26,6 +26,7 @@ from rich.table import Table
 
 from gated.billing_sync import invoice_cli, plan_cli, reconcile_cli, reports
 from gated.billing_sync.audit import Actor, Entry
+from gated.billing_sync.config_check import config_app
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
 from gated.billing_sync.keys import (
@@ -73,6 +74,7 @@ for sub, name in (
     (staff_app, "staff"),
     (notices_app, "notices"),
     (periods_app, "periods"),
+    (config_app, "config"),
 ):
     app.add_typer(sub, name=name)
 
@@ -350,6 +352,19 @@ def members_erase(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
         out.print(f"{member_id}: erased")
 
 
+@members_app.command("erasure-requests")
+def members_erasure_requests(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Members who asked for erasure in the member app and are not erased yet, oldest first."""
+    with service(config) as billing:
+        rows = billing.member_data().erasure_requests()
+    _table(
+        "erasure requests",
+        ["member", "requested_at", "address"],
+        [(r["member_id"], r["requested_at"], r["address"]) for r in rows],
+        as_csv,
+    )
+
+
 @members_app.command("allow-key")
 def members_allow_key(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Let the member make one more device their pass now, inside the 24-hour limit."""
@@ -536,6 +551,9 @@ def plans_add(
     grandfather: Annotated[
         bool, typer.Option(help="A price change (plans price-change) spares existing members.")
     ] = False,
+    sepa: Annotated[
+        bool, typer.Option(help="An online sign-up may pay by SEPA Direct Debit too.")
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Create or update a plan."""
@@ -561,6 +579,7 @@ def plans_add(
                     freeze_fee,
                     auto_renew,
                     grandfather,
+                    sepa,
                 )
             )
         out.print(f"plan {plan_id} saved")

@@ -172,8 +172,9 @@ def status_at(acct: Account, now: int, rules: Rules) -> BillingStatus:
         return "cancelled"
     if acct.owed > 0 and acct.overdue_since is not None and acct.overdue_since <= now:
         if acct.processing:
-            # A debit that settles later: the member keeps what they had until the bank answers.
-            return acct.previous
+            # A debit that settles later: the member keeps what they had until the bank answers,
+            # and a membership just started on its first debit (a SEPA sign-up) is active.
+            return "active" if acct.previous == "pending" else acct.previous
         if _collections_due(acct, now, rules):
             return "collections"
         if now > acct.overdue_since + _grace_limit_days(acct, rules) * DAY:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, exists, insert, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
@@ -47,3 +47,18 @@ def start_memberships(conn: Connection, member_ids: Sequence[str], now: int) -> 
         )
         conn.execute(update(su).where(su.c.member_id == r.member_id).values(paid_at=now))
     return [str(r.member_id) for r in rows]
+
+
+def welcome_due(conn: Connection, member_id: str) -> bool:
+    """Whether the member joined online, has paid the sign-up, and has not been welcomed yet
+    (one welcome mail, with the pass link, after the first payment, however it arrived)."""
+    su, n = s.signups, s.notifications
+    return bool(
+        conn.execute(
+            select(su.c.member_id).where(
+                su.c.member_id == member_id,
+                su.c.paid_at.is_not(None),
+                ~exists().where(n.c.member_id == member_id, n.c.kind == "welcome"),
+            )
+        ).first()
+    )

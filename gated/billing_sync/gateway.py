@@ -198,8 +198,9 @@ class PaymentGateway(BalanceSource, Protocol):
         """Where an intent stands now."""
         ...
 
-    def create_setup(self, customer_ref: str) -> CardSetup:
-        """A SetupIntent for the customer, for a card entered in the browser."""
+    def create_setup(self, customer_ref: str, kind: str = "card") -> CardSetup:
+        """A SetupIntent for the customer, for a card (or, ``kind`` "sepa_debit", a bank
+        account under a SEPA mandate) entered in the browser."""
         ...
 
     def refund(self, intent_id: str, amount: int, idempotency_key: str) -> RefundResult:
@@ -315,9 +316,9 @@ class FaultyGateway:
         """``inner.retrieve_intent`` between its two steps."""
         return self._call("retrieve_intent", lambda: self.inner.retrieve_intent(intent_id))
 
-    def create_setup(self, customer_ref: str) -> CardSetup:
+    def create_setup(self, customer_ref: str, kind: str = "card") -> CardSetup:
         """``inner.create_setup`` between its two steps."""
-        return self._call("create_setup", lambda: self.inner.create_setup(customer_ref))
+        return self._call("create_setup", lambda: self.inner.create_setup(customer_ref, kind))
 
     def setup_payment_method(self, setup_id: str, customer_ref: str) -> str | None:
         """``inner.setup_payment_method`` between its two steps."""
@@ -501,7 +502,7 @@ class SimulatedGateway:
         with self._lock:
             return self._settle(intent_id)
 
-    def create_setup(self, customer_ref: str) -> CardSetup:
+    def create_setup(self, customer_ref: str, kind: str = "card") -> CardSetup:
         """The simulator takes test payment-method names, never a card from Stripe.js."""
         raise GatewayRejected("the simulated gateway saves test payment methods by name")
 

@@ -51,6 +51,8 @@ class PlanSpec:
     auto_renew: bool = True
     # True: a price change (``prices``) keeps existing members on the price they had.
     grandfather: bool = False
+    # True: an online sign-up may pay by SEPA Direct Debit as well as by card.
+    sepa: bool = False
 
 
 def add_plan(ctx: Context, plan: PlanSpec) -> None:
@@ -70,6 +72,7 @@ def add_plan(ctx: Context, plan: PlanSpec) -> None:
         "freeze_fee": plan.freeze_fee,
         "auto_renew": plan.auto_renew,
         "grandfather": plan.grandfather,
+        "sepa": plan.sepa,
     }
     with ctx.engine.begin() as conn:
         done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))

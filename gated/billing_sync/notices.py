@@ -115,6 +115,14 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "other device no longer open the gates.\n\nIf this was not you, open the member app, "
         'choose "Sign out everywhere" and talk to the front desk.\n',
     ),
+    "welcome": (
+        "Welcome: your membership is active",
+        "Hello $name,\n\nthank you for joining. Your membership ($plan) is active and the gates "
+        "let you in.\n\nYour pass is in the member app: open this link on your phone, sign in "
+        'with your e-mail address and choose "Use this device as my pass": $link\n\nThe pass '
+        "shows a fresh QR code every few seconds; hold it to the gate's scanner. It works "
+        "without a network too.\n",
+    ),
     "signin": (
         "Your sign-in code",
         "Hello $name,\n\nyour code to sign in is $code\n\nOr open this link and press the "

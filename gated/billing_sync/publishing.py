@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, bindparam, case, insert, select, update
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
+from gated.billing_sync.enrolment import welcome_due
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, dependants, load_facts
 from gated.billing_sync.notices import PAYER_NOTICES, Notice, format_amount, format_day, render
@@ -112,6 +113,15 @@ def refresh(
                 queue_notice(
                     ctx, conn, f, "expired", plan=f.plan.name, end=format_day(acct.paid_through)
                 )
+            elif (
+                f.sub.status == "pending"
+                and status == "active"
+                and f.plan is not None
+                and welcome_due(conn, member_id)
+            ):
+                # An online sign-up's first payment just started the membership.
+                base = ctx.config.http.public_url.rstrip("/")
+                queue_notice(ctx, conn, f, "welcome", plan=f.plan.name, link=f"{base}/app/pass")
         sub_updates.append(
             {
                 "mid": member_id,

@@ -129,7 +129,7 @@ def _members_at(conn: Connection, scope: Scope) -> set[str] | None:
     }
 
 
-def _entered() -> ColumnElement[bool]:
+def granted_entry() -> ColumnElement[bool]:
     """A granted entry (one the passage sensor saw, where fitted): what attendance counts."""
     ev = s.gate_events
     return and_(ev.c.kind == "entry", ev.c.reason.is_distinct_from("not_passed"))
@@ -251,7 +251,7 @@ def attendance(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     ev = s.gate_events
     with reading(engine).connect() as conn:
         rows = conn.execute(
-            select(ev.c.at, ev.c.site, ev.c.member_id).where(_entered(), scope.within(ev.c.at))
+            select(ev.c.at, ev.c.site, ev.c.member_id).where(granted_entry(), scope.within(ev.c.at))
         ).all()
     days: dict[tuple[str, str], tuple[int, set[str]]] = {}
     for r in rows:
@@ -471,7 +471,7 @@ def heatmap(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     ev = s.gate_events
     with reading(engine).connect() as conn:
         rows = conn.execute(
-            select(ev.c.site, ev.c.at).where(_entered(), scope.within(ev.c.at))
+            select(ev.c.site, ev.c.at).where(granted_entry(), scope.within(ev.c.at))
         ).all()
     cells: dict[str, list[int]] = {}
     for r in rows:
@@ -501,7 +501,7 @@ def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
         ).all()
         visits = conn.execute(
             select(ev.c.site, func.count(), func.count(ev.c.member_id.distinct()))
-            .where(_entered(), scope.within(ev.c.at))
+            .where(granted_entry(), scope.within(ev.c.at))
             .group_by(ev.c.site)
         ).all()
     table: dict[str, list[int]] = {}
@@ -537,7 +537,7 @@ def occupancy(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
                 ev.c.site.in_(sorted(midnights)),
                 ev.c.at >= min(midnights.values()),
                 ev.c.at <= now,
-                _entered() | (ev.c.kind == "exit"),
+                granted_entry() | (ev.c.kind == "exit"),
             )
             .order_by(ev.c.at)
         ).all()

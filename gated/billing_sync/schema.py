@@ -66,6 +66,8 @@ plans = Table(
     Column("auto_renew", Boolean, nullable=False, server_default=true()),
     # True: a price change applies to members who join after it, the others keep their price.
     Column("grandfather", Boolean, nullable=False, server_default=false()),
+    # True where a sign-up may pay by SEPA Direct Debit besides a card.
+    Column("sepa", Boolean, nullable=False, server_default=false()),
 )
 
 # A plan's price change, announced ahead: from ``effective_at`` the plan costs ``price``, and

@@ -200,9 +200,10 @@ def confirm_email_change(ctx: Context, token: str) -> str | None:
     return str(row.member_id)
 
 
-def card_setup(ctx: Context, member_id: str) -> CardSetup:
-    """A SetupIntent for a card the member (or, for a dependant, nobody: the payer pays)
-    enters in the browser; the provider's customer is made on first use."""
+def card_setup(ctx: Context, member_id: str, kind: str = "card") -> CardSetup:
+    """A SetupIntent for a card (``kind`` "sepa_debit": a bank account) the member (or, for a
+    dependant, nobody: the payer pays) enters in the browser; the provider's customer is made
+    on first use."""
     f = load_one(ctx, member_id)
     if f.member.payer_id:
         raise BillingError("Your membership is paid by someone else: they change the card.")
@@ -213,7 +214,7 @@ def card_setup(ctx: Context, member_id: str) -> CardSetup:
             conn.execute(
                 update(s.members).where(s.members.c.id == member_id).values(customer_ref=customer)
             )
-    return ctx.gateway.create_setup(customer)
+    return ctx.gateway.create_setup(customer, kind)
 
 
 def card_from_setup(ctx: Context, member_id: str, setup_id: str) -> str:

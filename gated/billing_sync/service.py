@@ -13,6 +13,7 @@ concern:
 * ``webhooks``: payment-provider events (intent updates, disputes, cards);
 * ``gates``: gate tokens and attendance events;
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
+* ``member_data``: a member's visits per month, data download and erasure request;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
 * ``front_desk``: member search (by card too) and a member's page for the console;
 * ``gate_commands``: the console's desk-key commands (let in once, lockdown) to gates;
@@ -70,6 +71,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import CardSetup, ChargeResult, PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.member_access import MemberAccess
+from gated.billing_sync.member_data import MemberData
 from gated.billing_sync.members import PlanSpec
 from gated.billing_sync.pass_keys import PassKeys
 from gated.billing_sync.payment_plans import PaymentPlan
@@ -447,6 +449,10 @@ class Billing:
         """Sign-in, sessions and a member's own data for the member app (gated.web)."""
         return MemberAccess(self.ctx)
 
+    def member_data(self) -> MemberData:
+        """A member's visits per month, their data as one document, their erasure request."""
+        return MemberData(self.ctx)
+
     # --- the staff console ------------------------------------------------------------------
 
     def staff_access(self) -> StaffAccess:
@@ -629,9 +635,9 @@ class Billing:
         """Use an e-mail change link; returns the member id, or None if it does not work."""
         return self_service.confirm_email_change(self.ctx, token)
 
-    def card_setup(self, member_id: str) -> CardSetup:
-        """A SetupIntent for a card the member enters in the browser (Stripe.js)."""
-        return self_service.card_setup(self.ctx, member_id)
+    def card_setup(self, member_id: str, kind: str = "card") -> CardSetup:
+        """A SetupIntent for a card (or a SEPA bank account) the member enters in Stripe.js."""
+        return self_service.card_setup(self.ctx, member_id, kind)
 
     def card_from_setup(self, member_id: str, setup_id: str) -> str:
         """The payment method a succeeded SetupIntent of this member saved."""

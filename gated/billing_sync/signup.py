@@ -23,11 +23,13 @@ from sqlalchemy import delete, func, insert, select
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
+from gated.billing_sync.enrolment import start_memberships
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import ChargeResult
 from gated.billing_sync.invoices import InvoiceSpec, create_invoices
 from gated.billing_sync.members import set_payment_method
 from gated.billing_sync.paying import pay_invoice
+from gated.billing_sync.publishing import refresh
 from gated.billing_sync.store import many
 from gated.contract import format_time
 
@@ -88,6 +90,7 @@ def plan_terms(row: Any) -> dict[str, Any]:
         "min_term_months": int(row.min_term_months),
         "freeze_fee": fee + eng.tax_of(fee, rate),
         "auto_renew": bool(row.auto_renew),
+        "sepa": bool(row.sepa),
     }
 
 
@@ -231,7 +234,16 @@ def pay(
         return ChargeResult("", "succeeded")
     if payment_method is not None:
         set_payment_method(ctx, member_id, payment_method)
-    return pay_invoice(ctx, found["invoice_id"], submit_key, return_url)
+    result = pay_invoice(ctx, found["invoice_id"], submit_key, return_url)
+    if result.state == "processing":
+        # A debit that settles later (SEPA): the membership starts once the mandate is given
+        # and the debit submitted; should the debit fail, dunning takes it from there.
+        now = ctx.clock()
+        with ctx.engine.begin() as conn:
+            if start_memberships(conn, [member_id], now):
+                refresh(ctx, conn, [member_id], now)
+        ctx.notify_published()
+    return result
 
 
 def contract(ctx: Context, member_id: str) -> dict[str, Any] | None:

@@ -289,14 +289,13 @@ class StripeGateway:
         )
         return self._result(intent)
 
-    def create_setup(self, customer_ref: str) -> CardSetup:
-        """A SetupIntent for a card the member enters in Stripe.js, kept for off-session
-        renewals."""
+    def create_setup(self, customer_ref: str, kind: str = "card") -> CardSetup:
+        """A SetupIntent for a card (or a SEPA Direct Debit bank account, ``kind``
+        "sepa_debit") the member enters in Stripe.js, kept for off-session renewals."""
+        params = {"customer": customer_ref, "usage": "off_session", "payment_method_types": [kind]}
         setup = self._call(
             "setup_intents.create",
-            lambda c: c.v1.setup_intents.create(
-                params={"customer": customer_ref, "usage": "off_session"}
-            ),
+            lambda c: c.v1.setup_intents.create(params=params),  # type: ignore[arg-type]
         )
         return CardSetup(str(setup.id), str(setup.client_secret))
 

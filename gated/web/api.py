@@ -16,46 +16,75 @@ from starlette.routing import BaseRoute, Route
 from gated.billing_sync.member_access import MemberSession
 from gated.contract import format_time
 from gated.web.foundation import Visitor, Web
+from gated.web.openapi import ApiRoute
 from gated.web.words import status_words
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str) -> JSONResponse:
+    """An API refusal: ``{"error": message}`` with ``status``."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+async def membership_json(web: Web, member_id: str) -> dict[str, Any]:
+    """The membership as ``GET /api/v1/me`` gives it: the data of ``/app/`` with its status in
+    words (``status_words``)."""
+    m = await asyncio.to_thread(web.access.membership, member_id)
+    words = status_words(m)
+    m["status_words"] = {
+        "headline": words.headline,
+        "detail": words.detail,
+        "action": words.action,
+        "gates_let_in": words.allowed,
+    }
+    return m
+
+
+MemberHandler = Callable[[Request, MemberSession], Awaitable[Response]]
+ChangingHandler = Callable[[Request, Visitor], Awaitable[Response]]
+
+
+def member_json(web: Web, handler: MemberHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A JSON read of the session's own member; 401 without a session."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor = await web.visitor(request)
+        if visitor.session is None:
+            return error(401, "sign in first")
+        return await handler(request, visitor.session)
+
+    return endpoint
+
+
+def changing_json(web: Web, handler: ChangingHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A state-changing JSON call: 413 over the body limit, 403 without the X-CSRF-Token of
+    this session's cookie, 401 without a session."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor, _, refused = await web.submission(request)
+        if refused == 413:
+            return error(413, "request body too large")
+        if refused:
+            return error(403, "missing or wrong X-CSRF-Token")
+        if visitor.session is None:
+            return error(401, "sign in first")
+        return await handler(request, visitor)
+
+    return endpoint
 
 
 def routes(web: Web) -> list[BaseRoute]:
     """The API's routes (mounted at ``/api/v1``)."""
 
-    def member(
-        handler: Callable[[Request, MemberSession], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            visitor = await web.visitor(request)
-            if visitor.session is None:
-                return _error(401, "sign in first")
-            return await handler(request, visitor.session)
+    def member(handler: MemberHandler) -> Callable[[Request], Awaitable[Response]]:
+        return member_json(web, handler)
 
-        return endpoint
-
-    def changing(
-        handler: Callable[[Request, Visitor], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            visitor, _, refused = await web.submission(request)
-            if refused == 413:
-                return _error(413, "request body too large")
-            if refused:
-                return _error(403, "missing or wrong X-CSRF-Token")
-            if visitor.session is None:
-                return _error(401, "sign in first")
-            return await handler(request, visitor)
-
-        return endpoint
+    def changing(handler: ChangingHandler) -> Callable[[Request], Awaitable[Response]]:
+        return changing_json(web, handler)
 
     async def session(request: Request) -> Response:
         visitor = await web.visitor(request)
         if visitor.session is None:
-            return _error(401, "sign in first")
+            return error(401, "sign in first")
         s = visitor.session
         body: dict[str, Any] = {
             "member_id": s.member_id,
@@ -75,15 +104,7 @@ def routes(web: Web) -> list[BaseRoute]:
         return JSONResponse({"signed_out": n})
 
     async def me(request: Request, s: MemberSession) -> Response:
-        m = await asyncio.to_thread(web.access.membership, s.member_id)
-        words = status_words(m)
-        m["status_words"] = {
-            "headline": words.headline,
-            "detail": words.detail,
-            "action": words.action,
-            "gates_let_in": words.allowed,
-        }
-        return JSONResponse(m)
+        return JSONResponse(await membership_json(web, s.member_id))
 
     async def invoices(request: Request, s: MemberSession) -> Response:
         rows = await asyncio.to_thread(web.access.invoices, s.member_id)
@@ -95,18 +116,50 @@ def routes(web: Web) -> list[BaseRoute]:
         if re.fullmatch(r"[0-9]{1,12}", raw):
             found = await asyncio.to_thread(web.access.invoice, s.member_id, int(raw))
         if found is None:
-            return _error(404, "no such invoice")
+            return error(404, "no such invoice")
         return JSONResponse(found)
 
     async def not_found(request: Request) -> Response:
-        return _error(404, "no such route")
+        return error(404, "no such route")
 
     return [
-        Route("/session", session, methods=["GET"]),
-        Route("/session/signout", changing(signout), methods=["POST"]),
-        Route("/session/signout-everywhere", changing(signout_everywhere), methods=["POST"]),
-        Route("/me", member(me), methods=["GET"]),
-        Route("/me/invoices", member(invoices), methods=["GET"]),
-        Route("/me/invoices/{invoice_id}", member(invoice), methods=["GET"]),
-        Route("/{rest:path}", not_found),
+        ApiRoute(
+            "/session",
+            session,
+            methods=["GET"],
+            summary="The session: member id, when signed in, expiry, and the CSRF token for "
+            "POST calls.",
+        ),
+        ApiRoute(
+            "/session/signout",
+            changing(signout),
+            methods=["POST"],
+            summary="End this session.",
+        ),
+        ApiRoute(
+            "/session/signout-everywhere",
+            changing(signout_everywhere),
+            methods=["POST"],
+            summary="End every session of the member (and revoke the pass key).",
+        ),
+        ApiRoute(
+            "/me",
+            member(me),
+            methods=["GET"],
+            summary="The membership: status (with status_words), plan, paid-through, next "
+            "charge, what is owed and the open invoices.",
+        ),
+        ApiRoute(
+            "/me/invoices",
+            member(invoices),
+            methods=["GET"],
+            summary="The member's invoices, newest first, itemized.",
+        ),
+        ApiRoute(
+            "/me/invoices/{invoice_id}",
+            member(invoice),
+            methods=["GET"],
+            summary="One of the member's invoices, itemized (404 for any other).",
+        ),
+        Route("/{rest:path}", not_found, include_in_schema=False),
     ]

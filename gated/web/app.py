@@ -10,7 +10,19 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from gated.billing_sync.service import Billing
-from gated.web import api, desk, invoice_pdfs, join, member, pass_, plan_change, self_service
+from gated.web import (
+    api,
+    api_self_service,
+    desk,
+    invoice_pdfs,
+    join,
+    member,
+    my_data,
+    openapi,
+    pass_,
+    plan_change,
+    self_service,
+)
 from gated.web.foundation import Web
 from gated.web.security import SecurityHeaders, stripe_csp
 
@@ -31,14 +43,25 @@ def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) ->
         *self_service.routes(web),
         *invoice_pdfs.member_routes(web),
         *plan_change.routes(web),
+        *my_data.routes(web),
         *member.routes(web),
     ]
     # The staff API's mount comes before the member API's, which would otherwise take its paths.
-    for path, routes in (
+    roots = [
         ("/app", app_routes),
         *desk.roots(web),
-        ("/api/v1", [*pass_.api_routes(web), *api.routes(web)]),
-    ):
+        (
+            "/api/v1",
+            [
+                openapi.route(lambda: [r for r in roots if r[0].startswith("/api/v1")]),
+                *pass_.api_routes(web),
+                *my_data.api_routes(web),
+                *api_self_service.routes(web),
+                *api.routes(web),
+            ],
+        ),
+    ]
+    for path, routes in roots:
         headers = Middleware(
             SecurityHeaders,
             https=web.https,

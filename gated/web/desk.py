@@ -34,6 +34,7 @@ from gated.web import (
 )
 from gated.web.desk_core import Desk, StaffVisitor
 from gated.web.foundation import STATIC, BodyTooLarge, Web, read_form
+from gated.web.openapi import ApiRoute
 from gated.web.security import csrf_token
 
 log = logging.getLogger("gated.web.desk")
@@ -125,6 +126,34 @@ RULES: list[Rule] = [
 ]
 
 
+# What openapi.json says of each staff API route (a member action's comes from its rule).
+STAFF_API = {
+    "api_tokens": "The API tokens on the sites this staff member acts on (never their secrets).",
+    "api_staff": "The staff accounts this owner reaches.",
+    "api_staff_add": "Add a staff account with a role and sites; answers its one-time password.",
+    "api_staff_role": "Change a staff account's role and sites.",
+    "api_staff_disable": "Disable a staff account.",
+    "api_staff_reset": "Reset a staff account: a new one-time password, the second factor again.",
+    "api_session": "The session: staff id, name, role, sites, expiry and the CSRF token.",
+    "api_search": "Members matching q (a card UID, a member id, part of a name or e-mail).",
+    "api_member": "One member as the front desk sees it.",
+    "api_audit": "The audit log, newest first (member=ID, before=ROW for older pages).",
+    "api_gates": "Every gate's health: its retained status beside its site's manifest.",
+    "api_lockdown": "Lock a site down (site, state=on) or lift it (state=off), form fields.",
+    "api_occupancy": "People inside (or entries) today per site.",
+    "api_dashboard": "Every dashboard report as JSON (from=YYYY-MM, to=YYYY-MM).",
+}
+
+
+def _action_summary(rule: Rule) -> str:
+    """A member action's summary: what it does and the permission it needs ("" for any other
+    route, which needs its own entry in STAFF_API: openapi.json shows it without one)."""
+    if "{member_id}/" not in rule.path:
+        return ""
+    segment = rule.path.rsplit("{member_id}/", 1)[-1]
+    return f"Member action {segment!r} (needs {rule.action})."
+
+
 Handler = Callable[[Request, StaffVisitor, dict[str, str]], Awaitable[Response]]
 
 
@@ -211,7 +240,11 @@ def roots(web: Web) -> list[tuple[str, list[BaseRoute]]]:
         if rule.path.startswith("/desk/"):
             pages.append(Route(rule.path[len("/desk") :], endpoint, methods=[rule.method]))
         else:
-            api.append(Route(rule.path[len("/api/v1/staff") :], endpoint, methods=[rule.method]))
+            path = rule.path[len("/api/v1/staff") :]
+            summary = STAFF_API.get(rule.handler) or _action_summary(rule)
+            api.append(
+                ApiRoute(path, endpoint, methods=[rule.method], summary=summary, auth="staff")
+            )
     return [("/desk", pages), ("/api/v1/staff", api)]
 
 

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from gated.billing_sync.member_access import MemberAccess, MemberSession
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
+from gated.contract import PayloadError, loads_bounded
 from gated.http_limits import FORM_BYTES
 from gated.web.ratelimit import RateLimit
 from gated.web.security import (
@@ -107,6 +108,8 @@ class Web:
     signin_per_client: RateLimit = field(default_factory=lambda: RateLimit(20, 600))
     signin_per_address: RateLimit = field(default_factory=lambda: RateLimit(5, 900))
     redeem_per_client: RateLimit = field(default_factory=lambda: RateLimit(30, 600))
+    # Sign-ups a client may start (page or API): each makes a member and an invoice until purged.
+    signups_per_client: RateLimit = field(default_factory=lambda: RateLimit(10, 3600))
     # Work started by a request that outlives it (kept referenced until it ends).
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -186,10 +189,10 @@ class Web:
         return response
 
 
-async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]:
-    """An urlencoded form, read while streaming so a body over ``limit`` is never held whole
+async def read_body(request: Request, limit: int) -> bytes:
+    """A request body, read while streaming so one over ``limit`` is never held whole
     (``serve`` also limits every body in ``gated.http_limits``; this keeps the app safe on its
-    own); the first value of each field."""
+    own); BodyTooLarge beyond ``limit``."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -197,7 +200,26 @@ async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limit: int = FORM_BYTES) -> dict[str, str]:
+    """An urlencoded form of at most ``limit`` bytes (BodyTooLarge beyond); the first value of
+    each field."""
+    body = await read_body(request, limit)
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
-    fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), max_num_fields=50)
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=50)
     return {k: v[0] for k, v in fields.items()}
+
+
+async def read_json(request: Request, limit: int = FORM_BYTES) -> dict[str, Any] | None:
+    """A JSON object body (``Content-Type: application/json``), read while streaming and at
+    most ``limit`` bytes; None when it is anything else (the caller answers 400)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return None
+    try:
+        body = loads_bounded(await read_body(request, limit), max_bytes=limit, max_depth=2)
+    except (BodyTooLarge, PayloadError):
+        return None
+    return body if isinstance(body, dict) else None

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +22,6 @@ from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.service import Applicant
 from gated.web.foundation import Visitor, Web
 from gated.web.member import posted_form, signed_in_page
-from gated.web.ratelimit import RateLimit
 from gated.web.security import STRIPE_PAGE
 from gated.web.terms import load_terms
 
@@ -37,6 +37,22 @@ TEST_METHODS = [
     ("pm_sim_decline_authentication_required", "Test card that asks for 3-D Secure"),
 ]
 FIELDS = ("site", "plan", "name", "email", "phone", "emergency_contact")
+# Stripe's test IBANs, which the simulator takes for its SEPA debits (settled three clock days
+# after submission): the first pays, the second fails with insufficient funds.
+TEST_IBANS = {
+    "DE89370400440532013000": "pm_sim_sepa",
+    "DE62370400440532013001": "pm_sim_sepa_fail",
+}
+IBAN = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")
+
+
+def iban_valid(raw: str) -> str | None:
+    """An IBAN without spaces, upper case, when its form and ISO 7064 check digits hold."""
+    iban = re.sub(r"\s", "", raw).upper()
+    if not IBAN.fullmatch(iban):
+        return None
+    digits = "".join(str(int(ch, 36)) for ch in iban[4:] + iban[:4])
+    return iban if int(digits) % 97 == 1 else None
 
 
 def test_method(value: str) -> str | None:
@@ -56,12 +72,80 @@ def decline_text(result: ChargeResult) -> str:
     return f"Your bank declined the payment ({reason}). Nothing was charged. Try another card."
 
 
+class NoMethod(Exception):
+    """A pay form or JSON call that named no usable payment method (the message says what)."""
+
+
+async def chosen_method(
+    web: Web, member_id: str, values: Mapping[str, object], *, sepa: bool = False
+) -> str:
+    """The payment method a pay form or its JSON twin names: with Stripe, the card (or, where
+    ``sepa`` allows it, the bank account) the member's browser saved through a SetupIntent
+    (``setup_id``); with the simulator, one of its offered test methods (``method``) or, where
+    ``sepa`` allows it, a test IBAN (``iban``). A direct debit needs its mandate accepted
+    (``mandate``). NoMethod when there is none; GatewayError, BillingError as
+    ``card_from_setup`` raises them."""
+    billing = web.billing
+    debit = bool(values.get("iban") or values.get("sepa"))
+    if debit and not sepa:
+        raise NoMethod("This plan is paid by card.")
+    if debit and values.get("mandate") not in ("yes", True):
+        raise NoMethod("Accept the direct debit mandate to pay by direct debit.")
+    if billing.config.gateway != "stripe" and values.get("iban"):
+        iban = values["iban"]
+        valid = iban_valid(iban) if isinstance(iban, str) else None
+        if valid is None:
+            raise NoMethod("That IBAN is not valid: check it.")
+        if valid not in TEST_IBANS:
+            raise NoMethod(
+                "The demo's simulated gateway takes its test IBANs only: DE89 3704 0044 0532 "
+                "0130 00 (pays) or DE62 3704 0044 0532 0130 01 (fails after three days)."
+            )
+        return TEST_IBANS[valid]
+    if billing.config.gateway == "stripe":
+        setup_id = values.get("setup_id")
+        if not isinstance(setup_id, str) or not SETUP_ID.fullmatch(setup_id):
+            raise NoMethod("Enter your card details.")
+        return await asyncio.to_thread(billing.card_from_setup, member_id, setup_id)
+    method = values.get("method")
+    chosen = test_method(method) if isinstance(method, str) else None
+    if chosen is None:
+        raise NoMethod("Choose a payment method.")
+    return chosen
+
+
+async def pay_signup(
+    web: Web, member_id: str, found: Mapping[str, Any], values: Mapping[str, object], key: str
+) -> ChargeResult:
+    """Pay the sign-up ``found`` with the method ``values`` name (``chosen_method``; a plan
+    with ``sepa`` takes a direct debit too) under the submit ``key``: the page and its JSON
+    twin alike. NoMethod, NotFound, GatewayError, BillingError as they come."""
+    sepa = bool(found["plan"] and found["plan"]["sepa"])
+    method = await chosen_method(web, member_id, values, sepa=sepa)
+    return await asyncio.to_thread(
+        web.billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
+    )
+
+
+async def signup_returned(web: Web, member_id: str) -> dict[str, Any] | None:
+    """After 3-D Secure in Stripe.js: ask the provider what became of the sign-up's payment
+    (a provider that cannot be reached leaves it to the webhook) and give the sign-up as it
+    stands now, or None when there is none."""
+    found = await asyncio.to_thread(web.billing.signup_status, member_id)
+    if found is None:
+        return None
+    try:
+        await asyncio.to_thread(web.billing.pay_returned, found["invoice_id"])
+    except GatewayError as exc:
+        log.warning("event=signup_return_failed member=%s error=%s", member_id, exc)
+    return await asyncio.to_thread(web.billing.signup_status, member_id)
+
+
 def routes(web: Web) -> list[BaseRoute]:
     """The sign-up's routes (mounted at ``/app``)."""
     billing = web.billing
     stripe = billing.config.gateway == "stripe"
-    # Sign-ups a client may start: each makes a member and an invoice until it is purged.
-    per_client = RateLimit(10, 3600)
+    per_client = web.signups_per_client
 
     def stripe_key() -> str | None:
         return billing.config.stripe.publishable_key if billing.config.stripe else None
@@ -150,8 +234,16 @@ def routes(web: Web) -> list[BaseRoute]:
                 title="Online payment is not set up",
                 text="Pay at the front desk to start your membership.",
             )
+        member_id = visitor.session.member_id
         try:
-            setup = await asyncio.to_thread(billing.card_setup, visitor.session.member_id)
+            setup = await asyncio.to_thread(billing.card_setup, member_id)
+            if found["plan"] and found["plan"]["sepa"]:
+                # A second SetupIntent, for a bank account: Stripe.js confirms it with the IBAN
+                # the member types, which never reaches us.
+                context["sepa_setup"] = await asyncio.to_thread(
+                    billing.card_setup, member_id, "sepa_debit"
+                )
+                context["holder"] = await asyncio.to_thread(web.access.membership, member_id)
         except GatewayError as exc:
             log.warning("event=card_setup_failed error=%s", exc)
             return _unavailable(visitor)
@@ -197,20 +289,9 @@ def routes(web: Web) -> list[BaseRoute]:
         if not SUBMIT_KEY.fullmatch(key):
             return await pay_page(visitor, found, "Open the page again and pay from there.", 400)
         try:
-            if stripe:
-                setup_id = form.get("setup_id", "")
-                if not SETUP_ID.fullmatch(setup_id):
-                    return await pay_page(visitor, found, "Enter your card details.", 400)
-                method: str | None = await asyncio.to_thread(
-                    billing.card_from_setup, member_id, setup_id
-                )
-            else:
-                method = test_method(form.get("method", ""))
-                if method is None:
-                    return await pay_page(visitor, found, "Choose a payment method.", 400)
-            result = await asyncio.to_thread(
-                billing.pay_signup, member_id, method, key, f"{web.public_url}/app/join/pay"
-            )
+            result = await pay_signup(web, member_id, found, form, key)
+        except NoMethod as exc:
+            return await pay_page(visitor, found, str(exc), 400)
         except NotFound:
             return RedirectResponse("/app/", status_code=303)
         except GatewayError as exc:
@@ -241,6 +322,11 @@ def routes(web: Web) -> list[BaseRoute]:
             )
         if result.action_url:
             return RedirectResponse(result.action_url, status_code=303)
+        if result.state == "processing" and visitor.session is not None:
+            # A direct debit on its way: the membership started with the mandate.
+            now = await asyncio.to_thread(billing.signup_status, visitor.session.member_id)
+            if now is not None and now["paid"]:
+                return RedirectResponse("/app/join/welcome", status_code=303)
         return web.page(
             visitor,
             "message.html",
@@ -252,16 +338,9 @@ def routes(web: Web) -> list[BaseRoute]:
     async def pay_return(request: Request, visitor: Visitor, form: dict[str, str]) -> Response:
         if visitor.session is None:
             return RedirectResponse("/app/signin", status_code=303)
-        member_id = visitor.session.member_id
-        found = await asyncio.to_thread(billing.signup_status, member_id)
+        found = await signup_returned(web, visitor.session.member_id)
         if found is None:
             return RedirectResponse("/app/", status_code=303)
-        try:
-            await asyncio.to_thread(billing.pay_returned, found["invoice_id"])
-        except GatewayError as exc:
-            log.warning("event=signup_return_failed member=%s error=%s", member_id, exc)
-        found = await asyncio.to_thread(billing.signup_status, member_id)
-        assert found is not None
         if found["paid"]:
             return RedirectResponse("/app/join/welcome", status_code=303)
         return await pay_page(

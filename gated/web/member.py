@@ -7,12 +7,14 @@ import asyncio
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gated.billing_sync.audit import Actor
 from gated.web.foundation import STATIC, Visitor, Web
 from gated.web.words import status_words
 
@@ -21,8 +23,24 @@ EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
 CODE = re.compile(r"[0-9]{6}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
 
+T = TypeVar("T")
 Handler = Callable[[Request, Visitor], Awaitable[Response]]
 FormHandler = Callable[[Request, Visitor, dict[str, str]], Awaitable[Response]]
+
+
+async def as_member(
+    web: Web, request: Request, member_id: str, action: str, call: Callable[[], T]
+) -> T:
+    """Run a member's change to their own account (``call``, one billing service call) in the
+    audit log, as the member from this request's address, like a staff or shell action; the
+    member's data download shows these rows. An action that raises is not recorded."""
+    actor = Actor("member", member_id, "member", web.client(request))
+
+    def run() -> T:
+        with web.billing.audited(actor, action, member_id):
+            return call()
+
+    return await asyncio.to_thread(run)
 
 
 def signed_in_page(web: Web, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -172,6 +190,7 @@ def routes(web: Web) -> list[BaseRoute]:
             # Joined online and not paid yet: the membership starts with the first payment.
             return RedirectResponse("/app/join/pay", status_code=303)
         invoices = await asyncio.to_thread(web.access.invoices, member_id, 24)
+        visits = await asyncio.to_thread(web.billing.member_data().visits_by_month, member_id)
         return web.page(
             visitor,
             "membership.html",
@@ -179,6 +198,7 @@ def routes(web: Web) -> list[BaseRoute]:
             m=m,
             words=status_words(m),
             invoices=invoices,
+            visits=visits,
         )
 
     async def invoice(request: Request, visitor: Visitor) -> Response:

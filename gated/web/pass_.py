@@ -26,8 +26,8 @@ from starlette.routing import BaseRoute, Route
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.member_access import MemberSession
 from gated.billing_sync.pass_keys import KEY_INTERVAL_S, KeyRefused
-from gated.contract import PayloadError, loads_bounded
-from gated.web.foundation import STATIC, Visitor, Web
+from gated.web.foundation import STATIC, Visitor, Web, read_json
+from gated.web.openapi import ApiRoute
 from gated.web.words import status_words
 
 log = logging.getLogger("gated.web.pass")
@@ -121,7 +121,7 @@ def api_routes(web: Web) -> list[BaseRoute]:
         return JSONResponse({"nonce": nonce})
 
     async def register(request: Request, visitor: Visitor, s: MemberSession) -> Response:
-        body = await _json_body(request)
+        body = await read_json(request, KEY_BODY_BYTES)
         if body is None:
             return _error(400, "bad_request", "send JSON: public_key, nonce and signature")
         public_key, nonce, signature = (body.get(k) for k in ("public_key", "nonce", "signature"))
@@ -155,10 +155,38 @@ def api_routes(web: Web) -> list[BaseRoute]:
         return JSONResponse({"qr_key": info["qr_key"], "version": version})
 
     return [
-        Route("/time", clock, methods=["GET"]),
-        Route("/pass", signed_in(state, changing=False), methods=["GET"]),
-        Route("/pass/challenge", signed_in(challenge, changing=True), methods=["POST"]),
-        Route("/pass/key", signed_in(register, changing=True), methods=["POST"]),
+        ApiRoute(
+            "/time",
+            clock,
+            methods=["GET"],
+            summary="Head office's clock in milliseconds, for the pass's clock offset.",
+            auth="none",
+        ),
+        ApiRoute(
+            "/pass",
+            signed_in(state, changing=False),
+            methods=["GET"],
+            summary="What the pass shows: name, status, whether valid, the published qr_key, "
+            "qr_refresh_s and head office's now_ms.",
+        ),
+        ApiRoute(
+            "/pass/challenge",
+            signed_in(challenge, changing=True),
+            methods=["POST"],
+            summary="A fresh single-use nonce for the device to sign (5 minutes).",
+        ),
+        ApiRoute(
+            "/pass/key",
+            signed_in(register, changing=True),
+            methods=["POST"],
+            summary="Register this device's Ed25519 key as the member's pass (proof of "
+            "possession, a recent sign-in, one device per 24 hours).",
+            body={
+                "public_key": ("string", "the raw 32-byte public key, standard base64"),
+                "nonce": ("string", "from POST /api/v1/pass/challenge"),
+                "signature": ("string", "of gated-pass-key-v1.<member_id>.<nonce>, base64"),
+            },
+        ),
     ]
 
 
@@ -178,21 +206,3 @@ def _pass_state(web: Web, s: MemberSession) -> dict[str, Any]:
         "registered_at": info["registered_at"],
         "qr_refresh_s": web.billing.config.app.qr_refresh_s,
     }
-
-
-async def _json_body(request: Request) -> dict[str, Any] | None:
-    """A small JSON object body, read while streaming; None when it is anything else."""
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > KEY_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    try:
-        body = loads_bounded(b"".join(chunks), max_bytes=KEY_BODY_BYTES, max_depth=2)
-    except PayloadError:
-        return None
-    return body if isinstance(body, dict) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -17,15 +18,57 @@ from starlette.routing import BaseRoute, Route
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayError
 from gated.web.foundation import Visitor, Web
-from gated.web.join import SETUP_ID, TEST_METHODS, stripe_page, test_method
-from gated.web.member import TOKEN, posted_form, signed_in_page
+from gated.web.join import TEST_METHODS, NoMethod, chosen_method, stripe_page
+from gated.web.member import TOKEN, as_member, posted_form, signed_in_page
 from gated.web.words import day, status_words
 
 log = logging.getLogger("gated.web.self_service")
 
 
-def _months(raw: str) -> int | None:
-    return int(raw) if re.fullmatch(r"[1-9]", raw) else None
+def freeze_months(raw: object) -> int | None:
+    """A freeze's length as a form or JSON call gives it (the engine checks the plan's range)."""
+    return int(raw) if isinstance(raw, str | int) and re.fullmatch(r"[1-9]", str(raw)) else None
+
+
+async def save_card(
+    web: Web, request: Request, member_id: str, values: Mapping[str, object]
+) -> None:
+    """Save the card (or test method) a form or its JSON twin names and charge what is owed to
+    it at once (published within the second), as the member in the audit log. NoMethod,
+    GatewayError, BillingError as they come."""
+    method = await chosen_method(web, member_id, values)
+    await as_member(
+        web,
+        request,
+        member_id,
+        "payment_method",
+        lambda: web.billing.set_payment_method(member_id, method),
+    )
+
+
+async def save_contact(
+    web: Web, request: Request, member_id: str, phone: str, emergency: str, email: str
+) -> bool:
+    """Save phone and emergency contact (as the member in the audit log) and, when ``email``
+    is another address than the member's ("" keeps it), mail it the link that changes it.
+    Returns whether that link went out; BillingError names a bad field."""
+    billing = web.billing
+    current = await asyncio.to_thread(billing.contact, member_id)
+    email = email.strip()
+    await as_member(
+        web,
+        request,
+        member_id,
+        "contact",
+        lambda: billing.update_contact(member_id, phone, emergency),
+    )
+    if not email or email.lower() == (current["email"] or "").lower():
+        return False
+    await asyncio.to_thread(
+        billing.request_email_change, member_id, email, f"{web.public_url}/app/email/"
+    )
+    web.wake_mail()
+    return True
 
 
 def routes(web: Web) -> list[BaseRoute]:
@@ -86,18 +129,9 @@ def routes(web: Web) -> list[BaseRoute]:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
         try:
-            if stripe:
-                setup_id = form.get("setup_id", "")
-                if not SETUP_ID.fullmatch(setup_id):
-                    return await card_page(visitor, "Enter your card details.", 400)
-                method = await asyncio.to_thread(billing.card_from_setup, member_id, setup_id)
-            else:
-                chosen = test_method(form.get("method", ""))
-                if chosen is None:
-                    return await card_page(visitor, "Choose a payment method.", 400)
-                method = chosen
-            # Saves the card and retries what is owed at once (published within the second).
-            await asyncio.to_thread(billing.set_payment_method, member_id, method)
+            await save_card(web, request, member_id, form)
+        except NoMethod as exc:
+            return await card_page(visitor, str(exc), 400)
         except GatewayError as exc:
             log.warning("event=card_update_failed member=%s error=%s", member_id, exc)
             return unavailable(visitor)
@@ -111,7 +145,7 @@ def routes(web: Web) -> list[BaseRoute]:
 
     async def freeze_form(request: Request, visitor: Visitor) -> Response:
         assert visitor.session is not None
-        months = _months(request.query_params.get("months", ""))
+        months = freeze_months(request.query_params.get("months", ""))
         quote = None
         if months is not None:
             quote = await asyncio.to_thread(billing.freeze_quote, visitor.session.member_id, months)
@@ -121,7 +155,7 @@ def routes(web: Web) -> list[BaseRoute]:
         if visitor.session is None:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
-        months = _months(form.get("months", ""))
+        months = freeze_months(form.get("months", ""))
         if months is None:
             return done(visitor, "Freeze", "Choose one, two or three months.", 400)
         quote = await asyncio.to_thread(billing.freeze_quote, member_id, months)
@@ -130,7 +164,9 @@ def routes(web: Web) -> list[BaseRoute]:
                 visitor, "freeze.html", 409, title="Freeze your membership", quote=quote
             )
         try:
-            await asyncio.to_thread(billing.freeze, member_id, months)
+            await as_member(
+                web, request, member_id, "freeze", lambda: billing.freeze(member_id, months)
+            )
         except GatewayError as exc:
             log.warning("event=freeze_failed member=%s error=%s", member_id, exc)
             return unavailable(visitor)
@@ -160,7 +196,7 @@ def routes(web: Web) -> list[BaseRoute]:
                 visitor, "cancel.html", 409, title="Cancel your membership", quote=quote
             )
         try:
-            await asyncio.to_thread(billing.cancel, member_id)
+            await as_member(web, request, member_id, "cancel", lambda: billing.cancel(member_id))
         except BillingError as exc:
             return done(visitor, "Cancel", str(exc), 409)
         return done(
@@ -193,20 +229,16 @@ def routes(web: Web) -> list[BaseRoute]:
             return RedirectResponse("/app/signin", status_code=303)
         member_id = visitor.session.member_id
         values = {k: form.get(k, "")[:300] for k in ("email", "phone", "emergency_contact")}
-        current = await asyncio.to_thread(billing.contact, member_id)
-        new_email = values["email"].strip()
         try:
-            await asyncio.to_thread(
-                billing.update_contact, member_id, values["phone"], values["emergency_contact"]
+            mailed = await save_contact(
+                web,
+                request,
+                member_id,
+                values["phone"],
+                values["emergency_contact"],
+                values["email"],
             )
-            if new_email.lower() != (current["email"] or "").lower():
-                await asyncio.to_thread(
-                    billing.request_email_change,
-                    member_id,
-                    new_email,
-                    f"{web.public_url}/app/email/",
-                )
-                web.wake_mail()
+            if mailed:
                 return done(
                     visitor,
                     "Check your new address",

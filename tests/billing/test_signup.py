@@ -56,7 +56,9 @@ def test_an_unpaid_signup_publishes_nothing_and_paying_makes_it_active(tmp_path:
     assert ok.state == "succeeded"
     assert published(b, m)["status"] == "active"
     assert b.member(m)["status"] == "active" and b.member(m)["owed"] == 0
-    assert notices(b, m) == ["receipt"]
+    # The receipt, and one welcome with the pass link.
+    assert notices(b, m) == ["receipt", "welcome"]
+    assert f"{b.config.http.public_url.rstrip('/')}/app/pass" in welcome_body(b, m)
     c = b.contract(m)
     assert c is not None and c["terms_sha256"] == TERMS.sha256 and c["terms_text"] == TERMS.text
     assert c["client_address"] == "203.0.113.9" and c["user_agent"] == "Firefox"
@@ -79,6 +81,32 @@ def test_a_payment_booked_elsewhere_starts_the_membership(tmp_path: Path) -> Non
     m = b.start_signup(applicant(), TERMS, "127.0.0.1", "")
     b.record_payment(m)  # the front desk takes the first payment
     assert published(b, m)["status"] == "active"
+    assert notices(b, m) == ["receipt", "welcome"]
+
+
+def test_only_the_first_payment_of_an_online_signup_sends_a_welcome(tmp_path: Path) -> None:
+    b, clock = make_billing(tmp_path)
+    m = b.start_signup(applicant(), TERMS, "127.0.0.1", "")
+    b.pay_signup(m, "pm_sim_ok", "k" * 20, "http://x/")
+    clock.advance(31)
+    b.run_cycle()  # the first renewal: a receipt, no second welcome
+    assert b.member(m)["paid_through"] > "2027-01"
+    assert notices(b, m) == ["receipt", "welcome", "receipt"]
+    # A member enrolled at the desk is welcomed there, not by mail.
+    b.add_member(
+        "desk", "Desk", plan_id="monthly", email="desk@example.com", payment_method="pm_sim_ok"
+    )
+    assert "welcome" not in notices(b, "desk")
+
+
+def welcome_body(b: Billing, member_id: str) -> str:
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        return str(
+            conn.execute(
+                select(n.c.body).where(n.c.member_id == member_id, n.c.kind == "welcome")
+            ).scalar_one()
+        )
 
 
 def test_bad_input_and_a_plan_that_is_gone_get_a_clear_message(tmp_path: Path) -> None:

@@ -6,13 +6,16 @@ rule; a member-typed name is shown as text."""
 
 from __future__ import annotations
 
+import json
+import re
 import statistics
+import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from tests.web.conftest import XSS_NAME, Stack, screenshot_dir
+from tests.web.conftest import BIN, XSS_NAME, Stack, screenshot_dir
 
 pytestmark = pytest.mark.slow
 
@@ -234,3 +237,30 @@ def test_a_member_cannot_read_another_members_data(tabs: Any, stack: Stack) -> N
     assert me["member_id"] == "ann" and me["name"] == XSS_NAME
     mine = tab.context.request.get("/api/v1/me/invoices").json()["invoices"]
     assert {i["id"] for i in mine} == set(stack.members["ann"]["invoices"])
+
+
+def test_visits_the_data_download_and_an_erasure_request(tabs: Any, stack: Stack) -> None:
+    tab = tabs()
+    page = tab.page
+    tab.sign_in("bob@example.com")
+    assert page.locator("#visits tbody tr").count() >= 1  # this month, with no visits yet
+    page.get_by_role("link", name="Your data").click()
+    page.wait_for_selector("#erasure-h")
+    assert "bookkeeping law" in page.inner_text("main")
+    tab.check("data")
+    with page.expect_download() as download:
+        page.get_by_role("link", name=re.compile("^Download my data")).click()
+    data = json.loads(download.value.path().read_text())
+    assert data["profile"]["name"] == "Bob Private" and len(data["invoices"]) == 2
+    page.get_by_label("I want my data erased").check()
+    page.get_by_role("button", name="Ask for erasure").click()
+    page.wait_for_selector("#erasure-confirmed")
+    assert "You asked for erasure on" in page.inner_text("#erasure-asked")
+    tab.check("data-erasure")
+    listed = subprocess.run(
+        [str(BIN), "members", "erasure-requests", "--csv", "-c", str(stack.config)],
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split(",")[0] for line in listed.stdout.splitlines()] == ["member", "bob"]

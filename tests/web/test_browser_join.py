@@ -19,8 +19,10 @@ from gated.billing_sync import schema
 from gated.billing_sync.service import Billing, PlanSpec
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import published
+from tests.sync.helpers import wait_until
 from tests.web.conftest import Stack
 from tests.web.test_browser import Tab, tab_opener
+from tests.web.test_pass import CODE, gatectl_badge, shown_and_decoded
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +42,7 @@ def billing(stack: Stack) -> Iterator[Billing]:
             "flex12", "Flex 12", 3990, "EUR", tax_rate_bp=1900, freeze_fee=500, min_term_months=12
         )
     )
+    b.add_plan(PlanSpec("sepa", "Direct debit", 2990, "EUR", tax_rate_bp=1900, sepa=True))
     yield b
     b.engine.dispose()
 
@@ -108,6 +111,63 @@ def test_join_pay_with_the_simulator_and_walk_in(tabs: Any, billing: Billing) ->
     with page.expect_download() as download:
         page.get_by_role("link", name="Signed contract").click()
     assert "Terms version" in download.value.path().read_text()
+
+
+def test_join_pay_and_the_new_pass_is_let_in_at_the_gate(
+    tabs: Any, billing: Billing, stack: Stack
+) -> None:
+    """The whole way of a new member, in one sequence: join, pay with the simulator's test
+    card, make this browser the pass, and the QR a scanner reads off the screen is let in by
+    the real gate (``gatectl badge --qr``), once; the welcome mail links to the pass."""
+    tab = tabs()
+    page = tab.page
+    join(tab, "walk@example.com", plan="monthly")
+    member_id = member_of(billing, "walk@example.com")
+    page.check("input[value=pm_sim_ok]")
+    page.get_by_role("button", name=re.compile("^Pay ")).click()
+    page.wait_for_url("**/app/join/welcome")
+    # Joining signed the browser in just now: recent enough to register a pass key.
+    page.goto("/app/pass")
+    page.get_by_role("button", name="Use this device as my pass").click()
+    page.wait_for_selector(CODE, timeout=15_000)
+    code, decoded = shown_and_decoded(page)
+    assert decoded == code and code.startswith(f"GQ1.{member_id}.")
+    qr_key = published(billing, member_id)["qr_key"]
+    assert gate_has(stack, member_id, "qr_key", qr_key)
+    assert gatectl_badge(stack, decoded) | {"latency_us": 0} == {
+        "allow": True,
+        "reason": "ok",
+        "member_id": member_id,
+        "latency_us": 0,
+    }
+    assert gatectl_badge(stack, decoded)["reason"] == "qr_replayed"
+    tab.check()
+    # The first payment also mailed a welcome with the pass's address.
+    inbox = stack.inbox
+    with inbox.arrived:
+        assert inbox.arrived.wait_for(lambda: welcome(inbox, "walk@example.com"), 15)
+    assert f"{stack.url}/app/pass" in welcome(inbox, "walk@example.com")
+
+
+def welcome(inbox: Any, to: str) -> str:
+    """The body of the welcome mail to ``to``, or "" while there is none."""
+    for m in inbox.messages:
+        if m["To"] == to and m["Subject"].startswith("Welcome"):
+            return str(m.get_content())
+    return ""
+
+
+def gate_has(stack: Stack, member_id: str, field: str, value: Any) -> bool:
+    """Wait until the stack's gate holds ``field == value`` in the member's cached state."""
+    gate = stack.gate
+    assert gate is not None and value is not None
+
+    def arrived() -> bool:
+        found = gate.request("cache_lookup", {"member": member_id})
+        return bool(found.get("found")) and found["member"].get(field) == value
+
+    wait_until(arrived, timeout=10, what=f"the gate has {member_id}'s {field}")
+    return True
 
 
 def test_a_declined_test_card_then_a_double_clicked_pay_button(tabs: Any, billing: Billing) -> None:
@@ -250,4 +310,50 @@ def test_a_plan_change_shows_its_cost_before_it_is_made(tabs: Any, billing: Bill
             )
         ).scalar_one()
     assert paid == quote.total
+
+
+JSON_JOIN = """async (email) => {
+  const json = (csrf, body) => ({method: "POST", body: JSON.stringify(body),
+    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}});
+  const offer = await (await fetch("/api/v1/join")).json();
+  const person = {site: "downtown", plan: "monthly", name: "Jay Son", email,
+    phone: "+49 30 1234567", emergency_contact: "Max, +49 30 7654321",
+    terms_sha256: offer.terms.sha256, accept: true};
+  const forged = await fetch("/api/v1/join", json("forged", person));
+  const joined = await fetch("/api/v1/join", json(offer.csrf_token, person));
+  const {csrf_token} = await joined.clone().json();
+  const paid = await fetch("/api/v1/join/pay",
+    json(csrf_token, {key: "browser-key-0123456789", method: "pm_sim_ok"}));
+  return [forged.status, joined.status, paid.status, await paid.json()];
+}"""
+
+
+def test_join_and_pay_through_the_json_api_in_the_browser(tabs: Any, billing: Billing) -> None:
+    tab = tabs()
+    page = tab.page
+    page.goto("/app/join")
+    forged, joined, paid, body = page.evaluate(JSON_JOIN, "jay@example.com")
+    assert (forged, joined, paid, body) == (403, 201, 200, {"state": "succeeded"})
+    tab.errors.clear()  # the forged call's 403, on purpose
+    member_id = member_of(billing, "jay@example.com")
+    assert published(billing, member_id)["status"] == "active"
+    page.goto("/app/")  # the API's sign-up signed this browser in
+    assert page.inner_text("#member-name") == "Jay Son"
+    tab.check()
+
+
+def test_join_and_pay_by_sepa_direct_debit(tabs: Any, billing: Billing) -> None:
+    tab = tabs()
+    page = tab.page
+    join(tab, "iban@example.com", plan="sepa")
+    member_id = member_of(billing, "iban@example.com")
+    assert "8 weeks" in page.inner_text("#mandate-text")
+    tab.check("join-pay-sepa")
+    page.fill("#iban", "DE89 3704 0044 0532 0130 00")
+    page.get_by_label("I accept this direct debit mandate").check()
+    page.get_by_role("button", name=re.compile("^Accept the mandate and pay")).click()
+    page.wait_for_url("**/app/join/welcome")
+    # Active at the gates while the bank has the debit; the invoice stays open until it settles.
+    assert published(billing, member_id)["status"] == "active"
+    assert billing.member(member_id)["owed"] == 3558
     tab.check()

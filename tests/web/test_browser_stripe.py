@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 CARD_OK = "4242424242424242"
 CARD_3DS = "4000002760003184"  # authentication required on every use
 CARD_CONTAINER = "#card-element"  # localstripe's inputs, in the page: not ours to check
+SEPA_FAILS = "DE62370400440532013001"  # localstripe: the debit fails after it was submitted
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +90,14 @@ def enter_card(page: Any, number: str) -> None:
     box.locator("input[placeholder=postal_code]").fill("10115")
 
 
-def join(tab: Tab, email: str) -> None:
+def join(tab: Tab, email: str, plan: str = "monthly") -> None:
     page = tab.page
     page.goto("/app/join")
     page.fill("#name", "Ada Lovelace")
     page.fill("#email", email)
     page.fill("#phone", "+44 20 7946 0000")
     page.fill("#emergency_contact", "Charles, +44 20 7946 0001")
-    page.check("input[name=plan]")
+    page.check(f"input[name=plan][value={plan}]")
     page.check("input[name=accept]")
     page.get_by_role("button", name="Continue to payment").click()
     page.wait_for_url("**/app/join/pay")
@@ -146,6 +147,46 @@ def test_join_with_a_3ds_card(tabs: Any, stripe_stack: tuple[Stack, Billing]) ->
     member_id = member_of(b, "secure@example.com")
     assert published(b, member_id)["status"] == "active"
     assert tab.errors == []
+
+
+def test_join_by_sepa_direct_debit_through_stripe_js(
+    tabs: Any, stripe_stack: tuple[Stack, Billing]
+) -> None:
+    """localstripe's fake Stripe.js confirms a SetupIntent of type sepa_debit with the IBAN
+    (``confirmSepaDebitSetup``); the debit is ``processing`` when the member leaves the page,
+    settles half a second later, and its webhook books it. Its failing test IBAN fails the same
+    way, and the member is dunned."""
+    _, b = stripe_stack
+    b.add_plan(PlanSpec("sepa", "Direct debit", 2990, "EUR", tax_rate_bp=1900, sepa=True))
+    outcomes = {}
+    for iban, email in (
+        ("DE89370400440532013000", "iban@example.com"),
+        (SEPA_FAILS, "nsf@example.com"),
+    ):
+        tab = tabs()
+        page = tab.page
+        join(tab, email, plan="sepa")
+        if email.startswith("iban"):
+            tab.check("join-pay-stripe-sepa", exclude=[CARD_CONTAINER])
+        requests: list[str] = []
+        page.on("request", lambda r, seen=requests: seen.append(r.post_data or ""))
+        page.fill("#iban", iban)
+        page.get_by_label("I accept this direct debit mandate").check()
+        page.get_by_role("button", name=re.compile("^Accept the mandate and pay")).click()
+        page.wait_for_url("**/app/join/welcome")
+        # The IBAN went to Stripe, never to us.
+        ours = [r for r in requests if "setup_id=seti_" in r]
+        assert ours and all(iban not in r for r in ours)
+        member_id = member_of(b, email)
+        assert published(b, member_id)["status"] == "active"
+        outcomes[email] = member_id
+        assert tab.errors == []
+    paid, failed = outcomes["iban@example.com"], outcomes["nsf@example.com"]
+    wait_until(lambda: b.member(paid)["owed"] == 0, timeout=10, what="the debit booked")
+    wait_until(
+        lambda: b.member(failed)["status"] == "grace", timeout=10, what="the failed debit dunned"
+    )
+    assert published(b, paid)["status"] == "active" and b.member(failed)["owed"] == 3558
 
 
 def test_a_suspended_member_saves_a_new_card_and_is_let_in(

@@ -27,6 +27,33 @@
       cardForm.submit();
     });
   }
+  // SEPA Direct Debit: the IBAN goes to Stripe in a SetupIntent of type sepa_debit, with the
+  // account holder's name and e-mail address (the mandate needs them); we get its id.
+  const sepaForm = document.getElementById("sepa-form");
+  if (sepaForm) {
+    const stripe = Stripe(sepaForm.dataset.stripeKey);
+    const error = document.getElementById("sepa-error");
+    const button = sepaForm.querySelector("button[type=submit]");
+    sepaForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      if (button.disabled) return;
+      button.disabled = true;
+      error.textContent = "";
+      const result = await stripe.confirmSepaDebitSetup(sepaForm.dataset.sepaSecret, {
+        payment_method: {
+          sepa_debit: { iban: document.getElementById("iban").value },
+          billing_details: { name: sepaForm.dataset.holder, email: sepaForm.dataset.email },
+        },
+      });
+      if (result.error) {
+        error.textContent = (result.error.message || "Your bank account was not accepted.") + " Nothing was charged.";
+        button.disabled = false;
+        return;
+      }
+      sepaForm.elements.setup_id.value = result.setupIntent.id;
+      sepaForm.submit();
+    });
+  }
   const confirmForm = document.querySelector("form[data-confirm-secret]");
   if (confirmForm) {
     const stripe = Stripe(confirmForm.dataset.stripeKey);
