@@ -122,6 +122,8 @@ def add_member(
         plan = conn.execute(select(s.plans).where(s.plans.c.id == plan_id)).first()
         if plan is None:
             raise NotFound(f"no plan {plan_id!r} (add it with `gated-billing plans add`)")
+        if int(plan.period_months) < 1:
+            raise BillingError(f"plan {plan_id} is a pass: sell it with `gated-billing sell`")
         if conn.execute(select(s.members.c.id).where(s.members.c.id == member_id)).first():
             raise BillingError(f"member {member_id} already exists")
         if (

@@ -686,3 +686,42 @@ api_tokens = Table(
     Column("last_used_at", BigInteger),
     Column("revoked_at", BigInteger),
 )
+
+# The front desk's catalogue (``products.py``): drinks, towels, personal-training sessions and
+# day, week or guest passes, each with its net price and tax rate. ``stock`` is what is left
+# (null: not counted) and a sale takes from it only while enough is left, so two desks selling
+# the last towel at once sell one. A pass names the non-renewing plan (``plan_id``, made with
+# it) whose one period of ``period_days`` its holder gets; ``site`` is where it lets in (null:
+# every site). A retired product stays for the invoices that name it.
+products = Table(
+    "products",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("tax_rate_bp", Integer, nullable=False),
+    Column("period_days", Integer),
+    Column("stock", Integer),
+    Column("site", ID),
+    Column("plan_id", ID, ForeignKey("plans.id")),
+    Column("created_at", BigInteger, nullable=False),
+    Column("retired_at", BigInteger),
+)
+
+# One row per sale: what was sold, to whom, on which invoice, paid how and by whom at the desk.
+sales = Table(
+    "sales",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("product_id", ID, ForeignKey("products.id"), nullable=False, index=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False, index=True),
+    Column("invoice_id", Integer, ForeignKey("invoices.id"), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("method", String(16)),
+    Column("walk_in", Boolean, nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("at", BigInteger, nullable=False),
+)

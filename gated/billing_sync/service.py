@@ -57,6 +57,7 @@ from gated.billing_sync import (
     photos,
     plan_changes,
     prices,
+    products,
     publishing,
     reconcile,
     refunds,
@@ -458,6 +459,10 @@ class Billing:
     def staff_access(self) -> StaffAccess:
         """Staff accounts, their second factor and sessions (``gated-billing staff``, gated.web)."""
         return StaffAccess(self.ctx)
+
+    def point_of_sale(self) -> products.PointOfSale:
+        """The front desk's products, stock and sales (``gated-billing products``, ``sell``)."""
+        return products.PointOfSale(self.ctx)
 
     # --- the audit log ----------------------------------------------------------------------
 

@@ -69,7 +69,12 @@ def offer(ctx: Context) -> dict[str, Any]:
     """The sites and plans one can join, with every number the visitor should see before
     signing: the gross price, the tax in it, the minimum term and the freeze rules."""
     with ctx.reader.connect() as conn:
-        rows = conn.execute(select(s.plans).order_by(s.plans.c.price, s.plans.c.id)).all()
+        # A pass sold at the desk (``products.py``) has no months and is no plan to join.
+        rows = conn.execute(
+            select(s.plans)
+            .where(s.plans.c.period_months > 0)
+            .order_by(s.plans.c.price, s.plans.c.id)
+        ).all()
     return {"sites": list(ctx.config.sites), "plans": [plan_terms(r) for r in rows]}
 
 
@@ -133,7 +138,7 @@ def start(
     m, su = s.members, s.signups
     with ctx.engine.begin() as conn:
         plan = conn.execute(select(s.plans).where(s.plans.c.id == a.plan_id)).first()
-        if plan is None:
+        if plan is None or int(plan.period_months) < 1:
             raise NotFound("That plan is no longer offered. Choose one of the plans listed.")
         holders = conn.execute(
             select(m.c.id, su.c.paid_at, su.c.member_id.label("signup"))
