@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gated.billing_sync import invoice_cli, plan_cli, reconcile_cli, reports
+from gated.billing_sync import invoice_cli, plan_cli, products_cli, reconcile_cli, reports
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.config_check import config_app
 from gated.billing_sync.context import db_clock
@@ -1007,3 +1007,4 @@ def staff_reset(
 app.add_typer(reconcile_cli.commands(service, _parse_date, _table), name="reconcile")
 app.add_typer(invoice_cli.commands(service, _audit, _table), name="invoice")
 app.add_typer(invoice_cli.dispute_commands(service, _audit), name="disputes")
+products_cli.register(app, service, _table)
