@@ -42,9 +42,11 @@ from sqlalchemy import func, select
 
 from gated.billing_sync import reconcile
 from gated.billing_sync import schema as s
+from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayRejected, SimulatedGateway
+from gated.billing_sync.products import PointOfSale, ProductSpec
 from gated.billing_sync.service import PlanSpec
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing
@@ -68,6 +70,9 @@ NEWCOMERS = ["cy"]
 LATER_DECLINES = "pm_later_declines"
 CARD_NOTICES = {"receipt", "failure", "retry", "new_card", "pay_link"}
 GIVEN_UP = "We will not try this card again"
+# The front desk: its towels, and who sells them.
+TOWELS = 3
+DESK = Actor("staff", "desk", "front_desk", "127.0.0.1")
 
 
 @dataclass
@@ -362,6 +367,81 @@ class MoneyMachine(RuleBasedStateMachine):
                 key = (inv.member_id, inv.created_at)
                 billed[key] = billed.get(key, 0) + int(inv.total)
         assert moved == billed, ("instalments do not add up to the debt moved", moved, billed)
+
+    # --- the front desk's point of sale: sales, stock, walk-ins' day passes ----------------------
+
+    def point_of_sale(self) -> PointOfSale:
+        """The desk's catalogue, made at its first sale: three towels, a day pass."""
+        pos = self.billing.point_of_sale()
+        if not self.__dict__.get("catalogue_made"):
+            pos.add(ProductSpec("towel", "Towel", 300, tax_rate_bp=1900, stock=TOWELS))
+            pos.add(
+                ProductSpec(
+                    "day",
+                    "Day pass",
+                    1200,
+                    kind="pass",
+                    tax_rate_bp=1900,
+                    period_days=1,
+                    site="downtown",
+                )
+            )
+            self.catalogue_made = True
+            self.pass_holders: list[str] = []
+        return pos
+
+    @rule(
+        member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS, None]),
+        method=st.sampled_from([None, "cash", "card"]),
+        quantity=st.integers(1, 2),
+    )
+    def sell_towels(self, member: str | None, method: str | None, quantity: int) -> None:
+        """Towels to a member (on account: charged to whoever pays for them) or a walk-in."""
+        with contextlib.suppress(BillingError):  # sold out, or a walk-in with no method
+            self.point_of_sale().sell(
+                DESK,
+                "towel",
+                member_id=member,
+                walk_in="Walk In" if member is None else None,
+                method=method,
+                quantity=quantity,
+            )
+
+    @rule(method=st.sampled_from(["cash", "card"]))
+    def sell_day_pass(self, method: str) -> None:
+        sale = self.point_of_sale().sell(DESK, "day", walk_in="Guest", method=method)
+        self.pass_holders.append(sale.member_id)
+
+    @invariant()
+    def stock_and_passes_hold(self) -> None:
+        """Towels sold plus towels left are the towels there were; a pass holder is let in
+        exactly until the end of their day, and has paid for it."""
+        if not self.__dict__.get("catalogue_made"):
+            return
+        with self.billing.engine.connect() as conn:
+            left = conn.execute(select(s.products.c.stock).where(s.products.c.id == "towel"))
+            sold = conn.execute(
+                select(func.coalesce(func.sum(s.sales.c.quantity), 0)).where(
+                    s.sales.c.product_id == "towel"
+                )
+            )
+            assert left.scalar_one() + sold.scalar_one() == TOWELS
+            for holder in self.pass_holders:
+                state = parse_payload(
+                    conn.execute(
+                        select(s.member_states.c.payload).where(
+                            s.member_states.c.member_id == holder
+                        )
+                    ).scalar_one()
+                )
+                end = parse_time(state["valid_until"]).timestamp()
+                assert (state["status"] in ALLOWED) == (self.clock.now < end), (holder, state)
+                owed = conn.execute(
+                    select(func.count()).where(
+                        s.invoices.c.member_id == holder, s.invoices.c.status != "paid"
+                    )
+                ).scalar_one()
+                assert owed == 0, holder
 
     # --- checks -------------------------------------------------------------------------------
 
