@@ -333,13 +333,14 @@ def _check_member(
     now: int,
 ) -> None:
     """Refuse a sale the member cannot have: an erased member, a sale on account without a
-    membership to charge it with, a pass beside a current membership or for another site."""
+    membership and a card (theirs or their payer's) to charge it to, a pass beside a current membership or for another site."""
     facts = load_facts(conn, [member_id], now).get(member_id)
     if facts is None or facts.member.erased:
         raise NotFound(f"no member {member_id!r}")
-    if method is None and facts.sub is None:
+    if method is None and (facts.sub is None or facts.method[1] is None):
+        # Left open with no card to charge, a sale would only start dunning.
         raise BillingError(
-            f"member {member_id} has no membership to charge; take payment now with --method"
+            f"member {member_id} has no card on file to charge; take payment now with --method"
         )
     if not is_pass:
         return

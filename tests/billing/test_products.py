@@ -139,8 +139,11 @@ def test_a_walk_in_pays_at_once_and_gets_no_membership(tmp_path: Path) -> None:
     assert rows(b, schema.payments, invoice_id=sale.invoice_id)[0].method == "card_terminal"
     assert rows(b, schema.member_states, member_id=sale.member_id) == []
     # A member with nothing to charge on account pays at the desk.
-    with pytest.raises(BillingError, match="no membership to charge"):
+    with pytest.raises(BillingError, match="no card on file to charge"):
         pos.sell(DESK, "water", member_id=sale.member_id)
+    b.add_member("m2", "Mo", plan_id="monthly")  # no card given
+    with pytest.raises(BillingError, match="no card on file to charge"):
+        pos.sell(DESK, "water", member_id="m2")
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
