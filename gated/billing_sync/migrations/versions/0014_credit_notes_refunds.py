@@ -88,15 +88,21 @@ def upgrade() -> None:
     op.create_index(op.f("ix_refunds_member_id"), "refunds", ["member_id"])
     op.create_index(op.f("ix_refunds_payment_id"), "refunds", ["payment_id"])
     op.create_index(op.f("ix_refunds_state"), "refunds", ["state"])
-    with op.batch_alter_table("freezes", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("invoice_id", sa.Integer(), nullable=True))
-        batch_op.create_foreign_key(
-            batch_op.f("fk_freezes_invoice_id_invoices"), "invoices", ["invoice_id"], ["id"]
+    # Plain ADD COLUMN, not a batch copy: copying ``freezes`` on SQLite reflects every table it
+    # points at (and warns on the members' expression index) and drops a table other rows
+    # reference. SQLite takes the foreign key inline, PostgreSQL as a named constraint.
+    fk_name = op.f("fk_freezes_invoice_id_invoices")
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute(
+            f"ALTER TABLE freezes ADD COLUMN invoice_id INTEGER"
+            f" CONSTRAINT {fk_name} REFERENCES invoices (id)"
         )
-    with op.batch_alter_table("disputes", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("amount", sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column("currency", sa.String(length=3), nullable=True))
-        batch_op.add_column(sa.Column("fee", sa.BigInteger(), nullable=False, server_default="0"))
+    else:
+        op.add_column("freezes", sa.Column("invoice_id", sa.Integer(), nullable=True))
+        op.create_foreign_key(fk_name, "freezes", "invoices", ["invoice_id"], ["id"])
+    op.add_column("disputes", sa.Column("amount", sa.BigInteger(), nullable=True))
+    op.add_column("disputes", sa.Column("currency", sa.String(length=3), nullable=True))
+    op.add_column("disputes", sa.Column("fee", sa.BigInteger(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
