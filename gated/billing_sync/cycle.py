@@ -28,10 +28,11 @@ from gated.billing_sync.facts import (
 )
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
-from gated.billing_sync.prices import apply_price_changes, member_price
+from gated.billing_sync.prices import apply_price_changes
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.refunds import resume_refunds
 from gated.billing_sync.reminders import queue_reminders
+from gated.billing_sync.renewals import renewal_terms
 from gated.billing_sync.store import bulk, many
 
 log = logging.getLogger("gated.billing")
@@ -156,6 +157,8 @@ def plan_charges(
             continue
         retry = eng.retry_due(acct, now)
         if f.plan is not None and eng.renewal_due(acct, now):
+            # What the upcoming-charge notice announced: the price changes due are applied.
+            _, price = renewal_terms(f.sub, rows.plans)
             if f.sub.next_plan_id is not None:
                 switches.append({"mid": member_id, "plan": f.sub.next_plan_id})
                 switch_plan(rows, f, member_id)
@@ -167,7 +170,7 @@ def plan_charges(
                     member_id,
                     "renewal",
                     f.plan.currency,
-                    [("membership", label, 1, member_price(f.sub, f.plan))],
+                    [("membership", label, 1, price)],
                     int(f.plan.tax_rate_bp),
                     # Due when billed: a period billed late (it waited for the one before,
                     # paid at the desk days into it) gets its full grace from now, as its

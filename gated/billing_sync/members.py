@@ -24,8 +24,8 @@ from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import dependants, load_one
 from gated.billing_sync.gateway import GatewayError
-from gated.billing_sync.prices import member_price
 from gated.billing_sync.publishing import readdress_notices, refresh
+from gated.billing_sync.renewals import member_price
 from gated.billing_sync.store import many
 from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
 

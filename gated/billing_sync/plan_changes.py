@@ -26,8 +26,8 @@ from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, load_facts, load_one
 from gated.billing_sync.invoices import create_invoice
 from gated.billing_sync.notices import format_day
-from gated.billing_sync.prices import member_price
 from gated.billing_sync.publishing import refresh
+from gated.billing_sync.renewals import member_price
 
 
 class PlanChangeRefused(BillingError, ValueError):

@@ -1,5 +1,6 @@
-"""Plan prices over time: a price change announced ahead and applied on its day, and the price
-a member renews at (their own, kept by a grandfathering plan, else the plan's).
+"""Plan prices over time: a price change announced ahead and applied on its day. What a member
+renews at (their own price, kept by a grandfathering plan, else the plan's) is
+``renewals.renewal_terms``.
 
 A change does not touch any invoice already billed: it moves the plan's price on its day (the
 billing cycle applies it before it bills anything), and each member pays the new price from
@@ -26,12 +27,6 @@ from gated.billing_sync.store import insert_ids
 log = logging.getLogger("gated.billing")
 # Members are told of a price change at least this long before it applies to anyone.
 NOTICE_DAYS = 30
-
-
-def member_price(sub: Any, plan: Any) -> int:
-    """What ``sub`` (a subscription row) pays per period of ``plan``: its own kept price, or the
-    plan's."""
-    return int(plan.price if sub.price is None else sub.price)
 
 
 def schedule_price_change(

@@ -15,9 +15,10 @@ from sqlalchemy import Connection, bindparam, or_, select, update
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
-from gated.billing_sync.facts import load_facts
+from gated.billing_sync.facts import derive_facts, load_facts, read_rows
 from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.publishing import queue_notices
+from gated.billing_sync.renewals import pending_changes, renewal_terms
 from gated.billing_sync.store import bulk
 
 log = logging.getLogger("gated.billing.reminders")
@@ -71,18 +72,22 @@ def queue_upcoming_charges(ctx: Context, now: int) -> int:
             rows = conn.execute(due).all()
             if not rows:
                 break
-            facts = load_facts(conn, [r.member_id for r in rows], now)
+            batch = read_rows(conn, [r.member_id for r in rows], now)
+            facts = derive_facts(batch)
+            pending = pending_changes(conn)
             items = []
             for r in rows:
                 f = facts.get(r.member_id)
-                if f is None or f.plan is None:
+                if f is None or f.plan is None or f.sub is None:
                     continue
-                price = int(f.plan.price)
-                amount = price + eng.tax_of(price, int(f.plan.tax_rate_bp))
+                # What the renewal will bill: a plan booked for it, a kept price, a price
+                # change due by then.
+                plan, price = renewal_terms(f.sub, batch.plans, pending)
+                amount = price + eng.tax_of(price, int(plan.tax_rate_bp))
                 values = {
-                    "amount": format_amount(amount, f.plan.currency),
+                    "amount": format_amount(amount, plan.currency),
                     "date": format_day(int(r.paid_through)),
-                    "plan": f.plan.name,
+                    "plan": plan.name,
                 }
                 items.append((f, "upcoming_charge", values))
             queue_notices(ctx, conn, items)

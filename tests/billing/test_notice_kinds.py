@@ -10,10 +10,11 @@ from typing import Any
 from sqlalchemy import select
 
 from gated.billing_sync import schema
+from gated.billing_sync.notices import format_amount
 from gated.billing_sync.reminders import queue_price_change
-from gated.billing_sync.service import Billing
+from gated.billing_sync.service import Billing, PlanSpec
 from gated.config import NoticesConfig
-from tests.billing.helpers import make_billing, notices, step
+from tests.billing.helpers import DAY, T0, make_billing, notices, step
 
 
 def bodies(b: Billing, kind: str) -> list[tuple[str, str, str]]:
@@ -54,6 +55,60 @@ def test_an_upcoming_charge_is_announced_once_per_renewal_to_whoever_pays(
     assert [s for _, s, _ in bodies(b, "upcoming_charge")[2:]] == [
         "Your next payment: 59.38 EUR on 2027-02-01"
     ] * 2
+
+
+def upcoming(b: Billing, member_id: str) -> list[str]:
+    """The subjects of a member's upcoming-charge notices, oldest first."""
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        q = select(n.c.subject).where(n.c.kind == "upcoming_charge", n.c.member_id == member_id)
+        return list(conn.execute(q.order_by(n.c.id)).scalars())
+
+
+def renewal_totals(b: Billing, member_id: str) -> list[tuple[str, int]]:
+    """(currency, total) of a member's renewal invoices, oldest first."""
+    i = schema.invoices
+    with b.engine.connect() as conn:
+        q = select(i.c.currency, i.c.total).where(i.c.member_id == member_id, i.c.kind == "renewal")
+        return [(r.currency, int(r.total)) for r in conn.execute(q.order_by(i.c.id))]
+
+
+def test_an_upcoming_charge_announces_what_the_renewal_will_bill(tmp_path: Path) -> None:
+    b, clock = make_billing(tmp_path, notices={"upcoming_charge_days": 7})
+    b.add_plan(PlanSpec("legacy", "Legacy", 3990, "EUR", tax_rate_bp=1900, grandfather=True))
+    b.add_plan(PlanSpec("basic", "Basic", 2990, "EUR", tax_rate_bp=700))
+    for mid, plan in [("gus", "legacy"), ("dee", "monthly"), ("pia", "monthly")]:
+        b.add_member(mid, mid, plan_id=plan, email=f"{mid}@x.org", payment_method="pm_sim_ok")
+    b.change_plan("dee", "basic", at_renewal=True)  # a downgrade booked for 1 January
+    jan1 = T0 + 31 * DAY
+    # Each applies at the renewal of 1 January (the cycle applies it before it bills)...
+    b.schedule_price_change("legacy", 4490, jan1)  # ...except to gus: grandfathered
+    b.schedule_price_change("basic", 3490, jan1)  # dee's plan from then on
+    b.schedule_price_change("monthly", 5490, jan1)
+    # ...and this one only from the renewal of 1 February.
+    b.schedule_price_change("monthly", 6990, jan1 + 14 * DAY)
+    step(b, clock, 24)  # 25 December: the renewal of 1 January is announced
+    announced = {m: upcoming(b, m) for m in ("gus", "dee", "pia")}
+    step(b, clock, 7)  # 1 January: billed
+    for mid, subjects in announced.items():
+        ((currency, total),) = renewal_totals(b, mid)[1:]
+        assert subjects == [f"Your next payment: {format_amount(total, currency)} on 2027-01-01"]
+    # The amounts themselves: gus kept 39.90, dee's Basic at its new price, pia's new price.
+    assert [renewal_totals(b, m)[1][1] for m in ("gus", "dee", "pia")] == [4748, 3734, 6533]
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        body = conn.execute(
+            select(n.c.body).where(n.c.kind == "upcoming_charge", n.c.member_id == "dee")
+        ).scalar_one()
+    assert "your Basic renews on 2027-01-01" in body  # the plan it renews on
+    step(b, clock, 24)  # 25 January: gus's kept price, pia's second change, announced
+    step(b, clock, 7)  # 1 February: billed
+    for mid in ("gus", "pia"):
+        currency, total = renewal_totals(b, mid)[2]
+        assert upcoming(b, mid)[1:] == [
+            f"Your next payment: {format_amount(total, currency)} on 2027-02-01"
+        ]
+    assert [renewal_totals(b, m)[2][1] for m in ("gus", "pia")] == [4748, 8318]
 
 
 def test_upcoming_charges_can_be_turned_off(tmp_path: Path) -> None:
