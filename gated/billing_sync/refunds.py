@@ -576,7 +576,14 @@ def give_back(
     """Return ``amount`` of an invoice inside the caller's transaction (the unused part of a
     freeze fee): a credit on what is still open first, then a refund of money paid for the rest
     (never more than was paid). The caller passes the returned refund ids to
-    ``execute_refunds`` once it has committed."""
+    ``execute_refunds`` once it has committed. Refused while a charge of the invoice is in
+    flight (a SEPA debit): crediting what it is about to pay would leave the invoice paid twice
+    when it settles, and what it pays can only be refunded once it has."""
+    if _in_flight(conn, invoice_id):
+        raise BillingError(
+            f"invoice {invoice_id} has a charge in flight (a debit settles within days):"
+            " try again once it has settled"
+        )
     inv = _invoice(conn, invoice_id)
     out = Outcome(invoice_id, inv.currency)
     rest = int(inv.total) - int(inv.amount_paid) if inv.status == "open" else 0

@@ -141,6 +141,34 @@ def test_unfreeze_leaves_a_disputed_fee_payment_to_its_bank(
     assert gw.refunded_total() == 0
 
 
+def test_unfreeze_waits_for_the_fee_debit_in_flight_instead_of_crediting_it(
+    billing: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    """Crediting a fee whose SEPA debit is still processing left it paid twice once the debit
+    settled; the freeze is kept until the debit has settled, then its fee is refunded."""
+    b, clock, gw = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    b.set_payment_method("m1", "pm_sim_sepa")
+    b.freeze("m1", 1, start_at=clock.now + 10 * DAY)  # the fee is debited: processing
+    (fee,) = invoices_of(b, "m1", "freeze")
+    (debit,) = rows(b, schema.payment_attempts, invoice_id=fee.id)
+    assert (fee.status, debit.state) == ("open", "processing")
+    with pytest.raises(BillingError, match="charge in flight"):
+        b.unfreeze("m1")
+    assert len(rows(b, schema.freezes, member_id="m1")) == 1  # nothing of it was changed
+    assert rows(b, schema.credit_notes) == []
+    clock.advance(3)
+    b.run_cycle()  # the debit settles: the fee is paid once
+    after = invoices_of(b, "m1", "freeze")[0]
+    assert (after.status, after.amount_paid) == ("paid", fee.total)
+    back = b.unfreeze("m1")  # the booked freeze dropped: all of its fee goes back
+    assert back is not None and (back.refunded, back.credited) == (fee.total, fee.total)
+    final = invoices_of(b, "m1", "freeze")[0]
+    # Settled by the debit once, then credited and refunded: never beyond its total.
+    assert final.amount_paid == fee.total and gw.refunded_total() == fee.total
+    assert rows(b, schema.freezes, member_id="m1") == []
+
+
 # --- refunds, credit notes, void, write-off ------------------------------------------------------
 
 
