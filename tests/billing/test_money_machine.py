@@ -46,6 +46,7 @@ from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayRejected, SimulatedGateway
+from gated.billing_sync.numbering import year_of
 from gated.billing_sync.products import PointOfSale, ProductSpec
 from gated.billing_sync.service import PlanSpec
 from gated.contract import parse_time
@@ -486,6 +487,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.check_explained(r, now)
         self.check_attempts_and_notices(r)
         self.check_plans(r)
+        self.check_numbers(r)
 
     def check_money(self, r: dict[str, Any]) -> None:
         """Per member and in total: invoiced = received - refunded + credited + written off +
@@ -675,6 +677,26 @@ class MoneyMachine(RuleBasedStateMachine):
                 seen.given_up.discard(member)
         seen.attempt = max([seen.attempt, *(a.id for a in new_attempts)])
         seen.notice = max([seen.notice, *(n.id for n in new_notices)])
+
+    def check_numbers(self, r: dict[str, Any]) -> None:
+        """Legal numbering: every invoice issued (an online sign-up's draft is numbered only
+        once paid, so an unpaid one may have none), numbered in its site's series for its
+        issue year, each series 1..n with no gap and no repeat, given in the order of issue
+        (a draft is numbered when paid, after invoices made later: so not in id order)."""
+        series: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for inv in r["invoices"]:
+            if inv.number is None:
+                assert inv.kind == "signup" and inv.amount_paid == 0, ("unnumbered", inv)
+                continue
+            assert inv.issued_at is not None, inv
+            site, year, n = inv.number.rsplit("-", 2)
+            assert site == inv.site and int(year) == year_of(int(inv.issued_at)), inv
+            series.setdefault((site, int(year)), []).append((int(n), int(inv.issued_at)))
+        for key, issued in series.items():
+            issued.sort()
+            assert [n for n, _ in issued] == list(range(1, len(issued) + 1)), (key, issued)
+            times = [at for _, at in issued]
+            assert times == sorted(times), ("numbered out of issue order", key, issued)
 
 
 def parse_payload(payload: str) -> dict[str, Any]:
