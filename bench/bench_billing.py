@@ -1,6 +1,6 @@
 """Benchmark: one billing cycle renewing N members with the SimulatedGateway.
 
-    .venv/bin/python bench/bench_billing.py [--members 100000] [--batch 500] [--seed-only]
+    .venv/bin/python bench/bench_billing.py [--members 100000] [--batch 500] [--seed-only] [--mix]
 
 Members are seeded straight into the store (one subscription each, due now, a card that
 succeeds); the timed part is ``Billing.run_cycle()``: invoices with lines, attempts under the
@@ -12,6 +12,12 @@ workload (Python building rows, SQLite inserting them) timed just before and jus
 cycle, best of three each. This VM's speed can halve from one minute to the next: a slow
 calibration beside a slow cycle shows it was the minute, not the code (a reading before and after
 can still miss a slow stretch in between).
+
+``--mix`` seeds what a real gym's renewals hold beside plain members (see ``mix_of``):
+households (a payer with two dependants charged to the payer's card, 10% of members), a
+downgrade booked for the renewal (5%, on a cheaper plan) and a price kept by a grandfathering
+price change (5%). Without it the data is what older trees' benchmark seeded, so the same
+command measures them.
 """
 
 from __future__ import annotations
@@ -37,6 +43,23 @@ from gated.billing_sync.store import open_store
 from gated.config import BillingConfig
 
 T0 = 1_796_112_000
+
+# --mix: of every 60 members, 6 are in households (two payers each with two dependants), 3
+# have a downgrade booked for the renewal and 3 keep a grandfathered price.
+MIX_BLOCK = 60
+BASIC_PRICE, KEPT_PRICE = 2990, 4490
+
+
+def mix_of(i: int) -> tuple[str | None, str | None, int | None]:
+    """(payer, next plan, kept price) of member number ``i`` under ``--mix``."""
+    k = i % MIX_BLOCK
+    if k in (1, 2, 4, 5):  # dependants of members k=0 and k=3
+        return f"m{i - k % 3:07d}", None, None
+    if k in (6, 7, 8):
+        return None, "basic", None
+    if k in (9, 10, 11):
+        return None, None, KEPT_PRICE
+    return None, None, None
 
 
 def calibration() -> float:
@@ -73,6 +96,35 @@ def timed(method: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:
     return wrapper
 
 
+def check_mix(engine: Any, mix: list[tuple[str | None, str | None, int | None]]) -> dict[int, int]:
+    """Assert the ``--mix`` cycle billed what each member owed: the booked downgrades at the
+    basic plan's price (and switched to it), the kept prices, everyone else the plan's price.
+    (A dependant has no card of its own: every invoice paid, checked by the caller, means the
+    dependants' were charged to their payers' cards.) Returns renewals by total."""
+    from gated.billing_sync.engine import tax_of
+
+    want: dict[int, int] = {}
+    for _, nxt, kept in mix:
+        net = BASIC_PRICE if nxt else kept or 4990
+        gross = net + tax_of(net, 1900)
+        want[gross] = want.get(gross, 0) + 1
+    inv, sub = schema.invoices, schema.subscriptions
+    with engine.connect() as conn:
+        got = dict(
+            conn.execute(
+                select(inv.c.total, func.count())
+                .where(inv.c.kind == "renewal")
+                .group_by(inv.c.total)
+            ).all()
+        )
+        on_basic = conn.execute(
+            select(func.count()).where(sub.c.plan_id == "basic", sub.c.next_plan_id.is_(None))
+        ).scalar_one()
+    assert got == want, (got, want)
+    assert on_basic == sum(1 for _, nxt, _ in mix if nxt), on_basic
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--members", type=int, default=100_000)
@@ -82,6 +134,12 @@ def main() -> None:
         action="store_true",
         help="seed and calibrate but run no cycle: under cachegrind, subtracting this run's"
         " instructions from a whole run's leaves the cycle's",
+    )
+    parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="seed households, downgrades booked for the renewal and grandfathered prices"
+        " (see mix_of); the default is plain members, as older trees' benchmark seeded",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,9 +171,16 @@ def main() -> None:
         billing = Billing(engine, config, gateway, Keys.load(config.keys), clock)
         # As gated-billing's build() does once the service is wired.
         settle_collector()
-        billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
+        if args.mix:
+            billing.add_plan(
+                PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900, grandfather=True)
+            )
+            billing.add_plan(PlanSpec("basic", "Basic", BASIC_PRICE, "EUR", tax_rate_bp=1900))
+        else:
+            billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
         t = time.perf_counter()
         ids = [f"m{i:07d}" for i in range(args.members)]
+        mix = [mix_of(i) if args.mix else (None, None, None) for i in range(args.members)]
         with engine.begin() as conn:
             conn.execute(
                 insert(schema.members),
@@ -126,12 +191,16 @@ def main() -> None:
                         "email": f"{m}@example.org",
                         "sites": '["downtown"]',
                         "role": "member",
-                        "customer_ref": f"cus_sim_{m}",
-                        "payment_method": "pm_sim_ok",
+                        # A dependant has no card of its own: it is charged to the payer's.
+                        "customer_ref": None if payer else f"cus_sim_{m}",
+                        "payment_method": None if payer else "pm_sim_ok",
                         "erased": False,
                         "created_at": T0,
+                        # Every row names the same columns (an executemany takes the first
+                        # row's); the plain rows name none that older trees lack.
+                        **({"payer_id": payer} if args.mix else {}),
                     }
-                    for m in ids
+                    for m, (payer, _, _) in zip(ids, mix, strict=True)
                 ],
             )
             conn.execute(
@@ -146,8 +215,9 @@ def main() -> None:
                         "retries_done": 0,
                         "needs_new_card": False,
                         "review_at": T0 + 31 * 86_400,
+                        **({"next_plan_id": nxt, "price": kept} if args.mix else {}),
                     }
-                    for m in ids
+                    for m, (_, nxt, kept) in zip(ids, mix, strict=True)
                 ],
             )
         # Every member already has a published state, as in a running system.
@@ -174,6 +244,7 @@ def main() -> None:
             ).scalar_one()
         assert report.renewals == args.members and report.succeeded == args.members, report
         assert paid == args.members
+        mixed = check_mix(engine, mix) if args.mix else None
         print(
             json.dumps(
                 {
@@ -189,6 +260,7 @@ def main() -> None:
                     "calibration_s": [round(before, 3), round(after, 3)],
                     "cycle_per_calibration": round(cycle_s / ((before + after) / 2), 1),
                     "outbox_rows": outbox,
+                    **({"renewal_totals": mixed} if mixed else {}),
                 }
             )
         )
