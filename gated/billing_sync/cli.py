@@ -28,7 +28,7 @@ from gated.billing_sync import invoice_cli, plan_cli, products_cli, reconcile_cl
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.config_check import config_app
 from gated.billing_sync.context import db_clock
-from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
+from gated.billing_sync.gateway import PaymentGateway
 from gated.billing_sync.keys import (
     Keys,
     head_office_public_pem,
@@ -39,6 +39,7 @@ from gated.billing_sync.keys import (
 from gated.billing_sync.members import NO_PAYER
 from gated.billing_sync.plan_cli import change_plan_command
 from gated.billing_sync.service import Billing, CycleReport, PlanSpec
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
 from gated.config import BillingConfig, load_billing_config, parse_duration
 from gated.contract import mint_qr_code

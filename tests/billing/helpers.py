@@ -9,9 +9,10 @@ from typing import Any
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
-from gated.billing_sync.gateway import PaymentGateway, SimulatedGateway
+from gated.billing_sync.gateway import PaymentGateway
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
 from gated.config import BillingConfig
 

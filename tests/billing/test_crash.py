@@ -15,8 +15,9 @@ import stripe
 from sqlalchemy import select
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable, SimulatedGateway
+from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable
 from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import Clock, make_billing
 from tests.services import LocalStripe

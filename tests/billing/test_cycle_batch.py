@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from gated.billing_sync import charging, schema
-from gated.billing_sync.gateway import ChargeResult, SimulatedGateway
+from gated.billing_sync.gateway import ChargeResult
 from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
 
 from .helpers import Clock, make_billing, published
 

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import ChargeResult, GatewayUnavailable, SimulatedGateway
+from gated.billing_sync.gateway import ChargeResult, GatewayUnavailable
 from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.helpers import Clock, make_billing, published, step
 
 MEMBERS = 12

@@ -45,10 +45,11 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import GatewayRejected, SimulatedGateway
+from gated.billing_sync.gateway import GatewayRejected
 from gated.billing_sync.numbering import year_of
 from gated.billing_sync.products import PointOfSale, ProductSpec
 from gated.billing_sync.service import PlanSpec
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing
 

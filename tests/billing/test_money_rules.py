@@ -18,9 +18,9 @@ from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.contract import parse_time
 from tests.billing.helpers import (
     DAY,

@@ -17,9 +17,9 @@ with warnings.catch_warnings():  # starlette nudges towards httpx2; httpx is wha
     from starlette.testclient import TestClient
 
 from gated.billing_sync import schema
-from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.stripe_gateway import StripeGateway
 from tests.billing.helpers import Clock, make_billing, notices, published
 from tests.services import LocalStripe

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from gated.billing_sync import reports, schema
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.payment_plans import split
 from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.helpers import (
     DAY,
     T0,

@@ -17,9 +17,10 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable, SimulatedGateway
+from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable
 from gated.billing_sync.plan_changes import PlanChangeRefused
 from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.contract import Verifier
 from tests.billing.helpers import (
     DAY,

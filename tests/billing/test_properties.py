@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from gated.billing_sync import schema
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import SimulatedGateway
+from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.helpers import Clock, make_billing, published
 
 CARDS = [

@@ -17,13 +17,9 @@ from typer.testing import CliRunner
 from gated.billing_sync import reconcile
 from gated.billing_sync import schema as s
 from gated.billing_sync.cli import app
-from gated.billing_sync.gateway import (
-    SIM_DISPUTE_FEE,
-    FaultyGateway,
-    GatewayUnavailable,
-    SimulatedGateway,
-)
+from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable
 from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.simulator import SIM_DISPUTE_FEE, SimulatedGateway
 from gated.billing_sync.stripe_gateway import balance_entry
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config

@@ -16,8 +16,8 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.helpers import DAY, Clock, cli_ok, make_billing, notices, published
 
 # The monthly plan: 49.90 + 19 % = 59.38 a month; freeze fee 5.00 a month, 5.95 with tax.

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from gated.billing_sync import schema
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.gateway import ChargeResult, GatewayRejected, SimulatedGateway
+from gated.billing_sync.gateway import ChargeResult, GatewayRejected
 from gated.billing_sync.service import Billing, PlanSpec
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.contract import card_key, parse_time, site_digest
 from tests.billing.helpers import DAY, Clock, make_billing, notices, published, step
 

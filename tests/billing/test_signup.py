@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from gated.billing_sync import schema
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.gateway import SimulatedGateway
 from gated.billing_sync.service import Applicant, Billing, PlanSpec, Terms
+from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.helpers import Clock, make_billing, notices, published
 
 TERMS = Terms("2026-12", "ab" * 32, "Version: 2026-12\n\nBe kind to the equipment.\n")

@@ -291,7 +291,7 @@ def test_a_payment_authenticated_after_we_stopped_waiting_is_booked(
 def test_a_refund_made_on_the_providers_side_is_booked_once_with_its_credit_note(
     tmp_path: Path,
 ) -> None:
-    from gated.billing_sync.gateway import SimulatedGateway
+    from gated.billing_sync.simulator import SimulatedGateway
 
     clock = Clock()
     gw = SimulatedGateway(clock=clock)
