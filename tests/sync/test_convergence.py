@@ -48,7 +48,13 @@ def publish_retained(port: int, hq: HeadOffice, n: int) -> dict[str, object]:
 
 
 def in_step(gate: GateProcess, manifest: dict[str, object]) -> bool:
-    status = gate.request("status")
+    try:
+        status = gate.request("status")
+    except TimeoutError:
+        # A status taking over the request's 10 s: seen only with the 2 cores shared by
+        # several suites, while the restarted gate verifies 100k signatures. Asked again until
+        # the wait's own deadline, which still fails a gate that never answers.
+        return False
     return bool(status["digest"] == manifest["digest"] and status["members"] == manifest["count"])
 
 
