@@ -6,7 +6,6 @@ invoice is a 404 that looks exactly like one that does not exist."""
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -14,12 +13,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gated.web.foundation import Visitor, Web
-from gated.web.member import signed_in_page
+from gated.web.member import INVOICE_ID, no_such_invoice, signed_in_page
 
 if TYPE_CHECKING:
     from gated.web.desk_core import Desk, StaffVisitor
-
-INVOICE_ID = re.compile(r"[0-9]{1,12}")
 
 
 def pdf_response(name: str, pdf: bytes) -> Response:
@@ -46,13 +43,7 @@ def member_routes(web: Web) -> list[BaseRoute]:
                 web.billing.member_invoice_pdf, visitor.session.member_id, int(raw)
             )
         if found is None:
-            return web.page(
-                visitor,
-                "message.html",
-                404,
-                title="No such invoice",
-                text="You have no invoice with that number.",
-            )
+            return no_such_invoice(web, visitor)
         return pdf_response(*found)
 
     return [Route("/invoices/{invoice_id}.pdf", signed_in_page(web, download), methods=["GET"])]

@@ -22,6 +22,8 @@ from gated.web.words import status_words
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}")
 CODE = re.compile(r"[0-9]{6}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")
+# An invoice id in a URL (the page and its PDF read it alike).
+INVOICE_ID = re.compile(r"[0-9]{1,12}")
 
 T = TypeVar("T")
 Handler = Callable[[Request, Visitor], Awaitable[Response]]
@@ -76,6 +78,18 @@ def posted_form(web: Web, handler: FormHandler) -> Callable[[Request], Awaitable
         return await handler(request, visitor, form)
 
     return endpoint
+
+
+def no_such_invoice(web: Web, visitor: Visitor) -> Response:
+    """The member's answer for an invoice that is not theirs or does not exist (the same 404
+    for both, so ids cannot be probed)."""
+    return web.page(
+        visitor,
+        "message.html",
+        404,
+        title="No such invoice",
+        text="You have no invoice with that number.",
+    )
 
 
 def routes(web: Web) -> list[BaseRoute]:
@@ -205,16 +219,10 @@ def routes(web: Web) -> list[BaseRoute]:
         assert visitor.session is not None
         raw = request.path_params["invoice_id"]
         found = None
-        if re.fullmatch(r"[0-9]{1,12}", raw):
+        if INVOICE_ID.fullmatch(raw):
             found = await asyncio.to_thread(web.access.invoice, visitor.session.member_id, int(raw))
         if found is None:
-            return web.page(
-                visitor,
-                "message.html",
-                404,
-                title="No such invoice",
-                text="You have no invoice with that number.",
-            )
+            return no_such_invoice(web, visitor)
         pay_url = web.billing.pay_link(found["id"]) if found["owed"] > 0 else None
         return web.page(
             visitor, "invoice.html", title=f"Invoice {found['id']}", inv=found, pay_url=pay_url
