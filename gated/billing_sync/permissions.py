@@ -22,6 +22,7 @@ ACTIONS: dict[str, str] = {
     "let_in_once": "open a gate once for someone (a signed pulse command)",
     "refund": "refund a payment",
     "write_off": "write off what a member owes",
+    "change_plan": "change a member's plan (an upgrade now, prorated, or any plan from the renewal)",
     "revoke_pass": "revoke a member's app pass",
     "lockdown": "lock down a site's gates, and lift it",
     "view_revenue": "see revenue, dashboards and reports",
@@ -29,6 +30,7 @@ ACTIONS: dict[str, str] = {
     "manage_staff": "add, disable and reset staff accounts",
     "manage_api_tokens": "issue and revoke API tokens for integrators",
     "view_audit": "browse and export the audit log",
+    "erase_members": "carry out or refuse a member's request for erasure",
 }
 
 _FRONT_DESK = {
@@ -42,7 +44,14 @@ _FRONT_DESK = {
     "sell",
     "let_in_once",
 }
-_MANAGER = _FRONT_DESK | {"refund", "write_off", "revoke_pass", "view_revenue", "manage_plans"}
+_MANAGER = _FRONT_DESK | {
+    "refund",
+    "write_off",
+    "change_plan",
+    "revoke_pass",
+    "view_revenue",
+    "manage_plans",
+}
 
 PERMISSIONS: dict[Role, frozenset[str]] = {
     "front_desk": frozenset(_FRONT_DESK),

@@ -188,7 +188,15 @@ def guard(desk: Desk, rule: Rule, handler: Handler) -> Callable[[Request], Await
             return desk.message(visitor, 403, "Not allowed", "Your role may not do this.")
         form: dict[str, str] = {}
         if rule.raw:
-            if not desk.csrf_valid(request, visitor, {}):
+            # The page's plain upload form carries its token as a field; a script's raw body
+            # in the header.
+            try:
+                request.state.upload = await desk_photos.read_upload(request)
+            except BodyTooLarge:
+                return desk.message(visitor, 413, "Too much data", "That picture was too large.")
+            if request.state.upload is not None:
+                form = request.state.upload.fields
+            if not desk.csrf_valid(request, visitor, form):
                 log.warning("event=csrf_refused path=%s", request.url.path)
                 return JSONResponse({"error": "missing or wrong CSRF token"}, 403)
         elif rule.method == "POST":

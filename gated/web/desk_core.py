@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
+from gated.web.desk_flow import Flashes, SubmitKeys
 from gated.web.foundation import Web, csrf_sent, read_cookie, set_session_cookie
 from gated.web.slowdown import (
     ACCOUNT_CAP_S,
@@ -50,6 +51,8 @@ class Desk:
     csrf_key: bytes = field(init=False)
     per_account: Slowdown = field(default_factory=lambda: Slowdown(ACCOUNT_FREE, ACCOUNT_CAP_S))
     per_client: Slowdown = field(default_factory=lambda: Slowdown(CLIENT_FREE, CLIENT_CAP_S))
+    flashes: Flashes = field(default_factory=Flashes)
+    submit_keys: SubmitKeys = field(default_factory=SubmitKeys)
 
     def __post_init__(self) -> None:
         self.access = self.web.billing.staff_access()
@@ -79,9 +82,19 @@ class Desk:
             visitor.session.staff if visitor.session and not visitor.session.setup_only else None
         )
         html = self.web.templates.get_template(template).render(
-            csrf=visitor.csrf, staff=staff, **context
+            csrf=visitor.csrf, staff=staff, flashes=self.flashes.take(visitor.cookie), **context
         )
         response = HTMLResponse(html, status_code=status)
+        if visitor.new_cookie:
+            self.set_cookie(response, visitor.cookie)
+        return response
+
+    def redirect(
+        self, visitor: StaffVisitor, url: str, text: str, error: bool = False
+    ) -> RedirectResponse:
+        """Post/Redirect/Get: 303 to ``url``, whose page then shows ``text`` once."""
+        self.flashes.add(visitor.cookie, text, error)
+        response = RedirectResponse(url, status_code=303)
         if visitor.new_cookie:
             self.set_cookie(response, visitor.cookie)
         return response

@@ -16,63 +16,57 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.engine import FreezeRefused
 from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.gateway import GatewayError
 from gated.contract import ContractError
+from gated.web import desk_money
+from gated.web.desk_money import Action, amount
 
 if TYPE_CHECKING:
     from gated.web.desk_core import Desk, StaffVisitor
 
 MEMBER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-AMOUNT = re.compile(r"([0-9]{1,7})(?:[.,]([0-9]{1,2}))?")
-
-# What a member-page action does with the form, given the facade and the audit entry.
-Action = Callable[[Any, str, dict[str, str], Entry], None]
 
 
-def _amount(text: str) -> int | None:
-    """``49.90`` → 4990 minor units; "" → None (everything owed); BillingError otherwise."""
-    text = text.strip()
-    if not text:
-        return None
-    found = AMOUNT.fullmatch(text)
-    if not found or int(found[1] + (found[2] or "").ljust(2, "0")) <= 0:
-        raise BillingError("enter an amount like 49.90, or leave it empty for all that is owed")
-    return int(found[1] + (found[2] or "").ljust(2, "0"))
-
-
-def _take_payment(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+def _take_payment(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str | None:
     reference = form.get("reference", "").strip()[:128] or None
     paid = billing.record_payment(
-        member_id, _amount(form.get("amount", "")), "front_desk", reference
+        member_id, amount(form.get("amount", "")), "front_desk", reference
     )
     entry.detail.update(amount=paid, method="front_desk")
+    return None
 
 
-def _freeze(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+def _freeze(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str | None:
     months = form.get("months", "1")
     if months not in ("1", "2", "3"):
         raise BillingError("a freeze is 1, 2 or 3 months")
     billing.freeze(member_id, int(months))
     entry.detail.update(months=int(months))
+    return None
 
 
-def _unfreeze(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+def _unfreeze(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str | None:
     billing.unfreeze(member_id)
+    return None
 
 
-def _cancel(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+def _cancel(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str | None:
     entry.detail.update(cancel_at=billing.cancel(member_id))
+    return None
 
 
-def _assign_card(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+def _assign_card(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str | None:
     billing.assign_card(member_id, form.get("uid", "")[:64])
+    return None
 
 
-def _revoke_card(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> None:
+def _revoke_card(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str | None:
     card = form.get("card", "")
     if not card.isdigit() or len(card) > 12:
         raise NotFound("no such card")
     billing.revoke_card_by_id(member_id, int(card))
     entry.detail.update(card=int(card))
+    return None
 
 
 # path segment → (permission, audit action, what it does, what the desk is told after)
@@ -83,7 +77,10 @@ ACTIONS: dict[str, tuple[str, str, Action, str]] = {
     "cancel": ("cancel", "cancel", _cancel, "Membership cancelled."),
     "cards": ("assign_card", "assign_card", _assign_card, "Card assigned."),
     "cards/revoke": ("revoke_card", "revoke_card", _revoke_card, "Card revoked."),
+    **desk_money.ACTIONS,
 }
+# Actions whose form carries a submit key: sent twice (a double click, a resent form), they act once.
+ONCE = frozenset({"payment", "refund", "credit", "write-off", "plan"})
 
 
 def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
@@ -102,15 +99,47 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
 
     async def member(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         assert visitor.session is not None
+        staff = visitor.session.staff
         m = await _member(request, visitor)
         if m is None:
             return desk.message(visitor, 404, "No such member", "No member with that id here.")
         done = request.query_params.get("done", "")
-        note = next((a[3] for k, a in ACTIONS.items() if k.replace("/", "-") == done), "")
-        if done == "let-in":
-            note = "Gate opened."
-        gates = await asyncio.to_thread(billing.known_gates, visitor.session.staff.sites)
-        return desk.page(visitor, "desk_member.html", title="Member", m=m, note=note, gates=gates)
+        note = "Gate opened." if done == "let-in" else ""
+        gates = await asyncio.to_thread(billing.known_gates, staff.sites)
+        money: dict[str, Any] = {}
+        if staff.may("refund") or staff.may("write_off"):
+            money["invoices"] = await asyncio.to_thread(
+                billing.member_access().invoices, m["member_id"], 24
+            )
+        if staff.may("change_plan") and m["plan"] and m["status"] not in ("cancelled", "expired"):
+            money["plans"] = [
+                p
+                for p in await asyncio.to_thread(billing.plans)
+                if p.auto_renew and p.id != m["plan"]
+            ]
+            chosen = request.query_params.get("plan")
+            if chosen:
+                money["chosen"] = chosen[:64]
+                money["at_renewal"] = request.query_params.get("when") == "renewal"
+                money.update(
+                    await asyncio.to_thread(
+                        desk_money.plan_quote,
+                        billing,
+                        m["member_id"],
+                        chosen,
+                        money["at_renewal"],
+                    )
+                )
+        return desk.page(
+            visitor,
+            "desk_member.html",
+            title="Member",
+            m=m,
+            note=note,
+            gates=gates,
+            submit_key=desk.submit_keys.new(),
+            **money,
+        )
 
     async def _member(request: Request, visitor: StaffVisitor) -> dict[str, Any] | None:
         assert visitor.session is not None
@@ -125,7 +154,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             return None
 
     def act(segment: str, api: bool) -> Callable[..., Awaitable[Response]]:
-        _, audit_action, action, _said = ACTIONS[segment]
+        _, audit_action, action, said = ACTIONS[segment]
+        once = segment in ONCE and not api
 
         async def endpoint(
             request: Request, visitor: StaffVisitor, form: dict[str, str]
@@ -137,32 +167,37 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 if api:
                     return JSONResponse({"error": "no such member"}, 404)
                 return desk.message(visitor, 404, "No such member", "No member with that id here.")
+            page = f"/desk/members/{m['member_id']}"
+            key = form.get("submit_key", "")[:64]
+            if once:
+                state = desk.submit_keys.claim(key)
+                if state != "new":
+                    text = (
+                        "That form was already sent: it was done once, not again."
+                        if state != "unknown"
+                        else "That form had expired: nothing was done. Check and send it again."
+                    )
+                    return desk.redirect(visitor, page, text, error=state == "unknown")
             actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
 
-            def run() -> None:
+            def run() -> str | None:
                 with billing.audited(actor, audit_action, m["member_id"]) as entry:
-                    action(billing, m["member_id"], form, entry)
+                    return action(billing, m["member_id"], form, entry)
 
             try:
-                await asyncio.to_thread(run)
-            except (BillingError, FreezeRefused, ContractError) as exc:
+                told = await asyncio.to_thread(run)
+            except (BillingError, FreezeRefused, ContractError, GatewayError) as exc:
+                if once:
+                    desk.submit_keys.failed(key)
+                text = str(exc)[:300] or "The payment provider could not be reached."
                 if api:
-                    return JSONResponse({"error": str(exc)}, 400)
-                return desk.page(
-                    visitor,
-                    "desk_member.html",
-                    400,
-                    title="Member",
-                    m=await _member(request, visitor),
-                    gates=await asyncio.to_thread(billing.known_gates, staff.sites),
-                    error=str(exc)[:300],
-                )
+                    return JSONResponse({"error": text}, 400)
+                return desk.redirect(visitor, page, f"Not done: {text}", error=True)
+            if once:
+                desk.submit_keys.done(key, page)
             if api:
                 return JSONResponse({"ok": True, "member": await _member(request, visitor)})
-            return RedirectResponse(
-                f"/desk/members/{m['member_id']}?done={segment.replace('/', '-')}",
-                status_code=303,
-            )
+            return desk.redirect(visitor, page, told or said)
 
         return endpoint
 

@@ -313,10 +313,22 @@ def test_front_desk_search_member_page_and_audited_actions(
         page = c.get("/desk/members/dan")
         csrf = hidden(page.text, "csrf")
         assert "59.38" in page.text  # 49.90 and 19 % tax
-        r = c.post("/desk/members/dan/payment", data={"csrf": csrf, "amount": "abc"})
-        assert r.status_code == 400 and "amount like 49.90" in r.text
-        r = c.post("/desk/members/dan/payment", data={"csrf": csrf, "amount": "59.38"})
+        key = hidden(page.text, "submit_key")
+        # Every answer is a redirect back to the page (Post/Redirect/Get), which says once
+        # what happened; a refused form may be corrected and sent again with its key.
+        r = c.post(
+            "/desk/members/dan/payment", data={"csrf": csrf, "amount": "abc", "submit_key": key}
+        )
+        assert r.history[0].status_code == 303 and "amount like 49.90" in r.text
+        assert "amount like 49.90" not in c.get("/desk/members/dan").text  # shown once
+        paid = {"csrf": csrf, "amount": "59.38", "submit_key": key}
+        r = c.post("/desk/members/dan/payment", data=paid)
         assert r.url.path == "/desk/members/dan" and "Payment recorded." in r.text
+        # The same form again (a double click, a resend): recorded once.
+        r = c.post("/desk/members/dan/payment", data=paid)
+        assert "already sent" in r.text
+        r = c.post("/desk/members/dan/payment", data={**paid, "submit_key": "made-up"})
+        assert "had expired" in r.text
         r = c.post("/desk/members/dan/freeze", data={"csrf": csrf, "months": "2"})
         assert "Membership frozen." in r.text
         c.post("/desk/members/dan/unfreeze", data={"csrf": csrf})
