@@ -21,7 +21,7 @@ from gated.billing_sync import audit, members, signup
 from gated.billing_sync import schema as s
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.context import Context
-from gated.billing_sync.errors import BillingError
+from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.reports import granted_entry
 from gated.contract import format_time
@@ -29,6 +29,9 @@ from gated.contract import format_time
 log = logging.getLogger("gated.billing.member_data")
 
 ERASURE_REQUESTED = "erasure_requested"
+# Staff may refuse a request (an open debt, a dispute) with a reason the member sees in their
+# data; a later request is open again.
+ERASURE_REFUSED = "erasure_refused"
 # What erasure keeps, in the words the member reads before asking (members.erase does this).
 RETAINED = (
     "Invoices and payments stay as bookkeeping law requires, with the contract you signed, "
@@ -139,16 +142,19 @@ class MemberData:
         }
 
     def erasure_requested_at(self, member_id: str) -> str | None:
-        """When the member last asked for erasure (RFC 3339), or None."""
+        """When the member asked for the erasure still open (RFC 3339), or None."""
         a = s.audit_log
         with self.ctx.reader.connect() as conn:
-            at = conn.execute(
-                select(a.c.at)
-                .where(a.c.member_id == member_id, a.c.action == ERASURE_REQUESTED)
+            last = conn.execute(
+                select(a.c.at, a.c.action)
+                .where(
+                    a.c.member_id == member_id,
+                    a.c.action.in_((ERASURE_REQUESTED, ERASURE_REFUSED)),
+                )
                 .order_by(a.c.id.desc())
                 .limit(1)
-            ).scalar()
-        return None if at is None else format_time(int(at))
+            ).first()
+        return None if last is None or last.action != ERASURE_REQUESTED else format_time(last.at)
 
     def request_erasure(self, member_id: str, address: str) -> bool:
         """Record the member's request for erasure for staff. Returns False, recording nothing
@@ -173,19 +179,39 @@ class MemberData:
         return True
 
     def erasure_requests(self) -> list[dict[str, Any]]:
-        """Requests staff have still to act on (the member is not erased yet), oldest first."""
+        """Requests staff have still to act on (the member is not erased yet, and no refusal
+        came after the request), oldest first."""
         a, m = s.audit_log, s.members
         with self.ctx.reader.connect() as conn:
             rows = conn.execute(
-                select(a.c.member_id, a.c.at, a.c.address)
+                select(a.c.id, a.c.member_id, a.c.at, a.c.address, a.c.action)
                 .join(m, m.c.id == a.c.member_id)
-                .where(a.c.action == ERASURE_REQUESTED, m.c.erased.is_(False))
-                .order_by(a.c.at, a.c.id)
+                .where(a.c.action.in_((ERASURE_REQUESTED, ERASURE_REFUSED)))
+                .where(m.c.erased.is_(False))
+                .order_by(a.c.id)
             ).all()
+        # Each member's first request after their last refusal (a repeated request is the same).
+        waiting: dict[str, Any] = {}
+        for r in rows:
+            if r.action == ERASURE_REFUSED:
+                waiting.pop(r.member_id, None)
+            else:
+                waiting.setdefault(r.member_id, r)
         return [
             {"member_id": r.member_id, "requested_at": format_time(int(r.at)), "address": r.address}
-            for r in rows
+            for r in sorted(waiting.values(), key=lambda r: (r.at, r.id))
         ]
+
+    def refuse_erasure(self, member_id: str, actor: Actor, reason: str) -> None:
+        """Refuse the member's open request for erasure, with the reason (kept in the audit log,
+        so the member reads it in their data: write no one's personal details in it)."""
+        reason = " ".join(reason.split())[:300]
+        if not reason:
+            raise BillingError("say why the erasure is refused")
+        if self.erasure_requested_at(member_id) is None:
+            raise NotFound(f"member {member_id} has no open request for erasure")
+        audit.record(self.ctx, actor, ERASURE_REFUSED, member_id, {}, {"reason": reason})
+        log.info("event=erasure_refused member=%s", member_id)
 
 
 def _own_view(row: dict[str, Any]) -> dict[str, Any]:

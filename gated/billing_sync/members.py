@@ -421,26 +421,38 @@ def assign_card(ctx: Context, member_id: str, uid: str) -> None:
     facts = load_one(ctx, member_id)
     if facts.member.erased:
         raise BillingError(f"member {member_id} is erased")
-    lookup = ctx.keys.uid_lookup(uid)
     now = ctx.clock()
     with ctx.engine.begin() as conn:
-        holder = conn.execute(
-            select(s.cards.c.member_id).where(
-                s.cards.c.uid_lookup == lookup, s.cards.c.revoked_at.is_(None)
-            )
-        ).scalar()
+        holder = card_holder(ctx, conn, uid)
         if holder is not None:
             raise BillingError(f"this card is already assigned to {holder}")
-        conn.execute(
-            insert(s.cards).values(
-                member_id=member_id,
-                uid_encrypted=ctx.keys.encrypt_uid(uid),
-                uid_lookup=lookup,
-                credential=card_key(ctx.keys.credential_key, uid),
-                assigned_at=now,
-            )
-        )
+        insert_card(ctx, conn, member_id, uid, now)
         refresh(ctx, conn, [member_id], now)
+
+
+def card_holder(ctx: Context, conn: Connection, uid: str) -> str | None:
+    """Who holds the card with this (normalized) UID now, if anyone."""
+    lookup = ctx.keys.uid_lookup(uid)
+    holder = conn.execute(
+        select(s.cards.c.member_id).where(
+            s.cards.c.uid_lookup == lookup, s.cards.c.revoked_at.is_(None)
+        )
+    ).scalar()
+    return None if holder is None else str(holder)
+
+
+def insert_card(ctx: Context, conn: Connection, member_id: str, uid: str, now: int) -> None:
+    """The card's row for ``member_id`` (the caller checked nobody holds it and publishes):
+    the UID encrypted, its keyed lookup and the gates' HMAC credential."""
+    conn.execute(
+        insert(s.cards).values(
+            member_id=member_id,
+            uid_encrypted=ctx.keys.encrypt_uid(uid),
+            uid_lookup=ctx.keys.uid_lookup(uid),
+            credential=card_key(ctx.keys.credential_key, uid),
+            assigned_at=now,
+        )
+    )
 
 
 def revoke_card(ctx: Context, member_id: str, uid: str) -> None:

@@ -32,7 +32,7 @@ from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import InvoiceSpec, apply_payment, create_invoices
 from gated.billing_sync.publishing import refresh
-from gated.contract import MEMBER_ID_RE
+from gated.contract import MEMBER_ID_RE, ContractError, normalize_uid
 
 KINDS = ("item", "pass", "pt_session")
 # How the desk takes the money, and the payment method the books record for it (``card``
@@ -69,6 +69,7 @@ class Sale:
     total: int
     paid: bool
     pass_until: int | None
+    loaner: bool = False
 
 
 def pass_plan_id(product_id: str) -> str:
@@ -213,12 +214,14 @@ def sell(
     walk_in_member: str | None = None,
     method: str | None = None,
     quantity: int = 1,
+    loaner_uid: str | None = None,
 ) -> Sale:
     """Sell ``quantity`` of a product to a member or to a walk-in (``walk_in`` their name,
     ``walk_in_member`` the id their record gets, default a fresh one), on an invoice of its
     own: paid now with ``method`` (cash or card, at the desk), or, for a member only, left open
-    for the cycle to charge to the card on file. A pass is paid now, for one holder, from now.
-    The stock, invoice, payment, sale row and MemberState commit together or not at all."""
+    for the cycle to charge to the card on file. A pass is paid now, for one holder, from now;
+    with ``loaner_uid`` the desk lends its holder a card for the pass (``lend_card``). The
+    stock, invoice, payment, sale row, card and MemberState commit together or not at all."""
     if (member_id is None) == (walk_in is None):
         raise BillingError("sell to a member (--member ID) or to a walk-in (--walk-in NAME)")
     if method is not None and method not in METHODS:
@@ -231,6 +234,10 @@ def sell(
             raise BillingError("a walk-in pays at once: give --method cash or card")
     if not 1 <= quantity <= 100:
         raise BillingError("quantity is 1 to 100")
+    try:
+        uid = normalize_uid(loaner_uid) if loaner_uid is not None else None
+    except ContractError as exc:
+        raise BillingError(f"the loaner card: {exc}") from None
     now = ctx.clock()
     with ctx.engine.begin() as conn:
         product = _product(conn, product_id)
@@ -241,6 +248,8 @@ def sell(
             raise BillingError("a pass is paid at once: give --method cash or card")
         if is_pass and quantity != 1:
             raise BillingError("a pass is for one holder: sell one at a time")
+        if uid is not None and not is_pass:
+            raise BillingError("a loaner card goes with a pass, for its period")
         if member_id is not None:
             _check_member(conn, member_id, product, is_pass, method, now)
             holder = member_id
@@ -268,6 +277,7 @@ def sell(
         if method is not None:
             apply_payment(conn, inv, int(inv.total), METHODS[method], None, now)
         until = _start_pass(conn, holder, product, now) if is_pass else None
+        returned = lend_card(ctx, conn, holder, uid, now) if uid is not None else None
         conn.execute(
             insert(s.sales).values(
                 product_id=product_id,
@@ -288,9 +298,9 @@ def sell(
                 .where(s.subscriptions.c.member_id == holder)
                 .values(review_at=now)
             )
-        refresh(ctx, conn, [holder], now)
+        refresh(ctx, conn, [holder, *([returned] if returned else [])], now)
     ctx.notify_published()
-    return Sale(holder, invoice_id, int(inv.total), method is not None, until)
+    return Sale(holder, invoice_id, int(inv.total), method is not None, until, uid is not None)
 
 
 def sales(ctx: Context, member_id: str | None = None) -> list[Row[Any]]:
@@ -301,6 +311,14 @@ def sales(ctx: Context, member_id: str | None = None) -> list[Row[Any]]:
         q = q.where(sa.c.member_id == member_id)
     with ctx.reader.connect() as conn:
         return list(conn.execute(q).all())
+
+
+def sale_of_invoice(ctx: Context, invoice_id: int) -> Row[Any] | None:
+    """The sale an invoice was issued for, with the product's name and kind, or None."""
+    sa, p = s.sales, s.products
+    q = select(sa, p.c.name, p.c.kind).join(p, p.c.id == sa.c.product_id)
+    with ctx.reader.connect() as conn:
+        return conn.execute(q.where(sa.c.invoice_id == invoice_id)).first()
 
 
 def _check_numbers(price: int, tax_rate_bp: int, stock: int | None) -> None:
@@ -395,6 +413,35 @@ def _take_stock(conn: Connection, product: Row[Any], quantity: int) -> None:
         raise BillingError(f"{product.name}: only {left} left, not {quantity}")
 
 
+def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -> str | None:
+    """Lend a desk's loaner card to a pass holder: it opens the gates for the pass and, as the
+    pass expires, no longer. A card still held by a former pass holder whose pass has ended
+    came back to the desk: it is taken from them first (returns who that was). A card anyone
+    else holds is refused."""
+    before = members.card_holder(ctx, conn, uid)
+    if before is not None:
+        sub, p = s.subscriptions, s.products
+        ended = conn.execute(
+            select(sub.c.member_id)
+            .join(p, p.c.plan_id == sub.c.plan_id)
+            .where(sub.c.member_id == before)
+            .where((sub.c.status.in_(_ENDED)) | (sub.c.paid_through <= now))
+        ).first()
+        if ended is None or before == holder:
+            raise BillingError(f"this card is held by {before}; lend another or revoke it first")
+        conn.execute(
+            update(s.cards)
+            .where(
+                s.cards.c.member_id == before,
+                s.cards.c.uid_lookup == ctx.keys.uid_lookup(uid),
+                s.cards.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+    members.insert_card(ctx, conn, holder, uid, now)
+    return before
+
+
 def _start_pass(conn: Connection, member_id: str, product: Row[Any], now: int) -> int:
     """Give the holder the pass's one period from now: a new membership on its plan, or the
     ended one replaced. Returns its end."""
@@ -445,6 +492,10 @@ class PointOfSale:
         """Sales, newest first (see ``sales``)."""
         return sales(self.ctx, member_id)
 
+    def sale(self, invoice_id: int) -> Row[Any] | None:
+        """The sale of an invoice (see ``sale_of_invoice``)."""
+        return sale_of_invoice(self.ctx, invoice_id)
+
     def sell(
         self,
         actor: Actor,
@@ -454,6 +505,7 @@ class PointOfSale:
         walk_in: str | None = None,
         method: str | None = None,
         quantity: int = 1,
+        loaner_uid: str | None = None,
     ) -> Sale:
         """Sell a product (see ``sell``), recorded in the audit log as ``actor`` with the
         holder's fields before and after; a sale on account is charged to the card now."""
@@ -468,6 +520,7 @@ class PointOfSale:
                 walk_in_member=holder,
                 method=method,
                 quantity=quantity,
+                loaner_uid=loaner_uid,
             )
             entry.detail.update(
                 product=product_id,
@@ -475,6 +528,7 @@ class PointOfSale:
                 invoice=sale.invoice_id,
                 total=sale.total,
                 method=METHODS[method] if method else "account",
+                **({"loaner_card": True} if sale.loaner else {}),
             )
             if not sale.paid:
                 run_cycle(self.ctx, member_ids=[holder])

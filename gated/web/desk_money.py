@@ -46,7 +46,7 @@ def _invoice(billing: Any, member_id: str, form: dict[str, str]) -> dict[str, An
     if INVOICE_ID.fullmatch(text):
         found = billing.member_access().invoice(member_id, int(text))
     if found is None:
-        raise NotFound("choose one of the member's invoices")
+        raise NotFound("choose an invoice of this member")
     return dict(found)
 
 

@@ -1,0 +1,174 @@
+"""Selling at the front desk (permission ``sell``): the catalogue with its stock, a sale to a
+member (charged to the card on file, or paid now in cash or on the card terminal) or to a
+walk-in (paid now), and for a day or guest pass a loaner card the desk lends for the pass's
+period (its UID typed or read by the keyboard-wedge reader). The sale is one call of the point
+of sale, the same as ``gated-billing sell``, audited with the staff account; the answer is a
+redirect to its receipt (Post/Redirect/Get) and the form's submit key makes a form sent twice
+sell once. The receipt offers "open the gate once" for a walk-in without a card."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gated.billing_sync.audit import Actor
+from gated.billing_sync.engine import tax_of
+from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.gateway import GatewayError
+from gated.web.desk_members import MEMBER_ID
+
+if TYPE_CHECKING:
+    from gated.web.desk_core import Desk, StaffVisitor
+
+PRODUCT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The form's ways to pay → the point of sale's method (None: charged to the card on file).
+METHODS: dict[str, str | None] = {"account": None, "cash": "cash", "card_terminal": "card"}
+
+
+def _in_sites(site: str | None, staff_sites: tuple[str, ...] | list[str]) -> bool:
+    """A product for every site, or one of the account's (an account without sites has all)."""
+    return site is None or not staff_sites or site in staff_sites
+
+
+def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
+    """The sale handlers by name, for ``desk.RULES``."""
+    billing = desk.web.billing
+    pos = billing.point_of_sale()
+
+    async def catalogue(visitor: StaffVisitor) -> list[dict[str, Any]]:
+        """The products on sale at the account's sites, each with its price with tax."""
+        assert visitor.session is not None
+        sites = visitor.session.staff.sites
+        return [
+            {**p._asdict(), "gross": p.price + tax_of(p.price, p.tax_rate_bp)}
+            for p in await asyncio.to_thread(pos.catalogue)
+            if _in_sites(p.site, sites)
+        ]
+
+    async def sell_form(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        assert visitor.session is not None
+        member: dict[str, Any] | None = None
+        wanted = request.query_params.get("member", "")
+        if wanted and MEMBER_ID.fullmatch(wanted):
+            try:
+                member = await asyncio.to_thread(
+                    billing.desk_member, wanted, visitor.session.staff.sites
+                )
+            except NotFound:
+                member = None
+        return desk.page(
+            visitor,
+            "desk_sell.html",
+            title="Sell",
+            products=await catalogue(visitor),
+            member=member,
+            submit_key=desk.submit_keys.new(),
+        )
+
+    async def sell(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        key = form.get("submit_key", "")[:64]
+        state = desk.submit_keys.claim(key)
+        if state == "unknown":
+            return desk.redirect(
+                visitor,
+                "/desk/sell",
+                "That form had expired: nothing was sold. Fill it in again.",
+                error=True,
+            )
+        if state != "new":
+            # Sent twice (a double click, a resent form): the first one's receipt.
+            return desk.redirect(
+                visitor,
+                state if state != "running" else "/desk/sell",
+                "That form was already sent: sold once, not again.",
+            )
+        try:
+            sale = await _sell(request, visitor, form)
+        except (BillingError, GatewayError) as exc:
+            desk.submit_keys.failed(key)
+            again = "/desk/sell"
+            if MEMBER_ID.fullmatch(form.get("member", "")):
+                again += f"?member={form['member']}"
+            text = str(exc)[:300] or "The payment provider could not be reached."
+            return desk.redirect(visitor, again, f"Not sold: {text}", error=True)
+        receipt = f"/desk/sales/{sale.invoice_id}"
+        desk.submit_keys.done(key, receipt)
+        told = "Sold." if sale.paid else "Sold on account: charged to the card on file."
+        return desk.redirect(visitor, receipt, told)
+
+    async def _sell(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Any:
+        """The sale the form asks for, refused (BillingError) before anything is sold where it
+        names a product or member outside the account's sites."""
+        assert visitor.session is not None
+        staff = visitor.session.staff
+        product_id = form.get("product", "")
+        known = {p["id"] for p in await catalogue(visitor)}
+        if not PRODUCT_ID.fullmatch(product_id) or product_id not in known:
+            raise BillingError("choose a product from the list")
+        quantity = form.get("quantity", "1").strip() or "1"
+        if not quantity.isdigit() or len(quantity) > 3:
+            raise BillingError("the quantity is a number, 1 to 100")
+        if form.get("method", "") not in METHODS:
+            raise BillingError("choose how it is paid")
+        method = METHODS[form["method"]]
+        member_id: str | None = None
+        walk_in: str | None = None
+        if form.get("buyer") == "walk_in":
+            walk_in = form.get("walk_in", "")[:200]
+            if method is None:
+                raise BillingError("a walk-in pays now: cash or the card terminal")
+        else:
+            member_id = form.get("member", "").strip()
+            if not MEMBER_ID.fullmatch(member_id):
+                raise BillingError("give the member's id (or sell to a walk-in)")
+            try:
+                await asyncio.to_thread(billing.desk_member, member_id, staff.sites)
+            except NotFound:
+                raise BillingError(f"no member {member_id} here") from None
+        loaner = form.get("loaner_uid", "").strip()[:64] or None
+        actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
+        return await asyncio.to_thread(
+            pos.sell,
+            actor,
+            product_id,
+            member_id=member_id,
+            walk_in=walk_in,
+            method=method,
+            quantity=int(quantity),
+            loaner_uid=loaner,
+        )
+
+    async def receipt(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        assert visitor.session is not None
+        staff = visitor.session.staff
+        text = request.path_params["invoice_id"]
+        found = text.isdigit() and len(text) < 12
+        sale = await asyncio.to_thread(pos.sale, int(text)) if found else None
+        holder = None
+        if sale is not None:
+            try:
+                holder = await asyncio.to_thread(billing.desk_member, sale.member_id, staff.sites)
+            except NotFound:
+                holder = None
+        if sale is None or holder is None:
+            return desk.message(visitor, 404, "No such sale", "No sale with that receipt here.")
+        invoice = await asyncio.to_thread(
+            billing.member_access().invoice, sale.member_id, int(sale.invoice_id)
+        )
+        gates = await asyncio.to_thread(billing.known_gates, staff.sites)
+        return desk.page(
+            visitor,
+            "desk_receipt.html",
+            title="Receipt",
+            sale=sale,
+            invoice=invoice,
+            m=holder,
+            gates=gates if sale.kind == "pass" else [],
+        )
+
+    return {"sell_form": sell_form, "sell": sell, "receipt": receipt}
