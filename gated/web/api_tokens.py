@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import BillingError, NotFound
@@ -72,8 +72,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         return Actor("staff", staff.id, staff.role, desk.web.client(request))
 
     async def tokens(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
-        note = "Token revoked." if request.query_params.get("done") == "revoke" else ""
-        return await page(visitor, note=note)
+        return await page(visitor)
 
     async def api_tokens(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         return JSONResponse({"tokens": await asyncio.to_thread(reachable, visitor)})
@@ -95,7 +94,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         try:
             token_id, token = await asyncio.to_thread(run)
         except BillingError as exc:
-            return await page(visitor, 400, error=str(exc)[:300] + ".")
+            return desk.redirect(visitor, "/desk/tokens", str(exc)[:300] + ".", error=True)
         # Shown on this answer only (no-store, as every console page): the store keeps a digest.
         return await page(visitor, made=(token_id, token))
 
@@ -116,7 +115,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             await asyncio.to_thread(run)
         except NotFound:
             return await page(visitor, 404, error="No such live token.")
-        return RedirectResponse("/desk/tokens?done=revoke", status_code=303)
+        return desk.redirect(visitor, "/desk/tokens", "Token revoked.")
 
     return {
         "tokens": tokens,

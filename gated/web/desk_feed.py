@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import BillingError
@@ -77,10 +77,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         sites = visitor.session.staff.sites
         items = await asyncio.to_thread(billing.recent_feed, sites)
         gates = await asyncio.to_thread(billing.known_gates, sites)
-        note = "Gate opened." if request.query_params.get("done") == "let-in" else ""
-        return desk.page(
-            visitor, "desk_feed.html", title="Check-ins", items=items, gates=gates, note=note
-        )
+        return desk.page(visitor, "desk_feed.html", title="Check-ins", items=items, gates=gates)
 
     async def let_in(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         """Let someone in once at a chosen gate (a walk-in, a member whose card failed)."""
@@ -91,7 +88,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         back = f"/desk/members/{member_id}" if member_id else "/desk/feed"
         known = await asyncio.to_thread(billing.known_gates, staff.sites)
         if (site, gate) not in known or (member_id and not MEMBER_ID.fullmatch(member_id)):
-            return desk.message(visitor, 400, "No such gate", "Choose one of your sites' gates.")
+            return desk.redirect(visitor, back, "Choose one of your sites' gates.", error=True)
         actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
         loop = asyncio.get_running_loop()
 
@@ -106,10 +103,9 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             await asyncio.to_thread(run)
         except (BillingError, aiomqtt.MqttError, TimeoutError) as exc:
             log.error("event=let_in_failed site=%s gate=%s error=%s", site, gate, exc)
-            return desk.message(
-                visitor, 503, "The gate was not opened", f"{exc}"[:300] or "No broker answered."
-            )
-        return RedirectResponse(f"{back}?done=let-in", status_code=303)
+            said = f"{exc}"[:300] or "No broker answered."
+            return desk.redirect(visitor, back, f"The gate was not opened: {said}", error=True)
+        return desk.redirect(visitor, back, "Gate opened.")
 
     async def stream(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         assert visitor.session is not None

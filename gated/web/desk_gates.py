@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import BillingError
@@ -51,14 +51,11 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         assert visitor.session is not None
         staff = visitor.session.staff
         rows = await asyncio.to_thread(billing.gate_overview, staff.sites)
-        done = request.query_params.get("done", "")
-        note = {"on": "Lockdown sent.", "off": "Lockdown lifted."}.get(done, "")
         return desk.page(
             visitor,
             "desk_gates.html",
             title="Gates",
             sites=_sites(rows),
-            note=note,
             may_lock=staff.may("lockdown"),
         )
 
@@ -77,7 +74,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         if not MEMBER_ID.fullmatch(site) or not in_scope([site], staff.sites):
             if api:
                 return JSONResponse({"error": "not one of your sites"}, 400)
-            return desk.message(visitor, 400, "No such site", "Choose one of your sites.")
+            return desk.redirect(visitor, "/desk/gates", "Choose one of your sites.", error=True)
         actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
         loop = asyncio.get_running_loop()
         action = "lockdown_on" if on else "lockdown_off"
@@ -101,9 +98,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             log.error("event=lockdown_failed site=%s on=%s error=%s", site, on, exc)
             if api:
                 return JSONResponse({"error": f"{exc}"[:300] or "no broker answered"}, 503)
-            return desk.message(
-                visitor, 503, "Nothing was sent", f"{exc}"[:300] or "No broker answered."
-            )
+            said = f"{exc}"[:300] or "No broker answered."
+            return desk.redirect(visitor, "/desk/gates", f"Nothing was sent: {said}", error=True)
         log.info(
             "event=lockdown site=%s on=%s staff=%s gates=%d", site, on, staff.id, len(commands)
         )
@@ -111,6 +107,6 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             return JSONResponse(
                 {"site": site, "lockdown": on, "gates": [c["gate"] for c in commands]}
             )
-        return RedirectResponse(f"/desk/gates?done={'on' if on else 'off'}", status_code=303)
+        return desk.redirect(visitor, "/desk/gates", "Lockdown sent." if on else "Lockdown lifted.")
 
     return {"gates": page, "api_gates": api, "lockdown": lockdown, "api_lockdown": lockdown}

@@ -103,8 +103,6 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         m = await _member(request, visitor)
         if m is None:
             return desk.message(visitor, 404, "No such member", "No member with that id here.")
-        done = request.query_params.get("done", "")
-        note = "Gate opened." if done == "let-in" else ""
         gates = await asyncio.to_thread(billing.known_gates, staff.sites)
         money: dict[str, Any] = {}
         if staff.may("refund") or staff.may("write_off"):
@@ -135,7 +133,6 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             "desk_member.html",
             title="Member",
             m=m,
-            note=note,
             gates=gates,
             submit_key=desk.submit_keys.new(),
             **money,

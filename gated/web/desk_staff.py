@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import BillingError, NotFound
@@ -59,7 +59,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         return [a for a in access.accounts() if access.covers_all(me(visitor), a.sites)]
 
     async def page(
-        visitor: StaffVisitor, status: int = 200, error: str = "", note: str = "", **extra: Any
+        visitor: StaffVisitor, status: int = 200, error: str = "", **extra: Any
     ) -> Response:
         accounts = await asyncio.to_thread(reachable, visitor)
         return desk.page(
@@ -71,13 +71,11 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             roles=ROLES,
             sites=billing.config.sites,
             error=error,
-            note=note,
             **extra,
         )
 
     async def staff_list(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
-        done = request.query_params.get("done", "")
-        return await page(visitor, note=DONE.get(done, ""))
+        return await page(visitor)
 
     async def api_staff_list(
         request: Request, visitor: StaffVisitor, form: dict[str, str]
@@ -151,7 +149,9 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 status = 404 if isinstance(exc, NotFound) else 400
                 if api:
                     return JSONResponse({"error": str(exc)}, status)
-                return await page(visitor, status, error=str(exc)[:300] + ".")
+                if isinstance(exc, NotFound):
+                    return await page(visitor, status, error=str(exc)[:300] + ".")
+                return desk.redirect(visitor, "/desk/staff", str(exc)[:300] + ".", error=True)
             password = result.get("password")
             if api:
                 body: dict[str, Any] = {"ok": True, "staff_id": staff_id}
@@ -163,7 +163,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 response = await page(visitor, handed=(staff_id, password))
                 response.headers["cache-control"] = "no-store"
                 return response
-            return RedirectResponse(f"/desk/staff?done={kind}", status_code=303)
+            return desk.redirect(visitor, "/desk/staff", DONE[kind])
 
         return endpoint
 

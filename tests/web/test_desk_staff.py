@@ -65,7 +65,7 @@ def test_an_owner_adds_changes_resets_and_disables_staff(
             ({"staff_id": "bad id!", "role": "manager"}, "staff id is"),
         ):
             r = c.post("/desk/staff", data={"csrf": csrf, **data})
-            assert r.status_code == 400 and said in r.text, (data, r.text[-500:])
+            assert r.history[0].status_code == 303 and said in r.text, (data, r.text[-500:])
         assert [a.id for a in access.accounts()] == ["desk", "mia", "olga", "ursula"]
 
         desk_session = access.open_session("desk", "ua", "127.0.0.1")
@@ -118,9 +118,9 @@ def test_the_last_owner_stays_and_a_site_owner_reaches_only_their_sites(
         assert r.status_code == 303
         # Olga is now the only enabled owner: she can neither disable nor demote herself.
         r = c.post("/desk/staff/olga/disable", data={"csrf": csrf})
-        assert r.status_code == 400 and "last owner" in r.text
+        assert r.history[0].status_code == 303 and "last owner" in r.text
         r = c.post("/desk/staff/olga/role", data={"csrf": csrf, "role": "manager"})
-        assert r.status_code == 400 and "last owner" in r.text
+        assert r.history[0].status_code == 303 and "last owner" in r.text
         assert access.get("olga").role == "owner" and not access.get("olga").disabled
         c.post("/desk/staff/ursula/reset", data={"csrf": csrf})
         access.set_password("ursula", PASSWORD)
@@ -137,7 +137,7 @@ def test_the_last_owner_stays_and_a_site_owner_reaches_only_their_sites(
         r = c.post(
             "/desk/staff", data={"csrf": csrf, "staff_id": "al", "role": "front_desk", "sites": ""}
         )
-        assert r.status_code == 400 and "only grant the sites you act on" in r.text
+        assert r.history[0].status_code == 303 and "only grant the sites you act on" in r.text
         r = c.post(
             "/desk/staff",
             data={"csrf": csrf, "staff_id": "al", "role": "front_desk", "sites": "uptown"},
