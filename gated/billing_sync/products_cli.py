@@ -169,6 +169,10 @@ def register(app: typer.Typer, service: OpenService, table: Table) -> None:
             typer.Option(help="Paid now at the desk; default for a member: on the card on file."),
         ] = None,
         quantity: Annotated[int, typer.Option()] = 1,
+        loaner_card: Annotated[
+            str | None,
+            typer.Option(help="With a pass: lend the holder this card (UID) for its period."),
+        ] = None,
         config: ConfigOpt = DEFAULT_CONFIG,
     ) -> None:
         """Sell a product or a pass at the front desk; a pass lets its holder in at once."""
@@ -180,10 +184,12 @@ def register(app: typer.Typer, service: OpenService, table: Table) -> None:
                 walk_in=walk_in,
                 method=method.value if method else None,
                 quantity=quantity,
+                loaner_uid=loaner_card,
             )
             owed = billing.member(sale.member_id)["owed"]
         how = "paid" if sale.paid else "on account" + (f", {owed} owed" if owed else ", charged")
         until = f", valid until {_day(sale.pass_until)}" if sale.pass_until else ""
+        until += ", loaner card lent" if sale.loaner else ""
         out.print(
             f"{sale.member_id}: invoice {sale.invoice_id}, {sale.total} {how}{until}",
             markup=False,

@@ -253,8 +253,15 @@ def test_products_and_sales_through_the_cli(
     assert "week,Week pass,pass,2500,EUR,1900,7,,downtown," in listed
     cli_ok(cfg, "products", "edit", "towel", "--add-stock", "3")
     assert "towel,Towel,item,300,EUR,0,,5,," in cli_ok(cfg, "products", "list", "--csv")
-    said = cli_ok(cfg, "sell", "week", "--walk-in", "Gia", "--method", "cash")
-    assert ": invoice 1, 2975 paid, valid until " in said
+    said = cli_ok(
+        cfg, "sell", "week", "--walk-in", "Gia", "--method", "cash", "--loaner-card", "04:AB:CD:EF"
+    )
+    said = " ".join(said.split())  # as one line, however the terminal wrapped it
+    assert ": invoice 1, 2975 paid, valid until " in said and "loaner card lent" in said
+    refused = CliRunner().invoke(
+        app, ["sell", "towel", "--member", "x", "--loaner-card", "zz", "-c", str(cfg)]
+    )
+    assert refused.exit_code != 0 and "the loaner card: a card UID is" in refused.output
     refused = CliRunner().invoke(app, ["sell", "towel", "--walk-in", "Ben", "-c", str(cfg)])
     assert refused.exit_code == 2 and "--method" in refused.output
     assert "Traceback" not in refused.output
