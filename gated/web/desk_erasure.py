@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.errors import BillingError, NotFound
@@ -52,7 +52,12 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         rows = await asyncio.to_thread(waiting, visitor.session.staff.sites)
         return desk.page(visitor, "desk_erasure.html", title="Erasure requests", rows=rows)
 
-    def act(kind: str) -> Callable[..., Awaitable[Response]]:
+    async def api_list(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        assert visitor.session is not None
+        rows = await asyncio.to_thread(waiting, visitor.session.staff.sites)
+        return JSONResponse({"requests": rows})
+
+    def act(kind: str, api: bool = False) -> Callable[..., Awaitable[Response]]:
         async def endpoint(
             request: Request, visitor: StaffVisitor, form: dict[str, str]
         ) -> Response:
@@ -63,6 +68,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             if not MEMBER_ID.fullmatch(member_id) or member_id not in {
                 r["member_id"] for r in rows
             }:
+                if api:
+                    return JSONResponse({"error": "no open request for erasure"}, 404)
                 return desk.redirect(
                     visitor, PAGE, "No open request for erasure of that member here.", True
                 )
@@ -82,9 +89,20 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             try:
                 told = await asyncio.to_thread(erase if kind == "erase" else refuse)
             except BillingError as exc:
+                if api:
+                    return JSONResponse({"error": str(exc)}, 400)
                 return desk.redirect(visitor, PAGE, f"Not done: {exc}", error=True)
+            if api:
+                return JSONResponse({"ok": True, "member_id": member_id})
             return desk.redirect(visitor, PAGE, told)
 
         return endpoint
 
-    return {"erasure": page, "erasure_erase": act("erase"), "erasure_refuse": act("refuse")}
+    return {
+        "erasure": page,
+        "erasure_erase": act("erase"),
+        "erasure_refuse": act("refuse"),
+        "api_erasure": api_list,
+        "api_erasure_erase": act("erase", api=True),
+        "api_erasure_refuse": act("refuse", api=True),
+    }

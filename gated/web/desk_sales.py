@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import tax_of
@@ -171,4 +171,31 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             gates=gates if sale.kind == "pass" else [],
         )
 
-    return {"sell_form": sell_form, "sell": sell, "receipt": receipt}
+    async def api_products(
+        request: Request, visitor: StaffVisitor, form: dict[str, str]
+    ) -> Response:
+        return JSONResponse({"products": await catalogue(visitor)})
+
+    async def api_sell(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
+        try:
+            sale = await _sell(request, visitor, form)
+        except (BillingError, GatewayError) as exc:
+            return JSONResponse({"error": str(exc)[:300] or "payment provider unreachable"}, 400)
+        return JSONResponse(
+            {
+                "member_id": sale.member_id,
+                "invoice_id": sale.invoice_id,
+                "total": sale.total,
+                "paid": sale.paid,
+                "pass_until": sale.pass_until,
+                "loaner_card": sale.loaner,
+            }
+        )
+
+    return {
+        "sell_form": sell_form,
+        "sell": sell,
+        "receipt": receipt,
+        "api_products": api_products,
+        "api_sell": api_sell,
+    }

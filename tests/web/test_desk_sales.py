@@ -268,3 +268,40 @@ def test_the_plain_photo_form_uploads_without_javascript(
     r = client.post("/desk/members/ann/photo", data={"csrf": csrf}, files=text)
     assert "choose a JPEG, PNG or WebP" in r.text
     assert [e["action"] for e in b.audit_entries(member_id="ann")] == ["member_photo"]
+
+
+def test_the_staff_api_sells_and_answers_erasure_requests(
+    client: TestClient, app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    csrf = _as(client, b, "front_desk")
+    products = client.get("/api/v1/staff/products").json()["products"]
+    assert [p["id"] for p in products] == ["towel", "day"]
+    assert products[0]["gross"] == 357 and products[0]["stock"] == 2
+    sold = client.post(
+        "/api/v1/staff/sales",
+        headers={"x-csrf-token": csrf},
+        data={"product": "towel", "buyer": "member", "member": "ann", "method": "cash"},
+    )
+    assert sold.status_code == 200 and sold.json()["paid"] is True, sold.text
+    refused = client.post(
+        "/api/v1/staff/sales",
+        headers={"x-csrf-token": csrf},
+        data={"product": "towel", "buyer": "member", "member": "upt", "method": "cash"},
+    )
+    assert refused.status_code == 400 and refused.json() == {"error": "no member upt here"}
+    assert client.get("/api/v1/staff/erasure-requests").status_code == 403
+    b.member_data().request_erasure("ann", "10.0.0.1")
+    with TestClient(app) as o:
+        csrf = _as(o, b, "owner")
+        assert [
+            r["member_id"] for r in o.get("/api/v1/staff/erasure-requests").json()["requests"]
+        ] == ["ann"]
+        r = o.post(
+            "/api/v1/staff/erasure/ann/refuse",
+            headers={"x-csrf-token": csrf},
+            data={"reason": "open debt"},
+        )
+        assert r.json() == {"ok": True, "member_id": "ann"}
+        r = o.post("/api/v1/staff/erasure/ann/erase", headers={"x-csrf-token": csrf})
+        assert r.status_code == 404
