@@ -112,7 +112,7 @@ def test_an_owner_refunds_changes_a_plan_and_refuses_an_erasure(
     page.wait_for_url("**/desk/sales/*")
     page.click("#receipt-holder")
     page.wait_for_url("**/desk/members/ann")
-    desk.check("member-money")
+    desk.check()
     desk.check_tablet()
     # A refund: an amount the server refuses, then a right one.
     page.fill("#refund-amount", "1,234")
