@@ -1,7 +1,8 @@
 """The console's point of sale, money-back actions, plan changes, erasure requests and the
 plain photo form in headless Chromium against a real ``gated-billing serve``, mosquitto and
 two real gates (the console's module stack): a walk-in's day pass with a loaner card typed by
-the reader, let in at the gate for the day and refused after it; a reload and a double submit
+the reader, let in at the gate for the day and refused after it, or without a card let in once
+from the receipt (the gate's relay pulses); a reload and a double submit
 selling once; an owner's refund, plan change and erasure refusal; a photo uploaded with
 JavaScript off. axe-core on each page at 1024 px and on a tablet."""
 
@@ -172,6 +173,32 @@ def test_a_photo_uploads_with_javascript_off(browser: Any, desk_stack: DeskStack
         assert page.locator("#member-photo").count() == 1
     finally:
         context.close()
+
+
+def test_a_walk_in_without_a_card_is_let_in_once_from_the_receipt(
+    desk: Desk, desk_stack: DeskStack, catalogue: None
+) -> None:
+    page = desk.page
+    desk.signin("desk", PASSWORD)
+    page.goto("/desk/sell")
+    page.select_option("#product", "day")
+    page.check("input[name=buyer][value=walk_in]")
+    page.fill("#walk_in", "Ivo Once")
+    page.click("#sell-button")
+    page.wait_for_url("**/desk/sales/*")
+    assert page.locator("#receipt-card").inner_text() == "none"
+    desk.check()
+    gate = desk_stack.gate
+    wait_until(lambda: not gate.request("status")["door"]["relay_energized"], what="door shut")
+    page.select_option("#letin-gate", "downtown/t1")
+    page.get_by_role("button", name="Open the gate once").click()
+    page.wait_for_selector("p.flash:text-is('Gate opened.')")
+    assert page.locator("#member-name").inner_text() == "Ivo Once"
+    wait_until(lambda: gate.request("status")["door"]["relay_energized"], what="relay pulsed")
+    with store(desk_stack) as b:
+        [audited] = b.audit_entries(limit=1)
+    assert (audited["action"], audited["actor"]) == ("let_in_once", "desk")
+    assert audited["member_id"].startswith("walkin-")
 
 
 def test_a_walk_ins_loaner_card_opens_the_gate_for_the_day_only(
