@@ -99,5 +99,20 @@ class Desk:
             self.set_cookie(response, visitor.cookie)
         return response
 
+    def resent(self, visitor: StaffVisitor, key: str, form_page: str) -> RedirectResponse | None:
+        """None for the first POST of a form's submit key (the key is claimed now); for any
+        other, the redirect that answers it without acting: to the first POST's result, or back
+        to ``form_page`` for a key still at work or never made."""
+        state = self.submit_keys.claim(key)
+        if state == "new":
+            return None
+        if state == "unknown":
+            text = "That form had expired: nothing was done. Check it and send it again."
+            return self.redirect(visitor, form_page, text, error=True)
+        if state == "running":
+            text = "That form was sent twice: the first is being handled, the second did nothing."
+            return self.redirect(visitor, form_page, text)
+        return self.redirect(visitor, state, "That form was already sent: done once, not again.")
+
     def message(self, visitor: StaffVisitor, status: int, title: str, text: str) -> HTMLResponse:
         return self.page(visitor, "desk_message.html", status, title=title, text=text)

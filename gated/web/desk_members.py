@@ -166,15 +166,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 return desk.message(visitor, 404, "No such member", "No member with that id here.")
             page = f"/desk/members/{m['member_id']}"
             key = form.get("submit_key", "")[:64]
-            if once:
-                state = desk.submit_keys.claim(key)
-                if state != "new":
-                    text = (
-                        "That form was already sent: it was done once, not again."
-                        if state != "unknown"
-                        else "That form had expired: nothing was done. Check and send it again."
-                    )
-                    return desk.redirect(visitor, page, text, error=state == "unknown")
+            if once and (again := desk.resent(visitor, key, page)) is not None:
+                return again
             actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
 
             def run() -> str | None:

@@ -72,30 +72,18 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
 
     async def sell(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         key = form.get("submit_key", "")[:64]
-        state = desk.submit_keys.claim(key)
-        if state == "unknown":
-            return desk.redirect(
-                visitor,
-                "/desk/sell",
-                "That form had expired: nothing was sold. Fill it in again.",
-                error=True,
-            )
-        if state != "new":
-            # Sent twice (a double click, a resent form): the first one's receipt.
-            return desk.redirect(
-                visitor,
-                state if state != "running" else "/desk/sell",
-                "That form was already sent: sold once, not again.",
-            )
+        # Sent twice (a double click, a resent form): to the first one's receipt.
+        if (again := desk.resent(visitor, key, "/desk/sell")) is not None:
+            return again
         try:
             sale = await _sell(request, visitor, form)
         except (BillingError, GatewayError) as exc:
             desk.submit_keys.failed(key)
-            again = "/desk/sell"
+            back = "/desk/sell"
             if MEMBER_ID.fullmatch(form.get("member", "")):
-                again += f"?member={form['member']}"
+                back += f"?member={form['member']}"
             text = str(exc)[:300] or "The payment provider could not be reached."
-            return desk.redirect(visitor, again, f"Not sold: {text}", error=True)
+            return desk.redirect(visitor, back, f"Not sold: {text}", error=True)
         receipt = f"/desk/sales/{sale.invoice_id}"
         desk.submit_keys.done(key, receipt)
         told = "Sold." if sale.paid else "Sold on account: charged to the card on file."
