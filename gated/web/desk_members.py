@@ -104,30 +104,9 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         if m is None:
             return desk.message(visitor, 404, "No such member", "No member with that id here.")
         gates = await asyncio.to_thread(billing.known_gates, staff.sites)
-        money: dict[str, Any] = {}
-        if staff.may("refund") or staff.may("write_off"):
-            money["invoices"] = await asyncio.to_thread(
-                billing.member_access().invoices, m["member_id"], 24
-            )
-        if staff.may("change_plan") and m["plan"] and m["status"] not in ("cancelled", "expired"):
-            money["plans"] = [
-                p
-                for p in await asyncio.to_thread(billing.plans)
-                if p.auto_renew and p.id != m["plan"]
-            ]
-            chosen = request.query_params.get("plan")
-            if chosen:
-                money["chosen"] = chosen[:64]
-                money["at_renewal"] = request.query_params.get("when") == "renewal"
-                money.update(
-                    await asyncio.to_thread(
-                        desk_money.plan_quote,
-                        billing,
-                        m["member_id"],
-                        chosen,
-                        money["at_renewal"],
-                    )
-                )
+        money = await asyncio.to_thread(
+            desk_money.page_part, billing, staff, m, dict(request.query_params)
+        )
         return desk.page(
             visitor,
             "desk_member.html",

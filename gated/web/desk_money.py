@@ -14,6 +14,7 @@ from typing import Any
 from gated.billing_sync.audit import Entry
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.notices import format_amount
+from gated.billing_sync.staff import StaffMember
 
 AMOUNT = re.compile(r"([0-9]{1,7})(?:[.,]([0-9]{1,2}))?")
 INVOICE_ID = re.compile(r"[0-9]{1,12}")
@@ -99,11 +100,30 @@ ACTIONS: dict[str, tuple[str, str, Action, str]] = {
 }
 
 
-def plan_quote(billing: Any, member_id: str, plan_id: str, at_renewal: bool) -> dict[str, Any]:
-    """What the page shows before a plan change is confirmed: the quote, or why not."""
+def page_part(
+    billing: Any, staff: StaffMember, m: dict[str, Any], query: dict[str, str]
+) -> dict[str, Any]:
+    """What the member's page shows of this for ``staff``'s role: the invoices to act on, the
+    plans to change to and, asked with ``?plan=ID&when=now|renewal``, that change's quote (or
+    why not) before it is confirmed."""
+    part: dict[str, Any] = {}
+    if staff.may("refund") or staff.may("write_off"):
+        part["invoices"] = billing.member_access().invoices(m["member_id"], 24)
+    if not staff.may("change_plan") or not m["plan"] or m["status"] in ("cancelled", "expired"):
+        return part
+    part["plans"] = [p for p in billing.plans() if p.auto_renew and p.id != m["plan"]]
+    plan_id = query.get("plan", "")
+    if not plan_id:
+        return part
+    part["chosen"] = plan_id[:64]
+    part["at_renewal"] = query.get("when") == "renewal"
     if not PLAN_ID.fullmatch(plan_id):
-        return {"refused": "choose a plan"}
+        part["refused"] = "choose a plan"
+        return part
     try:
-        return {"quote": billing.plan_change_quote(member_id, plan_id, at_renewal).as_dict()}
+        change = billing.plan_change_quote(m["member_id"], plan_id, part["at_renewal"])
     except BillingError as exc:
-        return {"refused": str(exc).replace("(use --at-renewal)", "(choose “at the renewal”)")}
+        part["refused"] = str(exc).replace("(use --at-renewal)", "(choose “at the renewal”)")
+        return part
+    part["quote"] = change.as_dict()
+    return part
