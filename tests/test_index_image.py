@@ -29,7 +29,7 @@ from gated.cache.live import LiveIndex
 from gated.cache.store import CacheStore, CacheWriter
 from gated.contract import card_key, erased_state
 from gated.policy.decide import Member
-from tests.test_compact_index import IDS, Reference, check, fields, members
+from tests.test_compact_index import IDS, Reference, check, fields, members, random_key
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff" * 2)
 ISSUED = "2026-11-26T08:00:00Z"
@@ -405,15 +405,15 @@ def test_an_image_saved_while_a_table_grows_loads_whole(tmp_path: Path) -> None:
     index = MemberIndex()
     i = 0
     while not (index._ktab.old is not None and index._ktab.cursor > 0 and i > 1000):
-        index.put(Member(f"m_{i}", 1, "active", credentials=i.to_bytes(4, "big") * 8))
+        index.put(Member(f"m_{i}", 1, "active", credentials=random_key(i)))
         i += 1
     image = tmp_path / IMAGE_NAME
     assert save_image(index, image, b"c" * 16, TAG)
     loaded = load_image(image, b"c" * 16, 0, TAG)
     assert loaded._ktab.old is not None
     for j in range(i + 100):
-        loaded.put(Member(f"n_{j}", 1, "active", credentials=(j + 10**6).to_bytes(4, "big") * 8))
+        loaded.put(Member(f"n_{j}", 1, "active", credentials=random_key(j + 10**6)))
     for j in range(i):
-        assert loaded.by_key[j.to_bytes(4, "big") * 8].member_id == f"m_{j}"
+        assert loaded.by_key[random_key(j)].member_id == f"m_{j}"
         assert loaded.by_id[f"m_{j}"].version == 1
     assert loaded._ktab.old is None and loaded.count == 2 * i + 100

@@ -39,7 +39,7 @@ log = logging.getLogger("gated.cache")
 IMAGE_NAME = "index.img"
 MAGIC = b"GATEDIX1"
 TRAILER = b"GATEDEND"
-FORMAT = 1
+FORMAT = 2  # 2: card keys placed by their first bytes (gated.cache.index.key_hash)
 _HEAD = struct.Struct("<8sI")  # magic, header length
 _TAIL = struct.Struct("<I8s")  # CRC-32 of everything before, trailer
 # Bytes copied from the live index at a time, holding the GIL: a badge waits for one such copy
