@@ -36,11 +36,11 @@ from sqlalchemy import func, insert, select
 
 from gated.billing_sync import schema
 from gated.billing_sync.cli import settle_collector
+from gated.billing_sync.config import BillingConfig
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
-from gated.config import BillingConfig
 
 T0 = 1_796_112_000
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gated.billing_sync.config import load_billing_config
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
-from gated.config import load_billing_config
 from tests.gatefixture import GateProcess, write_config
 from tests.services import free_port, run_mosquitto
 

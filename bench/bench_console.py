@@ -38,12 +38,12 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from gated.billing_sync import reports
+from gated.billing_sync.config import BillingConfig
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
-from gated.config import BillingConfig
 from gated.web.app import web_routes
 from gated.web.desk_dashboard import DASHBOARD, MONTHS
 

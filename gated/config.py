@@ -1,32 +1,32 @@
-"""Configuration models for ``gated.toml``, validated at the edge.
+"""Configuration of a gate (``gated.toml``), validated at the edge.
 
 A bad file raises :class:`ConfigError` with one line that names the field and the problem; the CLI
-prints that line and exits 2.
+prints that line and exits 2. The gate's settings are plain dataclasses checked by the small
+validator below rather than pydantic models: pydantic's schema machinery cost a gate ~14 MiB of
+its RSS and a tenth of a second of its start (BENCHMARKS.md). The messages are pydantic's
+wording, so a file gets the same line either way. ``billing.toml`` is the head office's
+(:mod:`gated.billing_sync.config`), which keeps pydantic.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
 
 from gated.errors import GatedError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
+_READER_KINDS = ("sim", "pcsc", "nfc", "serial_qr", "hid_qr", "wiegand")
 
 
 class ConfigError(GatedError):
@@ -41,89 +41,116 @@ def parse_duration(value: str | int | float) -> float:
         if value < 0:
             raise ValueError(f"a duration cannot be negative: {value!r}")
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 72h, 3d)")
     match = _DURATION_RE.match(value)
     if not match:
         raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 72h, 3d)")
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def check_mqtt_url(v: str) -> str:
+    """``mqtt://HOST:PORT`` or ``mqtts://HOST:PORT`` (the gate's and the head office's)."""
+    match = re.match(r"^mqtts?://[^/:]+(?::(\d+))?/?$", v)
+    if not match:
+        raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+    if match.group(1) is not None and not 1 <= int(match.group(1)) <= 65535:
+        raise ValueError(f"port {match.group(1)} is not a TCP port (1-65535)")
+    return v
 
 
-class KeysConfig(_Section):
+def check_timezone(v: str) -> str:
+    """An IANA time zone name that this system knows."""
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)"
+        ) from exc
+    return v
+
+
+def _snapshot_url(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^(https?://[^/\s]+/\S*|file:///\S+)$", v):
+        raise ValueError("must be an https:// (or http://) URL, or file:///PATH")
+    return v
+
+
+def _listen_address(v: str) -> str:
+    if v and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
+        raise ValueError('must be HOST:PORT (e.g. "127.0.0.1:9464"), or "" for no endpoint')
+    if v and int(v.rsplit(":", 1)[1]) > 65535:
+        raise ValueError("port must be 0-65535")
+    return v
+
+
+def _rule(**rules: Any) -> dict[str, Any]:
+    """A field's checks, as ``dataclasses.field(metadata=...)``: ``gt``, ``ge``, ``le``,
+    ``pattern``, ``min_length``; ``before`` converts the raw value and ``check`` tests the
+    converted one (both raise ValueError with the message)."""
+    return rules
+
+
+# --- gated.toml ----------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class KeysConfig:
     credential_key_file: Path = Path("/etc/gated/credential.key")
-    head_office_public_key_files: list[Path] = Field(
+    head_office_public_key_files: list[Path] = field(
         default_factory=lambda: [Path("/etc/gated/head-office.pub")]
     )
-    command_public_key_files: list[Path] = Field(default_factory=list)
+    command_public_key_files: list[Path] = field(default_factory=list)
     # The staff console's desk key: trusted for pulse and lockdown only (DESIGN, GateCommand).
-    desk_command_public_key_files: list[Path] = Field(default_factory=list)
+    desk_command_public_key_files: list[Path] = field(default_factory=list)
 
 
-class MqttConfig(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
+@dataclass(kw_only=True)
+class MqttConfig:
+    url: str = field(default="mqtt://127.0.0.1:1883", metadata=_rule(check=check_mqtt_url))
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    heartbeat_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = field(default=30.0, metadata=_rule(gt=0))
     client_id: str | None = None
     # How long a link may be silent before it is given up (None: twice heartbeat_s, at least 5 s),
     # how long a CONNECT may wait for the broker's CONNACK, and the reconnect backoff's cap.
-    keepalive_s: int | None = Field(default=None, ge=1, le=3600)
-    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    backoff_max_s: float = Field(default=60.0, ge=1, le=3600)
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        match = re.match(r"^mqtts?://[^/:]+(?::(\d+))?/?$", v)
-        if not match:
-            raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
-        if match.group(1) is not None and not 1 <= int(match.group(1)) <= 65535:
-            raise ValueError(f"port {match.group(1)} is not a TCP port (1-65535)")
-        return v
+    keepalive_s: int | None = field(default=None, metadata=_rule(ge=1, le=3600))
+    connect_timeout_s: float = field(default=10.0, metadata=_rule(gt=0, le=300))
+    backoff_max_s: float = field(default=60.0, metadata=_rule(ge=1, le=3600))
 
 
-class HeadOfficeConfig(_Section):
-    snapshot_url: str | None = None
+@dataclass(kw_only=True)
+class HeadOfficeConfig:
+    snapshot_url: str | None = field(default=None, metadata=_rule(check=_snapshot_url))
     token_file: Path | None = None
     ca_file: Path | None = None
 
-    @field_validator("snapshot_url")
-    @classmethod
-    def _snapshot_scheme(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(https?://[^/\s]+/\S*|file:///\S+)$", v):
-            raise ValueError("must be an https:// (or http://) URL, or file:///PATH")
-        return v
+
+@dataclass(kw_only=True)
+class PolicyConfig:
+    anti_passback_s: float = field(default=0, metadata=_rule(ge=0))
+    daily_limit: int | None = field(default=None, metadata=_rule(ge=0))
+    max_offline: float = field(default=72 * 3600.0, metadata=_rule(before=parse_duration))
+    qr_window_s: float = field(default=30, metadata=_rule(gt=0, le=600))
 
 
-class PolicyConfig(_Section):
-    anti_passback_s: float = Field(default=0, ge=0)
-    daily_limit: int | None = Field(default=None, ge=0)
-    max_offline: float = 72 * 3600.0
-    qr_window_s: float = Field(default=30, gt=0, le=600)
-
-    @field_validator("max_offline", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> float:
-        return parse_duration(v)
-
-
-class ControlConfig(_Section):
+@dataclass(kw_only=True)
+class ControlConfig:
     """What the control socket lets its clients hold: far below systemd's 1024 descriptors, so a
     flood of connections never starves the broker link or the cache of file descriptors."""
 
-    max_connections: int = Field(default=64, ge=2, le=256)
+    max_connections: int = field(default=64, metadata=_rule(ge=2, le=256))
     # A connection with no request started for idle_timeout_s is closed; a request line must
     # arrive whole within request_timeout_s of its first byte, and a reply be taken as fast.
-    idle_timeout_s: float = Field(default=10.0, gt=0)
-    request_timeout_s: float = Field(default=5.0, gt=0)
+    idle_timeout_s: float = field(default=10.0, metadata=_rule(gt=0))
+    request_timeout_s: float = field(default=5.0, metadata=_rule(gt=0))
 
 
-class DoorConfig(_Section):
+@dataclass(kw_only=True)
+class DoorConfig:
     pin_factory: Literal["mock", "lgpio", "rpigpio", "pigpio", "native"] = "mock"
     relay_pin: int = 17
     green_led_pin: int = 27
@@ -134,22 +161,25 @@ class DoorConfig(_Section):
     fire_input_pin: int | None = None
     passage_sensor_pin: int | None = None
     relay_active_high: bool = True
-    pulse_ms: int = Field(default=3000, gt=0, le=60000)
-    held_open_s: float = Field(default=30, gt=0)
+    pulse_ms: int = field(default=3000, metadata=_rule(gt=0, le=60000))
+    held_open_s: float = field(default=30, metadata=_rule(gt=0))
 
 
-class _ReaderBase(_Section):
-    id: str | None = Field(default=None, pattern=_ID)
+@dataclass(kw_only=True)
+class _ReaderBase:
+    id: str | None = field(default=None, metadata=_rule(pattern=_ID))
     direction: Literal["in", "out"] = "in"
-    debounce_ms: int = Field(default=1500, ge=0)
+    debounce_ms: int = field(default=1500, metadata=_rule(ge=0))
 
 
+@dataclass(kw_only=True)
 class SimReaderConfig(_ReaderBase):
     """Fed through the control socket (``gatectl badge``); the demo and tests use it."""
 
     kind: Literal["sim"] = "sim"
 
 
+@dataclass(kw_only=True)
 class PcscReaderConfig(_ReaderBase):
     """A CCID reader (ACR122U, ACR1252, ...) through pcscd; the UID comes from GET DATA."""
 
@@ -161,74 +191,77 @@ NfcTarget = Literal["106A", "106B", "212F", "424F"]  # ISO 14443 A/B, FeliCa 212
 NFC_DEFAULT_TARGETS: tuple[NfcTarget, ...] = ("106A", "106B", "212F")
 
 
+@dataclass(kw_only=True)
 class NfcReaderConfig(_ReaderBase):
     """An nfcpy device (PN532 over UART/I2C/USB, ...); pcscd must not own the same device."""
 
     kind: Literal["nfc"] = "nfc"
-    path: str = Field(default="usb", min_length=1)  # "usb", "tty:AMA0:pn532", "udp:HOST:PORT"
-    targets: list[NfcTarget] = Field(
-        default_factory=lambda: list(NFC_DEFAULT_TARGETS), min_length=1
+    # "usb", "tty:AMA0:pn532", "udp:HOST:PORT"
+    path: str = field(default="usb", metadata=_rule(min_length=1))
+    targets: list[NfcTarget] = field(
+        default_factory=lambda: list(NFC_DEFAULT_TARGETS), metadata=_rule(min_length=1)
     )
 
 
+@dataclass(kw_only=True)
 class SerialQrReaderConfig(_ReaderBase):
     """A USB-CDC or RS-232 QR scanner sending one code per line (CR and/or LF)."""
 
     kind: Literal["serial_qr"] = "serial_qr"
-    port: str = Field(default="/dev/ttyACM0", min_length=1)
-    baudrate: int = Field(default=9600, gt=0)
-    max_length: int = Field(default=512, gt=0, le=65536)
+    port: str = field(default="/dev/ttyACM0", metadata=_rule(min_length=1))
+    baudrate: int = field(default=9600, metadata=_rule(gt=0))
+    max_length: int = field(default=512, metadata=_rule(gt=0, le=65536))
 
 
+@dataclass(kw_only=True)
 class HidQrReaderConfig(_ReaderBase):
     """A keyboard-wedge QR scanner, grabbed exclusively through evdev."""
 
     kind: Literal["hid_qr"] = "hid_qr"
-    device: str = Field(min_length=1)  # /dev/input/by-id/... path or the device name
-    max_length: int = Field(default=512, gt=0, le=65536)
+    device: str = field(metadata=_rule(min_length=1))  # /dev/input/by-id/... path or the name
+    max_length: int = field(default=512, metadata=_rule(gt=0, le=65536))
 
 
+@dataclass(kw_only=True)
 class WiegandReaderConfig(_ReaderBase):
     """A Wiegand reader on two GPIO inputs (BCM numbers); 26- and 34-bit frames."""
 
     kind: Literal["wiegand"] = "wiegand"
-    d0_pin: int = Field(ge=0, le=53)
-    d1_pin: int = Field(ge=0, le=53)
+    d0_pin: int = field(metadata=_rule(ge=0, le=53))
+    d1_pin: int = field(metadata=_rule(ge=0, le=53))
     byte_order: Literal["as_sent", "reversed"] = "as_sent"  # "reversed" if PC/SC shows it backwards
-    frame_timeout_ms: int = Field(default=20, ge=5, le=200)
+    frame_timeout_ms: int = field(default=20, metadata=_rule(ge=5, le=200))
 
-    @field_validator("d1_pin")
-    @classmethod
-    def _two_pins(cls, v: int, info: Any) -> int:
-        if v == info.data.get("d0_pin"):
-            raise ValueError("d0_pin and d1_pin must be different pins")
-        return v
+    def _field_problems(self) -> Iterator[tuple[str, str]]:
+        if self.d1_pin == self.d0_pin:
+            yield "d1_pin", "d0_pin and d1_pin must be different pins"
 
 
-ReaderConfig = Annotated[
+ReaderConfig = (
     SimReaderConfig
     | PcscReaderConfig
     | NfcReaderConfig
     | SerialQrReaderConfig
     | HidQrReaderConfig
-    | WiegandReaderConfig,
-    Field(discriminator="kind"),
-]
+    | WiegandReaderConfig
+)
+# A [[readers]] entry's class by its ``kind``.
+_READER_CLASSES: dict[str, type[_ReaderBase]] = {
+    "sim": SimReaderConfig,
+    "pcsc": PcscReaderConfig,
+    "nfc": NfcReaderConfig,
+    "serial_qr": SerialQrReaderConfig,
+    "hid_qr": HidQrReaderConfig,
+    "wiegand": WiegandReaderConfig,
+}
 
 
-class MetricsConfig(_Section):
+@dataclass(kw_only=True)
+class MetricsConfig:
     """The Prometheus endpoint; on localhost unless an operator chooses otherwise."""
 
-    listen: str = "127.0.0.1:9464"  # "" turns the endpoint off
-
-    @field_validator("listen")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        if v and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", v):
-            raise ValueError('must be HOST:PORT (e.g. "127.0.0.1:9464"), or "" for no endpoint')
-        if v and int(v.rsplit(":", 1)[1]) > 65535:
-            raise ValueError("port must be 0-65535")
-        return v
+    # "" turns the endpoint off
+    listen: str = field(default="127.0.0.1:9464", metadata=_rule(check=_listen_address))
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -243,40 +276,30 @@ def _default_readers() -> list[ReaderConfig]:
     return [SimReaderConfig()]
 
 
-class GateConfig(_Section):
-    site: str = Field(pattern=_ID)
-    gate: str = Field(pattern=_ID)
-    zones: list[str] = Field(default_factory=lambda: ["main"])
-    timezone: str = "UTC"
+@dataclass(kw_only=True)
+class GateConfig:
+    site: str = field(metadata=_rule(pattern=_ID))
+    gate: str = field(metadata=_rule(pattern=_ID))
+    zones: list[str] = field(default_factory=lambda: ["main"])
+    timezone: str = field(default="UTC", metadata=_rule(check=check_timezone))
     state_dir: Path = Path("/var/lib/gated")
     control_socket: Path = Path("/run/gated/control.sock")
     durability: Literal["crash", "power"] = "crash"
     # SCHED_FIFO priority of the event loop's thread, where decisions run; 0 = the normal policy.
-    realtime_priority: int = Field(default=10, ge=0, le=99)
+    realtime_priority: int = field(default=10, metadata=_rule(ge=0, le=99))
     # Undelivered events kept for the broker: alarm at warn, stop queueing (loudly) at max.
-    outbox_warn_events: int = Field(default=100_000, gt=0)
-    outbox_max_events: int = Field(default=1_000_000, gt=0)
-    keys: KeysConfig = Field(default_factory=KeysConfig)
+    outbox_warn_events: int = field(default=100_000, metadata=_rule(gt=0))
+    outbox_max_events: int = field(default=1_000_000, metadata=_rule(gt=0))
+    keys: KeysConfig = field(default_factory=KeysConfig)
     mqtt: MqttConfig | None = None
     head_office: HeadOfficeConfig | None = None
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    control: ControlConfig = Field(default_factory=ControlConfig)
-    door: DoorConfig = Field(default_factory=DoorConfig)
-    readers: list[ReaderConfig] = Field(default_factory=_default_readers)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    door: DoorConfig = field(default_factory=DoorConfig)
+    readers: list[ReaderConfig] = field(default_factory=_default_readers)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)"
-            ) from exc
-        return v
-
-    def model_post_init(self, __context: Any) -> None:
+    def __post_init__(self) -> None:
         # Give readers stable ids (kind-N) and refuse duplicates: events and `gatectl readers`
         # name readers by id.
         counts: dict[str, int] = {}
@@ -318,14 +341,207 @@ class GateConfig(_Section):
         return self.state_dir / "cache.db"
 
 
+# --- the validator ---------------------------------------------------------------------------------
+
+_Problem = tuple[tuple[int | str, ...], str]  # (where, message)
+_hints: dict[type, dict[str, Any]] = {}
+SectionT = TypeVar("SectionT")
+
+
+# The words a boolean setting may also be written as (pydantic's).
+_TRUE = frozenset(("1", "on", "t", "true", "y", "yes"))
+_FALSE = frozenset(("0", "off", "f", "false", "n", "no"))
+
+
+class _Invalid(Exception):
+    """One value that cannot be used (the message is pydantic's wording)."""
+
+
+def _literal_words(choices: tuple[Any, ...]) -> str:
+    words = [repr(c) for c in choices]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _scalar(tp: Any, value: Any) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float):
+            if value in (0, 1):
+                return bool(value)
+            raise _Invalid("Input should be a valid boolean, unable to interpret input")
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _TRUE or word in _FALSE:
+                return word in _TRUE
+            raise _Invalid("Input should be a valid boolean, unable to interpret input")
+        raise _Invalid("Input should be a valid boolean")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and not isinstance(value, bool):
+            if value.is_integer():
+                return int(value)
+            raise _Invalid("Input should be a valid integer, got a number with a fractional part")
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+            raise _Invalid("Input should be a valid integer, unable to parse string as an integer")
+        raise _Invalid("Input should be a valid integer")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+            raise _Invalid("Input should be a valid number, unable to parse string as a number")
+        raise _Invalid("Input should be a valid number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid("Input should be a valid string")
+    if tp is Path:
+        if isinstance(value, str | Path):
+            return Path(value)
+        raise _Invalid("Input is not a valid path for <class 'pathlib.Path'>")
+    raise TypeError(f"no check for settings of type {tp!r}")  # a programming error
+
+
+def _limits(rules: Mapping[str, Any], value: Any) -> None:
+    if "gt" in rules and not value > rules["gt"]:
+        raise _Invalid(f"Input should be greater than {rules['gt']}")
+    if "ge" in rules and not value >= rules["ge"]:
+        raise _Invalid(f"Input should be greater than or equal to {rules['ge']}")
+    if "le" in rules and not value <= rules["le"]:
+        raise _Invalid(f"Input should be less than or equal to {rules['le']}")
+    if "pattern" in rules and not re.search(rules["pattern"], value):
+        raise _Invalid(f"String should match pattern '{rules['pattern']}'")
+    least = rules.get("min_length")
+    if least is not None and len(value) < least:
+        if isinstance(value, str):
+            raise _Invalid(f"String should have at least {least} character{'s' * (least > 1)}")
+        raise _Invalid(
+            f"List should have at least {least} item{'s' * (least > 1)} after validation,"
+            f" not {len(value)}"
+        )
+
+
+def _value(tp: Any, value: Any, where: tuple[int | str, ...], problems: list[_Problem]) -> Any:
+    """``value`` as a ``tp``; problems are added to ``problems`` (and the value is then None)."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        if len(args) > 1:  # the readers: one class per kind
+            return _reader(value, where, problems)
+        return _value(args[0], value, where, problems)
+    try:
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if value in choices and isinstance(value, str):
+                return value
+            raise _Invalid(f"Input should be {_literal_words(choices)}")
+        if origin is list:
+            if not isinstance(value, list):
+                raise _Invalid("Input should be a valid list")
+            (item,) = typing.get_args(tp)
+            return [_value(item, v, (*where, i), problems) for i, v in enumerate(value)]
+        if dataclasses.is_dataclass(tp):
+            return _section(typing.cast(type, tp), value, where, problems)
+        return _scalar(tp, value)
+    except _Invalid as exc:
+        problems.append((where, str(exc)))
+        return None
+
+
+def _reader(value: Any, where: tuple[int | str, ...], problems: list[_Problem]) -> Any:
+    if not isinstance(value, Mapping):
+        problems.append(
+            (where, "Input should be a valid dictionary or object to extract fields from")
+        )
+        return None
+    kind = value.get("kind")
+    cls = _READER_CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        if "kind" not in value:
+            problems.append((where, "Unable to extract tag using discriminator 'kind'"))
+        else:
+            problems.append((
+                where,
+                f"Input tag {kind!r} found using 'kind' does not match any of the expected"
+                f" tags: {', '.join(repr(k) for k in _READER_KINDS)}",
+            ))  # fmt: skip
+        return None
+    return _section(cls, value, where, problems)
+
+
+def _section(
+    cls: type[SectionT], data: Any, where: tuple[int | str, ...], problems: list[_Problem]
+) -> SectionT | None:
+    """A section dataclass from a TOML table, every field checked."""
+    if not isinstance(data, Mapping):
+        problems.append(
+            (where, f"Input should be a valid dictionary or instance of {cls.__name__}")
+        )
+        return None
+    hints = _hints.get(cls)
+    if hints is None:
+        hints = _hints[cls] = typing.get_type_hints(cls)
+    found = len(problems)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        at = (*where, f.name)
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append((at, "required setting is missing"))
+            continue
+        raw = data[f.name]
+        rules = f.metadata
+        try:
+            if "before" in rules:
+                raw = rules["before"](raw)
+        except ValueError as exc:
+            problems.append((at, str(exc)))
+            continue
+        before = len(problems)
+        value = _value(hints[f.name], raw, at, problems)
+        if len(problems) > before:
+            continue
+        try:
+            if value is not None:
+                _limits(rules, value)
+                if "check" in rules:
+                    value = rules["check"](value)
+        except (_Invalid, ValueError) as exc:
+            problems.append((at, str(exc)))
+            continue
+        values[f.name] = value
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    problems.extend(
+        ((*where, k), "unknown setting (check the spelling against config/gated.toml)")
+        for k in data
+        if k not in names
+    )
+    if len(problems) > found:
+        return None
+    section = cls(**values)
+    cross = getattr(section, "_field_problems", None)
+    if cross is not None:
+        problems.extend(((*where, name), message) for name, message in cross())
+    return section
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("sim", "pcsc", "nfc", "serial_qr", "hid_qr", "wiegand") or (
-            isinstance(part, str) and part.endswith("ReaderConfig")
-        ):
+        elif part in _READER_KINDS or (isinstance(part, str) and part.endswith("ReaderConfig")):
             continue  # discriminated-union tags add nothing for a human
         else:
             # [sites.<id>] tables are kept as site_settings; the file calls them sites.
@@ -333,19 +549,41 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """The first problem, as ``field: message``."""
+def _one_line(where: str, msg: str, more: int) -> str:
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    # A whole-file rule names its own fields in the message.
+    return f"{where}: {msg}{suffix}" if where else f"{msg}{suffix}"
+
+
+class ValidationErrors(Protocol):
+    """What :func:`format_validation_error` reads of a pydantic ``ValidationError``."""
+
+    def errors(self) -> Sequence[Mapping[str, Any]]: ...
+
+
+def format_validation_error(exc: ValidationErrors) -> str:
+    """The first problem of a pydantic error (the head office's models), as ``field: message``."""
     err = exc.errors()[0]
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown setting (check the spelling against config/gated.toml)"
     elif err["type"] == "missing":
         msg = "required setting is missing"
-    more = len(exc.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    where = _location(err["loc"])
-    # A whole-file rule (model validator) names its own fields in the message.
-    return f"{where}: {msg}{suffix}" if where else f"{msg}{suffix}"
+    return _one_line(_location(err["loc"]), msg, len(exc.errors()) - 1)
+
+
+def gate_config_from(data: Mapping[str, Any]) -> GateConfig:
+    """A :class:`GateConfig` from a parsed ``gated.toml``; ConfigError with one line
+    (``field: message``) for the first problem, and how many more there are."""
+    problems: list[_Problem] = []
+    try:
+        config = _section(GateConfig, data, (), problems)
+    except ValueError as exc:  # a whole-file rule (__post_init__)
+        raise ConfigError(str(exc)) from exc
+    if problems or config is None:
+        where, msg = problems[0]
+        raise ConfigError(_one_line(_location(where), msg, len(problems) - 1))
+    return config
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -368,22 +606,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def load_gate_config(path: str | Path) -> GateConfig:
     """Load and validate ``gated.toml``; relative paths are taken from the file's folder."""
-    config = validate_file(GateConfig, path)
-    return _resolve_paths(config, Path(path).resolve().parent)
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def validate_file(model: type[ModelT], path: str | Path) -> ModelT:
-    """Read a TOML file into ``model``; ConfigError with one line naming the field."""
     data = load_toml(path)
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
-    except ValueError as exc:
+        config = gate_config_from(data)
+    except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    return _resolve_paths(config, Path(path).resolve().parent)
 
 
 def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
@@ -406,224 +634,4 @@ def _resolve_paths(config: GateConfig, base: Path) -> GateConfig:
         for name in ("password_file", "ca_file", "cert_file", "key_file", "token_file"):
             if hasattr(section, name):
                 setattr(section, name, fix(getattr(section, name)) or getattr(section, name))
-    return config
-
-
-# --- billing.toml (gated-billing) ---------------------------------------------------------------
-
-
-class BillingKeysConfig(_Section):
-    head_office_private_key_file: Path = Path("/etc/gated/head-office.pem")
-    credential_key_file: Path = Path("/etc/gated/credential.key")
-    card_encryption_key_file: Path = Path("/etc/gated/cards.key")
-    # Signs the console's pulse and lockdown commands; gates list its .pub in
-    # desk_command_public_key_files. Unset: the console cannot open gates.
-    desk_command_private_key_file: Path | None = None
-
-
-class DunningConfig(_Section):
-    grace_days: int = Field(default=3, ge=0, le=60)
-    suspend_min_owed: int = Field(default=0, ge=0)
-    max_grace_days: int = Field(default=14, ge=0, le=90)
-    collections_days: int = Field(default=30, ge=1, le=365)
-    # Visa allows 15 reattempts in 30 days, Mastercard 10 in 24 h: a handful of retries stays
-    # well under every network's cap.
-    retry_days: list[int] = Field(default_factory=lambda: [3, 7], max_length=8)
-
-    @field_validator("retry_days")
-    @classmethod
-    def _increasing(cls, v: list[int]) -> list[int]:
-        if any(d <= 0 for d in v) or v != sorted(set(v)):
-            raise ValueError("must be strictly increasing positive day counts, e.g. [3, 7]")
-        return v
-
-    @model_validator(mode="after")
-    def _collections_after_retries(self) -> DunningConfig:
-        # Collections ends dunning: a retry scheduled on or after it would never be made, and
-        # the notice before it would promise one.
-        if self.retry_days and self.collections_days <= self.retry_days[-1]:
-            raise ValueError(
-                f"collections_days ({self.collections_days}) must be after the last of"
-                f" retry_days ({self.retry_days[-1]})"
-            )
-        return self
-
-
-class StripeConfig(_Section):
-    api_key_file: Path
-    webhook_secret_file: Path | None = None
-    api_base: str | None = None
-    max_requests_per_s: float = Field(default=25.0, gt=0, le=100)
-    # Calls a billing cycle keeps in flight: one at a time, a round trip each, is ~2-3 charges/s.
-    concurrency: int = Field(default=8, ge=1, le=32)
-    max_retries: int = Field(default=4, ge=0, le=10)
-    # Live Stripe needs renewals confirmed as merchant-initiated; a local fake may reject it.
-    off_session: bool = True
-    # Stripe.js in the member app (card entry, 3-D Secure): the publishable key (pk_...) and
-    # where the script is loaded from (Stripe's own address; a local fake's in tests).
-    publishable_key: str | None = None
-    js_url: str = "https://js.stripe.com/v3/"
-
-
-class BillingMqttConfig(_Section):
-    url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_id: str = "gated-billing"
-
-    _scheme = field_validator("url")(MqttConfig._scheme.__func__)  # type: ignore[attr-defined]
-
-
-class HttpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    public_url: str = "http://127.0.0.1:8080"
-    # Addresses (or networks) of reverse proxies whose X-Forwarded-For names the real client;
-    # rate limits count per client, so without this every member behind a proxy is one client.
-    trusted_proxies: list[str] = Field(default_factory=list)
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or network") from None
-        return v
-
-
-class SmtpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=25, ge=1, le=65535)
-    sender: str = "billing@gym.example"
-    username: str | None = None
-    password_file: Path | None = None
-    starttls: bool = False
-
-
-class AppConfig(_Section):
-    """``[app]``: the member app served under /app/."""
-
-    # How long a member stays signed in on one device.
-    session_days: int = Field(default=30, ge=1, le=365)
-    # How often the pass shows a fresh QR code, in seconds; a gate's qr_window_s should be at
-    # least twice this.
-    qr_refresh_s: int = Field(default=10, ge=1, le=300)
-    # The membership terms a sign-up accepts (first line "Version: ..."); unset: the shipped
-    # default in gated/web/terms/.
-    terms_file: Path | None = None
-
-
-class NoticesConfig(_Section):
-    """``[notices]``: reminders sent ahead of time (0 turns one off)."""
-
-    # Days before a renewal that the member is told the amount and the date.
-    upcoming_charge_days: int = Field(default=7, ge=0, le=60)
-    # Days before the card on file expires that its owner is asked for a new one.
-    card_expiry_days: int = Field(default=30, ge=0, le=90)
-
-
-class SiteConfig(_Section):
-    """``[sites.<id>]``: what invoices, heatmaps and the nightly occupancy reset need of a site."""
-
-    name: str | None = None
-    address: str | None = None
-    tax_id: str | None = None
-    timezone: str = "UTC"
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-
-    _zone = field_validator("timezone")(GateConfig._tz.__func__)  # type: ignore[attr-defined]
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-
-class BillingConfig(_Section):
-    database_url: str = "sqlite:///billing.db"
-    state_dir: Path = Path("/var/lib/gated-billing")
-    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
-    sites: list[str] = Field(min_length=1)
-    gateway: Literal["simulated", "stripe"] = "simulated"
-    cycle_interval_s: float = Field(default=60.0, gt=0)
-    batch_size: int = Field(default=200, ge=1, le=10000)
-    durability: Literal["crash", "power"] = "crash"
-    keys: BillingKeysConfig = Field(default_factory=BillingKeysConfig)
-    dunning: DunningConfig = Field(default_factory=DunningConfig)
-    stripe: StripeConfig | None = None
-    mqtt: BillingMqttConfig | None = None
-    http: HttpConfig = Field(default_factory=HttpConfig)
-    smtp: SmtpConfig | None = None
-    app: AppConfig = Field(default_factory=AppConfig)
-    notices: NoticesConfig = Field(default_factory=NoticesConfig)
-    # Filled from ``[sites.<id>]`` tables; ``sites = ["a", "b"]`` leaves it empty (defaults).
-    site_settings: dict[str, SiteConfig] = Field(default_factory=dict, exclude=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _site_tables(cls, data: Any) -> Any:
-        """``sites`` is a list of ids, or ``[sites.<id>]`` tables whose keys are the ids."""
-        if isinstance(data, dict) and "site_settings" in data:
-            raise ValueError("site_settings: unknown setting (use [sites.<id>] tables)")
-        if isinstance(data, dict) and isinstance(data.get("sites"), dict):
-            tables = data["sites"]
-            data = {**data, "sites": list(tables), "site_settings": tables}
-        return data
-
-    def site(self, site_id: str) -> SiteConfig:
-        """A site's settings (its id as its name, UTC and the head office's currency when it
-        has no ``[sites.<id>]`` table)."""
-        found = self.site_settings.get(site_id)
-        if found is None:
-            found = SiteConfig()
-        return found.model_copy(
-            update={"name": found.name or site_id, "currency": found.currency or self.currency}
-        )
-
-    @field_validator("sites")
-    @classmethod
-    def _site_ids(cls, v: list[str]) -> list[str]:
-        for site in v:
-            if not re.match(_ID, site):
-                raise ValueError(f"site id {site!r} must match {_ID}")
-        return v
-
-    def model_post_init(self, __context: Any) -> None:
-        if self.gateway == "stripe" and self.stripe is None:
-            raise ValueError('gateway = "stripe" needs a [stripe] section with api_key_file')
-
-
-def load_billing_config(path: str | Path) -> BillingConfig:
-    """Load and validate ``billing.toml``; relative paths are taken from the file's folder."""
-    config = validate_file(BillingConfig, path)
-    base = Path(path).resolve().parent
-
-    def fix(p: Path) -> Path:
-        return p if p.is_absolute() else base / p
-
-    config.state_dir = fix(config.state_dir)
-    keys = config.keys
-    keys.head_office_private_key_file = fix(keys.head_office_private_key_file)
-    keys.credential_key_file = fix(keys.credential_key_file)
-    keys.card_encryption_key_file = fix(keys.card_encryption_key_file)
-    if keys.desk_command_private_key_file is not None:
-        keys.desk_command_private_key_file = fix(keys.desk_command_private_key_file)
-    for section, names in (
-        (config.stripe, ("api_key_file", "webhook_secret_file")),
-        (config.mqtt, ("password_file", "ca_file", "cert_file", "key_file")),
-        (config.smtp, ("password_file",)),
-        (config.app, ("terms_file",)),
-    ):
-        for name in names:
-            value = getattr(section, name, None) if section is not None else None
-            if value is not None:
-                setattr(section, name, fix(value))
-    prefix = "sqlite:///"
-    if config.database_url.startswith(prefix) and not config.database_url.startswith(prefix + "/"):
-        relative = config.database_url[len(prefix) :]
-        config.database_url = prefix + str(fix(Path(relative)))
     return config

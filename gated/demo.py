@@ -509,13 +509,13 @@ def _console_signins(billing_toml: Path, http_port: int) -> None:
     """Staff accounts for the console, and the member app's address: an owner (password, then
     a second factor: a recovery code or the TOTP key in an authenticator app) and a front desk
     account (password only)."""
+    from gated.billing_sync.config import load_billing_config
     from gated.billing_sync.context import db_clock
     from gated.billing_sync.keys import Keys
     from gated.billing_sync.service import Billing
     from gated.billing_sync.simulator import SimulatedGateway
     from gated.billing_sync.store import open_store
     from gated.billing_sync.totp import b32, code_at
-    from gated.config import load_billing_config
 
     config = load_billing_config(billing_toml)
     engine = open_store(config.database_url)

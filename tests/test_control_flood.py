@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import resource
 import select
@@ -248,7 +249,7 @@ def test_at_the_cap_the_longest_idle_gives_way_and_busy_ones_are_kept(
                 await release.wait()
             return {"cmd": cmd}
 
-        limits = short_limits.model_copy(update={"idle_timeout_s": 30.0})
+        limits = dataclasses.replace(short_limits, idle_timeout_s=30.0)
         server = ControlServer(tmp_path / "c.sock", slow, limits=limits)
         await server.start()
         try:

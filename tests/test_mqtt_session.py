@@ -43,8 +43,9 @@ def test_every_client_loads_its_certificate_and_key(
 ) -> None:
     """The gate, `gated members push` and the billing publisher build their TLS in one place, so
     each presents its client certificate (the publisher once ignored cert_file/key_file)."""
+    from gated.billing_sync.config import BillingMqttConfig
     from gated.billing_sync.publisher import billing_client
-    from gated.config import BillingMqttConfig, MqttConfig
+    from gated.config import MqttConfig
     from gated.push import Broker, PushError
 
     ca, crt, key = client_cert

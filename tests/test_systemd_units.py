@@ -103,7 +103,7 @@ def test_gate_unit_keeps_the_hardware_and_the_clock_check_reachable() -> None:
     # and the limit allows the configured default priority and no more.
     assert filters.index("sched_setscheduler") > filters.index("~@privileged @resources")
     assert d["RestrictRealtime"] == ["no"]
-    assert d["LimitRTPRIO"] == [str(GateConfig.model_fields["realtime_priority"].default)]
+    assert d["LimitRTPRIO"] == [str(GateConfig(site="s", gate="g").realtime_priority)]
     assert d["RuntimeDirectory"] == ["gated"] and d["StateDirectory"] == ["gated"]
 
 

@@ -40,6 +40,7 @@ from gated.billing_sync.cli_common import (
     table,
     when,
 )
+from gated.billing_sync.config import BillingConfig, load_billing_config
 from gated.billing_sync.config_check import config_app
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import PaymentGateway
@@ -53,7 +54,7 @@ from gated.billing_sync.keys import (
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
-from gated.config import BillingConfig, load_billing_config, parse_duration
+from gated.config import parse_duration
 from gated.edge import RefusalsAsOneLine, fail, setup_logging
 
 app = typer.Typer(

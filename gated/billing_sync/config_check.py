@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gated.config import BillingConfig, GateConfig, load_billing_config, load_gate_config
+from gated.billing_sync.config import BillingConfig, load_billing_config
+from gated.config import GateConfig, load_gate_config
 from gated.edge import RefusalsAsOneLine
 
 config_app = typer.Typer(

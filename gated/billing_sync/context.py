@@ -18,12 +18,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from gated.billing_sync import engine as eng
+from gated.billing_sync.config import BillingConfig
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gate_board import GateBoard
 from gated.billing_sync.gateway import PaymentGateway
 from gated.billing_sync.keys import Keys
 from gated.billing_sync.store import get_meta, reading, set_meta
-from gated.config import BillingConfig
 
 
 @dataclass(eq=False, slots=True)

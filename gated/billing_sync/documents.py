@@ -19,10 +19,10 @@ from fpdf.enums import XPos, YPos
 from sqlalchemy import Connection, select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.config import SiteConfig
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.notices import format_amount, format_day
-from gated.config import SiteConfig
 
 # The PDF core font (Helvetica) covers Latin-1 and costs ~10 ms a document; a document with any
 # other character (a name in Polish, Greek, Cyrillic...) embeds DejaVu Sans instead, which

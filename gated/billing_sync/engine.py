@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
+from gated.billing_sync.config import DunningConfig
 from gated.billing_sync.errors import BillingError
-from gated.config import DunningConfig
 
 DAY = 86_400
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gated.config import BillingKeysConfig
+from gated.billing_sync.config import BillingKeysConfig
 from gated.contract import (
     Signer,
     load_credential_key,

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine, and_, or_, select, update
 
 from gated.billing_sync import schema
-from gated.config import SmtpConfig
+from gated.billing_sync.config import SmtpConfig
 from gated.errors import GatedError
 
 log = logging.getLogger("gated.billing.notices")

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select, update
 
 from gated.billing_sync import schema
+from gated.billing_sync.config import BillingMqttConfig
 from gated.billing_sync.store import raise_version_floor, reading
-from gated.config import BillingMqttConfig
 from gated.contract import (
     ContractError,
     SignatureError,

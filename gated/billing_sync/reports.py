@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.config import BillingConfig
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.store import reading
-from gated.config import BillingConfig
 
 Report = tuple[list[str], list[tuple[Any, ...]]]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

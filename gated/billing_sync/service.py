@@ -67,6 +67,7 @@ from gated.billing_sync import (
 )
 from gated.billing_sync.audit import Actor, Entry
 from gated.billing_sync.charging import CycleReport
+from gated.billing_sync.config import BillingConfig
 from gated.billing_sync.context import Context, advance_clock
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import CardSetup, ChargeResult, PaymentGateway
@@ -82,7 +83,6 @@ from gated.billing_sync.refunds import Outcome
 from gated.billing_sync.signup import Applicant, Terms
 from gated.billing_sync.staff import StaffAccess, StaffMember
 from gated.billing_sync.webhooks import NO_MONEY, DisputeMoney
-from gated.config import BillingConfig
 
 __all__ = ["Applicant", "Billing", "CardSetup", "CycleReport", "PlanSpec", "Terms"]
 

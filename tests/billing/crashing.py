@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gated.billing_sync.config import load_billing_config
 from gated.billing_sync.context import db_clock
 from gated.billing_sync.gateway import FaultyGateway, PaymentGateway
 from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
-from gated.config import load_billing_config
 
 
 def kill_at(step: str) -> Callable[[str], None]:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.cli import app, build
+from gated.billing_sync.config import load_billing_config
 from gated.billing_sync.errors import NotFound
-from gated.config import load_billing_config
 from tests.billing.helpers import cli_ok, make_billing, write_cli_config
 
 

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
-from gated.config import ConfigError, load_billing_config
+from gated.billing_sync.config import load_billing_config
+from gated.config import ConfigError
 from gated.contract import parse_qr_code
 from tests.billing.helpers import cli_ok, write_cli_config
 

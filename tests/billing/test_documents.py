@@ -14,10 +14,10 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
+from gated.billing_sync.config import SmtpConfig
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing
-from gated.config import SmtpConfig
 from tests.billing.helpers import Clock, cli_ok, make_billing, write_cli_config
 from tests.billing.test_notices import Inbox, smtp  # noqa: F401  (the fixture)
 from tests.billing.test_signup import TERMS, applicant

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import select
 
 from gated.billing_sync import schema
+from gated.billing_sync.config import NoticesConfig
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.reminders import queue_price_change
 from gated.billing_sync.service import Billing, PlanSpec
-from gated.config import NoticesConfig
 from tests.billing.helpers import DAY, T0, make_billing, notices, step
 
 

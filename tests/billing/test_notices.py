@@ -18,9 +18,9 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from gated.billing_sync import schema
+from gated.billing_sync.config import SmtpConfig
 from gated.billing_sync.notices import TEMPLATES, deliver, format_amount, render
 from gated.billing_sync.service import PlanSpec
-from gated.config import SmtpConfig
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import cli_ok, make_billing, notices, step
 from tests.billing.test_crash import cli, write_config

@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import func, select
 
 from gated.billing_sync import schema
+from gated.billing_sync.config import BillingMqttConfig
 from gated.billing_sync.keys import new_signing_key
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
-from gated.config import BillingMqttConfig
 from gated.contract import (
     MAX_VERSION,
     Verifier,

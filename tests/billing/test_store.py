@@ -58,7 +58,7 @@ def test_rolled_back_change_does_not_consume_a_version(tmp_path: Path) -> None:
 
 
 def test_shipped_example_config_is_valid() -> None:
-    from gated.config import load_billing_config
+    from gated.billing_sync.config import load_billing_config
 
     root = Path(__file__).resolve().parents[2]
     config = load_billing_config(root / "config" / "billing.toml")
@@ -68,7 +68,8 @@ def test_shipped_example_config_is_valid() -> None:
 
 @pytest.mark.parametrize("value", ["0", "33", '"eight"'])
 def test_a_bad_stripe_concurrency_is_refused_by_name(tmp_path: Path, value: str) -> None:
-    from gated.config import ConfigError, load_billing_config
+    from gated.billing_sync.config import load_billing_config
+    from gated.config import ConfigError
 
     shipped = Path(__file__).resolve().parents[2] / "config" / "billing.toml"
     path = tmp_path / "billing.toml"

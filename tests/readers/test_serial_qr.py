@@ -51,9 +51,7 @@ def scanner(tmp_path: Path) -> Iterator[Scanner]:
 
 
 def _config(port: Path, **kw: object) -> SerialQrReaderConfig:
-    return SerialQrReaderConfig.model_validate(
-        {"id": "qr-in", "port": str(port), "debounce_ms": 0, **kw}
-    )
+    return SerialQrReaderConfig(id="qr-in", port=str(port), debounce_ms=0, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n"], ids=["CR", "LF", "CRLF"])

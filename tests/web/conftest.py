@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from gated.billing_sync.config import load_billing_config
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing, PlanSpec
-from gated.config import load_billing_config
 from gated.web.app import web_routes
 from tests.billing.test_crash import billing_for
 from tests.gatefixture import GateProcess, write_config
