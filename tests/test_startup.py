@@ -198,3 +198,27 @@ def test_a_reader_whose_device_is_missing_starts_and_is_reported(
         assert readers.returncode == 1, readers.stderr
     finally:
         assert gate.stop() == 0
+
+
+def test_a_running_gate_has_not_loaded_pydantic(tmp_path: Path, keys: Path) -> None:
+    """``gated run`` parses its options and checks gated.toml without pydantic, which cost a
+    gate ~14 MiB of RSS (BENCHMARKS.md); ``--config=FILE`` and ``--log-level`` take the same path,
+    and ``run --help`` is still typer's."""
+    shutil.copytree(keys, tmp_path / "keys")
+    config = write_gate_toml(tmp_path, tmp_path / "keys")
+    gate = GateProcess(config, tmp_path)
+    gate.start()
+    try:
+        assert gate.proc is not None
+        maps = Path(f"/proc/{gate.proc.pid}/maps").read_text()
+        assert "_sqlite3" in maps  # the process the gate runs in: its libraries are listed
+        assert "pydantic" not in maps
+    finally:
+        assert gate.stop() == 0
+    env = child_env(tmp_path, {"pydantic": REFUSE_IMPORT.format(name="pydantic")})
+    bad = write_gate_toml(tmp_path, tmp_path / "keys", "[door]\npulse_ms = 0\n")
+    run = gated(env, "run", f"--config={bad}", "--log-level", "DEBUG")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == f"error: {bad}: door.pulse_ms: Input should be greater than 0"
+    usage = gated(dict(os.environ, COLUMNS="80"), "run", "--help")
+    assert usage.returncode == 0 and "--config" in usage.stdout, usage.stderr
