@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -250,6 +251,26 @@ def keys_generate(
         )
 
 
+def save_current_image(cfg: GateConfig, credential_key: bytes) -> bool:
+    """Save the index image of the cache as it is now, so the next start reads the image
+    instead of the rows; False if it could not be written (the start then rebuilds)."""
+    from gated.cache.image import IMAGE_NAME, image_tag, save_image
+    from gated.cache.store import CacheStore
+
+    store = CacheStore(cfg.cache_path, cfg.durability)
+    try:
+        index = store.load_index()
+        image = cfg.cache_path.with_name(IMAGE_NAME)
+        return save_image(index, image, store.generation()[0], image_tag(cfg.site, credential_key))
+    except OSError as exc:  # a full disk: the import stands, the next start rebuilds
+        logging.getLogger("gated.cache").warning(
+            "event=index_image_save_failed path=%s error=%s", cfg.state_dir, exc
+        )
+        return False
+    finally:
+        store.close()
+
+
 @members_app.command("import")
 def members_import(
     file: Annotated[
@@ -288,11 +309,15 @@ def members_import(
         refreshed = control.request(cfg.control_socket, "cache_refresh")
     except (control.DaemonNotRunning, control.ControlAccessDenied, control.ControlError, OSError):
         refreshed = None
+    # A running daemon saves its own image; without one, the next start would rebuild the index
+    # from the rows (~5 s of CPU at 1,000,000 members): the import does it now instead.
+    image_saved = refreshed is None and bool(applied) and save_current_image(cfg, key)
     result = {
         "file": str(file),
         "read": len(states),
         "applied": len(applied),
         "daemon_refreshed": refreshed is not None,
+        "index_image_saved": image_saved,
     }
     if json_out:
         print(json.dumps(result))

@@ -348,24 +348,21 @@ def test_a_save_that_fails_is_logged_and_the_gate_serves_on(
 
 
 def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) -> None:
-    """`gated run` saves its image after a start from the rows, loads it at the next start, and
-    refuses it once a member changed behind it (here `gated members import` while it was down):
-    the changed member is answered as the cache has it."""
+    """`gated members import` without a running gate saves the image the next start loads; `gated
+    run` saves its image after a start from the rows and loads it at the next start; it refuses
+    one a member changed behind (as a gate killed before its save leaves it): the changed member
+    is answered as the cache has it."""
     import json
     import time
 
+    from gated.config import load_gate_config
     from tests.gatefixture import GateProcess, write_config
+    from tests.sync.helpers import member
 
     config = write_config(tmp_path)
     gate = GateProcess(config, tmp_path)
     members = tmp_path / "members.json"
-
-    def import_members(status: str) -> None:
-        members.write_text(
-            json.dumps([{"member_id": "m_1", "status": status, "cards": ["04A1B2C3D4E5F6"]}])
-        )
-        out = gate.gated("members", "import", str(members), "-c", str(config))
-        assert out.returncode == 0, out.stderr
+    image = tmp_path / "state" / IMAGE_NAME
 
     def wait_for_log(text: str) -> None:
         deadline = time.monotonic() + 20
@@ -373,7 +370,20 @@ def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) 
             assert time.monotonic() < deadline, gate.log.read_text()[-3000:]
             time.sleep(0.05)
 
-    import_members("active")
+    members.write_text(
+        json.dumps([{"member_id": "m_1", "status": "active", "cards": ["04A1B2C3D4E5F6"]}])
+    )
+    out = gate.gated("members", "import", str(members), "-c", str(config), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["index_image_saved"] is True and image.exists()
+    gate.start()
+    try:
+        wait_for_log("event=index_image_loaded members=1")
+        assert gate.badge(card="04A1B2C3D4E5F6")["allow"] is True
+    finally:
+        gate.stop()
+    image.unlink()
+    gate.log.write_text("")
     gate.start()
     try:
         wait_for_log("event=index_image_saved")  # soon after a start from the rows
@@ -384,10 +394,14 @@ def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) 
     gate.start()
     try:
         wait_for_log("event=index_image_loaded members=1")
-        assert gate.badge(card="04A1B2C3D4E5F6")["allow"] is True
     finally:
         gate.stop()
-    import_members("frozen")
+    cfg = load_gate_config(config)
+    store = CacheStore(cfg.cache_path)
+    key = bytes.fromhex(cfg.keys.credential_key_file.read_text().strip())
+    state = member("m_1", store.max_version() + 1, cards=["04A1B2C3D4E5F6"], key=key)
+    assert store.apply_states([{**state, "sites": [cfg.site], "status": "frozen"}])
+    store.close()
     gate.log.write_text("")
     gate.start()
     try:
