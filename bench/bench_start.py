@@ -46,7 +46,7 @@ def one_start(config: Path, settle: float, timeout: float) -> dict[str, object]:
         path = str(Path(tmp) / "notify")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(path)
-        sock.settimeout(timeout)
+        sock.settimeout(0.05)
         env = {**os.environ, "NOTIFY_SOCKET": path, "GATED_LOG_LEVEL": "INFO"}
         log = Path(tmp) / "gated.log"
         with log.open("w") as out:
@@ -56,7 +56,13 @@ def one_start(config: Path, settle: float, timeout: float) -> dict[str, object]:
             )
             try:
                 while True:
-                    message = sock.recv(4096).decode()
+                    try:
+                        message = sock.recv(4096).decode()
+                    except TimeoutError:
+                        if proc.poll() is not None or time.perf_counter() - t0 > timeout:
+                            tail = log.read_text()[-2000:]
+                            raise SystemExit(f"no READY=1 from gated:\n{tail}") from None
+                        continue
                     if "READY=1" in message.split("\n"):
                         break
                 wall = time.perf_counter() - t0

@@ -296,7 +296,7 @@ class Verifier:
 
     @classmethod
     def from_pem_files(cls, paths: Iterable[str | Path]) -> Verifier:
-        return cls(public_key_raw(load_public_key(p)) for p in paths)
+        return cls(load_public_key_raw(p) for p in paths)
 
     @property
     def kids(self) -> list[str]:
@@ -353,6 +353,28 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ContractError(f"{path}: not an Ed25519 public key")
     return key
+
+
+# An Ed25519 SubjectPublicKeyInfo in DER is this fixed prefix and the raw 32-byte key (RFC 8410).
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+_PEM_PUBLIC_KEY_RE = re.compile(
+    r"-----BEGIN PUBLIC KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PUBLIC KEY-----"
+)
+
+
+def load_public_key_raw(path: str | Path) -> bytes:
+    """The raw 32 bytes of a SubjectPublicKeyInfo PEM Ed25519 public key (as
+    ``public_key_raw(load_public_key(path))``), read without cryptography: a gate verifies with
+    PyNaCl, and cryptography's OpenSSL bindings were ~9 MiB of its RSS (BENCHMARKS.md)."""
+    text = Path(path).read_bytes().decode("ascii", errors="replace")
+    match = _PEM_PUBLIC_KEY_RE.search(text)
+    try:
+        der = base64.b64decode("".join(match.group(1).split()), validate=True) if match else b""
+    except binascii.Error:
+        der = b""
+    if len(der) != 44 or not der.startswith(_ED25519_SPKI_PREFIX):
+        raise ContractError(f"{path}: not an Ed25519 public key (PEM)")
+    return der[12:]
 
 
 def public_key_raw(key: Ed25519PublicKey) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gated.config import GateConfig
-from gated.contract import load_credential_key, load_public_key
+from gated.contract import load_credential_key, load_public_key_raw
 from gated.door import check_pin_factory
 from gated.errors import GatedError
 from gated.readers.device import missing_driver
@@ -90,14 +90,14 @@ def _key_problems(config: GateConfig) -> list[str]:
         problems += _file_problem(
             "[keys] head_office_public_key_files:",
             path,
-            load_public_key,
+            load_public_key_raw,
             "copy head office's Ed25519 public key (PEM) here",
         )
     for path in keys.command_public_key_files:
         problems += _file_problem(
             "[keys] command_public_key_files:",
             path,
-            load_public_key,
+            load_public_key_raw,
             "copy the command signer's Ed25519 public key (PEM) here",
         )
     return problems

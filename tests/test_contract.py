@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from gated.contract import (
     erased_state,
     is_random_uid,
     key_id,
+    load_public_key_raw,
     normalize_uid,
     parse_time,
     read_snapshot,
@@ -393,3 +395,35 @@ def test_statuses_are_the_status_literal() -> None:
     from gated.contract import STATUSES, Status
 
     assert get_args(Status) == STATUSES and "erased" in STATUSES
+
+
+def test_a_gate_reads_public_key_files_as_cryptography_does(tmp_path: Path) -> None:
+    """The gate reads Ed25519 public keys without cryptography (its bindings cost a gate ~9 MiB):
+    the same 32 bytes for the test vector's key and for a new one, and a clear refusal for
+    anything else."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from gated.contract import private_key_pem, public_key_pem
+
+    path = tmp_path / "head-office.pub"
+    for private in (Ed25519PrivateKey.from_private_bytes(PRIVATE), Ed25519PrivateKey.generate()):
+        path.write_bytes(public_key_pem(private.public_key()))
+        assert load_public_key_raw(path) == private.public_key().public_bytes_raw()
+    path.write_bytes(public_key_pem(Ed25519PrivateKey.from_private_bytes(PRIVATE).public_key()))
+    assert base64.b64encode(load_public_key_raw(path)).decode() == PUBLIC_B64
+    x25519 = (
+        X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for wrong in (
+        x25519,
+        private_key_pem(Ed25519PrivateKey.generate()),
+        b"-----BEGIN PUBLIC KEY-----\nnot base64!\n-----END PUBLIC KEY-----\n",
+        b"\xff\xfe",
+        b"",
+    ):
+        path.write_bytes(wrong)
+        with pytest.raises(ContractError, match="not an Ed25519 public key"):
+            load_public_key_raw(path)

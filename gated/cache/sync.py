@@ -58,14 +58,13 @@ from gated.contract import (
     cmd_topic,
     events_topic,
     format_time,
-    load_public_key,
+    load_public_key_raw,
     loads_bounded,
     manifest_topic,
     member_topic,
     member_version,
     members_wildcard,
     parse_topic,
-    public_key_raw,
     status_topic,
 )
 from gated.errors import GatedError
@@ -168,9 +167,7 @@ class SiteSync:
         self._member_prefix = member_topic(config.site, "")
         self.gate_id = config.gate
         self.client_id = self.mqtt.client_id or f"gated-{config.site}-{config.gate}"
-        public_keys = [
-            public_key_raw(load_public_key(p)) for p in config.keys.head_office_public_key_files
-        ]
+        public_keys = [load_public_key_raw(p) for p in config.keys.head_office_public_key_files]
         self.verifier = Verifier(public_keys)
         keys = config.keys
         self.remote = RemoteCommands(
