@@ -121,6 +121,71 @@ def test_bad_file_gives_one_line(tmp_path: Path, text: str, names: list[str]) ->
         assert name in message
 
 
+LAX = [
+    # (id, file text, what the setting reads as): the coercions pydantic made, kept for files
+    # that relied on them
+    ("integer as text", MINIMAL + '[door]\npulse_ms = "3000"\n', ("door", "pulse_ms", 3000)),
+    ("whole float as integer", MINIMAL + "realtime_priority = 9.0\n", ("", "realtime_priority", 9)),
+    (
+        "yes as true",
+        MINIMAL + '[door]\nrelay_active_high = "no"\n',
+        ("door", "relay_active_high", False),
+    ),
+    (
+        "0 as false",
+        MINIMAL + "[door]\nrelay_active_high = 0\n",
+        ("door", "relay_active_high", False),
+    ),
+    ("integer as float", MINIMAL + "[policy]\nqr_window_s = 45\n", ("policy", "qr_window_s", 45.0)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in LAX], ids=[c[0] for c in LAX])
+def test_values_read_as_before(
+    tmp_path: Path, text: str, expected: tuple[str, str, object]
+) -> None:
+    path = tmp_path / "gated.toml"
+    path.write_text(text)
+    cfg = load_gate_config(path)
+    section, name, value = expected
+    got = getattr(getattr(cfg, section) if section else cfg, name)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            MINIMAL + "[door]\npulse_ms = 1.5\n",
+            "door.pulse_ms: Input should be a valid integer, got a number with a fractional part",
+        ),
+        (
+            MINIMAL + '[door]\nrelay_active_high = "maybe"\n',
+            "door.relay_active_high: Input should be a valid boolean, unable to interpret input",
+        ),
+        (
+            MINIMAL + "[mqtt]\nheartbeat_s = 0\n[door]\npulse_ms = 0\n",
+            "mqtt.heartbeat_s: Input should be greater than 0 (and 1 more problem)",
+        ),
+        (
+            MINIMAL + '[[readers]]\nkind = "nfc"\ntargets = []\n',
+            "readers[0].targets: List should have at least 1 item after validation, not 0",
+        ),
+        (
+            MINIMAL + '[[readers]]\nid = "x"\n',
+            "readers[0]: Unable to extract tag using discriminator 'kind'",
+        ),
+    ],
+)
+def test_lines_in_pydantic_wording(tmp_path: Path, text: str, line: str) -> None:
+    """The gate's checks are not pydantic's any more; a file still gets the line it got."""
+    path = tmp_path / "gated.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_gate_config(path)
+    assert str(info.value) == f"{path}: {line}"
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file") as info:
         load_gate_config(tmp_path / "nope.toml")
