@@ -13,7 +13,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 
 from gated.billing_sync import schema as s
 from gated.billing_sync.config import BillingConfig
@@ -27,6 +37,10 @@ _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 CURRENT = ("active", "grace", "pending_cancel")
 # Today's occupancy curve, in slots of this many minutes.
 SLOT_MIN = 15
+SLOT_S = SLOT_MIN * 60
+DAY = 86_400
+# The months a renewal's period spans are counted in these (30.4375 days).
+MONTH_S = 2_629_800
 # A site counts as having exit readers when an exit was recorded this recently.
 EXITS_WITHIN_S = 30 * 86_400
 
@@ -137,37 +151,27 @@ def granted_entry() -> ColumnElement[bool]:
 
 def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
-    ...; chargebacks and refunds count negative; credit notes and write-offs are not money): gross, and apart the net and the tax in it (each payment's
-    share of its invoice's tax, rounded per payment)."""
-    p, inv = s.payments, s.invoices
+    ...; chargebacks and refunds count negative; credit notes and write-offs are not money):
+    gross, and apart the net and the tax in it (each payment's share of its invoice's tax,
+    rounded per payment). Read from the daily rollup ``rollup_payments``."""
+    r = s.rollup_payments
     with reading(engine).connect() as conn:
-        who = _members_at(conn, scope)
         rows = conn.execute(
             select(
-                p.c.at,
-                inv.c.currency,
-                p.c.method,
-                p.c.amount,
-                p.c.member_id,
-                inv.c.tax,
-                inv.c.total,
-            )
-            .join(inv, inv.c.id == p.c.invoice_id)
-            .where(scope.within(p.c.at), p.c.method.not_in(s.NOT_MONEY_METHODS))
+                r.c.day, r.c.sites, r.c.currency, r.c.method, r.c.gross, r.c.tax, r.c.payments
+            ).where(scope.within(r.c.day))
         ).all()
+    at_sites = _site_filter(scope)
     totals: dict[tuple[str, str, str], list[int]] = {}
-    for r in rows:
-        if who is not None and r.member_id not in who:
-            continue
-        key = (datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m"), r.currency, r.method)
-        acc = totals.setdefault(key, [0, 0, 0])
-        amount = int(r.amount)
-        acc[0] += amount
-        acc[1] += _tax_share(amount, int(r.tax), int(r.total))
-        acc[2] += 1
+    for row in rows:
+        if at_sites(row.sites):
+            acc = totals.setdefault((month_of(row.day), row.currency, row.method), [0, 0, 0])
+            acc[0] += int(row.gross)
+            acc[1] += int(row.tax)
+            acc[2] += int(row.payments)
     return (
         ["month", "currency", "method", "gross", "net", "tax", "payments"],
-        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items())],
+        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items()) if n],
     )
 
 
@@ -289,39 +293,90 @@ def passes(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
+def _site_filter(scope: Scope) -> Callable[[str], bool]:
+    """Whether a member with these sites (as stored, JSON) belongs to the scope's sites."""
+    if scope.sites is None:
+        return lambda _: True
+    wanted = set(scope.sites)
+    seen: dict[str, bool] = {}
+
+    def at_sites(sites: str) -> bool:
+        if sites not in seen:
+            seen[sites] = bool(set(json.loads(sites)) & wanted)
+        return seen[sites]
+
+    return at_sites
+
+
+def monthly(subtotal: int, period_start: int, period_end: int) -> int:
+    """A renewal's net per month: over the months its period spans (30.4375 days each, rounded
+    half up, at least one), rounded toward zero, as the rollup's SQL counts it."""
+    months = max(1, (2 * (period_end - period_start) + MONTH_S) // (2 * MONTH_S))
+    share = abs(subtotal) // months
+    return share if subtotal >= 0 else -share
+
+
+def _renewals_today(conn: Connection, now: int) -> Sequence[Any]:
+    """Paid renewals starting or ending between today's UTC midnight and ``now``: the daily
+    MRR rollup counts a whole day, this instant needs these apart."""
+    inv, m = s.invoices, s.members
+    today = now - now % DAY
+    return conn.execute(
+        select(inv.c.currency, m.c.sites, inv.c.subtotal, inv.c.period_start, inv.c.period_end)
+        .join(m, m.c.id == inv.c.member_id)
+        .where(
+            inv.c.kind == "renewal",
+            inv.c.status == "paid",
+            inv.c.period_start.is_not(None),
+            inv.c.period_end.is_not(None),
+            or_(
+                inv.c.period_start.between(today, now),
+                inv.c.period_end.between(today, now),
+            ),
+        )
+    ).all()
+
+
 def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Monthly recurring revenue per month and currency: the net of every paid renewal whose
-    period covers the month's last instant (or now, for this month), spread over its months."""
-    inv = s.invoices
+    period covers the month's last instant (or now, for this month), spread over its months,
+    and how many renewals that is (a member has one at a time). From ``rollup_mrr``, where
+    each renewal adds its share on its first day and takes it away on the day it ends; this
+    month's figure at ``now`` sets apart the renewals that start or end today."""
+    r = s.rollup_mrr
     with reading(engine).connect() as conn:
-        who = _members_at(conn, scope)
         rows = conn.execute(
-            select(
-                inv.c.member_id,
-                inv.c.currency,
-                inv.c.subtotal,
-                inv.c.period_start,
-                inv.c.period_end,
-            ).where(
-                inv.c.kind == "renewal",
-                inv.c.status == "paid",
-                inv.c.period_start.is_not(None),
-                inv.c.period_end.is_not(None),
-            )
+            select(r.c.day, r.c.sites, r.c.currency, r.c.amount, r.c.renewals).order_by(r.c.day)
         ).all()
-    rows = [r for r in rows if who is None or r.member_id in who]
-    earliest = min((int(r.period_start) for r in rows), default=None)
+        today_rows = _renewals_today(conn, now)
+    at_sites = _site_filter(scope)
+    rows = [row for row in rows if at_sites(row.sites) and (row.amount or row.renewals)]
+    today = now - now % DAY
+    earliest = int(rows[0].day) if rows else None
     out = []
+    totals: dict[str, list[int]] = {}
+    i = 0
     for month, _start, end in months_in(scope, now, earliest):
         at = min(end - 1, now)
-        totals: dict[str, tuple[int, set[str]]] = {}
-        for r in rows:
-            if r.period_start <= at < r.period_end:
-                months = max(1, round((r.period_end - r.period_start) / (30.4375 * 86_400)))
-                amount, members = totals.get(r.currency, (0, set()))
-                members.add(r.member_id)
-                totals[r.currency] = (amount + int(r.subtotal) // months, members)
-        out += [(month, cur, v[0], len(v[1])) for cur, v in sorted(totals.items())]
+        # Every change up to the day of ``at``; today's only up to this instant.
+        upto = at - at % DAY if at < today else today - 1
+        while i < len(rows) and rows[i].day <= upto:
+            acc = totals.setdefault(rows[i].currency, [0, 0])
+            acc[0] += int(rows[i].amount)
+            acc[1] += int(rows[i].renewals)
+            i += 1
+        shown = {cur: list(v) for cur, v in totals.items()}
+        if at >= today:
+            for t in today_rows:
+                if not at_sites(t.sites):
+                    continue
+                share = monthly(int(t.subtotal), int(t.period_start), int(t.period_end))
+                acc = shown.setdefault(t.currency, [0, 0])
+                if today <= t.period_start <= at:
+                    acc[0], acc[1] = acc[0] + share, acc[1] + 1
+                if today <= t.period_end <= at:
+                    acc[0], acc[1] = acc[0] - share, acc[1] - 1
+        out += [(month, cur, v[0], v[1]) for cur, v in sorted(shown.items()) if v[1]]
     return ["month", "currency", "mrr", "members"], out
 
 
@@ -369,25 +424,38 @@ def deferred(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
 
 def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """New members and cancellations per month, the members at the month's start, and churn
-    (cancellations that took effect in the month over members at its start, in %)."""
-    sub = s.subscriptions
+    (cancellations that took effect in the month over members at its start, in %). From
+    ``rollup_subscriptions`` (started and ended per day); today's cancellations count up to
+    ``now``."""
+    r, sub, m = s.rollup_subscriptions, s.subscriptions, s.members
+    today = now - now % DAY
     with reading(engine).connect() as conn:
-        who = _members_at(conn, scope)
         rows = conn.execute(
-            select(sub.c.member_id, sub.c.started_at, sub.c.cancel_at, sub.c.status)
+            select(r.c.day, r.c.sites, r.c.started, r.c.ended).order_by(r.c.day)
         ).all()
-    rows = [r for r in rows if who is None or r.member_id in who]
-    earliest = min((int(r.started_at) for r in rows), default=None)
-    ended = [r for r in rows if r.cancel_at is not None and r.cancel_at <= now]
+        ended_today = conn.execute(
+            select(m.c.sites, func.count())
+            .select_from(sub)
+            .join(m, m.c.id == sub.c.member_id)
+            .where(sub.c.cancel_at.between(today, now))
+            .group_by(m.c.sites)
+        ).all()
+    at_sites = _site_filter(scope)
+    rows = [row for row in rows if at_sites(row.sites)]
+    earliest = min((int(row.day) for row in rows if row.started), default=None)
+    cancelled_today = sum(int(n) for sites, n in ended_today if at_sites(sites))
     out = []
     for month, start, end in months_in(scope, now, earliest):
-        new = sum(1 for r in rows if start <= r.started_at < end)
-        cancelled = sum(1 for r in ended if start <= r.cancel_at < end)
-        at_start = sum(
-            1
-            for r in rows
-            if r.started_at < start and (r.cancel_at is None or r.cancel_at >= start)
-        )
+        new = cancelled = at_start = 0
+        for row in rows:
+            if row.day < start:
+                at_start += int(row.started) - int(row.ended)
+            elif row.day < end:
+                new += int(row.started)
+                # Cancellations booked for a later day of this month have not happened yet.
+                cancelled += int(row.ended) if row.day < today else 0
+        if start <= today < end:
+            cancelled += cancelled_today
         churn = f"{100 * cancelled / at_start:.1f}" if at_start else ""
         out.append((month, new, cancelled, at_start, churn))
     return ["month", "new", "cancelled", "at_start", "churn_pct"], out
@@ -396,44 +464,21 @@ def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
 def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Failed payments and dunning recovery per month of the first failure, currency and
     decline class: invoices that failed, their amount, what was paid on them since, how many
-    were paid in full, and the recovery rate (the amount recovered over the amount failed)."""
-    at, inv, p = s.payment_attempts, s.invoices, s.payments
+    were paid in full, and the recovery rate (the amount recovered over the amount failed).
+    From ``rollup_recovery``, by the day of each invoice's first failed attempt."""
+    r = s.rollup_recovery
     with reading(engine).connect() as conn:
-        who = _members_at(conn, scope)
-        failures = conn.execute(
-            select(at.c.invoice_id, at.c.created_at, at.c.decline_class, at.c.member_id)
-            .where(at.c.state == "failed")
-            .order_by(at.c.invoice_id, at.c.created_at, at.c.id)
-        ).all()
-        first: dict[int, tuple[int, str]] = {}
-        for f in failures:
-            if who is not None and f.member_id not in who:
-                continue
-            first.setdefault(int(f.invoice_id), (int(f.created_at), f.decline_class or "unknown"))
-        ids = [i for i, (t, _) in first.items() if scope.within_value(t)]
-        invoices = {
-            r.id: r
-            for r in conn.execute(
-                select(inv.c.id, inv.c.currency, inv.c.total, inv.c.status).where(inv.c.id.in_(ids))
-            )
-        }
-        paid: dict[int, int] = {}
-        for r in conn.execute(
-            select(p.c.invoice_id, p.c.amount, p.c.at).where(
-                p.c.invoice_id.in_(ids), p.c.method.not_in(s.NOT_MONEY_METHODS)
-            )
-        ):
-            if r.at >= first[int(r.invoice_id)][0]:
-                paid[int(r.invoice_id)] = paid.get(int(r.invoice_id), 0) + int(r.amount)
+        rows = conn.execute(select(r).where(scope.within(r.c.day))).all()
+    at_sites = _site_filter(scope)
     totals: dict[tuple[str, str, str], list[int]] = {}
-    for invoice_id in ids:
-        when, decline = first[invoice_id]
-        row = invoices[invoice_id]
-        acc = totals.setdefault((month_of(when), row.currency, decline), [0, 0, 0, 0])
-        acc[0] += 1
-        acc[1] += int(row.total)
-        acc[2] += paid.get(invoice_id, 0)
-        acc[3] += 1 if row.status == "paid" else 0
+    for row in rows:
+        if at_sites(row.sites):
+            key = (month_of(row.day), row.currency, row.decline_class)
+            acc = totals.setdefault(key, [0, 0, 0, 0])
+            acc[0] += int(row.failed)
+            acc[1] += int(row.failed_amount)
+            acc[2] += int(row.recovered_amount)
+            acc[3] += int(row.recovered)
     return (
         [
             "month",
@@ -445,77 +490,163 @@ def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
             "recovered",
             "recovery_pct",
         ],
-        [(*k, *v, f"{100 * v[2] / v[1]:.1f}" if v[1] else "") for k, v in sorted(totals.items())],
+        [
+            (*k, *v, f"{100 * v[2] / v[1]:.1f}" if v[1] else "")
+            for k, v in sorted(totals.items())
+            if v[0]
+        ],
     )
+
+
+def _statuses(engine: Engine, scope: Scope) -> list[tuple[str, str, int]]:
+    """(status, sites, members) now, from ``rollup_statuses``, for the scope's sites."""
+    r = s.rollup_statuses
+    with reading(engine).connect() as conn:
+        rows = conn.execute(select(r.c.status, r.c.sites, r.c.members)).all()
+    at_sites = _site_filter(scope)
+    return [(row.status, row.sites, int(row.members)) for row in rows if at_sites(row.sites)]
 
 
 def statuses(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Members (not erased) by status now."""
-    sub, m = s.subscriptions, s.members
-    with reading(engine).connect() as conn:
-        rows = conn.execute(
-            select(sub.c.status, m.c.sites)
-            .join(m, m.c.id == sub.c.member_id)
-            .where(m.c.erased.is_(False))
-        ).all()
     counts: dict[str, int] = {}
-    for r in rows:
-        if scope.sites is None or set(json.loads(r.sites)) & set(scope.sites):
-            counts[r.status] = counts.get(r.status, 0) + 1
-    return ["status", "members"], sorted(counts.items())
+    for status, _, n in _statuses(engine, scope):
+        counts[status] = counts.get(status, 0) + n
+    return ["status", "members"], sorted((k, v) for k, v in counts.items() if v)
+
+
+def utc_offsets(zone: ZoneInfo, start: int, end: int) -> list[tuple[int, int, int]]:
+    """``[start, end)`` (whole 15-minute slots) cut where ``zone``'s UTC offset changes: (from,
+    to, offset in seconds). Offsets change on a quarter hour, so each part is whole slots."""
+
+    def offset(ts: int) -> int:
+        delta = datetime.fromtimestamp(ts, UTC).astimezone(zone).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    parts = []
+    begin, current, t = start, offset(start), start
+    while t < end:
+        step = min(DAY, end - t)
+        if offset(t + step) == current:
+            t += step
+            continue
+        lo, hi = t, t + step  # the first slot with another offset is in (lo, hi]
+        while hi - lo > SLOT_S:
+            mid = lo + max(1, (hi - lo) // SLOT_S // 2) * SLOT_S
+            lo, hi = (mid, hi) if offset(mid) == current else (lo, mid)
+        if hi >= end:
+            break
+        parts.append((begin, hi, current))
+        begin, current, t = hi, offset(hi), hi
+    parts.append((begin, end, current))
+    return parts
 
 
 def heatmap(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Entries per site, weekday and hour (the site's local time) over the period: every cell
-    of each site with entries, zeros included."""
-    ev = s.gate_events
-    with reading(engine).connect() as conn:
-        rows = conn.execute(
-            select(ev.c.site, ev.c.at).where(granted_entry(), scope.within(ev.c.at))
-        ).all()
+    of each site with entries, zeros included. From ``rollup_entries`` (15-minute UTC slots),
+    folded into local weekday and hour in SQL, one query per stretch of constant UTC offset."""
+    r = s.rollup_entries
     cells: dict[str, list[int]] = {}
-    for r in rows:
-        if not scope.has(r.site):
-            continue
-        local = datetime.fromtimestamp(r.at, scope.zone(r.site))
-        cells.setdefault(r.site, [0] * 168)[local.weekday() * 24 + local.hour] += 1
+    with reading(engine).connect() as conn:
+        spans = conn.execute(
+            select(r.c.site, func.min(r.c.slot), func.max(r.c.slot))
+            .where(scope.within(r.c.slot))
+            .group_by(r.c.site)
+        ).all()
+        for site, first, last in spans:
+            if not scope.has(site):
+                continue
+            counts = cells.setdefault(site, [0] * 168)
+            for lo, hi, offset in utc_offsets(scope.zone(site), int(first), int(last) + SLOT_S):
+                # Integer arithmetic, the same in SQLite and PostgreSQL; constants as text, so
+                # the grouped expression is the selected one. 1970-01-01 was a Thursday.
+                local = f"(slot + {offset})"
+                cell: ColumnElement[Any] = literal_column(
+                    f"(({local} / {DAY} + 3) % 7) * 24 + ({local} % {DAY}) / 3600"
+                )
+                for index, n in conn.execute(
+                    select(cell, func.sum(r.c.entries))
+                    .where(r.c.site == site, r.c.slot >= lo, r.c.slot < hi)
+                    .group_by(cell)
+                ):
+                    counts[int(index)] += int(n)
     return (
         ["site", "weekday", "hour", "entries"],
         [
             (site, WEEKDAYS[i // 24], i % 24, n)
             for site, counts in sorted(cells.items())
+            if any(counts)
             for i, n in enumerate(counts)
         ],
     )
 
 
-def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
-    """Each site side by side: members who may enter it, how many are current, entries and
-    distinct visitors over the period."""
-    sub, m, ev = s.subscriptions, s.members, s.gate_events
-    with reading(engine).connect() as conn:
-        people = conn.execute(
-            select(m.c.sites, sub.c.status)
-            .join(sub, sub.c.member_id == m.c.id)
-            .where(m.c.erased.is_(False))
-        ).all()
-        visits = conn.execute(
-            select(ev.c.site, func.count(), func.count(ev.c.member_id.distinct()))
+def _month_mask(scope: Scope) -> tuple[dict[int, int], int, int] | None:
+    """For a scope of whole UTC months: each year's bits of ``rollup_visits.months`` inside it,
+    and the first and last year (None: open ends, or not whole months)."""
+    if scope.start is None or scope.end is None:
+        return None
+    first, last = datetime.fromtimestamp(scope.start, UTC), datetime.fromtimestamp(scope.end, UTC)
+    if _month_start(month_of(scope.start)) != scope.start:
+        return None
+    if _month_start(month_of(scope.end)) != scope.end:
+        return None
+    masks: dict[int, int] = {}
+    y, mo = first.year, first.month
+    while (y, mo) < (last.year, last.month):
+        masks[y] = masks.get(y, 0) | 1 << (mo - 1)
+        y, mo = (y + 1, 1) if mo == 12 else (y, mo + 1)
+    return masks, first.year, last.year
+
+
+def _visitors(conn: Connection, scope: Scope) -> list[tuple[str, int]]:
+    """Distinct members with a granted entry per site over the scope: from ``rollup_visits``
+    for whole months or no bounds, else from the events themselves."""
+    v, ev = s.rollup_visits, s.gate_events
+    if scope.start is None and scope.end is None:
+        q = select(v.c.site, func.count(v.c.member_id.distinct())).group_by(v.c.site)
+        return [(site, int(n)) for site, n in conn.execute(q)]
+    masked = _month_mask(scope)
+    if masked is None:
+        q = (
+            select(ev.c.site, func.count(ev.c.member_id.distinct()))
             .where(granted_entry(), scope.within(ev.c.at))
             .group_by(ev.c.site)
-        ).all()
+        )
+        return [(site, int(n)) for site, n in conn.execute(q)]
+    masks, first, last = masked
+    bits = case(masks, value=v.c.year, else_=0)
+    q = (
+        select(v.c.site, func.count(v.c.member_id.distinct()))
+        .where(v.c.year.between(first, last), v.c.months.op("&")(bits) != 0)
+        .group_by(v.c.site)
+    )
+    return [(site, int(n)) for site, n in conn.execute(q)]
+
+
+def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+    """Each site side by side: members who may enter it, how many are current, entries and
+    distinct visitors over the period (from the rollups of statuses, entries and visits)."""
+    r = s.rollup_entries
     table: dict[str, list[int]] = {}
-    for r in people:
-        for site in json.loads(r.sites):
+    for status, member_sites, n in _statuses(engine, EVERYTHING):
+        for site in json.loads(member_sites):
             acc = table.setdefault(site, [0, 0, 0, 0])
-            acc[0] += 1
-            acc[1] += 1 if r.status in CURRENT else 0
-    for site, entries, visitors in visits:
-        acc = table.setdefault(site, [0, 0, 0, 0])
-        acc[2], acc[3] = int(entries), int(visitors)
+            acc[0] += n
+            acc[1] += n if status in CURRENT else 0
+    with reading(engine).connect() as conn:
+        entries = conn.execute(
+            select(r.c.site, func.sum(r.c.entries)).where(scope.within(r.c.slot)).group_by(r.c.site)
+        ).all()
+        visitors = _visitors(conn, scope)
+    for site, n in entries:
+        table.setdefault(site, [0, 0, 0, 0])[2] = int(n)
+    for site, n in visitors:
+        table.setdefault(site, [0, 0, 0, 0])[3] = n
     return (
         ["site", "members", "current", "entries", "visitors"],
-        [(site, *v) for site, v in sorted(table.items()) if scope.has(site)],
+        [(site, *v) for site, v in sorted(table.items()) if scope.has(site) and any(v)],
     )
 
 

@@ -725,3 +725,93 @@ sales = Table(
     Column("operator", String(64), nullable=False),
     Column("at", BigInteger, nullable=False),
 )
+
+# Report rollups (``reports.py`` reads them; migration 0018 made them and keeps them with
+# triggers in the transaction of every row they count). ``day`` is the Unix time of a UTC
+# midnight, ``slot`` of a 15-minute UTC slot (any time zone folds into local weekday and hour
+# exactly), ``sites`` the member's sites as stored on the member (JSON).
+rollup_payments = Table(
+    "rollup_payments",
+    metadata,
+    Column("day", BigInteger, primary_key=True),
+    Column("sites", Text, primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("method", String(16), primary_key=True),
+    # Money received (refunds and chargebacks negative), the tax in it, how many payments.
+    Column("gross", BigInteger, nullable=False),
+    Column("tax", BigInteger, nullable=False),
+    Column("payments", BigInteger, nullable=False),
+)
+
+# Granted entries (the passage sensor's, where fitted) per site and slot.
+rollup_entries = Table(
+    "rollup_entries",
+    metadata,
+    Column("slot", BigInteger, primary_key=True),
+    Column("site", ID, primary_key=True),
+    Column("entries", BigInteger, nullable=False),
+)
+
+# Who entered a site in which UTC months of a year: bit m - 1 of ``months`` for month m, so
+# the distinct visitors of any run of whole months is one pass over a row per member and year.
+rollup_visits = Table(
+    "rollup_visits",
+    metadata,
+    Column("site", ID, primary_key=True),
+    Column("member_id", ID, primary_key=True),
+    Column("year", Integer, primary_key=True),
+    Column("months", Integer, nullable=False),
+)
+
+# Subscriptions started (by ``started_at``) and ended (by ``cancel_at``) per day and plan.
+rollup_subscriptions = Table(
+    "rollup_subscriptions",
+    metadata,
+    Column("day", BigInteger, primary_key=True),
+    Column("sites", Text, primary_key=True),
+    Column("plan_id", ID, primary_key=True),
+    Column("started", BigInteger, nullable=False),
+    Column("ended", BigInteger, nullable=False),
+)
+
+# MRR as changes: a paid renewal adds its monthly net on the day its period starts and takes
+# it away on the day it ends, so the MRR at the end of a day is the sum of every change up to it.
+rollup_mrr = Table(
+    "rollup_mrr",
+    metadata,
+    Column("day", BigInteger, primary_key=True),
+    Column("sites", Text, primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("renewals", BigInteger, nullable=False),
+)
+
+# Invoices that failed, by the day and decline class of their first failed attempt: their
+# total, what was paid on them since, how many are paid.
+rollup_recovery = Table(
+    "rollup_recovery",
+    metadata,
+    Column("day", BigInteger, primary_key=True),
+    Column("sites", Text, primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("decline_class", String(16), primary_key=True),
+    Column("failed", BigInteger, nullable=False),
+    Column("failed_amount", BigInteger, nullable=False),
+    Column("recovered_amount", BigInteger, nullable=False),
+    Column("recovered", BigInteger, nullable=False),
+)
+
+# Members (not erased) by status now.
+rollup_statuses = Table(
+    "rollup_statuses",
+    metadata,
+    Column("status", String(16), primary_key=True),
+    Column("sites", Text, primary_key=True),
+    Column("members", BigInteger, nullable=False),
+)
+
+Index("ix_payments_member_id", payments.c.member_id)
+Index("ix_payment_attempts_member_id", payment_attempts.c.member_id)
+Index("ix_subscriptions_cancel_at", subscriptions.c.cancel_at)
+Index("ix_invoices_period_start", invoices.c.period_start)
+Index("ix_invoices_period_end", invoices.c.period_end)
