@@ -1,9 +1,11 @@
-"""Benchmark: the staff console over a large store (SQLite).
+"""Benchmark: the staff console over a large store (SQLite, or PostgreSQL with ``--postgres``).
 
     .venv/bin/python bench/bench_console.py [--members 100000] [--months 13] [--events 3000000]
-        [--runs 200] [--dashboard-runs 10]
+        [--runs 200] [--dashboard-runs 10] [--postgres]
 
-Seeds a store straight through SQLite: ``--members`` members at two sites (name, e-mail, phone,
+Seeds a store in bulk (SQLite: executemany in one transaction; PostgreSQL: COPY into a throwaway
+cluster), migrated up to before the report rollups, then runs that migration, which fills them
+from the seeded rows (timed apart): ``--members`` members at two sites (name, e-mail, phone,
 one card each), a subscription each started over the last ``--months`` months (about one in ten
 cancelled), a paid renewal invoice and its payment for every month each member had (about one
 in twenty with a failed attempt first, most of them recovered), and ``--events`` gate events
@@ -24,6 +26,7 @@ time, and the load average before and after (this is a noisy shared machine).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from starlette.testclient import TestClient
 
 from gated.billing_sync import reports
@@ -43,11 +47,13 @@ from gated.billing_sync.keys import Keys, init_keys
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
-from gated.billing_sync.store import open_store
+from gated.billing_sync.store import alembic_config, open_store, upgrade
 from gated.web.app import web_routes
 from gated.web.desk_dashboard import DASHBOARD, MONTHS
 
 MONTH_S = 30 * 86_400
+# The last migration before the report rollups (0018).
+BEFORE_ROLLUPS = "0017_products"
 FIRST = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas")
 LAST = ("Schmidt", "Meyer", "Weber", "Wagner", "Becker", "Hoffmann", "Koch", "Richter")
 SITES = ("downtown", "uptown")
@@ -83,11 +89,47 @@ def timed(work: Callable[[], Any], runs: int) -> dict[str, float]:
     return {**pct(samples), "cpu_p50_ms": cpu_pct["p50_ms"], "cpu_p99_ms": cpu_pct["p99_ms"]}
 
 
-def seed(db_path: Path, keys: Keys, args: argparse.Namespace, now: int) -> dict[str, Any]:
-    """Fill the store straight through sqlite3 (the schema is already migrated)."""
+# Each table's columns as the seed writes them.
+COLUMNS = {
+    "members": "id, name, email, sites, role, payment_method, erased, created_at, phone,"
+    " emergency_contact",
+    "subscriptions": "member_id, plan_id, started_at, paid_through, status, retries_done,"
+    " needs_new_card, cancel_at",
+    "cards": "member_id, uid_encrypted, uid_lookup, credential, assigned_at",
+    "invoices": "id, member_id, kind, currency, period_start, period_end, subtotal, tax, total,"
+    " amount_paid, status, due_at, created_at, paid_at",
+    "payments": "invoice_id, member_id, amount, method, at",
+    "payment_attempts": "invoice_id, member_id, idempotency_key, amount, currency, state,"
+    " decline_code, decline_class, created_at, updated_at",
+    "gate_events": "event_id, site, gate, at, kind, member_id, reason, payload, received_at",
+}
+Put = Callable[[str, list[tuple[Any, ...]]], None]
+
+
+def sqlite_writer(db: sqlite3.Connection) -> Put:
+    """Rows into SQLite: one executemany per batch."""
+
+    def put(table: str, rows: list[tuple[Any, ...]]) -> None:
+        marks = ",".join("?" * len(rows[0]))
+        db.executemany(f"INSERT INTO {table} ({COLUMNS[table]}) VALUES ({marks})", rows)
+
+    return put
+
+
+def postgres_writer(conn: Any) -> Put:
+    """Rows into PostgreSQL with COPY."""
+
+    def put(table: str, rows: list[tuple[Any, ...]]) -> None:
+        with conn.cursor() as cur, cur.copy(f"COPY {table} ({COLUMNS[table]}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    return put
+
+
+def seed(put: Put, keys: Keys, args: argparse.Namespace, now: int) -> dict[str, Any]:
+    """Fill the store (migrated up to before the rollups) in bulk, a table at a time."""
     rng = random.Random(7)
-    db = sqlite3.connect(db_path)
-    db.execute("PRAGMA synchronous=OFF")
     start_of_history = now - args.months * MONTH_S
     members, subs, cards, uids = [], [], [], []
     for i in range(args.members):
@@ -123,21 +165,9 @@ def seed(db_path: Path, keys: Keys, args: argparse.Namespace, now: int) -> dict[
                 started,
             )
         )
-    db.executemany(
-        "INSERT INTO members (id, name, email, sites, role, payment_method, erased, created_at,"
-        " phone, emergency_contact) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        members,
-    )
-    db.executemany(
-        "INSERT INTO subscriptions (member_id, plan_id, started_at, paid_through, status,"
-        " retries_done, needs_new_card, cancel_at) VALUES (?,?,?,?,?,?,?,?)",
-        subs,
-    )
-    db.executemany(
-        "INSERT INTO cards (member_id, uid_encrypted, uid_lookup, credential, assigned_at)"
-        " VALUES (?,?,?,?,?)",
-        cards,
-    )
+    put("members", members)
+    put("subscriptions", subs)
+    put("cards", cards)
     invoice_id = 0
     invoices, payments, attempts = [], [], []
     for mid, _plan, started, _pt, _st, _r, _n, cancel in subs:
@@ -159,23 +189,9 @@ def seed(db_path: Path, keys: Keys, args: argparse.Namespace, now: int) -> dict[
                 paid_at = at + 3 * 86_400
             payments.append((invoice_id, mid, 4990, "card", paid_at))
             at += MONTH_S
-    db.executemany(
-        "INSERT INTO invoices (id, member_id, kind, currency, period_start, period_end, subtotal,"
-        " tax, total, amount_paid, status, due_at, created_at, paid_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        invoices,
-    )
-    db.executemany(
-        "INSERT INTO payments (invoice_id, member_id, amount, method, at) VALUES (?,?,?,?,?)",
-        payments,
-    )
-    db.executemany(
-        "INSERT INTO payment_attempts (invoice_id, member_id, idempotency_key, amount, currency,"
-        " state, decline_code, decline_class, created_at, updated_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?)",
-        attempts,
-    )
-    db.commit()
+    put("invoices", invoices)
+    put("payments", payments)
+    put("payment_attempts", attempts)
     batch: list[tuple[Any, ...]] = []
     for n in range(args.events):
         i = rng.randrange(args.members)
@@ -188,20 +204,37 @@ def seed(db_path: Path, keys: Keys, args: argparse.Namespace, now: int) -> dict[
         )
         batch.append((f"e{n:011d}", site, "t1", at, kind, mid, None, payload, at))
         if len(batch) == 100_000:
-            db.executemany("INSERT INTO gate_events VALUES (?,?,?,?,?,?,?,?,?)", batch)
-            db.commit()
+            put("gate_events", batch)
             batch = []
     if batch:
-        db.executemany("INSERT INTO gate_events VALUES (?,?,?,?,?,?,?,?,?)", batch)
-    db.commit()
-    db.execute("ANALYZE")
-    db.close()
+        put("gate_events", batch)
     return {
         "invoices": len(invoices),
         "payments": len(payments),
         "failed_attempts": len(attempts),
         "uids": uids[:: max(1, len(uids) // 1000)],
     }
+
+
+def fill(url: str, keys: Keys, args: argparse.Namespace, now: int) -> dict[str, Any]:
+    """Seed the store at ``url`` in one transaction, then analyze it for the planner."""
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(url.removeprefix("sqlite:///"))
+        db.execute("PRAGMA synchronous=OFF")
+        seeded = seed(sqlite_writer(db), keys, args, now)
+        db.commit()
+        db.execute("ANALYZE")
+        db.close()
+        return seeded
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        seeded = seed(postgres_writer(conn), keys, args, now)
+        conn.execute("SELECT setval('invoices_id_seq', (SELECT max(id) FROM invoices))")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE")
+    return seeded
 
 
 def main() -> None:
@@ -211,13 +244,21 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=3_000_000)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--dashboard-runs", type=int, default=10, help="0: no dashboards")
+    parser.add_argument(
+        "--postgres", action="store_true", help="a throwaway PostgreSQL cluster, not SQLite"
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
+        url = f"sqlite:///{root}/billing.db"
+        if args.postgres:
+            from tests.services import run_postgres
+
+            url = stack.enter_context(run_postgres()).create_database("bench_console")
         config = BillingConfig.model_validate(
             {
-                "database_url": f"sqlite:///{root}/billing.db",
+                "database_url": url,
                 "state_dir": str(root),
                 "sites": list(SITES),
                 "keys": {
@@ -233,14 +274,23 @@ def main() -> None:
         def clock() -> int:
             return now
 
-        engine = open_store(config.database_url)
+        # Seeded before the rollups' migration, which then fills them (timed apart): what
+        # upgrading a large store costs, and the same rollups the triggers would have kept.
+        engine = open_store(config.database_url, migrate=False)
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, BEFORE_ROLLUPS)
         keys = Keys.load(config.keys)
         billing = Billing(engine, config, SimulatedGateway(clock=clock), keys, clock)
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
         engine.dispose()
         t = time.perf_counter()
-        seeded = seed(root / "billing.db", keys, args, now)
+        seeded = fill(url, keys, args, now)
         seed_s = time.perf_counter() - t
+        t = time.perf_counter()
+        upgrade(engine)
+        backfill_s = time.perf_counter() - t
         access = billing.staff_access()
         access.add("olga", "Olga", "owner", [], "a long staff password")
         token = access.open_session("olga", "bench", "127.0.0.1")
@@ -262,7 +312,9 @@ def main() -> None:
             "invoices": seeded["invoices"],
             "payments": seeded["payments"],
             "failed_attempts": seeded["failed_attempts"],
+            "database": engine.dialect.name,
             "seed_s": round(seed_s, 1),
+            "rollup_backfill_s": round(backfill_s, 1),
             "search": {},
             "search_page": {},
             "dashboard_report": {},

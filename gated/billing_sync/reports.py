@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -441,21 +443,29 @@ def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
             .group_by(m.c.sites)
         ).all()
     at_sites = _site_filter(scope)
-    rows = [row for row in rows if at_sites(row.sites)]
-    earliest = min((int(row.day) for row in rows if row.started), default=None)
+    by_day: dict[int, list[int]] = {}
+    for row in rows:
+        if at_sites(row.sites):
+            acc = by_day.setdefault(int(row.day), [0, 0])
+            acc[0] += int(row.started)
+            acc[1] += int(row.ended)
+    days = sorted(by_day)
+    # Running totals: started[k] and ended[k] count the days before days[k].
+    started = [0, *accumulate(by_day[d][0] for d in days)]
+    ended = [0, *accumulate(by_day[d][1] for d in days)]
+    earliest = next((d for d in days if by_day[d][0]), None)
     cancelled_today = sum(int(n) for sites, n in ended_today if at_sites(sites))
     out = []
     for month, start, end in months_in(scope, now, earliest):
-        new = cancelled = at_start = 0
-        for row in rows:
-            if row.day < start:
-                at_start += int(row.started) - int(row.ended)
-            elif row.day < end:
-                new += int(row.started)
-                # Cancellations booked for a later day of this month have not happened yet.
-                cancelled += int(row.ended) if row.day < today else 0
+        first, stop = bisect_left(days, start), bisect_left(days, end)
+        # Cancellations booked for a later day of this month have not happened yet; today's
+        # count up to now.
+        past = min(stop, bisect_left(days, today))
+        new = started[stop] - started[first]
+        cancelled = ended[past] - ended[first]
         if start <= today < end:
             cancelled += cancelled_today
+        at_start = started[first] - ended[first]
         churn = f"{100 * cancelled / at_start:.1f}" if at_start else ""
         out.append((month, new, cancelled, at_start, churn))
     return ["month", "new", "cancelled", "at_start", "churn_pct"], out

@@ -741,15 +741,17 @@ rollup_payments = Table(
     Column("gross", BigInteger, nullable=False),
     Column("tax", BigInteger, nullable=False),
     Column("payments", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # Granted entries (the passage sensor's, where fitted) per site and slot.
 rollup_entries = Table(
     "rollup_entries",
     metadata,
-    Column("slot", BigInteger, primary_key=True),
     Column("site", ID, primary_key=True),
+    Column("slot", BigInteger, primary_key=True),
     Column("entries", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # Who entered a site in which UTC months of a year: bit m - 1 of ``months`` for month m, so
@@ -761,6 +763,7 @@ rollup_visits = Table(
     Column("member_id", ID, primary_key=True),
     Column("year", Integer, primary_key=True),
     Column("months", Integer, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # Subscriptions started (by ``started_at``) and ended (by ``cancel_at``) per day and plan.
@@ -772,6 +775,7 @@ rollup_subscriptions = Table(
     Column("plan_id", ID, primary_key=True),
     Column("started", BigInteger, nullable=False),
     Column("ended", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # MRR as changes: a paid renewal adds its monthly net on the day its period starts and takes
@@ -784,6 +788,7 @@ rollup_mrr = Table(
     Column("currency", String(3), primary_key=True),
     Column("amount", BigInteger, nullable=False),
     Column("renewals", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # Invoices that failed, by the day and decline class of their first failed attempt: their
@@ -799,6 +804,7 @@ rollup_recovery = Table(
     Column("failed_amount", BigInteger, nullable=False),
     Column("recovered_amount", BigInteger, nullable=False),
     Column("recovered", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 # Members (not erased) by status now.
@@ -808,6 +814,7 @@ rollup_statuses = Table(
     Column("status", String(16), primary_key=True),
     Column("sites", Text, primary_key=True),
     Column("members", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 Index("ix_payments_member_id", payments.c.member_id)

@@ -346,6 +346,8 @@ def _trigger_names() -> list[tuple[str, str]]:
 
 
 def _tables() -> None:
+    """The rollups; on SQLite without rowids, so a report's range scan reads the rows in key
+    order from the primary key itself."""
     big = sa.BigInteger()
 
     def sites() -> sa.Column[str]:
@@ -361,13 +363,15 @@ def _tables() -> None:
         sa.Column("tax", big, nullable=False),
         sa.Column("payments", big, nullable=False),
         sa.PrimaryKeyConstraint("day", "sites", "currency", "method", name="pk_rollup_payments"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "rollup_entries",
         sa.Column("slot", big, nullable=False),
         sa.Column("site", sa.String(length=64), nullable=False),
         sa.Column("entries", big, nullable=False),
-        sa.PrimaryKeyConstraint("slot", "site", name="pk_rollup_entries"),
+        sa.PrimaryKeyConstraint("site", "slot", name="pk_rollup_entries"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "rollup_visits",
@@ -376,6 +380,7 @@ def _tables() -> None:
         sa.Column("year", sa.Integer(), nullable=False),
         sa.Column("months", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("site", "member_id", "year", name="pk_rollup_visits"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "rollup_subscriptions",
@@ -385,6 +390,7 @@ def _tables() -> None:
         sa.Column("started", big, nullable=False),
         sa.Column("ended", big, nullable=False),
         sa.PrimaryKeyConstraint("day", "sites", "plan_id", name="pk_rollup_subscriptions"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "rollup_mrr",
@@ -394,6 +400,7 @@ def _tables() -> None:
         sa.Column("amount", big, nullable=False),
         sa.Column("renewals", big, nullable=False),
         sa.PrimaryKeyConstraint("day", "sites", "currency", name="pk_rollup_mrr"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "rollup_recovery",
@@ -408,6 +415,7 @@ def _tables() -> None:
         sa.PrimaryKeyConstraint(
             "day", "sites", "currency", "decline_class", name="pk_rollup_recovery"
         ),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "rollup_statuses",
@@ -415,6 +423,7 @@ def _tables() -> None:
         sites(),
         sa.Column("members", big, nullable=False),
         sa.PrimaryKeyConstraint("status", "sites", name="pk_rollup_statuses"),
+        sqlite_with_rowid=False,
     )
     # A member's payments (taken out and put back when their sites change), the cancellations
     # of today (the current month's churn up to now) and the renewals starting or ending today
