@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, literal_column, or_, select, table
+from sqlalchemy import func, literal_column, or_, select, table, union
 
 from gated.billing_sync import members
 from gated.billing_sync import schema as s
@@ -33,9 +33,11 @@ def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
 
 
 def _digits_only(column: Any) -> Any:
-    """``column`` with what people put between a phone number's digits taken out."""
+    """``column`` with what people put between a phone number's digits taken out. The
+    separators are SQL text, not parameters, so the expression is the one PostgreSQL's trigram
+    index on it was made for (migration 0018) in every plan."""
     for sep in _PHONE_SEPARATORS:
-        column = func.replace(column, sep, "")
+        column = func.replace(column, literal_column(f"'{sep}'"), literal_column("''"))
     return column
 
 
@@ -95,11 +97,16 @@ def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[st
                 if indexed
                 else _digits_only(m.c.phone).like(f"%{digits}%")
             )
+    matching: Any = or_(*conditions)
+    if not indexed:
+        # PostgreSQL reads one index per condition only as a union: an OR with the card's
+        # subquery in it scans every member.
+        matching = m.c.id.in_(union(*(select(m.c.id).where(c) for c in conditions)))
     with ctx.reader.connect() as conn:
         rows = conn.execute(
             select(m.c.id, m.c.name, m.c.email, m.c.phone, m.c.sites, sub.c.status, sub.c.plan_id)
             .outerjoin(sub, sub.c.member_id == m.c.id)
-            .where(m.c.erased.is_(False), or_(*conditions))
+            .where(m.c.erased.is_(False), matching)
             .order_by(m.c.name, m.c.id)
             .limit(SEARCH_LIMIT * 4)
         ).all()

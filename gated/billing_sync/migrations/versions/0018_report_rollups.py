@@ -455,11 +455,15 @@ def _search_indexes() -> None:
         )
 
 
-# The expressions front_desk.search matches on PostgreSQL, exactly as it writes them, so the
-# planner can use each index.
+# The expressions front_desk.search matches on PostgreSQL, exactly as it writes them (the phone
+# with its separators taken out), so the planner can use each index.
+_PHONE_DIGITS = "phone"
+for _sep in (" ", "-", "(", ")", "/", ".", "+"):
+    _PHONE_DIGITS = f"replace({_PHONE_DIGITS}, '{_sep}', '')"
 _SEARCH_EXPRESSIONS = (
     ("ix_members_name_trgm", "lower(name)"),
-    ("ix_members_email_trgm", "lower(coalesce(email, ''))"),
+    ("ix_members_email_trgm", "lower(email)"),
+    ("ix_members_phone_trgm", _PHONE_DIGITS),
 )
 
 
