@@ -345,6 +345,17 @@ def _trigger_names() -> list[tuple[str, str]]:
     return names
 
 
+_ROLLUP_TABLES = (
+    "rollup_payments",
+    "rollup_entries",
+    "rollup_visits",
+    "rollup_subscriptions",
+    "rollup_mrr",
+    "rollup_recovery",
+    "rollup_statuses",
+)
+
+
 def _tables() -> None:
     """The rollups; on SQLite without rowids, so a report's range scan reads the rows in key
     order from the primary key itself."""
@@ -476,6 +487,10 @@ def upgrade() -> None:
         op.execute(rollups[name].apply("1 = 1", 1))
     for statement in _statements(dialect):
         op.execute(statement)
+    # Statistics for the planner now, not at autovacuum's next round: the reports' queries
+    # are planned from the first page on.
+    for table in _ROLLUP_TABLES:
+        op.execute(f"ANALYZE {table}")
     if dialect == "postgresql":
         _search_indexes()
 
@@ -499,13 +514,5 @@ def downgrade() -> None:
         ("ix_payments_member_id", "payments"),
     ):
         op.drop_index(index, table_name=table)
-    for table in (
-        "rollup_statuses",
-        "rollup_recovery",
-        "rollup_mrr",
-        "rollup_subscriptions",
-        "rollup_visits",
-        "rollup_entries",
-        "rollup_payments",
-    ):
+    for table in reversed(_ROLLUP_TABLES):
         op.drop_table(table)
