@@ -205,3 +205,31 @@ def test_utc_offsets_cut_a_year_where_the_zone_changes_its_offset(zone: str) -> 
         for ts in (lo, hi - 900, lo + (hi - lo) // 1800 * 900):
             local = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(zone))
             assert local.utcoffset().total_seconds() == offset  # type: ignore[union-attr]
+
+
+def test_every_rollup_trigger_is_there_at_the_head(tmp_path: Path) -> None:
+    """SQLite drops a table's triggers with it, and a later migration in batch mode copies and
+    drops the table it changes: the rollups would then stop counting without an error."""
+    b, _ = make_billing(tmp_path)
+    with b.engine.connect() as conn:
+        found = {
+            (name, table)
+            for name, table in conn.exec_driver_sql(
+                "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+                " AND name LIKE 'rollup_%'"
+            )
+        }
+    assert found == {
+        *((f"rollup_{t}_{when}", "payments") for t, when in [("payment_in", "before"),
+                                                              ("payment_in", "after")]),
+        ("rollup_payment_add", "payments"),
+        ("rollup_event_add", "gate_events"),
+        *((f"rollup_invoice_{e}", "invoices") for e in
+          ["in_after", "up_before", "up_after", "del_before"]),
+        *((f"rollup_subscription_{e}", "subscriptions") for e in
+          ["in_after", "up_before", "up_after", "del_before"]),
+        ("rollup_member_up_before", "members"),
+        ("rollup_member_up_after", "members"),
+        *((f"rollup_attempt_{e}", "payment_attempts") for e in
+          ["in_before", "in_after", "up_before", "up_after"]),
+    }  # fmt: skip
