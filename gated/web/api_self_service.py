@@ -1,7 +1,8 @@
 """The JSON twins of the sign-up and self-service pages under ``/api/v1/``: join, pay the first
-invoice, save a card, freeze, cancel and edit contact details. Each makes the same billing
-service call as its page, with the same checks (the terms' SHA-256 and their acceptance, the
-sign-up rate limit, a submit key per payment, the quotes' rules), and answers JSON
+invoice, save a card, freeze, cancel, edit contact details and confirm a new e-mail address by
+its mailed link. Each makes the same billing service call as its page, with the same checks (the
+terms' SHA-256 and their acceptance, the sign-up rate limit, a submit key per payment, the
+quotes' rules), and answers JSON
 ``{"error": ...}`` with the page's message where the page shows one. Every POST takes a JSON
 object and the ``X-CSRF-Token`` of the browser's cookie; before signing up, ``GET
 /api/v1/join`` gives a visitor that cookie and its token."""
@@ -32,7 +33,7 @@ from gated.web.join import (
     pay_signup,
     signup_returned,
 )
-from gated.web.member import as_member
+from gated.web.member import TOKEN, as_member
 from gated.web.openapi import ApiRoute
 from gated.web.security import csrf_token
 from gated.web.self_service import freeze_months, save_card, save_contact
@@ -43,6 +44,8 @@ log = logging.getLogger("gated.web.api")
 Body = dict[str, Any]
 Action = Callable[[Request, Visitor, Body], Awaitable[Response]]
 
+# The e-mail change page's words for a link that no longer works.
+LINK_GONE = "This link was used already or has expired. Change the address again in the member app."
 UNAVAILABLE = "The payment provider could not be reached. Nothing was charged. Try again shortly."
 _TEXT = ("string", "")
 
@@ -277,6 +280,34 @@ def routes(web: Web) -> list[BaseRoute]:
         # The address changes only once the link mailed to the new one is opened.
         return JSONResponse({"contact": saved, "email_confirmation_sent": mailed})
 
+    async def email_link(request: Request) -> Response:
+        # Like the page a mailed link opens: it changes nothing (mail scanners open links),
+        # and gives a browser without a session the cookie and token the POST needs.
+        visitor = await web.visitor(request)
+        token = request.path_params["token"]
+        usable = TOKEN.fullmatch(token) is not None and await asyncio.to_thread(
+            billing.email_change_usable, token
+        )
+        response = (
+            JSONResponse({"usable": True, "csrf_token": visitor.csrf})
+            if usable
+            else error(410, LINK_GONE)
+        )
+        if visitor.new_cookie:
+            web.set_cookie(response, visitor.cookie)
+        return response
+
+    async def email_confirm(request: Request, visitor: Visitor, body: Body) -> Response:
+        token = _text(body, "token")
+        member_id = None
+        if TOKEN.fullmatch(token):
+            member_id = await asyncio.to_thread(billing.confirm_email_change, token)
+        if member_id is None:
+            return error(410, LINK_GONE)
+        return JSONResponse(
+            {"email": (await asyncio.to_thread(billing.contact, member_id))["email"]}
+        )
+
     def charged(result: ChargeResult) -> Response:
         body: dict[str, Any] = {"state": result.state}
         if result.state == "succeeded":
@@ -397,5 +428,22 @@ def routes(web: Web) -> list[BaseRoute]:
                 "emergency_contact": _TEXT,
                 "email": ("string", "a new address (confirmed by link)"),
             },
+        ),
+        ApiRoute(
+            "/email/{token}",
+            email_link,
+            methods=["GET"],
+            summary="Whether an e-mail change link still works (410 if not), and the CSRF token "
+            "(and cookie) for POST /api/v1/email/confirm. Changes nothing.",
+            auth="none",
+        ),
+        ApiRoute(
+            "/email/confirm",
+            action(email_confirm, member=False),
+            methods=["POST"],
+            summary="Use an e-mail change link: the member's address becomes the new one "
+            "(410 for a used, expired or unknown link). Works without a session, as the link does.",
+            body={"token": ("string", "the last part of the link mailed to the new address")},
+            auth="none",
         ),
     ]

@@ -7,6 +7,7 @@ summary fails here."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,43 @@ def test_self_service_through_the_api(client: TestClient, billing: tuple[Billing
     assert mine[-1]["changes"]["status"] == ["active", "frozen"]
     audit = client.get("/api/v1/me/data").json()["audit"]
     assert {a["action"]: a["by"] for a in audit}["freeze"] == "you"
+
+
+def test_an_email_change_confirmed_through_the_api(
+    client: TestClient, billing: tuple[Billing, Clock], app: Any
+) -> None:
+    b, _ = billing
+    sign_in(client, b, "ann@example.com")
+    h = {"X-CSRF-Token": client.get("/api/v1/session").json()["csrf_token"]}
+    new = {"email": "ann.new@example.com", "phone": "+49 30 1234567", "emergency_contact": "Max"}
+    r = client.post("/api/v1/me/contact", json=new, headers=h)
+    assert r.json().get("email_confirmation_sent") is True, r.text
+    with b.engine.connect() as conn:
+        n = schema.notifications
+        body = conn.execute(select(n.c.body).where(n.c.kind == "email_change")).scalar_one()
+    found = re.search(r"/app/email/([A-Za-z0-9_-]+)", body)
+    assert found
+    token = found[1]
+
+    # The link is opened in another browser, with no session: looking changes nothing.
+    with TestClient(app) as other:
+        looked = other.get(f"/api/v1/email/{token}")
+        assert looked.status_code == 200 and looked.json()["usable"] is True
+        assert b.contact("ann")["email"] == "ann@example.com"
+        csrf = {"X-CSRF-Token": looked.json()["csrf_token"]}
+        assert other.post("/api/v1/email/confirm", json={"token": token}).status_code == 403
+        r = other.post("/api/v1/email/confirm", json={"token": token}, headers=csrf)
+        assert r.status_code == 200 and r.json() == {"email": "ann.new@example.com"}
+        assert b.contact("ann")["email"] == "ann.new@example.com"
+        # Used once: the link is gone, for the page and the API alike.
+        again = other.post("/api/v1/email/confirm", json={"token": token}, headers=csrf)
+        assert again.status_code == 410 and "used already" in again.json()["error"]
+        assert other.get(f"/api/v1/email/{token}").status_code == 410
+        assert other.get(f"/app/email/{token}").status_code == 410
+        for bad in ("x" * 500, "not a token!"):
+            assert other.get(f"/api/v1/email/{bad}").status_code == 410
+            r = other.post("/api/v1/email/confirm", json={"token": bad}, headers=csrf)
+            assert r.status_code == 410
+        assert (
+            other.post("/api/v1/email/confirm", json={"token": 5}, headers=csrf).status_code == 410
+        )
