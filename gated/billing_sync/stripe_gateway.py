@@ -90,11 +90,19 @@ def _created(lo: int | None, hi: int | None) -> dict[str, Any]:
     return {"created": bounds} if bounds else {}
 
 
+# The PaymentIntent metadata key naming the payment method's type, for Stripe-compatible fakes
+# that do not echo ``payment_method_types`` (localstripe).
+METHOD_KEY = "payment_method_type"
+
+
 def method_of(intent: Mapping[str, Any]) -> str:
     """What a PaymentIntent (as the API or a webhook gives it) is paid with: its one payment
-    method type (``card``, ``sepa_debit``, ...), else ``card``."""
+    method type (``card``, ``sepa_debit``, ...), else the type ``create_intent`` put in its
+    metadata, else ``card``."""
     types = intent.get("payment_method_types") or []
-    return str(types[0]) if len(types) == 1 else "card"
+    if len(types) == 1:
+        return str(types[0])
+    return str((intent.get("metadata") or {}).get(METHOD_KEY) or "card")
 
 
 class StripeGateway:
@@ -133,6 +141,9 @@ class StripeGateway:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next_slot = 0.0
+        # Each payment method's type, asked of Stripe once per method and process (a method's
+        # type never changes): a few dozen bytes a member.
+        self._types: dict[str, str] = {}
 
     def _pace(self) -> None:
         with self._lock:
@@ -233,13 +244,18 @@ class StripeGateway:
         idempotency_key: str,
         metadata: Mapping[str, str],
     ) -> str:
-        """An unconfirmed PaymentIntent on the saved method (charges nothing yet)."""
+        """An unconfirmed PaymentIntent on the saved method (charges nothing yet). It names the
+        method's type in ``payment_method_types``, as Stripe requires of a method other than a
+        card (a SEPA debit: ``sepa_debit``; its mandate is the one the member accepted when the
+        method was saved, which Stripe uses for every later debit on it)."""
+        kind = self.method_type(payment_method)
         params: dict[str, Any] = {
             "amount": amount,
             "currency": currency.lower(),
             "payment_method": payment_method,
+            "payment_method_types": [kind],
             "confirm": False,
-            "metadata": dict(metadata),
+            "metadata": {**metadata, METHOD_KEY: kind},
         }
         if customer_ref:
             params["customer"] = customer_ref
@@ -366,6 +382,17 @@ class StripeGateway:
             ],
             bool(listed.get("has_more")),
         )
+
+    def method_type(self, payment_method: str) -> str:
+        """The payment method's type (``card``, ``sepa_debit``, ...)."""
+        kind = self._types.get(payment_method)
+        if kind is None:
+            pm = self._call(
+                "payment_methods.retrieve",
+                lambda c: c.v1.payment_methods.retrieve(payment_method),
+            ).to_dict()
+            kind = self._types[payment_method] = str(pm.get("type") or "card")
+        return kind
 
     def card_expiry(self, payment_method: str) -> int | None:
         """The card's expiry from the PaymentMethod (None for SEPA and other methods)."""

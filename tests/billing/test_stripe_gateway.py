@@ -10,17 +10,20 @@ from pathlib import Path
 import httpx
 import pytest
 import stripe
+from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gated.billing_sync import schema
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayUnavailable
-from gated.billing_sync.stripe_gateway import StripeGateway
+from gated.billing_sync.stripe_gateway import StripeGateway, method_of
 from tests.billing.helpers import make_billing, published, step
 from tests.billing.test_webhooks import ThreadServer
 from tests.services import LocalStripe
+from tests.sync.helpers import wait_until
 
 
 def gateway(url: str, **kw: object) -> StripeGateway:
@@ -94,6 +97,47 @@ def test_a_cycle_charges_several_members_at_once_through_stripe(
     }
     assert [b.member(m)["owed"] for m in members] == [5938 if m == "m5" else 0 for m in members]
     assert gw._clients.qsize() > 1  # the calls overlapped, each on its own client
+
+
+def test_a_sepa_debit_names_its_type_and_is_booked_as_sepa_debit(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    """A debit from a bank account saved with its mandate: the PaymentIntent names
+    ``sepa_debit`` (Stripe refuses a method the intent does not allow), it is ``processing``
+    until the bank settles it, and the settled payment is booked as ``sepa_debit``, a card's
+    as ``card``."""
+    gw = gateway(localstripe.url)
+    api = stripe.StripeClient("sk_test_local", base_addresses={"api": localstripe.url})
+    sepa = api.v1.payment_methods.create(
+        params={"type": "sepa_debit", "sepa_debit": {"iban": "DE89370400440532013000"}}
+    ).id
+    b, clock = make_billing(tmp_path, gateway=gw)
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method=sepa)
+    b.add_member("m2", "Bob", plan_id="monthly", email="b@x", payment_method="pm_card_visa")
+    p = schema.payments
+
+    def methods() -> dict[str, list[str]]:
+        with b.engine.connect() as conn:
+            rows = conn.execute(select(schema.invoices.c.member_id, p.c.method).join(p)).all()
+        out: dict[str, list[str]] = {}
+        for member_id, method in rows:
+            out.setdefault(member_id, []).append(method)
+        return out
+
+    # The first invoice's debit settles half a second after it was submitted.
+    wait_until(lambda: (b.run_cycle(), "m1" in methods())[1], timeout=20, what="the debit settled")
+    assert methods() == {"m1": ["sepa_debit"], "m2": ["card"]}
+    step(b, clock, 31)
+    wait_until(
+        lambda: (b.run_cycle(), len(methods()["m1"]) == 2)[1], timeout=20, what="the renewal"
+    )
+    assert methods() == {"m1": ["sepa_debit"] * 2, "m2": ["card"] * 2}
+    intents = api.v1.payment_intents.list().data
+    assert {i.metadata["payment_method_type"] for i in intents} == {"sepa_debit", "card"}
+    assert gw.method_type(sepa) == "sepa_debit" and gw.method_type("pm_card_visa") == "card"
+    # A webhook's intent names its one type; a fake's says it in the metadata.
+    assert method_of({"payment_method_types": ["sepa_debit"]}) == "sepa_debit"
+    assert method_of({"payment_method_types": [], "metadata": {}}) == "card"
 
 
 @pytest.fixture
