@@ -291,7 +291,9 @@ def test_every_code_shown_with_the_clock_ten_minutes_off_is_let_in(tabs: Any, st
     assert page.evaluate("Date.now()") - time.time() * 1000 > 590_000
     seen: dict[str, dict[str, Any]] = {first: {"allow": True}}
     started = time.monotonic()
-    while time.monotonic() - started < 20:
+    # A minute of codes, sampled every 100 ms as a scanner could (bench/bench_app.py pass
+    # runs the same for five minutes).
+    while time.monotonic() - started < 60:
         code = str(page.get_attribute("#pass-code", "data-code"))
         if code not in seen:
             seen[code] = badge(stack, code)
@@ -299,4 +301,5 @@ def test_every_code_shown_with_the_clock_ten_minutes_off_is_let_in(tabs: Any, st
             assert abs(ts - time.time()) < 5, "the code carries head office's time"
         page.wait_for_timeout(100)
     refused = {c: d["reason"] for c, d in seen.items() if not d["allow"]}
-    assert not refused and len(seen) >= 8, (len(seen), refused)
+    # A code every 2 s (the stack's qr_refresh_s): about 30 in the minute.
+    assert not refused and len(seen) >= 25, (len(seen), refused)
