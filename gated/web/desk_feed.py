@@ -1,7 +1,8 @@
 """The live check-in feed, and letting someone in once. The feed: every gate event at the account's sites on the desk's screen within a
 second, as Server-Sent Events. The attendance intake (``serve``'s MQTT publisher) stores each
-event and hands the batch to ``FeedHub.from_thread``; every open feed gets it on the event loop,
-puts it into words through the facade, and sends it. The page itself lists the latest events, so
+event and hands the batch to ``FeedHub.from_thread``, which puts it into words through the
+facade once, in the intake's thread; every open feed gets the rows on the event loop and sends
+those of its sites. The page itself lists the latest events, so
 it works without JavaScript; ``desk-feed.js`` adds new rows as text (never as HTML). Letting in
 once sends the chosen gate a ``pulse`` signed with the desk key, naming the staff member."""
 
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -34,18 +36,29 @@ QUEUE_MAX = 1000
 
 
 class FeedHub:
-    """Fans each batch of stored gate events out to the open feeds."""
+    """Fans each batch of stored gate events out to the open feeds, put into words once for
+    all of them (``words``: the facade's ``feed_items``; what it says depends on the event,
+    never on who reads it, so twenty open consoles cost what one does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, words: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+        self.words = words
         self.loop: asyncio.AbstractEventLoop | None = None
         self.feeds: set[asyncio.Queue[list[dict[str, Any]]]] = set()
         self.dropped = 0
 
     def from_thread(self, events: list[dict[str, Any]]) -> None:
-        """The intake's hook (called in its worker thread)."""
+        """The intake's hook (called in its worker thread, after the events are stored)."""
         loop = self.loop
-        if loop is not None and self.feeds:
-            loop.call_soon_threadsafe(self._fan_out, events)
+        if loop is None or not self.feeds:
+            return
+        try:
+            items = self.words(events)
+        except SQLAlchemyError as exc:
+            # The events are stored: the feeds miss these rows (a reload shows them), the
+            # intake goes on.
+            log.error("event=feed_words_failed error=%s", type(exc).__name__)
+            return
+        loop.call_soon_threadsafe(self._fan_out, items)
 
     def _fan_out(self, events: list[dict[str, Any]]) -> None:
         for queue in self.feeds:
@@ -69,7 +82,7 @@ def _sse(item: dict[str, Any]) -> str:
 def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
     """The feed page and its event stream, for ``desk.RULES``."""
     billing = desk.web.billing
-    hub = FeedHub()
+    hub = FeedHub(billing.feed_items)
     billing.gate_events_hook = hub.from_thread
 
     async def page(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
@@ -133,11 +146,9 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                             yield ": still here\n\n"
                         continue
                     idle = 0.0
-                    mine = [e for e in batch if in_scope([str(e.get("site"))], sites)]
-                    if not mine:
-                        continue
-                    for item in await asyncio.to_thread(billing.feed_items, mine):
-                        yield _sse(item)
+                    for item in batch:
+                        if in_scope([str(item.get("site"))], sites):
+                            yield _sse(item)
             finally:
                 hub.feeds.discard(queue)
 
