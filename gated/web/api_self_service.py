@@ -2,10 +2,9 @@
 invoice, save a card, freeze, cancel, edit contact details and confirm a new e-mail address by
 its mailed link. Each makes the same billing service call as its page, with the same checks (the
 terms' SHA-256 and their acceptance, the sign-up rate limit, a submit key per payment, the
-quotes' rules), and answers JSON
-``{"error": ...}`` with the page's message where the page shows one. Every POST takes a JSON
-object and the ``X-CSRF-Token`` of the browser's cookie; before signing up, ``GET
-/api/v1/join`` gives a visitor that cookie and its token."""
+quotes' rules), and answers JSON ``{"error": ...}`` with the page's message where the page shows
+one. Every POST takes a JSON object and the ``X-CSRF-Token`` of the browser's cookie; before
+signing up, ``GET /api/v1/join`` gives a visitor that cookie and its token."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""The live check-in feed, and letting someone in once. The feed: every gate event at the account's sites on the desk's screen within a
-second, as Server-Sent Events. The attendance intake (``serve``'s MQTT publisher) stores each
-event and hands the batch to ``FeedHub.from_thread``, which puts it into words through the
-facade once, in the intake's thread; every open feed gets the rows on the event loop and sends
-those of its sites. The page itself lists the latest events, so
-it works without JavaScript; ``desk-feed.js`` adds new rows as text (never as HTML). Letting in
-once sends the chosen gate a ``pulse`` signed with the desk key, naming the staff member."""
+"""The live check-in feed, and letting someone in once. The feed: every gate event at the
+account's sites on the desk's screen within a second, as Server-Sent Events. The attendance
+intake (``serve``'s MQTT publisher) stores each event and hands the batch to
+``FeedHub.from_thread``, which puts it into words through the facade once, in the intake's
+thread; every open feed gets the rows on the event loop and sends those of its sites. The page
+itself lists the latest events, so it works without JavaScript; ``desk-feed.js`` adds new rows
+as text (never as HTML). Letting in once sends the chosen gate a ``pulse`` signed with the desk
+key, naming the staff member."""
 
 from __future__ import annotations
 
