@@ -190,7 +190,9 @@ def plan_charges(
             report.retries += 1
         if charge_now:
             to_charge.append(member_id)
-    new_ids = create_invoices(conn, renewals, now)
+    # The members' rows were read in this transaction: their sites name the issuers.
+    sites = {sp.member_id: rows.members[sp.member_id].sites for sp in renewals}
+    new_ids = create_invoices(conn, renewals, now, sites=sites)
     if switches:
         bulk(conn, _SWITCH_PLAN, switches)
     if retries:
