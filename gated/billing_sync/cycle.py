@@ -41,6 +41,15 @@ log = logging.getLogger("gated.billing")
 PROCESSING_POLL_S = 3600
 
 
+# The next batch of members due for review, oldest first: built once, fetched in one call.
+_DUE = (
+    select(s.subscriptions.c.member_id)
+    .where(s.subscriptions.c.review_at <= bindparam("now"))
+    .order_by(s.subscriptions.c.review_at)
+    .limit(bindparam("size"))
+)
+
+
 def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleReport:
     """One billing cycle: finish interrupted attempts, then review every member whose time has
     come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
@@ -58,14 +67,7 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
         with ctx.engine.connect() as conn:
             with conn.begin():
                 if member_ids is None:
-                    due = list(
-                        conn.execute(
-                            select(s.subscriptions.c.member_id)
-                            .where(s.subscriptions.c.review_at <= now)
-                            .order_by(s.subscriptions.c.review_at)
-                            .limit(size)
-                        ).scalars()
-                    )
+                    due = list(conn.execute(_DUE, {"now": now, "size": size}).scalars().all())
                 else:
                     due = list(member_ids)
                 if not due or seen.issuperset(due):
