@@ -41,6 +41,15 @@ log = logging.getLogger("gated.billing")
 PROCESSING_POLL_S = 3600
 
 
+# The next batch of members due for review, oldest first: built once, fetched in one call.
+_DUE = (
+    select(s.subscriptions.c.member_id)
+    .where(s.subscriptions.c.review_at <= bindparam("now"))
+    .order_by(s.subscriptions.c.review_at)
+    .limit(bindparam("size"))
+)
+
+
 def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleReport:
     """One billing cycle: finish interrupted attempts, then review every member whose time has
     come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
@@ -58,14 +67,7 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
         with ctx.engine.connect() as conn:
             with conn.begin():
                 if member_ids is None:
-                    due = list(
-                        conn.execute(
-                            select(s.subscriptions.c.member_id)
-                            .where(s.subscriptions.c.review_at <= now)
-                            .order_by(s.subscriptions.c.review_at)
-                            .limit(size)
-                        ).scalars()
-                    )
+                    due = list(conn.execute(_DUE, {"now": now, "size": size}).scalars().all())
                 else:
                     due = list(member_ids)
                 if not due or seen.issuperset(due):
@@ -190,7 +192,9 @@ def plan_charges(
             report.retries += 1
         if charge_now:
             to_charge.append(member_id)
-    new_ids = create_invoices(conn, renewals, now)
+    # The members' rows were read in this transaction: their sites name the issuers.
+    sites = {sp.member_id: rows.members[sp.member_id].sites for sp in renewals}
+    new_ids = create_invoices(conn, renewals, now, sites=sites)
     if switches:
         bulk(conn, _SWITCH_PLAN, switches)
     if retries:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Row, bindparam, func, insert, or_, select, update
@@ -68,6 +70,12 @@ class NewInvoice(NamedTuple):
     period_end: int | None
 
 
+@lru_cache(maxsize=1024)  # members share a few site lists
+def home_site(stored: str) -> str:
+    """The site that issues a member's invoices: the first of their stored ``sites`` (JSON)."""
+    return str(json.loads(stored)[0])
+
+
 def create_invoice(
     ctx: Context,
     conn: Connection,
@@ -85,21 +93,28 @@ def create_invoice(
 
 
 def create_invoices(
-    conn: Connection, specs: list[InvoiceSpec], now: int, *, issue: bool = True
+    conn: Connection,
+    specs: list[InvoiceSpec],
+    now: int,
+    *,
+    issue: bool = True,
+    sites: Mapping[str, str] | None = None,
 ) -> list[int]:
     """Itemized invoices: each line net, then one tax line (rate in basis points). Each is
     issued by its member's first site and numbered in that site's series now, in this
     transaction; ``issue=False`` makes drafts that are numbered when paid
-    (``numbering.issue_drafts``)."""
+    (``numbering.issue_drafts``). ``sites``: each member's stored ``sites``, when the caller
+    read the members' rows in this transaction (the cycle's batch); else they are read here."""
     if not specs:
         return []
-    m = s.members
-    home = {
-        r.id: json.loads(r.sites)[0]
-        for r in conn.execute(
-            select(m.c.id, m.c.sites).where(m.c.id.in_(many({sp.member_id for sp in specs})))
-        )
-    }
+    if sites is None:
+        m = s.members
+        sites = {
+            r.id: r.sites
+            for r in conn.execute(
+                select(m.c.id, m.c.sites).where(m.c.id.in_(many({sp.member_id for sp in specs})))
+            )
+        }
     heads = []
     for sp in specs:
         subtotal = sp.subtotal
@@ -118,7 +133,7 @@ def create_invoices(
                 "status": "open",
                 "due_at": sp.due_at,
                 "created_at": now,
-                "site": home[sp.member_id],
+                "site": home_site(sites[sp.member_id]),
                 "number": None,
                 "issued_at": None,
             }

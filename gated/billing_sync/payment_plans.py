@@ -12,7 +12,6 @@ debt: retries, grace, suspension, collections.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
-from gated.billing_sync.invoices import apply_payment
+from gated.billing_sync.invoices import apply_payment, home_site
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.numbering import number_rows
 from gated.billing_sync.publishing import refresh
@@ -105,7 +104,7 @@ def start(
                     "due_at": part.due_at,
                     "created_at": now,
                     # Issued now by the member's home site, like every invoice.
-                    "site": json.loads(facts.member.sites)[0],
+                    "site": home_site(facts.member.sites),
                 }
             )
         number_rows(conn, heads, now)

@@ -30,9 +30,13 @@ def _month_end(period: str) -> int:
     return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
 
 
+# Built once: every batch of invoices the cycle issues asks it.
+_CLOSED_THROUGH = select(func.max(s.closed_periods.c.period))
+
+
 def closed_through(conn: Connection) -> str | None:
     """The last closed month (every month up to it is closed), or None."""
-    value = conn.execute(select(func.max(s.closed_periods.c.period))).scalar()
+    value = conn.execute(_CLOSED_THROUGH).scalar()
     return None if value is None else str(value)
 
 

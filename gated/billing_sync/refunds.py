@@ -23,7 +23,6 @@ Stripe's subscriptions do: the member's paid-through moves on and nothing is bil
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.gateway import GatewayRejected, GatewayUnavailable, RefundResult
-from gated.billing_sync.invoices import apply_payments
+from gated.billing_sync.invoices import apply_payments, home_site
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.numbering import next_number, year_of
 from gated.billing_sync.periods import ensure_invoice_open, ensure_issuable
@@ -96,7 +95,7 @@ def credit_note_number(conn: Connection, inv: Any, at: int) -> str:
         sites = conn.execute(
             select(s.members.c.sites).where(s.members.c.id == inv.member_id)
         ).scalar_one()
-        site = json.loads(sites)[0]
+        site = home_site(sites)
     return next_number(conn, site, year_of(at), "credit_note")
 
 
