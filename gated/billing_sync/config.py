@@ -56,6 +56,32 @@ class BillingKeysConfig(_Section):
     desk_command_private_key_file: Path | None = None
 
 
+# Stripe's minimum charge amounts (minor units; its "minimum and maximum charge amounts" table):
+# it refuses a PaymentIntent below them. A currency not listed: MINIMUM_CHARGE_OTHER.
+MINIMUM_CHARGE: dict[str, int] = {
+    "AUD": 50,
+    "BRL": 50,
+    "CAD": 50,
+    "CHF": 50,
+    "CZK": 1500,
+    "DKK": 250,
+    "EUR": 50,
+    "GBP": 30,
+    "HKD": 400,
+    "HUF": 17500,
+    "JPY": 50,
+    "MXN": 1000,
+    "NOK": 300,
+    "NZD": 50,
+    "PLN": 200,
+    "RON": 200,
+    "SEK": 300,
+    "SGD": 50,
+    "USD": 50,
+}
+MINIMUM_CHARGE_OTHER = 50
+
+
 class DunningConfig(_Section):
     grace_days: int = Field(default=3, ge=0, le=60)
     suspend_min_owed: int = Field(default=0, ge=0)
@@ -64,6 +90,25 @@ class DunningConfig(_Section):
     # Visa allows 15 reattempts in 30 days, Mastercard 10 in 24 h: a handful of retries stays
     # well under every network's cap.
     retry_days: list[int] = Field(default_factory=lambda: [3, 7], max_length=8)
+    # The smallest charge the processor takes, per currency (minor units), over the defaults in
+    # MINIMUM_CHARGE: a rest below it is never sent to the processor (see
+    # refunds.write_off_below_minimum).
+    minimum_charge: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("minimum_charge")
+    @classmethod
+    def _minimums(cls, v: dict[str, int]) -> dict[str, int]:
+        for currency, amount in v.items():
+            if not re.match(r"^[A-Z]{3}$", currency) or amount < 0:
+                raise ValueError(
+                    f"{currency} = {amount}: give an upper-case currency code and an amount in"
+                    " minor units, 0 or more (e.g. EUR = 50)"
+                )
+        return v
+
+    def minimum_for(self, currency: str) -> int:
+        """The smallest amount of ``currency`` (minor units) the processor is asked to charge."""
+        return self.minimum_charge.get(currency, MINIMUM_CHARGE.get(currency, MINIMUM_CHARGE_OTHER))
 
     @field_validator("retry_days")
     @classmethod

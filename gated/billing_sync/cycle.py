@@ -30,7 +30,7 @@ from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.prices import apply_price_changes
 from gated.billing_sync.publishing import refresh
-from gated.billing_sync.refunds import resume_refunds
+from gated.billing_sync.refunds import resume_refunds, write_off_below_minimum
 from gated.billing_sync.reminders import queue_reminders
 from gated.billing_sync.renewals import renewal_terms
 from gated.billing_sync.store import bulk, many
@@ -145,6 +145,8 @@ def plan_charges(
     """Decide per member: renewal invoices and retries become attempts (committed with their
     idempotency keys before any gateway call); everyone reviewed gets a fresh status."""
     rows = read_rows(conn, due, now)
+    if write_off_below_minimum(ctx, conn, rows, now):
+        rows = read_rows(conn, due, now)
     batch = Batch.start(conn, rows)
     facts = derive_facts(rows)
     hold_dependants(conn, facts, now, ctx.rules)
@@ -210,6 +212,7 @@ def plan_charges(
             rows.members[r["mid"]] = row._replace(retries_done=r["rd"], next_retry_at=None)
     # The open invoices were loaded in this transaction; the renewals were just created.
     new = {sp.member_id: (i, sp) for i, sp in zip(new_ids, renewals, strict=True)}
+    minimum = ctx.config.dunning.minimum_for
     open_invoices: list[tuple[int, str, int, str, bool]] = []
     for member_id in to_charge:
         owing = [
@@ -229,7 +232,11 @@ def plan_charges(
                 invoice_id, member_id, sp.kind, total, 0, period_end
             )
         owing.sort(key=lambda o: o[0])
-        open_invoices.extend((o[1], member_id, o[2], o[3], o[4]) for o in owing)
+        # Never below the processor's minimum: a renewal billed that small is written off at
+        # the member's next review (write_off_below_minimum), as a rest would be.
+        open_invoices.extend(
+            (o[1], member_id, o[2], o[3], o[4]) for o in owing if o[2] >= minimum(o[3])
+        )
     charges = attempts_for(conn, open_invoices, facts, now)
     # Members being charged are refreshed from the charge's result (record_results); if no
     # result comes back, resume() finishes the attempt on the next cycle.

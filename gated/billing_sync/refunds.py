@@ -35,7 +35,7 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.facts import load_facts
+from gated.billing_sync.facts import Rows, charge_method, load_facts
 from gated.billing_sync.gateway import GatewayRejected, GatewayUnavailable, RefundResult
 from gated.billing_sync.invoices import apply_payments, home_site
 from gated.billing_sync.notices import format_amount
@@ -567,6 +567,55 @@ def write_off(ctx: Context, invoice_id: int, reason: str = "bad debt") -> int:
         refresh(ctx, conn, [inv.member_id], now)
     ctx.notify_published()
     return rest
+
+
+def write_off_below_minimum(ctx: Context, conn: Connection, rows: Rows, now: int) -> bool:
+    """Write off every rest too small for the processor (``[dunning] minimum_charge``) on the
+    due open invoices of the members in ``rows`` (a cycle's batch, just read) who are charged
+    by card or debit, inside the caller's transaction, before their facts are derived: the
+    processor refuses such a charge, so asking would only fail every cycle and keep the member
+    in dunning for cents. Left alone: a member without a payment method (the desk takes any
+    amount) or with a charge in flight, a sign-up not yet paid and an instalment not yet due.
+    Returns whether anything was written off (then the caller reads the rows again). Reads
+    nothing in the common case: the batch's rows hold all it needs."""
+    dunning = ctx.config.dunning
+    small = []
+    for member_id, invs in rows.open_invoices.items():
+        if member_id in rows.in_flight:
+            continue
+        for inv in invs:
+            rest = int(inv.total) - int(inv.amount_paid)
+            if (
+                0 < rest < dunning.minimum_for(inv.currency)
+                and inv.kind != "signup"
+                and inv.due_at <= now
+            ):
+                m = rows.members[member_id]
+                _, pm = charge_method(
+                    m.customer_ref, m.payment_method, m.payer_customer, m.payer_method
+                )
+                if pm is not None:
+                    small.append(inv)
+    if not small:
+        return False
+    apply_payments(
+        conn,
+        [
+            (inv, int(inv.total) - int(inv.amount_paid), "write_off", f"wo:{inv.id}")
+            for inv in small
+        ],
+        now,
+    )
+    conn.execute(
+        update(_INV).where(_INV.c.id.in_([inv.id for inv in small])).values(status="written_off")
+    )
+    for inv in small:
+        log.info(
+            "event=written_off invoice=%s amount=%d reason=below_minimum_charge",
+            inv.id,
+            int(inv.total) - int(inv.amount_paid),
+        )
+    return True
 
 
 def give_back(
