@@ -368,7 +368,7 @@ def record_results(
                     "receipt",
                     {
                         "amount": format_amount(c.amount, c.currency),
-                        "invoice": str(inv.id),
+                        "invoices": [inv.id],
                         "attach": [inv.id],
                     },
                 )
@@ -422,7 +422,7 @@ def after_failure(
     f.account = acct
     values = {
         "amount": format_amount(c.amount, c.currency),
-        "invoice": str(inv.id),
+        "invoices": [inv.id],
         "reason": (res.decline_code or "declined").replace("_", " "),
     }
     if decline_class == "hard":

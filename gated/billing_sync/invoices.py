@@ -363,7 +363,7 @@ def record_payment(
             facts,
             "receipt",
             amount=format_amount(amount, currency),
-            invoice=", ".join(paid),
+            invoices=paid,
             attach=paid,
         )
         refresh(ctx, conn, [member_id], now)

@@ -50,7 +50,8 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     ),
     "suspension": (
         "Your membership is suspended",
-        "Hello $name,\n\nyour membership is suspended because $amount is still open. "
+        "Hello $name,\n\nyour membership is suspended because $amount is still open "
+        "(invoice $invoice). "
         "Pay at the front desk or online and the gates let you in again at once.\n",
     ),
     "dispute": (
@@ -90,14 +91,13 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     ),
     "collections": (
         "Your unpaid balance has gone to collections",
-        "Hello $name,\n\n$amount has been unpaid since $since despite our reminders, so your "
-        "membership has ended and the debt has gone to collections. Pay at the front desk or "
-        "online to settle it.\n",
+        "Hello $name,\n\n$amount has been unpaid since $since (invoice $invoice) despite our "
+        "reminders, so your membership has ended and the debt has gone to collections. Pay at "
+        "the front desk or online to settle it.\n",
     ),
     "refund": (
         "We refunded $amount",
-        "Hello $name,\n\nwe have refunded $amount of invoice $invoice to the way you paid it. "
-        "A card refund reaches your account within a few days.\n",
+        "Hello $name,\n\nwe have refunded $amount of invoice $invoice $how.\n$credit_note",
     ),
     "freeze": (
         "Your membership is frozen",

@@ -8,7 +8,7 @@ too. Republishing everyone (after a key rotation) is the same path with ``force`
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +22,7 @@ from gated.billing_sync.enrolment import welcome_due
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, dependants, load_facts
 from gated.billing_sync.notices import PAYER_NOTICES, Notice, format_amount, format_day, render
-from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, next_versions
+from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, many, next_versions
 from gated.contract import card_key, digest_hex, digest_term, erased_state, format_time
 
 # The statements run for every batch, built once (see facts.py).
@@ -98,7 +98,12 @@ def refresh(
             if status == "suspended" and f.plan is not None and not acct.disputed:
                 # A dispute has its own notice (webhooks.dispute_opened): nothing is owed yet.
                 queue_notice(
-                    ctx, conn, f, "suspension", amount=format_amount(acct.owed, f.plan.currency)
+                    ctx,
+                    conn,
+                    f,
+                    "suspension",
+                    amount=format_amount(acct.owed, f.plan.currency),
+                    invoices=owed_invoices(f),
                 )
             elif status == "collections" and f.plan is not None:
                 queue_notice(
@@ -107,6 +112,7 @@ def refresh(
                     f,
                     "collections",
                     amount=format_amount(acct.owed, f.plan.currency),
+                    invoices=owed_invoices(f),
                     since=format_day(acct.first_failure_at),
                 )
             elif status == "expired" and f.plan is not None:
@@ -296,6 +302,23 @@ def queue_mail(conn: Connection, notice: Notice, now: int) -> None:
     )
 
 
+def owed_invoices(f: Facts) -> list[int]:
+    """The member's invoices with money still open, oldest due first."""
+    return [int(i.id) for i in f.open_invoices if i.total > i.amount_paid]
+
+
+def invoice_labels(conn: Connection, invoice_ids: Iterable[int | str]) -> dict[int, str]:
+    """How notices name invoices: by legal number, by id while a draft has none."""
+    ids = sorted({int(i) for i in invoice_ids})
+    if not ids:
+        return {}
+    inv = s.invoices
+    found = conn.execute(select(inv.c.id, inv.c.number).where(inv.c.id.in_(many(ids)))).all()
+    labels = {i: str(i) for i in ids}
+    labels.update({int(r.id): r.number for r in found if r.number})
+    return labels
+
+
 def queue_notice(ctx: Context, conn: Connection, f: Facts, kind: str, **values: Any) -> None:
     """Render one notice into the outbox."""
     queue_notices(ctx, conn, [(f, kind, values)])
@@ -308,10 +331,16 @@ def queue_notices(
     (``PAYER_NOTICES``) go to the payer who owns the card, saying whose membership they are
     about; the others to the dependant (or the payer, without an address of their own).
     Nobody without an e-mail address gets one. ``values["attach"]``, a list of invoice ids,
-    sends those invoices' PDFs with the mail."""
+    sends those invoices' PDFs with the mail. ``values["invoices"]``, a list of invoice ids,
+    fills ``$invoice`` with their legal numbers (``downtown-2026-000123``), the one a member
+    finds on the document: looked up here, once for all the items, as a number is given in
+    the transaction that issues the invoice (a sign-up's when it is paid)."""
     rows = []
     now = ctx.clock()  # once: a deployment's clock is a database query
+    labels = invoice_labels(conn, [i for _, _, v in items for i in v.get("invoices", ())])
     for f, kind, values in items:
+        if "invoices" in values:
+            values = {**values, "invoice": ", ".join(labels[int(i)] for i in values["invoices"])}
         attach = values.get("attach")
         for_payer = kind in PAYER_NOTICES and f.member.payer_id is not None
         to = f.bill_to if for_payer else f.email_to

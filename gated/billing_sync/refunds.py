@@ -266,16 +266,17 @@ def book_credit(
 
 def _book_refund(
     conn: Connection, row: Any, gateway_ref: str | None, now: int, out: Outcome
-) -> None:
+) -> str | None:
     """Book a refund that the provider made (or the desk gave): the money given back as a
     negative ``refund`` row, and a credit note for all of it but what only returns an
-    overpayment, so the invoice keeps the status it had."""
+    overpayment, so the invoice keeps the status it had. Returns the credit note's number."""
     inv = _invoice(conn, int(row.invoice_id))
     status = inv.status
     amount = int(row.amount)
     overpaid = max(0, int(inv.amount_paid) - int(inv.total))
     credit = amount - min(amount, overpaid)
     note_id = None
+    number = None
     if credit:
         number = book_credit(conn, inv, credit, row.kind, row.reason, now, row.line_id)
         note_id = conn.execute(select(_CN.c.id).where(_CN.c.number == number)).scalar_one()
@@ -291,6 +292,7 @@ def _book_refund(
         .values(state="succeeded", gateway_ref=gateway_ref, credit_note_id=note_id, updated_at=now)
     )
     out.refunded += amount
+    return number if credit else None
 
 
 def _new_refund(
@@ -424,8 +426,10 @@ def execute_refunds(
                 if out is not None:
                     out.refused.append(why)
                 continue
-            _book_refund(conn, row, result.refund_id, now, out or Outcome(0, row.currency))
-            _refund_notice(ctx, conn, row.member_id, int(row.amount), row.currency, row.invoice_id)
+            note = _book_refund(conn, row, result.refund_id, now, out or Outcome(0, row.currency))
+            _refund_notice(
+                ctx, conn, row.member_id, int(row.amount), row.currency, row.invoice_id, [note]
+            )
             refresh(ctx, conn, [row.member_id], now)
             members.add(row.member_id)
     if members:
@@ -445,18 +449,37 @@ def resume_refunds(ctx: Context, member_ids: Sequence[str] | None = None) -> Non
 
 
 def _refund_notice(
-    ctx: Context, conn: Connection, member_id: str, amount: int, currency: str, invoice_id: int
+    ctx: Context,
+    conn: Connection,
+    member_id: str,
+    amount: int,
+    currency: str,
+    invoice_id: int,
+    credit_notes: Sequence[str | None],
+    *,
+    at_desk: bool = False,
 ) -> None:
+    """The ``refund`` notice: the amount, the invoice, how the money comes back and the credit
+    notes booked for it (the payer's, for a dependant)."""
     facts = load_facts(conn, [member_id], ctx.clock()).get(member_id)
-    if facts is not None:
-        queue_notice(
-            ctx,
-            conn,
-            facts,
-            "refund",
-            amount=format_amount(amount, currency),
-            invoice=str(invoice_id),
-        )
+    if facts is None:
+        return
+    notes = [n for n in credit_notes if n]
+    how = (
+        "at the front desk"
+        if at_desk
+        else "to the way you paid it; a card refund reaches your account within a few days"
+    )
+    queue_notice(
+        ctx,
+        conn,
+        facts,
+        "refund",
+        amount=format_amount(amount, currency),
+        invoices=[invoice_id],
+        how=how,
+        credit_note=f"Credit note: {', '.join(notes)}.\n" if notes else "",
+    )
 
 
 # --- the actions ----------------------------------------------------------------------------------
@@ -494,6 +517,18 @@ def refund(
                 raise BillingError(f"nothing was paid on invoice {invoice_id} to refund")
         pending = _start_refunds(conn, inv, amount, "refund", reason, now, out, line_id)
         if out.refunded:
+            # Given back at the desk, booked now; the provider's refunds send theirs when
+            # booked (execute_refunds).
+            _refund_notice(
+                ctx,
+                conn,
+                inv.member_id,
+                out.refunded,
+                inv.currency,
+                invoice_id,
+                out.credit_notes,
+                at_desk=True,
+            )
             refresh(ctx, conn, [inv.member_id], now)
     execute_refunds(ctx, pending, out)
     ctx.notify_published()
@@ -693,8 +728,10 @@ def refunds_reported(ctx: Context, intent_id: str) -> bool:
                 )
                 row = conn.execute(select(_REF).where(_REF.c.id == refund_id)).one()
             out = Outcome(int(row.invoice_id), row.currency)
-            _book_refund(conn, row, result.refund_id, now, out)
-            _refund_notice(ctx, conn, row.member_id, int(row.amount), row.currency, row.invoice_id)
+            note = _book_refund(conn, row, result.refund_id, now, out)
+            _refund_notice(
+                ctx, conn, row.member_id, int(row.amount), row.currency, row.invoice_id, [note]
+            )
             refresh(ctx, conn, [row.member_id], now)
             booked = True
     if booked:

@@ -131,7 +131,7 @@ def _chargeback_notice(
     if payment is None or facts is None:
         return
     amount = format_amount(int(payment.amount), payment.currency)
-    queue_notice(ctx, conn, facts, kind, amount=amount, invoice=str(payment.invoice_id))
+    queue_notice(ctx, conn, facts, kind, amount=amount, invoices=[payment.invoice_id])
 
 
 def dispute_closed(

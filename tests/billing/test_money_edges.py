@@ -1,4 +1,5 @@
-"""The edges of the money a finance manager meets: charges below the processor's minimum."""
+"""The edges of the money a finance manager meets: charges below the processor's minimum, the
+invoices' legal numbers in notices, the refund notice and its credit note."""
 
 from __future__ import annotations
 
@@ -93,3 +94,70 @@ def test_the_minimum_is_per_currency_and_configurable(tmp_path: Path) -> None:
     assert b.config.dunning.minimum_for("EUR") == 100
     assert b.config.dunning.minimum_for("GBP") == 30
     assert b.config.dunning.minimum_for("XYZ") == 50
+
+
+# --- notices name invoices by their legal number ------------------------------------------------
+
+
+def bodies(b: Billing, member_id: str, kind: str) -> list[str]:
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(n.c.subject + "\n" + n.c.body)
+                .where(n.c.member_id == member_id, n.c.kind == kind)
+                .order_by(n.c.id)
+            ).scalars()
+        )
+
+
+def test_notices_name_invoices_by_their_legal_number(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    set_card(b, "m1", "pm_sim_decline_insufficient_funds")
+    step(b, clock, 31)  # the renewal is declined
+    step(b, clock, 4)  # and retried, and the member suspended
+    first, renewal = rows(b, schema.invoices, member_id="m1")
+    # Ids and numbers differ, so a notice naming the id is told apart from one naming the number.
+    assert first.number == "downtown-2026-000001" and renewal.number == "downtown-2027-000001"
+    (receipt,) = bodies(b, "m1", "receipt")
+    assert f"invoice {first.number}" in receipt
+    (failure,) = bodies(b, "m1", "failure")
+    assert f"invoice {renewal.number} (insufficient funds)" in failure
+    assert f"invoice {renewal.number}" in bodies(b, "m1", "retry")[0]
+    assert f"(invoice {renewal.number})" in bodies(b, "m1", "suspension")[0]
+    # A payment at the desk: the receipt names what it paid, by number.
+    b.record_payment("m1", RENEWAL, "cash")
+    assert f"invoice {renewal.number}." in bodies(b, "m1", "receipt")[-1]
+
+
+# --- a refund at the desk tells the member, with its credit note --------------------------------
+
+
+def test_a_refund_at_the_desk_sends_a_notice_with_its_credit_note(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, _ = billing
+    # A household paying at the desk: the payer is told about the dependant's money.
+    b.add_member("p1", "Pat", plan_id="monthly", email="p@x")
+    b.record_payment("p1", RENEWAL, "cash")
+    b.add_member("k1", "Kid", plan_id="monthly", email="k@x", payer_id="p1")
+    (inv,) = rows(b, schema.invoices, member_id="k1")
+    b.record_payment("k1", RENEWAL, "cash")
+    out = b.refund(inv.id, 500)
+    (desk,) = bodies(b, "k1", "refund")
+    assert "5.00 EUR" in desk and f"invoice {inv.number} at the front desk" in desk
+    assert f"Credit note: {out.credit_notes[0]}." in desk
+    n = schema.notifications
+    with b.engine.connect() as conn:
+        to = conn.execute(select(n.c.to_addr).where(n.c.kind == "refund")).scalar_one()
+    assert to == "p@x"
+    # A card refund (through the provider) names its credit note too.
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    (card_inv,) = rows(b, schema.invoices, member_id="m1")
+    card = b.refund(card_inv.id, 1000)
+    (by_card,) = bodies(b, "m1", "refund")
+    assert f"10.00 EUR of invoice {card_inv.number} to the way you paid it" in by_card
+    assert f"Credit note: {card.credit_notes[0]}." in by_card

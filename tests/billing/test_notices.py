@@ -52,7 +52,9 @@ def test_amounts_and_templates() -> None:
     assert format_amount(4990, "EUR") == "49.90 EUR"
     assert format_amount(5, "EUR") == "0.05 EUR"
     assert format_amount(-1250, "GBP") == "-12.50 GBP"
-    n = render("suspension", "a@x", "m1", name="Ann", amount="59.38 EUR")
+    n = render(
+        "suspension", "a@x", "m1", name="Ann", amount="59.38 EUR", invoice="downtown-2026-000001"
+    )
     assert "59.38 EUR" in n.body and n.subject == "Your membership is suspended"
     with pytest.raises(KeyError):
         render("receipt", "a@x", "m1", name="Ann")  # a missing placeholder is a bug
@@ -79,6 +81,8 @@ def test_templates_fill_as_string_template_does(kind: str) -> None:
         "old",
         "new",
         "since",
+        "how",
+        "credit_note",
     }
     values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
     n = render(kind, "a@x", "m1", **values)

@@ -630,8 +630,9 @@ def test_a_front_desk_payment_sends_a_receipt(billing: tuple[Billing, Clock]) ->
             select(n.c.to_addr, n.c.body).where(n.c.kind == "receipt").order_by(n.c.id)
         ).all()
     assert [r.to_addr for r in receipts] == ["ann@example.org"] * 2
-    assert "we received 10.00 EUR for invoice 1" in receipts[0].body
-    assert "we received 49.38 EUR for invoice 1" in receipts[1].body
+    # Named by the invoice's legal number, as printed on the PDF the receipt carries.
+    assert "we received 10.00 EUR for invoice downtown-2026-000001." in receipts[0].body
+    assert "we received 49.38 EUR for invoice downtown-2026-000001." in receipts[1].body
 
 
 def test_a_desk_payment_tells_what_holds_when_a_renewal_on_a_dead_card_is_due_too(
