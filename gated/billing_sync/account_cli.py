@@ -1,5 +1,5 @@
-"""``gated-billing freeze|unfreeze|cancel|charge-extra|pay|pass|invoices|invoice-pdf``: a member's
-membership and money at a shell, and their invoices. ``cli.py`` adds them (``register``), handing
+"""``gated-billing freeze|unfreeze|cancel|charge-extra|pay|pass|invoices|invoice-pdf|
+credit-note-pdf``: a member's membership and money at a shell, and their documents. ``cli.py`` adds them (``register``), handing
 in how it opens the service and its audit wrapper."""
 
 from __future__ import annotations
@@ -188,7 +188,25 @@ def register(root: typer.Typer, service: OpenService, audit: Audit) -> None:
         """Write an issued invoice as a PDF, with the issuing site's name, address and tax id."""
         with service(config) as billing:
             name, pdf = billing.invoice_pdf(invoice_id)
-        target = out_path or Path(name)
+        write_pdf(out_path or Path(name), pdf)
+
+    @root.command("credit-note-pdf")
+    def credit_note_pdf(
+        note: Annotated[
+            str, typer.Argument(help="The credit note's number (downtown-CN-2026-000001) or id.")
+        ],
+        out_path: Annotated[
+            Path | None,
+            typer.Option("--out", help="Where to write it (default: credit-note-NUMBER.pdf here)."),
+        ] = None,
+        config: ConfigOpt = DEFAULT_CONFIG,
+    ) -> None:
+        """Write a credit note as a PDF: the invoice it credits, its amount and tax, and why."""
+        with service(config) as billing:
+            name, pdf = billing.credit_note_pdf(note)
+        write_pdf(out_path or Path(name), pdf)
+
+    def write_pdf(target: Path, pdf: bytes) -> None:
         try:
             target.write_bytes(pdf)
         except OSError as exc:

@@ -206,7 +206,7 @@ def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
             from gated.billing_sync.notices import deliver
 
             sent = deliver(
-                billing.engine, billing.config.smtp, billing.clock(), documents=billing.invoice_pdf
+                billing.engine, billing.config.smtp, billing.clock(), documents=billing.document_pdf
             )
             out.print(f"notices sent: {sent}")
 

@@ -58,7 +58,7 @@ async def _notices(billing: Billing, wake: asyncio.Event) -> None:
     while True:
         wake.clear()
         await asyncio.to_thread(
-            deliver, billing.engine, smtp, billing.clock(), documents=billing.invoice_pdf
+            deliver, billing.engine, smtp, billing.clock(), documents=billing.document_pdf
         )
         # A sign-in mail queued by the member app goes out at once, not on the next round.
         with contextlib.suppress(TimeoutError):

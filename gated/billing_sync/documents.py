@@ -1,9 +1,10 @@
-"""Invoice PDFs: the issuing site's name, address and tax id (``[sites.<id>]``), the legal
-number, the member billed, the itemized lines, tax and totals in the invoice's currency.
+"""Invoice and credit-note PDFs: the issuing site's name, address and tax id (``[sites.<id>]``),
+the legal number, the member billed, the itemized lines, tax and totals in the invoice's
+currency; a credit note names the invoice it credits, its amount with the tax in it, and why.
 
 Rendered on demand from the store (fpdf2, pure Python), so what a member downloads and what a
 receipt carries are the same document; the creation date inside is the issue date, so the same
-invoice always gives the same bytes.
+document always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -146,6 +147,172 @@ def staff_invoice_pdf(
     return doc.filename, render(doc)
 
 
+@dataclass(frozen=True)
+class CreditNoteDocument:
+    """What a credit-note PDF shows: the note, the invoice it credits and the issuing site."""
+
+    number: str
+    issued_at: int
+    kind: str
+    reason: str
+    amount: int
+    tax: int
+    currency: str
+    site: SiteConfig
+    member_id: str
+    member_name: str
+    invoice_number: str | None
+    invoice_issued_at: int | None
+    line: str | None
+
+    @property
+    def filename(self) -> str:
+        """The attachment's and the download's file name."""
+        return f"credit-note-{self.number}.pdf"
+
+
+# How a credit note's kind reads on its PDF.
+_CREDITED = {
+    "refund": "Refund",
+    "credit": "Credit",
+    "void": "Invoice voided",
+    "freeze": "Unused part of a freeze fee",
+}
+
+
+def credit_note_site(number: str) -> str:
+    """The site that issued a credit note: the prefix of its number (``numbering``)."""
+    return number.split("-CN-", 1)[0]
+
+
+def load_credit_note(ctx: Context, conn: Connection, note_id: int) -> CreditNoteDocument:
+    """A credit note as its PDF shows it."""
+    cn, inv, m, ln = s.credit_notes, s.invoices, s.members, s.invoice_lines
+    row = conn.execute(
+        select(
+            cn,
+            m.c.name,
+            inv.c.number.label("invoice_number"),
+            inv.c.issued_at.label("invoice_issued_at"),
+            ln.c.description.label("line"),
+        )
+        .join(m, m.c.id == cn.c.member_id)
+        .join(inv, inv.c.id == cn.c.invoice_id)
+        .join(ln, ln.c.id == cn.c.line_id, isouter=True)
+        .where(cn.c.id == note_id)
+    ).first()
+    if row is None or row.number is None:
+        raise NotFound(f"no credit note {note_id}")
+    return CreditNoteDocument(
+        number=row.number,
+        issued_at=int(row.created_at),
+        kind=row.kind,
+        reason=row.reason,
+        amount=int(row.amount),
+        tax=int(row.tax),
+        currency=row.currency,
+        site=ctx.config.site(credit_note_site(row.number)),
+        member_id=row.member_id,
+        member_name=row.name,
+        invoice_number=row.invoice_number,
+        invoice_issued_at=None if row.invoice_issued_at is None else int(row.invoice_issued_at),
+        line=row.line,
+    )
+
+
+def credit_note_pdf(ctx: Context, note: int | str) -> tuple[str, bytes]:
+    """A credit note's PDF and its file name, by its id or its number
+    (``downtown-CN-2026-000001``)."""
+    cn = s.credit_notes
+    with ctx.reader.connect() as conn:
+        if isinstance(note, str) and not note.isdigit():
+            found = conn.execute(select(cn.c.id).where(cn.c.number == note)).scalar()
+            if found is None:
+                raise NotFound(f"no credit note {note}")
+            note = found
+        doc = load_credit_note(ctx, conn, int(note))
+    return doc.filename, render_credit_note(doc)
+
+
+def member_credit_note_pdf(ctx: Context, member_id: str, note_id: int) -> tuple[str, bytes] | None:
+    """A credit note's PDF for a signed-in member: their own and those of members they pay
+    for; None for any other (it looks like one that does not exist)."""
+    cn, m = s.credit_notes, s.members
+    with ctx.reader.connect() as conn:
+        owner = conn.execute(
+            select(cn.c.member_id, m.c.payer_id)
+            .join(m, m.c.id == cn.c.member_id)
+            .where(cn.c.id == note_id)
+        ).first()
+        if owner is None or member_id not in (owner.member_id, owner.payer_id):
+            return None
+        doc = load_credit_note(ctx, conn, note_id)
+    return doc.filename, render_credit_note(doc)
+
+
+def staff_credit_note_pdf(
+    ctx: Context, note_id: int, staff_sites: Sequence[str]
+) -> tuple[str, bytes] | None:
+    """A credit note's PDF for the console: only those issued by one of the staff member's
+    sites (None otherwise, or for no such credit note)."""
+    with ctx.reader.connect() as conn:
+        number = conn.execute(
+            select(s.credit_notes.c.number).where(s.credit_notes.c.id == note_id)
+        ).scalar()
+        if number is None or credit_note_site(number) not in staff_sites:
+            return None
+        doc = load_credit_note(ctx, conn, note_id)
+    return doc.filename, render_credit_note(doc)
+
+
+def document_pdf(ctx: Context, ref: str) -> tuple[str, bytes]:
+    """A document a notice carries, by its reference in the outbox: an invoice id (``12``) or
+    a credit note's (``cn12``)."""
+    if ref.startswith("cn"):
+        return credit_note_pdf(ctx, int(ref[2:]))
+    return invoice_pdf(ctx, int(ref))
+
+
+def render_credit_note(doc: CreditNoteDocument) -> bytes:
+    """The PDF of one credit note (A4): it lowers the invoice it names by its total."""
+    words = [doc.site.name, doc.site.address, doc.site.tax_id, doc.member_name, doc.reason]
+    words.append(doc.line or "")
+    pdf = _Pdf(unicode=not all(_latin1(w or "") for w in words))
+    pdf.set_creation_date(datetime.fromtimestamp(doc.issued_at, UTC))
+    pdf.set_title(f"Credit note {doc.number}")
+    pdf.set_author(doc.site.name or "")
+    pdf.add_page()
+    _site_header(pdf, doc.site)
+    pdf.write_line(f"Credit note {doc.number}", size=14, bold=True)
+    pdf.write_line(f"Date of issue: {format_day(doc.issued_at)}")
+    if doc.invoice_number is not None:
+        pdf.write_line(
+            f"Credits invoice {doc.invoice_number} of {format_day(doc.invoice_issued_at)}"
+        )
+    pdf.ln(4)
+    pdf.write_line("Issued to", bold=True)
+    pdf.write_line(f"{doc.member_name} (member {doc.member_id})")
+    pdf.ln(6)
+    money = _money(doc.currency)
+    pdf.row(("Description", "", "", "Amount"), bold=True)
+    what = _CREDITED.get(doc.kind, doc.kind)
+    pdf.row((f"{what}: {doc.line}" if doc.line else what, "", "", money(doc.amount - doc.tax)))
+    pdf.row(("Tax", "", "", money(doc.tax)))
+    pdf.row(("Total credited", "", "", money(doc.amount)), bold=True)
+    pdf.ln(6)
+    pdf.write_line(f"Reason: {doc.reason}")
+    return bytes(pdf.output())
+
+
+def _site_header(pdf: _Pdf, site: SiteConfig) -> None:
+    pdf.write_line(site.name or "", size=16, bold=True)
+    for part in (site.address or "").splitlines():
+        pdf.write_line(part)
+    if site.tax_id:
+        pdf.write_line(f"Tax ID: {site.tax_id}")
+    pdf.ln(8)
+
+
 def render(doc: InvoiceDocument) -> bytes:
     """The PDF of one invoice (A4)."""
     words = [doc.site.name, doc.site.address, doc.site.tax_id, doc.member_name]
@@ -155,12 +322,7 @@ def render(doc: InvoiceDocument) -> bytes:
     pdf.set_title(f"Invoice {doc.number}")
     pdf.set_author(doc.site.name or "")
     pdf.add_page()
-    pdf.write_line(doc.site.name or "", size=16, bold=True)
-    for part in (doc.site.address or "").splitlines():
-        pdf.write_line(part)
-    if doc.site.tax_id:
-        pdf.write_line(f"Tax ID: {doc.site.tax_id}")
-    pdf.ln(8)
+    _site_header(pdf, doc.site)
     pdf.write_line(f"Invoice {doc.number}", size=14, bold=True)
     pdf.write_line(f"Date of issue: {format_day(doc.issued_at)}")
     if doc.period is not None:

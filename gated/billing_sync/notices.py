@@ -228,8 +228,9 @@ RETRY_AFTER_S = 300
 MAX_TRIES = 12
 
 
-# Renders an invoice's PDF for a mail: (file name, bytes).
-Documents = Callable[[int], tuple[str, bytes]]
+# Renders a document a mail carries, by its reference in the outbox (an invoice's id, ``cn``
+# and a credit note's id): (file name, bytes). See documents.document_pdf.
+Documents = Callable[[str], tuple[str, bytes]]
 
 
 def deliver(
@@ -241,8 +242,9 @@ def deliver(
 ) -> int:
     """Send up to ``limit`` queued notices over SMTP; returns how many were sent.
 
-    A notice naming invoices (a receipt) carries their PDFs, rendered by ``documents`` as it is
-    sent; one that cannot be rendered is logged and the mail goes without it.
+    A notice naming documents (a receipt its invoices, a refund its credit notes) carries their
+    PDFs, rendered by ``documents`` as it is sent; one that cannot be rendered is logged and the
+    mail goes without it.
 
     Sign-in mails go first. Each chunk of notices is first claimed (a random token and a
     lease), so two processes delivering at once (``serve`` and ``run`` from cron) never send the same notice: each sends
@@ -304,14 +306,12 @@ def deliver(
     return sent
 
 
-def _attach(msg: EmailMessage, documents: Documents, invoice_ids: str) -> None:
-    for invoice_id in invoice_ids.split(","):
+def _attach(msg: EmailMessage, documents: Documents, refs: str) -> None:
+    for ref in refs.split(","):
         try:
-            name, pdf = documents(int(invoice_id))
+            name, pdf = documents(ref)
         except GatedError as exc:
-            log.warning(
-                "event=attachment_failed invoice=%s error=%s", invoice_id, type(exc).__name__
-            )
+            log.warning("event=attachment_failed document=%s error=%s", ref, type(exc).__name__)
             continue
         msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=name)
 

@@ -330,8 +330,8 @@ def queue_notices(
     """Render notices into the outbox. A dependant's notices about the card and the money
     (``PAYER_NOTICES``) go to the payer who owns the card, saying whose membership they are
     about; the others to the dependant (or the payer, without an address of their own).
-    Nobody without an e-mail address gets one. ``values["attach"]``, a list of invoice ids,
-    sends those invoices' PDFs with the mail. ``values["invoices"]``, a list of invoice ids,
+    Nobody without an e-mail address gets one. ``values["attach"]``, a list of invoice ids
+    (or ``cn`` and a credit note's id), sends those documents' PDFs with the mail. ``values["invoices"]``, a list of invoice ids,
     fills ``$invoice`` with their legal numbers (``downtown-2026-000123``), the one a member
     finds on the document: looked up here, once for all the items, as a number is given in
     the transaction that issues the invoice (a sign-up's when it is paid)."""

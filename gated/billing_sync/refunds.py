@@ -465,6 +465,7 @@ def _refund_notice(
     if facts is None:
         return
     notes = [n for n in credit_notes if n]
+    note_ids = conn.execute(select(_CN.c.id).where(_CN.c.number.in_(notes))).scalars()
     how = (
         "at the front desk"
         if at_desk
@@ -479,6 +480,7 @@ def _refund_notice(
         invoices=[invoice_id],
         how=how,
         credit_note=f"Credit note: {', '.join(notes)}.\n" if notes else "",
+        attach=[f"cn{i}" for i in sorted(note_ids)],
     )
 
 

@@ -318,6 +318,24 @@ class Billing:
         """An issued invoice's PDF (file name, bytes) with the issuing site's details."""
         return documents.invoice_pdf(self.ctx, invoice_id)
 
+    def credit_note_pdf(self, note: int | str) -> tuple[str, bytes]:
+        """A credit note's PDF and its file name, by id or number."""
+        return documents.credit_note_pdf(self.ctx, note)
+
+    def member_credit_note_pdf(self, member_id: str, note_id: int) -> tuple[str, bytes] | None:
+        """A credit note's PDF if it is the member's (or a dependant's), else None."""
+        return documents.member_credit_note_pdf(self.ctx, member_id, note_id)
+
+    def staff_credit_note_pdf(
+        self, note_id: int, staff_sites: Sequence[str]
+    ) -> tuple[str, bytes] | None:
+        """A credit note's PDF if one of ``staff_sites`` issued it, else None."""
+        return documents.staff_credit_note_pdf(self.ctx, note_id, staff_sites)
+
+    def document_pdf(self, ref: str) -> tuple[str, bytes]:
+        """A document a notice carries: an invoice id, or ``cn`` and a credit note's id."""
+        return documents.document_pdf(self.ctx, ref)
+
     def member_invoice_pdf(self, member_id: str, invoice_id: int) -> tuple[str, bytes] | None:
         """An invoice's PDF if it is the member's or a dependant's they pay for, else None."""
         return documents.member_invoice_pdf(self.ctx, member_id, invoice_id)

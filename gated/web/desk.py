@@ -96,6 +96,7 @@ RULES: list[Rule] = [
     Rule("GET", "/desk/", "view_members", "home"),
     Rule("GET", "/desk/members/{member_id}", "view_members", "member"),
     Rule("GET", "/desk/invoices/{invoice_id}.pdf", "view_members", "invoice_pdf"),
+    Rule("GET", "/desk/credit-notes/{note_id}.pdf", "view_members", "credit_note_pdf"),
     *_member_actions("/desk", "act_"),
     Rule("GET", "/desk/members/{member_id}/photo", "view_members", "photo"),
     Rule("POST", "/desk/members/{member_id}/photo", "take_photo", "photo_set", raw=True),

@@ -128,7 +128,7 @@ def test_receipts_carry_the_invoice_pdf_card_desk_and_resent(
     b.charge_extra("m2", "towel", "Towel", 300)
     b.record_payment("m2")  # both invoices at the desk: one receipt, two PDFs
     cfg = SmtpConfig(host="127.0.0.1", port=port, sender="billing@gym.example")
-    assert deliver(b.engine, cfg, clock.now, documents=b.invoice_pdf) >= 2
+    assert deliver(b.engine, cfg, clock.now, documents=b.document_pdf) >= 2
     card, desk = (m for m in inbox.messages if m["Subject"].startswith("Receipt for invoice"))
     assert all(pdfs_in(m) == [] for m in inbox.messages if m not in (card, desk))
     ((name, pdf),) = pdfs_in(card)
@@ -146,7 +146,7 @@ def test_receipts_carry_the_invoice_pdf_card_desk_and_resent(
     assert deliver(b.engine, cfg, clock.now) == 1
     assert pdfs_in(inbox.messages[-1]) == []
     b.resend_notice(notice.id)
-    assert deliver(b.engine, cfg, clock.now, documents=b.invoice_pdf) == 1
+    assert deliver(b.engine, cfg, clock.now, documents=b.document_pdf) == 1
     assert [n for n, _ in pdfs_in(inbox.messages[-1])] == ["invoice-downtown-2026-000001.pdf"]
 
 

@@ -1,5 +1,5 @@
 """The edges of the money a finance manager meets: charges below the processor's minimum, the
-invoices' legal numbers in notices, the refund notice and its credit note."""
+invoices' legal numbers in notices, the refund notice and its credit note, credit-note PDFs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from typer.testing import CliRunner
 
 from gated.billing_sync import schema
+from gated.billing_sync.cli import app
+from gated.billing_sync.errors import NotFound
+from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
-from tests.billing.helpers import Clock, make_billing, published, step
+from gated.config import SmtpConfig
+from tests.billing.helpers import Clock, cli_ok, make_billing, published, step, write_cli_config
+from tests.billing.test_documents import SITES, pdfs_in, text_of
+from tests.billing.test_notices import Inbox, smtp  # noqa: F401  (the fixture)
 
 # The monthly plan: 49.90 + 19 % = 59.38 a month.
 RENEWAL = 5938
@@ -161,3 +168,66 @@ def test_a_refund_at_the_desk_sends_a_notice_with_its_credit_note(
     (by_card,) = bodies(b, "m1", "refund")
     assert f"10.00 EUR of invoice {card_inv.number} to the way you paid it" in by_card
     assert f"Credit note: {card.credit_notes[0]}." in by_card
+
+
+# --- credit-note PDFs ---------------------------------------------------------------------------
+
+
+def test_a_credit_note_pdf_names_the_site_the_invoice_the_amount_and_why(tmp_path: Path) -> None:
+    b, _ = make_billing(tmp_path, sites=SITES)
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    (inv,) = rows(b, schema.invoices, member_id="m1")
+    out = b.refund(inv.id, 1190, reason="locker broken")
+    (number,) = out.credit_notes
+    assert number == "downtown-CN-2026-000001"
+    name, pdf = b.credit_note_pdf(number)
+    assert name == f"credit-note-{number}.pdf"
+    text = text_of(pdf)
+    for expected in (
+        "Iron Temple Downtown GmbH",
+        "Tax ID: DE123456789",
+        f"Credit note {number}",
+        "Date of issue: 2026-12-01",
+        f"Credits invoice {inv.number} of 2026-12-01",
+        "Ann (member m1)",
+        "Refund 10.00 EUR",
+        "Tax 1.90 EUR",
+        "Total credited 11.90 EUR",
+        "Reason: locker broken",
+    ):
+        assert expected in text, expected
+    (note,) = rows(b, schema.credit_notes)
+    assert b.credit_note_pdf(note.id) == (name, pdf)  # by id too, the same bytes
+    with pytest.raises(NotFound):
+        b.credit_note_pdf("downtown-CN-2026-000099")
+
+
+def test_the_refund_notice_carries_the_credit_note_pdf(
+    tmp_path: Path,
+    smtp: tuple[Inbox, int],  # noqa: F811  (the fixture, imported)
+) -> None:
+    inbox, port = smtp
+    b, clock = make_billing(tmp_path, sites=SITES)
+    b.add_member("m1", "Ann", plan_id="monthly", email="ann@example.org")
+    b.record_payment("m1", RENEWAL, "cash")
+    (inv,) = rows(b, schema.invoices, member_id="m1")
+    (number,) = b.refund(inv.id, 500).credit_notes
+    cfg = SmtpConfig(host="127.0.0.1", port=port, sender="billing@gym.example")
+    assert deliver(b.engine, cfg, clock.now, documents=b.document_pdf) >= 2
+    (refund,) = [m for m in inbox.messages if m["Subject"] == "We refunded 5.00 EUR"]
+    ((name, pdf),) = pdfs_in(refund)
+    assert name == f"credit-note-{number}.pdf" and "Total credited 5.00 EUR" in text_of(pdf)
+
+
+def test_credit_note_pdf_from_the_command_line(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(cfg, "plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
+    cli_ok(cfg, "members", "add", "m1", "--name", "Ann", "--plan", "monthly", "--card", "pm_sim_ok")
+    cli_ok(cfg, "invoice", "refund", "1", "--amount", "1000")
+    out = tmp_path / "cn.pdf"
+    number = "downtown-CN-2026-000001"
+    assert f"wrote {out}" in cli_ok(cfg, "credit-note-pdf", number, "--out", str(out))
+    assert f"Credit note {number}" in text_of(out.read_bytes())
+    missing = CliRunner().invoke(app, ["credit-note-pdf", "7", "-c", str(cfg)])
+    assert missing.exit_code == 2 and "no credit note 7" in missing.stderr

@@ -180,6 +180,7 @@ def _path(rule: desk.Rule) -> str:
         rule.path.replace("{member_id}", "ann")
         .replace("{report}", "revenue")
         .replace("{invoice_id}", "1")
+        .replace("{note_id}", "1")
         .replace("{staff_id}", "nobody")
         .replace("{token_id}", "999999")
     )

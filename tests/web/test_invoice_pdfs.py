@@ -1,6 +1,7 @@
-"""Invoice PDFs on the web, in process over the real app and a real SQLite store: a member
-downloads their own invoices and those of the members they pay for, and gets the same 404 for
-anyone else's as for none; staff download invoices issued by their own sites only."""
+"""Invoice and credit-note PDFs on the web, in process over the real app and a real SQLite
+store: a member downloads their own documents and those of the members they pay for, and gets
+the same 404 for anyone else's as for none; staff download documents issued by their own sites
+only."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from gated.billing_sync import schema
 from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
 from gated.web.app import web_routes
@@ -84,3 +87,30 @@ def test_staff_download_the_invoices_of_their_own_sites(
     client.cookies.clear()
     r = client.get(f"/desk/invoices/{downtown}.pdf", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/desk/signin"
+
+
+def test_credit_note_pdfs_for_the_member_and_the_staff_of_its_site(
+    client: TestClient, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    notes = {m: b.refund(invoice_of(b, m), 100).credit_notes[0] for m in ("ann", "bob", "una")}
+    with b.engine.connect() as conn:
+        found = conn.execute(select(schema.credit_notes.c.number, schema.credit_notes.c.id))
+        ids = {r.number: r.id for r in found}
+    ann, bob, una = (ids[notes[m]] for m in ("ann", "bob", "una"))
+    sign_in(client, b, "ann@example.com")
+    r = client.get(f"/app/credit-notes/{ann}.pdf")
+    assert r.status_code == 200 and r.headers["content-disposition"] == (
+        f'attachment; filename="credit-note-{notes["ann"]}.pdf"'
+    )
+    assert "no-store" in r.headers["cache-control"]
+    assert "Ann (member ann)" in text_of(r.content)
+    for path in (f"/app/credit-notes/{bob}.pdf", "/app/credit-notes/999.pdf"):
+        r = client.get(path)
+        assert r.status_code == 404 and "Bob" not in r.text, path
+    client.cookies.clear()
+    token = b.staff_access().open_session("desk", "test", "127.0.0.1")
+    client.cookies.set("gated-staff", token)
+    r = client.get(f"/desk/credit-notes/{bob}.pdf")
+    assert r.status_code == 200 and "Bob (member bob)" in text_of(r.content)
+    assert client.get(f"/desk/credit-notes/{una}.pdf").status_code == 404  # not their site
