@@ -11,20 +11,24 @@ resumes at the page it had reached, and a page is never stored twice.
 
 from __future__ import annotations
 
+import fcntl
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import BalanceSource
 from gated.billing_sync.store import reading
+from gated.contract import format_time
 
 Report = tuple[list[str], list[tuple[Any, ...]]]
 # Stripe's largest page.
@@ -63,6 +67,59 @@ class _Tally:
             self.payouts += payouts
 
 
+# The PostgreSQL advisory lock a fetch holds ("gated" and 1): any number every process agrees on.
+FETCH_LOCK_KEY = 0x67_61_74_65_64_01
+
+
+class FetchRunning(BillingError):
+    """Another ``fetch`` is importing from the provider right now."""
+
+
+@contextmanager
+def one_fetch_at_a_time(engine: Engine) -> Iterator[None]:
+    """Hold the store's fetch lock for the block, or raise ``FetchRunning`` at once: two imports
+    at the same time would page through the same cursors and store their pages twice. The
+    lock dies with the process that holds it (a fetch killed mid-way is resumed by the next):
+    on PostgreSQL a session advisory lock on a connection kept for the block, on SQLite an
+    exclusive ``flock`` on a file beside the database (SQLite's writers share one host)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            got = conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": FETCH_LOCK_KEY}
+            ).scalar_one()
+            conn.commit()  # the lock is the session's: no transaction left open meanwhile
+            if not got:
+                raise FetchRunning(_running_since(engine))
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": FETCH_LOCK_KEY})
+                conn.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield  # one process owns such a store
+        return
+    with open(f"{database}.reconcile-lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FetchRunning(_running_since(engine)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _running_since(engine: Engine) -> str:
+    f = s.processor_fetches
+    with engine.connect() as conn:
+        started = conn.execute(select(func.max(f.c.started_at)).where(f.c.finished_at.is_(None)))
+        since = started.scalar()
+    when = "" if since is None else f" since {format_time(int(since))}"
+    return f"a reconcile fetch is already running{when}: wait for it to finish, then run again"
+
+
 def fetch(
     engine: Engine,
     source: BalanceSource,
@@ -74,7 +131,20 @@ def fetch(
     """Import the provider's balance movements and payouts created in ``[since, until)``
     (``until`` None: up to now; ``since`` None: everything), then what each payout carried.
     An import left unfinished (killed, or the provider out of reach) is finished first, from
-    its cursors, instead: run again for the period asked for."""
+    its cursors, instead: run again for the period asked for. One at a time: while another
+    runs, ``FetchRunning`` is raised and nothing is fetched."""
+    with one_fetch_at_a_time(engine):
+        return _fetch(engine, source, now, since, until, page)
+
+
+def _fetch(
+    engine: Engine,
+    source: BalanceSource,
+    now: int,
+    since: int | None,
+    until: int | None,
+    page: int,
+) -> FetchReport:
     f = s.processor_fetches
     with engine.begin() as conn:
         run = conn.execute(

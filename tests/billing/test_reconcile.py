@@ -21,6 +21,7 @@ from gated.billing_sync.gateway import FaultyGateway, GatewayUnavailable
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SIM_DISPUTE_FEE, SimulatedGateway
 from gated.billing_sync.stripe_gateway import balance_entry
+from gated.contract import format_time
 from tests.billing.crashing import billing_for
 from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config
 from tests.billing.test_crash import ROOT, cli, write_config
@@ -370,3 +371,53 @@ def test_a_provider_out_of_reach_is_one_line_saying_to_run_again(
     # Beside the retry's log lines (key=value), one line for the person.
     [said] = [line for line in failed.output.splitlines() if not line.startswith("level=")]
     assert said.startswith("error: stripe ") and said.endswith("run again to continue")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_second_fetch_while_one_runs_is_refused_and_nothing_is_imported_twice(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    import threading
+
+    url = {"database_url": request.getfixturevalue("postgres_url")} if store != "sqlite" else {}
+    b, _, gw = three_paid_members(tmp_path, **url)
+    listing, release = threading.Event(), threading.Event()
+
+    def hold(step: str) -> None:
+        if step == "after_list_balance" and not listing.is_set():
+            listing.set()
+            assert release.wait(30)
+
+    first: list[reconcile.FetchReport] = []
+    runner = threading.Thread(
+        target=lambda: first.append(
+            reconcile.fetch(b.engine, FaultyGateway(gw, hold), b.clock(), None, page=2)
+        )
+    )
+    runner.start()
+    try:
+        assert listing.wait(30)
+        since = f"already running since {format_time(b.clock())}"
+        with pytest.raises(reconcile.FetchRunning, match=since):
+            reconcile.fetch(b.engine, gw, b.clock(), None, page=2)
+    finally:
+        release.set()
+        runner.join(30)
+    assert first and first[0].movements == 8  # the movements, and the payout's contents again
+    with b.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.processor_balance)).scalar() == 4
+        assert conn.execute(select(func.count()).select_from(s.processor_fetches)).scalar() == 1
+    # Once it has finished, the next runs.
+    assert not reconcile.fetch(b.engine, gw, b.clock(), None, page=2).resumed
+
+
+def test_the_command_line_says_a_fetch_is_already_running(tmp_path: Path) -> None:
+    from gated.billing_sync.store import open_store
+
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    with reconcile.one_fetch_at_a_time(engine):
+        busy = CliRunner().invoke(app, ["reconcile", "fetch", "-c", str(cfg)])
+    assert busy.exit_code == 2 and "a reconcile fetch is already running" in busy.stderr
+    assert "fetched 0 movements" in cli_ok(cfg, "reconcile", "fetch")
