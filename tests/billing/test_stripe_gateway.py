@@ -4,6 +4,7 @@ a loopback proxy that answers "Too Many Requests" first."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -265,3 +266,35 @@ def test_refunds_through_stripe_ours_and_the_dashboards_each_booked_once(
         500,
         1000,
     ]
+
+
+def test_dispute_evidence_is_sent_as_stripes_dispute_update_and_submitted() -> None:
+    """localstripe has no disputes: a loopback server records the request the stripe library
+    makes and answers as Stripe's ``POST /v1/disputes/{id}`` does."""
+    from urllib.parse import parse_qsl
+
+    seen: list[tuple[str, str, dict[str, str], str | None]] = []
+
+    async def dispute(request: Request) -> Response:
+        body = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        seen.append((request.method, request.url.path, body, request.headers.get("authorization")))
+        payload = {"id": request.path_params["dp"], "object": "dispute", "status": "under_review"}
+        return Response(json.dumps(payload), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/disputes/{dp}", dispute, methods=["POST"])])
+    with ThreadServer(app) as srv:
+        gw = gateway(f"http://127.0.0.1:{srv.port}")
+        fields = {
+            "customer_name": "Ann",
+            "service_date": "2026-12-01",
+            "access_activity_log": "2026-12-02T08:00:00Z entry downtown/t1",
+        }
+        gw.submit_dispute_evidence("dp_1", fields)
+    ((method, path, body, auth),) = seen
+    assert (method, path, auth) == ("POST", "/v1/disputes/dp_1", "Bearer sk_test_local")
+    assert body == {
+        "evidence[customer_name]": "Ann",
+        "evidence[service_date]": "2026-12-01",
+        "evidence[access_activity_log]": "2026-12-02T08:00:00Z entry downtown/t1",
+        "submit": "true",
+    }
