@@ -23,7 +23,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gate_board import GateBoard
 from gated.billing_sync.gateway import PaymentGateway
 from gated.billing_sync.keys import Keys
-from gated.billing_sync.store import get_meta, reading, set_meta
+from gated.billing_sync.store import get_meta, reading, set_meta, with_site_zones
 
 
 @dataclass(eq=False, slots=True)
@@ -50,6 +50,8 @@ class Context:
     gate_board: GateBoard = field(default_factory=GateBoard)
 
     def __post_init__(self) -> None:
+        cfg = self.config
+        self.engine = with_site_zones(self.engine, {s: cfg.site(s).timezone for s in cfg.sites})
         self.reader = reading(self.engine)
         self.rules = eng.Rules.from_config(self.config.dunning)
 

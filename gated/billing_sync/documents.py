@@ -284,10 +284,10 @@ def render_credit_note(doc: CreditNoteDocument) -> bytes:
     pdf.add_page()
     _site_header(pdf, doc.site)
     pdf.write_line(f"Credit note {doc.number}", size=14, bold=True)
-    pdf.write_line(f"Date of issue: {format_day(doc.issued_at)}")
+    pdf.write_line(f"Date of issue: {issue_day(doc.issued_at, doc.site)}")
     if doc.invoice_number is not None:
         pdf.write_line(
-            f"Credits invoice {doc.invoice_number} of {format_day(doc.invoice_issued_at)}"
+            f"Credits invoice {doc.invoice_number} of {issue_day(doc.invoice_issued_at, doc.site)}"
         )
     pdf.ln(4)
     pdf.write_line("Issued to", bold=True)
@@ -324,7 +324,7 @@ def render(doc: InvoiceDocument) -> bytes:
     pdf.add_page()
     _site_header(pdf, doc.site)
     pdf.write_line(f"Invoice {doc.number}", size=14, bold=True)
-    pdf.write_line(f"Date of issue: {format_day(doc.issued_at)}")
+    pdf.write_line(f"Date of issue: {issue_day(doc.issued_at, doc.site)}")
     if doc.period is not None:
         pdf.write_line(f"Period: {format_day(doc.period[0])} to {format_day(doc.period[1])}")
     pdf.write_line(f"Due: {format_day(doc.due_at)}")
@@ -352,6 +352,14 @@ def render(doc: InvoiceDocument) -> bytes:
     elif doc.status not in ("open", "paid"):
         pdf.write_line(f"Status: {doc.status}.")
     return bytes(pdf.output())
+
+
+def issue_day(ts: int | None, site: SiteConfig) -> str:
+    """A document's date of issue: the day in its site's time zone, the year its number has
+    (``numbering.year_of``)."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, site.tz).strftime("%Y-%m-%d")
 
 
 def _latin1(text: str) -> bool:

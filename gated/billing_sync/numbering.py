@@ -2,7 +2,9 @@
 
 A number is ``{site}-{year}-{n:06d}`` for an invoice (``downtown-2026-000123``) and
 ``{site}-CN-{year}-{n:06d}`` for a credit note; ``n`` starts at 1 each year. The year is the
-issue date's, in UTC (the date printed on the document). Numbers come from a counter row
+issue date's in the issuing site's time zone (``[sites.<id>] timezone``, UTC by default), the
+date printed on the document: an invoice issued at 00:30 on 1 January in Berlin (23:30 UTC the
+day before) is the new year's. Numbers come from a counter row
 (``document_counters``) that the taking transaction holds locked until it commits: a database
 sequence would lose the numbers of a transaction that rolls back, and tax law wants no gaps.
 On PostgreSQL the ``UPDATE ... RETURNING`` that takes the numbers locks the row (as
@@ -14,14 +16,15 @@ begins with ``BEGIN IMMEDIATE``, so the store's one write lock serializes issuer
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam, select, update
 
 from gated.billing_sync import schema as s
 from gated.billing_sync.periods import ensure_issuable
-from gated.billing_sync.store import bulk, insert_ignore, many
+from gated.billing_sync.store import bulk, insert_ignore, many, site_zone
 
 # Series → the code between site and year in a number.
 SERIES: dict[str, str] = {"invoice": "", "credit_note": "CN-"}
@@ -40,9 +43,16 @@ _TAKE = (
 )
 
 
-def year_of(ts: int) -> int:
-    """The year a document issued at ``ts`` is numbered in (UTC, as its printed date)."""
-    return datetime.fromtimestamp(ts, UTC).year
+def year_of(ts: int, zone: str = "UTC") -> int:
+    """The year a document issued at ``ts`` is numbered in: the year in the issuing site's time
+    zone ``zone``, as its printed date of issue."""
+    return datetime.fromtimestamp(ts, ZoneInfo(zone)).year
+
+
+def site_year(conn: Connection, site: str, ts: int) -> int:
+    """The year a document ``site`` issues at ``ts`` is numbered in (``year_of`` in the site's
+    ``[sites.<id>] timezone``)."""
+    return year_of(ts, site_zone(conn, site))
 
 
 def format_number(site: str, year: int, series: str, n: int) -> str:
@@ -85,9 +95,9 @@ def number_rows(conn: Connection, rows: list[dict[str, Any]], now: int) -> None:
     by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_site[row["site"]].append(row)
-    year = year_of(now)
     for site in sorted(by_site):  # one order for every issuer: no deadlock between two
         group = by_site[site]
+        year = site_year(conn, site, now)
         for row, number in zip(
             group, take_numbers(conn, site, year, "invoice", len(group)), strict=True
         ):

@@ -39,7 +39,7 @@ from gated.billing_sync.facts import Rows, charge_method, load_facts
 from gated.billing_sync.gateway import GatewayRejected, GatewayUnavailable, RefundResult
 from gated.billing_sync.invoices import apply_payments, home_site
 from gated.billing_sync.notices import format_amount
-from gated.billing_sync.numbering import next_number, year_of
+from gated.billing_sync.numbering import next_number, site_year
 from gated.billing_sync.periods import ensure_invoice_open, ensure_issuable
 from gated.billing_sync.publishing import queue_notice, refresh
 from gated.billing_sync.store import insert_ids
@@ -96,7 +96,7 @@ def credit_note_number(conn: Connection, inv: Any, at: int) -> str:
             select(s.members.c.sites).where(s.members.c.id == inv.member_id)
         ).scalar_one()
         site = home_site(sites)
-    return next_number(conn, site, year_of(at), "credit_note")
+    return next_number(conn, site, site_year(conn, site, at), "credit_note")
 
 
 def tax_part(amount: int, inv: Any) -> int:

@@ -113,6 +113,21 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
 # webhook booking the same charge, the front desk paying during a cycle), and it waits its turn
 # (busy_timeout) instead of failing half way. ``reading`` engines begin DEFERRED.
 _BEGIN = "gated_sqlite_begin"
+# Each site's time zone (``[sites.<id>] timezone``), as an execution option the service's engine
+# carries (``Context``): legal numbering reads it on the connection it numbers in, however deep
+# in a transaction a document is issued.
+_SITE_ZONES = "gated_site_zones"
+
+
+def with_site_zones(engine: Engine, zones: Mapping[str, str]) -> Engine:
+    """``engine`` whose connections know each site's time zone (see ``site_zone``)."""
+    return engine.execution_options(**{_SITE_ZONES: dict(zones)})
+
+
+def site_zone(conn: Connection, site: str) -> str:
+    """The time zone of ``site`` for the store ``conn`` belongs to (UTC when not given)."""
+    zones: Mapping[str, str] = conn.get_execution_options().get(_SITE_ZONES, {})
+    return zones.get(site, "UTC")
 
 
 def reading(engine: Engine) -> Engine:

@@ -3,6 +3,7 @@ invoices' legal numbers in notices, the refund notice and its credit note, credi
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.config import SmtpConfig
-from tests.billing.helpers import Clock, cli_ok, make_billing, published, step, write_cli_config
+from tests.billing.helpers import (
+    Clock,
+    cli_ok,
+    make_billing,
+    published,
+    step,
+    write_cli_config,
+)
 from tests.billing.test_documents import SITES, pdfs_in, text_of
 from tests.billing.test_notices import Inbox, smtp  # noqa: F401  (the fixture)
 
@@ -231,3 +239,27 @@ def test_credit_note_pdf_from_the_command_line(tmp_path: Path) -> None:
     assert f"Credit note {number}" in text_of(out.read_bytes())
     missing = CliRunner().invoke(app, ["credit-note-pdf", "7", "-c", str(cfg)])
     assert missing.exit_code == 2 and "no credit note 7" in missing.stderr
+
+
+# --- numbering years in the site's time zone ----------------------------------------------------
+
+
+def test_a_documents_year_is_its_sites_local_year(tmp_path: Path) -> None:
+    # 2026-12-31T23:30:00-05:00 in New York is 2027-01-01T04:30Z, 05:30 in Berlin.
+    clock = Clock(int(datetime(2027, 1, 1, 4, 30, tzinfo=UTC).timestamp()))
+    sites = {
+        "downtown": {**SITES["downtown"], "timezone": "Europe/Berlin"},
+        "uptown": {"timezone": "America/New_York"},
+    }
+    b, _ = make_billing(tmp_path, gateway=SimulatedGateway(clock=clock), clock=clock, sites=sites)
+    b.add_member("berlin", "Bea", plan_id="monthly", payment_method="pm_sim_ok")
+    b.add_member("ny", "Ned", plan_id="monthly", sites=["uptown"], payment_method="pm_sim_ok")
+    (berlin,) = rows(b, schema.invoices, member_id="berlin")
+    (ny,) = rows(b, schema.invoices, member_id="ny")
+    assert berlin.number == "downtown-2027-000001"
+    assert ny.number == "uptown-2026-000001"  # still New Year's Eve there
+    assert "Date of issue: 2026-12-31" in text_of(b.invoice_pdf(ny.id)[1])
+    assert "Date of issue: 2027-01-01" in text_of(b.invoice_pdf(berlin.id)[1])
+    # A credit note, the same: its own series, in its site's year.
+    assert b.refund(ny.id, 100).credit_notes == ["uptown-CN-2026-000001"]
+    assert b.refund(berlin.id, 100).credit_notes == ["downtown-CN-2027-000001"]
