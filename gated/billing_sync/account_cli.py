@@ -47,7 +47,10 @@ def register(root: typer.Typer, service: OpenService, audit: Audit) -> None:
             with audit(billing, "freeze", member_id):
                 billing.freeze(member_id, months, parse_date(start))
             info = billing.member(member_id)
+            plan = next((p for p in billing.plans() if p.id == info["plan"]), None)
             out.print(f"{member_id}: {info['status']}, freeze {info['freeze']}")
+            if plan is not None and plan.freeze_fee_kept and plan.freeze_fee:
+                out.print("its fee is not refunded if the freeze ends early (the plan's rule)")
 
     @root.command()
     def unfreeze(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:

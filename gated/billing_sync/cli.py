@@ -317,6 +317,13 @@ def plans_add(
     sepa: Annotated[
         bool, typer.Option(help="An online sign-up may pay by SEPA Direct Debit too.")
     ] = False,
+    freeze_fee_kept: Annotated[
+        bool,
+        typer.Option(
+            help="The freeze fee is not refunded when a freeze ends early (members are told "
+            "before they freeze); by default its unused part is given back."
+        ),
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Create or update a plan."""
@@ -343,6 +350,7 @@ def plans_add(
                     auto_renew,
                     grandfather,
                     sepa,
+                    freeze_fee_kept,
                 )
             )
         out.print(f"plan {plan_id} saved")
@@ -364,6 +372,7 @@ def plans_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> No
             "tax_bp",
             "min_term",
             "freeze_fee",
+            "fee_refunded",
             "zones",
             "auto_renew",
         ],
@@ -377,6 +386,7 @@ def plans_list(as_csv: CsvOpt = False, config: ConfigOpt = DEFAULT_CONFIG) -> No
                 r.tax_rate_bp,
                 r.min_term_months,
                 r.freeze_fee,
+                "no" if r.freeze_fee_kept else "unused part",
                 r.zones,
                 "yes" if r.auto_renew else "no",
             )

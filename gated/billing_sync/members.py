@@ -53,6 +53,8 @@ class PlanSpec:
     grandfather: bool = False
     # True: an online sign-up may pay by SEPA Direct Debit as well as by card.
     sepa: bool = False
+    # True: the freeze fee is not refunded when a freeze ends early (members are told first).
+    freeze_fee_kept: bool = False
 
 
 def add_plan(ctx: Context, plan: PlanSpec) -> None:
@@ -73,6 +75,7 @@ def add_plan(ctx: Context, plan: PlanSpec) -> None:
         "auto_renew": plan.auto_renew,
         "grandfather": plan.grandfather,
         "sepa": plan.sepa,
+        "freeze_fee_kept": plan.freeze_fee_kept,
     }
     with ctx.engine.begin() as conn:
         done = conn.execute(update(s.plans).where(s.plans.c.id == plan.id).values(**values))

@@ -89,8 +89,9 @@ def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = Non
 def unfreeze(ctx: Context, member_id: str) -> Outcome | None:
     """End the current freeze now (or drop a booked one); the unused time comes off the
     extension, and the unused part of its fee is given back (``engine.unused_freeze_fee``): a
-    credit note on what is still owed of it, a refund of what was paid. Returns what was given
-    back (None when the freeze had no fee)."""
+    credit note on what is still owed of it, a refund of what was paid, unless the plan keeps
+    its freeze fee (``freeze_fee_kept``). Returns what was given back (None when nothing
+    was)."""
     now = ctx.clock()
     back: Outcome | None = None
     pending: list[int] = []
@@ -116,7 +117,13 @@ def unfreeze(ctx: Context, member_id: str) -> Outcome | None:
                 review_at=now,
             )
         )
-        if row.invoice_id is not None:
+        kept = conn.execute(
+            select(s.plans.c.freeze_fee_kept)
+            .join(s.subscriptions, s.subscriptions.c.plan_id == s.plans.c.id)
+            .where(s.subscriptions.c.member_id == member_id)
+        ).scalar()
+        # A plan whose freeze fee is kept said so before the freeze was booked.
+        if row.invoice_id is not None and not kept:
             total = conn.execute(
                 select(s.invoices.c.total).where(s.invoices.c.id == row.invoice_id)
             ).scalar_one()

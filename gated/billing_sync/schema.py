@@ -68,6 +68,8 @@ plans = Table(
     Column("grandfather", Boolean, nullable=False, server_default=false()),
     # True where a sign-up may pay by SEPA Direct Debit besides a card.
     Column("sepa", Boolean, nullable=False, server_default=false()),
+    # True: the freeze fee is not refunded when a freeze ends early (shown before it is booked).
+    Column("freeze_fee_kept", Boolean, nullable=False, server_default=false()),
 )
 
 # A plan's price change, announced ahead: from ``effective_at`` the plan costs ``price``, and

@@ -32,8 +32,8 @@ EMAIL_CHANGE_TTL_S = 24 * 3600
 
 def freeze_quote(ctx: Context, member_id: str, months: int) -> dict[str, Any]:
     """What freezing now for ``months`` would do: whether the rules allow it (and if not,
-    why), from when to when, the fee billed at once (gross, with its tax) and the new
-    paid-through date. Changes nothing."""
+    why), from when to when, the fee billed at once (gross, with its tax), whether the plan
+    keeps it if the freeze ends early, and the new paid-through date. Changes nothing."""
     now = ctx.clock()
     f = load_one(ctx, member_id)
     if f.sub is None or f.plan is None:
@@ -60,6 +60,8 @@ def freeze_quote(ctx: Context, member_id: str, months: int) -> dict[str, Any]:
         "start": format_time(now),
         "end": format_time(end),
         "fee": fee,
+        # Said before the member confirms: the plan keeps the fee if they unfreeze early.
+        "fee_kept": bool(f.plan.freeze_fee_kept) and fee > 0,
         "currency": f.plan.currency,
         "paid_through": format_time(int(paid_through) + end - now) if paid_through else None,
     }

@@ -15,7 +15,7 @@ from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.notices import deliver
-from gated.billing_sync.service import Billing
+from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.config import SmtpConfig
 from tests.billing.helpers import (
@@ -263,3 +263,46 @@ def test_a_documents_year_is_its_sites_local_year(tmp_path: Path) -> None:
     # A credit note, the same: its own series, in its site's year.
     assert b.refund(ny.id, 100).credit_notes == ["uptown-CN-2026-000001"]
     assert b.refund(berlin.id, 100).credit_notes == ["downtown-CN-2027-000001"]
+
+
+# --- a freeze fee the plan keeps ----------------------------------------------------------------
+
+
+def test_a_plan_that_keeps_its_freeze_fee_gives_nothing_back_on_unfreeze(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_plan(PlanSpec("kept", "Kept", 4990, "EUR", freeze_fee=500, freeze_fee_kept=True))
+    b.add_member("m1", "Ann", plan_id="kept", email="a@x", payment_method="pm_sim_ok")
+    b.freeze("m1", 3)
+    clock.advance(1)
+    paid_through = b.member("m1")["paid_through"]
+    assert b.unfreeze("m1") is None
+    assert rows(b, schema.credit_notes) == [] and rows(b, schema.refunds) == []
+    assert b.member("m1")["status"] == "active" and b.member("m1")["paid_through"] < paid_through
+
+
+def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(
+        cfg,
+        "plans",
+        "add",
+        "kept",
+        "--name",
+        "Kept",
+        "--price",
+        "4990",
+        "--freeze-fee",
+        "500",
+        "--freeze-fee-kept",
+    )
+    cli_ok(cfg, "plans", "add", "back", "--name", "Back", "--price", "4990", "--freeze-fee", "500")
+    listed = cli_ok(cfg, "plans", "list", "--csv")
+    assert "kept,Kept,4990" in listed and ",500,no," in listed and ",500,unused part," in listed
+    for member, plan in (("m1", "kept"), ("m2", "back")):
+        cli_ok(cfg, "members", "add", member, "--name", "A", "--plan", plan, "--card", "pm_sim_ok")
+    note = "its fee is not refunded if the freeze ends early"
+    assert note in cli_ok(cfg, "freeze", "m1")
+    assert note not in cli_ok(cfg, "freeze", "m2")
