@@ -4,8 +4,9 @@ a file with a bad line imports nothing and the error names the line.
 What is checked: the required fields, the member id's form, ids repeated in the file or already
 enrolled, the role, the sites, the plan, the payer (enrolled, or on an earlier line), and the card
 UIDs (their form, repeated in the file, or already assigned). What only the payment provider can
-say (a card refused when it is saved) is known only when that member is enrolled: such a line
-stops the import there, and the error names it and the lines already imported before it.
+say (a card refused when it is saved) is known once the cards are saved, which comes before
+anyone is enrolled: such a line stops the import, the customers already made at the provider
+are deleted, nobody is enrolled, and the error names the line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from sqlalchemy import select
 from gated.billing_sync import members
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
+from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError
+from gated.billing_sync.publishing import refresh
 from gated.contract import MEMBER_ID_RE, normalize_uid
 from gated.errors import GatedError
 
@@ -149,25 +152,55 @@ def _problem(
 
 
 def import_rows(ctx: Context, name: str, rows: Sequence[ImportRow]) -> int:
-    """Check every row, then enrol them in order (each member's first period billed as
-    ``members add`` does, their cards assigned). Returns how many were imported."""
+    """Check every row, save every card with the provider, then enrol every member in one
+    transaction (their cards assigned), and bill each member's first period as ``members add``
+    does. All or nothing: a card the provider refuses (or any failure before the members are
+    committed) deletes the customers already made at the provider and enrols nobody, and the
+    error names the row. Returns how many were imported."""
     check(ctx, name, rows)
-    for n, r in enumerate(rows):
-        try:
-            members.add_member(
-                ctx,
-                r.member_id,
-                r.name,
-                plan_id=r.plan,
-                email=r.email,
-                sites=r.sites,
-                payer_id=r.payer,
-                payment_method=r.card,
-                role=r.role,
-            )
-            for uid in r.cards:
-                members.assign_card(ctx, r.member_id, uid)
-        except GatedError as exc:
-            before = f"the {n} before it were imported" if n else "nothing was imported"
-            raise BillingError(f"{name}: {r.where}: {exc}; {before}") from exc
+    with ctx.reader.connect() as conn:
+        plans = {p.id: p for p in conn.execute(select(s.plans))}
+    made: list[str] = []
+    try:
+        cards: dict[str, members.SavedCard] = {}
+        for r in rows:
+            if r.payer:  # a dependant is charged to the payer's card
+                cards[r.member_id] = (None, r.card, None)
+                continue
+            try:
+                cards[r.member_id] = members.save_card(ctx, r.member_id, r.email, r.name, r.card)
+            except GatedError as exc:
+                raise BillingError(f"{name}: {r.where}: {exc}; nothing was imported") from exc
+            customer = cards[r.member_id][0]
+            if customer is not None:
+                made.append(customer)
+        now = ctx.clock()
+        with ctx.engine.begin() as conn:
+            for r in rows:
+                sites = list(r.sites or ctx.config.sites)
+                new = members.NewMember(
+                    r.member_id, r.name, r.email, sites, r.role, r.payer, plans[r.plan], now
+                )
+                members.insert_member(ctx, conn, new, cards[r.member_id], None, now)
+                for raw in r.cards:
+                    uid = normalize_uid(raw)
+                    holder = members.card_holder(ctx, conn, uid)
+                    if holder is not None:  # assigned since the rows were checked
+                        raise BillingError(
+                            f"{name}: {r.where}: card {raw} is already assigned to {holder};"
+                            " nothing was imported"
+                        )
+                    members.insert_card(ctx, conn, r.member_id, uid, now)
+            refresh(ctx, conn, [r.member_id for r in rows], now)
+    except BaseException:
+        # Nobody was enrolled: the provider keeps no customer of ours either.
+        members.forget_customers(ctx, made)
+        raise
+    # Payers first: a dependant is billed only once their payer is in good standing.
+    for group in (
+        [r.member_id for r in rows if not r.payer],
+        [r.member_id for r in rows if r.payer],
+    ):
+        if group:
+            run_cycle(ctx, member_ids=group)
     return len(rows)

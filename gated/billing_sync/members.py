@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import nacl.signing
 from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
@@ -135,54 +135,109 @@ def add_member(
             is None
         ):
             raise NotFound(f"no payer {payer_id!r}")
-    customer_ref = None
-    if payment_method and not payer_id:
-        customer_ref = ctx.gateway.create_customer(member_id, email, name)
-        try:
-            payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
-        except GatewayError:
-            # The member is not enrolled: no customer is left behind at the provider.
-            try:
-                ctx.gateway.delete_customer(customer_ref)
-            except GatewayError as exc:
-                log.warning("event=orphan_customer member=%s error=%s", member_id, exc)
-            raise
-    expires = card_expiry(ctx, payment_method) if payment_method and not payer_id else None
+    card: SavedCard = (None, payment_method, None)
+    if not payer_id:  # a dependant is charged to the payer's card
+        card = save_card(ctx, member_id, email, name, payment_method)
     qr_private = nacl.signing.SigningKey.generate().encode() if with_qr else None
     with ctx.engine.begin() as conn:
-        conn.execute(
-            insert(s.members).values(
-                id=member_id,
-                name=name,
-                email=email,
-                sites=json.dumps(member_sites),
-                role=role,
-                payer_id=payer_id,
-                customer_ref=customer_ref,
-                payment_method=payment_method,
-                card_expires_at=expires,
-                qr_private_key=ctx.keys.cipher.encrypt(qr_private) if qr_private else None,
-                qr_key=_qr_public(qr_private) if qr_private else None,
-                erased=False,
-                created_at=now,
-            )
-        )
-        conn.execute(
-            insert(s.subscriptions).values(
-                member_id=member_id,
-                plan_id=plan_id,
-                started_at=start,
-                paid_through=eng.first_billed(
-                    start, int(plan.period_months), bool(plan.auto_renew), now
-                ),
-                status="pending",
-                retries_done=0,
-                needs_new_card=False,
-                review_at=now,
-            )
+        insert_member(
+            ctx,
+            conn,
+            NewMember(member_id, name, email, member_sites, role, payer_id, plan, start),
+            card,
+            qr_private,
+            now,
         )
         refresh(ctx, conn, [member_id], now)
     return run_cycle(ctx, member_ids=[member_id])
+
+
+class NewMember(NamedTuple):
+    """A member to enrol, checked: the plan is its row, the sites the ones they get."""
+
+    member_id: str
+    name: str
+    email: str | None
+    sites: list[str]
+    role: str
+    payer_id: str | None
+    plan: Row[Any]
+    start: int
+
+
+# What the provider gave for a new member's card: (customer, payment method, card expiry).
+SavedCard = tuple[str | None, str | None, int | None]
+
+
+def save_card(
+    ctx: Context, member_id: str, email: str | None, name: str, payment_method: str | None
+) -> SavedCard:
+    """A customer at the provider with the card attached, for a member not yet enrolled
+    (nothing without a card). A card the provider refuses deletes the customer again, so none
+    is left behind, and raises the provider's GatewayError."""
+    if not payment_method:
+        return None, payment_method, None
+    customer_ref = ctx.gateway.create_customer(member_id, email, name)
+    try:
+        payment_method = ctx.gateway.attach_payment_method(customer_ref, payment_method)
+    except GatewayError:
+        forget_customers(ctx, [customer_ref])
+        raise
+    return customer_ref, payment_method, card_expiry(ctx, payment_method)
+
+
+def forget_customers(ctx: Context, customer_refs: Sequence[str]) -> None:
+    """Delete customers made for an enrolment that did not go through; one the provider
+    cannot delete now is logged (an orphan to delete in its dashboard)."""
+    for ref in customer_refs:
+        try:
+            ctx.gateway.delete_customer(ref)
+        except GatewayError as exc:
+            log.warning("event=orphan_customer customer=%s error=%s", ref, exc)
+
+
+def insert_member(
+    ctx: Context,
+    conn: Connection,
+    m: NewMember,
+    card: SavedCard,
+    qr_private: bytes | None,
+    now: int,
+) -> None:
+    """The member's and subscription's rows, inside the caller's transaction (who refreshes
+    and bills them once it commits)."""
+    customer_ref, payment_method, expires = card
+    conn.execute(
+        insert(s.members).values(
+            id=m.member_id,
+            name=m.name,
+            email=m.email,
+            sites=json.dumps(m.sites),
+            role=m.role,
+            payer_id=m.payer_id,
+            customer_ref=customer_ref,
+            payment_method=payment_method,
+            card_expires_at=expires,
+            qr_private_key=ctx.keys.cipher.encrypt(qr_private) if qr_private else None,
+            qr_key=_qr_public(qr_private) if qr_private else None,
+            erased=False,
+            created_at=now,
+        )
+    )
+    conn.execute(
+        insert(s.subscriptions).values(
+            member_id=m.member_id,
+            plan_id=m.plan.id,
+            started_at=m.start,
+            paid_through=eng.first_billed(
+                m.start, int(m.plan.period_months), bool(m.plan.auto_renew), now
+            ),
+            status="pending",
+            retries_done=0,
+            needs_new_card=False,
+            review_at=now,
+        )
+    )
 
 
 def set_payment_method(ctx: Context, member_id: str, payment_method: str) -> CycleReport:

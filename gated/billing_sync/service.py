@@ -183,7 +183,7 @@ class Billing:
 
     def import_members(self, name: str, text: str) -> int:
         """``members import``: every row of a CSV or JSON file checked first (a bad line
-        imports nothing and is named), then enrolled in order; returns how many."""
+        imports nothing and is named), then enrolled all or none; returns how many."""
         return member_import.import_rows(self.ctx, name, member_import.parse(name, text))
 
     def set_payment_method(self, member_id: str, payment_method: str) -> CycleReport:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
-from gated.billing_sync.errors import NotFound
+from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.gateway import FaultyGateway, GatewayRejected
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
@@ -28,6 +29,7 @@ from tests.billing.helpers import (
 )
 from tests.billing.test_documents import SITES, pdfs_in, text_of
 from tests.billing.test_notices import Inbox, smtp  # noqa: F401  (the fixture)
+from tests.services import LocalStripe
 
 # The monthly plan: 49.90 + 19 % = 59.38 a month.
 RENEWAL = 5938
@@ -306,3 +308,75 @@ def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
     note = "its fee is not refunded if the freeze ends early"
     assert note in cli_ok(cfg, "freeze", "m1")
     assert note not in cli_ok(cfg, "freeze", "m2")
+
+
+# --- members import: all or nothing ------------------------------------------------------------
+
+IMPORT = (
+    "member_id,name,plan,email,card,cards,payer\n"
+    "m1,Ann,monthly,a@x,{ok},04AABBCCDD,\n"
+    "k1,Kid,monthly,,,,m1\n"
+    "m2,Bo,monthly,b@x,{ok},,\n"
+    "m3,Cy,monthly,c@x,{bad},,\n"
+    "m4,Di,monthly,d@x,{ok},,\n"
+)
+
+
+def test_a_card_refused_mid_import_enrols_nobody_and_deletes_the_customers_made(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    deleted: list[str] = []
+
+    class Refusing(FaultyGateway):
+        """The simulator, refusing the card of member m3, recording deleted customers."""
+
+        def attach_payment_method(self, customer_ref: str, payment_method: str) -> str:
+            if payment_method == "pm_refused":
+                raise GatewayRejected("Your card was declined.")
+            return super().attach_payment_method(customer_ref, payment_method)
+
+        def delete_customer(self, customer_ref: str) -> None:
+            deleted.append(customer_ref)
+            super().delete_customer(customer_ref)
+
+    gw = Refusing(b.gateway, lambda _: None)
+    refusing, _ = make_billing(b.config.state_dir, gateway=gw, clock=clock)
+    text = IMPORT.format(ok="pm_sim_ok", bad="pm_refused")
+    with pytest.raises(BillingError) as refused:
+        refusing.import_members("members.csv", text)
+    assert str(refused.value) == (
+        "members.csv: line 5: Your card was declined.; nothing was imported"
+    )
+    assert rows(b, schema.members) == [] and rows(b, schema.cards) == []
+    assert rows(b, schema.invoices) == [] and b.gateway.charged_total() == 0  # type: ignore[attr-defined]
+    assert len(deleted) == 3  # m1's, m2's and m3's own: every customer made
+    # The file with the card corrected imports whole, cards and household included.
+    assert (
+        refusing.import_members("members.csv", IMPORT.format(ok="pm_sim_ok", bad="pm_sim_ok")) == 5
+    )
+    assert {m.id for m in rows(b, schema.members)} == {"m1", "k1", "m2", "m3", "m4"}
+    assert published(b, "k1")["status"] == "active" and len(rows(b, schema.cards)) == 1
+
+
+def test_a_card_declined_mid_import_on_stripe_leaves_no_customer(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    import stripe
+
+    from tests.billing.test_crash import cli, write_config
+
+    config_path = write_config(tmp_path, localstripe.url)
+    assert cli(config_path, "keys", "init").returncode == 0
+    plan = ("plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
+    assert cli(config_path, *plan).returncode == 0
+    f = tmp_path / "members.csv"
+    f.write_text(IMPORT.format(ok="pm_card_visa", bad="pm_card_visa_chargeDeclined"))
+    refused = cli(config_path, "members", "import", str(f))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "line 5:" in refused.stderr and "nothing was imported" in refused.stderr
+    api = stripe.StripeClient(
+        "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    assert api.v1.customers.list().data == []  # none left behind at the provider
+    assert "m1" not in cli(config_path, "members", "list", "--csv").stdout
