@@ -317,7 +317,17 @@ class MemberAccess:
             if row is None:
                 return None
             lines = self._lines(conn, [invoice_id])
-        return _invoice(row, lines.get(invoice_id, []))
+            cn = s.credit_notes
+            notes = [
+                {"id": int(n.id), "number": n.number, "amount": int(n.amount)}
+                for n in conn.execute(
+                    select(cn.c.id, cn.c.number, cn.c.amount)
+                    .where(cn.c.invoice_id == invoice_id)
+                    .order_by(cn.c.id)
+                )
+            ]
+        # The credit notes that lowered it, each with its PDF (/app/credit-notes/ID.pdf).
+        return {**_invoice(row, lines.get(invoice_id, [])), "credit_notes": notes}
 
     @staticmethod
     def _lines(conn: Any, invoice_ids: list[int]) -> dict[int, list[dict[str, Any]]]:

@@ -105,6 +105,9 @@ def test_credit_note_pdfs_for_the_member_and_the_staff_of_its_site(
     )
     assert "no-store" in r.headers["cache-control"]
     assert "Ann (member ann)" in text_of(r.content)
+    # The invoice's page links its credit notes.
+    page = client.get(f"/app/invoices/{invoice_of(b, 'ann')}").text
+    assert f'href="/app/credit-notes/{ann}.pdf">Credit note {notes["ann"]} (PDF)' in page
     for path in (f"/app/credit-notes/{bob}.pdf", "/app/credit-notes/999.pdf"):
         r = client.get(path)
         assert r.status_code == 404 and "Bob" not in r.text, path
