@@ -364,19 +364,16 @@ def test_a_card_declined_mid_import_on_stripe_leaves_no_customer(
 ) -> None:
     import stripe
 
-    from tests.billing.test_crash import cli, write_config
+    from tests.billing.crashing import billing_for
+    from tests.billing.test_crash import write_config
 
-    config_path = write_config(tmp_path, localstripe.url)
-    assert cli(config_path, "keys", "init").returncode == 0
-    plan = ("plans", "add", "monthly", "--name", "Monthly", "--price", "4990")
-    assert cli(config_path, *plan).returncode == 0
-    f = tmp_path / "members.csv"
-    f.write_text(IMPORT.format(ok="pm_card_visa", bad="pm_card_visa_chargeDeclined"))
-    refused = cli(config_path, "members", "import", str(f))
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "line 5:" in refused.stderr and "nothing was imported" in refused.stderr
+    b = billing_for(write_config(tmp_path, localstripe.url))
+    b.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR"))
+    text = IMPORT.format(ok="pm_card_visa", bad="pm_card_visa_chargeDeclined")
+    with pytest.raises(BillingError, match=r"^members\.csv: line 5: .*; nothing was imported$"):
+        b.import_members("members.csv", text)
     api = stripe.StripeClient(
         "sk_test_local", base_addresses={"api": localstripe.url}, max_network_retries=0
     )
     assert api.v1.customers.list().data == []  # none left behind at the provider
-    assert "m1" not in cli(config_path, "members", "list", "--csv").stdout
+    assert rows(b, schema.members) == []
