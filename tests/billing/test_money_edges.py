@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from gated.billing_sync import schema
 from gated.billing_sync.cli import app
+from gated.billing_sync.config import SmtpConfig
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import FaultyGateway, GatewayRejected
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
-from gated.config import SmtpConfig
 from tests.billing.helpers import (
     Clock,
     cli_ok,

@@ -74,7 +74,7 @@ CARD_NOTICES = {"receipt", "failure", "retry", "new_card", "pay_link"}
 GIVEN_UP = "We will not try this card again"
 # The front desk: its towels, and who sells them.
 TOWELS = 3
-MINIMUM_CHARGE = 50  # EUR, the processor's smallest charge (config.MINIMUM_CHARGE)
+MINIMUM_CHARGE = 50  # EUR, the processor's smallest charge (billing_sync.config.MINIMUM_CHARGE)
 DESK = Actor("staff", "desk", "front_desk", "127.0.0.1")
 
 
