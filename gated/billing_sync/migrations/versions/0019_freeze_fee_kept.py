@@ -26,5 +26,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("plans", schema=None) as batch_op:
-        batch_op.drop_column("freeze_fee_kept")
+    # A plain DROP COLUMN (SQLite 3.35+ and PostgreSQL), not a batch: on SQLite a batch copies
+    # and drops plans, which subscriptions, sign-ups and price changes refer to.
+    op.execute("ALTER TABLE plans DROP COLUMN freeze_fee_kept")
