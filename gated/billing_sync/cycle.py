@@ -185,8 +185,9 @@ def plan_charges(
             )
             report.renewals += 1
             # During dunning the new renewal waits for the schedule's next retry (see
-            # engine.first_charge_due): charging it now would ask the card off-schedule.
-            charge_now = retry or not eng.in_dunning(acct)
+            # engine.first_charge_due): charging it now would ask the card off-schedule. A
+            # card declined for good is not asked at all: the renewal waits for a new card.
+            charge_now = retry or not (eng.in_dunning(acct) or acct.needs_new_card)
         else:
             charge_now = retry or eng.first_charge_due(acct)
         if retry:
@@ -240,8 +241,14 @@ def plan_charges(
     charges = attempts_for(conn, open_invoices, facts, now)
     # Members being charged are refreshed from the charge's result (record_results); if no
     # result comes back, resume() finishes the attempt on the next cycle.
-    # The others' facts are as loaded: nothing above wrote to them.
+    # The others' facts are as loaded: nothing above wrote to them, except a renewal billed and
+    # not charged (it waits for a retry or a new card). Those members are refreshed from the
+    # store, so their status and next review count the new invoice (as loaded, their renewal
+    # looked due still, and the cycle met them again at once).
     charging = set(to_charge)
-    rest = {m: f for m, f in facts.items() if m not in charging}
+    billed = sorted(m for m in new if m not in charging)
+    rest = {m: f for m, f in facts.items() if m not in charging and m not in new}
     refresh(ctx, conn, list(rest), now, facts=rest)
+    if billed:
+        refresh(ctx, conn, billed, now)
     return charges, batch

@@ -284,16 +284,32 @@ def dunning_restarts(acct: Account) -> Account:
 
 
 def after_settled(acct: Account) -> Account:
-    """Everything owed is paid: dunning starts from scratch next time."""
+    """Everything owed is paid: dunning starts from scratch next time. A card declined for
+    good (a hard decline, a lost chargeback) stays so: paying the debt at the front desk does
+    not make it chargeable again, only a new card does."""
     return acct._replace(
         owed=0,
         overdue_since=None,
         first_failure_at=None,
         next_retry_at=None,
         retries_done=0,
-        needs_new_card=False,
         processing=False,
     )
+
+
+def dunning_without_a_card(acct: Account, now: int) -> Account:
+    """A debt fallen due that the card on file may not be asked for (declined for good, and no
+    new card since) is dunned from its due date, as a declined charge is: suspension, then
+    collections ``collections_days`` later."""
+    if (
+        acct.needs_new_card
+        and acct.first_failure_at is None
+        and acct.owed > 0
+        and acct.overdue_since is not None
+        and acct.overdue_since <= now
+    ):
+        return acct._replace(first_failure_at=acct.overdue_since)
+    return acct
 
 
 def next_review(acct: Account, now: int, rules: Rules) -> int | None:

@@ -79,8 +79,11 @@ def refresh(
         if f.sub is None:
             continue
         acct = f.account
-        if acct.owed == 0 and (acct.first_failure_at or acct.next_retry_at or acct.needs_new_card):
+        if acct.owed == 0 and (acct.first_failure_at or acct.next_retry_at):
             acct = eng.after_settled(acct)
+            f.account = acct
+        elif acct.needs_new_card and not eng.in_dunning(acct):
+            acct = eng.dunning_without_a_card(acct, now)
             f.account = acct
         elif (
             eng.in_dunning(acct)

@@ -86,8 +86,11 @@ class Seen:
     notice: int = 0
     # Card owner -> attempt id when their card last changed: attempts are counted per card.
     card_since: dict[str, int] = field(default_factory=dict)
-    # Card owners told "we will not try this card again" on their current card.
+    # Members told "we will not try this card again" on their current card (their owner's).
     given_up: set[str] = field(default_factory=set)
+    # Of those, the ones whose card was declined for good (a hard decline, a lost chargeback):
+    # only a new card makes it chargeable again; paying the debt does not.
+    card_dead: set[str] = field(default_factory=set)
 
 
 class MoneyMachine(RuleBasedStateMachine):
@@ -198,12 +201,18 @@ class MoneyMachine(RuleBasedStateMachine):
         for m in self.members:
             if self.owner(m) == member:
                 self.seen.given_up.discard(m)
+                self.seen.card_dead.discard(m)
         self.billing.set_payment_method(member, card)
 
     @rule(member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS]))
     def front_desk_pays(self, member: str) -> None:
         with contextlib.suppress(BillingError):  # owes nothing
             self.billing.record_payment(member)
+            # The debt the retries gave up on is paid: what the payment makes due is charged
+            # to the card at once, on a schedule of its own (docs/billing.md), in this same
+            # step. A card declined for good is not charged until a new one is given.
+            if member not in self.seen.card_dead:
+                self.seen.given_up.discard(member)
 
     @rule(
         member=st.sampled_from([PAYER, *SINGLES, *DEPENDANTS]),
@@ -696,8 +705,12 @@ class MoneyMachine(RuleBasedStateMachine):
                 )
             if n.kind in ("retry", "new_card") and (n.kind == "new_card" or GIVEN_UP in n.body):
                 seen.given_up.add(n.member_id)
-        # A debt paid (or a schedule started afresh) gives the card a new chance.
-        for member in list(seen.given_up):
+            if n.kind in ("new_card", "chargeback"):
+                seen.card_dead.add(n.member_id)
+                seen.given_up.add(n.member_id)
+        # A debt paid (or a schedule started afresh) gives the card a new chance, unless it was
+        # declined for good.
+        for member in list(seen.given_up - seen.card_dead):
             if r["subs"][member].first_failure_at is None:
                 seen.given_up.discard(member)
         seen.attempt = max([seen.attempt, *(a.id for a in new_attempts)])

@@ -344,6 +344,44 @@ def test_paying_the_failed_invoice_charges_what_waited_on_a_schedule_of_its_own(
     assert [k for k, _, _ in _notices(b, "m1")][-1] == "failure"
 
 
+def test_a_card_declined_for_good_is_not_charged_again_once_the_desk_is_paid(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    gw = SimulatedGateway(clock=clock, script={"pm_card": ["ok", "lost_card"]})
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_card")
+    step(b, clock, 31)  # the renewal of day 31 is declined for good: a new card is asked for
+    assert [k for k, _, _ in _notices(b, "m1")] == ["receipt", "new_card"]
+    step(b, clock, 34)  # day 65: the period from day 62 waits behind the debt
+    b.record_payment("m1")  # day 31's renewal, at the desk; day 62's is billed at once
+    # ...and waits for a new card: the lost card is not asked for it.
+    assert _attempts(b, "m1") == {"renewal": [0, 31]}
+    assert b.member("m1")["owed"] == 5938 and b.member("m1")["needs_new_card"]
+    step(b, clock, 1)  # dunned from its due date, as a declined charge is
+    step(b, clock, 29)
+    assert published(b, "m1")["status"] == "collections"
+    assert _attempts(b, "m1") == {"renewal": [0, 31]}
+    b.set_payment_method("m1", "pm_sim_ok")  # a new card pays what is owed at once
+    assert b.member("m1")["owed"] == 0 and not b.member("m1")["needs_new_card"]
+    assert published(b, "m1")["status"] == "active"
+
+
+def test_a_charged_back_card_is_not_charged_again_once_the_desk_is_paid(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    intent = _intent_of(b, "m1")
+    b.dispute_opened("dp_1", intent)
+    step(b, clock, 10)
+    b.dispute_closed("dp_1", intent, "lost")
+    b.record_payment("m1")  # the charged-back month, at the desk
+    step(b, clock, 21)  # the renewal of day 31 is billed, not charged to the disputed card
+    assert b.gateway.charged_total() == 5938  # type: ignore[attr-defined]
+    assert b.member("m1")["owed"] == 5938 and b.member("m1")["needs_new_card"]
+
+
 def _card_of(b: Billing, member_id: str) -> str | None:
     with b.engine.connect() as conn:
         return conn.execute(
