@@ -22,7 +22,15 @@ from sqlalchemy import Connection, Row, bindparam, func, select, update
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
-from gated.billing_sync.facts import Facts, Rows, derive_facts, extended, read_rows, reread_rows
+from gated.billing_sync.facts import (
+    Facts,
+    Rows,
+    dependants,
+    derive_facts,
+    extended,
+    read_rows,
+    reread_rows,
+)
 from gated.billing_sync.gateway import ChargeResult, GatewayError, GatewayUnavailable
 from gated.billing_sync.invoices import apply_payments, pay_link
 from gated.billing_sync.notices import format_amount, format_day
@@ -355,6 +363,8 @@ def record_results(
         rows = read_rows(conn, members, now)
     facts = derive_facts(extended(rows, renewed))
     receipts: list[tuple[Facts, str, dict[str, Any]]] = []
+    # Payers whose card was declined for good by a charge of this batch.
+    dead: set[str] = set()
     for c, inv, decline_class in outcomes:
         f = facts.get(c.member_id)
         assert c.result is not None
@@ -379,8 +389,30 @@ def record_results(
             report.failed += 1
             assert decline_class is not None
             after_failure(ctx, conn, f, inv, c, c.result, decline_class, now)
+            if decline_class == "hard":
+                dead.add(f.member.payer_id or c.member_id)
+    if dead:
+        card_declined_for_good(conn, dead, facts)
     queue_notices(ctx, conn, receipts)
     refresh(ctx, conn, list(facts), now, facts=facts)
+
+
+def card_declined_for_good(
+    conn: Connection, owners: set[str], facts: dict[str, Facts] | None = None
+) -> None:
+    """The cards of ``owners`` may not be charged again (a hard decline, a lost chargeback),
+    whichever member of the household the charge was for: the owner and every dependant they
+    pay for wait for a new card (``facts`` of the batch kept in step, for its refresh)."""
+    household = sorted({*owners, *dependants(conn, sorted(owners))})
+    conn.execute(
+        update(s.subscriptions)
+        .where(s.subscriptions.c.member_id.in_(many(household)))
+        .values(needs_new_card=True)
+    )
+    for member_id in household:
+        f = (facts or {}).get(member_id)
+        if f is not None:
+            f.account = f.account._replace(needs_new_card=True)
 
 
 def applies(stored: str | None, result: ChargeResult) -> bool:

@@ -10,7 +10,13 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, func, insert, select, update
 
 from gated.billing_sync import schema as s
-from gated.billing_sync.charging import Charge, CycleReport, applies, record_results
+from gated.billing_sync.charging import (
+    Charge,
+    CycleReport,
+    applies,
+    card_declined_for_good,
+    record_results,
+)
 from gated.billing_sync.context import Context
 from gated.billing_sync.facts import charge_methods, load_facts
 from gated.billing_sync.gateway import ChargeResult
@@ -183,6 +189,11 @@ def dispute_closed(
                         review_at=now,
                     )
                 )
+                # Nor is it charged for anyone else it pays for.
+                payer = conn.execute(
+                    select(s.members.c.payer_id).where(s.members.c.id == member_id)
+                ).scalar()
+                card_declined_for_good(conn, {payer or member_id})
                 _chargeback_notice(ctx, conn, member_id, intent_id, "chargeback", now)
         if member_id:
             refresh(ctx, conn, [member_id], now)

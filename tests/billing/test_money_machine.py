@@ -732,8 +732,12 @@ class MoneyMachine(RuleBasedStateMachine):
             if n.kind in ("retry", "new_card") and (n.kind == "new_card" or GIVEN_UP in n.body):
                 seen.given_up.add(n.member_id)
             if n.kind in ("new_card", "chargeback"):
-                seen.card_dead.add(n.member_id)
-                seen.given_up.add(n.member_id)
+                # The card is dead for everyone it pays for, not only the member charged.
+                owner = self.owner(n.member_id)
+                for m in self.members:
+                    if self.owner(m) == owner:
+                        seen.card_dead.add(m)
+                        seen.given_up.add(m)
         # A debt paid (or a schedule started afresh) gives the card a new chance, unless it was
         # declined for good.
         for member in list(seen.given_up - seen.card_dead):

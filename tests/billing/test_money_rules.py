@@ -382,6 +382,25 @@ def test_a_charged_back_card_is_not_charged_again_once_the_desk_is_paid(
     assert b.member("m1")["owed"] == 5938 and b.member("m1")["needs_new_card"]
 
 
+def test_a_card_declined_for_good_for_a_dependant_is_not_charged_for_the_payer(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    # Day 0: Pat and Kim paid; day 31: Kim's renewal (billed first) is declined for good.
+    gw = SimulatedGateway(clock=clock, script={"pm_card": ["ok", "ok", "lost_card", "ok"]})
+    b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
+    b.add_member("pat", "Pat", plan_id="monthly", email="p@x", payment_method="pm_card")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    step(b, clock, 31)
+    assert _notices(b, "kim")[1][:2] == ("new_card", "p@x")
+    assert b.member("pat")["needs_new_card"]
+    step(b, clock, 31)  # Pat's next renewal is not asked of the lost card
+    assert _attempts(b, "pat") == {"renewal": [0, 31]}
+    assert b.member("pat")["owed"] == 5938
+    b.set_payment_method("pat", "pm_sim_ok")
+    assert b.member("pat")["owed"] == 0 and b.member("kim")["owed"] == 0
+
+
 def _card_of(b: Billing, member_id: str) -> str | None:
     with b.engine.connect() as conn:
         return conn.execute(
