@@ -277,14 +277,7 @@ def render_credit_note(doc: CreditNoteDocument) -> bytes:
     """The PDF of one credit note (A4): it lowers the invoice it names by its total."""
     words = [doc.site.name, doc.site.address, doc.site.tax_id, doc.member_name, doc.reason]
     words.append(doc.line or "")
-    pdf = _Pdf(unicode=not all(_latin1(w or "") for w in words))
-    pdf.set_creation_date(datetime.fromtimestamp(doc.issued_at, UTC))
-    pdf.set_title(f"Credit note {doc.number}")
-    pdf.set_author(doc.site.name or "")
-    pdf.add_page()
-    _site_header(pdf, doc.site)
-    pdf.write_line(f"Credit note {doc.number}", size=14, bold=True)
-    pdf.write_line(f"Date of issue: {issue_day(doc.issued_at, doc.site)}")
+    pdf = _start(f"Credit note {doc.number}", words, doc.site, doc.issued_at)
     if doc.invoice_number is not None:
         pdf.write_line(
             f"Credits invoice {doc.invoice_number} of {issue_day(doc.invoice_issued_at, doc.site)}"
@@ -304,27 +297,31 @@ def render_credit_note(doc: CreditNoteDocument) -> bytes:
     return bytes(pdf.output())
 
 
-def _site_header(pdf: _Pdf, site: SiteConfig) -> None:
+def _start(title: str, words: list[str | None], site: SiteConfig, issued_at: int) -> _Pdf:
+    """A document's first page down to its date of issue: the issuing site's name, address and
+    tax id, then the title. A built-in font covers Latin-1 only, so any other character in the
+    document's ``words`` picks the embedded Unicode font."""
+    pdf = _Pdf(unicode=not all(_latin1(w or "") for w in words))
+    pdf.set_creation_date(datetime.fromtimestamp(issued_at, UTC))
+    pdf.set_title(title)
+    pdf.set_author(site.name or "")
+    pdf.add_page()
     pdf.write_line(site.name or "", size=16, bold=True)
     for part in (site.address or "").splitlines():
         pdf.write_line(part)
     if site.tax_id:
         pdf.write_line(f"Tax ID: {site.tax_id}")
     pdf.ln(8)
+    pdf.write_line(title, size=14, bold=True)
+    pdf.write_line(f"Date of issue: {issue_day(issued_at, site)}")
+    return pdf
 
 
 def render(doc: InvoiceDocument) -> bytes:
     """The PDF of one invoice (A4)."""
     words = [doc.site.name, doc.site.address, doc.site.tax_id, doc.member_name]
     words += [line[1] for line in doc.lines]
-    pdf = _Pdf(unicode=not all(_latin1(w or "") for w in words))
-    pdf.set_creation_date(datetime.fromtimestamp(doc.issued_at, UTC))
-    pdf.set_title(f"Invoice {doc.number}")
-    pdf.set_author(doc.site.name or "")
-    pdf.add_page()
-    _site_header(pdf, doc.site)
-    pdf.write_line(f"Invoice {doc.number}", size=14, bold=True)
-    pdf.write_line(f"Date of issue: {issue_day(doc.issued_at, doc.site)}")
+    pdf = _start(f"Invoice {doc.number}", words, doc.site, doc.issued_at)
     if doc.period is not None:
         pdf.write_line(f"Period: {format_day(doc.period[0])} to {format_day(doc.period[1])}")
     pdf.write_line(f"Due: {format_day(doc.due_at)}")
