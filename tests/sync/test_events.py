@@ -40,6 +40,17 @@ def site(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[GateProcess, HeadO
     sink.close()
 
 
+def wait_for_autosave(broker: Mosquitto) -> None:
+    """Wait for a save of the broker's sessions that began after now: the sink's session must be
+    in it before the broker is killed (see the fixture), and a fixed sleep can be overrun by a
+    loaded machine."""
+    saved_after = time.time()
+    db = broker.workdir / "mosquitto.db"
+    wait_until(
+        lambda: db.exists() and db.stat().st_mtime > saved_after, what="the broker's next autosave"
+    )
+
+
 def badge_ids(gate: GateProcess, uids: list[str], out: list[dict[str, Any]]) -> None:
     for uid in uids:
         t0 = time.monotonic()
@@ -55,7 +66,7 @@ def test_broker_restart_loses_nothing_and_doubles_nothing(
     hq.publish(*members)
     gate.start()
     wait_until(lambda: gate.request("badge", {"card": uid_for(19)})["allow"], what="synced")
-    time.sleep(1.2)  # let the broker's autosave take the sink's session (see the fixture)
+    wait_for_autosave(broker)
 
     results: list[dict[str, Any]] = []
     badger = threading.Thread(
@@ -103,7 +114,7 @@ def test_outbox_survives_gate_kill_during_outage(
     gate.start()
     wait_until(lambda: gate.request("badge", {"card": uid_for(1)})["allow"], what="synced")
     wait_until(lambda: len(sink.unique()) >= 1, what="first event")
-    time.sleep(1.2)
+    wait_for_autosave(broker)
     broker.stop()
     for _ in range(25):
         gate.request("badge", {"card": uid_for(1)})
