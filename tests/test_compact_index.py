@@ -135,6 +135,19 @@ def test_same_answers_when_hashes_collide(sequence: list[tuple[str, object]], ma
     check(MemberIndex(hash_mask=mask), Reference(), sequence)
 
 
+def test_an_erased_member_holds_no_card_even_one_its_state_names() -> None:
+    """A tombstone drops the member's cards, whatever its credentials say: a card of an erased
+    member is unknown, and a later member may take it."""
+    index = MemberIndex()
+    key = random_key(1)
+    index.put(Member("m_1", 1, "active", credentials=key))
+    index.put(Member("m_1", 2, "erased", credentials=key))
+    assert index.member_of_key(key) is None and key not in index.by_key
+    assert len(index.by_key) == 0 and index.count == 0 and index.version_of("m_1") == 2
+    index.put(Member("m_2", 3, "active", credentials=key))
+    assert index.member_of_key(key) == index.by_id["m_2"]
+
+
 def test_validity_in_2040_and_null_round_trip() -> None:
     index = MemberIndex()
     until_2040 = 2_208_988_800.0  # 2040-01-01T00:00:00Z

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import shutil
 import sqlite3
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gated.cache import image as image_module
 from gated.cache.image import (
     IMAGE_NAME,
     ImageKeeper,
@@ -24,7 +26,7 @@ from gated.cache.image import (
     load_image,
     save_image,
 )
-from gated.cache.index import MemberIndex
+from gated.cache.index import KEY_ENTRY, SLOT, MemberIndex
 from gated.cache.live import LiveIndex
 from gated.cache.store import CacheStore, CacheWriter
 from gated.contract import card_key, erased_state
@@ -201,6 +203,69 @@ def test_an_unreadable_image_is_rebuilt_from_the_rows(store: CacheStore) -> None
     image.mkdir()  # open() fails with an OSError other than a missing file
     assert everything(store.load_index(image, TAG)) == everything(from_rows)
     assert not store.loaded_from_image
+
+
+def format_2_image(index: MemberIndex, path: Path, cache_id: bytes, tag: bytes) -> None:
+    """``index`` written as the release before slot records wrote its image (format 2): every
+    slot field in an array of its own, the card keys and their slots apart; the same header,
+    tables and framing."""
+    copy = image_module._begin(index, cache_id, tag)
+    fields = list(zip(*SLOT.iter_unpack(index._slots), strict=True)) or [()] * 9
+    version, profile, valid_from, valid_until, idoff, idlen, kstart, kcount, qr = fields
+    entries = list(KEY_ENTRY.iter_unpack(index._keys))
+    parts: list[array[int] | bytearray] = [
+        array("Q", version), array("I", profile), array("I", valid_from),
+        array("I", valid_until), array("I", idoff), array("B", idlen), index._idbuf,
+        array("I", kstart), array("H", kcount), array("i", qr), index._qrbuf,
+        bytearray(b"".join(key for key, _ in entries)), array("I", [s for _, s in entries]),
+        *copy.parts[len(image_module._SECTIONS) :],
+    ]  # fmt: skip
+    header = {k: v for k, v in copy.header.items() if k != "qr_held"}
+    header["format"] = 2
+    header["parts"] = [
+        [image_module._typecode(p), len(p) * (p.itemsize if isinstance(p, array) else 1)]
+        for p in parts
+    ]
+    assert image_module._write(image_module._Copy(index, index.changes, header, parts), path, 0o600)
+
+
+def test_an_image_of_the_previous_format_is_rebuilt_not_misread(
+    store: CacheStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image a gate saved before its upgrade names this cache, its generation, site and key,
+    and its checksum holds: only its format tells that its parts are laid out otherwise."""
+    image, from_rows = saved(store)
+    format_2_image(from_rows, image, store.generation()[0], TAG)
+    with pytest.raises(ImageRefused, match="format 2, this release reads 3"):
+        load_image(image, *store.generation(), TAG)
+    with caplog.at_level(logging.INFO, "gated.cache"):
+        rebuilt = store.load_index(image, TAG)
+    assert not store.loaded_from_image and "event=index_image_refused" in caplog.text
+    assert everything(rebuilt) == everything(from_rows)
+    # The rebuilt index is saved in this release's format, which the next start loads.
+    assert save_image(rebuilt, image, store.generation()[0], TAG)
+    assert everything(store.load_index(image, TAG)) == everything(from_rows)
+    assert store.loaded_from_image
+
+
+def test_a_slot_record_holds_every_field_at_its_limits(tmp_path: Path) -> None:
+    """The widest values a slot's record keeps (a 2^53 version, a 255-byte id, times past 2106
+    and before 1970, many cards), read back the same from an image."""
+    index = MemberIndex()
+    cards = b"".join(random_key(i) for i in range(40))
+    big = Member("i" * 255, 2**53, "active", valid_from=-1.0, valid_until=2.0**40,
+                 credentials=cards, qr_key=b"q" * 32, daily_limit=65_536)  # fmt: skip
+    index.put(big)
+    index.put(Member("m_1", 1, "active", valid_from=0.0, valid_until=2.0**32 - 3))
+    image = tmp_path / IMAGE_NAME
+    assert save_image(index, image, b"c" * 16, TAG)
+    for held in (index, load_image(image, b"c" * 16, 0, TAG)):
+        assert fields(held.by_id["i" * 255]) == fields(big)
+        assert all(
+            held.by_key[cards[i : i + 32]].member_id == big.member_id for i in range(0, 1280, 32)
+        )
+        assert (held.by_id["m_1"].valid_from, held.by_id["m_1"].valid_until) == (0, 2**32 - 3)
+        assert held.qr_held == 1
 
 
 @settings(max_examples=60, deadline=None)

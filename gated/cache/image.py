@@ -39,7 +39,9 @@ log = logging.getLogger("gated.cache")
 IMAGE_NAME = "index.img"
 MAGIC = b"GATEDIX1"
 TRAILER = b"GATEDEND"
-FORMAT = 2  # 2: card keys placed by their first bytes (gated.cache.index.key_hash)
+# 2: card keys placed by their first bytes (gated.cache.index.key_hash); 3: a slot is one
+# record (gated.cache.index.SLOT) and a card key entry holds its slot (KEY_ENTRY).
+FORMAT = 3
 _HEAD = struct.Struct("<8sI")  # magic, header length
 _TAIL = struct.Struct("<I8s")  # CRC-32 of everything before, trailer
 # Bytes copied from the live index at a time, holding the GIL: a badge waits for one such copy
@@ -54,12 +56,15 @@ CHECK_INTERVAL_S = 60.0  # how often the keeper looks whether a save is due
 # rebuilds a compact index.
 MAX_WASTED = 0.25
 
-# The index's per-slot and per-key arrays and buffers, in image order.
-_SECTIONS = (
-    "_version", "_profile", "_valid_from", "_valid_until", "_idoff", "_idlen", "_idbuf",
-    "_kstart", "_kcount", "_qr", "_qrbuf", "_keys", "_kslot",
-)  # fmt: skip
+# The index's buffers (slot records, ids, qr keys, card key entries), in image order.
+_SECTIONS = ("_slots", "_idbuf", "_qrbuf", "_keys")
 _TABLES = ("_ids", "_ktab")
+
+
+# A slot record's profile id alone, to check or map every slot's at C speed.
+_PROFILE_AT = 8
+_PROFILE = struct.Struct("<I")
+_PROFILE_COLUMN = struct.Struct(f"<{_PROFILE_AT}xI{index_module.SLOT.size - _PROFILE_AT - 4}x")
 
 
 class ImageRefused(Exception):
@@ -123,6 +128,7 @@ def _begin(index: MemberIndex, cache_id: bytes, tag: bytes) -> _Copy:
         "generation": index.generation,
         "tag": tag.hex(),
         "count": index.count,
+        "qr_held": index.qr_held,
         "max_version": index.max_version,
         "digest": index._digest,
         "hash_mask": index._hash_mask,
@@ -138,9 +144,9 @@ def _begin(index: MemberIndex, cache_id: bytes, tag: bytes) -> _Copy:
 
 def wasted_share(index: MemberIndex) -> float:
     """The share of card-key and qr-key entries no member holds any more."""
-    keys = len(index._kslot)
+    keys = index.key_entries()
     qrs = len(index._qrbuf) // 32
-    used = index._ktab.live + (len(index._qr) - index._qr.count(-1))
+    used = index._ktab.live + index.qr_held
     total = keys + qrs
     return 0.0 if total == 0 else (total - used) / total
 
@@ -290,25 +296,27 @@ def _assemble(header: dict[str, Any], parts: list[array[int] | bytearray]) -> Me
         table.cells = cast("array[int]", next(it))
         table.old = cast("array[int]", next(it)) if meta["old"] else None
         table.filled, table.live, table.cursor = meta["filled"], meta["live"], meta["cursor"]
-    slots = len(index._version)
     if not (
-        len(index._profile) == len(index._valid_from) == len(index._valid_until) == slots
-        and len(index._idoff) == len(index._idlen) == len(index._kstart) == slots
-        and len(index._kcount) == len(index._qr) == slots
-        and len(index._keys) == 32 * len(index._kslot)
+        len(index._slots) % index_module.SLOT.size == 0
+        and len(index._keys) % index_module.KEY_ENTRY.size == 0
         and all(len(t.cells) & (len(t.cells) - 1) == 0 for t in (index._ids, index._ktab))
     ):
-        raise ImageRefused("inconsistent: its parts disagree in length")
+        raise ImageRefused("inconsistent: its parts are not whole records")
     # Profile ids are this process's: map the image's onto them (the same ids in a fresh
     # process, where the image's are the first interned).
     ids = [index_module._intern_profile(_profile_of_json(p)) for p in header["profiles"]]
+    profiles = _PROFILE_COLUMN.iter_unpack(index._slots)
     if any(pid != i for i, pid in enumerate(ids)):
-        index._profile = array("I", map(ids.__getitem__, index._profile))
-    elif index._profile and max(index._profile) >= len(ids):
+        at = 0
+        for (pid,) in profiles:
+            _PROFILE.pack_into(index._slots, at + _PROFILE_AT, ids[pid])
+            at += index_module.SLOT.size
+    elif index._slots and max(profiles)[0] >= len(ids):
         raise ImageRefused("inconsistent: a profile out of range")
     index._exact_from = {int(s): float(v) for s, v in header["exact_from"]}
     index._exact_until = {int(s): float(v) for s, v in header["exact_until"]}
     index.count = header["count"]
+    index.qr_held = header["qr_held"]
     index.max_version = header["max_version"]
     index._digest = header["digest"]
     index.generation = header["generation"]

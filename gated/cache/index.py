@@ -1,11 +1,12 @@
 """The in-memory member index: the only thing the hot path reads.
 
 A million members must fit in a Pi Zero's memory and never stall the loop, so the index holds no
-Python object per member: each member is a slot in fixed-width arrays (version, validity, an
-interned *profile* of the fields many members share: status, role, plan, schedule, zones, daily
-limit), its id and card keys sit in shared byte buffers, and two open-addressing tables find a
-slot by card key or by id (see :class:`_Table`). A lookup makes one
-:class:`~gated.policy.decide.Member` for the decision to read; nothing keeps it.
+Python object per member: each member is a slot, one fixed-width record in one buffer (version,
+validity, an interned *profile* of the fields many members share: status, role, plan, schedule,
+zones, daily limit; where its id, card keys and qr key sit in shared byte buffers), read by one
+``struct`` call, and two open-addressing tables find a slot by card key or by id (see
+:class:`_Table`). A lookup makes one :class:`~gated.policy.decide.Member` for the decision to
+read; nothing keeps it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import itertools
 import json
 import operator
 import sqlite3
+import struct
 import sys
 import threading
 import zlib
@@ -274,6 +276,24 @@ def record_of(member: Member) -> Record:
 _NO_TIME = 0xFFFFFFFF
 _EXACT_TIME = 0xFFFFFFFE
 
+# A slot's record, read whole by one unpack_from: version, profile id, valid_from, valid_until
+# (time codes), id offset and length in the id buffer, first card key entry and key count, qr_key
+# entry (-1: none). 35 bytes, little-endian and unaligned on every machine.
+SLOT = struct.Struct("<QIIIIBIHi")
+_SLOT_SIZE = SLOT.size
+_FROM_AT, _UNTIL_AT, _ID_AT = 12, 16, 20  # byte offsets of fields written or read alone
+_unpack_slot = SLOT.unpack_from
+_pack_slot = SLOT.pack
+_pack_slot_into = SLOT.pack_into
+_unpack_version = struct.Struct("<Q").unpack_from
+_unpack_id = struct.Struct("<IB").unpack_from
+_pack_u32_into = struct.Struct("<I").pack_into
+# A card key entry: the 32-byte key, then the slot it was written for.
+KEY_ENTRY = struct.Struct("<32sI")
+_KEY_SIZE = KEY_ENTRY.size
+_pack_key_entry = KEY_ENTRY.pack
+_unpack_key_slot = struct.Struct("<I").unpack_from
+
 # The columns :meth:`MemberIndex.load_table` reads, encoded by SQLite: ids as bytes, times as
 # 32-bit codes (the exact values of the rare others are read after), and each member's digest
 # input ("member_id:version", as :func:`digest_term` hashes it).
@@ -444,43 +464,35 @@ class _Table:
 class MemberIndex:
     """Members by card key and by id, with the site digest kept up to date in O(1) per change.
 
+    Each member id ever seen has a slot: one :data:`SLOT` record in ``_slots``, read whole by one
+    ``unpack_from`` (a random member's nine fields in nine arrays were a cache miss each). Each
+    card key written has a :data:`KEY_ENTRY` in ``_keys``: the key and the slot that holds it.
     Erased members keep their slot as tombstones (no card keys) so their version is never
     forgotten; they are not counted and not in the digest. ``hash_mask`` is for tests: 0 sends
     every key and id to the same cell, so each lookup walks a chain of collisions.
     """
 
     __slots__ = (
-        "_digest", "_exact_from", "_exact_until", "_hash_mask", "_idbuf", "_idlen", "_idoff",
-        "_ids", "_kcount", "_keys", "_kslot", "_kstart", "_ktab", "_profile", "_qr", "_qrbuf",
-        "_valid_from", "_valid_until", "_version", "by_id", "by_key", "changes", "count",
-        "generation", "max_version",
+        "_digest", "_exact_from", "_exact_until", "_hash_mask", "_idbuf", "_ids", "_keys",
+        "_ktab", "_qrbuf", "_slots", "by_id", "by_key", "changes", "count", "generation",
+        "max_version", "qr_held",
     )  # fmt: skip
 
     def __init__(self, capacity: int = 0, *, hash_mask: int = _MASK64) -> None:
         self._hash_mask = hash_mask
-        # One slot per member id ever seen.
-        self._version = array("Q")
-        self._profile = array("I")
-        self._valid_from = array("I")
-        self._valid_until = array("I")
+        self._slots = bytearray()  # one SLOT record per member id ever seen
         self._exact_from: dict[int, float] = {}
         self._exact_until: dict[int, float] = {}
-        self._idoff = array("I")
-        self._idlen = array("B")
         self._idbuf = bytearray()
-        self._kstart = array("I")  # first card key entry of the slot
-        self._kcount = array("H")
-        self._qr = array("i")  # qr_key entry, -1 for none
         self._qrbuf = bytearray()
-        # One entry per card key written (32 bytes each) and the slot that holds it.
-        self._keys = bytearray()
-        self._kslot = array("I")
+        self._keys = bytearray()  # one KEY_ENTRY per card key written
         self._ids = _Table(capacity, self._id_hash_of)
         self._ktab = _Table(capacity, self._key_hash_of)
         self.by_key = ByKey(self)
         self.by_id = ById(self)
         self.count = 0
         self.max_version = 0
+        self.qr_held = 0  # slots with a qr_key
         self._digest = 0
         # The cache's member generation (store.py) this index holds every row of, once loaded.
         self.generation = 0
@@ -491,16 +503,19 @@ class MemberIndex:
     # -- hashing and key checks ----------------------------------------------------------------
 
     def _id_hash_of(self, slot: int) -> int:
-        off = self._idoff[slot]
-        return table_hash(self._idbuf[off : off + self._idlen[slot]]) & self._hash_mask
+        off, n = _unpack_id(self._slots, slot * _SLOT_SIZE + _ID_AT)
+        return table_hash(self._idbuf[off : off + n]) & self._hash_mask
 
     def _key_hash_of(self, entry: int) -> int:
-        off = entry * 32
+        off = entry * _KEY_SIZE
         return key_hash(self._keys[off : off + 32]) & self._hash_mask
 
     def _key_matches(self, entry: int, key: bytes) -> bool:
-        off = entry * 32
-        return self._keys[off : off + 32] == key
+        return self._keys.startswith(key, entry * _KEY_SIZE)
+
+    def _slot_of_entry(self, entry: int) -> int:
+        slot: int = _unpack_key_slot(self._keys, entry * _KEY_SIZE + 32)[0]
+        return slot
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -518,8 +533,9 @@ class MemberIndex:
             i = h & mask
             while (e := cells[i]) != _EMPTY:
                 # startswith at an offset compares in place (a slice would copy the key first).
-                if e >= 0 and keys.startswith(key, e << 5):
-                    return self._kslot[e]
+                if e >= 0 and keys.startswith(key, e * _KEY_SIZE):
+                    slot: int = _unpack_key_slot(keys, e * _KEY_SIZE + 32)[0]
+                    return slot
                 i = (i + 1) & mask
             if cells is table.old or table.old is None:
                 return -1
@@ -531,15 +547,17 @@ class MemberIndex:
         raw = member_id.encode()
         n = len(raw)
         table = self._ids
-        idbuf, idoff, idlen = self._idbuf, self._idoff, self._idlen
+        idbuf, slots = self._idbuf, self._slots
         h = table_hash(raw) & self._hash_mask
         cells = table.cells
         while True:
             mask = len(cells) - 1
             i = h & mask
             while (e := cells[i]) != _EMPTY:
-                if e >= 0 and idlen[e] == n and idbuf.startswith(raw, idoff[e]):
-                    return e
+                if e >= 0:
+                    off, length = _unpack_id(slots, e * _SLOT_SIZE + _ID_AT)
+                    if length == n and idbuf.startswith(raw, off):
+                        return e
                 i = (i + 1) & mask
             if cells is table.old or table.old is None:
                 return -1
@@ -549,21 +567,18 @@ class MemberIndex:
         """The record a decision reads, made for this lookup: a tuple built in C (see
         :class:`~gated.policy.decide.Member`). ``key`` is the card key the slot was found by;
         a member with that one card gets it as ``credentials`` instead of a copy."""
-        status, role, plan, schedule, zones, limit = _profiles[self._profile[slot]]
-        off = self._idoff[slot]
-        q = self._qr[slot]
-        # Whole seconds as ints (they compare with the float ``now`` as the same number).
-        vf = self._valid_from[slot]
-        vu = self._valid_until[slot]
-        n = self._kcount[slot]
+        version, pid, vf, vu, off, length, kstart, n, q = _unpack_slot(
+            self._slots, slot * _SLOT_SIZE
+        )
+        status, role, plan, schedule, zones, limit = _profiles[pid]
         if n != 1 or key is None:
-            k = self._kstart[slot] << 5
-            key = bytes(self._keys[k : k + (n << 5)])
+            key = self._card_keys(kstart, n)
+        # Whole seconds as ints (they compare with the float ``now`` as the same number).
         return _new_member(
             Member,
             (
-                self._idbuf[off : off + self._idlen[slot]].decode(),
-                self._version[slot],
+                self._idbuf[off : off + length].decode(),
+                version,
                 status,
                 role,
                 vf if vf < _EXACT_TIME else self._time(vf, self._exact_from, slot),
@@ -575,6 +590,14 @@ class MemberIndex:
                 None if q < 0 else bytes(self._qrbuf[q << 5 : (q << 5) + 32]),
                 limit,
             ),
+        )
+
+    def _card_keys(self, start: int, n: int) -> bytes:
+        """The ``n`` card keys from entry ``start``, concatenated."""
+        keys = self._keys
+        return b"".join(
+            keys[off : off + 32]
+            for off in range(start * _KEY_SIZE, (start + n) * _KEY_SIZE, _KEY_SIZE)
         )
 
     def member_of_key(self, key: bytes) -> Member | None:
@@ -590,8 +613,8 @@ class MemberIndex:
             mask = len(cells) - 1
             i = h & mask
             while (e := cells[i]) != _EMPTY:
-                if e >= 0 and keys.startswith(key, e << 5):
-                    return self.member(self._kslot[e], key)
+                if e >= 0 and keys.startswith(key, e * _KEY_SIZE):
+                    return self.member(_unpack_key_slot(keys, e * _KEY_SIZE + 32)[0], key)
                 i = (i + 1) & mask
             if cells is table.old or table.old is None:
                 return None
@@ -606,7 +629,10 @@ class MemberIndex:
     def version_of(self, member_id: str) -> int:
         """The highest version this gate holds for a member id (0 if never seen)."""
         slot = self.slot_of_id(member_id)
-        return 0 if slot < 0 else self._version[slot]
+        if slot < 0:
+            return 0
+        version: int = _unpack_version(self._slots, slot * _SLOT_SIZE)[0]
+        return version
 
     @property
     def digest(self) -> str:
@@ -615,22 +641,17 @@ class MemberIndex:
     # -- changes ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _set_time(
-        times: array[int], exact: dict[int, float], slot: int, value: float | None
-    ) -> None:
+    def _time_code(exact: dict[int, float], slot: int, value: float | None) -> int:
+        """A validity time's 32-bit code, keeping an exact value aside for ``slot``."""
         if value is None:
             code = _NO_TIME
         elif 0 <= value < _EXACT_TIME and value == int(value):
             code = int(value)
         else:
-            code = _EXACT_TIME
             exact[slot] = value
-        if code != _EXACT_TIME:
-            exact.pop(slot, None)
-        if slot == len(times):
-            times.append(code)
-        else:
-            times[slot] = code
+            return _EXACT_TIME
+        exact.pop(slot, None)
+        return code
 
     def put(self, member: Member | Record, term: int | None = None) -> bool:
         """Apply a record if newer than what is held; True if it changed the index. ``term`` is
@@ -642,104 +663,120 @@ class MemberIndex:
         self._ktab.step()
         slot = self.slot_of_id(member_id)
         if slot >= 0:
-            if version <= self._version[slot]:
+            held, old_pid, _, _, idoff, idlen, kstart, kcount, q = _unpack_slot(
+                self._slots, slot * _SLOT_SIZE
+            )
+            if version <= held:
                 return False
-            if not self._holds_all(slot, creds):
-                self._drop_keys(slot)
-            if not _profile_erased[self._profile[slot]]:
+            keys_held = self._holds_all(slot, kstart, kcount, creds)
+            if not keys_held:
+                self._drop_keys(slot, kstart, kcount)
+            if not _profile_erased[old_pid]:
                 self.count -= 1
-                self._digest ^= digest_term(member_id, self._version[slot])
-            self._version[slot] = version
-            self._profile[slot] = pid
+                self._digest ^= digest_term(member_id, held)
         else:
-            slot = self._new_slot(member_id, version, pid)
-        self._set_time(self._valid_from, self._exact_from, slot, valid_from)
-        self._set_time(self._valid_until, self._exact_until, slot, valid_until)
-        self._set_qr(slot, qr_key)
-        if not _profile_erased[pid]:
+            slot, idoff, idlen = self._new_slot(member_id)
+            kstart, kcount, q = len(self._keys) // _KEY_SIZE, 0, -1
+            keys_held = not creds
+        if _profile_erased[pid]:
+            if keys_held and kcount:
+                self._drop_keys(slot, kstart, kcount)  # a tombstone holds no card
+            kcount = 0
+        else:
             self.count += 1
             self._digest ^= digest_term(member_id, version) if term is None else term
-            if not self._holds_all(slot, creds):
-                self._add_keys(slot, creds)
-        else:
-            self._kcount[slot] = 0  # a tombstone holds no card
+            if not keys_held:
+                kstart, kcount = self._add_keys(slot, kstart, kcount, creds)
+        _pack_slot_into(
+            self._slots,
+            slot * _SLOT_SIZE,
+            version,
+            pid,
+            self._time_code(self._exact_from, slot, valid_from),
+            self._time_code(self._exact_until, slot, valid_until),
+            idoff,
+            idlen,
+            kstart,
+            kcount,
+            self._qr_entry(q, qr_key),
+        )
         if version > self.max_version:
             self.max_version = version
         return True
 
-    def _new_slot(self, member_id: str, version: int, pid: int) -> int:
+    def _new_slot(self, member_id: str) -> tuple[int, int, int]:
+        """A slot for a new member id (its record is filled by :meth:`put`): (slot, id offset,
+        id length)."""
         raw = member_id.encode()
         if len(raw) > 255:
             raise ContractError("member id longer than 255 bytes")
-        slot = len(self._version)
-        self._version.append(version)
-        self._profile.append(pid)
-        self._idoff.append(len(self._idbuf))
-        self._idlen.append(len(raw))
+        slot = len(self._slots) // _SLOT_SIZE
+        idoff = len(self._idbuf)
         self._idbuf += raw
-        self._kstart.append(len(self._kslot))
-        self._kcount.append(0)
-        self._qr.append(-1)
+        # Written now, for the id table to find the id while it grows.
+        self._slots += SLOT.pack(0, 0, _NO_TIME, _NO_TIME, idoff, len(raw), 0, 0, -1)
         self._ids.add(table_hash(raw) & self._hash_mask, slot)
-        return slot
+        return slot, idoff, len(raw)
 
-    def _set_qr(self, slot: int, qr_key: bytes | None) -> None:
-        q = self._qr[slot]
+    def _qr_entry(self, q: int, qr_key: bytes | None) -> int:
+        """The slot's qr_key entry after writing ``qr_key`` over entry ``q`` (-1: none)."""
         if qr_key is None:
-            self._qr[slot] = -1  # its 32 bytes stay unused until the next start
-        elif q >= 0:
+            if q >= 0:
+                self.qr_held -= 1  # its 32 bytes stay unused until the next start
+            return -1
+        if q >= 0:
             self._qrbuf[q * 32 : q * 32 + 32] = qr_key
-        else:
-            self._qr[slot] = len(self._qrbuf) // 32
-            self._qrbuf += qr_key
+            return q
+        self.qr_held += 1
+        self._qrbuf += qr_key
+        return len(self._qrbuf) // 32 - 1
 
-    def _holds_all(self, slot: int, creds: bytes) -> bool:
+    def _holds_all(self, slot: int, start: int, n: int, creds: bytes) -> bool:
         """Whether the slot's card keys are ``creds`` already and each still leads to the slot
         (most updates change a status or a date, not a card: the keys then stay as they are)."""
-        start = self._kstart[slot] * 32
-        if self._kcount[slot] * 32 != len(creds) or self._keys[start : start + len(creds)] != creds:
+        if n * 32 != len(creds):
             return False
-        return all(self.slot_of_key(creds[i : i + 32]) == slot for i in range(0, len(creds), 32))
+        keys = self._keys
+        for i in range(n):
+            key = creds if n == 1 else creds[i * 32 : i * 32 + 32]
+            if not keys.startswith(key, (start + i) * _KEY_SIZE) or self.slot_of_key(key) != slot:
+                return False
+        return True
 
-    def _drop_keys(self, slot: int) -> None:
+    def _drop_keys(self, slot: int, start: int, n: int) -> None:
         """Take the slot's card keys out of the table, each only if this slot still holds it (a
         later member may have been given the same card)."""
         table = self._ktab
         keys = self._keys
-        start = self._kstart[slot]
-        for entry in range(start, start + self._kcount[slot]):
-            key = bytes(keys[entry * 32 : entry * 32 + 32])
+        for entry in range(start, start + n):
+            key = bytes(keys[entry * _KEY_SIZE : entry * _KEY_SIZE + 32])
             h = key_hash(key) & self._hash_mask
             found = table.find(h, key, self._key_matches)
-            if found >= 0 and self._kslot[found] == slot:
+            if found >= 0 and self._slot_of_entry(found) == slot:
                 table.remove(h, found)
 
-    def _add_keys(self, slot: int, creds: bytes) -> None:
-        """Write the slot's card keys (over its old ones if they fit, else at the end) and put
-        each in the table, taking it from any other member that held it (the newest wins)."""
+    def _add_keys(self, slot: int, start: int, held: int, creds: bytes) -> tuple[int, int]:
+        """Write the slot's card keys (over its ``held`` old ones if they fit, else at the end)
+        and put each in the table, taking it from any other member that held it (the newest
+        wins). Returns the slot's first entry and count."""
         n = len(creds) // 32
         if n == 0:
-            self._kcount[slot] = 0
-            return
-        if n <= self._kcount[slot]:
-            start = self._kstart[slot]
-            self._keys[start * 32 : (start + n) * 32] = creds
-            for entry in range(start, start + n):
-                self._kslot[entry] = slot
+            return start, 0
+        entries = b"".join(KEY_ENTRY.pack(creds[i * 32 : i * 32 + 32], slot) for i in range(n))
+        if n <= held:
+            self._keys[start * _KEY_SIZE : (start + n) * _KEY_SIZE] = entries
         else:  # the old entries stay unused until the next start
-            start = len(self._kslot)
-            self._keys += creds
-            self._kslot.extend([slot] * n)
-            self._kstart[slot] = start
-        self._kcount[slot] = n
+            start = len(self._keys) // _KEY_SIZE
+            self._keys += entries
         table = self._ktab
         for entry in range(start, start + n):
             key = creds[(entry - start) * 32 : (entry - start + 1) * 32]
             h = key_hash(key) & self._hash_mask
-            held = table.find(h, key, self._key_matches)
-            if held >= 0:
-                table.remove(h, held)
+            found = table.find(h, key, self._key_matches)
+            if found >= 0:
+                table.remove(h, found)
             table.add(h, entry)
+        return start, n
 
     def load(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Put member rows (:data:`MEMBER_COLUMNS` order) one by one: for tests and tools; the
@@ -749,25 +786,27 @@ class MemberIndex:
 
     def load_table(self, conn: sqlite3.Connection, chunk: int = 4096) -> None:
         """Load every member row of the cache into this empty index at start-up, a chunk of
-        rows a column at a time: SQLite encodes ids, times and digest inputs, and the arrays and
-        the digest are filled by C-level ``extend``/``map`` calls, leaving only the two tables'
-        probes to Python (~10x faster than a ``put`` a row)."""
+        rows a column at a time: SQLite encodes ids, times and digest inputs, and the records
+        and the digest are made by C-level ``map`` calls, leaving only the two tables' probes
+        to Python (~10x faster than a ``put`` a row)."""
         cur = conn.execute(_LOAD_SQL)
         while rows := cur.fetchmany(chunk):
             self._load_chunk(rows)
         self._ids.step(len(self._ids.old or ()))
         self._ktab.step(len(self._ktab.old or ()))
         for member_id, valid_from, valid_until in conn.execute(_EXACT_TIMES_SQL):
-            slot = self.slot_of_id(member_id)
+            at = self.slot_of_id(member_id) * _SLOT_SIZE
             if valid_from is not None:
-                self._set_time(self._valid_from, self._exact_from, slot, valid_from)
+                self._exact_from[at // _SLOT_SIZE] = valid_from
+                _pack_u32_into(self._slots, at + _FROM_AT, _EXACT_TIME)
             if valid_until is not None:
-                self._set_time(self._valid_until, self._exact_until, slot, valid_until)
+                self._exact_until[at // _SLOT_SIZE] = valid_until
+                _pack_u32_into(self._slots, at + _UNTIL_AT, _EXACT_TIME)
 
     def _load_chunk(self, rows: list[tuple[Any, ...]]) -> None:
         ids, versions, profiles, validity, creds, qrs, terms = zip(*rows, strict=True)
         n = len(rows)
-        first = len(self._version)
+        first = len(self._slots) // _SLOT_SIZE
         pids = list(map(_profile_by_json.get, profiles))
         if None in pids:
             for i, pid in enumerate(pids):
@@ -777,29 +816,42 @@ class MemberIndex:
                     )
         erased = list(map(_profile_erased.__getitem__, pids))  # type: ignore[arg-type]
         live = list(map(operator.not_, erased))
-        self._version.extend(versions)
-        self._profile.extend(pids)  # type: ignore[arg-type]
-        self._valid_from.extend(map(_LOW_WORD, map(_HIGH_WORD, validity)))
-        self._valid_until.extend(map(_LOW_WORD, validity))
-        self._idoff.extend(itertools.accumulate(map(len, ids[:-1]), initial=len(self._idbuf)))
-        self._idlen.extend(map(len, ids))
+        idlens = list(map(len, ids))
+        idoffs = itertools.accumulate(idlens[:-1], initial=len(self._idbuf))
         self._idbuf += b"".join(ids)
         # A qr_key's entry is the count of keys up to and including it, less one; no key: -1
         # (as (entry + 1) * has - 1, so that C-level maps do the work).
         has_qr = list(map(bool, qrs))
         upto = itertools.accumulate(has_qr, initial=len(self._qrbuf) // 32)
         next(upto)
-        self._qr.extend(map(_MINUS_ONE, map(operator.mul, upto, has_qr)))
+        qr_entries = map(_MINUS_ONE, map(operator.mul, upto, has_qr))
         self._qrbuf += b"".join(itertools.compress(qrs, has_qr))
+        self.qr_held += sum(has_qr)
         held = list(map(operator.mul, creds, live))  # a tombstone's keys: b"" (bytes * False)
         counts = list(map(_FIVE_BITS.__rrshift__, map(len, held)))
-        key_first = len(self._kslot)
-        self._kstart.extend(itertools.accumulate(counts[:-1], initial=key_first))
-        self._kcount.extend(counts)
-        self._keys += b"".join(held)
-        self._kslot.extend(
-            itertools.chain.from_iterable(map(itertools.repeat, range(first, first + n), counts))
+        key_first = len(self._keys) // _KEY_SIZE
+        self._slots += b"".join(
+            map(
+                _pack_slot,
+                versions,
+                pids,
+                map(_LOW_WORD, map(_HIGH_WORD, validity)),
+                map(_LOW_WORD, validity),
+                idoffs,
+                idlens,
+                itertools.accumulate(counts[:-1], initial=key_first),
+                counts,
+                qr_entries,
+            )
         )
+        slot_numbers = range(first, first + n)
+        if max(counts) <= 1:
+            cards: Iterable[bytes] = itertools.compress(held, counts)
+            holders: Iterable[int] = itertools.compress(slot_numbers, counts)
+        else:
+            cards = (c[k : k + 32] for c in held for k in range(0, len(c), 32))
+            holders = itertools.chain.from_iterable(map(itertools.repeat, slot_numbers, counts))
+        self._keys += b"".join(map(_pack_key_entry, cards, holders))
         self.count += sum(live)
         self.max_version = max(self.max_version, max(versions))
         self._digest = functools.reduce(
@@ -842,7 +894,7 @@ class MemberIndex:
                 key = c if len(c) == 32 else c[k : k + 32]
                 i = _from_bytes(key, "little") & hmask & mask
                 while (e := cells[i]) >= 0:
-                    if keys[e * 32 : e * 32 + 32] == key:
+                    if keys.startswith(key, e * _KEY_SIZE):
                         break
                     i = (i + 1) & mask
                 if e < 0:
@@ -859,7 +911,17 @@ class MemberIndex:
 
     def slots(self) -> int:
         """Member ids held (tombstones included)."""
-        return len(self._version)
+        return len(self._slots) // _SLOT_SIZE
+
+    def key_entries(self) -> int:
+        """Card key entries written (those no member holds any more included)."""
+        return len(self._keys) // _KEY_SIZE
+
+    def key_at(self, entry: int) -> tuple[bytes, int]:
+        """Card key entry ``entry``: (the key, the slot it was written for)."""
+        off = entry * _KEY_SIZE
+        key, slot = KEY_ENTRY.unpack_from(self._keys, off)
+        return key, slot
 
 
 class ByKey:
@@ -887,13 +949,13 @@ class ByKey:
         return self._index._ktab.live
 
     def __iter__(self) -> Iterator[bytes]:
-        keys = self._index._keys
-        return (bytes(keys[e * 32 : e * 32 + 32]) for e in list(self._index._ktab.entries()))
+        return (key for key, _ in self.items())
 
     def items(self) -> Iterator[tuple[bytes, Member]]:
         index = self._index
         for e in list(index._ktab.entries()):
-            yield bytes(index._keys[e * 32 : e * 32 + 32]), index.member(index._kslot[e])
+            key, slot = index.key_at(e)
+            yield key, index.member(slot)
 
     def values(self) -> Iterator[Member]:
         return (member for _, member in self.items())
