@@ -343,6 +343,7 @@ def main() -> None:
         queries: dict[str, Callable[[], str]] = {
             "full name": lambda: f"{FIRST[3]} {LAST[2]} {rng.randrange(n)}",
             "part of a name (many hits)": lambda: rng.choice(LAST).lower()[:5],
+            "part of every e-mail address": lambda: "example.org",
             "e-mail address": lambda: f"emma.{rng.randrange(n)}@example.org",
             "phone, read out": lambda: f"030 {1_000_000 + rng.randrange(n)}",
             "card UID, as a reader types it": lambda: typed_uid(rng.choice(seeded["uids"])),
