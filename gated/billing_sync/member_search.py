@@ -4,12 +4,13 @@ the matching members in the sites a staff account covers, ordered by name then i
 order on both), a page of ``SEARCH_LIMIT`` at a time, and whether more match after the page.
 
 The desk shows 25 members, so no query sorts more matches than it must. Most queries match a
-few members: all of them are fetched (at most ``BROAD``) through the trigram indexes and sorted.
-A broad one (``weber``, 12,500 of 100,000 members) is answered on PostgreSQL by walking the
-members in name order through ``ix_members_name_order`` (migration 0020) and stopping at the
-25th match; only when that walk of ``WALK_ROWS`` members finds too few (matches crowded late in
-the alphabet) are every match's name and id sorted. SQLite's FTS5 index sorts every match,
-which it does in process, fast enough at 100,000 members (BENCHMARKS.md)."""
+few members: all of them (at most ``BROAD``) are found through the trigram indexes and sorted.
+A broad one (``weber``, 12,500 of 100,000 members) walks the members in name order through
+``ix_members_name_order`` (migration 0020) and stops at the 26th match; only when that walk of
+``WALK_ROWS`` members finds too few (matches crowded late in the alphabet) are every match's
+name and id sorted. On SQLite the walk matches with LIKE, which folds the case of ASCII letters
+only, where its FTS5 index folds every letter's: a query with other characters is not walked
+there, but sorted whole."""
 
 from __future__ import annotations
 
@@ -68,42 +69,83 @@ def _digits_only(column: Any) -> Any:
     return column
 
 
-def _fts(column: str, text: str) -> ColumnElement[bool]:
-    """Members whose ``column`` of SQLite's trigram index ``member_search`` (migration 0013, kept
-    by triggers: ``who`` is the name and e-mail, ``phone`` the phone's digits) contains ``text``
-    (3 characters or more, any case)."""
+def _fts_rows(column: str, text: str) -> Any:
+    """The rowids of the members whose ``column`` of SQLite's trigram index ``member_search``
+    (migration 0013, kept by triggers: ``who`` is the name and e-mail, ``phone`` the phone's
+    digits) contains ``text`` (3 characters or more, any case)."""
     phrase = column + ' : "' + text.replace('"', '""') + '"'
-    matching: Any = (
+    return (
         select(literal_column("rowid"))
         .select_from(table("member_search"))
         .where(literal_column("member_search").op("MATCH")(phrase))
     )
-    return literal_column("members.rowid").in_(matching)
+
+
+def _fts(column: str, text: str) -> ColumnElement[bool]:
+    """Members whose ``column`` of the trigram index contains ``text`` (``_fts_rows``)."""
+    return literal_column("members.rowid").in_(_fts_rows(column, text))
 
 
 def _like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _text_condition(query: str, c: Any, fts: bool) -> ColumnElement[bool] | None:
-    """Members whose name, e-mail address or phone (its digits; leading zeros of the query
-    dropped, so a trunk prefix `030 …` or `0049 …` finds `+49 30 …`) contains ``query``, as
-    a condition on the columns ``c``; None for a query too short to mean anything."""
+def _phone_digits(query: str) -> str | None:
+    """The digits of a query that reads as a phone number (leading zeros dropped, so a trunk
+    prefix `030 …` or `0049 …` finds `+49 30 …`), or None."""
+    if not _PHONE_QUERY.fullmatch(query):
+        return None
+    digits = "".join(ch for ch in query if ch.isdigit()).lstrip("0")
+    return digits if len(digits) >= 4 else None
+
+
+def _text_condition(query: str, c: Any, how: str) -> ColumnElement[bool] | None:
+    """Members whose name, e-mail address or phone (its digits) contains ``query``, as a
+    condition on the columns ``c``; None for a query too short to mean anything. ``how``:
+    ``fts`` through SQLite's trigram index, ``like`` with LIKE on each column (what
+    PostgreSQL's trigram indexes serve), ``who`` with LIKE on the name and e-mail as the one
+    text SQLite's index holds (its walk in name order, ASCII queries only)."""
     conditions: list[ColumnElement[bool]] = []
     if len(query) >= 2:
-        if fts and len(query) >= 3:
+        pattern = f"%{_like_escaped(query.lower())}%"
+        if how == "fts" and len(query) >= 3:
             conditions.append(_fts("who", query))
+        elif how == "who":
+            who = func.coalesce(c.name, "") + " " + func.coalesce(c.email, "")
+            conditions.append(func.lower(who).like(pattern, escape="\\"))
         else:
-            pattern = f"%{_like_escaped(query.lower())}%"
             conditions.append(func.lower(c.name).like(pattern, escape="\\"))
             conditions.append(func.lower(c.email).like(pattern, escape="\\"))
-    if _PHONE_QUERY.fullmatch(query):
-        digits = "".join(ch for ch in query if ch.isdigit()).lstrip("0")
-        if len(digits) >= 4:
-            conditions.append(
-                _fts("phone", digits) if fts else _digits_only(c.phone).like(f"%{digits}%")
-            )
+    digits = _phone_digits(query)
+    if digits is not None:
+        conditions.append(
+            _fts("phone", digits) if how == "fts" else _digits_only(c.phone).like(f"%{digits}%")
+        )
     return or_(*conditions) if conditions else None
+
+
+def _fts_broad(conn: Connection, query: str) -> bool:
+    """Whether more than ``BROAD`` members may match ``query`` on SQLite: its trigram index
+    counts each phrase's rows up to ``BROAD`` + 1 (a LIMIT it stops at), and a two-character
+    query, which the index cannot take, counts its LIKE the same way."""
+    m = s.members
+    counted: list[Any] = []
+    if len(query) >= 3:
+        counted.append(_fts_rows("who", query))
+    elif len(query) == 2:
+        condition = _text_condition(query, m.c, "like")
+        assert condition is not None  # two characters are a condition
+        counted.append(select(m.c.id).where(condition))
+    digits = _phone_digits(query)
+    if digits is not None:
+        counted.append(_fts_rows("phone", digits))
+    return any(
+        conn.execute(
+            select(func.count()).select_from(rows.limit(BROAD + 1).subquery())
+        ).scalar_one()
+        > BROAD
+        for rows in counted
+    )
 
 
 def _scope(c: Any, staff_sites: Sequence[str]) -> ColumnElement[bool]:
@@ -131,7 +173,7 @@ def search(ctx: Context, query: str, staff_sites: Sequence[str], after: str | No
         return Found([], False)
     m = s.members
     postgres = ctx.engine.dialect.name == "postgresql"
-    text = _text_condition(query, m.c, fts=not postgres)
+    text = _text_condition(query, m.c, "like" if postgres else "fts")
     with ctx.reader.connect() as conn:
         start = None
         if after is not None:
@@ -148,13 +190,28 @@ def search(ctx: Context, query: str, staff_sites: Sequence[str], after: str | No
         hits = set(_exact(ctx, conn, query, and_(wanted(m.c), keyset(m.c))))
         if text is not None:
 
-            def matches(c: Any) -> ColumnElement[bool]:
-                # the same condition, on the walk's columns as well as the table's
-                condition = _text_condition(query, c, fts=not postgres)
-                assert condition is not None  # as on the table's columns
-                return and_(wanted(c), condition)
+            def matching(how: str) -> Callable[[Any], ColumnElement[bool]]:
+                def where(c: Any) -> ColumnElement[bool]:
+                    # on the table's columns, or on the walk's
+                    condition = _text_condition(query, c, how)
+                    assert condition is not None  # as for the table's
+                    return and_(wanted(c), condition)
 
-            hits.update(_matching(conn, matches, keyset, postgres))
+                return where
+
+            # SQLite's LIKE folds the case of ASCII letters only, its trigram index that of
+            # every letter: a query with others is never walked there.
+            walk = "like" if postgres else "who" if query.isascii() else None
+            broad = postgres or _fts_broad(conn, query)
+            hits.update(
+                _matching(
+                    conn,
+                    matching("like" if postgres else "fts"),
+                    matching(walk) if walk and broad else None,
+                    keyset,
+                    postgres,
+                )
+            )
         page = sorted(hits)[: SEARCH_LIMIT + 1]
         rows = _details(conn, [member_id for _, member_id in page[:SEARCH_LIMIT]])
     # Scoped in SQL already; checked again on what leaves, as every desk read is.
@@ -186,11 +243,13 @@ def _exact(
 def _matching(
     conn: Connection,
     where: Callable[[Any], ColumnElement[bool]],
+    walk_where: Callable[[Any], ColumnElement[bool]] | None,
     keyset: Callable[[Any], ColumnElement[bool]],
     postgres: bool,
 ) -> list[tuple[str, str]]:
     """(name, id) of the first ``SEARCH_LIMIT`` + 1 members in order that meet ``where`` and
-    come after the ``keyset`` (both conditions on a set of member columns), or more."""
+    come after the ``keyset`` (conditions on a set of member columns), or more; a broad query
+    walks the members in name order with ``walk_where`` (None: no walk)."""
     m = s.members
     want = SEARCH_LIMIT + 1
     if postgres:
@@ -200,6 +259,7 @@ def _matching(
         ).all()
         if len(bounded) <= BROAD:
             return [(r.name, r.id) for r in bounded]
+    if walk_where is not None:
         # A broad query: walk the members in name order (the index's range from the keyset)
         # and stop at the page's end.
         walked = (
@@ -211,7 +271,7 @@ def _matching(
         )
         first = conn.execute(
             select(walked.c.name, walked.c.id)
-            .where(where(walked.c))
+            .where(walk_where(walked.c))
             .order_by(*_order(walked.c, postgres))
             .limit(want)
         ).all()

@@ -123,8 +123,9 @@ def test_pages_follow_name_then_id_in_code_point_order(
         pages = _pages(store, query, sites)
         assert [i for page in pages for i in page] == _expected(query, sites), (query, pages)
         assert pages[-1] or len(pages) == 1
-    if store.engine.dialect.name == "postgresql" and way != "every match":
-        assert any("walked" in s for s in statements)
+    # Each way was taken (SQLite never walks for "zoë": its LIKE folds ASCII letters only).
+    assert any("walked" in s for s in statements) == (way != "every match")
+    if store.engine.dialect.name == "postgresql":
         assert any("hits" in s for s in statements) == (way == "walk, then sort")
     # The first page of "weber" for everyone, spelled out: upper case before lower, the exact
     # id merged in by its name, the erased member gone, accented capitals after z.

@@ -1,5 +1,5 @@
-"""ix_members_name_order: on PostgreSQL, members by name then id in code point order, so a broad
-member search walks them in the order the desk shows and stops at the page's end
+"""ix_members_name_order: members by name then id in code point order, so a broad member search
+walks them in the order the desk shows and stops at the page's end
 
 Revision ID: 0020_member_name_order
 Revises: 0019_freeze_fee_kept
@@ -18,13 +18,14 @@ depends_on = None
 
 def upgrade() -> None:
     # "C" whatever the database's collation: the order member_search sorts in on PostgreSQL,
-    # the same as SQLite's and Python's. SQLite sorts its trigram index's matches instead.
+    # the same as SQLite's own (BINARY) and Python's.
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             'CREATE INDEX ix_members_name_order ON members (name COLLATE "C", id COLLATE "C")'
         )
+    else:
+        op.execute("CREATE INDEX ix_members_name_order ON members (name, id)")
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP INDEX IF EXISTS ix_members_name_order")
+    op.execute("DROP INDEX IF EXISTS ix_members_name_order")
