@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -51,10 +50,11 @@ def _members() -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A store on each database with the members above, one of them erased and one of them
-    with a card."""
+    with a card (the tests only read it)."""
+    tmp_path = tmp_path_factory.mktemp(request.param)
     overrides = {}
     if request.param == "postgres":
         # A database whose own collation sorts by language (ICU English: "aaron" beside
