@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
+from gated.billing_sync import member_search
 from tests.billing.helpers import make_billing
 
 
 def test_search_finds_members_through_the_trigram_indexes(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     b, _ = make_billing(tmp_path, database_url=postgres_url)
     for i, (name, email, phone) in enumerate(
@@ -66,4 +68,21 @@ def test_search_finds_members_through_the_trigram_indexes(
     assert "Seq Scan on members" not in name_plan + phone_plan, (name_plan, phone_plan)
     assert "ix_members_name_trgm" in name_plan and "ix_members_email_trgm" in name_plan
     assert "ix_members_phone_trgm" in phone_plan
+    # A broad query's walk can read the members in name order straight from the name-order
+    # index (a range of it when it pages on): with sorts priced out (three members make any
+    # plan cheap), no sort is left, so the index's order is the walk's, collation included.
+    monkeypatch.setattr(member_search, "BROAD", 0)
+    for after in (None, "m0"):
+        statements.clear()
+        assert [m["id"] for m in b.search_members("weber", ["*"], after).members] == (
+            ["m0", "m1"] if after is None else ["m1"]
+        )
+        walk_sql, walk_params = next(st for st in statements if "walked" in st[0])
+        with b.reader.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_sort = off")
+            walk_plan = "\n".join(
+                row[0] for row in conn.exec_driver_sql("EXPLAIN " + walk_sql, walk_params)
+            )
+        assert "ix_members_name_order" in walk_plan and "Sort" not in walk_plan, walk_plan
     b.engine.dispose()
