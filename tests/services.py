@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,22 @@ class Postgres:
         return self.url(name)
 
 
+def _wait_until_accepting(port: int, timeout: float = 20.0) -> None:
+    """PostgreSQL listens before it accepts sessions ("the database system is starting up"):
+    wait until a session opens."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres").close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def run_postgres() -> Iterator[Postgres]:
     """A fresh PostgreSQL cluster in a temporary folder, listening on an ephemeral port on
@@ -238,6 +255,7 @@ def run_postgres() -> Iterator[Postgres]:
         )
         try:
             wait_for_port(port, timeout=20, proc=proc)
+            _wait_until_accepting(port)
             yield Postgres(port, workdir, proc)
         finally:
             # SIGINT is PostgreSQL's fast shutdown: it ends open sessions instead of waiting.

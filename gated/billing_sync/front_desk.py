@@ -1,121 +1,30 @@
-"""What the front desk reads: finding a member by name, e-mail, id or card (a keyboard-wedge
-reader types the UID into the search box), one member's page, and the words for gate events in
-the live check-in feed. Every read is scoped to the sites a staff account covers."""
+"""What the front desk reads: one member's page and the words for gate events in the live
+check-in feed (finding a member is ``member_search``). Every read is scoped to the sites a staff
+account covers."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, literal_column, or_, select, table, union
+from sqlalchemy import func, select
 
 from gated.billing_sync import members
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import NotFound
 from gated.billing_sync.notices import format_amount
-from gated.contract import REASON_WORDS, ContractError, normalize_uid
+from gated.contract import REASON_WORDS
 
 ALL_SITES = "*"
 # The gate's own words for its decisions, and the desk's for what else a gate reports.
 WORDS = {**REASON_WORDS, "door_pulse": "Opened once", "on": "Locked down", "off": "Lockdown lifted"}
-SEARCH_LIMIT = 25
-# A query that reads as (part of) a phone number, and the separators both sides may use.
-_PHONE_QUERY = re.compile(r"\+?[0-9 ()./-]{4,32}")
-_PHONE_SEPARATORS = (" ", "-", "(", ")", "/", ".", "+")
 
 
 def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
     """Whether an account covering ``staff_sites`` may see a member of ``member_sites``."""
     return ALL_SITES in staff_sites or any(site in staff_sites for site in member_sites)
-
-
-def _digits_only(column: Any) -> Any:
-    """``column`` with what people put between a phone number's digits taken out. The
-    separators are SQL text, not parameters, so the expression is the one PostgreSQL's trigram
-    index on it was made for (migration 0018) in every plan."""
-    for sep in _PHONE_SEPARATORS:
-        column = func.replace(column, literal_column(f"'{sep}'"), literal_column("''"))
-    return column
-
-
-def _indexed(column: str, text: str) -> Any:
-    """Members whose ``column`` of SQLite's trigram index ``member_search`` (migration 0013, kept
-    by triggers: ``who`` is the name and e-mail, ``phone`` the phone's digits) contains ``text``
-    (3 characters or more, any case)."""
-    phrase = column + ' : "' + text.replace('"', '""') + '"'
-    matching: Any = (
-        select(literal_column("rowid"))
-        .select_from(table("member_search"))
-        .where(literal_column("member_search").op("MATCH")(phrase))
-    )
-    return literal_column("members.rowid").in_(matching)
-
-
-def search(ctx: Context, query: str, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
-    """Members matching ``query``: a card UID (as a reader types it, any case or separators),
-    an exact member id, part of a name or an e-mail address, or part of a phone number (its
-    digits, however either side spaces them); erased members never."""
-    query = query.strip()[:200]
-    if not query:
-        return []
-    m, sub = s.members, s.subscriptions
-    conditions = [m.c.id == query]
-    try:
-        lookup = ctx.keys.uid_lookup(normalize_uid(query))
-    except ContractError:
-        lookup = None
-    if lookup is not None:
-        conditions.append(
-            m.c.id.in_(
-                select(s.cards.c.member_id).where(
-                    s.cards.c.uid_lookup == lookup, s.cards.c.revoked_at.is_(None)
-                )
-            )
-        )
-    indexed = ctx.engine.dialect.name == "sqlite"
-    if len(query) >= 2:
-        if indexed and len(query) >= 3:
-            conditions.append(_indexed("who", query))
-        else:
-            pattern = (
-                "%"
-                + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                + "%"
-            )
-            conditions.append(func.lower(m.c.name).like(pattern, escape="\\"))
-            conditions.append(func.lower(m.c.email).like(pattern, escape="\\"))
-    if _PHONE_QUERY.fullmatch(query):
-        # Leading zeros dropped: a trunk prefix (030 …) or an international one (0049 …)
-        # matches a number stored as +49 30 ….
-        digits = "".join(c for c in query if c.isdigit()).lstrip("0")
-        if len(digits) >= 4:
-            conditions.append(
-                _indexed("phone", digits)
-                if indexed
-                else _digits_only(m.c.phone).like(f"%{digits}%")
-            )
-    matching: Any = or_(*conditions)
-    if not indexed:
-        # PostgreSQL reads one index per condition only as a union: an OR with the card's
-        # subquery in it scans every member.
-        matching = m.c.id.in_(union(*(select(m.c.id).where(c) for c in conditions)))
-    with ctx.reader.connect() as conn:
-        rows = conn.execute(
-            select(m.c.id, m.c.name, m.c.email, m.c.phone, m.c.sites, sub.c.status, sub.c.plan_id)
-            .outerjoin(sub, sub.c.member_id == m.c.id)
-            .where(m.c.erased.is_(False), matching)
-            .order_by(m.c.name, m.c.id)
-            .limit(SEARCH_LIMIT * 4)
-        ).all()
-    found = []
-    for row in rows:
-        sites = json.loads(row.sites)
-        if in_scope(sites, staff_sites):
-            found.append({**row._asdict(), "sites": sites})
-    return found[:SEARCH_LIMIT]
 
 
 def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ concern:
 * ``member_access``: the member app's sign-in, sessions and a member's own data;
 * ``member_data``: a member's visits per month, data download and erasure request;
 * ``staff``: staff accounts for the console (roles from ``permissions``), TOTP, sessions;
-* ``front_desk``: member search (by card too) and a member's page for the console;
+* ``member_search``: finding a member at the desk (name, e-mail, phone, id, card), a page
+  in name order at a time;
+* ``front_desk``: a member's page and the live feed's words for the console;
 * ``gate_commands``: the console's desk-key commands (let in once, lockdown) to gates;
 * ``gate_board``, ``gate_health``: each gate's retained status beside its site's manifest;
 * ``audit``: the append-only log of staff and CLI actions on money, status, cards, access;
@@ -49,6 +51,7 @@ from gated.billing_sync import (
     gates,
     invoices,
     member_import,
+    member_search,
     members,
     membership,
     paying,
@@ -499,9 +502,12 @@ class Billing:
 
     # --- the front desk ---------------------------------------------------------------------
 
-    def search_members(self, query: str, staff_sites: Sequence[str]) -> list[dict[str, Any]]:
-        """Members by card UID, id, or part of a name or e-mail, within ``staff_sites``."""
-        return front_desk.search(self.ctx, query, staff_sites)
+    def search_members(
+        self, query: str, staff_sites: Sequence[str], after: str | None = None
+    ) -> member_search.Found:
+        """Members by card UID, id, or part of a name, e-mail or phone, within ``staff_sites``:
+        a page in name order (the one after the member ``after``), and whether more match."""
+        return member_search.search(self.ctx, query, staff_sites, after)
 
     def desk_member(self, member_id: str, staff_sites: Sequence[str]) -> dict[str, Any]:
         """One member's page for the desk; NotFound outside ``staff_sites``."""

@@ -149,7 +149,7 @@ STAFF_API = {
     "api_staff_disable": "Disable a staff account.",
     "api_staff_reset": "Reset a staff account: a new one-time password, the second factor again.",
     "api_session": "The session: staff id, name, role, sites, expiry and the CSRF token.",
-    "api_search": "Members matching q (a card UID, a member id, part of a name or e-mail).",
+    "api_search": "Members matching q (a card UID, a member id, part of a name, e-mail or phone), 25 by name at a time: `after` = the last id of the page before.",
     "api_member": "One member as the front desk sees it.",
     "api_audit": "The audit log, newest first (member=ID, before=ROW for older pages).",
     "api_products": "The products on sale at this staff member's sites, with stock and price.",

@@ -83,6 +83,12 @@ ACTIONS: dict[str, tuple[str, str, Action, str]] = {
 ONCE = frozenset({"payment", "refund", "credit", "write-off", "plan"})
 
 
+def _after(request: Request) -> str | None:
+    """The ``after`` of a search's next page: the last member id of the page before."""
+    after = request.query_params.get("after", "")
+    return after if MEMBER_ID.fullmatch(after) else None
+
+
 def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
     """The member handlers by name, for ``desk.RULES``."""
     billing = desk.web.billing
@@ -91,11 +97,20 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         assert visitor.session is not None
         staff = visitor.session.staff
         query = request.query_params.get("q", "").strip()[:200]
-        found = await asyncio.to_thread(billing.search_members, query, staff.sites)
-        if len(found) == 1 and query:
+        after = _after(request)
+        found = await asyncio.to_thread(billing.search_members, query, staff.sites, after)
+        if len(found.members) == 1 and query and not found.more and after is None:
             # One hit (a card held to the reader, typically): straight to the member.
-            return RedirectResponse(f"/desk/members/{found[0]['id']}", status_code=303)
-        return desk.page(visitor, "desk_home.html", title="Front desk", q=query, found=found)
+            return RedirectResponse(f"/desk/members/{found.members[0]['id']}", status_code=303)
+        return desk.page(
+            visitor,
+            "desk_home.html",
+            title="Front desk",
+            q=query,
+            found=found.members,
+            more=found.more,
+            paged=after is not None,
+        )
 
     async def member(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         assert visitor.session is not None
@@ -173,8 +188,11 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
     async def api_search(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         assert visitor.session is not None
         query = request.query_params.get("q", "")
-        found = await asyncio.to_thread(billing.search_members, query, visitor.session.staff.sites)
-        return JSONResponse({"members": found})
+        found = await asyncio.to_thread(
+            billing.search_members, query, visitor.session.staff.sites, _after(request)
+        )
+        last = found.members[-1]["id"] if found.more else None
+        return JSONResponse({"members": found.members, "more": found.more, "next_after": last})
 
     async def api_member(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         m = await _member(request, visitor)

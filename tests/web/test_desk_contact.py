@@ -1,9 +1,13 @@
 """The member's phone and emergency contact at the desk (in process, real SQLite store): found by
 any part of the phone number however it is spaced, shown on the member page and in the results
-as text, and scoped to the account's sites like every other search."""
+as text, and scoped to the account's sites like every other search; a broad search pages on
+through a link (and the API's `after`)."""
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -52,7 +56,7 @@ def test_the_search_index_follows_every_change_and_takes_any_text(
     b, _ = billing
 
     def ids(q: str) -> list[str]:
-        return [m["id"] for m in b.search_members(q, ["*"])]
+        return [m["id"] for m in b.search_members(q, ["*"]).members]
 
     # (SQLite: the trigram index kept by triggers, migration 0013; the scan elsewhere.)
     assert b.engine.dialect.name == "sqlite"
@@ -69,3 +73,31 @@ def test_the_search_index_follows_every_change_and_takes_any_text(
     assert ids("089 555 0123") == [] and ids("7770123") == ["zed"]
     b.erase("zed")
     assert ids("zoë") == [] and ids("7770123") == []
+
+
+def test_a_broad_search_pages_through_the_next_link_and_the_api(
+    app: Any,
+    billing: tuple[Billing, Clock],  # noqa: F811
+) -> None:
+    b, _ = billing
+    rows = [
+        {"member_id": f"w{i:02d}", "name": f"Wendy Weber {i:02d}", "plan": "monthly",
+         "sites": ["downtown"], "card": "pm_sim_ok"}
+        for i in range(30)
+    ]  # fmt: skip
+    assert b.import_members("w.json", json.dumps(rows)) == 30
+    with TestClient(app) as c:
+        c.cookies.set("gated-staff", _session(b, "front_desk"))
+        first = c.get("/desk/", params={"q": "wendy"}).text
+        assert first.count('href="/desk/members/w') == 25 and "w24" in first and "w25" not in first
+        link = re.search(r'href="(/desk/\?[^"]+)" rel="next">see the next 25', first)
+        assert link is not None, first
+        second = c.get(html.unescape(link.group(1)), follow_redirects=False)
+        assert second.status_code == 200  # one page of five: a list, not a redirect
+        assert second.text.count('href="/desk/members/w') == 5 and 'rel="next"' not in second.text
+        api = c.get("/api/v1/staff/members", params={"q": "wendy"}).json()
+        assert (api["more"], api["next_after"], len(api["members"])) == (True, "w24", 25)
+        rest = c.get("/api/v1/staff/members", params={"q": "wendy", "after": "w24"}).json()
+        assert [m["id"] for m in rest["members"]] == [f"w{i}" for i in range(25, 30)]
+        assert (rest["more"], rest["next_after"]) == (False, None)
+        assert "No more members match" in c.get("/desk/?q=wendy&after=w29").text
