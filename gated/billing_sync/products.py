@@ -32,6 +32,7 @@ from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import InvoiceSpec, apply_payment, create_invoices
 from gated.billing_sync.publishing import refresh
+from gated.billing_sync.submit_keys import AlreadySent, Once, claim, record
 from gated.contract import MEMBER_ID_RE, ContractError, normalize_uid
 
 KINDS = ("item", "pass", "pt_session")
@@ -215,13 +216,16 @@ def sell(
     method: str | None = None,
     quantity: int = 1,
     loaner_uid: str | None = None,
+    once: Once | None = None,
 ) -> Sale:
     """Sell ``quantity`` of a product to a member or to a walk-in (``walk_in`` their name,
     ``walk_in_member`` the id their record gets, default a fresh one), on an invoice of its
     own: paid now with ``method`` (cash or card, at the desk), or, for a member only, left open
     for the cycle to charge to the card on file. A pass is paid now, for one holder, from now;
     with ``loaner_uid`` the desk lends its holder a card for the pass (``lend_card``). The
-    stock, invoice, payment, sale row, card and MemberState commit together or not at all."""
+    stock, invoice, payment, sale row, card and MemberState commit together or not at all,
+    with the form's submit key (``once``) where the desk gave one: a form sent twice sells
+    once, and the second raises ``AlreadySent`` with what the first did."""
     if (member_id is None) == (walk_in is None):
         raise BillingError("sell to a member (--member ID) or to a walk-in (--walk-in NAME)")
     if method is not None and method not in METHODS:
@@ -240,6 +244,8 @@ def sell(
         raise BillingError(f"the loaner card: {exc}") from None
     now = ctx.clock()
     with ctx.engine.begin() as conn:
+        if once is not None and not (claimed := claim(conn, once.key, now)).new:
+            raise AlreadySent(claimed)
         product = _product(conn, product_id)
         if product.retired_at is not None:
             raise BillingError(f"product {product_id} is retired")
@@ -299,8 +305,11 @@ def sell(
                 .values(review_at=now)
             )
         refresh(ctx, conn, [holder, *([returned] if returned else [])], now)
+        sale = Sale(holder, invoice_id, int(inv.total), method is not None, until, uid is not None)
+        if once is not None:
+            record(conn, once.key, *once.outcome(sale))
     ctx.notify_published()
-    return Sale(holder, invoice_id, int(inv.total), method is not None, until, uid is not None)
+    return sale
 
 
 def sales(ctx: Context, member_id: str | None = None) -> list[Row[Any]]:
@@ -506,6 +515,7 @@ class PointOfSale:
         method: str | None = None,
         quantity: int = 1,
         loaner_uid: str | None = None,
+        once: Once | None = None,
     ) -> Sale:
         """Sell a product (see ``sell``), recorded in the audit log as ``actor`` with the
         holder's fields before and after; a sale on account is charged to the card now."""
@@ -521,6 +531,7 @@ class PointOfSale:
                 method=method,
                 quantity=quantity,
                 loaner_uid=loaner_uid,
+                once=once,
             )
             entry.detail.update(
                 product=product_id,

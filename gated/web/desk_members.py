@@ -145,7 +145,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 return desk.message(visitor, 404, "No such member", "No member with that id here.")
             page = f"/desk/members/{m['member_id']}"
             key = form.get("submit_key", "")[:64]
-            if once and (again := desk.resent(visitor, key, page)) is not None:
+            if once and (again := await desk.resent(visitor, key, page)) is not None:
                 return again
             actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
 
@@ -157,13 +157,13 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 told = await asyncio.to_thread(run)
             except (BillingError, FreezeRefused, ContractError, GatewayError) as exc:
                 if once:
-                    desk.submit_keys.failed(key)
+                    await desk.form_failed(key)
                 text = str(exc)[:300] or "The payment provider could not be reached."
                 if api:
                     return JSONResponse({"error": text}, 400)
                 return desk.redirect(visitor, page, f"Not done: {text}", error=True)
             if once:
-                desk.submit_keys.done(key, page)
+                await desk.form_done(key, page, told or said)
             if api:
                 return JSONResponse({"ok": True, "member": await _member(request, visitor)})
             return desk.redirect(visitor, page, told or said)
