@@ -426,7 +426,8 @@ def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -
     """Lend a desk's loaner card to a pass holder: it opens the gates for the pass and, as the
     pass expires, no longer. A card still held by a former pass holder whose pass has ended
     came back to the desk: it is taken from them first (returns who that was). A card anyone
-    else holds is refused."""
+    else holds is refused, and so is one another desk lends at the same instant (one of the
+    two lends it: the store holds a card for one member at a time)."""
     before = members.card_holder(ctx, conn, uid)
     if before is not None:
         sub, p = s.subscriptions, s.products
@@ -438,7 +439,7 @@ def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -
         ).first()
         if ended is None or before == holder:
             raise BillingError(f"this card is held by {before}; lend another or revoke it first")
-        conn.execute(
+        taken_back = conn.execute(
             update(s.cards)
             .where(
                 s.cards.c.member_id == before,
@@ -446,7 +447,11 @@ def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -
                 s.cards.c.revoked_at.is_(None),
             )
             .values(revoked_at=now)
-        )
+        ).rowcount
+        if taken_back != 1:
+            # Another desk took it back from them first (PostgreSQL: this update waited for
+            # that transaction and then found the card no longer theirs) and lent it.
+            raise BillingError(members.CARD_TAKEN)
     members.insert_card(ctx, conn, holder, uid, now)
     return before
 
