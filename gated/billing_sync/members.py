@@ -16,7 +16,7 @@ import nacl.signing
 from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gated.billing_sync import audit, photos
+from gated.billing_sync import audit, next_invoice, photos
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import CycleReport
@@ -471,6 +471,8 @@ def erase(ctx: Context, member_id: str) -> None:
             .where(s.subscriptions.c.member_id == member_id)
             .values(status="cancelled", review_at=None, next_retry_at=None, cancel_at=now)
         )
+        # Products sold on the next invoice: the invoice stays, like every other.
+        next_invoice.bill_alone(conn, member_id, now)
         refresh(ctx, conn, [member_id], now)
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
-from gated.billing_sync import audit, members
+from gated.billing_sync import audit, members, next_invoice
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.audit import Actor
@@ -63,14 +63,18 @@ class ProductSpec:
 @dataclass(frozen=True)
 class Sale:
     """What a sale made: the holder (a new member id for a walk-in), its invoice and total, and
-    for a pass its end."""
+    for a pass its end. A sale on the next invoice has no invoice yet (``invoice_id`` None):
+    ``pending_line`` is its line waiting for the member's renewal."""
 
     member_id: str
-    invoice_id: int
+    invoice_id: int | None
     total: int
     paid: bool
     pass_until: int | None
     loaner: bool = False
+    pending_line: int | None = None
+    # For the desk's words about a sale (not part of what it is).
+    currency: str = field(default="", compare=False)
 
 
 def pass_plan_id(product_id: str) -> str:
@@ -221,20 +225,22 @@ def sell(
     """Sell ``quantity`` of a product to a member or to a walk-in (``walk_in`` their name,
     ``walk_in_member`` the id their record gets, default a fresh one), on an invoice of its
     own: paid now with ``method`` (cash or card, at the desk), or, for a member only, left open
-    for the cycle to charge to the card on file. A pass is paid now, for one holder, from now;
+    for the cycle to charge to the card on file, or (``next_invoice``) put on the member's
+    next renewal invoice (``next_invoice.py``: no invoice now). A pass is paid now, for one holder, from now;
     with ``loaner_uid`` the desk lends its holder a card for the pass (``lend_card``). The
     stock, invoice, payment, sale row, card and MemberState commit together or not at all,
     with the form's submit key (``once``) where the desk gave one: a form sent twice sells
     once, and the second raises ``AlreadySent`` with what the first did."""
     if (member_id is None) == (walk_in is None):
         raise BillingError("sell to a member (--member ID) or to a walk-in (--walk-in NAME)")
-    if method is not None and method not in METHODS:
-        raise BillingError(f"method is one of {', '.join(METHODS)}")
+    later = method == next_invoice.METHOD
+    if method is not None and method not in METHODS and not later:
+        raise BillingError(f"method is one of {', '.join(METHODS)}, next-invoice")
     if walk_in is not None:
         walk_in = " ".join(walk_in.split())
         if not walk_in or len(walk_in) > 200:
             raise BillingError("a walk-in's name is 1-200 characters")
-        if method is None:
+        if method is None or later:
             raise BillingError("a walk-in pays at once: give --method cash or card")
     if not 1 <= quantity <= 100:
         raise BillingError("quantity is 1 to 100")
@@ -250,12 +256,24 @@ def sell(
         if product.retired_at is not None:
             raise BillingError(f"product {product_id} is retired")
         is_pass = product.kind == "pass"
-        if is_pass and method is None:
+        if is_pass and (method is None or later):
             raise BillingError("a pass is paid at once: give --method cash or card")
         if is_pass and quantity != 1:
             raise BillingError("a pass is for one holder: sell one at a time")
         if uid is not None and not is_pass:
             raise BillingError("a loaner card goes with a pass, for its period")
+        if member_id is not None and later:
+            next_invoice.check(conn, member_id, product, now)
+            _take_stock(conn, product, quantity)
+            line = next_invoice.add(conn, member_id, product, quantity, operator, now)
+            net = quantity * int(product.price)
+            gross = net + eng.tax_of(net, int(product.tax_rate_bp))
+            sale = Sale(
+                member_id, None, gross, False, None, pending_line=line, currency=product.currency
+            )
+            if once is not None:
+                record(conn, once.key, *once.outcome(sale))
+            return sale
         if member_id is not None:
             _check_member(conn, member_id, product, is_pass, method, now)
             holder = member_id
@@ -305,7 +323,15 @@ def sell(
                 .values(review_at=now)
             )
         refresh(ctx, conn, [holder, *([returned] if returned else [])], now)
-        sale = Sale(holder, invoice_id, int(inv.total), method is not None, until, uid is not None)
+        sale = Sale(
+            holder,
+            invoice_id,
+            int(inv.total),
+            method is not None,
+            until,
+            uid is not None,
+            currency=product.currency,
+        )
         if once is not None:
             record(conn, once.key, *once.outcome(sale))
     ctx.notify_published()
@@ -510,6 +536,26 @@ class PointOfSale:
         """The sale of an invoice (see ``sale_of_invoice``)."""
         return sale_of_invoice(self.ctx, invoice_id)
 
+    def waiting(self, member_id: str) -> list[dict[str, Any]]:
+        """What was sold to the member on the next invoice and waits for it, oldest first:
+        each line's product, description, quantity, net unit amount, tax rate and total."""
+        with self.ctx.reader.connect() as conn:
+            rows = next_invoice.waiting(conn, [member_id]).get(member_id, [])
+        return [
+            {
+                "line": r.id,
+                "product": r.product_id,
+                "description": r.description,
+                "quantity": r.quantity,
+                "unit_amount": r.unit_amount,
+                "tax_rate_bp": r.tax_rate_bp,
+                "total": next_invoice.gross(r),
+                "currency": r.currency,
+                "sold_at": r.created_at,
+            }
+            for r in rows
+        ]
+
     def sell(
         self,
         actor: Actor,
@@ -543,9 +589,11 @@ class PointOfSale:
                 quantity=quantity,
                 invoice=sale.invoice_id,
                 total=sale.total,
-                method=METHODS[method] if method else "account",
+                method=METHODS.get(method, method) if method else "account",
                 **({"loaner_card": True} if sale.loaner else {}),
             )
-            if not sale.paid:
+            if sale.pending_line is not None:
+                entry.detail.update(pending_line=sale.pending_line)
+            elif not sale.paid:
                 run_cycle(self.ctx, member_ids=[holder])
         return sale

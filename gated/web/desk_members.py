@@ -107,6 +107,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         money = await asyncio.to_thread(
             desk_money.page_part, billing, staff, m, dict(request.query_params)
         )
+        waiting = await asyncio.to_thread(billing.point_of_sale().waiting, m["member_id"])
         return desk.page(
             visitor,
             "desk_member.html",
@@ -114,6 +115,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             m=m,
             gates=gates,
             submit_key=desk.submit_keys.new(),
+            next_invoice=waiting,
             **money,
         )
 
@@ -180,7 +182,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         m = await _member(request, visitor)
         if m is None:
             return JSONResponse({"error": "no such member"}, 404)
-        return JSONResponse(m)
+        waiting = await asyncio.to_thread(billing.point_of_sale().waiting, m["member_id"])
+        return JSONResponse({**m, "next_invoice": waiting})
 
     named: dict[str, Callable[..., Awaitable[Response]]] = {
         "home": home,

@@ -20,6 +20,7 @@ from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import tax_of
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import GatewayError
+from gated.billing_sync.notices import format_amount
 from gated.billing_sync.products import Sale
 from gated.billing_sync.submit_keys import AlreadySent, Once
 from gated.web.desk_members import MEMBER_ID
@@ -29,7 +30,12 @@ if TYPE_CHECKING:
 
 PRODUCT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The form's ways to pay → the point of sale's method (None: charged to the card on file).
-METHODS: dict[str, str | None] = {"account": None, "cash": "cash", "card_terminal": "card"}
+METHODS: dict[str, str | None] = {
+    "account": None,
+    "cash": "cash",
+    "card_terminal": "card",
+    "next_invoice": "next_invoice",
+}
 
 
 def _in_sites(site: str | None, staff_sites: tuple[str, ...] | list[str]) -> bool:
@@ -38,7 +44,12 @@ def _in_sites(site: str | None, staff_sites: tuple[str, ...] | list[str]) -> boo
 
 
 def _outcome(sale: Sale) -> tuple[str, str]:
-    """Where a sale's answer goes (its receipt) and what the desk is told."""
+    """Where a sale's answer goes (its receipt; for a sale on the next invoice, the member's
+    page, which lists what waits for it) and what the desk is told."""
+    if sale.pending_line is not None:
+        total = format_amount(sale.total, sale.currency)
+        told = f"Sold on the next invoice: {total} with tax, billed with the renewal."
+        return f"/desk/members/{sale.member_id}", told
     told = "Sold." if sale.paid else "Sold on account: charged to the card on file."
     return f"/desk/sales/{sale.invoice_id}", told
 
@@ -119,7 +130,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         walk_in: str | None = None
         if form.get("buyer") == "walk_in":
             walk_in = form.get("walk_in", "")[:200]
-            if method is None:
+            if method in (None, "next_invoice"):
                 raise BillingError("a walk-in pays now: cash or the card terminal")
         else:
             member_id = form.get("member", "").strip()
@@ -189,6 +200,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 "paid": sale.paid,
                 "pass_until": sale.pass_until,
                 "loaner_card": sale.loaner,
+                "next_invoice": sale.pending_line is not None,
+                "pending_line": sale.pending_line,
             }
         )
 

@@ -157,3 +157,61 @@ def test_a_submit_key_is_good_for_a_day() -> None:
     assert keys.valid(key)
     clock.now += 1
     assert not keys.valid(key)
+
+
+def test_the_console_sells_on_the_next_invoice_and_its_json_twin_too(
+    billing: tuple[Billing, Clock],
+) -> None:
+    from gated.billing_sync.products import ProductSpec
+    from gated.web.desk_core import Desk
+    from gated.web.security import csrf_token
+    from tests.web.test_desk import app_web
+
+    b, _ = billing
+    b.add_member("ann", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    b.point_of_sale().add(ProductSpec("towel", "Towel", 300, tax_rate_bp=1900, stock=5))
+    cookie = b.staff_access().open_session("desk", "test", "127.0.0.1")
+    with serve(b, cookie) as desk:
+        page = desk.get("/desk/sell?member=ann")
+        assert 'value="next_invoice"' in page.text
+        form = {
+            "csrf": hidden(page.text, "csrf"),
+            "submit_key": hidden(page.text, "submit_key"),
+            "product": "towel",
+            "quantity": "2",
+            "buyer": "member",
+            "member": "ann",
+            "method": "next_invoice",
+        }
+        r = desk.post("/desk/sell", data=form)
+        assert r.url.path == "/desk/members/ann"
+        assert flash(r.text) == [
+            "Sold on the next invoice: 7.14 EUR with tax, billed with the renewal."
+        ]
+        assert 'id="next-invoice"' in r.text and "2 × Towel" in r.text
+        # Sent again: sold once, and told so.
+        r = desk.post("/desk/sell", data=form)
+        assert flash(r.text)[0].startswith("That form was already sent: done once, not again.")
+        # A walk-in cannot wait for a renewal.
+        page = desk.get("/desk/sell")
+        walk_in = {
+            **form,
+            "submit_key": hidden(page.text, "submit_key"),
+            "buyer": "walk_in",
+            "walk_in": "Gia",
+        }
+        r = desk.post("/desk/sell", data=walk_in)
+        assert flash(r.text) == ["Not sold: a walk-in pays now: cash or the card terminal"]
+        # The JSON twin: the same sale, and the member's lines waiting.
+        csrf = csrf_token(Desk(app_web(desk.app)).csrf_key, cookie)
+        api = {k: v for k, v in form.items() if k not in ("csrf", "submit_key")}
+        r = desk.post("/api/v1/staff/sales", data=api, headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+        sold = r.json()
+        assert (sold["next_invoice"], sold["invoice_id"], sold["total"]) == (True, None, 714)
+        waiting = desk.get("/api/v1/staff/members/ann").json()["next_invoice"]
+        assert [(w["description"], w["quantity"], w["total"]) for w in waiting] == [
+            ("Towel", 2, 714),
+            ("Towel", 2, 714),
+        ]
+    assert b.member("ann")["owed"] == 0
