@@ -508,6 +508,8 @@ class MoneyMachine(RuleBasedStateMachine):
             return
         with self.billing.engine.connect() as conn:
             lines = list(conn.execute(select(s.pending_lines)))
+            if not lines:
+                return
             subs = {r.member_id: r for r in conn.execute(select(s.subscriptions))}
             sold = list(conn.execute(select(s.sales).where(s.sales.c.method == "next_invoice")))
             billed = {ln.invoice_id for ln in lines if ln.invoice_id is not None}
