@@ -26,7 +26,8 @@ from gated.billing_sync.facts import (
     hold_dependants,
     read_rows,
 )
-from gated.billing_sync.invoices import InvoiceSpec, NewInvoice, create_invoices
+from gated.billing_sync.invoices import InvoiceSpec, NewInvoice
+from gated.billing_sync.next_invoice import create_renewals
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.prices import apply_price_changes
 from gated.billing_sync.publishing import refresh
@@ -197,7 +198,8 @@ def plan_charges(
             to_charge.append(member_id)
     # The members' rows were read in this transaction: their sites name the issuers.
     sites = {sp.member_id: rows.members[sp.member_id].sites for sp in renewals}
-    new_ids = create_invoices(conn, renewals, now, sites=sites)
+    # Products sold on the next invoice go onto it (``renewals`` gains their lines).
+    new_ids = create_renewals(conn, renewals, now, sites=sites)
     if switches:
         bulk(conn, _SWITCH_PLAN, switches)
     if retries:
@@ -226,7 +228,7 @@ def plan_charges(
         if member_id in new:
             invoice_id, sp = new[member_id]
             subtotal = sp.subtotal
-            total = subtotal + eng.tax_of(subtotal, sp.tax_rate_bp)
+            total = subtotal + sp.tax
             owing.append((sp.due_at, invoice_id, total, sp.currency, True))
             period_end = sp.period[1] if sp.period else None
             batch.invoices[invoice_id] = NewInvoice(

@@ -43,7 +43,9 @@ _EXTEND_PAID_THROUGH = (
 
 class InvoiceSpec(NamedTuple):
     """An invoice to create: net lines (kind, description, quantity, unit amount), one tax
-    rate, and the period a renewal pays for."""
+    rate, and the period a renewal pays for; ``taxed`` lines carry a rate of their own (kind,
+    description, quantity, unit amount, rate: products sold on the next invoice), and the
+    invoice then has one tax line per rate."""
 
     member_id: str
     kind: str
@@ -52,11 +54,27 @@ class InvoiceSpec(NamedTuple):
     tax_rate_bp: int
     due_at: int
     period: tuple[int, int] | None
+    taxed: tuple[tuple[str, str, int, int, int], ...] = ()
 
     @property
     def subtotal(self) -> int:
         """The sum of the net lines."""
-        return sum(q * unit for _, _, q, unit in self.lines)
+        net = sum(q * unit for _, _, q, unit in self.lines)
+        return net + sum(q * unit for _, _, q, unit, _ in self.taxed) if self.taxed else net
+
+    def nets(self) -> dict[int, int]:
+        """The net amount at each tax rate (the invoice's own rate first)."""
+        out = {self.tax_rate_bp: sum(q * unit for _, _, q, unit in self.lines)}
+        for _, _, q, unit, rate in self.taxed:
+            out[rate] = out.get(rate, 0) + q * unit
+        return out
+
+    @property
+    def tax(self) -> int:
+        """The tax: on the net at each rate, each rounded on its own (one tax line per rate)."""
+        if not self.taxed:
+            return eng.tax_of(self.subtotal, self.tax_rate_bp)
+        return sum(eng.tax_of(net, rate) for rate, net in self.nets().items())
 
 
 class NewInvoice(NamedTuple):
@@ -115,10 +133,10 @@ def create_invoices(
                 select(m.c.id, m.c.sites).where(m.c.id.in_(many({sp.member_id for sp in specs})))
             )
         }
-    heads = []
+    heads: list[dict[str, Any]] = []
     for sp in specs:
         subtotal = sp.subtotal
-        tax = eng.tax_of(subtotal, sp.tax_rate_bp)
+        tax = sp.tax
         heads.append(
             {
                 "member_id": sp.member_id,
@@ -155,20 +173,40 @@ def create_invoices(
             }
             for k, d, q, unit in sp.lines
         )
-        if head["tax"]:
-            rows.append(
+        if sp.taxed:
+            rows.extend(
                 {
                     "invoice_id": invoice_id,
-                    "kind": "tax",
-                    "description": f"Tax {sp.tax_rate_bp / 100:g} %",
-                    "quantity": 1,
-                    "unit_amount": head["tax"],
-                    "amount": head["tax"],
-                    "tax_rate_bp": sp.tax_rate_bp,
+                    "kind": k,
+                    "description": d,
+                    "quantity": q,
+                    "unit_amount": unit,
+                    "amount": q * unit,
+                    "tax_rate_bp": rate,
                 }
+                for k, d, q, unit, rate in sp.taxed
             )
+            rows.extend(
+                _tax_line(invoice_id, rate, eng.tax_of(net, rate))
+                for rate, net in sp.nets().items()
+                if eng.tax_of(net, rate)
+            )
+        elif head["tax"]:
+            rows.append(_tax_line(invoice_id, sp.tax_rate_bp, head["tax"]))
     bulk(conn, insert(s.invoice_lines), rows)
     return ids
+
+
+def _tax_line(invoice_id: int, rate: int, tax: int) -> dict[str, Any]:
+    return {
+        "invoice_id": invoice_id,
+        "kind": "tax",
+        "description": f"Tax {rate / 100:g} %",
+        "quantity": 1,
+        "unit_amount": tax,
+        "amount": tax,
+        "tax_rate_bp": rate,
+    }
 
 
 def apply_payment(

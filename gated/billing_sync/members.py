@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 
 import nacl.signing
 from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from gated.billing_sync import audit, photos
+from gated.billing_sync import audit, next_invoice, photos
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import CycleReport
@@ -470,6 +471,8 @@ def erase(ctx: Context, member_id: str) -> None:
             .where(s.subscriptions.c.member_id == member_id)
             .values(status="cancelled", review_at=None, next_retry_at=None, cancel_at=now)
         )
+        # Products sold on the next invoice: the invoice stays, like every other.
+        next_invoice.bill_alone(conn, member_id, now)
         refresh(ctx, conn, [member_id], now)
 
 
@@ -499,18 +502,31 @@ def card_holder(ctx: Context, conn: Connection, uid: str) -> str | None:
     return None if holder is None else str(holder)
 
 
+# Said when two desks give one card away at the same instant and this one came second.
+CARD_TAKEN = "this card was just given to someone else (at another desk): lend another"
+
+
 def insert_card(ctx: Context, conn: Connection, member_id: str, uid: str, now: int) -> None:
     """The card's row for ``member_id`` (the caller checked nobody holds it and publishes):
-    the UID encrypted, its keyed lookup and the gates' HMAC credential."""
-    conn.execute(
-        insert(s.cards).values(
-            member_id=member_id,
-            uid_encrypted=ctx.keys.encrypt_uid(uid),
-            uid_lookup=ctx.keys.uid_lookup(uid),
-            credential=card_key(ctx.keys.credential_key, uid),
-            assigned_at=now,
+    the UID encrypted, its keyed lookup and the gates' HMAC credential. Should another
+    transaction have given the card away since that check (two desks at the same instant,
+    on PostgreSQL), the store's unique index on held cards refuses this one: BillingError,
+    and the caller's transaction rolls back whole."""
+    try:
+        conn.execute(
+            insert(s.cards).values(
+                member_id=member_id,
+                uid_encrypted=ctx.keys.encrypt_uid(uid),
+                uid_lookup=ctx.keys.uid_lookup(uid),
+                credential=card_key(ctx.keys.credential_key, uid),
+                assigned_at=now,
+            )
         )
-    )
+    except IntegrityError as exc:
+        if "uid_lookup" not in str(exc.orig):
+            raise
+        log.info("event=card_taken member=%s", member_id)
+        raise BillingError(CARD_TAKEN) from None
 
 
 def revoke_card(ctx: Context, member_id: str, uid: str) -> None:

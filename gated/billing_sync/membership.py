@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, update
 
 from gated.billing_sync import engine as eng
+from gated.billing_sync import next_invoice
 from gated.billing_sync import schema as s
 from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context
@@ -153,6 +154,9 @@ def cancel(ctx: Context, member_id: str) -> int:
             .where(s.subscriptions.c.member_id == member_id)
             .values(cancel_at=when, review_at=now)
         )
+        # Products sold on the next invoice wait for no renewal now: billed alone, charged
+        # at the review just asked for.
+        next_invoice.bill_alone(conn, member_id, now)
         refresh(ctx, conn, [member_id], now)
         queue_notice(ctx, conn, facts, "cancellation", plan=facts.plan.name, end=format_day(when))
     return when

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
-from gated.billing_sync import audit, members
+from gated.billing_sync import audit, members, next_invoice
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.audit import Actor
@@ -32,6 +32,7 @@ from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import InvoiceSpec, apply_payment, create_invoices
 from gated.billing_sync.publishing import refresh
+from gated.billing_sync.submit_keys import AlreadySent, Once, claim, record
 from gated.contract import MEMBER_ID_RE, ContractError, normalize_uid
 
 KINDS = ("item", "pass", "pt_session")
@@ -62,14 +63,18 @@ class ProductSpec:
 @dataclass(frozen=True)
 class Sale:
     """What a sale made: the holder (a new member id for a walk-in), its invoice and total, and
-    for a pass its end."""
+    for a pass its end. A sale on the next invoice has no invoice yet (``invoice_id`` None):
+    ``pending_line`` is its line waiting for the member's renewal."""
 
     member_id: str
-    invoice_id: int
+    invoice_id: int | None
     total: int
     paid: bool
     pass_until: int | None
     loaner: bool = False
+    pending_line: int | None = None
+    # For the desk's words about a sale (not part of what it is).
+    currency: str = field(default="", compare=False)
 
 
 def pass_plan_id(product_id: str) -> str:
@@ -215,22 +220,27 @@ def sell(
     method: str | None = None,
     quantity: int = 1,
     loaner_uid: str | None = None,
+    once: Once | None = None,
 ) -> Sale:
     """Sell ``quantity`` of a product to a member or to a walk-in (``walk_in`` their name,
     ``walk_in_member`` the id their record gets, default a fresh one), on an invoice of its
     own: paid now with ``method`` (cash or card, at the desk), or, for a member only, left open
-    for the cycle to charge to the card on file. A pass is paid now, for one holder, from now;
+    for the cycle to charge to the card on file, or (``next_invoice``) put on the member's
+    next renewal invoice (``next_invoice.py``: no invoice now). A pass is paid now, for one holder, from now;
     with ``loaner_uid`` the desk lends its holder a card for the pass (``lend_card``). The
-    stock, invoice, payment, sale row, card and MemberState commit together or not at all."""
+    stock, invoice, payment, sale row, card and MemberState commit together or not at all,
+    with the form's submit key (``once``) where the desk gave one: a form sent twice sells
+    once, and the second raises ``AlreadySent`` with what the first did."""
     if (member_id is None) == (walk_in is None):
         raise BillingError("sell to a member (--member ID) or to a walk-in (--walk-in NAME)")
-    if method is not None and method not in METHODS:
-        raise BillingError(f"method is one of {', '.join(METHODS)}")
+    later = method == next_invoice.METHOD
+    if method is not None and method not in METHODS and not later:
+        raise BillingError(f"method is one of {', '.join(METHODS)}, next-invoice")
     if walk_in is not None:
         walk_in = " ".join(walk_in.split())
         if not walk_in or len(walk_in) > 200:
             raise BillingError("a walk-in's name is 1-200 characters")
-        if method is None:
+        if method is None or later:
             raise BillingError("a walk-in pays at once: give --method cash or card")
     if not 1 <= quantity <= 100:
         raise BillingError("quantity is 1 to 100")
@@ -240,16 +250,30 @@ def sell(
         raise BillingError(f"the loaner card: {exc}") from None
     now = ctx.clock()
     with ctx.engine.begin() as conn:
+        if once is not None and not (claimed := claim(conn, once.key, now)).new:
+            raise AlreadySent(claimed)
         product = _product(conn, product_id)
         if product.retired_at is not None:
             raise BillingError(f"product {product_id} is retired")
         is_pass = product.kind == "pass"
-        if is_pass and method is None:
+        if is_pass and (method is None or later):
             raise BillingError("a pass is paid at once: give --method cash or card")
         if is_pass and quantity != 1:
             raise BillingError("a pass is for one holder: sell one at a time")
         if uid is not None and not is_pass:
             raise BillingError("a loaner card goes with a pass, for its period")
+        if member_id is not None and later:
+            next_invoice.check(conn, member_id, product, now)
+            _take_stock(conn, product, quantity)
+            line = next_invoice.add(conn, member_id, product, quantity, operator, now)
+            net = quantity * int(product.price)
+            gross = net + eng.tax_of(net, int(product.tax_rate_bp))
+            sale = Sale(
+                member_id, None, gross, False, None, pending_line=line, currency=product.currency
+            )
+            if once is not None:
+                record(conn, once.key, *once.outcome(sale))
+            return sale
         if member_id is not None:
             _check_member(conn, member_id, product, is_pass, method, now)
             holder = member_id
@@ -299,8 +323,19 @@ def sell(
                 .values(review_at=now)
             )
         refresh(ctx, conn, [holder, *([returned] if returned else [])], now)
+        sale = Sale(
+            holder,
+            invoice_id,
+            int(inv.total),
+            method is not None,
+            until,
+            uid is not None,
+            currency=product.currency,
+        )
+        if once is not None:
+            record(conn, once.key, *once.outcome(sale))
     ctx.notify_published()
-    return Sale(holder, invoice_id, int(inv.total), method is not None, until, uid is not None)
+    return sale
 
 
 def sales(ctx: Context, member_id: str | None = None) -> list[Row[Any]]:
@@ -417,7 +452,8 @@ def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -
     """Lend a desk's loaner card to a pass holder: it opens the gates for the pass and, as the
     pass expires, no longer. A card still held by a former pass holder whose pass has ended
     came back to the desk: it is taken from them first (returns who that was). A card anyone
-    else holds is refused."""
+    else holds is refused, and so is one another desk lends at the same instant (one of the
+    two lends it: the store holds a card for one member at a time)."""
     before = members.card_holder(ctx, conn, uid)
     if before is not None:
         sub, p = s.subscriptions, s.products
@@ -429,7 +465,7 @@ def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -
         ).first()
         if ended is None or before == holder:
             raise BillingError(f"this card is held by {before}; lend another or revoke it first")
-        conn.execute(
+        taken_back = conn.execute(
             update(s.cards)
             .where(
                 s.cards.c.member_id == before,
@@ -437,7 +473,11 @@ def lend_card(ctx: Context, conn: Connection, holder: str, uid: str, now: int) -
                 s.cards.c.revoked_at.is_(None),
             )
             .values(revoked_at=now)
-        )
+        ).rowcount
+        if taken_back != 1:
+            # Another desk took it back from them first (PostgreSQL: this update waited for
+            # that transaction and then found the card no longer theirs) and lent it.
+            raise BillingError(members.CARD_TAKEN)
     members.insert_card(ctx, conn, holder, uid, now)
     return before
 
@@ -496,6 +536,26 @@ class PointOfSale:
         """The sale of an invoice (see ``sale_of_invoice``)."""
         return sale_of_invoice(self.ctx, invoice_id)
 
+    def waiting(self, member_id: str) -> list[dict[str, Any]]:
+        """What was sold to the member on the next invoice and waits for it, oldest first:
+        each line's product, description, quantity, net unit amount, tax rate and total."""
+        with self.ctx.reader.connect() as conn:
+            rows = next_invoice.waiting(conn, [member_id]).get(member_id, [])
+        return [
+            {
+                "line": r.id,
+                "product": r.product_id,
+                "description": r.description,
+                "quantity": r.quantity,
+                "unit_amount": r.unit_amount,
+                "tax_rate_bp": r.tax_rate_bp,
+                "total": next_invoice.gross(r),
+                "currency": r.currency,
+                "sold_at": r.created_at,
+            }
+            for r in rows
+        ]
+
     def sell(
         self,
         actor: Actor,
@@ -506,6 +566,7 @@ class PointOfSale:
         method: str | None = None,
         quantity: int = 1,
         loaner_uid: str | None = None,
+        once: Once | None = None,
     ) -> Sale:
         """Sell a product (see ``sell``), recorded in the audit log as ``actor`` with the
         holder's fields before and after; a sale on account is charged to the card now."""
@@ -521,15 +582,18 @@ class PointOfSale:
                 method=method,
                 quantity=quantity,
                 loaner_uid=loaner_uid,
+                once=once,
             )
             entry.detail.update(
                 product=product_id,
                 quantity=quantity,
                 invoice=sale.invoice_id,
                 total=sale.total,
-                method=METHODS[method] if method else "account",
+                method=METHODS.get(method, method) if method else "account",
                 **({"loaner_card": True} if sale.loaner else {}),
             )
-            if not sale.paid:
+            if sale.pending_line is not None:
+                entry.detail.update(pending_line=sale.pending_line)
+            elif not sale.paid:
                 run_cycle(self.ctx, member_ids=[holder])
         return sale

@@ -38,6 +38,7 @@ class Kind(StrEnum):
 class Method(StrEnum):
     cash = "cash"
     card = "card"
+    next_invoice = "next-invoice"
 
 
 def register(app: typer.Typer, service: OpenService, table: Table) -> None:
@@ -166,7 +167,10 @@ def register(app: typer.Typer, service: OpenService, table: Table) -> None:
         ] = None,
         method: Annotated[
             Method | None,
-            typer.Option(help="Paid now at the desk; default for a member: on the card on file."),
+            typer.Option(
+                help="Paid now at the desk, or on the member's next renewal invoice; default"
+                " for a member: on the card on file."
+            ),
         ] = None,
         quantity: Annotated[int, typer.Option()] = 1,
         loaner_card: Annotated[
@@ -182,11 +186,18 @@ def register(app: typer.Typer, service: OpenService, table: Table) -> None:
                 product_id,
                 member_id=member,
                 walk_in=walk_in,
-                method=method.value if method else None,
+                method=method.value.replace("-", "_") if method else None,
                 quantity=quantity,
                 loaner_uid=loaner_card,
             )
             owed = billing.member(sale.member_id)["owed"]
+        if sale.pending_line is not None:
+            out.print(
+                f"{sale.member_id}: on the next invoice (line {sale.pending_line}),"
+                f" {sale.total} with tax",
+                markup=False,
+            )
+            return
         how = "paid" if sale.paid else "on account" + (f", {owed} owed" if owed else ", charged")
         until = f", valid until {_day(sale.pass_until)}" if sale.pass_until else ""
         until += ", loaner card lent" if sale.loaner else ""

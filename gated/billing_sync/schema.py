@@ -824,3 +824,58 @@ Index("ix_payment_attempts_member_id", payment_attempts.c.member_id)
 Index("ix_subscriptions_cancel_at", subscriptions.c.cancel_at)
 Index("ix_invoices_period_start", invoices.c.period_start)
 Index("ix_invoices_period_end", invoices.c.period_end)
+
+# The console's forms that act once (``submit_keys.py``): a key is claimed by the first POST of
+# its form, in the transaction of what the form does where it can be, and keeps where that
+# form's result is and what the desk was told, so a resend (a double click, a form sent again
+# after a restart, a second serve process) is answered with it instead of acting again.
+submit_keys = Table(
+    "submit_keys",
+    metadata,
+    Column("key_sha256", String(64), primary_key=True),
+    Column("used_at", BigInteger, nullable=False, index=True),
+    Column("result", String(300)),
+    Column("told", String(500)),
+)
+
+# Messages waiting for a console browser's next page (Post/Redirect/Get), by its staff cookie's
+# SHA-256; each is shown once, and is dropped unshown after a few minutes.
+desk_flashes = Table(
+    "desk_flashes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cookie_sha256", String(64), nullable=False, index=True),
+    Column("text", String(500), nullable=False),
+    Column("error", Boolean, nullable=False),
+    Column("at", BigInteger, nullable=False, index=True),
+)
+
+# Products sold at the desk "on the next invoice" (``next_invoice.py``): a line waiting for the
+# member's next renewal invoice, which takes it (``invoice_id``) in the transaction that issues
+# it; a cancellation bills what waits on an invoice of its own.
+pending_lines = Table(
+    "pending_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", ID, ForeignKey("members.id"), nullable=False),
+    Column("product_id", ID, ForeignKey("products.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_amount", BigInteger, nullable=False),
+    Column("tax_rate_bp", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("invoice_id", Integer, ForeignKey("invoices.id")),
+    Index("ix_pending_lines_member_id", "member_id", "invoice_id"),
+)
+
+# A card is held by one member at a time, however many desks lend or assign it at once.
+Index(
+    "ux_cards_held_uid_lookup",
+    cards.c.uid_lookup,
+    unique=True,
+    sqlite_where=cards.c.revoked_at.is_(None),
+    postgresql_where=cards.c.revoked_at.is_(None),
+)

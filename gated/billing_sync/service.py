@@ -66,6 +66,7 @@ from gated.billing_sync import (
     refunds,
     self_service,
     signup,
+    submit_keys,
     webhooks,
 )
 from gated.billing_sync.audit import Actor, Entry
@@ -484,6 +485,10 @@ class Billing:
     def point_of_sale(self) -> products.PointOfSale:
         """The front desk's products, stock and sales (``gated-billing products``, ``sell``)."""
         return products.PointOfSale(self.ctx)
+
+    def form_keys(self) -> submit_keys.FormKeys:
+        """The console's submit keys and one-time messages, kept in the store."""
+        return submit_keys.FormKeys(self.ctx)
 
     # --- the audit log ----------------------------------------------------------------------
 

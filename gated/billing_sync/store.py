@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration; a store already there skips loading Alembic (faster CLI start).
 # tests/billing/test_store.py checks this against the migration scripts.
-HEAD_REVISION = "0020_member_name_order"
+HEAD_REVISION = "0022_submit_keys"
 
 
 class StoreError(GatedError):
@@ -364,7 +364,10 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]]) ->
         stmt = postgresql.insert(table).on_conflict_do_nothing()
     else:
         raise StoreError(f"unsupported database dialect {dialect!r}")
-    return int(conn.execute(stmt, rows).rowcount)
+    # Counted from RETURNING: psycopg reports rowcount -1 for an INSERT … ON CONFLICT, which
+    # read as "new" would let a webhook or a form sent twice act twice on PostgreSQL.
+    pk = next(iter(table.primary_key.columns))
+    return len(conn.execute(stmt.returning(pk), rows).all())
 
 
 def next_versions(conn: Connection, count: int = 1) -> int:

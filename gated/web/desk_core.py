@@ -4,6 +4,7 @@ from a member's), the ``Desk`` handlers render pages with, and how times read on
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
+from gated.billing_sync.submit_keys import Claimed, FormKeys
 from gated.web.desk_flow import Flashes, SubmitKeys
 from gated.web.foundation import Web, csrf_sent, read_cookie, set_session_cookie
 from gated.web.slowdown import (
@@ -51,16 +53,21 @@ class Desk:
     csrf_key: bytes = field(init=False)
     per_account: Slowdown = field(default_factory=lambda: Slowdown(ACCOUNT_FREE, ACCOUNT_CAP_S))
     per_client: Slowdown = field(default_factory=lambda: Slowdown(CLIENT_FREE, CLIENT_CAP_S))
-    flashes: Flashes = field(default_factory=Flashes)
-    submit_keys: SubmitKeys = field(default_factory=SubmitKeys)
+    form_keys: FormKeys = field(init=False)
+    flashes: Flashes = field(init=False)
+    submit_keys: SubmitKeys = field(init=False)
 
     def __post_init__(self) -> None:
-        self.access = self.web.billing.staff_access()
+        billing = self.web.billing
+        self.access = billing.staff_access()
         self.cookie = "__Host-gated-staff" if self.web.https else "gated-staff"
         # Its own key: a member cookie's token never passes as a staff one's.
-        self.csrf_key = hmac.new(
-            self.web.billing.keys.card_key, b"desk-csrf", hashlib.sha256
-        ).digest()
+        self.csrf_key = hmac.new(billing.keys.card_key, b"desk-csrf", hashlib.sha256).digest()
+        self.form_keys = billing.form_keys()
+        self.flashes = Flashes(self.form_keys, billing.clock)
+        self.flashes.load()
+        secret = hmac.new(billing.keys.card_key, b"desk-submit-keys", hashlib.sha256).digest()
+        self.submit_keys = SubmitKeys(secret, billing.clock)
         self.web.templates.filters["when"] = when
 
     async def visitor(self, request: Request) -> StaffVisitor:
@@ -99,20 +106,50 @@ class Desk:
             self.set_cookie(response, visitor.cookie)
         return response
 
-    def resent(self, visitor: StaffVisitor, key: str, form_page: str) -> RedirectResponse | None:
-        """None for the first POST of a form's submit key (the key is claimed now); for any
-        other, the redirect that answers it without acting: to the first POST's result, or back
-        to ``form_page`` for a key still at work or never made."""
-        state = self.submit_keys.claim(key)
-        if state == "new":
-            return None
-        if state == "unknown":
-            text = "That form had expired: nothing was done. Check it and send it again."
-            return self.redirect(visitor, form_page, text, error=True)
-        if state == "running":
+    async def resent(
+        self, visitor: StaffVisitor, key: str, form_page: str
+    ) -> RedirectResponse | None:
+        """None for the first POST of a form's submit key (the key is claimed now, in the
+        store); for any other, the redirect that answers it without acting: to the first POST's
+        result with what the desk was told then, or back to ``form_page`` for a key still at
+        work, cut short, or never made."""
+        if not self.submit_keys.valid(key):
+            return self.expired(visitor, form_page)
+        claimed = await asyncio.to_thread(self.form_keys.claim, key)
+        return None if claimed.new else self.answer_resent(visitor, claimed, form_page)
+
+    def expired(self, visitor: StaffVisitor, form_page: str) -> RedirectResponse:
+        """The answer to a submit key this server never made, or made over a day ago."""
+        text = "That form had expired: nothing was done. Check it and send it again."
+        return self.redirect(visitor, form_page, text, error=True)
+
+    def answer_resent(
+        self, visitor: StaffVisitor, claimed: Claimed, form_page: str
+    ) -> RedirectResponse:
+        """The answer to a form sent again (``claimed`` is what its key's first POST left)."""
+        if claimed.result is not None:
+            text = "That form was already sent: done once, not again."
+            if claimed.told:
+                text += f" {claimed.told}"
+            return self.redirect(visitor, claimed.result, text)
+        if claimed.running:
             text = "That form was sent twice: the first is being handled, the second did nothing."
             return self.redirect(visitor, form_page, text)
-        return self.redirect(visitor, state, "That form was already sent: done once, not again.")
+        # Claimed and never finished: serve stopped while it was at work. Whether it acted is
+        # on the page, not here; acting again could do it twice.
+        text = (
+            "That form was sent before and was interrupted: nothing more was done."
+            " Check this page before sending it again."
+        )
+        return self.redirect(visitor, form_page, text, error=True)
+
+    async def form_done(self, key: str, result: str, told: str) -> None:
+        """The claimed key's action succeeded: a resend goes to ``result`` and is told ``told``."""
+        await asyncio.to_thread(self.form_keys.done, key, result, told)
+
+    async def form_failed(self, key: str) -> None:
+        """The claimed key's action was refused: the form may be corrected and sent again."""
+        await asyncio.to_thread(self.form_keys.free, key)
 
     def message(self, visitor: StaffVisitor, status: int, title: str, text: str) -> HTMLResponse:
         return self.page(visitor, "desk_message.html", status, title=title, text=text)

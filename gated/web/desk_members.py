@@ -122,6 +122,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         money = await asyncio.to_thread(
             desk_money.page_part, billing, staff, m, dict(request.query_params)
         )
+        waiting = await asyncio.to_thread(billing.point_of_sale().waiting, m["member_id"])
         return desk.page(
             visitor,
             "desk_member.html",
@@ -129,6 +130,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             m=m,
             gates=gates,
             submit_key=desk.submit_keys.new(),
+            next_invoice=waiting,
             **money,
         )
 
@@ -160,7 +162,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 return desk.message(visitor, 404, "No such member", "No member with that id here.")
             page = f"/desk/members/{m['member_id']}"
             key = form.get("submit_key", "")[:64]
-            if once and (again := desk.resent(visitor, key, page)) is not None:
+            if once and (again := await desk.resent(visitor, key, page)) is not None:
                 return again
             actor = Actor("staff", staff.id, staff.role, desk.web.client(request))
 
@@ -172,13 +174,13 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 told = await asyncio.to_thread(run)
             except (BillingError, FreezeRefused, ContractError, GatewayError) as exc:
                 if once:
-                    desk.submit_keys.failed(key)
+                    await desk.form_failed(key)
                 text = str(exc)[:300] or "The payment provider could not be reached."
                 if api:
                     return JSONResponse({"error": text}, 400)
                 return desk.redirect(visitor, page, f"Not done: {text}", error=True)
             if once:
-                desk.submit_keys.done(key, page)
+                await desk.form_done(key, page, told or said)
             if api:
                 return JSONResponse({"ok": True, "member": await _member(request, visitor)})
             return desk.redirect(visitor, page, told or said)
@@ -198,7 +200,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         m = await _member(request, visitor)
         if m is None:
             return JSONResponse({"error": "no such member"}, 404)
-        return JSONResponse(m)
+        waiting = await asyncio.to_thread(billing.point_of_sale().waiting, m["member_id"])
+        return JSONResponse({**m, "next_invoice": waiting})
 
     named: dict[str, Callable[..., Awaitable[Response]]] = {
         "home": home,

@@ -20,6 +20,9 @@ from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import tax_of
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import GatewayError
+from gated.billing_sync.notices import format_amount
+from gated.billing_sync.products import Sale
+from gated.billing_sync.submit_keys import AlreadySent, Once
 from gated.web.desk_members import MEMBER_ID
 
 if TYPE_CHECKING:
@@ -27,12 +30,28 @@ if TYPE_CHECKING:
 
 PRODUCT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The form's ways to pay → the point of sale's method (None: charged to the card on file).
-METHODS: dict[str, str | None] = {"account": None, "cash": "cash", "card_terminal": "card"}
+METHODS: dict[str, str | None] = {
+    "account": None,
+    "cash": "cash",
+    "card_terminal": "card",
+    "next_invoice": "next_invoice",
+}
 
 
 def _in_sites(site: str | None, staff_sites: tuple[str, ...] | list[str]) -> bool:
     """A product for every site, or one of the account's (an account without sites has all)."""
     return site is None or not staff_sites or site in staff_sites
+
+
+def _outcome(sale: Sale) -> tuple[str, str]:
+    """Where a sale's answer goes (its receipt; for a sale on the next invoice, the member's
+    page, which lists what waits for it) and what the desk is told."""
+    if sale.pending_line is not None:
+        total = format_amount(sale.total, sale.currency)
+        told = f"Sold on the next invoice: {total} with tax, billed with the renewal."
+        return f"/desk/members/{sale.member_id}", told
+    told = "Sold." if sale.paid else "Sold on account: charged to the card on file."
+    return f"/desk/sales/{sale.invoice_id}", told
 
 
 def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
@@ -72,24 +91,27 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
 
     async def sell(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         key = form.get("submit_key", "")[:64]
-        # Sent twice (a double click, a resent form): to the first one's receipt.
-        if (again := desk.resent(visitor, key, "/desk/sell")) is not None:
-            return again
+        if not desk.submit_keys.valid(key):
+            return desk.expired(visitor, "/desk/sell")
+        # The key is claimed in the sale's transaction: sent twice (a double click, a form
+        # resent after a restart, two serve processes), it sells once and the second is sent
+        # to the first one's receipt; a refused sale leaves it free.
+        once = Once(key, _outcome)
         try:
-            sale = await _sell(request, visitor, form)
+            sale = await _sell(request, visitor, form, once)
+        except AlreadySent as sent:
+            return desk.answer_resent(visitor, sent.claimed, "/desk/sell")
         except (BillingError, GatewayError) as exc:
-            desk.submit_keys.failed(key)
             back = "/desk/sell"
             if MEMBER_ID.fullmatch(form.get("member", "")):
                 back += f"?member={form['member']}"
             text = str(exc)[:300] or "The payment provider could not be reached."
             return desk.redirect(visitor, back, f"Not sold: {text}", error=True)
-        receipt = f"/desk/sales/{sale.invoice_id}"
-        desk.submit_keys.done(key, receipt)
-        told = "Sold." if sale.paid else "Sold on account: charged to the card on file."
-        return desk.redirect(visitor, receipt, told)
+        return desk.redirect(visitor, *_outcome(sale))
 
-    async def _sell(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Any:
+    async def _sell(
+        request: Request, visitor: StaffVisitor, form: dict[str, str], once: Once | None = None
+    ) -> Any:
         """The sale the form asks for, refused (BillingError) before anything is sold where it
         names a product or member outside the account's sites."""
         assert visitor.session is not None
@@ -108,7 +130,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         walk_in: str | None = None
         if form.get("buyer") == "walk_in":
             walk_in = form.get("walk_in", "")[:200]
-            if method is None:
+            if method in (None, "next_invoice"):
                 raise BillingError("a walk-in pays now: cash or the card terminal")
         else:
             member_id = form.get("member", "").strip()
@@ -129,6 +151,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             method=method,
             quantity=int(quantity),
             loaner_uid=loaner,
+            once=once,
         )
 
     async def receipt(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
@@ -177,6 +200,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 "paid": sale.paid,
                 "pass_until": sale.pass_until,
                 "loaner_card": sale.loaner,
+                "next_invoice": sale.pending_line is not None,
+                "pending_line": sale.pending_line,
             }
         )
 
