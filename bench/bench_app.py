@@ -1,6 +1,7 @@
 """Benchmark: the member app and the staff console over a real ``gated-billing serve``.
 
     .venv/bin/python bench/bench_app.py load [--members 100000] [--clients 50] [--db sqlite|postgres]
+        [--cycles own-process|in-process] [--cycle-nice N]
     .venv/bin/python bench/bench_app.py pass [--seconds 300]
     .venv/bin/python bench/bench_app.py signup [--runs 30]
     .venv/bin/python bench/bench_app.py console [--consoles 20] [--gates 10] [--rate 20]
@@ -19,7 +20,10 @@ mostly waiting for a core when the load is above its two), and the load average.
   the billing clock is moved on an hour (``gated-billing clock advance``'s store offset) and
   ``serve``'s own cycle renews every member while the clients keep going: phase two lasts until
   ``serve`` logs the cycle's end, or ``--during`` seconds (the renewals made meanwhile are
-  counted). Rate limits count each client by an ``X-Forwarded-For``
+  counted). ``--cycles``: ``[serve] cycles``, the cycle in a process of its own (the default)
+  or in ``serve``'s threads; ``--cycle-nice``: the cycle process's niceness (serve runs at the
+  bench's, which may be raised for the benchmark lock). Each phase reports ``serve``'s CPU
+  milliseconds per request and the cycle process's CPU apart. Rate limits count each client by an ``X-Forwarded-For``
   address (``[http] trusted_proxies`` names loopback, as behind a proxy): the bench's one
   address would otherwise be over the sign-in limit after 20 members.
 * ``pass``: the browser tests' stack (tests/web/conftest.py: pass codes every 2 s) and Debian's
