@@ -1,6 +1,7 @@
-"""``gated-billing serve``: billing cycles, the HTTP server (webhooks, snapshots), the MQTT
-publisher and event intake, and notice delivery, as tasks of one asyncio program that stops
-cleanly on SIGINT/SIGTERM."""
+"""``gated-billing serve``: billing cycles (in its threads, or in a child process it supervises:
+``[serve] cycles``), the HTTP server (webhooks, snapshots, the web), the MQTT publisher and event
+intake, and notice delivery, as tasks of one asyncio program that stops cleanly on
+SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
