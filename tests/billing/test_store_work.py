@@ -1,6 +1,7 @@
-"""The billing clock inside an HTTP request: its offset (``clock advance``) is read from the
-store once per request, in the request's worker threads too, and the next request sees a
-change; the member app's contact details are read and written without the member's facts."""
+"""Store work the member app waits for: the billing clock's offset (``clock advance``) is read
+once per HTTP request, in the request's worker threads too, and the next request sees a change;
+the contact details are read and written without the member's facts; and a cycle that finds
+nothing due takes no write transaction (on SQLite, the one write lock)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,24 @@ def test_contact_details_of_an_unknown_member_are_refused(tmp_path: Path) -> Non
         b.contact("nobody")
     with pytest.raises(NotFound):
         b.update_contact("nobody", "+49 30 1234567", "Kim")
+
+
+def test_a_cycle_with_nothing_due_takes_no_write_lock(tmp_path: Path) -> None:
+    """serve's cycle process looks every ``cycle_interval_s``: a look that finds nothing due
+    (no renewal, no reminder) must not hold SQLite's one write lock the member app waits for."""
+    b, clock = make_billing(tmp_path, notices={"upcoming_charge_days": 7, "card_expiry_days": 30})
+    b.add_member("m1", "Ann", plan_id="monthly", email="a@x", payment_method="pm_sim_ok")
+    clock.advance(25)  # the renewal a week away: the reminder is due once
+    b.run_cycle()
+    writes: list[str] = []
+    event.listen(
+        b.engine,
+        "before_cursor_execute",
+        lambda _c, _cur, sql, *_a: (
+            writes.append(sql) if sql.startswith("BEGIN IMMEDIATE") else None
+        ),
+    )
+    b.run_cycle()  # reminded already, nothing to renew
+    assert writes == []
+    clock.advance(7)  # the renewal is due: now the cycle writes
+    assert b.run_cycle().renewals == 1 and writes
