@@ -184,7 +184,9 @@ def test_the_cycle_process_stops_when_serve_is_killed(serve_with: Callable[[str]
     assert shell.stdout is not None
     pid = int(shell.stdout.readline())
     wait_until(
-        lambda: "event=cycles_every" in log.read_text(), timeout=60, what="the child running"
+        lambda: log.exists() and "event=cycles_every" in log.read_text(),
+        timeout=60,
+        what="the child running",
     )
     shell.kill()
     shell.wait(10)
