@@ -129,14 +129,22 @@ def record(
 
 @contextmanager
 def audited(
-    ctx: Context, actor: Actor, action: str, member_id: str | None, read: MemberReader
+    ctx: Context,
+    actor: Actor,
+    action: str,
+    member_id: str | None,
+    read: MemberReader,
+    *,
+    account: bool = True,
 ) -> Iterator[Entry]:
     """Run an action and record it with the member's fields (as ``read`` reports them) before
-    and after. An action that raises is not recorded (it did not happen)."""
-    before = snapshot(ctx, member_id, read)
+    and after. An action that raises is not recorded (it did not happen). ``account=False``
+    is for an action that cannot change those fields (contact details): the same row, without
+    reading the member twice (most of such a request's work)."""
+    before = snapshot(ctx, member_id if account else None, read)
     entry = Entry()
     yield entry
-    after = snapshot(ctx, member_id, read)
+    after = snapshot(ctx, member_id if account else None, read)
     record(ctx, actor, action, member_id, changes(before, after), entry.detail)
 
 

@@ -471,7 +471,18 @@ def after_failure(
         # The invoice's own first attempt is a failure, not a failed retry, even when it was
         # charged at a retry of the member's schedule.
         kind = "failure" if c.key == attempt_key(c.invoice_id, 1) else "retry"
-        queue_notice(ctx, conn, f, kind, next_step=step, **values)
+        queue_notice(
+            ctx, conn, f, signup_failed_or(conn, c.invoice_id, kind), next_step=step, **values
+        )
+
+
+def signup_failed_or(conn: Connection, invoice_id: int, kind: str) -> str:
+    """``signup_failed`` for an online sign-up's own first payment (a debit refused after the
+    membership started), else ``kind``; a later retry of it is a retry."""
+    a = s.payment_attempts
+    signup = select(s.signups.c.member_id).where(s.signups.c.invoice_id == invoice_id).exists()
+    attempts = select(func.count()).where(a.c.invoice_id == invoice_id).scalar_subquery()
+    return "signup_failed" if conn.execute(select(signup & (attempts == 1))).scalar() else kind
 
 
 def data_version(conn: Connection) -> int | None:

@@ -191,24 +191,76 @@ def serve(
         from gated.billing_sync.daemon import serve_forever
         from gated.web.app import web_routes  # the one place the billing process wires the web
 
-        code = asyncio.run(serve_forever(billing, web_routes))
+        code = asyncio.run(serve_forever(billing, web_routes, config))
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
-def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    every: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Run a cycle every SECONDS until SIGTERM or SIGINT, instead of once (beside "
+            'a serve with [serve] cycles = "off").',
+            metavar="SECONDS",
+        ),
+    ] = None,
+    notices: Annotated[
+        bool, typer.Option(help="Deliver queued notices after each cycle ([smtp] set).")
+    ] = True,
+    parent: Annotated[
+        int | None, typer.Option(hidden=True, help="serve's pid: stop when it is gone.")
+    ] = None,
+) -> None:
     """Run one billing cycle now (renewals, retries, status changes) and deliver notices."""
     with service(config) as billing:
-        report = billing.run_cycle()
-        out.print(report_line(report))
-        if billing.config.smtp is not None:
+        smtp = billing.config.smtp if notices else None
+
+        def deliver_notices() -> int:
             from gated.billing_sync.notices import deliver
 
-            sent = deliver(
-                billing.engine, billing.config.smtp, billing.clock(), documents=billing.document_pdf
-            )
-            out.print(f"notices sent: {sent}")
+            assert smtp is not None
+            return deliver(billing.engine, smtp, billing.clock(), documents=billing.document_pdf)
+
+        if every is not None:
+            after = deliver_notices if smtp is not None else None
+            run_every_until_signalled(billing, every, after, parent)
+            return
+        out.print(report_line(billing.run_cycle()))
+        if smtp is not None:
+            out.print(f"notices sent: {deliver_notices()}")
+
+
+def run_every_until_signalled(
+    billing: Billing, every: float, after: Callable[[], int] | None, parent: int | None
+) -> None:
+    """``run --every``: cycles until SIGTERM or SIGINT (or ``parent`` gone); the running one
+    ends after its batch."""
+    import signal
+    import threading
+
+    from gated.billing_sync.cycle_process import run_every, watch_parent
+
+    setup_logging(default="INFO")  # a daemon now: its cycles are logged like serve's
+    stop = threading.Event()
+
+    def stopping(_signum: int, _frame: object) -> None:
+        billing.stopping.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    if parent is not None:
+        watch_parent(parent, stop, billing)
+    # The cycles run in a thread of their own: the handlers above run in this one, and setting
+    # ``stop`` from a handler that interrupted ``stop.wait`` in the same thread could deadlock.
+    cycles = threading.Thread(target=run_every, args=(billing, every, stop, after), name="cycles")
+    cycles.start()
+    while cycles.is_alive():
+        cycles.join(1.0)
 
 
 member_cli.register(members_app, cards_app, service, _audit)

@@ -198,6 +198,17 @@ class AppConfig(_Section):
     terms_file: Path | None = None
 
 
+class ServeConfig(_Section):
+    """``[serve]``: how ``gated-billing serve`` runs its parts."""
+
+    # Where the billing cycles (renewals, retries, dunning) run. "in-process": threads of serve,
+    # sharing its interpreter lock with the web (a 100k-member cycle slows every member's
+    # request); "own-process": a child process serve starts, restarts when it dies and stops
+    # with itself; "off": serve runs none (`gated-billing run --every SECONDS`, or cron's
+    # `gated-billing run`, does them).
+    cycles: Literal["in-process", "own-process", "off"] = "in-process"
+
+
 class NoticesConfig(_Section):
     """``[notices]``: reminders sent ahead of time (0 turns one off)."""
 
@@ -239,6 +250,7 @@ class BillingConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     smtp: SmtpConfig | None = None
     app: AppConfig = Field(default_factory=AppConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     notices: NoticesConfig = Field(default_factory=NoticesConfig)
     # Filled from ``[sites.<id>]`` tables; ``sites = ["a", "b"]`` leaves it empty (defaults).
     site_settings: dict[str, SiteConfig] = Field(default_factory=dict, exclude=True)

@@ -9,8 +9,10 @@ moves forward (demos and tests; 0 in production).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -71,15 +73,42 @@ class Context:
                 yield conn
 
 
+# The clock's offset as one HTTP request read it: [offset, when (monotonic)], or [] before the
+# request's first reading; None outside a request. A member's page read it from the store 3-6
+# times (each its own transaction, ~10% of the request's CPU).
+_REQUEST_OFFSET: ContextVar[list[float] | None] = ContextVar("clock_offset", default=None)
+# A request that runs longer (a live feed) reads it again after this long.
+OFFSET_KEPT_S = 1.0
+
+
+@contextmanager
+def one_offset_per_request() -> Iterator[None]:
+    """Inside this, ``db_clock`` reads the offset from the store once (then again at most every
+    ``OFFSET_KEPT_S``): for the code of one HTTP request, and its worker threads, which
+    ``asyncio.to_thread`` runs in a copy of its context."""
+    token = _REQUEST_OFFSET.set([])
+    try:
+        yield
+    finally:
+        _REQUEST_OFFSET.reset(token)
+
+
 def db_clock(engine: Engine) -> Callable[[], int]:
     """The injected clock of a deployment: system time plus the offset that ``gated-billing clock
-    advance`` stores (0 in production), read on every call so a running ``serve`` follows it."""
+    advance`` stores (0 in production), read on every call (once per request inside
+    ``one_offset_per_request``) so a running ``serve`` follows it."""
 
     reader = reading(engine)
 
     def now() -> int:
-        with reader.connect() as conn:
-            offset = int(get_meta(conn, "clock_offset_s", 0))
+        kept = _REQUEST_OFFSET.get()
+        if kept and time.monotonic() - kept[1] < OFFSET_KEPT_S:
+            offset = int(kept[0])
+        else:
+            with reader.connect() as conn:
+                offset = int(get_meta(conn, "clock_offset_s", 0))
+            if kept is not None:
+                kept[:] = [offset, time.monotonic()]
         return int(datetime.now(UTC).timestamp()) + offset
 
     return now

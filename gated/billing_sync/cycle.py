@@ -32,7 +32,7 @@ from gated.billing_sync.notices import format_day
 from gated.billing_sync.prices import apply_price_changes
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.refunds import resume_refunds, write_off_below_minimum
-from gated.billing_sync.reminders import queue_reminders
+from gated.billing_sync.reminders import anything, queue_reminders
 from gated.billing_sync.renewals import renewal_terms
 from gated.billing_sync.store import bulk, many
 
@@ -63,6 +63,8 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
     seen: set[str] = set()
     while not ctx.stopping.is_set():
         now = ctx.clock()
+        if member_ids is None and not anything(ctx, _DUE.params(now=now, size=1)):
+            break  # nothing due: no write transaction (see reminders.anything)
         # One connection for the batch's three transactions, so that SQLite's data_version
         # tells whether anyone else wrote in between (see Batch).
         with ctx.engine.connect() as conn:

@@ -1,6 +1,7 @@
-"""``gated-billing serve``: billing cycles, the HTTP server (webhooks, snapshots), the MQTT
-publisher and event intake, and notice delivery, as tasks of one asyncio program that stops
-cleanly on SIGINT/SIGTERM."""
+"""``gated-billing serve``: billing cycles (in its threads, or in a child process it supervises:
+``[serve] cycles``), the HTTP server (webhooks, snapshots, the web), the MQTT publisher and event
+intake, and notice delivery, as tasks of one asyncio program that stops cleanly on
+SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,47 +10,25 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import BaseRoute
 
+from gated.billing_sync.cycle_process import cycle_once, supervise
 from gated.billing_sync.notices import deliver
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import QuietServer, create_app
-from gated.billing_sync.service import Billing, CycleReport
+from gated.billing_sync.service import Billing
 from gated.systemd import Notifier
 
 log = logging.getLogger("gated.billing")
 
 
-async def _cycles(billing: Billing, wake: asyncio.Event) -> None:
+async def _cycles(billing: Billing) -> None:
     while True:
-        try:
-            report = await asyncio.to_thread(billing.run_cycle)
-            # Housekeeping: online sign-ups left unpaid for a day go (none was published).
-            await asyncio.to_thread(billing.purge_unpaid_signups)
-        except SQLAlchemyError as exc:
-            # A locked or briefly unreachable database: this cycle is lost, the next one
-            # resumes every attempt it left open.
-            log.error("event=cycle_failed error=%s", type(exc).__name__)
-            report = CycleReport()
-        if report.reviewed or report.resumed:
-            log.info(
-                "event=cycle reviewed=%d renewals=%d retries=%d succeeded=%d failed=%d errors=%d",
-                report.reviewed,
-                report.renewals,
-                report.retries,
-                report.succeeded,
-                report.failed,
-                report.errors,
-            )
-        wake.clear()
-        try:
-            async with asyncio.timeout(billing.config.cycle_interval_s):
-                await wake.wait()
-        except TimeoutError:
-            pass
+        await asyncio.to_thread(cycle_once, billing)
+        await asyncio.sleep(billing.config.cycle_interval_s)
 
 
 async def _notices(billing: Billing, wake: asyncio.Event) -> None:
@@ -71,8 +50,13 @@ async def _notices(billing: Billing, wake: asyncio.Event) -> None:
 WebRoutes = Callable[[Billing, Callable[[], None]], list[BaseRoute]]
 
 
-async def serve_forever(billing: Billing, web: WebRoutes | None = None) -> int:
-    """Run every part of the billing companion until a signal arrives; the exit code."""
+async def serve_forever(
+    billing: Billing, web: WebRoutes | None = None, config_path: Path | None = None
+) -> int:
+    """Run every part of the billing companion until a signal arrives; the exit code.
+
+    Cycles run as ``[serve] cycles`` says; ``"own-process"`` starts ``gated-billing run
+    --every`` with ``config_path`` (the file ``billing`` was built from)."""
     config = billing.config
     webhook_secret = None
     if config.stripe is not None and config.stripe.webhook_secret_file is not None:
@@ -91,8 +75,14 @@ async def serve_forever(billing: Billing, web: WebRoutes | None = None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    cycle_wake = asyncio.Event()
-    tasks = [asyncio.create_task(_cycles(billing, cycle_wake), name="cycles")]
+    tasks: list[asyncio.Task[None]] = []
+    if config.serve.cycles == "in-process":
+        tasks.append(asyncio.create_task(_cycles(billing), name="cycles"))
+    elif config.serve.cycles == "own-process":
+        if config_path is None:
+            raise ValueError('cycles = "own-process" needs the path of billing.toml')
+        cycles = supervise(config_path, config.cycle_interval_s)
+        tasks.append(asyncio.create_task(cycles, name="cycle-process"))
     if config.mqtt is not None:
         publisher = Publisher(
             billing.engine,
@@ -124,10 +114,11 @@ async def serve_forever(billing: Billing, web: WebRoutes | None = None) -> int:
     if server.started:
         notifier.notify("READY=1")
     log.info(
-        "event=serving http=%s:%d mqtt=%s",
+        "event=serving http=%s:%d mqtt=%s cycles=%s",
         config.http.host,
         config.http.port,
         config.mqtt.url if config.mqtt else "off",
+        config.serve.cycles,
     )
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -38,6 +38,13 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Hello $name,\n\nour new attempt to charge $amount for invoice $invoice failed "
         "($reason). $next_step\n",
     ),
+    "signup_failed": (
+        "Your first payment did not go through",
+        "Hello $name,\n\nthe first payment of the membership you joined online, $amount for "
+        "invoice $invoice, did not go through ($reason). The gates let you in for a few days "
+        "while it is sorted out. $next_step You can also pay in the member app or at the front "
+        "desk.\n",
+    ),
     "new_card": (
         "Please give us a new card",
         "Hello $name,\n\nyour bank refused $amount for invoice $invoice ($reason) and asked us "
@@ -148,6 +155,7 @@ PAYER_NOTICES: frozenset[str] = frozenset(
         "receipt",
         "failure",
         "retry",
+        "signup_failed",
         "new_card",
         "pay_link",
         "suspension",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, or_, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
@@ -37,6 +38,14 @@ _SET_REMINDED = (
     .where(s.subscriptions.c.member_id == bindparam("mid"))
     .values(reminded_through=bindparam("pt"))
 )
+
+
+def anything(ctx: Context, query: Select[Any]) -> bool:
+    """Whether ``query`` finds a row, asked in a read transaction: most cycles find nothing to
+    remind of, and on SQLite a write transaction takes the one write lock at its BEGIN, which
+    the member app's writes then wait for (the cycle runs every ``cycle_interval_s``)."""
+    with ctx.reader.connect() as conn:
+        return conn.execute(query).first() is not None
 
 
 def queue_reminders(ctx: Context, now: int) -> None:
@@ -67,7 +76,7 @@ def queue_upcoming_charges(ctx: Context, now: int) -> int:
         .limit(ctx.config.batch_size)
     )
     queued = 0
-    while not ctx.stopping.is_set():
+    while not ctx.stopping.is_set() and anything(ctx, due):
         with ctx.engine.begin() as conn:
             rows = conn.execute(due).all()
             if not rows:
@@ -122,7 +131,7 @@ def queue_card_expiries(ctx: Context, now: int) -> int:
         .limit(ctx.config.batch_size)
     )
     queued = 0
-    while not ctx.stopping.is_set():
+    while not ctx.stopping.is_set() and anything(ctx, due):
         with ctx.engine.begin() as conn:
             rows = conn.execute(due).all()
             if not rows:

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, update
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
-from gated.billing_sync.errors import BillingError
+from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import load_one
 from gated.billing_sync.gateway import CardSetup
 from gated.billing_sync.notices import render
@@ -103,13 +103,14 @@ def cancel_quote(ctx: Context, member_id: str) -> dict[str, Any]:
 
 def contact(ctx: Context, member_id: str) -> dict[str, Any]:
     """The member's contact details as they may edit them."""
-    f = load_one(ctx, member_id)
-    return {
-        "name": f.member.name,
-        "email": f.member.email,
-        "phone": f.member.phone,
-        "emergency_contact": f.member.emergency_contact,
-    }
+    m = s.members
+    with ctx.reader.connect() as conn:
+        row = conn.execute(
+            select(m.c.name, m.c.email, m.c.phone, m.c.emergency_contact).where(m.c.id == member_id)
+        ).first()
+    if row is None:
+        raise NotFound(f"no member {member_id!r}")
+    return dict(row._mapping)
 
 
 def update_contact(ctx: Context, member_id: str, phone: str, emergency_contact: str) -> None:
@@ -118,13 +119,14 @@ def update_contact(ctx: Context, member_id: str, phone: str, emergency_contact: 
     if not PHONE.fullmatch(phone):
         raise BillingError("Enter your phone number with digits, like +49 30 1234567.")
     emergency = clean_text(emergency_contact, "emergency contact", CONTACT_MAX)
-    load_one(ctx, member_id)
     with ctx.engine.begin() as conn:
-        conn.execute(
+        changed = conn.execute(
             update(s.members)
             .where(s.members.c.id == member_id)
             .values(phone=phone, emergency_contact=emergency)
-        )
+        ).rowcount
+    if changed != 1:
+        raise NotFound(f"no member {member_id!r}")
     log.info("event=contact_changed member=%s fields=phone,emergency_contact", member_id)
 
 

@@ -29,8 +29,10 @@ from starlette.responses import (
     Response,
 )
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gated.billing_sync import schema
+from gated.billing_sync.context import one_offset_per_request
 from gated.billing_sync.errors import BillingError, InvoiceClosed, NotFound
 from gated.billing_sync.gateway import ChargeResult, GatewayError
 from gated.billing_sync.metrics import WEBHOOK_FAILURES, registry_for
@@ -279,8 +281,23 @@ def create_app(
         # Every body is limited while it streams in, before a signature or a form is looked at:
         # the webhook at 1 MiB (Stripe's events are a few KiB), the pay form and everything else
         # at 64 KiB.
-        middleware=[Middleware(BodyLimit, routes=BODY_LIMITS, default=FORM_BYTES)],
+        middleware=[
+            Middleware(BodyLimit, routes=BODY_LIMITS, default=FORM_BYTES),
+            Middleware(OneClockOffset),
+        ],
     )
+
+
+class OneClockOffset:
+    """Each request reads the billing clock's offset from the store once
+    (``context.one_offset_per_request``), not at every ``clock()`` of the service calls it makes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with one_offset_per_request():
+            await self.app(scope, receive, send)
 
 
 class QuietServer(uvicorn.Server):

@@ -493,11 +493,12 @@ class Billing:
     # --- the audit log ----------------------------------------------------------------------
 
     def audited(
-        self, actor: Actor, action: str, member_id: str | None
+        self, actor: Actor, action: str, member_id: str | None, *, account: bool = True
     ) -> AbstractContextManager[Entry]:
         """Run an action inside this and it is recorded with the member's fields before and
-        after (nothing is recorded if it raises); set ids worth keeping on ``entry.detail``."""
-        return audit.audited(self.ctx, actor, action, member_id, members.member)
+        after (nothing is recorded if it raises); set ids worth keeping on ``entry.detail``.
+        ``account=False``: an action that cannot change those fields (see ``audit.audited``)."""
+        return audit.audited(self.ctx, actor, action, member_id, members.member, account=account)
 
     def audit_entries(
         self, *, member_id: str | None = None, limit: int = 100, before_id: int | None = None

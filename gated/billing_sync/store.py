@@ -69,6 +69,10 @@ def token_usable(engine: Engine, table: Table, column: str, token: str, now: int
     return row is not None
 
 
+# Connections a store's pool keeps open (see open_store).
+POOL_SIZE = 16
+
+
 def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> Engine:
     """Create the engine for ``url`` and bring its schema up to date.
 
@@ -78,7 +82,12 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
     is_sqlite = url.startswith("sqlite")
     if is_sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True)
+    # `serve` asks the store from its event loop, the worker threads of asyncio.to_thread (6 on
+    # two cores) and its publisher, notices and intake: past the default pool of 5, every extra
+    # connection was opened (7 pragmas on SQLite, a login on PostgreSQL) and closed again per
+    # request.
+    options: dict[str, Any] = {} if url == "sqlite:///:memory:" else {"pool_size": POOL_SIZE}
+    engine = create_engine(url, future=True, **options)
     if is_sqlite:
         sync = "FULL" if durability == "power" else "NORMAL"
 

@@ -7,7 +7,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -31,15 +31,22 @@ FormHandler = Callable[[Request, Visitor, dict[str, str]], Awaitable[Response]]
 
 
 async def as_member(
-    web: Web, request: Request, member_id: str, action: str, call: Callable[[], T]
+    web: Web,
+    request: Request,
+    member_id: str,
+    action: str,
+    call: Callable[[], T],
+    *,
+    account: bool = True,
 ) -> T:
     """Run a member's change to their own account (``call``, one billing service call) in the
     audit log, as the member from this request's address, like a staff or shell action; the
-    member's data download shows these rows. An action that raises is not recorded."""
+    member's data download shows these rows. An action that raises is not recorded.
+    ``account=False``: ``call`` cannot change the audited fields (``Billing.audited``)."""
     actor = Actor("member", member_id, "member", web.client(request))
 
     def run() -> T:
-        with web.billing.audited(actor, action, member_id):
+        with web.billing.audited(actor, action, member_id, account=account):
             return call()
 
     return await asyncio.to_thread(run)
@@ -199,12 +206,22 @@ def routes(web: Web) -> list[BaseRoute]:
     async def membership(request: Request, visitor: Visitor) -> Response:
         assert visitor.session is not None
         member_id = visitor.session.member_id
-        m = await asyncio.to_thread(web.access.membership, member_id)
+
+        def read() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+            m = web.access.membership(member_id)
+            if m["status"] is None:
+                return m, [], []
+            return (
+                m,
+                web.access.invoices(member_id, 24),
+                web.billing.member_data().visits_by_month(member_id),
+            )
+
+        # One trip to a worker thread, not three: each is a wait for the interpreter lock.
+        m, invoices, visits = await asyncio.to_thread(read)
         if m["status"] is None:
             # Joined online and not paid yet: the membership starts with the first payment.
             return RedirectResponse("/app/join/pay", status_code=303)
-        invoices = await asyncio.to_thread(web.access.invoices, member_id, 24)
-        visits = await asyncio.to_thread(web.billing.member_data().visits_by_month, member_id)
         return web.page(
             visitor,
             "membership.html",

@@ -61,6 +61,7 @@ async def save_contact(
         member_id,
         "contact",
         lambda: billing.update_contact(member_id, phone, emergency),
+        account=False,  # phone and emergency contact only
     )
     if not email or email.lower() == (current["email"] or "").lower():
         return False

@@ -20,8 +20,11 @@ from starlette.routing import Route
 from gated.billing_sync import schema
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gateway import GatewayUnavailable
+from gated.billing_sync.service import PlanSpec
 from gated.billing_sync.stripe_gateway import StripeGateway, method_of
-from tests.billing.helpers import make_billing, published, step
+from tests.billing.helpers import make_billing, notices, published, step
+from tests.billing.test_notice_kinds import bodies
+from tests.billing.test_signup import TERMS, applicant
 from tests.billing.test_webhooks import ThreadServer
 from tests.services import LocalStripe
 from tests.sync.helpers import wait_until
@@ -98,6 +101,44 @@ def test_a_cycle_charges_several_members_at_once_through_stripe(
     }
     assert [b.member(m)["owed"] for m in members] == [5938 if m == "m5" else 0 for m in members]
     assert gw._clients.qsize() > 1  # the calls overlapped, each on its own client
+
+
+def test_a_signups_failed_first_debit_says_so_not_that_a_retry_failed(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    """An online sign-up paid by SEPA debit is active while the bank has the debit; when the
+    bank refuses it (localstripe's failing test IBAN), the member is told their first payment
+    did not go through, not that a renewal's retry failed."""
+    api = stripe.StripeClient("sk_test_local", base_addresses={"api": localstripe.url})
+    refused = api.v1.payment_methods.create(
+        params={"type": "sepa_debit", "sepa_debit": {"iban": "DE62370400440532013001"}}
+    ).id
+    b, clock = make_billing(tmp_path, gateway=gateway(localstripe.url))
+    b.add_plan(PlanSpec("year", "Yearly", 3000, "EUR", tax_rate_bp=1900, sepa=True))
+    m = b.start_signup(applicant(plan_id="year"), TERMS, "203.0.113.9", "Firefox")
+    paying = b.pay_signup(m, refused, "k" * 20, "http://x/")
+    assert paying.state == "processing"
+    assert published(b, m)["status"] == "active"
+    wait_until(
+        lambda: api.v1.payment_intents.retrieve(paying.intent_id).status != "processing",
+        what="the bank refusing the debit",
+    )
+    clock.advance(1)  # a debit still processing is looked up at most hourly (no webhook here)
+    b.run_cycle()
+    assert (b.member(m)["status"], b.member(m)["owed"]) == ("grace", 3570)
+    assert notices(b, m) == ["welcome", "signup_failed"]
+    (failed,) = bodies(b, "signup_failed")
+    assert failed[1] == "Your first payment did not go through"
+    assert "the first payment of the membership you joined online, 35.70 EUR" in failed[2]
+    step(b, clock, 3)  # the retry, refused too: that one is a retry
+
+    def retried() -> bool:
+        clock.advance(0.05)  # past the hourly look-up of a debit in flight
+        b.run_cycle()
+        return "retry" in notices(b, m)
+
+    wait_until(retried, what="the retry refused")
+    assert notices(b, m).count("signup_failed") == 1
 
 
 def test_a_sepa_debit_names_its_type_and_is_booked_as_sepa_debit(

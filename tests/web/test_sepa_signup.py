@@ -100,7 +100,7 @@ def test_a_failed_first_debit_is_dunned(billing: tuple[Billing, Clock], client: 
     b.run_cycle()
     # The bank refused it: the member is in grace with the invoice open, and told so.
     assert (b.member(m)["status"], b.member(m)["owed"]) == ("grace", 3570)
-    assert published(b, m)["status"] == "grace" and notices(b, m) == ["welcome", "retry"]
+    assert published(b, m)["status"] == "grace" and notices(b, m) == ["welcome", "signup_failed"]
 
 
 def test_the_json_twin_takes_the_same_debit(

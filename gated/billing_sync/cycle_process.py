@@ -1,0 +1,152 @@
+"""Billing cycles on a timer: in ``serve``'s threads, or in a process of their own.
+
+A cycle over a large gym is minutes of Python work. Run in ``serve``'s threads it shares one
+interpreter lock with the member app, and every member's request waits behind it. With
+``[serve] cycles = "own-process"``, ``serve`` starts ``gated-billing run --every`` as a child
+instead: the cycle gets its own interpreter (and the service manager can ``Nice=`` it apart),
+``serve`` restarts it when it dies and stops it when it stops itself. The two share nothing but
+the store: the child's status changes reach the gates through ``serve``'s publisher (which looks
+at the outbox every quarter second), and notices are delivered by ``serve`` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from gated.billing_sync.service import Billing, CycleReport
+
+log = logging.getLogger("gated.billing")
+
+# Seconds to wait before starting a cycle process that ended, by how many ended in a row: a
+# process that fails at once (a bad key file, the database gone) must not spin.
+RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# A child that ran this long before it ended starts again after the shortest delay.
+HEALTHY_RUN_S = 60.0
+# What a stopping cycle gets to finish its batch (its gateway calls in flight) before it is
+# killed; below the unit's TimeoutStopSec=30s, so serve itself still stops in time.
+STOP_GRACE_S = 20.0
+# How often an orphaned cycle process notices that serve is gone.
+PARENT_CHECK_S = 1.0
+
+
+def cycle_once(billing: Billing) -> CycleReport:
+    """One cycle and the housekeeping after it, logged. A locked or briefly unreachable
+    database loses only this cycle: the next one resumes every attempt it left open."""
+    try:
+        report = billing.run_cycle()
+        # Housekeeping: online sign-ups left unpaid for a day go (none was published).
+        billing.purge_unpaid_signups()
+    except SQLAlchemyError as exc:
+        log.error("event=cycle_failed error=%s", type(exc).__name__)
+        return CycleReport()
+    if report.reviewed or report.resumed:
+        log.info(
+            "event=cycle reviewed=%d renewals=%d retries=%d succeeded=%d failed=%d errors=%d",
+            report.reviewed,
+            report.renewals,
+            report.retries,
+            report.succeeded,
+            report.failed,
+            report.errors,
+        )
+    return report
+
+
+def run_every(
+    billing: Billing,
+    every: float,
+    stop: threading.Event,
+    after: Callable[[], object] | None = None,
+) -> None:
+    """A cycle (then ``after``, e.g. notice delivery) every ``every`` seconds until ``stop``
+    is set: ``gated-billing run --every``. Set ``billing.stopping`` with ``stop`` to end a
+    running cycle after its batch."""
+    log.info("event=cycles_every every_s=%g notices=%s", every, "on" if after else "off")
+    while not stop.is_set():
+        cycle_once(billing)
+        if after is not None and not stop.is_set():
+            after()
+        stop.wait(every)
+
+
+def watch_parent(parent: int, stop: threading.Event, billing: Billing) -> threading.Thread:
+    """Stop like on SIGTERM once ``parent`` is gone (``serve`` killed -9 leaves no one to stop
+    its child, and a second ``serve`` would start another)."""
+
+    def watch() -> None:
+        while not stop.wait(PARENT_CHECK_S):
+            if os.getppid() != parent:
+                log.warning("event=cycle_process_orphaned parent=%d", parent)
+                billing.stopping.set()
+                stop.set()
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def child_command(config_path: Path, interval: float) -> list[str]:
+    """The cycle process ``serve`` starts: this interpreter, so it runs the same code."""
+    return [
+        sys.executable,
+        "-m",
+        "gated.billing_sync",
+        "run",
+        "--every",
+        repr(interval),
+        "--no-notices",
+        "--parent",
+        str(os.getpid()),
+        "-c",
+        str(config_path),
+    ]
+
+
+async def supervise(config_path: Path, interval: float) -> None:
+    """``serve``'s task for ``cycles = "own-process"``: run the cycle process, start it again
+    when it ends (after a delay that grows while it keeps failing), and stop it (SIGTERM, then
+    SIGKILL after ``STOP_GRACE_S``) when this task is cancelled."""
+    failures = 0
+    env = {**os.environ, "GATED_LOG_LEVEL": logging.getLevelName(logging.getLogger().level)}
+    while True:
+        started = time.monotonic()
+        child = await asyncio.create_subprocess_exec(
+            *child_command(config_path, interval), stdin=asyncio.subprocess.DEVNULL, env=env
+        )
+        log.info("event=cycle_process_started pid=%d", child.pid)
+        try:
+            code = await child.wait()
+        except asyncio.CancelledError:
+            await _stop(child)
+            raise
+        if time.monotonic() - started >= HEALTHY_RUN_S:
+            failures = 0
+        delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
+        failures += 1
+        log.error("event=cycle_process_ended code=%d restart_in_s=%g", code, delay)
+        await asyncio.sleep(delay)
+
+
+async def _stop(child: asyncio.subprocess.Process) -> None:
+    if child.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):  # it ended as we were told to stop
+        child.terminate()
+    try:
+        async with asyncio.timeout(STOP_GRACE_S):
+            await child.wait()
+    except TimeoutError:
+        log.error("event=cycle_process_killed pid=%d grace_s=%g", child.pid, STOP_GRACE_S)
+        child.kill()
+        await child.wait()
+    log.info("event=cycle_process_stopped pid=%d code=%d", child.pid, child.returncode or 0)
