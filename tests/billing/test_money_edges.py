@@ -282,6 +282,42 @@ def test_a_plan_that_keeps_its_freeze_fee_gives_nothing_back_on_unfreeze(
     assert b.unfreeze("m1") is None
     assert rows(b, schema.credit_notes) == [] and rows(b, schema.refunds) == []
     assert b.member("m1")["status"] == "active" and b.member("m1")["paid_through"] < paid_through
+    # The member was told when freezing, and is told again when it ends.
+    (frozen,) = bodies(b, "m1", "freeze")
+    assert "Fee: 15.00 EUR." in frozen
+    assert "The fee is not refunded if the freeze ends early." in frozen
+    (ended,) = bodies(b, "m1", "unfreeze")
+    assert "Your plan keeps the freeze fee (15.00 EUR): none of it is refunded." in ended
+    assert "given back" not in ended
+
+
+def test_the_freeze_notices_say_what_an_early_end_gives_back(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_plan(PlanSpec("back", "Back", 4990, "EUR", freeze_fee=500))
+    b.add_plan(PlanSpec("free", "Free", 4990, "EUR"))
+    b.add_member("m1", "Ann", plan_id="back", email="a@x", payment_method="pm_sim_ok")
+    b.add_member("m2", "Bo", plan_id="free", email="b@x", payment_method="pm_sim_ok")
+    b.freeze("m1", 1)
+    b.freeze("m2", 1, start_at=clock.now + 86_400 * 5)
+    clock.advance(1.5)  # into the freeze's second day: 29 of its 31 days unused
+    back = b.unfreeze("m1")
+    assert back is not None and back.refunded == 500 * 29 // 31
+    (frozen,) = bodies(b, "m1", "freeze")
+    assert "If the freeze ends early, the unused part of the fee is given back." in frozen
+    (ended,) = bodies(b, "m1", "unfreeze")
+    assert "your freeze ended on 2026-12-02, before 2027-01-01 as it was booked" in ended
+    assert (
+        "The unused part of the freeze fee (5.00 EUR), 4.67 EUR, is given back: 4.67 EUR is"
+        " refunded to the way it was paid." in ended
+    )
+    # No fee, nothing said of one; a freeze booked ahead and dropped is called off.
+    assert b.unfreeze("m2") is None
+    (frozen,) = bodies(b, "m2", "freeze")
+    assert "Fee: 0.00 EUR." in frozen and "refunded" not in frozen and "given back" not in frozen
+    (ended,) = bodies(b, "m2", "unfreeze")
+    assert "is called off" in ended and "fee" not in ended
 
 
 def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
