@@ -642,9 +642,12 @@ class Billing:
 
     # --- self-service -----------------------------------------------------------------------
 
-    def freeze_quote(self, member_id: str, months: int) -> dict[str, Any]:
-        """Whether a freeze now is allowed, its dates and fee, before the member confirms."""
-        return self_service.freeze_quote(self.ctx, member_id, months)
+    def freeze_quote(
+        self, member_id: str, months: int, start_at: int | None = None
+    ) -> dict[str, Any]:
+        """Whether a freeze (now, or from ``start_at``) is allowed, its dates and fee, before
+        the member or staff confirm."""
+        return self_service.freeze_quote(self.ctx, member_id, months, start_at)
 
     def cancel_quote(self, member_id: str) -> dict[str, Any]:
         """The day a cancellation now would take effect, before the member confirms."""

@@ -3,6 +3,11 @@ invoices' legal numbers in notices, the refund notice and its credit note, credi
 
 from __future__ import annotations
 
+import json
+import os
+import select as io
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -341,9 +346,88 @@ def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
     assert "kept,Kept,4990" in listed and ",500,no," in listed and ",500,unused part," in listed
     for member, plan in (("m1", "kept"), ("m2", "back")):
         cli_ok(cfg, "members", "add", member, "--name", "A", "--plan", plan, "--card", "pm_sim_ok")
-    note = "its fee is not refunded if the freeze ends early"
-    assert note in cli_ok(cfg, "freeze", "m1")
-    assert note not in cli_ok(cfg, "freeze", "m2")
+    note = "The fee is not refunded if the freeze ends early."
+    assert note in cli_ok(cfg, "freeze", "m1", "--yes")
+    back = cli_ok(cfg, "freeze", "m2", "--yes")
+    assert note not in back and "the unused part of the fee is given back" in back
+
+
+def test_freeze_at_the_command_line_asks_before_booking(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(
+        cfg,
+        "plans",
+        "add",
+        "kept",
+        "--name",
+        "Kept",
+        "--price",
+        "4990",
+        "--freeze-fee",
+        "500",
+        "--freeze-fee-kept",
+    )
+    cli_ok(cfg, "members", "add", "m1", "--name", "A", "--plan", "kept", "--card", "pm_sim_ok")
+
+    def frozen() -> object:
+        return json.loads(cli_ok(cfg, "members", "show", "m1", "--json"))["freeze"]
+
+    # A script without --yes (stdin not a terminal): one line, exit code 2, nothing booked.
+    scripted = CliRunner().invoke(app, ["freeze", "m1", "-c", str(cfg)], input="y\n")
+    assert scripted.exit_code == 2
+    assert scripted.stderr.strip().splitlines() == [
+        "error: not a terminal to confirm at: pass --yes to book without asking; nothing was booked"
+    ]
+    assert "fee 5.00 EUR, billed now" in scripted.stdout and frozen() is None
+    # At a terminal: the fee and its rule come before the question, and nothing is booked
+    # until the answer is yes.
+    for answer, code in (("n", 1), ("y", 0)):
+        shown, status = at_a_terminal(["freeze", "m1", "-c", str(cfg)], answer, frozen)
+        assert status == code, shown
+        before = shown.split("Book this freeze? [y/N]:")[0]
+        assert "fee 5.00 EUR, billed now" in before
+        assert "The fee is not refunded if the freeze ends early." in before
+        if answer == "n":
+            assert "not confirmed: nothing was booked" in shown and frozen() is None
+    assert frozen() is not None
+
+
+def at_a_terminal(args: list[str], answer: str, booked: Any) -> tuple[str, int]:
+    """Run ``gated-billing ARGS`` on a pseudo-terminal, answer its question with ``answer``
+    once it is asked (checking ``booked()`` is still None then), and return what it printed
+    and its exit code."""
+    main, side = os.openpty()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gated-billing"), *args],
+        stdin=side,
+        stdout=side,
+        stderr=side,
+        cwd=args[-1].rsplit("/", 1)[0],
+    )
+    os.close(side)
+    shown = b""
+    try:
+        while b"[y/N]:" not in shown:
+            ready, _, _ = io.select([main], [], [], 30)
+            assert ready, f"no question within 30 s: {shown!r}"
+            shown += os.read(main, 4096)
+        assert booked() is None  # asked before anything is booked
+        os.write(main, answer.encode() + b"\n")
+        status = proc.wait(30)
+        while io.select([main], [], [], 0)[0]:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+    return shown.decode(errors="replace"), status
 
 
 # --- members import: all or nothing ------------------------------------------------------------
