@@ -157,7 +157,7 @@ def unfreeze(ctx: Context, member_id: str) -> Outcome | None:
                 "unfreeze",
                 what=(
                     f"your freeze ended on {format_day(now)}, before {format_day(row.ends_at)}"
-                    " as it was booked: the gates let you in again."
+                    " as it was booked."
                     if started
                     else f"your freeze booked from {format_day(row.starts_at)} until"
                     f" {format_day(row.ends_at)} is called off."
