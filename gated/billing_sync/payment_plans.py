@@ -29,7 +29,7 @@ from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import apply_payment, home_site
-from gated.billing_sync.notices import format_day
+from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.numbering import number_rows
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.store import bulk, insert_ids
@@ -78,7 +78,7 @@ def quote(
     apart from ``first_at`` (default today); refused, saying why, where it is not allowed."""
     now = ctx.clock()
     with ctx.reader.connect() as conn:
-        return _plan(conn, member_id, instalments, first_at, now)
+        return _plan(ctx, conn, member_id, instalments, first_at, now)
 
 
 def start(
@@ -98,7 +98,7 @@ def change_quote(
     why, where it is not allowed."""
     now = ctx.clock()
     with ctx.reader.connect() as conn:
-        return _plan(conn, member_id, instalments, first_at, now, change=True)
+        return _plan(ctx, conn, member_id, instalments, first_at, now, change=True)
 
 
 def change(
@@ -115,7 +115,7 @@ def _book(
 ) -> tuple[PaymentPlan, CycleReport]:
     now = ctx.clock()
     with ctx.engine.begin() as conn:
-        plan = _plan(conn, member_id, instalments, first_at, now, change=change)
+        plan = _plan(ctx, conn, member_id, instalments, first_at, now, change=change)
         facts = load_facts(conn, [member_id], now)[member_id]
         heads = []
         for part in plan.instalments:
@@ -187,6 +187,7 @@ def _book(
 
 
 def _plan(
+    ctx: Context,
     conn: Connection,
     member_id: str,
     instalments: int,
@@ -234,6 +235,14 @@ def _plan(
     owed = sum(int(i.total - i.amount_paid) for i in owing)
     if owed < instalments:
         raise BillingError(f"{member_id} owes {owed}: nothing to split into {instalments}")
+    currency = owing[0].currency
+    smallest = ctx.config.dunning.minimum_for(currency)
+    if owed // instalments < smallest:
+        # Each would be written off as a rest below the processor's minimum, not charged.
+        raise BillingError(
+            f"{member_id} owes {format_amount(owed, currency)}: {instalments} instalments would"
+            f" each be below the smallest charge, {format_amount(smallest, currency)}"
+        )
     tax = sum(_tax_share(int(i.total - i.amount_paid), int(i.tax), int(i.total)) for i in owing)
     days = [eng.add_months(first, k) for k in range(instalments)]
     parts = [
@@ -242,7 +251,7 @@ def _plan(
             days, split(owed, instalments), split(tax, instalments), strict=True
         )
     ]
-    return PaymentPlan(member_id, owing[0].currency, [int(i.id) for i in owing], parts)
+    return PaymentPlan(member_id, currency, [int(i.id) for i in owing], parts)
 
 
 def _tax_share(amount: int, tax: int, total: int) -> int:

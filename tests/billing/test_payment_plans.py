@@ -193,14 +193,18 @@ def test_a_change_splits_what_is_still_owed_and_leaves_the_paid_instalments(
     assert b.member("m1")["owed"] == owed - 865
 
 
-def test_a_change_is_refused_without_a_plan_or_with_too_few_minor_units(tmp_path: Path) -> None:
+def test_a_change_is_refused_without_a_plan_or_with_too_little_left(tmp_path: Path) -> None:
     b, clock = in_arrears(tmp_path, ["insufficient_funds"])
     with pytest.raises(BillingError, match="owes nothing on a payment plan"):
         b.payment_plan_change_quote("m1", 2)  # arrears, but no plan yet
     b.start_payment_plan("m1", 2, first_at=clock.now + DAY)
     with pytest.raises(BillingError, match="2 to 12"):
         b.change_payment_plan("m1", 13)
-    b.record_payment("m1", 5938 - 3)
+    b.record_payment("m1", 5938 - 90)
+    # Instalments below the processor's smallest charge would only be written off.
+    with pytest.raises(BillingError, match="2 instalments would each be below the smallest"):
+        b.change_payment_plan("m1", 2)
+    b.record_payment("m1", 87)
     with pytest.raises(BillingError, match="owes 3: nothing to split into 4"):
         b.change_payment_plan("m1", 4)
     assert b.member("m1")["owed"] == 3
