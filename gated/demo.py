@@ -492,7 +492,7 @@ def _play(story: BillingStory, gateway: str) -> dict[str, float]:
     result, paid = story.pay("m1", ANN_CARD, note="Ann pays at the front desk")
     tl.badge(f"m1 Ann badges in ({paid['recorded']:.2f} s after paying)", result, True, "ok")
 
-    billing("freeze", "m2", "--months", "1", note="Ben freezes his membership")
+    billing("freeze", "m2", "--months", "1", "--yes", note="Ben freezes his membership")
     story.wait_gate("m2", "frozen")
     tl.badge("m2 Ben badges in (frozen)", story.badge(BEN_CARD), False, "frozen")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,11 +25,37 @@ from gated.billing_sync.cli_common import (
     table,
     when,
 )
+from gated.billing_sync.membership import freeze_fee_rule
+from gated.billing_sync.notices import format_amount
 from gated.contract import mint_qr_code
 from gated.edge import fail
 
 out = Console()
 err = Console(stderr=True)
+
+
+def freeze_terms(member_id: str, quote: dict[str, Any]) -> str:
+    """A freeze's quote in lines for the shell: dates, fee, and the plan's rule on the fee."""
+    fee = int(quote["fee"])
+    lines = [
+        f"{member_id}: freeze for {quote['months']} month(s) from {quote['start'][:10]}"
+        f" to {quote['end'][:10]}",
+        f"paid through moves to {(quote['paid_through'] or '-')[:10]}",
+        f"fee {format_amount(fee, quote['currency'])}, billed now",
+    ]
+    rule = freeze_fee_rule(fee, bool(quote["fee_kept"])).strip()
+    if rule:
+        lines.append(rule)
+    return "\n".join(lines)
+
+
+def confirm_or_stop(question: str) -> None:
+    """Ask ``question`` at a terminal; no answer there (not a terminal: a script without
+    ``--yes``) or a no ends the command with nothing done."""
+    if not sys.stdin.isatty():
+        fail("not a terminal to confirm at: pass --yes to book without asking; nothing was booked")
+    if not typer.confirm(question, default=False):
+        fail("not confirmed: nothing was booked", code=1)
 
 
 def register(root: typer.Typer, service: OpenService, audit: Audit) -> None:
@@ -40,17 +66,27 @@ def register(root: typer.Typer, service: OpenService, audit: Audit) -> None:
         member_id: str,
         months: Annotated[int, typer.Option(help="1 to 3.")] = 1,
         start: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default now.")] = None,
+        yes: Annotated[
+            bool, typer.Option("--yes", "-y", help="Book without asking (for scripts).")
+        ] = False,
         config: ConfigOpt = DEFAULT_CONFIG,
     ) -> None:
-        """Freeze a current member for 1-3 months (contract extended, fee billed)."""
+        """Freeze a current member for 1-3 months (contract extended, fee billed). Shows the
+        dates, the fee and what an early end gives back of it, and asks before booking."""
+        start_at = parse_date(start)
         with service(config) as billing:
+            quote = billing.freeze_quote(member_id, months, start_at)
+            # A freeze the rules refuse goes straight on, to be refused in freeze's own words.
+            if quote["allowed"]:
+                out.print(
+                    freeze_terms(member_id, quote), markup=False, highlight=False, soft_wrap=True
+                )
+                if not yes:
+                    confirm_or_stop("Book this freeze?")
             with audit(billing, "freeze", member_id):
-                billing.freeze(member_id, months, parse_date(start))
+                billing.freeze(member_id, months, start_at)
             info = billing.member(member_id)
-            plan = next((p for p in billing.plans() if p.id == info["plan"]), None)
             out.print(f"{member_id}: {info['status']}, freeze {info['freeze']}")
-            if plan is not None and plan.freeze_fee_kept and plan.freeze_fee:
-                out.print("its fee is not refunded if the freeze ends early (the plan's rule)")
 
     @root.command()
     def unfreeze(member_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
@@ -214,4 +250,4 @@ def register(root: typer.Typer, service: OpenService, audit: Audit) -> None:
             target.write_bytes(pdf)
         except OSError as exc:
             fail(f"{target}: {exc.strerror or exc}")
-        out.print(f"wrote {target}", markup=False, highlight=False)
+        out.print(f"wrote {target}", markup=False, highlight=False, soft_wrap=True)

@@ -24,6 +24,7 @@ from gated.billing_sync import (
     account_cli,
     invoice_cli,
     member_cli,
+    payment_plan_cli,
     plan_cli,
     products_cli,
     reconcile_cli,
@@ -588,4 +589,5 @@ staff_cli.register(staff_app, service, _audit)
 app.add_typer(reconcile_cli.commands(service, parse_date, table), name="reconcile")
 app.add_typer(invoice_cli.commands(service, _audit, table), name="invoice")
 app.add_typer(invoice_cli.dispute_commands(service, _audit), name="disputes")
+app.add_typer(payment_plan_cli.commands(service, _audit, parse_date), name="payment-plan")
 products_cli.register(app, service, table)

@@ -23,6 +23,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.config import SiteConfig
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.front_desk import in_scope
 from gated.billing_sync.notices import format_amount, format_day
 
 # The PDF core font (Helvetica) covers Latin-1 and costs ~10 ms a document; a document with any
@@ -141,7 +142,7 @@ def staff_invoice_pdf(
                 s.invoices.c.id == invoice_id, s.invoices.c.number.is_not(None)
             )
         ).scalar()
-        if site is None or site not in staff_sites:
+        if site is None or not in_scope([site], staff_sites):
             return None
         doc = load_document(ctx, conn, invoice_id)
     return doc.filename, render(doc)
@@ -259,7 +260,7 @@ def staff_credit_note_pdf(
         number = conn.execute(
             select(s.credit_notes.c.number).where(s.credit_notes.c.id == note_id)
         ).scalar()
-        if number is None or credit_note_site(number) not in staff_sites:
+        if number is None or not in_scope([credit_note_site(number)], staff_sites):
             return None
         doc = load_credit_note(ctx, conn, note_id)
     return doc.filename, render_credit_note(doc)

@@ -28,8 +28,8 @@ def in_scope(member_sites: Sequence[str], staff_sites: Sequence[str]) -> bool:
 
 
 def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dict[str, Any]:
-    """One member for the desk: account, plan, open invoices, cards (ids only), recent visits.
-    NotFound for an unknown, erased or out-of-scope member (all look alike)."""
+    """One member for the desk: account, plan, open invoices, credit notes, cards (ids only),
+    recent visits. NotFound for an unknown, erased or out-of-scope member (all look alike)."""
     try:
         m = members.member(ctx, member_id)
     except NotFound:
@@ -58,6 +58,22 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
             )
             .where(inv.c.member_id == member_id, inv.c.status == "open")
             .order_by(inv.c.due_at, inv.c.id)
+        ).all()
+        cn = s.credit_notes
+        notes = conn.execute(
+            select(
+                cn.c.id,
+                cn.c.number,
+                cn.c.kind,
+                cn.c.amount,
+                cn.c.currency,
+                cn.c.created_at,
+                inv.c.number.label("invoice_number"),
+            )
+            .join(inv, inv.c.id == cn.c.invoice_id)
+            .where(cn.c.member_id == member_id)
+            .order_by(cn.c.created_at.desc(), cn.c.id.desc())
+            .limit(24)
         ).all()
         card_rows = conn.execute(
             select(cards.c.id, cards.c.assigned_at)
@@ -88,6 +104,8 @@ def member_page(ctx: Context, member_id: str, staff_sites: Sequence[str]) -> dic
     m["open_invoices"] = [
         {**r._asdict(), "owed": int(r.total - r.amount_paid)} for r in open_invoices
     ]
+    # The newest credit notes, each linked to its PDF (/desk/credit-notes/ID.pdf).
+    m["credit_notes"] = [r._asdict() for r in notes]
     m["card_ids"] = [r._asdict() for r in card_rows]
     m["visits"] = [r._asdict() for r in visits]
     return m

@@ -14,7 +14,7 @@ from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context
 from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.facts import load_one
+from gated.billing_sync.facts import load_facts, load_one
 from gated.billing_sync.invoices import create_invoice
 from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.publishing import queue_notice, refresh
@@ -82,9 +82,20 @@ def freeze(ctx: Context, member_id: str, months: int, start_at: int | None = Non
             start=format_time(start),
             end=format_time(end),
             amount=format_amount(fee, facts.plan.currency),
+            fee_rule=freeze_fee_rule(fee, bool(facts.plan.freeze_fee_kept)),
         )
         refresh(ctx, conn, [member_id], now)
     return run_cycle(ctx, member_ids=[member_id])
+
+
+def freeze_fee_rule(fee: int, kept: bool) -> str:
+    """What happens to a freeze fee if the freeze ends early, in a sentence (a notice's line,
+    the command line's confirmation): nothing without a fee."""
+    if not fee:
+        return ""
+    if kept:
+        return "The fee is not refunded if the freeze ends early.\n"
+    return "If the freeze ends early, the unused part of the fee is given back.\n"
 
 
 def unfreeze(ctx: Context, member_id: str) -> Outcome | None:
@@ -123,20 +134,62 @@ def unfreeze(ctx: Context, member_id: str) -> Outcome | None:
             .join(s.subscriptions, s.subscriptions.c.plan_id == s.plans.c.id)
             .where(s.subscriptions.c.member_id == member_id)
         ).scalar()
+        fee, amount = 0, 0
         # A plan whose freeze fee is kept said so before the freeze was booked.
-        if row.invoice_id is not None and not kept:
-            total = conn.execute(
+        if row.invoice_id is not None:
+            fee = conn.execute(
                 select(s.invoices.c.total).where(s.invoices.c.id == row.invoice_id)
             ).scalar_one()
-            amount = eng.unused_freeze_fee(int(total), row.starts_at, row.ends_at, now)
+            if not kept:
+                amount = eng.unused_freeze_fee(int(fee), row.starts_at, row.ends_at, now)
             if amount > 0:
                 reason = "freeze ended early: the unused part of its fee"
                 back, pending = give_back(ctx, conn, row.invoice_id, amount, reason, now)
         refresh(ctx, conn, [member_id], now)
+        facts = load_facts(conn, [member_id], now).get(member_id)
+        if facts is not None:
+            currency = facts.plan.currency if facts.plan is not None else ctx.config.currency
+            started = row.starts_at <= now
+            queue_notice(
+                ctx,
+                conn,
+                facts,
+                "unfreeze",
+                what=(
+                    f"your freeze ended on {format_day(now)}, before {format_day(row.ends_at)}"
+                    " as it was booked."
+                    if started
+                    else f"your freeze booked from {format_day(row.starts_at)} until"
+                    f" {format_day(row.ends_at)} is called off."
+                ),
+                returned=_fee_returned(int(fee), amount, back, bool(kept), currency),
+            )
     if back is not None:
         execute_refunds(ctx, pending, back)
     ctx.notify_published()
     return back
+
+
+def _fee_returned(fee: int, amount: int, back: Outcome | None, kept: bool, currency: str) -> str:
+    """The unfreeze notice's line on the fee: kept, given back (how), or nothing left of it."""
+    if not fee:
+        return ""
+    money = format_amount(fee, currency)
+    if kept:
+        return f"Your plan keeps the freeze fee ({money}): none of it is refunded.\n"
+    if back is None:
+        return f"Nothing of the freeze fee ({money}) is given back: every day of it was used.\n"
+    parts = []
+    if back.credited:
+        parts.append(f"{format_amount(back.credited, currency)} comes off what is still owed of it")
+    if amount > back.credited:
+        parts.append(
+            f"{format_amount(amount - back.credited, currency)} is refunded to the way it was paid"
+        )
+    return (
+        f"The unused part of the freeze fee ({money}), {format_amount(amount, currency)},"
+        f" is given back: {' and '.join(parts)}.\n"
+    )
 
 
 def cancel(ctx: Context, member_id: str) -> int:

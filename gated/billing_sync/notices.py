@@ -109,7 +109,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "freeze": (
         "Your membership is frozen",
         "Hello $name,\n\nyour membership is frozen from $start until $end; your contract runs "
-        "that much longer. Fee: $amount.\n",
+        "that much longer. Fee: $amount.\n$fee_rule",
+    ),
+    "unfreeze": (
+        "Your freeze has ended",
+        "Hello $name,\n\n$what The days it did not use no longer extend your contract.\n$returned",
     ),
     "expired": (
         "Your $plan has ended",

@@ -88,13 +88,13 @@ def next_number(conn: Connection, site: str, year: int, series: str = "invoice")
 def number_rows(conn: Connection, rows: list[dict[str, Any]], now: int) -> None:
     """Give each invoice row to be inserted (with its ``site``) its number and issue time: one
     counter update per site, in row order. Refused (``PeriodClosed``) when ``now``'s month is
-    closed."""
+    closed at one of the rows' sites."""
     if not rows:
         return
-    ensure_issuable(conn, now)
     by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_site[row["site"]].append(row)
+    ensure_issuable(conn, now, by_site)
     for site in sorted(by_site):  # one order for every issuer: no deadlock between two
         group = by_site[site]
         year = site_year(conn, site, now)

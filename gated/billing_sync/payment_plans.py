@@ -8,6 +8,10 @@ instalment shows its net and tax. An instalment is charged on its day like any i
 the same crash-safe protocol; one not yet due is neither charged nor overdue, so the member is
 in good standing while the instalments are paid on time. A missed one is dunned as any other
 debt: retries, grace, suspension, collections.
+
+A plan is changed the same way: what is still owed on its instalments (the open ones, and the
+rest of one paid in part) is moved by a ``payment_plan`` transfer onto new instalments; the
+instalments paid stay as they are, and the total owed does not change.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
@@ -25,7 +29,7 @@ from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import apply_payment, home_site
-from gated.billing_sync.notices import format_day
+from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.numbering import number_rows
 from gated.billing_sync.publishing import refresh
 from gated.billing_sync.store import bulk, insert_ids
@@ -74,7 +78,7 @@ def quote(
     apart from ``first_at`` (default today); refused, saying why, where it is not allowed."""
     now = ctx.clock()
     with ctx.reader.connect() as conn:
-        return _plan(conn, member_id, instalments, first_at, now)
+        return _plan(ctx, conn, member_id, instalments, first_at, now)
 
 
 def start(
@@ -83,9 +87,35 @@ def start(
     """Put ``member_id``'s arrears on a payment plan: the open invoices are settled by a
     transfer to the instalment invoices, each due on its day. An instalment due today is
     charged at once."""
+    return _book(ctx, member_id, instalments, first_at, change=False)
+
+
+def change_quote(
+    ctx: Context, member_id: str, instalments: int, first_at: int | None = None
+) -> PaymentPlan:
+    """The new instalments that would re-split what is still owed on ``member_id``'s payment
+    plan into ``instalments`` a month apart from ``first_at`` (default today); refused, saying
+    why, where it is not allowed."""
+    now = ctx.clock()
+    with ctx.reader.connect() as conn:
+        return _plan(ctx, conn, member_id, instalments, first_at, now, change=True)
+
+
+def change(
+    ctx: Context, member_id: str, instalments: int, first_at: int | None = None
+) -> tuple[PaymentPlan, CycleReport]:
+    """Re-split what is still owed on ``member_id``'s payment plan into ``instalments`` new
+    ones: the open instalments are settled by a transfer to the new ones (the instalments paid
+    are left as they are). A new instalment due today is charged at once."""
+    return _book(ctx, member_id, instalments, first_at, change=True)
+
+
+def _book(
+    ctx: Context, member_id: str, instalments: int, first_at: int | None, *, change: bool
+) -> tuple[PaymentPlan, CycleReport]:
     now = ctx.clock()
     with ctx.engine.begin() as conn:
-        plan = _plan(conn, member_id, instalments, first_at, now)
+        plan = _plan(ctx, conn, member_id, instalments, first_at, now, change=change)
         facts = load_facts(conn, [member_id], now)[member_id]
         heads = []
         for part in plan.instalments:
@@ -157,7 +187,14 @@ def start(
 
 
 def _plan(
-    conn: Connection, member_id: str, instalments: int, first_at: int | None, now: int
+    ctx: Context,
+    conn: Connection,
+    member_id: str,
+    instalments: int,
+    first_at: int | None,
+    now: int,
+    *,
+    change: bool = False,
 ) -> PaymentPlan:
     if not 2 <= instalments <= MAX_INSTALMENTS:
         raise BillingError(f"a payment plan has 2 to {MAX_INSTALMENTS} instalments")
@@ -176,11 +213,36 @@ def _plan(
     if facts.account.disputed:
         raise BillingError(f"{member_id} has a dispute open: wait for it to close first")
     owing = [i for i in facts.open_invoices if i.total > i.amount_paid]
-    if any(i.kind == "instalment" for i in owing):
+    on_plan = [i for i in owing if i.kind == "instalment"]
+    if change:
+        # Only the plan's rest is re-split; any other debt is dunned as it was.
+        if not on_plan:
+            raise BillingError(f"{member_id} owes nothing on a payment plan: nothing to change")
+        owing = on_plan
+    elif on_plan:
         raise BillingError(f"{member_id} is on a payment plan already")
+    a = s.payment_attempts
+    if conn.execute(
+        select(a.c.id).where(
+            a.c.invoice_id.in_([int(i.id) for i in owing]),
+            a.c.state.in_(s.OPEN_ATTEMPT_STATES),
+        )
+    ).first():
+        # Moving a debt whose charge may still succeed would leave it paid twice.
+        raise BillingError(
+            f"a charge for {member_id} is still in flight: wait for it to settle first"
+        )
     owed = sum(int(i.total - i.amount_paid) for i in owing)
     if owed < instalments:
         raise BillingError(f"{member_id} owes {owed}: nothing to split into {instalments}")
+    currency = owing[0].currency
+    smallest = ctx.config.dunning.minimum_for(currency)
+    if owed // instalments < smallest:
+        # Each would be written off as a rest below the processor's minimum, not charged.
+        raise BillingError(
+            f"{member_id} owes {format_amount(owed, currency)}: {instalments} instalments would"
+            f" each be below the smallest charge, {format_amount(smallest, currency)}"
+        )
     tax = sum(_tax_share(int(i.total - i.amount_paid), int(i.tax), int(i.total)) for i in owing)
     days = [eng.add_months(first, k) for k in range(instalments)]
     parts = [
@@ -189,7 +251,7 @@ def _plan(
             days, split(owed, instalments), split(tax, instalments), strict=True
         )
     ]
-    return PaymentPlan(member_id, owing[0].currency, [int(i.id) for i in owing], parts)
+    return PaymentPlan(member_id, currency, [int(i.id) for i in owing], parts)
 
 
 def _tax_share(amount: int, tax: int, total: int) -> int:

@@ -1,33 +1,39 @@
 """Closed accounting periods: once a month is closed (``gated-billing periods close 2026-11``),
 no document is issued into it and its invoices are not changed any more; a mistake in one is
 corrected by a credit note issued in an open period. Closing a month closes every month before
-it too; a closed month is never opened again. Months are UTC months, as invoice dates are.
+it too; a closed month is never opened again. A month is the issuing site's local month
+(``[sites.<id>] timezone``), as its documents' numbers and printed dates are: a Berlin site's
+November ends at 23:00 UTC on 30 November, a New York site's at 05:00 UTC on 1 December, and a
+month is closed once it has ended at every site.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, func, insert, select
 
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import PeriodClosed
+from gated.billing_sync.store import site_zone
 
 PERIOD = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 
 
-def month_of(ts: int) -> str:
-    """The period (``YYYY-MM``, UTC) an instant falls in."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+def month_of(ts: int, zone: str = "UTC") -> str:
+    """The period (``YYYY-MM``) an instant falls in, in the time zone ``zone``."""
+    return datetime.fromtimestamp(ts, ZoneInfo(zone)).strftime("%Y-%m")
 
 
-def _month_end(period: str) -> int:
+def _month_end(period: str, zone: str) -> int:
     year, month = int(period[:4]), int(period[5:])
     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
+    return int(datetime(year, month, 1, tzinfo=ZoneInfo(zone)).timestamp())
 
 
 # Built once: every batch of invoices the cycle issues asks it.
@@ -40,30 +46,33 @@ def closed_through(conn: Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def is_closed(conn: Connection, ts: int) -> bool:
-    """Whether the month of ``ts`` is closed."""
+def ensure_issuable(conn: Connection, now: int, sites: Iterable[str]) -> None:
+    """Refuse to issue a document dated ``now`` by any of ``sites`` in a month closed there."""
     last = closed_through(conn)
-    return last is not None and month_of(ts) <= last
-
-
-def ensure_issuable(conn: Connection, now: int) -> None:
-    """Refuse to issue a document dated ``now`` in a closed month."""
-    if is_closed(conn, now):
-        raise PeriodClosed(
-            f"the period {month_of(now)} is closed: no invoice or credit note can be dated in it"
-        )
+    if last is None:
+        return
+    for site in sites:
+        month = month_of(now, site_zone(conn, site))
+        if month <= last:
+            raise PeriodClosed(
+                f"the period {month} is closed: no invoice or credit note can be dated in it"
+            )
 
 
 def ensure_invoice_open(conn: Connection, invoice_id: int) -> None:
-    """Refuse to change an invoice issued in a closed month (void it, edit its lines or
+    """Refuse to change an invoice issued in a month now closed (void it, edit its lines or
     amounts): the books of that month are final, and a credit note corrects it instead."""
     inv = s.invoices
-    row = conn.execute(select(inv.c.number, inv.c.issued_at).where(inv.c.id == invoice_id)).first()
+    row = conn.execute(
+        select(inv.c.number, inv.c.issued_at, inv.c.site).where(inv.c.id == invoice_id)
+    ).first()
     if row is None or row.issued_at is None:
         return
-    if is_closed(conn, int(row.issued_at)):
+    last = closed_through(conn)
+    month = month_of(int(row.issued_at), site_zone(conn, row.site or ""))
+    if last is not None and month <= last:
         raise PeriodClosed(
-            f"invoice {row.number} is in the closed period {month_of(int(row.issued_at))} and"
+            f"invoice {row.number} is in the closed period {month} and"
             " cannot be changed: correct it with a credit note"
         )
 
@@ -74,8 +83,11 @@ def close(ctx: Context, period: str, operator: str) -> str:
     if not PERIOD.fullmatch(period):
         raise PeriodClosed(f"a period is a month written YYYY-MM, not {period!r}")
     now = ctx.clock()
-    if now < _month_end(period):
-        raise PeriodClosed(f"{period} has not ended yet: a month is closed after its last day")
+    zones = {ctx.config.site(site).timezone for site in ctx.config.sites} or {"UTC"}
+    if now < max(_month_end(period, zone) for zone in zones):
+        raise PeriodClosed(
+            f"{period} has not ended yet at every site: a month is closed after its last day"
+        )
     with ctx.engine.begin() as conn:
         last = closed_through(conn)
         if last is not None and period <= last:

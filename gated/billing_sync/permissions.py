@@ -22,6 +22,7 @@ ACTIONS: dict[str, str] = {
     "let_in_once": "open a gate once for someone (a signed pulse command)",
     "refund": "refund a payment",
     "write_off": "write off what a member owes",
+    "payment_plan": "put what a member owes on a payment plan, or split a plan's rest again",
     "change_plan": "change a member's plan (an upgrade now, prorated, or any plan from the renewal)",
     "revoke_pass": "revoke a member's app pass",
     "lockdown": "lock down a site's gates, and lift it",
@@ -47,6 +48,7 @@ _FRONT_DESK = {
 _MANAGER = _FRONT_DESK | {
     "refund",
     "write_off",
+    "payment_plan",
     "change_plan",
     "revoke_pass",
     "view_revenue",

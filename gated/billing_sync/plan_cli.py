@@ -1,5 +1,5 @@
 """``gated-billing`` commands for plan and price changes, un-cancelling and payment plans: ``members
-change-plan``, ``members keep-plan``, ``uncancel`` (beside ``cancel``), ``payment-plan``,
+change-plan``, ``members keep-plan``, ``uncancel`` (beside ``cancel``),
 ``plans price-change`` and ``plans price-changes``. ``cli.py`` registers them on its groups (``register``), handing in how it
 opens the service, audits an action and reads a date.
 """
@@ -131,55 +131,6 @@ def register(
             with audit(billing, "uncancel", member_id):
                 billing.uncancel(member_id)
             out.print(f"{member_id}: {billing.member(member_id)['status']}", markup=False)
-
-    @root.command("payment-plan")
-    def payment_plan(
-        member_id: str,
-        instalments: Annotated[int, typer.Option(help="How many, a month apart (2-12).")],
-        first: Annotated[
-            str | None, typer.Option(help="The first one's day (YYYY-MM-DD); default today.")
-        ] = None,
-        yes: Annotated[bool, typer.Option("--yes", help="Start it (else: show it).")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
-        config: ConfigOpt = DEFAULT_CONFIG,
-    ) -> None:
-        """Split what a member owes into instalments a month apart; they stay in good standing
-        while each is paid on its day, and a missed one is dunned. Shows them; --yes starts it."""
-        first_at = parse_date(first)
-        with service(config) as billing:
-            plan = billing.payment_plan_quote(member_id, instalments, first_at)
-            if yes:
-                with audit(billing, "payment_plan", member_id) as entry:
-                    entry.detail.update(instalments=instalments, total=plan.total)
-                    plan, _ = billing.start_payment_plan(member_id, instalments, first_at)
-            status = billing.member(member_id)["status"] if yes else None
-        if as_json:
-            doc = {
-                "member_id": member_id,
-                "currency": plan.currency,
-                "total": plan.total,
-                "invoices": plan.invoices,
-                "instalments": [i.as_dict() for i in plan.instalments],
-                "done": yes,
-                "status": status,
-            }
-            sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
-            return
-        invoices = ", ".join(map(str, plan.invoices))
-        out.print(
-            f"{member_id}: {format_amount(plan.total, plan.currency)} owed on invoice(s)"
-            f" {invoices}, in {len(plan.instalments)} instalments:",
-            markup=False,
-        )
-        for k, part in enumerate(plan.instalments, 1):
-            out.print(
-                f"  {k}  {format_day(part.due_at)}  {format_amount(part.total, plan.currency)}",
-                markup=False,
-            )
-        if not yes:
-            out.print("nothing changed: run again with --yes to start it", markup=False)
-        else:
-            out.print(f"{member_id}: payment plan started; status {status}", markup=False)
 
     @plans.command("price-change")
     def plans_price_change(

@@ -89,13 +89,13 @@ def credit_note_number(conn: Connection, inv: Any, at: int) -> str:
     site's credit-note series for the year (``numbering``), taken in the caller's transaction,
     so a rollback gives it back. Refused in a closed month (``periods``). An invoice from
     before sites issued invoices is credited under its member's first site."""
-    ensure_issuable(conn, at)
     site = inv.site
     if site is None:
         sites = conn.execute(
             select(s.members.c.sites).where(s.members.c.id == inv.member_id)
         ).scalar_one()
         site = home_site(sites)
+    ensure_issuable(conn, at, [site])
     return next_number(conn, site, site_year(conn, site, at), "credit_note")
 
 

@@ -30,16 +30,20 @@ log = logging.getLogger("gated.billing.self_service")
 EMAIL_CHANGE_TTL_S = 24 * 3600
 
 
-def freeze_quote(ctx: Context, member_id: str, months: int) -> dict[str, Any]:
-    """What freezing now for ``months`` would do: whether the rules allow it (and if not,
-    why), from when to when, the fee billed at once (gross, with its tax), whether the plan
-    keeps it if the freeze ends early, and the new paid-through date. Changes nothing."""
+def freeze_quote(
+    ctx: Context, member_id: str, months: int, start_at: int | None = None
+) -> dict[str, Any]:
+    """What freezing for ``months`` from now (or from ``start_at``, a later day) would do:
+    whether the rules allow it (and if not, why), from when to when, the fee billed at once
+    (gross, with its tax), whether the plan keeps it if the freeze ends early, and the new
+    paid-through date. Changes nothing."""
     now = ctx.clock()
     f = load_one(ctx, member_id)
     if f.sub is None or f.plan is None:
         return {"allowed": False, "reason": "You have no membership to freeze yet."}
     try:
         eng.check_freeze(f.sub.status, f.account.owed, months)
+        start = eng.freeze_start(start_at, now)
     except eng.FreezeRefused as exc:
         return {"allowed": False, "reason": _freeze_reason(str(exc), f.sub.status)}
     with ctx.reader.connect() as conn:
@@ -50,26 +54,28 @@ def freeze_quote(ctx: Context, member_id: str, months: int) -> dict[str, Any]:
         ).first()
     if booked is not None:
         return {"allowed": False, "reason": "A freeze is already booked."}
-    end = eng.add_months(now, months)
+    end = eng.add_months(start, months)
     net = int(f.plan.freeze_fee) * months
     fee = net + eng.tax_of(net, int(f.plan.tax_rate_bp))
     paid_through = f.sub.paid_through
     return {
         "allowed": True,
         "months": months,
-        "start": format_time(now),
+        "start": format_time(start),
         "end": format_time(end),
         "fee": fee,
         # Said before the member confirms: the plan keeps the fee if they unfreeze early.
         "fee_kept": bool(f.plan.freeze_fee_kept) and fee > 0,
         "currency": f.plan.currency,
-        "paid_through": format_time(int(paid_through) + end - now) if paid_through else None,
+        "paid_through": format_time(int(paid_through) + end - start) if paid_through else None,
     }
 
 
 def _freeze_reason(rule: str, status: str) -> str:
     if "1 to 3" in rule:
         return "A freeze lasts one to three months."
+    if "before today" in rule:
+        return "A freeze cannot start before today."
     if status in ("active", "pending_cancel"):
         return "Pay what is open first: only a membership that is paid up can be frozen."
     return "Only a membership that is active and paid up can be frozen."

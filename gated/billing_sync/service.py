@@ -642,9 +642,12 @@ class Billing:
 
     # --- self-service -----------------------------------------------------------------------
 
-    def freeze_quote(self, member_id: str, months: int) -> dict[str, Any]:
-        """Whether a freeze now is allowed, its dates and fee, before the member confirms."""
-        return self_service.freeze_quote(self.ctx, member_id, months)
+    def freeze_quote(
+        self, member_id: str, months: int, start_at: int | None = None
+    ) -> dict[str, Any]:
+        """Whether a freeze (now, or from ``start_at``) is allowed, its dates and fee, before
+        the member or staff confirm."""
+        return self_service.freeze_quote(self.ctx, member_id, months, start_at)
 
     def cancel_quote(self, member_id: str) -> dict[str, Any]:
         """The day a cancellation now would take effect, before the member confirms."""
@@ -723,3 +726,15 @@ class Billing:
     ) -> tuple[PaymentPlan, CycleReport]:
         """Put a member's arrears on a payment plan (an instalment due today is charged)."""
         return payment_plans.start(self.ctx, member_id, instalments, first_at)
+
+    def payment_plan_change_quote(
+        self, member_id: str, instalments: int, first_at: int | None = None
+    ) -> PaymentPlan:
+        """The new instalments a change of the member's payment plan would make (no change)."""
+        return payment_plans.change_quote(self.ctx, member_id, instalments, first_at)
+
+    def change_payment_plan(
+        self, member_id: str, instalments: int, first_at: int | None = None
+    ) -> tuple[PaymentPlan, CycleReport]:
+        """Re-split what is still owed on a payment plan into new instalments (those paid stay)."""
+        return payment_plans.change(self.ctx, member_id, instalments, first_at)

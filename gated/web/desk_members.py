@@ -80,7 +80,7 @@ ACTIONS: dict[str, tuple[str, str, Action, str]] = {
     **desk_money.ACTIONS,
 }
 # Actions whose form carries a submit key: sent twice (a double click, a resent form), they act once.
-ONCE = frozenset({"payment", "refund", "credit", "write-off", "plan"})
+ONCE = frozenset({"payment", "refund", "credit", "write-off", "plan", "payment-plan"})
 
 
 def _after(request: Request) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gated.billing_sync.audit import Entry
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.notices import format_amount
+from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.staff import StaffMember
 
 AMOUNT = re.compile(r"([0-9]{1,7})(?:[.,]([0-9]{1,2}))?")
@@ -91,11 +91,34 @@ def _change_plan(billing: Any, member_id: str, form: dict[str, str], entry: Entr
     return f"The plan is now {made.new_plan}."
 
 
+def _payment_plan(billing: Any, member_id: str, form: dict[str, str], entry: Entry) -> str:
+    """Arrears onto instalments from today, or, for a member on a plan, its rest split again
+    (``gated-billing payment-plan start|change``)."""
+    text = form.get("instalments", "")
+    if not text.isdigit() or len(text) > 2:
+        raise BillingError("choose how many instalments")
+    count = int(text)
+    change = any(
+        i["kind"] == "instalment" and i["owed"] > 0
+        for i in billing.member_access().invoices(member_id, 100)
+    )
+    book = billing.change_payment_plan if change else billing.start_payment_plan
+    plan, _ = book(member_id, count)
+    entry.detail.update(instalments=count, total=plan.total, change=change)
+    first = plan.instalments[0]
+    return (
+        f"Payment plan {'changed' if change else 'started'}:"
+        f" {format_amount(plan.total, plan.currency)} in {count} instalments, the first"
+        f" ({format_amount(first.total, plan.currency)}) on {format_day(first.due_at)}."
+    )
+
+
 # path segment → (permission, audit action, what it does, what the desk is told after)
 ACTIONS: dict[str, tuple[str, str, Action, str]] = {
     "refund": ("refund", "refund", _refund, "Refund booked."),
     "credit": ("refund", "credit", _credit, "Credit note booked."),
     "write-off": ("write_off", "write_off", _write_off, "Written off."),
+    "payment-plan": ("payment_plan", "payment_plan", _payment_plan, "Payment plan booked."),
     "plan": ("change_plan", "change_plan", _change_plan, "Plan changed."),
 }
 
@@ -107,7 +130,7 @@ def page_part(
     plans to change to and, asked with ``?plan=ID&when=now|renewal``, that change's quote (or
     why not) before it is confirmed."""
     part: dict[str, Any] = {}
-    if staff.may("refund") or staff.may("write_off"):
+    if staff.may("refund") or staff.may("write_off") or staff.may("payment_plan"):
         part["invoices"] = billing.member_access().invoices(m["member_id"], 24)
     if not staff.may("change_plan") or not m["plan"] or m["status"] in ("cancelled", "expired"):
         return part

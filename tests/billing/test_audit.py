@@ -51,7 +51,7 @@ def test_cli_actions_are_audited_as_the_unix_user(cfg: Path) -> None:
     )
     cli_ok(cfg, "pay", "m1")
     cli_ok(cfg, "cards", "assign", "m1", "04:A1:B2:C3")
-    cli_ok(cfg, "freeze", "m1", "--months", "1")
+    cli_ok(cfg, "freeze", "m1", "--months", "1", "--yes")
     cli_ok(cfg, "unfreeze", "m1")
     cli_ok(cfg, "cancel", "m1")
     cli_ok(cfg, "cards", "revoke", "m1", "04A1B2C3")

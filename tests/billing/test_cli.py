@@ -88,7 +88,7 @@ def test_member_lifecycle_through_the_cli(cfg: Path, tmp_path: Path) -> None:
     listed = list(csv.DictReader(io.StringIO(ok(cfg, "members", "list", "--csv"))))
     assert [(r["member"], r["status"]) for r in listed] == [("m1", "active"), ("m2", "pending")]
 
-    assert "frozen" in ok(cfg, "freeze", "m1", "--months", "1")
+    assert "frozen" in ok(cfg, "freeze", "m1", "--months", "1", "--yes")
     ok(cfg, "clock", "advance", "36h")
     # Ended in its second day, which counts as used: the rest of its days' share of the fee
     # (5.95) comes back (the month's length is the clock's: this test runs on today's date).

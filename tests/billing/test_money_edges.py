@@ -3,6 +3,11 @@ invoices' legal numbers in notices, the refund notice and its credit note, credi
 
 from __future__ import annotations
 
+import json
+import os
+import select as io
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -282,6 +287,42 @@ def test_a_plan_that_keeps_its_freeze_fee_gives_nothing_back_on_unfreeze(
     assert b.unfreeze("m1") is None
     assert rows(b, schema.credit_notes) == [] and rows(b, schema.refunds) == []
     assert b.member("m1")["status"] == "active" and b.member("m1")["paid_through"] < paid_through
+    # The member was told when freezing, and is told again when it ends.
+    (frozen,) = bodies(b, "m1", "freeze")
+    assert "Fee: 15.00 EUR." in frozen
+    assert "The fee is not refunded if the freeze ends early." in frozen
+    (ended,) = bodies(b, "m1", "unfreeze")
+    assert "Your plan keeps the freeze fee (15.00 EUR): none of it is refunded." in ended
+    assert "given back" not in ended
+
+
+def test_the_freeze_notices_say_what_an_early_end_gives_back(
+    billing: tuple[Billing, Clock],
+) -> None:
+    b, clock = billing
+    b.add_plan(PlanSpec("back", "Back", 4990, "EUR", freeze_fee=500))
+    b.add_plan(PlanSpec("free", "Free", 4990, "EUR"))
+    b.add_member("m1", "Ann", plan_id="back", email="a@x", payment_method="pm_sim_ok")
+    b.add_member("m2", "Bo", plan_id="free", email="b@x", payment_method="pm_sim_ok")
+    b.freeze("m1", 1)
+    b.freeze("m2", 1, start_at=clock.now + 86_400 * 5)
+    clock.advance(1.5)  # into the freeze's second day: 29 of its 31 days unused
+    back = b.unfreeze("m1")
+    assert back is not None and back.refunded == 500 * 29 // 31
+    (frozen,) = bodies(b, "m1", "freeze")
+    assert "If the freeze ends early, the unused part of the fee is given back." in frozen
+    (ended,) = bodies(b, "m1", "unfreeze")
+    assert "your freeze ended on 2026-12-02, before 2027-01-01 as it was booked" in ended
+    assert (
+        "The unused part of the freeze fee (5.00 EUR), 4.67 EUR, is given back: 4.67 EUR is"
+        " refunded to the way it was paid." in ended
+    )
+    # No fee, nothing said of one; a freeze booked ahead and dropped is called off.
+    assert b.unfreeze("m2") is None
+    (frozen,) = bodies(b, "m2", "freeze")
+    assert "Fee: 0.00 EUR." in frozen and "refunded" not in frozen and "given back" not in frozen
+    (ended,) = bodies(b, "m2", "unfreeze")
+    assert "is called off" in ended and "fee" not in ended
 
 
 def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
@@ -305,9 +346,88 @@ def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
     assert "kept,Kept,4990" in listed and ",500,no," in listed and ",500,unused part," in listed
     for member, plan in (("m1", "kept"), ("m2", "back")):
         cli_ok(cfg, "members", "add", member, "--name", "A", "--plan", plan, "--card", "pm_sim_ok")
-    note = "its fee is not refunded if the freeze ends early"
-    assert note in cli_ok(cfg, "freeze", "m1")
-    assert note not in cli_ok(cfg, "freeze", "m2")
+    note = "The fee is not refunded if the freeze ends early."
+    assert note in cli_ok(cfg, "freeze", "m1", "--yes")
+    back = cli_ok(cfg, "freeze", "m2", "--yes")
+    assert note not in back and "the unused part of the fee is given back" in back
+
+
+def test_freeze_at_the_command_line_asks_before_booking(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    cli_ok(cfg, "keys", "init")
+    cli_ok(
+        cfg,
+        "plans",
+        "add",
+        "kept",
+        "--name",
+        "Kept",
+        "--price",
+        "4990",
+        "--freeze-fee",
+        "500",
+        "--freeze-fee-kept",
+    )
+    cli_ok(cfg, "members", "add", "m1", "--name", "A", "--plan", "kept", "--card", "pm_sim_ok")
+
+    def frozen() -> object:
+        return json.loads(cli_ok(cfg, "members", "show", "m1", "--json"))["freeze"]
+
+    # A script without --yes (stdin not a terminal): one line, exit code 2, nothing booked.
+    scripted = CliRunner().invoke(app, ["freeze", "m1", "-c", str(cfg)], input="y\n")
+    assert scripted.exit_code == 2
+    assert scripted.stderr.strip().splitlines() == [
+        "error: not a terminal to confirm at: pass --yes to book without asking; nothing was booked"
+    ]
+    assert "fee 5.00 EUR, billed now" in scripted.stdout and frozen() is None
+    # At a terminal: the fee and its rule come before the question, and nothing is booked
+    # until the answer is yes.
+    for answer, code in (("n", 1), ("y", 0)):
+        shown, status = at_a_terminal(["freeze", "m1", "-c", str(cfg)], answer, frozen)
+        assert status == code, shown
+        before = shown.split("Book this freeze? [y/N]:")[0]
+        assert "fee 5.00 EUR, billed now" in before
+        assert "The fee is not refunded if the freeze ends early." in before
+        if answer == "n":
+            assert "not confirmed: nothing was booked" in shown and frozen() is None
+    assert frozen() is not None
+
+
+def at_a_terminal(args: list[str], answer: str, booked: Any) -> tuple[str, int]:
+    """Run ``gated-billing ARGS`` on a pseudo-terminal, answer its question with ``answer``
+    once it is asked (checking ``booked()`` is still None then), and return what it printed
+    and its exit code."""
+    main, side = os.openpty()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gated-billing"), *args],
+        stdin=side,
+        stdout=side,
+        stderr=side,
+        cwd=args[-1].rsplit("/", 1)[0],
+    )
+    os.close(side)
+    shown = b""
+    try:
+        while b"[y/N]:" not in shown:
+            ready, _, _ = io.select([main], [], [], 30)
+            assert ready, f"no question within 30 s: {shown!r}"
+            shown += os.read(main, 4096)
+        assert booked() is None  # asked before anything is booked
+        os.write(main, answer.encode() + b"\n")
+        status = proc.wait(30)
+        while io.select([main], [], [], 0)[0]:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+    return shown.decode(errors="replace"), status
 
 
 # --- members import: all or nothing ------------------------------------------------------------

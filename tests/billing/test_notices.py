@@ -83,6 +83,9 @@ def test_templates_fill_as_string_template_does(kind: str) -> None:
         "since",
         "how",
         "credit_note",
+        "fee_rule",
+        "what",
+        "returned",
     }
     values = {k: f"{{{k}}} $$x ${{y}}" for k in names | {"start", "end"}}
     n = render(kind, "a@x", "m1", **values)

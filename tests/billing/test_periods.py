@@ -5,6 +5,7 @@ every refusal is one clear line with exit code 2."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from gated.billing_sync import schema
 from gated.billing_sync.cli import app
 from gated.billing_sync.errors import PeriodClosed
 from gated.billing_sync.periods import ensure_invoice_open, month_of
+from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.store import open_store
-from tests.billing.helpers import DAY, T0, cli_ok, make_billing, write_cli_config
+from tests.billing.helpers import DAY, T0, Clock, cli_ok, make_billing, write_cli_config
+from tests.billing.test_documents import SITES
 
 runner = CliRunner()
 
@@ -78,3 +81,41 @@ def test_periods_close_from_the_command_line(tmp_path: Path) -> None:
         closes = conn.execute(select(func.count()).where(a.c.action == "period_close"))
         assert closes.scalar_one() == 1  # the refusals are not recorded: they did not happen
     engine.dispose()
+
+
+def _utc(year: int, month: int, day: int, hour: int, minute: int) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp())
+
+
+def test_a_month_ends_and_is_closed_in_each_sites_own_time_zone(tmp_path: Path) -> None:
+    # 23:30 UTC on 30 November: 00:30 on 1 December in Berlin, 18:30 on 30 November in New York.
+    clock = Clock(_utc(2026, 11, 30, 23, 30))
+    sites = {
+        "downtown": {**SITES["downtown"], "timezone": "Europe/Berlin"},
+        "uptown": {"timezone": "America/New_York"},
+    }
+    b, _ = make_billing(tmp_path, gateway=SimulatedGateway(clock=clock), clock=clock, sites=sites)
+    b.add_member("berlin", "Bea", plan_id="monthly", payment_method="pm_sim_ok")
+    b.add_member("ny", "Ned", plan_id="monthly", sites=["uptown"], payment_method="pm_sim_ok")
+    (berlin,) = (i["id"] for i in b.member_access().invoices("berlin"))
+    (ny,) = (i["id"] for i in b.member_access().invoices("ny"))
+    # 04:59 UTC on 1 December is still November in New York: the month has not ended there.
+    clock.now = _utc(2026, 12, 1, 4, 59)
+    with pytest.raises(PeriodClosed, match="2026-11 has not ended yet at every site"):
+        b.close_period("2026-11", "tester")
+    clock.now = _utc(2026, 12, 1, 5, 0)  # midnight in New York
+    assert b.close_period("2026-11", "tester") == "2026-11"
+    # Issued at the same instant: New York's invoice is of its 30 November, in the closed
+    # month; Berlin's is of its 1 December, in an open one.
+    with b.engine.begin() as conn:
+        with pytest.raises(PeriodClosed, match="in the closed period 2026-11"):
+            ensure_invoice_open(conn, ny)
+        ensure_invoice_open(conn, berlin)
+    # A clock set back to that instant: Berlin issues (December there), New York does not.
+    clock.now = _utc(2026, 11, 30, 23, 30)
+    b.charge_extra("berlin", "towel", "Towel", 300)
+    with pytest.raises(PeriodClosed, match="the period 2026-11 is closed"):
+        b.charge_extra("ny", "towel", "Towel", 300)
+    with pytest.raises(PeriodClosed, match="the period 2026-11 is closed"):
+        b.refund(ny, 100)  # a credit note of New York's, dated in its closed November
+    assert b.refund(berlin, 100).credit_notes == ["downtown-CN-2026-000001"]

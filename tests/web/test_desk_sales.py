@@ -215,6 +215,41 @@ def test_refund_credit_write_off_and_plan_change_are_for_managers(
     assert rows["change_plan"]["changes"]["plan"] == ["monthly", "premium"]
 
 
+def test_a_manager_starts_and_changes_a_payment_plan(
+    client: TestClient, app: Any, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    b.add_member("bo", "Bo", plan_id="monthly", payment_method="pm_sim_decline_lost_card")
+    assert b.member("bo")["owed"] == 5938
+    _as(client, b, "front_desk")
+    assert "payment-plan-form" not in client.get("/desk/members/bo").text
+    with TestClient(app) as m:
+        _as(m, b, "manager")
+        page = m.get("/desk/members/bo")
+        assert "Start a payment plan" in page.text
+        data = {"csrf": hidden(page.text, "csrf"), "submit_key": hidden(page.text, "submit_key")}
+        r = m.post("/desk/members/bo/payment-plan", data={**data, "instalments": "13"})
+        assert "Not done: a payment plan has 2 to 12 instalments" in r.text
+        r = m.post(
+            "/desk/members/bo/payment-plan",
+            data={**data, "submit_key": hidden(r.text, "submit_key"), "instalments": "3"},
+        )
+        assert "Payment plan started: 59.38 EUR in 3 instalments, the first (19.80 EUR)" in r.text
+        # Nothing is paid on a card declined for good; the form now changes the plan.
+        assert b.member("bo")["owed"] == 5938 and "Change the payment plan" in r.text
+        r = m.post(
+            "/desk/members/bo/payment-plan",
+            data={**data, "submit_key": hidden(r.text, "submit_key"), "instalments": "2"},
+        )
+        assert "Payment plan changed: 59.38 EUR in 2 instalments, the first (29.69 EUR)" in r.text
+        assert b.member("bo")["owed"] == 5938
+    rows = b.audit_entries(limit=2)
+    assert [(e["action"], e["detail"]["change"]) for e in rows] == [
+        ("payment_plan", True),
+        ("payment_plan", False),
+    ]
+
+
 def test_owners_carry_out_or_refuse_erasure_requests(
     client: TestClient, app: Any, billing: tuple[Billing, Clock]
 ) -> None:

@@ -3,7 +3,8 @@ plain photo form in headless Chromium against a real ``gated-billing serve``, mo
 two real gates (the console's module stack): a walk-in's day pass with a loaner card typed by
 the reader, let in at the gate for the day and refused after it, or without a card let in once
 from the receipt (the gate's relay pulses); a reload and a double submit
-selling once; an owner's refund, plan change and erasure refusal; a photo uploaded with
+selling once; an owner's refund (its credit note's PDF linked from the member's page), plan
+change and erasure refusal; a photo uploaded with
 JavaScript off. axe-core on each page at 1024 px and on a tablet."""
 
 from __future__ import annotations
@@ -124,6 +125,13 @@ def test_an_owner_refunds_changes_a_plan_and_refuses_an_erasure(
     page.locator("#refund-form button").click()
     page.wait_for_selector("p.flash.note")
     assert "1.00 EUR refunded" in flash(page)
+    # The refund's credit note is on the member's page, its link the PDF.
+    link = page.locator("#member-credit-notes a").first
+    number = link.inner_text().removesuffix(" (PDF)")
+    got = page.request.get(str(link.get_attribute("href")))  # the page's own session
+    assert got.status == 200 and got.body().startswith(b"%PDF")
+    assert f'filename="credit-note-{number}.pdf"' in got.headers["content-disposition"]
+    assert "1.00 EUR" in page.locator("#member-credit-notes").inner_text()
     # A plan change: the quote first, then the change.
     page.select_option("#plan-choice", "premium")
     page.select_option("#plan-when", "now")

@@ -84,6 +84,20 @@ def test_staff_download_the_invoices_of_their_own_sites(
     assert r.status_code == 200 and "Bob (member bob)" in text_of(r.content)
     assert client.get(f"/desk/invoices/{uptown}.pdf").status_code == 404  # not their site
     assert client.get("/desk/invoices/999.pdf").status_code == 404
+    # An account for every site downloads both, and credit notes of both.
+    b.staff_access().add("boss", "Boss", "owner", [], "a long owner password")
+    client.cookies.set("gated-staff", b.staff_access().open_session("boss", "test", "127.0.0.1"))
+    note = b.refund(uptown, 100).credit_notes[0]
+    with b.engine.connect() as conn:
+        note_id = conn.execute(
+            select(schema.credit_notes.c.id).where(schema.credit_notes.c.number == note)
+        ).scalar()
+    for path in (
+        f"/desk/invoices/{downtown}.pdf",
+        f"/desk/invoices/{uptown}.pdf",
+        f"/desk/credit-notes/{note_id}.pdf",
+    ):
+        assert client.get(path).status_code == 200, path
     client.cookies.clear()
     r = client.get(f"/desk/invoices/{downtown}.pdf", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/desk/signin"
