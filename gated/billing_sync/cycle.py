@@ -201,7 +201,7 @@ def plan_charges(
     # The members' rows were read in this transaction: their sites name the issuers.
     sites = {sp.member_id: rows.members[sp.member_id].sites for sp in renewals}
     # Products sold on the next invoice go onto it (``renewals`` gains their lines).
-    new_ids = create_renewals(conn, renewals, now, sites=sites)
+    created = create_renewals(conn, renewals, now, sites=sites)
     if switches:
         bulk(conn, _SWITCH_PLAN, switches)
     if retries:
@@ -216,7 +216,7 @@ def plan_charges(
             row = rows.members[r["mid"]]
             rows.members[r["mid"]] = row._replace(retries_done=r["rd"], next_retry_at=None)
     # The open invoices were loaded in this transaction; the renewals were just created.
-    new = {sp.member_id: (i, sp) for i, sp in zip(new_ids, renewals, strict=True)}
+    new = {sp.member_id: (i, sp) for i, sp in zip(created, renewals, strict=True)}
     minimum = ctx.config.dunning.minimum_for
     open_invoices: list[tuple[int, str, int, str, bool]] = []
     for member_id in to_charge:
@@ -228,13 +228,13 @@ def plan_charges(
         ]
         batch.invoices.update((int(i.id), i) for i in facts[member_id].open_invoices)
         if member_id in new:
-            invoice_id, sp = new[member_id]
+            (invoice_id, number), sp = new[member_id]
             subtotal = sp.subtotal
             total = subtotal + sp.tax
             owing.append((sp.due_at, invoice_id, total, sp.currency, True))
             period_end = sp.period[1] if sp.period else None
             batch.invoices[invoice_id] = NewInvoice(
-                invoice_id, member_id, sp.kind, total, 0, period_end
+                invoice_id, member_id, sp.kind, total, 0, period_end, number=number
             )
         owing.sort(key=lambda o: o[0])
         # Never below the processor's minimum: a renewal billed that small is written off at

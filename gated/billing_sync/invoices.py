@@ -86,6 +86,8 @@ class NewInvoice(NamedTuple):
     total: int
     amount_paid: int
     period_end: int | None
+    # Its legal number, given as it was created (a renewal is never a draft).
+    number: str | None = None
 
 
 @lru_cache(maxsize=1024)  # members share a few site lists
@@ -118,7 +120,19 @@ def create_invoices(
     issue: bool = True,
     sites: Mapping[str, str] | None = None,
 ) -> list[int]:
-    """Itemized invoices: each line net, then one tax line (rate in basis points). Each is
+    """Itemized invoices (see ``insert_invoices``); returns their ids."""
+    return [i for i, _ in insert_invoices(conn, specs, now, issue=issue, sites=sites)]
+
+
+def insert_invoices(
+    conn: Connection,
+    specs: list[InvoiceSpec],
+    now: int,
+    *,
+    issue: bool = True,
+    sites: Mapping[str, str] | None = None,
+) -> list[tuple[int, str | None]]:
+    """Itemized invoices, as (id, legal number, None for a draft) in the order of ``specs``: each line net, then one tax line (rate in basis points). Each is
     issued by its member's first site and numbered in that site's series now, in this
     transaction; ``issue=False`` makes drafts that are numbered when paid
     (``numbering.issue_drafts``). ``sites``: each member's stored ``sites``, when the caller
@@ -194,7 +208,7 @@ def create_invoices(
         elif head["tax"]:
             rows.append(_tax_line(invoice_id, sp.tax_rate_bp, head["tax"]))
     bulk(conn, insert(s.invoice_lines), rows)
-    return ids
+    return [(i, head["number"]) for i, head in zip(ids, heads, strict=True)]
 
 
 def _tax_line(invoice_id: int, rate: int, tax: int) -> dict[str, Any]:

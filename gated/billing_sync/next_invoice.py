@@ -29,7 +29,7 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
-from gated.billing_sync.invoices import InvoiceSpec, create_invoices
+from gated.billing_sync.invoices import InvoiceSpec, create_invoices, insert_invoices
 from gated.billing_sync.store import bulk, many
 
 METHOD = "next_invoice"
@@ -142,22 +142,22 @@ def _book(conn: Connection, taken: list[tuple[int, list[Any]]], now: int) -> Non
 
 def create_renewals(
     conn: Connection, renewals: list[InvoiceSpec], now: int, *, sites: Mapping[str, str]
-) -> list[int]:
-    """``create_invoices`` for the cycle's renewal invoices, each with its member's waiting
+) -> list[tuple[int, str | None]]:
+    """``insert_invoices`` for the cycle's renewal invoices, each with its member's waiting
     lines added (``renewals`` is updated in place, so the caller charges what was issued)."""
     found = waiting(conn, [sp.member_id for sp in renewals])
     if not found:
-        return create_invoices(conn, renewals, now, sites=sites)
+        return insert_invoices(conn, renewals, now, sites=sites)
     taken: dict[int, list[Any]] = {}
     for i, sp in enumerate(renewals):
         rows = [r for r in found.get(sp.member_id, ()) if r.currency == sp.currency]
         if rows:
             renewals[i] = sp._replace(taxed=sp.taxed + _taxed(rows))
             taken[i] = rows
-    ids = create_invoices(conn, renewals, now, sites=sites)
+    created = insert_invoices(conn, renewals, now, sites=sites)
     if taken:
-        _book(conn, [(ids[i], rows) for i, rows in taken.items()], now)
-    return ids
+        _book(conn, [(created[i][0], rows) for i, rows in taken.items()], now)
+    return created
 
 
 def bill_alone(conn: Connection, member_id: str, now: int) -> int | None:
