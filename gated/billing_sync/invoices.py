@@ -88,6 +88,9 @@ class NewInvoice(NamedTuple):
     period_end: int | None
     # Its legal number, given as it was created (a renewal is never a draft).
     number: str | None = None
+    # Never paid yet: read by ``apply_payments`` as an invoice row's, where a missing field
+    # would cost a raised and swallowed AttributeError per renewal.
+    paid_at: int | None = None
 
 
 @lru_cache(maxsize=1024)  # members share a few site lists
