@@ -124,7 +124,7 @@ def create_invoices(
     sites: Mapping[str, str] | None = None,
 ) -> list[int]:
     """Itemized invoices (see ``insert_invoices``); returns their ids."""
-    return [i for i, _ in insert_invoices(conn, specs, now, issue=issue, sites=sites)]
+    return [i for i, _, _ in insert_invoices(conn, specs, now, issue=issue, sites=sites)]
 
 
 def insert_invoices(
@@ -134,10 +134,10 @@ def insert_invoices(
     *,
     issue: bool = True,
     sites: Mapping[str, str] | None = None,
-) -> list[tuple[int, str | None]]:
-    """Itemized invoices, as (id, legal number, None for a draft) in the order of ``specs``: each line net, then one tax line (rate in basis points). Each is
-    issued by its member's first site and numbered in that site's series now, in this
-    transaction; ``issue=False`` makes drafts that are numbered when paid
+) -> list[tuple[int, str | None, int]]:
+    """Itemized invoices, as (id, legal number or None for a draft, total) in the order of
+    ``specs``: each line net, then one tax line (rate in basis points). Each is issued by its
+    member's first site and numbered in that site's series now, in this transaction; ``issue=False`` makes drafts that are numbered when paid
     (``numbering.issue_drafts``). ``sites``: each member's stored ``sites``, when the caller
     read the members' rows in this transaction (the cycle's batch); else they are read here."""
     if not specs:
@@ -211,7 +211,7 @@ def insert_invoices(
         elif head["tax"]:
             rows.append(_tax_line(invoice_id, sp.tax_rate_bp, head["tax"]))
     bulk(conn, insert(s.invoice_lines), rows)
-    return [(i, head["number"]) for i, head in zip(ids, heads, strict=True)]
+    return [(i, head["number"], head["total"]) for i, head in zip(ids, heads, strict=True)]
 
 
 def _tax_line(invoice_id: int, rate: int, tax: int) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def _book(conn: Connection, taken: list[tuple[int, list[Any]]], now: int) -> Non
 
 def create_renewals(
     conn: Connection, renewals: list[InvoiceSpec], now: int, *, sites: Mapping[str, str]
-) -> list[tuple[int, str | None]]:
+) -> list[tuple[int, str | None, int]]:
     """``insert_invoices`` for the cycle's renewal invoices, each with its member's waiting
     lines added (``renewals`` is updated in place, so the caller charges what was issued)."""
     found = waiting(conn, [sp.member_id for sp in renewals])
