@@ -93,6 +93,12 @@ class NewInvoice(NamedTuple):
     paid_at: int | None = None
 
 
+@lru_cache(maxsize=64)  # a batch's invoices share a rate or two
+def tax_label(rate_bp: int) -> str:
+    """The description of an invoice's tax line: ``Tax 19 %`` for 1900 basis points."""
+    return f"Tax {rate_bp / 100:g} %"
+
+
 @lru_cache(maxsize=1024)  # members share a few site lists
 def home_site(stored: str) -> str:
     """The site that issues a member's invoices: the first of their stored ``sites`` (JSON)."""
@@ -218,7 +224,7 @@ def _tax_line(invoice_id: int, rate: int, tax: int) -> dict[str, Any]:
     return {
         "invoice_id": invoice_id,
         "kind": "tax",
-        "description": f"Tax {rate / 100:g} %",
+        "description": tax_label(rate),
         "quantity": 1,
         "unit_amount": tax,
         "amount": tax,
