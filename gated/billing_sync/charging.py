@@ -372,17 +372,11 @@ def record_results(
             continue
         if c.result.state == "succeeded":
             report.succeeded += 1
-            receipts.append(
-                (
-                    f,
-                    "receipt",
-                    {
-                        "amount": format_amount(c.amount, c.currency),
-                        "invoices": [inv.id],
-                        "attach": [inv.id],
-                    },
-                )
-            )
+            # Named by the number the batch holds, given as the invoice was issued; a sign-up's
+            # draft, numbered as it was paid just now, is looked up (queue_notices).
+            named = {"invoice": inv.number} if inv.number else {"invoices": [inv.id]}
+            values = {"amount": format_amount(c.amount, c.currency), **named, "attach": [inv.id]}
+            receipts.append((f, "receipt", values))
         elif c.result.state == "processing":
             report.processing += 1
         else:

@@ -201,7 +201,7 @@ def plan_charges(
     # The members' rows were read in this transaction: their sites name the issuers.
     sites = {sp.member_id: rows.members[sp.member_id].sites for sp in renewals}
     # Products sold on the next invoice go onto it (``renewals`` gains their lines).
-    new_ids = create_renewals(conn, renewals, now, sites=sites)
+    created = create_renewals(conn, renewals, now, sites=sites)
     if switches:
         bulk(conn, _SWITCH_PLAN, switches)
     if retries:
@@ -216,32 +216,38 @@ def plan_charges(
             row = rows.members[r["mid"]]
             rows.members[r["mid"]] = row._replace(retries_done=r["rd"], next_retry_at=None)
     # The open invoices were loaded in this transaction; the renewals were just created.
-    new = {sp.member_id: (i, sp) for i, sp in zip(new_ids, renewals, strict=True)}
-    minimum = ctx.config.dunning.minimum_for
+    new = {sp.member_id: (c, sp) for c, sp in zip(created, renewals, strict=True)}
+    minimum_for = ctx.config.dunning.minimum_for
+    minimums: dict[str, int] = {}  # by currency: the configuration is asked once per batch
     open_invoices: list[tuple[int, str, int, str, bool]] = []
     for member_id in to_charge:
-        owing = [
-            (int(i.due_at), int(i.id), int(i.total - i.amount_paid), i.currency, False)
-            for i in facts[member_id].open_invoices
-            # An instalment of a payment plan is charged on its day, not before.
-            if i.total > i.amount_paid and i.due_at <= now
-        ]
-        batch.invoices.update((int(i.id), i) for i in facts[member_id].open_invoices)
+        earlier = facts[member_id].open_invoices
+        owing = []
+        if earlier:  # most members renewing owe nothing else
+            owing = [
+                (int(i.due_at), int(i.id), int(i.total - i.amount_paid), i.currency, False)
+                for i in earlier
+                # An instalment of a payment plan is charged on its day, not before.
+                if i.total > i.amount_paid and i.due_at <= now
+            ]
+            batch.invoices.update((int(i.id), i) for i in earlier)
         if member_id in new:
-            invoice_id, sp = new[member_id]
-            subtotal = sp.subtotal
-            total = subtotal + sp.tax
+            (invoice_id, number, total), sp = new[member_id]
             owing.append((sp.due_at, invoice_id, total, sp.currency, True))
             period_end = sp.period[1] if sp.period else None
             batch.invoices[invoice_id] = NewInvoice(
-                invoice_id, member_id, sp.kind, total, 0, period_end
+                invoice_id, member_id, sp.kind, total, 0, period_end, number=number
             )
-        owing.sort(key=lambda o: o[0])
+        if len(owing) > 1:
+            owing.sort(key=lambda o: o[0])
         # Never below the processor's minimum: a renewal billed that small is written off at
         # the member's next review (write_off_below_minimum), as a rest would be.
-        open_invoices.extend(
-            (o[1], member_id, o[2], o[3], o[4]) for o in owing if o[2] >= minimum(o[3])
-        )
+        for _, invoice_id, amount, currency, fresh in owing:
+            minimum = minimums.get(currency)
+            if minimum is None:
+                minimum = minimums[currency] = minimum_for(currency)
+            if amount >= minimum:
+                open_invoices.append((invoice_id, member_id, amount, currency, fresh))
     charges = attempts_for(conn, open_invoices, facts, now)
     # Members being charged are refreshed from the charge's result (record_results); if no
     # result comes back, resume() finishes the attempt on the next cycle.

@@ -86,6 +86,17 @@ class NewInvoice(NamedTuple):
     total: int
     amount_paid: int
     period_end: int | None
+    # Its legal number, given as it was created (a renewal is never a draft).
+    number: str | None = None
+    # Never paid yet: read by ``apply_payments`` as an invoice row's, where a missing field
+    # would cost a raised and swallowed AttributeError per renewal.
+    paid_at: int | None = None
+
+
+@lru_cache(maxsize=64)  # a batch's invoices share a rate or two
+def tax_label(rate_bp: int) -> str:
+    """The description of an invoice's tax line: ``Tax 19 %`` for 1900 basis points."""
+    return f"Tax {rate_bp / 100:g} %"
 
 
 @lru_cache(maxsize=1024)  # members share a few site lists
@@ -118,9 +129,21 @@ def create_invoices(
     issue: bool = True,
     sites: Mapping[str, str] | None = None,
 ) -> list[int]:
-    """Itemized invoices: each line net, then one tax line (rate in basis points). Each is
-    issued by its member's first site and numbered in that site's series now, in this
-    transaction; ``issue=False`` makes drafts that are numbered when paid
+    """Itemized invoices (see ``insert_invoices``); returns their ids."""
+    return [i for i, _, _ in insert_invoices(conn, specs, now, issue=issue, sites=sites)]
+
+
+def insert_invoices(
+    conn: Connection,
+    specs: list[InvoiceSpec],
+    now: int,
+    *,
+    issue: bool = True,
+    sites: Mapping[str, str] | None = None,
+) -> list[tuple[int, str | None, int]]:
+    """Itemized invoices, as (id, legal number or None for a draft, total) in the order of
+    ``specs``: each line net, then one tax line (rate in basis points). Each is issued by its
+    member's first site and numbered in that site's series now, in this transaction; ``issue=False`` makes drafts that are numbered when paid
     (``numbering.issue_drafts``). ``sites``: each member's stored ``sites``, when the caller
     read the members' rows in this transaction (the cycle's batch); else they are read here."""
     if not specs:
@@ -194,14 +217,14 @@ def create_invoices(
         elif head["tax"]:
             rows.append(_tax_line(invoice_id, sp.tax_rate_bp, head["tax"]))
     bulk(conn, insert(s.invoice_lines), rows)
-    return ids
+    return [(i, head["number"], head["total"]) for i, head in zip(ids, heads, strict=True)]
 
 
 def _tax_line(invoice_id: int, rate: int, tax: int) -> dict[str, Any]:
     return {
         "invoice_id": invoice_id,
         "kind": "tax",
-        "description": f"Tax {rate / 100:g} %",
+        "description": tax_label(rate),
         "quantity": 1,
         "unit_amount": tax,
         "amount": tax,

@@ -29,14 +29,18 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
-from gated.billing_sync.invoices import InvoiceSpec, create_invoices
-from gated.billing_sync.store import bulk, many
+from gated.billing_sync.invoices import InvoiceSpec, create_invoices, insert_invoices
+from gated.billing_sync.store import bulk, fetch, in_list
 
 METHOD = "next_invoice"
 # Statuses whose membership renews: a line sold now is billed at the next renewal.
 RENEWING = ("active", "frozen")
 
 _P = s.pending_lines
+# Read for every batch of the cycle: built once, its ids bound as one list (see facts.py).
+_WAITING = (
+    select(_P).where(_P.c.member_id.in_(in_list()), _P.c.invoice_id.is_(None)).order_by(_P.c.id)
+)
 
 
 def check(conn: Connection, member_id: str, product: Row[Any], now: int) -> None:
@@ -89,13 +93,8 @@ def waiting(conn: Connection, member_ids: list[str]) -> dict[str, list[Any]]:
     """The lines waiting for each of these members' next invoice, oldest first."""
     if not member_ids:
         return {}
-    rows = conn.execute(
-        select(_P)
-        .where(_P.c.member_id.in_(many(member_ids)), _P.c.invoice_id.is_(None))
-        .order_by(_P.c.id)
-    )
     out: dict[str, list[Any]] = {}
-    for r in rows:
+    for r in fetch(conn, _WAITING, {"ids": member_ids}):
         out.setdefault(r.member_id, []).append(r)
     return out
 
@@ -142,22 +141,22 @@ def _book(conn: Connection, taken: list[tuple[int, list[Any]]], now: int) -> Non
 
 def create_renewals(
     conn: Connection, renewals: list[InvoiceSpec], now: int, *, sites: Mapping[str, str]
-) -> list[int]:
-    """``create_invoices`` for the cycle's renewal invoices, each with its member's waiting
+) -> list[tuple[int, str | None, int]]:
+    """``insert_invoices`` for the cycle's renewal invoices, each with its member's waiting
     lines added (``renewals`` is updated in place, so the caller charges what was issued)."""
     found = waiting(conn, [sp.member_id for sp in renewals])
     if not found:
-        return create_invoices(conn, renewals, now, sites=sites)
+        return insert_invoices(conn, renewals, now, sites=sites)
     taken: dict[int, list[Any]] = {}
     for i, sp in enumerate(renewals):
         rows = [r for r in found.get(sp.member_id, ()) if r.currency == sp.currency]
         if rows:
             renewals[i] = sp._replace(taxed=sp.taxed + _taxed(rows))
             taken[i] = rows
-    ids = create_invoices(conn, renewals, now, sites=sites)
+    created = insert_invoices(conn, renewals, now, sites=sites)
     if taken:
-        _book(conn, [(ids[i], rows) for i, rows in taken.items()], now)
-    return ids
+        _book(conn, [(created[i][0], rows) for i, rows in taken.items()], now)
+    return created
 
 
 def bill_alone(conn: Connection, member_id: str, now: int) -> int | None:

@@ -22,7 +22,7 @@ from gated.billing_sync.enrolment import welcome_due
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, dependants, load_facts
 from gated.billing_sync.notices import PAYER_NOTICES, Notice, format_amount, format_day, render
-from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, many, next_versions
+from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, next_versions
 from gated.contract import card_key, digest_hex, digest_term, erased_state, format_time
 
 # The statements run for every batch, built once (see facts.py).
@@ -56,6 +56,7 @@ _STATE_VALUES: dict[str, Any] = {
 }
 _NEW_STATES = insert(_MS).values(member_id=bindparam("mid"), **_STATE_VALUES)
 _SET_STATES = update(_MS).where(_MS.c.member_id == bindparam("mid")).values(**_STATE_VALUES)
+_NUMBERS = select(s.invoices.c.id, s.invoices.c.number).where(s.invoices.c.id.in_(in_list()))
 
 
 def refresh(
@@ -315,10 +316,8 @@ def invoice_labels(conn: Connection, invoice_ids: Iterable[int | str]) -> dict[i
     ids = sorted({int(i) for i in invoice_ids})
     if not ids:
         return {}
-    inv = s.invoices
-    found = conn.execute(select(inv.c.id, inv.c.number).where(inv.c.id.in_(many(ids)))).all()
     labels = {i: str(i) for i in ids}
-    labels.update({int(r.id): r.number for r in found if r.number})
+    labels.update({int(r.id): r.number for r in fetch(conn, _NUMBERS, {"ids": ids}) if r.number})
     return labels
 
 
@@ -337,7 +336,8 @@ def queue_notices(
     (or ``cn`` and a credit note's id), sends those documents' PDFs with the mail. ``values["invoices"]``, a list of invoice ids,
     fills ``$invoice`` with their legal numbers (``downtown-2026-000123``), the one a member
     finds on the document: looked up here, once for all the items, as a number is given in
-    the transaction that issues the invoice (a sign-up's when it is paid)."""
+    the transaction that issues the invoice (a sign-up's when it is paid). A caller that holds
+    the number already gives it as ``values["invoice"]`` instead (the cycle's renewals)."""
     rows = []
     now = ctx.clock()  # once: a deployment's clock is a database query
     labels = invoice_labels(conn, [i for _, _, v in items for i in v.get("invoices", ())])

@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Integer, select
 
-from gated.billing_sync import schema
+from gated.billing_sync import charging, schema
 from gated.billing_sync.numbering import format_number, next_number, take_numbers
 from gated.billing_sync.service import Billing
 from gated.billing_sync.store import open_store
@@ -87,6 +87,44 @@ def test_a_signup_invoice_is_numbered_when_paid_so_a_purged_one_leaves_no_gap(
     assert b.purge_unpaid_signups() == 1
     b.add_member("a", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
     assert [n for _, n in numbers(b)] == ["downtown-2026-000001", "downtown-2026-000002"]
+
+
+def receipts(b: Billing) -> list[tuple[str, str]]:
+    """(subject, the paid invoice's legal number) of every receipt, oldest first."""
+    n, inv = schema.notifications, schema.invoices
+    with b.engine.connect() as conn:
+        return [
+            (r.subject, r.number)
+            for r in conn.execute(
+                select(n.c.subject, inv.c.number)
+                .join(inv, inv.c.id == n.c.invoice_ids.cast(Integer))
+                .where(n.c.kind == "receipt")
+                .order_by(n.c.id)
+            )
+        ]
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["batch_kept", "batch_read_again"])
+def test_receipts_name_the_invoices_by_the_numbers_they_were_issued_under(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """A renewal's receipt names the number its batch gave the invoice, whether the batch kept
+    its rows or read them again; a sign-up's, the number its draft was given as it was paid."""
+    if not kept:  # as if another connection had written while the charges were in flight
+        monkeypatch.setattr(charging, "data_version", lambda conn: None)
+    b, clock = make_billing(tmp_path, batch_size=2)
+    m = b.start_signup(applicant(), TERMS, "127.0.0.1", "")
+    b.pay_signup(m, "pm_sim_ok", "k" * 20, "http://x/")
+    for i in range(3):
+        b.add_member(
+            f"m{i}", "M", plan_id="monthly", email=f"m{i}@example.com", payment_method="pm_sim_ok"
+        )
+    clock.advance(31)
+    b.run_cycle()
+    got = receipts(b)
+    # The sign-up, three members enrolled and charged at once, and the four renewals.
+    assert len(got) == 8 and len({number for _, number in got}) == 8
+    assert all(subject == f"Receipt for invoice {number}" for subject, number in got), got
 
 
 def issue_concurrently(engine: Engine, issuers: int, per_issuer: int) -> list[str]:

@@ -14,6 +14,7 @@ from gated.billing_sync.store import (
     MIGRATIONS,
     alembic_config,
     current_revision,
+    fetch,
     next_versions,
     open_store,
     raise_version_floor,
@@ -81,3 +82,28 @@ def test_a_bad_stripe_concurrency_is_refused_by_name(tmp_path: Path, value: str)
         load_billing_config(path)
     message = str(info.value)
     assert "\n" not in message and "stripe.concurrency" in message
+
+
+def test_fetch_reads_what_sqlalchemy_reads_with_booleans_converted(tmp_path: Path) -> None:
+    """``fetch`` converts the driver's values as SQLAlchemy does, whether in each row (a few
+    converted columns of many: a batch's member rows) or a column at a time (plans: 4 of 15)."""
+    from sqlalchemy import update
+
+    from gated.billing_sync.facts import _ALL_PLANS, _LOAD_MEMBERS
+    from tests.billing.helpers import make_billing
+
+    b, _ = make_billing(tmp_path)
+    for m in ("m0", "m1", "m2"):
+        b.add_member(m, m, plan_id="monthly", payment_method="pm_sim_ok")
+    with b.engine.begin() as conn:
+        conn.execute(update(schema.members).where(schema.members.c.id == "m1").values(erased=True))
+        conn.execute(
+            update(schema.subscriptions)
+            .where(schema.subscriptions.c.member_id == "m2")
+            .values(needs_new_card=True)
+        )
+        for stmt, params in ((_LOAD_MEMBERS, {"ids": ["m0", "m1", "m2"]}), (_ALL_PLANS, None)):
+            want = sorted(tuple(r) for r in conn.execute(stmt, params))
+            got = sorted(tuple(r) for r in fetch(conn, stmt, params))
+            assert got == want
+            assert {type(v) for r in got for v in r if isinstance(v, int)} == {int, bool}
