@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
@@ -98,14 +98,18 @@ class Story:
         self.n = 0
 
     def begin(self) -> None:
-        """Three members, each with an invoice and a payment on it, the second invoice with a
-        failed attempt before its payment: every rollup has rows for the writes to move."""
+        """Three members, each with a subscription (one cancelled), an invoice and a payment on
+        it, the second invoice with two failed attempts, the first before its payment: every
+        rollup has rows for the writes to move."""
         for n, sites in enumerate(SITES):
             self.member(sites)
             self.invoice(n, ("renewal", "extra")[n % 2], ("EUR", "USD")[n % 2],
                          ("paid", "open")[n % 2], T0 + n * DAY, 1, 4990)  # fmt: skip
             self.pay(n, n, True, 4990 - n * 1000, "card", T0 + (n + 1) * DAY)
+            self.subscribe(0, ("monthly", "yearly")[n % 2], T0 - n * DAY, "active",
+                           None if n else T0 + 9 * DAY)  # fmt: skip
         self.attempt(1, "failed", "soft", T0 + DAY)
+        self.attempt(1, "failed", "hard", T0 + 2 * DAY)
 
     def _pick(self, rows: list[Any], i: int) -> Any:
         return rows[i % len(rows)] if rows else None
@@ -378,9 +382,8 @@ REMOVALS: st.SearchStrategy[Callable[[Story], None]] = st.one_of(
     st.builds(lambda i: lambda w: w.delete_payment(i), idx),
     st.builds(lambda i: lambda w: w.delete_attempt(i), idx),
 )
-# One write in ten removes something (a row, or a member's standing): rows live long enough
-# to be changed.
-WRITES = st.integers(0, 9).flatmap(lambda n: REMOVALS if n == 0 else CHANGES)
+# One write in six removes a row or erases a member: rows live long enough to be changed.
+WRITES = st.integers(0, 5).flatmap(lambda n: REMOVALS if n == 0 else CHANGES)
 
 
 def _store(url: str) -> Engine:
@@ -408,6 +411,9 @@ def _store(url: str) -> Engine:
 def _check(engine: Engine, examples: int) -> None:
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(WRITES, min_size=10, max_size=40))
+    # The invoice with failures and money paid since moves to another currency, then the first
+    # of its two attempts goes: rarely drawn together, checked every run.
+    @example([lambda w: w.change_invoice(1, {"currency": "EUR"}), lambda w: w.delete_attempt(0)])
     def story(writes: list[Callable[[Story], None]]) -> None:
         with engine.connect() as conn:
             tx = conn.begin()
@@ -424,7 +430,7 @@ def _check(engine: Engine, examples: int) -> None:
 
 
 def test_every_rollup_equals_the_backfill_after_random_writes_on_sqlite(tmp_path: Path) -> None:
-    _check(_store(f"sqlite:///{tmp_path}/billing.db"), 40)
+    _check(_store(f"sqlite:///{tmp_path}/billing.db"), 60)
 
 
 def test_every_rollup_equals_the_backfill_after_random_writes_on_postgres(

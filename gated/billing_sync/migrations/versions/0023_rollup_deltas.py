@@ -353,13 +353,15 @@ class _Regroup(NamedTuple):
     """0018's grouped SELECTs for the rows a write to ``table`` touches (``parts``: rollup, which
     rows, ``{r}`` being the written row), taken out before the write and put back after it,
     when the written row ``counts`` (and, for an update, one of the columns it ``reads``
-    changed)."""
+    changed). ``neighbours``: a row's group holds other rows of ``table`` (an invoice's
+    attempts), which matters on PostgreSQL (below)."""
 
     table: str
     events: tuple[str, ...]
     counts: str
     reads: tuple[str, ...]
     parts: tuple[tuple[str, str], ...]
+    neighbours: bool
 
 
 _REGROUPS = {
@@ -371,6 +373,7 @@ _REGROUPS = {
         "{r}.state = 'failed'",
         _R18._ATTEMPT_COLUMNS,
         (("recovery", "f.invoice_id = {r}.invoice_id"),),
+        True,
     ),
     # Everything of a member counts under the sites the member has now (but statuses, a part).
     "member_sites": _Regroup(
@@ -379,6 +382,7 @@ _REGROUPS = {
         "",
         ("sites",),
         tuple(p for p in _R18._BY_MEMBER if p[0] != "statuses"),
+        False,
     ),
 }
 _TIMING_ROW = {"INSERT": ("NEW",), "UPDATE": ("OLD", "NEW"), "DELETE": ("OLD",)}
@@ -427,6 +431,15 @@ def _when(counts: str, reads: tuple[str, ...], event: str) -> str:
     return when
 
 
+def _as_written(table: str, columns: tuple[str, ...], event: str) -> str:
+    """``table``'s rows as the written row will leave them (for a BEFORE trigger)."""
+    cols = ", ".join(columns)
+    rows = f"SELECT {cols} FROM {table}" + ("" if event == "INSERT" else " WHERE id <> OLD.id")
+    if event != "DELETE":
+        rows += " UNION ALL SELECT " + ", ".join(f"NEW.{c}" for c in columns)
+    return f"({rows})"
+
+
 def _statements(dialect: str) -> list[tuple[str, str, list[str]]]:
     """(trigger name, table, the statements that make it), for every trigger."""
     out: list[tuple[str, str, list[str]]] = []
@@ -446,9 +459,24 @@ def _statements(dialect: str) -> list[tuple[str, str, list[str]]]:
     for name, group in _REGROUPS.items():
         for event in group.events:
             when = _when(group.counts, group.reads, event)
-            for timing, sign in (("BEFORE", -1), ("AFTER", 1)):
+            parts = [(rollups[r], _either(m, event)) for r, m in group.parts]
+            body = [r.apply(m, -1) for r, m in parts]
+            if dialect == "postgresql" and group.neighbours:
+                # PostgreSQL runs a statement's AFTER row triggers when the whole statement is
+                # done, not after each row as SQLite does: for a statement that writes two
+                # attempts of one invoice, the second row's take-out would see the first row's
+                # change never put back. So the BEFORE trigger also puts the group back, read
+                # from the table as this row will leave it (a BEFORE row trigger sees the rows
+                # the statement already wrote).
+                written = _as_written(group.table, ("id", *group.reads), event)
+                body += [r.apply(m, 1).replace(group.table, written) for r, m in parts]
+                timings = ["BEFORE"]
+            else:
+                timings = ["BEFORE", "AFTER"]
+            for timing in timings:
                 trigger = f"rollup_{name}_{_SHORT[event]}_{timing.lower()}"
-                body = [rollups[r].apply(_either(m, event), sign) for r, m in group.parts]
+                if timing == "AFTER":
+                    body = [r.apply(m, 1) for r, m in parts]
                 made = _trigger(dialect, trigger, timing, event, group.table, when, "", body)
                 out.append((trigger, group.table, made))
     return out
@@ -463,9 +491,9 @@ def _drop(dialect: str, names: list[tuple[str, str]]) -> None:
             op.execute(f"DROP FUNCTION IF EXISTS {name}()")
 
 
-def trigger_names() -> list[tuple[str, str]]:
+def trigger_names(dialect: str = "sqlite") -> list[tuple[str, str]]:
     """(trigger, table) of every trigger this migration makes."""
-    return [(name, table) for name, table, _ in _statements("sqlite")]
+    return [(name, table) for name, table, _ in _statements(dialect)]
 
 
 def upgrade() -> None:
@@ -478,6 +506,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _drop(dialect, trigger_names())
+    _drop(dialect, trigger_names(dialect))
     for statement in _R18._statements(dialect):
         op.execute(statement)
