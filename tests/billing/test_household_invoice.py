@@ -1,0 +1,143 @@
+"""One household invoice: a payer and the dependants renewing in the same cycle run get one
+invoice (the payer's, one line per member with their plan, price, tax and period) and one
+charge on the payer's card; its dunning, suspension and payment are the whole household's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gated.billing_sync import schema as s
+from gated.billing_sync.service import Billing
+from gated.billing_sync.simulator import SimulatedGateway
+from gated.contract import parse_time
+from tests.billing.helpers import DAY, Clock, make_billing, published, step
+
+HOUSEHOLD = ("pat", "kim", "lou")
+# Monthly: 49.90 net and 19 % tax, 59.38 per member.
+GROSS = 5938
+
+
+@pytest.fixture
+def household(tmp_path: Path) -> tuple[Billing, Clock, SimulatedGateway]:
+    clock = Clock()
+    gateway = SimulatedGateway(clock=clock)
+    b, _ = make_billing(tmp_path, gateway=gateway, clock=clock)
+    b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    b.add_member("lou", "Lou", plan_id="monthly", payer_id="pat")
+    return b, clock, gateway
+
+
+def rows(b: Billing, table: Any, *where: Any) -> list[Any]:
+    with b.engine.connect() as conn:
+        return list(conn.execute(select(table).where(*where).order_by(table.c.id)))
+
+
+def paid_through(b: Billing, member: str) -> int:
+    sub = s.subscriptions
+    with b.engine.connect() as conn:
+        return int(
+            conn.execute(select(sub.c.paid_through).where(sub.c.member_id == member)).scalar_one()
+        )
+
+
+def renewals(b: Billing) -> list[Any]:
+    """The renewal invoices after each member's first period (billed as they joined)."""
+    inv, sub = s.invoices, s.subscriptions
+    with b.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(inv)
+                .join(sub, sub.c.member_id == inv.c.member_id)
+                .where(inv.c.kind == "renewal", inv.c.period_start != sub.c.started_at)
+                .order_by(inv.c.id)
+            )
+        )
+
+
+def to_renewal(b: Billing, clock: Clock) -> None:
+    """The clock at the household's renewal, and the cycle that bills it."""
+    clock.now = paid_through(b, "pat")
+    b.run_cycle()
+
+
+def test_a_household_renews_on_one_invoice_with_a_line_per_member_and_one_charge(
+    household: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    b, clock, gateway = household
+    start = paid_through(b, "pat")
+    charged = gateway.charged_total()
+    attempts = len(rows(b, s.payment_attempts))
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert (inv.member_id, inv.household, inv.status) == ("pat", True, "paid")
+    assert inv.total == 3 * GROSS and inv.number is not None and inv.site == "downtown"
+    lines = rows(b, s.invoice_lines, s.invoice_lines.c.invoice_id == inv.id)
+    members = [ln.member_id for ln in lines if ln.kind == "membership"]
+    assert members == list(HOUSEHOLD)
+    for ln in lines:
+        assert (ln.period_start, ln.period_end) == (inv.period_start, inv.period_end)
+        if ln.kind == "membership":
+            who = ln.member_id.title()
+            assert ln.description.startswith(f"{who}: Monthly") and ln.amount == 4990
+    assert sorted(ln.amount for ln in lines if ln.kind == "tax") == [948] * 3
+    # One charge, on the payer's card, for the whole household.
+    [attempt] = rows(b, s.payment_attempts)[attempts:]
+    assert (attempt.member_id, attempt.amount, attempt.state) == ("pat", 3 * GROSS, "succeeded")
+    assert gateway.charged_total() - charged == 3 * GROSS
+    for member in HOUSEHOLD:
+        assert paid_through(b, member) == inv.period_end > start
+        state = published(b, member)
+        assert state["status"] == "active"
+        assert parse_time(state["valid_until"]).timestamp() == inv.period_end + 3 * DAY
+    # The next cycles bill nothing more for that period.
+    step(b, clock, 2)
+    assert len(renewals(b)) == 1
+
+
+def test_a_declined_household_charge_suspends_everyone_on_it_and_a_desk_payment_restores_them(
+    household: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    b, clock, gateway = household
+    b.set_payment_method("pat", "pm_sim_decline_insufficient_funds")
+    charged = gateway.charged_total()
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert inv.status == "open" and inv.total == 3 * GROSS
+    [attempt] = rows(b, s.payment_attempts, s.payment_attempts.c.invoice_id == inv.id)
+    assert attempt.state == "failed"
+    for member in HOUSEHOLD:
+        assert published(b, member)["status"] == "grace", member
+    step(b, clock, 4)
+    # One invoice, retried as one: never a charge per member.
+    assert {a.invoice_id for a in rows(b, s.payment_attempts)[-2:]} <= {inv.id}
+    assert len(renewals(b)) == 1
+    for member in HOUSEHOLD:
+        assert published(b, member)["status"] == "suspended", member
+    assert gateway.charged_total() == charged
+    # The payer pays at the desk: everyone on the invoice is in again, and the gates are told.
+    assert b.record_payment("pat") == 3 * GROSS
+    for member in HOUSEHOLD:
+        state = published(b, member)
+        assert state["status"] == "active", member
+        assert parse_time(state["valid_until"]).timestamp() > clock.now
+        assert paid_through(b, member) == inv.period_end
+
+
+def test_a_dependant_renewing_on_another_day_gets_an_invoice_of_their_own(
+    tmp_path: Path,
+) -> None:
+    b, clock = make_billing(tmp_path)
+    b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_sim_ok")
+    clock.advance(10)
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    step(b, clock, 31)
+    by_member = {inv.member_id: inv for inv in renewals(b)}
+    assert by_member.keys() == {"pat", "kim"}
+    assert not by_member["pat"].household and not by_member["kim"].household
+    assert by_member["kim"].total == GROSS and by_member["kim"].status == "paid"
+    assert published(b, "kim")["status"] == "active"
