@@ -7,14 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from gated.billing_sync import schema as s
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
+from gated.billing_sync.stripe_gateway import StripeGateway
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing, published, step
+from tests.services import LocalStripe
 
 HOUSEHOLD = ("pat", "kim", "lou")
 # Monthly: 49.90 net and 19 % tax, 59.38 per member.
@@ -141,3 +144,46 @@ def test_a_dependant_renewing_on_another_day_gets_an_invoice_of_their_own(
     assert not by_member["pat"].household and not by_member["kim"].household
     assert by_member["kim"].total == GROSS and by_member["kim"].status == "paid"
     assert published(b, "kim")["status"] == "active"
+
+
+def test_a_household_is_one_payment_intent_at_stripe_and_dunned_as_one(
+    tmp_path: Path, localstripe: LocalStripe
+) -> None:
+    gw = StripeGateway(
+        "sk_test_local",
+        api_base=localstripe.url,
+        off_session=False,
+        max_requests_per_s=100,
+        sleep=lambda s: None,
+    )
+    b, clock = make_billing(tmp_path, gateway=gw)
+    b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_card_visa")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    b.add_member("lou", "Lou", plan_id="monthly", payer_id="pat")
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    [attempt] = rows(b, s.payment_attempts, s.payment_attempts.c.invoice_id == inv.id)
+    # The provider holds one PaymentIntent for the household, for all three members.
+    intent = httpx.get(
+        f"{localstripe.url}/v1/payment_intents/{attempt.gateway_ref}", auth=("sk_test_local", "")
+    ).json()
+    assert (intent["amount"], intent["status"]) == (3 * GROSS, "succeeded")
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
+    # The next renewal is declined (localstripe gives no decline code: a soft decline).
+    b.set_payment_method("pat", "pm_card_chargeCustomerFail")
+    to_renewal(b, clock)
+    second = renewals(b)[-1]
+    assert second.household and second.status == "open" and second.total == 3 * GROSS
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "grace")
+    clock.advance(3.5)
+    b.run_cycle()
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(
+        HOUSEHOLD, "suspended"
+    )
+    # A new card pays the household's invoice with one charge: everyone is in again.
+    b.set_payment_method("pat", "pm_card_visa")
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
+    paid = rows(b, s.payments, s.payments.c.invoice_id == second.id)
+    assert [(p.member_id, p.amount, p.method) for p in paid] == [("pat", 3 * GROSS, "card")]
+    for member in HOUSEHOLD:
+        assert paid_through(b, member) == second.period_end
