@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, or_, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
@@ -42,6 +42,7 @@ _SUB, _M, _INV, _LN, _ATT = (
 _OPEN_LINES = (
     select(
         _LN.c.member_id,
+        _LN.c.id.label("line_id"),
         _LN.c.amount,
         _INV.c.id,
         _INV.c.due_at,
@@ -58,6 +59,10 @@ _OPEN_LINES = (
         _INV.c.status == "open",
         _INV.c.member_id != _LN.c.member_id,
     )
+)
+# Lines credited in full (their credit notes, with tax) on some invoices.
+_CREDITED = select(s.credit_notes.c.line_id, s.credit_notes.c.amount).where(
+    s.credit_notes.c.invoice_id.in_(in_list()), s.credit_notes.c.line_id.is_not(None)
 )
 _PERIODS = select(_LN.c.invoice_id, _LN.c.member_id, _LN.c.period_end).where(
     _LN.c.invoice_id.in_(in_list()), _LN.c.member_id.is_not(None), _LN.c.period_end.is_not(None)
@@ -109,17 +114,27 @@ def open_shares(conn: Connection, dependants: Sequence[str]) -> dict[str, list[S
     if not dependants:
         return {}
     gross: dict[tuple[str, int], list[Any]] = {}
-    for r in fetch(conn, _OPEN_LINES, {"ids": list(dependants)}):
+    found = fetch(conn, _OPEN_LINES, {"ids": list(dependants)})
+    if not found:
+        return {}
+    # A line credited (a credit note of that line) is no longer owed by its member.
+    credited = dict(fetch(conn, _CREDITED, {"ids": list({int(r.id) for r in found})}))
+    for r in found:
         key = (r.member_id, int(r.id))
+        amount = int(r.amount)
+        if r.line_id in credited:
+            # The membership line's credit note carries its tax line with it.
+            amount -= int(credited[r.line_id])
         if key in gross:
-            gross[key][0] += int(r.amount)
+            gross[key][0] += amount
         else:
-            gross[key] = [int(r.amount), int(r.due_at), int(r.left), bool(r.in_flight)]
+            gross[key] = [amount, int(r.due_at), int(r.left), bool(r.in_flight)]
     out: dict[str, list[Share]] = {}
     for (member_id, invoice_id), (amount, due_at, left, in_flight) in gross.items():
-        out.setdefault(member_id, []).append(
-            Share(invoice_id, min(amount, left), due_at, in_flight)
-        )
+        if amount > 0:
+            out.setdefault(member_id, []).append(
+                Share(invoice_id, min(amount, left), due_at, in_flight)
+            )
     return out
 
 
@@ -197,3 +212,23 @@ def on_invoice(
         part = next(d for d in sp.household if d.member_id == dependant)
         f = facts[dependant]
         f.account = with_shares(f.account, [Share(invoice_id, part.total, sp.due_at, False)])
+
+
+def settle_line(conn: Connection, invoice_member: str, line_id: int) -> str | None:
+    """A dependant's line of a household invoice credited in full: their period on it counts
+    as settled (as a renewal settled by a credit note does), so their paid-through moves to its
+    end. Returns the member to refresh, or None for any other line."""
+    line = conn.execute(
+        select(_LN.c.member_id, _LN.c.period_end).where(_LN.c.id == line_id)
+    ).first()
+    if line is None or line.member_id in (None, invoice_member) or line.period_end is None:
+        return None
+    conn.execute(
+        update(_SUB)
+        .where(
+            _SUB.c.member_id == line.member_id,
+            or_(_SUB.c.paid_through.is_(None), _SUB.c.paid_through < line.period_end),
+        )
+        .values(paid_through=line.period_end)
+    )
+    return str(line.member_id)

@@ -37,6 +37,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Rows, charge_method, load_facts
 from gated.billing_sync.gateway import GatewayRejected, GatewayUnavailable, RefundResult
+from gated.billing_sync.household import settle_line
 from gated.billing_sync.invoices import apply_payments, home_site
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.numbering import next_number, site_year
@@ -563,7 +564,8 @@ def credit(
             )
         out = Outcome(invoice_id, inv.currency, credited=amount)
         out.credit_notes.append(book_credit(conn, inv, amount, "credit", reason, now, line_id))
-        refresh(ctx, conn, [inv.member_id], now)
+        dependant = settle_line(conn, inv.member_id, line_id) if line_id is not None else None
+        refresh(ctx, conn, [inv.member_id, *([dependant] if dependant else [])], now)
     ctx.notify_published()
     return out
 

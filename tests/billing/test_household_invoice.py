@@ -187,3 +187,34 @@ def test_a_household_is_one_payment_intent_at_stripe_and_dunned_as_one(
     assert [(p.member_id, p.amount, p.method) for p in paid] == [("pat", 3 * GROSS, "card")]
     for member in HOUSEHOLD:
         assert paid_through(b, member) == second.period_end
+
+
+def test_one_dependants_line_is_credited_or_refunded_with_its_tax(
+    household: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    b, clock, gateway = household
+    b.set_payment_method("pat", "pm_sim_decline_insufficient_funds")
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    lines = rows(b, s.invoice_lines, s.invoice_lines.c.invoice_id == inv.id)
+    kim, lou = (
+        next(ln.id for ln in lines if ln.member_id == m and ln.kind == "membership")
+        for m in ("kim", "lou")
+    )
+    # Kim's line credited while the invoice is open: the household owes the other two.
+    assert b.credit(inv.id, line_id=kim).credited == GROSS
+    b.run_cycle()
+    assert b.member("kim")["owed"] == 0 and b.member("lou")["owed"] == GROSS
+    # Her period is settled by the credit note, as a credited renewal is: nothing re-billed.
+    assert paid_through(b, "kim") == inv.period_end
+    b.set_payment_method("pat", "pm_sim_ok")
+    [inv] = renewals(b)
+    assert inv.status == "paid" and gateway.charged_total() >= 2 * GROSS
+    paid = rows(b, s.payments, s.payments.c.invoice_id == inv.id, s.payments.c.method == "card")
+    assert [p.amount for p in paid] == [2 * GROSS]
+    # Lou's line refunded once paid: money back through the provider, for that line only.
+    refunded = gateway.refunded_total()
+    assert b.refund(inv.id, line_id=lou).refunded == GROSS
+    assert gateway.refunded_total() - refunded == GROSS
+    for member in HOUSEHOLD:
+        assert published(b, member)["status"] == "active", member

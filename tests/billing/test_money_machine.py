@@ -81,6 +81,8 @@ GIVEN_UP = "We will not try this card again"
 # The front desk: its towels, and who sells them.
 TOWELS = 3
 MINIMUM_CHARGE = 50  # EUR, the processor's smallest charge (billing_sync.config.MINIMUM_CHARGE)
+# The plans' net prices (monthly, premium, basic): what a renewal's membership line bills.
+PLAN_PRICES = {4990, 7990, 2990}
 DESK = Actor("staff", "desk", "front_desk", "127.0.0.1")
 
 
@@ -381,6 +383,9 @@ class MoneyMachine(RuleBasedStateMachine):
     def payment_plan(self, member: str, instalments: int, first_in: int) -> None:
         with contextlib.suppress(BillingError):  # owes nothing, in flight, on a plan already
             self.billing.start_payment_plan(member, instalments, self.clock.now + first_in * DAY)
+            # A new agreement: its instalments are charged to the card on file on their days,
+            # on a dunning schedule of their own, even after the old debt's schedule gave up.
+            self.seen.given_up.discard(member)
 
     def check_plans(self, r: dict[str, Any]) -> None:
         """The gates get the plan billed; an upgrade bills no more than the price difference
@@ -595,6 +600,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 "disputes": list(conn.execute(select(s.disputes))),
                 "credit_notes": list(conn.execute(select(s.credit_notes))),
                 "refunds": list(conn.execute(select(s.refunds))),
+                "lines": list(conn.execute(select(s.invoice_lines))),
             }
 
     @invariant()
@@ -709,13 +715,11 @@ class MoneyMachine(RuleBasedStateMachine):
         # A renewal once paid in full keeps the period it paid for even if a lost chargeback
         # reopens it: from then on the debt, not paid-through, decides the status.
         was_paid = {p.invoice_id for p in r["payments"] if p.amount > 0}
-        for inv in r["invoices"]:
-            if inv.kind != "renewal":
-                continue
-            enrolled = r["members"][inv.member_id].created_at
-            assert inv.period_start >= enrolled - enrolled % DAY, ("billed before joining", inv)
-            if inv.id in was_paid and inv.period_end > paid_end.get(inv.member_id, (0, 0))[0]:
-                paid_end[inv.member_id] = (inv.period_end, inv.created_at)
+        for member_id, period_start, period_end, inv in renewal_parts(r):
+            enrolled = r["members"][member_id].created_at
+            assert period_start >= enrolled - enrolled % DAY, ("billed before joining", inv)
+            if inv.id in was_paid and period_end > paid_end.get(member_id, (0, 0))[0]:
+                paid_end[member_id] = (period_end, inv.created_at)
         attempted_final: dict[str, bool] = {}
         for a in r["attempts"]:
             if a.state in s.FINAL_ATTEMPT_STATES:
@@ -827,6 +831,79 @@ class MoneyMachine(RuleBasedStateMachine):
             assert [n for n, _ in issued] == list(range(1, len(issued) + 1)), (key, issued)
             times = [at for _, at in issued]
             assert times == sorted(times), ("numbered out of issue order", key, issued)
+
+    # --- households: the payer's renewal invoice carries the dependants renewing with it -------
+
+    @invariant()
+    def household_invoices_hold(self) -> None:
+        """A household invoice is a payer's renewal whose lines say whose they are: the payer
+        and the payer's own dependants, each once, with a membership line at a plan's price
+        and its tax, for one period; the lines add up to the invoice, so its money is
+        attributed line by line to its members (and their sites); a credit note of one line
+        is at most that line with its tax; no member's period is billed twice (on their own
+        invoice and on the payer's); and a dependant on one still open is not let in past the
+        longest grace, nor charged apart from it."""
+        r = self.rows()
+        now = self.clock.now
+        lines: dict[int, list[Any]] = {}
+        for ln in r["lines"]:
+            lines.setdefault(ln.invoice_id, []).append(ln)
+        in_flight = {a.invoice_id for a in r["attempts"] if a.state in s.OPEN_ATTEMPT_STATES}
+        for inv in r["invoices"]:
+            if not inv.household:
+                continue
+            assert inv.kind == "renewal" and inv.member_id not in self.payer_of, inv
+            mine = lines[inv.id]
+            members = [ln.member_id for ln in mine if ln.kind == "membership"]
+            assert members[0] == inv.member_id and len(set(members)) == len(members), mine
+            assert all(self.payer_of.get(m) == inv.member_id for m in members[1:]), mine
+            assert sum(ln.amount for ln in mine) == inv.total, ("lines do not add up", inv)
+            assert sum(ln.amount for ln in mine if ln.kind != "tax") == inv.subtotal, inv
+            for member in members:
+                own = [ln for ln in mine if ln.member_id == member]
+                [price] = [ln.amount for ln in own if ln.kind == "membership"]
+                assert price in PLAN_PRICES, own
+                tax = sum(ln.amount for ln in own if ln.kind == "tax")
+                assert tax == (price * 1900 + 5000) // 10000, ("tax not the member's", own)
+                assert {(ln.period_start, ln.period_end) for ln in own} == {
+                    (inv.period_start, inv.period_end)
+                }, own
+            if inv.status == "open" and inv.id not in in_flight:
+                for member in members[1:]:
+                    state = parse_payload(r["states"][member].payload)
+                    until = state["valid_until"]
+                    let_in = state["status"] in ALLOWED and (
+                        until is None or parse_time(until).timestamp() > now
+                    )
+                    late = now > inv.due_at + MAX_GRACE_DAYS * DAY
+                    assert not (let_in and late), ("let in past any grace", member, inv)
+        by_line = {ln.id: ln for ln in r["lines"]}
+        for note in r["credit_notes"]:
+            ln = by_line.get(note.line_id) if note.line_id else None
+            if ln is not None and ln.member_id is not None:
+                assert note.amount <= ln.amount + (ln.amount * ln.tax_rate_bp + 5000) // 10000
+        billed = [(m, start) for m, start, _, _ in renewal_parts(r)]
+        assert len(billed) == len(set(billed)), ("a period billed twice", billed)
+        for a in r["attempts"]:
+            inv = next(i for i in r["invoices"] if i.id == a.invoice_id)
+            if inv.household:
+                assert a.member_id == inv.member_id, ("a household invoice charged apart", a)
+
+
+def renewal_parts(r: dict[str, Any]) -> list[tuple[str, int, int, Any]]:
+    """(member, period start, period end, invoice) of every renewal billed: a household
+    invoice's for each member on it (its lines say whose they are), any other for its member."""
+    members: dict[int, set[str]] = {}
+    for ln in r["lines"]:
+        if ln.member_id is not None:
+            members.setdefault(ln.invoice_id, set()).add(ln.member_id)
+    out = []
+    for inv in r["invoices"]:
+        if inv.kind != "renewal":
+            continue
+        for member in sorted(members.get(inv.id, {inv.member_id})):
+            out.append((member, inv.period_start, inv.period_end, inv))
+    return out
 
 
 def parse_payload(payload: str) -> dict[str, Any]:
