@@ -370,6 +370,12 @@ def record_payment(
         owed = sum(int(i.total - i.amount_paid) for i in payable)
         busy = ", ".join(map(str, sorted(in_flight)))
         if owed <= 0:
+            if facts.account.owed > 0 and facts.member.payer_id:
+                # What is left is their share of the payer's household invoice.
+                raise BillingError(
+                    f"member {member_id}'s renewal is on the household invoice of their payer"
+                    f" {facts.member.payer_id}: take the payment from {facts.member.payer_id}"
+                )
             if in_flight:
                 raise BillingError(
                     f"member {member_id} owes nothing beyond invoice {busy}, whose charge is"

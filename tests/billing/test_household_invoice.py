@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.errors import BillingError
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.billing_sync.stripe_gateway import StripeGateway
@@ -122,6 +123,9 @@ def test_a_declined_household_charge_suspends_everyone_on_it_and_a_desk_payment_
     for member in HOUSEHOLD:
         assert published(b, member)["status"] == "suspended", member
     assert gateway.charged_total() == charged
+    # A dependant's share is paid with the payer's invoice, not apart.
+    with pytest.raises(BillingError, match="household invoice of their payer pat"):
+        b.record_payment("kim")
     # The payer pays at the desk: everyone on the invoice is in again, and the gates are told.
     assert b.record_payment("pat") == 3 * GROSS
     for member in HOUSEHOLD:
