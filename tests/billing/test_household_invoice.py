@@ -222,3 +222,28 @@ def test_one_dependants_line_is_credited_or_refunded_with_its_tax(
     assert gateway.refunded_total() - refunded == GROSS
     for member in HOUSEHOLD:
         assert published(b, member)["status"] == "active", member
+
+
+def test_a_household_is_billed_dunned_and_paid_as_one_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    b, clock = make_billing(tmp_path, database_url=postgres_url)
+    b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    b.add_member("lou", "Lou", plan_id="monthly", payer_id="pat")
+    b.set_payment_method("pat", "pm_sim_decline_insufficient_funds")
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert inv.household and inv.total == 3 * GROSS
+    assert {m: b.member(m)["owed"] for m in HOUSEHOLD} == {
+        "pat": 3 * GROSS,
+        "kim": GROSS,
+        "lou": GROSS,
+    }
+    step(b, clock, 4)
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(
+        HOUSEHOLD, "suspended"
+    )
+    b.set_payment_method("pat", "pm_sim_ok")
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
+    assert {paid_through(b, m) for m in HOUSEHOLD} == {inv.period_end}
