@@ -9,7 +9,8 @@ Every dependant on an open household invoice has their renewal open (nothing els
 that period) and owes their share of it (their lines with tax, never more than is still open),
 overdue from the invoice's due date: so they go into grace and are suspended with it, and are
 published ``payer_suspended`` meanwhile whenever the payer is out of household standing. Paid
-in full, it moves every member's paid-through to the end of their own line's period.
+in full, it moves every member's paid-through to the end of their own line's period; a
+dependant's line credited in full settles that member's period alone.
 
 A dependant whose renewal falls due when the payer's does not (joined on another day, or
 frozen meanwhile) gets an invoice of their own, charged to the payer's card, as before.
