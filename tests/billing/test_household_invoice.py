@@ -247,3 +247,23 @@ def test_a_household_is_billed_dunned_and_paid_as_one_on_postgresql(
     b.set_payment_method("pat", "pm_sim_ok")
     assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
     assert {paid_through(b, m) for m in HOUSEHOLD} == {inv.period_end}
+
+
+def test_the_payer_paying_the_household_invoice_on_its_page_settles_it_for_all(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    # The three joins, then the household's renewal declined, then the page's charge.
+    script = {"pm_pat": ["ok", "ok", "ok", "insufficient_funds", "ok"]}
+    gateway = SimulatedGateway(clock=clock, script=script)
+    b, _ = make_billing(tmp_path, gateway=gateway, clock=clock)
+    b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_pat")
+    b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
+    b.add_member("lou", "Lou", plan_id="monthly", payer_id="pat")
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "grace")
+    result = b.pay_invoice(inv.id, "form-1", "http://127.0.0.1/pay/done")
+    assert result.state == "succeeded"
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
+    assert {paid_through(b, m) for m in HOUSEHOLD} == {inv.period_end}
