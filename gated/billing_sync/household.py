@@ -19,17 +19,13 @@ frozen meanwhile) gets an invoice of their own, charged to the payer's card, as 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, or_, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.store import fetch, in_list, many
-
-if TYPE_CHECKING:  # invoices imports this module
-    from gated.billing_sync.facts import Facts
-    from gated.billing_sync.invoices import InvoiceSpec
 
 _SUB, _M, _INV, _LN, _ATT = (
     s.subscriptions,
@@ -166,12 +162,14 @@ def periods_paid(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, dict
 
 
 def merge_renewals(
-    renewals: Sequence[InvoiceSpec], facts: Mapping[str, Facts]
-) -> tuple[list[InvoiceSpec], dict[str, str]]:
-    """The renewal invoices to create when each dependant's renewal in ``renewals`` goes on its
-    payer's, where the payer renews in the same batch in the same currency (``facts``: the
-    batch's). Returns the invoices, and each dependant merged, with their payer."""
-    parts: dict[str, list[InvoiceSpec]] = {}
+    renewals: Sequence[Any], facts: Mapping[str, Any]
+) -> tuple[list[Any], dict[str, str]]:
+    """The renewal invoices to create when each dependant's renewal in ``renewals`` (each an
+    ``invoices.InvoiceSpec``) goes on its payer's, where the payer renews in the same batch in
+    the same currency (``facts``: the batch's ``facts.Facts``; both modules import this one, so
+    their types are not named here). Returns the invoices, and each dependant merged, with
+    their payer."""
+    parts: dict[str, list[Any]] = {}
     merged: dict[str, str] = {}
     if not any(facts[sp.member_id].member.payer_id for sp in renewals):
         return list(renewals), merged  # most batches: no dependant renews
@@ -185,7 +183,7 @@ def merge_renewals(
     if not merged:
         return list(renewals), merged
 
-    def named(sp: InvoiceSpec) -> InvoiceSpec:
+    def named(sp: Any) -> Any:
         who = facts[sp.member_id].member.name
         return sp._replace(lines=[(k, f"{who}: {d}", q, u) for k, d, q, u in sp.lines])
 
@@ -201,9 +199,9 @@ def merge_renewals(
 
 
 def on_invoice(
-    facts: Mapping[str, Facts],
+    facts: Mapping[str, Any],
     merged: Mapping[str, str],
-    new: Mapping[str, tuple[int, InvoiceSpec]],
+    new: Mapping[str, tuple[int, Any]],
 ) -> None:
     """The merged dependants' facts (``merge_renewals``) with their shares of the household
     invoices just created (``new``: each payer's invoice id and spec), as the store now has
