@@ -15,9 +15,9 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
-from gated.billing_sync.stripe_gateway import StripeGateway
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing, published, step
+from tests.billing.test_stripe_gateway import gateway as stripe_gateway
 from tests.services import LocalStripe
 
 HOUSEHOLD = ("pat", "kim", "lou")
@@ -153,14 +153,7 @@ def test_a_dependant_renewing_on_another_day_gets_an_invoice_of_their_own(
 def test_a_household_is_one_payment_intent_at_stripe_and_dunned_as_one(
     tmp_path: Path, localstripe: LocalStripe
 ) -> None:
-    gw = StripeGateway(
-        "sk_test_local",
-        api_base=localstripe.url,
-        off_session=False,
-        max_requests_per_s=100,
-        sleep=lambda s: None,
-    )
-    b, clock = make_billing(tmp_path, gateway=gw)
+    b, clock = make_billing(tmp_path, gateway=stripe_gateway(localstripe.url))
     b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_card_visa")
     b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
     b.add_member("lou", "Lou", plan_id="monthly", payer_id="pat")
