@@ -1,7 +1,7 @@
 """household invoices: a payer's renewal invoice carries a line for each dependant renewing
 with the payer; the lines say whose they are and which period they pay for.
 
-Revision ID: 0020_household_invoices
+Revision ID: 0021_household_invoices
 Revises: 0019_freeze_fee_kept
 Create Date: 2026-12-07 13:00:00.000000
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0020_household_invoices"
+revision = "0021_household_invoices"
 down_revision = "0019_freeze_fee_kept"
 branch_labels = None
 depends_on = None
