@@ -260,3 +260,51 @@ def test_the_payer_paying_the_household_invoice_on_its_page_settles_it_for_all(
     assert result.state == "succeeded"
     assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
     assert {paid_through(b, m) for m in HOUSEHOLD} == {inv.period_end}
+
+
+def test_a_dependants_debt_on_the_payers_new_card_is_judged_by_the_payer_then() -> None:
+    """The money machine's sequence (shrunk by hand) that ended in ``charged while locked
+    out``: the payer's new card, given while the payer is in grace, charges the dependant's
+    open extra at once; the machine then skipped a month to the payer's renewal, where the
+    payer is in collections, and judged that charge by the payer's standing a month later.
+    Replayed rule by rule with every invariant after each, as Hypothesis runs it; then what
+    the store shows: the dependant charged with the payer in grace, never while out."""
+    from tests.billing.test_money_machine import MoneyMachine
+
+    m = MoneyMachine()
+    try:
+        start = m.clock.now
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("migrate", {"card": "pm_sim_decline_insufficient_funds", "days_ago": 203}),
+            ("household_renews", {"card": "pm_sim_decline_insufficient_funds"}),
+            ("sell_towels", {"member": "pat", "method": None, "quantity": 2}),
+            ("settle_open", {"how": "credit"}),
+            ("settle_open", {"how": "credit"}),
+            ("extra", {"member": "kim"}),
+            ("settle_open", {"how": "write_off"}),
+            ("household_renews", {"card": "pm_sim_decline_insufficient_funds"}),
+        ]
+        for name, kwargs in steps:
+            getattr(m, name)(**kwargs)
+            m.after_each_step()
+            m.nothing_charged_below_the_minimum()
+            m.stock_and_passes_hold()
+        b = m.billing
+        # The household invoice written off, the payer owes the towels, the dependant her extra.
+        [hh] = rows(b, s.invoices, s.invoices.c.household.is_(True))
+        assert hh.status == "written_off"
+        kims = rows(b, s.payment_attempts, s.payment_attempts.c.member_id == "kim")
+        # Her extra failed as billed, and again on the payer's new card: both on day 31, the
+        # payer in grace; nothing on day 62, with the payer in collections.
+        assert [(a.idempotency_key[-3:], (a.created_at - start) // DAY) for a in kims[-2:]] == [
+            ("-a1", 31),
+            ("-a2", 31),
+        ]
+        assert (m.clock.now - start) // DAY == 62
+        with b.engine.connect() as conn:
+            sub = s.subscriptions
+            payer = conn.execute(select(sub.c.status).where(sub.c.member_id == "pat"))
+            assert payer.scalar_one() == "collections"
+        assert published(b, "kim")["status"] not in ("active", "grace", "pending_cancel")
+    finally:
+        m.teardown()

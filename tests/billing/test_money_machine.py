@@ -841,6 +841,10 @@ class MoneyMachine(RuleBasedStateMachine):
         days on) and the cycle bills it: with the dependants renewing then, on one invoice,
         often declined, so the household is dunned, suspended and paid as one."""
         self.set_card(PAYER, card)
+        # Checked before the clock moves, as if the new card were a step of its own: the card
+        # charges what is open at once, and those attempts are judged by the payer's standing
+        # then, not by where the days skipped below leave it (in collections, say).
+        self.check_step()
         sub = s.subscriptions
         with self.billing.engine.connect() as conn:
             due = conn.execute(
