@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, func, or_, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
@@ -63,6 +63,13 @@ _CREDITED = select(s.credit_notes.c.line_id, s.credit_notes.c.amount).where(
 )
 _PERIODS = select(_LN.c.invoice_id, _LN.c.member_id, _LN.c.period_end).where(
     _LN.c.invoice_id.in_(in_list()), _LN.c.member_id.is_not(None), _LN.c.period_end.is_not(None)
+)
+
+# Each member's net on some household invoices: their lines without the tax.
+_NET = (
+    select(_LN.c.invoice_id, _LN.c.member_id, func.sum(_LN.c.amount).label("net"))
+    .where(_LN.c.invoice_id.in_(in_list()), _LN.c.member_id.is_not(None), _LN.c.kind != "tax")
+    .group_by(_LN.c.invoice_id, _LN.c.member_id)
 )
 
 
@@ -231,3 +238,14 @@ def settle_line(conn: Connection, invoice_member: str, line_id: int) -> str | No
         .values(paid_through=line.period_end)
     )
     return str(line.member_id)
+
+
+def net_by_member(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """For each household invoice of ``invoice_ids``: each member's net on it (their lines
+    without tax), what the reports attribute to that member and their sites."""
+    out: dict[int, dict[str, int]] = {}
+    if not invoice_ids:
+        return out
+    for r in fetch(conn, _NET, {"ids": list(invoice_ids)}):
+        out.setdefault(int(r.invoice_id), {})[r.member_id] = int(r.net)
+    return out

@@ -11,9 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from gated.billing_sync import reports
 from gated.billing_sync import schema as s
 from gated.billing_sync.errors import BillingError
-from gated.billing_sync.service import Billing
+from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.contract import parse_time
 from tests.billing.helpers import DAY, Clock, make_billing, published, step
@@ -308,3 +309,30 @@ def test_a_dependants_debt_on_the_payers_new_card_is_judged_by_the_payer_then() 
         assert published(b, "kim")["status"] not in ("active", "grace", "pending_cancel")
     finally:
         m.teardown()
+
+
+def test_a_household_invoices_lines_count_at_each_members_site(tmp_path: Path) -> None:
+    """A payer downtown and a dependant uptown on a cheaper plan: the household invoice's
+    money counts at each member's site, by the lines that name them."""
+    clock = Clock()
+    b, _ = make_billing(tmp_path, gateway=SimulatedGateway(clock=clock), clock=clock)
+    b.add_plan(PlanSpec("basic", "Basic", 2990, "EUR", tax_rate_bp=1900))
+    b.add_member("pat", "Pat", plan_id="monthly", sites=["downtown"], payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="basic", sites=["uptown"], payer_id="pat")
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert inv.household and inv.status == "paid" and inv.subtotal == 4990 + 2990
+
+    def report(name: str, *sites: str) -> list[tuple[Any, ...]]:
+        scope = reports.Scope(sites=sites or None)
+        return reports.REPORTS[name](b.engine, clock(), scope)[1]
+
+    # Deferred now: the renewal's period starts now, so each member's net counts whole, at
+    # their own site; the invoice once in each.
+    def deferred(*sites: str) -> list[tuple[int, int]]:
+        month = reports.month_of(clock())
+        return [(r[3], r[4]) for r in report("deferred", *sites) if r[0] == month]
+
+    assert deferred("downtown") == [(4990, 1)]
+    assert deferred("uptown") == [(2990, 1)]
+    assert deferred() == [(4990 + 2990, 1)]
