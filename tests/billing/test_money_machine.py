@@ -11,6 +11,8 @@ rows (never through the engine's own rules, so a wrong rule cannot vouch for its
   open (``check_money``), each invoice's rows add up to what it shows as paid (settled), every
   credit note is booked once on its invoice, no payment is refunded beyond its amount, and the
   gateway took exactly the card and SEPA money booked and gave back exactly the refunds booked;
+  on a household invoice, per member by line: their lines bill what was taken back on them plus
+  their part of the rest settled and of what is open (``check_household_members``);
 * no gate access (a published status the gates let in, with ``valid_until`` ahead) without
   good standing: no open dispute, no freeze running, contract not ended, no debt past the
   longest grace, a dependant's payer in household standing;
@@ -854,6 +856,63 @@ class MoneyMachine(RuleBasedStateMachine):
         self.billing.run_cycle()
         self.check_step()
 
+    @rule(member=st.sampled_from([PAYER, *DEPENDANTS]))
+    def household_line_back(self, member: str) -> None:
+        """The member's membership line on the newest household invoice taken back with its
+        tax: credited while the invoice is open, refunded once paid (``invoice credit|refund
+        ID --line LINE``)."""
+        inv, ln = s.invoices, s.invoice_lines
+        with self.billing.engine.connect() as conn:
+            found = conn.execute(
+                select(inv.c.id, inv.c.status, ln.c.id.label("line_id"))
+                .join(ln, ln.c.invoice_id == inv.c.id)
+                .where(inv.c.household.is_(True), ln.c.member_id == member)
+                .where(ln.c.kind == "membership")
+                .order_by(inv.c.id.desc())
+            ).first()
+        if found is None:
+            return
+        # Refused: credited before, a debit in flight, less open than the line, disputed.
+        with contextlib.suppress(BillingError):
+            if found.status == "open":
+                self.billing.credit(found.id, line_id=found.line_id)
+            elif found.status == "paid":
+                self.billing.refund(found.id, line_id=found.line_id)
+
+    def check_household_members(self, r: dict[str, Any], inv: Any, mine: list[Any]) -> None:
+        """Per member on a household invoice, by line: what their lines bill is what was taken
+        back on those lines (their credit notes: credits, and the notes refunds book), plus
+        their part of the rest of what settled the invoice (applied to the members' lines in
+        line order, the payer's first), plus their part of what is open. Nobody gets back more
+        than their lines bill, nor is refunded more than their lines' notes; the rest of what
+        settled it is never negative and is all applied."""
+        notes: dict[int, int] = {}
+        for note in r["credit_notes"]:
+            if note.invoice_id == inv.id and note.line_id is not None:
+                notes[note.line_id] = notes.get(note.line_id, 0) + int(note.amount)
+        refunded: dict[int, int] = {}
+        for f in r["refunds"]:
+            if f.invoice_id == inv.id and f.line_id is not None and f.state == "succeeded":
+                refunded[f.line_id] = refunded.get(f.line_id, 0) + int(f.amount)
+        charged: dict[str, int] = {}
+        back: dict[str, int] = {}
+        given: dict[str, int] = {}
+        for ln in sorted(mine, key=lambda ln: ln.id):
+            charged[ln.member_id] = charged.get(ln.member_id, 0) + int(ln.amount)
+            back[ln.member_id] = back.get(ln.member_id, 0) + notes.get(ln.id, 0)
+            given[ln.member_id] = given.get(ln.member_id, 0) + refunded.get(ln.id, 0)
+        assert notes.keys() <= {ln.id for ln in mine}, ("a line note off the invoice", inv)
+        rest = int(inv.amount_paid) - sum(back.values())
+        assert rest >= 0, ("line notes beyond what the invoice booked", inv, back)
+        open_ = 0
+        for member, billed in charged.items():
+            assert 0 <= given[member] <= back[member] <= billed, (member, inv, billed, back)
+            part = min(rest, billed - back[member])
+            rest -= part
+            open_ += billed - back[member] - part  # what the member's lines leave open
+        assert rest == 0, ("settled beyond the members' lines", inv)
+        assert open_ == inv.total - inv.amount_paid, ("open not the members' parts", inv)
+
     def check_households(self, r: dict[str, Any], now: int) -> None:
         """A household invoice is a payer's renewal whose lines say whose they are: the payer
         and the payer's own dependants, each once, with a membership line at a plan's price
@@ -876,6 +935,7 @@ class MoneyMachine(RuleBasedStateMachine):
             assert all(self.payer_of.get(m) == inv.member_id for m in members[1:]), mine
             assert sum(ln.amount for ln in mine) == inv.total, ("lines do not add up", inv)
             assert sum(ln.amount for ln in mine if ln.kind != "tax") == inv.subtotal, inv
+            self.check_household_members(r, inv, mine)
             for member in members:
                 own = [ln for ln in mine if ln.member_id == member]
                 [price] = [ln.amount for ln in own if ln.kind == "membership"]
