@@ -263,13 +263,17 @@ def test_the_payer_paying_the_household_invoice_on_its_page_settles_it_for_all(
     assert {paid_through(b, m) for m in HOUSEHOLD} == {inv.period_end}
 
 
-def test_a_dependants_debt_on_the_payers_new_card_is_judged_by_the_payer_then() -> None:
+def test_a_dependants_debt_on_the_payers_new_card_is_judged_by_the_payer_then(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The money machine's sequence (shrunk by hand) that ended in ``charged while locked
     out``: the payer's new card, given while the payer is in grace, charges the dependant's
     open extra at once; the machine then skipped a month to the payer's renewal, where the
     payer is in collections, and judged that charge by the payer's standing a month later.
     Replayed rule by rule with every invariant after each, as Hypothesis runs it; then what
-    the store shows: the dependant charged with the payer in grace, never while out."""
+    the store shows: the dependant charged with the payer in grace, never while out, and not
+    reviewed again until the payer is back (her retry, due, is not hers to make meanwhile: the
+    cycle met her again at once and logged ``cycle_stuck``)."""
     from tests.billing.test_money_machine import MoneyMachine
 
     m = MoneyMachine()
@@ -307,6 +311,10 @@ def test_a_dependants_debt_on_the_payers_new_card_is_judged_by_the_payer_then() 
             payer = conn.execute(select(sub.c.status).where(sub.c.member_id == "pat"))
             assert payer.scalar_one() == "collections"
         assert published(b, "kim")["status"] not in ("active", "grace", "pending_cancel")
+        with b.engine.connect() as conn:
+            review = conn.execute(select(sub.c.review_at).where(sub.c.member_id == "kim"))
+            assert (review.scalar_one() or m.clock.now + 1) > m.clock.now
+        assert "cycle_stuck" not in caplog.text
     finally:
         m.teardown()
 
