@@ -249,3 +249,12 @@ def net_by_member(conn: Connection, invoice_ids: Sequence[int]) -> dict[int, dic
     for r in fetch(conn, _NET, {"ids": list(invoice_ids)}):
         out.setdefault(int(r.invoice_id), {})[r.member_id] = int(r.net)
     return out
+
+
+def members_on(conn: Connection, inv: Any) -> list[str]:
+    """Everyone whose standing invoice ``inv`` (a row) holds: its member, and on a household
+    invoice every member its lines name (each owes a share while it is open)."""
+    if not inv.household:
+        return [inv.member_id]
+    ends = periods_paid(conn, [int(inv.id)]).get(int(inv.id), {})
+    return sorted({inv.member_id, *ends})

@@ -344,3 +344,24 @@ def test_a_household_invoices_lines_count_at_each_members_site(tmp_path: Path) -
     assert deferred("downtown") == [(4990, 1)]
     assert deferred("uptown") == [(2990, 1)]
     assert deferred() == [(4990 + 2990, 1)]
+
+
+@pytest.mark.parametrize("how", ["write_off", "void", "credit"])
+def test_settling_a_household_invoice_without_money_restores_the_dependants_at_once(
+    household: tuple[Billing, Clock, SimulatedGateway], how: str
+) -> None:
+    """Written off, voided or credited in full, the household invoice no longer holds the
+    dependants in grace: they are published active at once, even though the payer, who owes
+    an extra besides, stays in grace (so no change of the payer's refreshes them)."""
+    b, clock, _ = household
+    b.set_payment_method("pat", "pm_sim_decline_insufficient_funds")
+    to_renewal(b, clock)
+    b.charge_extra("pat", "personal_training", "PT session", 3000)
+    [inv] = renewals(b)
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "grace")
+    getattr(b, how)(inv.id)
+    assert {m: published(b, m)["status"] for m in HOUSEHOLD} == {
+        "pat": "grace",
+        "kim": "active",
+        "lou": "active",
+    }
