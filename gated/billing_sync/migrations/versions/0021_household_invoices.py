@@ -2,7 +2,7 @@
 with the payer; the lines say whose they are and which period they pay for.
 
 Revision ID: 0021_household_invoices
-Revises: 0019_freeze_fee_kept
+Revises: 0022_submit_keys
 Create Date: 2026-12-07 13:00:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0021_household_invoices"
-down_revision = "0019_freeze_fee_kept"
+down_revision = "0022_submit_keys"
 branch_labels = None
 depends_on = None
 
