@@ -365,3 +365,31 @@ def test_settling_a_household_invoice_without_money_restores_the_dependants_at_o
         "kim": "active",
         "lou": "active",
     }
+
+
+def test_a_dependants_sale_on_the_next_invoice_goes_on_the_household_invoice(
+    household: tuple[Billing, Clock, SimulatedGateway],
+) -> None:
+    """Water sold to a dependant on their next invoice waits for their renewal, which is on
+    the payer's household invoice: it is billed there, as the dependant's line at its own
+    rate, and charged with the household."""
+    from gated.billing_sync.audit import Actor
+    from gated.billing_sync.products import ProductSpec
+
+    b, clock, _ = household
+    pos = b.point_of_sale()
+    pos.add(ProductSpec("water", "Water", 150, tax_rate_bp=700))
+    desk = Actor("staff", "desk", "front_desk", "127.0.0.1")
+    pos.sell(desk, "water", member_id="kim", method="next_invoice", quantity=2)
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert inv.household and inv.status == "paid"
+    water = (2 * 150) + (2 * 150 * 700 + 5000) // 10000
+    assert inv.total == 3 * GROSS + water
+    lines = rows(b, s.invoice_lines, s.invoice_lines.c.invoice_id == inv.id)
+    kims = [(ln.kind, ln.amount, ln.tax_rate_bp) for ln in lines if ln.member_id == "kim"]
+    assert sorted(kims) == sorted(
+        [("membership", 4990, 1900), ("tax", 948, 1900), ("item", 300, 700), ("tax", 21, 700)]
+    )
+    [pending] = rows(b, s.pending_lines)
+    assert pending.invoice_id == inv.id

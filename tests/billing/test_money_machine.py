@@ -534,18 +534,23 @@ class MoneyMachine(RuleBasedStateMachine):
                 assert sub.cancel_at is None and sub.status != "cancelled", (ln, sub)
                 continue
             inv = invoices[ln.invoice_id]
-            assert inv.member_id == ln.member_id and inv.kind in ("renewal", "sale"), (ln, inv)
+            # A dependant's on the household invoice of their payer.
+            whose = inv.member_id if not inv.household else self.payer_of.get(ln.member_id)
+            assert ln.member_id in (inv.member_id, whose), (ln, inv)
+            assert inv.kind in ("renewal", "sale"), (ln, inv)
         for invoice_id, inv in invoices.items():
             mine = [ln for ln in lines if ln.invoice_id == invoice_id]
             items = [x for x in on if x.invoice_id == invoice_id and x.kind == "item"]
             assert sorted((x.quantity, x.unit_amount, x.tax_rate_bp) for x in items) == sorted(
                 (ln.quantity, ln.unit_amount, ln.tax_rate_bp) for ln in mine
             ), invoice_id
-            nets: dict[int, int] = {}
+            # Taxed per rate (on a household invoice per member and rate).
+            nets: dict[tuple[str | None, int], int] = {}
             for x in on:
                 if x.invoice_id == invoice_id and x.kind != "tax":
-                    nets[x.tax_rate_bp] = nets.get(x.tax_rate_bp, 0) + x.amount
-            taxes = sum((net * rate + 5_000) // 10_000 for rate, net in nets.items())
+                    key = (x.member_id, x.tax_rate_bp)
+                    nets[key] = nets.get(key, 0) + x.amount
+            taxes = sum((net * rate + 5_000) // 10_000 for (_, rate), net in nets.items())
             assert (inv.subtotal, inv.tax) == (sum(nets.values()), taxes), inv
             assert sum(x.amount for x in on if x.invoice_id == invoice_id) == inv.total, inv
             assert len([x for x in sold if x.invoice_id == invoice_id]) == len(mine)
@@ -940,8 +945,15 @@ class MoneyMachine(RuleBasedStateMachine):
                 own = [ln for ln in mine if ln.member_id == member]
                 [price] = [ln.amount for ln in own if ln.kind == "membership"]
                 assert price in PLAN_PRICES, own
+                # Their tax, on their own lines per rate (the plan's, and what was sold on
+                # their next invoice at a rate of its own).
+                nets: dict[int, int] = {}
+                for ln in own:
+                    if ln.kind != "tax":
+                        nets[ln.tax_rate_bp] = nets.get(ln.tax_rate_bp, 0) + ln.amount
                 tax = sum(ln.amount for ln in own if ln.kind == "tax")
-                assert tax == (price * 1900 + 5000) // 10000, ("tax not the member's", own)
+                owed = sum((net * rate + 5000) // 10000 for rate, net in nets.items())
+                assert tax == owed, ("tax not the member's", own)
                 assert {(ln.period_start, ln.period_end) for ln in own} == {
                     (inv.period_start, inv.period_end)
                 }, own
