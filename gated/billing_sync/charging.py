@@ -32,6 +32,7 @@ from gated.billing_sync.facts import (
     reread_rows,
 )
 from gated.billing_sync.gateway import ChargeResult, GatewayError, GatewayUnavailable
+from gated.billing_sync.household import periods_paid
 from gated.billing_sync.invoices import apply_payments, pay_link
 from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.publishing import queue_notice, queue_notices, refresh
@@ -354,8 +355,13 @@ def record_results(
     renewed = apply_payments(conn, payments, now, extend=False)
     # One load after the money is booked; dunning changes below are made to these facts in
     # place so the refresh can reuse them (and write the paid-through the renewals moved).
-    members = list({c.member_id for c, _, _ in outcomes})
-    if kept is not None:
+    who = {c.member_id for c, _, _ in outcomes}
+    households = [int(inv.id) for _, inv, _ in outcomes if getattr(inv, "household", False)]
+    for on_it in periods_paid(conn, households).values():
+        # Everyone on a household invoice gets the standing it now implies.
+        who.update(on_it)
+    members = list(who)
+    if kept is not None and kept.rows.members.keys() >= who:
         # The store holds the batch's rows as kept: read again only the invoices and
         # attempts the payments changed.
         rows = reread_rows(conn, kept.rows, members, now)

@@ -26,6 +26,7 @@ from gated.billing_sync.facts import (
     hold_dependants,
     read_rows,
 )
+from gated.billing_sync.household import merge_renewals, on_invoice, partners
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice
 from gated.billing_sync.next_invoice import create_renewals
 from gated.billing_sync.notices import format_day
@@ -71,6 +72,8 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
             with conn.begin():
                 if member_ids is None:
                     due = list(conn.execute(_DUE, {"now": now, "size": size}).scalars().all())
+                    # A household is reviewed in one batch, so that it renews on one invoice.
+                    due += partners(conn, due, now)
                 else:
                     due = list(member_ids)
                 if not due or seen.issuperset(due):
@@ -198,6 +201,7 @@ def plan_charges(
             report.retries += 1
         if charge_now:
             to_charge.append(member_id)
+    renewals, merged = merge_renewals(renewals, facts)
     # The members' rows were read in this transaction: their sites name the issuers.
     sites = {sp.member_id: rows.members[sp.member_id].sites for sp in renewals}
     # Products sold on the next invoice go onto it (``renewals`` gains their lines).
@@ -217,6 +221,10 @@ def plan_charges(
             rows.members[r["mid"]] = row._replace(retries_done=r["rd"], next_retry_at=None)
     # The open invoices were loaded in this transaction; the renewals were just created.
     new = {sp.member_id: (c, sp) for c, sp in zip(created, renewals, strict=True)}
+    if merged:
+        # A dependant renewed on the payer's invoice is charged, and refreshed, with it.
+        on_invoice(facts, merged, {m: (c[0], sp) for m, (c, sp) in new.items()})
+        to_charge = [m for m in to_charge if m not in merged]
     minimum_for = ctx.config.dunning.minimum_for
     minimums: dict[str, int] = {}  # by currency: the configuration is asked once per batch
     open_invoices: list[tuple[int, str, int, str, bool]] = []
@@ -236,7 +244,14 @@ def plan_charges(
             owing.append((sp.due_at, invoice_id, total, sp.currency, True))
             period_end = sp.period[1] if sp.period else None
             batch.invoices[invoice_id] = NewInvoice(
-                invoice_id, member_id, sp.kind, total, 0, period_end, number=number
+                invoice_id,
+                member_id,
+                sp.kind,
+                total,
+                0,
+                period_end,
+                number=number,
+                household=bool(sp.household),
             )
         if len(owing) > 1:
             owing.sort(key=lambda o: o[0])
@@ -256,6 +271,7 @@ def plan_charges(
     # store, so their status and next review count the new invoice (as loaded, their renewal
     # looked due still, and the cycle met them again at once).
     charging = set(to_charge)
+    charging.update(d for d, payer in merged.items() if payer in charging)
     billed = sorted(m for m in new if m not in charging)
     rest = {m: f for m, f in facts.items() if m not in charging and m not in new}
     refresh(ctx, conn, list(rest), now, facts=rest)

@@ -5,8 +5,9 @@ member) and derived into the engine's ``Account``, the input of every status and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, bindparam, select
@@ -15,8 +16,10 @@ from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.errors import NotFound
+from gated.billing_sync.household import Share, open_shares, with_shares
 from gated.billing_sync.store import fetch, in_list, many
 
+_NO_SHARES: Mapping[str, list[Share]] = MappingProxyType({})
 # A member's payer, joined to the member: made once, as an alias builds its columns anew.
 _PAYER = s.members.alias("payer")
 
@@ -90,6 +93,8 @@ class Rows(NamedTuple):
     freezes: dict[str, tuple[int, int]]
     # When they were read: an invoice due later (a payment plan's instalment) is not charged yet.
     now: int = 0
+    # Dependants' shares of their payers' open household invoices (``household.py``).
+    shares: Mapping[str, list[Share]] = _NO_SHARES
 
 
 def load_one(ctx: Context, member_id: str) -> Facts:
@@ -119,7 +124,14 @@ def read_rows(conn: Connection, ids: Sequence[str], now: int) -> Rows:
     freezes: dict[str, tuple[int, int]] = {}
     for r in fetch(conn, _FREEZES, {"ids": ids, "now": now}):
         freezes[r.member_id] = (r.starts_at, r.ends_at)
-    return Rows(members, plans, open_inv, in_flight, disputed, freezes, now)
+    shares = household_shares(conn, members)
+    return Rows(members, plans, open_inv, in_flight, disputed, freezes, now, shares)
+
+
+def household_shares(conn: Connection, members: Mapping[str, Any]) -> Mapping[str, list[Share]]:
+    """The shares of open household invoices of the dependants among ``members`` (rows)."""
+    deps = [m for m, row in members.items() if row.payer_id is not None]
+    return open_shares(conn, deps) if deps else _NO_SHARES
 
 
 def invoices_and_attempts(
@@ -140,7 +152,10 @@ def reread_rows(conn: Connection, rows: Rows, ids: Sequence[str], now: int) -> R
     members = {m: rows.members[m] for m in ids}
     open_inv, in_flight = invoices_and_attempts(conn, ids)
     freezes = {m: w for m, w in rows.freezes.items() if m in wanted and w[1] > now}
-    return Rows(members, rows.plans, open_inv, in_flight, rows.disputed & wanted, freezes, now)
+    shares = household_shares(conn, members)
+    return Rows(
+        members, rows.plans, open_inv, in_flight, rows.disputed & wanted, freezes, now, shares
+    )
 
 
 def derive_facts(rows: Rows) -> dict[str, Facts]:
@@ -192,6 +207,8 @@ def derive_facts(rows: Rows) -> dict[str, Facts]:
                 activated=paid_through is not None and paid_through > row.started_at,
                 renews=plan_row is None or bool(plan_row.auto_renew),
             )
+        if member_id in rows.shares:
+            acct = with_shares(acct, rows.shares[member_id])
         method = charge_method(
             row.customer_ref, row.payment_method, row.payer_customer, row.payer_method
         )
@@ -253,7 +270,10 @@ def dependants(conn: Connection, payer_ids: Sequence[str]) -> list[str]:
     return list(
         conn.execute(
             select(s.members.c.id).where(
-                s.members.c.payer_id.in_(many(payer_ids)), s.members.c.erased.is_(False)
+                # Spelled out so that SQLite uses the partial index of payers.
+                s.members.c.payer_id.is_not(None),
+                s.members.c.payer_id.in_(many(payer_ids)),
+                s.members.c.erased.is_(False),
             )
         ).scalars()
     )

@@ -20,6 +20,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.enrolment import start_memberships
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Facts, load_facts
+from gated.billing_sync.household import periods_paid
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.numbering import issue_drafts, number_rows
 from gated.billing_sync.publishing import queue_notice, refresh
@@ -55,15 +56,20 @@ class InvoiceSpec(NamedTuple):
     due_at: int
     period: tuple[int, int] | None
     taxed: tuple[tuple[str, str, int, int, int], ...] = ()
+    # A household's renewal: the dependants' renewals billed on this (the payer's) invoice,
+    # each with its own lines, tax rate and period (``household.py``).
+    household: tuple[InvoiceSpec, ...] = ()
 
     @property
     def subtotal(self) -> int:
-        """The sum of the net lines."""
+        """The sum of the net lines (a household's, every member's)."""
         net = sum(q * unit for _, _, q, unit in self.lines)
-        return net + sum(q * unit for _, _, q, unit, _ in self.taxed) if self.taxed else net
+        if self.taxed:
+            net += sum(q * unit for _, _, q, unit, _ in self.taxed)
+        return net + sum(d.subtotal for d in self.household) if self.household else net
 
     def nets(self) -> dict[int, int]:
-        """The net amount at each tax rate (the invoice's own rate first)."""
+        """The net amount of the spec's own lines at each tax rate (its own rate first)."""
         out = {self.tax_rate_bp: sum(q * unit for _, _, q, unit in self.lines)}
         for _, _, q, unit, rate in self.taxed:
             out[rate] = out.get(rate, 0) + q * unit
@@ -71,10 +77,19 @@ class InvoiceSpec(NamedTuple):
 
     @property
     def tax(self) -> int:
-        """The tax: on the net at each rate, each rounded on its own (one tax line per rate)."""
-        if not self.taxed:
-            return eng.tax_of(self.subtotal, self.tax_rate_bp)
-        return sum(eng.tax_of(net, rate) for rate, net in self.nets().items())
+        """The tax: on the net at each rate, each rounded on its own (one tax line per rate);
+        on a household invoice each member's, on their own lines (so the household pays to the
+        cent what separate invoices would have billed)."""
+        if self.taxed:
+            own = sum(eng.tax_of(net, rate) for rate, net in self.nets().items())
+        else:
+            own = eng.tax_of(sum(q * unit for _, _, q, unit in self.lines), self.tax_rate_bp)
+        return own + sum(d.tax for d in self.household) if self.household else own
+
+    @property
+    def total(self) -> int:
+        """What the invoice bills: the net lines and the tax."""
+        return self.subtotal + self.tax
 
 
 class NewInvoice(NamedTuple):
@@ -91,6 +106,7 @@ class NewInvoice(NamedTuple):
     # Never paid yet: read by ``apply_payments`` as an invoice row's, where a missing field
     # would cost a raised and swallowed AttributeError per renewal.
     paid_at: int | None = None
+    household: bool = False
 
 
 @lru_cache(maxsize=64)  # a batch's invoices share a rate or two
@@ -158,8 +174,7 @@ def insert_invoices(
         }
     heads: list[dict[str, Any]] = []
     for sp in specs:
-        subtotal = sp.subtotal
-        tax = sp.tax
+        subtotal, tax = sp.subtotal, sp.tax
         heads.append(
             {
                 "member_id": sp.member_id,
@@ -177,59 +192,48 @@ def insert_invoices(
                 "site": home_site(sites[sp.member_id]),
                 "number": None,
                 "issued_at": None,
+                "household": bool(sp.household),
             }
         )
     if issue:
         number_rows(conn, heads, now)
     ids = insert_ids(conn, s.invoices, heads)
     rows: list[dict[str, Any]] = []
-    for invoice_id, sp, head in zip(ids, specs, heads, strict=True):
-        rows.extend(
-            {
-                "invoice_id": invoice_id,
-                "kind": k,
-                "description": d,
-                "quantity": q,
-                "unit_amount": unit,
-                "amount": q * unit,
-                "tax_rate_bp": sp.tax_rate_bp,
-            }
-            for k, d, q, unit in sp.lines
-        )
-        if sp.taxed:
-            rows.extend(
-                {
-                    "invoice_id": invoice_id,
-                    "kind": k,
-                    "description": d,
-                    "quantity": q,
-                    "unit_amount": unit,
-                    "amount": q * unit,
-                    "tax_rate_bp": rate,
-                }
-                for k, d, q, unit, rate in sp.taxed
-            )
-            rows.extend(
-                _tax_line(invoice_id, rate, eng.tax_of(net, rate))
-                for rate, net in sp.nets().items()
-                if eng.tax_of(net, rate)
-            )
-        elif head["tax"]:
-            rows.append(_tax_line(invoice_id, sp.tax_rate_bp, head["tax"]))
+    for invoice_id, sp in zip(ids, specs, strict=True):
+        for part in (sp, *sp.household):
+            rows.extend(_lines(invoice_id, part, household=bool(sp.household)))
     bulk(conn, insert(s.invoice_lines), rows)
     return [(i, head["number"], head["total"]) for i, head in zip(ids, heads, strict=True)]
 
 
-def _tax_line(invoice_id: int, rate: int, tax: int) -> dict[str, Any]:
-    return {
-        "invoice_id": invoice_id,
-        "kind": "tax",
-        "description": tax_label(rate),
-        "quantity": 1,
-        "unit_amount": tax,
-        "amount": tax,
-        "tax_rate_bp": rate,
-    }
+def _lines(invoice_id: int, sp: InvoiceSpec, *, household: bool) -> list[dict[str, Any]]:
+    """The rows of ``sp``'s own lines (those at its rate, then those with a rate of their own)
+    and a tax line per rate; on a household invoice each says whose it is and which period it
+    pays for."""
+    who = sp.member_id if household else None
+    start, end = sp.period if household and sp.period else (None, None)
+
+    def line(kind: str, text: str, quantity: int, unit: int, rate: int) -> dict[str, Any]:
+        return {
+            "invoice_id": invoice_id,
+            "kind": kind,
+            "description": text,
+            "quantity": quantity,
+            "unit_amount": unit,
+            "amount": quantity * unit,
+            "tax_rate_bp": rate,
+            "member_id": who,
+            "period_start": start,
+            "period_end": end,
+        }
+
+    rows = [line(k, d, q, unit, sp.tax_rate_bp) for k, d, q, unit in sp.lines]
+    rows += [line(k, d, q, unit, rate) for k, d, q, unit, rate in sp.taxed]
+    for rate, net in sp.nets().items():
+        tax = eng.tax_of(net, rate)
+        if tax:
+            rows.append(line("tax", tax_label(rate), 1, tax, rate))
+    return rows
 
 
 def apply_payment(
@@ -275,6 +279,7 @@ def apply_payments(
     )
     inv_updates = []
     renewed = []
+    households: list[int] = []
     joined: list[str] = []
     drafts: list[int] = []
     for inv, amount, _, _ in items:
@@ -291,10 +296,15 @@ def apply_payments(
         )
         if full and inv.kind == "renewal" and inv.period_end is not None:
             renewed.append({"mid": inv.member_id, "pe": inv.period_end})
+            if getattr(inv, "household", False):
+                households.append(int(inv.id))
         elif full and inv.kind == "signup":
             joined.append(inv.member_id)
             drafts.append(int(inv.id))
     bulk(conn, _SET_INVOICE_PAID, inv_updates)
+    # A household's renewal paid in full pays every dependant's period on it too.
+    for ends in periods_paid(conn, households).values():
+        renewed.extend({"mid": m, "pe": end} for m, end in ends.items())
     if joined:
         # A sign-up's draft invoice is issued (numbered) once it is paid.
         issue_drafts(conn, drafts, now)
@@ -383,6 +393,12 @@ def record_payment(
         owed = sum(int(i.total - i.amount_paid) for i in payable)
         busy = ", ".join(map(str, sorted(in_flight)))
         if owed <= 0:
+            if facts.account.owed > 0 and facts.member.payer_id:
+                # What is left is their share of the payer's household invoice.
+                raise BillingError(
+                    f"member {member_id}'s renewal is on the household invoice of their payer"
+                    f" {facts.member.payer_id}: take the payment from {facts.member.payer_id}"
+                )
             if in_flight:
                 raise BillingError(
                     f"member {member_id} owes nothing beyond invoice {busy}, whose charge is"
@@ -409,12 +425,15 @@ def record_payment(
                 )
         left = amount
         paid: list[str] = []
+        households: list[int] = []
         for inv in payable:
             if left <= 0:
                 break
             part = min(left, int(inv.total - inv.amount_paid))
             apply_payment(conn, inv, part, method, reference and f"{reference}:{inv.id}", now)
             paid.append(str(inv.id))
+            if inv.household:
+                households.append(int(inv.id))
             left -= part
         # The same receipt a card payment gets, for money taken at the desk or by transfer.
         currency = payable[0].currency
@@ -427,7 +446,9 @@ def record_payment(
             invoices=paid,
             attach=paid,
         )
-        refresh(ctx, conn, [member_id], now)
+        # Paying the payer's household invoice settles it for everyone on it.
+        on_it = {m for ends in periods_paid(conn, households).values() for m in ends}
+        refresh(ctx, conn, sorted(on_it | {member_id}), now)
     ctx.notify_published()
     return amount
 

@@ -143,20 +143,34 @@ def create_renewals(
     conn: Connection, renewals: list[InvoiceSpec], now: int, *, sites: Mapping[str, str]
 ) -> list[tuple[int, str | None, int]]:
     """``insert_invoices`` for the cycle's renewal invoices, each with its member's waiting
-    lines added (``renewals`` is updated in place, so the caller charges what was issued)."""
-    found = waiting(conn, [sp.member_id for sp in renewals])
+    lines added, and on a household invoice each dependant's with their own part
+    (``renewals`` is updated in place, so the caller charges what was issued)."""
+    found = waiting(conn, [m for sp in renewals for m in (sp.member_id, *_household(sp))])
     if not found:
         return insert_invoices(conn, renewals, now, sites=sites)
     taken: dict[int, list[Any]] = {}
-    for i, sp in enumerate(renewals):
+
+    def with_lines(sp: InvoiceSpec, into: list[Any]) -> InvoiceSpec:
         rows = [r for r in found.get(sp.member_id, ()) if r.currency == sp.currency]
+        into += rows
+        return sp._replace(taxed=sp.taxed + _taxed(rows)) if rows else sp
+
+    for i, sp in enumerate(renewals):
+        rows: list[Any] = []
+        sp = with_lines(sp, rows)
+        if sp.household:
+            sp = sp._replace(household=tuple(with_lines(d, rows) for d in sp.household))
         if rows:
-            renewals[i] = sp._replace(taxed=sp.taxed + _taxed(rows))
+            renewals[i] = sp
             taken[i] = rows
     created = insert_invoices(conn, renewals, now, sites=sites)
     if taken:
         _book(conn, [(created[i][0], rows) for i, rows in taken.items()], now)
     return created
+
+
+def _household(sp: InvoiceSpec) -> list[str]:
+    return [d.member_id for d in sp.household]
 
 
 def bill_alone(conn: Connection, member_id: str, now: int) -> int | None:

@@ -20,7 +20,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.context import Context
 from gated.billing_sync.enrolment import welcome_due
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.facts import Facts, dependants, load_facts
+from gated.billing_sync.facts import Facts, dependants, hold_dependants, load_facts
 from gated.billing_sync.notices import PAYER_NOTICES, Notice, format_amount, format_day, render
 from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, next_versions
 from gated.contract import card_key, digest_hex, digest_term, erased_state, format_time
@@ -73,6 +73,10 @@ def refresh(
     just loaded them and kept them current."""
     if facts is None:
         facts = load_facts(conn, ids, now)
+        # A dependant whose payer is out is not charged (the cycle holds them so): their next
+        # review is not a retry or renewal they cannot have, which would bring them back in
+        # every cycle; the payer's return refreshes them.
+        hold_dependants(conn, facts, now, ctx.rules)
     changed_payers: list[str] = []
     sub_updates = []
     own: dict[str, str] = {}

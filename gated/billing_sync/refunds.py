@@ -37,6 +37,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.facts import Rows, charge_method, load_facts
 from gated.billing_sync.gateway import GatewayRejected, GatewayUnavailable, RefundResult
+from gated.billing_sync.household import members_on, settle_line
 from gated.billing_sync.invoices import apply_payments, home_site
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.numbering import next_number, site_year
@@ -563,7 +564,11 @@ def credit(
             )
         out = Outcome(invoice_id, inv.currency, credited=amount)
         out.credit_notes.append(book_credit(conn, inv, amount, "credit", reason, now, line_id))
-        refresh(ctx, conn, [inv.member_id], now)
+        if line_id is not None:
+            dependant = settle_line(conn, inv.member_id, line_id)
+            refresh(ctx, conn, [inv.member_id, *([dependant] if dependant else [])], now)
+        else:
+            refresh(ctx, conn, members_on(conn, inv), now)
     ctx.notify_published()
     return out
 
@@ -586,7 +591,7 @@ def void(ctx: Context, invoice_id: int, reason: str = "void") -> Outcome:
         out = Outcome(invoice_id, inv.currency, credited=rest)
         out.credit_notes.append(book_credit(conn, inv, rest, "void", reason, now))
         conn.execute(update(_INV).where(_INV.c.id == invoice_id).values(status="void"))
-        refresh(ctx, conn, [inv.member_id], now)
+        refresh(ctx, conn, members_on(conn, inv), now)
     ctx.notify_published()
     return out
 
@@ -601,7 +606,7 @@ def write_off(ctx: Context, invoice_id: int, reason: str = "bad debt") -> int:
         apply_payments(conn, [(inv, rest, "write_off", f"wo:{invoice_id}")], now)
         conn.execute(update(_INV).where(_INV.c.id == invoice_id).values(status="written_off"))
         log.info("event=written_off invoice=%s amount=%d reason=%s", invoice_id, rest, reason)
-        refresh(ctx, conn, [inv.member_id], now)
+        refresh(ctx, conn, members_on(conn, inv), now)
     ctx.notify_published()
     return rest
 

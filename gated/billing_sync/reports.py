@@ -30,6 +30,7 @@ from sqlalchemy import (
 from gated.billing_sync import schema as s
 from gated.billing_sync.config import BillingConfig
 from gated.billing_sync.errors import BillingError
+from gated.billing_sync.household import net_by_member
 from gated.billing_sync.store import reading
 
 Report = tuple[list[str], list[tuple[Any, ...]]]
@@ -385,19 +386,22 @@ def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
 def deferred(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Deferred revenue: at the end of each month (now, for this month), the net of paid
     invoices for time not yet served. An invoice for a period counts the part of its net still
-    ahead, in proportion to the seconds left (rounded down per invoice); one whose period has
-    not begun counts whole. Tax is not revenue and is left out."""
+    ahead, in proportion to the seconds left (rounded down per invoice, and on a household
+    invoice per member: each member's lines count at that member's sites); one whose period
+    has not begun counts whole. Tax is not revenue and is left out."""
     inv = s.invoices
     with reading(engine).connect() as conn:
         who = _members_at(conn, scope)
-        rows = conn.execute(
+        found = conn.execute(
             select(
+                inv.c.id,
                 inv.c.member_id,
                 inv.c.currency,
                 inv.c.subtotal,
                 inv.c.period_start,
                 inv.c.period_end,
                 inv.c.paid_at,
+                inv.c.household,
             ).where(
                 inv.c.status == "paid",
                 inv.c.paid_at.is_not(None),
@@ -405,22 +409,30 @@ def deferred(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
                 inv.c.period_end > inv.c.period_start,
             )
         ).all()
-    rows = [r for r in rows if who is None or r.member_id in who]
-    earliest = min((int(r.paid_at) for r in rows), default=None)
+        nets = net_by_member(conn, [int(r.id) for r in found if r.household])
+    # (invoice, member, currency, net, period start, period end, paid at): a household
+    # invoice is one part per member on it.
+    rows = [
+        (r.id, member, r.currency, net, r.period_start, r.period_end, r.paid_at)
+        for r in found
+        for member, net in (nets[r.id].items() if r.id in nets else [(r.member_id, r.subtotal)])
+        if who is None or member in who
+    ]
+    earliest = min((int(r[6]) for r in rows), default=None)
     out = []
     for month, _start, end in months_in(scope, now, earliest):
         at = min(end, now)
-        totals: dict[str, list[int]] = {}
-        for r in rows:
-            if r.paid_at > at or r.period_end <= at:
+        amounts: dict[str, int] = {}
+        invoices: dict[str, set[int]] = {}
+        for invoice_id, _, currency, net, start, stop, paid_at in rows:
+            if paid_at > at or stop <= at:
                 continue
-            length = int(r.period_end) - int(r.period_start)
-            ahead = int(r.period_end) - max(at, int(r.period_start))
-            acc = totals.setdefault(r.currency, [0, 0])
-            acc[0] += int(r.subtotal) * ahead // length
-            acc[1] += 1
+            length = int(stop) - int(start)
+            ahead = int(stop) - max(at, int(start))
+            amounts[currency] = amounts.get(currency, 0) + int(net) * ahead // length
+            invoices.setdefault(currency, set()).add(int(invoice_id))
         day = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
-        out += [(month, day, cur, v[0], v[1]) for cur, v in sorted(totals.items())]
+        out += [(month, day, cur, v, len(invoices[cur])) for cur, v in sorted(amounts.items())]
     return ["month", "at", "currency", "deferred", "invoices"], out
 
 

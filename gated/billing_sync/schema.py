@@ -18,6 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
     true,
 )
 
@@ -114,6 +115,13 @@ members = Table(
     Column("card_expires_at", BigInteger),
     Column("card_expiry_noticed", BigInteger),
     Index("ix_members_card_expires_at", "card_expires_at"),
+    # A payer's dependants (``household.py``, publishing): only dependants have a payer.
+    Index(
+        "ix_members_payer",
+        "payer_id",
+        sqlite_where=text("payer_id IS NOT NULL"),
+        postgresql_where=text("payer_id IS NOT NULL"),
+    ),
 )
 
 subscriptions = Table(
@@ -183,6 +191,9 @@ invoices = Table(
     Column("number", String(64)),
     Column("issued_at", BigInteger),
     Index("ix_invoices_number", "number", unique=True),
+    # A household's renewal: the payer's invoice, with a line for each dependant renewing with
+    # the payer (``household.py``); the lines say whose they are.
+    Column("household", Boolean, nullable=False, server_default=false()),
 )
 
 # Closed accounting months (``periods.py``): one row per close, by whom; every month up to the
@@ -218,6 +229,18 @@ invoice_lines = Table(
     Column("unit_amount", BigInteger, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("tax_rate_bp", Integer, nullable=False),
+    # On a household invoice, the member a line is for and the period it pays for (null: the
+    # invoice's own member and period). Indexed where set: the cycle looks up a dependant's
+    # open household lines, and only those lines have one.
+    Column("member_id", ID),
+    Column("period_start", BigInteger),
+    Column("period_end", BigInteger),
+    Index(
+        "ix_invoice_lines_member",
+        "member_id",
+        sqlite_where=text("member_id IS NOT NULL"),
+        postgresql_where=text("member_id IS NOT NULL"),
+    ),
 )
 
 # payment_attempts.state: an attempt not yet final is finished by the next cycle's resume().

@@ -11,6 +11,8 @@ rows (never through the engine's own rules, so a wrong rule cannot vouch for its
   open (``check_money``), each invoice's rows add up to what it shows as paid (settled), every
   credit note is booked once on its invoice, no payment is refunded beyond its amount, and the
   gateway took exactly the card and SEPA money booked and gave back exactly the refunds booked;
+  on a household invoice, per member by line: their lines bill what was taken back on them plus
+  their part of the rest settled and of what is open (``check_household_members``);
 * no gate access (a published status the gates let in, with ``valid_until`` ahead) without
   good standing: no open dispute, no freeze running, contract not ended, no debt past the
   longest grace, a dependant's payer in household standing;
@@ -81,6 +83,8 @@ GIVEN_UP = "We will not try this card again"
 # The front desk: its towels, and who sells them.
 TOWELS = 3
 MINIMUM_CHARGE = 50  # EUR, the processor's smallest charge (billing_sync.config.MINIMUM_CHARGE)
+# The plans' net prices (monthly, premium, basic): what a renewal's membership line bills.
+PLAN_PRICES = {4990, 7990, 2990}
 DESK = Actor("staff", "desk", "front_desk", "127.0.0.1")
 
 
@@ -600,18 +604,23 @@ class MoneyMachine(RuleBasedStateMachine):
                 assert sub.cancel_at is None and sub.status != "cancelled", (ln, sub)
                 continue
             inv = invoices[ln.invoice_id]
-            assert inv.member_id == ln.member_id and inv.kind in ("renewal", "sale"), (ln, inv)
+            # Or a dependant's, on the household invoice of their payer.
+            theirs = inv.household and self.payer_of.get(ln.member_id) == inv.member_id
+            assert ln.member_id == inv.member_id or theirs, (ln, inv)
+            assert inv.kind in ("renewal", "sale"), (ln, inv)
         for invoice_id, inv in invoices.items():
             mine = [ln for ln in lines if ln.invoice_id == invoice_id]
             items = [x for x in on if x.invoice_id == invoice_id and x.kind == "item"]
             assert sorted((x.quantity, x.unit_amount, x.tax_rate_bp) for x in items) == sorted(
                 (ln.quantity, ln.unit_amount, ln.tax_rate_bp) for ln in mine
             ), invoice_id
-            nets: dict[int, int] = {}
+            # Taxed per rate (on a household invoice per member and rate).
+            nets: dict[tuple[str | None, int], int] = {}
             for x in on:
                 if x.invoice_id == invoice_id and x.kind != "tax":
-                    nets[x.tax_rate_bp] = nets.get(x.tax_rate_bp, 0) + x.amount
-            taxes = sum((net * rate + 5_000) // 10_000 for rate, net in nets.items())
+                    key = (x.member_id, x.tax_rate_bp)
+                    nets[key] = nets.get(key, 0) + x.amount
+            taxes = sum((net * rate + 5_000) // 10_000 for (_, rate), net in nets.items())
             assert (inv.subtotal, inv.tax) == (sum(nets.values()), taxes), inv
             assert sum(x.amount for x in on if x.invoice_id == invoice_id) == inv.total, inv
             assert len([x for x in sold if x.invoice_id == invoice_id]) == len(mine)
@@ -668,6 +677,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 "disputes": list(conn.execute(select(s.disputes))),
                 "credit_notes": list(conn.execute(select(s.credit_notes))),
                 "refunds": list(conn.execute(select(s.refunds))),
+                "lines": list(conn.execute(select(s.invoice_lines))),
             }
 
     @invariant()
@@ -683,6 +693,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.check_attempts_and_notices(r)
         self.check_plans(r)
         self.check_numbers(r)
+        self.check_households(r, now)
 
     def check_money(self, r: dict[str, Any]) -> None:
         """Per member and in total: invoiced = received - refunded + credited + written off +
@@ -782,13 +793,11 @@ class MoneyMachine(RuleBasedStateMachine):
         # A renewal once paid in full keeps the period it paid for even if a lost chargeback
         # reopens it: from then on the debt, not paid-through, decides the status.
         was_paid = {p.invoice_id for p in r["payments"] if p.amount > 0}
-        for inv in r["invoices"]:
-            if inv.kind != "renewal":
-                continue
-            enrolled = r["members"][inv.member_id].created_at
-            assert inv.period_start >= enrolled - enrolled % DAY, ("billed before joining", inv)
-            if inv.id in was_paid and inv.period_end > paid_end.get(inv.member_id, (0, 0))[0]:
-                paid_end[inv.member_id] = (inv.period_end, inv.created_at)
+        for member_id, period_start, period_end, inv in renewal_parts(r):
+            enrolled = r["members"][member_id].created_at
+            assert period_start >= enrolled - enrolled % DAY, ("billed before joining", inv)
+            if inv.id in was_paid and period_end > paid_end.get(member_id, (0, 0))[0]:
+                paid_end[member_id] = (period_end, inv.created_at)
         attempted_final: dict[str, bool] = {}
         for a in r["attempts"]:
             if a.state in s.FINAL_ATTEMPT_STATES:
@@ -900,6 +909,164 @@ class MoneyMachine(RuleBasedStateMachine):
             assert [n for n, _ in issued] == list(range(1, len(issued) + 1)), (key, issued)
             times = [at for _, at in issued]
             assert times == sorted(times), ("numbered out of issue order", key, issued)
+
+    # --- households: the payer's renewal invoice carries the dependants renewing with it -------
+
+    @rule(card=st.sampled_from(CARDS))
+    def household_renews(self, card: str) -> None:
+        """The payer's card changes, then the clock goes to the payer's renewal (at most 40
+        days on) and the cycle bills it: with the dependants renewing then, on one invoice,
+        often declined, so the household is dunned, suspended and paid as one."""
+        self.set_card(PAYER, card)
+        # Checked before the clock moves, as if the new card were a step of its own: the card
+        # charges what is open at once, and those attempts are judged by the payer's standing
+        # then, not by where the days skipped below leave it (in collections, say).
+        self.check_step()
+        sub = s.subscriptions
+        with self.billing.engine.connect() as conn:
+            due = conn.execute(
+                select(sub.c.paid_through).where(sub.c.member_id == PAYER)
+            ).scalar_one()
+        self.clock.now = max(self.clock.now, min(due, self.clock.now + 40 * DAY))
+        self.billing.run_cycle()
+        self.check_step()
+
+    @rule(member=st.sampled_from([PAYER, *DEPENDANTS]))
+    def household_line_back(self, member: str) -> None:
+        """The member's membership line on the newest household invoice taken back with its
+        tax: credited while the invoice is open, refunded once paid (``invoice credit|refund
+        ID --line LINE``)."""
+        inv, ln = s.invoices, s.invoice_lines
+        with self.billing.engine.connect() as conn:
+            found = conn.execute(
+                select(inv.c.id, inv.c.status, ln.c.id.label("line_id"))
+                .join(ln, ln.c.invoice_id == inv.c.id)
+                .where(inv.c.household.is_(True), ln.c.member_id == member)
+                .where(ln.c.kind == "membership")
+                .order_by(inv.c.id.desc())
+            ).first()
+        if found is None:
+            return
+        # Refused: credited before, a debit in flight, less open than the line, disputed.
+        with contextlib.suppress(BillingError):
+            if found.status == "open":
+                self.billing.credit(found.id, line_id=found.line_id)
+            elif found.status == "paid":
+                self.billing.refund(found.id, line_id=found.line_id)
+
+    def check_household_members(self, r: dict[str, Any], inv: Any, mine: list[Any]) -> None:
+        """Per member on a household invoice, by line: what their lines bill is what was taken
+        back on those lines (their credit notes: credits, and the notes refunds book), plus
+        their part of the rest of what settled the invoice (applied to the members' lines in
+        line order, the payer's first), plus their part of what is open. Nobody gets back more
+        than their lines bill, nor is refunded more than their lines' notes; the rest of what
+        settled it is never negative and is all applied."""
+        notes: dict[int, int] = {}
+        for note in r["credit_notes"]:
+            if note.invoice_id == inv.id and note.line_id is not None:
+                notes[note.line_id] = notes.get(note.line_id, 0) + int(note.amount)
+        refunded: dict[int, int] = {}
+        for f in r["refunds"]:
+            if f.invoice_id == inv.id and f.line_id is not None and f.state == "succeeded":
+                refunded[f.line_id] = refunded.get(f.line_id, 0) + int(f.amount)
+        charged: dict[str, int] = {}
+        back: dict[str, int] = {}
+        given: dict[str, int] = {}
+        for ln in sorted(mine, key=lambda ln: ln.id):
+            charged[ln.member_id] = charged.get(ln.member_id, 0) + int(ln.amount)
+            back[ln.member_id] = back.get(ln.member_id, 0) + notes.get(ln.id, 0)
+            given[ln.member_id] = given.get(ln.member_id, 0) + refunded.get(ln.id, 0)
+        assert notes.keys() <= {ln.id for ln in mine}, ("a line note off the invoice", inv)
+        rest = int(inv.amount_paid) - sum(back.values())
+        assert rest >= 0, ("line notes beyond what the invoice booked", inv, back)
+        open_ = 0
+        for member, billed in charged.items():
+            assert 0 <= given[member] <= back[member] <= billed, (member, inv, billed, back)
+            part = min(rest, billed - back[member])
+            rest -= part
+            open_ += billed - back[member] - part  # what the member's lines leave open
+        assert rest == 0, ("settled beyond the members' lines", inv)
+        assert open_ == inv.total - inv.amount_paid, ("open not the members' parts", inv)
+
+    def check_households(self, r: dict[str, Any], now: int) -> None:
+        """A household invoice is a payer's renewal whose lines say whose they are: the payer
+        and the payer's own dependants, each once, with a membership line at a plan's price
+        and its tax, for one period; the lines add up to the invoice, so its money is
+        attributed line by line to its members (and their sites); a credit note of one line
+        is at most that line with its tax; no member's period is billed twice (on their own
+        invoice and on the payer's); and a dependant on one still open is not let in past the
+        longest grace, nor charged apart from it."""
+        lines: dict[int, list[Any]] = {}
+        for ln in r["lines"]:
+            lines.setdefault(ln.invoice_id, []).append(ln)
+        in_flight = {a.invoice_id for a in r["attempts"] if a.state in s.OPEN_ATTEMPT_STATES}
+        for inv in r["invoices"]:
+            if not inv.household:
+                continue
+            assert inv.kind == "renewal" and inv.member_id not in self.payer_of, inv
+            mine = lines[inv.id]
+            members = [ln.member_id for ln in mine if ln.kind == "membership"]
+            assert members[0] == inv.member_id and len(set(members)) == len(members), mine
+            assert all(self.payer_of.get(m) == inv.member_id for m in members[1:]), mine
+            assert sum(ln.amount for ln in mine) == inv.total, ("lines do not add up", inv)
+            assert sum(ln.amount for ln in mine if ln.kind != "tax") == inv.subtotal, inv
+            self.check_household_members(r, inv, mine)
+            for member in members:
+                own = [ln for ln in mine if ln.member_id == member]
+                [price] = [ln.amount for ln in own if ln.kind == "membership"]
+                assert price in PLAN_PRICES, own
+                # Their tax, on their own lines per rate (the plan's, and what was sold on
+                # their next invoice at a rate of its own).
+                nets: dict[int, int] = {}
+                for ln in own:
+                    if ln.kind != "tax":
+                        nets[ln.tax_rate_bp] = nets.get(ln.tax_rate_bp, 0) + ln.amount
+                tax = sum(ln.amount for ln in own if ln.kind == "tax")
+                owed = sum((net * rate + 5000) // 10000 for rate, net in nets.items())
+                assert tax == owed, ("tax not the member's", own)
+                # One period a member: the payer's is the invoice's; a dependant renewing in
+                # the same run may renew from another day (their own paid-through).
+                [(start, end)] = {(ln.period_start, ln.period_end) for ln in own}
+                assert start < end, own
+                if member == inv.member_id:
+                    assert (start, end) == (inv.period_start, inv.period_end), own
+            if inv.status == "open" and inv.id not in in_flight:
+                for member in members[1:]:
+                    state = parse_payload(r["states"][member].payload)
+                    until = state["valid_until"]
+                    let_in = state["status"] in ALLOWED and (
+                        until is None or parse_time(until).timestamp() > now
+                    )
+                    late = now > inv.due_at + MAX_GRACE_DAYS * DAY
+                    assert not (let_in and late), ("let in past any grace", member, inv)
+        by_line = {ln.id: ln for ln in r["lines"]}
+        for note in r["credit_notes"]:
+            ln = by_line.get(note.line_id) if note.line_id else None
+            if ln is not None and ln.member_id is not None:
+                assert note.amount <= ln.amount + (ln.amount * ln.tax_rate_bp + 5000) // 10000
+        billed = [(m, start) for m, start, _, _ in renewal_parts(r)]
+        assert len(billed) == len(set(billed)), ("a period billed twice", billed)
+        payer_of = {i.id: i.member_id for i in r["invoices"] if i.household}
+        for a in r["attempts"]:
+            if a.invoice_id in payer_of:
+                assert a.member_id == payer_of[a.invoice_id], ("charged apart", a)
+
+
+def renewal_parts(r: dict[str, Any]) -> list[tuple[str, int, int, Any]]:
+    """(member, period start, period end, invoice) of every renewal billed: a household
+    invoice's for each member on it (its lines say whose they are), any other for its member."""
+    members: dict[int, dict[str, tuple[int, int]]] = {}
+    for ln in r["lines"]:
+        if ln.member_id is not None:
+            members.setdefault(ln.invoice_id, {})[ln.member_id] = (ln.period_start, ln.period_end)
+    out = []
+    for inv in r["invoices"]:
+        if inv.kind != "renewal":
+            continue
+        periods = members.get(inv.id, {inv.member_id: (inv.period_start, inv.period_end)})
+        for member, (start, end) in sorted(periods.items()):
+            out.append((member, start, end, inv))
+    return out
 
 
 def parse_payload(payload: str) -> dict[str, Any]:

@@ -386,10 +386,13 @@ def test_a_card_declined_for_good_for_a_dependant_is_not_charged_for_the_payer(
     tmp_path: Path,
 ) -> None:
     clock = Clock()
-    # Day 0: Pat and Kim paid; day 31: Kim's renewal (billed first) is declined for good.
-    gw = SimulatedGateway(clock=clock, script={"pm_card": ["ok", "ok", "lost_card", "ok"]})
+    # Pat paid on day 0, Kim a day later, so that Kim's renewal is an invoice of her own, not a
+    # line on Pat's: Pat's renewal of day 31 goes through, Kim's of day 32 is declined for good.
+    outcomes = ["ok", "ok", "ok", "lost_card", "ok"]
+    gw = SimulatedGateway(clock=clock, script={"pm_card": outcomes})
     b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
     b.add_member("pat", "Pat", plan_id="monthly", email="p@x", payment_method="pm_card")
+    clock.advance(1)
     b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
     step(b, clock, 31)
     assert _notices(b, "kim")[1][:2] == ("new_card", "p@x")
@@ -442,10 +445,12 @@ def test_the_payers_card_is_untouched_by_a_refused_set_card(
 
 def test_a_dependants_card_notices_go_to_the_payer_who_owns_the_card(tmp_path: Path) -> None:
     clock = Clock()
-    outcomes = ["ok", "ok", "insufficient_funds", "ok"]
+    outcomes = ["ok", "ok", "ok", "insufficient_funds"]
     gw = SimulatedGateway(clock=clock, script={"pm_card": outcomes})
     b, _ = make_billing(tmp_path, gateway=gw, clock=clock)
     b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_card")
+    # A day apart, so that Kim's renewal is an invoice of her own, not a line on Pat's.
+    clock.advance(1)
     b.add_member("kim", "Kim", plan_id="monthly", email="kim@x", payer_id="pat")
     step(b, clock, 31)  # Kim's renewal is declined on Pat's card (Pat's own goes through)
     kim = _notices(b, "kim")
