@@ -325,8 +325,8 @@ def test_the_freeze_notices_say_what_an_early_end_gives_back(
     assert "is called off" in ended and "fee" not in ended
 
 
-def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
-    cfg = write_cli_config(tmp_path)
+def _kept_fee_plan(cfg: Path) -> None:
+    """A store with its keys and a plan whose 5.00 freeze fee is kept on an early end."""
     cli_ok(cfg, "keys", "init")
     cli_ok(
         cfg,
@@ -341,6 +341,11 @@ def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
         "500",
         "--freeze-fee-kept",
     )
+
+
+def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
+    cfg = write_cli_config(tmp_path)
+    _kept_fee_plan(cfg)
     cli_ok(cfg, "plans", "add", "back", "--name", "Back", "--price", "4990", "--freeze-fee", "500")
     listed = cli_ok(cfg, "plans", "list", "--csv")
     assert "kept,Kept,4990" in listed and ",500,no," in listed and ",500,unused part," in listed
@@ -354,20 +359,7 @@ def test_the_command_line_shows_a_kept_freeze_fee(tmp_path: Path) -> None:
 
 def test_freeze_at_the_command_line_asks_before_booking(tmp_path: Path) -> None:
     cfg = write_cli_config(tmp_path)
-    cli_ok(cfg, "keys", "init")
-    cli_ok(
-        cfg,
-        "plans",
-        "add",
-        "kept",
-        "--name",
-        "Kept",
-        "--price",
-        "4990",
-        "--freeze-fee",
-        "500",
-        "--freeze-fee-kept",
-    )
+    _kept_fee_plan(cfg)
     cli_ok(cfg, "members", "add", "m1", "--name", "A", "--plan", "kept", "--card", "pm_sim_ok")
 
     def frozen() -> object:
