@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -319,13 +319,30 @@ def monthly(subtotal: int, period_start: int, period_end: int) -> int:
     return share if subtotal >= 0 else -share
 
 
-def _renewals_today(conn: Connection, now: int) -> Sequence[Any]:
+class _Renewal(NamedTuple):
+    currency: str
+    sites: str
+    subtotal: int
+    period_start: int
+    period_end: int
+
+
+def _renewals_today(conn: Connection, now: int) -> list[_Renewal]:
     """Paid renewals starting or ending between today's UTC midnight and ``now``: the daily
-    MRR rollup counts a whole day, this instant needs these apart."""
+    MRR rollup counts a whole day, this instant needs these apart. A household invoice is one
+    renewal per member on it, their net at their sites, as the rollup counts it."""
     inv, m = s.invoices, s.members
     today = now - now % DAY
-    return conn.execute(
-        select(inv.c.currency, m.c.sites, inv.c.subtotal, inv.c.period_start, inv.c.period_end)
+    found = conn.execute(
+        select(
+            inv.c.id,
+            inv.c.household,
+            inv.c.currency,
+            m.c.sites,
+            inv.c.subtotal,
+            inv.c.period_start,
+            inv.c.period_end,
+        )
         .join(m, m.c.id == inv.c.member_id)
         .where(
             inv.c.kind == "renewal",
@@ -338,6 +355,22 @@ def _renewals_today(conn: Connection, now: int) -> Sequence[Any]:
             ),
         )
     ).all()
+    nets = net_by_member(conn, [int(r.id) for r in found if r.household])
+    sites: dict[str, str] = {}
+    if nets:
+        ids = {member for parts in nets.values() for member in parts}
+        sites = dict(conn.execute(select(m.c.id, m.c.sites).where(m.c.id.in_(ids))).all())
+    out = []
+    for r in found:
+        parts = nets.get(r.id)
+        if parts is None:
+            out.append(_Renewal(r.currency, r.sites, r.subtotal, r.period_start, r.period_end))
+            continue
+        out += [
+            _Renewal(r.currency, sites[member], net, r.period_start, r.period_end)
+            for member, net in parts.items()
+        ]
+    return out
 
 
 def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 
 from gated.billing_sync import schema as s
+from gated.billing_sync.household import net_by_member
 from gated.billing_sync.reports import (
     CURRENT,
     EVERYTHING,
@@ -64,17 +65,20 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
 
 def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Monthly recurring revenue per month and currency: the net of every paid renewal whose
-    period covers the month's last instant (or now, for this month), spread over its months."""
+    period covers the month's last instant (or now, for this month), spread over its months;
+    a household invoice's for each member on it, their net at their sites."""
     inv = s.invoices
     with reading(engine).connect() as conn:
         who = _members_at(conn, scope)
-        rows = conn.execute(
+        found = conn.execute(
             select(
+                inv.c.id,
                 inv.c.member_id,
                 inv.c.currency,
                 inv.c.subtotal,
                 inv.c.period_start,
                 inv.c.period_end,
+                inv.c.household,
             ).where(
                 inv.c.kind == "renewal",
                 inv.c.status == "paid",
@@ -82,18 +86,24 @@ def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
                 inv.c.period_end.is_not(None),
             )
         ).all()
-    rows = [r for r in rows if who is None or r.member_id in who]
-    earliest = min((int(r.period_start) for r in rows), default=None)
+        nets = net_by_member(conn, [int(r.id) for r in found if r.household])
+    rows = [
+        (member, r.currency, net, r.period_start, r.period_end)
+        for r in found
+        for member, net in (nets[r.id].items() if r.id in nets else [(r.member_id, r.subtotal)])
+        if who is None or member in who
+    ]
+    earliest = min((int(r[3]) for r in rows), default=None)
     out = []
     for month, _start, end in months_in(scope, now, earliest):
         at = min(end - 1, now)
         totals: dict[str, tuple[int, set[str]]] = {}
-        for r in rows:
-            if r.period_start <= at < r.period_end:
-                amount, members = totals.get(r.currency, (0, set()))
-                members.add(r.member_id)
-                share = monthly(int(r.subtotal), int(r.period_start), int(r.period_end))
-                totals[r.currency] = (amount + share, members)
+        for member, currency, net, start, stop in rows:
+            if start <= at < stop:
+                amount, members = totals.get(currency, (0, set()))
+                members.add(member)
+                share = monthly(int(net), int(start), int(stop))
+                totals[currency] = (amount + share, members)
         out += [(month, cur, v[0], len(v[1])) for cur, v in sorted(totals.items())]
     return ["month", "currency", "mrr", "members"], out
 

@@ -17,6 +17,7 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.service import Billing, PlanSpec
 from gated.billing_sync.simulator import SimulatedGateway
 from gated.contract import parse_time
+from tests.billing import report_recount
 from tests.billing.helpers import DAY, Clock, make_billing, published, step
 from tests.billing.test_stripe_gateway import gateway as stripe_gateway
 from tests.services import LocalStripe
@@ -241,6 +242,14 @@ def test_a_household_is_billed_dunned_and_paid_as_one_on_postgresql(
     b.set_payment_method("pat", "pm_sim_ok")
     assert {m: published(b, m)["status"] for m in HOUSEHOLD} == dict.fromkeys(HOUSEHOLD, "active")
     assert {paid_through(b, m) for m in HOUSEHOLD} == {inv.period_end}
+    # The MRR rollup's household triggers on PostgreSQL: a renewal a member, at their sites.
+    b.edit_member("kim", sites=["uptown"])
+    b.edit_member("pat", sites=["downtown"])  # lou stays at both
+    for sites, members in ((None, 3), (("downtown",), 2), (("uptown",), 2)):
+        scope = reports.Scope(sites=sites)
+        found = reports.REPORTS["mrr"](b.engine, clock(), scope)
+        assert found == report_recount.mrr(b.engine, clock(), scope)
+        assert found[1][-1][3] == members, sites
 
 
 def test_the_payer_paying_the_household_invoice_on_its_page_settles_it_for_all(
@@ -345,6 +354,26 @@ def test_a_household_invoices_lines_count_at_each_members_site(tmp_path: Path) -
     assert deferred("uptown") == [(2990, 1)]
     assert deferred() == [(4990 + 2990, 1)]
 
+    # MRR (from its rollup), today and from tomorrow on (the rollup's days): each member's
+    # net a month at their own site, one renewal each; equal to a recount from the rows.
+    def mrr(*sites: str) -> list[tuple[int, int]]:
+        month = reports.month_of(clock())
+        found = report("mrr", *sites)
+        scope = reports.Scope(sites=sites or None)
+        assert found == report_recount.mrr(b.engine, clock(), scope)[1]
+        return [(r[2], r[3]) for r in found if r[0] == month]
+
+    for _ in range(2):
+        assert mrr("downtown") == [(4990, 1)]
+        assert mrr("uptown") == [(2990, 1)]
+        assert mrr() == [(4990 + 2990, 2)]
+        clock.advance(1)
+    # A member's sites changing moves their line's MRR with them (and the payer's, theirs).
+    b.edit_member("kim", sites=["downtown"])
+    assert mrr("downtown") == [(4990 + 2990, 2)] and mrr("uptown") == []
+    b.edit_member("pat", sites=["uptown"])
+    assert mrr("downtown") == [(2990, 1)] and mrr("uptown") == [(4990, 1)]
+
 
 @pytest.mark.parametrize("how", ["write_off", "void", "credit"])
 def test_settling_a_household_invoice_without_money_restores_the_dependants_at_once(
@@ -393,3 +422,59 @@ def test_a_dependants_sale_on_the_next_invoice_goes_on_the_household_invoice(
     )
     [pending] = rows(b, s.pending_lines)
     assert pending.invoice_id == inv.id
+    # MRR counts her once, her net (membership and water) a month, as the recount does
+    # (from the rollup: the day after).
+    clock.advance(1)
+    found = reports.REPORTS["mrr"](b.engine, clock(), reports.EVERYTHING)
+    assert found == report_recount.mrr(b.engine, clock())
+    assert found[1][-1][2:] == (3 * 4990 + 300, 3)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_mrr_migration_moves_household_invoices_already_paid_to_their_lines(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    """Household invoices paid before migration 0025 were counted whole under the payer's
+    sites: its upgrade moves each to its members' lines, and its downgrade counts them whole
+    again. Two households at one site, so that one statement sums several invoices into one
+    rollup row (PostgreSQL refuses an upsert that touches a row twice)."""
+    from alembic import command
+
+    from gated.billing_sync.store import alembic_config
+
+    where = (
+        {"database_url": request.getfixturevalue("postgres_url")} if database != "sqlite" else {}
+    )
+    clock = Clock()
+    b, _ = make_billing(tmp_path, gateway=SimulatedGateway(clock=clock), clock=clock, **where)
+    b.add_plan(PlanSpec("basic", "Basic", 2990, "EUR", tax_rate_bp=1900))
+    for payer, dependant in (("pat", "kim"), ("sam", "tom")):
+        b.add_member(
+            payer, payer, plan_id="monthly", sites=["downtown"], payment_method="pm_sim_ok"
+        )
+        b.add_member(dependant, dependant, plan_id="basic", sites=["uptown"], payer_id=payer)
+    to_renewal(b, clock)
+    assert [inv.household and inv.status for inv in renewals(b)] == ["paid", "paid"]
+    clock.advance(1)
+
+    def mrr(*sites: str) -> tuple[int, int]:
+        """This month's MRR and renewals at ``sites`` (everywhere without)."""
+        found = reports.REPORTS["mrr"](b.engine, clock(), reports.Scope(sites=sites or None))
+        month = reports.month_of(clock())
+        return next((r[2], r[3]) for r in [*found[1], (month, "EUR", 0, 0)] if r[0] == month)
+
+    split = {"downtown": (2 * 4990, 2), "uptown": (2 * 2990, 2)}
+    assert {site: mrr(site) for site in split} == split
+    config = alembic_config()
+    for target, expected in (
+        ("0024_household_invoices", {"downtown": (2 * (4990 + 2990), 2), "uptown": (0, 0)}),
+        ("head", split),
+    ):
+        with b.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            move = command.downgrade if target != "head" else command.upgrade
+            move(config, target)
+        assert {site: mrr(site) for site in expected} == expected, target
+    assert mrr() == (2 * (4990 + 2990), 4)
+    assert reports.REPORTS["mrr"](b.engine, clock()) == report_recount.mrr(b.engine, clock())
+    b.engine.dispose()

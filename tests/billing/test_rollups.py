@@ -231,6 +231,11 @@ def test_every_rollup_trigger_is_there_at_the_head(tmp_path: Path) -> None:
         *each("subscriptions", "started_in started_up started_del ended_in ended_up ended_del"
               " status_in status_up status_del"),
         *each("members", "member_status_up member_sites_up_before member_sites_up_after"),
+        # A household invoice's MRR line by line (0025).
+        *each("invoices", "household_lines_from_up household_whole_from_up"
+              " household_lines_until_up household_whole_until_up"),
+        *each("members", "household_member_from_up household_payer_from_up"
+              " household_member_until_up household_payer_until_up"),
         *each("payment_attempts", "attempt_in_before attempt_in_after attempt_up_before"
               " attempt_up_after attempt_del_before attempt_del_after"),
         *each("gate_events", "entry_in visit_in"),
