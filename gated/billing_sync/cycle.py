@@ -223,7 +223,7 @@ def plan_charges(
     new = {sp.member_id: (c, sp) for c, sp in zip(created, renewals, strict=True)}
     if merged:
         # A dependant renewed on the payer's invoice is charged, and refreshed, with it.
-        on_invoice(facts, merged, {m: (c[0], sp) for m, (c, sp) in new.items()})
+        on_invoice(facts, merged, new)
         to_charge = [m for m in to_charge if m not in merged]
     minimum_for = ctx.config.dunning.minimum_for
     minimums: dict[str, int] = {}  # by currency: the configuration is asked once per batch

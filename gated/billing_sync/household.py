@@ -208,13 +208,13 @@ def merge_renewals(
 def on_invoice(
     facts: Mapping[str, Any],
     merged: Mapping[str, str],
-    new: Mapping[str, tuple[int, Any]],
+    new: Mapping[str, tuple[tuple[int, str | None, int], Any]],
 ) -> None:
     """The merged dependants' facts (``merge_renewals``) with their shares of the household
-    invoices just created (``new``: each payer's invoice id and spec), as the store now has
-    them."""
+    invoices just created (``new``: each payer's invoice as ``insert_invoices`` gave it, id,
+    number and total, and its spec), as the store now has them."""
     for dependant, payer in merged.items():
-        invoice_id, sp = new[payer]
+        (invoice_id, _, _), sp = new[payer]
         part = next(d for d in sp.household if d.member_id == dependant)
         f = facts[dependant]
         f.account = with_shares(f.account, [Share(invoice_id, part.total, sp.due_at, False)])
