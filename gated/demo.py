@@ -3,7 +3,8 @@
 It makes keys and a config in a scratch folder, imports a sample member list with
 ``gated members import``, starts ``gated run`` with mock GPIO and the simulated reader, plays a
 scripted set of badges through ``gatectl badge`` and prints each decision, reason and latency,
-then stops the daemon.
+then stops the daemon. The billing story follows: head office, broker and a gate on this
+machine, ending with where to sign in to the member app and the staff console.
 """
 
 from __future__ import annotations
