@@ -6,18 +6,21 @@ from __future__ import annotations
 import queue
 import smtplib
 import socket
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from gated.billing_sync.notices import render
+from gated.billing_sync.config import SmtpConfig
+from gated.billing_sync.notices import deliver, render
 from gated.demo import SIGNIN_CODE, Timeline, _show_mail
 from gated.demo_mail import MAX_LINE, Mail, MailSink
+from tests.billing.helpers import make_billing
 
 
 @pytest.fixture
-def sink(tmp_path: Path) -> tuple[MailSink, queue.Queue[Mail]]:
+def sink(tmp_path: Path) -> Iterator[tuple[MailSink, queue.Queue[Mail]]]:
     got: queue.Queue[Mail] = queue.Queue()
     with MailSink(tmp_path / "mail", got.put) as running:
         yield running, got
@@ -72,6 +75,29 @@ def test_a_notice_without_a_member_app_link_stays_in_its_file(
     _show_mail(Timeline(), mail)
     assert capsys.readouterr().out == ""
     assert b"2026-000123" in mail.path.read_bytes()
+
+
+def test_billing_delivers_a_sign_in_to_the_sink_and_its_code_signs_in(
+    tmp_path: Path, sink: tuple[MailSink, queue.Queue[Mail]]
+) -> None:
+    server, got = sink
+    b, clock = make_billing(tmp_path)
+    b.add_member(
+        "m1", "Ann", plan_id="monthly", email="ann@example.com", payment_method="pm_sim_ok"
+    )
+    access = b.member_access()
+    assert access.start_signin(
+        "ann@example.com", "flow-1", "http://127.0.0.1:8080/app/signin/link/"
+    )
+    smtp = SmtpConfig(host="127.0.0.1", port=server.port, sender="front-desk@gym.example")
+    # The receipt of the first month waits behind the sign-in, which goes first.
+    assert deliver(b.engine, smtp, clock.now) == 2
+    mail = got.get(timeout=5)
+    assert mail.recipients == ("ann@example.com",)
+    code = SIGNIN_CODE.search(mail.text)
+    assert code, mail.text
+    assert access.redeem_code("flow-1", code[1]) == "m1"
+    assert got.get(timeout=5).subject.startswith("Receipt")
 
 
 def _talk(conn: socket.socket, line: bytes) -> bytes:
