@@ -101,8 +101,10 @@ class _Session(socketserver.StreamRequestHandler):
                 if len(data) > MAX_MESSAGE:
                     self._reply("552 message too big")
                 else:
-                    self.server.accept(sender, tuple(recipients), data)
+                    path = self.server.keep(data)
                     self._reply("250 ok: kept")
+                    # After the answer: whatever the callback does, the sender is done with it.
+                    self.server.announce(sender, tuple(recipients), data, path)
                 sender, recipients = None, []
             elif verb == "RSET":
                 sender, recipients = None, []
@@ -153,12 +155,17 @@ class _Server(socketserver.ThreadingTCPServer):
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
 
-    def accept(self, sender: str, recipients: tuple[str, ...], data: bytes) -> None:
+    def keep(self, data: bytes) -> Path:
+        """Write a mail to the next numbered file; returns the file."""
         with self._lock:
             path = self.folder / f"{next(self._numbers):04d}.eml"
         # Sign-in mails carry a code that signs in: readable by the demo's user only.
         path.touch(mode=0o600)
         path.write_bytes(data)
+        return path
+
+    def announce(self, sender: str, recipients: tuple[str, ...], data: bytes, path: Path) -> None:
+        """Hand a kept mail to the callback, taken apart."""
         message = email.message_from_bytes(data, policy=email.policy.default)
         subject = str(message.get("Subject", ""))
         self.on_mail(Mail(sender, recipients, subject, _text(message), path))
