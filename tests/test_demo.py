@@ -126,9 +126,13 @@ def test_demo_tells_the_whole_story_signs_ann_in_and_cleans_up(tmp_path: Path) -
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         proc.wait(120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # failed on the way: Ctrl-C still stops what the demo started
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         os.close(primary)
     out = output.rest()
     assert proc.stderr is not None
