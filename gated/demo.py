@@ -3,7 +3,8 @@
 It makes keys and a config in a scratch folder, imports a sample member list with
 ``gated members import``, starts ``gated run`` with mock GPIO and the simulated reader, plays a
 scripted set of badges through ``gatectl badge`` and prints each decision, reason and latency,
-then stops the daemon.
+then stops the daemon. The billing story follows: head office, broker and a gate on this
+machine, ending with where to sign in to the member app and the staff console.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -28,10 +30,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gated.contract import mint_qr_code
 from gated.control import ControlError, DaemonNotRunning, request
+from gated.demo_mail import Mail, MailSink
 
 BIN = Path(sys.executable).parent
 console = Console()
@@ -312,7 +316,11 @@ def localstripe_python() -> Path | None:
     return None
 
 
-def billing_config(root: Path, mqtt_port: int, http_port: int, stripe_port: int | None) -> Path:
+def billing_config(
+    root: Path, mqtt_port: int, http_port: int, stripe_port: int | None, smtp_port: int
+) -> Path:
+    """The demo's billing.toml: everything on 127.0.0.1, notices delivered to the demo's mail
+    sink (:mod:`gated.demo_mail`), links in them pointing at this run's port."""
     keys = root / "keys"
     text = f"""# written by gated demo
 database_url = "sqlite:///{root / "billing.db"}"
@@ -334,6 +342,12 @@ client_id = "billing-demo"
 [http]
 host = "127.0.0.1"
 port = {http_port}
+public_url = "http://127.0.0.1:{http_port}"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+sender = "front-desk@gym.example"
 """
     if stripe_port:
         (root / "stripe.key").write_text("sk_test_demo\n")  # localstripe takes any test key
@@ -390,10 +404,10 @@ class Timeline:
 class BillingStory:
     """Drives the parts the way an operator would: the real CLIs against the running processes."""
 
-    def __init__(self, root: Path, billing_toml: Path) -> None:
+    def __init__(self, root: Path, billing_toml: Path, timeline: Timeline) -> None:
         self.billing_toml = billing_toml
         self.socket = root / "state" / "control.sock"
-        self.timeline = Timeline()
+        self.timeline = timeline
 
     def billing(self, *args: str, note: str = "", shown: str | None = None) -> str:
         """Run ``gated-billing ARGS -c billing.toml``; shows the command (``shown`` when it
@@ -467,7 +481,8 @@ def _enrol(story: BillingStory, root: Path, card_that_pays: str) -> None:
     (root / "gate-token").write_text(token + "\n")
     for member_id, name, card in (("m1", "Ann", ANN_CARD), ("m2", "Ben", BEN_CARD)):
         story.billing("members", "add", member_id, "--name", name, "--plan", "monthly",
-                      "--card", card_that_pays, note="first month charged")  # fmt: skip
+                      "--email", f"{name.lower()}{EMAIL_DOMAIN}", "--card", card_that_pays,
+                      note="first month charged")  # fmt: skip
         story.billing("cards", "assign", member_id, card,
                       shown=f"cards assign {member_id} <UID>", note=f"{name}'s key fob")  # fmt: skip
 
@@ -503,6 +518,24 @@ def _play(story: BillingStory, gateway: str) -> dict[str, float]:
 
 
 DEMO_PASSWORD = "demo password 1"
+EMAIL_DOMAIN = "@example.com"
+ANN_EMAIL = "ann" + EMAIL_DOMAIN
+SIGNIN_CODE = re.compile(r"your code to sign in is ([0-9]{6})")
+APP_LINK = re.compile(r"https?://\S+/app/\S+")
+
+
+def _show_mail(timeline: Timeline, mail: Mail) -> None:
+    """A mail with a link into the member app (sign-in, welcome, a new address to confirm) on
+    the terminal, with the sign-in code: on a demo machine that is how a member reads mail.
+    Every other notice only goes to its file."""
+    link = APP_LINK.search(mail.text)
+    if link is None:
+        return
+    code = SIGNIN_CODE.search(mail.text)
+    # What a mail says is text, never console markup.
+    to, subject, url = escape(", ".join(mail.recipients)), escape(mail.subject), escape(link[0])
+    what = f"code [bold]{code[1]}[/bold], or open {url}" if code else f"link {url}"
+    timeline.line("mail", f"to {to}: {subject}: {what}")
 
 
 def _console_signins(billing_toml: Path, http_port: int) -> None:
@@ -539,7 +572,10 @@ def _console_signins(billing_toml: Path, http_port: int) -> None:
         f"({', '.join(recovery[:3])}) or TOTP key {b32(seed)}"
     )
     console.print(f"  front desk: [bold]desk[/bold] / [bold]{DEMO_PASSWORD}[/bold]")
-    console.print(f"member app: [bold]{url}/app/[/bold] (sign-in mails wait in the outbox)")
+    console.print(f"member app: [bold]{url}/app/[/bold]")
+    console.print(
+        f"  sign in as [bold]{ANN_EMAIL}[/bold]: the code appears here when you ask for it"
+    )
 
 
 def run_billing_demo(root: Path) -> int:
@@ -585,9 +621,14 @@ def run_billing_demo(root: Path) -> int:
                     "into .venv-localstripe): using the simulated gateway[/yellow]"
                 )
             http_port = free_port()
-            billing_toml = billing_config(root, mqtt_port, http_port, stripe_port)
+            timeline = Timeline()
+            # Before serve, so it is stopped after serve: every notice has somewhere to go.
+            mail = stack.enter_context(
+                MailSink(root / "mail", lambda sent: _show_mail(timeline, sent))
+            )
+            billing_toml = billing_config(root, mqtt_port, http_port, stripe_port, mail.port)
             gate_toml = write_demo_config(root, head_office_sections(root, mqtt_port, http_port))
-            story = BillingStory(root, billing_toml)
+            story = BillingStory(root, billing_toml, timeline)
             _enrol(story, root, PAYMENT_METHODS[gateway][0])
             serve = start(
                 "gated-billing", [str(BIN / "gated-billing"), "serve", "-c", str(billing_toml)]
@@ -598,7 +639,8 @@ def run_billing_demo(root: Path) -> int:
                 raise RuntimeError(f"gated-billing serve exited with {serve.returncode}")
             story.timeline.line(
                 "system",
-                f"mosquitto :{mqtt_port}, gated-billing serve ({gateway} gateway), gated run (mock GPIO)",
+                f"mosquitto :{mqtt_port}, gated-billing serve ({gateway} gateway), gated run "
+                f"(mock GPIO), mail sink :{mail.port} (every mail in {root / 'mail'})",
             )
             paid = _play(story, gateway)
             console.print()

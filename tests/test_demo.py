@@ -1,14 +1,24 @@
 """`gated demo` end to end, as `scripts/demo` runs it: the gate's scripted badges, then the billing
-story (mosquitto, `gated-billing serve`, a gate on MQTT) with every decision in the right order
-and nothing left running afterwards."""
+story (mosquitto, `gated-billing serve`, a gate on MQTT) with every decision in the right order,
+a member signing in to the member app with the code the demo shows, and nothing left running
+afterwards."""
 
 from __future__ import annotations
 
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.web.helpers import hidden
 
 BIN = Path(sys.executable).parent
 
@@ -36,17 +46,97 @@ def _processes_under(folder: Path) -> list[str]:
     return found
 
 
-def test_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
+class _Output:
+    """The demo's standard output as it comes, line by line, read by a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.text = ""
+        stream = proc.stdout
+        assert stream is not None
+
+        def pump() -> None:
+            for line in stream:
+                self.lines.put(line)
+            self.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def until(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Read on until a line matches ``pattern``; fails at the end of the output or after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {pattern!r} after {timeout:.0f} s:\n{self.text[-4000:]}")
+            if line is None:
+                pytest.fail(f"the demo ended without {pattern!r}:\n{self.text[-4000:]}")
+            self.text += line
+            found = re.search(pattern, line)
+            if found:
+                return found
+
+    def rest(self) -> str:
+        """Everything, once the demo has ended."""
+        while (line := self.lines.get(timeout=30)) is not None:
+            self.text += line
+        return self.text
+
+
+def test_demo_tells_the_whole_story_signs_ann_in_and_cleans_up(tmp_path: Path) -> None:
     work = tmp_path / "demo"
-    result = subprocess.run(
+    # From a terminal (a pty as its standard input), as a person runs it: it keeps serving.
+    primary, terminal = os.openpty()
+    proc = subprocess.Popen(
         [str(BIN / "gated"), "demo", "--workdir", str(work)],
-        capture_output=True,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
-        env=dict(os.environ, COLUMNS="160"),
+        env=dict(os.environ, COLUMNS="160", PYTHONUNBUFFERED="1"),
     )
-    out = result.stdout
-    assert result.returncode == 0, out[-4000:] + result.stderr[-2000:]
+    os.close(terminal)
+    output = _Output(proc)
+    try:
+        output.until(r"Everything keeps running: press Ctrl-C to stop", 240)
+        app = re.search(r"member app: (http://127\.0\.0\.1:\d+)/app/", output.text)
+        assert app, output.text[-2000:]
+        assert "sign in as ann@example.com: the code appears here when you ask for it" in (
+            output.text
+        )
+        # Ann asks for a sign-in in the member app, as in a browser: serve mails the code over
+        # SMTP to the demo's sink, which shows it on the terminal; the code signs her in.
+        with httpx.Client(base_url=app[1], timeout=30, follow_redirects=True) as browser:
+            csrf = hidden(browser.get("/app/signin").text, "csrf")
+            asked = browser.post("/app/signin", data={"email": "ann@example.com", "csrf": csrf})
+            assert asked.status_code == 200, asked.text
+            mail = output.until(
+                r"mail\s+to ann@example\.com: Your sign-in code: code ([0-9]{6}), or open "
+                r"(http://127\.0\.0\.1:\d+/app/signin/link/\S+)",
+                60,
+            )
+            flow = hidden(asked.text, "flow")
+            r = browser.post("/app/signin/code", data={"csrf": csrf, "flow": flow, "code": mail[1]})
+            assert r.status_code == 200 and str(r.url).endswith("/app/"), r.text
+            assert '<span id="member-name">Ann</span>' in r.text
+            # The link came with the same sign-in: used up by the code.
+            assert browser.get(mail[2]).status_code == 410
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:  # failed on the way: Ctrl-C still stops what the demo started
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        os.close(primary)
+    out = output.rest()
+    assert proc.stderr is not None
+    assert proc.returncode == 0, out[-4000:] + proc.stderr.read()[-2000:]
     # The gate-only part (issue 3) still runs first.
     assert re.search(r"the same QR replayed\s+│\s+DENY\s+│\s+qr_replayed", out), out[-4000:]
     at = out.index("billing, broker and gate")
@@ -57,9 +147,12 @@ def test_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     assert "every decision as expected" in out
     assert re.search(r"paid → let in: [\d.]+ s after the payment was recorded", out)
     assert not _processes_under(work)
-    # The console's and the member app's addresses, with sign-ins that work on this store.
+    # Every notice went over SMTP into a file: the sign-in mail too, and Ann's receipts.
+    mails = [m.read_text() for m in sorted((work / "billing" / "mail").glob("*.eml"))]
+    assert any("Subject: Your sign-in code" in m for m in mails)
+    assert any("Subject: Receipt" in m and "To: ann@example.com" in m for m in mails)
+    # The console's address, with sign-ins that work on this store.
     assert re.search(r"staff console: http://127\.0\.0\.1:\d+/desk/", out)
-    assert re.search(r"member app: http://127\.0\.0\.1:\d+/app/", out)
     signin = re.search(r"owner: owner / (.+?), code: a recovery code \(([0-9a-z-]+),", out)
     assert signin, out[-2000:]
     from tests.billing.crashing import billing_for
