@@ -348,12 +348,13 @@ def sales(ctx: Context, member_id: str | None = None) -> list[Row[Any]]:
         return list(conn.execute(q).all())
 
 
-def sale_of_invoice(ctx: Context, invoice_id: int) -> Row[Any] | None:
-    """The sale an invoice was issued for, with the product's name and kind, or None."""
+def sales_of_invoice(ctx: Context, invoice_id: int) -> list[Row[Any]]:
+    """Every sale on an invoice, oldest first, with the product's name and kind: one for a
+    sale's own invoice, each line sold on the next invoice for a renewal that took them."""
     sa, p = s.sales, s.products
     q = select(sa, p.c.name, p.c.kind).join(p, p.c.id == sa.c.product_id)
     with ctx.reader.connect() as conn:
-        return conn.execute(q.where(sa.c.invoice_id == invoice_id)).first()
+        return list(conn.execute(q.where(sa.c.invoice_id == invoice_id).order_by(sa.c.id)))
 
 
 def _check_numbers(price: int, tax_rate_bp: int, stock: int | None) -> None:
@@ -532,9 +533,9 @@ class PointOfSale:
         """Sales, newest first (see ``sales``)."""
         return sales(self.ctx, member_id)
 
-    def sale(self, invoice_id: int) -> Row[Any] | None:
-        """The sale of an invoice (see ``sale_of_invoice``)."""
-        return sale_of_invoice(self.ctx, invoice_id)
+    def sales_on(self, invoice_id: int) -> list[Row[Any]]:
+        """Every sale on an invoice (see ``sales_of_invoice``)."""
+        return sales_of_invoice(self.ctx, invoice_id)
 
     def waiting(self, member_id: str) -> list[dict[str, Any]]:
         """What was sold to the member on the next invoice and waits for it, oldest first:

@@ -159,15 +159,19 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         staff = visitor.session.staff
         text = request.path_params["invoice_id"]
         found = text.isdigit() and len(text) < 12
-        sale = await asyncio.to_thread(pos.sale, int(text)) if found else None
+        # A renewal that took lines sold on the next invoice carries a sale for each.
+        sold = await asyncio.to_thread(pos.sales_on, int(text)) if found else []
         holder = None
-        if sale is not None:
+        if sold:
             try:
-                holder = await asyncio.to_thread(billing.desk_member, sale.member_id, staff.sites)
+                holder = await asyncio.to_thread(
+                    billing.desk_member, sold[0].member_id, staff.sites
+                )
             except NotFound:
                 holder = None
-        if sale is None or holder is None:
+        if not sold or holder is None:
             return desk.message(visitor, 404, "No such sale", "No sale with that receipt here.")
+        sale = sold[0]
         invoice = await asyncio.to_thread(
             billing.member_access().invoice, sale.member_id, int(sale.invoice_id)
         )
@@ -177,6 +181,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             "desk_receipt.html",
             title="Receipt",
             sale=sale,
+            sold=sold,
+            sold_total=sum(int(x.total) for x in sold),
             invoice=invoice,
             m=holder,
             gates=gates if sale.kind == "pass" else [],
