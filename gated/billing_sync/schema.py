@@ -861,18 +861,6 @@ submit_keys = Table(
     Column("told", String(500)),
 )
 
-# Messages waiting for a console browser's next page (Post/Redirect/Get), by its staff cookie's
-# SHA-256; each is shown once, and is dropped unshown after a few minutes.
-desk_flashes = Table(
-    "desk_flashes",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("cookie_sha256", String(64), nullable=False, index=True),
-    Column("text", String(500), nullable=False),
-    Column("error", Boolean, nullable=False),
-    Column("at", BigInteger, nullable=False, index=True),
-)
-
 # Products sold at the desk "on the next invoice" (``next_invoice.py``): a line waiting for the
 # member's next renewal invoice, which takes it (``invoice_id``) in the transaction that issues
 # it; a cancellation bills what waits on an invoice of its own.
