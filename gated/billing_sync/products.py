@@ -73,6 +73,8 @@ class Sale:
     pass_until: int | None
     loaner: bool = False
     pending_line: int | None = None
+    # For a line on the next invoice: the day it is billed on its own if no renewal took it.
+    bill_by: int | None = None
     # For the desk's words about a sale (not part of what it is).
     currency: str = field(default="", compare=False)
 
@@ -269,7 +271,14 @@ def sell(
             net = quantity * int(product.price)
             gross = net + eng.tax_of(net, int(product.tax_rate_bp))
             sale = Sale(
-                member_id, None, gross, False, None, pending_line=line, currency=product.currency
+                member_id,
+                None,
+                gross,
+                False,
+                None,
+                pending_line=line,
+                bill_by=next_invoice.bill_by(now, ctx.config.next_invoice_max_days),
+                currency=product.currency,
             )
             if once is not None:
                 record(conn, once.key, *once.outcome(sale))
@@ -539,7 +548,9 @@ class PointOfSale:
 
     def waiting(self, member_id: str) -> list[dict[str, Any]]:
         """What was sold to the member on the next invoice and waits for it, oldest first:
-        each line's product, description, quantity, net unit amount, tax rate and total."""
+        each line's product, description, quantity, net unit amount, tax rate and total, and
+        the day it is billed on its own if no renewal has taken it by then (``bill_by``)."""
+        max_days = self.ctx.config.next_invoice_max_days
         with self.ctx.reader.connect() as conn:
             rows = next_invoice.waiting(conn, [member_id]).get(member_id, [])
         return [
@@ -553,6 +564,7 @@ class PointOfSale:
                 "total": next_invoice.gross(r),
                 "currency": r.currency,
                 "sold_at": r.created_at,
+                "bill_by": next_invoice.bill_by(int(r.created_at), max_days),
             }
             for r in rows
         ]

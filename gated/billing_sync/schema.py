@@ -881,6 +881,13 @@ pending_lines = Table(
     Column("invoice_id", Integer, ForeignKey("invoices.id")),
     Index("ix_pending_lines_member_id", "member_id", "invoice_id"),
 )
+# The lines still waiting, by their sale's time: the cycle looks for those waiting too long.
+Index(
+    "ix_pending_lines_waiting",
+    pending_lines.c.created_at,
+    sqlite_where=pending_lines.c.invoice_id.is_(None),
+    postgresql_where=pending_lines.c.invoice_id.is_(None),
+)
 
 # A card is held by one member at a time, however many desks lend or assign it at once.
 Index(

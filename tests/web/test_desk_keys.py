@@ -222,7 +222,8 @@ def test_the_console_sells_on_the_next_invoice_and_its_json_twin_too(
         r = desk.post("/desk/sell", data=form)
         assert r.url.path == "/desk/members/ann"
         assert flash(r.text) == [
-            "Sold on the next invoice: 7.14 EUR with tax, billed with the renewal."
+            "Sold on the next invoice: 7.14 EUR with tax, billed with the renewal"
+            " (or alone on 2027-01-05 if none has come by then)."
         ]
         assert 'id="next-invoice"' in r.text and "2 × Towel" in r.text
         # Sent again: sold once, and told so.
