@@ -1,10 +1,10 @@
 """An invoice's amounts changed at the moment a payment is booked on it, on SQLite and
 PostgreSQL, each side on its own connection and thread: a credit note, a line credit or a
-write-off runs while a desk payment or a provider's late success (a webhook)
-has read the invoice and is about to write it. The interleaving is driven by events, not
-sleeps: the payment stops just before it books anything (its payment's row); the change runs until it
-is done or is seen waiting for the payment (PostgreSQL: ``pg_blocking_pids``; SQLite: its
-transaction asking for the write lock the payment holds); then the payment goes on.
+write-off runs while a desk payment or a provider's late success (a webhook) has read the
+invoice and is about to book on it. The interleaving is driven by events, not sleeps: the
+payment stops just as it begins to book (reading what the invoice holds now); the change runs
+until it is done or is seen waiting for the payment (PostgreSQL: ``pg_blocking_pids``; SQLite:
+its transaction asking for the write lock the payment holds); then the payment goes on.
 
 Whatever the order, the books hold: an invoice's ``amount_paid`` is the sum of what was booked
 on it (money is conserved: total = received - refunded + credited + written off + open), its
@@ -44,9 +44,14 @@ def billing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Bi
     b.engine.dispose()
 
 
-# The first writes of booking a payment (the payment's row, whose key locks its invoice's row on
-# PostgreSQL, then the invoice).
-_BOOKING = ("INSERT INTO PAYMENTS", "UPDATE INVOICES")
+# Where booking a payment begins: reading what its invoices hold now (PostgreSQL), or else its
+# first write (the payment's row, whose key locks its invoice's row, then the invoice). A
+# caller that read the invoice without locking it first has read it by then, stale or not.
+_BOOKING = (
+    "SELECT INVOICES.ID, INVOICES.AMOUNT_PAID, INVOICES.PAID_AT",
+    "INSERT INTO PAYMENTS",
+    "UPDATE INVOICES",
+)
 
 
 class Interleave:
