@@ -45,7 +45,10 @@ T = TypeVar("T")
 # The statements run for every batch, built once (see facts.py).
 _INV, _ATT = s.invoices, s.payment_attempts
 _ATTEMPT_STATES = select(_ATT.c.id, _ATT.c.state).where(_ATT.c.id.in_(in_list())).with_for_update()
-_INVOICES = select(_INV).where(_INV.c.id.in_(in_list()))
+# Locked before booking on them (PostgreSQL), in one order, as a credit note or a write-off
+# locks its invoice before writing: an attempt's row is locked first, then its invoice, and no
+# rollup row before either, so the two wait for each other instead of deadlocking.
+_INVOICES = select(_INV).where(_INV.c.id.in_(in_list())).order_by(_INV.c.id).with_for_update()
 _SET_ATTEMPT_REF = (
     update(_ATT)
     .where(_ATT.c.id == bindparam("aid"))

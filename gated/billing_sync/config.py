@@ -243,6 +243,9 @@ class BillingConfig(_Section):
     cycle_interval_s: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10000)
     durability: Literal["crash", "power"] = "crash"
+    # A line sold "on the next invoice" waits at most this many days for the renewal; then it
+    # is billed on its own (a renewal held back by a freeze, a dispute, an unpaid invoice).
+    next_invoice_max_days: int = Field(default=35, ge=1, le=400)
     keys: BillingKeysConfig = Field(default_factory=BillingKeysConfig)
     dunning: DunningConfig = Field(default_factory=DunningConfig)
     stripe: StripeConfig | None = None

@@ -28,7 +28,7 @@ from gated.billing_sync.facts import (
 )
 from gated.billing_sync.household import merge_renewals, on_invoice, partners
 from gated.billing_sync.invoices import InvoiceSpec, NewInvoice
-from gated.billing_sync.next_invoice import create_renewals
+from gated.billing_sync.next_invoice import bill_overdue, create_renewals
 from gated.billing_sync.notices import format_day
 from gated.billing_sync.prices import apply_price_changes
 from gated.billing_sync.publishing import refresh
@@ -58,6 +58,9 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
     report = CycleReport()
     # Before anything is billed: a renewal from a price change's day on pays the new price.
     apply_price_changes(ctx)
+    # Lines sold on the next invoice that no renewal took in time: billed alone, and their
+    # members reviewed (charged) below.
+    bill_overdue(ctx, ctx.clock())
     resume(ctx, report, member_ids)
     resume_refunds(ctx, member_ids)
     size = ctx.config.batch_size

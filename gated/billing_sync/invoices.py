@@ -24,13 +24,20 @@ from gated.billing_sync.household import periods_paid
 from gated.billing_sync.notices import format_amount
 from gated.billing_sync.numbering import issue_drafts, number_rows
 from gated.billing_sync.publishing import queue_notice, refresh
-from gated.billing_sync.store import bulk, insert_ids, many
+from gated.billing_sync.store import bulk, fetch, in_list, insert_ids, many
 
 _SUB, _INV = s.subscriptions, s.invoices
 _SET_INVOICE_PAID = (
     update(_INV)
     .where(_INV.c.id == bindparam("iid"))
     .values(amount_paid=bindparam("ap"), status=bindparam("st"), paid_at=bindparam("pa"))
+)
+# What is settled on invoices as it stands, their rows locked until the transaction ends.
+_SETTLED_NOW = (
+    select(_INV.c.id, _INV.c.amount_paid, _INV.c.paid_at)
+    .where(_INV.c.id.in_(in_list()))
+    .order_by(_INV.c.id)
+    .with_for_update()
 )
 _EXTEND_PAID_THROUGH = (
     update(_SUB)
@@ -262,6 +269,17 @@ def apply_payments(
     (``facts.extended``): the refresh writes paid-through with the status."""
     if not items:
         return {}
+    settled: dict[int, tuple[int, int | None]] = {}
+    if conn.dialect.name == "postgresql":
+        # Under READ COMMITTED a caller's row may be older than the invoice: another
+        # transaction (a credit note, a write-off, another payment) may have booked on it since
+        # it was read. Adding to a stale amount_paid would drop what that one booked; so the
+        # rows are locked and what they hold now is added to. (SQLite's writers take turns,
+        # BEGIN IMMEDIATE: a row read in the caller's transaction is the row as it stands.)
+        ids = {"ids": [int(inv.id) for inv, _, _, _ in items]}
+        settled = {
+            int(r.id): (int(r.amount_paid), r.paid_at) for r in fetch(conn, _SETTLED_NOW, ids)
+        }
     bulk(
         conn,
         insert(s.payments),
@@ -283,7 +301,11 @@ def apply_payments(
     joined: list[str] = []
     drafts: list[int] = []
     for inv, amount, _, _ in items:
-        paid = int(inv.amount_paid) + amount
+        if settled:
+            before, paid_at = settled[int(inv.id)]
+        else:
+            before, paid_at = int(inv.amount_paid), getattr(inv, "paid_at", None)
+        paid = before + amount
         full = paid >= int(inv.total)
         inv_updates.append(
             {
@@ -291,7 +313,7 @@ def apply_payments(
                 "ap": paid,
                 "st": "paid" if full else "open",
                 # A credit note or a refund on a paid invoice keeps the day it was paid.
-                "pa": (getattr(inv, "paid_at", None) or now) if full else None,
+                "pa": (paid_at or now) if full else None,
             }
         )
         if full and inv.kind == "renewal" and inv.period_end is not None:
@@ -377,6 +399,15 @@ def record_payment(
     now = ctx.clock()
     a = s.payment_attempts
     with ctx.engine.begin() as conn:
+        # The member's open invoices locked before they are read (PostgreSQL): a credit note, a
+        # write-off or a charge booked on one meanwhile is waited for and then seen, so the
+        # desk never takes money for what is no longer owed.
+        conn.execute(
+            select(_INV.c.id)
+            .where(_INV.c.member_id == member_id, _INV.c.status == "open")
+            .order_by(_INV.c.id)
+            .with_for_update()
+        )
         facts = load_facts(conn, [member_id], now).get(member_id)
         if facts is None:
             raise NotFound(f"no member {member_id!r}")

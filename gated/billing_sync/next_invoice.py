@@ -13,9 +13,13 @@ The rule:
   invoice (method ``next_invoice``).
 - Cancelling the membership, or erasing the member, bills what waits at once, on an invoice of
   its own (kind ``sale``), in that transaction; the member's next review charges it. So a line
-  never waits for a renewal that will not come. Whatever holds a renewal back (a dispute, a
-  payer not in good standing, an earlier renewal unpaid) holds the lines back with it; they go
-  on the renewal when it is issued.
+  never waits for a renewal that will not come.
+- A line waits at most ``next_invoice_max_days`` (billing.toml, default 35: more than a
+  monthly period, so a monthly renewal always comes first) after its sale: whatever holds the
+  renewal back longer (a freeze, a dispute, a payer not in good standing, an earlier renewal
+  unpaid, a payment plan, a yearly plan), the cycle then bills what waits on an invoice of its
+  own, as a cancellation does, and reviews the member, which charges it (``bill_overdue``).
+  ``bill_by`` is that day, shown with the line wherever it is listed.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
+from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError
 from gated.billing_sync.facts import load_facts
 from gated.billing_sync.invoices import InvoiceSpec, create_invoices, insert_invoices
+from gated.billing_sync.publishing import refresh
 from gated.billing_sync.store import bulk, fetch, in_list
 
 METHOD = "next_invoice"
+DAY = 86_400
 # Statuses whose membership renews: a line sold now is billed at the next renewal.
 RENEWING = ("active", "frozen")
 
@@ -104,6 +111,35 @@ def _taxed(rows: list[Any]) -> tuple[tuple[str, str, int, int, int], ...]:
         (r.kind, r.description, int(r.quantity), int(r.unit_amount), int(r.tax_rate_bp))
         for r in rows
     )
+
+
+def bill_by(sold_at: int, max_days: int) -> int:
+    """The day a line sold at ``sold_at`` is billed on its own if no renewal took it."""
+    return sold_at + max_days * DAY
+
+
+def bill_overdue(ctx: Context, now: int) -> list[str]:
+    """Bill, each on an invoice of its own due now, the members' lines that have waited
+    ``next_invoice_max_days`` for a renewal, and have those members reviewed (which charges
+    it). Returns the members billed. Reads one indexed range when none is overdue."""
+    since = now - ctx.config.next_invoice_max_days * DAY
+    overdue = select(_P.c.member_id).where(_P.c.invoice_id.is_(None), _P.c.created_at <= since)
+    with ctx.reader.connect() as conn:
+        if conn.execute(overdue.limit(1)).first() is None:
+            return []
+    # Run by the cycle before its batches: no renewal of this cycle is issued meanwhile.
+    with ctx.engine.begin() as conn:
+        ids = sorted(set(conn.execute(overdue).scalars()))
+        for member_id in ids:
+            bill_alone(conn, member_id, now)
+        if ids:
+            conn.execute(
+                update(s.subscriptions)
+                .where(s.subscriptions.c.member_id.in_(ids))
+                .values(review_at=now)
+            )
+            refresh(ctx, conn, ids, now)
+    return ids
 
 
 def gross(r: Any) -> int:

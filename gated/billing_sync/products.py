@@ -73,6 +73,8 @@ class Sale:
     pass_until: int | None
     loaner: bool = False
     pending_line: int | None = None
+    # For a line on the next invoice: the day it is billed on its own if no renewal took it.
+    bill_by: int | None = None
     # For the desk's words about a sale (not part of what it is).
     currency: str = field(default="", compare=False)
 
@@ -269,7 +271,14 @@ def sell(
             net = quantity * int(product.price)
             gross = net + eng.tax_of(net, int(product.tax_rate_bp))
             sale = Sale(
-                member_id, None, gross, False, None, pending_line=line, currency=product.currency
+                member_id,
+                None,
+                gross,
+                False,
+                None,
+                pending_line=line,
+                bill_by=next_invoice.bill_by(now, ctx.config.next_invoice_max_days),
+                currency=product.currency,
             )
             if once is not None:
                 record(conn, once.key, *once.outcome(sale))
@@ -348,12 +357,13 @@ def sales(ctx: Context, member_id: str | None = None) -> list[Row[Any]]:
         return list(conn.execute(q).all())
 
 
-def sale_of_invoice(ctx: Context, invoice_id: int) -> Row[Any] | None:
-    """The sale an invoice was issued for, with the product's name and kind, or None."""
+def sales_of_invoice(ctx: Context, invoice_id: int) -> list[Row[Any]]:
+    """Every sale on an invoice, oldest first, with the product's name and kind: one for a
+    sale's own invoice, each line sold on the next invoice for a renewal that took them."""
     sa, p = s.sales, s.products
     q = select(sa, p.c.name, p.c.kind).join(p, p.c.id == sa.c.product_id)
     with ctx.reader.connect() as conn:
-        return conn.execute(q.where(sa.c.invoice_id == invoice_id)).first()
+        return list(conn.execute(q.where(sa.c.invoice_id == invoice_id).order_by(sa.c.id)))
 
 
 def _check_numbers(price: int, tax_rate_bp: int, stock: int | None) -> None:
@@ -532,13 +542,15 @@ class PointOfSale:
         """Sales, newest first (see ``sales``)."""
         return sales(self.ctx, member_id)
 
-    def sale(self, invoice_id: int) -> Row[Any] | None:
-        """The sale of an invoice (see ``sale_of_invoice``)."""
-        return sale_of_invoice(self.ctx, invoice_id)
+    def sales_on(self, invoice_id: int) -> list[Row[Any]]:
+        """Every sale on an invoice (see ``sales_of_invoice``)."""
+        return sales_of_invoice(self.ctx, invoice_id)
 
     def waiting(self, member_id: str) -> list[dict[str, Any]]:
         """What was sold to the member on the next invoice and waits for it, oldest first:
-        each line's product, description, quantity, net unit amount, tax rate and total."""
+        each line's product, description, quantity, net unit amount, tax rate and total, and
+        the day it is billed on its own if no renewal has taken it by then (``bill_by``)."""
+        max_days = self.ctx.config.next_invoice_max_days
         with self.ctx.reader.connect() as conn:
             rows = next_invoice.waiting(conn, [member_id]).get(member_id, [])
         return [
@@ -552,6 +564,7 @@ class PointOfSale:
                 "total": next_invoice.gross(r),
                 "currency": r.currency,
                 "sold_at": r.created_at,
+                "bill_by": next_invoice.bill_by(int(r.created_at), max_days),
             }
             for r in rows
         ]

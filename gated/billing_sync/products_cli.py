@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from gated.billing_sync.audit import Actor
+from gated.billing_sync.notices import format_day
 from gated.billing_sync.products import ProductSpec
 from gated.billing_sync.service import Billing
 
@@ -194,7 +195,8 @@ def register(app: typer.Typer, service: OpenService, table: Table) -> None:
         if sale.pending_line is not None:
             out.print(
                 f"{sale.member_id}: on the next invoice (line {sale.pending_line}),"
-                f" {sale.total} with tax",
+                f" {sale.total} with tax, billed alone on {format_day(sale.bill_by)} if no renewal"
+                " has taken it",
                 markup=False,
             )
             return

@@ -861,18 +861,6 @@ submit_keys = Table(
     Column("told", String(500)),
 )
 
-# Messages waiting for a console browser's next page (Post/Redirect/Get), by its staff cookie's
-# SHA-256; each is shown once, and is dropped unshown after a few minutes.
-desk_flashes = Table(
-    "desk_flashes",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("cookie_sha256", String(64), nullable=False, index=True),
-    Column("text", String(500), nullable=False),
-    Column("error", Boolean, nullable=False),
-    Column("at", BigInteger, nullable=False, index=True),
-)
-
 # Products sold at the desk "on the next invoice" (``next_invoice.py``): a line waiting for the
 # member's next renewal invoice, which takes it (``invoice_id``) in the transaction that issues
 # it; a cancellation bills what waits on an invoice of its own.
@@ -892,6 +880,13 @@ pending_lines = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("invoice_id", Integer, ForeignKey("invoices.id")),
     Index("ix_pending_lines_member_id", "member_id", "invoice_id"),
+)
+# The lines still waiting, by their sale's time: the cycle looks for those waiting too long.
+Index(
+    "ix_pending_lines_waiting",
+    pending_lines.c.created_at,
+    sqlite_where=pending_lines.c.invoice_id.is_(None),
+    postgresql_where=pending_lines.c.invoice_id.is_(None),
 )
 
 # A card is held by one member at a time, however many desks lend or assign it at once.

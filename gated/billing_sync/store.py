@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration; a store already there skips loading Alembic (faster CLI start).
 # tests/billing/test_store.py checks this against the migration scripts.
-HEAD_REVISION = "0025_household_mrr"
+HEAD_REVISION = "0027_next_invoice_deadline"
 
 
 class StoreError(GatedError):

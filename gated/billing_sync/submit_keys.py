@@ -1,5 +1,5 @@
-"""Forms that act once, and the console's one-time messages, kept in the billing store so they
-hold across a restart of ``serve`` and between two ``serve`` processes.
+"""Forms that act once, kept in the billing store so they hold across a restart of ``serve``
+and between two ``serve`` processes.
 
 A form that acts once carries a submit key (made when the page is shown, signed by the web
 layer so a key it never made is known as such). Its first POST claims the key with one
@@ -31,16 +31,11 @@ log = logging.getLogger("gated.billing")
 
 # A form's submit key is good for a day after its page was shown, and its row for a day after use.
 KEY_S = 24 * 3600
-# A message waits this long for the page it was meant for.
-FLASH_S = 300
 # A claim without a result younger than this is a POST still at work; an older one was cut
 # short (serve stopped or was killed between the claim and the result).
 RUNNING_S = 120
-# At most this many messages wait for one browser (the newest).
-_PER_BROWSER = 5
 
 _K = s.submit_keys
-_F = s.desk_flashes
 
 
 @dataclass(frozen=True)
@@ -109,8 +104,7 @@ def record(conn: Connection, key: str, result: str, told: str) -> None:
 
 
 class FormKeys:
-    """Submit keys and the console's messages, as the facade hands them out
-    (``Billing.form_keys``)."""
+    """Submit keys, as the facade hands them out (``Billing.form_keys``)."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -129,28 +123,3 @@ class FormKeys:
         """The claimed key's action was refused: the form may be corrected and sent again."""
         with self.ctx.engine.begin() as conn:
             conn.execute(delete(_K).where(_K.c.key_sha256 == digest(key), _K.c.result.is_(None)))
-
-    def add_flash(self, browser: str, text: str, error: bool) -> None:
-        """Keep a message for the next page of ``browser`` (its staff cookie's digest)."""
-        now = self.ctx.clock()
-        with self.ctx.engine.begin() as conn:
-            conn.execute(delete(_F).where(_F.c.at < now - FLASH_S))
-            conn.execute(
-                _F.insert().values(cookie_sha256=browser, text=text[:500], error=error, at=now)
-            )
-
-    def drop_flashes(self, browser: str, up_to: int) -> None:
-        """The messages of ``browser`` up to ``up_to`` (a time) were shown."""
-        with self.ctx.engine.begin() as conn:
-            conn.execute(delete(_F).where(_F.c.cookie_sha256 == browser, _F.c.at <= up_to))
-
-    def waiting_flashes(self) -> dict[str, list[tuple[int, str, bool]]]:
-        """Every browser's messages not shown yet (``serve`` loads them as it starts): by the
-        staff cookie's digest, oldest first, as (time, text, error)."""
-        since = self.ctx.clock() - FLASH_S
-        out: dict[str, list[tuple[int, str, bool]]] = {}
-        with self.ctx.reader.connect() as conn:
-            rows = conn.execute(select(_F).where(_F.c.at >= since).order_by(_F.c.id))
-            for r in rows:
-                out.setdefault(r.cookie_sha256, []).append((int(r.at), r.text, bool(r.error)))
-        return {k: v[-_PER_BROWSER:] for k, v in out.items()}

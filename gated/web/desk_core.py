@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gated.billing_sync.staff import SESSION_S, StaffAccess, StaffSession
 from gated.billing_sync.submit_keys import Claimed, FormKeys
-from gated.web.desk_flow import Flashes, SubmitKeys
+from gated.web.desk_flow import Flash, Flashes, SubmitKeys
 from gated.web.foundation import Web, csrf_sent, read_cookie, set_session_cookie
 from gated.web.slowdown import (
     ACCOUNT_CAP_S,
@@ -41,6 +41,10 @@ class StaffVisitor:
     new_cookie: bool
     session: StaffSession | None
     csrf: str
+    # The messages waiting for this browser's next page (its message cookie), and whether it
+    # sent that cookie at all (a page clears it, shown or expired).
+    flashes: list[Flash] = field(default_factory=list)
+    flash_cookie: bool = False
 
 
 @dataclass
@@ -64,16 +68,18 @@ class Desk:
         # Its own key: a member cookie's token never passes as a staff one's.
         self.csrf_key = hmac.new(billing.keys.card_key, b"desk-csrf", hashlib.sha256).digest()
         self.form_keys = billing.form_keys()
-        self.flashes = Flashes(self.form_keys, billing.clock)
-        self.flashes.load()
+        flash_key = hmac.new(billing.keys.card_key, b"desk-flashes", hashlib.sha256).digest()
+        flash_cookie = "__Host-gated-flash" if self.web.https else "gated-flash"
+        self.flashes = Flashes(flash_key, flash_cookie, self.web.https, billing.clock)
         secret = hmac.new(billing.keys.card_key, b"desk-submit-keys", hashlib.sha256).digest()
         self.submit_keys = SubmitKeys(secret, billing.clock)
         self.web.templates.filters["when"] = when
 
     async def visitor(self, request: Request) -> StaffVisitor:
-        return StaffVisitor(
-            *await read_cookie(request, self.cookie, self.csrf_key, self.access.session)
-        )
+        found = await read_cookie(request, self.cookie, self.csrf_key, self.access.session)
+        if not self.flashes.sent(request):
+            return StaffVisitor(*found)
+        return StaffVisitor(*found, self.flashes.read(request, found[0]), True)
 
     def csrf_valid(self, request: Request, visitor: StaffVisitor, form: dict[str, str]) -> bool:
         return csrf_sent(request, form, self.csrf_key, visitor.cookie, visitor.new_cookie)
@@ -89,21 +95,24 @@ class Desk:
             visitor.session.staff if visitor.session and not visitor.session.setup_only else None
         )
         html = self.web.templates.get_template(template).render(
-            csrf=visitor.csrf, staff=staff, flashes=self.flashes.take(visitor.cookie), **context
+            csrf=visitor.csrf, staff=staff, flashes=visitor.flashes, **context
         )
         response = HTMLResponse(html, status_code=status)
         if visitor.new_cookie:
             self.set_cookie(response, visitor.cookie)
+        if visitor.flash_cookie:
+            self.flashes.clear(response)
         return response
 
     def redirect(
         self, visitor: StaffVisitor, url: str, text: str, error: bool = False
     ) -> RedirectResponse:
-        """Post/Redirect/Get: 303 to ``url``, whose page then shows ``text`` once."""
-        self.flashes.add(visitor.cookie, text, error)
+        """Post/Redirect/Get: 303 to ``url``, whose page then shows ``text`` once (after any
+        message still waiting), whichever process answers it."""
         response = RedirectResponse(url, status_code=303)
         if visitor.new_cookie:
             self.set_cookie(response, visitor.cookie)
+        self.flashes.keep(response, visitor.cookie, [*visitor.flashes, Flash(text, error)])
         return response
 
     async def resent(

@@ -3,36 +3,40 @@ was refused) travels there as a flash message, shown once; a reload shows the pa
 sends nothing. Sale and payment forms also carry a submit key, so a double click or a form sent
 twice does the thing once.
 
-Both are kept in the billing store (``gated.billing_sync.submit_keys``), so they hold across a
-restart of ``serve``: a form shown before a restart and sent twice across it acts once, and a
-message not shown yet is shown after it. A submit key is signed here (HMAC under a key derived
-from the card-encryption key, with the time it was made), so making one writes nothing and a
-key this server never made, or made over a day ago, is known at once. Messages are also kept in
-memory, so the page after a redirect reads them without waiting for the store; the store's copy
-is written and dropped by one background thread, in order."""
+A message travels with the browser, in a cookie of its own signed by the server (HMAC under a
+key derived from the card-encryption key, bound to the browser's staff cookie, with the time it
+was made): whichever ``serve`` answers the next page (another process behind the same address,
+or the same one after a restart) shows it, and the page that shows it clears the cookie, so it
+is shown once. Nothing is written for it, so a redirect never waits for the store. A submit key
+is kept in the billing store (``gated.billing_sync.submit_keys``), so a form sent twice across
+a restart or to two processes acts once; it is signed here too, with the time it was made, so
+making one writes nothing and a key this server never made, or made over a day ago, is known
+at once."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
-import logging
+import json
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from gated.billing_sync.submit_keys import FLASH_S, KEY_S, FormKeys
+from starlette.requests import Request
+from starlette.responses import Response
 
-log = logging.getLogger("gated.web")
+from gated.billing_sync.submit_keys import KEY_S
 
 # How long a message waits for the page it was meant for, and a submit key for its form.
+FLASH_S = 300
 SUBMIT_KEY_S = KEY_S
-# Bounds, so a client posting forms in a loop cannot grow serve's memory without end.
-_MAX_FLASHES = 10_000
+# At most this many messages wait for one browser (the newest), in a cookie that stays under
+# the 4 KiB a browser keeps for one (a message is at most 500 characters: 2.7 KB encoded).
+_PER_BROWSER = 5
+_MAX_COOKIE = 3800
 
 
 @dataclass(frozen=True)
@@ -44,66 +48,70 @@ class Flash:
 
 
 def browser_of(cookie: str) -> str:
-    """How the store names a browser's messages: its staff cookie's SHA-256 (a copy of the
-    store opens no session)."""
+    """A browser's staff cookie as its messages are bound to it: the cookie's SHA-256."""
     return hashlib.sha256(cookie.encode()).hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Flashes:
-    """Messages waiting for the next page of a browser (by its staff cookie), in memory and,
-    through ``store``, in the billing store."""
+    """Messages waiting for a browser's next console page, in a signed cookie (``name``) the
+    browser sends back to whichever process answers it."""
 
-    store: FormKeys | None = None
+    secret: bytes
+    name: str
+    https: bool
     clock: Callable[[], int] = lambda: int(time.time())
-    _waiting: OrderedDict[str, tuple[float, list[Flash]]] = field(default_factory=OrderedDict)
-    _writer: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="desk-flashes")
-    )
 
-    def load(self) -> None:
-        """Take the messages a previous ``serve`` left unshown (called as serve starts)."""
-        if self.store is None:
-            return
-        now = time.monotonic()
-        for browser, kept in self.store.waiting_flashes().items():
-            self._waiting[browser] = (now, [Flash(text, error) for _, text, error in kept])
+    def _mac(self, cookie: str, body: str) -> str:
+        signed = f"{browser_of(cookie)}.{body}".encode()
+        digest = hmac.new(self.secret, signed, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
-    def add(self, cookie: str, text: str, error: bool = False) -> None:
-        """Keep ``text`` for the browser's next console page."""
-        browser = browser_of(cookie)
-        now = time.monotonic()
-        _, kept = self._waiting.pop(browser, (now, []))
-        self._waiting[browser] = (now, [*kept[-4:], Flash(text[:500], error)])
-        while len(self._waiting) > _MAX_FLASHES:
-            self._waiting.popitem(last=False)
-        if self.store is not None:
-            self._background(self.store.add_flash, browser, text[:500], error)
+    def sent(self, request: Request) -> bool:
+        """Whether the request carries a message cookie (shown or not, the page clears it)."""
+        return self.name in request.cookies
 
-    def take(self, cookie: str) -> list[Flash]:
-        """The browser's waiting messages (each is shown once)."""
-        browser = browser_of(cookie)
-        at, kept = self._waiting.pop(browser, (0.0, []))
-        if kept and self.store is not None:
-            self._background(self.store.drop_flashes, browser, self.clock())
-        return kept if time.monotonic() - at <= FLASH_S else []
+    def read(self, request: Request, cookie: str) -> list[Flash]:
+        """The messages waiting for the browser whose staff cookie is ``cookie``: none when the
+        cookie is missing, forged, another browser's, or older than ``FLASH_S``."""
+        body, _, mac = request.cookies.get(self.name, "").rpartition(".")
+        if not body or not hmac.compare_digest(mac, self._mac(cookie, body)):
+            return []
+        try:
+            made, kept = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            if not 0 <= self.clock() - int(made) <= FLASH_S:
+                return []
+            return [Flash(str(text), bool(error)) for text, error in kept]
+        except (ValueError, TypeError, binascii.Error):
+            # Signed by this server, so only a server of another version makes one like this.
+            return []
 
-    def _background(self, call: Callable[..., None], *args: Any) -> None:
-        """Write to the store off the event loop, in order (one thread): a page is never held
-        up by a write waiting for the billing cycle's transaction."""
+    def keep(self, response: Response, cookie: str, waiting: Sequence[Flash]) -> None:
+        """Send ``waiting`` (the newest last) with ``response`` for the browser's next page; the
+        oldest are dropped where they would not fit."""
+        kept = [[f.text[:500], f.error] for f in waiting[-_PER_BROWSER:]]
+        while True:
+            # UTF-8, not escapes: one message of 500 characters always fits.
+            raw = json.dumps([self.clock(), kept], ensure_ascii=False, separators=(",", ":"))
+            body = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+            if len(body) <= _MAX_COOKIE or len(kept) == 1:
+                break
+            kept = kept[1:]
+        response.set_cookie(
+            self.name,
+            f"{body}.{self._mac(cookie, body)}",
+            max_age=FLASH_S,
+            path="/",
+            secure=self.https,
+            httponly=True,
+            samesite="lax",
+        )
 
-        def run() -> None:
-            try:
-                call(*args)
-            except Exception:
-                # The message was shown from memory; only its copy for a restart is lost.
-                log.exception("event=desk_flash_store_failed")
-
-        self._writer.submit(run)
-
-    def close(self) -> None:
-        """Finish the store's pending writes (as serve stops)."""
-        self._writer.shutdown(wait=True)
+    def clear(self, response: Response) -> None:
+        """The messages were shown: the browser drops them."""
+        response.delete_cookie(
+            self.name, path="/", secure=self.https, httponly=True, samesite="lax"
+        )
 
 
 @dataclass

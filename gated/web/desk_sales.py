@@ -20,7 +20,7 @@ from gated.billing_sync.audit import Actor
 from gated.billing_sync.engine import tax_of
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.gateway import GatewayError
-from gated.billing_sync.notices import format_amount
+from gated.billing_sync.notices import format_amount, format_day
 from gated.billing_sync.products import Sale
 from gated.billing_sync.submit_keys import AlreadySent, Once
 from gated.web.desk_members import MEMBER_ID
@@ -48,7 +48,11 @@ def _outcome(sale: Sale) -> tuple[str, str]:
     page, which lists what waits for it) and what the desk is told."""
     if sale.pending_line is not None:
         total = format_amount(sale.total, sale.currency)
-        told = f"Sold on the next invoice: {total} with tax, billed with the renewal."
+        by = format_day(sale.bill_by) if sale.bill_by is not None else "-"
+        told = (
+            f"Sold on the next invoice: {total} with tax, billed with the renewal"
+            f" (or alone on {by} if none has come by then)."
+        )
         return f"/desk/members/{sale.member_id}", told
     told = "Sold." if sale.paid else "Sold on account: charged to the card on file."
     return f"/desk/sales/{sale.invoice_id}", told
@@ -159,15 +163,19 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
         staff = visitor.session.staff
         text = request.path_params["invoice_id"]
         found = text.isdigit() and len(text) < 12
-        sale = await asyncio.to_thread(pos.sale, int(text)) if found else None
+        # A renewal that took lines sold on the next invoice carries a sale for each.
+        sold = await asyncio.to_thread(pos.sales_on, int(text)) if found else []
         holder = None
-        if sale is not None:
+        if sold:
             try:
-                holder = await asyncio.to_thread(billing.desk_member, sale.member_id, staff.sites)
+                holder = await asyncio.to_thread(
+                    billing.desk_member, sold[0].member_id, staff.sites
+                )
             except NotFound:
                 holder = None
-        if sale is None or holder is None:
+        if not sold or holder is None:
             return desk.message(visitor, 404, "No such sale", "No sale with that receipt here.")
+        sale = sold[0]
         invoice = await asyncio.to_thread(
             billing.member_access().invoice, sale.member_id, int(sale.invoice_id)
         )
@@ -177,6 +185,8 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
             "desk_receipt.html",
             title="Receipt",
             sale=sale,
+            sold=sold,
+            sold_total=sum(int(x.total) for x in sold),
             invoice=invoice,
             m=holder,
             gates=gates if sale.kind == "pass" else [],
@@ -202,6 +212,7 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
                 "loaner_card": sale.loaner,
                 "next_invoice": sale.pending_line is not None,
                 "pending_line": sale.pending_line,
+                "bill_by": sale.bill_by,
             }
         )
 

@@ -578,7 +578,9 @@ class MoneyMachine(RuleBasedStateMachine):
     @invariant()
     def next_invoice_lines_are_billed_once(self) -> None:
         """A line sold on the next invoice is owed by nobody while it waits, and waits only for
-        a member with a renewal ahead (nothing cancelled or erased); once billed it is on
+        a member with a renewal ahead (nothing cancelled or erased), and never past its deadline
+        (``next_invoice_max_days`` after the sale: every step that moves the clock runs a
+        cycle, which bills an overdue line alone); once billed it is on
         exactly one invoice of its member, as a line of its amount at its own rate, that
         invoice's tax is its rates' taxes, and it is one sale on that invoice."""
         if not self.__dict__.get("water_made"):
@@ -598,10 +600,12 @@ class MoneyMachine(RuleBasedStateMachine):
                     select(s.invoice_lines).where(s.invoice_lines.c.invoice_id.in_(billed))
                 )
             )
+        deadline = self.billing.config.next_invoice_max_days * DAY
         for ln in lines:
             if ln.invoice_id is None:
                 sub = subs[ln.member_id]
                 assert sub.cancel_at is None and sub.status != "cancelled", (ln, sub)
+                assert ln.created_at > self.clock.now - deadline, (ln, self.clock.now)
                 continue
             inv = invoices[ln.invoice_id]
             # Or a dependant's, on the household invoice of their payer.

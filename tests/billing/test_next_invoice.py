@@ -6,6 +6,7 @@ and the facade say the same."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gated.billing_sync import schema as s
 from gated.billing_sync.audit import Actor
 from gated.billing_sync.cli import app
 from gated.billing_sync.errors import BillingError
+from gated.billing_sync.notices import format_day
 from gated.billing_sync.products import ProductSpec
 from gated.billing_sync.service import Billing
 from tests.billing.helpers import Clock, cli_ok, make_billing, step, write_cli_config
@@ -106,6 +108,46 @@ def test_cancelling_bills_what_waits_at_once(billing: tuple[Billing, Clock]) -> 
         pos.sell(DESK, "towel", member_id="ann", method="next_invoice")
 
 
+def test_a_line_whose_renewal_is_held_back_is_billed_alone_at_its_deadline(
+    billing: tuple[Billing, Clock],
+) -> None:
+    """A freeze holds the renewal back past ``next_invoice_max_days``: the line does not wait for
+    it; the cycle bills it on an invoice of its own that day and charges it."""
+    b, clock = billing
+    pos = b.point_of_sale()
+    sold_at = clock.now
+    sale = pos.sell(DESK, "towel", member_id="ann", method="next_invoice", quantity=2)
+    deadline = sold_at + 35 * 86_400  # the default
+    assert sale.bill_by == deadline
+    assert [w["bill_by"] for w in pos.waiting("ann")] == [deadline]
+    b.freeze("ann", 3)  # frozen from now: no renewal for three months
+    step(b, clock, 34)
+    assert rows(b, s.invoices, member_id="ann", kind="sale") == []
+    assert len(pos.waiting("ann")) == 1
+    step(b, clock, 1)  # the deadline: billed alone and charged, the freeze kept
+    [alone] = rows(b, s.invoices, member_id="ann", kind="sale")
+    assert (alone.total, alone.status) == (714, "paid")
+    assert pos.waiting("ann") == [] and b.member("ann")["status"] == "frozen"
+    assert [x.invoice_id for x in rows(b, s.sales, member_id="ann")] == [alone.id]
+    # The renewal after the freeze bills the membership alone.
+    step(b, clock, 100)
+    renewal = rows(b, s.invoices, member_id="ann", kind="renewal")[-1]
+    assert renewal.created_at > alone.created_at and renewal.total == 5938
+
+
+def test_the_deadline_is_configured(tmp_path: Path) -> None:
+    b, clock = make_billing(tmp_path, next_invoice_max_days=3)
+    b.add_member("ann", "Ann", plan_id="monthly", payment_method="pm_sim_ok")
+    pos = b.point_of_sale()
+    pos.add(ProductSpec("water", "Water", 150, tax_rate_bp=700))
+    assert pos.sell(DESK, "water", member_id="ann", method="next_invoice").bill_by == (
+        clock.now + 3 * 86_400
+    )
+    step(b, clock, 3)
+    [alone] = rows(b, s.invoices, member_id="ann", kind="sale")
+    assert alone.total == 161 and pos.waiting("ann") == []
+
+
 def test_a_sale_with_no_renewal_to_wait_for_is_refused(billing: tuple[Billing, Clock]) -> None:
     b, _ = billing
     pos = b.point_of_sale()
@@ -145,7 +187,13 @@ def test_selling_on_the_next_invoice_at_the_command_line(
     )
     cli_ok(cfg, "products", "add", "towel", "--name", "Towel", "--price", "300")
     said = cli_ok(cfg, "sell", "towel", "--member", "ann", "--method", "next-invoice")
-    assert " ".join(said.split()) == "ann: on the next invoice (line 1), 300 with tax"
+    # The command line runs on the real clock: the deadline is 35 days after now.
+    day = format_day(int(time.time()) + 35 * 86_400)
+    assert " ".join(said.split()) in (
+        f"ann: on the next invoice (line 1), 300 with tax, billed alone on {d} if no renewal"
+        " has taken it"
+        for d in (day, format_day(int(time.time()) + 34 * 86_400))
+    )
     refused = CliRunner().invoke(
         app, ["sell", "towel", "--walk-in", "Gia", "--method", "next-invoice", "-c", str(cfg)]
     )

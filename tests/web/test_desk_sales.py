@@ -341,3 +341,41 @@ def test_the_staff_api_sells_and_answers_erasure_requests(
         assert r.json() == {"ok": True, "member_id": "ann"}
         r = o.post("/api/v1/staff/erasure/ann/erase", headers={"x-csrf-token": csrf})
         assert r.status_code == 404
+
+
+def test_a_renewal_receipt_shows_every_line_sold_on_it(
+    client: TestClient, billing: tuple[Billing, Clock]
+) -> None:
+    from sqlalchemy import select
+
+    from gated.billing_sync import schema as s
+    from tests.billing.helpers import step
+
+    b, clock = billing
+    pos = b.point_of_sale()
+    pos.add(ProductSpec("water", "Water", 150, tax_rate_bp=700))
+    desk = Actor("staff", "front_desk", "front_desk", "127.0.0.1")
+    pos.sell(desk, "towel", member_id="ann", method="next_invoice", quantity=2)
+    pos.sell(desk, "water", member_id="ann", method="next_invoice", quantity=3)
+    step(b, clock, 32)  # the renewal takes both lines
+    inv = s.invoices
+    with b.engine.connect() as conn:
+        renewal = conn.execute(
+            select(inv)
+            .where(inv.c.member_id == "ann", inv.c.kind == "renewal")
+            .order_by(inv.c.id.desc())
+        ).first()
+    assert renewal is not None and renewal.status == "paid"
+    _as(client, b, "front_desk")
+    page = client.get(f"/desk/sales/{renewal.id}")
+    assert page.status_code == 200, page.text
+    # Both sales, each with its total with tax, and the invoice they went on.
+    assert "2 sales on one invoice" in page.text
+    assert "2 × Towel" in page.text and "7.14" in page.text
+    assert "3 × Water" in page.text and "4.82" in page.text
+    assert "11.96 EUR with tax, on the renewal invoice of" in page.text
+    # The member sees the same lines on the invoice in the app.
+    with TestClient(client.app) as app_client:
+        app_client.cookies.set("gated-member", b.member_access().open_session("ann", "test"))
+        mine = app_client.get(f"/app/invoices/{renewal.id}")
+        assert mine.status_code == 200 and "Towel" in mine.text and "Water" in mine.text
