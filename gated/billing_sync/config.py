@@ -207,6 +207,10 @@ class ServeConfig(_Section):
     # with itself; "off": serve runs none (`gated-billing run --every SECONDS`, or cron's
     # `gated-billing run`, does them).
     cycles: Literal["in-process", "own-process", "off"] = "in-process"
+    # With "own-process": how much nicer (lower CPU priority) than serve the cycle process runs.
+    # On a busy host the members' requests get the cores first and the cycle the rest; on an
+    # idle one the cycle runs as fast as at serve's priority. 0 runs both alike.
+    cycle_nice: int = Field(default=10, ge=0, le=19)
 
 
 class NoticesConfig(_Section):

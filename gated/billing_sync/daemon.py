@@ -81,7 +81,7 @@ async def serve_forever(
     elif config.serve.cycles == "own-process":
         if config_path is None:
             raise ValueError('cycles = "own-process" needs the path of billing.toml')
-        cycles = supervise(config_path, config.cycle_interval_s)
+        cycles = supervise(config_path, config.cycle_interval_s, config.serve.cycle_nice)
         tasks.append(asyncio.create_task(cycles, name="cycle-process"))
     if config.mqtt is not None:
         publisher = Publisher(
