@@ -246,6 +246,10 @@ class BillingConfig(_Section):
     gateway: Literal["simulated", "stripe"] = "simulated"
     cycle_interval_s: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10000)
+    # On SQLite: a cycle's batch shrinks (from batch_size, to 20 at the fewest) while its write
+    # transactions hold the one write lock longer than this, which every other writer (a
+    # member's form, the front desk) waits for.
+    batch_hold_ms: int = Field(default=100, ge=10, le=60_000)
     durability: Literal["crash", "power"] = "crash"
     # A line sold "on the next invoice" waits at most this many days for the renewal; then it
     # is billed on its own (a renewal held back by a freeze, a dispute, an unpaid invoice).
