@@ -22,7 +22,8 @@ mostly waiting for a core when the load is above its two), and the load average.
   ``serve`` logs the cycle's end, or ``--during`` seconds (the renewals made meanwhile are
   counted). ``--cycles``: ``[serve] cycles``, the cycle in a process of its own (the default)
   or in ``serve``'s threads; ``--cycle-nice``: the cycle process's niceness (serve runs at the
-  bench's, which may be raised for the benchmark lock). Each phase reports ``serve``'s CPU
+  bench's, which may be raised for the benchmark lock; without it, ``[serve] cycle_nice``'s
+  default: 10 steps nicer than serve). Each phase reports ``serve``'s CPU
   milliseconds per request and the cycle process's CPU apart. Rate limits count each client by an ``X-Forwarded-For``
   address (``[http] trusted_proxies`` names loopback, as behind a proxy): the bench's one
   address would otherwise be over the sign-in limit after 20 members.

@@ -207,6 +207,10 @@ class ServeConfig(_Section):
     # with itself; "off": serve runs none (`gated-billing run --every SECONDS`, or cron's
     # `gated-billing run`, does them).
     cycles: Literal["in-process", "own-process", "off"] = "in-process"
+    # With "own-process": how much nicer (lower CPU priority) than serve the cycle process runs.
+    # On a busy host the members' requests get the cores first and the cycle the rest; on an
+    # idle one the cycle runs as fast as at serve's priority. 0 runs both alike.
+    cycle_nice: int = Field(default=10, ge=0, le=19)
 
 
 class NoticesConfig(_Section):
@@ -242,6 +246,10 @@ class BillingConfig(_Section):
     gateway: Literal["simulated", "stripe"] = "simulated"
     cycle_interval_s: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10000)
+    # On SQLite: a cycle's batch shrinks (from batch_size, to 20 at the fewest) while its write
+    # transactions hold the one write lock longer than this, which every other writer (a
+    # member's form, the front desk) waits for.
+    batch_hold_ms: int = Field(default=100, ge=10, le=60_000)
     durability: Literal["crash", "power"] = "crash"
     # A line sold "on the next invoice" waits at most this many days for the renewal; then it
     # is billed on its own (a renewal held back by a freeze, a dispute, an unpaid invoice).

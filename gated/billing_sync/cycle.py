@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, or_, select, update
@@ -35,7 +36,7 @@ from gated.billing_sync.publishing import refresh
 from gated.billing_sync.refunds import resume_refunds, write_off_below_minimum
 from gated.billing_sync.reminders import anything, queue_reminders
 from gated.billing_sync.renewals import renewal_terms
-from gated.billing_sync.store import bulk, many
+from gated.billing_sync.store import bulk, longest_hold, many
 
 log = logging.getLogger("gated.billing")
 # A slow payment (SEPA) still processing is looked up at most this often: its webhook normally
@@ -52,6 +53,34 @@ _DUE = (
 )
 
 
+# The fewest members a batch shrinks to while it holds the write lock too long (BatchSize).
+MIN_BATCH = 20
+
+
+@dataclass
+class BatchSize:
+    """How many members the cycle's next batch reviews: ``limit`` (``batch_size``), or fewer
+    while a batch's write transactions held SQLite's write lock for longer than ``hold_s``
+    (``batch_hold_ms``), sized from the last batch's members per second of hold; it grows back
+    at most twofold a batch. A hold stretches on a busy host (the cycle waits for a core while
+    holding the lock), so it is sized by time, not by count alone."""
+
+    limit: int
+    hold_s: float
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.size = self.limit
+
+    def observe(self, held_s: float | None, reviewed: int) -> None:
+        """The last batch reviewed ``reviewed`` members and held the lock ``held_s`` at
+        most (None: no lock, as on PostgreSQL)."""
+        if held_s is None or reviewed == 0:
+            return
+        fits = int(reviewed * self.hold_s / max(held_s, 1e-6))
+        self.size = max(min(MIN_BATCH, self.limit), min(self.limit, fits, 2 * self.size))
+
+
 def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleReport:
     """One billing cycle: finish interrupted attempts, then review every member whose time has
     come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
@@ -63,7 +92,7 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
     bill_overdue(ctx, ctx.clock())
     resume(ctx, report, member_ids)
     resume_refunds(ctx, member_ids)
-    size = ctx.config.batch_size
+    sizing = BatchSize(ctx.config.batch_size, ctx.config.batch_hold_ms / 1000)
     seen: set[str] = set()
     while not ctx.stopping.is_set():
         now = ctx.clock()
@@ -74,7 +103,9 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
         with ctx.engine.connect() as conn:
             with conn.begin():
                 if member_ids is None:
-                    due = list(conn.execute(_DUE, {"now": now, "size": size}).scalars().all())
+                    due = list(
+                        conn.execute(_DUE, {"now": now, "size": sizing.size}).scalars().all()
+                    )
                     # A household is reviewed in one batch, so that it renews on one invoice.
                     due += partners(conn, due, now)
                 else:
@@ -86,6 +117,7 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
                 seen.update(due)
                 charges, batch = plan_charges(ctx, conn, due, now, report)
             execute(ctx, charges, report, conn, batch)
+            sizing.observe(longest_hold(conn), len(due))
         if member_ids is not None:
             break
     if member_ids is None:

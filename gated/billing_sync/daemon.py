@@ -20,6 +20,7 @@ from gated.billing_sync.notices import deliver
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import QuietServer, create_app
 from gated.billing_sync.service import Billing
+from gated.billing_sync.worker_lanes import LaneExecutor
 from gated.systemd import Notifier
 
 log = logging.getLogger("gated.billing")
@@ -72,6 +73,8 @@ async def serve_forever(
         )
     )
     loop = asyncio.get_running_loop()
+    # GETs' store work in threads that writes waiting for SQLite's lock cannot take.
+    loop.set_default_executor(LaneExecutor())
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -81,7 +84,7 @@ async def serve_forever(
     elif config.serve.cycles == "own-process":
         if config_path is None:
             raise ValueError('cycles = "own-process" needs the path of billing.toml')
-        cycles = supervise(config_path, config.cycle_interval_s)
+        cycles = supervise(config_path, config.cycle_interval_s, config.serve.cycle_nice)
         tasks.append(asyncio.create_task(cycles, name="cycle-process"))
     if config.mqtt is not None:
         publisher = Publisher(

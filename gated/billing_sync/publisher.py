@@ -138,20 +138,25 @@ class Publisher:
             pass
         for site in self.sites:
             await client.unsubscribe(manifest_topic(site))
-        sm = schema.site_manifests
-        with self.engine.begin() as conn:
-            if floor:
-                raise_version_floor(conn, floor)
-            ours = {
-                r.site: (int(r.published_max_version), r.published_digest)
-                for r in conn.execute(select(sm))
-            }
+        # A write: in a worker thread, not on the event loop (see drain).
+        ours = await asyncio.to_thread(self._adopt_floor, floor)
         lost = {
             site for site, mine in ours.items() if mine[1] is not None and found.get(site) != mine
         }
         if lost:
             log.warning("event=broker_lost_retained sites=%s", ",".join(sorted(lost)))
         return lost
+
+    def _adopt_floor(self, floor: int) -> dict[str, tuple[int, str | None]]:
+        """Raise the version floor to ``floor``; each site's manifest as we last published it."""
+        sm = schema.site_manifests
+        with self.engine.begin() as conn:
+            if floor:
+                raise_version_floor(conn, floor)
+            return {
+                r.site: (int(r.published_max_version), r.published_digest)
+                for r in conn.execute(select(sm))
+            }
 
     def _own_manifest(self, verifier: Verifier, message: aiomqtt.Message) -> Manifest | None:
         """The retained manifest if it is ours (our signature, for the site of its topic)."""
@@ -267,12 +272,9 @@ class Publisher:
                     message = payload
                 await client.publish(member_topic(site, row.member_id), message, qos=1, retain=True)
                 sites_touched.add(site)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(ob)
-                .where(ob.c.version.in_([r.version for r in rows]))
-                .values(published_at=self.clock())
-            )
+        # In a worker thread: on SQLite the write waits for the one write lock (a renewal batch
+        # holds it for a while), and on the event loop that wait stalled every request of serve.
+        await asyncio.to_thread(self._mark_published, [r.version for r in rows])
         await self.publish_manifests(client, sites_touched, signer)
         self.published += len(rows)
         return len(rows)
@@ -299,9 +301,20 @@ class Publisher:
             await client.publish(
                 manifest_topic(row.site), compact_json(manifest), qos=1, retain=True
             )
-            with self.engine.begin() as conn:
-                conn.execute(
-                    update(sm)
-                    .where(sm.c.site == row.site)
-                    .values(published_max_version=row.max_version, published_digest=row.digest)
-                )
+            await asyncio.to_thread(self._mark_manifest, row.site, row.max_version, row.digest)
+
+    def _mark_published(self, versions: list[int]) -> None:
+        ob = schema.status_outbox
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(ob).where(ob.c.version.in_(versions)).values(published_at=self.clock())
+            )
+
+    def _mark_manifest(self, site: str, max_version: int, digest: str) -> None:
+        sm = schema.site_manifests
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sm)
+                .where(sm.c.site == site)
+                .values(published_max_version=max_version, published_digest=digest)
+            )

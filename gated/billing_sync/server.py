@@ -40,6 +40,7 @@ from gated.billing_sync.notices import format_amount
 from gated.billing_sync.service import Billing
 from gated.billing_sync.stripe_gateway import method_of
 from gated.billing_sync.webhooks import DisputeMoney
+from gated.billing_sync.worker_lanes import ReadLane
 from gated.contract import build_snapshot, format_time
 from gated.http_limits import FORM_BYTES, PHOTO_BYTES, WEBHOOK_BYTES, BodyLimit
 
@@ -284,6 +285,7 @@ def create_app(
         middleware=[
             Middleware(BodyLimit, routes=BODY_LIMITS, default=FORM_BYTES),
             Middleware(OneClockOffset),
+            Middleware(ReadLane),
         ],
     )
 

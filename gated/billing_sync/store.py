@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -101,7 +103,7 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             # A renewal cycle touches every member's rows; the default 2 MB page cache thrashes
             # past ~10k members (TESTSTACK.md: 2-3x faster upserts with a larger cache or mmap).
             cur.execute("PRAGMA cache_size=-65536")
@@ -110,7 +112,20 @@ def open_store(url: str, *, durability: str = "crash", migrate: bool = True) -> 
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN, 'IMMEDIATE')}")
+            mode = conn.get_execution_options().get(_BEGIN, "IMMEDIATE")
+            if mode != "IMMEDIATE":
+                conn.exec_driver_sql(f"BEGIN {mode}")
+                return
+            _begin_immediate(conn)
+            conn.info[_BEGAN] = time.perf_counter()
+
+        @event.listens_for(engine, "commit")
+        @event.listens_for(engine, "rollback")
+        def _end(conn: Connection) -> None:
+            began = conn.info.pop(_BEGAN, None)
+            if began is not None:
+                held = time.perf_counter() - began
+                conn.info[_HELD] = max(conn.info.get(_HELD, 0.0), held)
 
     if migrate:
         upgrade(engine)
@@ -126,6 +141,47 @@ _BEGIN = "gated_sqlite_begin"
 # carries (``Context``): legal numbering reads it on the connection it numbers in, however deep
 # in a transaction a document is issued.
 _SITE_ZONES = "gated_site_zones"
+
+
+# How long a writer waits for SQLite's one write lock before giving up, and how often it tries.
+# SQLite's own busy handler sleeps 1, 2, 5, 10 ... and then 100 ms between tries: a waiting
+# writer (a member's form) missed the short gaps between a renewal batch's transactions and
+# waited through several of them (p99 1.4 s during a cycle). Trying every 2 ms catches a gap.
+BUSY_TIMEOUT_S = 10.0
+LOCK_POLL_S = 0.002
+# conn.info keys: when the connection's write transaction began; the longest it has held the
+# write lock since ``longest_hold`` last asked.
+_BEGAN = "gated_write_began"
+_HELD = "gated_write_held_s"
+
+
+def _begin_immediate(conn: Connection) -> None:
+    """``BEGIN IMMEDIATE``, trying every ``LOCK_POLL_S`` for up to ``BUSY_TIMEOUT_S`` while
+    another connection holds the write lock."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+            time.sleep(LOCK_POLL_S)
+        # Once more through SQLAlchemy: the caller gets its OperationalError, as before.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+
+
+def longest_hold(conn: Connection) -> float | None:
+    """The longest time (seconds) a write transaction on ``conn`` held SQLite's write lock
+    since the last call; None when none did (or on PostgreSQL, which has no such lock)."""
+    held: float | None = conn.info.pop(_HELD, None)
+    return held
 
 
 def with_site_zones(engine: Engine, zones: Mapping[str, str]) -> Engine:

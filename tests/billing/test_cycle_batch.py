@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from gated.billing_sync import charging, schema
+from gated.billing_sync.cycle import MIN_BATCH, BatchSize
 from gated.billing_sync.gateway import ChargeResult
 from gated.billing_sync.service import Billing
 from gated.billing_sync.simulator import SimulatedGateway
@@ -145,3 +146,40 @@ def test_a_change_made_while_a_charge_is_in_flight_is_not_overwritten(tmp_path: 
         ).scalars()
         assert len({*paid}) == 1  # both renewed to the same day
     assert b.member("m1")["status"] == "suspended"
+
+
+def test_a_batch_is_sized_by_how_long_it_holds_the_write_lock() -> None:
+    size = BatchSize(limit=200, hold_s=0.1)
+    assert size.size == 200
+    size.observe(0.4, 200)  # four times too long: a quarter
+    assert size.size == 50
+    size.observe(0.01, 50)  # fast again: it grows back at most twofold a batch
+    assert size.size == 100
+    size.observe(None, 100)  # no write lock (PostgreSQL): as it was
+    assert size.size == 100
+    size.observe(30.0, 100)  # a stall: never below MIN_BATCH
+    assert size.size == MIN_BATCH
+    small = BatchSize(limit=5, hold_s=0.1)
+    small.observe(1.0, 5)
+    assert small.size == 5  # a batch_size below MIN_BATCH stays what it is
+
+
+def test_the_cycle_sizes_its_batches_by_the_holds_the_store_measures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[float | None, int]] = []
+    observe = BatchSize.observe
+
+    def spy(self: BatchSize, held_s: float | None, reviewed: int) -> None:
+        seen.append((held_s, reviewed))
+        observe(self, held_s, reviewed)
+
+    monkeypatch.setattr(BatchSize, "observe", spy)
+    b, clock = make_billing(tmp_path, batch_size=3)
+    for i in range(5):
+        b.add_member(f"m{i}", f"M{i}", plan_id="monthly", payment_method="pm_sim_ok")
+    clock.advance(31)
+    assert b.run_cycle().renewals == 5
+    # Each sign-up was charged by a cycle of its own member; then the renewals: 3, then 2.
+    assert [n for _, n in seen[-2:]] == [3, 2]
+    assert all(held is not None and held > 0 for held, _ in seen)

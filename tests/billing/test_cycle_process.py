@@ -38,6 +38,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -49,7 +53,7 @@ def alive(pid: int) -> bool:
 class Serve:
     """``gated-billing serve`` on a store with one member on a monthly plan."""
 
-    def __init__(self, root: Path, cycles: str) -> None:
+    def __init__(self, root: Path, cycles: str, extra: str = "") -> None:
         self.root = root
         self.port = free_port()
         self.config = root / "billing.toml"
@@ -59,7 +63,7 @@ class Serve:
             '[keys]\nhead_office_private_key_file = "keys/ho.pem"\n'
             'credential_key_file = "keys/credential.key"\ncard_encryption_key_file = "cards.key"\n'
             f'[http]\nhost = "127.0.0.1"\nport = {self.port}\n'
-            f'[serve]\ncycles = "{cycles}"\n'
+            f'[serve]\ncycles = "{cycles}"\n{extra}'
         )
         self.billing = billing_for(self.config)
         self.billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR"))
@@ -121,13 +125,13 @@ class Serve:
 
 
 @pytest.fixture
-def serve_with(tmp_path: Path) -> Iterator[Callable[[str], Serve]]:
+def serve_with(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
     """Makes the store and config for ``serve`` with ``[serve] cycles`` set; kills what is left
     running at the end."""
     made: list[Serve] = []
 
-    def make(cycles: str) -> Serve:
-        made.append(Serve(tmp_path, cycles))
+    def make(cycles: str, extra: str = "") -> Serve:
+        made.append(Serve(tmp_path, cycles, extra))
         return made[-1]
 
     yield make
@@ -139,11 +143,13 @@ def serve_with(tmp_path: Path) -> Iterator[Callable[[str], Serve]]:
 
 
 def test_cycles_run_in_a_child_restarted_when_killed_and_stopped_with_serve(
-    serve_with: Callable[[str], Serve],
+    serve_with: Callable[..., Serve],
 ) -> None:
-    s = serve_with("own-process")
+    s = serve_with("own-process", "cycle_nice = 3\n")
     serve = s.start()
     child = s.cycle_child()
+    # The members' requests get the cores first: the cycle runs nicer than serve.
+    assert niceness(child) == min(19, niceness(serve.pid) + 3)
     first = s.valid_until()
 
     s.billing.advance_clock(31 * DAY)  # the renewal is due: the child renews, serve shows it
@@ -155,6 +161,7 @@ def test_cycles_run_in_a_child_restarted_when_killed_and_stopped_with_serve(
 
     os.kill(child, signal.SIGKILL)
     again = s.cycle_child(other_than=child)
+    assert niceness(again) == min(19, niceness(serve.pid) + 3)
     assert "event=cycle_process_ended code=-9" in s.logged()
     s.billing.advance_clock(31 * DAY)  # the restarted child renews the next month too
     wait_until(lambda: s.valid_until() not in (first, renewed), timeout=60, what="second renewal")
@@ -165,7 +172,7 @@ def test_cycles_run_in_a_child_restarted_when_killed_and_stopped_with_serve(
     assert f"event=cycle_process_stopped pid={again} code=0" in s.logged()
 
 
-def test_the_cycle_process_stops_when_serve_is_killed(serve_with: Callable[[str], Serve]) -> None:
+def test_the_cycle_process_stops_when_serve_is_killed(serve_with: Callable[..., Serve]) -> None:
     """A parent killed -9 stops nothing: its cycle process must notice on its own. Here the
     parent is a shell starting the command ``serve`` starts (cheaper than a serve)."""
     s = serve_with("own-process")
@@ -194,7 +201,7 @@ def test_the_cycle_process_stops_when_serve_is_killed(serve_with: Callable[[str]
     assert "event=cycle_process_orphaned" in log.read_text()
 
 
-def test_serve_with_cycles_off_runs_none(serve_with: Callable[[str], Serve]) -> None:
+def test_serve_with_cycles_off_runs_none(serve_with: Callable[..., Serve]) -> None:
     s = serve_with("off")
     s.billing.advance_clock(31 * DAY)  # due before serve starts: a cycle of serve's would renew
     paid_through = s.billing.member("m1")["paid_through"]

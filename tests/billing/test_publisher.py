@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -444,3 +445,47 @@ async def test_the_outbox_drain_stops_when_the_order_to_stop_comes_with_a_puback
     # The fix replaces aiomqtt's private wait; an aiomqtt that stopped using it needs a new one.
     for call in (aiomqtt.Client.publish, aiomqtt.Client.subscribe, aiomqtt.Client.unsubscribe):
         assert "self._wait_for(" in inspect.getsource(call)
+
+
+async def test_the_drain_waits_for_the_write_lock_off_the_event_loop(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """On SQLite, marking rows published waits for the write lock (a renewal batch holds it):
+    in a worker thread, so serve's event loop (every member's request) goes on meanwhile."""
+    site = "lock-site"  # its own: the broker keeps other tests' retained states
+    b, _ = make_billing(tmp_path, sites=[site])
+    lock = sqlite3.connect(tmp_path / "billing.db", isolation_level=None, check_same_thread=False)
+    pub = publisher_for(b, mosquitto.url)
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="lock-watch") as watch:
+        await watch.subscribe(members_wildcard(site), qos=1)
+        task = asyncio.create_task(pub.run())
+        try:
+            await asyncio.to_thread(b.add_member, "m0", "M0", plan_id="monthly")
+            await wait_drained(b)  # started (its start-up writes too) and idle
+            await anext(aiter(watch.messages))
+
+            def change_then_lock() -> None:
+                b.record_payment("m0")
+                # At once, as a renewal batch would (the publisher looks every 0.25 s).
+                lock.execute("BEGIN IMMEDIATE")
+
+            await asyncio.to_thread(change_then_lock)
+            async with asyncio.timeout(10):
+                await anext(aiter(watch.messages))  # published: now it marks the row
+            longest, last = 0.0, time.monotonic()
+            for _ in range(30):
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                longest, last = max(longest, now - last), now
+            assert longest < 0.5, f"the event loop stood still for {longest:.2f} s"
+            with b.reader.connect() as conn:
+                left = conn.execute(
+                    select(func.count()).where(schema.status_outbox.c.published_at.is_(None))
+                ).scalar_one()
+            assert left == 1  # still waiting for the lock
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        await wait_drained(b)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

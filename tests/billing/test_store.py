@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from gated.billing_sync import schema
 from gated.billing_sync.store import (
@@ -15,9 +18,11 @@ from gated.billing_sync.store import (
     alembic_config,
     current_revision,
     fetch,
+    longest_hold,
     next_versions,
     open_store,
     raise_version_floor,
+    reading,
 )
 
 
@@ -107,3 +112,59 @@ def test_fetch_reads_what_sqlalchemy_reads_with_booleans_converted(tmp_path: Pat
             got = sorted(tuple(r) for r in fetch(conn, stmt, params))
             assert got == want
             assert {type(v) for r in got for v in r if isinstance(v, int)} == {int, bool}
+
+
+def test_a_waiting_writer_tries_for_the_write_lock_every_few_milliseconds(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock, with short gaps between its transactions as
+    a renewal cycle's batches have. SQLite's own busy handler tried once in 100 ms after the
+    first 228 ms and missed them (a member's form waited through several batches); the store
+    tries every LOCK_POLL_S, and gets in as soon as the lock is free."""
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    holder = sqlite3.connect(tmp_path / "billing.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    tries: list[str] = []
+    waiting = threading.Event()
+    done: list[float] = []
+
+    def write() -> None:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.set_trace_callback(lambda sql: tries.append(sql) if "BEGIN" in sql else None)
+            waiting.set()
+            with conn.begin():
+                done.append(time.monotonic())
+                conn.execute(text("SELECT 1"))
+            raw.set_trace_callback(None)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert waiting.wait(10)
+    deadline = time.monotonic() + 10
+    while len(tries) < 20 and time.monotonic() < deadline:  # it keeps trying while we hold it
+        time.sleep(0.01)
+    assert not done  # still held
+    holder.execute("COMMIT")
+    released = time.monotonic()
+    writer.join(10)
+    holder.close()
+    engine.dispose()
+    assert len(tries) >= 20  # SQLite's busy handler: one statement, retried inside it
+    assert done and done[0] - released < 1.0
+
+
+def test_a_write_transaction_reports_how_long_it_held_the_lock(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    with engine.connect() as conn:
+        with conn.begin():
+            time.sleep(0.02)  # the work the transaction does under the lock
+        with conn.begin():
+            pass
+        held = longest_hold(conn)
+        assert held is not None and held >= 0.02  # the longer of the two
+        assert longest_hold(conn) is None  # asked once
+    with reading(engine).connect() as conn:
+        with conn.begin():  # a reader takes no write lock
+            pass
+        assert longest_hold(conn) is None
+    engine.dispose()
