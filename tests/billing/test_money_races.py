@@ -63,15 +63,20 @@ class Interleave:
         self.reached, self.go = threading.Event(), threading.Event()
         self.pid: int | None = None
         # Threads other than ``who`` that have asked for a transaction (SQLite's BEGIN IMMEDIATE
-        # waits there for the write lock the stopped one holds).
+        # waits there for the write lock the stopped one holds). Heard before the store's own
+        # ``begin`` listener, which polls for the lock on the driver's connection.
         self.begun: set[str] = set()
+        event.listen(engine, "begin", self._begin, insert=True)
         event.listen(engine, "before_cursor_execute", self._hook)
+
+    def _begin(self, conn: Any) -> None:
+        name = threading.current_thread().name
+        if name != self.who:
+            self.begun.add(name)
 
     def _hook(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         name = threading.current_thread().name
         if name != self.who:
-            if statement.startswith("BEGIN"):
-                self.begun.add(name)
             return
         if self.reached.is_set() or not statement.lstrip().upper().startswith(_BOOKING):
             return
@@ -98,6 +103,7 @@ class Interleave:
     def close(self) -> None:
         """Stop listening (once no thread is inside the hook)."""
         event.remove(self.engine, "before_cursor_execute", self._hook)
+        event.remove(self.engine, "begin", self._begin)
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
