@@ -71,13 +71,13 @@ def test_a_cycle_with_nothing_due_takes_no_write_lock(tmp_path: Path) -> None:
     clock.advance(25)  # the renewal a week away: the reminder is due once
     b.run_cycle()
     writes: list[str] = []
-    event.listen(
-        b.engine,
-        "before_cursor_execute",
-        lambda _c, _cur, sql, *_a: (
-            writes.append(sql) if sql.startswith("BEGIN IMMEDIATE") else None
-        ),
-    )
+
+    def trace(sql: str) -> None:
+        if sql.startswith("BEGIN IMMEDIATE"):
+            writes.append(sql)
+
+    # On the driver's connection: the store takes the write lock there, polling for it.
+    event.listen(b.engine, "checkout", lambda dbapi_conn, *_a: dbapi_conn.set_trace_callback(trace))
     b.run_cycle()  # reminded already, nothing to renew
     assert writes == []
     clock.advance(7)  # the renewal is due: now the cycle writes
