@@ -9,7 +9,8 @@ from the seeded rows (timed apart): ``--members`` members at two sites (name, e-
 one card each), a subscription each started over the last ``--months`` months (about one in ten
 cancelled), a paid renewal invoice and its payment for every month each member had (about one
 in twenty with a failed attempt first, most of them recovered), and ``--events`` gate events
-spread over the months. Then times, in this process:
+spread over the months. Then, with the garbage collector set as ``serve`` sets it
+(``settle_collector``), times in this process:
 
 * member search (``Billing.search_members``, what the desk's search box and the staff API call)
   for a name, part of a name, an e-mail address, a phone number as a caller reads it out, a
