@@ -8,7 +8,9 @@ few members: all of them (at most ``BROAD``) are found through the trigram index
 A broad one (``weber``, 12,500 of 100,000 members) walks the members in name order through
 ``ix_members_name_order`` (migration 0020) and stops at the 26th match; only when that walk of
 ``WALK_ROWS`` members finds too few (matches crowded late in the alphabet) are every match's
-name and id sorted. On SQLite the walk matches with LIKE, which folds the case of ASCII letters
+name and id sorted. On PostgreSQL the first 1,001 matches already say where the page ends at
+the latest (their 26th in order): the index counts the members up to there first, so a walk
+that would fall short is never started, and only the matches up to there are sorted. On SQLite the walk matches with LIKE, which folds the case of ASCII letters
 only, where its FTS5 index folds every letter's: a query with other characters is not walked
 there, but sorted whole."""
 
@@ -252,6 +254,10 @@ def _matching(
     walks the members in name order with ``walk_where`` (None: no walk)."""
     m = s.members
     want = SEARCH_LIMIT + 1
+
+    def upto(c: Any) -> ColumnElement[bool]:
+        return true()
+
     if postgres:
         # Every match when there are few: the trigram indexes find them, Python sorts them.
         bounded = conn.execute(
@@ -259,6 +265,26 @@ def _matching(
         ).all()
         if len(bounded) <= BROAD:
             return [(r.name, r.id) for r in bounded]
+        # The page ends at the latest at the 26th of these in order. The walk below finds it
+        # for certain if the name-order index holds at most WALK_ROWS members up to there
+        # (counted in the index alone); else only the matches up to there are sorted, without
+        # the walk that would find too few. (A walk bounded there too is planned by PostgreSQL
+        # as a sort of the whole range: it underestimates how many match.)
+        if len(bounded) >= want:
+            last = sorted((r.name, r.id) for r in bounded)[want - 1]
+
+            def upto(c: Any) -> ColumnElement[bool]:
+                return tuple_(*_order(c, postgres)) <= tuple_(literal(last[0]), literal(last[1]))
+
+            span = (
+                select(m.c.id)
+                .where(keyset(m.c), upto(m.c))
+                .order_by(*_order(m.c, postgres))
+                .limit(WALK_ROWS + 1)
+                .subquery()
+            )
+            if conn.execute(select(func.count()).select_from(span)).scalar_one() > WALK_ROWS:
+                walk_where = None
     if walk_where is not None:
         # A broad query: walk the members in name order (the index's range from the keyset)
         # and stop at the page's end.
@@ -282,7 +308,7 @@ def _matching(
     # late in the alphabet would read nearly every member before the first.
     hits = (
         select(m.c.name, m.c.id)
-        .where(where(m.c), keyset(m.c))
+        .where(where(m.c), keyset(m.c), upto(m.c))
         .cte("hits")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )

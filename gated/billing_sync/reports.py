@@ -9,8 +9,10 @@ import json
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -34,6 +36,9 @@ from gated.billing_sync.household import net_by_member
 from gated.billing_sync.store import reading
 
 Report = tuple[list[str], list[tuple[Any, ...]]]
+# What a report reads from: the store (each report in a connection of its own), or a connection
+# the caller holds, so a page of several reports reads them in one transaction.
+Readable = Engine | Connection
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 # Statuses that hold a current membership (the gates let them in).
@@ -103,6 +108,9 @@ def _next_month(ts: int) -> int:
     return int(datetime(y, m, 1, tzinfo=UTC).timestamp())
 
 
+# Rollup rows come by the day, many to a day (sites, currencies, methods): each day's month is
+# worked out once, not once a row.
+@lru_cache(maxsize=4096)
 def month_of(ts: int) -> str:
     """``YYYY-MM`` (UTC) of a Unix time."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
@@ -146,19 +154,29 @@ def _members_at(conn: Connection, scope: Scope) -> set[str] | None:
     }
 
 
+@contextmanager
+def _connected(source: Readable) -> Iterator[Connection]:
+    """A connection to read through: the caller's, or one of the store's for this report."""
+    if isinstance(source, Connection):
+        yield source
+        return
+    with reading(source).connect() as conn:
+        yield conn
+
+
 def granted_entry() -> ColumnElement[bool]:
     """A granted entry (one the passage sensor saw, where fitted): what attendance counts."""
     ev = s.gate_events
     return and_(ev.c.kind == "entry", ev.c.reason.is_distinct_from("not_passed"))
 
 
-def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def revenue(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
     ...; chargebacks and refunds count negative; credit notes and write-offs are not money):
     gross, and apart the net and the tax in it (each payment's share of its invoice's tax,
     rounded per payment). Read from the daily rollup ``rollup_payments``."""
     r = s.rollup_payments
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(
                 r.c.day, r.c.sites, r.c.currency, r.c.method, r.c.gross, r.c.tax, r.c.payments
@@ -192,10 +210,10 @@ def _tax_share(amount: int, tax: int, total: int) -> int:
     return share if amount >= 0 else -share
 
 
-def outstanding(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def outstanding(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Open invoices per member: how much, how many, since when."""
     inv = s.invoices
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         who = _members_at(conn, scope)
         rows = conn.execute(
             select(
@@ -219,7 +237,7 @@ def outstanding(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
-def dunning(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def dunning(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Members in dunning or with money open."""
     sub, inv = s.subscriptions, s.invoices
     owed = (
@@ -228,7 +246,7 @@ def dunning(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
         .group_by(inv.c.member_id)
         .subquery()
     )
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(
                 sub.c.member_id,
@@ -252,11 +270,11 @@ def dunning(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
-def attendance(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def attendance(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Entries per day (in the site's time zone) and site (granted entries only; denies are
     not attendance)."""
     ev = s.gate_events
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(ev.c.at, ev.c.site, ev.c.member_id).where(granted_entry(), scope.within(ev.c.at))
         ).all()
@@ -275,11 +293,11 @@ def attendance(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
-def passes(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def passes(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Members on plans that do not auto-renew: when each pass ends (soonest first) and its
     status (``expired`` once it has)."""
     sub, p, m = s.subscriptions, s.plans, s.members
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(sub.c.member_id, p.c.id, sub.c.paid_through, sub.c.status)
             .join(p, p.c.id == sub.c.plan_id)
@@ -327,24 +345,28 @@ class _Renewal(NamedTuple):
     period_end: int
 
 
-def _renewals_today(conn: Connection, now: int) -> list[_Renewal]:
+def _renewals_today(conn: Connection, now: int, by_site: bool) -> list[_Renewal]:
     """Paid renewals starting or ending between today's UTC midnight and ``now``: the daily
     MRR rollup counts a whole day, this instant needs these apart. A household invoice is one
-    renewal per member on it, their net at their sites, as the rollup counts it."""
+    renewal per member on it, their net at their sites, as the rollup counts it. Without
+    ``by_site`` (a scope of every site) the members' sites are not read (left empty): at
+    100,000 members that is two thousand lookups of a member, most of the query's time."""
     inv, m = s.invoices, s.members
     today = now - now % DAY
+    sites_column = m.c.sites if by_site else literal_column("''").label("sites")
+    q = select(
+        inv.c.id,
+        inv.c.household,
+        inv.c.currency,
+        sites_column,
+        inv.c.subtotal,
+        inv.c.period_start,
+        inv.c.period_end,
+    )
+    if by_site:
+        q = q.join(m, m.c.id == inv.c.member_id)
     found = conn.execute(
-        select(
-            inv.c.id,
-            inv.c.household,
-            inv.c.currency,
-            m.c.sites,
-            inv.c.subtotal,
-            inv.c.period_start,
-            inv.c.period_end,
-        )
-        .join(m, m.c.id == inv.c.member_id)
-        .where(
+        q.where(
             inv.c.kind == "renewal",
             inv.c.status == "paid",
             inv.c.period_start.is_not(None),
@@ -357,7 +379,7 @@ def _renewals_today(conn: Connection, now: int) -> list[_Renewal]:
     ).all()
     nets = net_by_member(conn, [int(r.id) for r in found if r.household])
     sites: dict[str, str] = {}
-    if nets:
+    if nets and by_site:
         ids = {member for parts in nets.values() for member in parts}
         sites = dict(conn.execute(select(m.c.id, m.c.sites).where(m.c.id.in_(ids))).all())
     out = []
@@ -367,24 +389,26 @@ def _renewals_today(conn: Connection, now: int) -> list[_Renewal]:
             out.append(_Renewal(r.currency, r.sites, r.subtotal, r.period_start, r.period_end))
             continue
         out += [
-            _Renewal(r.currency, sites[member], net, r.period_start, r.period_end)
+            _Renewal(
+                r.currency, sites[member] if by_site else "", net, r.period_start, r.period_end
+            )
             for member, net in parts.items()
         ]
     return out
 
 
-def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def mrr(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Monthly recurring revenue per month and currency: the net of every paid renewal whose
     period covers the month's last instant (or now, for this month), spread over its months,
     and how many renewals that is (a member has one at a time). From ``rollup_mrr``, where
     each renewal adds its share on its first day and takes it away on the day it ends; this
     month's figure at ``now`` sets apart the renewals that start or end today."""
     r = s.rollup_mrr
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(r.c.day, r.c.sites, r.c.currency, r.c.amount, r.c.renewals).order_by(r.c.day)
         ).all()
-        today_rows = _renewals_today(conn, now)
+        today_rows = _renewals_today(conn, now, scope.sites is not None)
     at_sites = _site_filter(scope)
     rows = [row for row in rows if at_sites(row.sites) and (row.amount or row.renewals)]
     today = now - now % DAY
@@ -416,14 +440,14 @@ def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     return ["month", "currency", "mrr", "members"], out
 
 
-def deferred(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def deferred(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Deferred revenue: at the end of each month (now, for this month), the net of paid
     invoices for time not yet served. An invoice for a period counts the part of its net still
     ahead, in proportion to the seconds left (rounded down per invoice, and on a household
     invoice per member: each member's lines count at that member's sites); one whose period
     has not begun counts whole. Tax is not revenue and is left out."""
     inv = s.invoices
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         who = _members_at(conn, scope)
         found = conn.execute(
             select(
@@ -469,14 +493,14 @@ def deferred(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     return ["month", "at", "currency", "deferred", "invoices"], out
 
 
-def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def members(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """New members and cancellations per month, the members at the month's start, and churn
     (cancellations that took effect in the month over members at its start, in %). From
     ``rollup_subscriptions`` (started and ended per day); today's cancellations count up to
     ``now``."""
     r, sub, m = s.rollup_subscriptions, s.subscriptions, s.members
     today = now - now % DAY
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(r.c.day, r.c.sites, r.c.started, r.c.ended).order_by(r.c.day)
         ).all()
@@ -516,13 +540,13 @@ def members(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     return ["month", "new", "cancelled", "at_start", "churn_pct"], out
 
 
-def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def recovery(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Failed payments and dunning recovery per month of the first failure, currency and
     decline class: invoices that failed, their amount, what was paid on them since, how many
     were paid in full, and the recovery rate (the amount recovered over the amount failed).
     From ``rollup_recovery``, by the day of each invoice's first failed attempt."""
     r = s.rollup_recovery
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(select(r).where(scope.within(r.c.day))).all()
     at_sites = _site_filter(scope)
     totals: dict[tuple[str, str, str], list[int]] = {}
@@ -553,16 +577,16 @@ def recovery(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
-def _statuses(engine: Engine, scope: Scope) -> list[tuple[str, str, int]]:
+def _statuses(engine: Readable, scope: Scope) -> list[tuple[str, str, int]]:
     """(status, sites, members) now, from ``rollup_statuses``, for the scope's sites."""
     r = s.rollup_statuses
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(select(r.c.status, r.c.sites, r.c.members)).all()
     at_sites = _site_filter(scope)
     return [(row.status, row.sites, int(row.members)) for row in rows if at_sites(row.sites)]
 
 
-def statuses(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def statuses(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Members (not erased) by status now."""
     counts: dict[str, int] = {}
     for status, _, n in _statuses(engine, scope):
@@ -597,35 +621,53 @@ def utc_offsets(zone: ZoneInfo, start: int, end: int) -> list[tuple[int, int, in
     return parts
 
 
-def heatmap(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def _sites_with_entries(conn: Connection) -> list[str]:
+    """The sites ``rollup_entries`` holds, each found from the one before it in the primary key
+    (a loose index scan: one probe a site, not a read of every slot)."""
+    r = s.rollup_entries
+    walk = select(func.min(r.c.site).label("site")).cte("sites", recursive=True)
+    walk = walk.union_all(
+        select(select(func.min(r.c.site)).where(r.c.site > walk.c.site).scalar_subquery()).where(
+            walk.c.site.is_not(None)
+        )
+    )
+    return [site for (site,) in conn.execute(select(walk.c.site).where(walk.c.site.is_not(None)))]
+
+
+def heatmap(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Entries per site, weekday and hour (the site's local time) over the period: every cell
     of each site with entries, zeros included. From ``rollup_entries`` (15-minute UTC slots),
     folded into local weekday and hour in SQL, one query per stretch of constant UTC offset."""
     r = s.rollup_entries
     cells: dict[str, list[int]] = {}
-    with reading(engine).connect() as conn:
-        spans = conn.execute(
-            select(r.c.site, func.min(r.c.slot), func.max(r.c.slot))
-            .where(scope.within(r.c.slot))
-            .group_by(r.c.site)
-        ).all()
-        for site, first, last in spans:
+    with _connected(engine) as conn:
+        for site in _sites_with_entries(conn):
             if not scope.has(site):
+                continue
+            # The site's first and last slot in the period: two probes of the primary key
+            # (site, slot), where one MIN and MAX read every slot of the period.
+            inside = and_(r.c.site == site, scope.within(r.c.slot))
+            first, last = conn.execute(
+                select(
+                    select(func.min(r.c.slot)).where(inside).scalar_subquery(),
+                    select(func.max(r.c.slot)).where(inside).scalar_subquery(),
+                )
+            ).one()
+            if first is None:
                 continue
             counts = cells.setdefault(site, [0] * 168)
             for lo, hi, offset in utc_offsets(scope.zone(site), int(first), int(last) + SLOT_S):
-                # Integer arithmetic, the same in SQLite and PostgreSQL; constants as text, so
-                # the grouped expression is the selected one. 1970-01-01 was a Thursday.
-                local = f"(slot + {offset})"
-                cell: ColumnElement[Any] = literal_column(
-                    f"(({local} / {DAY} + 3) % 7) * 24 + ({local} % {DAY}) / 3600"
-                )
+                # The hour of the local week that began on a Thursday (1970-01-01 was one), in
+                # integer arithmetic, the same in SQLite and PostgreSQL; constants as text, so
+                # the grouped expression is the selected one.
+                hour: ColumnElement[Any] = literal_column(f"(slot + {offset}) % {7 * DAY} / 3600")
                 for index, n in conn.execute(
-                    select(cell, func.sum(r.c.entries))
+                    select(hour, func.sum(r.c.entries))
                     .where(r.c.site == site, r.c.slot >= lo, r.c.slot < hi)
-                    .group_by(cell)
+                    .group_by(hour)
                 ):
-                    counts[int(index)] += int(n)
+                    # Monday's first hour is the week's 72nd from Thursday's.
+                    counts[(int(index) + 72) % 168] += int(n)
     return (
         ["site", "weekday", "hour", "entries"],
         [
@@ -680,7 +722,7 @@ def _visitors(conn: Connection, scope: Scope) -> list[tuple[str, int]]:
     return [(site, int(n)) for site, n in conn.execute(q)]
 
 
-def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def sites(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Each site side by side: members who may enter it, how many are current, entries and
     distinct visitors over the period (from the rollups of statuses, entries and visits)."""
     r = s.rollup_entries
@@ -690,7 +732,7 @@ def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
             acc = table.setdefault(site, [0, 0, 0, 0])
             acc[0] += n
             acc[1] += n if status in CURRENT else 0
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         entries = conn.execute(
             select(r.c.site, func.sum(r.c.entries)).where(scope.within(r.c.slot)).group_by(r.c.site)
         ).all()
@@ -705,7 +747,7 @@ def sites(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     )
 
 
-def occupancy(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
+def occupancy(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Today at each site (from local midnight in its time zone, so it resets nightly), in
     slots of SLOT_MIN minutes: entries, exits and people inside at the slot's end. ``inside``
     is empty where no exit was recorded in the last 30 days (no exit readers: count entries)."""
@@ -716,7 +758,7 @@ def occupancy(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
         midnights[site] = int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
     if not midnights:
         return ["site", "slot", "entries", "exits", "inside"], []
-    with reading(engine).connect() as conn:
+    with _connected(engine) as conn:
         rows = conn.execute(
             select(ev.c.site, ev.c.at, ev.c.kind)
             .where(
@@ -754,7 +796,7 @@ def occupancy(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     return ["site", "slot", "entries", "exits", "inside"], out
 
 
-REPORTS: dict[str, Callable[[Engine, int, Scope], Report]] = {
+REPORTS: dict[str, Callable[[Readable, int, Scope], Report]] = {
     "revenue": revenue,
     "outstanding": outstanding,
     "dunning": dunning,

@@ -145,7 +145,10 @@ def handlers(desk: Desk) -> dict[str, Callable[..., Awaitable[Response]]]:
 
     def run(names: tuple[str, ...], where: reports.Scope) -> dict[str, reports.Report]:
         now = billing.clock()
-        return {name: reports.REPORTS[name](billing.reader, now, where) for name in names}
+        # One connection and one read transaction for the page: no checkout per report, and on
+        # SQLite every chart reads the same snapshot.
+        with billing.reader.connect() as conn, conn.begin():
+            return {name: reports.REPORTS[name](conn, now, where) for name in names}
 
     async def dashboard(request: Request, visitor: StaffVisitor, form: dict[str, str]) -> Response:
         where, first, last = scope(request, visitor)

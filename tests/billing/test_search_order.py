@@ -104,7 +104,8 @@ def _pages(b: Billing, query: str, sites: list[str]) -> list[list[str]]:
         assert len(pages) < 20
 
 
-# (BROAD, WALK_ROWS): every match sorted; the walk; a walk too short, then the database's sort.
+# (BROAD, WALK_ROWS): every match sorted; the walk; a walk too short, then the database's sort
+# (on PostgreSQL the sort alone: it counts first).
 WAYS = {"every match": (1000, 4000), "the walk": (8, 4000), "walk, then sort": (8, 10)}
 
 
@@ -124,9 +125,14 @@ def test_pages_follow_name_then_id_in_code_point_order(
         assert [i for page in pages for i in page] == _expected(query, sites), (query, pages)
         assert pages[-1] or len(pages) == 1
     # Each way was taken (SQLite never walks for "zoë": its LIKE folds ASCII letters only).
-    assert any("walked" in s for s in statements) == (way != "every match")
+    # PostgreSQL first counts the members in name order up to where the page ends at the
+    # latest, and sorts instead of a walk that would stop short (a short walk may still do).
+    walked = any("walked" in s for s in statements)
     if store.engine.dialect.name == "postgresql":
+        assert walked == (way != "every match") or way == "walk, then sort"
         assert any("hits" in s for s in statements) == (way == "walk, then sort")
+    else:
+        assert walked == (way != "every match")
     # The first page of "weber" for everyone, spelled out: upper case before lower, the exact
     # id merged in by its name, the erased member gone, accented capitals after z.
     monkeypatch.setattr(member_search, "SEARCH_LIMIT", 25)
