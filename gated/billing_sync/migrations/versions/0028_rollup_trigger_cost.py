@@ -20,8 +20,9 @@ that the triggers' upserts do not explain:
   dunning columns) those of its start and cancel dates. PostgreSQL's ``UPDATE OF`` means the
   same: the trigger fires when one of the columns is a target of the SET.
 
-The statements are 0023's and 0025's, made again with those two changes; the rollup tables and
-their rows are untouched. The downgrade makes 0023's and 0025's triggers as they were.
+The statements are 0023's and 0025's, made again with those two changes (a trigger neither
+changes is left as it is); the rollup tables and their rows are untouched. The downgrade makes
+0023's and 0025's triggers as they were.
 
 Revision ID: 0028_rollup_trigger_cost
 Revises: 0027_next_invoice_deadline
@@ -57,15 +58,24 @@ def _migration(name: str) -> ModuleType:
 _R25 = _migration("0025_household_mrr")
 _R23 = _R25._R23
 _NOT_MONEY: str = _R23.NOT_MONEY
-_NOT_IN_MONEY = re.compile(r"([\w.]+) NOT IN " + re.escape(_NOT_MONEY))
+_NOT_IN_MONEY = " NOT IN " + _NOT_MONEY
+_OPERAND = re.compile(r"[\w.]+$")
 _MONEY_METHODS = re.findall(r"'[^']*'", _NOT_MONEY)
 
 
 def _no_in_list(statement: str) -> str:
-    """``statement`` with each ``x NOT IN`` the not-money methods as ``x <> …`` chained."""
-    return _NOT_IN_MONEY.sub(
-        lambda m: "(" + " AND ".join(f"{m[1]} <> {v}" for v in _MONEY_METHODS) + ")", statement
-    )
+    """``statement`` with each ``x NOT IN`` the not-money methods as ``x <> …`` chained (split
+    on the list rather than a regular expression over the whole statement: a fresh store runs
+    this for every trigger)."""
+    parts = statement.split(_NOT_IN_MONEY)
+    out = []
+    for part in parts[:-1]:
+        found = _OPERAND.search(part)
+        assert found is not None, part[-40:]
+        x = found[0]
+        tests = " AND ".join(f"{x} <> {v}" for v in _MONEY_METHODS)
+        out.append(f"{part[: found.start()]}({tests})")
+    return "".join([*out, parts[-1]])
 
 
 def _reads() -> dict[str, tuple[str, ...]]:
@@ -91,7 +101,8 @@ def _earlier(dialect: str) -> list[tuple[str, str, list[str]]]:
 
 
 def _statements(dialect: str) -> list[tuple[str, str, list[str]]]:
-    """(trigger name, table, the statements that make it), for every trigger."""
+    """(trigger name, table, the statements that make it), for every trigger this migration
+    changes."""
     reads = _reads()
     out = []
     for name, table, statements in _earlier(dialect):
@@ -104,21 +115,30 @@ def _statements(dialect: str) -> list[tuple[str, str, list[str]]]:
                 for s in made
             ]
             assert any(of in s for s in made), name
-        out.append((name, table, made))
+        if made != statements:
+            out.append((name, table, made))
     return out
+
+
+def _changed(dialect: str) -> list[tuple[str, str, list[str]]]:
+    """0023's and 0025's triggers that this migration makes otherwise, as they made them (the
+    others, an insert or delete trigger without the not-money methods, stay as they are)."""
+    changed = {name for name, _, _ in _statements(dialect)}
+    return [t for t in _earlier(dialect) if t[0] in changed]
 
 
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    _R23._drop(dialect, [(name, table) for name, table, _ in _earlier(dialect)])
-    for _, _, statements in _statements(dialect):
+    made = _statements(dialect)
+    _R23._drop(dialect, [(name, table) for name, table, _ in made])
+    for _, _, statements in made:
         for statement in statements:
             op.execute(statement)
 
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    earlier = _earlier(dialect)
+    earlier = _changed(dialect)
     _R23._drop(dialect, [(name, table) for name, table, _ in earlier])
     for _, _, statements in earlier:
         for statement in statements:
