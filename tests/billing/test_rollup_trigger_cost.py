@@ -1,0 +1,106 @@
+"""What the rollups' triggers cost a write on SQLite (migration 0028): an UPDATE compiles in only
+the triggers of the columns it sets, and no trigger builds a table of the not-money methods each
+time it fires. That the triggers still count exactly is test_rollup_deltas.py's and
+test_rollups.py's; here, which trigger programs SQLite puts into the renewal cycle's writes (its
+EXPLAIN names each as ``-- TRIGGER name``), and that 0028's downgrade gives 0025's triggers back.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import Connection, Engine
+
+from gated.billing_sync.store import alembic_config, open_store
+
+
+def compiled_triggers(conn: Connection, statement: str) -> set[str]:
+    """The triggers SQLite codes into ``statement`` (bound with 1s: only the plan matters)."""
+    rows = conn.exec_driver_sql(f"EXPLAIN {statement}", (1,) * statement.count("?"))
+    return {
+        p4.removeprefix("-- TRIGGER ")
+        for _, opcode, _, _, _, p4, *_ in rows
+        if opcode == "Init" and isinstance(p4, str) and p4.startswith("-- TRIGGER ")
+    }
+
+
+def triggers(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(
+            conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                " AND name LIKE 'rollup_%'"
+            ).all()
+        )
+
+
+def test_the_cycles_updates_compile_in_only_the_triggers_of_the_columns_they_set(
+    tmp_path: Path,
+) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    with engine.connect() as conn:
+        # An invoice turning paid: MRR, recovery and the household lines read its status; the
+        # triggers of its currency, tax and total (its payments' rollup, recovered money) not.
+        paid = "UPDATE invoices SET amount_paid = ?, status = ?, paid_at = ? WHERE id = ?"
+        assert compiled_triggers(conn, paid) == {
+            "rollup_mrr_from_up",
+            "rollup_mrr_until_up",
+            "rollup_invoice_recovery_up",
+            *(
+                f"rollup_household_{p}_{e}_up"
+                for p in ("lines", "whole")
+                for e in ("from", "until")
+            ),
+        }
+        renewed = (
+            "UPDATE subscriptions SET paid_through = ?, status = ?, first_failure_at = ?,"
+            " next_retry_at = ?, retries_done = ?, needs_new_card = ?, review_at = ?"
+            " WHERE member_id = ?"
+        )
+        assert compiled_triggers(conn, renewed) == {"rollup_status_up"}
+        # The provider's reference alone moves no number.
+        ref = "UPDATE payment_attempts SET gateway_ref = ?, updated_at = ? WHERE id = ?"
+        assert compiled_triggers(conn, ref) == set()
+        # An insert has no column list: every insert trigger is in.
+        pay = (
+            "INSERT INTO payments (invoice_id, member_id, amount, method, reference, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        assert compiled_triggers(conn, pay) == {"rollup_payment_in", "rollup_payment_recovered_in"}
+    engine.dispose()
+
+
+def test_no_rollup_trigger_holds_an_in_list_sqlite_would_build_per_firing(tmp_path: Path) -> None:
+    """SQLite makes an IN list of more than two values an ephemeral index, built again at each
+    firing of the trigger program that holds it."""
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    found = triggers(engine)
+    assert len(found) == 43
+    assert {n for n, sql in found.items() if re.search(r"\bIN \(\s*'", sql)} == set()
+    engine.dispose()
+
+
+def test_the_downgrade_gives_back_0025s_triggers_and_the_upgrade_0028s(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    head = triggers(engine)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0027_next_invoice_deadline")
+    before = triggers(engine)
+    assert before.keys() == head.keys()
+    assert sum(" UPDATE OF " in sql for sql in before.values()) == 0
+    assert sum(" UPDATE OF " in sql for sql in head.values()) == 23
+    fresh = open_store(f"sqlite:///{tmp_path}/fresh.db")
+    with fresh.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0027_next_invoice_deadline")
+    assert triggers(fresh) == before
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    assert triggers(engine) == head
+    fresh.dispose()
+    engine.dispose()
