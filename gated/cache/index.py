@@ -323,6 +323,7 @@ _term_from_digest = functools.partial(int.from_bytes, byteorder="big")
 # Member(*fields) without the Python-level __new__ a named tuple's constructor runs (~0.5 µs).
 _new_member: Callable[[type[Member], tuple[Any, ...]], Member] = tuple.__new__
 
+_NOT_FOUND: tuple[int, Member | None] = (-1, None)
 _EMPTY = -1  # a table cell never used
 _GONE = -2  # a cell whose entry was removed (probing goes on past it)
 # Old-table cells moved per change while a table grows: ~16 cells are ~3 µs, so a slice of 32
@@ -618,6 +619,50 @@ class MemberIndex:
                 i = (i + 1) & mask
             if cells is table.old or table.old is None:
                 return None
+            cells = table.old
+
+    def card_lookup(self, key: bytes) -> tuple[int, Member | None]:
+        """The hot path's lookup: (the slot holding card ``key``, the member as ``decide()``
+        reads it), or (-1, None). ``decide()`` reads neither a member's id nor its qr key, so this
+        record leaves them out ("" and None): decoding the id is a cache miss and two objects a
+        badge. ``credentials`` is ``key``. :meth:`member` of the slot makes the whole record,
+        once the door has been driven. The probe is :meth:`slot_of_key`'s, written out."""
+        if len(key) != 32:
+            return _NOT_FOUND
+        table = self._ktab
+        keys = self._keys
+        h = _from_bytes(key, "little") & self._hash_mask
+        cells = table.cells
+        while True:
+            mask = len(cells) - 1
+            i = h & mask
+            while (e := cells[i]) != _EMPTY:
+                if e >= 0 and keys.startswith(key, e * _KEY_SIZE):
+                    slot: int = _unpack_key_slot(keys, e * _KEY_SIZE + 32)[0]
+                    version, pid, vf, vu, _, _, _, _, _ = _unpack_slot(
+                        self._slots, slot * _SLOT_SIZE
+                    )
+                    status, role, plan, schedule, zones, limit = _profiles[pid]
+                    return slot, _new_member(
+                        Member,
+                        (
+                            "",
+                            version,
+                            status,
+                            role,
+                            vf if vf < _EXACT_TIME else self._time(vf, self._exact_from, slot),
+                            vu if vu < _EXACT_TIME else self._time(vu, self._exact_until, slot),
+                            plan,
+                            schedule,
+                            zones,
+                            key,
+                            None,
+                            limit,
+                        ),
+                    )
+                i = (i + 1) & mask
+            if cells is table.old or table.old is None:
+                return _NOT_FOUND
             cells = table.old
 
     @staticmethod
