@@ -99,7 +99,9 @@ class Gate:
             image_tag(config.site, self.credential_key),
         )
         self.index: MemberIndex = store.load_index(image, tag)
-        saved = self.index.generation if store.loaded_from_image else None
+        # The image on disk; after a start that brought an older one up to the rows, a new one
+        # is saved soon.
+        saved = store.image_generation
         self.images = ImageKeeper(image, store.generation()[0], tag, saved)
         self.counters: dict[str, MemberCounters] = store.load_counters()
         # Head-office time is not saved: only a plausible clock's time is (DESIGN "Time").

@@ -286,6 +286,7 @@ _unpack_slot = SLOT.unpack_from
 _pack_slot = SLOT.pack
 _pack_slot_into = SLOT.pack_into
 _unpack_version = struct.Struct("<Q").unpack_from
+_VERSION_COLUMN = struct.Struct(f"<Q{_SLOT_SIZE - 8}x")  # a record's version alone
 _unpack_id = struct.Struct("<IB").unpack_from
 _pack_u32_into = struct.Struct("<I").pack_into
 # A card key entry: the 32-byte key, then the slot it was written for.
@@ -698,9 +699,11 @@ class MemberIndex:
         exact.pop(slot, None)
         return code
 
-    def put(self, member: Member | Record, term: int | None = None) -> bool:
+    def put(self, member: Member | Record, term: int | None = None, *, force: bool = False) -> bool:
         """Apply a record if newer than what is held; True if it changed the index. ``term`` is
-        the member's :func:`digest_term` if the caller made it already (off the loop)."""
+        the member's :func:`digest_term` if the caller made it already (off the loop). ``force``
+        applies it whatever its version: the row as the cache holds it now (a start bringing an
+        older image up to the rows)."""
         rec = record_of(member) if isinstance(member, Member) else member
         member_id, version, pid, valid_from, valid_until, creds, qr_key = rec
         self.changes += 1
@@ -711,7 +714,7 @@ class MemberIndex:
             held, old_pid, _, _, idoff, idlen, kstart, kcount, q = _unpack_slot(
                 self._slots, slot * _SLOT_SIZE
             )
-            if version <= held:
+            if version <= held and not force:
                 return False
             keys_held = self._holds_all(slot, kstart, kcount, creds)
             if not keys_held:
@@ -748,6 +751,34 @@ class MemberIndex:
         if version > self.max_version:
             self.max_version = version
         return True
+
+    def remove(self, member_id: str) -> bool:
+        """Take a member id out of the index altogether (its row was deleted from the cache, as
+        only a technician does: the sync keeps tombstones). Its slot stays unused until the next
+        start from the rows. True if it was held."""
+        slot = self.slot_of_id(member_id)
+        if slot < 0:
+            return False
+        self.changes += 1
+        at = slot * _SLOT_SIZE
+        held, pid, _, _, idoff, _, kstart, kcount, q = _unpack_slot(self._slots, at)
+        self._drop_keys(slot, kstart, kcount)
+        if not _profile_erased[pid]:
+            self.count -= 1
+            self._digest ^= digest_term(member_id, held)
+        if q >= 0:
+            self.qr_held -= 1
+        self._exact_from.pop(slot, None)
+        self._exact_until.pop(slot, None)
+        self._ids.remove(table_hash(member_id.encode()) & self._hash_mask, slot)
+        # An unused slot: no id (ids are never empty), no cards, version 0.
+        _pack_slot_into(self._slots, at, 0, pid, _NO_TIME, _NO_TIME, idoff, 0, kstart, 0, -1)
+        return True
+
+    def recount_max_version(self) -> None:
+        """Set ``max_version`` to the highest version held (after :meth:`remove`, or a forced
+        put that lowered one: what a build from the rows would find)."""
+        self.max_version = max((v for (v,) in _VERSION_COLUMN.iter_unpack(self._slots)), default=0)
 
     def _new_slot(self, member_id: str) -> tuple[int, int, int]:
         """A slot for a new member id (its record is filled by :meth:`put`): (slot, id offset,
@@ -955,8 +986,12 @@ class MemberIndex:
         return self.count
 
     def slots(self) -> int:
-        """Member ids held (tombstones included)."""
+        """Slots written: member ids held (tombstones included) and removed ones."""
         return len(self._slots) // _SLOT_SIZE
+
+    def holds_slot(self, slot: int) -> bool:
+        """Whether the slot holds a member id (not one :meth:`remove` took out)."""
+        return bool(_unpack_id(self._slots, slot * _SLOT_SIZE + _ID_AT)[1])
 
     def key_entries(self) -> int:
         """Card key entries written (those no member holds any more included)."""
@@ -1028,7 +1063,7 @@ class ById:
         return isinstance(member_id, str) and self._index.slot_of_id(member_id) >= 0
 
     def __len__(self) -> int:
-        return self._index.slots()
+        return self._index._ids.live
 
     def __iter__(self) -> Iterator[str]:
         return (m.member_id for m in self.values())
@@ -1038,4 +1073,4 @@ class ById:
 
     def values(self) -> Iterator[Member]:
         index = self._index
-        return (index.member(slot) for slot in range(index.slots()))
+        return (index.member(slot) for slot in range(index.slots()) if index.holds_slot(slot))
