@@ -268,9 +268,10 @@ class CacheStore:
     def load_index(self, image: Path | None = None, tag: bytes = b"") -> MemberIndex:
         """Every member row (tombstones included) into a fresh in-memory index.
 
-        With ``image``: from that saved index image when it was made from this cache at its
-        current member generation with the same ``tag`` (gated/cache/image.py), else from the
-        rows, as without it. :attr:`loaded_from_image` says which.
+        With ``image``: from that saved index image when it was made from this cache with the
+        same ``tag`` (gated/cache/image.py) at its current member generation, or at an older one
+        ``members_changed`` reaches back to (the rows changed since are then applied over it),
+        else from the rows, as without it. :attr:`loaded_from_image` says which.
         """
         self.loaded_from_image = False
         self.image_generation = None
@@ -297,15 +298,17 @@ class CacheStore:
                         index.count, generation, self.image_generation, changed,
                     )  # fmt: skip
                     self.loaded_from_image = True
-                    return index
-            # Sized for every row at once, so the load never grows a table.
-            (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
-            index = MemberIndex(rows)
-            index.load_table(self.conn)
-            index.generation = generation
+                    if not changed:
+                        return index
+            if not self.loaded_from_image:
+                # Sized for every row at once, so the load never grows a table.
+                (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
+                index = MemberIndex(rows)
+                index.load_table(self.conn)
+                index.generation = generation
         finally:
             self.conn.execute("COMMIT")
-        self.conn.execute("PRAGMA shrink_memory")  # give back the pages the full scan cached
+        self.conn.execute("PRAGMA shrink_memory")  # give back the pages the reads cached
         return index
 
     def _catch_up(self, index: MemberIndex, generation: int) -> int:
