@@ -30,7 +30,6 @@ from gated.config import GateConfig
 from gated.contract import (
     ContractError,
     CredentialHasher,
-    card_credential_string,
     is_random_uid,
     load_credential_key,
     parse_time,
@@ -42,7 +41,15 @@ from gated.gate_status import published_status, technician_status
 from gated.housekeeping import keep_house
 from gated.metrics import GateMetrics
 from gated.policy.credential import Credential
-from gated.policy.decide import Decision, GateContext, Member, MemberCounters, decide, local_day
+from gated.policy.decide import (
+    Decision,
+    GateContext,
+    Member,
+    MemberCounters,
+    decide,
+    local_day,
+    reads_counters,
+)
 from gated.policy.qr import QrVerifier
 from gated.process import decide_in_realtime, settle_after_load
 from gated.readers.base import Reader
@@ -92,7 +99,9 @@ class Gate:
             image_tag(config.site, self.credential_key),
         )
         self.index: MemberIndex = store.load_index(image, tag)
-        saved = self.index.generation if store.loaded_from_image else None
+        # The image on disk; after a start that brought an older one up to the rows, a new one
+        # is saved soon.
+        saved = store.image_generation
         self.images = ImageKeeper(image, store.generation()[0], tag, saved)
         self.counters: dict[str, MemberCounters] = store.load_counters()
         # Head-office time is not saved: only a plausible clock's time is (DESIGN "Time").
@@ -145,18 +154,27 @@ class Gate:
         fault: str | None = None
         nonce: tuple[str, str] | None = None
         member: Member | None
+        # A card's member comes as decide() reads it, without its id (see card_lookup): made
+        # whole from its slot once the door has been driven, or before deciding if the policy
+        # needs the member's counters, which are kept by id.
+        slot = -1
         if credential.kind == "card":
             if is_random_uid(credential.value):
                 self.rejected["random_uid"] += 1
                 member = None
             else:
-                key = self.hash_credential(card_credential_string(credential.value))
-                member = self.index.member_of_key(key)
+                slot, member = self.index.card_lookup(
+                    self.hash_credential.card_value(credential.value)
+                )
         else:
             member, fault, nonce = self.qr.check(credential.value, self.index.by_id.get, now)
             if fault == "unknown_credential":
                 fault = None
-        counters = self.counters.get(member.member_id) if member is not None else None
+        counters = None
+        if member is not None and reads_counters(member, self.context):
+            if slot >= 0:
+                member, slot = self.index.member(slot, member.credentials), -1
+            counters = self.counters.get(member.member_id)
         decision = decide(member, credential, self.context, now, counters, fault)
         door = self.door
         passage = (
@@ -177,6 +195,8 @@ class Gate:
         else:
             driven = door.deny()
         latency_us = (driven - credential.at) // 1000
+        if slot >= 0 and member is not None:
+            member = self.index.member(slot, member.credentials)
         self.decisions[decision.reason] += 1
         self.metrics.decided(decision.allow, decision.reason, latency_us)
         if decision.allow and nonce is not None:

@@ -100,6 +100,17 @@ def check(index: MemberIndex, ref: Reference, sequence: list[tuple[str, object]]
             assert fields(index.by_key.get(arg)) == fields(ref.by_key.get(arg))
             # The hot path's own lookup (its probe written out, the found key reused).
             assert fields(index.member_of_key(arg)) == fields(ref.by_key.get(arg))
+            # The decision's lookup: what decide() reads, the id and qr key left for after.
+            slot, seen = index.card_lookup(arg)
+            expected = ref.by_key.get(arg)
+            if expected is None:
+                assert (slot, seen) == (-1, None)
+            else:
+                assert seen is not None and (seen.member_id, seen.qr_key) == ("", None)
+                assert seen._replace(member_id=expected.member_id, qr_key=expected.qr_key,
+                                     credentials=expected.credentials) == expected  # fmt: skip
+                assert seen.credentials == arg
+                assert fields(index.member(slot, seen.credentials)) == fields(expected)
             assert (arg in index.by_key) == (arg in ref.by_key)
         else:
             assert isinstance(arg, str)

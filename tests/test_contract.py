@@ -366,12 +366,15 @@ def test_event_ids_are_ulids_carrying_their_time() -> None:
 
 
 def test_hot_path_hasher_is_hmac_sha256() -> None:
-    from gated.contract import CredentialHasher, credential_digest
+    from gated.contract import CredentialHasher, card_credential_string, credential_digest
 
     key = bytes(range(32))
     hasher = CredentialHasher(key)
     for text in ("card:04A1B2C3D4E5F6", "w26:12:3456", "card:", "card:" + "AB" * 40):
         assert hasher(text) == credential_digest(key, text)
+    # A reader's value, hashed from the state that has taken in "card:" already.
+    for value in ("04A1B2C3D4E5F6", "w26:12:3456", "", "AB" * 40):
+        assert hasher.card_value(value) == credential_digest(key, card_credential_string(value))
 
 
 def test_site_summary_counts_and_digests_the_live_states_and_takes_every_version() -> None:

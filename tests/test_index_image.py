@@ -85,6 +85,7 @@ def store(tmp_path: Path) -> Any:
 def saved(store: CacheStore, tag: bytes = TAG) -> tuple[Path, MemberIndex]:
     """An image of the store's rows, beside it, and the index it was made from."""
     image = store.path.with_name(IMAGE_NAME)
+    image.unlink(missing_ok=True)
     index = store.load_index(image, tag)
     assert not store.loaded_from_image
     assert save_image(index, image, store.generation()[0], tag)
@@ -108,15 +109,33 @@ def test_a_start_loads_the_image_made_at_the_cache_generation(store: CacheStore)
     assert loaded.by_key.get(b"\x07" * 32) is not None
 
 
-def test_a_member_change_after_the_image_makes_it_stale(
+def test_a_member_change_after_the_image_is_applied_over_it(
     store: CacheStore, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An image older than the rows (a gate killed before its save) is brought up to them from
+    the rows changed since, not rebuilt from every row."""
     image, _ = saved(store)
+    old_generation = store.generation()[1]
     store.apply_states([state("m_1", 7, "suspended")])
     with caplog.at_level(logging.INFO, "gated.cache"):
         index = store.load_index(image, TAG)
-    assert not store.loaded_from_image
+    assert store.loaded_from_image and store.image_generation == old_generation
     assert index.by_id["m_1"].status == "suspended"
+    assert "rows_changed_since=1" in caplog.text
+    assert everything(index) == everything(store.load_index())
+
+
+def test_an_image_older_than_the_change_log_is_rebuilt(
+    store: CacheStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache made by a release without the change log starts its log at its first open by
+    this one: an image from before that cannot be brought up to the rows."""
+    image, _ = saved(store)
+    store.apply_states([state("m_1", 7, "suspended")])
+    store.set("members_log_from", store.generation()[1])
+    with caplog.at_level(logging.INFO, "gated.cache"):
+        index = store.load_index(image, TAG)
+    assert not store.loaded_from_image and index.by_id["m_1"].status == "suspended"
     assert "event=index_image_refused" in caplog.text and "stale" in caplog.text
 
 
@@ -127,21 +146,108 @@ def test_an_upsert_refused_as_not_newer_leaves_the_image_current(store: CacheSto
     assert store.loaded_from_image
 
 
-def test_a_change_by_any_writer_of_the_rows_makes_it_stale(store: CacheStore) -> None:
-    """The generation is kept by triggers: a technician's sqlite3 shell counts too."""
+def test_a_change_by_any_writer_of_the_rows_is_applied_over_the_image(store: CacheStore) -> None:
+    """The generation and the change log are kept by triggers: a technician's sqlite3 shell
+    counts too, and a row deleted by hand leaves the index."""
     image, _ = saved(store)
     other = sqlite3.connect(store.path)
     other.execute("UPDATE members SET status = 'frozen' WHERE member_id = 'm_1'")
+    # a lower version too: the row is the truth, whatever its version
+    other.execute("UPDATE members SET status = 'frozen', version = 2 WHERE member_id = 'm_5'")
     other.commit()
     other.close()
     index = store.load_index(image, TAG)
-    assert not store.loaded_from_image and index.by_id["m_1"].status == "frozen"
+    assert store.loaded_from_image and index.by_id["m_1"].status == "frozen"
+    assert (index.by_id["m_5"].status, index.version_of("m_5")) == ("frozen", 2)
+    assert everything(index) == everything(store.load_index())
     image, _ = saved(store)
     other = sqlite3.connect(store.path)
     other.execute("DELETE FROM members WHERE member_id = 'm_1'")
     other.commit()
     other.close()
-    assert "m_1" not in store.load_index(image, TAG).by_id and not store.loaded_from_image
+    index = store.load_index(image, TAG)
+    assert "m_1" not in index.by_id and store.loaded_from_image
+    assert everything(index) == everything(store.load_index())
+
+
+CHANGE_IDS = ["m_1", "m_2", "m_3", "m_4"]
+changes = st.lists(
+    st.one_of(
+        # a state through the store, as the sync applies one (only if newer)
+        st.tuples(
+            st.just("state"),
+            st.sampled_from(CHANGE_IDS),
+            st.integers(1, 12),
+            st.sampled_from(["active", "frozen", "erased"]),
+            st.integers(0, 5),  # the card
+            st.booleans(),  # a second card
+        ),
+        # a technician's edits: any version (lower too), a status, a row deleted
+        st.tuples(
+            st.just("sql"),
+            st.sampled_from(CHANGE_IDS),
+            st.integers(1, 12),
+            st.sampled_from(["active", "suspended", "erased"]),
+            st.integers(0, 5),
+            st.booleans(),
+        ),
+        st.tuples(st.just("delete"), st.sampled_from(CHANGE_IDS)),
+    ),
+    max_size=12,
+)
+
+
+def _cards(member_id: str, card: int, two: bool) -> list[str]:
+    """A member's cards, never another member's: with a card held by two rows, a build from the
+    rows gives it to the later row, and a running gate (and so its image) to the last change
+    applied, so the two agree only on cards held once."""
+    n = CHANGE_IDS.index(member_id)
+    return [card_key(KEY, f"04{n:02X}{card:010X}")] + (
+        [card_key(KEY, f"05{n:012X}")] if two else []
+    )
+
+
+def _apply_changes(store: CacheStore, ops: list[tuple[Any, ...]]) -> None:
+    other = sqlite3.connect(store.path)
+    for op in ops:
+        if op[0] == "state":
+            _, member_id, version, status, card, two = op
+            cards = _cards(member_id, card, two)
+            store.apply_states([state(member_id, version, status, credentials=cards)])
+        elif op[0] == "sql":
+            _, member_id, version, status, card, two = op
+            creds = b"".join(bytes.fromhex(k) for k in _cards(member_id, card, two))
+            other.execute(
+                "UPDATE members SET version = ?, status = ?, credentials = ? WHERE member_id = ?",
+                (version, status, creds, member_id),
+            )
+        else:
+            other.execute("DELETE FROM members WHERE member_id = ?", (op[1],))
+        other.commit()
+    other.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(changes, changes)
+def test_an_image_brought_up_to_the_rows_equals_a_build_from_the_rows(
+    before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]
+) -> None:
+    """Rows changed in any way after the image was saved (states, edits by hand, rows
+    deleted), then a start (as after a kill -9): the index equals one built from every row."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CacheStore(Path(tmp) / "cache.db")
+        _apply_changes(store, before)
+        image, _ = saved(store)
+        _apply_changes(store, after)
+        loaded = store.load_index(image, TAG)
+        assert store.loaded_from_image
+        fresh = store.load_index()
+        assert everything(loaded) == everything(fresh)
+        for member_id in [*CHANGE_IDS, "nobody"]:
+            assert loaded.version_of(member_id) == fresh.version_of(member_id)
+        store.close()
 
 
 @pytest.mark.parametrize("cut", [0, 5, 12, 100, -13, -1])
@@ -414,9 +520,9 @@ def test_a_save_that_fails_is_logged_and_the_gate_serves_on(
 
 def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) -> None:
     """`gated members import` without a running gate saves the image the next start loads; `gated
-    run` saves its image after a start from the rows and loads it at the next start; it refuses
-    one a member changed behind (as a gate killed before its save leaves it): the changed member
-    is answered as the cache has it."""
+    run` saves its image after a start from the rows and loads it at the next start; after a
+    member changed and a kill -9 before any save, it loads the older image and applies the row
+    changed since: the changed member is answered as the cache has it."""
     import json
     import time
 
@@ -459,21 +565,23 @@ def test_a_restarted_gate_loads_its_image_and_never_a_stale_one(tmp_path: Path) 
     gate.start()
     try:
         wait_for_log("event=index_image_loaded members=1")
+        # A member changes in the cache, then the gate is killed before any save: its image is
+        # now older than the rows.
+        cfg = load_gate_config(config)
+        store = CacheStore(cfg.cache_path)
+        key = bytes.fromhex(cfg.keys.credential_key_file.read_text().strip())
+        state = member("m_1", store.max_version() + 1, cards=["04A1B2C3D4E5F6"], key=key)
+        assert store.apply_states([{**state, "sites": [cfg.site], "status": "frozen"}])
+        store.close()
     finally:
-        gate.stop()
-    cfg = load_gate_config(config)
-    store = CacheStore(cfg.cache_path)
-    key = bytes.fromhex(cfg.keys.credential_key_file.read_text().strip())
-    state = member("m_1", store.max_version() + 1, cards=["04A1B2C3D4E5F6"], key=key)
-    assert store.apply_states([{**state, "sites": [cfg.site], "status": "frozen"}])
-    store.close()
+        gate.kill()
     gate.log.write_text("")
     gate.start()
     try:
-        wait_for_log("event=index_image_refused")
-        assert "stale" in gate.log.read_text()
+        wait_for_log("rows_changed_since=1")  # the image, and the one row changed since
         answer = gate.badge(card="04A1B2C3D4E5F6")
         assert (answer["allow"], answer["reason"]) == (False, "frozen")
+        wait_for_log("event=index_image_saved")  # the image on disk was older: saved again
     finally:
         gate.stop()
 

@@ -22,6 +22,7 @@ from gated.policy.decide import (
     decide,
     in_schedule,
     local_day,
+    reads_counters,
 )
 from gated.policy.reasons import (
     ALLOWED_STATUSES,
@@ -353,6 +354,20 @@ def test_decide_does_not_touch_counters() -> None:
     assert counters == MemberCounters(TODAY, 1, NOW - 5)
 
 
+def test_reads_counters_wherever_counters_can_deny() -> None:
+    """A member's own limit, the gate's limit and anti-passback each make counters decide (so the
+    hot path must fetch them); with none of them it may leave them out."""
+    full = MemberCounters(TODAY, 5, NOW - 5)
+    for m, gate, denied in (
+        (member(daily_limit=1), GATE, "daily_limit"),
+        (member(), replace(GATE, daily_limit=1), "daily_limit"),
+        (member(), replace(GATE, anti_passback_s=60), "anti_passback"),
+    ):
+        assert reads_counters(m, gate)
+        assert (reason(m, gate=gate, counters=full), reason(m, gate=gate)) == (denied, "ok")
+    assert not reads_counters(member(), GATE) and reason(member(), counters=full) == "ok"
+
+
 # --- order: when two reasons apply, the earlier one wins --------------------------------------
 
 APB = replace(GATE, anti_passback_s=60)
@@ -469,6 +484,30 @@ counters_st = st.none() | st.builds(
 times = st.floats(NOW - 86400 * 30, NOW + 86400 * 30)
 faults = st.none() | st.sampled_from(sorted(CREDENTIAL_FAULTS))
 directions = st.sampled_from(["in", "out"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(members(), gates, times, counters_st, faults, directions)
+def test_counters_matter_only_where_reads_counters_says(
+    m: Member | None,
+    gate: GateContext,
+    now: float,
+    counters: MemberCounters | None,
+    fault: str | None,
+    direction: str,
+) -> None:
+    """The hot path fetches a member's counters only when ``reads_counters`` says decide() may
+    read them: otherwise any counters give the decision no counters give."""
+    if m is None:
+        return
+    # As drawn (a gate or member with a limit or anti-passback reads them), and with neither.
+    plain = (m._replace(daily_limit=None), replace(gate, anti_passback_s=0.0, daily_limit=None))
+    assert not reads_counters(*plain)
+    for member, ctx in ((m, gate), plain):
+        if not reads_counters(member, ctx):
+            assert decide(member, card(direction), ctx, now, counters, fault) == decide(
+                member, card(direction), ctx, now, None, fault
+            )
 
 
 @settings(max_examples=400, deadline=None)

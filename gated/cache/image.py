@@ -215,12 +215,15 @@ def _read_exact(f: Any, buf: Any, what: str) -> None:
         got += n
 
 
-def load_image(path: Path, cache_id: bytes, generation: int, tag: bytes = b"") -> MemberIndex:
+def load_image(
+    path: Path, cache_id: bytes, generation: int, tag: bytes = b"", since: int | None = None
+) -> MemberIndex:
     """The index saved in ``path``, if it was made from cache ``cache_id`` at ``generation`` for
-    ``tag``. Raises FileNotFoundError (or another OSError), or :class:`ImageRefused` with the
-    reason."""
+    ``tag`` (or, with ``since``, at any generation from ``since`` to ``generation``: the caller
+    brings it up to the rows; its ``generation`` says which). Raises FileNotFoundError (or
+    another OSError), or :class:`ImageRefused` with the reason."""
     try:
-        return _load(path, cache_id, generation, tag)
+        return _load(path, cache_id, generation, tag, generation if since is None else since)
     except (KeyError, TypeError, ValueError, IndexError, StopIteration) as exc:
         # Only a damaged or foreign file gets here: the checksum covers what this release wrote.
         raise ImageRefused(f"inconsistent: {type(exc).__name__}") from exc
@@ -229,7 +232,7 @@ def load_image(path: Path, cache_id: bytes, generation: int, tag: bytes = b"") -
 _TYPECODES = ("bytes", "B", "H", "I", "i", "Q")
 
 
-def _load(path: Path, cache_id: bytes, generation: int, tag: bytes) -> MemberIndex:
+def _load(path: Path, cache_id: bytes, generation: int, tag: bytes, since: int) -> MemberIndex:
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(_HEAD.size)
@@ -253,7 +256,7 @@ def _load(path: Path, cache_id: bytes, generation: int, tag: bytes) -> MemberInd
             raise ImageRefused("made from another cache")
         if header["tag"] != tag.hex():
             raise ImageRefused("made for another site or credential key")
-        if header["generation"] != generation:
+        if not since <= header["generation"] <= generation:
             raise ImageRefused(
                 f"stale: made at member generation {header['generation']}, the cache is at "
                 f"{generation}"

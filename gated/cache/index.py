@@ -286,6 +286,7 @@ _unpack_slot = SLOT.unpack_from
 _pack_slot = SLOT.pack
 _pack_slot_into = SLOT.pack_into
 _unpack_version = struct.Struct("<Q").unpack_from
+_VERSION_COLUMN = struct.Struct(f"<Q{_SLOT_SIZE - 8}x")  # a record's version alone
 _unpack_id = struct.Struct("<IB").unpack_from
 _pack_u32_into = struct.Struct("<I").pack_into
 # A card key entry: the 32-byte key, then the slot it was written for.
@@ -323,6 +324,7 @@ _term_from_digest = functools.partial(int.from_bytes, byteorder="big")
 # Member(*fields) without the Python-level __new__ a named tuple's constructor runs (~0.5 µs).
 _new_member: Callable[[type[Member], tuple[Any, ...]], Member] = tuple.__new__
 
+_NOT_FOUND: tuple[int, Member | None] = (-1, None)
 _EMPTY = -1  # a table cell never used
 _GONE = -2  # a cell whose entry was removed (probing goes on past it)
 # Old-table cells moved per change while a table grows: ~16 cells are ~3 µs, so a slice of 32
@@ -620,6 +622,50 @@ class MemberIndex:
                 return None
             cells = table.old
 
+    def card_lookup(self, key: bytes) -> tuple[int, Member | None]:
+        """The hot path's lookup: (the slot holding card ``key``, the member as ``decide()``
+        reads it), or (-1, None). ``decide()`` reads neither a member's id nor its qr key, so this
+        record leaves them out ("" and None): decoding the id is a cache miss and two objects a
+        badge. ``credentials`` is ``key``. :meth:`member` of the slot makes the whole record,
+        once the door has been driven. The probe is :meth:`slot_of_key`'s, written out."""
+        if len(key) != 32:
+            return _NOT_FOUND
+        table = self._ktab
+        keys = self._keys
+        h = _from_bytes(key, "little") & self._hash_mask
+        cells = table.cells
+        while True:
+            mask = len(cells) - 1
+            i = h & mask
+            while (e := cells[i]) != _EMPTY:
+                if e >= 0 and keys.startswith(key, e * _KEY_SIZE):
+                    slot: int = _unpack_key_slot(keys, e * _KEY_SIZE + 32)[0]
+                    version, pid, vf, vu, _, _, _, _, _ = _unpack_slot(
+                        self._slots, slot * _SLOT_SIZE
+                    )
+                    status, role, plan, schedule, zones, limit = _profiles[pid]
+                    return slot, _new_member(
+                        Member,
+                        (
+                            "",
+                            version,
+                            status,
+                            role,
+                            vf if vf < _EXACT_TIME else self._time(vf, self._exact_from, slot),
+                            vu if vu < _EXACT_TIME else self._time(vu, self._exact_until, slot),
+                            plan,
+                            schedule,
+                            zones,
+                            key,
+                            None,
+                            limit,
+                        ),
+                    )
+                i = (i + 1) & mask
+            if cells is table.old or table.old is None:
+                return _NOT_FOUND
+            cells = table.old
+
     @staticmethod
     def _time(value: int, exact: dict[int, float], slot: int) -> float | None:
         if value < _EXACT_TIME:
@@ -653,9 +699,11 @@ class MemberIndex:
         exact.pop(slot, None)
         return code
 
-    def put(self, member: Member | Record, term: int | None = None) -> bool:
+    def put(self, member: Member | Record, term: int | None = None, *, force: bool = False) -> bool:
         """Apply a record if newer than what is held; True if it changed the index. ``term`` is
-        the member's :func:`digest_term` if the caller made it already (off the loop)."""
+        the member's :func:`digest_term` if the caller made it already (off the loop). ``force``
+        applies it whatever its version: the row as the cache holds it now (a start bringing an
+        older image up to the rows)."""
         rec = record_of(member) if isinstance(member, Member) else member
         member_id, version, pid, valid_from, valid_until, creds, qr_key = rec
         self.changes += 1
@@ -666,7 +714,7 @@ class MemberIndex:
             held, old_pid, _, _, idoff, idlen, kstart, kcount, q = _unpack_slot(
                 self._slots, slot * _SLOT_SIZE
             )
-            if version <= held:
+            if version <= held and not force:
                 return False
             keys_held = self._holds_all(slot, kstart, kcount, creds)
             if not keys_held:
@@ -703,6 +751,34 @@ class MemberIndex:
         if version > self.max_version:
             self.max_version = version
         return True
+
+    def remove(self, member_id: str) -> bool:
+        """Take a member id out of the index altogether (its row was deleted from the cache, as
+        only a technician does: the sync keeps tombstones). Its slot stays unused until the next
+        start from the rows. True if it was held."""
+        slot = self.slot_of_id(member_id)
+        if slot < 0:
+            return False
+        self.changes += 1
+        at = slot * _SLOT_SIZE
+        held, pid, _, _, idoff, _, kstart, kcount, q = _unpack_slot(self._slots, at)
+        self._drop_keys(slot, kstart, kcount)
+        if not _profile_erased[pid]:
+            self.count -= 1
+            self._digest ^= digest_term(member_id, held)
+        if q >= 0:
+            self.qr_held -= 1
+        self._exact_from.pop(slot, None)
+        self._exact_until.pop(slot, None)
+        self._ids.remove(table_hash(member_id.encode()) & self._hash_mask, slot)
+        # An unused slot: no id (ids are never empty), no cards, version 0.
+        _pack_slot_into(self._slots, at, 0, pid, _NO_TIME, _NO_TIME, idoff, 0, kstart, 0, -1)
+        return True
+
+    def recount_max_version(self) -> None:
+        """Set ``max_version`` to the highest version held (after :meth:`remove`, or a forced
+        put that lowered one: what a build from the rows would find)."""
+        self.max_version = max((v for (v,) in _VERSION_COLUMN.iter_unpack(self._slots)), default=0)
 
     def _new_slot(self, member_id: str) -> tuple[int, int, int]:
         """A slot for a new member id (its record is filled by :meth:`put`): (slot, id offset,
@@ -910,8 +986,12 @@ class MemberIndex:
         return self.count
 
     def slots(self) -> int:
-        """Member ids held (tombstones included)."""
+        """Slots written: member ids held (tombstones included) and removed ones."""
         return len(self._slots) // _SLOT_SIZE
+
+    def holds_slot(self, slot: int) -> bool:
+        """Whether the slot holds a member id (not one :meth:`remove` took out)."""
+        return bool(_unpack_id(self._slots, slot * _SLOT_SIZE + _ID_AT)[1])
 
     def key_entries(self) -> int:
         """Card key entries written (those no member holds any more included)."""
@@ -983,7 +1063,7 @@ class ById:
         return isinstance(member_id, str) and self._index.slot_of_id(member_id) >= 0
 
     def __len__(self) -> int:
-        return self._index.slots()
+        return self._index._ids.live
 
     def __iter__(self) -> Iterator[str]:
         return (m.member_id for m in self.values())
@@ -993,4 +1073,4 @@ class ById:
 
     def values(self) -> Iterator[Member]:
         index = self._index
-        return (index.member(slot) for slot in range(index.slots()))
+        return (index.member(slot) for slot in range(index.slots()) if index.holds_slot(slot))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from gated.cache.image import ImageRefused, load_image
-from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_row
+from gated.cache.index import MEMBER_COLUMNS, MemberIndex, member_row, record_from_row
 from gated.contract import format_time
 from gated.policy.decide import MemberCounters
 
@@ -96,6 +96,38 @@ END;
 CREATE TRIGGER IF NOT EXISTS members_deleted AFTER DELETE ON members BEGIN
     UPDATE members_generation SET generation = generation + 1 WHERE id = 0;
 END;
+-- Which member ids changed, and at about which generation (SQLite does not order triggers on
+-- one event, so the number is the one before or after this change's own): a start whose image
+-- is older than the rows (a kill -9 after member changes) applies just these rows over it
+-- instead of rebuilding from every row. One row per member id, so it never outgrows members.
+-- The log starts at the generation the cache had when it was made (kv members_log_from): an
+-- image older than that is rebuilt from the rows.
+CREATE TABLE IF NOT EXISTS members_changed (
+    member_id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO kv SELECT 'members_log_from', generation FROM members_generation;
+CREATE TRIGGER IF NOT EXISTS members_inserted_log AFTER INSERT ON members BEGIN
+    INSERT INTO members_changed
+        SELECT NEW.member_id, generation FROM members_generation WHERE id = 0
+        ON CONFLICT (member_id) DO UPDATE SET generation = excluded.generation;
+END;
+CREATE TRIGGER IF NOT EXISTS members_updated_log AFTER UPDATE ON members BEGIN
+    INSERT INTO members_changed
+        SELECT NEW.member_id, generation FROM members_generation WHERE id = 0
+        ON CONFLICT (member_id) DO UPDATE SET generation = excluded.generation;
+END;
+CREATE TRIGGER IF NOT EXISTS members_renamed_log AFTER UPDATE OF member_id ON members
+WHEN OLD.member_id IS NOT NEW.member_id BEGIN
+    INSERT INTO members_changed
+        SELECT OLD.member_id, generation FROM members_generation WHERE id = 0
+        ON CONFLICT (member_id) DO UPDATE SET generation = excluded.generation;
+END;
+CREATE TRIGGER IF NOT EXISTS members_deleted_log AFTER DELETE ON members BEGIN
+    INSERT INTO members_changed
+        SELECT OLD.member_id, generation FROM members_generation WHERE id = 0
+        ON CONFLICT (member_id) DO UPDATE SET generation = excluded.generation;
+END;
 """
 
 # Applies a state only if newer; the row of an erased member stays as its tombstone, so the highest
@@ -103,6 +135,13 @@ END;
 # from a row dict cost ~1.7 µs a row more (0.17 s of a 100,000-member snapshot on the writer).
 _STORED_COLUMNS = (*(c.strip() for c in MEMBER_COLUMNS.split(",")), "issued_at")
 _stored_values = operator.itemgetter(*_STORED_COLUMNS)
+# The member ids changed since a generation, and their rows (a start over an older image).
+_CHANGED_SQL = "SELECT member_id FROM members_changed WHERE generation >= ?"
+_CHANGED_ROWS_SQL = (
+    f"SELECT {MEMBER_COLUMNS} FROM members WHERE member_id IN "
+    "(SELECT member_id FROM members_changed WHERE generation >= ?) ORDER BY rowid"
+)
+
 _UPSERT = f"""
 INSERT INTO members ({MEMBER_COLUMNS}, issued_at)
 VALUES ({", ".join("?" * len(_STORED_COLUMNS))})
@@ -211,6 +250,8 @@ class CacheStore:
         self.written_events: list[tuple[str, str]] = []
         self.written_nonces: list[tuple[str, str, float]] = []
         self.loaded_from_image = False  # set by load_index
+        # The generation of the image it loaded, older than the rows after a kill -9 (None: none).
+        self.image_generation: int | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -227,18 +268,21 @@ class CacheStore:
     def load_index(self, image: Path | None = None, tag: bytes = b"") -> MemberIndex:
         """Every member row (tombstones included) into a fresh in-memory index.
 
-        With ``image``: from that saved index image when it was made from this cache at its
-        current member generation with the same ``tag`` (gated/cache/image.py), else from the
-        rows, as without it. :attr:`loaded_from_image` says which.
+        With ``image``: from that saved index image when it was made from this cache with the
+        same ``tag`` (gated/cache/image.py) at its current member generation, or at an older one
+        ``members_changed`` reaches back to (the rows changed since are then applied over it),
+        else from the rows, as without it. :attr:`loaded_from_image` says which.
         """
         self.loaded_from_image = False
+        self.image_generation = None
         # One read transaction: the generation is the one of the rows read.
         self.conn.execute("BEGIN")
         try:
             cache_id, generation = self.generation()
             if image is not None:
                 try:
-                    index = load_image(image, cache_id, generation, tag)
+                    since = int(self.get("members_log_from", generation))
+                    index = load_image(image, cache_id, generation, tag, since)
                 except FileNotFoundError:
                     log.info("event=index_image_missing path=%s", image)
                 except ImageRefused as exc:
@@ -246,21 +290,50 @@ class CacheStore:
                 except OSError as exc:  # unreadable: the rows are the source of truth anyway
                     log.warning("event=index_image_unreadable path=%s error=%s", image, exc)
                 else:
+                    self.image_generation = index.generation
+                    changed = self._catch_up(index, generation)
                     log.info(
-                        "event=index_image_loaded members=%d generation=%d",
-                        index.count, generation,
+                        "event=index_image_loaded members=%d generation=%d image_generation=%d "
+                        "rows_changed_since=%d",
+                        index.count, generation, self.image_generation, changed,
                     )  # fmt: skip
                     self.loaded_from_image = True
-                    return index
-            # Sized for every row at once, so the load never grows a table.
-            (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
-            index = MemberIndex(rows)
-            index.load_table(self.conn)
-            index.generation = generation
+                    if not changed:
+                        return index
+            if not self.loaded_from_image:
+                # Sized for every row at once, so the load never grows a table.
+                (rows,) = self.conn.execute("SELECT count(*) FROM members").fetchone()
+                index = MemberIndex(rows)
+                index.load_table(self.conn)
+                index.generation = generation
         finally:
             self.conn.execute("COMMIT")
-        self.conn.execute("PRAGMA shrink_memory")  # give back the pages the full scan cached
+        self.conn.execute("PRAGMA shrink_memory")  # give back the pages the reads cached
         return index
+
+    def _catch_up(self, index: MemberIndex, generation: int) -> int:
+        """Bring an index loaded from an older image up to the rows at ``generation``: each
+        member id logged in ``members_changed`` since the image's generation takes its row as it
+        is now (whatever its version: the rows are the truth), or leaves the index if its row is
+        gone. Returns how many ids were logged."""
+        if index.generation == generation:
+            return 0
+        since = (index.generation,)
+        changed = [r[0] for r in self.conn.execute(_CHANGED_SQL, since)]
+        present: set[str] = set()
+        lowered = False
+        for row in self.conn.execute(_CHANGED_ROWS_SQL, since):
+            record = record_from_row(row)
+            present.add(record[0])
+            lowered |= record[1] < index.version_of(record[0])
+            index.put(record, force=True)
+        for member_id in changed:
+            if member_id not in present:
+                lowered |= index.remove(member_id)
+        if lowered:
+            index.recount_max_version()
+        index.generation = generation
+        return len(changed)
 
     def apply_states(
         self,

@@ -137,6 +137,14 @@ def in_schedule(schedule: tuple[Window, ...], now: float, tz: tzinfo) -> bool:
     return False
 
 
+def reads_counters(member: Member, gate: GateContext) -> bool:
+    """Whether :func:`decide` may read this member's counters: only anti-passback and a daily
+    limit do. The hot path fetches them (by member id) only then."""
+    return (
+        gate.anti_passback_s > 0 or member.daily_limit is not None or gate.daily_limit is not None
+    )
+
+
 def decide(
     member: Member | None,
     credential: Credential,
