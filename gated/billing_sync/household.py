@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from gated.billing_sync import engine as eng
 from gated.billing_sync import schema as s
-from gated.billing_sync.store import fetch, in_list, many
+from gated.billing_sync.store import fetch, in_list
 
 _SUB, _M, _INV, _LN, _ATT = (
     s.subscriptions,
@@ -56,6 +56,13 @@ _OPEN_LINES = (
         _INV.c.status == "open",
         _INV.c.member_id != _LN.c.member_id,
     )
+)
+# The payers of some members, the dependants of some payers (by the partial index of payers),
+# and which of some members are due for review (``partners``).
+_PAYERS = select(_M.c.payer_id).where(_M.c.id.in_(in_list()), _M.c.payer_id.is_not(None))
+_DEPENDANTS = select(_M.c.id).where(_M.c.payer_id.is_not(None), _M.c.payer_id.in_(in_list()))
+_DUE_TOO = select(_SUB.c.member_id).where(
+    _SUB.c.member_id.in_(in_list()), _SUB.c.review_at <= bindparam("now")
 )
 # Lines credited in full (their credit notes, with tax) on some invoices.
 _CREDITED = select(s.credit_notes.c.line_id, s.credit_notes.c.amount).where(
@@ -89,28 +96,17 @@ def partners(conn: Connection, due: Sequence[str], now: int) -> list[str]:
     dependant's renewal goes on the payer's invoice."""
     if not due:
         return []
-    payers = set(
-        conn.execute(
-            select(_M.c.payer_id).where(_M.c.id.in_(many(due)), _M.c.payer_id.is_not(None))
-        ).scalars()
-    )
-    heads = payers | set(due)
+    # Statements built once, their lists spelled out by ``fetch``: the cycle asks this of every
+    # batch, and a batch without any household (most of them) costs two index lookups a member.
+    ids = list(due)
+    payers = {r.payer_id for r in fetch(conn, _PAYERS, {"ids": ids})}
+    heads = list(payers.union(ids)) if payers else ids
     # By the payer index: the dependants of every payer in sight.
-    household = payers | set(
-        conn.execute(
-            select(_M.c.id).where(_M.c.payer_id.is_not(None), _M.c.payer_id.in_(many(heads)))
-        ).scalars()
-    )
-    household -= set(due)
+    household = payers.union(r.id for r in fetch(conn, _DEPENDANTS, {"ids": heads}))
+    household.difference_update(ids)
     if not household:
         return []
-    return sorted(
-        conn.execute(
-            select(_SUB.c.member_id).where(
-                _SUB.c.member_id.in_(many(household)), _SUB.c.review_at <= now
-            )
-        ).scalars()
-    )
+    return sorted(r.member_id for r in fetch(conn, _DUE_TOO, {"ids": list(household), "now": now}))
 
 
 def open_shares(conn: Connection, dependants: Sequence[str]) -> dict[str, list[Share]]:

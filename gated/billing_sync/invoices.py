@@ -205,11 +205,18 @@ def insert_invoices(
     if issue:
         number_rows(conn, heads, now)
     ids = insert_ids(conn, s.invoices, heads)
+    # Two executemanys where a batch holds household invoices: their lines name their member
+    # and period, the others' leave those columns null without binding them.
     rows: list[dict[str, Any]] = []
+    household: list[dict[str, Any]] = []
     for invoice_id, sp in zip(ids, specs, strict=True):
-        for part in (sp, *sp.household):
-            rows.extend(_lines(invoice_id, part, household=bool(sp.household)))
-    bulk(conn, insert(s.invoice_lines), rows)
+        if sp.household:
+            for part in (sp, *sp.household):
+                household.extend(_lines(invoice_id, part, household=True))
+        else:
+            rows.extend(_lines(invoice_id, sp, household=False))
+    for found in (rows, household):
+        bulk(conn, insert(s.invoice_lines), found)
     return [(i, head["number"], head["total"]) for i, head in zip(ids, heads, strict=True)]
 
 
@@ -217,11 +224,13 @@ def _lines(invoice_id: int, sp: InvoiceSpec, *, household: bool) -> list[dict[st
     """The rows of ``sp``'s own lines (those at its rate, then those with a rate of their own)
     and a tax line per rate; on a household invoice each says whose it is and which period it
     pays for."""
-    who = sp.member_id if household else None
-    start, end = sp.period if household and sp.period else (None, None)
+    whose: dict[str, Any] = {}
+    if household:
+        start, end = sp.period or (None, None)
+        whose = {"member_id": sp.member_id, "period_start": start, "period_end": end}
 
     def line(kind: str, text: str, quantity: int, unit: int, rate: int) -> dict[str, Any]:
-        return {
+        row = {
             "invoice_id": invoice_id,
             "kind": kind,
             "description": text,
@@ -229,10 +238,10 @@ def _lines(invoice_id: int, sp: InvoiceSpec, *, household: bool) -> list[dict[st
             "unit_amount": unit,
             "amount": quantity * unit,
             "tax_rate_bp": rate,
-            "member_id": who,
-            "period_start": start,
-            "period_end": end,
         }
+        if whose:
+            row.update(whose)
+        return row
 
     rows = [line(k, d, q, unit, sp.tax_rate_bp) for k, d, q, unit in sp.lines]
     rows += [line(k, d, q, unit, rate) for k, d, q, unit, rate in sp.taxed]

@@ -174,7 +174,10 @@ def revenue(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
     """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
     ...; chargebacks and refunds count negative; credit notes and write-offs are not money):
     gross, and apart the net and the tax in it (each payment's share of its invoice's tax,
-    rounded per payment). Read from the daily rollup ``rollup_payments``."""
+    rounded per payment). A payment counts at its member's sites; its money at each site is
+    that of the members there: a household invoice's payment is split between the members on
+    it, by their lines (``0029_household_revenue``), so a site may receive money without a
+    payment of its own. Read from the daily rollup ``rollup_payments``."""
     r = s.rollup_payments
     with _connected(engine) as conn:
         rows = conn.execute(
@@ -192,7 +195,7 @@ def revenue(engine: Readable, now: int, scope: Scope = EVERYTHING) -> Report:
             acc[2] += int(row.payments)
     return (
         ["month", "currency", "method", "gross", "net", "tax", "payments"],
-        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items()) if n],
+        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items()) if n or g or tax],
     )
 
 

@@ -30,8 +30,10 @@ from gated.billing_sync.store import reading
 def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
     """Money received per month, currency and method (``card``, ``sepa_debit``, ``front_desk``,
     ...; chargebacks and refunds count negative; credit notes and write-offs are not money): gross, and apart the net and the tax in it (each payment's
-    share of its invoice's tax, rounded per payment)."""
-    p, inv = s.payments, s.invoices
+    share of its invoice's tax, rounded per payment). A household invoice's payment is split
+    between the members on it (``household_parts``), each part at its member's sites; the
+    payment counts once, at its own member's."""
+    p, inv, ln = s.payments, s.invoices, s.invoice_lines
     with reading(engine).connect() as conn:
         who = _members_at(conn, scope)
         rows = conn.execute(
@@ -43,24 +45,76 @@ def revenue(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:
                 p.c.member_id,
                 inv.c.tax,
                 inv.c.total,
+                inv.c.id,
+                inv.c.household,
             )
             .join(inv, inv.c.id == p.c.invoice_id)
             .where(scope.within(p.c.at), p.c.method.not_in(s.NOT_MONEY_METHODS))
         ).all()
+        lines: dict[int, list[tuple[str, str, int]]] = {}
+        for line in conn.execute(
+            select(ln.c.invoice_id, ln.c.member_id, ln.c.kind, ln.c.amount).where(
+                ln.c.member_id.is_not(None),
+                ln.c.invoice_id.in_({int(r.id) for r in rows if r.household}),
+            )
+        ):
+            lines.setdefault(int(line.invoice_id), []).append(
+                (line.member_id, line.kind, int(line.amount))
+            )
     totals: dict[tuple[str, str, str], list[int]] = {}
     for r in rows:
-        if who is not None and r.member_id not in who:
-            continue
         key = (datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m"), r.currency, r.method)
-        acc = totals.setdefault(key, [0, 0, 0])
         amount = int(r.amount)
-        acc[0] += amount
-        acc[1] += _tax_share(amount, int(r.tax), int(r.total))
-        acc[2] += 1
+        tax = _tax_share(amount, int(r.tax), int(r.total))
+        on_it = lines.get(int(r.id), [])
+        if r.household:
+            weights: dict[str, int] = {}
+            taxed: dict[str, int] = {}
+            for member, kind, line_amount in on_it:
+                weights[member] = weights.get(member, 0) + line_amount
+                if kind == "tax":
+                    taxed[member] = taxed.get(member, 0) + line_amount
+            gross_parts = household_parts(amount, weights, r.member_id)
+            tax_parts = household_parts(tax, taxed, r.member_id)
+            parts = [
+                (m, gross_parts.get(m, 0), tax_parts.get(m, 0))
+                for m in sorted(gross_parts.keys() | tax_parts.keys())
+            ]
+        else:
+            parts = [(r.member_id, amount, tax)]
+        for member, gross, tax_part in parts:
+            if who is None or member in who:
+                acc = totals.setdefault(key, [0, 0, 0])
+                acc[0] += gross
+                acc[1] += tax_part
+        if who is None or r.member_id in who:
+            totals.setdefault(key, [0, 0, 0])[2] += 1
     return (
         ["month", "currency", "method", "gross", "net", "tax", "payments"],
-        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items())],
+        [(*k, g, g - tax, tax, n) for k, (g, tax, n) in sorted(totals.items()) if n or g or tax],
     )
+
+
+def household_parts(amount: int, weights: dict[str, int], payer: str) -> dict[str, int]:
+    """``amount`` split between the members of ``weights`` in proportion to them, in whole
+    units adding up to ``amount``: each member's is the cumulative share up to them (members in
+    id order) less the one before them, each rounded toward zero. With nothing to share by, it
+    is all ``payer``'s."""
+    whole = sum(weights.values())
+    if whole == 0:
+        return {payer: amount}
+
+    def toward_zero(n: int) -> int:
+        q = abs(n) // abs(whole)
+        return q if (n >= 0) == (whole > 0) else -q
+
+    out: dict[str, int] = {}
+    upto = 0
+    for member in sorted(weights):
+        before = upto
+        upto += weights[member]
+        out[member] = toward_zero(amount * upto) - toward_zero(amount * before)
+    return out
 
 
 def mrr(engine: Engine, now: int, scope: Scope = EVERYTHING) -> Report:

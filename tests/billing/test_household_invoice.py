@@ -478,3 +478,86 @@ def test_the_mrr_migration_moves_household_invoices_already_paid_to_their_lines(
     assert mrr() == (2 * (4990 + 2990), 4)
     assert reports.REPORTS["mrr"](b.engine, clock()) == report_recount.mrr(b.engine, clock())
     b.engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_household_payment_is_revenue_at_each_members_sites(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    """Each payment of a household invoice (a part paid at the desk, the rest by card, a
+    line refunded) is revenue at each member's sites, in proportion to their lines, in whole
+    cents adding up to the payment; the payment counts once, at the payer's. The rollup
+    (migration 0029's triggers) equals the recount after each write and each site move, and
+    the migration's downgrade counts it all at the payer's again, its upgrade splits it."""
+    from alembic import command
+
+    from gated.billing_sync.store import alembic_config
+
+    where = (
+        {"database_url": request.getfixturevalue("postgres_url")} if database != "sqlite" else {}
+    )
+    clock = Clock()
+    b, _ = make_billing(tmp_path, gateway=SimulatedGateway(clock=clock), clock=clock, **where)
+    b.add_plan(PlanSpec("basic", "Basic", 2990, "EUR", tax_rate_bp=1900))
+    b.add_member("pat", "Pat", plan_id="monthly", sites=["downtown"], payment_method="pm_sim_ok")
+    b.add_member("kim", "Kim", plan_id="basic", sites=["uptown"], payer_id="pat")
+    b.add_member("lou", "Lou", plan_id="monthly", sites=["downtown", "uptown"], payer_id="pat")
+    b.set_payment_method("pat", "pm_sim_decline_insufficient_funds")
+    to_renewal(b, clock)
+    [inv] = renewals(b)
+    assert inv.household and inv.total == 3558 + 2 * GROSS
+
+    def revenue(*sites: str) -> list[tuple[Any, ...]]:
+        scope = reports.Scope(sites=sites or None)
+        found = reports.REPORTS["revenue"](b.engine, clock(), scope)
+        assert found == report_recount.revenue(b.engine, clock(), scope), sites
+        return found[1]
+
+    def at_desk(*sites: str) -> tuple[int, int]:
+        """This month's front-desk gross and payments at ``sites``."""
+        month = reports.month_of(clock())
+        rows = [(r[3], r[6]) for r in revenue(*sites) if r[0] == month and r[2] == "front_desk"]
+        return rows[0] if rows else (0, 0)
+
+    b.record_payment("pat", 1001)
+    # Kim 3558, Lou 5938, Pat 5938 of 15434, in id order: 1001 * 3558 // 15434 = 230 to Kim,
+    # 1001 * 9496 // 15434 - 230 = 385 to Lou, the rest (386) to Pat.
+    assert at_desk("uptown") == (230 + 385, 0)
+    assert at_desk("downtown") == (385 + 386, 1)
+    assert at_desk() == (1001, 1)
+    b.set_payment_method("pat", "pm_sim_ok")  # the rest, by card
+    assert renewals(b)[0].status == "paid"
+    kims = [ln.id for ln in rows(b, s.invoice_lines, s.invoice_lines.c.invoice_id == inv.id)]
+    b.refund(inv.id, line_id=next(i for i in kims if i is not None and _member_of(b, i) == "kim"))
+    revenue("downtown")
+    revenue("uptown")
+    everywhere = revenue()
+    b.edit_member("kim", sites=["downtown"])
+    revenue("downtown")
+    assert at_desk("uptown") == (385, 0)
+    b.edit_member("pat", sites=["uptown"])
+    split = {site: revenue(site) for site in ("downtown", "uptown")}
+    assert at_desk("uptown") == (385 + 386, 1)
+    assert revenue() == everywhere
+    config = alembic_config()
+    for target, desk in (
+        ("0028_rollup_trigger_cost", {"downtown": (0, 0), "uptown": (1001, 1)}),
+        ("head", {"downtown": (230 + 385, 0), "uptown": (385 + 386, 1)}),
+    ):
+        with b.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            (command.downgrade if target != "head" else command.upgrade)(config, target)
+        if target == "head":
+            assert {site: revenue(site) for site in split} == split
+        month = reports.month_of(clock())
+        for site, expected in desk.items():
+            found = reports.REPORTS["revenue"](b.engine, clock(), reports.Scope(sites=(site,)))
+            rows_ = [(r[3], r[6]) for r in found[1] if r[0] == month and r[2] == "front_desk"]
+            assert (rows_[0] if rows_ else (0, 0)) == expected, (target, site)
+    b.engine.dispose()
+
+
+def _member_of(b: Billing, line_id: int) -> str | None:
+    ln = s.invoice_lines
+    with b.engine.connect() as conn:
+        return conn.execute(select(ln.c.member_id).where(ln.c.id == line_id)).scalar_one()

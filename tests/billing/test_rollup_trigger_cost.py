@@ -1,4 +1,4 @@
-"""What the rollups' triggers cost a write on SQLite (migration 0028): an UPDATE compiles in only
+"""What the rollups' triggers cost a write on SQLite (migration 0029): an UPDATE compiles in only
 the triggers of the columns it sets, and no trigger builds a table of the not-money methods each
 time it fires. That the triggers still count exactly is test_rollup_deltas.py's and
 test_rollups.py's; here, which trigger programs SQLite puts into the renewal cycle's writes (its
