@@ -35,6 +35,20 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stores_from_a_migrated_template() -> Iterator[None]:
+    """New SQLite billing stores start from one migrated once per process (tests/store_template.py)."""
+    try:
+        from tests import store_template
+
+        undo = store_template.install()
+    except ImportError:  # a gate-only install: no billing store to open
+        yield
+        return
+    yield
+    undo()
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A real mosquitto on an ephemeral loopback port, with persistence, for one test."""

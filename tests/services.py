@@ -170,14 +170,16 @@ class Postgres:
         """A SQLAlchemy URL (psycopg 3) for ``database`` on this cluster."""
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """Create an empty database and return its SQLAlchemy URL."""
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create an empty database (a copy of the database ``template``, which no session may
+        be connected to) and return its SQLAlchemy URL."""
         import psycopg
 
+        copy = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(
             f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"{copy}')  # type: ignore[arg-type]
         return self.url(name)
 
 

@@ -32,7 +32,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Billing, Cloc
     """The service over SQLite, or over PostgreSQL (a database of its own)."""
     if request.param == "sqlite":
         return make_billing(tmp_path)
-    return make_billing(tmp_path, database_url=request.getfixturevalue("postgres_url"))
+    return make_billing(tmp_path, database_url=request.getfixturevalue("postgres_store_url"))
 
 
 def race(n: int, work: Callable[[], Any]) -> list[Any]:

@@ -220,9 +220,9 @@ def test_one_dependants_line_is_credited_or_refunded_with_its_tax(
 
 
 def test_a_household_is_billed_dunned_and_paid_as_one_on_postgresql(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_store_url: str
 ) -> None:
-    b, clock = make_billing(tmp_path, database_url=postgres_url)
+    b, clock = make_billing(tmp_path, database_url=postgres_store_url)
     b.add_member("pat", "Pat", plan_id="monthly", email="pat@x", payment_method="pm_sim_ok")
     b.add_member("kim", "Kim", plan_id="monthly", payer_id="pat")
     b.add_member("lou", "Lou", plan_id="monthly", payer_id="pat")
@@ -443,7 +443,9 @@ def test_the_mrr_migration_moves_household_invoices_already_paid_to_their_lines(
     from gated.billing_sync.store import alembic_config
 
     where = (
-        {"database_url": request.getfixturevalue("postgres_url")} if database != "sqlite" else {}
+        {"database_url": request.getfixturevalue("postgres_store_url")}
+        if database != "sqlite"
+        else {}
     )
     clock = Clock()
     b, _ = make_billing(tmp_path, gateway=SimulatedGateway(clock=clock), clock=clock, **where)

@@ -35,7 +35,7 @@ DECLINE = "pm_sim_decline_insufficient_funds"
 def billing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Billing, Clock]]:
     url = None
     if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
+        url = request.getfixturevalue("postgres_store_url")
     extra = {"database_url": url} if url else {}
     b, clock = make_billing(tmp_path, clock=Clock(T0 - 40 * DAY), **extra)
     # Declined at sign-up: Dan owes his first month on an open invoice.

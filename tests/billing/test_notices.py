@@ -181,10 +181,10 @@ def test_run_beside_serve_sends_each_notice_once(tmp_path: Path) -> None:
 
 
 def test_delivery_claims_work_on_postgres(
-    tmp_path: Path, smtp: tuple[Inbox, int], postgres_url: str
+    tmp_path: Path, smtp: tuple[Inbox, int], postgres_store_url: str
 ) -> None:
     inbox, port = smtp
-    b, clock = make_billing(tmp_path, database_url=postgres_url)
+    b, clock = make_billing(tmp_path, database_url=postgres_store_url)
     for i in range(3):
         b.add_member(f"m{i}", "Ann", plan_id="monthly", email=f"m{i}@example.org")
     cfg = SmtpConfig(host="127.0.0.1", port=port)

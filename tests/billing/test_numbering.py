@@ -169,8 +169,10 @@ def assert_gapless(committed: list[str]) -> None:
     assert sorted(committed) == expected  # no duplicate, no gap
 
 
-def test_parallel_issuers_on_postgres_leave_no_gap_and_no_duplicate(postgres_url: str) -> None:
-    engine = open_store(postgres_url)
+def test_parallel_issuers_on_postgres_leave_no_gap_and_no_duplicate(
+    postgres_store_url: str,
+) -> None:
+    engine = open_store(postgres_store_url)
     try:
         committed = issue_concurrently(engine, issuers=8, per_issuer=12)
         assert len(committed) > 50
@@ -187,8 +189,10 @@ def test_parallel_issuers_on_sqlite_leave_no_gap_and_no_duplicate(tmp_path: Path
         engine.dispose()
 
 
-def test_renewals_on_postgres_are_numbered_in_one_series(tmp_path: Path, postgres_url: str) -> None:
-    b, clock = make_billing(tmp_path, database_url=postgres_url)
+def test_renewals_on_postgres_are_numbered_in_one_series(
+    tmp_path: Path, postgres_store_url: str
+) -> None:
+    b, clock = make_billing(tmp_path, database_url=postgres_store_url)
     for i in range(5):
         b.add_member(f"m{i}", "M", plan_id="monthly", payment_method="pm_sim_ok")
     step(b, clock, 31)

@@ -55,8 +55,10 @@ def test_migrations_run_up_from_an_empty_database(postgres_url: str) -> None:
         again.dispose()
 
 
-def test_renewals_declines_and_versions_across_a_restart(tmp_path: Path, postgres_url: str) -> None:
-    b, clock = make_billing(tmp_path, database_url=postgres_url)
+def test_renewals_declines_and_versions_across_a_restart(
+    tmp_path: Path, postgres_store_url: str
+) -> None:
+    b, clock = make_billing(tmp_path, database_url=postgres_store_url)
     b.add_member(
         "m_ok", "Ok", plan_id="monthly", email="ok@example.org", payment_method="pm_sim_ok"
     )
@@ -79,7 +81,7 @@ def test_renewals_declines_and_versions_across_a_restart(tmp_path: Path, postgre
     b.engine.dispose()
 
     # A second process on the same database continues the sequence above everything published.
-    again, _ = make_billing(tmp_path, clock=clock, database_url=postgres_url)
+    again, _ = make_billing(tmp_path, clock=clock, database_url=postgres_store_url)
     again.record_payment("m_soft")
     assert published(again, "m_soft")["status"] == "active"
     after = versions(again)[len(before) :]
@@ -87,8 +89,10 @@ def test_renewals_declines_and_versions_across_a_restart(tmp_path: Path, postgre
     again.engine.dispose()
 
 
-def test_a_webhook_applied_twice_gives_the_same_result(tmp_path: Path, postgres_url: str) -> None:
-    b, _ = make_billing(tmp_path, database_url=postgres_url)
+def test_a_webhook_applied_twice_gives_the_same_result(
+    tmp_path: Path, postgres_store_url: str
+) -> None:
+    b, _ = make_billing(tmp_path, database_url=postgres_store_url)
     b.add_member("m1", "One", plan_id="monthly", payment_method="pm_sim_sepa")
     with b.engine.connect() as conn:
         ref = conn.execute(select(schema.payment_attempts.c.gateway_ref)).scalar_one()
@@ -107,8 +111,8 @@ def test_a_webhook_applied_twice_gives_the_same_result(tmp_path: Path, postgres_
     b.engine.dispose()
 
 
-def test_reports_run_on_postgres(tmp_path: Path, postgres_url: str) -> None:
-    b, clock = make_billing(tmp_path, database_url=postgres_url)
+def test_reports_run_on_postgres(tmp_path: Path, postgres_store_url: str) -> None:
+    b, clock = make_billing(tmp_path, database_url=postgres_store_url)
     b.add_member("m1", "One", plan_id="monthly", payment_method="pm_sim_ok")
     b.add_member("m2", "Two", plan_id="monthly", payment_method="pm_sim_decline_lost_card")
     b.record_gate_events(
@@ -140,9 +144,9 @@ def test_reports_run_on_postgres(tmp_path: Path, postgres_url: str) -> None:
 
 
 async def test_outbox_drains_to_mqtt_from_postgres(
-    tmp_path: Path, postgres_url: str, mosquitto: Mosquitto
+    tmp_path: Path, postgres_store_url: str, mosquitto: Mosquitto
 ) -> None:
-    b, _ = make_billing(tmp_path, database_url=postgres_url, sites=["downtown"])
+    b, _ = make_billing(tmp_path, database_url=postgres_store_url, sites=["downtown"])
     pub = publisher_for(b, mosquitto.url)
     task = asyncio.create_task(pub.run())
     try:
@@ -162,11 +166,11 @@ async def test_outbox_drains_to_mqtt_from_postgres(
 
 
 def test_the_same_payment_reported_twice_at_once_is_booked_once(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_store_url: str
 ) -> None:
     """READ COMMITTED lets two transactions read the same unfinished attempt: the attempt row is
     locked while its result is recorded, so the second waits and then sees it final."""
-    b, _ = make_billing(tmp_path, database_url=postgres_url)
+    b, _ = make_billing(tmp_path, database_url=postgres_store_url)
     applied = report_one_charge_at_once(b)
     assert applied.count(True) == 1
     with b.engine.connect() as conn:

@@ -152,7 +152,7 @@ def test_the_last_towel_sold_twice_at_once_is_sold_once(
 ) -> None:
     overrides = {}
     if database == "postgres":
-        overrides["database_url"] = request.getfixturevalue("postgres_url")
+        overrides["database_url"] = request.getfixturevalue("postgres_store_url")
     b, _ = make_billing(tmp_path, **overrides)
     catalogue(b)  # one towel
     pos = b.point_of_sale()

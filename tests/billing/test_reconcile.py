@@ -59,7 +59,9 @@ def three_paid_members(
 def test_a_payout_shows_the_charges_and_fees_it_carried_and_the_books_agree(
     tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    url = {"database_url": request.getfixturevalue("postgres_url")} if store != "sqlite" else {}
+    url = (
+        {"database_url": request.getfixturevalue("postgres_store_url")} if store != "sqlite" else {}
+    )
     b, _, _ = three_paid_members(tmp_path, **url)
     report = reconcile.fetch(b.engine, b.gateway, b.clock(), None, page=2)
     # 3 charges + the payout's own movement = 4 movements: 2 pages; 1 page of payouts; the
@@ -379,7 +381,9 @@ def test_a_second_fetch_while_one_runs_is_refused_and_nothing_is_imported_twice(
 ) -> None:
     import threading
 
-    url = {"database_url": request.getfixturevalue("postgres_url")} if store != "sqlite" else {}
+    url = (
+        {"database_url": request.getfixturevalue("postgres_store_url")} if store != "sqlite" else {}
+    )
     b, _, gw = three_paid_members(tmp_path, **url)
     listing, release = threading.Event(), threading.Event()
 

@@ -434,8 +434,8 @@ def test_every_rollup_equals_the_backfill_after_random_writes_on_sqlite(tmp_path
 
 
 def test_every_rollup_equals_the_backfill_after_random_writes_on_postgres(
-    postgres_url: str,
+    postgres_store_url: str,
 ) -> None:
-    engine = _store(postgres_url)
+    engine = _store(postgres_store_url)
     _check(engine, 8)
     engine.dispose()

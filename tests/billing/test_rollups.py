@@ -156,9 +156,9 @@ def test_rollups_equal_a_recount_on_sqlite(tmp_path: Path, seed: int) -> None:
     assert_rollups_recount(b, clock.now + 5 * 3600)
 
 
-def test_rollups_equal_a_recount_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+def test_rollups_equal_a_recount_on_postgres(tmp_path: Path, postgres_store_url: str) -> None:
     b, clock = make_billing(
-        tmp_path, clock=Clock(T0 - 120 * DAY), sites=ZONES, database_url=postgres_url
+        tmp_path, clock=Clock(T0 - 120 * DAY), sites=ZONES, database_url=postgres_store_url
     )
     random_story(b, clock, 3, 120)
     assert_rollups_recount(b, clock.now)

@@ -48,10 +48,10 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> No
 
 
 def test_a_writer_waits_for_the_rollup_row_another_has_written_then_adds_to_it(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_store_url: str
 ) -> None:
     b, clock = make_billing(tmp_path, clock=Clock(T0 - 40 * DAY), sites=ZONES,
-                            database_url=postgres_url)  # fmt: skip
+                            database_url=postgres_store_url)  # fmt: skip
     first, second = _owing(b, 2, "o")
     inv = _open_invoice(b, first)
     # One transaction pays the first member's invoice at the desk and stays open: its trigger
@@ -105,10 +105,10 @@ def test_a_writer_waits_for_the_rollup_row_another_has_written_then_adds_to_it(
 
 
 def test_many_writers_at_one_site_on_one_day_lose_nothing_and_see_no_error(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_store_url: str
 ) -> None:
     b, clock = make_billing(tmp_path, clock=Clock(T0 - 40 * DAY), sites=ZONES,
-                            database_url=postgres_url)  # fmt: skip
+                            database_url=postgres_store_url)  # fmt: skip
     writers, rounds = 4, 4
     owing = _owing(b, writers * rounds, "o")
     start = threading.Barrier(writers)

@@ -17,9 +17,9 @@ from tests.billing.helpers import make_billing
 
 
 def test_search_finds_members_through_the_trigram_indexes(
-    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    b, _ = make_billing(tmp_path, database_url=postgres_url)
+    b, _ = make_billing(tmp_path, database_url=postgres_store_url)
     for i, (name, email, phone) in enumerate(
         [
             ("Anna Weber", "anna.weber@example.org", "+49 30 1047110"),
