@@ -1,4 +1,4 @@
-"""What the rollups' triggers cost a write on SQLite (migration 0029): an UPDATE compiles in only
+"""What the rollups' triggers cost a write on SQLite (migration 0028): an UPDATE compiles in only
 the triggers of the columns it sets, and no trigger builds a table of the not-money methods each
 time it fires. That the triggers still count exactly is test_rollup_deltas.py's and
 test_rollups.py's; here, which trigger programs SQLite puts into the renewal cycle's writes (its
@@ -63,12 +63,17 @@ def test_the_cycles_updates_compile_in_only_the_triggers_of_the_columns_they_set
         # The provider's reference alone moves no number.
         ref = "UPDATE payment_attempts SET gateway_ref = ?, updated_at = ? WHERE id = ?"
         assert compiled_triggers(conn, ref) == set()
-        # An insert has no column list: every insert trigger is in.
+        # An insert has no column list: every insert trigger is in, and with them the view's
+        # trigger (0029) that splits a household invoice's payment between its members' sites.
         pay = (
             "INSERT INTO payments (invoice_id, member_id, amount, method, reference, at)"
             " VALUES (?, ?, ?, ?, ?, ?)"
         )
-        assert compiled_triggers(conn, pay) == {"rollup_payment_in", "rollup_payment_recovered_in"}
+        assert compiled_triggers(conn, pay) == {
+            "rollup_payment_in",
+            "rollup_payment_recovered_in",
+            "rollup_household_payment_apply",
+        }
     engine.dispose()
 
 
@@ -77,7 +82,7 @@ def test_no_rollup_trigger_holds_an_in_list_sqlite_would_build_per_firing(tmp_pa
     firing of the trigger program that holds it."""
     engine = open_store(f"sqlite:///{tmp_path}/billing.db")
     found = triggers(engine)
-    assert len(found) == 43
+    assert len(found) == 43 + 3  # 0028's, and 0029's household revenue
     assert {n for n, sql in found.items() if re.search(r"\bIN \(\s*'", sql)} == set()
     engine.dispose()
 
@@ -86,18 +91,20 @@ def test_the_downgrade_gives_back_0025s_triggers_and_the_upgrade_0028s(tmp_path:
     engine = open_store(f"sqlite:///{tmp_path}/billing.db")
     head = triggers(engine)
     config = alembic_config()
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0027_next_invoice_deadline")
-    before = triggers(engine)
-    assert before.keys() == head.keys()
+
+    def downgrade(engine: Engine, revision: str) -> dict[str, str]:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+        return triggers(engine)
+
+    at_0028 = downgrade(engine, "0028_rollup_trigger_cost")
+    before = downgrade(engine, "0027_next_invoice_deadline")
+    assert before.keys() == at_0028.keys()
     assert sum(" UPDATE OF " in sql for sql in before.values()) == 0
-    assert sum(" UPDATE OF " in sql for sql in head.values()) == 23
+    assert sum(" UPDATE OF " in sql for sql in at_0028.values()) == 23
     fresh = open_store(f"sqlite:///{tmp_path}/fresh.db")
-    with fresh.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0027_next_invoice_deadline")
-    assert triggers(fresh) == before
+    assert downgrade(fresh, "0027_next_invoice_deadline") == before
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
