@@ -26,7 +26,8 @@ mostly waiting for a core when the load is above its two), and the load average.
   default: 10 steps nicer than serve). Each phase reports ``serve``'s CPU
   milliseconds per request and the cycle process's CPU apart. Rate limits count each client by an ``X-Forwarded-For``
   address (``[http] trusted_proxies`` names loopback, as behind a proxy): the bench's one
-  address would otherwise be over the sign-in limit after 20 members.
+  address would otherwise be over the sign-in limit after 20 members. This process's collector
+  is off while it times (``bench_gc_*`` counts any pass): its pauses would count as ``serve``'s.
 * ``pass``: the browser tests' stack (tests/web/conftest.py: pass codes every 2 s) and Debian's
   Chromium with ``Date`` ten minutes ahead; the pass's ``data-code`` is read every 100 ms for
   ``--seconds`` and each new code is badged at the gate over its control socket. Also the pass
@@ -391,11 +392,13 @@ async def load_phases(
         signin_s = time.monotonic() - t
         samples: list[tuple[float, str, float, int]] = []
         stop = asyncio.Event()
-        # This process's ~180,000 long-lived objects (imports, the seeded store's engine) out of
-        # the collector's full passes: walking them paused every client 0.2-0.5 s, counted as
-        # the server's latency.
+        # This process's collector off while it times (its ~180,000 long-lived objects frozen
+        # first): its full passes paused every client 0.2-0.5 s, and even after the freeze one
+        # pass over the phase's replies took ~100 ms, all counted as the server's latency. The
+        # few minutes' garbage is collected after the phases.
         gc.collect()
         gc.freeze()
+        gc.disable()
         pauses = GcPauses()
         meter = Meter(serve.pid)
         idle_from = time.monotonic()
@@ -422,6 +425,7 @@ async def load_phases(
         cycle_cpu = {**meter.take(), **pauses.take()}
         stop.set()
         await asyncio.gather(*loops)
+        gc.enable()
         renewed = await asyncio.to_thread(renewals, billing) - before
         idle = summarize(samples, idle_from, idle_to)
         during = summarize(samples, cycle_from, cycle_to)
