@@ -116,6 +116,10 @@ def test_both_daemons_log_in_one_key_value_format(billing_config: Path, tmp_path
         assert serve.wait(30) == 0
     assert LOG_LINE.match(serving), serving
     assert serving.startswith("level=INFO logger=gated.billing")
+    # What the start built (the web, uvicorn) is frozen out of the collector's full passes,
+    # which otherwise stalled every request while they walked it.
+    frozen = re.search(r"frozen_objects=(\d+)", serving)
+    assert frozen and int(frozen[1]) > 10_000, serving
 
     gate = GateProcess(write_config(tmp_path / "gate"), tmp_path / "gate")
     gate.start()
