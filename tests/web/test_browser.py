@@ -146,6 +146,7 @@ def test_sign_in_by_code_and_see_the_membership(tabs: Any, stack: Stack) -> None
     other.page.goto("/app/signin")
     other.page.fill("#email", "nobody@example.com")
     other.page.get_by_role("button", name="Send me a code").click()
+    other.page.wait_for_selector("#code")  # the code page has loaded: its flow field is there
     other.page.evaluate("f => document.querySelector('input[name=flow]').value = f", flow)
     other.page.fill("#code", mail.code)
     with other.page.expect_response("**/app/signin/code") as answer:
