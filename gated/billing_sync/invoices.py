@@ -410,13 +410,15 @@ def record_payment(
     with ctx.engine.begin() as conn:
         # The member's open invoices locked before they are read (PostgreSQL): a credit note, a
         # write-off or a charge booked on one meanwhile is waited for and then seen, so the
-        # desk never takes money for what is no longer owed.
-        conn.execute(
-            select(_INV.c.id)
-            .where(_INV.c.member_id == member_id, _INV.c.status == "open")
-            .order_by(_INV.c.id)
-            .with_for_update()
-        )
+        # desk never takes money for what is no longer owed. (On SQLite the transaction's
+        # BEGIN IMMEDIATE already excludes every other writer: no statement is needed.)
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                select(_INV.c.id)
+                .where(_INV.c.member_id == member_id, _INV.c.status == "open")
+                .order_by(_INV.c.id)
+                .with_for_update()
+            )
         facts = load_facts(conn, [member_id], now).get(member_id)
         if facts is None:
             raise NotFound(f"no member {member_id!r}")
