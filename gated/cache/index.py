@@ -645,6 +645,22 @@ class MemberIndex:
                     slot: int = _unpack_key_slot(keys, e * _KEY_SIZE + 32)[0]
                     version, pid, vf, vu = _unpack_policy(self._slots, slot * _SLOT_SIZE)
                     status, role, plan, schedule, zones, limit = _profiles[pid]
+                    # _time(), written out: most members have no valid_from, and a call for it
+                    # was ~7% of a badge's lookup (cachegrind)
+                    valid_from = (
+                        vf
+                        if vf < _EXACT_TIME
+                        else None
+                        if vf == _NO_TIME
+                        else self._exact_from[slot]
+                    )
+                    valid_until = (
+                        vu
+                        if vu < _EXACT_TIME
+                        else None
+                        if vu == _NO_TIME
+                        else self._exact_until[slot]
+                    )
                     return slot, _new_member(
                         Member,
                         (
@@ -652,8 +668,8 @@ class MemberIndex:
                             version,
                             status,
                             role,
-                            vf if vf < _EXACT_TIME else self._time(vf, self._exact_from, slot),
-                            vu if vu < _EXACT_TIME else self._time(vu, self._exact_until, slot),
+                            valid_from,
+                            valid_until,
                             plan,
                             schedule,
                             zones,
