@@ -132,11 +132,15 @@ class TrustedClock:
 
     def __init__(self, saved: float | None = None, probe: ClockProbe | None = None) -> None:
         self._probe = probe or ClockProbe()
+        # now() is on the hot path: its reads bound once (a probe is frozen), and the saved
+        # time's floor kept with the saved time, so a call is two clock reads and a comparison.
+        self._system = self._probe.system
+        self._monotonic = self._probe.monotonic
+        self._release_time = self._probe.release_time
         self._listener: ClockAlarm | None = None
         self._pending: list[tuple[str, str]] = []
         self.synchronized = self._probe.synchronized()
-        self._saved = 0.0 if saved is None else float(saved)
-        self._saved_mono = self._probe.monotonic()
+        self._remember_saved(0.0 if saved is None else float(saved))
         self.discarded_saved: float | None = None
         self._head_office: float | None = None  # the first head-office time taken as base
         self._head_office_mono = 0.0
@@ -148,11 +152,11 @@ class TrustedClock:
 
     def now(self) -> float:
         """The gate's time: the system clock while it is plausible, else the best floor."""
-        probe = self._probe
-        t = probe.system()
-        m = probe.monotonic()
-        floor = max(self._saved, probe.release_time) + (m - self._saved_mono)
-        if self._plausible(t):
+        t = self._system()
+        m = self._monotonic()
+        floor = self._saved_floor + (m - self._saved_mono)
+        # _plausible(t), written out: a call less a badge
+        if self.synchronized is True or (t > self._release_time and t > self._saved):
             return t if t >= floor else floor
         if self._head_office is not None:
             lifted = self._head_office + (m - self._head_office_mono) + self._head_office_lift
@@ -162,10 +166,10 @@ class TrustedClock:
 
     def plausible(self) -> bool:
         """Whether the system clock can be believed now (and the last good time saved from it)."""
-        return self._plausible(self._probe.system())
+        return self._plausible(self._system())
 
     def _plausible(self, t: float) -> bool:
-        return self.synchronized is True or (t > self._probe.release_time and t > self._saved)
+        return self.synchronized is True or (t > self._release_time and t > self._saved)
 
     # --- what the daemon feeds in -------------------------------------------------------------
 
@@ -189,15 +193,14 @@ class TrustedClock:
         if not self.plausible():
             return None
         now = self.now()
-        self._saved = now
-        self._saved_mono = self._probe.monotonic()
+        self._remember_saved(now)
         return now
 
     def observe(self, issued_at: float) -> None:
         """A verified head-office object's time (the object itself is applied either way)."""
-        m = self._probe.monotonic()
+        m = self._monotonic()
         now = self.now()
-        if self._plausible(self._probe.system()):
+        if self._plausible(self._system()):
             if issued_too_far_ahead(issued_at, now):
                 self._skewed(issued_at - now, m, "ahead of this gate's clock: time ignored")
             return
@@ -233,7 +236,7 @@ class TrustedClock:
     def last_skew_age(self) -> float | None:
         """Seconds since the last of them was seen, or None."""
         at = self._skew.last_at
-        return None if at is None else self._probe.monotonic() - at
+        return None if at is None else self._monotonic() - at
 
     def stats(self) -> dict[str, Any]:
         """What ``gatectl status`` shows of the clock."""
@@ -250,14 +253,19 @@ class TrustedClock:
 
     # --- inside -------------------------------------------------------------------------------
 
+    def _remember_saved(self, saved: float) -> None:
+        """The saved last good time from here on, at the monotonic time now."""
+        self._saved = saved
+        self._saved_mono = self._monotonic()
+        self._saved_floor = max(saved, self._release_time)
+
     def _discard_if_ahead(self) -> None:
         if self.synchronized is not True:
             return
-        t = self._probe.system()
+        t = self._system()
         if self._saved > t + SAVED_AHEAD_LIMIT_S:
             self.discarded_saved = self._saved
-            self._saved = 0.0
-            self._saved_mono = self._probe.monotonic()
+            self._remember_saved(0.0)
             self._head_office = None
             self._head_office_lift = 0.0
             self._alarm(

@@ -286,6 +286,9 @@ _unpack_slot = SLOT.unpack_from
 _pack_slot = SLOT.pack
 _pack_slot_into = SLOT.pack_into
 _unpack_version = struct.Struct("<Q").unpack_from
+# The head of a record, what decide() reads (version, profile id, valid_from, valid_until): the
+# badge's lookup makes four numbers, not nine (~0.1 µs).
+_unpack_policy = struct.Struct("<QIII").unpack_from
 _VERSION_COLUMN = struct.Struct(f"<Q{_SLOT_SIZE - 8}x")  # a record's version alone
 _unpack_id = struct.Struct("<IB").unpack_from
 _pack_u32_into = struct.Struct("<I").pack_into
@@ -640,10 +643,24 @@ class MemberIndex:
             while (e := cells[i]) != _EMPTY:
                 if e >= 0 and keys.startswith(key, e * _KEY_SIZE):
                     slot: int = _unpack_key_slot(keys, e * _KEY_SIZE + 32)[0]
-                    version, pid, vf, vu, _, _, _, _, _ = _unpack_slot(
-                        self._slots, slot * _SLOT_SIZE
-                    )
+                    version, pid, vf, vu = _unpack_policy(self._slots, slot * _SLOT_SIZE)
                     status, role, plan, schedule, zones, limit = _profiles[pid]
+                    # _time(), written out: most members have no valid_from, and a call for it
+                    # was ~7% of a badge's lookup (cachegrind)
+                    valid_from = (
+                        vf
+                        if vf < _EXACT_TIME
+                        else None
+                        if vf == _NO_TIME
+                        else self._exact_from[slot]
+                    )
+                    valid_until = (
+                        vu
+                        if vu < _EXACT_TIME
+                        else None
+                        if vu == _NO_TIME
+                        else self._exact_until[slot]
+                    )
                     return slot, _new_member(
                         Member,
                         (
@@ -651,8 +668,8 @@ class MemberIndex:
                             version,
                             status,
                             role,
-                            vf if vf < _EXACT_TIME else self._time(vf, self._exact_from, slot),
-                            vu if vu < _EXACT_TIME else self._time(vu, self._exact_until, slot),
+                            valid_from,
+                            valid_until,
                             plan,
                             schedule,
                             zones,
