@@ -232,3 +232,17 @@ def test_a_cycle_runs_each_write_once_per_batch_not_once_per_row(tmp_path: Path)
         "INSERT INTO status_outbox",
     }, written
     assert len(runs.writes()) < members
+
+
+def test_bulk_counts_the_rows_it_changed_on_postgresql_too(postgres_url: str) -> None:
+    engine = create_engine(postgres_url)
+    md.create_all(engine)
+    by_code = update(things).where(things.c.code == bindparam("c")).values(n=bindparam("nn"))
+    try:
+        with engine.begin() as conn:
+            made = [{"code": c, "name": c, "n": 0} for c in "abc"]
+            assert bulk(conn, insert(things), made) == 3
+            rows = [{"c": "a", "nn": 1}, {"c": "nobody", "nn": 2}, {"c": "b", "nn": 3}]
+            assert bulk(conn, by_code, rows) == 2
+    finally:
+        engine.dispose()
