@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -420,14 +420,17 @@ def bulk(
 # allocates and zeroes the whole frame of each trigger that fires (some 8 KiB for a rollup
 # trigger, even when its WHEN is false): most of what the rollup triggers cost a renewal. One
 # statement over the batch's rows as a JSON array (``json_each``) allocates each frame once and
-# reuses it for every row, and binds one parameter instead of a row's worth per row. It needs
-# the ``->>`` operator (SQLite 3.38) and UPDATE ... FROM (3.33).
+# reuses it for every row. It needs the ``->>`` operator (SQLite 3.38) and UPDATE ... FROM
+# (3.33). SQLite parses the JSON twice (the array, then each row at its first ``->>``), which
+# costs more than an executemany's binding where no trigger fires, so only writes that fire a
+# trigger take this path.
 _JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
 _ROWS = "bulk_rows"
-# A run of 19 digits may be an integer past SQLite's 64 bits, which JSON would turn into a
-# real where a bound parameter is an error (a string or a float holding one only costs the
-# JSON path).
-_LONG_NUMBER = re.compile(r"\d{19}")
+# The largest magnitude SQLite stores as an integer: JSON would turn a larger one into a real,
+# where a bound parameter is an error (-2**63 itself only costs the JSON path).
+_INT_MAX = 2**63 - 1
+# conn.info key: per statement (its SQL), whether SQLite runs a trigger program in it.
+_FIRES = "gated_fires_triggers"
 
 
 class _JsonPlan(NamedTuple):
@@ -462,17 +465,40 @@ def _over_json(
         plan = _json_plans[compiled] = _json_plan(stmt, compiled)
     if plan is None:
         return None
+    if not _fires_triggers(conn, compiled.string, len(compiled.positiontup or ())):
+        return None
     if plan.target is not None and len({r[plan.target] for r in rows}) != len(rows):
         return None
     pick = itemgetter(*plan.keys)
     values = [pick(r) for r in rows] if len(plan.keys) > 1 else [[pick(r)] for r in rows]
+    ints = filter(_is_int, chain.from_iterable(values))  # C all through: no Python per value
+    if max(map(abs, ints), default=0) > _INT_MAX:
+        return None
     try:
         blob = json.dumps(values, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):
         return None
-    if "\\u0000" in blob or _LONG_NUMBER.search(blob):
+    if "\\u0000" in blob:
         return None
     return int(conn.exec_driver_sql(plan.sql, (blob,)).rowcount)
+
+
+_is_int = int.__instancecheck__
+
+
+def _fires_triggers(conn: Connection, sql: str, params: int) -> bool:
+    """Whether SQLite's program for ``sql`` runs a trigger (an UPDATE runs only those of the
+    columns it sets), asked once per statement and connection. Only the cost depends on it:
+    a schema changed since by another connection leaves a stale answer, not a wrong write."""
+    known: dict[str, bool] = conn.info.setdefault(_FIRES, {})
+    fires = known.get(sql)
+    if fires is None:
+        # On the driver's connection: EXPLAIN compiles the statement and runs nothing.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        plan = raw.execute(f"EXPLAIN {sql}", (None,) * params).fetchall()
+        fires = known[sql] = any(op[1] == "Program" for op in plan)
+    return fires
 
 
 def _json_plan(stmt: UpdateBase, compiled: SQLCompiler) -> _JsonPlan | None:
