@@ -259,3 +259,24 @@ def test_bulk_counts_the_rows_it_changed_on_postgresql_too(postgres_url: str) ->
             assert bulk(conn, by_code, rows) == 2
     finally:
         engine.dispose()
+
+
+def test_an_update_over_the_rows_finds_each_target_by_its_key(tmp_path: Path) -> None:
+    """The batch's rows drive the update (a search of the table by key for each), never a scan
+    of the table: a store of 100,000 members' invoices would be read whole every batch."""
+    from gated.billing_sync import charging, invoices, publishing
+    from gated.billing_sync.store import _json_plan, compiled_for
+
+    b, _ = make_billing(tmp_path)
+    with b.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        for stmt, table in (
+            (invoices._SET_INVOICE_PAID, "invoices"),
+            (charging._SET_ATTEMPT_RESULT, "payment_attempts"),
+            (publishing._SET_SUB_STATUS, "subscriptions"),
+        ):
+            plan = _json_plan(stmt, compiled_for(conn, stmt)[0])
+            assert plan is not None
+            steps = [r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {plan.sql}", ("[]",))]
+            assert any(s.startswith(f"SEARCH {table} ") for s in steps), steps
+            assert not any(s.startswith(f"SCAN {table}") for s in steps), steps
