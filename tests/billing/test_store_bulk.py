@@ -28,8 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
-from gated.billing_sync import store
-from gated.billing_sync.store import bulk, insert_ids
+from gated.billing_sync import charging, invoices, publishing, store
+from gated.billing_sync.store import _json_plan, bulk, compiled_for, insert_ids
 
 from .helpers import make_billing
 
@@ -264,9 +264,6 @@ def test_bulk_counts_the_rows_it_changed_on_postgresql_too(postgres_url: str) ->
 def test_an_update_over_the_rows_finds_each_target_by_its_key(tmp_path: Path) -> None:
     """The batch's rows drive the update (a search of the table by key for each), never a scan
     of the table: a store of 100,000 members' invoices would be read whole every batch."""
-    from gated.billing_sync import charging, invoices, publishing
-    from gated.billing_sync.store import _json_plan, compiled_for
-
     b, _ = make_billing(tmp_path)
     with b.engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE")
