@@ -208,16 +208,18 @@ def routes(web: Web) -> list[BaseRoute]:
         member_id = visitor.session.member_id
 
         def read() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-            m = web.access.membership(member_id)
-            if m["status"] is None:
-                return m, [], []
-            return (
-                m,
-                web.access.invoices(member_id, 24),
-                web.billing.member_data().visits_by_month(member_id),
-            )
+            with web.billing.one_read():
+                m = web.access.membership(member_id)
+                if m["status"] is None:
+                    return m, [], []
+                return (
+                    m,
+                    web.access.invoices(member_id, 24),
+                    web.billing.member_data().visits_by_month(member_id),
+                )
 
-        # One trip to a worker thread, not three: each is a wait for the interpreter lock.
+        # One trip to a worker thread, not three, and one connection, not four: each is a wait
+        # for the interpreter lock (on PostgreSQL, each connection two round trips more).
         m, invoices, visits = await asyncio.to_thread(read)
         if m["status"] is None:
             # Joined online and not paid yet: the membership starts with the first payment.
