@@ -5,16 +5,14 @@ per read, and the same answers as before."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
 
 from gated.billing_sync.context import db_clock, one_offset_per_request
 from gated.billing_sync.service import Billing
-from tests.billing.helpers import make_billing
+from tests.billing.helpers import checkouts, make_billing
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -31,21 +29,6 @@ def billing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Billing]
     b.ctx.clock = db_clock(b.engine)
     yield b
     b.engine.dispose()
-
-
-@contextmanager
-def checkouts(engine: Engine) -> Iterator[list[int]]:
-    """How many connections the block took from ``engine``'s pool (a list of one count)."""
-    n = [0]
-
-    def count(*_: Any) -> None:
-        n[0] += 1
-
-    event.listen(engine, "checkout", count)
-    try:
-        yield n
-    finally:
-        event.remove(engine, "checkout", count)
 
 
 def page(b: Billing) -> tuple[Any, ...]:
