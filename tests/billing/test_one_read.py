@@ -4,14 +4,19 @@ per read, and the same answers as before."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from gated.billing_sync.context import db_clock, one_offset_per_request
 from gated.billing_sync.service import Billing
+from gated.billing_sync.store import warm_pool
+from gated.billing_sync.worker_lanes import READ_THREADS, WRITE_THREADS
 from tests.billing.helpers import checkouts, make_billing
 
 
@@ -79,3 +84,26 @@ def test_a_change_made_inside_is_written_and_seen_after(billing: Billing) -> Non
         # Writes take their own connection and commit as always.
         billing.update_contact("m_1", "+49 30 1234567", "Kim +49 170 1")
     assert billing.contact("m_1")["phone"] == "+49 30 1234567"
+
+
+def test_the_pool_holds_a_connection_for_every_worker_thread_from_the_start(
+    billing: Billing,
+) -> None:
+    threads = READ_THREADS + WRITE_THREADS
+    engine = billing.engine
+    engine.dispose()  # as a fresh serve finds it
+    assert warm_pool(engine, threads) == threads
+    opened: list[int] = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    # Every thread of both lanes holding a connection at once: none waits, none is opened.
+    all_in = threading.Barrier(threads)
+
+    def hold() -> str:
+        with engine.connect():
+            all_in.wait(timeout=10)
+        return billing.member_access().membership("m_1")["status"]
+
+    with ThreadPoolExecutor(threads) as pool:
+        answers = list(pool.map(lambda _: hold(), range(threads)))
+    assert answers == ["active"] * threads
+    assert opened == []
