@@ -92,6 +92,9 @@ def test_the_pool_holds_a_connection_for_every_worker_thread_from_the_start(
     threads = READ_THREADS + WRITE_THREADS
     engine = billing.engine
     engine.dispose()  # as a fresh serve finds it
+    if engine.dialect.name == "sqlite":
+        assert warm_pool(engine, threads) == 0  # its connections stay lazy: files, no server
+        return
     assert warm_pool(engine, threads) == threads
     opened: list[int] = []
     event.listen(engine, "connect", lambda *_: opened.append(1))
