@@ -1,7 +1,7 @@
 """Benchmark: the member app and the staff console over a real ``gated-billing serve``.
 
     .venv/bin/python bench/bench_app.py load [--members 100000] [--clients 50] [--db sqlite|postgres]
-        [--cycles own-process|in-process] [--cycle-nice N]
+        [--cycles own-process|in-process] [--cycle-nice N] [--settle]
     .venv/bin/python bench/bench_app.py pass [--seconds 300]
     .venv/bin/python bench/bench_app.py signup [--runs 30]
     .venv/bin/python bench/bench_app.py console [--consoles 20] [--gates 10] [--rate 20]
@@ -24,7 +24,9 @@ mostly waiting for a core when the load is above its two), and the load average.
   or in ``serve``'s threads; ``--cycle-nice``: the cycle process's niceness (serve runs at the
   bench's, which may be raised for the benchmark lock; without it, ``[serve] cycle_nice``'s
   default: 10 steps nicer than serve). Each phase reports ``serve``'s CPU
-  milliseconds per request and the cycle process's CPU apart. Rate limits count each client by an ``X-Forwarded-For``
+  milliseconds per request and the cycle process's CPU apart. ``--settle``: the store vacuumed,
+  analyzed and checkpointed after the seed (bench_console's ``settle_store``), so no autovacuum
+  or checkpoint of 100,000 rows just loaded runs under the timed requests. Rate limits count each client by an ``X-Forwarded-For``
   address (``[http] trusted_proxies`` names loopback, as behind a proxy): the bench's one
   address would otherwise be over the sign-in limit after 20 members. This process's collector
   is off while it times (``bench_gc_*`` counts any pass): its pauses would count as ``serve``'s.
@@ -70,6 +72,7 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_console import settle_store
 from gated.billing_sync import schema
 from gated.billing_sync.service import Billing, PlanSpec
 from tests.billing.crashing import billing_for
@@ -468,6 +471,8 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
         t = time.monotonic()
         seed_members(billing, args.members, args.clients, billing.clock() + 1800)
         seed_s = time.monotonic() - t
+        if args.settle:
+            settle_store(billing.engine.url.render_as_string(hide_password=False))
         serve, log = stack.enter_context(serving(config, url))
         if args.cycle_nice is not None and args.cycles == "own-process":
             # serve may run at a high priority (the bench's lock); its cycle process at this
@@ -824,6 +829,9 @@ def main() -> None:
     )
     load.add_argument(
         "--cycle-nice", type=int, help="set the cycle process to this niceness (own-process)"
+    )
+    load.add_argument(
+        "--settle", action="store_true", help="vacuum, analyze and checkpoint after the seed"
     )
     load.add_argument("--think", type=float, default=1.0, help="mean seconds between requests")
     load.add_argument("--idle", type=float, default=30.0, help="seconds of the baseline phase")

@@ -8,7 +8,9 @@ The member app's four requests of ``bench_app.py load`` (``GET /app/``, ``GET /a
 builds (``create_app`` with the web routes), over httpx's ASGI transport, for one member
 signed in through the real sign-in (the code read from the outbox). Prints one JSON document:
 the process CPU milliseconds per request of each kind (median of the rounds, after 20 not
-counted), and with ``--profile`` writes a cProfile of the rounds to FILE. The worker threads
+counted), the statements and the pooled connections (each a transaction: on PostgreSQL a BEGIN
+and a ROLLBACK round trip) each kind takes from the store, and with ``--profile`` writes a
+cProfile of the rounds to FILE. The worker threads
 of ``asyncio.to_thread`` are in this process, so its CPU time is all of a request's.
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Connection, Engine, event, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,8 +65,32 @@ async def sign_in(client: httpx.AsyncClient, billing: Billing, email: str) -> st
     return hidden((await client.get("/app/contact")).text, "csrf")
 
 
+class StoreUse:
+    """Statements executed and connections taken from the pool, counted as they happen."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.statements = self.connections = 0
+        self.pool = engine.pool
+        # On every engine: the service's option engines (``store.reading``, the clock's) made
+        # before this do not take a listener added to ``engine`` now.
+        event.listen(Engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "checkout", self._connection)
+
+    def _statement(self, conn: Connection, *_: Any) -> None:
+        if conn.engine.pool is self.pool:
+            self.statements += 1
+
+    def _connection(self, *_: Any) -> None:
+        self.connections += 1
+
+    def now(self) -> tuple[int, int]:
+        return self.statements, self.connections
+
+
 async def rounds(billing: Billing, count: int, profile: cProfile.Profile | None) -> Any:
     app = create_app(billing, None, web_routes(billing))
+    use = StoreUse(billing.engine)
+    store: dict[str, list[tuple[int, int]]] = {k: [] for k in KINDS}
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         csrf = await sign_in(client, billing, "m0000000@example.org")
@@ -74,6 +100,7 @@ async def rounds(billing: Billing, count: int, profile: cProfile.Profile | None)
                 if profile is not None and n == 20:
                     profile.enable()
                 t = time.process_time()
+                before = use.now()
                 if kind.startswith("POST"):
                     r = await client.post(
                         "/app/contact",
@@ -89,11 +116,21 @@ async def rounds(billing: Billing, count: int, profile: cProfile.Profile | None)
                     assert r.status_code == 200, (kind, r.status_code)
                 if n >= 20:
                     spent[kind].append(time.process_time() - t)
+                    after = use.now()
+                    store[kind].append((after[0] - before[0], after[1] - before[1]))
         if profile is not None:
             profile.disable()
-    return {kind: round(statistics.median(v) * 1000, 2) for kind, v in spent.items()} | {
+    cpu = {kind: round(statistics.median(v) * 1000, 2) for kind, v in spent.items()} | {
         "all_four_mean": round(sum(sum(v) for v in spent.values()) * 1000 / (4 * count), 2)
     }
+    uses = {
+        kind: {
+            "statements": statistics.median(u[0] for u in v),
+            "connections": statistics.median(u[1] for u in v),
+        }
+        for kind, v in store.items()
+    }
+    return cpu, uses
 
 
 def main() -> None:
@@ -118,7 +155,7 @@ def main() -> None:
         seed_members(billing, args.members, 10, billing.clock() + 1800)
         profile = cProfile.Profile() if args.profile else None
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        result = asyncio.run(rounds(billing, args.rounds, profile))
+        result, uses = asyncio.run(rounds(billing, args.rounds, profile))
         if profile is not None:
             profile.dump_stats(args.profile)
         print(
@@ -129,6 +166,7 @@ def main() -> None:
                     "members": args.members,
                     "rounds": args.rounds,
                     "cpu_ms_per_request": result,
+                    "store_per_request": uses,
                 }
             )
         )

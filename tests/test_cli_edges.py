@@ -120,6 +120,8 @@ def test_both_daemons_log_in_one_key_value_format(billing_config: Path, tmp_path
     # which otherwise stalled every request while they walked it.
     frozen = re.search(r"frozen_objects=(\d+)", serving)
     assert frozen and int(frozen[1]) > 10_000, serving
+    # A pooled connection for each worker thread is opened at the start on PostgreSQL only.
+    assert "pooled_connections=0" in serving, serving
 
     gate = GateProcess(write_config(tmp_path / "gate"), tmp_path / "gate")
     gate.start()

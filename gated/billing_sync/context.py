@@ -25,7 +25,13 @@ from gated.billing_sync.errors import BillingError
 from gated.billing_sync.gate_board import GateBoard
 from gated.billing_sync.gateway import PaymentGateway
 from gated.billing_sync.keys import Keys
-from gated.billing_sync.store import get_meta, reading, set_meta, with_site_zones
+from gated.billing_sync.store import (
+    get_meta,
+    read_connection,
+    reading,
+    set_meta,
+    with_site_zones,
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -105,7 +111,7 @@ def db_clock(engine: Engine) -> Callable[[], int]:
         if kept and time.monotonic() - kept[1] < OFFSET_KEPT_S:
             offset = int(kept[0])
         else:
-            with reader.connect() as conn:
+            with read_connection(reader) as conn:
                 offset = int(get_meta(conn, "clock_offset_s", 0))
             if kept is not None:
                 kept[:] = [offset, time.monotonic()]

@@ -21,7 +21,8 @@ from gated.billing_sync.notices import deliver
 from gated.billing_sync.publisher import Publisher
 from gated.billing_sync.server import QuietServer, create_app
 from gated.billing_sync.service import Billing
-from gated.billing_sync.worker_lanes import LaneExecutor
+from gated.billing_sync.store import warm_pool
+from gated.billing_sync.worker_lanes import READ_THREADS, WRITE_THREADS, LaneExecutor
 from gated.systemd import Notifier
 
 log = logging.getLogger("gated.billing")
@@ -90,6 +91,8 @@ async def serve_forever(
     loop = asyncio.get_running_loop()
     # GETs' store work in threads that writes waiting for SQLite's lock cannot take.
     loop.set_default_executor(LaneExecutor())
+    # A connection for each worker thread before the first request (store.warm_pool).
+    pooled = await asyncio.to_thread(warm_pool, billing.engine, READ_THREADS + WRITE_THREADS)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -133,12 +136,13 @@ async def serve_forever(
     if server.started:
         notifier.notify("READY=1")
     log.info(
-        "event=serving http=%s:%d mqtt=%s cycles=%s frozen_objects=%d",
+        "event=serving http=%s:%d mqtt=%s cycles=%s frozen_objects=%d pooled_connections=%d",
         config.http.host,
         config.http.port,
         config.mqtt.url if config.mqtt else "off",
         config.serve.cycles,
         frozen,
+        pooled,
     )
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -24,7 +24,7 @@ from gated.billing_sync.invoices import pay_link
 from gated.billing_sync.notices import render
 from gated.billing_sync.pass_keys import PassKeys
 from gated.billing_sync.publishing import queue_mail
-from gated.billing_sync.store import digest, token_usable
+from gated.billing_sync.store import digest, one_read, read_connection, token_usable
 from gated.contract import format_time
 
 log = logging.getLogger("gated.billing.member_access")
@@ -176,7 +176,8 @@ class MemberAccess:
         """The live session a cookie's token names, or None (unknown, revoked, expired, or the
         member erased)."""
         w, m = s.web_sessions, s.members
-        with self.reader.connect() as conn:
+        # The clock's offset (read from the store once per request) on the same connection.
+        with one_read(self.reader), read_connection(self.reader) as conn:
             row = conn.execute(
                 select(w.c.member_id, w.c.signed_in_at, w.c.expires_at)
                 .join(m, m.c.id == w.c.member_id)
@@ -219,29 +220,30 @@ class MemberAccess:
 
     def membership(self, member_id: str) -> dict[str, Any]:
         """The member's status, plan, money owed and next charge, for the member app."""
-        info = members.member(self.ctx, member_id)
-        sub, plan_t, inv = s.subscriptions, s.plans, s.invoices
-        with self.reader.connect() as conn:
-            row = conn.execute(
-                select(
-                    sub.c.paid_through,
-                    sub.c.cancel_at,
-                    sub.c.next_retry_at,
-                    plan_t.c.name,
-                    plan_t.c.price,
-                    plan_t.c.currency,
-                    plan_t.c.period_months,
-                    plan_t.c.tax_rate_bp,
-                    plan_t.c.auto_renew,
-                )
-                .join(plan_t, plan_t.c.id == sub.c.plan_id)
-                .where(sub.c.member_id == member_id)
-            ).first()
-            open_rows = conn.execute(
-                select(inv.c.id, inv.c.total, inv.c.amount_paid, inv.c.currency, inv.c.due_at)
-                .where(inv.c.member_id == member_id, inv.c.status == "open")
-                .order_by(inv.c.due_at)
-            ).all()
+        with one_read(self.reader):
+            info = members.member(self.ctx, member_id)
+            sub, plan_t, inv = s.subscriptions, s.plans, s.invoices
+            with read_connection(self.reader) as conn:
+                row = conn.execute(
+                    select(
+                        sub.c.paid_through,
+                        sub.c.cancel_at,
+                        sub.c.next_retry_at,
+                        plan_t.c.name,
+                        plan_t.c.price,
+                        plan_t.c.currency,
+                        plan_t.c.period_months,
+                        plan_t.c.tax_rate_bp,
+                        plan_t.c.auto_renew,
+                    )
+                    .join(plan_t, plan_t.c.id == sub.c.plan_id)
+                    .where(sub.c.member_id == member_id)
+                ).first()
+                open_rows = conn.execute(
+                    select(inv.c.id, inv.c.total, inv.c.amount_paid, inv.c.currency, inv.c.due_at)
+                    .where(inv.c.member_id == member_id, inv.c.status == "open")
+                    .order_by(inv.c.due_at)
+                ).all()
         status = info["status"]
         plan = None
         next_charge = None
@@ -296,7 +298,7 @@ class MemberAccess:
     def invoices(self, member_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The member's newest invoices, itemized."""
         inv = s.invoices
-        with self.reader.connect() as conn:
+        with read_connection(self.reader) as conn:
             rows = conn.execute(
                 select(inv)
                 .where(inv.c.member_id == member_id)
@@ -310,7 +312,7 @@ class MemberAccess:
         """One of the member's invoices, itemized; None when there is no such invoice *of this
         member* (another member's id looks exactly like one that does not exist)."""
         inv = s.invoices
-        with self.reader.connect() as conn:
+        with read_connection(self.reader) as conn:
             row = conn.execute(
                 select(inv).where(inv.c.id == invoice_id, inv.c.member_id == member_id)
             ).first()

@@ -24,6 +24,7 @@ from gated.billing_sync.context import Context
 from gated.billing_sync.errors import BillingError, NotFound
 from gated.billing_sync.member_access import MemberAccess
 from gated.billing_sync.reports import granted_entry
+from gated.billing_sync.store import read_connection
 from gated.contract import format_time
 
 log = logging.getLogger("gated.billing.member_data")
@@ -57,7 +58,7 @@ class MemberData:
         ``months`` months up to this one, zeros included, none before the member joined."""
         ev, m = s.gate_events, s.members
         now = self.ctx.clock()
-        with self.ctx.reader.connect() as conn:
+        with read_connection(self.ctx.reader) as conn:
             row = conn.execute(select(m.c.created_at, m.c.sites).where(m.c.id == member_id)).first()
             if row is None:
                 return []

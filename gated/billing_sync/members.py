@@ -27,7 +27,7 @@ from gated.billing_sync.facts import dependants, load_facts, load_one
 from gated.billing_sync.gateway import GatewayError
 from gated.billing_sync.publishing import readdress_notices, refresh
 from gated.billing_sync.renewals import member_price
-from gated.billing_sync.store import many
+from gated.billing_sync.store import many, read_connection
 from gated.contract import MEMBER_ID_RE, card_key, format_time, normalize_uid
 
 log = logging.getLogger("gated.billing")
@@ -388,7 +388,7 @@ def member(ctx: Context, member_id: str) -> dict[str, Any]:
     """Everything about one member for ``members show`` (no card UIDs)."""
     # One transaction for all of it: one snapshot of the store, and one BEGIN instead of two
     # (the member app asks this on every page).
-    with ctx.reader.connect() as conn:
+    with read_connection(ctx.reader) as conn:
         facts = load_facts(conn, [member_id], ctx.clock()).get(member_id)
         if facts is None:
             raise NotFound(f"no member {member_id!r}")

@@ -66,6 +66,7 @@ from gated.billing_sync import (
     refunds,
     self_service,
     signup,
+    store,
     submit_keys,
     webhooks,
 )
@@ -114,6 +115,11 @@ class Billing:
     def reader(self) -> Engine:
         """``engine`` for read-only work (see ``store.reading``)."""
         return self.ctx.reader
+
+    def one_read(self) -> AbstractContextManager[None]:
+        """The service's reads inside the block share one connection and transaction
+        (``store.one_read``): for a page that asks several of them."""
+        return store.one_read(self.ctx.reader)
 
     @property
     def config(self) -> BillingConfig:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +19,8 @@ from gated.web.foundation import Visitor, Web
 from gated.web.openapi import ApiRoute
 from gated.web.words import status_words
 
+T = TypeVar("T")
+
 
 def error(status: int, message: str) -> JSONResponse:
     """An API refusal: ``{"error": message}`` with ``status``."""
@@ -28,7 +30,12 @@ def error(status: int, message: str) -> JSONResponse:
 async def membership_json(web: Web, member_id: str) -> dict[str, Any]:
     """The membership as ``GET /api/v1/me`` gives it: the data of ``/app/`` with its status in
     words (``status_words``)."""
-    m = await asyncio.to_thread(web.access.membership, member_id)
+    return await asyncio.to_thread(membership_view, web, member_id)
+
+
+def membership_view(web: Web, member_id: str) -> dict[str, Any]:
+    """``membership_json``'s answer, read in the calling thread."""
+    m = web.access.membership(member_id)
     words = status_words(m)
     m["status_words"] = {
         "headline": words.headline,
@@ -51,6 +58,22 @@ def member_json(web: Web, handler: MemberHandler) -> Callable[[Request], Awaitab
         if visitor.session is None:
             return error(401, "sign in first")
         return await handler(request, visitor.session)
+
+    return endpoint
+
+
+def member_read(
+    web: Web, read: Callable[[str], T], answer: Callable[[T], Response]
+) -> Callable[[Request], Awaitable[Response]]:
+    """A JSON read of the session's own member: ``read(member_id)`` runs in the session
+    lookup's worker-thread trip and on its connection (``Web.visitor_reading``), ``answer``
+    makes the response of what it read; 401 without a session."""
+
+    async def endpoint(request: Request) -> Response:
+        visitor, found = await web.visitor_reading(request, read)
+        if visitor.session is None:
+            return error(401, "sign in first")
+        return answer(cast(T, found))
 
     return endpoint
 
@@ -103,11 +126,10 @@ def routes(web: Web) -> list[BaseRoute]:
         n = await asyncio.to_thread(web.access.end_all_sessions, visitor.session.member_id)
         return JSONResponse({"signed_out": n})
 
-    async def me(request: Request, s: MemberSession) -> Response:
-        return JSONResponse(await membership_json(web, s.member_id))
+    def me(member_id: str) -> dict[str, Any]:
+        return membership_view(web, member_id)
 
-    async def invoices(request: Request, s: MemberSession) -> Response:
-        rows = await asyncio.to_thread(web.access.invoices, s.member_id)
+    def invoices_json(rows: list[dict[str, Any]]) -> Response:
         return JSONResponse({"invoices": rows})
 
     async def invoice(request: Request, s: MemberSession) -> Response:
@@ -144,14 +166,14 @@ def routes(web: Web) -> list[BaseRoute]:
         ),
         ApiRoute(
             "/me",
-            member(me),
+            member_read(web, me, JSONResponse),
             methods=["GET"],
             summary="The membership: status (with status_words), plan, paid-through, next "
             "charge, what is owed and the open invoices.",
         ),
         ApiRoute(
             "/me/invoices",
-            member(invoices),
+            member_read(web, web.access.invoices, invoices_json),
             methods=["GET"],
             summary="The member's invoices, newest first, itemized.",
         ),

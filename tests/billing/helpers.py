@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine, event
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
@@ -148,3 +151,18 @@ def report_one_charge_at_once(billing: Billing, reports: int = 4) -> list[bool]:
 
     with ThreadPoolExecutor(reports) as pool:
         return list(pool.map(report, range(reports)))
+
+
+@contextmanager
+def checkouts(engine: Engine) -> Iterator[list[int]]:
+    """How many connections the block took from ``engine``'s pool (a list of one count)."""
+    n = [0]
+
+    def count(*_: Any) -> None:
+        n[0] += 1
+
+    event.listen(engine, "checkout", count)
+    try:
+        yield n
+    finally:
+        event.remove(engine, "checkout", count)

@@ -21,7 +21,7 @@ from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
 from gated.web.app import web_routes
 from gated.web.security import client_address, parse_proxies
-from tests.billing.helpers import Clock, make_billing
+from tests.billing.helpers import Clock, checkouts, make_billing
 from tests.sync.helpers import wait_until
 from tests.web.helpers import SigninMail, hidden, parse_signin_mail
 
@@ -84,6 +84,24 @@ def sign_in(client: TestClient, b: Billing, email: str) -> None:
     assert mail is not None
     r = client.post("/app/signin/code", data={"csrf": csrf, "flow": flow, "code": mail.code})
     assert r.status_code == 200 and str(r.url).endswith("/app/"), r.text
+
+
+def test_a_members_page_and_its_json_take_one_connection_each(
+    client: TestClient, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    sign_in(client, b, "ann@example.com")
+    for path in ("/app/", "/api/v1/me", "/api/v1/me/invoices"):
+        # The session's lookup and the reads in one worker-thread trip on one connection.
+        with checkouts(b.engine) as n:
+            r = client.get(path)
+        assert r.status_code == 200, path
+        assert n[0] == 1, path
+    assert client.get("/api/v1/me").json()["member_id"] == "ann"
+    assert [i["kind"] for i in client.get("/api/v1/me/invoices").json()["invoices"]] == ["renewal"]
+    client.cookies.clear()
+    assert client.get("/app/", follow_redirects=False).headers["location"] == "/app/signin"
+    assert client.get("/api/v1/me/invoices").status_code == 401
 
 
 def test_every_response_carries_the_security_headers(client: TestClient) -> None:
