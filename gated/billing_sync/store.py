@@ -13,22 +13,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
-from itertools import chain
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     BindParameter,
-    Column,
     Connection,
-    Delete,
     Engine,
-    Insert,
     Result,
     Select,
     Table,
-    Update,
     bindparam,
     create_engine,
     event,
@@ -40,10 +35,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import BinaryExpression, ClauseElement
+from sqlalchemy.sql.elements import ClauseElement
 
 from gated.billing_sync import schema
 from gated.errors import GatedError
@@ -438,20 +432,17 @@ def bulk(
     stmt: UpdateBase,
     rows: Sequence[Mapping[str, Any]],
     common: Mapping[str, Any] | None = None,
-) -> int:
-    """Run ``stmt`` once per row and return how many rows it changed in all.
+) -> None:
+    """Run ``stmt`` once per row as one driver ``executemany``.
 
     The statement is compiled once per shape for the connection's dialect and the rows go to
     the driver as they are, skipping SQLAlchemy's per-row parameter processing (which cost more
     than the SQL on the renewal path). Rows hold plain ints, strings, bytes and None; every row
     has the same keys; values fixed in the statement (``.values(state="created")``) or given in
     ``common`` (the same for every row, e.g. the time) fill the rest.
-
-    On SQLite, rows the statement can take as one JSON array (see ``_over_json``) go in as one
-    statement over ``json_each``; anything else is one driver ``executemany``.
     """
     if not rows:
-        return 0
+        return
     keys = list(rows[0])
     compiled, fixed = compiled_for(conn, stmt, keys)
     if common:
@@ -463,218 +454,11 @@ def bulk(
         if missing:
             extra = {k: fixed[k] for k in missing}
             rows = [{**r, **extra} for r in rows]
-        if len(rows) > 1 and conn.dialect.name == "sqlite":
-            changed = _over_json(conn, stmt, compiled, rows)
-            if changed is not None:
-                return changed
         pick = itemgetter(*order)
         params = [pick(r) for r in rows] if len(order) > 1 else [(pick(r),) for r in rows]
     else:
         params = [{**fixed, **r} for r in rows]
-    return int(conn.exec_driver_sql(compiled.string, params).rowcount)
-
-
-# SQLite runs an executemany as one execution of its statement per row, and every execution
-# allocates and zeroes the whole frame of each trigger that fires (some 8 KiB for a rollup
-# trigger, even when its WHEN is false): most of what the rollup triggers cost a renewal. One
-# statement over the batch's rows as a JSON array (``json_each``) allocates each frame once and
-# reuses it for every row. It needs the ``->>`` operator (SQLite 3.38) and UPDATE ... FROM
-# (3.33). Reading a row's values out of JSON costs more than an executemany's binding, so only
-# writes that fire enough triggers for their columns take this path (``_worth_it``).
-_JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)
-_ROWS = "bulk_rows"
-# The largest magnitude SQLite stores as an integer: JSON would turn a larger one into a real,
-# where a bound parameter is an error (-2**63 itself only costs the JSON path).
-_INT_MAX = 2**63 - 1
-# conn.info key: per statement (its SQL), how many trigger programs SQLite codes into it.
-_PROGRAMS = "gated_trigger_programs"
-# How many columns read out of JSON a trigger program's frame pays for (see ``_worth_it``).
-_FRAME_PER_COLUMN = 8
-
-
-class _JsonPlan(NamedTuple):
-    """A bulk statement rewritten to take its rows as one JSON array."""
-
-    sql: str
-    # The distinct parameters, in the order of each row's JSON array.
-    keys: tuple[str, ...]
-    # An UPDATE's parameter that names one target row (its table's unique key): UPDATE ... FROM
-    # applies one of several rows that meet the same target, where an executemany applies each
-    # in turn, so the rows must differ in it.
-    target: str | None
-
-
-# Per compiled statement: its JSON plan, or None when it has none (kept as long as the compiled
-# statement is, like ``_converters``).
-_json_plans: weakref.WeakKeyDictionary[SQLCompiler, _JsonPlan | None] = weakref.WeakKeyDictionary()
-
-
-def _over_json(
-    conn: Connection, stmt: UpdateBase, compiled: SQLCompiler, rows: Sequence[Mapping[str, Any]]
-) -> int | None:
-    """Run ``stmt`` for ``rows`` as one statement over the rows as a JSON array and return the
-    rows changed, or None (nothing run) when the statement or the rows do not allow it: values
-    JSON does not carry exactly (bytes, text with NUL, integers past 64 bits, NaN), an UPDATE
-    whose rows meet one target row twice, a statement of another shape."""
-    if not _JSON_ROWS:
-        return None
-    try:
-        plan = _json_plans[compiled]
-    except KeyError:
-        plan = _json_plans[compiled] = _json_plan(stmt, compiled)
-    if plan is None:
-        return None
-    if not _worth_it(conn, compiled.string, len(compiled.positiontup or ()), len(plan.keys)):
-        return None
-    if plan.target is not None and len({r[plan.target] for r in rows}) != len(rows):
-        return None
-    pick = itemgetter(*plan.keys)
-    values = [pick(r) for r in rows] if len(plan.keys) > 1 else [[pick(r)] for r in rows]
-    ints = filter(_is_int, chain.from_iterable(values))  # C all through: no Python per value
-    if max(map(abs, ints), default=0) > _INT_MAX:
-        return None
-    try:
-        blob = json.dumps(values, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return None
-    if "\\u0000" in blob:
-        return None
-    conn.exec_driver_sql(plan.sql, (blob,))
-    # The driver counts rows only for a statement that starts INSERT, UPDATE or DELETE, not WITH.
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    return int(raw.execute("SELECT changes()").fetchone()[0])
-
-
-_is_int = int.__instancecheck__
-
-
-def _worth_it(conn: Connection, sql: str, params: int, columns: int) -> bool:
-    """Whether ``sql`` runs enough trigger programs for their frames, allocated once instead of
-    once per row, to pay for reading ``columns`` values of each row out of JSON. Measured per
-    row on the cycle's writes (process CPU, JSON against executemany): an invoice paid (7
-    programs, 4 columns) -35 to -50%, a payment (3, 6) -20 to -30%, an attempt's updates (2, 4
-    and 5) -7 to -49%, an attempt (2, 8) -8 to -46%, a renewed subscription (1, 8) -10 to
-    -39%, an invoice (2, 16) +15 to +20%. Asked once per statement and connection; a schema
-    changed since by another connection leaves a stale answer, which costs time, never a
-    wrong write."""
-    known: dict[str, int] = conn.info.setdefault(_PROGRAMS, {})
-    programs = known.get(sql)
-    if programs is None:
-        # On the driver's connection: EXPLAIN compiles the statement and runs nothing.
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        plan = raw.execute(f"EXPLAIN {sql}", (None,) * params).fetchall()
-        programs = known[sql] = sum(1 for op in plan if op[1] == "Program")
-    return columns < programs * _FRAME_PER_COLUMN
-
-
-def _json_plan(stmt: UpdateBase, compiled: SQLCompiler) -> _JsonPlan | None:
-    """``compiled`` (SQLite's ``?`` form of ``stmt``) over ``json_each(?)``: each ``?`` becomes
-    its parameter's element of the row; ``INSERT ... VALUES (...)`` becomes ``INSERT ...
-    SELECT ... FROM json_each(?)``, an UPDATE gets ``FROM json_each(?)``. None for any other
-    statement (a DELETE, RETURNING, an expanding list, an UPDATE not of one row by its key)."""
-    order = compiled.positiontup
-    if not order or compiled.literal_execute_params or isinstance(stmt, Delete):
-        return None
-    if any(compiled.binds[k].expanding for k in order):
-        return None
-    keys = tuple(dict.fromkeys(order))
-    slot = {k: i for i, k in enumerate(keys)}
-    marks = [i for i, c, _ in _top_chars(compiled.string) if c == "?"]
-    if len(marks) != len(order):
-        return None
-    sql = compiled.string
-    for mark, k in reversed(list(zip(marks, order, strict=True))):
-        sql = f"{sql[:mark]}({_ROWS}.value ->> {slot[k]}){sql[mark + 1 :]}"
-    if "RETURNING" in sql.upper() or "SELECT" in sql.upper():
-        # A subquery would read the store once for all rows where an executemany reads it
-        # again after each row's write (and its triggers').
-        return None
-    # Materialized once: json_each renders a row's JSON again at every reference to its value,
-    # which doubled what each column cost.
-    rows_with = f"WITH {_ROWS}(value) AS MATERIALIZED (SELECT value FROM json_each(?)) "
-    rows_from = f" FROM {_ROWS}"
-    if isinstance(stmt, Insert):
-        at = _top_level(sql, " VALUES (")
-        if at is None:
-            return None
-        head, rest = sql[:at], sql[at + len(" VALUES ") :]
-        end = _top_level(rest, ")")  # the group's end: its "(" opens at depth 0
-        if end is None:
-            return None
-        tail = rest[end + 1 :]
-        if tail and not tail.startswith(" ON CONFLICT "):
-            return None  # several VALUES groups, or a clause not known here
-        # SQLite reads INSERT ... SELECT ... FROM t ON CONFLICT's ON as a join's without a
-        # WHERE between them.
-        where = " WHERE true" if tail else ""
-        sql = f"{rows_with}{head} SELECT {rest[1:end]}{rows_from}{where}{tail}"
-        return _JsonPlan(sql, keys, None)
-    if isinstance(stmt, Update):
-        target = _target_parameter(stmt)
-        at = _top_level(sql, " WHERE ")
-        if target is None or at is None or _top_level(sql, " FROM ") is not None:
-            return None
-        return _JsonPlan(f"{rows_with}{sql[:at]}{rows_from}{sql[at:]}", keys, target)
-    return None
-
-
-def _top_chars(sql: str) -> Iterator[tuple[int, str, int]]:
-    """(index, character, parenthesis depth) of each character of ``sql`` outside quotes."""
-    depth = 0
-    closing: str | None = None
-    for i, c in enumerate(sql):
-        if closing is not None:
-            if c == closing:  # a doubled quote reopens at once: still inside
-                closing = None
-            continue
-        if c in "'\"`[":
-            closing = "]" if c == "[" else c
-            continue
-        if c == ")":
-            depth -= 1
-        yield i, c, depth
-        if c == "(":
-            depth += 1
-
-
-def _top_level(sql: str, word: str) -> int | None:
-    """Where ``word`` first starts outside quotes and parentheses in ``sql`` (a ``)`` at the
-    depth it closes)."""
-    for i, c, depth in _top_chars(sql):
-        if depth == 0 and c == word[0] and sql.startswith(word, i):
-            return i
-    return None
-
-
-def _target_parameter(stmt: Update) -> str | None:
-    """The parameter an UPDATE's WHERE compares its table's unique key to (``id = :iid``
-    among its ANDed conditions), or None."""
-    table = stmt.table
-    if not isinstance(table, Table):
-        return None
-    unique = set()
-    if len(table.primary_key.columns) == 1:
-        unique.add(next(iter(table.primary_key.columns)).name)
-    unique.update(c.name for c in table.columns if c.unique)
-    for index in table.indexes:
-        if index.unique and len(index.columns) == 1:
-            unique.update(c.name for c in index.columns)
-    for term in stmt._where_criteria:
-        if not isinstance(term, BinaryExpression) or term.operator is not operators.eq:
-            continue
-        column, value = term.left, term.right
-        if isinstance(column, BindParameter):
-            column, value = value, column
-        if (
-            isinstance(value, BindParameter)
-            and isinstance(column, Column)
-            and column.table is table
-            and column.name in unique
-        ):
-            return str(value.key)
-    return None
+    conn.exec_driver_sql(compiled.string, params)
 
 
 def insert_ids(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -682,10 +466,9 @@ def insert_ids(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
 
     PostgreSQL gets SQLAlchemy's batched INSERT ... RETURNING, sorted by parameter order. SQLite
     cannot order RETURNING rows, so there SQLAlchemy falls back to one statement per row (three
-    times the cost of the whole executemany); instead the rows go in through ``bulk`` (one
-    statement over the rows in order, or one executemany) and the ids are counted back from
-    ``last_insert_rowid()``: the statement holds the write lock, so nothing else inserts
-    meanwhile, and SQLite gives every new row the largest rowid plus one.
+    times the cost of the whole executemany); instead the rows go in as one executemany and the
+    ids are counted back from ``last_insert_rowid()``: the statement holds the write lock, so
+    nothing else inserts meanwhile, and SQLite gives every new row the largest rowid plus one.
     The one exception (a table whose largest rowid is the largest integer) is caught, not trusted.
     """
     if not rows:
