@@ -626,7 +626,12 @@ def run_signup(args: argparse.Namespace) -> dict[str, Any]:
         _inbox, smtp_port = stack.enter_context(smtp_sink())
         gate = gate_in(root / "gate", broker.url)
         config, url = billing_toml(
-            root, "sqlite:///billing.db", broker.url, smtp_port, root / "gate" / "keys"
+            root,
+            "sqlite:///billing.db",
+            broker.url,
+            smtp_port,
+            root / "gate" / "keys",
+            f'[serve]\npublisher = "{args.publisher}"\n',
         )
         billing = billing_for(config)
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
@@ -681,6 +686,7 @@ def run_signup(args: argparse.Namespace) -> dict[str, Any]:
             pay_s.append(answered - submitted)
         return {
             "runs": args.runs,
+            "publisher": args.publisher,
             "paid_to_allow": pct(from_response),
             "pay_submitted_to_allow": pct(from_submit),
             "pay_request": pct(pay_s),
@@ -856,6 +862,12 @@ def main() -> None:
     pass_.add_argument("--offline-seconds", type=float, default=60.0)
     signup = sub.add_parser("signup", help="sign-up paid → first ALLOW at the gate")
     signup.add_argument("--runs", type=int, default=30)
+    signup.add_argument(
+        "--publisher",
+        choices=("in-process", "own-process"),
+        default="in-process",
+        help="[serve] publisher",
+    )
     console = sub.add_parser("console", help="gate storm → rows on open console feeds")
     console.add_argument("--consoles", type=int, default=20)
     console.add_argument("--gates", type=int, default=10)
