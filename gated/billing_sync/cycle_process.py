@@ -5,8 +5,9 @@ interpreter lock with the member app, and every member's request waits behind it
 ``[serve] cycles = "own-process"``, ``serve`` starts ``gated-billing run --every`` as a child
 instead: the cycle gets its own interpreter (and the service manager can ``Nice=`` it apart),
 ``serve`` restarts it when it dies and stops it when it stops itself. The two share nothing but
-the store: the child's status changes reach the gates through ``serve``'s publisher (which looks
-at the outbox every quarter second), and notices are delivered by ``serve`` alone.
+the store: the child's status changes reach the gates through the publisher (which looks at the
+outbox every quarter second; in a process of its own too, ``publisher_process.py``, supervised
+here as well), and notices are delivered by ``serve`` alone.
 """
 
 from __future__ import annotations
