@@ -105,39 +105,52 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (``serve``'s cycle process, when it has one)."""
+def children(pid: int, command: str) -> list[int]:
+    """The processes whose parent is ``pid`` running ``gated-billing COMMAND`` (``serve``'s
+    cycle process: ``run``; its publisher process: ``publish``)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            if argv[3:4] == [command.encode()]:
                 found.append(int(stat.parent.name))
     return found
 
 
 class Meter:
-    """CPU seconds of ``serve``, of its cycle process (``[serve] cycles = "own-process"``) and
-    of this process, and wall time, since the last ``take``."""
+    """CPU seconds of ``serve``, of its cycle process (``[serve] cycles = "own-process"``), of
+    its publisher process (``[serve] publisher``) and of this process, and wall time, since the
+    last ``take``."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.last = self._now()
 
-    def _now(self) -> tuple[float, float, float, float]:
-        kids = 0.0
-        for child in children(self.pid):
-            with contextlib.suppress(OSError):  # it ended meanwhile
-                kids += cpu_s(child)
-        return time.monotonic(), cpu_s(self.pid), kids, time.process_time()
+    def _now(self) -> tuple[float, float, float, float, float]:
+        kids = {"run": 0.0, "publish": 0.0}
+        for command in kids:
+            for child in children(self.pid, command):
+                with contextlib.suppress(OSError):  # it ended meanwhile
+                    kids[command] += cpu_s(child)
+        return (
+            time.monotonic(),
+            cpu_s(self.pid),
+            kids["run"],
+            kids["publish"],
+            time.process_time(),
+        )
 
     def take(self) -> dict[str, float]:
         now = self._now()
-        wall, serve, cycle, bench = (b - a for a, b in zip(self.last, now, strict=True))
+        wall, serve, cycle, publisher, bench = (b - a for a, b in zip(self.last, now, strict=True))
         self.last = now
         return {
             "wall_s": round(wall, 1),
             "serve_cpu_s": round(serve, 2),
             "cycle_process_cpu_s": round(cycle, 2),
+            "publisher_process_cpu_s": round(publisher, 2),
             "bench_cpu_s": round(bench, 1),
             "load_avg_1m": round(os.getloadavg()[0], 1),
         }
@@ -477,8 +490,8 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
         if args.cycle_nice is not None and args.cycles == "own-process":
             # serve may run at a high priority (the bench's lock); its cycle process at this
             # niceness, as a deployment would Nice= a cycle runner apart.
-            wait(lambda: len(children(serve.pid)) == 1, what="serve's cycle process")
-            (child,) = children(serve.pid)
+            wait(lambda: len(children(serve.pid, "run")) == 1, what="serve's cycle process")
+            (child,) = children(serve.pid, "run")
             os.setpriority(os.PRIO_PROCESS, child, args.cycle_nice)
         result = asyncio.run(load_phases(url, inbox, args, billing, serve, log))
         return {
@@ -613,7 +626,12 @@ def run_signup(args: argparse.Namespace) -> dict[str, Any]:
         _inbox, smtp_port = stack.enter_context(smtp_sink())
         gate = gate_in(root / "gate", broker.url)
         config, url = billing_toml(
-            root, "sqlite:///billing.db", broker.url, smtp_port, root / "gate" / "keys"
+            root,
+            "sqlite:///billing.db",
+            broker.url,
+            smtp_port,
+            root / "gate" / "keys",
+            f'[serve]\npublisher = "{args.publisher}"\n',
         )
         billing = billing_for(config)
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
@@ -668,6 +686,7 @@ def run_signup(args: argparse.Namespace) -> dict[str, Any]:
             pay_s.append(answered - submitted)
         return {
             "runs": args.runs,
+            "publisher": args.publisher,
             "paid_to_allow": pct(from_response),
             "pay_submitted_to_allow": pct(from_submit),
             "pay_request": pct(pay_s),
@@ -843,6 +862,12 @@ def main() -> None:
     pass_.add_argument("--offline-seconds", type=float, default=60.0)
     signup = sub.add_parser("signup", help="sign-up paid → first ALLOW at the gate")
     signup.add_argument("--runs", type=int, default=30)
+    signup.add_argument(
+        "--publisher",
+        choices=("in-process", "own-process"),
+        default="in-process",
+        help="[serve] publisher",
+    )
     console = sub.add_parser("console", help="gate storm → rows on open console feeds")
     console.add_argument("--consoles", type=int, default=20)
     console.add_argument("--gates", type=int, default=10)

@@ -235,6 +235,20 @@ def run(
             out.print(f"notices sent: {deliver_notices()}")
 
 
+@app.command(hidden=True)
+def publish(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Drain the status outbox to MQTT until SIGTERM or stdin's end: ``serve``'s publisher
+    process (``[serve] publisher = "own-process"``); stdin's bytes wake it."""
+    setup_logging(default="INFO")
+    with service(config) as billing:
+        from gated.billing_sync.publisher_process import publish_until_stopped
+
+        if billing.config.mqtt is None:
+            fail("publish needs an [mqtt] section in billing.toml")
+
+        asyncio.run(publish_until_stopped(billing))
+
+
 def run_every_until_signalled(
     billing: Billing, every: float, after: Callable[[], int] | None, parent: int | None
 ) -> None:

@@ -211,6 +211,12 @@ class ServeConfig(_Section):
     # On a busy host the members' requests get the cores first and the cycle the rest; on an
     # idle one the cycle runs as fast as at serve's priority. 0 runs both alike.
     cycle_nice: int = Field(default=10, ge=0, le=19)
+    # Where the MQTT publisher (reading, signing and publishing member states and manifests)
+    # runs: "in-process" (serve's event loop), or "own-process" (a child serve starts, restarts
+    # and stops, woken through a pipe; serve keeps the gates' events and statuses). Unset: as
+    # the cycles ("own-process" with cycles = "own-process"), since a child's 100,000 renewals
+    # are what would fill serve's loop.
+    publisher: Literal["in-process", "own-process"] | None = None
 
 
 class NoticesConfig(_Section):

@@ -5,8 +5,9 @@ interpreter lock with the member app, and every member's request waits behind it
 ``[serve] cycles = "own-process"``, ``serve`` starts ``gated-billing run --every`` as a child
 instead: the cycle gets its own interpreter (and the service manager can ``Nice=`` it apart),
 ``serve`` restarts it when it dies and stops it when it stops itself. The two share nothing but
-the store: the child's status changes reach the gates through ``serve``'s publisher (which looks
-at the outbox every quarter second), and notices are delivered by ``serve`` alone.
+the store: the child's status changes reach the gates through the publisher (which looks at the
+outbox every quarter second; in a process of its own too, ``publisher_process.py``, supervised
+here as well), and notices are delivered by ``serve`` alone.
 """
 
 from __future__ import annotations
@@ -121,35 +122,43 @@ def lower_priority(pid: int, nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, min(19, mine + nice))
 
 
-async def supervise(config_path: Path, interval: float, nice: int = 0) -> None:
-    """``serve``'s task for ``cycles = "own-process"``: run the cycle process ``nice`` steps
-    nicer than ``serve``, start it again when it ends (after a delay that grows while it keeps
-    failing), and stop it (SIGTERM, then SIGKILL after ``STOP_GRACE_S``) when this task is
-    cancelled."""
+async def supervise(
+    command: list[str],
+    name: str = "cycle_process",
+    nice: int = 0,
+    started: Callable[[asyncio.subprocess.Process], None] | None = None,
+) -> None:
+    """``serve``'s task for a child process (``name``: ``cycle_process`` for ``cycles =
+    "own-process"``): run ``command`` ``nice`` steps nicer than ``serve``, start it again when
+    it ends (after a delay that grows while it keeps failing), and stop it (SIGTERM, then SIGKILL
+    after ``STOP_GRACE_S``) when this task is cancelled. With ``started``, the child's stdin is a
+    pipe from ``serve`` and ``started`` gets each child as it starts (a child reads EOF there
+    when ``serve`` is gone, even killed -9)."""
     failures = 0
     env = {**os.environ, "GATED_LOG_LEVEL": logging.getLevelName(logging.getLogger().level)}
+    stdin = asyncio.subprocess.PIPE if started is not None else asyncio.subprocess.DEVNULL
     while True:
-        started = time.monotonic()
-        child = await asyncio.create_subprocess_exec(
-            *child_command(config_path, interval), stdin=asyncio.subprocess.DEVNULL, env=env
-        )
+        begun = time.monotonic()
+        child = await asyncio.create_subprocess_exec(*command, stdin=stdin, env=env)
         # Set as it starts, before it imports the service (seconds of CPU on a busy host).
         lower_priority(child.pid, nice)
-        log.info("event=cycle_process_started pid=%d nicer_by=%d", child.pid, nice)
+        log.info("event=%s_started pid=%d nicer_by=%d", name, child.pid, nice)
+        if started is not None:
+            started(child)
         try:
             code = await child.wait()
         except asyncio.CancelledError:
-            await _stop(child)
+            await _stop(child, name)
             raise
-        if time.monotonic() - started >= HEALTHY_RUN_S:
+        if time.monotonic() - begun >= HEALTHY_RUN_S:
             failures = 0
         delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
         failures += 1
-        log.error("event=cycle_process_ended code=%d restart_in_s=%g", code, delay)
+        log.error("event=%s_ended code=%d restart_in_s=%g", name, code, delay)
         await asyncio.sleep(delay)
 
 
-async def _stop(child: asyncio.subprocess.Process) -> None:
+async def _stop(child: asyncio.subprocess.Process, name: str) -> None:
     if child.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):  # it ended as we were told to stop
@@ -158,7 +167,7 @@ async def _stop(child: asyncio.subprocess.Process) -> None:
         async with asyncio.timeout(STOP_GRACE_S):
             await child.wait()
     except TimeoutError:
-        log.error("event=cycle_process_killed pid=%d grace_s=%g", child.pid, STOP_GRACE_S)
+        log.error("event=%s_killed pid=%d grace_s=%g", name, child.pid, STOP_GRACE_S)
         child.kill()
         await child.wait()
-    log.info("event=cycle_process_stopped pid=%d code=%d", child.pid, child.returncode or 0)
+    log.info("event=%s_stopped pid=%d code=%d", name, child.pid, child.returncode or 0)

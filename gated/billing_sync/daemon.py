@@ -1,7 +1,7 @@
 """``gated-billing serve``: billing cycles (in its threads, or in a child process it supervises:
-``[serve] cycles``), the HTTP server (webhooks, snapshots, the web), the MQTT publisher and event
-intake, and notice delivery, as tasks of one asyncio program that stops cleanly on
-SIGINT/SIGTERM."""
+``[serve] cycles``), the HTTP server (webhooks, snapshots, the web), the MQTT publisher (on its
+loop, or in a child process: ``[serve] publisher``) and event intake, and notice delivery, as
+tasks of one asyncio program that stops cleanly on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from pathlib import Path
 import uvicorn
 from starlette.routing import BaseRoute
 
-from gated.billing_sync.cycle_process import cycle_once, supervise
+from gated.billing_sync.cycle_process import child_command, cycle_once, supervise
 from gated.billing_sync.notices import deliver
-from gated.billing_sync.publisher import Publisher
+from gated.billing_sync.publisher import GateIntake, Publisher
+from gated.billing_sync.publisher_process import PublisherProcess, runs_own_process
 from gated.billing_sync.server import QuietServer, create_app
 from gated.billing_sync.service import Billing
 from gated.billing_sync.store import warm_pool
@@ -102,9 +103,27 @@ async def serve_forever(
     elif config.serve.cycles == "own-process":
         if config_path is None:
             raise ValueError('cycles = "own-process" needs the path of billing.toml')
-        cycles = supervise(config_path, config.cycle_interval_s, config.serve.cycle_nice)
+        command = child_command(config_path, config.cycle_interval_s)
+        cycles = supervise(command, "cycle_process", config.serve.cycle_nice)
         tasks.append(asyncio.create_task(cycles, name="cycle-process"))
-    if config.mqtt is not None:
+    if config.mqtt is not None and runs_own_process(config, config_path):
+        assert config_path is not None
+        child = PublisherProcess(config_path)
+        # Payments recorded in worker threads wake the child at once (p99 < 2 s to the gate).
+
+        def wake_child() -> None:
+            loop.call_soon_threadsafe(child.wake)
+
+        billing.published_hook = wake_child
+        tasks.append(asyncio.create_task(child.run(), name="publisher-process"))
+        intake = GateIntake(
+            config.mqtt,
+            config.sites,
+            billing.record_gate_events,
+            record_status=billing.record_gate_status,
+        )
+        tasks.append(asyncio.create_task(intake.run(), name="gate-intake"))
+    elif config.mqtt is not None:
         publisher = Publisher(
             billing.engine,
             config.mqtt,
@@ -136,11 +155,13 @@ async def serve_forever(
     if server.started:
         notifier.notify("READY=1")
     log.info(
-        "event=serving http=%s:%d mqtt=%s cycles=%s frozen_objects=%d pooled_connections=%d",
+        "event=serving http=%s:%d mqtt=%s cycles=%s publisher=%s frozen_objects=%d "
+        "pooled_connections=%d",
         config.http.host,
         config.http.port,
         config.mqtt.url if config.mqtt else "off",
         config.serve.cycles,
+        "own-process" if runs_own_process(config, config_path) else "in-process",
         frozen,
         pooled,
     )

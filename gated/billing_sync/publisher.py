@@ -1,13 +1,17 @@
 """Drains the status outbox to MQTT (retained, QoS 1, signed) and keeps each site's manifest up
-to date; consumes gate events into attendance. Survives broker outages: a row leaves the outbox
-only after the broker acknowledged every site's message."""
+to date; consumes gate events and statuses into the store (``GateIntake``). Survives broker
+outages: a row leaves the outbox only after the broker acknowledged every site's message.
+
+In ``serve`` both run on one connection, or, with ``[serve] publisher = "own-process"``, the
+publisher in a child process (``publisher_process.py``) and the intake in ``serve``, each on a
+connection of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 from pydantic import ValidationError
@@ -53,8 +57,102 @@ def billing_client(cfg: BillingMqttConfig, client_id: str | None = None) -> aiom
     )
 
 
+async def connected_forever(
+    cfg: BillingMqttConfig,
+    client_id: str,
+    connected: asyncio.Event,
+    body: Callable[[aiomqtt.Client], Awaitable[None]],
+) -> None:
+    """Run ``body`` on a connection under ``client_id`` until cancelled; connect again with
+    backoff after any broker error. ``connected`` is set while a connection is up."""
+    delay = 0.2
+    while True:
+        try:
+            async with session(billing_client(cfg, client_id)) as client:
+                delay = 0.2
+                connected.set()
+                log.info("event=mqtt_connected url=%s client_id=%s", cfg.url, client_id)
+                await body(client)
+        except* aiomqtt.MqttError as group:
+            connected.clear()
+            log.warning("event=mqtt_lost error=%s retry_in=%.1f", group.exceptions[0], delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+class GateIntake:
+    """Gate events into attendance (each at once: the console's live check-in feed) and gate
+    statuses into the gate board, from the sites' topics."""
+
+    def __init__(
+        self,
+        cfg: BillingMqttConfig,
+        sites: list[str],
+        record_events: Callable[[list[dict[str, object]]], int],
+        record_status: Callable[[str, str, object, bool], bool] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.sites = sites
+        self.record_events = record_events
+        self.record_status = record_status
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume on a connection of its own (``[mqtt] client_id``: the broker keeps the gates'
+        events queued for it while ``serve`` is away) until cancelled."""
+        await connected_forever(self.cfg, self.cfg.client_id, self.connected, self._consume)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        await self.subscribe(client)
+        await self.consume(client)
+
+    async def subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe to every site's gate events and (with a ``record_status``) statuses."""
+        for site in self.sites:
+            await client.subscribe(events_topic(site, "+"), qos=1)
+            if self.record_status is not None:
+                # Retained: every gate's last status (or last will) arrives at once.
+                await client.subscribe(status_topic(site, "+"), qos=1)
+
+    async def consume(self, client: aiomqtt.Client) -> None:
+        """Record every message that arrives, until the connection ends."""
+        async for message in client.messages:
+            await self.record(message)
+
+    async def record(self, message: aiomqtt.Message) -> None:
+        """Store one gate event or status; anything else is ignored."""
+        if str(message.topic).endswith("/status"):
+            self._record_status(message)
+            return
+        if not str(message.topic).endswith("/events"):
+            return
+        try:
+            payload = message.payload
+            event = loads_bounded(payload if isinstance(payload, bytes) else b"")
+        except ValueError:
+            log.warning("event=bad_gate_event topic=%s", message.topic)
+            return
+        if isinstance(event, dict) and "event_id" in event:
+            await asyncio.to_thread(self.record_events, [event])
+
+    def _record_status(self, message: aiomqtt.Message) -> None:
+        if self.record_status is None:
+            return
+        try:
+            site, _kind, gate = parse_topic(str(message.topic))
+            payload = message.payload
+            body = loads_bounded(payload if isinstance(payload, bytes) else b"")
+        except (ValueError, ContractError):
+            log.warning("event=bad_gate_status topic=%s", message.topic)
+            return
+        if not self.record_status(site, gate, body, bool(message.retain)):
+            log.warning("event=bad_gate_status topic=%s", message.topic)
+
+
 class Publisher:
-    """One connection to the broker: publishes member states and manifests, reads gate events."""
+    """One connection to the broker: publishes member states and manifests, and, given
+    ``record_events``, reads gate events (and statuses) on it too. Without, it only publishes,
+    under ``client_id`` (``serve``'s publisher process, beside a ``GateIntake`` in ``serve``)."""
 
     def __init__(
         self,
@@ -63,9 +161,10 @@ class Publisher:
         signer: Callable[[], Signer],
         sites: list[str],
         clock: Callable[[], int],
-        record_events: Callable[[list[dict[str, object]]], int],
+        record_events: Callable[[list[dict[str, object]]], int] | None = None,
         batch: int = 500,
         record_status: Callable[[str, str, object, bool], bool] | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.reader = reading(engine)
@@ -73,8 +172,12 @@ class Publisher:
         self.signer = signer
         self.sites = sites
         self.clock = clock
-        self.record_events = record_events
-        self.record_status = record_status
+        self.intake = (
+            GateIntake(cfg, sites, record_events, record_status)
+            if record_events is not None
+            else None
+        )
+        self.client_id = client_id or cfg.client_id
         self.batch = batch
         self.wake = asyncio.Event()
         self.connected = asyncio.Event()
@@ -83,29 +186,22 @@ class Publisher:
         self.refused_manifests: dict[str, int] = {}
 
     async def run(self) -> None:
-        """Connect, publish and consume until cancelled; reconnect with backoff after any
+        """Connect, publish (and consume) until cancelled; reconnect with backoff after any
         broker error."""
-        delay = 0.2
-        while True:
-            try:
-                async with session(billing_client(self.cfg)) as client:
-                    delay = 0.2
-                    self.connected.set()
-                    log.info("event=mqtt_connected url=%s", self.cfg.url)
-                    lost = await self._adopt_retained_versions(client)
-                    await self._subscribe_events(client)
-                    while await self.drain(client):
-                        pass
-                    if lost:
-                        await self.resync(client, lost)
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._drain_loop(client))
-                        tg.create_task(self._events_loop(client))
-            except* aiomqtt.MqttError as group:
-                self.connected.clear()
-                log.warning("event=mqtt_lost error=%s retry_in=%.1f", group.exceptions[0], delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        await connected_forever(self.cfg, self.client_id, self.connected, self._publish)
+
+    async def _publish(self, client: aiomqtt.Client) -> None:
+        lost = await self._adopt_retained_versions(client)
+        if self.intake is not None:
+            await self.intake.subscribe(client)
+        while await self.drain(client):
+            pass
+        if lost:
+            await self.resync(client, lost)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._drain_loop(client))
+            if self.intake is not None:
+                tg.create_task(self.intake.consume(client))
 
     async def _adopt_retained_versions(self, client: aiomqtt.Client) -> set[str]:
         """Read each site's retained manifest once at connect. Never publish a version below its
@@ -126,7 +222,8 @@ class Publisher:
                 async for message in client.messages:
                     if not (str(message.topic).endswith("/manifest") and message.retain):
                         # The persistent session delivers queued gate events at once.
-                        await self._record_event(message)
+                        if self.intake is not None:
+                            await self.intake.record(message)
                         continue
                     manifest = self._own_manifest(verifier, message)
                     if manifest is not None:
@@ -194,45 +291,6 @@ class Publisher:
                 count += 1
         await self.publish_manifests(client, sites, signer)
         return count
-
-    async def _subscribe_events(self, client: aiomqtt.Client) -> None:
-        for site in self.sites:
-            await client.subscribe(events_topic(site, "+"), qos=1)
-            if self.record_status is not None:
-                # Retained: every gate's last status (or last will) arrives at once.
-                await client.subscribe(status_topic(site, "+"), qos=1)
-
-    async def _events_loop(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            await self._record_event(message)
-
-    async def _record_event(self, message: aiomqtt.Message) -> None:
-        if str(message.topic).endswith("/status"):
-            self._record_status(message)
-            return
-        if not str(message.topic).endswith("/events"):
-            return
-        try:
-            payload = message.payload
-            event = loads_bounded(payload if isinstance(payload, bytes) else b"")
-        except ValueError:
-            log.warning("event=bad_gate_event topic=%s", message.topic)
-            return
-        if isinstance(event, dict) and "event_id" in event:
-            await asyncio.to_thread(self.record_events, [event])
-
-    def _record_status(self, message: aiomqtt.Message) -> None:
-        if self.record_status is None:
-            return
-        try:
-            site, _kind, gate = parse_topic(str(message.topic))
-            payload = message.payload
-            body = loads_bounded(payload if isinstance(payload, bytes) else b"")
-        except (ValueError, ContractError):
-            log.warning("event=bad_gate_status topic=%s", message.topic)
-            return
-        if not self.record_status(site, gate, body, bool(message.retain)):
-            log.warning("event=bad_gate_status topic=%s", message.topic)
 
     async def _drain_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -39,6 +39,22 @@ from tests.puback_race import stops_when_cancelled_with_a_puback, wait_for_pubac
 from tests.services import Mosquitto
 
 SITE = "downtown"
+# A gate's event: m1 let in at gate t1.
+ENTRY: dict[str, Any] = {
+    "event_id": "01JD0000000000000000000001",
+    "site": SITE,
+    "gate": "t1",
+    "at": "2026-12-01T09:00:00Z",
+    "kind": "entry",
+    "member_id": "m1",
+    "credential_kind": "card",
+    "reader_id": "sim-1",
+    "direction": "in",
+    "reason": "ok",
+    "latency_us": 120,
+    "source": "reader",
+    "operator": None,
+}
 
 
 def publisher_for(b: Billing, url: str) -> Publisher:
@@ -159,21 +175,7 @@ async def test_gate_events_are_consumed_once_even_while_billing_is_away(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     b, _ = make_billing(tmp_path, sites=[SITE])
-    event = {
-        "event_id": "01JD0000000000000000000001",
-        "site": SITE,
-        "gate": "t1",
-        "at": "2026-12-01T09:00:00Z",
-        "kind": "entry",
-        "member_id": "m1",
-        "credential_kind": "card",
-        "reader_id": "sim-1",
-        "direction": "in",
-        "reason": "ok",
-        "latency_us": 120,
-        "source": "reader",
-        "operator": None,
-    }
+    event = dict(ENTRY)
     subscribed = {**event, "event_id": "01JD0000000000000000000002"}
     after = {**event, "event_id": "01JD0000000000000000000003"}
 
