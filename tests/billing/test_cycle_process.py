@@ -112,15 +112,21 @@ class Serve:
         assert self.process is not None
         serve = self.process.pid
 
+        def cmdline(pid: int) -> list[bytes]:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile
+                return []
+
         def found() -> int | None:
+            # A child forked but not yet exec'd still shows serve's command line: wait for it.
             kids = [k for k in children(serve) if k != other_than]
-            return kids[0] if len(kids) == 1 else None
+            runs = [k for k in kids if cmdline(k)[3:5] == [b"run", b"--every"]]
+            return runs[0] if len(kids) == 1 and runs else None
 
         pid = wait_until(found, timeout=60, what="serve's cycle process")
         assert pid is not None
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[3:5] == [b"run", b"--every"], cmdline
-        assert b"--no-notices" in cmdline  # serve alone delivers notices: none is sent twice
+        assert b"--no-notices" in cmdline(pid)  # serve alone delivers notices: none is sent twice
         return pid
 
 
