@@ -59,6 +59,10 @@ ROW_CHUNK = 64
 SYNC_BATCH = 512
 BATCHES_IN_FLIGHT = 4
 SQLITE_DBSTATUS_CACHE_WRITE = 9
+# The CPU the calling thread is on (glibc). An idle badge's wake-up is ~24 µs when the reader
+# thread and the loop are on one CPU and 40-57 µs across two: the kernel's placement, which moves
+# a run's p50 by ~20 µs either way (BENCHMARKS.md, gate hot path), so the report counts it.
+_sched_getcpu = ctypes.CDLL(None).sched_getcpu
 
 
 def _unpickled(chunks: list[bytes]) -> Iterator[dict[str, Any]]:
@@ -258,11 +262,15 @@ async def run_bench(
 
     # (perf_counter at the decision, latency): to place the burst's slowest decisions in time.
     stamped: list[tuple[float, int]] = []
+    # (reader thread and loop on different CPUs, latency) of each badge.
+    placed: list[tuple[bool, int]] = []
 
-    def timed(cred: Credential) -> None:
+    def timed(cred: Credential, read_cpu: int) -> None:
+        crossed = _sched_getcpu() != read_cpu
         latency = original(cred)["latency_us"]
         latencies.append(latency)
         stamped.append((time.perf_counter(), latency))
+        placed.append((crossed, latency))
 
     def reader_thread(
         creds: list[Credential | str], interval: float, done: threading.Event
@@ -273,12 +281,13 @@ async def run_bench(
                 cred = Credential("qr", c, "bench")
             else:
                 cred = Credential(c.kind, c.value, c.reader_id, c.direction)  # fresh `at`
-            loop.call_soon_threadsafe(timed, cred)
+            loop.call_soon_threadsafe(timed, cred, _sched_getcpu())
             time.sleep(interval)
         loop.call_soon_threadsafe(done.set)
 
     async def play(creds: list[Any], interval: float) -> list[int]:
         latencies.clear()
+        placed.clear()
         done = threading.Event()
         t = threading.Thread(target=reader_thread, args=(creds, interval, done))
         t.start()
@@ -293,7 +302,7 @@ async def run_bench(
 
     # Baseline for the hand-off: the same reader thread and pace, but the loop callback only
     # takes the time (what waking an idle event loop from another thread costs on this machine).
-    def handoff(cred: Credential) -> None:
+    def handoff(cred: Credential, read_cpu: int) -> None:
         latencies.append((time.monotonic_ns() - cred.at) // 1000)
 
     timed_decision = timed
@@ -303,6 +312,7 @@ async def run_bench(
     # Idle: one badge every 0.5 ms (far faster than any turnstile), the loop otherwise idle.
     idle = await play(cards, 0.0005)
     results["card_idle"] = idle
+    results["card_idle_placed"] = list(placed)
 
     # Baseline: the index's own lookup alone (a hash, a probe, the record made), timed the same
     # way: the call the hot path makes.
@@ -517,6 +527,11 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     print(row("baseline: reader thread → loop hand-off alone (no decision)", r["handoff"], ""))
     print(row("card, idle (reader thread → loop)", r["card_idle"], "p50 < 50, p99 < 250"))
+    for crossed, name in ((False, "on the loop's CPU"), (True, "on another CPU")):
+        xs = [lat for c, lat in r["card_idle_placed"] if c is crossed]
+        if xs:
+            share = f"{len(xs) / len(r['card_idle_placed']):.0%}"
+            print(row(f"card, idle, reader thread {name} ({share} of badges)", xs, ""))
     print(row("card, decided on the loop (no hand-off)", r["card_inloop"], ""))
     print(
         row(
