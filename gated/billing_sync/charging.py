@@ -51,7 +51,7 @@ _ATTEMPT_STATES = select(_ATT.c.id, _ATT.c.state).where(_ATT.c.id.in_(in_list())
 _INVOICES = select(_INV).where(_INV.c.id.in_(in_list())).order_by(_INV.c.id).with_for_update()
 _SET_ATTEMPT_REF = (
     update(_ATT)
-    .where(_ATT.c.id == bindparam("aid"))
+    .where(_ATT.c.id == bindparam("aid"), _ATT.c.state == "new")
     .values(gateway_ref=bindparam("ref"), state="created", updated_at=bindparam("now"))
 )
 _SET_ATTEMPT_RESULT = (
@@ -230,6 +230,13 @@ def execute(
         # One clock reading for the batch: a deployment's clock is a database query.
         now = ctx.clock()
         with ctx.transaction(conn) as tx:
+            # Only an attempt still new takes its id. Another request may have finished it
+            # meanwhile under the same idempotency key (a member saving a card resumes their
+            # open attempts, the page's own charge among them): writing "created" over its
+            # result left a booked payment's attempt open for good. Those are looked up below
+            # before anything is confirmed, as a resumed attempt is.
+            ids = {"ids": sorted(created)}
+            created = {aid for aid, st in fetch(tx, _ATTEMPT_STATES, ids) if st == "new"}
             bulk(
                 tx,
                 _SET_ATTEMPT_REF,

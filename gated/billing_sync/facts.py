@@ -43,6 +43,7 @@ _LOAD_MEMBERS = (
     .where(_M.c.id.in_(in_list()))
 )
 _ALL_PLANS = select(s.plans)
+_THEIR_PLANS = select(s.plans).where(s.plans.c.id.in_(in_list()))
 _OPEN_INVOICES = (
     select(
         _INV, select(_ATT.c.id).where(_ATT.c.invoice_id == _INV.c.id).exists().label("attempted")
@@ -109,16 +110,24 @@ def load_one(ctx: Context, member_id: str) -> Facts:
 def load_facts(conn: Connection, ids: Sequence[str], now: int) -> dict[str, Facts]:
     """Bulk-load members, subscriptions, plans, open invoices, attempts, disputes and freezes
     into engine Accounts: a handful of queries per batch, not per member."""
-    return derive_facts(read_rows(conn, ids, now))
+    # Facts keep only each member's own plan: the other plans are not read (a member's page
+    # asks for one member, and a store may hold many plans).
+    return derive_facts(read_rows(conn, ids, now, all_plans=False))
 
 
-def read_rows(conn: Connection, ids: Sequence[str], now: int) -> Rows:
-    """The rows of a batch of members (``Rows``), read in a handful of queries."""
+def read_rows(conn: Connection, ids: Sequence[str], now: int, *, all_plans: bool = True) -> Rows:
+    """The rows of a batch of members (``Rows``), read in a handful of queries. ``plans`` holds
+    every plan (a renewal may move a member to their next plan), or with ``all_plans=False``
+    only the members' current plans."""
     if not ids:
         return Rows({}, {}, {}, set(), set(), {})
     batch = {"ids": ids}
     members = {r.id: r for r in fetch(conn, _LOAD_MEMBERS, batch)}
-    plans = {r.id: r for r in fetch(conn, _ALL_PLANS)}
+    if all_plans:
+        plans = {r.id: r for r in fetch(conn, _ALL_PLANS)}
+    else:
+        wanted = sorted({r.plan_id for r in members.values() if r.plan_id is not None})
+        plans = {r.id: r for r in fetch(conn, _THEIR_PLANS, {"ids": wanted})} if wanted else {}
     open_inv, in_flight = invoices_and_attempts(conn, ids)
     disputed = {r.member_id for r in fetch(conn, _DISPUTED, batch)}
     freezes: dict[str, tuple[int, int]] = {}

@@ -220,52 +220,42 @@ class MemberAccess:
 
     def membership(self, member_id: str) -> dict[str, Any]:
         """The member's status, plan, money owed and next charge, for the member app."""
-        with one_read(self.reader):
-            info = members.member(self.ctx, member_id)
-            sub, plan_t, inv = s.subscriptions, s.plans, s.invoices
-            with read_connection(self.reader) as conn:
-                row = conn.execute(
-                    select(
-                        sub.c.paid_through,
-                        sub.c.cancel_at,
-                        sub.c.next_retry_at,
-                        plan_t.c.name,
-                        plan_t.c.price,
-                        plan_t.c.currency,
-                        plan_t.c.period_months,
-                        plan_t.c.tax_rate_bp,
-                        plan_t.c.auto_renew,
-                    )
-                    .join(plan_t, plan_t.c.id == sub.c.plan_id)
-                    .where(sub.c.member_id == member_id)
-                ).first()
-                open_rows = conn.execute(
-                    select(inv.c.id, inv.c.total, inv.c.amount_paid, inv.c.currency, inv.c.due_at)
-                    .where(inv.c.member_id == member_id, inv.c.status == "open")
-                    .order_by(inv.c.due_at)
-                ).all()
+        return self.membership_and_member(member_id)[0]
+
+    def membership_and_member(self, member_id: str) -> tuple[dict[str, Any], Any]:
+        """``membership`` and the member's row it was read from (their page's visits need when
+        they joined and their sites, which need not be read again)."""
+        # One read of the member's facts serves the whole page: the subscription, plan and open
+        # invoices come from it, not from reading them again; the count of cards is not shown.
+        with one_read(self.reader), read_connection(self.reader) as conn:
+            facts, info = members.member_read(conn, member_id, self.ctx.clock(), cards=False)
+        row, plan_row = facts.sub, facts.plan
+        if plan_row is None:
+            row = None
+        open_rows = facts.open_invoices
         status = info["status"]
         plan = None
         next_charge = None
         if row is not None:
-            gross = int(row.price) + eng.tax_of(int(row.price), int(row.tax_rate_bp))
+            price = int(plan_row.price)
+            gross = price + eng.tax_of(price, int(plan_row.tax_rate_bp))
             plan = {
-                "name": row.name,
+                "name": plan_row.name,
                 "price": gross,
-                "currency": row.currency,
-                "period_months": int(row.period_months),
-                "auto_renew": bool(row.auto_renew),
+                "currency": plan_row.currency,
+                "period_months": int(plan_row.period_months),
+                "auto_renew": bool(plan_row.auto_renew),
             }
             if row.next_retry_at is not None and info["owed"] > 0:
                 next_charge = {"at": format_time(int(row.next_retry_at)), "amount": info["owed"]}
             elif (
                 status in _RENEWING
-                and row.auto_renew
+                and plan_row.auto_renew
                 and row.paid_through is not None
                 and (row.cancel_at is None or row.paid_through < row.cancel_at)
             ):
                 next_charge = {"at": format_time(int(row.paid_through)), "amount": gross}
-        return {
+        page = {
             "member_id": member_id,
             "name": info["name"],
             "email": info["email"],
@@ -294,6 +284,7 @@ class MemberAccess:
                 if r.total > r.amount_paid
             ],
         }
+        return page, facts.member
 
     def invoices(self, member_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The member's newest invoices, itemized."""

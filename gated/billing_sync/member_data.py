@@ -53,13 +53,21 @@ class MemberData:
     def _zone(self, site: str) -> ZoneInfo:
         return ZoneInfo(self.ctx.config.site(site).timezone)
 
-    def visits_by_month(self, member_id: str, months: int = 12) -> list[dict[str, Any]]:
+    def visits_by_month(
+        self, member_id: str, months: int = 12, *, member: Any = None
+    ) -> list[dict[str, Any]]:
         """Entries per calendar month (the site's local time), newest first: the last
-        ``months`` months up to this one, zeros included, none before the member joined."""
+        ``months`` months up to this one, zeros included, none before the member joined.
+        ``member``: the member's row (with ``created_at`` and ``sites``) when the caller has
+        read it already."""
         ev, m = s.gate_events, s.members
         now = self.ctx.clock()
         with read_connection(self.ctx.reader) as conn:
-            row = conn.execute(select(m.c.created_at, m.c.sites).where(m.c.id == member_id)).first()
+            row = member
+            if row is None:
+                row = conn.execute(
+                    select(m.c.created_at, m.c.sites).where(m.c.id == member_id)
+                ).first()
             if row is None:
                 return []
             created = int(row.created_at)

@@ -23,7 +23,7 @@ from gated.billing_sync.charging import CycleReport
 from gated.billing_sync.context import Context
 from gated.billing_sync.cycle import run_cycle
 from gated.billing_sync.errors import BillingError, NotFound
-from gated.billing_sync.facts import dependants, load_facts, load_one
+from gated.billing_sync.facts import Facts, dependants, load_facts, load_one
 from gated.billing_sync.gateway import GatewayError
 from gated.billing_sync.publishing import readdress_notices, refresh
 from gated.billing_sync.renewals import member_price
@@ -386,22 +386,32 @@ def _new_payer(conn: Connection, member_id: str, payer: str) -> str | None:
 
 def member(ctx: Context, member_id: str) -> dict[str, Any]:
     """Everything about one member for ``members show`` (no card UIDs)."""
-    # One transaction for all of it: one snapshot of the store, and one BEGIN instead of two
-    # (the member app asks this on every page).
+    # One transaction for all of it: one snapshot of the store, and one BEGIN instead of two.
     with read_connection(ctx.reader) as conn:
-        facts = load_facts(conn, [member_id], ctx.clock()).get(member_id)
-        if facts is None:
-            raise NotFound(f"no member {member_id!r}")
-        state = conn.execute(
-            select(s.member_states.c.payload).where(s.member_states.c.member_id == member_id)
-        ).scalar()
+        return member_read(conn, member_id, ctx.clock())[1]
+
+
+def member_read(
+    conn: Connection, member_id: str, now: int, *, cards: bool = True
+) -> tuple[Facts, dict[str, Any]]:
+    """``member``'s answer read on ``conn``, with the facts it came from (the member app builds
+    its page from both instead of reading the subscription, plan and open invoices again).
+    ``cards=False``: the count of cards is not read (None), for pages that do not show it."""
+    facts = load_facts(conn, [member_id], now).get(member_id)
+    if facts is None:
+        raise NotFound(f"no member {member_id!r}")
+    state = conn.execute(
+        select(s.member_states.c.payload).where(s.member_states.c.member_id == member_id)
+    ).scalar()
+    n_cards = None
+    if cards:
         n_cards = conn.execute(
             select(func.count()).where(
                 s.cards.c.member_id == member_id, s.cards.c.revoked_at.is_(None)
             )
         ).scalar_one()
     sub = facts.sub
-    return {
+    return facts, {
         "member_id": member_id,
         "name": facts.member.name,
         "email": facts.member.email,

@@ -206,13 +206,13 @@ def routes(web: Web) -> list[BaseRoute]:
     def membership_reads(
         member_id: str,
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-        m = web.access.membership(member_id)
+        m, member = web.access.membership_and_member(member_id)
         if m["status"] is None:
             return m, [], []
         return (
             m,
             web.access.invoices(member_id, 24),
-            web.billing.member_data().visits_by_month(member_id),
+            web.billing.member_data().visits_by_month(member_id, member=member),
         )
 
     async def membership(request: Request) -> Response:

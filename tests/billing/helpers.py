@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from typer.testing import CliRunner
 
 from gated.billing_sync.cli import app
@@ -166,3 +166,22 @@ def checkouts(engine: Engine) -> Iterator[list[int]]:
         yield n
     finally:
         event.remove(engine, "checkout", count)
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL of every statement the block ran on ``engine``'s pool, in order."""
+    run: list[str] = []
+    pool = engine.pool
+
+    def count(conn: Connection, _cursor: Any, sql: str, *_: Any) -> None:
+        if conn.engine.pool is pool:
+            run.append(sql)
+
+    # On every engine: the store's option engines (its reader, the clock's) share the pool but
+    # do not take a listener added to ``engine`` after they were made.
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield run
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from gated.billing_sync import schema
 from gated.billing_sync.errors import BillingError, NotFound
+from gated.billing_sync.gateway import FaultyGateway
 from gated.billing_sync.service import Applicant, Billing, PlanSpec, Terms
 from gated.billing_sync.simulator import SimulatedGateway
 from tests.billing.helpers import Clock, make_billing, notices, published
@@ -74,6 +75,44 @@ def test_a_double_submit_charges_once(tmp_path: Path) -> None:
     other = b.pay_signup(m, "pm_sim_ok", "other-key-0123456789", "http://x/")
     assert first.state == again.state == other.state == "succeeded"
     assert gw.charged_total() == 5938
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_double_submit_finished_by_the_other_submit_stays_succeeded(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A double-clicked pay button: the second submit saves the card again, and saving a card
+    finishes the member's open attempts (``cycle.resume``), so it can charge and book the first
+    submit's attempt while that one is between creating its intent and committing the intent's
+    id. The first must then not put the attempt back to ``created``: it stayed there for good,
+    paid and booked but never succeeded, and booking it again broke the payment's unique
+    reference, so the first submit failed (the browser showed the second's welcome page)."""
+    clock = Clock()
+    sim = SimulatedGateway(tmp_path / "sim.db", clock=clock)
+    second: list[str] = []
+
+    def fault(step: str) -> None:
+        if step == "after_create_intent" and not second:
+            second.append("")  # the second submit's own calls pass straight through
+            second[0] = b.pay_signup(m, "pm_sim_ok", "same-key-0123456789", "http://x/").state
+
+    extra = {}
+    if store == "postgresql":
+        extra["database_url"] = request.getfixturevalue("postgres_store_url")
+    b, _ = make_billing(tmp_path, gateway=FaultyGateway(sim, fault), clock=clock, **extra)
+    m = b.start_signup(applicant(), TERMS, "127.0.0.1", "")
+    first = b.pay_signup(m, "pm_sim_ok", "same-key-0123456789", "http://x/")
+    assert first.state == second[0] == "succeeded"
+    a = schema.payment_attempts
+    with b.engine.connect() as conn:
+        assert conn.execute(select(a.c.state).where(a.c.member_id == m)).scalars().all() == [
+            "succeeded"
+        ]
+        booked = select(schema.payments.c.amount).where(schema.payments.c.member_id == m)
+        assert conn.execute(booked).scalars().all() == [5938]
+    assert sim.charged_total() == 5938
+    assert b.member(m)["status"] == "active" and b.member(m)["owed"] == 0
+    b.engine.dispose()
 
 
 def test_a_payment_booked_elsewhere_starts_the_membership(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from gated.billing_sync.server import create_app
 from gated.billing_sync.service import Billing
 from gated.web.app import web_routes
 from gated.web.security import client_address, parse_proxies
-from tests.billing.helpers import Clock, checkouts, make_billing
+from tests.billing.helpers import Clock, checkouts, make_billing, statements
 from tests.sync.helpers import wait_until
 from tests.web.helpers import SigninMail, hidden, parse_signin_mail
 
@@ -102,6 +102,28 @@ def test_a_members_page_and_its_json_take_one_connection_each(
     client.cookies.clear()
     assert client.get("/app/", follow_redirects=False).headers["location"] == "/app/signin"
     assert client.get("/api/v1/me/invoices").status_code == 401
+
+
+# The statements each member GET runs (the store's round trips: on PostgreSQL most of the
+# request's wall time), SQLite's BEGIN included. A page reads the member's facts once: not every
+# plan, not the subscription, plan, open invoices or member row a second time, not a count of
+# cards it does not show (16, 12 and 4 before).
+MEMBER_GET_STATEMENTS = {"/app/": 12, "/api/v1/me": 9, "/api/v1/me/invoices": 4}
+
+
+def test_a_members_page_and_its_json_run_a_pinned_number_of_statements(
+    client: TestClient, billing: tuple[Billing, Clock]
+) -> None:
+    b, _ = billing
+    sign_in(client, b, "ann@example.com")
+    for path, pinned in MEMBER_GET_STATEMENTS.items():
+        with statements(b.engine) as run:
+            r = client.get(path)
+        assert r.status_code == 200, path
+        assert len(run) == pinned, (path, run)
+        assert not any("FROM cards" in q for q in run), path
+        # Plans are read by id (the member's own), never all of them.
+        assert not any(" ".join(q.split()).endswith("FROM plans") for q in run), path
 
 
 def test_every_response_carries_the_security_headers(client: TestClient) -> None:
