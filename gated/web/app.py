@@ -3,10 +3,13 @@ the JSON API, composed from their route modules on the shared foundation (``gate
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 
 from gated.billing_sync.service import Billing
@@ -25,6 +28,16 @@ from gated.web import (
 )
 from gated.web.foundation import Web
 from gated.web.security import SecurityHeaders, stripe_csp
+
+log = logging.getLogger(__name__)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """A browser that went away while its request body was being read (a double-clicked
+    button cancels the first submit): nothing was done, nobody reads the answer; one log line,
+    not a traceback."""
+    log.info("event=client_gone method=%s path=%s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) -> list[BaseRoute]:
@@ -69,7 +82,9 @@ def web_routes(billing: Billing, wake_mail: Callable[[], None] | None = None) ->
             stripe_csp=stripe_policy if path == "/app" else None,
             camera=path == "/desk",
         )
-        app = Starlette(routes=routes, middleware=[headers])
+        app = Starlette(
+            routes=routes, middleware=[headers], exception_handlers={ClientDisconnect: client_gone}
+        )
         app.state.web = web
         mounts.append(Mount(path, app=app))
     return mounts

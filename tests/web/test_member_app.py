@@ -5,6 +5,7 @@ test_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,43 @@ def test_every_response_carries_the_security_headers(client: TestClient) -> None
         assert r.headers["referrer-policy"] == "no-referrer"
     assert client.get("/app/signin").headers["cache-control"] == "no-store"
     assert client.get("/api/v1/me").status_code == 401
+
+
+def test_a_browser_gone_while_its_form_is_read_is_one_log_line_not_a_traceback(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A double-clicked button cancels the first submit while serve reads its body: the
+    request ends with a line in the log, not an unhandled exception."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/app/contact",
+        "raw_path": b"/app/contact",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", b"40"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with caplog.at_level("INFO", logger="gated.web.app"):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    assert "event=client_gone method=POST path=/app/contact" in caplog.text
 
 
 def test_a_code_signs_in_once_and_the_cookie_is_http_only(
