@@ -1,7 +1,7 @@
 """Benchmark: the member app and the staff console over a real ``gated-billing serve``.
 
     .venv/bin/python bench/bench_app.py load [--members 100000] [--clients 50] [--db sqlite|postgres]
-        [--cycles own-process|in-process] [--cycle-nice N] [--settle]
+        [--cycles own-process|in-process] [--cycle-nice N] [--cycle-share F] [--settle]
     .venv/bin/python bench/bench_app.py pass [--seconds 300]
     .venv/bin/python bench/bench_app.py signup [--runs 30]
     .venv/bin/python bench/bench_app.py console [--consoles 20] [--gates 10] [--rate 20]
@@ -23,7 +23,8 @@ mostly waiting for a core when the load is above its two), and the load average.
   counted). ``--cycles``: ``[serve] cycles``, the cycle in a process of its own (the default)
   or in ``serve``'s threads; ``--cycle-nice``: the cycle process's niceness (serve runs at the
   bench's, which may be raised for the benchmark lock; without it, ``[serve] cycle_nice``'s
-  default: 10 steps nicer than serve). Each phase reports ``serve``'s CPU
+  default: 10 steps nicer than serve); ``--cycle-share``: ``[serve] cycle_share``, the fraction
+  of its wall time the cycle may be busy (unset: the default). Each phase reports ``serve``'s CPU
   milliseconds per request and the cycle process's CPU apart. ``--settle``: the store vacuumed,
   analyzed and checkpointed after the seed (bench_console's ``settle_store``), so no autovacuum
   or checkpoint of 100,000 rows just loaded runs under the timed requests. Rate limits count each client by an ``X-Forwarded-For``
@@ -477,7 +478,8 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
             broker.url,
             smtp_port,
             root / "gate" / "keys",
-            f'cycle_interval_s = 1\n[serve]\ncycles = "{args.cycles}"\n',
+            f'cycle_interval_s = 1\n[serve]\ncycles = "{args.cycles}"\n'
+            + (f"cycle_share = {args.cycle_share}\n" if args.cycle_share is not None else ""),
         )
         billing = billing_for(config)
         billing.add_plan(PlanSpec("monthly", "Monthly", 4990, "EUR", tax_rate_bp=1900))
@@ -498,6 +500,7 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
             "db": args.db,
             "cycles": args.cycles,
             "cycle_nice": args.cycle_nice,
+            "cycle_share": args.cycle_share,
             "members": args.members,
             "clients": args.clients,
             "think_s": args.think,
@@ -848,6 +851,9 @@ def main() -> None:
     )
     load.add_argument(
         "--cycle-nice", type=int, help="set the cycle process to this niceness (own-process)"
+    )
+    load.add_argument(
+        "--cycle-share", type=float, help="[serve] cycle_share (unset: the config's default)"
     )
     load.add_argument(
         "--settle", action="store_true", help="vacuum, analyze and checkpoint after the seed"

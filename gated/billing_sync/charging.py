@@ -78,6 +78,9 @@ class CycleReport:
     processing: int = 0
     resumed: int = 0
     errors: int = 0
+    # Seconds the cycle rested between batches (``Context.cycle_share``), and its batches.
+    rested_s: float = 0.0
+    batches: int = 0
 
 
 @dataclass

@@ -209,6 +209,17 @@ def run(
             metavar="SECONDS",
         ),
     ] = None,
+    share: Annotated[
+        float,
+        typer.Option(
+            min=0.05,
+            max=1.0,
+            help="The fraction of its wall time a cycle may be busy: after each batch it rests "
+            "in proportion (0.5: as long again), leaving the host to the member app. serve's "
+            "cycle process runs with [serve] cycle_share.",
+            metavar="FRACTION",
+        ),
+    ] = 1.0,
     notices: Annotated[
         bool, typer.Option(help="Deliver queued notices after each cycle ([smtp] set).")
     ] = True,
@@ -218,6 +229,7 @@ def run(
 ) -> None:
     """Run one billing cycle now (renewals, retries, status changes) and deliver notices."""
     with service(config) as billing:
+        billing.cycle_share = share
         smtp = billing.config.smtp if notices else None
 
         def deliver_notices() -> int:

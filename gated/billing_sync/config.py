@@ -211,6 +211,11 @@ class ServeConfig(_Section):
     # On a busy host the members' requests get the cores first and the cycle the rest; on an
     # idle one the cycle runs as fast as at serve's priority. 0 runs both alike.
     cycle_nice: int = Field(default=10, ge=0, le=19)
+    # With "own-process": the fraction of its wall time the cycle process may be busy. After
+    # each batch it rests in proportion to the batch's wall time (at 0.5 as long again), so the
+    # members' requests get the cores and the store between batches. Niceness cannot do this on
+    # PostgreSQL: the cycle's SQL runs in a server process serve cannot renice. 1 never rests.
+    cycle_share: float = Field(default=0.5, ge=0.05, le=1)
     # Where the MQTT publisher (reading, signing and publishing member states and manifests)
     # runs: "in-process" (serve's event loop), or "own-process" (a child serve starts, restarts
     # and stops, woken through a pipe; serve keeps the gates' events and statuses). Unset: as

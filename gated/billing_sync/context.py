@@ -54,6 +54,9 @@ class Context:
     # Set when the service is stopping: a running cycle makes no new gateway call and ends
     # after its batch; attempts it leaves open are finished by the next cycle's resume().
     stopping: threading.Event = field(default_factory=threading.Event)
+    # The fraction of its wall time a cycle may be busy (``run --share``; serve's cycle process
+    # gets ``[serve] cycle_share``): after each batch it rests in proportion (cycle.Pace).
+    cycle_share: float = 1.0
     # Each gate's latest status from the retained status topics (the console's gates page).
     gate_board: GateBoard = field(default_factory=GateBoard)
 

@@ -9,6 +9,8 @@ their idempotency keys), the gateway calls between them, and booking the results
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +83,31 @@ class BatchSize:
         self.size = max(min(MIN_BATCH, self.limit), min(self.limit, fits, 2 * self.size))
 
 
+@dataclass
+class Pace:
+    """The rests that keep a cycle busy for at most ``share`` of its wall time: after a batch
+    that took ``busy`` seconds of wall time, ``busy * (1 - share) / share`` (at 0.5 as long
+    again), taken before the next batch starts (none after the last). Wall time, not CPU time:
+    a batch that waits for a core or a lock on a loaded host rests longer too, and the members'
+    requests it competed with get the host for that long. A cycle takes at most ``1 / share``
+    times its busy time (twice at 0.5)."""
+
+    share: float
+    owed: float = 0.0
+
+    def batch_took(self, busy: float) -> None:
+        """The last batch's wall time, in seconds."""
+        self.owed = busy * (1 - self.share) / self.share if self.share < 1 else 0.0
+
+    def rest(self, stopping: threading.Event, report: CycleReport) -> None:
+        """Rest what the last batch owes (a stop ends the rest at once)."""
+        if self.owed > 0:
+            began = time.monotonic()
+            stopping.wait(self.owed)
+            report.rested_s += time.monotonic() - began
+            self.owed = 0.0
+
+
 def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleReport:
     """One billing cycle: finish interrupted attempts, then review every member whose time has
     come (or just ``member_ids``): renew, retry, settle slow payments, move statuses."""
@@ -93,11 +120,17 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
     resume(ctx, report, member_ids)
     resume_refunds(ctx, member_ids)
     sizing = BatchSize(ctx.config.batch_size, ctx.config.batch_hold_ms / 1000)
+    pace = Pace(ctx.cycle_share)
     seen: set[str] = set()
     while not ctx.stopping.is_set():
         now = ctx.clock()
         if member_ids is None and not anything(ctx, _DUE.params(now=now, size=1)):
             break  # nothing due: no write transaction (see reminders.anything)
+        pace.rest(ctx.stopping, report)
+        if ctx.stopping.is_set():
+            break
+        began = time.monotonic()
+        now = ctx.clock()
         # One connection for the batch's three transactions, so that SQLite's data_version
         # tells whether anyone else wrote in between (see Batch).
         with ctx.engine.connect() as conn:
@@ -118,6 +151,8 @@ def run_cycle(ctx: Context, member_ids: Sequence[str] | None = None) -> CycleRep
                 charges, batch = plan_charges(ctx, conn, due, now, report)
             execute(ctx, charges, report, conn, batch)
             sizing.observe(longest_hold(conn), len(due))
+        report.batches += 1
+        pace.batch_took(time.monotonic() - began)
         if member_ids is not None:
             break
     if member_ids is None:

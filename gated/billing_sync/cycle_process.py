@@ -52,13 +52,16 @@ def cycle_once(billing: Billing) -> CycleReport:
         return CycleReport()
     if report.reviewed or report.resumed:
         log.info(
-            "event=cycle reviewed=%d renewals=%d retries=%d succeeded=%d failed=%d errors=%d",
+            "event=cycle reviewed=%d renewals=%d retries=%d succeeded=%d failed=%d errors=%d "
+            "batches=%d rested_s=%.1f",
             report.reviewed,
             report.renewals,
             report.retries,
             report.succeeded,
             report.failed,
             report.errors,
+            report.batches,
+            report.rested_s,
         )
     return report
 
@@ -96,8 +99,9 @@ def watch_parent(parent: int, stop: threading.Event, billing: Billing) -> thread
     return thread
 
 
-def child_command(config_path: Path, interval: float) -> list[str]:
-    """The cycle process ``serve`` starts: this interpreter, so it runs the same code."""
+def child_command(config_path: Path, interval: float, share: float = 1.0) -> list[str]:
+    """The cycle process ``serve`` starts: this interpreter, so it runs the same code, busy for
+    at most ``share`` of its wall time (``[serve] cycle_share``)."""
     return [
         sys.executable,
         "-m",
@@ -105,6 +109,8 @@ def child_command(config_path: Path, interval: float) -> list[str]:
         "run",
         "--every",
         repr(interval),
+        "--share",
+        repr(share),
         "--no-notices",
         "--parent",
         str(os.getpid()),

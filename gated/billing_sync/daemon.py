@@ -103,7 +103,7 @@ async def serve_forever(
     elif config.serve.cycles == "own-process":
         if config_path is None:
             raise ValueError('cycles = "own-process" needs the path of billing.toml')
-        command = child_command(config_path, config.cycle_interval_s)
+        command = child_command(config_path, config.cycle_interval_s, config.serve.cycle_share)
         cycles = supervise(command, "cycle_process", config.serve.cycle_nice)
         tasks.append(asyncio.create_task(cycles, name="cycle-process"))
     if config.mqtt is not None and runs_own_process(config, config_path):

@@ -143,6 +143,15 @@ class Billing:
         return self.ctx.stopping
 
     @property
+    def cycle_share(self) -> float:
+        return self.ctx.cycle_share
+
+    @cycle_share.setter
+    def cycle_share(self, share: float) -> None:
+        """The fraction of its wall time a cycle may be busy (see ``Context.cycle_share``)."""
+        self.ctx.cycle_share = share
+
+    @property
     def published_hook(self) -> Callable[[], None] | None:
         return self.ctx.published_hook
 

@@ -42,6 +42,14 @@ def niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
+def argv(pid: int) -> list[bytes]:
+    """Process ``pid``'s command line (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -112,21 +120,15 @@ class Serve:
         assert self.process is not None
         serve = self.process.pid
 
-        def cmdline(pid: int) -> list[bytes]:
-            try:
-                return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:  # gone meanwhile
-                return []
-
         def found() -> int | None:
             # A child forked but not yet exec'd still shows serve's command line: wait for it.
             kids = [k for k in children(serve) if k != other_than]
-            runs = [k for k in kids if cmdline(k)[3:5] == [b"run", b"--every"]]
+            runs = [k for k in kids if argv(k)[3:5] == [b"run", b"--every"]]
             return runs[0] if len(kids) == 1 and runs else None
 
         pid = wait_until(found, timeout=60, what="serve's cycle process")
         assert pid is not None
-        assert b"--no-notices" in cmdline(pid)  # serve alone delivers notices: none is sent twice
+        assert b"--no-notices" in argv(pid)  # serve alone delivers notices: none is sent twice
         return pid
 
 
@@ -151,11 +153,13 @@ def serve_with(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
 def test_cycles_run_in_a_child_restarted_when_killed_and_stopped_with_serve(
     serve_with: Callable[..., Serve],
 ) -> None:
-    s = serve_with("own-process", "cycle_nice = 3\n")
+    s = serve_with("own-process", "cycle_nice = 3\ncycle_share = 0.4\n")
     serve = s.start()
     child = s.cycle_child()
-    # The members' requests get the cores first: the cycle runs nicer than serve.
+    # The members' requests get the cores first: the cycle runs nicer than serve, and rests.
     assert niceness(child) == min(19, niceness(serve.pid) + 3)
+    command = argv(child)
+    assert command[command.index(b"--share") + 1] == b"0.4"
     first = s.valid_until()
 
     s.billing.advance_clock(31 * DAY)  # the renewal is due: the child renews, serve shows it
