@@ -101,12 +101,14 @@ def test_forged_flood_does_not_delay_a_signed_suspension(
         forger.close()
     out = gate.badge(UID)
     assert out["allow"] is False and out["reason"] == "suspended"
-    # Every forged state was verified and refused (none skipped behind another).
+    # Every forged state was verified and refused (none skipped behind another). How soon the
+    # backlog drains follows the machine's load (two whole-suite runs saw 5 s run out at a load
+    # of 10+); the speed that matters, the suspension's, is checked above.
     wait_until(
         lambda: (
             gate.request("status")["sync"]["rejected"].get("bad_signature", 0) >= forger.sent + 1
         ),
-        timeout=5,
+        timeout=30,
         what=f"every forged state refused ({forger.sent} sent)",
     )
     # Refusals are logged aggregated, one line per reason and interval, not one per message.
