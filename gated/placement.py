@@ -6,7 +6,9 @@ both threads on one CPU the woken SCHED_FIFO loop preempts the reader at once (~
 the development machine); on two CPUs it is the wake-up of another core (39-57 µs), and which of
 the two the kernel chose moved an idle badge's p50 by ~20 µs from run to run (BENCHMARKS.md, gate
 hot path). The cache writer and the worker threads share the GIL with the loop: kept on the other
-CPUs they run beside a decision instead of queueing on its CPU.
+CPUs they run beside a decision instead of queueing on its CPU. While the loop is busy for long
+(a sync's burst), the readers may run anywhere (:func:`spread_readers`): a real-time loop that does
+not sleep would leave them no time on its CPU.
 
 Linux only (``os.sched_setaffinity``); where the kernel or a sandbox refuses, or only one CPU is
 allowed, nothing is pinned and :attr:`Placement.detail` says why (status and doctor show it).
@@ -47,6 +49,7 @@ class Placement:
 
 _NOT_STARTED = Placement(None, frozenset(), frozenset(), "not pinned (not started)", False)
 _placement = _NOT_STARTED
+_readers: set[int] = set()  # native ids of the threads that joined the decision CPU
 
 
 def current() -> Placement:
@@ -128,7 +131,37 @@ def join_decisions() -> bool:
     except OSError as exc:  # the reader reads on, wherever it runs
         log.warning("event=reader_cpu_refused cpu=%d error=%r", cpu, exc.strerror or str(exc))
         return False
+    _readers.add(threading.get_native_id())
     return True
+
+
+def leave_decisions() -> None:
+    """A reader's thread that ends: forget it (its id may be reused by another thread)."""
+    _readers.discard(threading.get_native_id())
+
+
+def spread_readers() -> None:
+    """While the loop is busy for long (a sync's burst of updates), let the readers' threads run
+    on any allowed CPU: a real-time loop that does not sleep leaves a thread of the normal policy
+    on its CPU no time, and a read handed over then waited milliseconds (BENCHMARKS.md)."""
+    _move_readers(_placement.allowed)
+
+
+def gather_readers() -> None:
+    """The loop idle again: the readers' threads back on its CPU."""
+    cpu = _placement.cpu
+    if cpu is not None:
+        _move_readers({cpu})
+
+
+def _move_readers(cpus: Set[int]) -> None:
+    if _placement.cpu is None:
+        return
+    for tid in list(_readers):
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # the thread ended
+            _readers.discard(tid)
 
 
 def keep_off_decisions() -> None:
@@ -157,3 +190,4 @@ def release_decisions() -> None:
             os.sched_setaffinity(0, placement.allowed)
         _move_others(placement.allowed)
     _placement = _NOT_STARTED
+    _readers.clear()

@@ -16,15 +16,19 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from gated import placement
+from gated.cache.index import member_row
+from gated.cache.live import APPLY_SLICE
 from gated.config import (
     ConfigError,
     SerialQrReaderConfig,
     WiegandReaderConfig,
     load_gate_config,
 )
+from gated.daemon import Gate
 from gated.readers.device import Link, ThreadedReader
 from gated.readers.wiegand import WiegandReader, encode_26
 from tests.gatefixture import GateProcess, write_config
+from tests.test_snapshot_apply import state
 
 T = TypeVar("T")
 ALLOWED = frozenset(os.sched_getaffinity(0))
@@ -288,3 +292,40 @@ def test_a_gate_given_a_cpu_it_may_not_use_runs_on_and_doctor_warns(tmp_path: Pa
     )
     assert "event=decision_cpu_unavailable" in gate.log.read_text()
     assert check["level"] == "warn" and "decision_cpu" in check["fix"]
+
+
+@two_cpus
+def test_the_readers_may_leave_the_cpu_while_the_loop_applies_a_burst(tmp_path: Path) -> None:
+    """A real-time loop busy with a sync's burst never sleeps, and a reader's thread (normal
+    policy) on its CPU then waited milliseconds in the middle of a hand-off (BENCHMARKS.md): while
+    updates are being applied the readers may run on any CPU, and go back once they are in."""
+    rows = [member_row(state(i, i + 1)) for i in range(APPLY_SLICE * 20)]
+
+    async def burst() -> tuple[frozenset[int], frozenset[int], frozenset[int]]:
+        gate = Gate(load_gate_config(write_config(tmp_path)), pin_factory=MockFactory())
+        joined, finish, tid = threading.Event(), threading.Event(), []
+
+        def reader() -> None:
+            placement.join_decisions()
+            tid.append(threading.get_native_id())
+            joined.set()
+            finish.wait(30)
+            placement.leave_decisions()
+
+        thread = threading.Thread(target=reader)
+        try:
+            placement.place_decisions("auto")
+            thread.start()
+            joined.wait(30)
+            idle = frozenset(os.sched_getaffinity(tid[0]))
+            applying = gate.apply_rows(iter(rows))
+            during = frozenset(os.sched_getaffinity(tid[0]))
+            await asyncio.wrap_future(applying)
+            return idle, during, frozenset(os.sched_getaffinity(tid[0]))
+        finally:
+            finish.set()
+            thread.join()
+            gate.writer.close()
+
+    idle, during, after = in_thread(lambda: asyncio.run(burst()))
+    assert idle == {max(ALLOWED)} and during == ALLOWED and after == {max(ALLOWED)}
