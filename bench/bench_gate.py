@@ -49,6 +49,7 @@ from nacl.signing import SigningKey
 from gated.cache.index import card_keys, member_row
 from gated.cache.store import CacheStore
 from gated.contract import card_key, format_time, mint_qr_code
+from gated.placement import check_decision_cpu
 from gated.policy.credential import Credential
 
 UNTIL = "2030-01-01T00:00:00Z"
@@ -241,12 +242,14 @@ async def run_bench(
     members: int,
     decisions: int,
     realtime_priority: int,
+    decision_cpu: str | None = None,
 ) -> dict[str, Any]:
     from gpiozero.pins.mock import MockFactory
 
     from gated.config import load_gate_config
     from gated.daemon import Gate
     from gated.door import Door
+    from gated.placement import join_decisions, release_decisions
     from gated.process import decide_in_realtime
 
     cfg = load_gate_config(config)
@@ -254,6 +257,10 @@ async def run_bench(
     # Decisions scheduled as Gate.run() schedules them (the config's realtime_priority, SCHED_FIFO
     # by default); the reader threads started below get the normal policy, as hardware readers'.
     gate.scheduling = decide_in_realtime(realtime_priority)
+    # The loop and the reader threads on the decision CPU, as Gate.run() places them.
+    if decision_cpu is not None:
+        cfg.decision_cpu = decision_cpu
+    gate.place_threads()
     loop = asyncio.get_running_loop()
     gate.door = Door(cfg.door, loop, gate.on_door_event, pin_factory=gate._pin_factory)
     results: dict[str, Any] = {}
@@ -275,7 +282,9 @@ async def run_bench(
     def reader_thread(
         creds: list[Credential | str], interval: float, done: threading.Event
     ) -> None:
-        """Stand in for a hardware reader: each credential stamped here, handed to the loop."""
+        """Stand in for a hardware reader: each credential stamped here, handed to the loop; on
+        the decision CPU, as a reader's device thread puts itself (ThreadedReader)."""
+        join_decisions()
         for c in creds:
             if isinstance(c, str):
                 cred = Credential("qr", c, "bench")
@@ -464,8 +473,10 @@ async def run_bench(
         results[label + "_frames"] = frames / n
         results[label + "_wal"] = frames * (page_size + 24) / n
     results["scheduling"] = gate.scheduling
+    results["placement"] = gate.placement.detail
     gate.door.close()
     gate.writer.close()
+    release_decisions()
     return results
 
 
@@ -482,6 +493,11 @@ def main() -> None:
         default=10,
         help="the loop's SCHED_FIFO priority, as the config's realtime_priority (default 10, "
         "the shipped default; 0: decisions under the normal policy)",
+    )
+    ap.add_argument(
+        "--decision-cpu",
+        help='the config\'s decision_cpu for the decisions ("auto", "off" or a CPU; default: '
+        "the workdir's gated.toml, which leaves it at auto)",
     )
     ap.add_argument("--child-load", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--image", choices=("drop", "keep"), default="keep", help=argparse.SUPPRESS)
@@ -510,7 +526,15 @@ def main() -> None:
     if not (load_big["from_image"] and load_small["from_image"]):
         raise SystemExit("the second start did not load the image")
     r = asyncio.run(
-        run_bench(big_cfg, ckey, app_keys, args.members, args.decisions, args.realtime_priority)
+        run_bench(
+            big_cfg,
+            ckey,
+            app_keys,
+            args.members,
+            args.decisions,
+            args.realtime_priority,
+            None if args.decision_cpu is None else check_decision_cpu(args.decision_cpu),
+        )
     )
     db_bytes = sum(
         p.stat().st_size for p in (args.workdir / f"m{args.members}" / "state").glob("cache.db*")
@@ -521,7 +545,7 @@ def main() -> None:
         return f"| {name} | {statistics.median(xs):.0f} | {pct(xs, 99):.0f} | {max(xs):.0f} | {target} |"
 
     print(
-        f"## Gate hot path ({format_time(time.time())}, {args.members:,} members cached, {os.cpu_count()} cores, decisions: {r['scheduling']}, load average {os.getloadavg()[0]:.2f})\n"
+        f"## Gate hot path ({format_time(time.time())}, {args.members:,} members cached, {os.cpu_count()} cores, decisions: {r['scheduling']}, decision CPU: {r['placement']}, load average {os.getloadavg()[0]:.2f})\n"
     )
     print("| credential in → relay command out (µs) | p50 | p99 | max | target |")
     print("| --- | --- | --- | --- | --- |")

@@ -52,6 +52,7 @@ from gated.contract import (
     member_topic,
     members_wildcard,
 )
+from gated.placement import check_decision_cpu, join_decisions
 from gated.policy.credential import Credential
 from gated.push import build_manifest, publish_states
 from tests.services import run_mosquitto
@@ -81,6 +82,8 @@ def pct(values: list[float], p: float) -> float:
 
 # realtime_priority of every gate measured (--realtime-priority; the shipped default).
 REALTIME_PRIORITY = 10
+# decision_cpu of every gate measured (--decision-cpu; the shipped default).
+DECISION_CPU = "auto"
 
 
 def write_config(root: Path, keys: Path, extra: str) -> Path:
@@ -89,6 +92,7 @@ def write_config(root: Path, keys: Path, extra: str) -> Path:
     path.write_text(
         f'site = "{SITE}"\ngate = "g1"\ntimezone = "Europe/Berlin"\nstate_dir = "{root}/state"\n'
         f"realtime_priority = {REALTIME_PRIORITY}\n"
+        f'decision_cpu = "{DECISION_CPU}"\n'
         f'control_socket = "{root}/state/control.sock"\n[keys]\n'
         f'credential_key_file = "{keys}/credential.key"\n'
         f'head_office_public_key_files = ["{keys}/head-office.pub"]\n'
@@ -174,6 +178,10 @@ class Decisions(Badging):
         self.latencies: list[int] = []
         self._loop = asyncio.get_running_loop()
 
+    def _run(self) -> None:
+        join_decisions()  # on the decision CPU, as a reader's device thread puts itself
+        super()._run()
+
     def _decide(self, credential: Credential) -> None:
         self.latencies.append(self.gate.on_credential(credential)["latency_us"])
 
@@ -203,11 +211,14 @@ async def make_gate(config: Path) -> tuple[Any, Any]:
     from gated.cache.sync import SiteSync
     from gated.daemon import Gate
     from gated.door import Door
+    from gated.placement import release_decisions
     from gated.process import decide_in_realtime
 
     cfg = load_gate_config(config)
     gate = Gate(cfg, pin_factory=MockFactory())
     gate.scheduling = decide_in_realtime(cfg.realtime_priority)  # as Gate.run() does first
+    release_decisions()  # the previous gate's placement, if any
+    gate.place_threads()  # as Gate.run() does before the sync starts
     gate.door = Door(
         cfg.door, asyncio.get_running_loop(), gate.on_door_event, pin_factory=gate._pin_factory
     )
@@ -272,6 +283,7 @@ async def in_process(
     out["snapshot_latency"] = decisions.latencies
     out["snapshot_machine"] = machine
     out["scheduling"] = gate.scheduling
+    out["placement"] = gate.placement.detail
     gate.writer.close()
     return out
 
@@ -387,10 +399,17 @@ def main() -> None:
         help="the gates' realtime_priority (0: decisions under the normal policy)",
     )
     parser.add_argument(
+        "--decision-cpu",
+        type=check_decision_cpu,
+        default=DECISION_CPU,
+        help='the gates\' decision_cpu ("auto", "off" or a CPU)',
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work folder (databases, the gate's log)"
     )
     args = parser.parse_args()
     globals()["REALTIME_PRIORITY"] = args.realtime_priority
+    globals()["DECISION_CPU"] = args.decision_cpu
     root = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         run(args, root)
@@ -438,7 +457,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
             f"in-process {inproc['apply_rate']:,.0f}/s ({inproc['storm_rate']:,.0f}/s in the storm), skip {inproc['skip_rate']:,.0f}/s, "
             f"snapshot {inproc['snapshot_s']:.2f} s; decision p99 while applying "
             f"{pct(lat[0], 99):.0f} µs, during the snapshot {pct(lat[1], 99):.0f} µs "
-            f"(decisions: {inproc['scheduling']}; the machine's "
+            f"(decisions: {inproc['scheduling']}, decision CPU: {inproc['placement']}; the machine's "
             f"own wake-up lateness p99 / max: {inproc['snapshot_machine'].summary()})"
         )
         return

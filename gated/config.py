@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gated.errors import GatedError
+from gated.placement import check_decision_cpu
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -287,6 +288,8 @@ class GateConfig:
     durability: Literal["crash", "power"] = "crash"
     # SCHED_FIFO priority of the event loop's thread, where decisions run; 0 = the normal policy.
     realtime_priority: int = field(default=10, metadata=_rule(ge=0, le=99))
+    # The CPU the loop and the readers' threads share (gated.placement): "auto", "off" or a number.
+    decision_cpu: str = field(default="auto", metadata=_rule(before=check_decision_cpu))
     # Undelivered events kept for the broker: alarm at warn, stop queueing (loudly) at max.
     outbox_warn_events: int = field(default=100_000, metadata=_rule(gt=0))
     outbox_max_events: int = field(default=1_000_000, metadata=_rule(gt=0))

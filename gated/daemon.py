@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +40,13 @@ from gated.door import Door, DoorEvent
 from gated.gate_status import published_status, technician_status
 from gated.housekeeping import keep_house
 from gated.metrics import GateMetrics
+from gated.placement import (
+    Placement,
+    current,
+    keep_off_decisions,
+    place_decisions,
+    release_decisions,
+)
 from gated.policy.credential import Credential
 from gated.policy.decide import (
     Decision,
@@ -91,6 +98,8 @@ class Gate:
         self.stale = False
         # How the loop thread is scheduled (decide_in_realtime, once run() starts).
         self.scheduling = "normal (not started)"
+        # Which CPU the loop and the readers' threads share (place_decisions, once run() starts).
+        self.placement: Placement = current()
 
         store = CacheStore(config.cache_path, config.durability)
         gc.disable()  # a million new objects would trigger hundreds of collections while loading
@@ -426,6 +435,15 @@ class Gate:
             "event=%s reader=%s state=%s detail=%r", kind, reader.id, state, reader.health.detail
         )
 
+    def place_threads(self) -> None:
+        """Pin the calling thread, the loop's, to the decision CPU (``decision_cpu``) and move
+        the threads running now (the cache writer, the metrics server) off it; the readers'
+        threads started afterwards join it and the loop's worker threads keep off it."""
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(thread_name_prefix="gated-worker", initializer=keep_off_decisions)
+        )
+        self.placement = place_decisions(self.config.decision_cpu)
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -446,6 +464,7 @@ class Gate:
         await control.start()
         if self.config.metrics.address is not None:
             self.metrics.serve(*self.config.metrics.address)
+        self.place_threads()  # before the readers start: their threads join the loop's CPU
         spawn = self._tasks.append
         # Without [mqtt] nobody collects events: the outbox is a local journal of the most recent
         # ones (gatectl events tail), kept well below the alarm so a standalone gate never trips it.
@@ -485,4 +504,6 @@ class Gate:
             self.writer.post(partial(CacheStore.set, key="outbox_dropped", value=dropped))
             self.writer.close()
             self.images.save_at_stop(self.index, self.live)
+            release_decisions()
+            self.placement = current()
             log.info("event=stopped")

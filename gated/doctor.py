@@ -24,6 +24,7 @@ from gated.contract import ContractError, load_credential_key
 from gated.door import Door
 from gated.metrics import GateMetrics
 from gated.outbox_guard import OutboxGuard
+from gated.placement import Placement
 from gated.policy.decide import GateContext
 from gated.readers.base import Reader
 from gated.readers.diagnostics import reader_checks
@@ -44,6 +45,8 @@ class DoctorGate(Protocol):
     def started_at(self) -> float: ...
     @property
     def scheduling(self) -> str: ...
+    @property
+    def placement(self) -> Placement: ...
     @property
     def door(self) -> Door: ...
     @property
@@ -228,6 +231,19 @@ def scheduling_check(scheduling: str, priority: int) -> Check:
     )
 
 
+def placement_check(placement: Placement) -> Check:
+    """Which CPU decisions and the readers' threads share (see gated.placement)."""
+    if placement.cpu is not None or not placement.wanted:
+        return Check("decision_cpu", "ok", placement.detail)
+    return Check(
+        "decision_cpu",
+        "warn",
+        f"decisions {placement.detail}: a badge's wake-up can cross CPUs (~20 µs more)",
+        'decision_cpu = "auto" or a CPU of the allowed set, and sched_setaffinity allowed in '
+        'the unit; or decision_cpu = "off"',
+    )
+
+
 def config_checks(path: Path) -> tuple[GateConfig | None, list[Check]]:
     """Checks made from the config file alone (the daemon may be down)."""
     try:
@@ -310,6 +326,7 @@ async def daemon_checks(gate: DoctorGate) -> list[Check]:
     checks.append(Check("keys", "ok", "credential key loaded by the daemon"))
     checks.append(gpio_check(gate.door.pin_factory_name, gate.config.door.pin_factory))
     checks.append(scheduling_check(gate.scheduling, gate.config.realtime_priority))
+    checks.append(placement_check(gate.placement))
     checks.append(skew_check(gate.clock))
     if gate.config.metrics.listen:
         checks.append(metrics_check(gate.config.metrics.listen, gate.metrics.url))

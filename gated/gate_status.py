@@ -18,6 +18,7 @@ from gated.config import GateConfig
 from gated.contract import format_time
 from gated.door import Door
 from gated.outbox_guard import OutboxGuard
+from gated.placement import Placement
 from gated.policy.decide import GateContext
 from gated.readers.base import Reader
 
@@ -56,6 +57,8 @@ class StatusGate(Protocol):
     def clock(self) -> TrustedClock: ...
     @property
     def scheduling(self) -> str: ...
+    @property
+    def placement(self) -> Placement: ...
     @property
     def decisions(self) -> Counter[str]: ...
     @property
@@ -110,6 +113,7 @@ def technician_status(gate: StatusGate, outbox_depth: int) -> dict[str, Any]:
         "clock_synchronized": gate.clock_synchronized,
         "clock": clock.stats(),
         "scheduling": gate.scheduling,
+        "decision_cpu": gate.placement.detail,
         "now": format_time(clock.now()),
         "decisions": dict(gate.decisions),
         "rejected": dict(gate.rejected),

@@ -102,6 +102,8 @@ def test_gate_unit_keeps_the_hardware_and_the_clock_check_reachable() -> None:
     # The decision thread's SCHED_FIFO: the syscall comes back after the deny list (@resources),
     # and the limit allows the configured default priority and no more.
     assert filters.index("sched_setscheduler") > filters.index("~@privileged @resources")
+    # ... and so does sched_setaffinity (@resources), which puts it on its CPU (decision_cpu).
+    assert filters.index("sched_setaffinity") > filters.index("~@privileged @resources")
     assert d["RestrictRealtime"] == ["no"]
     assert d["LimitRTPRIO"] == [str(GateConfig(site="s", gate="g").realtime_priority)]
     assert d["RuntimeDirectory"] == ["gated"] and d["StateDirectory"] == ["gated"]

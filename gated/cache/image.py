@@ -33,6 +33,7 @@ from typing import Any, Protocol, cast
 
 from gated.cache import index as index_module
 from gated.cache.index import MemberIndex, _Table
+from gated.placement import keep_off_decisions
 
 log = logging.getLogger("gated.cache")
 
@@ -404,6 +405,7 @@ class ImageKeeper:
         self._save(_begin(index, self.cache_id, self.tag))
 
     def _save(self, copy: _Copy) -> None:
+        keep_off_decisions()  # started by the loop, whose CPU is the decisions'
         t0 = time.perf_counter()
         try:
             saved = _write(copy, self.path, _file_mode(self.path))

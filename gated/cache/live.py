@@ -18,6 +18,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from gated.cache.index import MEMBER_COLUMNS, MemberIndex, Record, record_from_row
 from gated.cache.store import CacheStore, CacheWriter
+from gated.placement import gather_readers, spread_readers
 
 T = TypeVar("T")
 
@@ -147,6 +148,8 @@ class LiveIndex:
         """A Future of the write's own result, resolved once the index holds what it made."""
         loop = asyncio.get_running_loop()
         result: Future[T] = Future()
+        if not self.in_flight:
+            spread_readers()  # the loop will be busy with the index's slices
         self.in_flight += 1
         result.add_done_callback(self._landed)  # set on the loop's thread, so run there
         committed.add_done_callback(
@@ -173,6 +176,8 @@ class LiveIndex:
 
     def _landed(self, _: Future[Any]) -> None:
         self.in_flight -= 1
+        if not self.in_flight:
+            gather_readers()
 
     def _apply_slice(self, made: _Made[T], start: int, result: Future[T]) -> None:
         """Put records into the index a slice at a time, yielding to the loop between slices so a

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from gated.cache.index import member_row
 from gated.contract import ContractError, SignatureError, Verifier, loads_bounded
+from gated.placement import process_cpus
 
 T = TypeVar("T")
 
@@ -55,7 +56,7 @@ class VerifierPool:
             VERIFY_PROCESSES,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_verifier,
-            initargs=(self._public_keys, self._site, os.getpid()),
+            initargs=(self._public_keys, self._site, os.getpid(), process_cpus()),
         )
 
     @property
@@ -111,9 +112,12 @@ _verifier: Verifier | None = None
 _site = ""
 
 
-def _init_verifier(public_keys: list[bytes], site: str, parent: int) -> None:
+def _init_verifier(
+    public_keys: list[bytes], site: str, parent: int, cpus: frozenset[int] | None
+) -> None:
     """In a verifier process: the trusted head-office keys and this gate's site. The process
-    ends with the daemon, even when the daemon is killed with SIGKILL."""
+    ends with the daemon, even when the daemon is killed with SIGKILL. ``cpus``: the CPUs to run
+    on, when the loop that spawned it is pinned (its affinity is inherited)."""
     global _verifier, _site
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -121,6 +125,9 @@ def _init_verifier(public_keys: list[bytes], site: str, parent: int) -> None:
         os._exit(0)
     # Below the daemon: when cores are short, the loop thread (decisions) runs first.
     os.nice(VERIFY_NICE)
+    if cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
     _verifier = Verifier(public_keys)
     _site = site
 

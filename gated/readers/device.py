@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gated.errors import GatedError
+from gated.placement import join_decisions, leave_decisions
 from gated.policy.credential import Credential, CredentialKind, Direction
 from gated.readers.base import Debouncer, ReaderHealth
 
@@ -156,6 +157,13 @@ class ThreadedReader(HardwareReader):
         """Wake a session blocked in the driver (called from the loop after ``stop`` is set)."""
 
     def _thread_main(self, stop: threading.Event, link: Link) -> None:
+        join_decisions()  # a read then wakes the loop on its own CPU (gated.placement)
+        try:
+            self._read_until_stopped(stop, link)
+        finally:
+            leave_decisions()
+
+    def _read_until_stopped(self, stop: threading.Event, link: Link) -> None:
         delay = BACKOFF_FIRST_S
         while not stop.is_set():
             started = time.monotonic()

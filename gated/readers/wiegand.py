@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from gated.placement import join_decisions
 from gated.readers.device import DeviceError, HardwareReader, missing_driver
 
 if TYPE_CHECKING:
@@ -202,11 +204,18 @@ class WiegandReader(HardwareReader):
                 self._callbacks.clear()
 
 
+# Threads that delivered an edge and were put on the decision CPU (gated.placement).
+_joined = threading.local()
+
+
 def _edge_callback(loop: asyncio.AbstractEventLoop, on_bit: Any, bit: int) -> Any:
     # gpiozero calls this on its own thread (lgpio) or the caller's (MockFactory): stamp the time
-    # here, decode on the loop.
+    # here, decode on the loop. The edge thread is the driver's, not ours: it joins the decision
+    # CPU at its first edge.
     def changed(ticks: object, state: object) -> None:
         at = time.monotonic_ns()
+        if not getattr(_joined, "done", False):
+            _joined.done = join_decisions()
         with contextlib.suppress(RuntimeError):  # the loop closed
             loop.call_soon_threadsafe(on_bit, bit, at)
 
