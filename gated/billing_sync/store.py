@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration; a store already there skips loading Alembic (faster CLI start).
 # tests/billing/test_store.py checks this against the migration scripts.
-HEAD_REVISION = "0029_household_revenue"
+HEAD_REVISION = "0030_rollup_guards"
 
 
 class StoreError(GatedError):
