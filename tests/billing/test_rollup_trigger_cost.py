@@ -167,6 +167,22 @@ def test_a_regroup_runs_its_statement_only_for_a_failed_attempt(tmp_path: Path) 
     engine.dispose()
 
 
+def test_an_invoice_turning_paid_asks_once_whether_it_had_a_failed_attempt(tmp_path: Path) -> None:
+    """0023's recovery WHEN asked about the old row's invoice and then the new row's: the same
+    one unless the id changed (two index probes for one answer)."""
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    made = triggers(engine)
+    for name, key in (
+        ("rollup_invoice_recovery_up", "id"),
+        ("rollup_invoice_recovered_up", "id"),
+        ("rollup_payment_recovered_up", "invoice_id"),
+    ):
+        when = made[name].split(" BEGIN ", 1)[0]
+        assert when.count(f"a.invoice_id = NEW.{key} AND") == 1, name
+        assert f"NEW.{key} IS NOT OLD.{key} AND EXISTS" in when, name
+    engine.dispose()
+
+
 def test_0030s_downgrade_gives_back_0029s_triggers_and_the_upgrade_0030s(tmp_path: Path) -> None:
     engine = open_store(f"sqlite:///{tmp_path}/billing.db")
     head = triggers(engine)
@@ -177,6 +193,7 @@ def test_0030s_downgrade_gives_back_0029s_triggers_and_the_upgrade_0030s(tmp_pat
     at_0029 = triggers(engine)
     assert len(at_0029) == 43 + 3
     assert "rollup_household_payment_rows" in at_0029["rollup_payment_in"]
+    assert "NEW.id IS NOT OLD.id" not in at_0029["rollup_invoice_recovery_up"]
     with engine.connect() as conn:
         views = {
             n for (n,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'view'")
