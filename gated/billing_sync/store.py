@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration; a store already there skips loading Alembic (faster CLI start).
 # tests/billing/test_store.py checks this against the migration scripts.
-HEAD_REVISION = "0029_household_revenue"
+HEAD_REVISION = "0030_rollup_guards"
 
 
 class StoreError(GatedError):
@@ -432,8 +432,9 @@ def bulk(
     stmt: UpdateBase,
     rows: Sequence[Mapping[str, Any]],
     common: Mapping[str, Any] | None = None,
-) -> None:
-    """Run ``stmt`` once per row as one driver ``executemany``.
+) -> int:
+    """Run ``stmt`` once per row as one driver ``executemany``; returns the rows it changed
+    (the driver's count: on SQLite, of every row's run).
 
     The statement is compiled once per shape for the connection's dialect and the rows go to
     the driver as they are, skipping SQLAlchemy's per-row parameter processing (which cost more
@@ -442,7 +443,7 @@ def bulk(
     ``common`` (the same for every row, e.g. the time) fill the rest.
     """
     if not rows:
-        return
+        return 0
     keys = list(rows[0])
     compiled, fixed = compiled_for(conn, stmt, keys)
     if common:
@@ -458,7 +459,7 @@ def bulk(
         params = [pick(r) for r in rows] if len(order) > 1 else [(pick(r),) for r in rows]
     else:
         params = [{**fixed, **r} for r in rows]
-    conn.exec_driver_sql(compiled.string, params)
+    return int(conn.exec_driver_sql(compiled.string, params).rowcount)
 
 
 def insert_ids(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> list[int]:

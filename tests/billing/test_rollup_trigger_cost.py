@@ -72,6 +72,7 @@ def test_the_cycles_updates_compile_in_only_the_triggers_of_the_columns_they_set
         assert compiled_triggers(conn, pay) == {
             "rollup_payment_in",
             "rollup_payment_recovered_in",
+            "rollup_payment_household_in",
             "rollup_household_payment_apply",
         }
     engine.dispose()
@@ -82,7 +83,9 @@ def test_no_rollup_trigger_holds_an_in_list_sqlite_would_build_per_firing(tmp_pa
     firing of the trigger program that holds it."""
     engine = open_store(f"sqlite:///{tmp_path}/billing.db")
     found = triggers(engine)
-    assert len(found) == 43 + 3  # 0028's, and 0029's household revenue
+    # 0028's, 0029's household revenue, and 0030's: the household hand-offs (4) and the six
+    # regroups' statements behind views.
+    assert len(found) == 43 + 3 + 4 + 6
     assert {n for n, sql in found.items() if re.search(r"\bIN \(\s*'", sql)} == set()
     engine.dispose()
 
@@ -110,4 +113,94 @@ def test_the_downgrade_gives_back_0025s_triggers_and_the_upgrade_0028s(tmp_path:
         command.upgrade(config, "head")
     assert triggers(engine) == head
     fresh.dispose()
+    engine.dispose()
+
+
+def programs(conn: Connection, statement: str) -> dict[str, set[str]]:
+    """The opcodes of each trigger program SQLite codes into ``statement``, by trigger (each
+    program starts with an ``Init`` naming it)."""
+    rows = conn.exec_driver_sql(f"EXPLAIN {statement}", (1,) * statement.count("?"))
+    out: dict[str, set[str]] = {}
+    current = out.setdefault("", set())
+    for _, opcode, _, _, _, p4, *_ in rows:
+        if opcode == "Init" and isinstance(p4, str) and p4.startswith("-- TRIGGER "):
+            current = out.setdefault(p4.removeprefix("-- TRIGGER "), set())
+        current.add(opcode)
+    return out
+
+
+def test_a_payment_hands_on_a_household_row_without_a_temporary_table(tmp_path: Path) -> None:
+    """0029 handed the row on with INSERT INTO the view SELECT … WHERE EXISTS (…): SQLite runs
+    an INSERT … SELECT into a view with triggers through a temporary table, opened at every
+    firing, household or not. 0030's trigger asks in its WHEN and hands on with VALUES."""
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    pay = (
+        "INSERT INTO payments (invoice_id, member_id, amount, method, reference, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    with engine.connect() as conn:
+        found = programs(conn, pay)
+    for name in ("rollup_payment_in", "rollup_payment_household_in"):
+        assert "OpenEphemeral" not in found[name], name
+    made = triggers(engine)
+    # Each payment trigger counts whole, its hand-off is a trigger of its own.
+    for name in ("rollup_payment_in", "rollup_payment_up", "rollup_payment_del"):
+        assert "rollup_household_payment_rows" not in made[name], name
+    assert "VALUES" in made["rollup_payment_household_in"]
+    engine.dispose()
+
+
+def test_a_regroup_runs_its_statement_only_for_a_failed_attempt(tmp_path: Path) -> None:
+    """The regroups' WHEN (the attempt is or was failed) is tested inside a trigger's program,
+    after its frame is allocated: each regroup trigger is small and hands the invoice ids to a
+    view whose trigger holds the statement."""
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    made = triggers(engine)
+    for event in ("in", "up", "del"):
+        for timing in ("before", "after"):
+            name = f"rollup_attempt_{event}_{timing}"
+            assert made[name].endswith(f"INSERT INTO {name}_rows (old_invoice_id, new_invoice_id)"
+                                       f" VALUES ({'NULL' if event == 'in' else 'OLD.invoice_id'},"
+                                       f" {'NULL' if event == 'del' else 'NEW.invoice_id'}); END")  # fmt: skip
+            assert "rollup_recovery" in made[f"{name}_apply"]
+            assert "OLD." not in made[f"{name}_apply"]
+    engine.dispose()
+
+
+def test_an_invoice_turning_paid_asks_once_whether_it_had_a_failed_attempt(tmp_path: Path) -> None:
+    """0023's recovery WHEN asked about the old row's invoice and then the new row's: the same
+    one unless the id changed (two index probes for one answer)."""
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    made = triggers(engine)
+    for name, key in (
+        ("rollup_invoice_recovery_up", "id"),
+        ("rollup_invoice_recovered_up", "id"),
+        ("rollup_payment_recovered_up", "invoice_id"),
+    ):
+        when = made[name].split(" BEGIN ", 1)[0]
+        assert when.count(f"a.invoice_id = NEW.{key} AND") == 1, name
+        assert f"NEW.{key} IS NOT OLD.{key} AND EXISTS" in when, name
+    engine.dispose()
+
+
+def test_0030s_downgrade_gives_back_0029s_triggers_and_the_upgrade_0030s(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/billing.db")
+    head = triggers(engine)
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0029_household_revenue")
+    at_0029 = triggers(engine)
+    assert len(at_0029) == 43 + 3
+    assert "rollup_household_payment_rows" in at_0029["rollup_payment_in"]
+    assert "NEW.id IS NOT OLD.id" not in at_0029["rollup_invoice_recovery_up"]
+    with engine.connect() as conn:
+        views = {
+            n for (n,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'view'")
+        }
+    assert views == {"rollup_household_payment_rows"}
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    assert triggers(engine) == head
     engine.dispose()

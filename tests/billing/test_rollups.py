@@ -236,12 +236,17 @@ def test_every_rollup_trigger_is_there_at_the_head(tmp_path: Path) -> None:
               " household_lines_until_up household_whole_until_up"),
         *each("members", "household_member_from_up household_payer_from_up"
               " household_member_until_up household_payer_until_up"),
-        # A household invoice's payments member by member (0029: on SQLite, the payment
-        # triggers hand its rows to a view's trigger).
+        # A household invoice's payments member by member (0029: on SQLite, triggers of their
+        # own (0030) hand its rows to a view's trigger).
         *each("invoices", "household_invoice_payments_up"),
         *each("members", "household_member_payments_up"),
         *each("rollup_household_payment_rows", "household_payment_apply"),
+        *each("payments", "payment_household_in payment_household_up_old"
+              " payment_household_up_new payment_household_del"),
         *each("payment_attempts", "attempt_in_before attempt_in_after attempt_up_before"
               " attempt_up_after attempt_del_before attempt_del_after"),
+        # Each regroup's statement behind a view of its own (0030).
+        *{(f"rollup_attempt_{e}_{t}_apply", f"rollup_attempt_{e}_{t}_rows")
+          for e in ("in", "up", "del") for t in ("before", "after")},
         *each("gate_events", "entry_in visit_in"),
     }  # fmt: skip
