@@ -149,6 +149,7 @@ def refresh(
                 queue_notice(ctx, conn, f, "welcome", plan=f.plan.name, link=f"{base}/app/pass")
         terms = {
             "mid": member_id,
+            "st": status,
             "rev": eng.next_review(acct, now, ctx.rules),
             "ffa": acct.first_failure_at,
             "nra": acct.next_retry_at,
@@ -156,7 +157,6 @@ def refresh(
             "nnc": acct.needs_new_card,
             "pt": acct.paid_through,
         }
-        terms["st"] = status
         (status_kept if status_kept is not None and status == f.sub.status else sub_updates).append(
             terms
         )
